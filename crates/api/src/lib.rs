@@ -1,0 +1,1 @@
+//! HTTP API of a medledger node (axum): head, proofs, checkpoints, transactions, blocks, metrics.

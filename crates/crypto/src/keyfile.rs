@@ -1,0 +1,185 @@
+//! Key files: a small text format, written atomically with mode 0600.
+//!
+//! ```text
+//! # medledger secret key file: keep private, never share
+//! format: medledger-key-v1
+//! id: <hex identity id, informational>
+//! signing-seed: <64 hex>
+//! encryption-secret: <64 hex>
+//! ```
+
+use std::{
+    fs,
+    io::Write,
+    path::{Path, PathBuf},
+};
+
+use zeroize::Zeroizing;
+
+use crate::Keypair;
+
+const FORMAT: &str = "medledger-key-v1";
+/// Key files are tiny; anything larger is not one of ours.
+const KEY_FILE_BYTES_MAX: u64 = 4096;
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum KeyFileError {
+    #[error("key file {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("key file {path} already exists; refusing to overwrite a secret key")]
+    Exists { path: PathBuf },
+    // The message names the field, never its value.
+    #[error("key file {path} is malformed: {problem}")]
+    Malformed {
+        path: PathBuf,
+        problem: &'static str,
+    },
+}
+
+/// Writes `keys` to `path` (mode 0600, via a temporary file and rename so a crash never leaves a
+/// half-written key). Refuses to overwrite an existing file.
+pub fn write_key_file(path: &Path, keys: &Keypair) -> Result<(), KeyFileError> {
+    let io = |source| KeyFileError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    if path.exists() {
+        return Err(KeyFileError::Exists {
+            path: path.to_owned(),
+        });
+    }
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        fs::create_dir_all(dir).map_err(io)?;
+    }
+    let text = Zeroizing::new(format!(
+        "# medledger secret key file: keep private, never share\nformat: {FORMAT}\nid: {}\nsigning-seed: {}\nencryption-secret: {}\n",
+        keys.id(),
+        hex::encode(keys.signing_seed()),
+        hex::encode(keys.encryption_secret()),
+    ));
+    let tmp = path.with_extension("tmp-keyfile");
+    let mut options = fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let _ = fs::remove_file(&tmp);
+    let mut file = options.open(&tmp).map_err(io)?;
+    file.write_all(text.as_bytes()).map_err(io)?;
+    file.sync_all().map_err(io)?;
+    drop(file);
+    fs::rename(&tmp, path).map_err(io)?;
+    Ok(())
+}
+
+/// Reads a key file written by [`write_key_file`].
+pub fn read_key_file(path: &Path) -> Result<Keypair, KeyFileError> {
+    let io = |source| KeyFileError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let malformed = |problem| KeyFileError::Malformed {
+        path: path.to_owned(),
+        problem,
+    };
+    let meta = fs::metadata(path).map_err(io)?;
+    if meta.len() > KEY_FILE_BYTES_MAX {
+        return Err(malformed("file is larger than a key file can be"));
+    }
+    let text = Zeroizing::new(fs::read_to_string(path).map_err(io)?);
+    let mut format = None;
+    let mut signing = None;
+    let mut encryption = None;
+    for line in text.lines() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let Some((field, value)) = line.split_once(':') else {
+            return Err(malformed("a line is not 'field: value'"));
+        };
+        let value = value.trim();
+        match field.trim() {
+            "format" => format = Some(value == FORMAT),
+            "signing-seed" => {
+                signing = Some(
+                    parse_secret(value)
+                        .ok_or_else(|| malformed("signing-seed is not 64 hex characters"))?,
+                )
+            }
+            "encryption-secret" => {
+                encryption = Some(
+                    parse_secret(value)
+                        .ok_or_else(|| malformed("encryption-secret is not 64 hex characters"))?,
+                )
+            }
+            "id" => {}
+            _ => return Err(malformed("unknown field")),
+        }
+    }
+    match format {
+        Some(true) => {}
+        Some(false) => return Err(malformed("unsupported format version")),
+        None => return Err(malformed("missing 'format' line")),
+    }
+    let signing = signing.ok_or_else(|| malformed("missing signing-seed"))?;
+    let encryption = encryption.ok_or_else(|| malformed("missing encryption-secret"))?;
+    Ok(Keypair::from_secrets(&signing, &encryption))
+}
+
+fn parse_secret(value: &str) -> Option<Zeroizing<[u8; 32]>> {
+    let mut out = Zeroizing::new([0u8; 32]);
+    if value.len() != 64 {
+        return None;
+    }
+    hex::decode_to_slice(value, out.as_mut()).ok()?;
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_mode_and_no_overwrite() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys/alice.key");
+        let keys = Keypair::generate();
+        write_key_file(&path, &keys).unwrap();
+        let back = read_key_file(&path).unwrap();
+        assert_eq!(back.public_key(), keys.public_key());
+        assert_eq!(back.encryption_public_key(), keys.encryption_public_key());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600);
+        }
+        assert!(matches!(
+            write_key_file(&path, &keys),
+            Err(KeyFileError::Exists { .. })
+        ));
+    }
+
+    #[test]
+    fn malformed_files_are_rejected_without_echoing_values() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad.key");
+        fs::write(
+            &path,
+            "format: medledger-key-v1\nsigning-seed: 1234secret\nencryption-secret: 00\n",
+        )
+        .unwrap();
+        let err = read_key_file(&path).unwrap_err().to_string();
+        assert!(err.contains("signing-seed is not 64 hex"), "{err}");
+        assert!(!err.contains("1234secret"));
+        fs::write(&path, "signing-seed: 00\n").unwrap();
+        assert!(read_key_file(&path).is_err());
+    }
+}

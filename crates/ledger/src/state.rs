@@ -1,0 +1,812 @@
+//! The replicated state and the rules that change it. Pure: block time is an input, the local
+//! clock appears only as an optional bound on proposed timestamps, and nothing here does I/O.
+
+use std::collections::HashMap;
+
+use medledger_crypto::{
+    CryptoError, EncryptionPublicKey, PublicKey, Signature, identity_id, verify_batch,
+};
+use medledger_merkle::MerkleLog;
+use medledger_types::{Hash, Height, IdentityId, RecordId, Role, TimestampMs, TxId, limits};
+
+use crate::{
+    block::{Block, BlockHeader, txs_root},
+    error::{BlockError, TxError},
+    genesis::Genesis,
+    tx::{AccessOutcome, Payload, Scope, Transaction, actions},
+};
+
+/// A registered identity.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Identity {
+    pub id: IdentityId,
+    pub role: Role,
+    pub signing_key: PublicKey,
+    pub encryption_key: EncryptionPublicKey,
+    pub organisation: Option<IdentityId>,
+    pub name: String,
+    /// The nonce the identity's next transaction must carry.
+    pub next_nonce: u64,
+    pub registered_at: Height,
+}
+
+/// The latest version of a record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecordHead {
+    pub patient: IdentityId,
+    pub custodian: IdentityId,
+    pub resource_type: String,
+    pub latest_version: u32,
+    pub latest_tx: TxId,
+}
+
+/// A consent grant as committed, with its revocation if any.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Grant {
+    pub id: TxId,
+    pub patient: IdentityId,
+    pub grantee: IdentityId,
+    pub scope: Scope,
+    pub actions: u8,
+    pub purpose: crate::tx::Purpose,
+    pub valid_from_ms: TimestampMs,
+    pub valid_until_ms: TimestampMs,
+    pub granted_at: Height,
+    pub revoked_at: Option<Height>,
+}
+
+/// Everything a block changes, computed by verification and applied by commit.
+#[derive(Debug, Default)]
+pub struct Delta {
+    identities: HashMap<IdentityId, Identity>,
+    records: HashMap<RecordId, RecordHead>,
+    grants: HashMap<TxId, Grant>,
+}
+
+/// The state after some prefix of the chain.
+#[derive(Clone, Debug)]
+pub struct State {
+    chain_id: Hash,
+    chain_name: String,
+    validators: Vec<IdentityId>,
+    identities: HashMap<IdentityId, Identity>,
+    records: HashMap<RecordId, RecordHead>,
+    grants: HashMap<TxId, Grant>,
+    height: Height,
+    head_hash: Hash,
+    head_timestamp_ms: TimestampMs,
+    log: MerkleLog,
+}
+
+/// Where a block sits, for the rules that depend on it.
+#[derive(Clone, Copy, Debug)]
+struct BlockContext {
+    height: Height,
+    timestamp_ms: TimestampMs,
+}
+
+impl State {
+    pub fn from_genesis(genesis: &Genesis) -> Self {
+        let mut identities = HashMap::new();
+        for (who, role) in genesis
+            .organisations
+            .iter()
+            .map(|o| (o, Role::Organisation))
+            .chain(genesis.validators.iter().map(|v| (v, Role::Validator)))
+        {
+            identities.insert(
+                who.id(),
+                Identity {
+                    id: who.id(),
+                    role,
+                    signing_key: who.signing_key,
+                    encryption_key: who.encryption_key,
+                    organisation: who.organisation,
+                    name: who.name.clone(),
+                    next_nonce: 0,
+                    registered_at: 0,
+                },
+            );
+        }
+        Self {
+            chain_id: genesis.chain_id(),
+            chain_name: genesis.chain_name.clone(),
+            validators: genesis.validators.iter().map(|v| v.id()).collect(),
+            identities,
+            records: HashMap::new(),
+            grants: HashMap::new(),
+            height: 0,
+            head_hash: genesis.chain_id(),
+            head_timestamp_ms: genesis.genesis_time_ms,
+            log: MerkleLog::new(),
+        }
+    }
+
+    pub fn chain_id(&self) -> Hash {
+        self.chain_id
+    }
+
+    pub fn chain_name(&self) -> &str {
+        &self.chain_name
+    }
+
+    pub fn height(&self) -> Height {
+        self.height
+    }
+
+    /// Hash of the latest block header (the chain id before the first block).
+    pub fn head_hash(&self) -> Hash {
+        self.head_hash
+    }
+
+    pub fn head_timestamp_ms(&self) -> TimestampMs {
+        self.head_timestamp_ms
+    }
+
+    pub fn log(&self) -> &MerkleLog {
+        &self.log
+    }
+
+    pub fn validators(&self) -> &[IdentityId] {
+        &self.validators
+    }
+
+    pub fn identity(&self, id: &IdentityId) -> Option<&Identity> {
+        self.identities.get(id)
+    }
+
+    pub fn identities(&self) -> impl Iterator<Item = &Identity> {
+        self.identities.values()
+    }
+
+    pub fn record(&self, id: &RecordId) -> Option<&RecordHead> {
+        self.records.get(id)
+    }
+
+    pub fn grant(&self, id: &TxId) -> Option<&Grant> {
+        self.grants.get(id)
+    }
+
+    pub fn grants(&self) -> impl Iterator<Item = &Grant> {
+        self.grants.values()
+    }
+
+    /// The nonce `signer`'s next transaction must carry (0 for an unknown identity).
+    pub fn next_nonce(&self, signer: &IdentityId) -> u64 {
+        self.identities.get(signer).map_or(0, |i| i.next_nonce)
+    }
+
+    /// Checks one transaction, signature included, as if it were the next in a block at
+    /// `timestamp_ms`. Used to admit transactions to a mempool.
+    pub fn check_transaction(
+        &self,
+        tx: &Transaction,
+        timestamp_ms: TimestampMs,
+    ) -> Result<(), TxError> {
+        let mut overlay = Overlay::new(self);
+        let ctx = BlockContext {
+            height: self.height + 1,
+            timestamp_ms,
+        };
+        let key = overlay.execute(tx, ctx)?;
+        key.verify(&tx.signed_message(), tx.signature())
+            .map_err(|_| TxError::BadSignature)
+    }
+
+    /// Builds the next block from `candidates`, in order, skipping any that are not valid
+    /// after the ones before them. Candidates must have had their signatures checked (the
+    /// mempool does that). Returns the block and the skipped transactions with reasons.
+    pub fn build_block(
+        &self,
+        candidates: impl IntoIterator<Item = Transaction>,
+        timestamp_ms: TimestampMs,
+        proposer: IdentityId,
+    ) -> (Block, Vec<(Transaction, TxError)>) {
+        let timestamp_ms = timestamp_ms.max(self.head_timestamp_ms + 1);
+        let ctx = BlockContext {
+            height: self.height + 1,
+            timestamp_ms,
+        };
+        let mut overlay = Overlay::new(self);
+        let mut txs = Vec::new();
+        let mut skipped = Vec::new();
+        let mut bytes = 0usize;
+        for tx in candidates {
+            if txs.len() >= limits::BLOCK_TXS_MAX
+                || bytes + tx.bytes().len() + 4 > limits::BLOCK_BYTES_MAX - 1024
+            {
+                break;
+            }
+            match overlay.execute(&tx, ctx) {
+                Ok(_) => {
+                    bytes += tx.bytes().len() + 4;
+                    txs.push(tx);
+                }
+                Err(e) => skipped.push((tx, e)),
+            }
+        }
+        let leaves: Vec<Hash> = txs.iter().map(|t| Hash(t.id().0)).collect();
+        let header = BlockHeader {
+            chain_id: self.chain_id,
+            height: ctx.height,
+            parent: self.head_hash,
+            timestamp_ms,
+            proposer,
+            tx_count: txs.len() as u32,
+            txs_root: txs_root(&txs),
+            log_size: self.log.size() + txs.len() as u64,
+            log_root: self.log.root_with_appended(&leaves),
+        };
+        (Block { header, txs }, skipped)
+    }
+
+    /// Checks that `block` validly extends this state: header links and fields, every
+    /// transaction's rules in order, every signature (batch-verified, except those
+    /// `signature_known_good` vouches for), and both Merkle roots. Returns the changes.
+    ///
+    /// `now_ms` is the local clock when judging a fresh proposal (bounds future timestamps);
+    /// `None` when re-verifying stored history.
+    pub fn verify_block(
+        &self,
+        block: &Block,
+        now_ms: Option<TimestampMs>,
+        signature_known_good: &dyn Fn(&TxId) -> bool,
+    ) -> Result<Delta, BlockError> {
+        let h = &block.header;
+        if h.chain_id != self.chain_id {
+            return Err(BlockError::WrongChain);
+        }
+        if h.height != self.height + 1 {
+            return Err(BlockError::WrongHeight {
+                expected: self.height + 1,
+                got: h.height,
+            });
+        }
+        if h.parent != self.head_hash {
+            return Err(BlockError::WrongParent);
+        }
+        if h.timestamp_ms <= self.head_timestamp_ms {
+            return Err(BlockError::TimestampNotIncreasing {
+                parent_ms: self.head_timestamp_ms,
+                got_ms: h.timestamp_ms,
+            });
+        }
+        if let Some(now) = now_ms
+            && h.timestamp_ms > now.saturating_add(limits::BLOCK_FUTURE_DRIFT_MS)
+        {
+            return Err(BlockError::TimestampInFuture {
+                now_ms: now,
+                got_ms: h.timestamp_ms,
+            });
+        }
+        if !self.validators.contains(&h.proposer) {
+            return Err(BlockError::UnknownProposer);
+        }
+        if block.txs.len() > limits::BLOCK_TXS_MAX {
+            return Err(BlockError::TooManyTransactions(block.txs.len()));
+        }
+        if h.tx_count as usize != block.txs.len() {
+            return Err(BlockError::TxCountMismatch {
+                header: h.tx_count,
+                actual: block.txs.len(),
+            });
+        }
+        if txs_root(&block.txs) != h.txs_root {
+            return Err(BlockError::TxsRootMismatch);
+        }
+        let ctx = BlockContext {
+            height: h.height,
+            timestamp_ms: h.timestamp_ms,
+        };
+        let mut overlay = Overlay::new(self);
+        let mut to_verify: Vec<(usize, PublicKey, Vec<u8>, Signature)> = Vec::new();
+        for (index, tx) in block.txs.iter().enumerate() {
+            let key = overlay
+                .execute(tx, ctx)
+                .map_err(|error| BlockError::InvalidTransaction {
+                    index,
+                    tx_id: tx.id(),
+                    error,
+                })?;
+            if !signature_known_good(&tx.id()) {
+                to_verify.push((index, key, tx.signed_message(), *tx.signature()));
+            }
+        }
+        let items: Vec<(PublicKey, &[u8], Signature)> = to_verify
+            .iter()
+            .map(|(_, k, m, s)| (*k, m.as_slice(), *s))
+            .collect();
+        if let Err(e) = verify_batch(&items) {
+            let index = match e {
+                CryptoError::BadSignatureInBatch { index } => to_verify[index].0,
+                _ => to_verify.first().map_or(0, |v| v.0),
+            };
+            return Err(BlockError::InvalidTransaction {
+                index,
+                tx_id: block.txs[index].id(),
+                error: TxError::BadSignature,
+            });
+        }
+        let expected_size = self.log.size() + block.txs.len() as u64;
+        if h.log_size != expected_size {
+            return Err(BlockError::LogSizeMismatch {
+                header: h.log_size,
+                expected: expected_size,
+            });
+        }
+        let leaves: Vec<Hash> = block.txs.iter().map(|t| Hash(t.id().0)).collect();
+        if self.log.root_with_appended(&leaves) != h.log_root {
+            return Err(BlockError::LogRootMismatch);
+        }
+        Ok(overlay.into_delta())
+    }
+
+    /// Applies a block previously checked by [`State::verify_block`] against this same state.
+    pub fn commit(&mut self, block: &Block, delta: Delta) {
+        assert_eq!(
+            block.header.height,
+            self.height + 1,
+            "commit of a block that does not extend the state"
+        );
+        assert_eq!(
+            block.header.parent, self.head_hash,
+            "commit of a block that does not extend the state"
+        );
+        self.identities.extend(delta.identities);
+        self.records.extend(delta.records);
+        self.grants.extend(delta.grants);
+        for tx in &block.txs {
+            self.log.push(Hash(tx.id().0));
+        }
+        // Pair assertion: the log we now hold is the one the header promised.
+        debug_assert_eq!(self.log.root(), block.header.log_root);
+        self.height = block.header.height;
+        self.head_hash = block.hash();
+        self.head_timestamp_ms = block.header.timestamp_ms;
+    }
+
+    /// Verifies and applies.
+    pub fn apply_block(
+        &mut self,
+        block: &Block,
+        now_ms: Option<TimestampMs>,
+        signature_known_good: &dyn Fn(&TxId) -> bool,
+    ) -> Result<(), BlockError> {
+        let delta = self.verify_block(block, now_ms, signature_known_good)?;
+        self.commit(block, delta);
+        Ok(())
+    }
+}
+
+/// Uncommitted changes layered over a state while a block is built or verified.
+struct Overlay<'a> {
+    base: &'a State,
+    delta: Delta,
+}
+
+impl<'a> Overlay<'a> {
+    fn new(base: &'a State) -> Self {
+        Self {
+            base,
+            delta: Delta::default(),
+        }
+    }
+
+    fn into_delta(self) -> Delta {
+        self.delta
+    }
+
+    fn identity(&self, id: &IdentityId) -> Option<&Identity> {
+        self.delta
+            .identities
+            .get(id)
+            .or_else(|| self.base.identities.get(id))
+    }
+
+    fn identity_mut(&mut self, id: &IdentityId) -> &mut Identity {
+        let base = self.base;
+        self.delta.identities.entry(*id).or_insert_with(|| {
+            base.identities
+                .get(id)
+                .expect("identity checked before mutation")
+                .clone()
+        })
+    }
+
+    fn record(&self, id: &RecordId) -> Option<&RecordHead> {
+        self.delta
+            .records
+            .get(id)
+            .or_else(|| self.base.records.get(id))
+    }
+
+    fn grant(&self, id: &TxId) -> Option<&Grant> {
+        self.delta
+            .grants
+            .get(id)
+            .or_else(|| self.base.grants.get(id))
+    }
+
+    fn require(&self, id: &IdentityId, what: &'static str) -> Result<&Identity, TxError> {
+        self.identity(id)
+            .ok_or(TxError::UnknownIdentity { what, id: *id })
+    }
+
+    /// Checks `tx` against the rules and, only if every check passes, applies it. Returns the
+    /// key its signature must verify under (the signer's key before this transaction).
+    fn execute(&mut self, tx: &Transaction, ctx: BlockContext) -> Result<PublicKey, TxError> {
+        let body = tx.body();
+        if body.chain_id != self.base.chain_id {
+            return Err(TxError::WrongChain);
+        }
+        let signer = body.signer;
+        // Self-registration of a patient is the one transaction whose signer is not yet known.
+        let (key, role, expected_nonce) = match (self.identity(&signer), &body.payload) {
+            (Some(who), _) => (who.signing_key, Some(who.role), who.next_nonce),
+            (
+                None,
+                Payload::RegisterIdentity {
+                    role: Role::Patient,
+                    signing_key,
+                    ..
+                },
+            ) if identity_id(signing_key) == signer => (*signing_key, None, 0),
+            (None, _) => return Err(TxError::UnknownSigner(signer)),
+        };
+        if body.nonce < expected_nonce {
+            return Err(TxError::Replayed {
+                expected: expected_nonce,
+                got: body.nonce,
+            });
+        }
+        if body.nonce > expected_nonce {
+            return Err(TxError::NonceAhead {
+                expected: expected_nonce,
+                got: body.nonce,
+            });
+        }
+        match &body.payload {
+            Payload::RegisterIdentity {
+                role: new_role,
+                signing_key,
+                encryption_key,
+                organisation,
+                name,
+            } => {
+                let id = identity_id(signing_key);
+                if self.identity(&id).is_some() {
+                    return Err(TxError::AlreadyRegistered(id));
+                }
+                match new_role {
+                    Role::Organisation | Role::Validator => {
+                        return Err(TxError::NotAuthorised(
+                            "organisations and validators join through genesis or governance, not registration",
+                        ));
+                    }
+                    Role::Practitioner | Role::SystemClient => {
+                        if role != Some(Role::Organisation) {
+                            return Err(TxError::NotAuthorised(
+                                "only a member organisation registers its practitioners and system clients",
+                            ));
+                        }
+                        if *organisation != Some(signer) {
+                            return Err(TxError::InvalidField(
+                                "organisation must be the registering organisation",
+                            ));
+                        }
+                        check_name(name)?;
+                    }
+                    Role::Patient => {
+                        let provider = matches!(
+                            role,
+                            Some(Role::Organisation | Role::Practitioner | Role::SystemClient)
+                        );
+                        if !(provider || (role.is_none() && id == signer)) {
+                            return Err(TxError::NotAuthorised(
+                                "a patient registers themselves or is registered by a provider",
+                            ));
+                        }
+                        if organisation.is_some() {
+                            return Err(TxError::InvalidField(
+                                "patients do not belong to an organisation",
+                            ));
+                        }
+                        if !name.is_empty() {
+                            return Err(TxError::InvalidField(
+                                "patient names are PHI and never go on-chain",
+                            ));
+                        }
+                    }
+                }
+                let identity = Identity {
+                    id,
+                    role: *new_role,
+                    signing_key: *signing_key,
+                    encryption_key: *encryption_key,
+                    organisation: *organisation,
+                    name: name.clone(),
+                    next_nonce: 0,
+                    registered_at: ctx.height,
+                };
+                self.delta.identities.insert(id, identity);
+            }
+            Payload::RotateKey {
+                signing_key,
+                encryption_key,
+            } => {
+                if *signing_key == key {
+                    return Err(TxError::InvalidField(
+                        "new signing key equals the current one",
+                    ));
+                }
+                let who = self.identity_mut(&signer);
+                who.signing_key = *signing_key;
+                who.encryption_key = *encryption_key;
+            }
+            Payload::RecordCommit {
+                record_id,
+                version,
+                patient,
+                custodian,
+                resource_type,
+                ciphertext_hash: _,
+                ciphertext_bytes: _,
+                key_wraps,
+            } => {
+                let custodian_identity = self.require(custodian, "custodian")?;
+                if custodian_identity.role != Role::Organisation {
+                    return Err(TxError::InvalidField(
+                        "custodian must be a member organisation",
+                    ));
+                }
+                let signer_identity = self.require(&signer, "signer")?;
+                let acts_for_custodian = signer == *custodian
+                    || (matches!(
+                        signer_identity.role,
+                        Role::Practitioner | Role::SystemClient
+                    ) && signer_identity.organisation == Some(*custodian));
+                if !acts_for_custodian {
+                    return Err(TxError::NotAuthorised(
+                        "only the custodian or its staff and clients write its records",
+                    ));
+                }
+                if self.require(patient, "patient")?.role != Role::Patient {
+                    return Err(TxError::InvalidField("patient must be a patient identity"));
+                }
+                check_resource_type(resource_type)?;
+                match self.record(record_id) {
+                    None if *version == 1 => {}
+                    None => {
+                        return Err(TxError::InvalidField("the first version of a record is 1"));
+                    }
+                    Some(head) => {
+                        if head.patient != *patient || head.custodian != *custodian {
+                            return Err(TxError::InvalidField(
+                                "patient and custodian of a record never change",
+                            ));
+                        }
+                        if head.resource_type != *resource_type {
+                            return Err(TxError::InvalidField(
+                                "resource type of a record never changes",
+                            ));
+                        }
+                        if *version != head.latest_version + 1 {
+                            return Err(TxError::InvalidField(
+                                "version must be the latest version plus one",
+                            ));
+                        }
+                    }
+                }
+                let mut recipients = std::collections::HashSet::new();
+                for wrap in key_wraps {
+                    if !recipients.insert(wrap.recipient) {
+                        return Err(TxError::InvalidField(
+                            "two key wraps for the same recipient",
+                        ));
+                    }
+                    self.require(&wrap.recipient, "key wrap recipient")?;
+                    if wrap.wrapped_key.is_empty() {
+                        return Err(TxError::InvalidField("empty wrapped key"));
+                    }
+                }
+                if !recipients.contains(patient) || !recipients.contains(custodian) {
+                    return Err(TxError::InvalidField(
+                        "the record key must be wrapped for the patient and the custodian",
+                    ));
+                }
+                self.delta.records.insert(
+                    *record_id,
+                    RecordHead {
+                        patient: *patient,
+                        custodian: *custodian,
+                        resource_type: resource_type.clone(),
+                        latest_version: *version,
+                        latest_tx: tx.id(),
+                    },
+                );
+            }
+            Payload::ConsentGrant {
+                patient,
+                grantee,
+                scope,
+                actions: acts,
+                purpose: _,
+                valid_from_ms,
+                valid_until_ms,
+            } => {
+                if signer != *patient {
+                    return Err(TxError::NotAuthorised(
+                        "only the patient grants access to their data",
+                    ));
+                }
+                if role != Some(Role::Patient) {
+                    return Err(TxError::InvalidField("patient must be a patient identity"));
+                }
+                let grantee_role = self.require(grantee, "grantee")?.role;
+                if !matches!(
+                    grantee_role,
+                    Role::Organisation | Role::Practitioner | Role::SystemClient
+                ) {
+                    return Err(TxError::InvalidField(
+                        "grantee must be an organisation, practitioner or system client",
+                    ));
+                }
+                if *acts == 0 || *acts & !actions::ALL != 0 {
+                    return Err(TxError::InvalidField(
+                        "actions must be a non-empty subset of read and write",
+                    ));
+                }
+                if valid_until_ms <= valid_from_ms {
+                    return Err(TxError::InvalidField(
+                        "validity period ends before it starts",
+                    ));
+                }
+                if *valid_until_ms <= ctx.timestamp_ms {
+                    return Err(TxError::InvalidField("grant has already expired"));
+                }
+                match scope {
+                    Scope::All => {}
+                    Scope::ResourceTypes(types) => {
+                        if types.is_empty() {
+                            return Err(TxError::InvalidField("empty resource type scope"));
+                        }
+                        types.iter().try_for_each(|t| check_resource_type(t))?;
+                    }
+                    Scope::Records(records) => {
+                        if records.is_empty() {
+                            return Err(TxError::InvalidField("empty record scope"));
+                        }
+                        for r in records {
+                            match self.record(r) {
+                                Some(head) if head.patient == *patient => {}
+                                _ => {
+                                    return Err(TxError::InvalidField(
+                                        "scope names a record that is not the patient's",
+                                    ));
+                                }
+                            }
+                        }
+                    }
+                }
+                let Payload::ConsentGrant { purpose, .. } = &body.payload else {
+                    unreachable!()
+                };
+                self.delta.grants.insert(
+                    tx.id(),
+                    Grant {
+                        id: tx.id(),
+                        patient: *patient,
+                        grantee: *grantee,
+                        scope: scope.clone(),
+                        actions: *acts,
+                        purpose: *purpose,
+                        valid_from_ms: *valid_from_ms,
+                        valid_until_ms: *valid_until_ms,
+                        granted_at: ctx.height,
+                        revoked_at: None,
+                    },
+                );
+            }
+            Payload::ConsentRevoke { grant_id } => {
+                let grant = self
+                    .grant(grant_id)
+                    .ok_or(TxError::UnknownGrant(*grant_id))?;
+                if grant.patient != signer {
+                    return Err(TxError::NotAuthorised(
+                        "only the patient who granted access revokes it",
+                    ));
+                }
+                if grant.revoked_at.is_some() {
+                    return Err(TxError::InvalidField("grant is already revoked"));
+                }
+                let mut revoked = grant.clone();
+                revoked.revoked_at = Some(ctx.height);
+                self.delta.grants.insert(*grant_id, revoked);
+            }
+            Payload::AccessEvent {
+                accessor,
+                patient,
+                record,
+                action: _,
+                purpose: _,
+                outcome,
+                grant_id,
+                reason,
+            } => {
+                if !matches!(
+                    role,
+                    Some(Role::Validator | Role::Organisation | Role::SystemClient)
+                ) {
+                    return Err(TxError::NotAuthorised(
+                        "access events are written by nodes, organisations or system clients",
+                    ));
+                }
+                self.require(accessor, "accessor")?;
+                if self.require(patient, "patient")?.role != Role::Patient {
+                    return Err(TxError::InvalidField("patient must be a patient identity"));
+                }
+                if let Some((record_id, version)) = record {
+                    match self.record(record_id) {
+                        Some(head)
+                            if head.patient == *patient
+                                && *version >= 1
+                                && *version <= head.latest_version => {}
+                        _ => {
+                            return Err(TxError::InvalidField(
+                                "access event names an unknown record version of this patient",
+                            ));
+                        }
+                    }
+                }
+                if let Some(g) = grant_id {
+                    self.grant(g).ok_or(TxError::UnknownGrant(*g))?;
+                }
+                if *outcome == AccessOutcome::Denied && grant_id.is_some() {
+                    return Err(TxError::InvalidField(
+                        "a denied access is not under a grant",
+                    ));
+                }
+                check_reason(reason)?;
+            }
+        }
+        // Every accepted transaction consumes its signer's nonce.
+        if let Some(who) = self.delta.identities.get_mut(&signer) {
+            who.next_nonce = body.nonce + 1;
+        } else {
+            self.identity_mut(&signer).next_nonce = body.nonce + 1;
+        }
+        Ok(key)
+    }
+}
+
+fn check_name(name: &str) -> Result<(), TxError> {
+    if name.trim().is_empty() || name.chars().any(char::is_control) {
+        return Err(TxError::InvalidField(
+            "name must be non-empty printable text",
+        ));
+    }
+    Ok(())
+}
+
+fn check_resource_type(t: &str) -> Result<(), TxError> {
+    let mut chars = t.chars();
+    match chars.next() {
+        Some(c) if c.is_ascii_uppercase() && chars.all(|c| c.is_ascii_alphanumeric()) => Ok(()),
+        _ => Err(TxError::InvalidField(
+            "resource type must be a FHIR resource type name",
+        )),
+    }
+}
+
+fn check_reason(reason: &str) -> Result<(), TxError> {
+    if reason
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c))
+    {
+        Ok(())
+    } else {
+        Err(TxError::InvalidField(
+            "reason must be a code (letters, digits, - _ . :), not free text",
+        ))
+    }
+}

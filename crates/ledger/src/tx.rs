@@ -1,0 +1,552 @@
+//! Transactions: one canonical, versioned binary encoding; the id is the RFC 6962 leaf hash
+//! of that encoding, and the signature covers a domain tag plus everything but itself.
+
+use medledger_codec::{CodecError, Decode, Encode, Reader, Writer};
+use medledger_crypto::{EncryptionPublicKey, Keypair, PublicKey, Signature};
+use medledger_types::{Hash, IdentityId, RecordId, Role, TxId, limits};
+
+/// Encoding version of transactions; the first byte of every encoded transaction.
+pub const TX_VERSION: u8 = 1;
+/// Prefix of every signed message, so a transaction signature can never be replayed as a
+/// signature over anything else medledger signs (checkpoints, blocks, consensus votes).
+pub const TX_SIGNING_DOMAIN: &[u8] = b"medledger/tx/v1\x00";
+
+/// What a consent grant lets the grantee do, as a bit set.
+pub mod actions {
+    pub const READ: u8 = 1;
+    pub const WRITE: u8 = 2;
+    pub const ALL: u8 = READ | WRITE;
+}
+
+/// HL7 v3 PurposeOfUse, the subset medledger enforces.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Purpose {
+    /// TREAT
+    Treatment = 1,
+    /// HPAYMT
+    Payment = 2,
+    /// HOPERAT
+    Operations = 3,
+    /// HRESCH
+    Research = 4,
+    /// ETREAT
+    Emergency = 5,
+}
+
+impl Purpose {
+    pub const ALL: [Purpose; 5] = [
+        Purpose::Treatment,
+        Purpose::Payment,
+        Purpose::Operations,
+        Purpose::Research,
+        Purpose::Emergency,
+    ];
+
+    pub fn from_u8(tag: u8) -> Option<Self> {
+        Self::ALL.into_iter().find(|p| *p as u8 == tag)
+    }
+
+    /// The HL7 v3 ActReason code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Purpose::Treatment => "TREAT",
+            Purpose::Payment => "HPAYMT",
+            Purpose::Operations => "HOPERAT",
+            Purpose::Research => "HRESCH",
+            Purpose::Emergency => "ETREAT",
+        }
+    }
+
+    pub fn parse(code: &str) -> Option<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|p| p.code().eq_ignore_ascii_case(code))
+    }
+}
+
+/// One action in an access event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum AccessAction {
+    Read = 1,
+    Write = 2,
+    History = 3,
+    Search = 4,
+}
+
+impl AccessAction {
+    pub fn from_u8(tag: u8) -> Option<Self> {
+        [Self::Read, Self::Write, Self::History, Self::Search]
+            .into_iter()
+            .find(|a| *a as u8 == tag)
+    }
+}
+
+/// Outcome of an access attempt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum AccessOutcome {
+    Allowed = 1,
+    Denied = 2,
+    BreakGlass = 3,
+}
+
+impl AccessOutcome {
+    pub fn from_u8(tag: u8) -> Option<Self> {
+        [Self::Allowed, Self::Denied, Self::BreakGlass]
+            .into_iter()
+            .find(|a| *a as u8 == tag)
+    }
+}
+
+/// Which data a consent grant covers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Scope {
+    /// Every record of the patient.
+    All,
+    /// Records of these FHIR resource types.
+    ResourceTypes(Vec<String>),
+    /// These records (all versions).
+    Records(Vec<RecordId>),
+}
+
+/// A data key wrapped (HPKE) for one recipient.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyWrap {
+    pub recipient: IdentityId,
+    /// HPKE encapsulated key (X25519 public key of the sender's ephemeral key).
+    pub encapsulated_key: [u8; 32],
+    pub wrapped_key: Vec<u8>,
+}
+
+/// What a transaction does.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Payload {
+    RegisterIdentity {
+        role: Role,
+        signing_key: PublicKey,
+        encryption_key: EncryptionPublicKey,
+        /// The organisation a practitioner or system client belongs to.
+        organisation: Option<IdentityId>,
+        /// Display name; empty for patients, whose names are PHI and never go on-chain.
+        name: String,
+    },
+    RotateKey {
+        signing_key: PublicKey,
+        encryption_key: EncryptionPublicKey,
+    },
+    RecordCommit {
+        record_id: RecordId,
+        version: u32,
+        patient: IdentityId,
+        custodian: IdentityId,
+        resource_type: String,
+        ciphertext_hash: Hash,
+        ciphertext_bytes: u64,
+        key_wraps: Vec<KeyWrap>,
+    },
+    ConsentGrant {
+        patient: IdentityId,
+        grantee: IdentityId,
+        scope: Scope,
+        actions: u8,
+        purpose: Purpose,
+        valid_from_ms: u64,
+        valid_until_ms: u64,
+    },
+    ConsentRevoke {
+        grant_id: TxId,
+    },
+    AccessEvent {
+        accessor: IdentityId,
+        patient: IdentityId,
+        /// The record and version accessed, when the access was to one record.
+        record: Option<(RecordId, u32)>,
+        action: AccessAction,
+        purpose: Purpose,
+        outcome: AccessOutcome,
+        grant_id: Option<TxId>,
+        /// Machine-readable reason code; never free text about the patient.
+        reason: String,
+    },
+}
+
+impl Payload {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Payload::RegisterIdentity { .. } => "register-identity",
+            Payload::RotateKey { .. } => "rotate-key",
+            Payload::RecordCommit { .. } => "record-commit",
+            Payload::ConsentGrant { .. } => "consent-grant",
+            Payload::ConsentRevoke { .. } => "consent-revoke",
+            Payload::AccessEvent { .. } => "access-event",
+        }
+    }
+
+    fn tag(&self) -> u8 {
+        match self {
+            Payload::RegisterIdentity { .. } => 1,
+            Payload::RotateKey { .. } => 2,
+            Payload::RecordCommit { .. } => 3,
+            Payload::ConsentGrant { .. } => 4,
+            Payload::ConsentRevoke { .. } => 5,
+            Payload::AccessEvent { .. } => 6,
+        }
+    }
+}
+
+/// The signed part of a transaction.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TxBody {
+    /// Binds the transaction to one chain (the hash of its genesis).
+    pub chain_id: Hash,
+    pub signer: IdentityId,
+    /// Per-signer sequence number, starting at 0: replay protection and ordering.
+    pub nonce: u64,
+    pub payload: Payload,
+}
+
+/// A signed transaction with its canonical bytes and id.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Transaction {
+    body: TxBody,
+    signature: Signature,
+    bytes: Vec<u8>,
+    id: TxId,
+}
+
+fn leaf_id(bytes: &[u8]) -> TxId {
+    TxId(medledger_crypto::sha256_parts(&[&[0u8], bytes]).0)
+}
+
+impl Transaction {
+    /// Signs `body` with `keys`.
+    pub fn sign(body: TxBody, keys: &Keypair) -> Self {
+        let mut w = Writer::with_capacity(256);
+        w.u8(TX_VERSION);
+        encode_body(&body, &mut w);
+        let unsigned = w.into_bytes();
+        let signature = keys.sign(&signing_message(&unsigned));
+        let mut bytes = unsigned;
+        bytes.extend_from_slice(&signature.0);
+        let id = leaf_id(&bytes);
+        Self {
+            body,
+            signature,
+            bytes,
+            id,
+        }
+    }
+
+    /// Decodes untrusted bytes (does not check the signature: see [`Transaction::signed_message`]).
+    pub fn decode(bytes: &[u8]) -> Result<Self, CodecError> {
+        if bytes.len() > limits::TX_BYTES_MAX {
+            return Err(CodecError::TooLong {
+                what: "transaction",
+                got: bytes.len(),
+                max: limits::TX_BYTES_MAX,
+            });
+        }
+        let mut r = Reader::new(bytes);
+        let version = r.u8("transaction version")?;
+        if version != TX_VERSION {
+            return Err(CodecError::InvalidTag {
+                what: "transaction version",
+                tag: version,
+            });
+        }
+        let body = decode_body(&mut r)?;
+        let signature = Signature(r.array("signature")?);
+        r.finish()?;
+        Ok(Self {
+            body,
+            signature,
+            bytes: bytes.to_vec(),
+            id: leaf_id(bytes),
+        })
+    }
+
+    pub fn body(&self) -> &TxBody {
+        &self.body
+    }
+
+    pub fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    /// Canonical encoded bytes (the log leaf data).
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// RFC 6962 leaf hash of [`Transaction::bytes`].
+    pub fn id(&self) -> TxId {
+        self.id
+    }
+
+    /// The exact message the signature covers.
+    pub fn signed_message(&self) -> Vec<u8> {
+        signing_message(&self.bytes[..self.bytes.len() - 64])
+    }
+}
+
+fn signing_message(unsigned: &[u8]) -> Vec<u8> {
+    let mut msg = Vec::with_capacity(TX_SIGNING_DOMAIN.len() + unsigned.len());
+    msg.extend_from_slice(TX_SIGNING_DOMAIN);
+    msg.extend_from_slice(unsigned);
+    msg
+}
+
+fn encode_body(body: &TxBody, w: &mut Writer) {
+    w.encode(&body.chain_id)
+        .encode(&body.signer)
+        .u64(body.nonce)
+        .u8(body.payload.tag());
+    match &body.payload {
+        Payload::RegisterIdentity {
+            role,
+            signing_key,
+            encryption_key,
+            organisation,
+            name,
+        } => {
+            w.u8(*role as u8)
+                .fixed(&signing_key.0)
+                .fixed(&encryption_key.0);
+            w.option(organisation, |w, o| {
+                w.encode(o);
+            });
+            w.str(name);
+        }
+        Payload::RotateKey {
+            signing_key,
+            encryption_key,
+        } => {
+            w.fixed(&signing_key.0).fixed(&encryption_key.0);
+        }
+        Payload::RecordCommit {
+            record_id,
+            version,
+            patient,
+            custodian,
+            resource_type,
+            ciphertext_hash,
+            ciphertext_bytes,
+            key_wraps,
+        } => {
+            w.encode(record_id)
+                .u32(*version)
+                .encode(patient)
+                .encode(custodian)
+                .str(resource_type);
+            w.encode(ciphertext_hash).u64(*ciphertext_bytes);
+            w.seq(key_wraps, |w, k| {
+                w.encode(&k.recipient)
+                    .fixed(&k.encapsulated_key)
+                    .bytes(&k.wrapped_key);
+            });
+        }
+        Payload::ConsentGrant {
+            patient,
+            grantee,
+            scope,
+            actions,
+            purpose,
+            valid_from_ms,
+            valid_until_ms,
+        } => {
+            w.encode(patient).encode(grantee);
+            match scope {
+                Scope::All => {
+                    w.u8(0);
+                }
+                Scope::ResourceTypes(types) => {
+                    w.u8(1).seq(types, |w, t| {
+                        w.str(t);
+                    });
+                }
+                Scope::Records(records) => {
+                    w.u8(2).seq(records, |w, r| {
+                        w.encode(r);
+                    });
+                }
+            }
+            w.u8(*actions)
+                .u8(*purpose as u8)
+                .u64(*valid_from_ms)
+                .u64(*valid_until_ms);
+        }
+        Payload::ConsentRevoke { grant_id } => {
+            w.encode(grant_id);
+        }
+        Payload::AccessEvent {
+            accessor,
+            patient,
+            record,
+            action,
+            purpose,
+            outcome,
+            grant_id,
+            reason,
+        } => {
+            w.encode(accessor).encode(patient);
+            w.option(record, |w, (id, version)| {
+                w.encode(id).u32(*version);
+            });
+            w.u8(*action as u8).u8(*purpose as u8).u8(*outcome as u8);
+            w.option(grant_id, |w, g| {
+                w.encode(g);
+            });
+            w.str(reason);
+        }
+    }
+}
+
+fn purpose(r: &mut Reader<'_>) -> Result<Purpose, CodecError> {
+    let tag = r.u8("purpose")?;
+    Purpose::from_u8(tag).ok_or(CodecError::InvalidTag {
+        what: "purpose",
+        tag,
+    })
+}
+
+fn decode_body(r: &mut Reader<'_>) -> Result<TxBody, CodecError> {
+    let chain_id = Hash::decode(r)?;
+    let signer = IdentityId::decode(r)?;
+    let nonce = r.u64("nonce")?;
+    let tag = r.u8("payload kind")?;
+    let payload = match tag {
+        1 => {
+            let role_tag = r.u8("role")?;
+            let role = Role::from_u8(role_tag).ok_or(CodecError::InvalidTag {
+                what: "role",
+                tag: role_tag,
+            })?;
+            Payload::RegisterIdentity {
+                role,
+                signing_key: PublicKey(r.array("signing key")?),
+                encryption_key: EncryptionPublicKey(r.array("encryption key")?),
+                organisation: r.option("organisation", IdentityId::decode)?,
+                name: r.string(limits::NAME_BYTES_MAX, "name")?,
+            }
+        }
+        2 => Payload::RotateKey {
+            signing_key: PublicKey(r.array("signing key")?),
+            encryption_key: EncryptionPublicKey(r.array("encryption key")?),
+        },
+        3 => Payload::RecordCommit {
+            record_id: RecordId::decode(r)?,
+            version: r.u32("version")?,
+            patient: IdentityId::decode(r)?,
+            custodian: IdentityId::decode(r)?,
+            resource_type: r.string(limits::RESOURCE_TYPE_BYTES_MAX, "resource type")?,
+            ciphertext_hash: Hash::decode(r)?,
+            ciphertext_bytes: r.u64("ciphertext length")?,
+            key_wraps: r.seq(limits::KEY_WRAPS_MAX, "key wraps", |r| {
+                Ok(KeyWrap {
+                    recipient: IdentityId::decode(r)?,
+                    encapsulated_key: r.array("encapsulated key")?,
+                    wrapped_key: r
+                        .bytes(limits::WRAPPED_KEY_BYTES_MAX, "wrapped key")?
+                        .to_vec(),
+                })
+            })?,
+        },
+        4 => {
+            let patient = IdentityId::decode(r)?;
+            let grantee = IdentityId::decode(r)?;
+            let scope = match r.u8("scope kind")? {
+                0 => Scope::All,
+                1 => Scope::ResourceTypes(r.seq(
+                    limits::SCOPE_ITEMS_MAX,
+                    "scope resource types",
+                    |r| r.string(limits::RESOURCE_TYPE_BYTES_MAX, "resource type"),
+                )?),
+                2 => Scope::Records(r.seq(
+                    limits::SCOPE_ITEMS_MAX,
+                    "scope records",
+                    RecordId::decode,
+                )?),
+                tag => {
+                    return Err(CodecError::InvalidTag {
+                        what: "scope kind",
+                        tag,
+                    });
+                }
+            };
+            Payload::ConsentGrant {
+                patient,
+                grantee,
+                scope,
+                actions: r.u8("actions")?,
+                purpose: purpose(r)?,
+                valid_from_ms: r.u64("valid from")?,
+                valid_until_ms: r.u64("valid until")?,
+            }
+        }
+        5 => Payload::ConsentRevoke {
+            grant_id: TxId::decode(r)?,
+        },
+        6 => {
+            let accessor = IdentityId::decode(r)?;
+            let patient = IdentityId::decode(r)?;
+            let record = r.option("record", |r| Ok((RecordId::decode(r)?, r.u32("version")?)))?;
+            let action_tag = r.u8("action")?;
+            let action = AccessAction::from_u8(action_tag).ok_or(CodecError::InvalidTag {
+                what: "action",
+                tag: action_tag,
+            })?;
+            let purpose = purpose(r)?;
+            let outcome_tag = r.u8("outcome")?;
+            let outcome = AccessOutcome::from_u8(outcome_tag).ok_or(CodecError::InvalidTag {
+                what: "outcome",
+                tag: outcome_tag,
+            })?;
+            Payload::AccessEvent {
+                accessor,
+                patient,
+                record,
+                action,
+                purpose,
+                outcome,
+                grant_id: r.option("grant id", TxId::decode)?,
+                reason: r.string(limits::REASON_BYTES_MAX, "reason")?,
+            }
+        }
+        tag => {
+            return Err(CodecError::InvalidTag {
+                what: "payload kind",
+                tag,
+            });
+        }
+    };
+    Ok(TxBody {
+        chain_id,
+        signer,
+        nonce,
+        payload,
+    })
+}
+
+impl Encode for Transaction {
+    fn encode(&self, w: &mut Writer) {
+        w.fixed(&self.bytes);
+    }
+}
+
+/// Builds and signs a transaction by `keys` (whose identity id is `signer`).
+pub fn sign(
+    keys: &Keypair,
+    chain_id: Hash,
+    signer: IdentityId,
+    nonce: u64,
+    payload: Payload,
+) -> Transaction {
+    Transaction::sign(
+        TxBody {
+            chain_id,
+            signer,
+            nonce,
+            payload,
+        },
+        keys,
+    )
+}

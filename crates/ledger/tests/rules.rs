@@ -1,0 +1,606 @@
+//! The validation rules of the state machine, exercised through blocks as consensus would.
+
+use medledger_crypto::Keypair;
+use medledger_ledger::{
+    AccessAction, AccessOutcome, Block, BlockError, Genesis, GenesisIdentity, KeyWrap, Payload,
+    Purpose, Scope, State, Transaction, TxError, actions, tx::sign,
+};
+use medledger_types::{Hash, IdentityId, RecordId, Role};
+
+struct World {
+    state: State,
+    org_a: Keypair,
+    org_b: Keypair,
+    validator: Keypair,
+    t: u64,
+}
+
+fn identity(name: &str, keys: &Keypair, org: Option<IdentityId>) -> GenesisIdentity {
+    GenesisIdentity {
+        name: name.into(),
+        signing_key: keys.public_key(),
+        encryption_key: keys.encryption_public_key(),
+        organisation: org,
+    }
+}
+
+impl World {
+    fn new() -> Self {
+        let org_a = Keypair::from_label("org-a");
+        let org_b = Keypair::from_label("org-b");
+        let validator = Keypair::from_label("validator-0");
+        let genesis = Genesis {
+            chain_name: "medledger.test".into(),
+            genesis_time_ms: 1_700_000_000_000,
+            organisations: vec![
+                identity("Hospital A", &org_a, None),
+                identity("Hospital B", &org_b, None),
+            ],
+            validators: vec![identity("node-0", &validator, Some(org_a.id()))],
+        };
+        genesis.validate().unwrap();
+        let state = State::from_genesis(&genesis);
+        Self {
+            state,
+            org_a,
+            org_b,
+            validator,
+            t: 1_700_000_000_000,
+        }
+    }
+
+    fn tx(&self, keys: &Keypair, payload: Payload) -> Transaction {
+        let nonce = self.state.next_nonce(&keys.id());
+        sign(keys, self.state.chain_id(), keys.id(), nonce, payload)
+    }
+
+    /// Builds a block of exactly `txs` (as a proposer that did not filter would) and applies it.
+    fn apply(&mut self, txs: Vec<Transaction>) -> Result<Block, BlockError> {
+        self.t += 1000;
+        let (mut block, _) = self.state.build_block(vec![], self.t, self.validator.id());
+        // Re-derive the header for the exact transaction list, valid or not.
+        let leaves: Vec<Hash> = txs.iter().map(|t| Hash(t.id().0)).collect();
+        block.header.tx_count = txs.len() as u32;
+        block.header.txs_root = medledger_ledger::block::txs_root(&txs);
+        block.header.log_size = self.state.log().size() + txs.len() as u64;
+        block.header.log_root = self.state.log().root_with_appended(&leaves);
+        block.txs = txs;
+        self.state.apply_block(&block, Some(self.t), &|_| false)?;
+        Ok(block)
+    }
+
+    fn apply_one(&mut self, tx: Transaction) -> Result<(), TxError> {
+        match self.apply(vec![tx]) {
+            Ok(_) => Ok(()),
+            Err(BlockError::InvalidTransaction { error, .. }) => Err(error),
+            Err(e) => panic!("unexpected block error {e}"),
+        }
+    }
+
+    fn register(
+        &mut self,
+        by: &Keypair,
+        keys: &Keypair,
+        role: Role,
+        org: Option<IdentityId>,
+        name: &str,
+    ) -> Result<(), TxError> {
+        let payload = Payload::RegisterIdentity {
+            role,
+            signing_key: keys.public_key(),
+            encryption_key: keys.encryption_public_key(),
+            organisation: org,
+            name: name.into(),
+        };
+        let tx = if by.id() == keys.id() && role == Role::Patient {
+            sign(by, self.state.chain_id(), by.id(), 0, payload)
+        } else {
+            self.tx(by, payload)
+        };
+        self.apply_one(tx)
+    }
+
+    fn wrap(who: &Keypair) -> KeyWrap {
+        KeyWrap {
+            recipient: who.id(),
+            encapsulated_key: [7; 32],
+            wrapped_key: vec![1; 48],
+        }
+    }
+
+    fn commit_record(
+        &mut self,
+        by: &Keypair,
+        patient: &Keypair,
+        record: RecordId,
+        version: u32,
+    ) -> Result<(), TxError> {
+        let custodian = self.org_a.id();
+        let tx = self.tx(
+            by,
+            Payload::RecordCommit {
+                record_id: record,
+                version,
+                patient: patient.id(),
+                custodian,
+                resource_type: "Observation".into(),
+                ciphertext_hash: Hash([9; 32]),
+                ciphertext_bytes: 1234,
+                key_wraps: vec![Self::wrap(patient), Self::wrap(&self.org_a)],
+            },
+        );
+        self.apply_one(tx)
+    }
+}
+
+#[test]
+fn registration_is_governed() {
+    let mut w = World::new();
+    let (org_a, org_b) = (w.org_a.clone(), w.org_b.clone());
+    let doc = Keypair::from_label("doctor");
+    let patient = Keypair::from_label("patient");
+    let stranger = Keypair::from_label("stranger");
+
+    // An organisation registers its practitioner; it must name itself as the organisation.
+    assert_eq!(
+        w.register(&org_a, &doc, Role::Practitioner, Some(org_b.id()), "Dr Who"),
+        Err(TxError::InvalidField(
+            "organisation must be the registering organisation"
+        ))
+    );
+    w.register(&org_a, &doc, Role::Practitioner, Some(org_a.id()), "Dr Who")
+        .unwrap();
+    assert_eq!(
+        w.state.identity(&doc.id()).unwrap().role,
+        Role::Practitioner
+    );
+    assert_eq!(
+        w.register(&org_a, &doc, Role::Practitioner, Some(org_a.id()), "Dr Who"),
+        Err(TxError::AlreadyRegistered(doc.id()))
+    );
+    // A practitioner cannot register colleagues, nor anyone organisations or validators.
+    let other = Keypair::from_label("other");
+    assert!(matches!(
+        w.register(&doc, &other, Role::Practitioner, Some(org_a.id()), "X"),
+        Err(TxError::NotAuthorised(_))
+    ));
+    assert!(matches!(
+        w.register(&org_a, &other, Role::Organisation, None, "Evil Corp"),
+        Err(TxError::NotAuthorised(_))
+    ));
+    assert!(matches!(
+        w.register(&org_a, &other, Role::Validator, Some(org_a.id()), "n"),
+        Err(TxError::NotAuthorised(_))
+    ));
+    // Patients never carry a name on-chain.
+    assert_eq!(
+        w.register(&patient, &patient, Role::Patient, None, "Jane Doe"),
+        Err(TxError::InvalidField(
+            "patient names are PHI and never go on-chain"
+        ))
+    );
+    // Self-registration with the patient's own key.
+    w.register(&patient, &patient, Role::Patient, None, "")
+        .unwrap();
+    // A provider registers a patient with the patient's public key.
+    let p2 = Keypair::from_label("patient-2");
+    w.register(&doc, &p2, Role::Patient, None, "").unwrap();
+    // Unknown signers cannot do anything else.
+    let tx = sign(
+        &stranger,
+        w.state.chain_id(),
+        stranger.id(),
+        0,
+        Payload::RotateKey {
+            signing_key: other.public_key(),
+            encryption_key: other.encryption_public_key(),
+        },
+    );
+    assert_eq!(w.apply_one(tx), Err(TxError::UnknownSigner(stranger.id())));
+    // Nothing of the rejected transactions was written.
+    assert!(w.state.identity(&other.id()).is_none());
+    assert!(w.state.identity(&stranger.id()).is_none());
+}
+
+#[test]
+fn replay_and_nonces() {
+    let mut w = World::new();
+    let org_a = w.org_a.clone();
+    let doc = Keypair::from_label("doctor");
+    let payload = Payload::RegisterIdentity {
+        role: Role::Practitioner,
+        signing_key: doc.public_key(),
+        encryption_key: doc.encryption_public_key(),
+        organisation: Some(org_a.id()),
+        name: "Dr A".into(),
+    };
+    let tx = w.tx(&org_a, payload);
+    w.apply_one(tx.clone()).unwrap();
+    assert_eq!(
+        w.apply_one(tx.clone()),
+        Err(TxError::Replayed {
+            expected: 1,
+            got: 0
+        })
+    );
+    let ahead = sign(
+        &org_a,
+        w.state.chain_id(),
+        org_a.id(),
+        5,
+        tx.body().payload.clone(),
+    );
+    assert_eq!(
+        w.apply_one(ahead),
+        Err(TxError::NonceAhead {
+            expected: 1,
+            got: 5
+        })
+    );
+    // The same transaction twice in one block: the second is a replay, the block is invalid.
+    let doc2 = Keypair::from_label("doctor-2");
+    let tx2 = w.tx(
+        &org_a,
+        Payload::RegisterIdentity {
+            role: Role::Practitioner,
+            signing_key: doc2.public_key(),
+            encryption_key: doc2.encryption_public_key(),
+            organisation: Some(org_a.id()),
+            name: "Dr B".into(),
+        },
+    );
+    let height = w.state.height();
+    assert!(matches!(
+        w.apply(vec![tx2.clone(), tx2]),
+        Err(BlockError::InvalidTransaction { index: 1, .. })
+    ));
+    assert_eq!(w.state.height(), height, "a rejected block changes nothing");
+    assert!(w.state.identity(&doc2.id()).is_none());
+}
+
+#[test]
+fn signatures_are_checked_and_bound_to_the_chain() {
+    let mut w = World::new();
+    let org_a = w.org_a.clone();
+    let doc = Keypair::from_label("doctor");
+    let good = w.tx(
+        &org_a,
+        Payload::RegisterIdentity {
+            role: Role::Practitioner,
+            signing_key: doc.public_key(),
+            encryption_key: doc.encryption_public_key(),
+            organisation: Some(org_a.id()),
+            name: "Dr A".into(),
+        },
+    );
+    // Flip one bit of the signature.
+    let mut bytes = good.bytes().to_vec();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    let forged = Transaction::decode(&bytes).unwrap();
+    assert_eq!(w.apply_one(forged.clone()), Err(TxError::BadSignature));
+    assert_eq!(
+        w.state.check_transaction(&forged, w.t),
+        Err(TxError::BadSignature)
+    );
+    // Signed by someone else claiming to be org A.
+    let impostor = Keypair::from_label("impostor");
+    let claimed = sign(
+        &impostor,
+        w.state.chain_id(),
+        org_a.id(),
+        0,
+        good.body().payload.clone(),
+    );
+    assert_eq!(w.apply_one(claimed), Err(TxError::BadSignature));
+    // Another chain's transaction.
+    let foreign = sign(
+        &org_a,
+        Hash([1; 32]),
+        org_a.id(),
+        0,
+        good.body().payload.clone(),
+    );
+    assert_eq!(w.apply_one(foreign), Err(TxError::WrongChain));
+    w.apply_one(good).unwrap();
+}
+
+#[test]
+fn key_rotation_changes_the_verifying_key() {
+    let mut w = World::new();
+    let org_a = w.org_a.clone();
+    let new_keys = Keypair::from_label("org-a-rotated");
+    let rotate = w.tx(
+        &org_a,
+        Payload::RotateKey {
+            signing_key: new_keys.public_key(),
+            encryption_key: new_keys.encryption_public_key(),
+        },
+    );
+    w.apply_one(rotate).unwrap();
+    let doc = Keypair::from_label("doctor");
+    let payload = Payload::RegisterIdentity {
+        role: Role::Practitioner,
+        signing_key: doc.public_key(),
+        encryption_key: doc.encryption_public_key(),
+        organisation: Some(org_a.id()),
+        name: "Dr A".into(),
+    };
+    let old = sign(&org_a, w.state.chain_id(), org_a.id(), 1, payload.clone());
+    assert_eq!(w.apply_one(old), Err(TxError::BadSignature));
+    let new = sign(&new_keys, w.state.chain_id(), org_a.id(), 1, payload);
+    w.apply_one(new).unwrap();
+    assert_eq!(
+        w.state.identity(&org_a.id()).unwrap().signing_key,
+        new_keys.public_key()
+    );
+}
+
+#[test]
+fn records_grants_revocations_and_access_events() {
+    let mut w = World::new();
+    let (org_a, org_b, validator) = (w.org_a.clone(), w.org_b.clone(), w.validator.clone());
+    let doc = Keypair::from_label("doctor");
+    let doc_b = Keypair::from_label("doctor-b");
+    let patient = Keypair::from_label("patient");
+    w.register(&org_a, &doc, Role::Practitioner, Some(org_a.id()), "Dr A")
+        .unwrap();
+    w.register(&org_b, &doc_b, Role::Practitioner, Some(org_b.id()), "Dr B")
+        .unwrap();
+    w.register(&patient, &patient, Role::Patient, None, "")
+        .unwrap();
+
+    let record = RecordId([5; 32]);
+    assert_eq!(
+        w.commit_record(&doc, &patient, record, 2),
+        Err(TxError::InvalidField("the first version of a record is 1"))
+    );
+    // Org B's practitioner cannot write org A's records.
+    assert!(matches!(
+        w.commit_record(&doc_b, &patient, record, 1),
+        Err(TxError::NotAuthorised(_))
+    ));
+    w.commit_record(&doc, &patient, record, 1).unwrap();
+    w.commit_record(&doc, &patient, record, 2).unwrap();
+    assert_eq!(
+        w.commit_record(&doc, &patient, record, 2),
+        Err(TxError::InvalidField(
+            "version must be the latest version plus one"
+        ))
+    );
+    assert_eq!(w.state.record(&record).unwrap().latest_version, 2);
+
+    // Only the patient grants.
+    let grant_payload = Payload::ConsentGrant {
+        patient: patient.id(),
+        grantee: org_b.id(),
+        scope: Scope::ResourceTypes(vec!["Observation".into()]),
+        actions: actions::READ,
+        purpose: Purpose::Treatment,
+        valid_from_ms: w.t,
+        valid_until_ms: w.t + 86_400_000,
+    };
+    let by_doctor = w.tx(&doc, grant_payload.clone());
+    assert!(matches!(
+        w.apply_one(by_doctor),
+        Err(TxError::NotAuthorised(_))
+    ));
+    let grant = w.tx(&patient, grant_payload);
+    let grant_id = grant.id();
+    w.apply_one(grant).unwrap();
+    assert_eq!(w.state.grant(&grant_id).unwrap().grantee, org_b.id());
+
+    // A node records an access under that grant.
+    let event = w.tx(
+        &validator,
+        Payload::AccessEvent {
+            accessor: doc_b.id(),
+            patient: patient.id(),
+            record: Some((record, 2)),
+            action: AccessAction::Read,
+            purpose: Purpose::Treatment,
+            outcome: AccessOutcome::Allowed,
+            grant_id: Some(grant_id),
+            reason: "consent-grant".into(),
+        },
+    );
+    w.apply_one(event).unwrap();
+    // Free text (possible PHI) is refused in reasons; unknown versions are refused.
+    let bad_reason = w.tx(
+        &validator,
+        Payload::AccessEvent {
+            accessor: doc_b.id(),
+            patient: patient.id(),
+            record: Some((record, 3)),
+            action: AccessAction::Read,
+            purpose: Purpose::Treatment,
+            outcome: AccessOutcome::Denied,
+            grant_id: None,
+            reason: "no-grant".into(),
+        },
+    );
+    assert!(matches!(
+        w.apply_one(bad_reason),
+        Err(TxError::InvalidField(_))
+    ));
+    let free_text = w.tx(
+        &validator,
+        Payload::AccessEvent {
+            accessor: doc_b.id(),
+            patient: patient.id(),
+            record: None,
+            action: AccessAction::Read,
+            purpose: Purpose::Treatment,
+            outcome: AccessOutcome::Denied,
+            grant_id: None,
+            reason: "patient has HIV".into(),
+        },
+    );
+    assert!(matches!(
+        w.apply_one(free_text),
+        Err(TxError::InvalidField(_))
+    ));
+    // Practitioners do not write access events themselves.
+    let by_doc = w.tx(
+        &doc_b,
+        Payload::AccessEvent {
+            accessor: doc_b.id(),
+            patient: patient.id(),
+            record: None,
+            action: AccessAction::Search,
+            purpose: Purpose::Treatment,
+            outcome: AccessOutcome::Allowed,
+            grant_id: None,
+            reason: "search".into(),
+        },
+    );
+    assert!(matches!(
+        w.apply_one(by_doc),
+        Err(TxError::NotAuthorised(_))
+    ));
+
+    // Revocation: only by the patient, once.
+    let revoke_by_org = w.tx(&org_b, Payload::ConsentRevoke { grant_id });
+    assert!(matches!(
+        w.apply_one(revoke_by_org),
+        Err(TxError::NotAuthorised(_))
+    ));
+    let revoke = w.tx(&patient, Payload::ConsentRevoke { grant_id });
+    w.apply_one(revoke).unwrap();
+    let revoked_at = w.state.grant(&grant_id).unwrap().revoked_at;
+    assert_eq!(revoked_at, Some(w.state.height()));
+    let again = w.tx(&patient, Payload::ConsentRevoke { grant_id });
+    assert_eq!(
+        w.apply_one(again),
+        Err(TxError::InvalidField("grant is already revoked"))
+    );
+}
+
+#[test]
+fn block_header_rules() {
+    let mut w = World::new();
+    w.t += 1000;
+    let (good, _) = w.state.build_block(vec![], w.t, w.validator.id());
+    let check = |b: &Block, state: &State| {
+        state
+            .verify_block(b, Some(b.header.timestamp_ms), &|_| false)
+            .map(|_| ())
+    };
+    check(&good, &w.state).unwrap();
+
+    let mut b = good.clone();
+    b.header.height = 2;
+    assert_eq!(
+        check(&b, &w.state),
+        Err(BlockError::WrongHeight {
+            expected: 1,
+            got: 2
+        })
+    );
+    let mut b = good.clone();
+    b.header.parent = Hash([3; 32]);
+    assert_eq!(check(&b, &w.state), Err(BlockError::WrongParent));
+    let mut b = good.clone();
+    b.header.timestamp_ms = 1_700_000_000_000;
+    assert!(matches!(
+        check(&b, &w.state),
+        Err(BlockError::TimestampNotIncreasing { .. })
+    ));
+    let mut b = good.clone();
+    b.header.proposer = w.org_a.id();
+    assert_eq!(check(&b, &w.state), Err(BlockError::UnknownProposer));
+    let mut b = good.clone();
+    b.header.log_root = Hash([0; 32]);
+    assert_eq!(check(&b, &w.state), Err(BlockError::LogRootMismatch));
+    let mut b = good.clone();
+    b.header.log_size = 1;
+    assert!(matches!(
+        check(&b, &w.state),
+        Err(BlockError::LogSizeMismatch { .. })
+    ));
+    // A timestamp far in the future is refused when judged against a local clock.
+    let mut b = good.clone();
+    b.header.timestamp_ms = w.t + 3_600_000;
+    assert!(matches!(
+        w.state.verify_block(&b, Some(w.t), &|_| false),
+        Err(BlockError::TimestampInFuture { .. })
+    ));
+    w.state.apply_block(&good, Some(w.t), &|_| false).unwrap();
+    assert_eq!(w.state.head_hash(), good.hash());
+}
+
+#[test]
+fn build_block_skips_invalid_and_blocks_round_trip() {
+    let mut w = World::new();
+    let org_a = w.org_a.clone();
+    let docs: Vec<Keypair> = (0..5)
+        .map(|i| Keypair::from_label(&format!("doc-{i}")))
+        .collect();
+    let chain = w.state.chain_id();
+    let mut txs: Vec<Transaction> = docs
+        .iter()
+        .enumerate()
+        .map(|(i, d)| {
+            sign(
+                &org_a,
+                chain,
+                org_a.id(),
+                i as u64,
+                Payload::RegisterIdentity {
+                    role: Role::Practitioner,
+                    signing_key: d.public_key(),
+                    encryption_key: d.encryption_public_key(),
+                    organisation: Some(org_a.id()),
+                    name: format!("Dr {i}"),
+                },
+            )
+        })
+        .collect();
+    // A duplicate (replay) in the middle is skipped, the rest included in order.
+    txs.insert(2, txs[1].clone());
+    w.t += 1000;
+    let (block, skipped) = w.state.build_block(txs, w.t, w.validator.id());
+    assert_eq!(block.txs.len(), 5);
+    assert_eq!(skipped.len(), 1);
+    assert!(matches!(skipped[0].1, TxError::Replayed { .. }));
+    let bytes = medledger_codec::Encode::to_bytes(&block);
+    let decoded = Block::decode(&bytes).unwrap();
+    assert_eq!(decoded, block);
+    assert_eq!(decoded.hash(), block.hash());
+    w.state
+        .apply_block(&decoded, Some(w.t), &|_| false)
+        .unwrap();
+    assert_eq!(w.state.log().size(), 5);
+    assert_eq!(w.state.log().root(), block.header.log_root);
+    // Truncated or padded encodings are rejected.
+    assert!(Block::decode(&bytes[..bytes.len() - 1]).is_err());
+    let mut padded = bytes.clone();
+    padded.push(0);
+    assert!(Block::decode(&padded).is_err());
+}
+
+#[test]
+fn transaction_decoding_is_strict() {
+    let w = World::new();
+    let tx = w.tx(
+        &w.org_a,
+        Payload::ConsentRevoke {
+            grant_id: medledger_types::TxId([1; 32]),
+        },
+    );
+    let bytes = tx.bytes().to_vec();
+    assert_eq!(Transaction::decode(&bytes).unwrap(), tx);
+    for cut in 0..bytes.len() {
+        assert!(
+            Transaction::decode(&bytes[..cut]).is_err(),
+            "prefix of {cut} bytes decoded"
+        );
+    }
+    let mut v2 = bytes.clone();
+    v2[0] = 2;
+    assert!(Transaction::decode(&v2).is_err());
+    let oversized = vec![1u8; medledger_types::limits::TX_BYTES_MAX + 1];
+    assert!(Transaction::decode(&oversized).is_err());
+    // The id is the RFC 6962 leaf hash of the bytes.
+    assert_eq!(tx.id().0, medledger_merkle::leaf_hash(&bytes).0);
+}

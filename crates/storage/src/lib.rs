@@ -1,0 +1,1 @@
+//! Crash-safe embedded storage (redb) of blocks, transaction index and log leaves.

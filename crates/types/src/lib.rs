@@ -1,0 +1,179 @@
+//! Core identifiers, hashes and limits shared by every medledger crate.
+//!
+//! Architecture invariant: this crate has no behaviour beyond formatting and parsing of
+//! identifiers; everything that hashes, signs or validates lives further down the chain.
+
+use std::fmt;
+
+pub mod limits;
+
+/// Errors from parsing identifiers given as text.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TypesError {
+    #[error("expected {expected} hex characters, got {got}")]
+    HexLength { expected: usize, got: usize },
+    #[error("invalid hex: {0}")]
+    Hex(String),
+}
+
+fn parse_hex32(text: &str) -> Result<[u8; 32], TypesError> {
+    if text.len() != 64 {
+        return Err(TypesError::HexLength {
+            expected: 64,
+            got: text.len(),
+        });
+    }
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(text, &mut out).map_err(|e| TypesError::Hex(e.to_string()))?;
+    Ok(out)
+}
+
+macro_rules! hash_newtype {
+    ($(#[$meta:meta])* $name:ident) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+        pub struct $name(pub [u8; 32]);
+
+        impl $name {
+            pub const LEN: usize = 32;
+
+            pub fn as_bytes(&self) -> &[u8; 32] {
+                &self.0
+            }
+
+            pub fn to_hex(&self) -> String {
+                hex::encode(self.0)
+            }
+
+            pub fn from_hex(text: &str) -> Result<Self, TypesError> {
+                parse_hex32(text).map(Self)
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&hex::encode(self.0))
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                // Eight hex characters identify a value in logs without flooding them.
+                write!(f, concat!(stringify!($name), "({})"), &hex::encode(&self.0[..4]))
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = TypesError;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                Self::from_hex(s)
+            }
+        }
+    };
+}
+
+hash_newtype!(
+    /// A SHA-256 digest.
+    Hash
+);
+hash_newtype!(
+    /// The id of an identity: SHA-256 over a domain tag and its first Ed25519 public key.
+    /// Stays the same when the identity rotates its keys.
+    IdentityId
+);
+hash_newtype!(
+    /// The id of a transaction: its RFC 6962 leaf hash, SHA-256(0x00 || signed transaction bytes).
+    TxId
+);
+hash_newtype!(
+    /// The id of a medical record (all versions share it).
+    RecordId
+);
+
+/// Block height; the genesis state is height 0 and the first block is height 1.
+pub type Height = u64;
+
+/// Milliseconds since the Unix epoch (UTC).
+pub type TimestampMs = u64;
+
+/// The kind of an identity. Encoded as one byte (see `docs/format.md`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Role {
+    /// A consortium member organisation (hospital, insurer, research body). From genesis.
+    Organisation = 1,
+    /// A validator node, run by a member organisation. From genesis.
+    Validator = 2,
+    /// A clinician or other staff member, registered by their organisation.
+    Practitioner = 3,
+    /// A patient, self-registered or registered by a provider with the patient's own key.
+    Patient = 4,
+    /// A machine client (EHR integration, batch job), registered by its organisation.
+    SystemClient = 5,
+}
+
+impl Role {
+    pub const ALL: [Role; 5] = [
+        Role::Organisation,
+        Role::Validator,
+        Role::Practitioner,
+        Role::Patient,
+        Role::SystemClient,
+    ];
+
+    pub fn from_u8(tag: u8) -> Option<Role> {
+        Role::ALL.into_iter().find(|r| *r as u8 == tag)
+    }
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Role::Organisation => "organisation",
+            Role::Validator => "validator",
+            Role::Practitioner => "practitioner",
+            Role::Patient => "patient",
+            Role::SystemClient => "system-client",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Role> {
+        Role::ALL.into_iter().find(|r| r.as_str() == text)
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hex_round_trip_and_errors() {
+        let h = Hash([0xab; 32]);
+        assert_eq!(Hash::from_hex(&h.to_hex()).unwrap(), h);
+        assert_eq!(
+            Hash::from_hex("abcd"),
+            Err(TypesError::HexLength {
+                expected: 64,
+                got: 4
+            })
+        );
+        assert!(matches!(
+            Hash::from_hex(&"zz".repeat(32)),
+            Err(TypesError::Hex(_))
+        ));
+    }
+
+    #[test]
+    fn role_tags_round_trip() {
+        for role in Role::ALL {
+            assert_eq!(Role::from_u8(role as u8), Some(role));
+            assert_eq!(Role::parse(role.as_str()), Some(role));
+        }
+        assert_eq!(Role::from_u8(0), None);
+        assert_eq!(Role::from_u8(6), None);
+    }
+}

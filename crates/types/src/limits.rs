@@ -1,0 +1,33 @@
+//! Named upper bounds. Every queue, message and request in medledger has one; changing a
+//! consensus-relevant limit (marked) is a protocol change.
+
+/// Largest encoded signed transaction accepted anywhere (consensus-relevant).
+pub const TX_BYTES_MAX: usize = 64 * 1024;
+/// Most transactions in one block (consensus-relevant).
+pub const BLOCK_TXS_MAX: usize = 20_000;
+/// Largest encoded block (consensus-relevant).
+pub const BLOCK_BYTES_MAX: usize = 16 * 1024 * 1024;
+/// Longest display name of an identity, in bytes of UTF-8 (consensus-relevant).
+pub const NAME_BYTES_MAX: usize = 128;
+/// Longest FHIR resource type name, in bytes (consensus-relevant).
+pub const RESOURCE_TYPE_BYTES_MAX: usize = 64;
+/// Most key wraps in one record commit (consensus-relevant).
+pub const KEY_WRAPS_MAX: usize = 64;
+/// Largest wrapped key (HPKE ciphertext of a data key), in bytes (consensus-relevant).
+pub const WRAPPED_KEY_BYTES_MAX: usize = 256;
+/// Most resource types or records named in one consent scope (consensus-relevant).
+pub const SCOPE_ITEMS_MAX: usize = 64;
+/// Longest reason text in an access event, in bytes (consensus-relevant).
+pub const REASON_BYTES_MAX: usize = 256;
+/// Most validators in a consortium (consensus-relevant).
+pub const VALIDATORS_MAX: usize = 64;
+/// Most member organisations in genesis (consensus-relevant).
+pub const GENESIS_MEMBERS_MAX: usize = 1024;
+/// How far ahead of a validator's clock a proposed block timestamp may be.
+pub const BLOCK_FUTURE_DRIFT_MS: u64 = 10_000;
+/// How far ahead of the expected nonce a submitted transaction may be queued.
+pub const NONCE_AHEAD_MAX: u64 = 4096;
+/// Most transactions waiting in a node's mempool.
+pub const MEMPOOL_TXS_MAX: usize = 200_000;
+/// Largest HTTP request body accepted by the node API.
+pub const HTTP_BODY_BYTES_MAX: usize = 2 * TX_BYTES_MAX;
