@@ -17,11 +17,7 @@ pub enum CodecError {
     #[error("{0} trailing bytes after the value")]
     TrailingBytes(usize),
     #[error("{what} has length {got}, above the maximum {max}")]
-    TooLong {
-        what: &'static str,
-        got: usize,
-        max: usize,
-    },
+    TooLong { what: &'static str, got: usize, max: usize },
     #[error("invalid tag {tag} for {what}")]
     InvalidTag { what: &'static str, tag: u8 },
     #[error("{0} is not valid UTF-8")]
@@ -42,9 +38,7 @@ impl Writer {
     }
 
     pub fn with_capacity(bytes: usize) -> Self {
-        Self {
-            buf: Vec::with_capacity(bytes),
-        }
+        Self { buf: Vec::with_capacity(bytes) }
     }
 
     pub fn u8(&mut self, v: u8) -> &mut Self {
@@ -186,20 +180,14 @@ impl<'a> Reader<'a> {
     pub fn bytes(&mut self, max: usize, what: &'static str) -> Result<&'a [u8], CodecError> {
         let len = self.u32(what)? as usize;
         if len > max {
-            return Err(CodecError::TooLong {
-                what,
-                got: len,
-                max,
-            });
+            return Err(CodecError::TooLong { what, got: len, max });
         }
         self.take(len, what)
     }
 
     pub fn string(&mut self, max: usize, what: &'static str) -> Result<String, CodecError> {
         let raw = self.bytes(max, what)?;
-        std::str::from_utf8(raw)
-            .map(str::to_owned)
-            .map_err(|_| CodecError::InvalidUtf8(what))
+        std::str::from_utf8(raw).map(str::to_owned).map_err(|_| CodecError::InvalidUtf8(what))
     }
 
     /// A counted sequence of at most `max` items.
@@ -211,11 +199,7 @@ impl<'a> Reader<'a> {
     ) -> Result<Vec<T>, CodecError> {
         let len = self.u32(what)? as usize;
         if len > max {
-            return Err(CodecError::TooLong {
-                what,
-                got: len,
-                max,
-            });
+            return Err(CodecError::TooLong { what, got: len, max });
         }
         // Each item takes at least one byte, so a lying count cannot make us over-allocate.
         let mut out = Vec::with_capacity(len.min(self.remaining()));
@@ -230,11 +214,7 @@ impl<'a> Reader<'a> {
         what: &'static str,
         each: impl FnOnce(&mut Self) -> Result<T, CodecError>,
     ) -> Result<Option<T>, CodecError> {
-        if self.bool(what)? {
-            Ok(Some(each(self)?))
-        } else {
-            Ok(None)
-        }
+        if self.bool(what)? { Ok(Some(each(self)?)) } else { Ok(None) }
     }
 
     pub fn decode<T: Decode>(&mut self) -> Result<T, CodecError> {
@@ -243,11 +223,7 @@ impl<'a> Reader<'a> {
 
     /// Fails unless every byte was consumed.
     pub fn finish(self) -> Result<(), CodecError> {
-        if self.buf.is_empty() {
-            Ok(())
-        } else {
-            Err(CodecError::TrailingBytes(self.buf.len()))
-        }
+        if self.buf.is_empty() { Ok(()) } else { Err(CodecError::TrailingBytes(self.buf.len())) }
     }
 }
 
@@ -298,16 +274,9 @@ mod tests {
     #[test]
     fn integers_are_big_endian_and_round_trip() {
         let mut w = Writer::new();
-        w.u8(1)
-            .u16(0x0203)
-            .u32(0x04050607)
-            .u64(0x08090a0b0c0d0e0f)
-            .bool(true);
+        w.u8(1).u16(0x0203).u32(0x04050607).u64(0x08090a0b0c0d0e0f).bool(true);
         let bytes = w.into_bytes();
-        assert_eq!(
-            bytes,
-            [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 1]
-        );
+        assert_eq!(bytes, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 1]);
         let mut r = Reader::new(&bytes);
         assert_eq!(r.u8("a").unwrap(), 1);
         assert_eq!(r.u16("b").unwrap(), 0x0203);
@@ -319,13 +288,7 @@ mod tests {
 
     #[test]
     fn rejects_non_canonical_and_hostile_input() {
-        assert_eq!(
-            Reader::new(&[2]).bool("flag"),
-            Err(CodecError::InvalidTag {
-                what: "flag",
-                tag: 2
-            })
-        );
+        assert_eq!(Reader::new(&[2]).bool("flag"), Err(CodecError::InvalidTag { what: "flag", tag: 2 }));
         // A length above the maximum is refused before anything is read or allocated.
         let mut w = Writer::new();
         w.u32(u32::MAX);
@@ -340,18 +303,9 @@ mod tests {
             Reader::new(&w.into_bytes()).seq(100, "items", |r| r.u64("item")),
             Err(CodecError::UnexpectedEnd("item"))
         );
-        assert_eq!(
-            Reader::new(&[0, 0, 0, 2, 0xff, 0xfe]).string(8, "name"),
-            Err(CodecError::InvalidUtf8("name"))
-        );
-        assert_eq!(
-            decode_exact::<Hash>(&[0u8; 33]),
-            Err(CodecError::TrailingBytes(1))
-        );
-        assert_eq!(
-            decode_exact::<Hash>(&[0u8; 31]),
-            Err(CodecError::UnexpectedEnd("Hash"))
-        );
+        assert_eq!(Reader::new(&[0, 0, 0, 2, 0xff, 0xfe]).string(8, "name"), Err(CodecError::InvalidUtf8("name")));
+        assert_eq!(decode_exact::<Hash>(&[0u8; 33]), Err(CodecError::TrailingBytes(1)));
+        assert_eq!(decode_exact::<Hash>(&[0u8; 31]), Err(CodecError::UnexpectedEnd("Hash")));
     }
 
     #[test]

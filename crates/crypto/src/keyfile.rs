@@ -26,31 +26,20 @@ const KEY_FILE_BYTES_MAX: u64 = 4096;
 #[non_exhaustive]
 pub enum KeyFileError {
     #[error("key file {path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error("key file {path} already exists; refusing to overwrite a secret key")]
     Exists { path: PathBuf },
     // The message names the field, never its value.
     #[error("key file {path} is malformed: {problem}")]
-    Malformed {
-        path: PathBuf,
-        problem: &'static str,
-    },
+    Malformed { path: PathBuf, problem: &'static str },
 }
 
 /// Writes `keys` to `path` (mode 0600, via a temporary file and rename so a crash never leaves a
 /// half-written key). Refuses to overwrite an existing file.
 pub fn write_key_file(path: &Path, keys: &Keypair) -> Result<(), KeyFileError> {
-    let io = |source| KeyFileError::Io {
-        path: path.to_owned(),
-        source,
-    };
+    let io = |source| KeyFileError::Io { path: path.to_owned(), source };
     if path.exists() {
-        return Err(KeyFileError::Exists {
-            path: path.to_owned(),
-        });
+        return Err(KeyFileError::Exists { path: path.to_owned() });
     }
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         fs::create_dir_all(dir).map_err(io)?;
@@ -80,14 +69,8 @@ pub fn write_key_file(path: &Path, keys: &Keypair) -> Result<(), KeyFileError> {
 
 /// Reads a key file written by [`write_key_file`].
 pub fn read_key_file(path: &Path) -> Result<Keypair, KeyFileError> {
-    let io = |source| KeyFileError::Io {
-        path: path.to_owned(),
-        source,
-    };
-    let malformed = |problem| KeyFileError::Malformed {
-        path: path.to_owned(),
-        problem,
-    };
+    let io = |source| KeyFileError::Io { path: path.to_owned(), source };
+    let malformed = |problem| KeyFileError::Malformed { path: path.to_owned(), problem };
     let meta = fs::metadata(path).map_err(io)?;
     if meta.len() > KEY_FILE_BYTES_MAX {
         return Err(malformed("file is larger than a key file can be"));
@@ -108,16 +91,11 @@ pub fn read_key_file(path: &Path) -> Result<Keypair, KeyFileError> {
         match field.trim() {
             "format" => format = Some(value == FORMAT),
             "signing-seed" => {
-                signing = Some(
-                    parse_secret(value)
-                        .ok_or_else(|| malformed("signing-seed is not 64 hex characters"))?,
-                )
+                signing = Some(parse_secret(value).ok_or_else(|| malformed("signing-seed is not 64 hex characters"))?)
             }
             "encryption-secret" => {
-                encryption = Some(
-                    parse_secret(value)
-                        .ok_or_else(|| malformed("encryption-secret is not 64 hex characters"))?,
-                )
+                encryption =
+                    Some(parse_secret(value).ok_or_else(|| malformed("encryption-secret is not 64 hex characters"))?)
             }
             "id" => {}
             _ => return Err(malformed("unknown field")),
@@ -161,21 +139,14 @@ mod tests {
             let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
             assert_eq!(mode, 0o600);
         }
-        assert!(matches!(
-            write_key_file(&path, &keys),
-            Err(KeyFileError::Exists { .. })
-        ));
+        assert!(matches!(write_key_file(&path, &keys), Err(KeyFileError::Exists { .. })));
     }
 
     #[test]
     fn malformed_files_are_rejected_without_echoing_values() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("bad.key");
-        fs::write(
-            &path,
-            "format: medledger-key-v1\nsigning-seed: 1234secret\nencryption-secret: 00\n",
-        )
-        .unwrap();
+        fs::write(&path, "format: medledger-key-v1\nsigning-seed: 1234secret\nencryption-secret: 00\n").unwrap();
         let err = read_key_file(&path).unwrap_err().to_string();
         assert!(err.contains("signing-seed is not 64 hex"), "{err}");
         assert!(!err.contains("1234secret"));

@@ -88,10 +88,8 @@ impl fmt::Debug for EncryptionPublicKey {
 
 impl PublicKey {
     pub fn verify(&self, msg: &[u8], sig: &Signature) -> Result<(), CryptoError> {
-        let vk = ed25519_consensus::VerificationKey::try_from(self.0)
-            .map_err(|_| CryptoError::InvalidPublicKey)?;
-        vk.verify(&ed25519_consensus::Signature::from(sig.0), msg)
-            .map_err(|_| CryptoError::BadSignature)
+        let vk = ed25519_consensus::VerificationKey::try_from(self.0).map_err(|_| CryptoError::InvalidPublicKey)?;
+        vk.verify(&ed25519_consensus::Signature::from(sig.0), msg).map_err(|_| CryptoError::BadSignature)
     }
 }
 
@@ -99,13 +97,9 @@ impl PublicKey {
 /// to name the first failing index; ZIP-215 guarantees both paths give the same verdict.
 pub fn verify_batch(items: &[(PublicKey, &[u8], Signature)]) -> Result<(), CryptoError> {
     if items.len() < 2 {
-        return items
-            .iter()
-            .enumerate()
-            .try_for_each(|(index, (key, msg, sig))| {
-                key.verify(msg, sig)
-                    .map_err(|_| CryptoError::BadSignatureInBatch { index })
-            });
+        return items.iter().enumerate().try_for_each(|(index, (key, msg, sig))| {
+            key.verify(msg, sig).map_err(|_| CryptoError::BadSignatureInBatch { index })
+        });
     }
     let mut batch = ed25519_consensus::batch::Verifier::new();
     for (key, msg, sig) in items {
@@ -203,11 +197,7 @@ impl Keypair {
 
     /// X25519 shared secret with `their` public key (for HPKE, later).
     pub fn diffie_hellman(&self, their: &EncryptionPublicKey) -> Zeroizing<[u8; 32]> {
-        Zeroizing::new(
-            self.encryption
-                .diffie_hellman(&x25519_dalek::PublicKey::from(their.0))
-                .to_bytes(),
-        )
+        Zeroizing::new(self.encryption.diffie_hellman(&x25519_dalek::PublicKey::from(their.0)).to_bytes())
     }
 }
 
@@ -217,10 +207,7 @@ mod tests {
 
     #[test]
     fn sha256_known_answer() {
-        assert_eq!(
-            sha256(b"abc").to_hex(),
-            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-        );
+        assert_eq!(sha256(b"abc").to_hex(), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
         assert_eq!(sha256_parts(&[b"a", b"bc"]), sha256(b"abc"));
     }
 
@@ -229,10 +216,7 @@ mod tests {
         let keys = Keypair::from_label("alice");
         let sig = keys.sign(b"hello");
         keys.public_key().verify(b"hello", &sig).unwrap();
-        assert_eq!(
-            keys.public_key().verify(b"hellp", &sig),
-            Err(CryptoError::BadSignature)
-        );
+        assert_eq!(keys.public_key().verify(b"hellp", &sig), Err(CryptoError::BadSignature));
         let mut bad = sig;
         bad.0[0] ^= 1;
         assert!(keys.public_key().verify(b"hello", &bad).is_err());
@@ -241,16 +225,12 @@ mod tests {
     #[test]
     fn rfc8032_test_vector_1() {
         // RFC 8032 section 7.1, TEST 1 (empty message).
-        let seed: [u8; 32] =
-            hex::decode("9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60")
-                .unwrap()
-                .try_into()
-                .unwrap();
+        let seed: [u8; 32] = hex::decode("9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60")
+            .unwrap()
+            .try_into()
+            .unwrap();
         let keys = Keypair::from_secrets(&seed, &[1; 32]);
-        assert_eq!(
-            keys.public_key().to_string(),
-            "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a"
-        );
+        assert_eq!(keys.public_key().to_string(), "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a");
         assert_eq!(
             hex::encode(keys.sign(b"").0),
             "e5564300c360ac729086e2cc806e828a84877f1eb8e5d974d873e065224901555fb8821590a33bacc61e39701cf9b46bd25bf5f0595bbe24655141438e7a100b"
@@ -259,25 +239,14 @@ mod tests {
 
     #[test]
     fn batch_agrees_with_single_and_names_the_bad_index() {
-        let keys: Vec<Keypair> = (0..8)
-            .map(|i| Keypair::from_label(&format!("k{i}")))
-            .collect();
+        let keys: Vec<Keypair> = (0..8).map(|i| Keypair::from_label(&format!("k{i}"))).collect();
         let msgs: Vec<Vec<u8>> = (0..8).map(|i| vec![i as u8; 10]).collect();
-        let mut items: Vec<(PublicKey, &[u8], Signature)> = keys
-            .iter()
-            .zip(&msgs)
-            .map(|(k, m)| (k.public_key(), m.as_slice(), k.sign(m)))
-            .collect();
+        let mut items: Vec<(PublicKey, &[u8], Signature)> =
+            keys.iter().zip(&msgs).map(|(k, m)| (k.public_key(), m.as_slice(), k.sign(m))).collect();
         verify_batch(&items).unwrap();
         items[5].2.0[10] ^= 0x40;
-        assert_eq!(
-            verify_batch(&items),
-            Err(CryptoError::BadSignatureInBatch { index: 5 })
-        );
-        assert_eq!(
-            verify_batch(&items[5..6]),
-            Err(CryptoError::BadSignatureInBatch { index: 0 })
-        );
+        assert_eq!(verify_batch(&items), Err(CryptoError::BadSignatureInBatch { index: 5 }));
+        assert_eq!(verify_batch(&items[5..6]), Err(CryptoError::BadSignatureInBatch { index: 0 }));
         verify_batch(&[]).unwrap();
     }
 
@@ -292,10 +261,7 @@ mod tests {
         sig[0] = 1;
         let pk = PublicKey(key);
         let single = pk.verify(b"any", &Signature(sig)).is_ok();
-        let items = [
-            (pk, &b"any"[..], Signature(sig)),
-            (pk, &b"other"[..], Signature(sig)),
-        ];
+        let items = [(pk, &b"any"[..], Signature(sig)), (pk, &b"other"[..], Signature(sig))];
         let batch = verify_batch(&items).is_ok();
         assert_eq!(single, batch);
         assert!(single, "ZIP-215 accepts the identity-point signature");
@@ -315,9 +281,6 @@ mod tests {
     fn x25519_agreement_is_symmetric() {
         let a = Keypair::from_label("a");
         let b = Keypair::from_label("b");
-        assert_eq!(
-            *a.diffie_hellman(&b.encryption_public_key()),
-            *b.diffie_hellman(&a.encryption_public_key())
-        );
+        assert_eq!(*a.diffie_hellman(&b.encryption_public_key()), *b.diffie_hellman(&a.encryption_public_key()));
     }
 }

@@ -56,10 +56,7 @@ impl Decode for BlockHeader {
     fn decode(r: &mut Reader<'_>) -> Result<Self, CodecError> {
         let version = r.u8("block version")?;
         if version != BLOCK_VERSION {
-            return Err(CodecError::InvalidTag {
-                what: "block version",
-                tag: version,
-            });
+            return Err(CodecError::InvalidTag { what: "block version", tag: version });
         }
         Ok(Self {
             chain_id: Hash::decode(r)?,
@@ -93,11 +90,7 @@ impl Block {
     /// Decodes untrusted bytes; structure only (see `State::verify_block` for validity).
     pub fn decode(bytes: &[u8]) -> Result<Self, CodecError> {
         if bytes.len() > limits::BLOCK_BYTES_MAX {
-            return Err(CodecError::TooLong {
-                what: "block",
-                got: bytes.len(),
-                max: limits::BLOCK_BYTES_MAX,
-            });
+            return Err(CodecError::TooLong { what: "block", got: bytes.len(), max: limits::BLOCK_BYTES_MAX });
         }
         let mut r = Reader::new(bytes);
         let header = BlockHeader::decode(&mut r)?;

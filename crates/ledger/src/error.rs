@@ -54,9 +54,5 @@ pub enum BlockError {
     #[error("log root in header does not match the log")]
     LogRootMismatch,
     #[error("transaction {index} ({tx_id}) is invalid: {error}")]
-    InvalidTransaction {
-        index: usize,
-        tx_id: TxId,
-        error: TxError,
-    },
+    InvalidTransaction { index: usize, tx_id: TxId, error: TxError },
 }

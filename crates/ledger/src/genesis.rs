@@ -73,25 +73,18 @@ impl Genesis {
                 return invalid("every genesis identity needs a name".into());
             }
         }
-        let orgs: std::collections::HashSet<_> =
-            self.organisations.iter().map(|o| o.id()).collect();
+        let orgs: std::collections::HashSet<_> = self.organisations.iter().map(|o| o.id()).collect();
         for v in &self.validators {
             match v.organisation {
                 Some(org) if orgs.contains(&org) => {}
                 _ => {
-                    return invalid(format!(
-                        "validator {} is not operated by a genesis organisation",
-                        v.name
-                    ));
+                    return invalid(format!("validator {} is not operated by a genesis organisation", v.name));
                 }
             }
         }
         for o in &self.organisations {
             if o.organisation.is_some() {
-                return invalid(format!(
-                    "organisation {} cannot belong to another organisation",
-                    o.name
-                ));
+                return invalid(format!("organisation {} cannot belong to another organisation", o.name));
             }
         }
         Ok(())
@@ -99,9 +92,7 @@ impl Genesis {
 }
 
 fn encode_identity(w: &mut Writer, who: &GenesisIdentity) {
-    w.str(&who.name)
-        .fixed(&who.signing_key.0)
-        .fixed(&who.encryption_key.0);
+    w.str(&who.name).fixed(&who.signing_key.0).fixed(&who.encryption_key.0);
     w.option(&who.organisation, |w, o| {
         w.encode(o);
     });
@@ -118,9 +109,7 @@ fn decode_identity(r: &mut Reader<'_>) -> Result<GenesisIdentity, CodecError> {
 
 impl Encode for Genesis {
     fn encode(&self, w: &mut Writer) {
-        w.u8(GENESIS_VERSION)
-            .str(&self.chain_name)
-            .u64(self.genesis_time_ms);
+        w.u8(GENESIS_VERSION).str(&self.chain_name).u64(self.genesis_time_ms);
         w.seq(&self.organisations, encode_identity);
         w.seq(&self.validators, encode_identity);
     }
@@ -130,19 +119,12 @@ impl Decode for Genesis {
     fn decode(r: &mut Reader<'_>) -> Result<Self, CodecError> {
         let version = r.u8("genesis version")?;
         if version != GENESIS_VERSION {
-            return Err(CodecError::InvalidTag {
-                what: "genesis version",
-                tag: version,
-            });
+            return Err(CodecError::InvalidTag { what: "genesis version", tag: version });
         }
         Ok(Self {
             chain_name: r.string(limits::NAME_BYTES_MAX, "chain name")?,
             genesis_time_ms: r.u64("genesis time")?,
-            organisations: r.seq(
-                limits::GENESIS_MEMBERS_MAX,
-                "organisations",
-                decode_identity,
-            )?,
+            organisations: r.seq(limits::GENESIS_MEMBERS_MAX, "organisations", decode_identity)?,
             validators: r.seq(limits::VALIDATORS_MAX, "validators", decode_identity)?,
         })
     }

@@ -3,9 +3,7 @@
 
 use std::collections::HashMap;
 
-use medledger_crypto::{
-    CryptoError, EncryptionPublicKey, PublicKey, Signature, identity_id, verify_batch,
-};
+use medledger_crypto::{CryptoError, EncryptionPublicKey, PublicKey, Signature, identity_id, verify_batch};
 use medledger_merkle::MerkleLog;
 use medledger_types::{Hash, Height, IdentityId, RecordId, Role, TimestampMs, TxId, limits};
 
@@ -61,6 +59,14 @@ pub struct Delta {
     identities: HashMap<IdentityId, Identity>,
     records: HashMap<RecordId, RecordHead>,
     grants: HashMap<TxId, Grant>,
+}
+
+/// A block verified on top of some state but not yet finalized, with the changes it makes.
+/// Consensus builds on such blocks before they are final; see [`State::verify_block_on`].
+#[derive(Debug)]
+pub struct Executed {
+    pub block: Block,
+    pub delta: Delta,
 }
 
 /// The state after some prefix of the chain.
@@ -178,19 +184,11 @@ impl State {
 
     /// Checks one transaction, signature included, as if it were the next in a block at
     /// `timestamp_ms`. Used to admit transactions to a mempool.
-    pub fn check_transaction(
-        &self,
-        tx: &Transaction,
-        timestamp_ms: TimestampMs,
-    ) -> Result<(), TxError> {
-        let mut overlay = Overlay::new(self);
-        let ctx = BlockContext {
-            height: self.height + 1,
-            timestamp_ms,
-        };
+    pub fn check_transaction(&self, tx: &Transaction, timestamp_ms: TimestampMs) -> Result<(), TxError> {
+        let mut overlay = Overlay::new(self, &[]);
+        let ctx = BlockContext { height: self.height + 1, timestamp_ms };
         let key = overlay.execute(tx, ctx)?;
-        key.verify(&tx.signed_message(), tx.signature())
-            .map_err(|_| TxError::BadSignature)
+        key.verify(&tx.signed_message(), tx.signature()).map_err(|_| TxError::BadSignature)
     }
 
     /// Builds the next block from `candidates`, in order, skipping any that are not valid
@@ -202,19 +200,27 @@ impl State {
         timestamp_ms: TimestampMs,
         proposer: IdentityId,
     ) -> (Block, Vec<(Transaction, TxError)>) {
-        let timestamp_ms = timestamp_ms.max(self.head_timestamp_ms + 1);
-        let ctx = BlockContext {
-            height: self.height + 1,
-            timestamp_ms,
-        };
-        let mut overlay = Overlay::new(self);
+        self.build_block_on(&[], candidates, timestamp_ms, proposer)
+    }
+
+    /// [`State::build_block`] on top of `ancestors`: the unfinalized blocks from this state's
+    /// head (exclusive) to the parent of the new block, oldest first.
+    pub fn build_block_on(
+        &self,
+        ancestors: &[&Executed],
+        candidates: impl IntoIterator<Item = Transaction>,
+        timestamp_ms: TimestampMs,
+        proposer: IdentityId,
+    ) -> (Block, Vec<(Transaction, TxError)>) {
+        let tip = Tip::of(self, ancestors);
+        let timestamp_ms = timestamp_ms.max(tip.timestamp_ms + 1);
+        let ctx = BlockContext { height: tip.height + 1, timestamp_ms };
+        let mut overlay = Overlay::new(self, ancestors);
         let mut txs = Vec::new();
         let mut skipped = Vec::new();
         let mut bytes = 0usize;
         for tx in candidates {
-            if txs.len() >= limits::BLOCK_TXS_MAX
-                || bytes + tx.bytes().len() + 4 > limits::BLOCK_BYTES_MAX - 1024
-            {
+            if txs.len() >= limits::BLOCK_TXS_MAX || bytes + tx.bytes().len() + 4 > limits::BLOCK_BYTES_MAX - 1024 {
                 break;
             }
             match overlay.execute(&tx, ctx) {
@@ -225,16 +231,17 @@ impl State {
                 Err(e) => skipped.push((tx, e)),
             }
         }
-        let leaves: Vec<Hash> = txs.iter().map(|t| Hash(t.id().0)).collect();
+        let mut leaves = tip.pending_leaves;
+        leaves.extend(txs.iter().map(|t| Hash(t.id().0)));
         let header = BlockHeader {
             chain_id: self.chain_id,
             height: ctx.height,
-            parent: self.head_hash,
+            parent: tip.hash,
             timestamp_ms,
             proposer,
             tx_count: txs.len() as u32,
             txs_root: txs_root(&txs),
-            log_size: self.log.size() + txs.len() as u64,
+            log_size: self.log.size() + leaves.len() as u64,
             log_root: self.log.root_with_appended(&leaves),
         };
         (Block { header, txs }, skipped)
@@ -252,32 +259,35 @@ impl State {
         now_ms: Option<TimestampMs>,
         signature_known_good: &dyn Fn(&TxId) -> bool,
     ) -> Result<Delta, BlockError> {
+        self.verify_block_on(&[], block, now_ms, signature_known_good)
+    }
+
+    /// [`State::verify_block`] on top of `ancestors` (see [`State::build_block_on`]).
+    pub fn verify_block_on(
+        &self,
+        ancestors: &[&Executed],
+        block: &Block,
+        now_ms: Option<TimestampMs>,
+        signature_known_good: &dyn Fn(&TxId) -> bool,
+    ) -> Result<Delta, BlockError> {
+        let tip = Tip::of(self, ancestors);
         let h = &block.header;
         if h.chain_id != self.chain_id {
             return Err(BlockError::WrongChain);
         }
-        if h.height != self.height + 1 {
-            return Err(BlockError::WrongHeight {
-                expected: self.height + 1,
-                got: h.height,
-            });
+        if h.height != tip.height + 1 {
+            return Err(BlockError::WrongHeight { expected: tip.height + 1, got: h.height });
         }
-        if h.parent != self.head_hash {
+        if h.parent != tip.hash {
             return Err(BlockError::WrongParent);
         }
-        if h.timestamp_ms <= self.head_timestamp_ms {
-            return Err(BlockError::TimestampNotIncreasing {
-                parent_ms: self.head_timestamp_ms,
-                got_ms: h.timestamp_ms,
-            });
+        if h.timestamp_ms <= tip.timestamp_ms {
+            return Err(BlockError::TimestampNotIncreasing { parent_ms: tip.timestamp_ms, got_ms: h.timestamp_ms });
         }
         if let Some(now) = now_ms
             && h.timestamp_ms > now.saturating_add(limits::BLOCK_FUTURE_DRIFT_MS)
         {
-            return Err(BlockError::TimestampInFuture {
-                now_ms: now,
-                got_ms: h.timestamp_ms,
-            });
+            return Err(BlockError::TimestampInFuture { now_ms: now, got_ms: h.timestamp_ms });
         }
         if !self.validators.contains(&h.proposer) {
             return Err(BlockError::UnknownProposer);
@@ -286,36 +296,26 @@ impl State {
             return Err(BlockError::TooManyTransactions(block.txs.len()));
         }
         if h.tx_count as usize != block.txs.len() {
-            return Err(BlockError::TxCountMismatch {
-                header: h.tx_count,
-                actual: block.txs.len(),
-            });
+            return Err(BlockError::TxCountMismatch { header: h.tx_count, actual: block.txs.len() });
         }
         if txs_root(&block.txs) != h.txs_root {
             return Err(BlockError::TxsRootMismatch);
         }
-        let ctx = BlockContext {
-            height: h.height,
-            timestamp_ms: h.timestamp_ms,
-        };
-        let mut overlay = Overlay::new(self);
+        let ctx = BlockContext { height: h.height, timestamp_ms: h.timestamp_ms };
+        let mut overlay = Overlay::new(self, ancestors);
         let mut to_verify: Vec<(usize, PublicKey, Vec<u8>, Signature)> = Vec::new();
         for (index, tx) in block.txs.iter().enumerate() {
-            let key = overlay
-                .execute(tx, ctx)
-                .map_err(|error| BlockError::InvalidTransaction {
-                    index,
-                    tx_id: tx.id(),
-                    error,
-                })?;
+            let key = overlay.execute(tx, ctx).map_err(|error| BlockError::InvalidTransaction {
+                index,
+                tx_id: tx.id(),
+                error,
+            })?;
             if !signature_known_good(&tx.id()) {
                 to_verify.push((index, key, tx.signed_message(), *tx.signature()));
             }
         }
-        let items: Vec<(PublicKey, &[u8], Signature)> = to_verify
-            .iter()
-            .map(|(_, k, m, s)| (*k, m.as_slice(), *s))
-            .collect();
+        let items: Vec<(PublicKey, &[u8], Signature)> =
+            to_verify.iter().map(|(_, k, m, s)| (*k, m.as_slice(), *s)).collect();
         if let Err(e) = verify_batch(&items) {
             let index = match e {
                 CryptoError::BadSignatureInBatch { index } => to_verify[index].0,
@@ -327,14 +327,12 @@ impl State {
                 error: TxError::BadSignature,
             });
         }
-        let expected_size = self.log.size() + block.txs.len() as u64;
+        let mut leaves = tip.pending_leaves;
+        leaves.extend(block.txs.iter().map(|t| Hash(t.id().0)));
+        let expected_size = self.log.size() + leaves.len() as u64;
         if h.log_size != expected_size {
-            return Err(BlockError::LogSizeMismatch {
-                header: h.log_size,
-                expected: expected_size,
-            });
+            return Err(BlockError::LogSizeMismatch { header: h.log_size, expected: expected_size });
         }
-        let leaves: Vec<Hash> = block.txs.iter().map(|t| Hash(t.id().0)).collect();
         if self.log.root_with_appended(&leaves) != h.log_root {
             return Err(BlockError::LogRootMismatch);
         }
@@ -343,15 +341,8 @@ impl State {
 
     /// Applies a block previously checked by [`State::verify_block`] against this same state.
     pub fn commit(&mut self, block: &Block, delta: Delta) {
-        assert_eq!(
-            block.header.height,
-            self.height + 1,
-            "commit of a block that does not extend the state"
-        );
-        assert_eq!(
-            block.header.parent, self.head_hash,
-            "commit of a block that does not extend the state"
-        );
+        assert_eq!(block.header.height, self.height + 1, "commit of a block that does not extend the state");
+        assert_eq!(block.header.parent, self.head_hash, "commit of a block that does not extend the state");
         self.identities.extend(delta.identities);
         self.records.extend(delta.records);
         self.grants.extend(delta.grants);
@@ -378,58 +369,85 @@ impl State {
     }
 }
 
-/// Uncommitted changes layered over a state while a block is built or verified.
+/// The block a new block builds on: the state's head or the newest unfinalized ancestor.
+struct Tip {
+    height: Height,
+    hash: Hash,
+    timestamp_ms: TimestampMs,
+    /// Leaves of the unfinalized ancestors, not yet in the state's log.
+    pending_leaves: Vec<Hash>,
+}
+
+impl Tip {
+    fn of(state: &State, ancestors: &[&Executed]) -> Self {
+        let pending_leaves = ancestors.iter().flat_map(|a| a.block.txs.iter().map(|t| Hash(t.id().0))).collect();
+        match ancestors.last() {
+            None => Self {
+                height: state.height,
+                hash: state.head_hash,
+                timestamp_ms: state.head_timestamp_ms,
+                pending_leaves,
+            },
+            Some(parent) => Self {
+                height: parent.block.header.height,
+                hash: parent.block.hash(),
+                timestamp_ms: parent.block.header.timestamp_ms,
+                pending_leaves,
+            },
+        }
+    }
+}
+
+/// Uncommitted changes layered over a state, and over the changes of unfinalized ancestor
+/// blocks, while a block is built or verified.
 struct Overlay<'a> {
     base: &'a State,
+    /// Oldest first; lookups search the newest first.
+    ancestors: Vec<&'a Delta>,
     delta: Delta,
 }
 
 impl<'a> Overlay<'a> {
-    fn new(base: &'a State) -> Self {
-        Self {
-            base,
-            delta: Delta::default(),
-        }
+    fn new(base: &'a State, ancestors: &[&'a Executed]) -> Self {
+        Self { base, ancestors: ancestors.iter().map(|a| &a.delta).collect(), delta: Delta::default() }
     }
 
     fn into_delta(self) -> Delta {
         self.delta
     }
 
+    /// Looks `key` up in the ancestors' changes, newest first, then in the base state.
+    fn inherited<K: std::hash::Hash + Eq, V>(
+        &self,
+        key: &K,
+        field: impl Fn(&'a Delta) -> &'a HashMap<K, V>,
+        base: &'a HashMap<K, V>,
+    ) -> Option<&'a V> {
+        self.ancestors.iter().rev().find_map(|d| field(d).get(key)).or_else(|| base.get(key))
+    }
+
     fn identity(&self, id: &IdentityId) -> Option<&Identity> {
-        self.delta
-            .identities
-            .get(id)
-            .or_else(|| self.base.identities.get(id))
+        self.delta.identities.get(id).or_else(|| self.inherited(id, |d| &d.identities, &self.base.identities))
     }
 
     fn identity_mut(&mut self, id: &IdentityId) -> &mut Identity {
-        let base = self.base;
-        self.delta.identities.entry(*id).or_insert_with(|| {
-            base.identities
-                .get(id)
-                .expect("identity checked before mutation")
-                .clone()
-        })
+        if !self.delta.identities.contains_key(id) {
+            let current = self.identity(id).expect("identity checked before mutation").clone();
+            self.delta.identities.insert(*id, current);
+        }
+        self.delta.identities.get_mut(id).expect("inserted above")
     }
 
     fn record(&self, id: &RecordId) -> Option<&RecordHead> {
-        self.delta
-            .records
-            .get(id)
-            .or_else(|| self.base.records.get(id))
+        self.delta.records.get(id).or_else(|| self.inherited(id, |d| &d.records, &self.base.records))
     }
 
     fn grant(&self, id: &TxId) -> Option<&Grant> {
-        self.delta
-            .grants
-            .get(id)
-            .or_else(|| self.base.grants.get(id))
+        self.delta.grants.get(id).or_else(|| self.inherited(id, |d| &d.grants, &self.base.grants))
     }
 
     fn require(&self, id: &IdentityId, what: &'static str) -> Result<&Identity, TxError> {
-        self.identity(id)
-            .ok_or(TxError::UnknownIdentity { what, id: *id })
+        self.identity(id).ok_or(TxError::UnknownIdentity { what, id: *id })
     }
 
     /// Checks `tx` against the rules and, only if every check passes, applies it. Returns the
@@ -443,36 +461,21 @@ impl<'a> Overlay<'a> {
         // Self-registration of a patient is the one transaction whose signer is not yet known.
         let (key, role, expected_nonce) = match (self.identity(&signer), &body.payload) {
             (Some(who), _) => (who.signing_key, Some(who.role), who.next_nonce),
-            (
-                None,
-                Payload::RegisterIdentity {
-                    role: Role::Patient,
-                    signing_key,
-                    ..
-                },
-            ) if identity_id(signing_key) == signer => (*signing_key, None, 0),
+            (None, Payload::RegisterIdentity { role: Role::Patient, signing_key, .. })
+                if identity_id(signing_key) == signer =>
+            {
+                (*signing_key, None, 0)
+            }
             (None, _) => return Err(TxError::UnknownSigner(signer)),
         };
         if body.nonce < expected_nonce {
-            return Err(TxError::Replayed {
-                expected: expected_nonce,
-                got: body.nonce,
-            });
+            return Err(TxError::Replayed { expected: expected_nonce, got: body.nonce });
         }
         if body.nonce > expected_nonce {
-            return Err(TxError::NonceAhead {
-                expected: expected_nonce,
-                got: body.nonce,
-            });
+            return Err(TxError::NonceAhead { expected: expected_nonce, got: body.nonce });
         }
         match &body.payload {
-            Payload::RegisterIdentity {
-                role: new_role,
-                signing_key,
-                encryption_key,
-                organisation,
-                name,
-            } => {
+            Payload::RegisterIdentity { role: new_role, signing_key, encryption_key, organisation, name } => {
                 let id = identity_id(signing_key);
                 if self.identity(&id).is_some() {
                     return Err(TxError::AlreadyRegistered(id));
@@ -490,31 +493,23 @@ impl<'a> Overlay<'a> {
                             ));
                         }
                         if *organisation != Some(signer) {
-                            return Err(TxError::InvalidField(
-                                "organisation must be the registering organisation",
-                            ));
+                            return Err(TxError::InvalidField("organisation must be the registering organisation"));
                         }
                         check_name(name)?;
                     }
                     Role::Patient => {
-                        let provider = matches!(
-                            role,
-                            Some(Role::Organisation | Role::Practitioner | Role::SystemClient)
-                        );
+                        let provider =
+                            matches!(role, Some(Role::Organisation | Role::Practitioner | Role::SystemClient));
                         if !(provider || (role.is_none() && id == signer)) {
                             return Err(TxError::NotAuthorised(
                                 "a patient registers themselves or is registered by a provider",
                             ));
                         }
                         if organisation.is_some() {
-                            return Err(TxError::InvalidField(
-                                "patients do not belong to an organisation",
-                            ));
+                            return Err(TxError::InvalidField("patients do not belong to an organisation"));
                         }
                         if !name.is_empty() {
-                            return Err(TxError::InvalidField(
-                                "patient names are PHI and never go on-chain",
-                            ));
+                            return Err(TxError::InvalidField("patient names are PHI and never go on-chain"));
                         }
                     }
                 }
@@ -530,14 +525,9 @@ impl<'a> Overlay<'a> {
                 };
                 self.delta.identities.insert(id, identity);
             }
-            Payload::RotateKey {
-                signing_key,
-                encryption_key,
-            } => {
+            Payload::RotateKey { signing_key, encryption_key } => {
                 if *signing_key == key {
-                    return Err(TxError::InvalidField(
-                        "new signing key equals the current one",
-                    ));
+                    return Err(TxError::InvalidField("new signing key equals the current one"));
                 }
                 let who = self.identity_mut(&signer);
                 who.signing_key = *signing_key;
@@ -555,16 +545,12 @@ impl<'a> Overlay<'a> {
             } => {
                 let custodian_identity = self.require(custodian, "custodian")?;
                 if custodian_identity.role != Role::Organisation {
-                    return Err(TxError::InvalidField(
-                        "custodian must be a member organisation",
-                    ));
+                    return Err(TxError::InvalidField("custodian must be a member organisation"));
                 }
                 let signer_identity = self.require(&signer, "signer")?;
                 let acts_for_custodian = signer == *custodian
-                    || (matches!(
-                        signer_identity.role,
-                        Role::Practitioner | Role::SystemClient
-                    ) && signer_identity.organisation == Some(*custodian));
+                    || (matches!(signer_identity.role, Role::Practitioner | Role::SystemClient)
+                        && signer_identity.organisation == Some(*custodian));
                 if !acts_for_custodian {
                     return Err(TxError::NotAuthorised(
                         "only the custodian or its staff and clients write its records",
@@ -581,28 +567,20 @@ impl<'a> Overlay<'a> {
                     }
                     Some(head) => {
                         if head.patient != *patient || head.custodian != *custodian {
-                            return Err(TxError::InvalidField(
-                                "patient and custodian of a record never change",
-                            ));
+                            return Err(TxError::InvalidField("patient and custodian of a record never change"));
                         }
                         if head.resource_type != *resource_type {
-                            return Err(TxError::InvalidField(
-                                "resource type of a record never changes",
-                            ));
+                            return Err(TxError::InvalidField("resource type of a record never changes"));
                         }
                         if *version != head.latest_version + 1 {
-                            return Err(TxError::InvalidField(
-                                "version must be the latest version plus one",
-                            ));
+                            return Err(TxError::InvalidField("version must be the latest version plus one"));
                         }
                     }
                 }
                 let mut recipients = std::collections::HashSet::new();
                 for wrap in key_wraps {
                     if !recipients.insert(wrap.recipient) {
-                        return Err(TxError::InvalidField(
-                            "two key wraps for the same recipient",
-                        ));
+                        return Err(TxError::InvalidField("two key wraps for the same recipient"));
                     }
                     self.require(&wrap.recipient, "key wrap recipient")?;
                     if wrap.wrapped_key.is_empty() {
@@ -635,31 +613,22 @@ impl<'a> Overlay<'a> {
                 valid_until_ms,
             } => {
                 if signer != *patient {
-                    return Err(TxError::NotAuthorised(
-                        "only the patient grants access to their data",
-                    ));
+                    return Err(TxError::NotAuthorised("only the patient grants access to their data"));
                 }
                 if role != Some(Role::Patient) {
                     return Err(TxError::InvalidField("patient must be a patient identity"));
                 }
                 let grantee_role = self.require(grantee, "grantee")?.role;
-                if !matches!(
-                    grantee_role,
-                    Role::Organisation | Role::Practitioner | Role::SystemClient
-                ) {
+                if !matches!(grantee_role, Role::Organisation | Role::Practitioner | Role::SystemClient) {
                     return Err(TxError::InvalidField(
                         "grantee must be an organisation, practitioner or system client",
                     ));
                 }
                 if *acts == 0 || *acts & !actions::ALL != 0 {
-                    return Err(TxError::InvalidField(
-                        "actions must be a non-empty subset of read and write",
-                    ));
+                    return Err(TxError::InvalidField("actions must be a non-empty subset of read and write"));
                 }
                 if valid_until_ms <= valid_from_ms {
-                    return Err(TxError::InvalidField(
-                        "validity period ends before it starts",
-                    ));
+                    return Err(TxError::InvalidField("validity period ends before it starts"));
                 }
                 if *valid_until_ms <= ctx.timestamp_ms {
                     return Err(TxError::InvalidField("grant has already expired"));
@@ -688,9 +657,7 @@ impl<'a> Overlay<'a> {
                         }
                     }
                 }
-                let Payload::ConsentGrant { purpose, .. } = &body.payload else {
-                    unreachable!()
-                };
+                let Payload::ConsentGrant { purpose, .. } = &body.payload else { unreachable!() };
                 self.delta.grants.insert(
                     tx.id(),
                     Grant {
@@ -708,13 +675,9 @@ impl<'a> Overlay<'a> {
                 );
             }
             Payload::ConsentRevoke { grant_id } => {
-                let grant = self
-                    .grant(grant_id)
-                    .ok_or(TxError::UnknownGrant(*grant_id))?;
+                let grant = self.grant(grant_id).ok_or(TxError::UnknownGrant(*grant_id))?;
                 if grant.patient != signer {
-                    return Err(TxError::NotAuthorised(
-                        "only the patient who granted access revokes it",
-                    ));
+                    return Err(TxError::NotAuthorised("only the patient who granted access revokes it"));
                 }
                 if grant.revoked_at.is_some() {
                     return Err(TxError::InvalidField("grant is already revoked"));
@@ -723,20 +686,8 @@ impl<'a> Overlay<'a> {
                 revoked.revoked_at = Some(ctx.height);
                 self.delta.grants.insert(*grant_id, revoked);
             }
-            Payload::AccessEvent {
-                accessor,
-                patient,
-                record,
-                action: _,
-                purpose: _,
-                outcome,
-                grant_id,
-                reason,
-            } => {
-                if !matches!(
-                    role,
-                    Some(Role::Validator | Role::Organisation | Role::SystemClient)
-                ) {
+            Payload::AccessEvent { accessor, patient, record, action: _, purpose: _, outcome, grant_id, reason } => {
+                if !matches!(role, Some(Role::Validator | Role::Organisation | Role::SystemClient)) {
                     return Err(TxError::NotAuthorised(
                         "access events are written by nodes, organisations or system clients",
                     ));
@@ -747,10 +698,7 @@ impl<'a> Overlay<'a> {
                 }
                 if let Some((record_id, version)) = record {
                     match self.record(record_id) {
-                        Some(head)
-                            if head.patient == *patient
-                                && *version >= 1
-                                && *version <= head.latest_version => {}
+                        Some(head) if head.patient == *patient && *version >= 1 && *version <= head.latest_version => {}
                         _ => {
                             return Err(TxError::InvalidField(
                                 "access event names an unknown record version of this patient",
@@ -762,9 +710,7 @@ impl<'a> Overlay<'a> {
                     self.grant(g).ok_or(TxError::UnknownGrant(*g))?;
                 }
                 if *outcome == AccessOutcome::Denied && grant_id.is_some() {
-                    return Err(TxError::InvalidField(
-                        "a denied access is not under a grant",
-                    ));
+                    return Err(TxError::InvalidField("a denied access is not under a grant"));
                 }
                 check_reason(reason)?;
             }
@@ -781,9 +727,7 @@ impl<'a> Overlay<'a> {
 
 fn check_name(name: &str) -> Result<(), TxError> {
     if name.trim().is_empty() || name.chars().any(char::is_control) {
-        return Err(TxError::InvalidField(
-            "name must be non-empty printable text",
-        ));
+        return Err(TxError::InvalidField("name must be non-empty printable text"));
     }
     Ok(())
 }
@@ -792,21 +736,14 @@ fn check_resource_type(t: &str) -> Result<(), TxError> {
     let mut chars = t.chars();
     match chars.next() {
         Some(c) if c.is_ascii_uppercase() && chars.all(|c| c.is_ascii_alphanumeric()) => Ok(()),
-        _ => Err(TxError::InvalidField(
-            "resource type must be a FHIR resource type name",
-        )),
+        _ => Err(TxError::InvalidField("resource type must be a FHIR resource type name")),
     }
 }
 
 fn check_reason(reason: &str) -> Result<(), TxError> {
-    if reason
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c))
-    {
+    if reason.chars().all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c)) {
         Ok(())
     } else {
-        Err(TxError::InvalidField(
-            "reason must be a code (letters, digits, - _ . :), not free text",
-        ))
+        Err(TxError::InvalidField("reason must be a code (letters, digits, - _ . :), not free text"))
     }
 }

@@ -34,13 +34,8 @@ pub enum Purpose {
 }
 
 impl Purpose {
-    pub const ALL: [Purpose; 5] = [
-        Purpose::Treatment,
-        Purpose::Payment,
-        Purpose::Operations,
-        Purpose::Research,
-        Purpose::Emergency,
-    ];
+    pub const ALL: [Purpose; 5] =
+        [Purpose::Treatment, Purpose::Payment, Purpose::Operations, Purpose::Research, Purpose::Emergency];
 
     pub fn from_u8(tag: u8) -> Option<Self> {
         Self::ALL.into_iter().find(|p| *p as u8 == tag)
@@ -58,9 +53,7 @@ impl Purpose {
     }
 
     pub fn parse(code: &str) -> Option<Self> {
-        Self::ALL
-            .into_iter()
-            .find(|p| p.code().eq_ignore_ascii_case(code))
+        Self::ALL.into_iter().find(|p| p.code().eq_ignore_ascii_case(code))
     }
 }
 
@@ -75,9 +68,7 @@ pub enum AccessAction {
 
 impl AccessAction {
     pub fn from_u8(tag: u8) -> Option<Self> {
-        [Self::Read, Self::Write, Self::History, Self::Search]
-            .into_iter()
-            .find(|a| *a as u8 == tag)
+        [Self::Read, Self::Write, Self::History, Self::Search].into_iter().find(|a| *a as u8 == tag)
     }
 }
 
@@ -91,9 +82,7 @@ pub enum AccessOutcome {
 
 impl AccessOutcome {
     pub fn from_u8(tag: u8) -> Option<Self> {
-        [Self::Allowed, Self::Denied, Self::BreakGlass]
-            .into_iter()
-            .find(|a| *a as u8 == tag)
+        [Self::Allowed, Self::Denied, Self::BreakGlass].into_iter().find(|a| *a as u8 == tag)
     }
 }
 
@@ -228,40 +217,23 @@ impl Transaction {
         let mut bytes = unsigned;
         bytes.extend_from_slice(&signature.0);
         let id = leaf_id(&bytes);
-        Self {
-            body,
-            signature,
-            bytes,
-            id,
-        }
+        Self { body, signature, bytes, id }
     }
 
     /// Decodes untrusted bytes (does not check the signature: see [`Transaction::signed_message`]).
     pub fn decode(bytes: &[u8]) -> Result<Self, CodecError> {
         if bytes.len() > limits::TX_BYTES_MAX {
-            return Err(CodecError::TooLong {
-                what: "transaction",
-                got: bytes.len(),
-                max: limits::TX_BYTES_MAX,
-            });
+            return Err(CodecError::TooLong { what: "transaction", got: bytes.len(), max: limits::TX_BYTES_MAX });
         }
         let mut r = Reader::new(bytes);
         let version = r.u8("transaction version")?;
         if version != TX_VERSION {
-            return Err(CodecError::InvalidTag {
-                what: "transaction version",
-                tag: version,
-            });
+            return Err(CodecError::InvalidTag { what: "transaction version", tag: version });
         }
         let body = decode_body(&mut r)?;
         let signature = Signature(r.array("signature")?);
         r.finish()?;
-        Ok(Self {
-            body,
-            signature,
-            bytes: bytes.to_vec(),
-            id: leaf_id(bytes),
-        })
+        Ok(Self { body, signature, bytes: bytes.to_vec(), id: leaf_id(bytes) })
     }
 
     pub fn body(&self) -> &TxBody {
@@ -296,30 +268,16 @@ fn signing_message(unsigned: &[u8]) -> Vec<u8> {
 }
 
 fn encode_body(body: &TxBody, w: &mut Writer) {
-    w.encode(&body.chain_id)
-        .encode(&body.signer)
-        .u64(body.nonce)
-        .u8(body.payload.tag());
+    w.encode(&body.chain_id).encode(&body.signer).u64(body.nonce).u8(body.payload.tag());
     match &body.payload {
-        Payload::RegisterIdentity {
-            role,
-            signing_key,
-            encryption_key,
-            organisation,
-            name,
-        } => {
-            w.u8(*role as u8)
-                .fixed(&signing_key.0)
-                .fixed(&encryption_key.0);
+        Payload::RegisterIdentity { role, signing_key, encryption_key, organisation, name } => {
+            w.u8(*role as u8).fixed(&signing_key.0).fixed(&encryption_key.0);
             w.option(organisation, |w, o| {
                 w.encode(o);
             });
             w.str(name);
         }
-        Payload::RotateKey {
-            signing_key,
-            encryption_key,
-        } => {
+        Payload::RotateKey { signing_key, encryption_key } => {
             w.fixed(&signing_key.0).fixed(&encryption_key.0);
         }
         Payload::RecordCommit {
@@ -332,27 +290,13 @@ fn encode_body(body: &TxBody, w: &mut Writer) {
             ciphertext_bytes,
             key_wraps,
         } => {
-            w.encode(record_id)
-                .u32(*version)
-                .encode(patient)
-                .encode(custodian)
-                .str(resource_type);
+            w.encode(record_id).u32(*version).encode(patient).encode(custodian).str(resource_type);
             w.encode(ciphertext_hash).u64(*ciphertext_bytes);
             w.seq(key_wraps, |w, k| {
-                w.encode(&k.recipient)
-                    .fixed(&k.encapsulated_key)
-                    .bytes(&k.wrapped_key);
+                w.encode(&k.recipient).fixed(&k.encapsulated_key).bytes(&k.wrapped_key);
             });
         }
-        Payload::ConsentGrant {
-            patient,
-            grantee,
-            scope,
-            actions,
-            purpose,
-            valid_from_ms,
-            valid_until_ms,
-        } => {
+        Payload::ConsentGrant { patient, grantee, scope, actions, purpose, valid_from_ms, valid_until_ms } => {
             w.encode(patient).encode(grantee);
             match scope {
                 Scope::All => {
@@ -369,24 +313,12 @@ fn encode_body(body: &TxBody, w: &mut Writer) {
                     });
                 }
             }
-            w.u8(*actions)
-                .u8(*purpose as u8)
-                .u64(*valid_from_ms)
-                .u64(*valid_until_ms);
+            w.u8(*actions).u8(*purpose as u8).u64(*valid_from_ms).u64(*valid_until_ms);
         }
         Payload::ConsentRevoke { grant_id } => {
             w.encode(grant_id);
         }
-        Payload::AccessEvent {
-            accessor,
-            patient,
-            record,
-            action,
-            purpose,
-            outcome,
-            grant_id,
-            reason,
-        } => {
+        Payload::AccessEvent { accessor, patient, record, action, purpose, outcome, grant_id, reason } => {
             w.encode(accessor).encode(patient);
             w.option(record, |w, (id, version)| {
                 w.encode(id).u32(*version);
@@ -402,10 +334,7 @@ fn encode_body(body: &TxBody, w: &mut Writer) {
 
 fn purpose(r: &mut Reader<'_>) -> Result<Purpose, CodecError> {
     let tag = r.u8("purpose")?;
-    Purpose::from_u8(tag).ok_or(CodecError::InvalidTag {
-        what: "purpose",
-        tag,
-    })
+    Purpose::from_u8(tag).ok_or(CodecError::InvalidTag { what: "purpose", tag })
 }
 
 fn decode_body(r: &mut Reader<'_>) -> Result<TxBody, CodecError> {
@@ -416,10 +345,7 @@ fn decode_body(r: &mut Reader<'_>) -> Result<TxBody, CodecError> {
     let payload = match tag {
         1 => {
             let role_tag = r.u8("role")?;
-            let role = Role::from_u8(role_tag).ok_or(CodecError::InvalidTag {
-                what: "role",
-                tag: role_tag,
-            })?;
+            let role = Role::from_u8(role_tag).ok_or(CodecError::InvalidTag { what: "role", tag: role_tag })?;
             Payload::RegisterIdentity {
                 role,
                 signing_key: PublicKey(r.array("signing key")?),
@@ -444,9 +370,7 @@ fn decode_body(r: &mut Reader<'_>) -> Result<TxBody, CodecError> {
                 Ok(KeyWrap {
                     recipient: IdentityId::decode(r)?,
                     encapsulated_key: r.array("encapsulated key")?,
-                    wrapped_key: r
-                        .bytes(limits::WRAPPED_KEY_BYTES_MAX, "wrapped key")?
-                        .to_vec(),
+                    wrapped_key: r.bytes(limits::WRAPPED_KEY_BYTES_MAX, "wrapped key")?.to_vec(),
                 })
             })?,
         },
@@ -455,21 +379,12 @@ fn decode_body(r: &mut Reader<'_>) -> Result<TxBody, CodecError> {
             let grantee = IdentityId::decode(r)?;
             let scope = match r.u8("scope kind")? {
                 0 => Scope::All,
-                1 => Scope::ResourceTypes(r.seq(
-                    limits::SCOPE_ITEMS_MAX,
-                    "scope resource types",
-                    |r| r.string(limits::RESOURCE_TYPE_BYTES_MAX, "resource type"),
-                )?),
-                2 => Scope::Records(r.seq(
-                    limits::SCOPE_ITEMS_MAX,
-                    "scope records",
-                    RecordId::decode,
-                )?),
+                1 => Scope::ResourceTypes(r.seq(limits::SCOPE_ITEMS_MAX, "scope resource types", |r| {
+                    r.string(limits::RESOURCE_TYPE_BYTES_MAX, "resource type")
+                })?),
+                2 => Scope::Records(r.seq(limits::SCOPE_ITEMS_MAX, "scope records", RecordId::decode)?),
                 tag => {
-                    return Err(CodecError::InvalidTag {
-                        what: "scope kind",
-                        tag,
-                    });
+                    return Err(CodecError::InvalidTag { what: "scope kind", tag });
                 }
             };
             Payload::ConsentGrant {
@@ -482,24 +397,18 @@ fn decode_body(r: &mut Reader<'_>) -> Result<TxBody, CodecError> {
                 valid_until_ms: r.u64("valid until")?,
             }
         }
-        5 => Payload::ConsentRevoke {
-            grant_id: TxId::decode(r)?,
-        },
+        5 => Payload::ConsentRevoke { grant_id: TxId::decode(r)? },
         6 => {
             let accessor = IdentityId::decode(r)?;
             let patient = IdentityId::decode(r)?;
             let record = r.option("record", |r| Ok((RecordId::decode(r)?, r.u32("version")?)))?;
             let action_tag = r.u8("action")?;
-            let action = AccessAction::from_u8(action_tag).ok_or(CodecError::InvalidTag {
-                what: "action",
-                tag: action_tag,
-            })?;
+            let action =
+                AccessAction::from_u8(action_tag).ok_or(CodecError::InvalidTag { what: "action", tag: action_tag })?;
             let purpose = purpose(r)?;
             let outcome_tag = r.u8("outcome")?;
-            let outcome = AccessOutcome::from_u8(outcome_tag).ok_or(CodecError::InvalidTag {
-                what: "outcome",
-                tag: outcome_tag,
-            })?;
+            let outcome = AccessOutcome::from_u8(outcome_tag)
+                .ok_or(CodecError::InvalidTag { what: "outcome", tag: outcome_tag })?;
             Payload::AccessEvent {
                 accessor,
                 patient,
@@ -512,18 +421,10 @@ fn decode_body(r: &mut Reader<'_>) -> Result<TxBody, CodecError> {
             }
         }
         tag => {
-            return Err(CodecError::InvalidTag {
-                what: "payload kind",
-                tag,
-            });
+            return Err(CodecError::InvalidTag { what: "payload kind", tag });
         }
     };
-    Ok(TxBody {
-        chain_id,
-        signer,
-        nonce,
-        payload,
-    })
+    Ok(TxBody { chain_id, signer, nonce, payload })
 }
 
 impl Encode for Transaction {
@@ -533,20 +434,6 @@ impl Encode for Transaction {
 }
 
 /// Builds and signs a transaction by `keys` (whose identity id is `signer`).
-pub fn sign(
-    keys: &Keypair,
-    chain_id: Hash,
-    signer: IdentityId,
-    nonce: u64,
-    payload: Payload,
-) -> Transaction {
-    Transaction::sign(
-        TxBody {
-            chain_id,
-            signer,
-            nonce,
-            payload,
-        },
-        keys,
-    )
+pub fn sign(keys: &Keypair, chain_id: Hash, signer: IdentityId, nonce: u64, payload: Payload) -> Transaction {
+    Transaction::sign(TxBody { chain_id, signer, nonce, payload }, keys)
 }

@@ -2,8 +2,8 @@
 
 use medledger_crypto::Keypair;
 use medledger_ledger::{
-    AccessAction, AccessOutcome, Block, BlockError, Genesis, GenesisIdentity, KeyWrap, Payload,
-    Purpose, Scope, State, Transaction, TxError, actions, tx::sign,
+    AccessAction, AccessOutcome, Block, BlockError, Genesis, GenesisIdentity, KeyWrap, Payload, Purpose, Scope, State,
+    Transaction, TxError, actions, tx::sign,
 };
 use medledger_types::{Hash, IdentityId, RecordId, Role};
 
@@ -32,21 +32,12 @@ impl World {
         let genesis = Genesis {
             chain_name: "medledger.test".into(),
             genesis_time_ms: 1_700_000_000_000,
-            organisations: vec![
-                identity("Hospital A", &org_a, None),
-                identity("Hospital B", &org_b, None),
-            ],
+            organisations: vec![identity("Hospital A", &org_a, None), identity("Hospital B", &org_b, None)],
             validators: vec![identity("node-0", &validator, Some(org_a.id()))],
         };
         genesis.validate().unwrap();
         let state = State::from_genesis(&genesis);
-        Self {
-            state,
-            org_a,
-            org_b,
-            validator,
-            t: 1_700_000_000_000,
-        }
+        Self { state, org_a, org_b, validator, t: 1_700_000_000_000 }
     }
 
     fn tx(&self, keys: &Keypair, payload: Payload) -> Transaction {
@@ -101,11 +92,7 @@ impl World {
     }
 
     fn wrap(who: &Keypair) -> KeyWrap {
-        KeyWrap {
-            recipient: who.id(),
-            encapsulated_key: [7; 32],
-            wrapped_key: vec![1; 48],
-        }
+        KeyWrap { recipient: who.id(), encapsulated_key: [7; 32], wrapped_key: vec![1; 48] }
     }
 
     fn commit_record(
@@ -144,16 +131,10 @@ fn registration_is_governed() {
     // An organisation registers its practitioner; it must name itself as the organisation.
     assert_eq!(
         w.register(&org_a, &doc, Role::Practitioner, Some(org_b.id()), "Dr Who"),
-        Err(TxError::InvalidField(
-            "organisation must be the registering organisation"
-        ))
+        Err(TxError::InvalidField("organisation must be the registering organisation"))
     );
-    w.register(&org_a, &doc, Role::Practitioner, Some(org_a.id()), "Dr Who")
-        .unwrap();
-    assert_eq!(
-        w.state.identity(&doc.id()).unwrap().role,
-        Role::Practitioner
-    );
+    w.register(&org_a, &doc, Role::Practitioner, Some(org_a.id()), "Dr Who").unwrap();
+    assert_eq!(w.state.identity(&doc.id()).unwrap().role, Role::Practitioner);
     assert_eq!(
         w.register(&org_a, &doc, Role::Practitioner, Some(org_a.id()), "Dr Who"),
         Err(TxError::AlreadyRegistered(doc.id()))
@@ -175,13 +156,10 @@ fn registration_is_governed() {
     // Patients never carry a name on-chain.
     assert_eq!(
         w.register(&patient, &patient, Role::Patient, None, "Jane Doe"),
-        Err(TxError::InvalidField(
-            "patient names are PHI and never go on-chain"
-        ))
+        Err(TxError::InvalidField("patient names are PHI and never go on-chain"))
     );
     // Self-registration with the patient's own key.
-    w.register(&patient, &patient, Role::Patient, None, "")
-        .unwrap();
+    w.register(&patient, &patient, Role::Patient, None, "").unwrap();
     // A provider registers a patient with the patient's public key.
     let p2 = Keypair::from_label("patient-2");
     w.register(&doc, &p2, Role::Patient, None, "").unwrap();
@@ -191,10 +169,7 @@ fn registration_is_governed() {
         w.state.chain_id(),
         stranger.id(),
         0,
-        Payload::RotateKey {
-            signing_key: other.public_key(),
-            encryption_key: other.encryption_public_key(),
-        },
+        Payload::RotateKey { signing_key: other.public_key(), encryption_key: other.encryption_public_key() },
     );
     assert_eq!(w.apply_one(tx), Err(TxError::UnknownSigner(stranger.id())));
     // Nothing of the rejected transactions was written.
@@ -216,27 +191,9 @@ fn replay_and_nonces() {
     };
     let tx = w.tx(&org_a, payload);
     w.apply_one(tx.clone()).unwrap();
-    assert_eq!(
-        w.apply_one(tx.clone()),
-        Err(TxError::Replayed {
-            expected: 1,
-            got: 0
-        })
-    );
-    let ahead = sign(
-        &org_a,
-        w.state.chain_id(),
-        org_a.id(),
-        5,
-        tx.body().payload.clone(),
-    );
-    assert_eq!(
-        w.apply_one(ahead),
-        Err(TxError::NonceAhead {
-            expected: 1,
-            got: 5
-        })
-    );
+    assert_eq!(w.apply_one(tx.clone()), Err(TxError::Replayed { expected: 1, got: 0 }));
+    let ahead = sign(&org_a, w.state.chain_id(), org_a.id(), 5, tx.body().payload.clone());
+    assert_eq!(w.apply_one(ahead), Err(TxError::NonceAhead { expected: 1, got: 5 }));
     // The same transaction twice in one block: the second is a replay, the block is invalid.
     let doc2 = Keypair::from_label("doctor-2");
     let tx2 = w.tx(
@@ -250,10 +207,7 @@ fn replay_and_nonces() {
         },
     );
     let height = w.state.height();
-    assert!(matches!(
-        w.apply(vec![tx2.clone(), tx2]),
-        Err(BlockError::InvalidTransaction { index: 1, .. })
-    ));
+    assert!(matches!(w.apply(vec![tx2.clone(), tx2]), Err(BlockError::InvalidTransaction { index: 1, .. })));
     assert_eq!(w.state.height(), height, "a rejected block changes nothing");
     assert!(w.state.identity(&doc2.id()).is_none());
 }
@@ -279,28 +233,13 @@ fn signatures_are_checked_and_bound_to_the_chain() {
     bytes[last] ^= 1;
     let forged = Transaction::decode(&bytes).unwrap();
     assert_eq!(w.apply_one(forged.clone()), Err(TxError::BadSignature));
-    assert_eq!(
-        w.state.check_transaction(&forged, w.t),
-        Err(TxError::BadSignature)
-    );
+    assert_eq!(w.state.check_transaction(&forged, w.t), Err(TxError::BadSignature));
     // Signed by someone else claiming to be org A.
     let impostor = Keypair::from_label("impostor");
-    let claimed = sign(
-        &impostor,
-        w.state.chain_id(),
-        org_a.id(),
-        0,
-        good.body().payload.clone(),
-    );
+    let claimed = sign(&impostor, w.state.chain_id(), org_a.id(), 0, good.body().payload.clone());
     assert_eq!(w.apply_one(claimed), Err(TxError::BadSignature));
     // Another chain's transaction.
-    let foreign = sign(
-        &org_a,
-        Hash([1; 32]),
-        org_a.id(),
-        0,
-        good.body().payload.clone(),
-    );
+    let foreign = sign(&org_a, Hash([1; 32]), org_a.id(), 0, good.body().payload.clone());
     assert_eq!(w.apply_one(foreign), Err(TxError::WrongChain));
     w.apply_one(good).unwrap();
 }
@@ -312,10 +251,7 @@ fn key_rotation_changes_the_verifying_key() {
     let new_keys = Keypair::from_label("org-a-rotated");
     let rotate = w.tx(
         &org_a,
-        Payload::RotateKey {
-            signing_key: new_keys.public_key(),
-            encryption_key: new_keys.encryption_public_key(),
-        },
+        Payload::RotateKey { signing_key: new_keys.public_key(), encryption_key: new_keys.encryption_public_key() },
     );
     w.apply_one(rotate).unwrap();
     let doc = Keypair::from_label("doctor");
@@ -330,10 +266,7 @@ fn key_rotation_changes_the_verifying_key() {
     assert_eq!(w.apply_one(old), Err(TxError::BadSignature));
     let new = sign(&new_keys, w.state.chain_id(), org_a.id(), 1, payload);
     w.apply_one(new).unwrap();
-    assert_eq!(
-        w.state.identity(&org_a.id()).unwrap().signing_key,
-        new_keys.public_key()
-    );
+    assert_eq!(w.state.identity(&org_a.id()).unwrap().signing_key, new_keys.public_key());
 }
 
 #[test]
@@ -343,12 +276,9 @@ fn records_grants_revocations_and_access_events() {
     let doc = Keypair::from_label("doctor");
     let doc_b = Keypair::from_label("doctor-b");
     let patient = Keypair::from_label("patient");
-    w.register(&org_a, &doc, Role::Practitioner, Some(org_a.id()), "Dr A")
-        .unwrap();
-    w.register(&org_b, &doc_b, Role::Practitioner, Some(org_b.id()), "Dr B")
-        .unwrap();
-    w.register(&patient, &patient, Role::Patient, None, "")
-        .unwrap();
+    w.register(&org_a, &doc, Role::Practitioner, Some(org_a.id()), "Dr A").unwrap();
+    w.register(&org_b, &doc_b, Role::Practitioner, Some(org_b.id()), "Dr B").unwrap();
+    w.register(&patient, &patient, Role::Patient, None, "").unwrap();
 
     let record = RecordId([5; 32]);
     assert_eq!(
@@ -356,17 +286,12 @@ fn records_grants_revocations_and_access_events() {
         Err(TxError::InvalidField("the first version of a record is 1"))
     );
     // Org B's practitioner cannot write org A's records.
-    assert!(matches!(
-        w.commit_record(&doc_b, &patient, record, 1),
-        Err(TxError::NotAuthorised(_))
-    ));
+    assert!(matches!(w.commit_record(&doc_b, &patient, record, 1), Err(TxError::NotAuthorised(_))));
     w.commit_record(&doc, &patient, record, 1).unwrap();
     w.commit_record(&doc, &patient, record, 2).unwrap();
     assert_eq!(
         w.commit_record(&doc, &patient, record, 2),
-        Err(TxError::InvalidField(
-            "version must be the latest version plus one"
-        ))
+        Err(TxError::InvalidField("version must be the latest version plus one"))
     );
     assert_eq!(w.state.record(&record).unwrap().latest_version, 2);
 
@@ -381,10 +306,7 @@ fn records_grants_revocations_and_access_events() {
         valid_until_ms: w.t + 86_400_000,
     };
     let by_doctor = w.tx(&doc, grant_payload.clone());
-    assert!(matches!(
-        w.apply_one(by_doctor),
-        Err(TxError::NotAuthorised(_))
-    ));
+    assert!(matches!(w.apply_one(by_doctor), Err(TxError::NotAuthorised(_))));
     let grant = w.tx(&patient, grant_payload);
     let grant_id = grant.id();
     w.apply_one(grant).unwrap();
@@ -419,10 +341,7 @@ fn records_grants_revocations_and_access_events() {
             reason: "no-grant".into(),
         },
     );
-    assert!(matches!(
-        w.apply_one(bad_reason),
-        Err(TxError::InvalidField(_))
-    ));
+    assert!(matches!(w.apply_one(bad_reason), Err(TxError::InvalidField(_))));
     let free_text = w.tx(
         &validator,
         Payload::AccessEvent {
@@ -436,10 +355,7 @@ fn records_grants_revocations_and_access_events() {
             reason: "patient has HIV".into(),
         },
     );
-    assert!(matches!(
-        w.apply_one(free_text),
-        Err(TxError::InvalidField(_))
-    ));
+    assert!(matches!(w.apply_one(free_text), Err(TxError::InvalidField(_))));
     // Practitioners do not write access events themselves.
     let by_doc = w.tx(
         &doc_b,
@@ -454,26 +370,17 @@ fn records_grants_revocations_and_access_events() {
             reason: "search".into(),
         },
     );
-    assert!(matches!(
-        w.apply_one(by_doc),
-        Err(TxError::NotAuthorised(_))
-    ));
+    assert!(matches!(w.apply_one(by_doc), Err(TxError::NotAuthorised(_))));
 
     // Revocation: only by the patient, once.
     let revoke_by_org = w.tx(&org_b, Payload::ConsentRevoke { grant_id });
-    assert!(matches!(
-        w.apply_one(revoke_by_org),
-        Err(TxError::NotAuthorised(_))
-    ));
+    assert!(matches!(w.apply_one(revoke_by_org), Err(TxError::NotAuthorised(_))));
     let revoke = w.tx(&patient, Payload::ConsentRevoke { grant_id });
     w.apply_one(revoke).unwrap();
     let revoked_at = w.state.grant(&grant_id).unwrap().revoked_at;
     assert_eq!(revoked_at, Some(w.state.height()));
     let again = w.tx(&patient, Payload::ConsentRevoke { grant_id });
-    assert_eq!(
-        w.apply_one(again),
-        Err(TxError::InvalidField("grant is already revoked"))
-    );
+    assert_eq!(w.apply_one(again), Err(TxError::InvalidField("grant is already revoked")));
 }
 
 #[test]
@@ -481,31 +388,18 @@ fn block_header_rules() {
     let mut w = World::new();
     w.t += 1000;
     let (good, _) = w.state.build_block(vec![], w.t, w.validator.id());
-    let check = |b: &Block, state: &State| {
-        state
-            .verify_block(b, Some(b.header.timestamp_ms), &|_| false)
-            .map(|_| ())
-    };
+    let check = |b: &Block, state: &State| state.verify_block(b, Some(b.header.timestamp_ms), &|_| false).map(|_| ());
     check(&good, &w.state).unwrap();
 
     let mut b = good.clone();
     b.header.height = 2;
-    assert_eq!(
-        check(&b, &w.state),
-        Err(BlockError::WrongHeight {
-            expected: 1,
-            got: 2
-        })
-    );
+    assert_eq!(check(&b, &w.state), Err(BlockError::WrongHeight { expected: 1, got: 2 }));
     let mut b = good.clone();
     b.header.parent = Hash([3; 32]);
     assert_eq!(check(&b, &w.state), Err(BlockError::WrongParent));
     let mut b = good.clone();
     b.header.timestamp_ms = 1_700_000_000_000;
-    assert!(matches!(
-        check(&b, &w.state),
-        Err(BlockError::TimestampNotIncreasing { .. })
-    ));
+    assert!(matches!(check(&b, &w.state), Err(BlockError::TimestampNotIncreasing { .. })));
     let mut b = good.clone();
     b.header.proposer = w.org_a.id();
     assert_eq!(check(&b, &w.state), Err(BlockError::UnknownProposer));
@@ -514,17 +408,11 @@ fn block_header_rules() {
     assert_eq!(check(&b, &w.state), Err(BlockError::LogRootMismatch));
     let mut b = good.clone();
     b.header.log_size = 1;
-    assert!(matches!(
-        check(&b, &w.state),
-        Err(BlockError::LogSizeMismatch { .. })
-    ));
+    assert!(matches!(check(&b, &w.state), Err(BlockError::LogSizeMismatch { .. })));
     // A timestamp far in the future is refused when judged against a local clock.
     let mut b = good.clone();
     b.header.timestamp_ms = w.t + 3_600_000;
-    assert!(matches!(
-        w.state.verify_block(&b, Some(w.t), &|_| false),
-        Err(BlockError::TimestampInFuture { .. })
-    ));
+    assert!(matches!(w.state.verify_block(&b, Some(w.t), &|_| false), Err(BlockError::TimestampInFuture { .. })));
     w.state.apply_block(&good, Some(w.t), &|_| false).unwrap();
     assert_eq!(w.state.head_hash(), good.hash());
 }
@@ -533,9 +421,7 @@ fn block_header_rules() {
 fn build_block_skips_invalid_and_blocks_round_trip() {
     let mut w = World::new();
     let org_a = w.org_a.clone();
-    let docs: Vec<Keypair> = (0..5)
-        .map(|i| Keypair::from_label(&format!("doc-{i}")))
-        .collect();
+    let docs: Vec<Keypair> = (0..5).map(|i| Keypair::from_label(&format!("doc-{i}"))).collect();
     let chain = w.state.chain_id();
     let mut txs: Vec<Transaction> = docs
         .iter()
@@ -567,9 +453,7 @@ fn build_block_skips_invalid_and_blocks_round_trip() {
     let decoded = Block::decode(&bytes).unwrap();
     assert_eq!(decoded, block);
     assert_eq!(decoded.hash(), block.hash());
-    w.state
-        .apply_block(&decoded, Some(w.t), &|_| false)
-        .unwrap();
+    w.state.apply_block(&decoded, Some(w.t), &|_| false).unwrap();
     assert_eq!(w.state.log().size(), 5);
     assert_eq!(w.state.log().root(), block.header.log_root);
     // Truncated or padded encodings are rejected.
@@ -582,19 +466,11 @@ fn build_block_skips_invalid_and_blocks_round_trip() {
 #[test]
 fn transaction_decoding_is_strict() {
     let w = World::new();
-    let tx = w.tx(
-        &w.org_a,
-        Payload::ConsentRevoke {
-            grant_id: medledger_types::TxId([1; 32]),
-        },
-    );
+    let tx = w.tx(&w.org_a, Payload::ConsentRevoke { grant_id: medledger_types::TxId([1; 32]) });
     let bytes = tx.bytes().to_vec();
     assert_eq!(Transaction::decode(&bytes).unwrap(), tx);
     for cut in 0..bytes.len() {
-        assert!(
-            Transaction::decode(&bytes[..cut]).is_err(),
-            "prefix of {cut} bytes decoded"
-        );
+        assert!(Transaction::decode(&bytes[..cut]).is_err(), "prefix of {cut} bytes decoded");
     }
     let mut v2 = bytes.clone();
     v2[0] = 2;
@@ -603,4 +479,52 @@ fn transaction_decoding_is_strict() {
     assert!(Transaction::decode(&oversized).is_err());
     // The id is the RFC 6962 leaf hash of the bytes.
     assert_eq!(tx.id().0, medledger_merkle::leaf_hash(&bytes).0);
+}
+
+#[test]
+fn blocks_build_and_verify_on_unfinalized_ancestors() {
+    use medledger_ledger::Executed;
+    let w = World::new();
+    let org_a = w.org_a.clone();
+    let chain = w.state.chain_id();
+    let reg = |i: u64| {
+        let d = Keypair::from_label(&format!("doc-{i}"));
+        sign(
+            &org_a,
+            chain,
+            org_a.id(),
+            i,
+            Payload::RegisterIdentity {
+                role: Role::Practitioner,
+                signing_key: d.public_key(),
+                encryption_key: d.encryption_public_key(),
+                organisation: Some(org_a.id()),
+                name: format!("Dr {i}"),
+            },
+        )
+    };
+    let v = w.validator.id();
+    let mut state = w.state.clone();
+    let (b1, _) = state.build_block(vec![reg(0), reg(1)], w.t + 1000, v);
+    let d1 = state.verify_block(&b1, None, &|_| false).unwrap();
+    let e1 = Executed { block: b1.clone(), delta: d1 };
+    // Block 2 builds on block 1 before block 1 is final: nonces continue from the ancestor,
+    // and the ancestor's own transactions cannot be replayed.
+    let (b2, skipped) = state.build_block_on(&[&e1], vec![reg(1), reg(2)], w.t + 2000, v);
+    assert_eq!(b2.txs.len(), 1);
+    assert!(matches!(skipped[0].1, TxError::Replayed { expected: 2, got: 1 }));
+    assert_eq!(b2.header.parent, b1.hash());
+    assert_eq!(b2.header.log_size, 3);
+    let d2 = state.verify_block_on(&[&e1], &b2, None, &|_| false).unwrap();
+    // Without its ancestor, block 2 does not verify.
+    assert_eq!(state.verify_block(&b2, None, &|_| false).unwrap_err(), BlockError::WrongHeight { expected: 1, got: 2 });
+    state.commit(&e1.block, e1.delta);
+    state.commit(&b2, d2);
+    // Same result as applying one by one from scratch.
+    let mut again = w.state.clone();
+    again.apply_block(&b1, None, &|_| false).unwrap();
+    again.apply_block(&b2, None, &|_| false).unwrap();
+    assert_eq!(state.head_hash(), again.head_hash());
+    assert_eq!(state.log().root(), again.log().root());
+    assert_eq!(state.next_nonce(&org_a.id()), 3);
 }

@@ -13,8 +13,7 @@ pub use log::MerkleLog;
 use medledger_crypto::{sha256, sha256_parts};
 pub use medledger_types::Hash;
 pub use verify::{
-    hashes_from_bytes, verify_consistency, verify_consistency_bytes, verify_inclusion,
-    verify_inclusion_bytes,
+    hashes_from_bytes, verify_consistency, verify_consistency_bytes, verify_inclusion, verify_inclusion_bytes,
 };
 
 /// Why a proof was refused or could not be produced.
@@ -63,10 +62,7 @@ pub fn root_from_leaf_hashes(leaves: &[Hash]) -> Hash {
         1 => leaves[0],
         n => {
             let k = split_point(n as u64) as usize;
-            node_hash(
-                &root_from_leaf_hashes(&leaves[..k]),
-                &root_from_leaf_hashes(&leaves[k..]),
-            )
+            node_hash(&root_from_leaf_hashes(&leaves[..k]), &root_from_leaf_hashes(&leaves[k..]))
         }
     }
 }

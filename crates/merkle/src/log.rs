@@ -21,10 +21,7 @@ impl MerkleLog {
     }
 
     pub fn leaf(&self, index: u64) -> Option<Hash> {
-        self.levels
-            .first()?
-            .get(usize::try_from(index).ok()?)
-            .copied()
+        self.levels.first()?.get(usize::try_from(index).ok()?).copied()
     }
 
     /// Appends a leaf hash (already hashed with the 0x00 prefix).
@@ -49,11 +46,7 @@ impl MerkleLog {
     /// Root of the first `size` leaves.
     pub fn root_at(&self, size: u64) -> Result<Hash, MerkleError> {
         self.check_size(size)?;
-        Ok(if size == 0 {
-            empty_root()
-        } else {
-            self.subtree(0, size)
-        })
+        Ok(if size == 0 { empty_root() } else { self.subtree(0, size) })
     }
 
     pub fn root(&self) -> Hash {
@@ -80,10 +73,7 @@ impl MerkleLog {
             return extra[(start - size) as usize];
         }
         let k = split_point(n);
-        node_hash(
-            &self.subtree_extended(start, start + k, extra),
-            &self.subtree_extended(start + k, end, extra),
-        )
+        node_hash(&self.subtree_extended(start, start + k, extra), &self.subtree_extended(start + k, end, extra))
     }
 
     /// Audit path for leaf `index` in the tree of the first `size` leaves, leaf side first.
@@ -112,10 +102,7 @@ impl MerkleLog {
 
     fn check_size(&self, size: u64) -> Result<(), MerkleError> {
         if size > self.size() {
-            return Err(MerkleError::SizeOutOfRange {
-                size,
-                log_size: self.size(),
-            });
+            return Err(MerkleError::SizeOutOfRange { size, log_size: self.size() });
         }
         Ok(())
     }
@@ -129,10 +116,7 @@ impl MerkleLog {
             return self.levels[level][(start >> level) as usize];
         }
         let k = split_point(n);
-        node_hash(
-            &self.subtree(start, start + k),
-            &self.subtree(start + k, end),
-        )
+        node_hash(&self.subtree(start, start + k), &self.subtree(start + k, end))
     }
 
     fn path(&self, index: u64, start: u64, n: u64, out: &mut Vec<Hash>) {
@@ -185,15 +169,9 @@ mod tests {
     fn roots_match_reference_at_every_size() {
         let (log, leaves) = log_of(70);
         for size in 0..=70u64 {
-            assert_eq!(
-                log.root_at(size).unwrap(),
-                root_from_leaf_hashes(&leaves[..size as usize])
-            );
+            assert_eq!(log.root_at(size).unwrap(), root_from_leaf_hashes(&leaves[..size as usize]));
         }
-        assert!(matches!(
-            log.root_at(71),
-            Err(MerkleError::SizeOutOfRange { .. })
-        ));
+        assert!(matches!(log.root_at(71), Err(MerkleError::SizeOutOfRange { .. })));
     }
 
     #[test]
@@ -217,9 +195,7 @@ mod tests {
         for base in 0..20u64 {
             for extra in 0..20u64 {
                 let (mut log, _) = log_of(base);
-                let more: Vec<Hash> = (0..extra)
-                    .map(|i| leaf_hash(&(1000 + i).to_be_bytes()))
-                    .collect();
+                let more: Vec<Hash> = (0..extra).map(|i| leaf_hash(&(1000 + i).to_be_bytes())).collect();
                 let predicted = log.root_with_appended(&more);
                 more.iter().for_each(|h| log.push(*h));
                 assert_eq!(predicted, log.root(), "base {base} extra {extra}");
@@ -230,22 +206,10 @@ mod tests {
     #[test]
     fn out_of_range_requests_are_errors() {
         let (log, _) = log_of(5);
-        assert_eq!(
-            log.inclusion_proof(5, 5),
-            Err(MerkleError::IndexOutOfRange { index: 5, size: 5 })
-        );
-        assert!(matches!(
-            log.inclusion_proof(0, 6),
-            Err(MerkleError::SizeOutOfRange { .. })
-        ));
-        assert_eq!(
-            log.consistency_proof(0, 3),
-            Err(MerkleError::BadSizes { from: 0, to: 3 })
-        );
-        assert_eq!(
-            log.consistency_proof(4, 3),
-            Err(MerkleError::BadSizes { from: 4, to: 3 })
-        );
+        assert_eq!(log.inclusion_proof(5, 5), Err(MerkleError::IndexOutOfRange { index: 5, size: 5 }));
+        assert!(matches!(log.inclusion_proof(0, 6), Err(MerkleError::SizeOutOfRange { .. })));
+        assert_eq!(log.consistency_proof(0, 3), Err(MerkleError::BadSizes { from: 0, to: 3 }));
+        assert_eq!(log.consistency_proof(4, 3), Err(MerkleError::BadSizes { from: 4, to: 3 }));
         assert!(log.consistency_proof(3, 3).unwrap().is_empty());
     }
 }

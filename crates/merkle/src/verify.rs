@@ -3,13 +3,7 @@
 use crate::{Hash, MerkleError, node_hash};
 
 /// Checks that `leaf` is at `index` in the tree of `size` leaves with root `root`.
-pub fn verify_inclusion(
-    index: u64,
-    size: u64,
-    leaf: &Hash,
-    proof: &[Hash],
-    root: &Hash,
-) -> Result<(), MerkleError> {
+pub fn verify_inclusion(index: u64, size: u64, leaf: &Hash, proof: &[Hash], root: &Hash) -> Result<(), MerkleError> {
     if index >= size {
         return Err(MerkleError::IndexOutOfRange { index, size });
     }
@@ -17,10 +11,7 @@ pub fn verify_inclusion(
     let mut r = *leaf;
     for p in proof {
         if snode == 0 {
-            return Err(MerkleError::WrongProofLength {
-                got: proof.len(),
-                expected: proof_len_inclusion(index, size),
-            });
+            return Err(MerkleError::WrongProofLength { got: proof.len(), expected: proof_len_inclusion(index, size) });
         }
         if fnode & 1 == 1 || fnode == snode {
             r = node_hash(p, &r);
@@ -37,10 +28,7 @@ pub fn verify_inclusion(
         snode >>= 1;
     }
     if snode != 0 {
-        return Err(MerkleError::WrongProofLength {
-            got: proof.len(),
-            expected: proof_len_inclusion(index, size),
-        });
+        return Err(MerkleError::WrongProofLength { got: proof.len(), expected: proof_len_inclusion(index, size) });
     }
     if r != *root {
         return Err(MerkleError::RootMismatch);
@@ -59,29 +47,16 @@ pub fn verify_consistency(
     proof: &[Hash],
 ) -> Result<(), MerkleError> {
     if size1 == 0 || size1 > size2 {
-        return Err(MerkleError::BadSizes {
-            from: size1,
-            to: size2,
-        });
+        return Err(MerkleError::BadSizes { from: size1, to: size2 });
     }
     if size1 == size2 {
         if !proof.is_empty() {
-            return Err(MerkleError::WrongProofLength {
-                got: proof.len(),
-                expected: 0,
-            });
+            return Err(MerkleError::WrongProofLength { got: proof.len(), expected: 0 });
         }
-        return if root1 == root2 {
-            Ok(())
-        } else {
-            Err(MerkleError::RootMismatch)
-        };
+        return if root1 == root2 { Ok(()) } else { Err(MerkleError::RootMismatch) };
     }
     if proof.is_empty() {
-        return Err(MerkleError::WrongProofLength {
-            got: 0,
-            expected: 1,
-        });
+        return Err(MerkleError::WrongProofLength { got: 0, expected: 1 });
     }
     // When size1 is a power of two its root is itself a node of the larger tree and the proof
     // omits it.
@@ -98,10 +73,7 @@ pub fn verify_consistency(
     let (mut fr, mut sr) = (path[0], path[0]);
     for c in &path[1..] {
         if snode == 0 {
-            return Err(MerkleError::WrongProofLength {
-                got: proof.len(),
-                expected: path.len() - 1,
-            });
+            return Err(MerkleError::WrongProofLength { got: proof.len(), expected: path.len() - 1 });
         }
         if fnode & 1 == 1 || fnode == snode {
             fr = node_hash(c, &fr);
@@ -119,10 +91,7 @@ pub fn verify_consistency(
         snode >>= 1;
     }
     if snode != 0 {
-        return Err(MerkleError::WrongProofLength {
-            got: proof.len(),
-            expected: proof.len() + 1,
-        });
+        return Err(MerkleError::WrongProofLength { got: proof.len(), expected: proof.len() + 1 });
     }
     if fr != *root1 || sr != *root2 {
         return Err(MerkleError::RootMismatch);
@@ -142,11 +111,7 @@ pub fn hashes_from_bytes<B: AsRef<[u8]>>(items: &[B]) -> Result<Vec<Hash>, Merkl
     items
         .iter()
         .enumerate()
-        .map(|(i, b)| {
-            <[u8; 32]>::try_from(b.as_ref())
-                .map(Hash)
-                .map_err(|_| MerkleError::BadHashLength(i))
-        })
+        .map(|(i, b)| <[u8; 32]>::try_from(b.as_ref()).map(Hash).map_err(|_| MerkleError::BadHashLength(i)))
         .collect()
 }
 
@@ -158,12 +123,8 @@ pub fn verify_inclusion_bytes<B: AsRef<[u8]>>(
     proof: &[B],
     root: &[u8],
 ) -> Result<(), MerkleError> {
-    let leaf = <[u8; 32]>::try_from(leaf)
-        .map(Hash)
-        .map_err(|_| MerkleError::BadHashLength(0))?;
-    let root = <[u8; 32]>::try_from(root)
-        .map(Hash)
-        .map_err(|_| MerkleError::BadHashLength(0))?;
+    let leaf = <[u8; 32]>::try_from(leaf).map(Hash).map_err(|_| MerkleError::BadHashLength(0))?;
+    let root = <[u8; 32]>::try_from(root).map(Hash).map_err(|_| MerkleError::BadHashLength(0))?;
     verify_inclusion(index, size, &leaf, &hashes_from_bytes(proof)?, &root)
 }
 
@@ -178,22 +139,11 @@ pub fn verify_consistency_bytes<B: AsRef<[u8]>>(
 ) -> Result<(), MerkleError> {
     if size1 != 0 && size1 == size2 {
         if !proof.is_empty() {
-            return Err(MerkleError::WrongProofLength {
-                got: proof.len(),
-                expected: 0,
-            });
+            return Err(MerkleError::WrongProofLength { got: proof.len(), expected: 0 });
         }
-        return if root1 == root2 {
-            Ok(())
-        } else {
-            Err(MerkleError::RootMismatch)
-        };
+        return if root1 == root2 { Ok(()) } else { Err(MerkleError::RootMismatch) };
     }
-    let root1 = <[u8; 32]>::try_from(root1)
-        .map(Hash)
-        .map_err(|_| MerkleError::BadHashLength(0))?;
-    let root2 = <[u8; 32]>::try_from(root2)
-        .map(Hash)
-        .map_err(|_| MerkleError::BadHashLength(0))?;
+    let root1 = <[u8; 32]>::try_from(root1).map(Hash).map_err(|_| MerkleError::BadHashLength(0))?;
+    let root2 = <[u8; 32]>::try_from(root2).map(Hash).map_err(|_| MerkleError::BadHashLength(0))?;
     verify_consistency(size1, size2, &root1, &root2, &hashes_from_bytes(proof)?)
 }

@@ -35,17 +35,11 @@ fn json_files(dir: PathBuf) -> Vec<PathBuf> {
 
 /// Go's encoder omits zero values, so a missing field is empty / zero.
 fn b64(v: &Value) -> Vec<u8> {
-    v.as_str()
-        .map(|s| B64.decode(s).unwrap())
-        .unwrap_or_default()
+    v.as_str().map(|s| B64.decode(s).unwrap()).unwrap_or_default()
 }
 
 fn int(v: &Value) -> u64 {
-    if v.is_null() {
-        0
-    } else {
-        v.as_u64().expect("sizes and indices are uint64")
-    }
+    if v.is_null() { 0 } else { v.as_u64().expect("sizes and indices are uint64") }
 }
 
 fn b64_list(v: &Value) -> Vec<Vec<u8>> {
@@ -59,11 +53,7 @@ fn b64_list(v: &Value) -> Vec<Vec<u8>> {
 #[test]
 fn all_inclusion_probes() {
     let files = json_files(vectors().join("merkle/testdata/inclusion"));
-    assert!(
-        files.len() >= 90,
-        "expected the full probe set, found {}",
-        files.len()
-    );
+    assert!(files.len() >= 90, "expected the full probe set, found {}", files.len());
     let (mut ok, mut err) = (0, 0);
     for file in &files {
         let probe: Value = serde_json::from_str(&fs::read_to_string(file).unwrap()).unwrap();
@@ -72,22 +62,10 @@ fn all_inclusion_probes() {
             let index = int(&probe["leafIdx"]);
             let size = int(&probe["treeSize"]);
             let proof = b64_list(&probe["proof"]);
-            verify_inclusion_bytes(
-                index,
-                size,
-                &b64(&probe["leafHash"]),
-                &proof,
-                &b64(&probe["root"]),
-            )
-            .map_err(|e| e.to_string())
+            verify_inclusion_bytes(index, size, &b64(&probe["leafHash"]), &proof, &b64(&probe["root"]))
+                .map_err(|e| e.to_string())
         })();
-        assert_eq!(
-            result.is_err(),
-            want_err,
-            "{}: {} => {result:?}",
-            file.display(),
-            probe["desc"]
-        );
+        assert_eq!(result.is_err(), want_err, "{}: {} => {result:?}", file.display(), probe["desc"]);
         if want_err { err += 1 } else { ok += 1 }
     }
     assert!(ok > 0 && err > 0);
@@ -96,11 +74,7 @@ fn all_inclusion_probes() {
 #[test]
 fn all_consistency_probes() {
     let files = json_files(vectors().join("merkle/testdata/consistency"));
-    assert!(
-        files.len() >= 90,
-        "expected the full probe set, found {}",
-        files.len()
-    );
+    assert!(files.len() >= 90, "expected the full probe set, found {}", files.len());
     let (mut ok, mut err) = (0, 0);
     for file in &files {
         let probe: Value = serde_json::from_str(&fs::read_to_string(file).unwrap()).unwrap();
@@ -109,48 +83,25 @@ fn all_consistency_probes() {
             let size1 = int(&probe["size1"]);
             let size2 = int(&probe["size2"]);
             let proof = b64_list(&probe["proof"]);
-            verify_consistency_bytes(
-                size1,
-                size2,
-                &b64(&probe["root1"]),
-                &b64(&probe["root2"]),
-                &proof,
-            )
-            .map_err(|e| e.to_string())
+            verify_consistency_bytes(size1, size2, &b64(&probe["root1"]), &b64(&probe["root2"]), &proof)
+                .map_err(|e| e.to_string())
         })();
-        assert_eq!(
-            result.is_err(),
-            want_err,
-            "{}: {} => {result:?}",
-            file.display(),
-            probe["desc"]
-        );
+        assert_eq!(result.is_err(), want_err, "{}: {} => {result:?}", file.display(), probe["desc"]);
         if want_err { err += 1 } else { ok += 1 }
     }
     assert!(ok > 0 && err > 0);
 }
 
 fn hex32(v: &Value) -> Hash {
-    Hash(
-        hex::decode(v.as_str().unwrap())
-            .unwrap()
-            .try_into()
-            .unwrap(),
-    )
+    Hash(hex::decode(v.as_str().unwrap()).unwrap().try_into().unwrap())
 }
 
 #[test]
 fn known_answers() {
-    let ka: Value = serde_json::from_str(
-        &fs::read_to_string(vectors().join("merkle/known_answers.json")).unwrap(),
-    )
-    .unwrap();
-    let leaves: Vec<Vec<u8>> = ka["leaf_inputs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| hex::decode(v.as_str().unwrap()).unwrap())
-        .collect();
+    let ka: Value =
+        serde_json::from_str(&fs::read_to_string(vectors().join("merkle/known_answers.json")).unwrap()).unwrap();
+    let leaves: Vec<Vec<u8>> =
+        ka["leaf_inputs"].as_array().unwrap().iter().map(|v| hex::decode(v.as_str().unwrap()).unwrap()).collect();
     let mut log = MerkleLog::new();
     for leaf in &leaves {
         log.push(leaf_hash(leaf));
@@ -158,53 +109,24 @@ fn known_answers() {
     assert_eq!(log.root_at(0).unwrap(), hex32(&ka["empty_tree_root"]));
     let leaf_hashes: Vec<Hash> = leaves.iter().map(|l| leaf_hash(l)).collect();
     for (size, root) in ka["roots"].as_array().unwrap().iter().enumerate() {
-        assert_eq!(
-            log.root_at(size as u64).unwrap(),
-            hex32(root),
-            "root of size {size}"
-        );
+        assert_eq!(log.root_at(size as u64).unwrap(), hex32(root), "root of size {size}");
         assert_eq!(root_from_leaf_hashes(&leaf_hashes[..size]), hex32(root));
     }
     for p in ka["inclusion_proofs"].as_array().unwrap() {
         let (index, size) = (p["index"].as_u64().unwrap(), p["size"].as_u64().unwrap());
         let want: Vec<Hash> = p["proof"].as_array().unwrap().iter().map(hex32).collect();
-        assert_eq!(
-            log.inclusion_proof(index, size).unwrap(),
-            want,
-            "inclusion {index}/{size}"
-        );
-        verify_inclusion(
-            index,
-            size,
-            &leaf_hashes[index as usize],
-            &want,
-            &log.root_at(size).unwrap(),
-        )
-        .unwrap();
+        assert_eq!(log.inclusion_proof(index, size).unwrap(), want, "inclusion {index}/{size}");
+        verify_inclusion(index, size, &leaf_hashes[index as usize], &want, &log.root_at(size).unwrap()).unwrap();
     }
     for p in ka["consistency_proofs"].as_array().unwrap() {
         let (from, to) = (p["size1"].as_u64().unwrap(), p["size2"].as_u64().unwrap());
         let want: Vec<Hash> = p["proof"].as_array().unwrap().iter().map(hex32).collect();
-        assert_eq!(
-            log.consistency_proof(from, to).unwrap(),
-            want,
-            "consistency {from}->{to}"
-        );
-        verify_consistency(
-            from,
-            to,
-            &log.root_at(from).unwrap(),
-            &log.root_at(to).unwrap(),
-            &want,
-        )
-        .unwrap();
+        assert_eq!(log.consistency_proof(from, to).unwrap(), want, "consistency {from}->{to}");
+        verify_consistency(from, to, &log.root_at(from).unwrap(), &log.root_at(to).unwrap(), &want).unwrap();
     }
     for h in ka["hasher"].as_array().unwrap() {
         if let Some(data) = h.get("leaf_data_utf8") {
-            assert_eq!(
-                leaf_hash(data.as_str().unwrap().as_bytes()),
-                hex32(&h["leaf_hash"])
-            );
+            assert_eq!(leaf_hash(data.as_str().unwrap().as_bytes()), hex32(&h["leaf_hash"]));
         } else {
             let c = h["children_utf8"].as_array().unwrap();
             // The reference hashes raw child bytes, which need not be 32 bytes long.
@@ -215,10 +137,7 @@ fn known_answers() {
         }
     }
     // node_hash is the same function on 32-byte children.
-    assert_eq!(
-        node_hash(&leaf_hashes[0], &leaf_hashes[1]),
-        hex32(&ka["roots"][2])
-    );
+    assert_eq!(node_hash(&leaf_hashes[0], &leaf_hashes[1]), hex32(&ka["roots"][2]));
 }
 
 fn vkey(path: &str) -> (String, PublicKey) {
@@ -232,25 +151,14 @@ fn c2sp_signed_note_example() {
     let note = fs::read_to_string(dir.join("signed-note-example.note")).unwrap();
     let body = checkpoint::verify_note(&note, &name, &key).unwrap();
     assert_eq!(body, "This is an example message.\n");
-    assert!(
-        checkpoint::verify_note(
-            &note.replace("example message", "exemplary message"),
-            &name,
-            &key
-        )
-        .is_err()
-    );
+    assert!(checkpoint::verify_note(&note.replace("example message", "exemplary message"), &name, &key).is_err());
 }
 
 #[test]
 fn tessera_tiled_log_checkpoints_match_our_roots() {
     let dir = vectors().join("tessera-log");
     let source = fs::read_to_string(dir.join("SOURCE.txt")).unwrap();
-    let vkey_text = source
-        .split("vkey ")
-        .nth(1)
-        .unwrap()
-        .trim_end_matches([')', '\n', ' ']);
+    let vkey_text = source.split("vkey ").nth(1).unwrap().trim_end_matches([')', '\n', ' ']);
     let (name, key) = vkey(vkey_text);
     let log_dir = dir.join("testdata/log");
     let mut checked = 0;

@@ -19,10 +19,7 @@ pub enum TypesError {
 
 fn parse_hex32(text: &str) -> Result<[u8; 32], TypesError> {
     if text.len() != 64 {
-        return Err(TypesError::HexLength {
-            expected: 64,
-            got: text.len(),
-        });
+        return Err(TypesError::HexLength { expected: 64, got: text.len() });
     }
     let mut out = [0u8; 32];
     hex::decode_to_slice(text, &mut out).map_err(|e| TypesError::Hex(e.to_string()))?;
@@ -113,13 +110,8 @@ pub enum Role {
 }
 
 impl Role {
-    pub const ALL: [Role; 5] = [
-        Role::Organisation,
-        Role::Validator,
-        Role::Practitioner,
-        Role::Patient,
-        Role::SystemClient,
-    ];
+    pub const ALL: [Role; 5] =
+        [Role::Organisation, Role::Validator, Role::Practitioner, Role::Patient, Role::SystemClient];
 
     pub fn from_u8(tag: u8) -> Option<Role> {
         Role::ALL.into_iter().find(|r| *r as u8 == tag)
@@ -154,17 +146,8 @@ mod tests {
     fn hex_round_trip_and_errors() {
         let h = Hash([0xab; 32]);
         assert_eq!(Hash::from_hex(&h.to_hex()).unwrap(), h);
-        assert_eq!(
-            Hash::from_hex("abcd"),
-            Err(TypesError::HexLength {
-                expected: 64,
-                got: 4
-            })
-        );
-        assert!(matches!(
-            Hash::from_hex(&"zz".repeat(32)),
-            Err(TypesError::Hex(_))
-        ));
+        assert_eq!(Hash::from_hex("abcd"), Err(TypesError::HexLength { expected: 64, got: 4 }));
+        assert!(matches!(Hash::from_hex(&"zz".repeat(32)), Err(TypesError::Hex(_))));
     }
 
     #[test]
