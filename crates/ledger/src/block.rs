@@ -15,7 +15,7 @@ pub const BLOCK_VERSION: u8 = 1;
 pub struct BlockHeader {
     pub chain_id: Hash,
     pub height: Height,
-    /// Hash of the parent header; the chain id for height 1.
+    /// Hash of the parent header; for height 1, of the genesis anchor header.
     pub parent: Hash,
     /// Injected by the proposer through consensus; strictly greater than the parent's.
     pub timestamp_ms: TimestampMs,

@@ -48,6 +48,23 @@ impl Genesis {
         sha256_parts(&[b"medledger/genesis/v1", &self.to_bytes()])
     }
 
+    /// The height-0 header that block 1 links to. Consensus uses it as its genesis anchor,
+    /// so its hash is the parent of the first block.
+    pub fn anchor_header(&self) -> crate::BlockHeader {
+        let empty = medledger_merkle::empty_root();
+        crate::BlockHeader {
+            chain_id: self.chain_id(),
+            height: 0,
+            parent: Hash::default(),
+            timestamp_ms: self.genesis_time_ms,
+            proposer: IdentityId::default(),
+            tx_count: 0,
+            txs_root: empty,
+            log_size: 0,
+            log_root: empty,
+        }
+    }
+
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, GenesisError> {
         let genesis: Genesis = decode_exact(bytes)?;
         genesis.validate()?;

@@ -54,7 +54,7 @@ pub struct Grant {
 }
 
 /// Everything a block changes, computed by verification and applied by commit.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Delta {
     identities: HashMap<IdentityId, Identity>,
     records: HashMap<RecordId, RecordHead>,
@@ -122,7 +122,7 @@ impl State {
             records: HashMap::new(),
             grants: HashMap::new(),
             height: 0,
-            head_hash: genesis.chain_id(),
+            head_hash: genesis.anchor_header().hash(),
             head_timestamp_ms: genesis.genesis_time_ms,
             log: MerkleLog::new(),
         }
@@ -140,7 +140,7 @@ impl State {
         self.height
     }
 
-    /// Hash of the latest block header (the chain id before the first block).
+    /// Hash of the latest block header (the genesis anchor header before the first block).
     pub fn head_hash(&self) -> Hash {
         self.head_hash
     }

@@ -1,1 +1,38 @@
-//! A medledger validator: Simplex BFT consensus over authenticated p2p, mempool, block execution and persistence.
+//! A medledger validator: Simplex BFT consensus over authenticated p2p, mempool, block
+//! execution and persistence.
+//!
+//! Architecture invariant: consensus code is generic over commonware's runtime traits, so the
+//! same validator runs in the deterministic simulator (tests, replayable by seed) and on
+//! tokio (production). Only [`net`] names tokio. Every block this node votes for or applies
+//! went through the ledger's full verification; a finalized block that fails it halts the node
+//! instead of being applied.
+//!
+//! API boundary: [`chain::Chain`] (queries, submission, the consensus-side operations),
+//! [`validator::start_validator`], [`net::run_node`].
+
+pub mod app;
+pub mod block;
+pub mod chain;
+pub mod devnet;
+pub mod mempool;
+pub mod metrics;
+pub mod net;
+pub mod validator;
+
+use medledger_ledger::BlockError;
+use medledger_storage::{ChainError, StorageError};
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NodeError {
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("stored chain failed verification: {0}")]
+    Chain(#[from] ChainError),
+    #[error("finalized block {height} failed verification: {error}")]
+    FinalizedInvalid { height: u64, error: BlockError },
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    #[error("configuration: {0}")]
+    Config(String),
+}

@@ -1,0 +1,455 @@
+//! The node's view of the chain: finalized state (rebuilt and re-verified from storage at
+//! start), the store, the mempool and the blocks consensus has verified but not yet finalized.
+//! Runtime-agnostic and synchronous: consensus glue and the HTTP API both call into it.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    path::Path,
+    sync::{Arc, Mutex, RwLock, RwLockReadGuard},
+};
+
+use medledger_crypto::Keypair;
+use medledger_ledger::{Block, BlockError, Executed, Genesis, State, Transaction, TxError};
+use medledger_merkle::{MerkleError, checkpoint};
+use medledger_storage::{ReplayReport, Store, replay};
+use medledger_types::{Hash, Height, IdentityId, TimestampMs, TxId, limits};
+
+use crate::{
+    NodeError,
+    mempool::{Mempool, MempoolError},
+    metrics::Metrics,
+};
+
+/// Why a submitted transaction was refused at the door.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SubmitError {
+    #[error("malformed transaction: {0}")]
+    Malformed(String),
+    #[error("{0}")]
+    Invalid(#[from] TxError),
+    #[error("{0}")]
+    Mempool(#[from] MempoolError),
+    #[error("transaction is already committed")]
+    AlreadyCommitted,
+}
+
+/// What became of a transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TxStatus {
+    Pending,
+    Committed { height: Height, index: u32, log_index: u64 },
+    Rejected { reason: String },
+    Unknown,
+}
+
+/// The latest finalized block, summarised.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Head {
+    pub height: Height,
+    pub hash: Hash,
+    pub timestamp_ms: TimestampMs,
+    pub log_size: u64,
+    pub log_root: Hash,
+}
+
+/// Most rejected transactions remembered for status queries.
+const REJECTED_REMEMBERED_MAX: usize = 100_000;
+/// Most unfinalized ancestors a proposal may build on.
+pub const ANCESTORS_MAX: usize = 1024;
+
+#[derive(Default)]
+struct Rejections {
+    reasons: HashMap<TxId, String>,
+    order: VecDeque<TxId>,
+}
+
+impl Rejections {
+    fn add(&mut self, id: TxId, reason: String) {
+        if self.reasons.insert(id, reason).is_none() {
+            self.order.push_back(id);
+            if self.order.len() > REJECTED_REMEMBERED_MAX
+                && let Some(old) = self.order.pop_front()
+            {
+                self.reasons.remove(&old);
+            }
+        }
+    }
+}
+
+pub struct Chain {
+    genesis: Genesis,
+    state: RwLock<State>,
+    store: Store,
+    mempool: Mutex<Mempool>,
+    /// Blocks verified on top of the finalized head (directly or through each other), by hash.
+    unfinalized: Mutex<HashMap<Hash, Arc<Executed>>>,
+    rejections: Mutex<Rejections>,
+    /// This node's identity (signs checkpoints).
+    node_keys: Keypair,
+    /// Set when the node stopped following the chain, with the reason.
+    halted: Mutex<Option<String>>,
+    pub metrics: Metrics,
+}
+
+impl std::fmt::Debug for Chain {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Chain").field("store", &self.store).finish()
+    }
+}
+
+impl Chain {
+    /// Opens the chain in `dir`: records `genesis` on first use (checks it matches later), then
+    /// rebuilds the state by re-verifying every stored block.
+    pub fn open(
+        dir: &Path,
+        genesis: &Genesis,
+        node_keys: Keypair,
+        progress: &mut dyn FnMut(Height, Height),
+    ) -> Result<(Self, ReplayReport), NodeError> {
+        genesis.validate().map_err(|e| NodeError::Config(e.to_string()))?;
+        let store = Store::open(dir)?;
+        store.init_genesis(genesis)?;
+        let (state, report) = replay(&store, progress)?;
+        let metrics = Metrics::default();
+        metrics.set_head(state.height(), state.log().size());
+        let chain = Self {
+            genesis: genesis.clone(),
+            state: RwLock::new(state),
+            store,
+            mempool: Mutex::new(Mempool::default()),
+            unfinalized: Mutex::new(HashMap::new()),
+            rejections: Mutex::new(Rejections::default()),
+            node_keys,
+            halted: Mutex::new(None),
+            metrics,
+        };
+        Ok((chain, report))
+    }
+
+    /// Marks the node as no longer following the chain (see [`crate::app::run_executor`]).
+    pub fn halt(&self, reason: String) {
+        *self.halted.lock().expect("halted lock poisoned") = Some(reason);
+    }
+
+    /// Why the node stopped following the chain, if it did.
+    pub fn halted(&self) -> Option<String> {
+        self.halted.lock().expect("halted lock poisoned").clone()
+    }
+
+    pub fn genesis(&self) -> &Genesis {
+        &self.genesis
+    }
+
+    pub fn node_id(&self) -> IdentityId {
+        self.node_keys.id()
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Read access to the finalized state. Do not hold across long work or awaits.
+    pub fn state(&self) -> RwLockReadGuard<'_, State> {
+        self.state.read().expect("state lock poisoned")
+    }
+
+    pub fn head(&self) -> Head {
+        let state = self.state();
+        Head {
+            height: state.height(),
+            hash: state.head_hash(),
+            timestamp_ms: state.head_timestamp_ms(),
+            log_size: state.log().size(),
+            log_root: state.log().root(),
+        }
+    }
+
+    pub fn mempool_len(&self) -> usize {
+        self.mempool.lock().expect("mempool lock poisoned").len()
+    }
+
+    /// Admits a transaction to the mempool after checking its encoding, size, signature and,
+    /// when it is the signer's next transaction, every ledger rule against finalized state.
+    pub fn submit(&self, bytes: &[u8], now_ms: TimestampMs) -> Result<TxId, SubmitError> {
+        let result = self.submit_inner(bytes, now_ms);
+        match &result {
+            Ok(_) => self.metrics.txs_submitted.inc(),
+            Err(_) => self.metrics.txs_refused.inc(),
+        }
+        result
+    }
+
+    fn submit_inner(&self, bytes: &[u8], now_ms: TimestampMs) -> Result<TxId, SubmitError> {
+        let tx = Transaction::decode(bytes).map_err(|e| SubmitError::Malformed(e.to_string()))?;
+        if self.store.tx_location(&tx.id()).map_err(|e| SubmitError::Malformed(e.to_string()))?.is_some() {
+            return Err(SubmitError::AlreadyCommitted);
+        }
+        {
+            let state = self.state();
+            let body = tx.body();
+            let expected = state.next_nonce(&body.signer);
+            if body.nonce == expected {
+                state.check_transaction(&tx, now_ms.max(state.head_timestamp_ms() + 1))?;
+            } else if body.nonce < expected {
+                return Err(TxError::Replayed { expected, got: body.nonce }.into());
+            } else if body.nonce - expected > limits::NONCE_AHEAD_MAX {
+                return Err(TxError::NonceAhead { expected, got: body.nonce }.into());
+            } else {
+                // Queued behind earlier nonces: full rules run at block building; the
+                // signature is checked now so the mempool only ever holds authentic ones.
+                if body.chain_id != state.chain_id() {
+                    return Err(TxError::WrongChain.into());
+                }
+                let who = state.identity(&body.signer).ok_or(TxError::UnknownSigner(body.signer))?;
+                who.signing_key.verify(&tx.signed_message(), tx.signature()).map_err(|_| TxError::BadSignature)?;
+            }
+        }
+        let id = tx.id();
+        self.mempool.lock().expect("mempool lock poisoned").insert(tx)?;
+        self.metrics.mempool_txs.set(self.mempool_len() as i64);
+        Ok(id)
+    }
+
+    pub fn tx_status(&self, id: &TxId) -> Result<TxStatus, NodeError> {
+        if let Some((height, index)) = self.store.tx_location(id)? {
+            let block = self.block(height)?.ok_or(NodeError::Corrupt(format!("indexed block {height} is missing")))?;
+            let log_index = block.header.log_size - block.header.tx_count as u64 + index as u64;
+            return Ok(TxStatus::Committed { height, index, log_index });
+        }
+        if self.mempool.lock().expect("mempool lock poisoned").contains(id) {
+            return Ok(TxStatus::Pending);
+        }
+        if let Some(reason) = self.rejections.lock().expect("rejections lock poisoned").reasons.get(id) {
+            return Ok(TxStatus::Rejected { reason: reason.clone() });
+        }
+        Ok(TxStatus::Unknown)
+    }
+
+    pub fn block(&self, height: Height) -> Result<Option<Block>, NodeError> {
+        match self.store.block_bytes(height)? {
+            None => Ok(None),
+            Some(bytes) => Block::decode(&bytes).map(Some).map_err(|e| NodeError::Corrupt(e.to_string())),
+        }
+    }
+
+    pub fn inclusion_proof(&self, index: u64, size: u64) -> Result<(Hash, Hash, Vec<Hash>), MerkleError> {
+        let state = self.state();
+        let log = state.log();
+        let proof = log.inclusion_proof(index, size)?;
+        let leaf = log.leaf(index).expect("index below size");
+        Ok((leaf, log.root_at(size)?, proof))
+    }
+
+    pub fn consistency_proof(&self, from: u64, to: u64) -> Result<(Hash, Hash, Vec<Hash>), MerkleError> {
+        let state = self.state();
+        let log = state.log();
+        let proof = log.consistency_proof(from, to)?;
+        Ok((log.root_at(from)?, log.root_at(to)?, proof))
+    }
+
+    /// The latest log checkpoint as a C2SP signed note, signed by this node.
+    pub fn checkpoint(&self) -> String {
+        let head = self.head();
+        let cp = checkpoint::Checkpoint {
+            origin: self.genesis.chain_name.clone(),
+            size: head.log_size,
+            root: head.log_root,
+        };
+        checkpoint::sign_note(&cp.body(), &cp.origin, &self.node_keys)
+    }
+
+    /// The verifier key of this node's checkpoints.
+    pub fn checkpoint_verifier_key(&self) -> String {
+        checkpoint::verifier_key(&self.genesis.chain_name, &self.node_keys.public_key())
+    }
+
+    // ---- consensus side ----
+
+    /// Resolves `ancestry` (newest first, starting at the parent of a new block, ending at or
+    /// beyond the finalized head) into executed unfinalized ancestors, oldest first, verifying
+    /// any not seen before. `None` if the ancestry does not connect to the finalized head or an
+    /// ancestor is invalid.
+    fn executed_ancestors(&self, state: &State, ancestry: &[Block]) -> Result<Vec<Arc<Executed>>, BlockError> {
+        let mut chain: Vec<&Block> = ancestry.iter().take_while(|b| b.height() > state.height()).collect();
+        chain.reverse();
+        match chain.first() {
+            None => {
+                // The parent is at or below the finalized head: it must be the head itself.
+                let parent = ancestry.first().ok_or(BlockError::WrongParent)?;
+                return if parent.hash() == state.head_hash() { Ok(Vec::new()) } else { Err(BlockError::WrongParent) };
+            }
+            Some(oldest) if oldest.header.parent != state.head_hash() => return Err(BlockError::WrongParent),
+            Some(_) => {}
+        }
+        let mut executed: Vec<Arc<Executed>> = Vec::with_capacity(chain.len());
+        for block in chain {
+            let hash = block.hash();
+            let cached = self.unfinalized.lock().expect("unfinalized lock poisoned").get(&hash).cloned();
+            let entry = match cached {
+                Some(e) => e,
+                None => {
+                    let refs: Vec<&Executed> = executed.iter().map(Arc::as_ref).collect();
+                    let delta = state.verify_block_on(&refs, block, None, &|_| false)?;
+                    let e = Arc::new(Executed { block: block.clone(), delta });
+                    self.unfinalized.lock().expect("unfinalized lock poisoned").insert(hash, e.clone());
+                    e
+                }
+            };
+            executed.push(entry);
+        }
+        Ok(executed)
+    }
+
+    /// Builds a block on top of `ancestry` (newest first, starting with the parent) from the
+    /// mempool. Returns `None` when the parent does not connect to the finalized head.
+    /// `forge_first_signature` is fault injection for tests of byzantine proposers.
+    pub fn propose(
+        &self,
+        ancestry: &[Block],
+        timestamp_ms: TimestampMs,
+        proposer: IdentityId,
+        forge_first_signature: bool,
+    ) -> Option<Block> {
+        let state = self.state();
+        let ancestors = match self.executed_ancestors(&state, ancestry) {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot build on the given parent");
+                return None;
+            }
+        };
+        let mut candidates = self.mempool.lock().expect("mempool lock poisoned").candidates(limits::BLOCK_TXS_MAX * 2);
+        if forge_first_signature && let Some(first) = candidates.first_mut() {
+            let mut bytes = first.bytes().to_vec();
+            let last = bytes.len() - 1;
+            bytes[last] ^= 1;
+            *first = Transaction::decode(&bytes).expect("flipping a signature bit keeps the encoding valid");
+        }
+        let refs: Vec<&Executed> = ancestors.iter().map(Arc::as_ref).collect();
+        let (block, skipped) = state.build_block_on(&refs, candidates, timestamp_ms, proposer);
+        // Still valid later (nonce used by an unfinalized ancestor, or queued behind a gap):
+        // keep. Anything else can never become valid on this branch: drop with its reason.
+        let mut dropped = Vec::new();
+        for (tx, error) in skipped {
+            if !matches!(error, TxError::Replayed { .. } | TxError::NonceAhead { .. }) {
+                dropped.push((tx.id(), error.to_string()));
+            }
+        }
+        if !dropped.is_empty() {
+            let mut pool = self.mempool.lock().expect("mempool lock poisoned");
+            let mut rejections = self.rejections.lock().expect("rejections lock poisoned");
+            for (id, reason) in dropped {
+                pool.remove(&id);
+                rejections.add(id, reason);
+                self.metrics.txs_dropped.inc();
+            }
+        }
+        // Our own block: its transactions came from the mempool, signatures already checked.
+        let delta = state.verify_block_on(&refs, &block, None, &|_| true).ok()?;
+        self.unfinalized
+            .lock()
+            .expect("unfinalized lock poisoned")
+            .insert(block.hash(), Arc::new(Executed { block: block.clone(), delta }));
+        self.metrics.blocks_proposed.inc();
+        Some(block)
+    }
+
+    /// Verifies a proposed `block` on top of `ancestry` (newest first, starting with its
+    /// parent), remembering the result for finalization.
+    pub fn verify(&self, block: &Block, ancestry: &[Block], now_ms: Option<TimestampMs>) -> Result<(), BlockError> {
+        let state = self.state();
+        if let Some(cached) = self.unfinalized.lock().expect("unfinalized lock poisoned").get(&block.hash())
+            && cached.block == *block
+        {
+            return Ok(());
+        }
+        let ancestors = self.executed_ancestors(&state, ancestry)?;
+        let refs: Vec<&Executed> = ancestors.iter().map(Arc::as_ref).collect();
+        let known_good = {
+            let pool = self.mempool.lock().expect("mempool lock poisoned");
+            let ids: std::collections::HashSet<TxId> =
+                block.txs.iter().map(|t| t.id()).filter(|id| pool.contains(id)).collect();
+            ids
+        };
+        let delta = state.verify_block_on(&refs, block, now_ms, &|id| known_good.contains(id));
+        match delta {
+            Ok(delta) => {
+                self.unfinalized
+                    .lock()
+                    .expect("unfinalized lock poisoned")
+                    .insert(block.hash(), Arc::new(Executed { block: block.clone(), delta }));
+                Ok(())
+            }
+            Err(e) => {
+                self.metrics.blocks_rejected.inc();
+                Err(e)
+            }
+        }
+    }
+
+    /// Applies finalized blocks, in height order: verifies each (reusing the verification done
+    /// during consensus when there was one), writes them durably in one store transaction, then
+    /// updates the in-memory state and the mempool. Heights already applied are skipped.
+    pub fn apply_finalized(&self, blocks: &[Block], certificates: &[Option<Vec<u8>>]) -> Result<(), NodeError> {
+        let mut state = self.state.write().expect("state lock poisoned");
+        let mut executed: Vec<Arc<Executed>> = Vec::new();
+        let mut certs: Vec<Option<&[u8]>> = Vec::new();
+        for (i, block) in blocks.iter().enumerate() {
+            let tip = executed.last().map_or(state.height(), |e| e.block.height());
+            if block.height() <= tip {
+                continue;
+            }
+            let cached = self.unfinalized.lock().expect("unfinalized lock poisoned").get(&block.hash()).cloned();
+            let parent_hash = executed.last().map_or(state.head_hash(), |e| e.block.hash());
+            let entry = match cached {
+                Some(e) if e.block == *block && block.header.parent == parent_hash => e,
+                _ => {
+                    let refs: Vec<&Executed> = executed.iter().map(Arc::as_ref).collect();
+                    let delta = state
+                        .verify_block_on(&refs, block, None, &|_| false)
+                        .map_err(|error| NodeError::FinalizedInvalid { height: block.height(), error })?;
+                    Arc::new(Executed { block: block.clone(), delta })
+                }
+            };
+            executed.push(entry);
+            certs.push(certificates.get(i).and_then(|c| c.as_deref()));
+        }
+        if executed.is_empty() {
+            return Ok(());
+        }
+        let pairs: Vec<(&Block, Option<&[u8]>)> = executed.iter().map(|e| &e.block).zip(certs).collect();
+        self.store.append_blocks(&pairs)?;
+        let mut unfinalized = self.unfinalized.lock().expect("unfinalized lock poisoned");
+        let mut pool = self.mempool.lock().expect("mempool lock poisoned");
+        let mut tx_count = 0;
+        for entry in executed {
+            unfinalized.remove(&entry.block.hash());
+            // Nobody else holds it now (proposals and verifications need the state lock we
+            // hold), so this rarely clones.
+            let entry = Arc::try_unwrap(entry)
+                .unwrap_or_else(|shared| Executed { block: shared.block.clone(), delta: shared.delta.clone() });
+            let mut signers = std::collections::HashSet::new();
+            for tx in &entry.block.txs {
+                pool.remove(&tx.id());
+                signers.insert(tx.body().signer);
+            }
+            tx_count += entry.block.txs.len() as u64;
+            let block = entry.block;
+            state.commit(&block, entry.delta);
+            for signer in signers {
+                for id in pool.remove_stale(&signer, state.next_nonce(&signer)) {
+                    self.rejections
+                        .lock()
+                        .expect("rejections lock poisoned")
+                        .add(id, "nonce used by another committed transaction".into());
+                }
+            }
+        }
+        let height = state.height();
+        unfinalized.retain(|_, e| e.block.height() > height);
+        self.metrics.txs_committed.add(tx_count);
+        self.metrics.set_head(height, state.log().size());
+        self.metrics.mempool_txs.set(pool.len() as i64);
+        Ok(())
+    }
+}

@@ -1,0 +1,54 @@
+//! Genesis and keys for development networks and tests.
+
+use medledger_crypto::Keypair;
+use medledger_ledger::{Genesis, GenesisIdentity};
+use medledger_types::TimestampMs;
+
+/// The founding identities of a development network.
+pub struct Devnet {
+    pub genesis: Genesis,
+    pub organisations: Vec<Keypair>,
+    /// Validator `i` is operated by organisation `i % organisations.len()`.
+    pub validators: Vec<Keypair>,
+}
+
+pub fn identity(name: &str, keys: &Keypair, organisation: Option<medledger_types::IdentityId>) -> GenesisIdentity {
+    GenesisIdentity {
+        name: name.into(),
+        signing_key: keys.public_key(),
+        encryption_key: keys.encryption_public_key(),
+        organisation,
+    }
+}
+
+impl Devnet {
+    /// `organisation_names` founding organisations and `validators` validators, with keys from
+    /// `key` (deterministic labels in tests, fresh randomness for real networks).
+    pub fn new(
+        chain_name: &str,
+        genesis_time_ms: TimestampMs,
+        organisation_names: &[&str],
+        validators: usize,
+        key: &mut dyn FnMut(&str) -> Keypair,
+    ) -> Self {
+        let organisations: Vec<Keypair> = organisation_names.iter().map(|n| key(&format!("org/{n}"))).collect();
+        let validator_keys: Vec<Keypair> = (0..validators).map(|i| key(&format!("validator/{i}"))).collect();
+        let genesis = Genesis {
+            chain_name: chain_name.into(),
+            genesis_time_ms,
+            organisations: organisation_names
+                .iter()
+                .zip(&organisations)
+                .map(|(name, keys)| identity(name, keys, None))
+                .collect(),
+            validators: validator_keys
+                .iter()
+                .enumerate()
+                .map(|(i, keys)| {
+                    identity(&format!("node-{i}"), keys, Some(organisations[i % organisations.len()].id()))
+                })
+                .collect(),
+        };
+        Self { genesis, organisations, validators: validator_keys }
+    }
+}
