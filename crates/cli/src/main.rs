@@ -1,1 +1,418 @@
-fn main() {}
+//! The `medledger` command.
+
+mod bench;
+mod client;
+mod config;
+mod dev;
+mod init;
+mod run;
+mod txcmd;
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    path::{Path, PathBuf},
+    process::ExitCode,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use medledger_crypto::{Keypair, write_key_file};
+use medledger_ledger::{Genesis, Payload};
+use medledger_merkle::{Hash, checkpoint, verify_inclusion};
+use medledger_types::{IdentityId, TxId};
+use serde_json::json;
+
+use crate::{client::Client, config::NodeConfigFile, txcmd::load_keys};
+
+#[derive(Parser)]
+#[command(name = "medledger", version, about = "A permissioned blockchain for medical records")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create a new consortium: keys, genesis and one config per validator.
+    Init {
+        /// Directory to create the consortium in.
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long, default_value_t = 4)]
+        validators: usize,
+        /// Comma-separated names of the founding member organisations.
+        #[arg(
+            long,
+            default_value = "St Mary's Hospital,City General Hospital,Acme Health Insurance,Northbridge Research Institute"
+        )]
+        organisations: String,
+        #[arg(long, default_value = "medledger.local")]
+        chain_name: String,
+        /// Address validators listen on.
+        #[arg(long, default_value = "127.0.0.1")]
+        host: IpAddr,
+        #[arg(long, default_value_t = 27000)]
+        p2p_base_port: u16,
+        #[arg(long, default_value_t = 28000)]
+        api_base_port: u16,
+    },
+    /// Run a validator from its config file.
+    Node {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Run a one-validator development network with demo data.
+    Dev {
+        #[arg(long, default_value = "medledger-dev")]
+        data_dir: PathBuf,
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+    },
+    /// Generate an identity's keys (Ed25519 signing + X25519 encryption) into a 0600 key file.
+    Keygen {
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Build, sign and submit transactions.
+    Tx {
+        #[command(flatten)]
+        common: TxCommon,
+        #[command(subcommand)]
+        command: TxCommand,
+    },
+    /// Show the node's head (height, log size and root).
+    Head {
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        node: String,
+    },
+    /// Fetch and verify, offline, that a committed transaction is in the log.
+    Prove {
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        node: String,
+        /// Transaction id (hex).
+        tx: TxId,
+    },
+    /// Fetch the node's signed checkpoint and verify its signature.
+    Checkpoint {
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        node: String,
+    },
+    /// Verify a whole data directory offline (the node must be stopped).
+    Verify {
+        #[arg(long)]
+        data_dir: PathBuf,
+    },
+    /// Benchmarks.
+    Bench {
+        #[command(subcommand)]
+        command: BenchCommand,
+    },
+}
+
+#[derive(Args)]
+struct TxCommon {
+    /// Node API to submit to.
+    #[arg(long, global = true, default_value = "http://127.0.0.1:8080")]
+    node: String,
+    /// Nonce to use (default: the node's view of the signer's next nonce).
+    #[arg(long, global = true)]
+    nonce: Option<u64>,
+    /// Return once accepted instead of waiting for commitment.
+    #[arg(long, global = true)]
+    no_wait: bool,
+}
+
+#[derive(Subcommand)]
+enum TxCommand {
+    /// Register an identity. Organisations register practitioners and system clients;
+    /// patients register themselves (--key = --subject) or are registered by a provider.
+    Register {
+        /// Signer's key file.
+        #[arg(long)]
+        key: PathBuf,
+        /// Key file of the identity to register (only its public keys are used).
+        #[arg(long)]
+        subject: PathBuf,
+        /// practitioner, system-client or patient.
+        #[arg(long)]
+        role: String,
+        /// Display name (not for patients: their names never go on-chain).
+        #[arg(long, default_value = "")]
+        name: String,
+    },
+    /// Replace the signer's keys (its id stays the same).
+    RotateKey {
+        #[arg(long)]
+        key: PathBuf,
+        #[arg(long)]
+        new_key: PathBuf,
+    },
+    /// As a patient, grant access to your data.
+    Grant {
+        #[arg(long)]
+        key: PathBuf,
+        /// Grantee identity id (hex).
+        #[arg(long)]
+        grantee: IdentityId,
+        /// all | types:Observation,Condition | records:<hex>,...
+        #[arg(long, default_value = "all")]
+        scope: String,
+        /// read, write or read,write.
+        #[arg(long, default_value = "read")]
+        actions: String,
+        /// TREAT, HPAYMT, HOPERAT, HRESCH or ETREAT.
+        #[arg(long, default_value = "TREAT")]
+        purpose: String,
+        #[arg(long, default_value_t = 30)]
+        days: u64,
+    },
+    /// As a patient, revoke a grant.
+    Revoke {
+        #[arg(long)]
+        key: PathBuf,
+        /// Grant id (the granting transaction's id, hex).
+        #[arg(long)]
+        grant: TxId,
+    },
+    /// Show a transaction's status.
+    Status { id: TxId },
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Durable commit throughput and latency of signed transactions on a one-validator node.
+    Ledger {
+        #[arg(long, default_value_t = 200_000)]
+        txs: usize,
+        #[arg(long, default_value_t = 4)]
+        clients: usize,
+        /// Keep the chain here instead of a temporary directory.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        #[arg(long, default_value_t = 300)]
+        timeout_s: u64,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,commonware=warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run_command(Cli::parse().command) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn print_json(value: &serde_json::Value) {
+    println!("{}", serde_json::to_string_pretty(value).unwrap_or_default());
+}
+
+fn run_command(command: Command) -> Result<ExitCode> {
+    match command {
+        Command::Init { dir, validators, organisations, chain_name, host, p2p_base_port, api_base_port } => {
+            let organisations: Vec<String> =
+                organisations.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect();
+            let configs = init::init(&init::InitOptions {
+                dir: dir.clone(),
+                chain_name,
+                organisations,
+                validators,
+                host,
+                p2p_base_port,
+                api_base_port,
+            })?;
+            println!("created consortium in {}", dir.display());
+            for c in configs {
+                println!("  medledger node --config {}", c.display());
+            }
+        }
+        Command::Node { config } => {
+            let cfg = NodeConfigFile::load(&config)?;
+            let genesis_bytes = std::fs::read(&cfg.genesis)
+                .with_context(|| format!("cannot read genesis {}", cfg.genesis.display()))?;
+            let genesis = Genesis::from_bytes(&genesis_bytes)?;
+            let keys = load_keys(&cfg.key)?;
+            let peers = cfg
+                .peers
+                .iter()
+                .map(|p| Ok((config::parse_public_key(&p.public_key)?, p.address)))
+                .collect::<Result<Vec<_>>>()?;
+            let chain = run::open_chain(&cfg.data_dir, &genesis, keys.clone())?;
+            let opts = run::RunOptions {
+                p2p_listen: cfg.p2p_listen,
+                api_listen: cfg.api_listen,
+                peers,
+                worker_threads: cfg.worker_threads,
+            };
+            run::run(&cfg.data_dir, chain, &keys, opts, |_, _| async { false })?;
+        }
+        Command::Dev { data_dir, listen } => dev::dev(&data_dir, listen)?,
+        Command::Keygen { out } => {
+            let keys = Keypair::generate();
+            write_key_file(&out, &keys)?;
+            print_json(&json!({
+                "key_file": out,
+                "id": keys.id().to_hex(),
+                "signing_public_key": keys.public_key().to_string(),
+                "encryption_public_key": hex::encode(keys.encryption_public_key().0),
+            }));
+        }
+        Command::Tx { common, command } => tx(common, command)?,
+        Command::Head { node } => print_json(&Client::new(&node).get("/v1/head")?),
+        Command::Prove { node, tx } => prove(&Client::new(&node), &tx)?,
+        Command::Checkpoint { node } => {
+            let client = Client::new(&node);
+            let note = client.get_text("/v1/checkpoint")?;
+            let vkey = client.get_text("/v1/checkpoint/key")?;
+            let (name, key) = checkpoint::parse_verifier_key(&vkey)?;
+            let body = checkpoint::verify_note(&note, &name, &key)?;
+            let cp = checkpoint::Checkpoint::parse(body)?;
+            print!("{note}");
+            eprintln!("signature verified with {}: log size {}, root {}", vkey.trim(), cp.size, cp.root);
+        }
+        Command::Verify { data_dir } => return verify(&data_dir),
+        Command::Bench { command: BenchCommand::Ledger { txs, clients, data_dir, timeout_s } } => {
+            bench::bench_ledger(bench::BenchOptions {
+                txs,
+                clients,
+                dir: data_dir,
+                timeout: Duration::from_secs(timeout_s),
+            })?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn tx(common: TxCommon, command: TxCommand) -> Result<()> {
+    let client = Client::new(&common.node);
+    let wait = !common.no_wait;
+    let result = match command {
+        TxCommand::Register { key, subject, role, name } => {
+            let signer = load_keys(&key)?;
+            let subject = load_keys(&subject)?;
+            let organisation = match role.as_str() {
+                "practitioner" | "system-client" => Some(signer.id()),
+                _ => None,
+            };
+            let payload = txcmd::register_payload(&role, &subject, organisation, &name)?;
+            txcmd::submit(&client, &signer, common.nonce, payload, wait)?
+        }
+        TxCommand::RotateKey { key, new_key } => {
+            let signer = load_keys(&key)?;
+            let new_keys = load_keys(&new_key)?;
+            // The identity keeps its id; the node looks up its nonce by that id.
+            let nonce = match common.nonce {
+                Some(n) => n,
+                None => client.get(&format!("/v1/identities/{}", signer.id()))?["next_nonce"]
+                    .as_u64()
+                    .context("node did not report a nonce")?,
+            };
+            txcmd::submit(&client, &signer, Some(nonce), txcmd::rotate_payload(&new_keys), wait)?
+        }
+        TxCommand::Grant { key, grantee, scope, actions, purpose, days } => {
+            let signer = load_keys(&key)?;
+            let now = init::now_ms();
+            let payload = Payload::ConsentGrant {
+                patient: signer.id(),
+                grantee,
+                scope: txcmd::parse_scope(&scope)?,
+                actions: txcmd::parse_actions(&actions)?,
+                purpose: txcmd::parse_purpose(&purpose)?,
+                valid_from_ms: now,
+                valid_until_ms: now + days.max(1) * 86_400_000,
+            };
+            txcmd::submit(&client, &signer, common.nonce, payload, wait)?
+        }
+        TxCommand::Revoke { key, grant } => {
+            let signer = load_keys(&key)?;
+            txcmd::submit(&client, &signer, common.nonce, Payload::ConsentRevoke { grant_id: grant }, wait)?
+        }
+        TxCommand::Status { id } => {
+            let (_, body) = client.get_raw(&format!("/v1/transactions/{id}"))?;
+            body
+        }
+    };
+    print_json(&result);
+    Ok(())
+}
+
+fn prove(client: &Client, tx: &TxId) -> Result<()> {
+    let status = client.get(&format!("/v1/transactions/{tx}"))?;
+    let Some(index) = status["log_index"].as_u64() else {
+        bail!("transaction {tx} is not committed (status {})", status["status"]);
+    };
+    let head = client.get("/v1/head")?;
+    let size = head["log_size"].as_u64().context("head without log size")?;
+    let proof = client.get(&format!("/v1/proofs/inclusion?index={index}&size={size}"))?;
+    let root = Hash::from_hex(proof["root"].as_str().context("proof without root")?)?;
+    let path = proof["proof"]
+        .as_array()
+        .context("proof without path")?
+        .iter()
+        .map(|h| Ok(Hash::from_hex(h.as_str().context("proof element is not a string")?)?))
+        .collect::<Result<Vec<_>>>()?;
+    // The transaction id is its RFC 6962 leaf hash: the proof is checked against it, not
+    // against anything the node claims.
+    verify_inclusion(index, size, &Hash(tx.0), &path, &root).context("inclusion proof does not verify")?;
+    anyhow::ensure!(head["log_root"].as_str() == Some(&root.to_hex()), "proof root differs from the head's log root");
+    print_json(&json!({
+        "tx_id": tx.to_hex(),
+        "log_index": index,
+        "log_size": size,
+        "log_root": root.to_hex(),
+        "proof_hashes": path.len(),
+        "verified": true,
+    }));
+    Ok(())
+}
+
+fn verify(data_dir: &Path) -> Result<ExitCode> {
+    let started = Instant::now();
+    let store = medledger_storage::Store::open_existing(data_dir)
+        .with_context(|| format!("cannot open {} (is a node still running on it?)", data_dir.display()))?;
+    let last = store.last_height()?;
+    eprintln!("verifying {} blocks in {} ...", last, data_dir.display());
+    let result = medledger_storage::replay(&store, &mut |height, last| {
+        if height % 10_000 == 0 {
+            eprintln!("  block {height} of {last}");
+        }
+    });
+    match result {
+        Ok((state, report)) => {
+            let indexed = store.tx_count()?;
+            if indexed != report.transactions {
+                println!(
+                    "FAILED: the transaction index holds {indexed} entries, the blocks {} transactions",
+                    report.transactions
+                );
+                return Ok(ExitCode::from(1));
+            }
+            println!(
+                "OK: {} blocks, {} transactions, log size {}, log root {}, head {} ({:.2} s)",
+                report.blocks,
+                report.transactions,
+                state.log().size(),
+                state.log().root(),
+                state.head_hash(),
+                started.elapsed().as_secs_f64()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            match e.height() {
+                Some(height) => println!("FAILED at height {height}: {e}"),
+                None => println!("FAILED: {e}"),
+            }
+            Ok(ExitCode::from(1))
+        }
+    }
+}

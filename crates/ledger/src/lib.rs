@@ -16,5 +16,5 @@ pub mod tx;
 pub use block::{Block, BlockHeader};
 pub use error::{BlockError, TxError};
 pub use genesis::{Genesis, GenesisIdentity};
-pub use state::{Delta, Executed, Grant, Identity, RecordHead, State};
+pub use state::{Built, Delta, Executed, Grant, Identity, RecordHead, State};
 pub use tx::{AccessAction, AccessOutcome, KeyWrap, Payload, Purpose, Scope, Transaction, TxBody, actions};

@@ -69,6 +69,15 @@ pub struct Executed {
     pub delta: Delta,
 }
 
+/// A block built by [`State::build_block_on`]: the block, its changes, and the candidates that
+/// were left out with the reason.
+#[derive(Debug)]
+pub struct Built {
+    pub block: Block,
+    pub delta: Delta,
+    pub skipped: Vec<(Transaction, TxError)>,
+}
+
 /// The state after some prefix of the chain.
 #[derive(Clone, Debug)]
 pub struct State {
@@ -200,18 +209,20 @@ impl State {
         timestamp_ms: TimestampMs,
         proposer: IdentityId,
     ) -> (Block, Vec<(Transaction, TxError)>) {
-        self.build_block_on(&[], candidates, timestamp_ms, proposer)
+        let built = self.build_block_on(&[], candidates, timestamp_ms, proposer);
+        (built.block, built.skipped)
     }
 
     /// [`State::build_block`] on top of `ancestors`: the unfinalized blocks from this state's
-    /// head (exclusive) to the parent of the new block, oldest first.
+    /// head (exclusive) to the parent of the new block, oldest first. Also returns the block's
+    /// changes, so the proposer need not execute it again.
     pub fn build_block_on(
         &self,
         ancestors: &[&Executed],
         candidates: impl IntoIterator<Item = Transaction>,
         timestamp_ms: TimestampMs,
         proposer: IdentityId,
-    ) -> (Block, Vec<(Transaction, TxError)>) {
+    ) -> Built {
         let tip = Tip::of(self, ancestors);
         let timestamp_ms = timestamp_ms.max(tip.timestamp_ms + 1);
         let ctx = BlockContext { height: tip.height + 1, timestamp_ms };
@@ -244,7 +255,7 @@ impl State {
             log_size: self.log.size() + leaves.len() as u64,
             log_root: self.log.root_with_appended(&leaves),
         };
-        (Block { header, txs }, skipped)
+        Built { block: Block { header, txs }, delta: overlay.into_delta(), skipped }
     }
 
     /// Checks that `block` validly extends this state: header links and fields, every

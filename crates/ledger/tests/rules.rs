@@ -510,7 +510,8 @@ fn blocks_build_and_verify_on_unfinalized_ancestors() {
     let e1 = Executed { block: b1.clone(), delta: d1 };
     // Block 2 builds on block 1 before block 1 is final: nonces continue from the ancestor,
     // and the ancestor's own transactions cannot be replayed.
-    let (b2, skipped) = state.build_block_on(&[&e1], vec![reg(1), reg(2)], w.t + 2000, v);
+    let built = state.build_block_on(&[&e1], vec![reg(1), reg(2)], w.t + 2000, v);
+    let (b2, skipped) = (built.block, built.skipped);
     assert_eq!(b2.txs.len(), 1);
     assert!(matches!(skipped[0].1, TxError::Replayed { expected: 2, got: 1 }));
     assert_eq!(b2.header.parent, b1.hash());

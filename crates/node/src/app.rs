@@ -25,6 +25,12 @@ use crate::{block::ChainBlock, chain::ANCESTORS_MAX, chain::Chain};
 /// How far ahead of our clock a proposal's timestamp may be before we stop waiting for our
 /// clock to catch up and refuse it outright.
 const FUTURE_WAIT_MAX_MS: u64 = 60_000;
+/// How long a leader with an empty mempool waits for transactions before proposing an empty
+/// block. Bounds idle block production (block time still advances, so expiries work) and
+/// must stay well under the leader timeout.
+const IDLE_PROPOSAL_WAIT_MS: u64 = 500;
+/// How often an idle leader looks at the mempool.
+const IDLE_POLL_MS: u64 = 5;
 /// Most finalized blocks written to storage in one durable transaction.
 const FINALIZED_BATCH_MAX: usize = 64;
 
@@ -87,6 +93,11 @@ impl<E: Clock> Application<E> for LedgerApp {
         _input: (),
     ) -> Option<Digested<ChainBlock>> {
         let parent = ancestry.next().await?.inner().block().clone();
+        let mut waited_ms = 0;
+        while self.chain.mempool_len() == 0 && waited_ms < IDLE_PROPOSAL_WAIT_MS {
+            clock.sleep(Duration::from_millis(IDLE_POLL_MS)).await;
+            waited_ms += IDLE_POLL_MS;
+        }
         let chain = self.collect(&mut ancestry, Some(parent)).await;
         let forge = self.fault == ProposalFault::ForgedSignature;
         let block = self.chain.propose(&chain, now_ms(&clock), self.proposer, forge)?;

@@ -326,7 +326,8 @@ impl Chain {
             *first = Transaction::decode(&bytes).expect("flipping a signature bit keeps the encoding valid");
         }
         let refs: Vec<&Executed> = ancestors.iter().map(Arc::as_ref).collect();
-        let (block, skipped) = state.build_block_on(&refs, candidates, timestamp_ms, proposer);
+        let built = state.build_block_on(&refs, candidates, timestamp_ms, proposer);
+        let (block, delta, skipped) = (built.block, built.delta, built.skipped);
         // Still valid later (nonce used by an unfinalized ancestor, or queued behind a gap):
         // keep. Anything else can never become valid on this branch: drop with its reason.
         let mut dropped = Vec::new();
@@ -344,8 +345,6 @@ impl Chain {
                 self.metrics.txs_dropped.inc();
             }
         }
-        // Our own block: its transactions came from the mempool, signatures already checked.
-        let delta = state.verify_block_on(&refs, &block, None, &|_| true).ok()?;
         self.unfinalized
             .lock()
             .expect("unfinalized lock poisoned")

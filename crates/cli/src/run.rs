@@ -1,0 +1,85 @@
+//! Running a node process: chain recovery with progress, consensus, the HTTP API, and an
+//! optional extra task (the dev seeder, the benchmark driver).
+
+use std::{future::Future, net::SocketAddr, path::Path, sync::Arc, time::Instant};
+
+use anyhow::{Context, Result};
+use medledger_crypto::Keypair;
+use medledger_ledger::Genesis;
+use medledger_node::{
+    chain::Chain,
+    net::{NodeConfig, run_node},
+    validator::Timing,
+};
+
+/// Opens (and re-verifies) the chain in `data_dir`, printing progress for long replays.
+pub fn open_chain(data_dir: &Path, genesis: &Genesis, keys: Keypair) -> Result<Arc<Chain>> {
+    let started = Instant::now();
+    let (chain, report) = Chain::open(data_dir, genesis, keys, &mut |height, last| {
+        tracing::info!("re-verifying stored chain: block {height} of {last}");
+    })
+    .with_context(|| format!("cannot open the chain in {}", data_dir.display()))?;
+    tracing::info!(
+        blocks = report.blocks,
+        transactions = report.transactions,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "stored chain verified"
+    );
+    Ok(Arc::new(chain))
+}
+
+pub struct RunOptions {
+    pub p2p_listen: SocketAddr,
+    pub api_listen: SocketAddr,
+    pub peers: Vec<(medledger_crypto::PublicKey, SocketAddr)>,
+    pub worker_threads: usize,
+}
+
+/// Runs the node until Ctrl-C (or until `extra` returns `true`, asking to stop).
+pub fn run<F, Fut>(data_dir: &Path, chain: Arc<Chain>, keys: &Keypair, opts: RunOptions, extra: F) -> Result<()>
+where
+    F: FnOnce(Arc<Chain>, SocketAddr) -> Fut + Send + 'static,
+    Fut: Future<Output = bool> + Send + 'static,
+{
+    // Bind before starting consensus so a busy port is a clear error, not a half-started node.
+    let api = std::net::TcpListener::bind(opts.api_listen)
+        .with_context(|| format!("cannot listen for the API on {}", opts.api_listen))?;
+    api.set_nonblocking(true)?;
+    let api_addr = api.local_addr()?;
+    let cfg = NodeConfig {
+        data_dir: data_dir.to_owned(),
+        p2p_listen: opts.p2p_listen,
+        peers: opts.peers,
+        timing: Timing::default(),
+        worker_threads: opts.worker_threads,
+    };
+    run_node(cfg, chain, keys.signing_seed(), move |chain| async move {
+        let listener = match tokio::net::TcpListener::from_std(api) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot use the API listener");
+                return;
+            }
+        };
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(medledger_api::serve(listener, chain.clone(), async move {
+            let _ = stop_rx.await;
+        }));
+        tracing::info!("API listening on http://{api_addr}");
+        let extra_done = extra(chain, api_addr);
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => tracing::info!("stopping on Ctrl-C"),
+            stop = extra_done => {
+                if stop {
+                    tracing::info!("task finished; stopping");
+                } else {
+                    let _ = tokio::signal::ctrl_c().await;
+                    tracing::info!("stopping on Ctrl-C");
+                }
+            }
+        }
+        let _ = stop_tx.send(());
+        let _ = server.await;
+    })?;
+    Ok(())
+}
