@@ -1,1 +1,105 @@
-//! HTTP API of a medledger node (axum): head, proofs, checkpoints, transactions, blocks, metrics.
+//! HTTP API of a medledger node (axum): head, proofs, checkpoints, transactions, blocks,
+//! identities and metrics, served from a [`Chain`] handle.
+//!
+//! Architecture invariant: this is the only crate that speaks HTTP/JSON. It converts every
+//! error — bad input, refused transactions, missing data, node faults, and axum's own
+//! rejections (body limit, unknown route, wrong method) — into a JSON response
+//! `{"error": {"code": <status>, "message": <reason>}}` with a 4xx/5xx status; no input makes
+//! it panic or answer 500. It holds no state of its own: every answer comes from [`Chain`],
+//! whose calls run on the blocking pool so that no lock guard is held across an `.await`.
+//! Error messages name fields and ids, never record contents.
+//!
+//! API boundary: [`router`] and [`serve`], the endpoints below, and [`ApiError`].
+//!
+//! | Method and path                                   | Answer                                           |
+//! |---------------------------------------------------|--------------------------------------------------|
+//! | `GET /v1/health`                                  | `{"status":"ok","height"}`, or 503 `{"status":"halted","reason"}` |
+//! | `GET /v1/head`                                    | chain id, height, block hash, timestamp, log size and root |
+//! | `GET /v1/proofs/inclusion?index=I[&size=N]`       | RFC 6962 audit path, leaf hash and root          |
+//! | `GET /v1/proofs/consistency?from=M[&to=N]`        | RFC 6962 consistency proof and both roots        |
+//! | `GET /v1/checkpoint`                              | C2SP signed checkpoint note (`text/plain`)       |
+//! | `GET /v1/checkpoint/key`                          | the note's verifier key (`text/plain`)           |
+//! | `POST /v1/transactions`                           | raw canonical bytes (`application/octet-stream`) or `{"tx":"<hex>"}`; 202 `{"tx_id","status":"pending"}` |
+//! | `GET /v1/transactions/{id}`                       | pending / committed (height, index, log index, kind, signer) / rejected (reason); 404 when unknown |
+//! | `GET /v1/blocks/{height}`                         | header fields and transaction summaries          |
+//! | `GET /v1/blocks/{height}/raw`                     | canonical block bytes                            |
+//! | `GET /v1/identities/{id}`                         | role, name, organisation, keys, next nonce       |
+//! | `GET /metrics`                                    | Prometheus text format 0.0.4                     |
+//!
+//! Statuses: 400 malformed input or invalid transaction, 404 unknown resource or route,
+//! 405 wrong method, 409 transaction already committed, 413 body over
+//! [`limits::HTTP_BODY_BYTES_MAX`], 415 unsupported content type, 503 mempool full, node
+//! halted or more than [`CONCURRENT_REQUESTS_MAX`] requests in flight (with `Retry-After`),
+//! 500 node faults only.
+//!
+//! Limits: request bodies are capped at [`limits::HTTP_BODY_BYTES_MAX`] (twice the largest
+//! transaction, so any transaction fits as raw bytes; hex in JSON doubles the size, so the
+//! very largest transactions must be sent raw). At most [`CONCURRENT_REQUESTS_MAX`] requests
+//! are served at once; the excess is shed with 503 instead of queued.
+
+use std::{future::Future, sync::Arc};
+
+use axum::{
+    Router,
+    extract::{DefaultBodyLimit, Request, State},
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use medledger_node::chain::Chain;
+use medledger_types::limits;
+use tokio::sync::Semaphore;
+
+mod error;
+mod routes;
+
+pub use error::{ApiError, ErrorBody, ErrorDetail};
+
+/// Most requests handled at once; more are refused with 503 rather than queued, so a flood
+/// cannot grow memory or starve the blocking pool that chain calls run on.
+pub const CONCURRENT_REQUESTS_MAX: usize = 256;
+
+/// The API's routes over `chain`, with the body limit and concurrency bound applied.
+pub fn router(chain: Arc<Chain>) -> Router {
+    let chain_id = chain.genesis().chain_id();
+    let app = routes::AppState { chain, chain_id };
+    let permits = Arc::new(Semaphore::new(CONCURRENT_REQUESTS_MAX));
+    Router::new()
+        .route("/v1/health", get(routes::health))
+        .route("/v1/head", get(routes::head))
+        .route("/v1/proofs/inclusion", get(routes::inclusion))
+        .route("/v1/proofs/consistency", get(routes::consistency))
+        .route("/v1/checkpoint", get(routes::checkpoint))
+        .route("/v1/checkpoint/key", get(routes::checkpoint_key))
+        .route("/v1/transactions", post(routes::submit))
+        .route("/v1/transactions/{id}", get(routes::transaction))
+        .route("/v1/blocks/{height}", get(routes::block))
+        .route("/v1/blocks/{height}/raw", get(routes::block_raw))
+        .route("/v1/identities/{id}", get(routes::identity))
+        .route("/metrics", get(routes::metrics))
+        .fallback(routes::not_found)
+        .method_not_allowed_fallback(routes::method_not_allowed)
+        .layer(DefaultBodyLimit::max(limits::HTTP_BODY_BYTES_MAX))
+        .layer(middleware::from_fn_with_state(permits, limit_concurrency))
+        .with_state(app)
+}
+
+/// Serves [`router`] on `listener` until `shutdown` completes, then finishes the requests in
+/// flight and returns.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    chain: Arc<Chain>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "HTTP API listening");
+    }
+    axum::serve(listener, router(chain)).with_graceful_shutdown(shutdown).await
+}
+
+async fn limit_concurrency(State(permits): State<Arc<Semaphore>>, request: Request, next: Next) -> Response {
+    match permits.try_acquire_owned() {
+        Ok(_permit) => next.run(request).await,
+        Err(_) => ApiError::Busy.into_response(),
+    }
+}

@@ -1,6 +1,6 @@
 //! Ed25519 (ZIP-215) signatures, X25519 encryption keys, SHA-256 and key files.
 //!
-//! Architecture invariant: signature verification is `ed25519-consensus`, which implements the
+//! Architecture invariant: signature verification is `ed25519-zebra`, which implements the
 //! ZIP-215 validation rules, so a batch verification and one-by-one verification of the same
 //! signatures always agree; consensus depends on that. Secret material never appears in
 //! `Debug` output or error messages.
@@ -8,7 +8,7 @@
 use std::fmt;
 
 pub use medledger_types::{Hash, IdentityId};
-use rand_core::{OsRng, RngCore};
+use rand::Rng as _;
 use sha2::Digest;
 use zeroize::Zeroizing;
 
@@ -88,8 +88,8 @@ impl fmt::Debug for EncryptionPublicKey {
 
 impl PublicKey {
     pub fn verify(&self, msg: &[u8], sig: &Signature) -> Result<(), CryptoError> {
-        let vk = ed25519_consensus::VerificationKey::try_from(self.0).map_err(|_| CryptoError::InvalidPublicKey)?;
-        vk.verify(&ed25519_consensus::Signature::from(sig.0), msg).map_err(|_| CryptoError::BadSignature)
+        let vk = ed25519_zebra::VerificationKey::try_from(self.0).map_err(|_| CryptoError::InvalidPublicKey)?;
+        vk.verify(&ed25519_zebra::Signature::from(sig.0), msg).map_err(|_| CryptoError::BadSignature)
     }
 }
 
@@ -101,16 +101,12 @@ pub fn verify_batch(items: &[(PublicKey, &[u8], Signature)]) -> Result<(), Crypt
             key.verify(msg, sig).map_err(|_| CryptoError::BadSignatureInBatch { index })
         });
     }
-    let mut batch = ed25519_consensus::batch::Verifier::new();
+    let mut batch = ed25519_zebra::batch::Verifier::new();
     for (key, msg, sig) in items {
-        batch.queue((
-            ed25519_consensus::VerificationKeyBytes::from(key.0),
-            ed25519_consensus::Signature::from(sig.0),
-            msg,
-        ));
+        batch.queue((ed25519_zebra::VerificationKeyBytes::from(key.0), ed25519_zebra::Signature::from(sig.0), msg));
     }
     // The random coefficients only blind the batch equation; the verdict does not depend on them.
-    if batch.verify(OsRng).is_ok() {
+    if batch.verify(rand::rng()).is_ok() {
         return Ok(());
     }
     for (index, (key, msg, sig)) in items.iter().enumerate() {
@@ -124,7 +120,7 @@ pub fn verify_batch(items: &[(PublicKey, &[u8], Signature)]) -> Result<(), Crypt
 
 /// The secret keys of one identity: an Ed25519 signing key and an X25519 encryption key.
 pub struct Keypair {
-    signing: ed25519_consensus::SigningKey,
+    signing: ed25519_zebra::SigningKey,
     encryption: x25519_dalek::StaticSecret,
 }
 
@@ -145,7 +141,7 @@ impl Keypair {
     /// Fresh keys from the operating system's random source.
     pub fn generate() -> Self {
         let mut seed = Zeroizing::new([0u8; 64]);
-        OsRng.fill_bytes(seed.as_mut());
+        rand::rng().fill_bytes(seed.as_mut());
         let mut signing = [0u8; 32];
         let mut encryption = [0u8; 32];
         signing.copy_from_slice(&seed[..32]);
@@ -165,13 +161,13 @@ impl Keypair {
 
     pub fn from_secrets(signing_seed: &[u8; 32], encryption_secret: &[u8; 32]) -> Self {
         Self {
-            signing: ed25519_consensus::SigningKey::from(*signing_seed),
+            signing: ed25519_zebra::SigningKey::from(*signing_seed),
             encryption: x25519_dalek::StaticSecret::from(*encryption_secret),
         }
     }
 
     pub fn signing_seed(&self) -> [u8; 32] {
-        self.signing.to_bytes()
+        self.signing.into()
     }
 
     pub fn encryption_secret(&self) -> [u8; 32] {
@@ -179,7 +175,7 @@ impl Keypair {
     }
 
     pub fn public_key(&self) -> PublicKey {
-        PublicKey(self.signing.verification_key().to_bytes())
+        PublicKey(ed25519_zebra::VerificationKey::from(&self.signing).into())
     }
 
     pub fn encryption_public_key(&self) -> EncryptionPublicKey {

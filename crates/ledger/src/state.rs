@@ -309,9 +309,6 @@ impl State {
         if h.tx_count as usize != block.txs.len() {
             return Err(BlockError::TxCountMismatch { header: h.tx_count, actual: block.txs.len() });
         }
-        if txs_root(&block.txs) != h.txs_root {
-            return Err(BlockError::TxsRootMismatch);
-        }
         let ctx = BlockContext { height: h.height, timestamp_ms: h.timestamp_ms };
         let mut overlay = Overlay::new(self, ancestors);
         let mut to_verify: Vec<(usize, PublicKey, Vec<u8>, Signature)> = Vec::new();
@@ -337,6 +334,10 @@ impl State {
                 tx_id: block.txs[index].id(),
                 error: TxError::BadSignature,
             });
+        }
+        // Checked after the transactions so that a damaged transaction is reported as itself.
+        if txs_root(&block.txs) != h.txs_root {
+            return Err(BlockError::TxsRootMismatch);
         }
         let mut leaves = tip.pending_leaves;
         leaves.extend(block.txs.iter().map(|t| Hash(t.id().0)));

@@ -111,7 +111,7 @@ impl MerkleLog {
     fn subtree(&self, start: u64, end: u64) -> Hash {
         let n = end - start;
         debug_assert!(n >= 1);
-        if n.is_power_of_two() && start % n == 0 {
+        if n.is_power_of_two() && start.is_multiple_of(n) {
             let level = n.trailing_zeros() as usize;
             return self.levels[level][(start >> level) as usize];
         }

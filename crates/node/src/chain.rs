@@ -181,15 +181,32 @@ impl Chain {
 
     fn submit_inner(&self, bytes: &[u8], now_ms: TimestampMs) -> Result<TxId, SubmitError> {
         let tx = Transaction::decode(bytes).map_err(|e| SubmitError::Malformed(e.to_string()))?;
-        if self.store.tx_location(&tx.id()).map_err(|e| SubmitError::Malformed(e.to_string()))?.is_some() {
-            return Err(SubmitError::AlreadyCommitted);
+        // Resubmitting a pending transaction is a harmless retry: answer as for the first time.
+        if self.mempool.lock().expect("mempool lock poisoned").contains(&tx.id()) {
+            return Ok(tx.id());
         }
+        let checked = self.check_admission(&tx, now_ms);
+        // A committed transaction fails admission (its nonce is used); say so precisely. Only
+        // looked up on failure, keeping the store off the submission hot path.
+        if let Err(error) = checked {
+            if self.store.tx_location(&tx.id()).ok().flatten().is_some() {
+                return Err(SubmitError::AlreadyCommitted);
+            }
+            return Err(error);
+        }
+        let id = tx.id();
+        self.mempool.lock().expect("mempool lock poisoned").insert(tx)?;
+        self.metrics.mempool_txs.set(self.mempool_len() as i64);
+        Ok(id)
+    }
+
+    fn check_admission(&self, tx: &Transaction, now_ms: TimestampMs) -> Result<(), SubmitError> {
         {
             let state = self.state();
             let body = tx.body();
             let expected = state.next_nonce(&body.signer);
             if body.nonce == expected {
-                state.check_transaction(&tx, now_ms.max(state.head_timestamp_ms() + 1))?;
+                state.check_transaction(tx, now_ms.max(state.head_timestamp_ms() + 1))?;
             } else if body.nonce < expected {
                 return Err(TxError::Replayed { expected, got: body.nonce }.into());
             } else if body.nonce - expected > limits::NONCE_AHEAD_MAX {
@@ -204,10 +221,7 @@ impl Chain {
                 who.signing_key.verify(&tx.signed_message(), tx.signature()).map_err(|_| TxError::BadSignature)?;
             }
         }
-        let id = tx.id();
-        self.mempool.lock().expect("mempool lock poisoned").insert(tx)?;
-        self.metrics.mempool_txs.set(self.mempool_len() as i64);
-        Ok(id)
+        Ok(())
     }
 
     pub fn tx_status(&self, id: &TxId) -> Result<TxStatus, NodeError> {

@@ -257,7 +257,8 @@ fn status_of_submitted_transactions() {
     let txs = registrations(&net, 3);
     let id = chain.submit(txs[1].bytes(), 1).unwrap(); // queued behind nonce 0
     assert_eq!(chain.tx_status(&id).unwrap(), TxStatus::Pending);
-    assert!(chain.submit(txs[1].bytes(), 1).is_err(), "duplicate accepted");
+    assert_eq!(chain.submit(txs[1].bytes(), 1).unwrap(), id, "a retried submission is idempotent");
+    assert_eq!(chain.mempool_len(), 1);
     assert!(chain.submit(&[1, 2, 3], 1).is_err(), "garbage accepted");
     let mut forged = txs[0].bytes().to_vec();
     let last = forged.len() - 1;

@@ -1,0 +1,150 @@
+//! The crate's single error type and its conversion into a JSON response.
+
+use axum::{
+    Json,
+    extract::rejection::{BytesRejection, PathRejection, QueryRejection},
+    http::{HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use medledger_merkle::MerkleError;
+use medledger_node::{NodeError, chain::SubmitError, mempool::MempoolError};
+use serde::Serialize;
+
+/// Longest piece of client input echoed back in an error message.
+const ECHO_CHARS_MAX: usize = 64;
+
+/// Why a request failed. Every variant maps to one 4xx/5xx status (see [`ApiError::status`])
+/// and renders as `{"error": {"code": <status>, "message": <Display>}}`.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ApiError {
+    /// The request is malformed: bad path or query parameter, bad body encoding.
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("method {method} is not allowed on {path}")]
+    MethodNotAllowed { method: String, path: String },
+    #[error("request body exceeds the limit of {max} bytes")]
+    PayloadTooLarge { max: usize },
+    #[error("unsupported content type {0}; send application/octet-stream or application/json")]
+    UnsupportedMediaType(String),
+    /// A submitted transaction was refused; the status depends on why.
+    #[error(transparent)]
+    Submit(#[from] SubmitError),
+    /// A proof was asked for sizes or indices the log cannot prove.
+    #[error("{0}")]
+    Proof(#[from] MerkleError),
+    /// Load shedding: too many requests in flight.
+    #[error("too many concurrent requests; retry later")]
+    Busy,
+    #[error("{0}")]
+    Node(#[from] NodeError),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(_) | ApiError::Proof(_) => StatusCode::BAD_REQUEST,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::Submit(SubmitError::Mempool(MempoolError::Full(_))) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Submit(
+                SubmitError::AlreadyCommitted
+                | SubmitError::Mempool(MempoolError::NonceTaken(_) | MempoolError::Duplicate),
+            ) => StatusCode::CONFLICT,
+            ApiError::Submit(_) => StatusCode::BAD_REQUEST,
+            ApiError::Busy => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Node(_) | ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// Converts axum's body rejection (including the [`axum::extract::DefaultBodyLimit`] one)
+    /// into our shape instead of axum's plain-text response.
+    pub(crate) fn from_body(rejection: BytesRejection, max: usize) -> Self {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::PayloadTooLarge { max }
+        } else {
+            ApiError::BadRequest(format!("cannot read the request body: {}", rejection.body_text()))
+        }
+    }
+}
+
+impl From<PathRejection> for ApiError {
+    fn from(rejection: PathRejection) -> Self {
+        ApiError::BadRequest(format!("invalid path: {}", rejection.body_text()))
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(rejection: QueryRejection) -> Self {
+        ApiError::BadRequest(format!("invalid query string: {}", rejection.body_text()))
+    }
+}
+
+/// The JSON error body.
+#[derive(Debug, Serialize)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ErrorDetail {
+    pub code: u16,
+    pub message: String,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let message = self.to_string();
+        if status.is_server_error() {
+            tracing::warn!(status = status.as_u16(), %message, "request failed");
+        } else {
+            tracing::debug!(status = status.as_u16(), %message, "request refused");
+        }
+        let mut response =
+            (status, Json(ErrorBody { error: ErrorDetail { code: status.as_u16(), message } })).into_response();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}
+
+/// Client input quoted in a message: truncated, with control characters escaped.
+pub(crate) fn echo(text: &str) -> String {
+    let mut out: String = text.chars().take(ECHO_CHARS_MAX).flat_map(char::escape_debug).collect();
+    if text.chars().count() > ECHO_CHARS_MAX {
+        out.push('…');
+    }
+    format!("\"{out}\"")
+}
+
+#[cfg(test)]
+mod tests {
+    use medledger_ledger::TxError;
+
+    use super::*;
+
+    #[test]
+    fn statuses() {
+        assert_eq!(ApiError::Submit(SubmitError::Mempool(MempoolError::Full(3))).status(), 503);
+        assert_eq!(ApiError::Submit(SubmitError::Mempool(MempoolError::NonceTaken(4))).status(), 409);
+        assert_eq!(ApiError::Submit(SubmitError::AlreadyCommitted).status(), 409);
+        assert_eq!(ApiError::Submit(SubmitError::Invalid(TxError::BadSignature)).status(), 400);
+        assert_eq!(ApiError::Proof(MerkleError::BadSizes { from: 0, to: 1 }).status(), 400);
+        assert_eq!(ApiError::Node(NodeError::Corrupt("x".into())).status(), 500);
+    }
+
+    #[test]
+    fn echo_truncates_and_escapes() {
+        assert_eq!(echo("a\nb"), "\"a\\nb\"");
+        let long = "x".repeat(100);
+        assert_eq!(echo(&long).chars().count(), ECHO_CHARS_MAX + 3);
+    }
+}

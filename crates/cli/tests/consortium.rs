@@ -1,0 +1,215 @@
+//! A real 4-validator consortium: `medledger init`, four `medledger node` processes on
+//! loopback, transactions submitted with the CLI to different nodes, and every node reporting
+//! the same head. One node is then killed; the other three keep committing, and the restarted
+//! node catches up to the same head.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_medledger");
+
+struct Node {
+    child: Option<Child>,
+    config: PathBuf,
+    api: String,
+    log: PathBuf,
+}
+
+impl Node {
+    fn start(&mut self) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
+        let child = Command::new(BIN)
+            .args(["node", "--config"])
+            .arg(&self.config)
+            .env("RUST_LOG", "info,commonware=warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("cannot start medledger node");
+        self.child = Some(child);
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn free_port_block(n: u16) -> u16 {
+    // Find `n` consecutive free loopback ports (best effort; the OS may reuse them later).
+    'outer: for _ in 0..100 {
+        let base = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        if base > 60000 {
+            continue;
+        }
+        let mut held = Vec::new();
+        for i in 0..n {
+            match std::net::TcpListener::bind(("127.0.0.1", base + i)) {
+                Ok(l) => held.push(l),
+                Err(_) => continue 'outer,
+            }
+        }
+        return base;
+    }
+    panic!("no free port range");
+}
+
+fn get(api: &str, path: &str) -> Option<Value> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(5)))
+        .build()
+        .into();
+    let mut resp = agent.get(&format!("{api}{path}")).call().ok()?;
+    if resp.status() != 200 {
+        return None;
+    }
+    serde_json::from_str(&resp.body_mut().read_to_string().ok()?).ok()
+}
+
+fn cli(args: &[&str]) -> Value {
+    let out = Command::new(BIN).args(args).env("RUST_LOG", "warn").output().unwrap();
+    assert!(out.status.success(), "medledger {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
+}
+
+fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn register(dir: &Path, api: &str, org: &str, label: &str) -> String {
+    let key = dir.join(format!("{label}.key"));
+    cli(&["keygen", "--out", key.to_str().unwrap()]);
+    let org_key = dir.join("organisations").join(format!("{org}.key"));
+    let status = cli(&[
+        "tx",
+        "register",
+        "--node",
+        api,
+        "--key",
+        org_key.to_str().unwrap(),
+        "--subject",
+        key.to_str().unwrap(),
+        "--role",
+        "practitioner",
+        "--name",
+        label,
+    ]);
+    assert_eq!(status["status"], "committed", "{status}");
+    status["tx_id"].as_str().unwrap().to_owned()
+}
+
+/// The block hash at `height` on every node, if all have it.
+fn hashes_at(nodes: &[&Node], height: u64) -> Option<Vec<String>> {
+    nodes
+        .iter()
+        .map(|n| get(&n.api, &format!("/v1/blocks/{height}")).map(|b| b["hash"].as_str().unwrap_or("").to_owned()))
+        .collect()
+}
+
+#[test]
+fn four_node_processes_agree() {
+    let temp = tempfile::tempdir().unwrap();
+    let dir = temp.path();
+    let p2p = free_port_block(4);
+    let api = free_port_block(4);
+    let out = Command::new(BIN)
+        .args(["init", "--dir"])
+        .arg(dir)
+        .args(["--validators", "4", "--p2p-base-port", &p2p.to_string(), "--api-base-port", &api.to_string()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut nodes: Vec<Node> = (0..4)
+        .map(|i| Node {
+            child: None,
+            config: dir.join(format!("node-{i}/node.toml")),
+            api: format!("http://127.0.0.1:{}", api + i as u16),
+            log: dir.join(format!("node-{i}.log")),
+        })
+        .collect();
+    for n in &mut nodes {
+        n.start();
+    }
+    let dump_logs = |nodes: &[Node]| {
+        for n in nodes {
+            eprintln!("--- {} ---\n{}", n.log.display(), std::fs::read_to_string(&n.log).unwrap_or_default());
+        }
+    };
+    let all = |nodes: &[Node]| nodes.iter().all(|n| get(&n.api, "/v1/health").is_some());
+    let start = Instant::now();
+    while !all(&nodes) {
+        if start.elapsed() > Duration::from_secs(60) {
+            dump_logs(&nodes);
+            panic!("nodes did not come up");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // Transactions submitted to different nodes, each by a different organisation.
+    let orgs =
+        ["st-mary-s-hospital", "city-general-hospital", "acme-health-insurance", "northbridge-research-institute"];
+    let mut txs = Vec::new();
+    for (i, org) in orgs.iter().enumerate() {
+        txs.push(register(dir, &nodes[i].api, org, &format!("practitioner-{i}")));
+    }
+    // Every node has every transaction committed, at the same place, and the same head.
+    for tx in &txs {
+        let mut seen = Vec::new();
+        for n in &nodes {
+            wait_until("tx committed everywhere", Duration::from_secs(30), || {
+                get(&n.api, &format!("/v1/transactions/{tx}")).is_some_and(|s| s["status"] == "committed")
+            });
+            let s = get(&n.api, &format!("/v1/transactions/{tx}")).unwrap();
+            seen.push((s["height"].clone(), s["log_index"].clone()));
+        }
+        assert!(seen.windows(2).all(|w| w[0] == w[1]), "tx {tx} placed differently: {seen:?}");
+    }
+    let refs: Vec<&Node> = nodes.iter().collect();
+    let min_height = nodes.iter().map(|n| get(&n.api, "/v1/head").unwrap()["height"].as_u64().unwrap()).min().unwrap();
+    let hashes = hashes_at(&refs, min_height).expect("every node has the block");
+    assert!(hashes.windows(2).all(|w| w[0] == w[1]), "heads differ at height {min_height}: {hashes:?}");
+    let log_sizes: Vec<u64> =
+        nodes.iter().map(|n| get(&n.api, "/v1/head").unwrap()["log_size"].as_u64().unwrap()).collect();
+    assert!(log_sizes.iter().all(|&s| s == 4), "log sizes {log_sizes:?}");
+
+    // Crash node 3: the remaining 3 of 4 keep committing.
+    nodes[3].kill();
+    let tx = register(dir, &nodes[0].api, orgs[0], "practitioner-after-crash");
+    for n in &nodes[..3] {
+        wait_until("commit without node 3", Duration::from_secs(30), || {
+            get(&n.api, &format!("/v1/transactions/{tx}")).is_some_and(|s| s["status"] == "committed")
+        });
+    }
+    // Restarted, it re-verifies its store and catches up to the same chain.
+    nodes[3].start();
+    let target = get(&nodes[0].api, &format!("/v1/transactions/{tx}")).unwrap()["height"].as_u64().unwrap();
+    let caught_up = Instant::now();
+    while !get(&nodes[3].api, &format!("/v1/transactions/{tx}")).is_some_and(|s| s["status"] == "committed") {
+        if caught_up.elapsed() > Duration::from_secs(60) {
+            dump_logs(&nodes);
+            panic!("node 3 did not catch up");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let refs: Vec<&Node> = nodes.iter().collect();
+    let hashes = hashes_at(&refs, target).expect("every node has the block");
+    assert!(hashes.windows(2).all(|w| w[0] == w[1]), "chains differ at height {target}: {hashes:?}");
+}
