@@ -212,4 +212,22 @@ fn four_node_processes_agree() {
     let refs: Vec<&Node> = nodes.iter().collect();
     let hashes = hashes_at(&refs, target).expect("every node has the block");
     assert!(hashes.windows(2).all(|w| w[0] == w[1]), "chains differ at height {target}: {hashes:?}");
+
+    // Stopped, every node's data directory verifies offline, finalization certificates included.
+    for n in &mut nodes {
+        n.kill();
+    }
+    for i in 0..4 {
+        let out =
+            Command::new(BIN).args(["verify", "--data-dir"]).arg(dir.join(format!("node-{i}/data"))).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "node {i}: {text}{}", String::from_utf8_lossy(&out.stderr));
+        let certified: u64 = text
+            .split_whitespace()
+            .zip(text.split_whitespace().skip(1))
+            .find(|(_, next)| *next == "finalization")
+            .and_then(|(n, _)| n.parse().ok())
+            .unwrap_or(0);
+        assert!(certified > 0, "node {i} stored no verified certificate: {text}");
+    }
 }

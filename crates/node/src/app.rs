@@ -10,8 +10,9 @@ use std::{sync::Arc, time::Duration, time::UNIX_EPOCH};
 use commonware_actor::Feedback;
 use commonware_consensus::{
     Application, Reporter,
-    marshal::{Update, ancestry::Ancestry},
+    marshal::{Update, ancestry::Ancestry, core::Mailbox, standard::Standard},
     simplex::{scheme::ed25519, types::Context},
+    types::Height,
 };
 use commonware_cryptography::{Digested, Digestible, ed25519::PublicKey, sha256::Digest};
 use commonware_runtime::Clock;
@@ -171,7 +172,11 @@ impl Reporter for FinalizedReporter {
 /// Applies finalized blocks to the chain, durably, then acknowledges them. Batches whatever
 /// has arrived (group commit: one fsync for many blocks). Stops, without acknowledging, if a
 /// finalized block fails verification: the node must not serve a state it cannot justify.
-pub async fn run_executor(mut rx: mpsc::UnboundedReceiver<Finalized>, chain: Arc<Chain>) {
+pub async fn run_executor(
+    mut rx: mpsc::UnboundedReceiver<Finalized>,
+    chain: Arc<Chain>,
+    marshal: Mailbox<ed25519::Scheme, Standard<ChainBlock>>,
+) {
     while let Some(first) = rx.next().await {
         let mut batch = vec![first];
         while batch.len() < FINALIZED_BATCH_MAX {
@@ -185,7 +190,14 @@ pub async fn run_executor(mut rx: mpsc::UnboundedReceiver<Finalized>, chain: Arc
             .filter(|f| f.block.inner().block().height() > 0)
             .map(|f| f.block.inner().block().clone())
             .collect();
-        if let Err(error) = chain.apply_finalized(&blocks, &[]) {
+        // Certificates exist for blocks finalized in their own view; an ancestor finalized
+        // through a descendant has none and is covered by the hash links to that descendant.
+        let mut certificates = Vec::with_capacity(blocks.len());
+        for block in &blocks {
+            let finalization = marshal.get_finalization(Height::new(block.height())).await;
+            certificates.push(finalization.map(|f| crate::certificate::encode(&f)));
+        }
+        if let Err(error) = chain.apply_finalized(&blocks, &certificates) {
             tracing::error!(%error, "cannot apply finalized blocks; this node stops following the chain");
             chain.halt(error.to_string());
             return;

@@ -12,6 +12,7 @@
 
 pub mod app;
 pub mod block;
+pub mod certificate;
 pub mod chain;
 pub mod devnet;
 pub mod mempool;

@@ -75,9 +75,9 @@ impl Default for Timing {
 }
 
 /// The consensus signing namespace of a chain: votes for one chain never count on another.
-pub fn consensus_namespace(chain: &Chain) -> Vec<u8> {
+pub fn consensus_namespace(chain_id: medledger_types::Hash) -> Vec<u8> {
     let mut ns = b"medledger/consensus/v1/".to_vec();
-    ns.extend_from_slice(&chain.state().chain_id().0);
+    ns.extend_from_slice(&chain_id.0);
     ns
 }
 
@@ -141,7 +141,7 @@ where
     P: Provider<PublicKey = PublicKey> + Clone,
 {
     let me = cfg.signer.public_key();
-    let namespace = consensus_namespace(&cfg.chain);
+    let namespace = consensus_namespace(cfg.chain.genesis().chain_id());
     let scheme = Scheme::signer(&namespace, Set::from_iter_dedup(cfg.participants.clone()), cfg.signer.clone())
         .expect("this node's key is in the validator set");
     let page_cache = CacheRef::new(NZU16!(PAGE_SIZE), NZUsize!(PAGE_CACHE_PAGES));
@@ -215,8 +215,8 @@ where
 
     let (reporter, finalized) = FinalizedReporter::new();
     context.child("executor").spawn({
-        let chain = cfg.chain.clone();
-        move |_| run_executor(finalized, chain)
+        let (chain, marshal) = (cfg.chain.clone(), marshal_mailbox.clone());
+        move |_| run_executor(finalized, chain, marshal)
     });
     marshal_actor.start(reporter, buffer, backfill_resolver);
 

@@ -36,6 +36,8 @@ struct Scenario {
 }
 
 struct Outcome {
+    /// Certificates stored by the first online validator: (height, block hash, bytes).
+    certificates: Vec<(u64, Hash, Vec<u8>)>,
     /// Finalized block hashes per online validator, heights 1..=target.
     chains: Vec<(usize, Vec<Hash>)>,
     committed_txs: Vec<u64>,
@@ -180,9 +182,17 @@ fn run(seed: u64, s: Scenario) -> Outcome {
             committed_txs.push(chain.head().log_size);
             assert!(chain.halted().is_none(), "validator {i} halted: {:?}", chain.halted());
         }
+        let first = &chains[0].1;
+        let certificates = (1..=s.target_height)
+            .filter_map(|h| {
+                let cert = first.store().finalization(h).unwrap()?;
+                Some((h, first.block(h).unwrap().unwrap().hash(), cert))
+            })
+            .collect();
         let honest_rejections =
             chains.iter().filter(|(i, _)| Some(*i) != s.byzantine).map(|(_, c)| c.metrics.blocks_rejected.get()).sum();
         Outcome {
+            certificates,
             chains: outcome_chains,
             committed_txs,
             honest_rejections,
@@ -211,6 +221,28 @@ fn four_validators_commit_the_same_blocks() {
     assert_eq!(o.chains.len(), 4);
     assert_same_chain(&o);
     assert!(o.committed_txs.iter().all(|&n| n == 40), "{:?}", o.committed_txs);
+}
+
+#[test]
+fn finalization_certificates_are_stored_and_verify() {
+    use medledger_node::certificate::{CertificateError, CertificateVerifier};
+    let o = run(seed(6), Scenario { validators: 4, offline: vec![], byzantine: None, target_height: 8, txs: 4 });
+    assert!(!o.certificates.is_empty(), "no certificate stored");
+    let net =
+        Devnet::new("medledger.sim", GENESIS_MS, &["Hospital A", "Hospital B"], 4, &mut |l| Keypair::from_label(l));
+    let verifier = CertificateVerifier::new(&net.genesis).unwrap();
+    for (height, hash, cert) in &o.certificates {
+        verifier.verify(cert, *hash).unwrap_or_else(|e| panic!("certificate at {height}: {e}"));
+    }
+    let (_, hash, cert) = &o.certificates[0];
+    assert_eq!(verifier.verify(cert, Hash([9; 32])), Err(CertificateError::WrongBlock));
+    let mut tampered = cert.clone();
+    let last = tampered.len() - 1;
+    tampered[last] ^= 1;
+    assert!(verifier.verify(&tampered, *hash).is_err());
+    // Another consortium's validators did not sign it.
+    let other = Devnet::new("medledger.other", GENESIS_MS, &["X"], 4, &mut |l| Keypair::from_label(&format!("x{l}")));
+    assert!(CertificateVerifier::new(&other.genesis).unwrap().verify(cert, *hash).is_err());
 }
 
 #[test]

@@ -60,6 +60,8 @@ pub enum ChainError {
     Invalid { height: Height, error: BlockError },
     #[error("height {height} is missing from the block table")]
     Missing { height: Height },
+    #[error("finalization certificate at height {height}: {reason}")]
+    BadCertificate { height: Height, reason: String },
 }
 
 impl ChainError {
@@ -68,7 +70,8 @@ impl ChainError {
         match self {
             ChainError::Undecodable { height, .. }
             | ChainError::Invalid { height, .. }
-            | ChainError::Missing { height } => Some(*height),
+            | ChainError::Missing { height }
+            | ChainError::BadCertificate { height, .. } => Some(*height),
             ChainError::Storage(_) => None,
         }
     }
@@ -213,6 +216,29 @@ impl Store {
         let txn = self.db.begin_read().map_err(|e| self.err(e))?;
         let table = txn.open_table(FINALIZATIONS).map_err(|e| self.err(e))?;
         Ok(table.get(height).map_err(|e| self.err(e))?.map(|v| v.value().to_vec()))
+    }
+
+    /// Visits stored finalization certificates in height order.
+    pub fn for_each_finalization(
+        &self,
+        mut visit: impl FnMut(Height, &[u8]) -> Result<(), ChainError>,
+    ) -> Result<(), ChainError> {
+        const BATCH: u64 = 1024;
+        let mut next = 0u64;
+        loop {
+            let txn = self.db.begin_read().map_err(|e| self.err(e))?;
+            let table = txn.open_table(FINALIZATIONS).map_err(|e| self.err(e))?;
+            let mut seen = 0;
+            for entry in table.range(next..).map_err(|e| self.err(e))?.take(BATCH as usize) {
+                let (k, v) = entry.map_err(|e| self.err(e))?;
+                visit(k.value(), v.value())?;
+                next = k.value() + 1;
+                seen += 1;
+            }
+            if seen < BATCH {
+                return Ok(());
+            }
+        }
     }
 
     /// Where a committed transaction is: (height, index within its block).
