@@ -64,13 +64,7 @@ impl Node {
             self.net.genesis.chain_id(),
             self.org().id(),
             nonce,
-            Payload::RegisterIdentity {
-                role: Role::Practitioner,
-                signing_key: doc.public_key(),
-                encryption_key: doc.encryption_public_key(),
-                organisation: Some(self.org().id()),
-                name: format!("Dr {label}"),
-            },
+            Payload::register(Role::Practitioner, &doc, Some(self.org().id()), format!("Dr {label}")),
         )
     }
 
@@ -466,13 +460,7 @@ async fn identities_are_looked_up_by_id() {
         node.net.genesis.chain_id(),
         patient.id(),
         0,
-        Payload::RegisterIdentity {
-            role: Role::Patient,
-            signing_key: patient.public_key(),
-            encryption_key: patient.encryption_public_key(),
-            organisation: None,
-            name: String::new(),
-        },
+        Payload::register(Role::Patient, &patient, None, ""),
     );
     node.commit_txs(&[node.register("a", 0), patient_tx]);
     let org = node.org().id().to_hex();

@@ -51,19 +51,7 @@ fn workload(net: &Devnet, n: usize, clients: usize) -> Vec<Vec<Transaction>> {
             .map(|i| {
                 let subject = Keypair::from_label(&format!("bench-subject-{i}"));
                 let tx = if i % 2 == 0 {
-                    sign(
-                        &subject,
-                        chain_id,
-                        subject.id(),
-                        0,
-                        Payload::RegisterIdentity {
-                            role: Role::Patient,
-                            signing_key: subject.public_key(),
-                            encryption_key: subject.encryption_public_key(),
-                            organisation: None,
-                            name: String::new(),
-                        },
-                    )
+                    sign(&subject, chain_id, subject.id(), 0, Payload::register(Role::Patient, &subject, None, ""))
                 } else {
                     let org_index = (i / 2) % ORGANISATIONS;
                     let org = &net.organisations[org_index];
@@ -73,13 +61,12 @@ fn workload(net: &Devnet, n: usize, clients: usize) -> Vec<Vec<Transaction>> {
                         chain_id,
                         org.id(),
                         nonce,
-                        Payload::RegisterIdentity {
-                            role: Role::Practitioner,
-                            signing_key: subject.public_key(),
-                            encryption_key: subject.encryption_public_key(),
-                            organisation: Some(org.id()),
-                            name: format!("Bench practitioner {i}"),
-                        },
+                        Payload::register(
+                            Role::Practitioner,
+                            &subject,
+                            Some(org.id()),
+                            format!("Bench practitioner {i}"),
+                        ),
                     )
                 };
                 (i, tx)

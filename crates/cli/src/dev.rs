@@ -187,13 +187,7 @@ async fn seed(dir: &Path, chain: &Arc<Chain>, api_addr: SocketAddr) -> Result<()
                 chain_id,
                 orgs[org].id(),
                 next(orgs[org].id()),
-                Payload::RegisterIdentity {
-                    role,
-                    signing_key: d.keys.public_key(),
-                    encryption_key: d.keys.encryption_public_key(),
-                    organisation: Some(orgs[org].id()),
-                    name: name.into(),
-                },
+                Payload::register(role, &d.keys, Some(orgs[org].id()), name),
             ));
         }
         // Patients register themselves with their own keys; names never go on-chain.
@@ -204,13 +198,7 @@ async fn seed(dir: &Path, chain: &Arc<Chain>, api_addr: SocketAddr) -> Result<()
                 chain_id,
                 d.keys.id(),
                 next(d.keys.id()),
-                Payload::RegisterIdentity {
-                    role: Role::Patient,
-                    signing_key: d.keys.public_key(),
-                    encryption_key: d.keys.encryption_public_key(),
-                    organisation: None,
-                    name: String::new(),
-                },
+                Payload::register(Role::Patient, &d.keys, None, ""),
             ));
         }
         commit(chain, txs).await?;

@@ -65,13 +65,7 @@ pub fn register_payload(
     name: &str,
 ) -> Result<Payload> {
     let role = Role::parse(role).with_context(|| format!("unknown role '{role}'"))?;
-    Ok(Payload::RegisterIdentity {
-        role,
-        signing_key: subject.public_key(),
-        encryption_key: subject.encryption_public_key(),
-        organisation,
-        name: name.into(),
-    })
+    Ok(Payload::register(role, subject, organisation, name))
 }
 
 pub fn rotate_payload(new_keys: &Keypair) -> Payload {

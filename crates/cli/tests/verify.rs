@@ -25,13 +25,7 @@ fn build_chain(dir: &Path, blocks: u64) -> Vec<Transaction> {
                 net.genesis.chain_id(),
                 org.id(),
                 nonce,
-                Payload::RegisterIdentity {
-                    role: Role::Practitioner,
-                    signing_key: doc.public_key(),
-                    encryption_key: doc.encryption_public_key(),
-                    organisation: Some(org.id()),
-                    name: format!("Dr {h}.{i}"),
-                },
+                Payload::register(Role::Practitioner, &doc, Some(org.id()), format!("Dr {h}.{i}")),
             );
             nonce += 1;
             chain.submit(tx.bytes(), 2_000 + h * 1000).unwrap();

@@ -159,6 +159,17 @@ pub enum Payload {
 }
 
 impl Payload {
+    /// Registration of the identity holding `keys` (only its public keys are used).
+    pub fn register(role: Role, keys: &Keypair, organisation: Option<IdentityId>, name: impl Into<String>) -> Self {
+        Payload::RegisterIdentity {
+            role,
+            signing_key: keys.public_key(),
+            encryption_key: keys.encryption_public_key(),
+            organisation,
+            name: name.into(),
+        }
+    }
+
     pub fn kind(&self) -> &'static str {
         match self {
             Payload::RegisterIdentity { .. } => "register-identity",

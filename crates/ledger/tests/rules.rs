@@ -76,13 +76,7 @@ impl World {
         org: Option<IdentityId>,
         name: &str,
     ) -> Result<(), TxError> {
-        let payload = Payload::RegisterIdentity {
-            role,
-            signing_key: keys.public_key(),
-            encryption_key: keys.encryption_public_key(),
-            organisation: org,
-            name: name.into(),
-        };
+        let payload = Payload::register(role, keys, org, name);
         let tx = if by.id() == keys.id() && role == Role::Patient {
             sign(by, self.state.chain_id(), by.id(), 0, payload)
         } else {
@@ -182,13 +176,7 @@ fn replay_and_nonces() {
     let mut w = World::new();
     let org_a = w.org_a.clone();
     let doc = Keypair::from_label("doctor");
-    let payload = Payload::RegisterIdentity {
-        role: Role::Practitioner,
-        signing_key: doc.public_key(),
-        encryption_key: doc.encryption_public_key(),
-        organisation: Some(org_a.id()),
-        name: "Dr A".into(),
-    };
+    let payload = Payload::register(Role::Practitioner, &doc, Some(org_a.id()), "Dr A");
     let tx = w.tx(&org_a, payload);
     w.apply_one(tx.clone()).unwrap();
     assert_eq!(w.apply_one(tx.clone()), Err(TxError::Replayed { expected: 1, got: 0 }));
@@ -196,16 +184,7 @@ fn replay_and_nonces() {
     assert_eq!(w.apply_one(ahead), Err(TxError::NonceAhead { expected: 1, got: 5 }));
     // The same transaction twice in one block: the second is a replay, the block is invalid.
     let doc2 = Keypair::from_label("doctor-2");
-    let tx2 = w.tx(
-        &org_a,
-        Payload::RegisterIdentity {
-            role: Role::Practitioner,
-            signing_key: doc2.public_key(),
-            encryption_key: doc2.encryption_public_key(),
-            organisation: Some(org_a.id()),
-            name: "Dr B".into(),
-        },
-    );
+    let tx2 = w.tx(&org_a, Payload::register(Role::Practitioner, &doc2, Some(org_a.id()), "Dr B"));
     let height = w.state.height();
     assert!(matches!(w.apply(vec![tx2.clone(), tx2]), Err(BlockError::InvalidTransaction { index: 1, .. })));
     assert_eq!(w.state.height(), height, "a rejected block changes nothing");
@@ -217,16 +196,7 @@ fn signatures_are_checked_and_bound_to_the_chain() {
     let mut w = World::new();
     let org_a = w.org_a.clone();
     let doc = Keypair::from_label("doctor");
-    let good = w.tx(
-        &org_a,
-        Payload::RegisterIdentity {
-            role: Role::Practitioner,
-            signing_key: doc.public_key(),
-            encryption_key: doc.encryption_public_key(),
-            organisation: Some(org_a.id()),
-            name: "Dr A".into(),
-        },
-    );
+    let good = w.tx(&org_a, Payload::register(Role::Practitioner, &doc, Some(org_a.id()), "Dr A"));
     // Flip one bit of the signature.
     let mut bytes = good.bytes().to_vec();
     let last = bytes.len() - 1;
@@ -255,13 +225,7 @@ fn key_rotation_changes_the_verifying_key() {
     );
     w.apply_one(rotate).unwrap();
     let doc = Keypair::from_label("doctor");
-    let payload = Payload::RegisterIdentity {
-        role: Role::Practitioner,
-        signing_key: doc.public_key(),
-        encryption_key: doc.encryption_public_key(),
-        organisation: Some(org_a.id()),
-        name: "Dr A".into(),
-    };
+    let payload = Payload::register(Role::Practitioner, &doc, Some(org_a.id()), "Dr A");
     let old = sign(&org_a, w.state.chain_id(), org_a.id(), 1, payload.clone());
     assert_eq!(w.apply_one(old), Err(TxError::BadSignature));
     let new = sign(&new_keys, w.state.chain_id(), org_a.id(), 1, payload);
@@ -432,13 +396,7 @@ fn build_block_skips_invalid_and_blocks_round_trip() {
                 chain,
                 org_a.id(),
                 i as u64,
-                Payload::RegisterIdentity {
-                    role: Role::Practitioner,
-                    signing_key: d.public_key(),
-                    encryption_key: d.encryption_public_key(),
-                    organisation: Some(org_a.id()),
-                    name: format!("Dr {i}"),
-                },
+                Payload::register(Role::Practitioner, d, Some(org_a.id()), format!("Dr {i}")),
             )
         })
         .collect();
@@ -494,13 +452,7 @@ fn blocks_build_and_verify_on_unfinalized_ancestors() {
             chain,
             org_a.id(),
             i,
-            Payload::RegisterIdentity {
-                role: Role::Practitioner,
-                signing_key: d.public_key(),
-                encryption_key: d.encryption_public_key(),
-                organisation: Some(org_a.id()),
-                name: format!("Dr {i}"),
-            },
+            Payload::register(Role::Practitioner, &d, Some(org_a.id()), format!("Dr {i}")),
         )
     };
     let v = w.validator.id();

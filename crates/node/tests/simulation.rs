@@ -61,13 +61,7 @@ fn registrations_by(net: &Devnet, org_index: usize, n: usize) -> Vec<Transaction
                 chain_id,
                 org.id(),
                 i as u64,
-                Payload::RegisterIdentity {
-                    role: Role::Practitioner,
-                    signing_key: doc.public_key(),
-                    encryption_key: doc.encryption_public_key(),
-                    organisation: Some(org.id()),
-                    name: format!("Dr {i}"),
-                },
+                Payload::register(Role::Practitioner, &doc, Some(org.id()), format!("Dr {i}")),
             )
         })
         .collect()

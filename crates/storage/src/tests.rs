@@ -37,13 +37,7 @@ fn chain(n: u64) -> (Genesis, Vec<Block>) {
                     state.chain_id(),
                     org.id(),
                     nonce,
-                    Payload::RegisterIdentity {
-                        role: Role::Practitioner,
-                        signing_key: doc.public_key(),
-                        encryption_key: doc.encryption_public_key(),
-                        organisation: Some(org.id()),
-                        name: format!("Dr {h}.{i}"),
-                    },
+                    Payload::register(Role::Practitioner, &doc, Some(org.id()), format!("Dr {h}.{i}")),
                 );
                 nonce += 1;
                 tx
