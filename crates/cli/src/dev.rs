@@ -10,9 +10,12 @@ use std::{
 
 use anyhow::{Context, Result};
 use medledger_codec::Encode;
+use medledger_crypto::envelope::{CategoryKey, DataKey, hpke_wrap, wrap_data_key};
 use medledger_crypto::{Keypair, read_key_file, write_key_file};
 use medledger_ledger::{
-    AccessAction, AccessOutcome, Genesis, KeyWrap, Payload, Purpose, Scope, Transaction, actions, tx::sign,
+    AccessAction, AccessEvent, AccessOutcome, Genesis, KeyShareEntry, Payload, Purpose, Scope, Transaction, actions,
+    keys::{category_key_info, data_key_aad},
+    tx::sign,
 };
 use medledger_node::{
     chain::{Chain, TxStatus},
@@ -88,6 +91,21 @@ pub fn dev(dir: &Path, api_listen: SocketAddr) -> Result<()> {
         }
         false
     })
+}
+
+/// Wraps `key` to `recipient_keys` (whose identity is `recipient`) for the key-share transaction.
+fn key_share_entry(
+    key: &CategoryKey,
+    custodian: IdentityId,
+    patient: IdentityId,
+    category: &str,
+    epoch: u32,
+    recipient: IdentityId,
+    recipient_keys: &Keypair,
+) -> Result<KeyShareEntry> {
+    let info = category_key_info(&custodian, &patient, category, epoch);
+    let wrap = hpke_wrap(&recipient_keys.encryption_public_key(), &info, &recipient.0, key, &mut rand::rng())?;
+    Ok(KeyShareEntry { recipient, encapsulated_key: wrap.encapsulated_key, wrapped_key: wrap.ciphertext })
 }
 
 async fn wait_committed(chain: &Chain, ids: &[TxId]) -> Result<()> {
@@ -202,22 +220,56 @@ async fn seed(dir: &Path, chain: &Arc<Chain>, api_addr: SocketAddr) -> Result<()
             ));
         }
         commit(chain, txs).await?;
-        // Record commitments written by Dr Alice for St Mary's. Until record encryption lands,
-        // the ciphertext hash and key wraps are random placeholders: no medical data exists.
+        // St Mary's creates a category key per patient and category, wrapped (HPKE) to the
+        // patient and to itself, then Dr Alice commits records whose data keys are wrapped
+        // under it. Until the record write path stores ciphertexts, the ciphertext hashes are
+        // random placeholders: no medical data exists yet.
         let alice = by("dr-alice-st-marys");
+        // A Send RNG: the seeding future crosses awaits.
+        let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::from_rng(&mut rand::rng());
+        let mut category_keys = std::collections::HashMap::new();
+        let mut txs = Vec::new();
+        for label in &patients {
+            let p = by(label);
+            for category in ["labs", "conditions"] {
+                let key = CategoryKey::generate(&mut rng);
+                let shares = [p.keys.id(), orgs[0].id()]
+                    .into_iter()
+                    .map(|recipient| {
+                        let to = if recipient == orgs[0].id() { &orgs[0] } else { &p.keys };
+                        key_share_entry(&key, orgs[0].id(), p.keys.id(), category, 1, recipient, to)
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                txs.push(sign(
+                    &alice.keys,
+                    chain_id,
+                    alice.keys.id(),
+                    next(alice.keys.id()),
+                    Payload::KeyShare {
+                        custodian: orgs[0].id(),
+                        patient: p.keys.id(),
+                        category: category.into(),
+                        epoch: 1,
+                        shares,
+                    },
+                ));
+                category_keys.insert((p.keys.id(), category), key);
+            }
+        }
+        commit(chain, txs).await?;
         let mut txs = Vec::new();
         let mut records = Vec::new();
         for (i, label) in patients.iter().enumerate() {
             let p = by(label);
-            for (j, resource_type) in ["Observation", "Condition"].iter().enumerate() {
+            for (j, (resource_type, category)) in
+                [("Observation", "labs"), ("Condition", "conditions")].iter().enumerate()
+            {
                 let record =
                     RecordId(medledger_crypto::sha256(format!("demo-record-{i}-{j}-{}", now_ms()).as_bytes()).0);
-                records.push((record, p.keys.id()));
-                let wrap = |to: IdentityId| KeyWrap {
-                    recipient: to,
-                    encapsulated_key: Keypair::generate().encryption_public_key().0,
-                    wrapped_key: Keypair::generate().signing_seed().to_vec(),
-                };
+                records.push(record);
+                let data_key = DataKey::generate(&mut rng);
+                let aad = data_key_aad(&record, 1, &orgs[0].id(), &p.keys.id(), category, 1);
+                let wrapped = wrap_data_key(&category_keys[&(p.keys.id(), *category)], &aad, &data_key, &mut rng);
                 txs.push(sign(
                     &alice.keys,
                     chain_id,
@@ -229,15 +281,18 @@ async fn seed(dir: &Path, chain: &Arc<Chain>, api_addr: SocketAddr) -> Result<()
                         patient: p.keys.id(),
                         custodian: orgs[0].id(),
                         resource_type: (*resource_type).into(),
+                        category: (*category).into(),
+                        key_epoch: 1,
                         ciphertext_hash: Hash(Keypair::generate().signing_seed()),
                         ciphertext_bytes: 1024,
-                        key_wraps: vec![wrap(p.keys.id()), wrap(orgs[0].id())],
+                        wrapped_data_key: wrapped,
                     },
                 ));
             }
         }
         commit(chain, txs).await?;
-        // Patient 1 lets City General read their Observations for treatment, for 30 days.
+        // Patient 1 lets City General read their Observations for treatment, for 30 days; the
+        // node then shares the labs key with City General (consensus checks the grant).
         let p1 = by(&patients[0]);
         let now = now_ms();
         let grant = sign(
@@ -256,44 +311,66 @@ async fn seed(dir: &Path, chain: &Arc<Chain>, api_addr: SocketAddr) -> Result<()
             },
         );
         let grant_id = commit(chain, vec![grant]).await?[0];
+        let share = key_share_entry(
+            &category_keys[&(p1.keys.id(), "labs")],
+            orgs[0].id(),
+            p1.keys.id(),
+            "labs",
+            1,
+            orgs[1].id(),
+            &orgs[1],
+        )?;
+        let share_tx = sign(
+            &node,
+            chain_id,
+            node.id(),
+            next(node.id()),
+            Payload::KeyShare {
+                custodian: orgs[0].id(),
+                patient: p1.keys.id(),
+                category: "labs".into(),
+                epoch: 1,
+                shares: vec![share],
+            },
+        );
+        commit(chain, vec![share_tx]).await?;
         // The node records Dr Bob's read under that grant, and a denied read by the insurer.
         let bob = by("dr-bob-city-general");
         let claims = by("acme-claims");
-        let events = vec![
-            sign(
-                &node,
-                chain_id,
-                node.id(),
-                next(node.id()),
-                Payload::AccessEvent {
-                    accessor: bob.keys.id(),
-                    patient: p1.keys.id(),
-                    record: Some((records[0].0, 1)),
-                    action: AccessAction::Read,
-                    purpose: Purpose::Treatment,
-                    outcome: AccessOutcome::Allowed,
-                    grant_id: Some(grant_id),
-                    reason: "consent-grant".into(),
-                },
-            ),
-            sign(
-                &node,
-                chain_id,
-                node.id(),
-                next(node.id()),
-                Payload::AccessEvent {
-                    accessor: claims.keys.id(),
-                    patient: p1.keys.id(),
-                    record: Some((records[1].0, 1)),
-                    action: AccessAction::Read,
-                    purpose: Purpose::Payment,
-                    outcome: AccessOutcome::Denied,
-                    grant_id: None,
-                    reason: "no-grant".into(),
-                },
-            ),
-        ];
-        commit(chain, events).await?;
+        let at_ms = now_ms();
+        let events = sign(
+            &node,
+            chain_id,
+            node.id(),
+            next(node.id()),
+            Payload::AccessEvents {
+                events: vec![
+                    AccessEvent {
+                        accessor: bob.keys.id(),
+                        patient: p1.keys.id(),
+                        record: Some((records[0], 1)),
+                        action: AccessAction::Read,
+                        purpose: Purpose::Treatment,
+                        outcome: AccessOutcome::Allowed,
+                        grant_id: Some(grant_id),
+                        reason: "consent-grant".into(),
+                        at_ms,
+                    },
+                    AccessEvent {
+                        accessor: claims.keys.id(),
+                        patient: p1.keys.id(),
+                        record: Some((records[1], 1)),
+                        action: AccessAction::Read,
+                        purpose: Purpose::Payment,
+                        outcome: AccessOutcome::Denied,
+                        grant_id: None,
+                        reason: "no-grant".into(),
+                        at_ms,
+                    },
+                ],
+            },
+        );
+        commit(chain, vec![events]).await?;
         tracing::info!("demo data committed");
     }
     let identities: Vec<_> = demos

@@ -12,6 +12,7 @@ use rand::Rng as _;
 use sha2::Digest;
 use zeroize::Zeroizing;
 
+pub mod envelope;
 mod keyfile;
 pub use keyfile::{KeyFileError, read_key_file, write_key_file};
 
@@ -25,6 +26,10 @@ pub enum CryptoError {
     BadSignature,
     #[error("signature {index} of the batch does not verify")]
     BadSignatureInBatch { index: usize },
+    #[error("ciphertext does not decrypt under this key (wrong key, wrong context or tampered)")]
+    Decrypt,
+    #[error("encryption public key is invalid")]
+    InvalidEncryptionKey,
 }
 
 /// SHA-256 of `data`.

@@ -10,11 +10,14 @@
 pub mod block;
 pub mod error;
 pub mod genesis;
+pub mod keys;
 pub mod state;
 pub mod tx;
 
 pub use block::{Block, BlockHeader};
 pub use error::{BlockError, TxError};
 pub use genesis::{Genesis, GenesisIdentity};
-pub use state::{Built, Delta, Executed, Grant, Identity, RecordHead, State};
-pub use tx::{AccessAction, AccessOutcome, KeyWrap, Payload, Purpose, Scope, Transaction, TxBody, actions};
+pub use state::{Built, CategoryKeyId, CategoryKeyState, Delta, Executed, Grant, Identity, RecordHead, State};
+pub use tx::{
+    AccessAction, AccessEvent, AccessOutcome, KeyShareEntry, Payload, Purpose, Scope, Transaction, TxBody, actions,
+};

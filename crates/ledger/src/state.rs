@@ -34,6 +34,7 @@ pub struct RecordHead {
     pub patient: IdentityId,
     pub custodian: IdentityId,
     pub resource_type: String,
+    pub category: String,
     pub latest_version: u32,
     pub latest_tx: TxId,
 }
@@ -53,12 +54,43 @@ pub struct Grant {
     pub revoked_at: Option<Height>,
 }
 
+impl Grant {
+    /// Whether the grant is in force at block time `at_ms` (not revoked, within its period).
+    pub fn is_live(&self, at_ms: TimestampMs) -> bool {
+        self.revoked_at.is_none() && self.valid_from_ms <= at_ms && at_ms < self.valid_until_ms
+    }
+}
+
+/// One custodian's key for one patient's category (see `docs/keys.md`).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CategoryKeyId {
+    pub custodian: IdentityId,
+    pub patient: IdentityId,
+    pub category: String,
+}
+
+/// The current epoch of a category key and who holds a wrap of it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CategoryKeyState {
+    pub epoch: u32,
+    /// Holders of the current epoch's key, with the key-share transaction that wrapped it.
+    pub holders: Vec<(IdentityId, TxId)>,
+    /// Set when a grant of a holder was revoked: the next record in this category must use a
+    /// new epoch, which the revoked grantee never receives.
+    pub rotation_required: bool,
+}
+
 /// Everything a block changes, computed by verification and applied by commit.
 #[derive(Clone, Debug, Default)]
 pub struct Delta {
     identities: HashMap<IdentityId, Identity>,
     records: HashMap<RecordId, RecordHead>,
     grants: HashMap<TxId, Grant>,
+    category_keys: HashMap<CategoryKeyId, CategoryKeyState>,
+    /// (patient, holder) -> the category keys of that patient the holder received by grant.
+    shared_keys: HashMap<(IdentityId, IdentityId), Vec<CategoryKeyId>>,
+    /// (patient, grantee) -> ids of the grants between them.
+    grant_index: HashMap<(IdentityId, IdentityId), Vec<TxId>>,
 }
 
 /// A block verified on top of some state but not yet finalized, with the changes it makes.
@@ -87,6 +119,9 @@ pub struct State {
     identities: HashMap<IdentityId, Identity>,
     records: HashMap<RecordId, RecordHead>,
     grants: HashMap<TxId, Grant>,
+    category_keys: HashMap<CategoryKeyId, CategoryKeyState>,
+    shared_keys: HashMap<(IdentityId, IdentityId), Vec<CategoryKeyId>>,
+    grant_index: HashMap<(IdentityId, IdentityId), Vec<TxId>>,
     height: Height,
     head_hash: Hash,
     head_timestamp_ms: TimestampMs,
@@ -130,6 +165,9 @@ impl State {
             identities,
             records: HashMap::new(),
             grants: HashMap::new(),
+            category_keys: HashMap::new(),
+            shared_keys: HashMap::new(),
+            grant_index: HashMap::new(),
             height: 0,
             head_hash: genesis.anchor_header().hash(),
             head_timestamp_ms: genesis.genesis_time_ms,
@@ -184,6 +222,15 @@ impl State {
 
     pub fn grants(&self) -> impl Iterator<Item = &Grant> {
         self.grants.values()
+    }
+
+    pub fn category_key(&self, id: &CategoryKeyId) -> Option<&CategoryKeyState> {
+        self.category_keys.get(id)
+    }
+
+    /// The grants `patient` gave `grantee`, oldest first.
+    pub fn grants_between(&self, patient: &IdentityId, grantee: &IdentityId) -> impl Iterator<Item = &Grant> {
+        self.grant_index.get(&(*patient, *grantee)).into_iter().flatten().filter_map(|id| self.grants.get(id))
     }
 
     /// The nonce `signer`'s next transaction must carry (0 for an unknown identity).
@@ -358,6 +405,9 @@ impl State {
         self.identities.extend(delta.identities);
         self.records.extend(delta.records);
         self.grants.extend(delta.grants);
+        self.category_keys.extend(delta.category_keys);
+        self.shared_keys.extend(delta.shared_keys);
+        self.grant_index.extend(delta.grant_index);
         for tx in &block.txs {
             self.log.push(Hash(tx.id().0));
         }
@@ -458,6 +508,45 @@ impl<'a> Overlay<'a> {
         self.delta.grants.get(id).or_else(|| self.inherited(id, |d| &d.grants, &self.base.grants))
     }
 
+    fn category_key(&self, id: &CategoryKeyId) -> Option<&CategoryKeyState> {
+        self.delta.category_keys.get(id).or_else(|| self.inherited(id, |d| &d.category_keys, &self.base.category_keys))
+    }
+
+    fn grant_ids(&self, patient: IdentityId, grantee: IdentityId) -> Option<&Vec<TxId>> {
+        let key = (patient, grantee);
+        self.delta.grant_index.get(&key).or_else(|| self.inherited(&key, |d| &d.grant_index, &self.base.grant_index))
+    }
+
+    fn shared_keys(&self, patient: IdentityId, holder: IdentityId) -> Option<&Vec<CategoryKeyId>> {
+        let key = (patient, holder);
+        self.delta.shared_keys.get(&key).or_else(|| self.inherited(&key, |d| &d.shared_keys, &self.base.shared_keys))
+    }
+
+    /// Whether `holder` may receive `key`: the patient, the custodian, or the grantee of a live
+    /// grant of the patient with read access whose scope can cover records in that category.
+    fn may_hold(&self, key: &CategoryKeyId, holder: &IdentityId, at_ms: TimestampMs) -> bool {
+        if *holder == key.patient || *holder == key.custodian {
+            return true;
+        }
+        let Some(ids) = self.grant_ids(key.patient, *holder) else { return false };
+        ids.iter()
+            .filter_map(|id| self.grant(id))
+            .any(|g| g.is_live(at_ms) && g.actions & actions::READ != 0 && self.scope_reaches(&g.scope, key))
+    }
+
+    fn scope_reaches(&self, scope: &Scope, key: &CategoryKeyId) -> bool {
+        match scope {
+            Scope::All => true,
+            Scope::Categories(categories) => categories.contains(&key.category),
+            Scope::ResourceTypes(types) => {
+                types.iter().any(|t| medledger_types::categories_of_resource_type(t).contains(&key.category.as_str()))
+            }
+            Scope::Records(records) => records
+                .iter()
+                .any(|r| self.record(r).is_some_and(|h| h.custodian == key.custodian && h.category == key.category)),
+        }
+    }
+
     fn require(&self, id: &IdentityId, what: &'static str) -> Result<&Identity, TxError> {
         self.identity(id).ok_or(TxError::UnknownIdentity { what, id: *id })
     }
@@ -551,9 +640,11 @@ impl<'a> Overlay<'a> {
                 patient,
                 custodian,
                 resource_type,
+                category,
+                key_epoch,
                 ciphertext_hash: _,
-                ciphertext_bytes: _,
-                key_wraps,
+                ciphertext_bytes,
+                wrapped_data_key: _,
             } => {
                 let custodian_identity = self.require(custodian, "custodian")?;
                 if custodian_identity.role != Role::Organisation {
@@ -561,48 +652,54 @@ impl<'a> Overlay<'a> {
                 }
                 let signer_identity = self.require(&signer, "signer")?;
                 let acts_for_custodian = signer == *custodian
-                    || (matches!(signer_identity.role, Role::Practitioner | Role::SystemClient)
+                    || (matches!(signer_identity.role, Role::Practitioner | Role::SystemClient | Role::Validator)
                         && signer_identity.organisation == Some(*custodian));
                 if !acts_for_custodian {
                     return Err(TxError::NotAuthorised(
-                        "only the custodian or its staff and clients write its records",
+                        "only the custodian or its staff, clients and nodes write its records",
                     ));
                 }
                 if self.require(patient, "patient")?.role != Role::Patient {
                     return Err(TxError::InvalidField("patient must be a patient identity"));
                 }
                 check_resource_type(resource_type)?;
+                if !medledger_types::categories_of_resource_type(resource_type).contains(&category.as_str()) {
+                    return Err(TxError::InvalidField("category does not fit the resource type"));
+                }
+                if *ciphertext_bytes == 0 || *ciphertext_bytes > limits::RECORD_CIPHERTEXT_BYTES_MAX {
+                    return Err(TxError::InvalidField("ciphertext length out of range"));
+                }
                 match self.record(record_id) {
                     None if *version == 1 => {}
-                    None => {
-                        return Err(TxError::InvalidField("the first version of a record is 1"));
-                    }
+                    None => return Err(TxError::InvalidField("the first version of a record is 1")),
                     Some(head) => {
                         if head.patient != *patient || head.custodian != *custodian {
                             return Err(TxError::InvalidField("patient and custodian of a record never change"));
                         }
-                        if head.resource_type != *resource_type {
-                            return Err(TxError::InvalidField("resource type of a record never changes"));
+                        if head.resource_type != *resource_type || head.category != *category {
+                            return Err(TxError::InvalidField("resource type and category of a record never change"));
                         }
                         if *version != head.latest_version + 1 {
                             return Err(TxError::InvalidField("version must be the latest version plus one"));
                         }
                     }
                 }
-                let mut recipients = std::collections::HashSet::new();
-                for wrap in key_wraps {
-                    if !recipients.insert(wrap.recipient) {
-                        return Err(TxError::InvalidField("two key wraps for the same recipient"));
+                let key_id = CategoryKeyId { custodian: *custodian, patient: *patient, category: category.clone() };
+                match self.category_key(&key_id) {
+                    None => {
+                        return Err(TxError::InvalidField(
+                            "no category key yet: share one with the patient and the custodian first",
+                        ));
                     }
-                    self.require(&wrap.recipient, "key wrap recipient")?;
-                    if wrap.wrapped_key.is_empty() {
-                        return Err(TxError::InvalidField("empty wrapped key"));
+                    Some(key) if key.epoch != *key_epoch => {
+                        return Err(TxError::InvalidField("record must use the current epoch of its category key"));
                     }
-                }
-                if !recipients.contains(patient) || !recipients.contains(custodian) {
-                    return Err(TxError::InvalidField(
-                        "the record key must be wrapped for the patient and the custodian",
-                    ));
+                    Some(key) if key.rotation_required => {
+                        return Err(TxError::InvalidField(
+                            "category key must be rotated after a revocation before new records are written",
+                        ));
+                    }
+                    Some(_) => {}
                 }
                 self.delta.records.insert(
                     *record_id,
@@ -610,6 +707,7 @@ impl<'a> Overlay<'a> {
                         patient: *patient,
                         custodian: *custodian,
                         resource_type: resource_type.clone(),
+                        category: category.clone(),
                         latest_version: *version,
                         latest_tx: tx.id(),
                     },
@@ -653,6 +751,11 @@ impl<'a> Overlay<'a> {
                         }
                         types.iter().try_for_each(|t| check_resource_type(t))?;
                     }
+                    Scope::Categories(categories) => {
+                        if categories.is_empty() || !categories.iter().all(|c| medledger_types::is_category(c)) {
+                            return Err(TxError::InvalidField("category scope must name known categories"));
+                        }
+                    }
                     Scope::Records(records) => {
                         if records.is_empty() {
                             return Err(TxError::InvalidField("empty record scope"));
@@ -685,6 +788,9 @@ impl<'a> Overlay<'a> {
                         revoked_at: None,
                     },
                 );
+                let mut ids = self.grant_ids(*patient, *grantee).cloned().unwrap_or_default();
+                ids.push(tx.id());
+                self.delta.grant_index.insert((*patient, *grantee), ids);
             }
             Payload::ConsentRevoke { grant_id } => {
                 let grant = self.grant(grant_id).ok_or(TxError::UnknownGrant(*grant_id))?;
@@ -696,35 +802,122 @@ impl<'a> Overlay<'a> {
                 }
                 let mut revoked = grant.clone();
                 revoked.revoked_at = Some(ctx.height);
+                let (patient, grantee) = (revoked.patient, revoked.grantee);
                 self.delta.grants.insert(*grant_id, revoked);
+                // Every category key of this patient the grantee holds must be rotated before the
+                // next record in its category, so new versions never reach the grantee.
+                for key_id in self.shared_keys(patient, grantee).cloned().unwrap_or_default() {
+                    if let Some(key) = self.category_key(&key_id)
+                        && key.holders.iter().any(|(h, _)| *h == grantee)
+                    {
+                        let mut key = key.clone();
+                        key.rotation_required = true;
+                        self.delta.category_keys.insert(key_id, key);
+                    }
+                }
             }
-            Payload::AccessEvent { accessor, patient, record, action: _, purpose: _, outcome, grant_id, reason } => {
+            Payload::AccessEvents { events } => {
                 if !matches!(role, Some(Role::Validator | Role::Organisation | Role::SystemClient)) {
                     return Err(TxError::NotAuthorised(
                         "access events are written by nodes, organisations or system clients",
                     ));
                 }
-                self.require(accessor, "accessor")?;
+                if events.is_empty() {
+                    return Err(TxError::InvalidField("an access-events transaction needs at least one event"));
+                }
+                for event in events {
+                    self.require(&event.accessor, "accessor")?;
+                    if self.require(&event.patient, "patient")?.role != Role::Patient {
+                        return Err(TxError::InvalidField("patient must be a patient identity"));
+                    }
+                    if let Some((record_id, version)) = event.record {
+                        match self.record(&record_id) {
+                            Some(head)
+                                if head.patient == event.patient && version >= 1 && version <= head.latest_version => {}
+                            _ => {
+                                return Err(TxError::InvalidField(
+                                    "access event names an unknown record version of this patient",
+                                ));
+                            }
+                        }
+                    }
+                    if let Some(g) = &event.grant_id {
+                        self.grant(g).ok_or(TxError::UnknownGrant(*g))?;
+                    }
+                    if event.outcome == AccessOutcome::Denied && event.grant_id.is_some() {
+                        return Err(TxError::InvalidField("a denied access is not under a grant"));
+                    }
+                    if event.at_ms > ctx.timestamp_ms.saturating_add(limits::BLOCK_FUTURE_DRIFT_MS) {
+                        return Err(TxError::InvalidField("access event is dated after its block"));
+                    }
+                    check_reason(&event.reason)?;
+                }
+            }
+            Payload::KeyShare { custodian, patient, category, epoch, shares } => {
+                if self.require(custodian, "custodian")?.role != Role::Organisation {
+                    return Err(TxError::InvalidField("custodian must be a member organisation"));
+                }
+                let signer_identity = self.require(&signer, "signer")?;
+                let acts_for_custodian = signer == *custodian
+                    || (matches!(signer_identity.role, Role::Practitioner | Role::SystemClient | Role::Validator)
+                        && signer_identity.organisation == Some(*custodian));
+                if !acts_for_custodian {
+                    return Err(TxError::NotAuthorised(
+                        "only the custodian or its staff, clients and nodes share its keys",
+                    ));
+                }
                 if self.require(patient, "patient")?.role != Role::Patient {
                     return Err(TxError::InvalidField("patient must be a patient identity"));
                 }
-                if let Some((record_id, version)) = record {
-                    match self.record(record_id) {
-                        Some(head) if head.patient == *patient && *version >= 1 && *version <= head.latest_version => {}
-                        _ => {
-                            return Err(TxError::InvalidField(
-                                "access event names an unknown record version of this patient",
-                            ));
-                        }
+                if !medledger_types::is_category(category) {
+                    return Err(TxError::InvalidField("unknown category"));
+                }
+                if shares.is_empty() {
+                    return Err(TxError::InvalidField("a key share needs at least one recipient"));
+                }
+                let key_id = CategoryKeyId { custodian: *custodian, patient: *patient, category: category.clone() };
+                let current = self.category_key(&key_id).cloned();
+                let current_epoch = current.as_ref().map_or(0, |k| k.epoch);
+                let mut state = if *epoch == current_epoch + 1 {
+                    // A new key: it must reach the patient and the custodian.
+                    let recipients: Vec<IdentityId> = shares.iter().map(|e| e.recipient).collect();
+                    if !recipients.contains(patient) || !recipients.contains(custodian) {
+                        return Err(TxError::InvalidField(
+                            "a new category key must be shared with the patient and the custodian",
+                        ));
                     }
+                    CategoryKeyState { epoch: *epoch, holders: Vec::new(), rotation_required: false }
+                } else if *epoch == current_epoch && current_epoch > 0 {
+                    current.expect("epoch above zero exists")
+                } else {
+                    return Err(TxError::InvalidField("key share must be for the current epoch or the next"));
+                };
+                let mut seen = std::collections::HashSet::new();
+                let mut shared_by_grant = Vec::new();
+                for entry in shares {
+                    if !seen.insert(entry.recipient) || state.holders.iter().any(|(h, _)| *h == entry.recipient) {
+                        return Err(TxError::InvalidField("recipient already holds this key"));
+                    }
+                    self.require(&entry.recipient, "key share recipient")?;
+                    // Consent decides who may receive keys: never anyone else.
+                    if !self.may_hold(&key_id, &entry.recipient, ctx.timestamp_ms) {
+                        return Err(TxError::NotAuthorised(
+                            "recipient is not the patient, the custodian or a live grantee covering this category",
+                        ));
+                    }
+                    if entry.recipient != *patient && entry.recipient != *custodian {
+                        shared_by_grant.push(entry.recipient);
+                    }
+                    state.holders.push((entry.recipient, tx.id()));
                 }
-                if let Some(g) = grant_id {
-                    self.grant(g).ok_or(TxError::UnknownGrant(*g))?;
+                for holder in shared_by_grant {
+                    let mut keys = self.shared_keys(*patient, holder).cloned().unwrap_or_default();
+                    if !keys.contains(&key_id) {
+                        keys.push(key_id.clone());
+                    }
+                    self.delta.shared_keys.insert((*patient, holder), keys);
                 }
-                if *outcome == AccessOutcome::Denied && grant_id.is_some() {
-                    return Err(TxError::InvalidField("a denied access is not under a grant"));
-                }
-                check_reason(reason)?;
+                self.delta.category_keys.insert(key_id, state);
             }
         }
         // Every accepted transaction consumes its signer's nonce.

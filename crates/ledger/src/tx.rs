@@ -95,15 +95,47 @@ pub enum Scope {
     ResourceTypes(Vec<String>),
     /// These records (all versions).
     Records(Vec<RecordId>),
+    /// Records in these consent categories (`medledger_types::CATEGORIES`).
+    Categories(Vec<String>),
 }
 
-/// A data key wrapped (HPKE) for one recipient.
+impl Scope {
+    /// Whether this scope covers `record`, of `resource_type`, in `category`.
+    pub fn covers(&self, record: &RecordId, resource_type: &str, category: &str) -> bool {
+        match self {
+            Scope::All => true,
+            Scope::ResourceTypes(types) => types.iter().any(|t| t == resource_type),
+            Scope::Records(records) => records.contains(record),
+            Scope::Categories(categories) => categories.iter().any(|c| c == category),
+        }
+    }
+}
+
+/// A category key wrapped (HPKE) for one recipient.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct KeyWrap {
+pub struct KeyShareEntry {
     pub recipient: IdentityId,
-    /// HPKE encapsulated key (X25519 public key of the sender's ephemeral key).
+    /// HPKE encapsulated key (the sender's ephemeral X25519 public key).
     pub encapsulated_key: [u8; 32],
-    pub wrapped_key: Vec<u8>,
+    /// The category key encrypted to the recipient: 32 bytes and a 16-byte tag.
+    pub wrapped_key: [u8; 48],
+}
+
+/// One access to a patient's data, as a node observed and decided it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AccessEvent {
+    pub accessor: IdentityId,
+    pub patient: IdentityId,
+    /// The record and version accessed, when the access was to one record.
+    pub record: Option<(RecordId, u32)>,
+    pub action: AccessAction,
+    pub purpose: Purpose,
+    pub outcome: AccessOutcome,
+    pub grant_id: Option<TxId>,
+    /// Machine-readable reason code; never free text about the patient.
+    pub reason: String,
+    /// When the node decided, in ms since the Unix epoch (the node's clock).
+    pub at_ms: u64,
 }
 
 /// What a transaction does.
@@ -128,9 +160,15 @@ pub enum Payload {
         patient: IdentityId,
         custodian: IdentityId,
         resource_type: String,
+        /// Consent category (`medledger_types::CATEGORIES`), fixed for all versions.
+        category: String,
+        /// Epoch of the category key the data key is wrapped under.
+        key_epoch: u32,
+        /// SHA-256 of the ciphertext: its address in the blob store.
         ciphertext_hash: Hash,
         ciphertext_bytes: u64,
-        key_wraps: Vec<KeyWrap>,
+        /// The version's data key wrapped under the category key (`docs/keys.md`).
+        wrapped_data_key: [u8; 72],
     },
     ConsentGrant {
         patient: IdentityId,
@@ -144,17 +182,19 @@ pub enum Payload {
     ConsentRevoke {
         grant_id: TxId,
     },
-    AccessEvent {
-        accessor: IdentityId,
+    /// Access events written by a node, batched so that auditing every read does not cost a
+    /// signature and a log leaf per read.
+    AccessEvents {
+        events: Vec<AccessEvent>,
+    },
+    /// Wraps of one category key for recipients. Epoch `current + 1` starts a new key and must
+    /// include the patient and the custodian.
+    KeyShare {
+        custodian: IdentityId,
         patient: IdentityId,
-        /// The record and version accessed, when the access was to one record.
-        record: Option<(RecordId, u32)>,
-        action: AccessAction,
-        purpose: Purpose,
-        outcome: AccessOutcome,
-        grant_id: Option<TxId>,
-        /// Machine-readable reason code; never free text about the patient.
-        reason: String,
+        category: String,
+        epoch: u32,
+        shares: Vec<KeyShareEntry>,
     },
 }
 
@@ -177,7 +217,8 @@ impl Payload {
             Payload::RecordCommit { .. } => "record-commit",
             Payload::ConsentGrant { .. } => "consent-grant",
             Payload::ConsentRevoke { .. } => "consent-revoke",
-            Payload::AccessEvent { .. } => "access-event",
+            Payload::AccessEvents { .. } => "access-events",
+            Payload::KeyShare { .. } => "key-share",
         }
     }
 
@@ -188,7 +229,8 @@ impl Payload {
             Payload::RecordCommit { .. } => 3,
             Payload::ConsentGrant { .. } => 4,
             Payload::ConsentRevoke { .. } => 5,
-            Payload::AccessEvent { .. } => 6,
+            Payload::AccessEvents { .. } => 6,
+            Payload::KeyShare { .. } => 7,
         }
     }
 }
@@ -297,15 +339,14 @@ fn encode_body(body: &TxBody, w: &mut Writer) {
             patient,
             custodian,
             resource_type,
+            category,
+            key_epoch,
             ciphertext_hash,
             ciphertext_bytes,
-            key_wraps,
+            wrapped_data_key,
         } => {
-            w.encode(record_id).u32(*version).encode(patient).encode(custodian).str(resource_type);
-            w.encode(ciphertext_hash).u64(*ciphertext_bytes);
-            w.seq(key_wraps, |w, k| {
-                w.encode(&k.recipient).fixed(&k.encapsulated_key).bytes(&k.wrapped_key);
-            });
+            w.encode(record_id).u32(*version).encode(patient).encode(custodian).str(resource_type).str(category);
+            w.u32(*key_epoch).encode(ciphertext_hash).u64(*ciphertext_bytes).fixed(wrapped_data_key);
         }
         Payload::ConsentGrant { patient, grantee, scope, actions, purpose, valid_from_ms, valid_until_ms } => {
             w.encode(patient).encode(grantee);
@@ -323,22 +364,35 @@ fn encode_body(body: &TxBody, w: &mut Writer) {
                         w.encode(r);
                     });
                 }
+                Scope::Categories(categories) => {
+                    w.u8(3).seq(categories, |w, c| {
+                        w.str(c);
+                    });
+                }
             }
             w.u8(*actions).u8(*purpose as u8).u64(*valid_from_ms).u64(*valid_until_ms);
         }
         Payload::ConsentRevoke { grant_id } => {
             w.encode(grant_id);
         }
-        Payload::AccessEvent { accessor, patient, record, action, purpose, outcome, grant_id, reason } => {
-            w.encode(accessor).encode(patient);
-            w.option(record, |w, (id, version)| {
-                w.encode(id).u32(*version);
+        Payload::AccessEvents { events } => {
+            w.seq(events, |w, e| {
+                w.encode(&e.accessor).encode(&e.patient);
+                w.option(&e.record, |w, (id, version)| {
+                    w.encode(id).u32(*version);
+                });
+                w.u8(e.action as u8).u8(e.purpose as u8).u8(e.outcome as u8);
+                w.option(&e.grant_id, |w, g| {
+                    w.encode(g);
+                });
+                w.str(&e.reason).u64(e.at_ms);
             });
-            w.u8(*action as u8).u8(*purpose as u8).u8(*outcome as u8);
-            w.option(grant_id, |w, g| {
-                w.encode(g);
+        }
+        Payload::KeyShare { custodian, patient, category, epoch, shares } => {
+            w.encode(custodian).encode(patient).str(category).u32(*epoch);
+            w.seq(shares, |w, e| {
+                w.encode(&e.recipient).fixed(&e.encapsulated_key).fixed(&e.wrapped_key);
             });
-            w.str(reason);
         }
     }
 }
@@ -346,6 +400,33 @@ fn encode_body(body: &TxBody, w: &mut Writer) {
 fn purpose(r: &mut Reader<'_>) -> Result<Purpose, CodecError> {
     let tag = r.u8("purpose")?;
     Purpose::from_u8(tag).ok_or(CodecError::InvalidTag { what: "purpose", tag })
+}
+
+fn short_string(r: &mut Reader<'_>, what: &'static str) -> Result<String, CodecError> {
+    r.string(limits::RESOURCE_TYPE_BYTES_MAX, what)
+}
+
+fn decode_access_event(r: &mut Reader<'_>) -> Result<AccessEvent, CodecError> {
+    let accessor = IdentityId::decode(r)?;
+    let patient = IdentityId::decode(r)?;
+    let record = r.option("record", |r| Ok((RecordId::decode(r)?, r.u32("version")?)))?;
+    let action_tag = r.u8("action")?;
+    let action = AccessAction::from_u8(action_tag).ok_or(CodecError::InvalidTag { what: "action", tag: action_tag })?;
+    let purpose = purpose(r)?;
+    let outcome_tag = r.u8("outcome")?;
+    let outcome =
+        AccessOutcome::from_u8(outcome_tag).ok_or(CodecError::InvalidTag { what: "outcome", tag: outcome_tag })?;
+    Ok(AccessEvent {
+        accessor,
+        patient,
+        record,
+        action,
+        purpose,
+        outcome,
+        grant_id: r.option("grant id", TxId::decode)?,
+        reason: r.string(limits::REASON_BYTES_MAX, "reason")?,
+        at_ms: r.u64("access time")?,
+    })
 }
 
 fn decode_body(r: &mut Reader<'_>) -> Result<TxBody, CodecError> {
@@ -374,29 +455,26 @@ fn decode_body(r: &mut Reader<'_>) -> Result<TxBody, CodecError> {
             version: r.u32("version")?,
             patient: IdentityId::decode(r)?,
             custodian: IdentityId::decode(r)?,
-            resource_type: r.string(limits::RESOURCE_TYPE_BYTES_MAX, "resource type")?,
+            resource_type: short_string(r, "resource type")?,
+            category: short_string(r, "category")?,
+            key_epoch: r.u32("key epoch")?,
             ciphertext_hash: Hash::decode(r)?,
             ciphertext_bytes: r.u64("ciphertext length")?,
-            key_wraps: r.seq(limits::KEY_WRAPS_MAX, "key wraps", |r| {
-                Ok(KeyWrap {
-                    recipient: IdentityId::decode(r)?,
-                    encapsulated_key: r.array("encapsulated key")?,
-                    wrapped_key: r.bytes(limits::WRAPPED_KEY_BYTES_MAX, "wrapped key")?.to_vec(),
-                })
-            })?,
+            wrapped_data_key: r.array("wrapped data key")?,
         },
         4 => {
             let patient = IdentityId::decode(r)?;
             let grantee = IdentityId::decode(r)?;
             let scope = match r.u8("scope kind")? {
                 0 => Scope::All,
-                1 => Scope::ResourceTypes(r.seq(limits::SCOPE_ITEMS_MAX, "scope resource types", |r| {
-                    r.string(limits::RESOURCE_TYPE_BYTES_MAX, "resource type")
-                })?),
+                1 => Scope::ResourceTypes(
+                    r.seq(limits::SCOPE_ITEMS_MAX, "scope resource types", |r| short_string(r, "resource type"))?,
+                ),
                 2 => Scope::Records(r.seq(limits::SCOPE_ITEMS_MAX, "scope records", RecordId::decode)?),
-                tag => {
-                    return Err(CodecError::InvalidTag { what: "scope kind", tag });
-                }
+                3 => Scope::Categories(
+                    r.seq(limits::SCOPE_ITEMS_MAX, "scope categories", |r| short_string(r, "category"))?,
+                ),
+                tag => return Err(CodecError::InvalidTag { what: "scope kind", tag }),
             };
             Payload::ConsentGrant {
                 patient,
@@ -409,31 +487,23 @@ fn decode_body(r: &mut Reader<'_>) -> Result<TxBody, CodecError> {
             }
         }
         5 => Payload::ConsentRevoke { grant_id: TxId::decode(r)? },
-        6 => {
-            let accessor = IdentityId::decode(r)?;
-            let patient = IdentityId::decode(r)?;
-            let record = r.option("record", |r| Ok((RecordId::decode(r)?, r.u32("version")?)))?;
-            let action_tag = r.u8("action")?;
-            let action =
-                AccessAction::from_u8(action_tag).ok_or(CodecError::InvalidTag { what: "action", tag: action_tag })?;
-            let purpose = purpose(r)?;
-            let outcome_tag = r.u8("outcome")?;
-            let outcome = AccessOutcome::from_u8(outcome_tag)
-                .ok_or(CodecError::InvalidTag { what: "outcome", tag: outcome_tag })?;
-            Payload::AccessEvent {
-                accessor,
-                patient,
-                record,
-                action,
-                purpose,
-                outcome,
-                grant_id: r.option("grant id", TxId::decode)?,
-                reason: r.string(limits::REASON_BYTES_MAX, "reason")?,
-            }
-        }
-        tag => {
-            return Err(CodecError::InvalidTag { what: "payload kind", tag });
-        }
+        6 => Payload::AccessEvents {
+            events: r.seq(limits::ACCESS_EVENTS_PER_TX_MAX, "access events", decode_access_event)?,
+        },
+        7 => Payload::KeyShare {
+            custodian: IdentityId::decode(r)?,
+            patient: IdentityId::decode(r)?,
+            category: short_string(r, "category")?,
+            epoch: r.u32("key epoch")?,
+            shares: r.seq(limits::KEY_SHARES_MAX, "key shares", |r| {
+                Ok(KeyShareEntry {
+                    recipient: IdentityId::decode(r)?,
+                    encapsulated_key: r.array("encapsulated key")?,
+                    wrapped_key: r.array("wrapped key")?,
+                })
+            })?,
+        },
+        tag => return Err(CodecError::InvalidTag { what: "payload kind", tag }),
     };
     Ok(TxBody { chain_id, signer, nonce, payload })
 }

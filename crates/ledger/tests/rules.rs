@@ -2,10 +2,10 @@
 
 use medledger_crypto::Keypair;
 use medledger_ledger::{
-    AccessAction, AccessOutcome, Block, BlockError, Genesis, GenesisIdentity, KeyWrap, Payload, Purpose, Scope, State,
-    Transaction, TxError, actions, tx::sign,
+    AccessAction, AccessEvent, AccessOutcome, Block, BlockError, CategoryKeyId, Genesis, GenesisIdentity,
+    KeyShareEntry, Payload, Purpose, Scope, State, Transaction, TxError, actions, tx::sign,
 };
-use medledger_types::{Hash, IdentityId, RecordId, Role};
+use medledger_types::{Hash, IdentityId, RecordId, Role, TxId};
 
 struct World {
     state: State,
@@ -85,8 +85,31 @@ impl World {
         self.apply_one(tx)
     }
 
-    fn wrap(who: &Keypair) -> KeyWrap {
-        KeyWrap { recipient: who.id(), encapsulated_key: [7; 32], wrapped_key: vec![1; 48] }
+    /// Shares the (custodian org A, patient, category) key with `recipients` at `epoch`, signed by
+    /// `by`. The wraps are placeholders: consensus checks who receives them, not their bytes.
+    fn share(
+        &mut self,
+        by: &Keypair,
+        patient: &Keypair,
+        category: &str,
+        epoch: u32,
+        recipients: &[IdentityId],
+    ) -> Result<(), TxError> {
+        let shares = recipients
+            .iter()
+            .map(|r| KeyShareEntry { recipient: *r, encapsulated_key: [7; 32], wrapped_key: [8; 48] })
+            .collect();
+        let tx = self.tx(
+            by,
+            Payload::KeyShare {
+                custodian: self.org_a.id(),
+                patient: patient.id(),
+                category: category.into(),
+                epoch,
+                shares,
+            },
+        );
+        self.apply_one(tx)
     }
 
     fn commit_record(
@@ -95,6 +118,17 @@ impl World {
         patient: &Keypair,
         record: RecordId,
         version: u32,
+    ) -> Result<(), TxError> {
+        self.commit_record_at(by, patient, record, version, 1)
+    }
+
+    fn commit_record_at(
+        &mut self,
+        by: &Keypair,
+        patient: &Keypair,
+        record: RecordId,
+        version: u32,
+        key_epoch: u32,
     ) -> Result<(), TxError> {
         let custodian = self.org_a.id();
         let tx = self.tx(
@@ -105,12 +139,51 @@ impl World {
                 patient: patient.id(),
                 custodian,
                 resource_type: "Observation".into(),
+                category: "labs".into(),
+                key_epoch,
                 ciphertext_hash: Hash([9; 32]),
                 ciphertext_bytes: 1234,
-                key_wraps: vec![Self::wrap(patient), Self::wrap(&self.org_a)],
+                wrapped_data_key: [5; 72],
             },
         );
         self.apply_one(tx)
+    }
+
+    fn grant(&mut self, patient: &Keypair, grantee: IdentityId, scope: Scope, days: u64) -> TxId {
+        let tx = self.tx(
+            patient,
+            Payload::ConsentGrant {
+                patient: patient.id(),
+                grantee,
+                scope,
+                actions: actions::READ,
+                purpose: Purpose::Treatment,
+                valid_from_ms: self.t,
+                valid_until_ms: self.t + days * 86_400_000,
+            },
+        );
+        let id = tx.id();
+        self.apply_one(tx).unwrap();
+        id
+    }
+
+    fn event(
+        accessor: IdentityId,
+        patient: IdentityId,
+        record: Option<(RecordId, u32)>,
+        grant: Option<TxId>,
+    ) -> AccessEvent {
+        AccessEvent {
+            accessor,
+            patient,
+            record,
+            action: AccessAction::Read,
+            purpose: Purpose::Treatment,
+            outcome: if grant.is_some() { AccessOutcome::Allowed } else { AccessOutcome::Denied },
+            grant_id: grant,
+            reason: if grant.is_some() { "consent-grant".into() } else { "no-grant".into() },
+            at_ms: 1_700_000_000_000,
+        }
     }
 }
 
@@ -234,7 +307,114 @@ fn key_rotation_changes_the_verifying_key() {
 }
 
 #[test]
-fn records_grants_revocations_and_access_events() {
+fn records_need_a_category_key_held_by_patient_and_custodian() {
+    let mut w = World::new();
+    let (org_a, org_b) = (w.org_a.clone(), w.org_b.clone());
+    let doc = Keypair::from_label("doctor");
+    let doc_b = Keypair::from_label("doctor-b");
+    let patient = Keypair::from_label("patient");
+    w.register(&org_a, &doc, Role::Practitioner, Some(org_a.id()), "Dr A").unwrap();
+    w.register(&org_b, &doc_b, Role::Practitioner, Some(org_b.id()), "Dr B").unwrap();
+    w.register(&patient, &patient, Role::Patient, None, "").unwrap();
+    let record = RecordId([5; 32]);
+    assert!(
+        matches!(w.commit_record(&doc, &patient, record, 1), Err(TxError::InvalidField(m)) if m.contains("no category key"))
+    );
+    // A new key must reach both the patient and the custodian.
+    assert!(matches!(w.share(&doc, &patient, "labs", 1, &[patient.id()]), Err(TxError::InvalidField(_))));
+    // Other organisations' staff cannot share org A's keys; nobody shares with org B unasked.
+    assert!(matches!(
+        w.share(&doc_b, &patient, "labs", 1, &[patient.id(), org_a.id()]),
+        Err(TxError::NotAuthorised(_))
+    ));
+    assert!(matches!(
+        w.share(&doc, &patient, "labs", 1, &[patient.id(), org_a.id(), org_b.id()]),
+        Err(TxError::NotAuthorised(_))
+    ));
+    assert!(matches!(
+        w.share(&doc, &patient, "nonsense", 1, &[patient.id(), org_a.id()]),
+        Err(TxError::InvalidField(_))
+    ));
+    w.share(&doc, &patient, "labs", 1, &[patient.id(), org_a.id()]).unwrap();
+    assert!(
+        matches!(w.share(&doc, &patient, "labs", 1, &[patient.id()]), Err(TxError::InvalidField(_))),
+        "double share"
+    );
+    assert!(matches!(w.share(&doc, &patient, "labs", 3, &[patient.id(), org_a.id()]), Err(TxError::InvalidField(_))));
+
+    assert_eq!(
+        w.commit_record(&doc, &patient, record, 2),
+        Err(TxError::InvalidField("the first version of a record is 1"))
+    );
+    assert!(matches!(w.commit_record(&doc_b, &patient, record, 1), Err(TxError::NotAuthorised(_))));
+    assert!(matches!(w.commit_record_at(&doc, &patient, record, 1, 2), Err(TxError::InvalidField(_))), "future epoch");
+    w.commit_record(&doc, &patient, record, 1).unwrap();
+    w.commit_record(&doc, &patient, record, 2).unwrap();
+    assert_eq!(
+        w.commit_record(&doc, &patient, record, 2),
+        Err(TxError::InvalidField("version must be the latest version plus one"))
+    );
+    let head = w.state.record(&record).unwrap();
+    assert_eq!((head.latest_version, head.category.as_str()), (2, "labs"));
+}
+
+#[test]
+fn key_shares_follow_consent_and_revocation_forces_rotation() {
+    let mut w = World::new();
+    let (org_a, org_b, validator) = (w.org_a.clone(), w.org_b.clone(), w.validator.clone());
+    let doc = Keypair::from_label("doctor");
+    let patient = Keypair::from_label("patient");
+    w.register(&org_a, &doc, Role::Practitioner, Some(org_a.id()), "Dr A").unwrap();
+    w.register(&patient, &patient, Role::Patient, None, "").unwrap();
+    w.share(&doc, &patient, "labs", 1, &[patient.id(), org_a.id()]).unwrap();
+    let record = RecordId([5; 32]);
+    w.commit_record(&doc, &patient, record, 1).unwrap();
+
+    // A grant of conditions does not reach the labs key; a grant of Observations does.
+    let conditions = w.grant(&patient, org_b.id(), Scope::Categories(vec!["conditions".into()]), 30);
+    assert!(matches!(w.share(&validator, &patient, "labs", 1, &[org_b.id()]), Err(TxError::NotAuthorised(_))));
+    let observations = w.grant(&patient, org_b.id(), Scope::ResourceTypes(vec!["Observation".into()]), 30);
+    // The custodian's node shares it (validators act for their organisation).
+    w.share(&validator, &patient, "labs", 1, &[org_b.id()]).unwrap();
+    let key_id = CategoryKeyId { custodian: org_a.id(), patient: patient.id(), category: "labs".into() };
+    assert_eq!(w.state.category_key(&key_id).unwrap().holders.len(), 3);
+
+    // Revoking the grant forces a new epoch before the next record.
+    let revoke = w.tx(&patient, Payload::ConsentRevoke { grant_id: observations });
+    w.apply_one(revoke).unwrap();
+    assert!(w.state.category_key(&key_id).unwrap().rotation_required);
+    assert!(
+        matches!(w.commit_record(&doc, &patient, record, 2), Err(TxError::InvalidField(m)) if m.contains("rotated"))
+    );
+    // The new epoch cannot go to the revoked grantee (its other grant is for conditions).
+    assert!(matches!(
+        w.share(&doc, &patient, "labs", 2, &[patient.id(), org_a.id(), org_b.id()]),
+        Err(TxError::NotAuthorised(_))
+    ));
+    w.share(&doc, &patient, "labs", 2, &[patient.id(), org_a.id()]).unwrap();
+    assert!(!w.state.category_key(&key_id).unwrap().rotation_required);
+    assert!(matches!(w.commit_record_at(&doc, &patient, record, 2, 1), Err(TxError::InvalidField(_))), "old epoch");
+    w.commit_record_at(&doc, &patient, record, 2, 2).unwrap();
+    let _ = conditions;
+}
+
+#[test]
+fn expired_grants_do_not_reach_keys() {
+    let mut w = World::new();
+    let (org_a, org_b) = (w.org_a.clone(), w.org_b.clone());
+    let doc = Keypair::from_label("doctor");
+    let patient = Keypair::from_label("patient");
+    w.register(&org_a, &doc, Role::Practitioner, Some(org_a.id()), "Dr A").unwrap();
+    w.register(&patient, &patient, Role::Patient, None, "").unwrap();
+    w.share(&doc, &patient, "labs", 1, &[patient.id(), org_a.id()]).unwrap();
+    w.grant(&patient, org_b.id(), Scope::All, 1);
+    // Two days of blocks later (block time decides expiry).
+    w.t += 2 * 86_400_000;
+    assert!(matches!(w.share(&doc, &patient, "labs", 1, &[org_b.id()]), Err(TxError::NotAuthorised(_))));
+}
+
+#[test]
+fn grants_revocations_and_access_events() {
     let mut w = World::new();
     let (org_a, org_b, validator) = (w.org_a.clone(), w.org_b.clone(), w.validator.clone());
     let doc = Keypair::from_label("doctor");
@@ -243,97 +423,70 @@ fn records_grants_revocations_and_access_events() {
     w.register(&org_a, &doc, Role::Practitioner, Some(org_a.id()), "Dr A").unwrap();
     w.register(&org_b, &doc_b, Role::Practitioner, Some(org_b.id()), "Dr B").unwrap();
     w.register(&patient, &patient, Role::Patient, None, "").unwrap();
-
+    w.share(&doc, &patient, "labs", 1, &[patient.id(), org_a.id()]).unwrap();
     let record = RecordId([5; 32]);
-    assert_eq!(
-        w.commit_record(&doc, &patient, record, 2),
-        Err(TxError::InvalidField("the first version of a record is 1"))
-    );
-    // Org B's practitioner cannot write org A's records.
-    assert!(matches!(w.commit_record(&doc_b, &patient, record, 1), Err(TxError::NotAuthorised(_))));
     w.commit_record(&doc, &patient, record, 1).unwrap();
-    w.commit_record(&doc, &patient, record, 2).unwrap();
-    assert_eq!(
-        w.commit_record(&doc, &patient, record, 2),
-        Err(TxError::InvalidField("version must be the latest version plus one"))
-    );
-    assert_eq!(w.state.record(&record).unwrap().latest_version, 2);
 
-    // Only the patient grants.
-    let grant_payload = Payload::ConsentGrant {
+    // Only the patient grants; category scopes must name known categories.
+    let payload = Payload::ConsentGrant {
         patient: patient.id(),
         grantee: org_b.id(),
-        scope: Scope::ResourceTypes(vec!["Observation".into()]),
+        scope: Scope::Categories(vec!["labs".into()]),
         actions: actions::READ,
         purpose: Purpose::Treatment,
         valid_from_ms: w.t,
         valid_until_ms: w.t + 86_400_000,
     };
-    let by_doctor = w.tx(&doc, grant_payload.clone());
+    let by_doctor = w.tx(&doc, payload.clone());
     assert!(matches!(w.apply_one(by_doctor), Err(TxError::NotAuthorised(_))));
-    let grant = w.tx(&patient, grant_payload);
+    let Payload::ConsentGrant { patient: p, grantee, actions: a, purpose, valid_from_ms, valid_until_ms, .. } =
+        payload.clone()
+    else {
+        unreachable!()
+    };
+    let bad_scope = w.tx(
+        &patient,
+        Payload::ConsentGrant {
+            patient: p,
+            grantee,
+            scope: Scope::Categories(vec!["everything".into()]),
+            actions: a,
+            purpose,
+            valid_from_ms,
+            valid_until_ms,
+        },
+    );
+    assert!(matches!(w.apply_one(bad_scope), Err(TxError::InvalidField(_))));
+    let grant = w.tx(&patient, payload);
     let grant_id = grant.id();
     w.apply_one(grant).unwrap();
     assert_eq!(w.state.grant(&grant_id).unwrap().grantee, org_b.id());
+    assert!(w.state.grant(&grant_id).unwrap().scope.covers(&record, "Observation", "labs"));
+    assert_eq!(w.state.grants_between(&patient.id(), &org_b.id()).count(), 1);
 
-    // A node records an access under that grant.
-    let event = w.tx(
+    // A node records a batch of accesses: one under the grant, one denied.
+    let batch = w.tx(
         &validator,
-        Payload::AccessEvent {
-            accessor: doc_b.id(),
-            patient: patient.id(),
-            record: Some((record, 2)),
-            action: AccessAction::Read,
-            purpose: Purpose::Treatment,
-            outcome: AccessOutcome::Allowed,
-            grant_id: Some(grant_id),
-            reason: "consent-grant".into(),
+        Payload::AccessEvents {
+            events: vec![
+                World::event(doc_b.id(), patient.id(), Some((record, 1)), Some(grant_id)),
+                World::event(doc_b.id(), patient.id(), None, None),
+            ],
         },
     );
-    w.apply_one(event).unwrap();
-    // Free text (possible PHI) is refused in reasons; unknown versions are refused.
-    let bad_reason = w.tx(
-        &validator,
-        Payload::AccessEvent {
-            accessor: doc_b.id(),
-            patient: patient.id(),
-            record: Some((record, 3)),
-            action: AccessAction::Read,
-            purpose: Purpose::Treatment,
-            outcome: AccessOutcome::Denied,
-            grant_id: None,
-            reason: "no-grant".into(),
-        },
-    );
-    assert!(matches!(w.apply_one(bad_reason), Err(TxError::InvalidField(_))));
-    let free_text = w.tx(
-        &validator,
-        Payload::AccessEvent {
-            accessor: doc_b.id(),
-            patient: patient.id(),
-            record: None,
-            action: AccessAction::Read,
-            purpose: Purpose::Treatment,
-            outcome: AccessOutcome::Denied,
-            grant_id: None,
-            reason: "patient has HIV".into(),
-        },
-    );
-    assert!(matches!(w.apply_one(free_text), Err(TxError::InvalidField(_))));
-    // Practitioners do not write access events themselves.
-    let by_doc = w.tx(
-        &doc_b,
-        Payload::AccessEvent {
-            accessor: doc_b.id(),
-            patient: patient.id(),
-            record: None,
-            action: AccessAction::Search,
-            purpose: Purpose::Treatment,
-            outcome: AccessOutcome::Allowed,
-            grant_id: None,
-            reason: "search".into(),
-        },
-    );
+    w.apply_one(batch).unwrap();
+    // Unknown versions, free text, future dates, empty batches and practitioners are refused.
+    let mut unknown_version = World::event(doc_b.id(), patient.id(), Some((record, 3)), None);
+    let mut free_text = World::event(doc_b.id(), patient.id(), None, None);
+    free_text.reason = "patient has HIV".into();
+    let mut future = World::event(doc_b.id(), patient.id(), None, None);
+    future.at_ms = w.t + 3_600_000;
+    for bad in [vec![unknown_version.clone()], vec![free_text], vec![future], vec![]] {
+        let tx = w.tx(&validator, Payload::AccessEvents { events: bad });
+        assert!(matches!(w.apply_one(tx), Err(TxError::InvalidField(_))));
+    }
+    unknown_version.record = None;
+    let by_doc = w.tx(&doc_b, Payload::AccessEvents { events: vec![unknown_version] });
     assert!(matches!(w.apply_one(by_doc), Err(TxError::NotAuthorised(_))));
 
     // Revocation: only by the patient, once.
@@ -341,8 +494,8 @@ fn records_grants_revocations_and_access_events() {
     assert!(matches!(w.apply_one(revoke_by_org), Err(TxError::NotAuthorised(_))));
     let revoke = w.tx(&patient, Payload::ConsentRevoke { grant_id });
     w.apply_one(revoke).unwrap();
-    let revoked_at = w.state.grant(&grant_id).unwrap().revoked_at;
-    assert_eq!(revoked_at, Some(w.state.height()));
+    assert_eq!(w.state.grant(&grant_id).unwrap().revoked_at, Some(w.state.height()));
+    assert!(!w.state.grant(&grant_id).unwrap().is_live(w.t));
     let again = w.tx(&patient, Payload::ConsentRevoke { grant_id });
     assert_eq!(w.apply_one(again), Err(TxError::InvalidField("grant is already revoked")));
 }

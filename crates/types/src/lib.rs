@@ -88,6 +88,46 @@ hash_newtype!(
     RecordId
 );
 
+/// medledger's consent categories: the unit a category key and a category-scoped grant cover.
+/// A record's category is derived from its FHIR resource and never changes.
+pub const CATEGORIES: [&str; 12] = [
+    "demographics",
+    "encounters",
+    "labs",
+    "vitals",
+    "conditions",
+    "medications",
+    "allergies",
+    "immunizations",
+    "procedures",
+    "reports",
+    "documents",
+    "careplans",
+];
+
+pub fn is_category(name: &str) -> bool {
+    CATEGORIES.contains(&name)
+}
+
+/// The categories a record of `resource_type` can be in (empty: not patient data medledger
+/// stores yet). Observations are labs or vital signs, by their FHIR category.
+pub fn categories_of_resource_type(resource_type: &str) -> &'static [&'static str] {
+    match resource_type {
+        "Patient" => &["demographics"],
+        "Encounter" => &["encounters"],
+        "Observation" => &["labs", "vitals"],
+        "Condition" => &["conditions"],
+        "MedicationRequest" => &["medications"],
+        "AllergyIntolerance" => &["allergies"],
+        "Immunization" => &["immunizations"],
+        "Procedure" => &["procedures"],
+        "DiagnosticReport" => &["reports"],
+        "DocumentReference" => &["documents"],
+        "CarePlan" => &["careplans"],
+        _ => &[],
+    }
+}
+
 /// Block height; the genesis state is height 0 and the first block is height 1.
 pub type Height = u64;
 
@@ -148,6 +188,27 @@ mod tests {
         assert_eq!(Hash::from_hex(&h.to_hex()).unwrap(), h);
         assert_eq!(Hash::from_hex("abcd"), Err(TypesError::HexLength { expected: 64, got: 4 }));
         assert!(matches!(Hash::from_hex(&"zz".repeat(32)), Err(TypesError::Hex(_))));
+    }
+
+    #[test]
+    fn every_resource_category_is_a_category() {
+        for rt in [
+            "Patient",
+            "Encounter",
+            "Observation",
+            "Condition",
+            "MedicationRequest",
+            "AllergyIntolerance",
+            "Immunization",
+            "Procedure",
+            "DiagnosticReport",
+            "DocumentReference",
+            "CarePlan",
+        ] {
+            assert!(!categories_of_resource_type(rt).is_empty());
+            assert!(categories_of_resource_type(rt).iter().all(|c| is_category(c)), "{rt}");
+        }
+        assert!(categories_of_resource_type("Practitioner").is_empty());
     }
 
     #[test]

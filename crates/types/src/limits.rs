@@ -11,10 +11,13 @@ pub const BLOCK_BYTES_MAX: usize = 16 * 1024 * 1024;
 pub const NAME_BYTES_MAX: usize = 128;
 /// Longest FHIR resource type name, in bytes (consensus-relevant).
 pub const RESOURCE_TYPE_BYTES_MAX: usize = 64;
-/// Most key wraps in one record commit (consensus-relevant).
-pub const KEY_WRAPS_MAX: usize = 64;
-/// Largest wrapped key (HPKE ciphertext of a data key), in bytes (consensus-relevant).
-pub const WRAPPED_KEY_BYTES_MAX: usize = 256;
+/// Largest record ciphertext (consensus-relevant: record commits declare the length).
+pub const RECORD_CIPHERTEXT_BYTES_MAX: u64 = 8 * 1024 * 1024;
+/// Most recipients in one key-share transaction (consensus-relevant).
+pub const KEY_SHARES_MAX: usize = 64;
+/// Most access events in one transaction (consensus-relevant); keeps the transaction far
+/// below `TX_BYTES_MAX`.
+pub const ACCESS_EVENTS_PER_TX_MAX: usize = 256;
 /// Most resource types or records named in one consent scope (consensus-relevant).
 pub const SCOPE_ITEMS_MAX: usize = 64;
 /// Longest reason text in an access event, in bytes (consensus-relevant).
