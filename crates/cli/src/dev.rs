@@ -280,6 +280,7 @@ async fn seed(dir: &Path, chain: &Arc<Chain>, api_addr: SocketAddr) -> Result<()
                         version: 1,
                         patient: p.keys.id(),
                         custodian: orgs[0].id(),
+                        author: alice.keys.id(),
                         resource_type: (*resource_type).into(),
                         category: (*category).into(),
                         key_epoch: 1,

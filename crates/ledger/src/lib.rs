@@ -7,6 +7,7 @@
 //! API boundary: [`State`] (query, `check_transaction`, `build_block`, `verify_block`,
 //! `commit`), [`Transaction`], [`Block`], [`Genesis`].
 
+pub mod access;
 pub mod block;
 pub mod error;
 pub mod genesis;

@@ -36,7 +36,15 @@ pub struct RecordHead {
     pub resource_type: String,
     pub category: String,
     pub latest_version: u32,
-    pub latest_tx: TxId,
+    /// The committing transaction of each version, oldest first (version `i + 1` at index `i`).
+    pub versions: Vec<TxId>,
+}
+
+impl RecordHead {
+    /// The transaction that committed `version`.
+    pub fn version_tx(&self, version: u32) -> Option<TxId> {
+        self.versions.get((version as usize).checked_sub(1)?).copied()
+    }
 }
 
 /// A consent grant as committed, with its revocation if any.
@@ -78,6 +86,18 @@ pub struct CategoryKeyState {
     /// Set when a grant of a holder was revoked: the next record in this category must use a
     /// new epoch, which the revoked grantee never receives.
     pub rotation_required: bool,
+    /// Holders of earlier epochs' keys (older versions stay readable by them).
+    pub past: Vec<(u32, Vec<(IdentityId, TxId)>)>,
+}
+
+impl CategoryKeyState {
+    /// Holders of `epoch`'s key, with the key-share transactions that wrapped it for them.
+    pub fn holders_of(&self, epoch: u32) -> Option<&[(IdentityId, TxId)]> {
+        if epoch == self.epoch {
+            return Some(&self.holders);
+        }
+        self.past.iter().find(|(e, _)| *e == epoch).map(|(_, h)| h.as_slice())
+    }
 }
 
 /// Everything a block changes, computed by verification and applied by commit.
@@ -639,6 +659,7 @@ impl<'a> Overlay<'a> {
                 version,
                 patient,
                 custodian,
+                author,
                 resource_type,
                 category,
                 key_epoch,
@@ -650,14 +671,21 @@ impl<'a> Overlay<'a> {
                 if custodian_identity.role != Role::Organisation {
                     return Err(TxError::InvalidField("custodian must be a member organisation"));
                 }
-                let signer_identity = self.require(&signer, "signer")?;
-                let acts_for_custodian = signer == *custodian
-                    || (matches!(signer_identity.role, Role::Practitioner | Role::SystemClient | Role::Validator)
-                        && signer_identity.organisation == Some(*custodian));
-                if !acts_for_custodian {
+                let author_identity = self.require(author, "author")?;
+                let author_writes_for_custodian = *author == *custodian
+                    || (matches!(author_identity.role, Role::Practitioner | Role::SystemClient)
+                        && author_identity.organisation == Some(*custodian));
+                if !author_writes_for_custodian {
                     return Err(TxError::NotAuthorised(
-                        "only the custodian or its staff, clients and nodes write its records",
+                        "the author must be the custodian or one of its staff or clients",
                     ));
+                }
+                // The author signs, or the custodian's node signs on the author's behalf.
+                let signer_identity = self.require(&signer, "signer")?;
+                let node_of_custodian =
+                    signer_identity.role == Role::Validator && signer_identity.organisation == Some(*custodian);
+                if signer != *author && !node_of_custodian {
+                    return Err(TxError::NotAuthorised("a record is signed by its author or by the custodian's node"));
                 }
                 if self.require(patient, "patient")?.role != Role::Patient {
                     return Err(TxError::InvalidField("patient must be a patient identity"));
@@ -669,10 +697,12 @@ impl<'a> Overlay<'a> {
                 if *ciphertext_bytes == 0 || *ciphertext_bytes > limits::RECORD_CIPHERTEXT_BYTES_MAX {
                     return Err(TxError::InvalidField("ciphertext length out of range"));
                 }
+                let mut previous_versions = Vec::new();
                 match self.record(record_id) {
                     None if *version == 1 => {}
                     None => return Err(TxError::InvalidField("the first version of a record is 1")),
                     Some(head) => {
+                        previous_versions = head.versions.clone();
                         if head.patient != *patient || head.custodian != *custodian {
                             return Err(TxError::InvalidField("patient and custodian of a record never change"));
                         }
@@ -709,7 +739,10 @@ impl<'a> Overlay<'a> {
                         resource_type: resource_type.clone(),
                         category: category.clone(),
                         latest_version: *version,
-                        latest_tx: tx.id(),
+                        versions: {
+                            previous_versions.push(tx.id());
+                            previous_versions
+                        },
                     },
                 );
             }
@@ -886,7 +919,11 @@ impl<'a> Overlay<'a> {
                             "a new category key must be shared with the patient and the custodian",
                         ));
                     }
-                    CategoryKeyState { epoch: *epoch, holders: Vec::new(), rotation_required: false }
+                    let mut past = current.as_ref().map(|k| k.past.clone()).unwrap_or_default();
+                    if let Some(previous) = &current {
+                        past.push((previous.epoch, previous.holders.clone()));
+                    }
+                    CategoryKeyState { epoch: *epoch, holders: Vec::new(), rotation_required: false, past }
                 } else if *epoch == current_epoch && current_epoch > 0 {
                     current.expect("epoch above zero exists")
                 } else {

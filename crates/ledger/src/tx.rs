@@ -159,6 +159,10 @@ pub enum Payload {
         version: u32,
         patient: IdentityId,
         custodian: IdentityId,
+        /// Who wrote this version: the custodian or one of its practitioners or system clients.
+        /// The transaction is signed by the author, or by the custodian's node on the author's
+        /// authenticated request.
+        author: IdentityId,
         resource_type: String,
         /// Consent category (`medledger_types::CATEGORIES`), fixed for all versions.
         category: String,
@@ -338,6 +342,7 @@ fn encode_body(body: &TxBody, w: &mut Writer) {
             version,
             patient,
             custodian,
+            author,
             resource_type,
             category,
             key_epoch,
@@ -345,7 +350,8 @@ fn encode_body(body: &TxBody, w: &mut Writer) {
             ciphertext_bytes,
             wrapped_data_key,
         } => {
-            w.encode(record_id).u32(*version).encode(patient).encode(custodian).str(resource_type).str(category);
+            w.encode(record_id).u32(*version).encode(patient).encode(custodian).encode(author);
+            w.str(resource_type).str(category);
             w.u32(*key_epoch).encode(ciphertext_hash).u64(*ciphertext_bytes).fixed(wrapped_data_key);
         }
         Payload::ConsentGrant { patient, grantee, scope, actions, purpose, valid_from_ms, valid_until_ms } => {
@@ -455,6 +461,7 @@ fn decode_body(r: &mut Reader<'_>) -> Result<TxBody, CodecError> {
             version: r.u32("version")?,
             patient: IdentityId::decode(r)?,
             custodian: IdentityId::decode(r)?,
+            author: IdentityId::decode(r)?,
             resource_type: short_string(r, "resource type")?,
             category: short_string(r, "category")?,
             key_epoch: r.u32("key epoch")?,

@@ -130,6 +130,18 @@ impl World {
         version: u32,
         key_epoch: u32,
     ) -> Result<(), TxError> {
+        self.commit_record_by(by, by.id(), patient, record, version, key_epoch)
+    }
+
+    fn commit_record_by(
+        &mut self,
+        by: &Keypair,
+        author: IdentityId,
+        patient: &Keypair,
+        record: RecordId,
+        version: u32,
+        key_epoch: u32,
+    ) -> Result<(), TxError> {
         let custodian = self.org_a.id();
         let tx = self.tx(
             by,
@@ -138,6 +150,7 @@ impl World {
                 version,
                 patient: patient.id(),
                 custodian,
+                author,
                 resource_type: "Observation".into(),
                 category: "labs".into(),
                 key_epoch,
@@ -354,8 +367,19 @@ fn records_need_a_category_key_held_by_patient_and_custodian() {
         w.commit_record(&doc, &patient, record, 2),
         Err(TxError::InvalidField("version must be the latest version plus one"))
     );
+    // The custodian's node may sign for its practitioner; nobody signs for another's author.
+    let validator = w.validator.clone();
+    w.commit_record_by(&validator, doc.id(), &patient, record, 3, 1).unwrap();
+    assert!(matches!(
+        w.commit_record_by(&validator, doc_b.id(), &patient, record, 4, 1),
+        Err(TxError::NotAuthorised(_))
+    ));
+    assert!(matches!(w.commit_record_by(&doc_b, doc.id(), &patient, record, 4, 1), Err(TxError::NotAuthorised(_))));
     let head = w.state.record(&record).unwrap();
-    assert_eq!((head.latest_version, head.category.as_str()), (2, "labs"));
+    assert_eq!((head.latest_version, head.category.as_str()), (3, "labs"));
+    assert_eq!(head.versions.len(), 3);
+    assert_eq!(head.version_tx(3), Some(head.versions[2]));
+    assert_eq!(head.version_tx(0), None);
 }
 
 #[test]

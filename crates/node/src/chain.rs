@@ -88,6 +88,8 @@ pub struct Chain {
     node_keys: Keypair,
     /// Set when the node stopped following the chain, with the reason.
     halted: Mutex<Option<String>>,
+    /// Serialises nonce allocation for transactions this node signs itself.
+    local_signing: Mutex<()>,
     pub metrics: Metrics,
 }
 
@@ -121,6 +123,7 @@ impl Chain {
             rejections: Mutex::new(Rejections::default()),
             node_keys,
             halted: Mutex::new(None),
+            local_signing: Mutex::new(()),
             metrics,
         };
         Ok((chain, report))
@@ -237,6 +240,34 @@ impl Chain {
             return Ok(TxStatus::Rejected { reason: reason.clone() });
         }
         Ok(TxStatus::Unknown)
+    }
+
+    /// Signs `payload` with `keys` at the signer's next free nonce (after its pending
+    /// transactions) and submits it.
+    pub fn submit_as(
+        &self,
+        keys: &Keypair,
+        payload: medledger_ledger::Payload,
+        now_ms: TimestampMs,
+    ) -> Result<TxId, SubmitError> {
+        let _guard = self.local_signing.lock().expect("local signing lock poisoned");
+        let signer = keys.id();
+        let mut nonce = self.state().next_nonce(&signer);
+        {
+            let pool = self.mempool.lock().expect("mempool lock poisoned");
+            while pool.has_nonce(&signer, nonce) {
+                nonce += 1;
+            }
+        }
+        let tx = medledger_ledger::tx::sign(keys, self.state().chain_id(), signer, nonce, payload);
+        self.submit(tx.bytes(), now_ms)
+    }
+
+    /// A committed transaction by id.
+    pub fn transaction(&self, id: &TxId) -> Result<Option<Transaction>, NodeError> {
+        let Some((height, index)) = self.store.tx_location(id)? else { return Ok(None) };
+        let block = self.block(height)?.ok_or(NodeError::Corrupt(format!("indexed block {height} is missing")))?;
+        Ok(block.txs.get(index as usize).cloned())
     }
 
     pub fn block(&self, height: Height) -> Result<Option<Block>, NodeError> {

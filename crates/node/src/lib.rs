@@ -18,6 +18,7 @@ pub mod devnet;
 pub mod mempool;
 pub mod metrics;
 pub mod net;
+pub mod records;
 pub mod validator;
 
 use medledger_ledger::BlockError;

@@ -45,6 +45,11 @@ impl Mempool {
         self.txs.is_empty()
     }
 
+    /// Whether a transaction of `signer` with `nonce` is pending.
+    pub fn has_nonce(&self, signer: &IdentityId, nonce: u64) -> bool {
+        self.by_signer.get(signer).is_some_and(|n| n.contains_key(&nonce))
+    }
+
     pub fn contains(&self, id: &TxId) -> bool {
         self.txs.contains_key(id)
     }

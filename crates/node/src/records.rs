@@ -1,0 +1,470 @@
+//! Encrypted records, node side: writing a version (encrypt, store the ciphertext, make sure the
+//! category key exists and is shared with the patient and the custodian, commit), and reading
+//! one (decide access, fetch and check the ciphertext, unwrap the keys, decrypt), with every
+//! decision queued as an access event.
+//!
+//! A node decrypts only with its own organisation's keys: if its organisation holds no wrap of
+//! a record's category key, it cannot produce the plaintext, whatever it stores.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+};
+
+use medledger_blobs::BlobStore;
+use medledger_crypto::{
+    Keypair,
+    envelope::{
+        CategoryKey, DataKey, HpkeWrap, hpke_unwrap, hpke_wrap, open_record, seal_record, unwrap_data_key,
+        wrap_data_key,
+    },
+};
+use medledger_ledger::{
+    AccessAction, AccessEvent, AccessOutcome, CategoryKeyId, KeyShareEntry, Payload, Purpose,
+    access::{Basis, Denial, decide},
+    actions,
+    keys::{category_key_info, data_key_aad, record_aad},
+};
+use medledger_types::{Hash, IdentityId, RecordId, TimestampMs, TxId, limits};
+use rand::CryptoRng;
+use zeroize::Zeroizing;
+
+use crate::chain::{Chain, SubmitError};
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RecordError {
+    #[error("access denied: {}", .0.code())]
+    Denied(Denial),
+    #[error("record {0} does not exist")]
+    UnknownRecord(RecordId),
+    #[error("record {record} has no version {version}")]
+    UnknownVersion { record: RecordId, version: u32 },
+    #[error("this node's organisation holds no key for this record; it cannot decrypt it")]
+    NotDecryptableHere,
+    #[error("the ciphertext of this version is not in this node's store")]
+    CiphertextMissing,
+    #[error("this node's organisation is not the record's custodian")]
+    NotCustodian,
+    #[error("a previous version of this record is still being committed; retry shortly")]
+    VersionPending,
+    #[error("record is larger than {max} bytes")]
+    TooLarge { max: usize },
+    #[error("{0}")]
+    Invalid(&'static str),
+    #[error("transaction refused: {0}")]
+    Submit(#[from] SubmitError),
+    #[error("stored data is inconsistent: {0}")]
+    Corrupt(String),
+}
+
+/// A version written by [`RecordService::write`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Written {
+    pub record_id: RecordId,
+    pub version: u32,
+    pub tx_id: TxId,
+    pub ciphertext_hash: Hash,
+}
+
+/// A version read by [`RecordService::read`].
+pub struct Read {
+    pub version: u32,
+    pub tx_id: TxId,
+    pub basis: Basis,
+    pub plaintext: Zeroizing<Vec<u8>>,
+}
+
+/// What a write needs.
+pub struct WriteRequest<'a> {
+    /// The authenticated identity writing: the custodian or its staff or clients.
+    pub author: IdentityId,
+    pub patient: IdentityId,
+    pub resource_type: &'a str,
+    pub category: &'a str,
+    /// The FHIR resource, exactly as received.
+    pub content: &'a [u8],
+    /// `Some` to write the next version of an existing record.
+    pub record: Option<RecordId>,
+}
+
+/// Largest plaintext record accepted.
+pub const RECORD_PLAINTEXT_BYTES_MAX: usize = 4 * 1024 * 1024;
+
+pub struct RecordService {
+    chain: Arc<Chain>,
+    /// Signs transactions on the authors' behalf (a validator of the organisation).
+    node_keys: Keypair,
+    /// The organisation's keys: its category-key wraps are addressed to them.
+    organisation_keys: Keypair,
+    blobs: Arc<dyn BlobStore>,
+    /// Category keys this node created or unwrapped, by key and epoch.
+    category_keys: Mutex<HashMap<(CategoryKeyId, u32), CategoryKey>>,
+    /// Versions submitted but not yet committed, so concurrent updates do not collide.
+    pending_versions: Mutex<HashMap<RecordId, u32>>,
+    /// Access events waiting to be committed in a batch.
+    audit: Mutex<Vec<AccessEvent>>,
+}
+
+impl RecordService {
+    pub fn new(chain: Arc<Chain>, node_keys: Keypair, organisation_keys: Keypair, blobs: Arc<dyn BlobStore>) -> Self {
+        Self {
+            chain,
+            node_keys,
+            organisation_keys,
+            blobs,
+            category_keys: Mutex::new(HashMap::new()),
+            pending_versions: Mutex::new(HashMap::new()),
+            audit: Mutex::new(Vec::new()),
+        }
+    }
+
+    pub fn organisation(&self) -> IdentityId {
+        self.organisation_keys.id()
+    }
+
+    /// Encrypts and commits a record version written by `request.author` for this node's
+    /// organisation. Returns once the commit is submitted (it is final a block later).
+    pub fn write(
+        &self,
+        request: &WriteRequest<'_>,
+        now_ms: TimestampMs,
+        rng: &mut impl CryptoRng,
+    ) -> Result<Written, RecordError> {
+        if request.content.len() > RECORD_PLAINTEXT_BYTES_MAX {
+            return Err(RecordError::TooLarge { max: RECORD_PLAINTEXT_BYTES_MAX });
+        }
+        let custodian = self.organisation();
+        let (record_id, version) = self.next_version(request, &custodian, rng)?;
+        let key_id = CategoryKeyId { custodian, patient: request.patient, category: request.category.to_owned() };
+        let (epoch, category_key) = self.current_category_key(&key_id, now_ms, rng)?;
+        let data_key = DataKey::generate(rng);
+        let aad = record_aad(&record_id, version, &request.patient, &custodian, request.resource_type);
+        let ciphertext = seal_record(&data_key, &aad, request.content, rng);
+        // Durable before the chain refers to it.
+        let ciphertext_hash = self.blobs.put(&ciphertext).map_err(|e| RecordError::Corrupt(e.to_string()))?;
+        let key_aad = data_key_aad(&record_id, version, &custodian, &request.patient, request.category, epoch);
+        let wrapped_data_key = wrap_data_key(&category_key, &key_aad, &data_key, rng);
+        let payload = Payload::RecordCommit {
+            record_id,
+            version,
+            patient: request.patient,
+            custodian,
+            author: request.author,
+            resource_type: request.resource_type.to_owned(),
+            category: request.category.to_owned(),
+            key_epoch: epoch,
+            ciphertext_hash,
+            ciphertext_bytes: ciphertext.len() as u64,
+            wrapped_data_key,
+        };
+        let tx_id = self.chain.submit_as(&self.node_keys, payload, now_ms).inspect_err(|_| {
+            self.pending_versions.lock().expect("pending lock poisoned").remove(&record_id);
+        })?;
+        Ok(Written { record_id, version, tx_id, ciphertext_hash })
+    }
+
+    fn next_version(
+        &self,
+        request: &WriteRequest<'_>,
+        custodian: &IdentityId,
+        rng: &mut impl CryptoRng,
+    ) -> Result<(RecordId, u32), RecordError> {
+        let mut pending = self.pending_versions.lock().expect("pending lock poisoned");
+        let state = self.chain.state();
+        pending.retain(|id, v| state.record(id).is_none_or(|h| h.latest_version < *v));
+        match request.record {
+            None => {
+                let mut id = [0u8; 32];
+                rng.fill_bytes(&mut id);
+                let record_id = RecordId(id);
+                pending.insert(record_id, 1);
+                Ok((record_id, 1))
+            }
+            Some(record_id) => {
+                let head = state.record(&record_id).ok_or(RecordError::UnknownRecord(record_id))?;
+                if head.custodian != *custodian {
+                    return Err(RecordError::NotCustodian);
+                }
+                if head.patient != request.patient || head.resource_type != request.resource_type {
+                    return Err(RecordError::Invalid("patient and resource type of a record never change"));
+                }
+                if pending.contains_key(&record_id) {
+                    return Err(RecordError::VersionPending);
+                }
+                let version = head.latest_version + 1;
+                pending.insert(record_id, version);
+                Ok((record_id, version))
+            }
+        }
+    }
+
+    /// The category key records are written under now: the current epoch's, or a new epoch's
+    /// (shared with the patient and the custodian) when there is none yet or a revocation
+    /// requires rotation.
+    fn current_category_key(
+        &self,
+        key_id: &CategoryKeyId,
+        now_ms: TimestampMs,
+        rng: &mut impl CryptoRng,
+    ) -> Result<(u32, CategoryKey), RecordError> {
+        let current = self.chain.state().category_key(key_id).cloned();
+        if let Some(state) = &current
+            && !state.rotation_required
+        {
+            let key = self.category_key(key_id, state.epoch)?;
+            return Ok((state.epoch, key));
+        }
+        let epoch = current.as_ref().map_or(1, |s| s.epoch + 1);
+        let mut cache = self.category_keys.lock().expect("category key lock poisoned");
+        // Created already and awaiting commitment: reuse it rather than start another.
+        if let Some(key) = cache.get(&(key_id.clone(), epoch)) {
+            return Ok((epoch, key.clone()));
+        }
+        let key = CategoryKey::generate(rng);
+        let state = self.chain.state();
+        let patient = state.identity(&key_id.patient).ok_or(RecordError::Invalid("unknown patient"))?.clone();
+        let organisation = self.organisation_keys.encryption_public_key();
+        drop(state);
+        let shares = vec![
+            share_entry(&key, key_id, epoch, key_id.patient, &patient.encryption_key, rng)?,
+            share_entry(&key, key_id, epoch, key_id.custodian, &organisation, rng)?,
+        ];
+        let payload = Payload::KeyShare {
+            custodian: key_id.custodian,
+            patient: key_id.patient,
+            category: key_id.category.clone(),
+            epoch,
+            shares,
+        };
+        self.chain.submit_as(&self.node_keys, payload, now_ms)?;
+        cache.insert((key_id.clone(), epoch), key.clone());
+        Ok((epoch, key))
+    }
+
+    /// A category key of this organisation's, unwrapped from its committed share.
+    fn category_key(&self, key_id: &CategoryKeyId, epoch: u32) -> Result<CategoryKey, RecordError> {
+        if let Some(key) = self.category_keys.lock().expect("category key lock poisoned").get(&(key_id.clone(), epoch))
+        {
+            return Ok(key.clone());
+        }
+        let me = self.organisation();
+        let share_tx = {
+            let state = self.chain.state();
+            let key = state.category_key(key_id).ok_or(RecordError::NotDecryptableHere)?;
+            let holders = key.holders_of(epoch).ok_or(RecordError::NotDecryptableHere)?;
+            holders.iter().find(|(h, _)| *h == me).map(|(_, tx)| *tx).ok_or(RecordError::NotDecryptableHere)?
+        };
+        let tx = self
+            .chain
+            .transaction(&share_tx)
+            .map_err(|e| RecordError::Corrupt(e.to_string()))?
+            .ok_or(RecordError::NotDecryptableHere)?;
+        let Payload::KeyShare { shares, .. } = &tx.body().payload else {
+            return Err(RecordError::Corrupt("a key holder's transaction is not a key share".into()));
+        };
+        let entry = shares.iter().find(|e| e.recipient == me).ok_or(RecordError::NotDecryptableHere)?;
+        let wrap = HpkeWrap { encapsulated_key: entry.encapsulated_key, ciphertext: entry.wrapped_key };
+        let info = category_key_info(&key_id.custodian, &key_id.patient, &key_id.category, epoch);
+        let key =
+            hpke_unwrap(&self.organisation_keys, &info, &me.0, &wrap).map_err(|_| RecordError::NotDecryptableHere)?;
+        self.category_keys.lock().expect("category key lock poisoned").insert((key_id.clone(), epoch), key.clone());
+        Ok(key)
+    }
+
+    /// Reads `version` (default: latest) of a record for `requester`, if allowed; every decision
+    /// is queued as an access event.
+    pub fn read(
+        &self,
+        requester: IdentityId,
+        record_id: RecordId,
+        version: Option<u32>,
+        purpose: Purpose,
+        now_ms: TimestampMs,
+    ) -> Result<Read, RecordError> {
+        let (head, decision) = {
+            let state = self.chain.state();
+            let head = state.record(&record_id).cloned().ok_or(RecordError::UnknownRecord(record_id))?;
+            let decision = decide(&state, &requester, &record_id, &head, actions::READ, purpose, now_ms);
+            (head, decision)
+        };
+        let version = version.unwrap_or(head.latest_version);
+        let event = |outcome, grant, reason: &str| AccessEvent {
+            accessor: requester,
+            patient: head.patient,
+            record: Some((record_id, version)),
+            action: AccessAction::Read,
+            purpose,
+            outcome,
+            grant_id: grant,
+            reason: reason.to_owned(),
+            at_ms: now_ms,
+        };
+        let basis = match decision {
+            Ok(basis) => basis,
+            Err(denial) => {
+                if self.chain.state().identity(&requester).is_some() {
+                    self.queue_event(event(AccessOutcome::Denied, None, denial.code()));
+                }
+                return Err(RecordError::Denied(denial));
+            }
+        };
+        let tx_id = head.version_tx(version).ok_or(RecordError::UnknownVersion { record: record_id, version })?;
+        match self.decrypt(&tx_id) {
+            Ok(plaintext) => {
+                self.queue_event(event(AccessOutcome::Allowed, basis.grant(), basis.code()));
+                Ok(Read { version, tx_id, basis, plaintext })
+            }
+            Err(error) => {
+                // Allowed but not served: the attempt is still on the record.
+                let code = match error {
+                    RecordError::NotDecryptableHere => "not-decryptable-here",
+                    RecordError::CiphertextMissing => "ciphertext-missing",
+                    _ => "read-failed",
+                };
+                self.queue_event(event(AccessOutcome::Denied, None, code));
+                Err(error)
+            }
+        }
+    }
+
+    /// Decrypts the version committed by `tx_id` with this organisation's keys.
+    fn decrypt(&self, tx_id: &TxId) -> Result<Zeroizing<Vec<u8>>, RecordError> {
+        let tx = self
+            .chain
+            .transaction(tx_id)
+            .map_err(|e| RecordError::Corrupt(e.to_string()))?
+            .ok_or(RecordError::Corrupt(format!("record commit {tx_id} is not stored")))?;
+        let Payload::RecordCommit {
+            record_id,
+            version,
+            patient,
+            custodian,
+            resource_type,
+            category,
+            key_epoch,
+            ciphertext_hash,
+            wrapped_data_key,
+            ..
+        } = &tx.body().payload
+        else {
+            return Err(RecordError::Corrupt(format!("{tx_id} is not a record commit")));
+        };
+        let key_id = CategoryKeyId { custodian: *custodian, patient: *patient, category: category.clone() };
+        let category_key = self.category_key(&key_id, *key_epoch)?;
+        let key_aad = data_key_aad(record_id, *version, custodian, patient, category, *key_epoch);
+        let data_key = unwrap_data_key(&category_key, &key_aad, wrapped_data_key)
+            .map_err(|_| RecordError::Corrupt("data key does not unwrap".into()))?;
+        let ciphertext = self
+            .blobs
+            .get(ciphertext_hash)
+            .map_err(|e| RecordError::Corrupt(e.to_string()))?
+            .ok_or(RecordError::CiphertextMissing)?;
+        let aad = record_aad(record_id, *version, patient, custodian, resource_type);
+        open_record(&data_key, &aad, &ciphertext)
+            .map_err(|_| RecordError::Corrupt("ciphertext does not decrypt".into()))
+    }
+
+    /// After `grant_id` commits: wraps this organisation's current category keys of the patient
+    /// that the grant reaches for the grantee, and submits the shares. Consensus re-checks that
+    /// the grant covers each key. Returns the key-share transactions submitted.
+    pub fn share_keys_for_grant(
+        &self,
+        grant_id: &TxId,
+        now_ms: TimestampMs,
+        rng: &mut impl CryptoRng,
+    ) -> Result<Vec<TxId>, RecordError> {
+        let me = self.organisation();
+        let (grant, grantee_key, keys) = {
+            let state = self.chain.state();
+            let grant = state.grant(grant_id).cloned().ok_or(RecordError::Invalid("unknown grant"))?;
+            if !grant.is_live(now_ms) || grant.actions & actions::READ == 0 {
+                return Ok(Vec::new());
+            }
+            let grantee_key =
+                state.identity(&grant.grantee).ok_or(RecordError::Invalid("unknown grantee"))?.encryption_key;
+            let keys: Vec<(CategoryKeyId, u32)> = medledger_types::CATEGORIES
+                .iter()
+                .map(|c| CategoryKeyId { custodian: me, patient: grant.patient, category: (*c).to_owned() })
+                .filter_map(|id| {
+                    let key = state.category_key(&id)?;
+                    let reaches = match &grant.scope {
+                        medledger_ledger::Scope::All => true,
+                        medledger_ledger::Scope::Categories(c) => c.contains(&id.category),
+                        medledger_ledger::Scope::ResourceTypes(types) => types
+                            .iter()
+                            .any(|t| medledger_types::categories_of_resource_type(t).contains(&id.category.as_str())),
+                        medledger_ledger::Scope::Records(records) => records
+                            .iter()
+                            .any(|r| state.record(r).is_some_and(|h| h.custodian == me && h.category == id.category)),
+                    };
+                    let held = key.holders.iter().any(|(h, _)| *h == grant.grantee);
+                    (reaches && !held && !key.rotation_required).then_some((id, key.epoch))
+                })
+                .collect();
+            (grant, grantee_key, keys)
+        };
+        let mut submitted = Vec::new();
+        for (key_id, epoch) in keys {
+            let key = self.category_key(&key_id, epoch)?;
+            let entry = share_entry(&key, &key_id, epoch, grant.grantee, &grantee_key, rng)?;
+            let payload = Payload::KeyShare {
+                custodian: key_id.custodian,
+                patient: key_id.patient,
+                category: key_id.category.clone(),
+                epoch,
+                shares: vec![entry],
+            };
+            submitted.push(self.chain.submit_as(&self.node_keys, payload, now_ms)?);
+        }
+        Ok(submitted)
+    }
+
+    fn queue_event(&self, event: AccessEvent) {
+        self.audit.lock().expect("audit lock poisoned").push(event);
+    }
+
+    pub fn pending_events(&self) -> usize {
+        self.audit.lock().expect("audit lock poisoned").len()
+    }
+
+    /// Commits queued access events in batches. Events that cannot be submitted (mempool
+    /// full) stay queued for the next flush.
+    pub fn flush_events(&self, now_ms: TimestampMs) -> Result<Vec<TxId>, RecordError> {
+        let mut ids = Vec::new();
+        loop {
+            let batch: Vec<AccessEvent> = {
+                let mut queue = self.audit.lock().expect("audit lock poisoned");
+                let n = queue.len().min(limits::ACCESS_EVENTS_PER_TX_MAX);
+                queue.drain(..n).collect()
+            };
+            if batch.is_empty() {
+                return Ok(ids);
+            }
+            match self.chain.submit_as(&self.node_keys, Payload::AccessEvents { events: batch.clone() }, now_ms) {
+                Ok(id) => ids.push(id),
+                Err(e) => {
+                    let mut queue = self.audit.lock().expect("audit lock poisoned");
+                    let rest: Vec<AccessEvent> = queue.drain(..).collect();
+                    queue.extend(batch);
+                    queue.extend(rest);
+                    return Err(e.into());
+                }
+            }
+        }
+    }
+}
+
+fn share_entry(
+    key: &CategoryKey,
+    key_id: &CategoryKeyId,
+    epoch: u32,
+    recipient: IdentityId,
+    recipient_key: &medledger_crypto::EncryptionPublicKey,
+    rng: &mut impl CryptoRng,
+) -> Result<KeyShareEntry, RecordError> {
+    let info = category_key_info(&key_id.custodian, &key_id.patient, &key_id.category, epoch);
+    let wrap = hpke_wrap(recipient_key, &info, &recipient.0, key, rng)
+        .map_err(|_| RecordError::Invalid("recipient's encryption key is invalid"))?;
+    Ok(KeyShareEntry { recipient, encapsulated_key: wrap.encapsulated_key, wrapped_key: wrap.ciphertext })
+}

@@ -1,0 +1,209 @@
+//! Encrypted records through the node's record service: write, read, consent, denial, key
+//! sharing on grant, revocation with rotation, the audit trail, and that a node whose
+//! organisation holds no key cannot decrypt even with the same disk and its own keys.
+
+use std::sync::Arc;
+
+use medledger_blobs::{BlobStore, DiskBlobStore};
+use medledger_crypto::Keypair;
+use medledger_ledger::{
+    Block, Payload, Purpose, Scope,
+    access::{Basis, Denial},
+    actions,
+    tx::sign,
+};
+use medledger_node::{
+    chain::Chain,
+    devnet::Devnet,
+    records::{RecordError, RecordService, WriteRequest},
+};
+use medledger_types::Role;
+
+const T0: u64 = 1_900_000_000_000;
+
+struct World {
+    net: Devnet,
+    chain: Arc<Chain>,
+    t: u64,
+    _dir: tempfile::TempDir,
+}
+
+impl World {
+    fn new() -> (Self, Arc<dyn BlobStore>, tempfile::TempDir) {
+        let net = Devnet::new("medledger.records", T0, &["Hospital A", "Clinic B"], 2, &mut |l| Keypair::from_label(l));
+        let dir = tempfile::tempdir().unwrap();
+        let (chain, _) = Chain::open(dir.path(), &net.genesis, net.validators[0].clone(), &mut |_, _| {}).unwrap();
+        let blob_dir = tempfile::tempdir().unwrap();
+        let blobs: Arc<dyn BlobStore> = Arc::new(DiskBlobStore::open(blob_dir.path()).unwrap());
+        (Self { net, chain: Arc::new(chain), t: T0, _dir: dir }, blobs, blob_dir)
+    }
+
+    /// Finalizes everything pending, as a one-validator chain would.
+    fn commit(&mut self) {
+        for _ in 0..10 {
+            if self.chain.mempool_len() == 0 {
+                return;
+            }
+            self.t += 1000;
+            let head = self.chain.head().height;
+            let parent = match head {
+                0 => Block { header: self.net.genesis.anchor_header(), txs: vec![] },
+                h => self.chain.block(h).unwrap().unwrap(),
+            };
+            let block = self.chain.propose(&[parent], self.t, self.net.validators[0].id(), false).unwrap();
+            self.chain.apply_finalized(&[block], &[]).unwrap();
+        }
+        panic!("mempool did not drain: {} left", self.chain.mempool_len());
+    }
+
+    fn submit(&self, keys: &Keypair, payload: Payload) -> medledger_types::TxId {
+        self.chain.submit_as(keys, payload, self.t).unwrap()
+    }
+}
+
+#[test]
+fn records_are_encrypted_shared_by_consent_and_audited() {
+    let (mut w, blobs, blob_dir) = World::new();
+    let (org_a, org_b) = (w.net.organisations[0].clone(), w.net.organisations[1].clone());
+    let doc_a = Keypair::from_label("dr-a");
+    let doc_b = Keypair::from_label("dr-b");
+    let patient = Keypair::from_label("patient");
+    w.submit(&org_a, Payload::register(Role::Practitioner, &doc_a, Some(org_a.id()), "Dr A"));
+    w.submit(&org_b, Payload::register(Role::Practitioner, &doc_b, Some(org_b.id()), "Dr B"));
+    let chain_id = w.net.genesis.chain_id();
+    w.chain
+        .submit(
+            sign(&patient, chain_id, patient.id(), 0, Payload::register(Role::Patient, &patient, None, "")).bytes(),
+            w.t,
+        )
+        .unwrap();
+    w.commit();
+
+    let node_a = RecordService::new(w.chain.clone(), w.net.validators[0].clone(), org_a.clone(), blobs.clone());
+    // Clinic B's node: the same chain and the same blob store, its own organisation's keys.
+    let node_b = RecordService::new(w.chain.clone(), w.net.validators[1].clone(), org_b.clone(), blobs.clone());
+    let mut rng = rand::rng();
+
+    // A synthetic lab result, written by Dr A at Hospital A.
+    let synthetic = medledger_synth::Generator::new(7).patient();
+    let lab = synthetic.resources.iter().find(|r| r.category == "labs").expect("a lab result");
+    let request = WriteRequest {
+        author: doc_a.id(),
+        patient: patient.id(),
+        resource_type: lab.resource_type,
+        category: lab.category,
+        content: &lab.json,
+        record: None,
+    };
+    let written = node_a.write(&request, w.t, &mut rng).unwrap();
+    w.commit();
+    assert_eq!(w.chain.state().record(&written.record_id).unwrap().latest_version, 1);
+
+    // The patient and the author read the exact bytes back through the custodian's node.
+    let read = node_a.read(doc_a.id(), written.record_id, None, Purpose::Treatment, w.t).unwrap();
+    assert_eq!(&read.plaintext[..], &lab.json[..]);
+    assert_eq!(read.basis, Basis::Custodian);
+    assert_eq!(
+        node_a.read(patient.id(), written.record_id, Some(1), Purpose::Treatment, w.t).unwrap().basis,
+        Basis::Patient
+    );
+
+    // No plaintext on disk: not in the blob store, not in the chain's store.
+    let needle = b"\"resourceType\":\"Observation\"";
+    for dir in [blob_dir.path(), w._dir.path()] {
+        for entry in walk(dir) {
+            let bytes = std::fs::read(&entry).unwrap();
+            assert!(!contains(&bytes, needle), "plaintext found in {}", entry.display());
+        }
+    }
+
+    // Clinic B: no grant, so refused; and even ignoring the decision it holds no key.
+    assert!(matches!(
+        node_b.read(doc_b.id(), written.record_id, None, Purpose::Treatment, w.t),
+        Err(RecordError::Denied(Denial::NoGrant))
+    ));
+    assert!(matches!(
+        node_b.read(patient.id(), written.record_id, None, Purpose::Treatment, w.t),
+        Err(RecordError::NotDecryptableHere)
+    ));
+
+    // The patient grants Clinic B their labs for treatment; Hospital A's node shares the key.
+    let grant = w.submit(
+        &patient,
+        Payload::ConsentGrant {
+            patient: patient.id(),
+            grantee: org_b.id(),
+            scope: Scope::Categories(vec!["labs".into()]),
+            actions: actions::READ,
+            purpose: Purpose::Treatment,
+            valid_from_ms: w.t,
+            valid_until_ms: w.t + 30 * 86_400_000,
+        },
+    );
+    w.commit();
+    assert_eq!(node_a.share_keys_for_grant(&grant, w.t, &mut rng).unwrap().len(), 1);
+    w.commit();
+    let read_b = node_b.read(doc_b.id(), written.record_id, None, Purpose::Treatment, w.t).unwrap();
+    assert_eq!(&read_b.plaintext[..], &lab.json[..]);
+    assert_eq!(read_b.basis, Basis::Grant(grant));
+    assert!(matches!(
+        node_b.read(doc_b.id(), written.record_id, None, Purpose::Research, w.t),
+        Err(RecordError::Denied(Denial::PurposeNotGranted))
+    ));
+
+    // Revocation: refused from the revocation on; the next version uses a new key epoch that
+    // Clinic B never receives. What B already read (and the old key) it keeps.
+    w.submit(&patient, Payload::ConsentRevoke { grant_id: grant });
+    w.commit();
+    assert!(matches!(
+        node_b.read(doc_b.id(), written.record_id, None, Purpose::Treatment, w.t),
+        Err(RecordError::Denied(Denial::GrantRevoked))
+    ));
+    let update = WriteRequest { record: Some(written.record_id), ..request };
+    let v2 = node_a.write(&update, w.t, &mut rng).unwrap();
+    w.commit();
+    assert_eq!(v2.version, 2);
+    assert_eq!(
+        &node_a.read(patient.id(), written.record_id, Some(2), Purpose::Treatment, w.t).unwrap().plaintext[..],
+        &lab.json[..]
+    );
+    assert!(matches!(
+        node_b.read(patient.id(), written.record_id, Some(2), Purpose::Treatment, w.t),
+        Err(RecordError::NotDecryptableHere)
+    ));
+
+    // Every decision became an access event: allowed and denied, committed in batches.
+    let queued = node_a.pending_events() + node_b.pending_events();
+    // 3 reads served at A; at B 1 served and 5 refused (no grant, no key twice, purpose,
+    // revoked).
+    assert_eq!(queued, 9);
+    let mut batches = node_a.flush_events(w.t).unwrap();
+    batches.extend(node_b.flush_events(w.t).unwrap());
+    w.commit();
+    let mut events = Vec::new();
+    for id in batches {
+        let tx = w.chain.transaction(&id).unwrap().expect("committed");
+        let Payload::AccessEvents { events: batch } = &tx.body().payload else { panic!("not access events") };
+        events.extend(batch.clone());
+    }
+    assert_eq!(events.len(), queued);
+    assert_eq!(events.iter().filter(|e| e.outcome == medledger_ledger::AccessOutcome::Denied).count(), 5);
+    assert!(events.iter().any(|e| e.reason == "not-decryptable-here"));
+    assert!(events.iter().any(|e| e.grant_id == Some(grant) && e.accessor == doc_b.id()));
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() { stack.push(p) } else { out.push(p) }
+        }
+    }
+    out
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
