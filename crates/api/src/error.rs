@@ -39,6 +39,18 @@ pub enum ApiError {
     #[error("too many concurrent requests; retry later")]
     Busy,
     #[error("{0}")]
+    Unauthorized(String),
+    /// Authenticated but not allowed; `reason` is the machine-readable code.
+    #[error("{message}")]
+    Forbidden { reason: &'static str, message: String },
+    /// This node cannot serve the request (e.g. its organisation holds no key for the record).
+    #[error("{0}")]
+    Misdirected(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
     Node(#[from] NodeError),
     #[error("internal error: {0}")]
     Internal(String),
@@ -58,7 +70,11 @@ impl ApiError {
                 | SubmitError::Mempool(MempoolError::NonceTaken(_) | MempoolError::Duplicate),
             ) => StatusCode::CONFLICT,
             ApiError::Submit(_) => StatusCode::BAD_REQUEST,
-            ApiError::Busy => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Busy | ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden { .. } => StatusCode::FORBIDDEN,
+            ApiError::Misdirected(_) => StatusCode::MISDIRECTED_REQUEST,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Node(_) | ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -96,19 +112,26 @@ pub struct ErrorBody {
 pub struct ErrorDetail {
     pub code: u16,
     pub message: String,
+    /// Machine-readable reason of a refusal (403), e.g. `no-grant`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<&'static str>,
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
         let message = self.to_string();
+        let reason = match &self {
+            ApiError::Forbidden { reason, .. } => Some(*reason),
+            _ => None,
+        };
         if status.is_server_error() {
             tracing::warn!(status = status.as_u16(), %message, "request failed");
         } else {
             tracing::debug!(status = status.as_u16(), %message, "request refused");
         }
         let mut response =
-            (status, Json(ErrorBody { error: ErrorDetail { code: status.as_u16(), message } })).into_response();
+            (status, Json(ErrorBody { error: ErrorDetail { code: status.as_u16(), message, reason } })).into_response();
         if status == StatusCode::SERVICE_UNAVAILABLE {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }

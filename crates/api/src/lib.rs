@@ -24,6 +24,8 @@
 //! | `GET /v1/blocks/{height}`                         | header fields and transaction summaries          |
 //! | `GET /v1/blocks/{height}/raw`                     | canonical block bytes                            |
 //! | `GET /v1/identities/{id}`                         | role, name, organisation, keys, next nonce       |
+//! | `POST /v1/records?patient=<id>[&record=<id>]`     | signed; FHIR JSON body → 201 record id, version, tx id |
+//! | `GET /v1/records/{id}[?version=N][&purpose=P]`    | signed; the FHIR resource as written, or 403 with a reason code |
 //! | `GET /metrics`                                    | Prometheus text format 0.0.4                     |
 //!
 //! Statuses: 400 malformed input or invalid transaction, 404 unknown resource or route,
@@ -46,11 +48,13 @@ use axum::{
     response::{IntoResponse, Response},
     routing::{get, post},
 };
-use medledger_node::chain::Chain;
+use medledger_node::{chain::Chain, records::RecordService};
 use medledger_types::limits;
 use tokio::sync::Semaphore;
 
+pub mod auth;
 mod error;
+mod records;
 mod routes;
 
 pub use error::{ApiError, ErrorBody, ErrorDetail};
@@ -61,8 +65,14 @@ pub const CONCURRENT_REQUESTS_MAX: usize = 256;
 
 /// The API's routes over `chain`, with the body limit and concurrency bound applied.
 pub fn router(chain: Arc<Chain>) -> Router {
+    router_with(chain, None)
+}
+
+/// [`router`] plus the record endpoints served by `records`.
+pub fn router_with(chain: Arc<Chain>, records: Option<Arc<RecordService>>) -> Router {
     let chain_id = chain.genesis().chain_id();
-    let app = routes::AppState { chain, chain_id };
+    let app = routes::AppState { chain, chain_id, records, auth: Arc::new(auth::Authenticator::default()) };
+    let record_body_limit = DefaultBodyLimit::max(records::RECORD_BODY_BYTES_MAX);
     let permits = Arc::new(Semaphore::new(CONCURRENT_REQUESTS_MAX));
     Router::new()
         .route("/v1/health", get(routes::health))
@@ -76,6 +86,8 @@ pub fn router(chain: Arc<Chain>) -> Router {
         .route("/v1/blocks/{height}", get(routes::block))
         .route("/v1/blocks/{height}/raw", get(routes::block_raw))
         .route("/v1/identities/{id}", get(routes::identity))
+        .route("/v1/records", post(records::write).layer(record_body_limit))
+        .route("/v1/records/{id}", get(records::read))
         .route("/metrics", get(routes::metrics))
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
@@ -91,10 +103,20 @@ pub async fn serve(
     chain: Arc<Chain>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    serve_with(listener, chain, None, shutdown).await
+}
+
+/// [`serve`] with the record endpoints.
+pub async fn serve_with(
+    listener: tokio::net::TcpListener,
+    chain: Arc<Chain>,
+    records: Option<Arc<RecordService>>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "HTTP API listening");
     }
-    axum::serve(listener, router(chain)).with_graceful_shutdown(shutdown).await
+    axum::serve(listener, router_with(chain, records)).with_graceful_shutdown(shutdown).await
 }
 
 async fn limit_concurrency(State(permits): State<Arc<Semaphore>>, request: Request, next: Next) -> Response {

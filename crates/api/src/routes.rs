@@ -33,6 +33,13 @@ pub(crate) struct AppState {
     pub(crate) chain: Arc<Chain>,
     /// Computed once: hashing the genesis on every `/v1/head` would be waste.
     pub(crate) chain_id: Hash,
+    /// Present when the node holds its organisation's keys and serves records.
+    pub(crate) records: Option<Arc<medledger_node::records::RecordService>>,
+    pub(crate) auth: Arc<crate::auth::Authenticator>,
+}
+
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 const TEXT_PLAIN: &str = "text/plain; charset=utf-8";
@@ -240,10 +247,6 @@ fn tx_from_json(body: &[u8]) -> Result<Vec<u8>, ApiError> {
         ))
     })?;
     hex::decode(parsed.tx.trim()).map_err(|e| ApiError::BadRequest(format!("field `tx` is not hex: {e}")))
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 #[derive(Serialize)]

@@ -121,6 +121,7 @@ pub fn bench_ledger(opts: BenchOptions) -> Result<()> {
     let chain = open_chain(&dir, &net.genesis, node_keys.clone())?;
     let p2p = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
     let run_opts = RunOptions {
+        organisation_keys: None,
         p2p_listen: p2p,
         api_listen: "127.0.0.1:0".parse()?,
         peers: vec![(node_keys.public_key(), p2p)],
@@ -138,7 +139,7 @@ pub fn bench_ledger(opts: BenchOptions) -> Result<()> {
     let started = Instant::now();
     let result = Arc::new(std::sync::Mutex::new(None));
     let (progress2, result2, timeout) = (progress.clone(), result.clone(), opts.timeout);
-    run(&dir, chain, &node_keys, run_opts, move |chain, _| async move {
+    run(&dir, chain, &node_keys, run_opts, move |chain, _, _| async move {
         let outcome = tokio::task::spawn_blocking(move || drive(chain, streams, index, progress2, started, timeout));
         let outcome = outcome.await.map_err(|e| anyhow::anyhow!("benchmark driver panicked: {e}"));
         *result2.lock().expect("result lock") = Some(outcome.and_then(|r| r));

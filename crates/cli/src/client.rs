@@ -67,6 +67,48 @@ impl Client {
     }
 }
 
+impl Client {
+    /// A request signed by `keys` (see `medledger_api::auth`). Returns status, content type and
+    /// body bytes.
+    pub fn signed(
+        &self,
+        keys: &medledger_crypto::Keypair,
+        method: &str,
+        path_and_query: &str,
+        body: &[u8],
+    ) -> Result<(u16, String, Vec<u8>)> {
+        let auth =
+            medledger_api::auth::authorization(keys, &keys.id(), method, path_and_query, body, crate::init::now_ms());
+        let url = format!("{}{path_and_query}", self.base);
+        let response = match method {
+            "GET" => self.agent.get(&url).header("authorization", &auth).call(),
+            "POST" => self
+                .agent
+                .post(&url)
+                .header("authorization", &auth)
+                .header("content-type", "application/fhir+json")
+                .send(body),
+            other => bail!("unsupported method {other}"),
+        };
+        let mut response = response.with_context(|| format!("cannot reach the node at {}", self.base))?;
+        let status = response.status().as_u16();
+        let content_type =
+            response.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+        let bytes = response.body_mut().with_config().limit(16 * 1024 * 1024).read_to_vec()?;
+        Ok((status, content_type, bytes))
+    }
+}
+
+/// The node's error message (and refusal reason) from a JSON error body.
+pub fn error_of(body: &[u8]) -> String {
+    let value: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    let message = error_message(&value);
+    match value.pointer("/error/reason").and_then(Value::as_str) {
+        Some(reason) => format!("{message} (reason: {reason})"),
+        None => message,
+    }
+}
+
 fn error_message(body: &Value) -> String {
     body.pointer("/error/message").and_then(Value::as_str).map(str::to_owned).unwrap_or_else(|| body.to_string())
 }

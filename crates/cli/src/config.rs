@@ -18,6 +18,10 @@ pub struct NodeConfigFile {
     pub genesis: PathBuf,
     /// This validator's key file.
     pub key: PathBuf,
+    /// The operating organisation's key file. With it the node serves records: it encrypts,
+    /// decrypts and shares its organisation's category keys. Without it, it only validates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub organisation_key: Option<PathBuf>,
     /// Peer-to-peer listen address.
     pub p2p_listen: SocketAddr,
     /// HTTP API listen address.
@@ -53,7 +57,7 @@ impl NodeConfigFile {
         let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config {}", path.display()))?;
         let mut cfg: Self = toml::from_str(&text).with_context(|| format!("config {} is invalid", path.display()))?;
         let base = path.parent().unwrap_or(Path::new("."));
-        for p in [&mut cfg.data_dir, &mut cfg.genesis, &mut cfg.key] {
+        for p in [&mut cfg.data_dir, &mut cfg.genesis, &mut cfg.key].into_iter().chain(cfg.organisation_key.as_mut()) {
             if p.is_relative() {
                 *p = base.join(&*p);
             }

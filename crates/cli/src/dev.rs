@@ -10,18 +10,18 @@ use std::{
 
 use anyhow::{Context, Result};
 use medledger_codec::Encode;
-use medledger_crypto::envelope::{CategoryKey, DataKey, hpke_wrap, wrap_data_key};
 use medledger_crypto::{Keypair, read_key_file, write_key_file};
 use medledger_ledger::{
-    AccessAction, AccessEvent, AccessOutcome, Genesis, KeyShareEntry, Payload, Purpose, Scope, Transaction, actions,
-    keys::{category_key_info, data_key_aad},
+    Genesis, Payload, Purpose, Scope, Transaction, actions,
+    rules::{referral::ReferralConsentParams, referral::ReferralParams, share_new::ShareNewParams},
     tx::sign,
 };
 use medledger_node::{
     chain::{Chain, TxStatus},
     devnet::Devnet,
+    records::{RecordService, WriteRequest},
 };
-use medledger_types::{Hash, IdentityId, RecordId, Role, TxId};
+use medledger_types::{IdentityId, RecordId, Role, TxId};
 use serde_json::json;
 
 use crate::{
@@ -30,6 +30,11 @@ use crate::{
 };
 
 pub const CREDENTIALS_FILE: &str = "dev-credentials.json";
+/// Synthetic patients in the demo, and records written for each.
+const PATIENTS: usize = 12;
+const RESOURCES_PER_PATIENT: usize = 12;
+/// Seed of the synthetic FHIR generator: the same demo data on every run.
+const DEMO_SEED: u64 = 2026;
 const ORGANISATIONS: [&str; 4] =
     ["St Mary's Hospital", "City General Hospital", "Acme Health Insurance", "Northbridge Research Institute"];
 
@@ -81,31 +86,23 @@ pub fn dev(dir: &Path, api_listen: SocketAddr) -> Result<()> {
     let node_keys = read_key_file(&key_path(dir, "node-0"))?;
     let chain = open_chain(dir, &genesis, node_keys.clone())?;
     let p2p = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
-    let opts =
-        RunOptions { p2p_listen: p2p, api_listen, peers: vec![(node_keys.public_key(), p2p)], worker_threads: 2 };
+    // The dev node is operated by St Mary's Hospital and serves its records.
+    let organisation_keys = Some(read_key_file(&key_path(dir, &slug(ORGANISATIONS[0])))?);
+    let opts = RunOptions {
+        organisation_keys,
+        p2p_listen: p2p,
+        api_listen,
+        peers: vec![(node_keys.public_key(), p2p)],
+        worker_threads: 2,
+    };
     let dir_owned = dir.to_owned();
-    run(dir, chain, &node_keys, opts, move |chain, api_addr| async move {
-        match seed(&dir_owned, &chain, api_addr).await {
+    run(dir, chain, &node_keys, opts, move |chain, api_addr, records| async move {
+        match seed(&dir_owned, &chain, api_addr, records).await {
             Ok(()) => {}
             Err(e) => tracing::error!(error = %e, "demo seeding failed"),
         }
         false
     })
-}
-
-/// Wraps `key` to `recipient_keys` (whose identity is `recipient`) for the key-share transaction.
-fn key_share_entry(
-    key: &CategoryKey,
-    custodian: IdentityId,
-    patient: IdentityId,
-    category: &str,
-    epoch: u32,
-    recipient: IdentityId,
-    recipient_keys: &Keypair,
-) -> Result<KeyShareEntry> {
-    let info = category_key_info(&custodian, &patient, category, epoch);
-    let wrap = hpke_wrap(&recipient_keys.encryption_public_key(), &info, &recipient.0, key, &mut rand::rng())?;
-    Ok(KeyShareEntry { recipient, encapsulated_key: wrap.encapsulated_key, wrapped_key: wrap.ciphertext })
 }
 
 async fn wait_committed(chain: &Chain, ids: &[TxId]) -> Result<()> {
@@ -136,7 +133,8 @@ async fn commit(chain: &Chain, txs: Vec<Transaction>) -> Result<Vec<TxId>> {
     Ok(ids)
 }
 
-async fn seed(dir: &Path, chain: &Arc<Chain>, api_addr: SocketAddr) -> Result<()> {
+async fn seed(dir: &Path, chain: &Arc<Chain>, api_addr: SocketAddr, records: Option<Arc<RecordService>>) -> Result<()> {
+    let records = records.context("the dev node must serve records")?;
     let credentials = dir.join(CREDENTIALS_FILE);
     let chain_id = chain.state().chain_id();
     let orgs: Vec<Keypair> =
@@ -167,8 +165,9 @@ async fn seed(dir: &Path, chain: &Arc<Chain>, api_addr: SocketAddr) -> Result<()
         ("acme-claims", Role::SystemClient, 2, "Acme claims system"),
         ("northbridge-analyst", Role::Practitioner, 3, "Research analyst"),
     ];
-    let patients: Vec<String> = (1..=3).map(|i| format!("patient-{i:02}")).collect();
+    let patients: Vec<String> = (1..=PATIENTS).map(|i| format!("patient-{i:02}")).collect();
     let fresh = chain.head().height == 0;
+    let mut demo_records: Vec<(String, RecordId, &str, &str)> = Vec::new();
     for (label, role, org, _) in staff {
         demos.push(Demo {
             label: label.into(),
@@ -220,158 +219,180 @@ async fn seed(dir: &Path, chain: &Arc<Chain>, api_addr: SocketAddr) -> Result<()
             ));
         }
         commit(chain, txs).await?;
-        // St Mary's creates a category key per patient and category, wrapped (HPKE) to the
-        // patient and to itself, then Dr Alice commits records whose data keys are wrapped
-        // under it. Until the record write path stores ciphertexts, the ciphertext hashes are
-        // random placeholders: no medical data exists yet.
+        // Synthetic FHIR records for every patient, written by Dr Alice at St Mary's: each is
+        // encrypted under a fresh data key, its category key created and shared with the patient
+        // and St Mary's on first use, and committed.
         let alice = by("dr-alice-st-marys");
-        // A Send RNG: the seeding future crosses awaits.
+        let synthetic = medledger_synth::Generator::new(DEMO_SEED).patients(patients.len());
         let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::from_rng(&mut rand::rng());
-        let mut category_keys = std::collections::HashMap::new();
-        let mut txs = Vec::new();
-        for label in &patients {
+        let mut ids = Vec::new();
+        for (label, patient) in patients.iter().zip(&synthetic) {
             let p = by(label);
-            for category in ["labs", "conditions"] {
-                let key = CategoryKey::generate(&mut rng);
-                let shares = [p.keys.id(), orgs[0].id()]
-                    .into_iter()
-                    .map(|recipient| {
-                        let to = if recipient == orgs[0].id() { &orgs[0] } else { &p.keys };
-                        key_share_entry(&key, orgs[0].id(), p.keys.id(), category, 1, recipient, to)
-                    })
-                    .collect::<Result<Vec<_>>>()?;
-                txs.push(sign(
-                    &alice.keys,
-                    chain_id,
-                    alice.keys.id(),
-                    next(alice.keys.id()),
-                    Payload::KeyShare {
-                        custodian: orgs[0].id(),
-                        patient: p.keys.id(),
-                        category: category.into(),
-                        epoch: 1,
-                        shares,
-                    },
-                ));
-                category_keys.insert((p.keys.id(), category), key);
+            for resource in patient.resources.iter().take(RESOURCES_PER_PATIENT) {
+                let request = WriteRequest {
+                    author: alice.keys.id(),
+                    patient: p.keys.id(),
+                    resource_type: resource.resource_type,
+                    category: resource.category,
+                    content: &resource.json,
+                    record: None,
+                };
+                let written =
+                    records.write(&request, now_ms(), &mut rng).map_err(|e| anyhow::anyhow!("demo write: {e}"))?;
+                demo_records.push((label.clone(), written.record_id, resource.resource_type, resource.category));
+                ids.push(written.tx_id);
             }
         }
-        commit(chain, txs).await?;
-        let mut txs = Vec::new();
-        let mut records = Vec::new();
-        for (i, label) in patients.iter().enumerate() {
-            let p = by(label);
-            for (j, (resource_type, category)) in
-                [("Observation", "labs"), ("Condition", "conditions")].iter().enumerate()
-            {
-                let record =
-                    RecordId(medledger_crypto::sha256(format!("demo-record-{i}-{j}-{}", now_ms()).as_bytes()).0);
-                records.push(record);
-                let data_key = DataKey::generate(&mut rng);
-                let aad = data_key_aad(&record, 1, &orgs[0].id(), &p.keys.id(), category, 1);
-                let wrapped = wrap_data_key(&category_keys[&(p.keys.id(), *category)], &aad, &data_key, &mut rng);
-                txs.push(sign(
-                    &alice.keys,
-                    chain_id,
-                    alice.keys.id(),
-                    next(alice.keys.id()),
-                    Payload::RecordCommit {
-                        record_id: record,
-                        version: 1,
-                        patient: p.keys.id(),
-                        custodian: orgs[0].id(),
-                        author: alice.keys.id(),
-                        resource_type: (*resource_type).into(),
-                        category: (*category).into(),
-                        key_epoch: 1,
-                        ciphertext_hash: Hash(Keypair::generate().signing_seed()),
-                        ciphertext_bytes: 1024,
-                        wrapped_data_key: wrapped,
-                    },
-                ));
-            }
-        }
-        commit(chain, txs).await?;
-        // Patient 1 lets City General read their Observations for treatment, for 30 days; the
-        // node then shares the labs key with City General (consensus checks the grant).
-        let p1 = by(&patients[0]);
+        wait_committed(chain, &ids).await?;
+        let record_of = |records: &[(String, RecordId, &str, &str)], label: &str, category: &str| {
+            records.iter().find(|(l, _, _, c)| l == label && *c == category).map(|r| r.1)
+        };
+        // Consent: patient 1 lets City General read labs and vitals for treatment; patient 2 lets
+        // the insurer read conditions and medications for payment; patient 3 lets the research
+        // institute read labs for research.
         let now = now_ms();
-        let grant = sign(
-            &p1.keys,
-            chain_id,
-            p1.keys.id(),
-            next(p1.keys.id()),
+        let grant = |patient: &Demo, grantee: IdentityId, categories: &[&str], purpose: Purpose, days: u64| {
             Payload::ConsentGrant {
-                patient: p1.keys.id(),
-                grantee: orgs[1].id(),
-                scope: Scope::ResourceTypes(vec!["Observation".into()]),
+                patient: patient.keys.id(),
+                grantee,
+                scope: Scope::Categories(categories.iter().map(|c| (*c).to_owned()).collect()),
                 actions: actions::READ,
-                purpose: Purpose::Treatment,
+                purpose,
                 valid_from_ms: now,
-                valid_until_ms: now + 30 * 86_400_000,
-            },
+                valid_until_ms: now + days * 86_400_000,
+            }
+        };
+        let (p1, p2, p3, p4, p5, p6) = (
+            by("patient-01"),
+            by("patient-02"),
+            by("patient-03"),
+            by("patient-04"),
+            by("patient-05"),
+            by("patient-06"),
         );
-        let grant_id = commit(chain, vec![grant]).await?[0];
-        let share = key_share_entry(
-            &category_keys[&(p1.keys.id(), "labs")],
-            orgs[0].id(),
-            p1.keys.id(),
-            "labs",
-            1,
-            orgs[1].id(),
-            &orgs[1],
-        )?;
-        let share_tx = sign(
-            &node,
+        let mut txs = vec![
+            sign(
+                &p1.keys,
+                chain_id,
+                p1.keys.id(),
+                next(p1.keys.id()),
+                grant(p1, orgs[1].id(), &["labs", "vitals"], Purpose::Treatment, 30),
+            ),
+            sign(
+                &p2.keys,
+                chain_id,
+                p2.keys.id(),
+                next(p2.keys.id()),
+                grant(p2, orgs[2].id(), &["conditions", "medications"], Purpose::Payment, 90),
+            ),
+            sign(
+                &p3.keys,
+                chain_id,
+                p3.keys.id(),
+                next(p3.keys.id()),
+                grant(p3, orgs[3].id(), &["labs"], Purpose::Research, 180),
+            ),
+        ];
+        // Patient 4 authorises St Mary's to refer them (conditions and medications, up to 30
+        // days, treatment); patient 5 shares every new lab result with City General.
+        let consent = ReferralConsentParams {
+            referrer: orgs[0].id(),
+            categories: vec!["conditions".into(), "medications".into()],
+            max_days: 30,
+            purpose: Purpose::Treatment,
+        };
+        let consent_tx = sign(
+            &p4.keys,
             chain_id,
-            node.id(),
-            next(node.id()),
-            Payload::KeyShare {
-                custodian: orgs[0].id(),
-                patient: p1.keys.id(),
-                category: "labs".into(),
-                epoch: 1,
-                shares: vec![share],
-            },
+            p4.keys.id(),
+            next(p4.keys.id()),
+            Payload::InstallRule { patient: p4.keys.id(), rule: consent.to_spec() },
         );
-        commit(chain, vec![share_tx]).await?;
-        // The node records Dr Bob's read under that grant, and a denied read by the insurer.
+        let authorisation = consent_tx.id();
+        txs.push(consent_tx);
+        let standing =
+            ShareNewParams { grantee: orgs[1].id(), categories: vec!["labs".into()], purpose: Purpose::Treatment };
+        txs.push(sign(
+            &p5.keys,
+            chain_id,
+            p5.keys.id(),
+            next(p5.keys.id()),
+            Payload::InstallRule { patient: p5.keys.id(), rule: standing.to_spec() },
+        ));
+        let grant_ids = commit(chain, txs).await?;
+        // St Mary's refers patient 4 to City General for conditions, 14 days, without the
+        // patient's key; Dr Bob at City General declares an emergency for patient 6.
         let bob = by("dr-bob-city-general");
+        let referral = ReferralParams {
+            authorisation,
+            to: orgs[1].id(),
+            categories: vec!["conditions".into()],
+            days: 14,
+            purpose: Purpose::Treatment,
+        };
+        commit(
+            chain,
+            vec![
+                sign(
+                    &alice.keys,
+                    chain_id,
+                    alice.keys.id(),
+                    next(alice.keys.id()),
+                    Payload::InstallRule { patient: p4.keys.id(), rule: referral.to_spec() },
+                ),
+                sign(
+                    &bob.keys,
+                    chain_id,
+                    bob.keys.id(),
+                    next(bob.keys.id()),
+                    Payload::BreakGlass {
+                        patient: p6.keys.id(),
+                        reason: "ed-unresponsive".into(),
+                        window_ms: medledger_types::limits::BREAK_GLASS_WINDOW_DEFAULT_MS,
+                    },
+                ),
+            ],
+        )
+        .await?;
+        // A new lab for patient 5, after the standing rule: City General may read it.
+        let lab = synthetic[4].resources.iter().find(|r| r.category == "labs").context("synthetic lab")?;
+        let new_lab = records
+            .write(
+                &WriteRequest {
+                    author: alice.keys.id(),
+                    patient: p5.keys.id(),
+                    resource_type: lab.resource_type,
+                    category: lab.category,
+                    content: &lab.json,
+                    record: None,
+                },
+                now_ms(),
+                &mut rng,
+            )
+            .map_err(|e| anyhow::anyhow!("demo write: {e}"))?;
+        wait_committed(chain, &[new_lab.tx_id]).await?;
+        demo_records.push(("patient-05".into(), new_lab.record_id, lab.resource_type, lab.category));
+        // Reads through this node, each decided and audited: allowed, refused, break-glass.
         let claims = by("acme-claims");
-        let at_ms = now_ms();
-        let events = sign(
-            &node,
-            chain_id,
-            node.id(),
-            next(node.id()),
-            Payload::AccessEvents {
-                events: vec![
-                    AccessEvent {
-                        accessor: bob.keys.id(),
-                        patient: p1.keys.id(),
-                        record: Some((records[0], 1)),
-                        action: AccessAction::Read,
-                        purpose: Purpose::Treatment,
-                        outcome: AccessOutcome::Allowed,
-                        grant_id: Some(grant_id),
-                        reason: "consent-grant".into(),
-                        at_ms,
-                    },
-                    AccessEvent {
-                        accessor: claims.keys.id(),
-                        patient: p1.keys.id(),
-                        record: Some((records[1], 1)),
-                        action: AccessAction::Read,
-                        purpose: Purpose::Payment,
-                        outcome: AccessOutcome::Denied,
-                        grant_id: None,
-                        reason: "no-grant".into(),
-                        at_ms,
-                    },
-                ],
-            },
-        );
-        commit(chain, vec![events]).await?;
+        let analyst = by("northbridge-analyst");
+        let d = &demo_records;
+        let reads = [
+            (bob.keys.id(), record_of(d, "patient-01", "labs"), Purpose::Treatment),
+            (claims.keys.id(), record_of(d, "patient-01", "conditions"), Purpose::Payment),
+            (claims.keys.id(), record_of(d, "patient-02", "conditions"), Purpose::Payment),
+            (analyst.keys.id(), record_of(d, "patient-03", "labs"), Purpose::Research),
+            (bob.keys.id(), record_of(d, "patient-04", "conditions"), Purpose::Treatment),
+            (bob.keys.id(), Some(new_lab.record_id), Purpose::Treatment),
+            (bob.keys.id(), record_of(d, "patient-06", "labs"), Purpose::Emergency),
+            (bob.keys.id(), record_of(d, "patient-07", "labs"), Purpose::Treatment),
+        ];
+        for (who, record, purpose) in reads {
+            if let Some(record) = record {
+                let _ = records.read(who, record, None, purpose, now_ms());
+            }
+        }
+        records.flush_events(now_ms()).map_err(|e| anyhow::anyhow!("demo audit: {e}"))?;
+        let _ = grant_ids;
         tracing::info!("demo data committed");
     }
     let identities: Vec<_> = demos
@@ -394,6 +415,10 @@ async fn seed(dir: &Path, chain: &Arc<Chain>, api_addr: SocketAddr) -> Result<()
         "chain_id": chain_id.to_hex(),
         "api": format!("http://{api_addr}"),
         "identities": identities,
+        "records": demo_records
+            .iter()
+            .map(|(label, id, rt, cat)| json!({"patient": label, "record_id": id.to_hex(), "resource_type": rt, "category": cat}))
+            .collect::<Vec<_>>(),
     });
     std::fs::write(&credentials, serde_json::to_string_pretty(&doc)? + "\n")?;
     let head = chain.head();

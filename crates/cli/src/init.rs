@@ -69,6 +69,9 @@ pub fn init(opts: &InitOptions) -> Result<Vec<PathBuf>> {
             data_dir: PathBuf::from("data"),
             genesis: Path::new("..").join(GENESIS_FILE),
             key: PathBuf::from("node.key"),
+            organisation_key: Some(
+                Path::new("..").join("organisations").join(format!("{}.key", slug(names[i % names.len()]))),
+            ),
             p2p_listen: SocketAddr::new(opts.host, opts.p2p_base_port + i as u16),
             api_listen: SocketAddr::new(opts.host, opts.api_base_port + i as u16),
             worker_threads: 2,

@@ -81,6 +81,13 @@ enum Command {
         #[command(subcommand)]
         command: TxCommand,
     },
+    /// Write and read encrypted records (requests are signed with your key file).
+    Record {
+        #[arg(long, global = true, default_value = "http://127.0.0.1:8080")]
+        node: String,
+        #[command(subcommand)]
+        command: RecordCommand,
+    },
     /// Show the node's head (height, log size and root).
     Head {
         #[arg(long, default_value = "http://127.0.0.1:8080")]
@@ -180,6 +187,35 @@ enum TxCommand {
 }
 
 #[derive(Subcommand)]
+enum RecordCommand {
+    /// Write a FHIR resource (a JSON file) for a patient, as its custodian's staff.
+    Put {
+        /// Your key file (a practitioner or system client of the node's organisation).
+        #[arg(long)]
+        key: PathBuf,
+        /// Patient identity id (hex).
+        #[arg(long)]
+        patient: IdentityId,
+        /// Write the next version of this record instead of a new record.
+        #[arg(long)]
+        record: Option<medledger_types::RecordId>,
+        /// The FHIR resource.
+        file: PathBuf,
+    },
+    /// Read a record version (default: the latest). Prints the FHIR resource.
+    Get {
+        #[arg(long)]
+        key: PathBuf,
+        #[arg(long)]
+        version: Option<u32>,
+        /// TREAT, HPAYMT, HOPERAT, HRESCH or ETREAT.
+        #[arg(long, default_value = "TREAT")]
+        purpose: String,
+        record: medledger_types::RecordId,
+    },
+}
+
+#[derive(Subcommand)]
 enum BenchCommand {
     /// Durable commit throughput and latency of signed transactions on a one-validator node.
     Ledger {
@@ -247,13 +283,15 @@ fn run_command(command: Command) -> Result<ExitCode> {
                 .map(|p| Ok((config::parse_public_key(&p.public_key)?, p.address)))
                 .collect::<Result<Vec<_>>>()?;
             let chain = run::open_chain(&cfg.data_dir, &genesis, keys.clone())?;
+            let organisation_keys = cfg.organisation_key.as_deref().map(load_keys).transpose()?;
             let opts = run::RunOptions {
+                organisation_keys,
                 p2p_listen: cfg.p2p_listen,
                 api_listen: cfg.api_listen,
                 peers,
                 worker_threads: cfg.worker_threads,
             };
-            run::run(&cfg.data_dir, chain, &keys, opts, |_, _| async { false })?;
+            run::run(&cfg.data_dir, chain, &keys, opts, |_, _, _| async { false })?;
         }
         Command::Dev { data_dir, listen } => dev::dev(&data_dir, listen)?,
         Command::Keygen { out } => {
@@ -267,6 +305,7 @@ fn run_command(command: Command) -> Result<ExitCode> {
             }));
         }
         Command::Tx { common, command } => tx(common, command)?,
+        Command::Record { node, command } => return record(&Client::new(&node), command),
         Command::Head { node } => print_json(&Client::new(&node).get("/v1/head")?),
         Command::Prove { node, tx } => prove(&Client::new(&node), &tx)?,
         Command::Checkpoint { node } => {
@@ -343,6 +382,50 @@ fn tx(common: TxCommon, command: TxCommand) -> Result<()> {
     };
     print_json(&result);
     Ok(())
+}
+
+/// Largest FHIR file `record put` sends.
+const RECORD_FILE_BYTES_MAX: u64 = 4 * 1024 * 1024;
+
+fn record(client: &Client, command: RecordCommand) -> Result<ExitCode> {
+    match command {
+        RecordCommand::Put { key, patient, record, file } => {
+            let keys = load_keys(&key)?;
+            let size = std::fs::metadata(&file).with_context(|| format!("cannot read {}", file.display()))?.len();
+            if size > RECORD_FILE_BYTES_MAX {
+                bail!("{} is larger than {RECORD_FILE_BYTES_MAX} bytes", file.display());
+            }
+            let body = std::fs::read(&file)?;
+            let mut path = format!("/v1/records?patient={patient}");
+            if let Some(r) = record {
+                path.push_str(&format!("&record={r}"));
+            }
+            let (status, _, bytes) = client.signed(&keys, "POST", &path, &body)?;
+            if status != 201 {
+                eprintln!("error: write refused ({status}): {}", client::error_of(&bytes));
+                return Ok(ExitCode::from(1));
+            }
+            println!("{}", String::from_utf8_lossy(&bytes));
+        }
+        RecordCommand::Get { key, version, purpose, record } => {
+            let keys = load_keys(&key)?;
+            let purpose = txcmd::parse_purpose(&purpose)?;
+            let mut path = format!("/v1/records/{record}?purpose={}", purpose.code());
+            if let Some(v) = version {
+                path.push_str(&format!("&version={v}"));
+            }
+            let (status, _, bytes) = client.signed(&keys, "GET", &path, b"")?;
+            if status != 200 {
+                eprintln!("error: read refused ({status}): {}", client::error_of(&bytes));
+                return Ok(ExitCode::from(1));
+            }
+            use std::io::Write;
+            // A closed pipe (`| head`) is not an error worth a panic.
+            let mut out = std::io::stdout().lock();
+            let _ = out.write_all(&bytes).and_then(|()| out.write_all(b"\n"));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn prove(client: &Client, tx: &TxId) -> Result<()> {

@@ -9,6 +9,7 @@ use medledger_ledger::Genesis;
 use medledger_node::{
     chain::Chain,
     net::{NodeConfig, run_node},
+    records::RecordService,
     validator::Timing,
 };
 
@@ -29,16 +30,47 @@ pub fn open_chain(data_dir: &Path, genesis: &Genesis, keys: Keypair) -> Result<A
 }
 
 pub struct RunOptions {
+    /// The operating organisation's keys: with them the node serves records (encrypts,
+    /// decrypts and shares its organisation's category keys).
+    pub organisation_keys: Option<Keypair>,
     pub p2p_listen: SocketAddr,
     pub api_listen: SocketAddr,
     pub peers: Vec<(medledger_crypto::PublicKey, SocketAddr)>,
     pub worker_threads: usize,
 }
 
+/// Background duties of a node serving records: commit queued access events in batches, and
+/// share category keys with grantees of newly committed grants.
+async fn record_upkeep(records: Arc<RecordService>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(AUDIT_FLUSH_MS));
+    let mut ticks = 0u64;
+    loop {
+        tick.tick().await;
+        ticks += 1;
+        let records = records.clone();
+        let share = ticks.is_multiple_of(GRANT_SCAN_MS / AUDIT_FLUSH_MS);
+        let _ = tokio::task::spawn_blocking(move || {
+            let now = crate::init::now_ms();
+            if let Err(e) = records.flush_events(now) {
+                tracing::warn!(error = %e, "access events not committed yet");
+            }
+            if share && let Err(e) = records.share_keys_for_live_grants(now, &mut rand::rng()) {
+                tracing::warn!(error = %e, "key sharing for grants failed");
+            }
+        })
+        .await;
+    }
+}
+
+/// How often queued access events are committed.
+const AUDIT_FLUSH_MS: u64 = 200;
+/// How often live grants are checked for keys still to share.
+const GRANT_SCAN_MS: u64 = 1000;
+
 /// Runs the node until Ctrl-C (or until `extra` returns `true`, asking to stop).
 pub fn run<F, Fut>(data_dir: &Path, chain: Arc<Chain>, keys: &Keypair, opts: RunOptions, extra: F) -> Result<()>
 where
-    F: FnOnce(Arc<Chain>, SocketAddr) -> Fut + Send + 'static,
+    F: FnOnce(Arc<Chain>, SocketAddr, Option<Arc<RecordService>>) -> Fut + Send + 'static,
     Fut: Future<Output = bool> + Send + 'static,
 {
     // Bind before starting consensus so a busy port is a clear error, not a half-started node.
@@ -46,6 +78,14 @@ where
         .with_context(|| format!("cannot listen for the API on {}", opts.api_listen))?;
     api.set_nonblocking(true)?;
     let api_addr = api.local_addr()?;
+    let records = match opts.organisation_keys {
+        None => None,
+        Some(org) => {
+            let blobs = medledger_blobs::DiskBlobStore::open(&data_dir.join("blobs"))
+                .with_context(|| format!("cannot open the blob store in {}", data_dir.display()))?;
+            Some(Arc::new(RecordService::new(chain.clone(), keys.clone(), org, Arc::new(blobs))))
+        }
+    };
     let cfg = NodeConfig {
         data_dir: data_dir.to_owned(),
         p2p_listen: opts.p2p_listen,
@@ -62,11 +102,14 @@ where
             }
         };
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(medledger_api::serve(listener, chain.clone(), async move {
+        let server = tokio::spawn(medledger_api::serve_with(listener, chain.clone(), records.clone(), async move {
             let _ = stop_rx.await;
         }));
+        if let Some(records) = &records {
+            tokio::spawn(record_upkeep(records.clone()));
+        }
         tracing::info!("API listening on http://{api_addr}");
-        let extra_done = extra(chain, api_addr);
+        let extra_done = extra(chain, api_addr, records);
         tokio::select! {
             _ = tokio::signal::ctrl_c() => tracing::info!("stopping on Ctrl-C"),
             stop = extra_done => {

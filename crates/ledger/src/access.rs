@@ -4,8 +4,8 @@
 use medledger_types::{IdentityId, Role, TimestampMs, TxId};
 
 use crate::{
-    state::{Grant, RecordHead, State},
-    tx::Purpose,
+    state::{Grant, GrantOrigin, RecordHead, State},
+    tx::{AccessOutcome, Purpose},
 };
 
 /// Why access is allowed.
@@ -17,6 +17,11 @@ pub enum Basis {
     Custodian,
     /// A live consent grant (to the requester or to the requester's organisation).
     Grant(TxId),
+    /// The requester's own break-glass declaration (its transaction id), within its window and
+    /// for purpose Emergency. Reads under it are audited with outcome `BreakGlass`.
+    BreakGlass(TxId),
+    /// A live grant derived by a sharing rule (`crate::rules`).
+    Rule { rule_id: TxId, grant_id: TxId },
 }
 
 /// Why access is refused; the code is what access events record.
@@ -28,6 +33,8 @@ pub enum Denial {
     GrantRevoked,
     ActionNotGranted,
     PurposeNotGranted,
+    /// A break-glass declaration covers the record but its window is over (or not begun).
+    BreakGlassExpired,
 }
 
 impl Denial {
@@ -39,6 +46,7 @@ impl Denial {
             Denial::GrantRevoked => "grant-revoked",
             Denial::ActionNotGranted => "action-not-granted",
             Denial::PurposeNotGranted => "purpose-not-granted",
+            Denial::BreakGlassExpired => "break-glass-expired",
         }
     }
 }
@@ -49,20 +57,35 @@ impl Basis {
             Basis::Patient => "patient",
             Basis::Custodian => "custodian",
             Basis::Grant(_) => "consent-grant",
+            Basis::BreakGlass(_) => "break-glass",
+            Basis::Rule { .. } => "sharing-rule",
         }
     }
 
+    /// The grant to name in the access event (break-glass declarations and rule-derived
+    /// access are grants in the state).
     pub fn grant(&self) -> Option<TxId> {
         match self {
-            Basis::Grant(id) => Some(*id),
-            _ => None,
+            Basis::Grant(id) | Basis::BreakGlass(id) => Some(*id),
+            Basis::Rule { grant_id, .. } => Some(*grant_id),
+            Basis::Patient | Basis::Custodian => None,
+        }
+    }
+
+    /// The outcome an access event records for an access allowed on this basis.
+    pub fn outcome(&self) -> AccessOutcome {
+        match self {
+            Basis::BreakGlass(_) => AccessOutcome::BreakGlass,
+            _ => AccessOutcome::Allowed,
         }
     }
 }
 
 /// Decides whether `requester` may perform `action` (an `actions` bit) on `record` (with id
 /// `record_id`) for `purpose` at time `at_ms`. The most specific refusal is reported when no
-/// grant applies, so patients and auditors see why.
+/// grant applies, so patients and auditors see why. Consent and rule-derived grants are
+/// preferred, oldest first, over break-glass, so an access is flagged as an emergency only
+/// when nothing else allows it.
 pub fn decide(
     state: &State,
     requester: &IdentityId,
@@ -93,15 +116,22 @@ pub fn decide(
         holders.push(org);
     }
     let mut best = Denial::NoGrant;
+    let mut break_glass = None;
     for holder in holders {
         for grant in state.grants_between(&record.patient, &holder) {
             match check(grant, record_id, record, action, purpose, at_ms) {
-                Ok(()) => return Ok(Basis::Grant(grant.id)),
+                Ok(()) => match grant.origin {
+                    GrantOrigin::Consent => return Ok(Basis::Grant(grant.id)),
+                    GrantOrigin::Rule { rule_id, .. } => return Ok(Basis::Rule { rule_id, grant_id: grant.id }),
+                    GrantOrigin::BreakGlass { .. } => {
+                        break_glass.get_or_insert(Basis::BreakGlass(grant.id));
+                    }
+                },
                 Err(denial) => best = more_specific(best, denial),
             }
         }
     }
-    Err(best)
+    break_glass.ok_or(best)
 }
 
 fn check(
@@ -119,7 +149,7 @@ fn check(
         return Err(Denial::GrantRevoked);
     }
     if at_ms < grant.valid_from_ms || at_ms >= grant.valid_until_ms {
-        return Err(Denial::GrantExpired);
+        return Err(if grant.is_break_glass() { Denial::BreakGlassExpired } else { Denial::GrantExpired });
     }
     if grant.actions & action != action {
         return Err(Denial::ActionNotGranted);
@@ -137,7 +167,7 @@ fn more_specific(a: Denial, b: Denial) -> Denial {
         match d {
             Denial::UnknownRequester | Denial::NoGrant => 0,
             Denial::GrantRevoked => 1,
-            Denial::GrantExpired => 2,
+            Denial::GrantExpired | Denial::BreakGlassExpired => 2,
             Denial::ActionNotGranted => 3,
             Denial::PurposeNotGranted => 4,
         }

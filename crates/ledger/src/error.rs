@@ -25,6 +25,10 @@ pub enum TxError {
     UnknownGrant(TxId),
     #[error("invalid field: {0}")]
     InvalidField(&'static str),
+    #[error("unknown sharing rule {0}")]
+    UnknownRule(TxId),
+    #[error("sharing rule refused: {0}")]
+    Rule(#[from] crate::rules::RuleError),
 }
 
 /// Why a block does not validly extend the chain.

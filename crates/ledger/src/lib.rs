@@ -12,13 +12,18 @@ pub mod block;
 pub mod error;
 pub mod genesis;
 pub mod keys;
+pub mod rules;
 pub mod state;
 pub mod tx;
 
 pub use block::{Block, BlockHeader};
 pub use error::{BlockError, TxError};
 pub use genesis::{Genesis, GenesisIdentity};
-pub use state::{Built, CategoryKeyId, CategoryKeyState, Delta, Executed, Grant, Identity, RecordHead, State};
+pub use rules::{InstalledRule, RuleError};
+pub use state::{
+    Built, CategoryKeyId, CategoryKeyState, Delta, Executed, Grant, GrantOrigin, Identity, RecordHead, State,
+};
 pub use tx::{
-    AccessAction, AccessEvent, AccessOutcome, KeyShareEntry, Payload, Purpose, Scope, Transaction, TxBody, actions,
+    AccessAction, AccessEvent, AccessOutcome, KeyShareEntry, Payload, Purpose, RuleSpec, Scope, Transaction, TxBody,
+    actions,
 };

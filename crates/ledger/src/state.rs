@@ -11,7 +11,8 @@ use crate::{
     block::{Block, BlockHeader, txs_root},
     error::{BlockError, TxError},
     genesis::Genesis,
-    tx::{AccessOutcome, Payload, Scope, Transaction, actions},
+    rules::{self, CommittedRecord, Derived, InstallContext, InstalledRule, RuleError, RuleView},
+    tx::{AccessOutcome, Payload, Purpose, Scope, Transaction, actions},
 };
 
 /// A registered identity.
@@ -47,7 +48,30 @@ impl RecordHead {
     }
 }
 
-/// A consent grant as committed, with its revocation if any.
+/// How a grant came to be.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum GrantOrigin {
+    /// A consent grant the patient signed.
+    Consent,
+    /// Emergency access a practitioner declared (`break-glass`); its id is that transaction's.
+    BreakGlass {
+        reason: String,
+        /// Every break-glass access awaits review (no review transaction exists yet).
+        needs_review: bool,
+    },
+    /// Derived by a sharing rule (`crate::rules`); its id is derived, not a transaction's.
+    Rule {
+        /// The rule that derived it.
+        rule_id: TxId,
+        /// The patient's own rule whose consent it stays within (may equal `rule_id`).
+        authority: TxId,
+        /// Whether the grantee may receive category keys under it.
+        category_keys: bool,
+    },
+}
+
+/// A consent grant as committed, with its revocation if any. Break-glass access and access
+/// derived by sharing rules are grants too, told apart by their origin.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Grant {
     pub id: TxId,
@@ -60,9 +84,38 @@ pub struct Grant {
     pub valid_until_ms: TimestampMs,
     pub granted_at: Height,
     pub revoked_at: Option<Height>,
+    pub origin: GrantOrigin,
 }
 
 impl Grant {
+    pub fn is_break_glass(&self) -> bool {
+        matches!(self.origin, GrantOrigin::BreakGlass { .. })
+    }
+
+    /// Whether the grant awaits review (break-glass access).
+    pub fn needs_review(&self) -> bool {
+        matches!(self.origin, GrantOrigin::BreakGlass { needs_review: true, .. })
+    }
+
+    /// The sharing rule that derived the grant, if one did.
+    pub fn derived_from(&self) -> Option<TxId> {
+        match self.origin {
+            GrantOrigin::Rule { rule_id, .. } => Some(rule_id),
+            _ => None,
+        }
+    }
+
+    /// Whether the grantee may receive category-key wraps under this grant. Not under
+    /// break-glass (a key would outlive the window: reads go through the custodian's node) nor
+    /// under rules that cover single records (a key would open the category's other records).
+    pub fn shares_category_keys(&self) -> bool {
+        match self.origin {
+            GrantOrigin::Consent => true,
+            GrantOrigin::BreakGlass { .. } => false,
+            GrantOrigin::Rule { category_keys, .. } => category_keys,
+        }
+    }
+
     /// Whether the grant is in force at block time `at_ms` (not revoked, within its period).
     pub fn is_live(&self, at_ms: TimestampMs) -> bool {
         self.revoked_at.is_none() && self.valid_from_ms <= at_ms && at_ms < self.valid_until_ms
@@ -111,6 +164,14 @@ pub struct Delta {
     shared_keys: HashMap<(IdentityId, IdentityId), Vec<CategoryKeyId>>,
     /// (patient, grantee) -> ids of the grants between them.
     grant_index: HashMap<(IdentityId, IdentityId), Vec<TxId>>,
+    /// patient -> ids of every grant of the patient, oldest first.
+    patient_grants: HashMap<IdentityId, Vec<TxId>>,
+    rules: HashMap<TxId, InstalledRule>,
+    /// patient -> ids of every rule installed for the patient, oldest first.
+    patient_rules: HashMap<IdentityId, Vec<TxId>>,
+    /// patient -> ids of the active rules that react to the patient's record commits, in
+    /// installation order (the order they are evaluated in).
+    reacting_rules: HashMap<IdentityId, Vec<TxId>>,
 }
 
 /// A block verified on top of some state but not yet finalized, with the changes it makes.
@@ -142,6 +203,10 @@ pub struct State {
     category_keys: HashMap<CategoryKeyId, CategoryKeyState>,
     shared_keys: HashMap<(IdentityId, IdentityId), Vec<CategoryKeyId>>,
     grant_index: HashMap<(IdentityId, IdentityId), Vec<TxId>>,
+    patient_grants: HashMap<IdentityId, Vec<TxId>>,
+    rules: HashMap<TxId, InstalledRule>,
+    patient_rules: HashMap<IdentityId, Vec<TxId>>,
+    reacting_rules: HashMap<IdentityId, Vec<TxId>>,
     height: Height,
     head_hash: Hash,
     head_timestamp_ms: TimestampMs,
@@ -188,6 +253,10 @@ impl State {
             category_keys: HashMap::new(),
             shared_keys: HashMap::new(),
             grant_index: HashMap::new(),
+            patient_grants: HashMap::new(),
+            rules: HashMap::new(),
+            patient_rules: HashMap::new(),
+            reacting_rules: HashMap::new(),
             height: 0,
             head_hash: genesis.anchor_header().hash(),
             head_timestamp_ms: genesis.genesis_time_ms,
@@ -251,6 +320,26 @@ impl State {
     /// The grants `patient` gave `grantee`, oldest first.
     pub fn grants_between(&self, patient: &IdentityId, grantee: &IdentityId) -> impl Iterator<Item = &Grant> {
         self.grant_index.get(&(*patient, *grantee)).into_iter().flatten().filter_map(|id| self.grants.get(id))
+    }
+
+    /// Every grant of `patient` (consent, break-glass and rule-derived), oldest first: what the
+    /// patient sees of who may read their data.
+    pub fn grants_of(&self, patient: &IdentityId) -> impl Iterator<Item = &Grant> {
+        self.patient_grants.get(patient).into_iter().flatten().filter_map(|id| self.grants.get(id))
+    }
+
+    /// The break-glass accesses declared for `patient`, oldest first.
+    pub fn break_glass_events(&self, patient: &IdentityId) -> impl Iterator<Item = &Grant> {
+        self.grants_of(patient).filter(|g| g.is_break_glass())
+    }
+
+    pub fn rule(&self, id: &TxId) -> Option<&InstalledRule> {
+        self.rules.get(id)
+    }
+
+    /// Every sharing rule installed for `patient` (removed ones included), oldest first.
+    pub fn rules_of(&self, patient: &IdentityId) -> impl Iterator<Item = &InstalledRule> {
+        self.patient_rules.get(patient).into_iter().flatten().filter_map(|id| self.rules.get(id))
     }
 
     /// The nonce `signer`'s next transaction must carry (0 for an unknown identity).
@@ -428,6 +517,10 @@ impl State {
         self.category_keys.extend(delta.category_keys);
         self.shared_keys.extend(delta.shared_keys);
         self.grant_index.extend(delta.grant_index);
+        self.patient_grants.extend(delta.patient_grants);
+        self.rules.extend(delta.rules);
+        self.patient_rules.extend(delta.patient_rules);
+        self.reacting_rules.extend(delta.reacting_rules);
         for tx in &block.txs {
             self.log.push(Hash(tx.id().0));
         }
@@ -542,6 +635,155 @@ impl<'a> Overlay<'a> {
         self.delta.shared_keys.get(&key).or_else(|| self.inherited(&key, |d| &d.shared_keys, &self.base.shared_keys))
     }
 
+    fn patient_grant_ids(&self, patient: &IdentityId) -> Option<&Vec<TxId>> {
+        self.delta
+            .patient_grants
+            .get(patient)
+            .or_else(|| self.inherited(patient, |d| &d.patient_grants, &self.base.patient_grants))
+    }
+
+    fn installed_rule(&self, id: &TxId) -> Option<&InstalledRule> {
+        self.delta.rules.get(id).or_else(|| self.inherited(id, |d| &d.rules, &self.base.rules))
+    }
+
+    fn patient_rule_ids(&self, patient: &IdentityId) -> Option<&Vec<TxId>> {
+        self.delta
+            .patient_rules
+            .get(patient)
+            .or_else(|| self.inherited(patient, |d| &d.patient_rules, &self.base.patient_rules))
+    }
+
+    fn reacting_rule_ids(&self, patient: &IdentityId) -> Option<&Vec<TxId>> {
+        self.delta
+            .reacting_rules
+            .get(patient)
+            .or_else(|| self.inherited(patient, |d| &d.reacting_rules, &self.base.reacting_rules))
+    }
+
+    /// Adds a grant and indexes it by (patient, grantee) and by patient.
+    fn insert_grant(&mut self, grant: Grant) {
+        let (id, patient, grantee) = (grant.id, grant.patient, grant.grantee);
+        self.delta.grants.insert(id, grant);
+        let mut ids = self.grant_ids(patient, grantee).cloned().unwrap_or_default();
+        ids.push(id);
+        self.delta.grant_index.insert((patient, grantee), ids);
+        let mut ids = self.patient_grant_ids(&patient).cloned().unwrap_or_default();
+        ids.push(id);
+        self.delta.patient_grants.insert(patient, ids);
+    }
+
+    /// Revokes a live grant at `height`, and marks every category key of the patient that the
+    /// grantee holds as needing rotation, so new versions never reach the grantee.
+    fn revoke_grant(&mut self, grant_id: &TxId, height: Height) {
+        let Some(grant) = self.grant(grant_id) else { return };
+        if grant.revoked_at.is_some() {
+            return;
+        }
+        let mut revoked = grant.clone();
+        revoked.revoked_at = Some(height);
+        let (patient, grantee) = (revoked.patient, revoked.grantee);
+        self.delta.grants.insert(*grant_id, revoked);
+        for key_id in self.shared_keys(patient, grantee).cloned().unwrap_or_default() {
+            if let Some(key) = self.category_key(&key_id)
+                && key.holders.iter().any(|(h, _)| *h == grantee)
+            {
+                let mut key = key.clone();
+                key.rotation_required = true;
+                self.delta.category_keys.insert(key_id, key);
+            }
+        }
+    }
+
+    /// The ledger's own checks on access a rule derived for `patient`, whatever the rule's
+    /// code: read-only, resting on an active rule the patient signed, a valid grantee, a
+    /// well-formed scope and period. `installing` is the rule being installed by `signer`,
+    /// which is not in the state yet.
+    fn check_derived(
+        &self,
+        d: &Derived,
+        patient: &IdentityId,
+        installing: Option<(TxId, IdentityId)>,
+        at_ms: TimestampMs,
+    ) -> Result<(), RuleError> {
+        let authority_ok = match installing {
+            Some((id, signer)) if id == d.authority => signer == *patient,
+            _ => self
+                .installed_rule(&d.authority)
+                .is_some_and(|r| r.patient == *patient && r.is_patients_own() && r.is_active()),
+        };
+        if !authority_ok {
+            return Err(RuleError::InvalidDerivation("access must rest on an active rule the patient signed"));
+        }
+        if !rules::may_be_grantee(self, &d.grantee) {
+            return Err(RuleError::InvalidDerivation("grantee must be an organisation, practitioner or system client"));
+        }
+        if d.valid_until_ms <= d.valid_from_ms || d.valid_until_ms <= at_ms {
+            return Err(RuleError::InvalidDerivation("period is empty or already over"));
+        }
+        let scope_ok = match &d.scope {
+            Scope::All => true,
+            Scope::Categories(c) => !c.is_empty() && c.iter().all(|c| medledger_types::is_category(c)),
+            Scope::ResourceTypes(t) => !t.is_empty() && t.iter().all(|t| check_resource_type(t).is_ok()),
+            Scope::Records(r) => {
+                !r.is_empty()
+                    && r.len() <= limits::SCOPE_ITEMS_MAX
+                    && r.iter().all(|r| self.record(r).is_some_and(|h| h.patient == *patient))
+            }
+        };
+        if !scope_ok {
+            return Err(RuleError::InvalidDerivation("scope is not a valid scope of this patient's records"));
+        }
+        Ok(())
+    }
+
+    /// Stores access derived by `rule_id` as read-only grants with ids bound to the source
+    /// transaction, the rule and the position, so every node derives the same ids.
+    fn insert_derived(
+        &mut self,
+        derived: Vec<Derived>,
+        patient: IdentityId,
+        rule_id: TxId,
+        source: TxId,
+        height: Height,
+    ) -> Vec<TxId> {
+        let mut ids = Vec::with_capacity(derived.len());
+        for (index, d) in derived.into_iter().enumerate() {
+            let id = derived_grant_id(&source, &rule_id, index as u32);
+            self.insert_grant(Grant {
+                id,
+                patient,
+                grantee: d.grantee,
+                scope: d.scope,
+                actions: actions::READ,
+                purpose: d.purpose,
+                valid_from_ms: d.valid_from_ms,
+                valid_until_ms: d.valid_until_ms,
+                granted_at: height,
+                revoked_at: None,
+                origin: GrantOrigin::Rule { rule_id, authority: d.authority, category_keys: d.category_keys },
+            });
+            ids.push(id);
+        }
+        ids
+    }
+
+    /// Runs the patient's reacting rules, in installation order, on a committed record version.
+    fn react_to_record(&mut self, tx_id: TxId, patient: IdentityId, record: &CommittedRecord<'_>) {
+        let rule_ids = self.reacting_rule_ids(&patient).cloned().unwrap_or_default();
+        for rule_id in rule_ids {
+            let Some(rule) = self.installed_rule(&rule_id).cloned() else { continue };
+            let Some(kind) = rules::lookup(&rule.kind) else { continue };
+            // Access failing the ledger's checks is dropped, never stored: a faulty rule can
+            // only share less, and cannot block the patient's records from being written.
+            let derived: Vec<Derived> = kind
+                .on_record_commit(&rule, record)
+                .into_iter()
+                .filter(|d| self.check_derived(d, &patient, None, record.timestamp_ms).is_ok())
+                .collect();
+            self.insert_derived(derived, patient, rule_id, tx_id, record.height);
+        }
+    }
+
     /// Whether `holder` may receive `key`: the patient, the custodian, or the grantee of a live
     /// grant of the patient with read access whose scope can cover records in that category.
     fn may_hold(&self, key: &CategoryKeyId, holder: &IdentityId, at_ms: TimestampMs) -> bool {
@@ -549,9 +791,12 @@ impl<'a> Overlay<'a> {
             return true;
         }
         let Some(ids) = self.grant_ids(key.patient, *holder) else { return false };
-        ids.iter()
-            .filter_map(|id| self.grant(id))
-            .any(|g| g.is_live(at_ms) && g.actions & actions::READ != 0 && self.scope_reaches(&g.scope, key))
+        ids.iter().filter_map(|id| self.grant(id)).any(|g| {
+            g.is_live(at_ms)
+                && g.shares_category_keys()
+                && g.actions & actions::READ != 0
+                && self.scope_reaches(&g.scope, key)
+        })
     }
 
     fn scope_reaches(&self, scope: &Scope, key: &CategoryKeyId) -> bool {
@@ -745,6 +990,16 @@ impl<'a> Overlay<'a> {
                         },
                     },
                 );
+                let committed = CommittedRecord {
+                    record_id: *record_id,
+                    version: *version,
+                    custodian: *custodian,
+                    resource_type,
+                    category,
+                    height: ctx.height,
+                    timestamp_ms: ctx.timestamp_ms,
+                };
+                self.react_to_record(tx.id(), *patient, &committed);
             }
             Payload::ConsentGrant {
                 patient,
@@ -806,24 +1061,19 @@ impl<'a> Overlay<'a> {
                     }
                 }
                 let Payload::ConsentGrant { purpose, .. } = &body.payload else { unreachable!() };
-                self.delta.grants.insert(
-                    tx.id(),
-                    Grant {
-                        id: tx.id(),
-                        patient: *patient,
-                        grantee: *grantee,
-                        scope: scope.clone(),
-                        actions: *acts,
-                        purpose: *purpose,
-                        valid_from_ms: *valid_from_ms,
-                        valid_until_ms: *valid_until_ms,
-                        granted_at: ctx.height,
-                        revoked_at: None,
-                    },
-                );
-                let mut ids = self.grant_ids(*patient, *grantee).cloned().unwrap_or_default();
-                ids.push(tx.id());
-                self.delta.grant_index.insert((*patient, *grantee), ids);
+                self.insert_grant(Grant {
+                    id: tx.id(),
+                    patient: *patient,
+                    grantee: *grantee,
+                    scope: scope.clone(),
+                    actions: *acts,
+                    purpose: *purpose,
+                    valid_from_ms: *valid_from_ms,
+                    valid_until_ms: *valid_until_ms,
+                    granted_at: ctx.height,
+                    revoked_at: None,
+                    origin: GrantOrigin::Consent,
+                });
             }
             Payload::ConsentRevoke { grant_id } => {
                 let grant = self.grant(grant_id).ok_or(TxError::UnknownGrant(*grant_id))?;
@@ -833,21 +1083,8 @@ impl<'a> Overlay<'a> {
                 if grant.revoked_at.is_some() {
                     return Err(TxError::InvalidField("grant is already revoked"));
                 }
-                let mut revoked = grant.clone();
-                revoked.revoked_at = Some(ctx.height);
-                let (patient, grantee) = (revoked.patient, revoked.grantee);
-                self.delta.grants.insert(*grant_id, revoked);
-                // Every category key of this patient the grantee holds must be rotated before the
-                // next record in its category, so new versions never reach the grantee.
-                for key_id in self.shared_keys(patient, grantee).cloned().unwrap_or_default() {
-                    if let Some(key) = self.category_key(&key_id)
-                        && key.holders.iter().any(|(h, _)| *h == grantee)
-                    {
-                        let mut key = key.clone();
-                        key.rotation_required = true;
-                        self.delta.category_keys.insert(key_id, key);
-                    }
-                }
+                // Any grant of the patient: consent, break-glass or rule-derived.
+                self.revoke_grant(grant_id, ctx.height);
             }
             Payload::AccessEvents { events } => {
                 if !matches!(role, Some(Role::Validator | Role::Organisation | Role::SystemClient)) {
@@ -874,8 +1111,12 @@ impl<'a> Overlay<'a> {
                             }
                         }
                     }
-                    if let Some(g) = &event.grant_id {
-                        self.grant(g).ok_or(TxError::UnknownGrant(*g))?;
+                    let grant = match &event.grant_id {
+                        Some(g) => Some(self.grant(g).ok_or(TxError::UnknownGrant(*g))?),
+                        None => None,
+                    };
+                    if event.outcome == AccessOutcome::BreakGlass && !grant.is_some_and(|g| g.is_break_glass()) {
+                        return Err(TxError::InvalidField("a break-glass access names its break-glass declaration"));
                     }
                     if event.outcome == AccessOutcome::Denied && event.grant_id.is_some() {
                         return Err(TxError::InvalidField("a denied access is not under a grant"));
@@ -956,6 +1197,104 @@ impl<'a> Overlay<'a> {
                 }
                 self.delta.category_keys.insert(key_id, state);
             }
+            Payload::BreakGlass { patient, reason, window_ms } => {
+                if role != Some(Role::Practitioner) {
+                    return Err(TxError::NotAuthorised("only a practitioner declares break-glass access"));
+                }
+                if self.require(patient, "patient")?.role != Role::Patient {
+                    return Err(TxError::InvalidField("patient must be a patient identity"));
+                }
+                if reason.is_empty() {
+                    return Err(TxError::InvalidField("break-glass access needs a reason code"));
+                }
+                check_reason(reason)?;
+                if !(limits::BREAK_GLASS_WINDOW_MIN_MS..=limits::BREAK_GLASS_WINDOW_MAX_MS).contains(window_ms) {
+                    return Err(TxError::InvalidField("break-glass window must be 1 minute to 24 hours"));
+                }
+                self.insert_grant(Grant {
+                    id: tx.id(),
+                    patient: *patient,
+                    grantee: signer,
+                    scope: Scope::All,
+                    actions: actions::READ,
+                    purpose: Purpose::Emergency,
+                    valid_from_ms: ctx.timestamp_ms,
+                    valid_until_ms: ctx.timestamp_ms.saturating_add(*window_ms),
+                    granted_at: ctx.height,
+                    revoked_at: None,
+                    origin: GrantOrigin::BreakGlass { reason: reason.clone(), needs_review: true },
+                });
+            }
+            Payload::InstallRule { patient, rule } => {
+                if self.require(patient, "patient")?.role != Role::Patient {
+                    return Err(TxError::InvalidField("patient must be a patient identity"));
+                }
+                let kind = rules::lookup(&rule.kind).ok_or(RuleError::UnknownKind)?;
+                let reacting = self.reacting_rule_ids(patient).cloned().unwrap_or_default();
+                if kind.reacts_to_records() && reacting.len() >= limits::RULES_REACTING_PER_PATIENT_MAX {
+                    return Err(RuleError::TooManyRules.into());
+                }
+                let signer_identity = self.require(&signer, "signer")?.clone();
+                let install = InstallContext {
+                    view: &*self,
+                    rule_id: tx.id(),
+                    patient: *patient,
+                    signer: &signer_identity,
+                    height: ctx.height,
+                    timestamp_ms: ctx.timestamp_ms,
+                };
+                let derived = kind.install(&install, &rule.params)?;
+                for d in &derived {
+                    self.check_derived(d, patient, Some((tx.id(), signer)), ctx.timestamp_ms)?;
+                }
+                let derived = self.insert_derived(derived, *patient, tx.id(), tx.id(), ctx.height);
+                self.delta.rules.insert(
+                    tx.id(),
+                    InstalledRule {
+                        id: tx.id(),
+                        patient: *patient,
+                        kind: kind.kind().to_owned(),
+                        params: rule.params.clone(),
+                        installed_by: signer,
+                        installed_at: ctx.height,
+                        installed_at_ms: ctx.timestamp_ms,
+                        removed_at: None,
+                        derived,
+                    },
+                );
+                let mut ids = self.patient_rule_ids(patient).cloned().unwrap_or_default();
+                ids.push(tx.id());
+                self.delta.patient_rules.insert(*patient, ids);
+                if kind.reacts_to_records() {
+                    let mut ids = reacting;
+                    ids.push(tx.id());
+                    self.delta.reacting_rules.insert(*patient, ids);
+                }
+            }
+            Payload::RemoveRule { rule_id } => {
+                let rule = self.installed_rule(rule_id).ok_or(TxError::UnknownRule(*rule_id))?.clone();
+                let installer_org = self.identity(&rule.installed_by).and_then(|i| i.organisation);
+                if signer != rule.patient && signer != rule.installed_by && Some(signer) != installer_org {
+                    return Err(TxError::NotAuthorised(
+                        "a rule is removed by its patient, its installer or the installer's organisation",
+                    ));
+                }
+                if !rule.is_active() {
+                    return Err(TxError::InvalidField("rule is already removed"));
+                }
+                for grant_id in &rule.derived {
+                    self.revoke_grant(grant_id, ctx.height);
+                }
+                if let Some(ids) = self.reacting_rule_ids(&rule.patient)
+                    && ids.contains(rule_id)
+                {
+                    let ids = ids.iter().filter(|id| *id != rule_id).copied().collect();
+                    self.delta.reacting_rules.insert(rule.patient, ids);
+                }
+                let mut removed = rule;
+                removed.removed_at = Some(ctx.height);
+                self.delta.rules.insert(*rule_id, removed);
+            }
         }
         // Every accepted transaction consumes its signer's nonce.
         if let Some(who) = self.delta.identities.get_mut(&signer) {
@@ -965,6 +1304,24 @@ impl<'a> Overlay<'a> {
         }
         Ok(key)
     }
+}
+
+impl RuleView for Overlay<'_> {
+    fn identity(&self, id: &IdentityId) -> Option<&Identity> {
+        Overlay::identity(self, id)
+    }
+
+    fn rule(&self, id: &TxId) -> Option<&InstalledRule> {
+        self.installed_rule(id)
+    }
+}
+
+/// Id of the `index`-th grant a rule derived while executing transaction `source`. Not a
+/// transaction id, but from the same space: SHA-256 over a domain tag, so it never equals one.
+fn derived_grant_id(source: &TxId, rule: &TxId, index: u32) -> TxId {
+    let index = index.to_be_bytes();
+    let parts: [&[u8]; 4] = [b"medledger/derived-grant/v1", &source.0, &rule.0, &index];
+    TxId(medledger_crypto::sha256_parts(&parts).0)
 }
 
 fn check_name(name: &str) -> Result<(), TxError> {

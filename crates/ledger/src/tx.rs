@@ -121,6 +121,14 @@ pub struct KeyShareEntry {
     pub wrapped_key: [u8; 48],
 }
 
+/// A sharing rule as submitted: `kind` selects the implementation in the rule registry
+/// (`crate::rules`), `params` is that kind's canonical encoding (`docs/format.md`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RuleSpec {
+    pub kind: String,
+    pub params: Vec<u8>,
+}
+
 /// One access to a patient's data, as a node observed and decided it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AccessEvent {
@@ -200,6 +208,24 @@ pub enum Payload {
         epoch: u32,
         shares: Vec<KeyShareEntry>,
     },
+    /// Emergency access declared by a practitioner without the patient's consent: read access
+    /// to all the patient's records for purpose Emergency during `window_ms` from the block's
+    /// time, flagged for review and visible to the patient.
+    BreakGlass {
+        patient: IdentityId,
+        /// Machine-readable reason code (letters, digits, `-_.:`); never free text.
+        reason: String,
+        window_ms: u64,
+    },
+    /// Installs a sharing rule for `patient` (`crate::rules`); who may sign depends on the kind.
+    InstallRule {
+        patient: IdentityId,
+        rule: RuleSpec,
+    },
+    /// Removes an installed rule (its id is the installing transaction's id).
+    RemoveRule {
+        rule_id: TxId,
+    },
 }
 
 impl Payload {
@@ -223,6 +249,9 @@ impl Payload {
             Payload::ConsentRevoke { .. } => "consent-revoke",
             Payload::AccessEvents { .. } => "access-events",
             Payload::KeyShare { .. } => "key-share",
+            Payload::BreakGlass { .. } => "break-glass",
+            Payload::InstallRule { .. } => "install-rule",
+            Payload::RemoveRule { .. } => "remove-rule",
         }
     }
 
@@ -235,6 +264,9 @@ impl Payload {
             Payload::ConsentRevoke { .. } => 5,
             Payload::AccessEvents { .. } => 6,
             Payload::KeyShare { .. } => 7,
+            Payload::BreakGlass { .. } => 8,
+            Payload::InstallRule { .. } => 9,
+            Payload::RemoveRule { .. } => 10,
         }
     }
 }
@@ -400,6 +432,15 @@ fn encode_body(body: &TxBody, w: &mut Writer) {
                 w.encode(&e.recipient).fixed(&e.encapsulated_key).fixed(&e.wrapped_key);
             });
         }
+        Payload::BreakGlass { patient, reason, window_ms } => {
+            w.encode(patient).str(reason).u64(*window_ms);
+        }
+        Payload::InstallRule { patient, rule } => {
+            w.encode(patient).str(&rule.kind).bytes(&rule.params);
+        }
+        Payload::RemoveRule { rule_id } => {
+            w.encode(rule_id);
+        }
     }
 }
 
@@ -510,6 +551,19 @@ fn decode_body(r: &mut Reader<'_>) -> Result<TxBody, CodecError> {
                 })
             })?,
         },
+        8 => Payload::BreakGlass {
+            patient: IdentityId::decode(r)?,
+            reason: r.string(limits::BREAK_GLASS_REASON_BYTES_MAX, "break-glass reason")?,
+            window_ms: r.u64("break-glass window")?,
+        },
+        9 => Payload::InstallRule {
+            patient: IdentityId::decode(r)?,
+            rule: RuleSpec {
+                kind: r.string(limits::RULE_KIND_BYTES_MAX, "rule kind")?,
+                params: r.bytes(limits::RULE_PARAMS_BYTES_MAX, "rule params")?.to_vec(),
+            },
+        },
+        10 => Payload::RemoveRule { rule_id: TxId::decode(r)? },
         tag => return Err(CodecError::InvalidTag { what: "payload kind", tag }),
     };
     Ok(TxBody { chain_id, signer, nonce, payload })

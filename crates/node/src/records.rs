@@ -104,7 +104,12 @@ pub struct RecordService {
     pending_versions: Mutex<HashMap<RecordId, u32>>,
     /// Access events waiting to be committed in a batch.
     audit: Mutex<Vec<AccessEvent>>,
+    /// Key shares submitted but not yet committed, with when, so they are not submitted twice.
+    inflight_shares: Mutex<HashMap<(CategoryKeyId, u32, IdentityId), TimestampMs>>,
 }
+
+/// How long a submitted key share counts as in flight before it may be submitted again.
+const SHARE_INFLIGHT_MS: u64 = 30_000;
 
 impl RecordService {
     pub fn new(chain: Arc<Chain>, node_keys: Keypair, organisation_keys: Keypair, blobs: Arc<dyn BlobStore>) -> Self {
@@ -116,6 +121,7 @@ impl RecordService {
             category_keys: Mutex::new(HashMap::new()),
             pending_versions: Mutex::new(HashMap::new()),
             audit: Mutex::new(Vec::new()),
+            inflight_shares: Mutex::new(HashMap::new()),
         }
     }
 
@@ -312,7 +318,7 @@ impl RecordService {
         let tx_id = head.version_tx(version).ok_or(RecordError::UnknownVersion { record: record_id, version })?;
         match self.decrypt(&tx_id) {
             Ok(plaintext) => {
-                self.queue_event(event(AccessOutcome::Allowed, basis.grant(), basis.code()));
+                self.queue_event(event(basis.outcome(), basis.grant(), basis.code()));
                 Ok(Read { version, tx_id, basis, plaintext })
             }
             Err(error) => {
@@ -378,7 +384,7 @@ impl RecordService {
         let (grant, grantee_key, keys) = {
             let state = self.chain.state();
             let grant = state.grant(grant_id).cloned().ok_or(RecordError::Invalid("unknown grant"))?;
-            if !grant.is_live(now_ms) || grant.actions & actions::READ == 0 {
+            if !grant.is_live(now_ms) || grant.actions & actions::READ == 0 || !grant.shares_category_keys() {
                 return Ok(Vec::new());
             }
             let grantee_key =
@@ -405,7 +411,12 @@ impl RecordService {
             (grant, grantee_key, keys)
         };
         let mut submitted = Vec::new();
+        let mut inflight = self.inflight_shares.lock().expect("inflight lock poisoned");
+        inflight.retain(|_, at| now_ms.saturating_sub(*at) < SHARE_INFLIGHT_MS);
         for (key_id, epoch) in keys {
+            if inflight.contains_key(&(key_id.clone(), epoch, grant.grantee)) {
+                continue;
+            }
             let key = self.category_key(&key_id, epoch)?;
             let entry = share_entry(&key, &key_id, epoch, grant.grantee, &grantee_key, rng)?;
             let payload = Payload::KeyShare {
@@ -416,8 +427,30 @@ impl RecordService {
                 shares: vec![entry],
             };
             submitted.push(self.chain.submit_as(&self.node_keys, payload, now_ms)?);
+            inflight.insert((key_id, epoch, grant.grantee), now_ms);
         }
         Ok(submitted)
+    }
+
+    /// Shares keys for every live grant this organisation's keys can serve (see
+    /// [`RecordService::share_keys_for_grant`]); run periodically by the node.
+    pub fn share_keys_for_live_grants(
+        &self,
+        now_ms: TimestampMs,
+        rng: &mut impl CryptoRng,
+    ) -> Result<usize, RecordError> {
+        let grants: Vec<TxId> = self
+            .chain
+            .state()
+            .grants()
+            .filter(|g| g.is_live(now_ms) && g.actions & actions::READ != 0 && g.shares_category_keys())
+            .map(|g| g.id)
+            .collect();
+        let mut shared = 0;
+        for grant in grants {
+            shared += self.share_keys_for_grant(&grant, now_ms, rng)?.len();
+        }
+        Ok(shared)
     }
 
     fn queue_event(&self, event: AccessEvent) {

@@ -34,3 +34,21 @@ pub const NONCE_AHEAD_MAX: u64 = 4096;
 pub const MEMPOOL_TXS_MAX: usize = 200_000;
 /// Largest HTTP request body accepted by the node API.
 pub const HTTP_BODY_BYTES_MAX: usize = 2 * TX_BYTES_MAX;
+/// Shortest break-glass window (consensus-relevant): an emergency needs at least this long.
+pub const BREAK_GLASS_WINDOW_MIN_MS: u64 = 60 * 1000;
+/// Longest break-glass window (consensus-relevant): emergency access beyond a day needs the
+/// patient's consent or a review, not another declaration.
+pub const BREAK_GLASS_WINDOW_MAX_MS: u64 = 24 * 60 * 60 * 1000;
+/// Window clients propose when the practitioner does not choose one (not consensus-relevant).
+pub const BREAK_GLASS_WINDOW_DEFAULT_MS: u64 = 4 * 60 * 60 * 1000;
+/// Longest break-glass reason code, in bytes (consensus-relevant).
+pub const BREAK_GLASS_REASON_BYTES_MAX: usize = 64;
+/// Longest sharing-rule kind name, in bytes (consensus-relevant).
+pub const RULE_KIND_BYTES_MAX: usize = 64;
+/// Largest canonical parameter encoding of a sharing rule, in bytes (consensus-relevant).
+pub const RULE_PARAMS_BYTES_MAX: usize = 4 * 1024;
+/// Most active sharing rules of one patient that react to record commits (consensus-relevant):
+/// bounds the work every record commit adds to block verification.
+pub const RULES_REACTING_PER_PATIENT_MAX: usize = 16;
+/// Longest referral a patient may authorise, in days (consensus-relevant).
+pub const RULE_GRANT_DAYS_MAX: u32 = 366;

@@ -1,0 +1,203 @@
+//! Record endpoints: write and read encrypted FHIR records through the node's record service.
+//! Every request is signed by the acting identity (`auth`); every read decision is audited.
+
+use std::{collections::HashMap, sync::Arc};
+
+use axum::{
+    body::Bytes,
+    extract::{Path, Query, Request, State},
+    http::{HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use medledger_ledger::Purpose;
+use medledger_node::records::{RecordError, WriteRequest};
+use medledger_types::{IdentityId, RecordId, Role, categories_of_resource_type};
+use serde::Serialize;
+
+use crate::{
+    error::{ApiError, echo},
+    routes::{AppState, now_ms},
+};
+
+pub(crate) const FHIR_JSON: &str = "application/fhir+json";
+
+/// Reads the body and authenticates the request; returns (identity, body).
+async fn authenticated(app: &AppState, request: Request) -> Result<(IdentityId, Bytes), ApiError> {
+    let (parts, body) = request.into_parts();
+    let body = axum::body::to_bytes(body, RECORD_BODY_BYTES_MAX)
+        .await
+        .map_err(|_| ApiError::PayloadTooLarge { max: RECORD_BODY_BYTES_MAX })?;
+    let header = parts.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let path = parts.uri.path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_default();
+    let method = parts.method.as_str().to_owned();
+    let (chain, auth) = (app.chain.clone(), app.auth.clone());
+    let body_for_check = body.clone();
+    let id = tokio::task::spawn_blocking(move || {
+        auth.verify(&chain, header.as_deref(), &method, &path, &body_for_check, now_ms())
+    })
+    .await
+    .map_err(|_| ApiError::Internal("authentication task failed".into()))?
+    .map_err(|e| ApiError::Unauthorized(e.to_string()))?;
+    Ok((id, body))
+}
+
+/// Largest FHIR resource accepted, in bytes.
+pub(crate) const RECORD_BODY_BYTES_MAX: usize = medledger_node::records::RECORD_PLAINTEXT_BYTES_MAX;
+
+fn records(app: &AppState) -> Result<Arc<medledger_node::records::RecordService>, ApiError> {
+    app.records.clone().ok_or_else(|| {
+        ApiError::Unavailable("this node does not serve records (no organisation key configured)".into())
+    })
+}
+
+fn parse_record_id(text: &str) -> Result<RecordId, ApiError> {
+    RecordId::from_hex(text).map_err(|e| ApiError::BadRequest(format!("record id must be 64 hex characters: {e}")))
+}
+
+fn parse_purpose(query: &HashMap<String, String>) -> Result<Purpose, ApiError> {
+    match query.get("purpose") {
+        None => Ok(Purpose::Treatment),
+        Some(p) => Purpose::parse(p).ok_or_else(|| {
+            ApiError::BadRequest(format!("unknown purpose {} (TREAT, HPAYMT, HOPERAT, HRESCH, ETREAT)", echo(p)))
+        }),
+    }
+}
+
+impl From<RecordError> for ApiError {
+    fn from(e: RecordError) -> Self {
+        match e {
+            RecordError::Denied(denial) => ApiError::Forbidden { reason: denial.code(), message: e.to_string() },
+            RecordError::UnknownRecord(_) | RecordError::UnknownVersion { .. } => ApiError::NotFound(e.to_string()),
+            RecordError::NotDecryptableHere => ApiError::Misdirected(e.to_string()),
+            RecordError::NotCustodian => ApiError::Misdirected(e.to_string()),
+            RecordError::VersionPending => ApiError::Conflict(e.to_string()),
+            RecordError::TooLarge { max } => ApiError::PayloadTooLarge { max },
+            RecordError::Invalid(m) => ApiError::BadRequest(m.to_owned()),
+            RecordError::Submit(s) => ApiError::Submit(s),
+            RecordError::CiphertextMissing => ApiError::Unavailable(e.to_string()),
+            other => ApiError::Internal(other.to_string()),
+        }
+    }
+}
+
+/// The consent category of a FHIR resource: from its type, and for Observations from their
+/// `category` coding (laboratory or vital-signs).
+fn category_of(resource_type: &str, json: &serde_json::Value) -> Result<&'static str, ApiError> {
+    let options = categories_of_resource_type(resource_type);
+    match options {
+        [] => Err(ApiError::BadRequest(format!(
+            "resource type {} is not patient data medledger stores",
+            echo(resource_type)
+        ))),
+        [one] => Ok(one),
+        _ => {
+            let codes: Vec<&str> = json["category"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .flat_map(|c| c["coding"].as_array().into_iter().flatten())
+                .filter(|c| c["system"] == "http://terminology.hl7.org/CodeSystem/observation-category")
+                .filter_map(|c| c["code"].as_str())
+                .collect();
+            let lab = codes.contains(&"laboratory");
+            let vital = codes.contains(&"vital-signs");
+            match (lab, vital) {
+                (true, false) => Ok("labs"),
+                (false, true) => Ok("vitals"),
+                _ => Err(ApiError::BadRequest(
+                    "an Observation needs exactly one of the categories laboratory or vital-signs".into(),
+                )),
+            }
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct WrittenView {
+    record_id: String,
+    version: u32,
+    tx_id: String,
+    ciphertext_hash: String,
+    status: &'static str,
+}
+
+/// `POST /v1/records?patient=<id>[&record=<id>]` with the FHIR resource as the body.
+pub(crate) async fn write(
+    State(app): State<AppState>,
+    Query(query): Query<HashMap<String, String>>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let service = records(&app)?;
+    let (author, body) = authenticated(&app, request).await?;
+    let patient =
+        query.get("patient").ok_or_else(|| ApiError::BadRequest("missing query parameter `patient`".into())).and_then(
+            |p| IdentityId::from_hex(p).map_err(|_| ApiError::BadRequest("patient must be 64 hex characters".into())),
+        )?;
+    let record = query.get("record").map(|r| parse_record_id(r)).transpose()?;
+    let json: serde_json::Value = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::BadRequest(format!("body is not JSON (line {}, column {})", e.line(), e.column())))?;
+    let resource_type = json["resourceType"]
+        .as_str()
+        .ok_or_else(|| ApiError::BadRequest("resource has no resourceType".into()))?
+        .to_owned();
+    let category = category_of(&resource_type, &json)?;
+    let chain = app.chain.clone();
+    let written = tokio::task::spawn_blocking(move || {
+        // Only the custodian's own staff and clients write through its node.
+        let org = service.organisation();
+        let who = chain.state().identity(&author).cloned();
+        let staff = who.is_some_and(|w| {
+            w.id == org || (matches!(w.role, Role::Practitioner | Role::SystemClient) && w.organisation == Some(org))
+        });
+        if !staff {
+            return Err(ApiError::Forbidden {
+                reason: "not-custodian-staff",
+                message: "only this organisation's staff and clients write records through its node".into(),
+            });
+        }
+        let request = WriteRequest { author, patient, resource_type: &resource_type, category, content: &body, record };
+        service.write(&request, now_ms(), &mut rand::rng()).map_err(ApiError::from)
+    })
+    .await
+    .map_err(|_| ApiError::Internal("write task failed".into()))??;
+    let view = WrittenView {
+        record_id: written.record_id.to_hex(),
+        version: written.version,
+        tx_id: written.tx_id.to_hex(),
+        ciphertext_hash: written.ciphertext_hash.to_hex(),
+        status: "pending",
+    };
+    Ok((StatusCode::CREATED, axum::Json(view)).into_response())
+}
+
+/// `GET /v1/records/{id}[?version=N][&purpose=TREAT]`: the FHIR resource exactly as written.
+pub(crate) async fn read(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let service = records(&app)?;
+    let record_id = parse_record_id(&id)?;
+    let version = match query.get("version") {
+        None => None,
+        Some(v) => {
+            Some(v.parse::<u32>().map_err(|_| ApiError::BadRequest("version must be a positive integer".into()))?)
+        }
+    };
+    let purpose = parse_purpose(&query)?;
+    let (requester, _) = authenticated(&app, request).await?;
+    let read = tokio::task::spawn_blocking(move || service.read(requester, record_id, version, purpose, now_ms()))
+        .await
+        .map_err(|_| ApiError::Internal("read task failed".into()))??;
+    let mut response = (StatusCode::OK, read.plaintext.to_vec()).into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(FHIR_JSON));
+    headers.insert("x-medledger-version", HeaderValue::from(read.version));
+    if let Ok(v) = HeaderValue::from_str(&read.tx_id.to_hex()) {
+        headers.insert("x-medledger-tx", v);
+    }
+    headers.insert("x-medledger-basis", HeaderValue::from_static(read.basis.code()));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(response)
+}

@@ -1,0 +1,702 @@
+//! Break-glass access and sharing rules (referrals, standing rules), exercised through blocks
+//! as consensus would, with `access::decide` checked for each outcome.
+
+use medledger_crypto::Keypair;
+use medledger_ledger::{
+    AccessAction, AccessEvent, AccessOutcome, Block, BlockError, CategoryKeyId, Genesis, GenesisIdentity, GrantOrigin,
+    KeyShareEntry, Payload, Purpose, RuleError, RuleSpec, Scope, State, Transaction, TxError,
+    access::{Basis, Denial, decide},
+    actions,
+    rules::{
+        referral::{ReferralConsentParams, ReferralParams},
+        share_new::ShareNewParams,
+    },
+    tx::sign,
+};
+use medledger_types::{Hash, IdentityId, RecordId, Role, TxId, limits};
+
+const DAY_MS: u64 = 86_400_000;
+const HOUR_MS: u64 = 3_600_000;
+
+struct World {
+    state: State,
+    org_a: Keypair,
+    org_b: Keypair,
+    validator: Keypair,
+    doc: Keypair,
+    doc_b: Keypair,
+    patient: Keypair,
+    t: u64,
+}
+
+fn identity(name: &str, keys: &Keypair, org: Option<IdentityId>) -> GenesisIdentity {
+    GenesisIdentity {
+        name: name.into(),
+        signing_key: keys.public_key(),
+        encryption_key: keys.encryption_public_key(),
+        organisation: org,
+    }
+}
+
+impl World {
+    /// Two hospitals, a practitioner at each, one registered patient, and the labs key of
+    /// (hospital A, patient) shared with the patient and hospital A.
+    fn new() -> Self {
+        let org_a = Keypair::from_label("org-a");
+        let org_b = Keypair::from_label("org-b");
+        let validator = Keypair::from_label("validator-0");
+        let genesis = Genesis {
+            chain_name: "medledger.test".into(),
+            genesis_time_ms: 1_700_000_000_000,
+            organisations: vec![identity("Hospital A", &org_a, None), identity("Hospital B", &org_b, None)],
+            validators: vec![identity("node-0", &validator, Some(org_a.id()))],
+        };
+        genesis.validate().unwrap();
+        let mut w = Self {
+            state: State::from_genesis(&genesis),
+            org_a: org_a.clone(),
+            org_b: org_b.clone(),
+            validator,
+            doc: Keypair::from_label("doctor"),
+            doc_b: Keypair::from_label("doctor-b"),
+            patient: Keypair::from_label("patient"),
+            t: 1_700_000_000_000,
+        };
+        let (doc, doc_b, patient) = (w.doc.clone(), w.doc_b.clone(), w.patient.clone());
+        w.ok(&org_a, Payload::register(Role::Practitioner, &doc, Some(org_a.id()), "Dr A"));
+        w.ok(&org_b, Payload::register(Role::Practitioner, &doc_b, Some(org_b.id()), "Dr B"));
+        let tx =
+            sign(&patient, w.state.chain_id(), patient.id(), 0, Payload::register(Role::Patient, &patient, None, ""));
+        w.apply_one(tx).unwrap();
+        w.share(&doc, "labs", &[patient.id(), org_a.id()]).unwrap();
+        w
+    }
+
+    fn tx(&self, keys: &Keypair, payload: Payload) -> Transaction {
+        let nonce = self.state.next_nonce(&keys.id());
+        sign(keys, self.state.chain_id(), keys.id(), nonce, payload)
+    }
+
+    /// Builds a block of exactly `txs` (as a proposer that did not filter would) and applies it.
+    fn apply(&mut self, txs: Vec<Transaction>) -> Result<Block, BlockError> {
+        self.t += 1000;
+        let (mut block, _) = self.state.build_block(vec![], self.t, self.validator.id());
+        let leaves: Vec<Hash> = txs.iter().map(|t| Hash(t.id().0)).collect();
+        block.header.tx_count = txs.len() as u32;
+        block.header.txs_root = medledger_ledger::block::txs_root(&txs);
+        block.header.log_size = self.state.log().size() + txs.len() as u64;
+        block.header.log_root = self.state.log().root_with_appended(&leaves);
+        block.txs = txs;
+        self.state.apply_block(&block, Some(self.t), &|_| false)?;
+        Ok(block)
+    }
+
+    fn apply_one(&mut self, tx: Transaction) -> Result<TxId, TxError> {
+        let id = tx.id();
+        match self.apply(vec![tx]) {
+            Ok(_) => Ok(id),
+            Err(BlockError::InvalidTransaction { error, .. }) => Err(error),
+            Err(e) => panic!("unexpected block error {e}"),
+        }
+    }
+
+    fn submit(&mut self, by: &Keypair, payload: Payload) -> Result<TxId, TxError> {
+        let tx = self.tx(by, payload);
+        self.apply_one(tx)
+    }
+
+    fn ok(&mut self, by: &Keypair, payload: Payload) -> TxId {
+        self.submit(by, payload).unwrap()
+    }
+
+    /// The current epoch of (hospital A, patient, `category`), or the next one when none
+    /// exists, shared with `recipients`. Wraps are placeholders: consensus checks who receives
+    /// them, not their bytes.
+    fn share(&mut self, by: &Keypair, category: &str, recipients: &[IdentityId]) -> Result<TxId, TxError> {
+        let key_id =
+            CategoryKeyId { custodian: self.org_a.id(), patient: self.patient.id(), category: category.into() };
+        let epoch = match self.state.category_key(&key_id) {
+            Some(k) if !k.rotation_required => k.epoch,
+            Some(k) => k.epoch + 1,
+            None => 1,
+        };
+        let shares = recipients
+            .iter()
+            .map(|r| KeyShareEntry { recipient: *r, encapsulated_key: [7; 32], wrapped_key: [8; 48] })
+            .collect();
+        let payload = Payload::KeyShare {
+            custodian: self.org_a.id(),
+            patient: self.patient.id(),
+            category: category.into(),
+            epoch,
+            shares,
+        };
+        self.submit(by, payload)
+    }
+
+    /// Commits `version` of `record` at hospital A, written by its practitioner.
+    fn commit(&mut self, record: RecordId, version: u32, resource_type: &str, category: &str) -> Result<TxId, TxError> {
+        let key_id =
+            CategoryKeyId { custodian: self.org_a.id(), patient: self.patient.id(), category: category.into() };
+        let key_epoch = self.state.category_key(&key_id).map_or(1, |k| k.epoch);
+        let doc = self.doc.clone();
+        let payload = Payload::RecordCommit {
+            record_id: record,
+            version,
+            patient: self.patient.id(),
+            custodian: self.org_a.id(),
+            author: doc.id(),
+            resource_type: resource_type.into(),
+            category: category.into(),
+            key_epoch,
+            ciphertext_hash: Hash([9; 32]),
+            ciphertext_bytes: 1234,
+            wrapped_data_key: [5; 72],
+        };
+        self.submit(&doc, payload)
+    }
+
+    fn lab(&mut self, record: RecordId, version: u32) {
+        self.commit(record, version, "Observation", "labs").unwrap();
+    }
+
+    fn install(&mut self, by: &Keypair, rule: RuleSpec) -> Result<TxId, TxError> {
+        let patient = self.patient.id();
+        self.submit(by, Payload::InstallRule { patient, rule })
+    }
+
+    fn break_glass(&mut self, by: &Keypair, reason: &str, window_ms: u64) -> Result<TxId, TxError> {
+        let patient = self.patient.id();
+        self.submit(by, Payload::BreakGlass { patient, reason: reason.into(), window_ms })
+    }
+
+    /// `decide` for a read of `record` by `who` at block time `at_ms`.
+    fn read(&self, who: &Keypair, record: RecordId, purpose: Purpose, at_ms: u64) -> Result<Basis, Denial> {
+        self.decide(who, record, actions::READ, purpose, at_ms)
+    }
+
+    fn decide(
+        &self,
+        who: &Keypair,
+        record: RecordId,
+        action: u8,
+        purpose: Purpose,
+        at_ms: u64,
+    ) -> Result<Basis, Denial> {
+        let head = self.state.record(&record).expect("record exists");
+        decide(&self.state, &who.id(), &record, head, action, purpose, at_ms)
+    }
+
+    fn now(&self) -> u64 {
+        self.state.head_timestamp_ms()
+    }
+
+    fn labs_key(&self) -> CategoryKeyId {
+        CategoryKeyId { custodian: self.org_a.id(), patient: self.patient.id(), category: "labs".into() }
+    }
+}
+
+fn labs_and_vitals() -> Vec<String> {
+    vec!["labs".into(), "vitals".into()]
+}
+
+fn consent(referrer: IdentityId) -> ReferralConsentParams {
+    ReferralConsentParams { referrer, categories: labs_and_vitals(), max_days: 30, purpose: Purpose::Treatment }
+}
+
+fn referral(authorisation: TxId, to: IdentityId) -> ReferralParams {
+    ReferralParams { authorisation, to, categories: vec!["labs".into()], days: 14, purpose: Purpose::Treatment }
+}
+
+fn rule_error(result: Result<TxId, TxError>) -> RuleError {
+    match result {
+        Err(TxError::Rule(e)) => e,
+        other => panic!("expected a rule refusal, got {other:?}"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Break-glass
+
+#[test]
+fn break_glass_allows_emergency_reads_only_within_its_window() {
+    let mut w = World::new();
+    let (doc_b, patient, validator) = (w.doc_b.clone(), w.patient.clone(), w.validator.clone());
+    let record = RecordId([1; 32]);
+    w.lab(record, 1);
+    assert_eq!(w.read(&doc_b, record, Purpose::Emergency, w.now()), Err(Denial::NoGrant));
+
+    let id = w.break_glass(&doc_b, "ed-arrival:unconscious", HOUR_MS).unwrap();
+    let declared_at = w.now();
+    let events: Vec<_> = w.state.break_glass_events(&patient.id()).collect();
+    assert_eq!(events.len(), 1, "the patient sees the declaration");
+    let g = events[0];
+    assert_eq!((g.id, g.grantee, g.patient), (id, doc_b.id(), patient.id()));
+    assert_eq!((g.scope.clone(), g.actions, g.purpose), (Scope::All, actions::READ, Purpose::Emergency));
+    assert_eq!((g.valid_from_ms, g.valid_until_ms), (declared_at, declared_at + HOUR_MS));
+    assert!(g.is_break_glass() && g.needs_review());
+    assert_eq!(g.origin, GrantOrigin::BreakGlass { reason: "ed-arrival:unconscious".into(), needs_review: true });
+    assert_eq!(w.state.grants_of(&patient.id()).count(), 1);
+
+    // Within the window, for Emergency only, read only.
+    let basis = w.read(&doc_b, record, Purpose::Emergency, declared_at).unwrap();
+    assert_eq!(basis, Basis::BreakGlass(id));
+    assert_eq!((basis.outcome(), basis.grant(), basis.code()), (AccessOutcome::BreakGlass, Some(id), "break-glass"));
+    assert_eq!(w.read(&doc_b, record, Purpose::Emergency, declared_at + HOUR_MS - 1), Ok(Basis::BreakGlass(id)));
+    assert_eq!(w.read(&doc_b, record, Purpose::Treatment, declared_at), Err(Denial::PurposeNotGranted));
+    assert_eq!(
+        w.decide(&doc_b, record, actions::WRITE, Purpose::Emergency, declared_at),
+        Err(Denial::ActionNotGranted)
+    );
+    // Outside the window (block time decides): refused with a clear denial.
+    assert_eq!(w.read(&doc_b, record, Purpose::Emergency, declared_at + HOUR_MS), Err(Denial::BreakGlassExpired));
+    assert_eq!(w.read(&doc_b, record, Purpose::Emergency, declared_at - 1), Err(Denial::BreakGlassExpired));
+    assert_eq!(Denial::BreakGlassExpired.code(), "break-glass-expired");
+    // Only the declaring practitioner: not its organisation nor colleagues.
+    assert_eq!(w.read(&w.org_b.clone(), record, Purpose::Emergency, declared_at), Err(Denial::NoGrant));
+    w.t += 2 * HOUR_MS;
+    w.apply(vec![]).unwrap();
+    assert_eq!(w.read(&doc_b, record, Purpose::Emergency, w.now()), Err(Denial::BreakGlassExpired));
+
+    // No category key under break-glass: it would outlive the window.
+    assert!(matches!(w.share(&w.doc.clone(), "labs", &[doc_b.id()]), Err(TxError::NotAuthorised(_))));
+
+    // The read is audited as break-glass, naming the declaration; nothing else may claim that.
+    let event = |outcome, grant_id| AccessEvent {
+        accessor: doc_b.id(),
+        patient: patient.id(),
+        record: Some((record, 1)),
+        action: AccessAction::Read,
+        purpose: Purpose::Emergency,
+        outcome,
+        grant_id,
+        reason: "break-glass".into(),
+        at_ms: declared_at,
+    };
+    w.ok(&validator, Payload::AccessEvents { events: vec![event(AccessOutcome::BreakGlass, Some(id))] });
+    let consent = w.ok(
+        &patient,
+        Payload::ConsentGrant {
+            patient: patient.id(),
+            grantee: doc_b.id(),
+            scope: Scope::All,
+            actions: actions::READ,
+            purpose: Purpose::Emergency,
+            valid_from_ms: w.t,
+            valid_until_ms: w.t + DAY_MS,
+        },
+    );
+    for bad in [event(AccessOutcome::BreakGlass, None), event(AccessOutcome::BreakGlass, Some(consent))] {
+        let result = w.submit(&validator, Payload::AccessEvents { events: vec![bad] });
+        assert!(matches!(result, Err(TxError::InvalidField(m)) if m.contains("break-glass")), "{result:?}");
+    }
+    // With a consent grant for Emergency, reads are no longer flagged as break-glass.
+    let id2 = w.break_glass(&doc_b, "ed-arrival", HOUR_MS).unwrap();
+    assert_eq!(w.read(&doc_b, record, Purpose::Emergency, w.now()), Ok(Basis::Grant(consent)));
+    // The patient may end an emergency access early.
+    w.ok(&patient, Payload::ConsentRevoke { grant_id: consent });
+    assert_eq!(w.read(&doc_b, record, Purpose::Emergency, w.now()), Ok(Basis::BreakGlass(id2)));
+    w.ok(&patient, Payload::ConsentRevoke { grant_id: id2 });
+    assert_eq!(w.read(&doc_b, record, Purpose::Emergency, w.now()), Err(Denial::BreakGlassExpired));
+    assert_eq!(w.state.break_glass_events(&patient.id()).count(), 2);
+}
+
+#[test]
+fn break_glass_is_declared_by_practitioners_with_a_code_and_a_bounded_window() {
+    let mut w = World::new();
+    let (org_a, doc, patient, validator) = (w.org_a.clone(), w.doc.clone(), w.patient.clone(), w.validator.clone());
+    let client = Keypair::from_label("ehr-client");
+    w.ok(&org_a, Payload::register(Role::SystemClient, &client, Some(org_a.id()), "EHR"));
+    for who in [&org_a, &patient, &client, &validator] {
+        assert!(
+            matches!(w.break_glass(who, "ed", HOUR_MS), Err(TxError::NotAuthorised(_))),
+            "{:?}",
+            w.state.identity(&who.id()).map(|i| i.role)
+        );
+    }
+    // The subject must be a patient.
+    let not_patient =
+        w.submit(&doc, Payload::BreakGlass { patient: org_a.id(), reason: "ed".into(), window_ms: HOUR_MS });
+    assert_eq!(not_patient, Err(TxError::InvalidField("patient must be a patient identity")));
+    // The reason is a code, never free text or empty.
+    for reason in ["", "patient collapsed in ward 3", "é"] {
+        assert!(matches!(w.break_glass(&doc, reason, HOUR_MS), Err(TxError::InvalidField(_))), "{reason:?}");
+    }
+    // Over 64 bytes does not even decode.
+    let long = w.tx(&doc, Payload::BreakGlass { patient: patient.id(), reason: "a".repeat(65), window_ms: HOUR_MS });
+    assert!(Transaction::decode(long.bytes()).is_err());
+    // Window bounds: 1 minute ..= 24 hours.
+    for window in [0, limits::BREAK_GLASS_WINDOW_MIN_MS - 1, limits::BREAK_GLASS_WINDOW_MAX_MS + 1, u64::MAX] {
+        assert!(matches!(w.break_glass(&doc, "ed", window), Err(TxError::InvalidField(_))), "{window}");
+    }
+    for window in
+        [limits::BREAK_GLASS_WINDOW_MIN_MS, limits::BREAK_GLASS_WINDOW_DEFAULT_MS, limits::BREAK_GLASS_WINDOW_MAX_MS]
+    {
+        w.break_glass(&doc, "ed", window).unwrap();
+    }
+    assert_eq!(limits::BREAK_GLASS_WINDOW_DEFAULT_MS, 4 * HOUR_MS);
+    assert_eq!(w.state.break_glass_events(&patient.id()).count(), 3);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Referrals
+
+#[test]
+fn referral_within_the_authorisation_grants_the_referred_organisation() {
+    let mut w = World::new();
+    let (org_a, org_b, doc, doc_b, patient) =
+        (w.org_a.clone(), w.org_b.clone(), w.doc.clone(), w.doc_b.clone(), w.patient.clone());
+    let record = RecordId([1; 32]);
+    w.lab(record, 1);
+    let authorisation = w.install(&patient, consent(org_a.id()).to_spec()).unwrap();
+    // Authorising referrals shares nothing by itself.
+    assert_eq!(w.read(&doc_b, record, Purpose::Treatment, w.now()), Err(Denial::NoGrant));
+    assert!(w.state.grants_of(&patient.id()).next().is_none());
+
+    // Hospital A's practitioner refers the patient to hospital B; the patient's key is not used.
+    let referral_id = w.install(&doc, referral(authorisation, org_b.id()).to_spec()).unwrap();
+    let referred_at = w.now();
+    let rule = w.state.rule(&referral_id).unwrap();
+    assert_eq!((rule.kind.as_str(), rule.installed_by, rule.is_active()), ("referral", doc.id(), true));
+    assert_eq!(rule.derived.len(), 1);
+    let grant_id = rule.derived[0];
+    let g = w.state.grant(&grant_id).unwrap();
+    assert_eq!(
+        (g.patient, g.grantee, g.actions, g.purpose),
+        (patient.id(), org_b.id(), actions::READ, Purpose::Treatment)
+    );
+    assert_eq!(g.scope, Scope::Categories(vec!["labs".into()]));
+    assert_eq!((g.valid_from_ms, g.valid_until_ms), (referred_at, referred_at + 14 * DAY_MS));
+    assert_eq!(g.origin, GrantOrigin::Rule { rule_id: referral_id, authority: authorisation, category_keys: true });
+    assert_eq!(g.derived_from(), Some(referral_id));
+    assert_eq!(w.state.rules_of(&patient.id()).map(|r| r.id).collect::<Vec<_>>(), vec![authorisation, referral_id]);
+
+    // B's staff read the labs for treatment during the referral, nothing more.
+    let basis = w.read(&doc_b, record, Purpose::Treatment, referred_at).unwrap();
+    assert_eq!(basis, Basis::Rule { rule_id: referral_id, grant_id });
+    assert_eq!(
+        (basis.grant(), basis.outcome(), basis.code()),
+        (Some(grant_id), AccessOutcome::Allowed, "sharing-rule")
+    );
+    assert_eq!(w.read(&org_b, record, Purpose::Treatment, referred_at), Ok(basis));
+    assert_eq!(w.read(&doc_b, record, Purpose::Research, referred_at), Err(Denial::PurposeNotGranted));
+    assert_eq!(
+        w.decide(&doc_b, record, actions::WRITE, Purpose::Treatment, referred_at),
+        Err(Denial::ActionNotGranted)
+    );
+    assert_eq!(w.read(&doc_b, record, Purpose::Treatment, referred_at + 14 * DAY_MS), Err(Denial::GrantExpired));
+    // Vitals were authorised but not referred; conditions neither.
+    w.share(&doc, "conditions", &[patient.id(), org_a.id()]).unwrap();
+    let condition = RecordId([2; 32]);
+    w.commit(condition, 1, "Condition", "conditions").unwrap();
+    assert_eq!(w.read(&doc_b, condition, Purpose::Treatment, w.now()), Err(Denial::NoGrant));
+
+    // Key sharing treats the referral like a consent grant of the same scope.
+    w.share(&w.validator.clone(), "labs", &[org_b.id()]).unwrap();
+    assert!(matches!(w.share(&doc, "conditions", &[org_b.id()]), Err(TxError::NotAuthorised(_))));
+
+    // The referrer withdraws the referral: B's access ends and the labs key must rotate.
+    w.ok(&org_a, Payload::RemoveRule { rule_id: referral_id });
+    assert!(!w.state.rule(&referral_id).unwrap().is_active());
+    assert_eq!(w.read(&doc_b, record, Purpose::Treatment, w.now()), Err(Denial::GrantRevoked));
+    assert!(w.state.category_key(&w.labs_key()).unwrap().rotation_required);
+    assert!(w.state.rule(&authorisation).unwrap().is_active(), "the authorisation stays");
+}
+
+#[test]
+fn referral_beyond_the_authorisation_is_refused() {
+    let mut w = World::new();
+    let (org_a, org_b, doc, doc_b, patient) =
+        (w.org_a.clone(), w.org_b.clone(), w.doc.clone(), w.doc_b.clone(), w.patient.clone());
+    let authorisation = w.install(&patient, consent(org_a.id()).to_spec()).unwrap();
+    let base = referral(authorisation, org_b.id());
+    let log_size = w.state.log().size();
+
+    let more_categories = ReferralParams { categories: vec!["conditions".into(), "labs".into()], ..base.clone() };
+    assert_eq!(
+        rule_error(w.install(&doc, more_categories.to_spec())),
+        RuleError::ExceedsConsent("categories beyond the authorisation")
+    );
+    let longer = ReferralParams { days: 31, ..base.clone() };
+    assert_eq!(
+        rule_error(w.install(&doc, longer.to_spec())),
+        RuleError::ExceedsConsent("longer than the authorisation allows")
+    );
+    let zero_days = ReferralParams { days: 0, ..base.clone() };
+    assert!(matches!(rule_error(w.install(&doc, zero_days.to_spec())), RuleError::ExceedsConsent(_)));
+    let other_purpose = ReferralParams { purpose: Purpose::Research, ..base.clone() };
+    assert_eq!(
+        rule_error(w.install(&doc, other_purpose.to_spec())),
+        RuleError::ExceedsConsent("purpose differs from the authorisation")
+    );
+    // Only the authorised referrer (or its staff) refers; not B, its staff, nor the patient.
+    for who in [&org_b, &doc_b, &patient] {
+        assert!(matches!(rule_error(w.install(who, base.to_spec())), RuleError::NotAuthorised(_)));
+    }
+    // To another member organisation only.
+    for to in [org_a.id(), patient.id(), doc_b.id()] {
+        let bad = ReferralParams { to, ..base.clone() };
+        assert!(matches!(rule_error(w.install(&doc, bad.to_spec())), RuleError::InvalidParams(_)));
+    }
+    // An authorisation must exist, be of this patient, and have been signed by the patient.
+    let unknown = ReferralParams { authorisation: TxId([3; 32]), ..base.clone() };
+    assert!(matches!(rule_error(w.install(&doc, unknown.to_spec())), RuleError::ExceedsConsent(_)));
+    assert!(matches!(rule_error(w.install(&org_a, consent(org_a.id()).to_spec())), RuleError::NotAuthorised(_)));
+    let other_patient = Keypair::from_label("patient-2");
+    let tx = sign(
+        &other_patient,
+        w.state.chain_id(),
+        other_patient.id(),
+        0,
+        Payload::register(Role::Patient, &other_patient, None, ""),
+    );
+    w.apply_one(tx).unwrap();
+    let foreign = w
+        .submit(
+            &other_patient,
+            Payload::InstallRule { patient: other_patient.id(), rule: consent(org_a.id()).to_spec() },
+        )
+        .unwrap();
+    let borrowed = ReferralParams { authorisation: foreign, ..base.clone() };
+    assert!(matches!(rule_error(w.install(&doc, borrowed.to_spec())), RuleError::ExceedsConsent(_)));
+    // Rules for someone else's patient are signed by that patient only.
+    assert!(matches!(
+        w.submit(&other_patient, Payload::InstallRule { patient: patient.id(), rule: consent(org_a.id()).to_spec() }),
+        Err(TxError::Rule(RuleError::NotAuthorised(_)))
+    ));
+    // Malformed parameters and unknown kinds.
+    assert_eq!(rule_error(w.install(&patient, RuleSpec::new("smart-contract", vec![]))), RuleError::UnknownKind);
+    assert!(matches!(
+        rule_error(w.install(&doc, RuleSpec::new("referral", vec![1, 2, 3]))),
+        RuleError::InvalidParams(_)
+    ));
+    let mut trailing = base.encode();
+    trailing.push(0);
+    assert!(matches!(rule_error(w.install(&doc, RuleSpec::new("referral", trailing))), RuleError::InvalidParams(_)));
+    // A category set must be in canonical order: hand-encode a descending one.
+    let mut unsorted = medledger_codec::Writer::new();
+    unsorted.encode(&authorisation).encode(&org_b.id()).u32(2).str("vitals").str("labs").u32(14).u8(1);
+    assert!(matches!(
+        rule_error(w.install(&doc, RuleSpec::new("referral", unsorted.into_bytes()))),
+        RuleError::InvalidParams(_)
+    ));
+    let bad_max = ReferralConsentParams { max_days: limits::RULE_GRANT_DAYS_MAX + 1, ..consent(org_a.id()) };
+    assert!(matches!(rule_error(w.install(&patient, bad_max.to_spec())), RuleError::InvalidParams(_)));
+    let not_an_org = ReferralConsentParams { referrer: doc.id(), ..consent(org_a.id()) };
+    assert!(matches!(rule_error(w.install(&patient, not_an_org.to_spec())), RuleError::InvalidParams(_)));
+
+    // Nothing of the refused transactions was written (each refused block left no trace).
+    assert_eq!(w.state.log().size(), log_size + 2, "only patient-2's registration and authorisation committed");
+    assert!(w.state.grants_of(&patient.id()).next().is_none());
+    assert_eq!(w.state.rules_of(&patient.id()).count(), 1);
+    // Exactly the authorised maximum is fine.
+    let widest = ReferralParams { categories: labs_and_vitals(), days: 30, ..base };
+    w.install(&doc, widest.to_spec()).unwrap();
+}
+
+#[test]
+fn removing_the_authorisation_stops_new_referrals() {
+    let mut w = World::new();
+    let (org_a, org_b, doc, doc_b, patient) =
+        (w.org_a.clone(), w.org_b.clone(), w.doc.clone(), w.doc_b.clone(), w.patient.clone());
+    let record = RecordId([1; 32]);
+    w.lab(record, 1);
+    let authorisation = w.install(&patient, consent(org_a.id()).to_spec()).unwrap();
+    let first = w.install(&doc, referral(authorisation, org_b.id()).to_spec()).unwrap();
+
+    // Only the patient (or the installer) removes the authorisation.
+    assert!(matches!(w.submit(&org_a, Payload::RemoveRule { rule_id: authorisation }), Err(TxError::NotAuthorised(_))));
+    assert!(matches!(w.submit(&doc_b, Payload::RemoveRule { rule_id: first }), Err(TxError::NotAuthorised(_))));
+    w.ok(&patient, Payload::RemoveRule { rule_id: authorisation });
+    assert_eq!(
+        w.submit(&patient, Payload::RemoveRule { rule_id: authorisation }),
+        Err(TxError::InvalidField("rule is already removed"))
+    );
+    assert_eq!(
+        w.submit(&patient, Payload::RemoveRule { rule_id: TxId([4; 32]) }),
+        Err(TxError::UnknownRule(TxId([4; 32])))
+    );
+
+    // New referrals under it are refused by consensus.
+    assert_eq!(
+        rule_error(w.install(&doc, referral(authorisation, org_b.id()).to_spec())),
+        RuleError::ExceedsConsent("the patient removed this referral authorisation")
+    );
+    // The referral already made stands until it ends or the patient revokes it.
+    let grant_id = w.state.rule(&first).unwrap().derived[0];
+    assert_eq!(w.read(&doc_b, record, Purpose::Treatment, w.now()), Ok(Basis::Rule { rule_id: first, grant_id }));
+    w.ok(&patient, Payload::ConsentRevoke { grant_id });
+    assert_eq!(w.read(&doc_b, record, Purpose::Treatment, w.now()), Err(Denial::GrantRevoked));
+    assert!(!w.state.rule(&authorisation).unwrap().is_active());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Standing rule
+
+#[test]
+fn standing_rule_covers_only_later_records_and_stops_after_removal() {
+    let mut w = World::new();
+    let (org_a, org_b, doc, doc_b, patient) =
+        (w.org_a.clone(), w.org_b.clone(), w.doc.clone(), w.doc_b.clone(), w.patient.clone());
+    w.share(&doc, "conditions", &[patient.id(), org_a.id()]).unwrap();
+    let old = RecordId([1; 32]);
+    w.lab(old, 1);
+    let params = ShareNewParams { grantee: org_b.id(), categories: vec!["labs".into()], purpose: Purpose::Treatment };
+    // Only the patient installs it.
+    assert!(matches!(rule_error(w.install(&doc, params.to_spec())), RuleError::NotAuthorised(_)));
+    let bad_grantee = ShareNewParams { grantee: patient.id(), ..params.clone() };
+    assert!(matches!(rule_error(w.install(&patient, bad_grantee.to_spec())), RuleError::InvalidParams(_)));
+    let rule_id = w.install(&patient, params.to_spec()).unwrap();
+
+    let new = RecordId([2; 32]);
+    w.lab(new, 1);
+    let condition = RecordId([3; 32]);
+    w.commit(condition, 1, "Condition", "conditions").unwrap();
+    // A new version of the old record does not bring it under the rule.
+    w.lab(old, 2);
+    let derived: Vec<_> = w.state.grants_of(&patient.id()).collect();
+    assert_eq!(derived.len(), 1, "{derived:?}");
+    let g = derived[0];
+    assert_eq!((g.grantee, g.scope.clone(), g.actions), (org_b.id(), Scope::Records(vec![new]), actions::READ));
+    assert_eq!(g.origin, GrantOrigin::Rule { rule_id, authority: rule_id, category_keys: false });
+    let grant_id = g.id;
+
+    let now = w.now();
+    assert_eq!(w.read(&doc_b, new, Purpose::Treatment, now), Ok(Basis::Rule { rule_id, grant_id }));
+    assert_eq!(w.read(&org_b, new, Purpose::Treatment, now), Ok(Basis::Rule { rule_id, grant_id }));
+    assert_eq!(w.read(&doc_b, new, Purpose::Research, now), Err(Denial::PurposeNotGranted));
+    assert_eq!(w.read(&doc_b, old, Purpose::Treatment, now), Err(Denial::NoGrant), "older records stay closed");
+    assert_eq!(w.read(&doc_b, condition, Purpose::Treatment, now), Err(Denial::NoGrant), "other categories");
+    // Per-record access never reaches the category key (it would open the older records).
+    assert!(matches!(w.share(&doc, "labs", &[org_b.id()]), Err(TxError::NotAuthorised(_))));
+
+    // Removal stops the rule for records committed afterwards.
+    w.ok(&patient, Payload::RemoveRule { rule_id });
+    let later = RecordId([4; 32]);
+    w.lab(later, 1);
+    assert_eq!(w.read(&doc_b, later, Purpose::Treatment, w.now()), Err(Denial::NoGrant));
+    assert_eq!(w.read(&doc_b, new, Purpose::Treatment, w.now()), Ok(Basis::Rule { rule_id, grant_id }));
+    assert_eq!(w.state.grants_of(&patient.id()).count(), 1);
+    // The patient can still revoke what the rule shared.
+    w.ok(&patient, Payload::ConsentRevoke { grant_id });
+    assert_eq!(w.read(&doc_b, new, Purpose::Treatment, w.now()), Err(Denial::GrantRevoked));
+}
+
+#[test]
+fn rules_reacting_to_records_are_bounded_per_patient() {
+    let mut w = World::new();
+    let (org_b, patient) = (w.org_b.clone(), w.patient.clone());
+    let spec = |i: usize| {
+        let purpose = Purpose::ALL[i % Purpose::ALL.len()];
+        let category = medledger_types::CATEGORIES[i % medledger_types::CATEGORIES.len()];
+        ShareNewParams { grantee: org_b.id(), categories: vec![category.into()], purpose }.to_spec()
+    };
+    let mut ids = Vec::new();
+    for i in 0..limits::RULES_REACTING_PER_PATIENT_MAX {
+        ids.push(w.install(&patient, spec(i)).unwrap());
+    }
+    assert_eq!(rule_error(w.install(&patient, spec(99))), RuleError::TooManyRules);
+    w.ok(&patient, Payload::RemoveRule { rule_id: ids[3] });
+    w.install(&patient, spec(99)).unwrap();
+    // Rules that do not react to records (authorisations) are not counted.
+    w.install(&patient, consent(w.org_a.id()).to_spec()).unwrap();
+    // Every labs rule fires on one new lab record; each derives its own grant with its own id.
+    w.lab(RecordId([1; 32]), 1);
+    let mut ids: Vec<TxId> = w.state.grants_of(&patient.id()).map(|g| g.id).collect();
+    let labs_rules = (0..limits::RULES_REACTING_PER_PATIENT_MAX).filter(|i| i % 12 == 2).count();
+    assert_eq!(ids.len(), labs_rules);
+    ids.dedup();
+    assert_eq!(ids.len(), labs_rules);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Encoding and determinism
+
+#[test]
+fn new_payloads_round_trip_and_decode_strictly() {
+    let w = World::new();
+    let patient = w.patient.id();
+    for (keys, payload) in [
+        (&w.doc, Payload::BreakGlass { patient, reason: "ed".into(), window_ms: HOUR_MS }),
+        (&w.patient, Payload::InstallRule { patient, rule: consent(w.org_a.id()).to_spec() }),
+        (&w.patient, Payload::RemoveRule { rule_id: TxId([1; 32]) }),
+    ] {
+        let kind = payload.kind();
+        let tx = w.tx(keys, payload);
+        let bytes = tx.bytes().to_vec();
+        assert_eq!(Transaction::decode(&bytes).unwrap(), tx, "{kind}");
+        for cut in 0..bytes.len() {
+            assert!(Transaction::decode(&bytes[..cut]).is_err(), "{kind}: prefix of {cut} bytes decoded");
+        }
+    }
+    let big = RuleSpec::new("referral", vec![0; limits::RULE_PARAMS_BYTES_MAX + 1]);
+    let tx = w.tx(&w.doc, Payload::InstallRule { patient, rule: big });
+    assert!(Transaction::decode(tx.bytes()).is_err());
+    let params = consent(w.org_a.id());
+    assert_eq!(ReferralConsentParams::decode(&params.encode()).unwrap(), params);
+}
+
+#[test]
+fn rule_derived_state_is_identical_when_built_and_when_verified() {
+    let mut w = World::new();
+    let (org_a, org_b, doc, patient) = (w.org_a.clone(), w.org_b.clone(), w.doc.clone(), w.patient.clone());
+    let authorisation = w.install(&patient, consent(org_a.id()).to_spec()).unwrap();
+    // One block: a standing rule, a referral, a break-glass and two new records, in that order.
+    let share_new = ShareNewParams { grantee: org_b.id(), categories: labs_and_vitals(), purpose: Purpose::Operations };
+    let chain = w.state.chain_id();
+    let p_nonce = w.state.next_nonce(&patient.id());
+    let d_nonce = w.state.next_nonce(&doc.id());
+    let record = |id: u8, version| Payload::RecordCommit {
+        record_id: RecordId([id; 32]),
+        version,
+        patient: patient.id(),
+        custodian: org_a.id(),
+        author: doc.id(),
+        resource_type: "Observation".into(),
+        category: "labs".into(),
+        key_epoch: 1,
+        ciphertext_hash: Hash([9; 32]),
+        ciphertext_bytes: 10,
+        wrapped_data_key: [5; 72],
+    };
+    let txs = vec![
+        sign(
+            &patient,
+            chain,
+            patient.id(),
+            p_nonce,
+            Payload::InstallRule { patient: patient.id(), rule: share_new.to_spec() },
+        ),
+        sign(
+            &doc,
+            chain,
+            doc.id(),
+            d_nonce,
+            Payload::InstallRule { patient: patient.id(), rule: referral(authorisation, org_b.id()).to_spec() },
+        ),
+        sign(&doc, chain, doc.id(), d_nonce + 1, record(1, 1)),
+        sign(&doc, chain, doc.id(), d_nonce + 2, record(2, 1)),
+        sign(
+            &w.doc_b,
+            chain,
+            w.doc_b.id(),
+            0,
+            Payload::BreakGlass { patient: patient.id(), reason: "ed".into(), window_ms: HOUR_MS },
+        ),
+    ];
+    w.t += 1000;
+    let (block, skipped) = w.state.build_block(txs, w.t, w.validator.id());
+    assert!(skipped.is_empty(), "{skipped:?}");
+    let mut proposer = w.state.clone();
+    let mut verifier = w.state.clone();
+    proposer.apply_block(&block, None, &|_| false).unwrap();
+    let delta = verifier.verify_block(&block, Some(w.t), &|_| false).unwrap();
+    verifier.commit(&block, delta);
+    let grants = |s: &State| s.grants_of(&patient.id()).cloned().collect::<Vec<_>>();
+    assert_eq!(grants(&proposer), grants(&verifier));
+    // Referral (1), two records under the standing rule (2), break-glass (1).
+    assert_eq!(grants(&proposer).len(), 4);
+    let rules = |s: &State| s.rules_of(&patient.id()).cloned().collect::<Vec<_>>();
+    assert_eq!(rules(&proposer), rules(&verifier));
+    assert_eq!(proposer.head_hash(), verifier.head_hash());
+}
