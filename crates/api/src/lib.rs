@@ -26,6 +26,11 @@
 //! | `GET /v1/identities/{id}`                         | role, name, organisation, keys, next nonce       |
 //! | `POST /v1/records?patient=<id>[&record=<id>]`     | signed; FHIR JSON body → 201 record id, version, tx id |
 //! | `GET /v1/records/{id}[?version=N][&purpose=P]`    | signed; the FHIR resource as written, or 403 with a reason code |
+//! | `GET /v1/records/{id}/history[?purpose=P]`       | signed; the record's versions (tx id, author), for whoever may read it |
+//! | `GET /v1/patients/{id}/records`                   | signed, the patient only; records with versions  |
+//! | `GET /v1/patients/{id}/grants`                    | signed, the patient only; every grant, its origin and whether live |
+//! | `GET /v1/patients/{id}/access-log?from=N&limit=M` | signed, the patient only; access events, each with an inclusion proof |
+//! | `GET /v1/patients/{id}/notifications?since_ms=T`  | signed, the patient only; new accesses, break-glass, key wraps, expiring grants |
 //! | `GET /metrics`                                    | Prometheus text format 0.0.4                     |
 //!
 //! Statuses: 400 malformed input or invalid transaction, 404 unknown resource or route,
@@ -54,6 +59,7 @@ use tokio::sync::Semaphore;
 
 pub mod auth;
 mod error;
+mod patients;
 mod records;
 mod routes;
 
@@ -88,6 +94,11 @@ pub fn router_with(chain: Arc<Chain>, records: Option<Arc<RecordService>>) -> Ro
         .route("/v1/identities/{id}", get(routes::identity))
         .route("/v1/records", post(records::write).layer(record_body_limit))
         .route("/v1/records/{id}", get(records::read))
+        .route("/v1/records/{id}/history", get(patients::history))
+        .route("/v1/patients/{id}/records", get(patients::records))
+        .route("/v1/patients/{id}/grants", get(patients::grants))
+        .route("/v1/patients/{id}/access-log", get(patients::access_log))
+        .route("/v1/patients/{id}/notifications", get(patients::notifications))
         .route("/metrics", get(routes::metrics))
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)

@@ -22,7 +22,7 @@ use crate::{
 pub(crate) const FHIR_JSON: &str = "application/fhir+json";
 
 /// Reads the body and authenticates the request; returns (identity, body).
-async fn authenticated(app: &AppState, request: Request) -> Result<(IdentityId, Bytes), ApiError> {
+pub(crate) async fn authenticated(app: &AppState, request: Request) -> Result<(IdentityId, Bytes), ApiError> {
     let (parts, body) = request.into_parts();
     let body = axum::body::to_bytes(body, RECORD_BODY_BYTES_MAX)
         .await
@@ -50,11 +50,11 @@ fn records(app: &AppState) -> Result<Arc<medledger_node::records::RecordService>
     })
 }
 
-fn parse_record_id(text: &str) -> Result<RecordId, ApiError> {
+pub(crate) fn parse_record_id(text: &str) -> Result<RecordId, ApiError> {
     RecordId::from_hex(text).map_err(|e| ApiError::BadRequest(format!("record id must be 64 hex characters: {e}")))
 }
 
-fn parse_purpose(query: &HashMap<String, String>) -> Result<Purpose, ApiError> {
+pub(crate) fn parse_purpose(query: &HashMap<String, String>) -> Result<Purpose, ApiError> {
     match query.get("purpose") {
         None => Ok(Purpose::Treatment),
         Some(p) => Purpose::parse(p).ok_or_else(|| {

@@ -49,7 +49,7 @@ const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// Runs `f` against the chain on the blocking pool. A panic inside it (a poisoned lock, a
 /// bug) becomes a 500 instead of tearing down the connection.
-async fn on_chain<T, F>(chain: &Arc<Chain>, f: F) -> Result<T, ApiError>
+pub(crate) async fn on_chain<T, F>(chain: &Arc<Chain>, f: F) -> Result<T, ApiError>
 where
     T: Send + 'static,
     F: FnOnce(&Chain) -> Result<T, ApiError> + Send + 'static,
@@ -76,7 +76,7 @@ fn parse_u64(name: &str, value: &str) -> Result<u64, ApiError> {
     value.parse().map_err(|_| ApiError::BadRequest(format!("{name} {} is out of range", echo(value))))
 }
 
-fn optional_param(query: &HashMap<String, String>, name: &str) -> Result<Option<u64>, ApiError> {
+pub(crate) fn optional_param(query: &HashMap<String, String>, name: &str) -> Result<Option<u64>, ApiError> {
     query.get(name).map(|v| parse_u64(&format!("query parameter `{name}`"), v)).transpose()
 }
 
@@ -93,11 +93,11 @@ fn parse_tx_id(text: &str) -> Result<TxId, ApiError> {
     TxId::from_hex(text).map_err(|e| ApiError::BadRequest(format!("transaction id must be 64 hex characters: {e}")))
 }
 
-fn parse_identity_id(text: &str) -> Result<IdentityId, ApiError> {
+pub(crate) fn parse_identity_id(text: &str) -> Result<IdentityId, ApiError> {
     IdentityId::from_hex(text).map_err(|e| ApiError::BadRequest(format!("identity id must be 64 hex characters: {e}")))
 }
 
-fn hexes(hashes: &[Hash]) -> Vec<String> {
+pub(crate) fn hexes(hashes: &[Hash]) -> Vec<String> {
     hashes.iter().map(Hash::to_hex).collect()
 }
 

@@ -1,10 +1,12 @@
 //! The `medledger` command.
 
 mod bench;
+mod bench_records;
 mod client;
 mod config;
 mod dev;
 mod init;
+mod patient;
 mod run;
 mod txcmd;
 
@@ -88,6 +90,14 @@ enum Command {
         #[command(subcommand)]
         command: RecordCommand,
     },
+    /// As a patient: grant, revoke and list consent.
+    Consent(patient::ConsentArgs),
+    /// As a patient: who saw what, when and why, with inclusion proofs (--verify checks them).
+    AccessLog(patient::AccessLogArgs),
+    /// As a patient: new accesses, break-glass, key wraps to third parties, expiring grants.
+    Notifications(patient::NotificationsArgs),
+    /// As a practitioner: declare emergency access to a patient's records.
+    BreakGlass(patient::BreakGlassArgs),
     /// Show the node's head (height, log size and root).
     Head {
         #[arg(long, default_value = "http://127.0.0.1:8080")]
@@ -213,10 +223,32 @@ enum RecordCommand {
         purpose: String,
         record: medledger_types::RecordId,
     },
+    /// List a record's versions (tx id, author), if you may read it.
+    History {
+        #[arg(long)]
+        key: PathBuf,
+        /// TREAT, HPAYMT, HOPERAT, HRESCH or ETREAT.
+        #[arg(long, default_value = "TREAT")]
+        purpose: String,
+        record: medledger_types::RecordId,
+    },
 }
 
 #[derive(Subcommand)]
 enum BenchCommand {
+    /// Encrypted record writes and authorized reads from concurrent clients on a one-validator node.
+    Records {
+        #[arg(long, default_value_t = 20_000)]
+        writes: usize,
+        #[arg(long, default_value_t = 50_000)]
+        reads: usize,
+        #[arg(long, default_value_t = 64)]
+        clients: usize,
+        #[arg(long, default_value_t = 256)]
+        patients: usize,
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
     /// Durable commit throughput and latency of signed transactions on a one-validator node.
     Ledger {
         #[arg(long, default_value_t = 200_000)]
@@ -306,6 +338,10 @@ fn run_command(command: Command) -> Result<ExitCode> {
         }
         Command::Tx { common, command } => tx(common, command)?,
         Command::Record { node, command } => return record(&Client::new(&node), command),
+        Command::Consent(args) => return patient::consent(args),
+        Command::AccessLog(args) => return patient::access_log(args),
+        Command::Notifications(args) => return patient::notifications(args),
+        Command::BreakGlass(args) => return patient::break_glass(args),
         Command::Head { node } => print_json(&Client::new(&node).get("/v1/head")?),
         Command::Prove { node, tx } => prove(&Client::new(&node), &tx)?,
         Command::Checkpoint { node } => {
@@ -319,6 +355,15 @@ fn run_command(command: Command) -> Result<ExitCode> {
             eprintln!("signature verified with {}: log size {}, root {}", vkey.trim(), cp.size, cp.root);
         }
         Command::Verify { data_dir } => return verify(&data_dir),
+        Command::Bench { command: BenchCommand::Records { writes, reads, clients, patients, data_dir } } => {
+            bench_records::bench_records(bench_records::RecordBenchOptions {
+                writes,
+                reads,
+                clients,
+                patients,
+                dir: data_dir,
+            })?;
+        }
         Command::Bench { command: BenchCommand::Ledger { txs, clients, data_dir, timeout_s } } => {
             bench::bench_ledger(bench::BenchOptions {
                 txs,
@@ -423,6 +468,9 @@ fn record(client: &Client, command: RecordCommand) -> Result<ExitCode> {
             // A closed pipe (`| head`) is not an error worth a panic.
             let mut out = std::io::stdout().lock();
             let _ = out.write_all(&bytes).and_then(|()| out.write_all(b"\n"));
+        }
+        RecordCommand::History { key, purpose, record } => {
+            return patient::record_history(client, &key, &purpose, &record);
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -11,11 +11,12 @@ use std::{
 use medledger_crypto::Keypair;
 use medledger_ledger::{Block, BlockError, Executed, Genesis, State, Transaction, TxError};
 use medledger_merkle::{MerkleError, checkpoint};
-use medledger_storage::{ReplayReport, Store, replay};
+use medledger_storage::{ChainError, ReplayReport, Store, replay};
 use medledger_types::{Hash, Height, IdentityId, TimestampMs, TxId, limits};
 
 use crate::{
     NodeError,
+    index::PatientIndex,
     mempool::{Mempool, MempoolError},
     metrics::Metrics,
 };
@@ -79,6 +80,10 @@ impl Rejections {
 pub struct Chain {
     genesis: Genesis,
     state: RwLock<State>,
+    /// Per-patient index of the finalized blocks (`crate::index`), kept at the state's height.
+    /// Lock order: `state` before `index`; the index is written only under the state's write
+    /// lock, so a reader holding both sees them at the same height.
+    index: RwLock<PatientIndex>,
     store: Store,
     mempool: Mutex<Mempool>,
     /// Blocks verified on top of the finalized head (directly or through each other), by hash.
@@ -112,11 +117,20 @@ impl Chain {
         let store = Store::open(dir)?;
         store.init_genesis(genesis)?;
         let (state, report) = replay(&store, progress)?;
+        // A second pass over blocks `replay` just verified: the index is derived data, so it
+        // is rebuilt rather than stored and can never disagree with the chain.
+        let mut index = PatientIndex::default();
+        store.for_each_block(1, |height, bytes| {
+            let block = Block::decode(bytes).map_err(|e| ChainError::Undecodable { height, reason: e.to_string() })?;
+            index.apply_block(&block);
+            Ok(())
+        })?;
         let metrics = Metrics::default();
         metrics.set_head(state.height(), state.log().size());
         let chain = Self {
             genesis: genesis.clone(),
             state: RwLock::new(state),
+            index: RwLock::new(index),
             store,
             mempool: Mutex::new(Mempool::default()),
             unfinalized: Mutex::new(HashMap::new()),
@@ -154,6 +168,12 @@ impl Chain {
     /// Read access to the finalized state. Do not hold across long work or awaits.
     pub fn state(&self) -> RwLockReadGuard<'_, State> {
         self.state.read().expect("state lock poisoned")
+    }
+
+    /// Read access to the per-patient index. Lock order: take [`Chain::state`] first if you
+    /// need both (then both are at the same height); never take the state while holding this.
+    pub fn patient_index(&self) -> RwLockReadGuard<'_, PatientIndex> {
+        self.index.read().expect("index lock poisoned")
     }
 
     pub fn head(&self) -> Head {
@@ -435,7 +455,10 @@ impl Chain {
     /// during consensus when there was one), writes them durably in one store transaction, then
     /// updates the in-memory state and the mempool. Heights already applied are skipped.
     pub fn apply_finalized(&self, blocks: &[Block], certificates: &[Option<Vec<u8>>]) -> Result<(), NodeError> {
-        let mut state = self.state.write().expect("state lock poisoned");
+        // Only the executor calls this, one batch at a time, so the state cannot change
+        // between verifying (read lock) and committing (write lock). The durable write happens
+        // with no state lock held: reads and proposals are never stalled behind an fsync.
+        let state = self.state.read().expect("state lock poisoned");
         let mut executed: Vec<Arc<Executed>> = Vec::new();
         let mut certs: Vec<Option<&[u8]>> = Vec::new();
         for (i, block) in blocks.iter().enumerate() {
@@ -461,15 +484,17 @@ impl Chain {
         if executed.is_empty() {
             return Ok(());
         }
+        drop(state);
         let pairs: Vec<(&Block, Option<&[u8]>)> = executed.iter().map(|e| &e.block).zip(certs).collect();
         self.store.append_blocks(&pairs)?;
+        let mut state = self.state.write().expect("state lock poisoned");
         let mut unfinalized = self.unfinalized.lock().expect("unfinalized lock poisoned");
         let mut pool = self.mempool.lock().expect("mempool lock poisoned");
+        let mut index = self.index.write().expect("index lock poisoned");
         let mut tx_count = 0;
         for entry in executed {
             unfinalized.remove(&entry.block.hash());
-            // Nobody else holds it now (proposals and verifications need the state lock we
-            // hold), so this rarely clones.
+            // Usually nobody else holds it now, so this rarely clones.
             let entry = Arc::try_unwrap(entry)
                 .unwrap_or_else(|shared| Executed { block: shared.block.clone(), delta: shared.delta.clone() });
             let mut signers = std::collections::HashSet::new();
@@ -480,6 +505,7 @@ impl Chain {
             tx_count += entry.block.txs.len() as u64;
             let block = entry.block;
             state.commit(&block, entry.delta);
+            index.apply_block(&block);
             for signer in signers {
                 for id in pool.remove_stale(&signer, state.next_nonce(&signer)) {
                     self.rejections

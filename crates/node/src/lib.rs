@@ -15,6 +15,7 @@ pub mod block;
 pub mod certificate;
 pub mod chain;
 pub mod devnet;
+pub mod index;
 pub mod mempool;
 pub mod metrics;
 pub mod net;

@@ -316,7 +316,7 @@ impl RecordService {
             }
         };
         let tx_id = head.version_tx(version).ok_or(RecordError::UnknownVersion { record: record_id, version })?;
-        match self.decrypt(&tx_id) {
+        match self.decrypt_indexed(&record_id, version).unwrap_or_else(|| self.decrypt(&tx_id)) {
             Ok(plaintext) => {
                 self.queue_event(event(basis.outcome(), basis.grant(), basis.code()));
                 Ok(Read { version, tx_id, basis, plaintext })
@@ -356,9 +356,47 @@ impl RecordService {
         else {
             return Err(RecordError::Corrupt(format!("{tx_id} is not a record commit")));
         };
-        let key_id = CategoryKeyId { custodian: *custodian, patient: *patient, category: category.clone() };
-        let category_key = self.category_key(&key_id, *key_epoch)?;
-        let key_aad = data_key_aad(record_id, *version, custodian, patient, category, *key_epoch);
+        self.open_version(
+            (record_id, *version),
+            (patient, custodian),
+            (resource_type, category),
+            *key_epoch,
+            ciphertext_hash,
+            wrapped_data_key,
+        )
+    }
+
+    /// Decrypts a version from the node's index (no block is read); `None` if not indexed.
+    fn decrypt_indexed(&self, record_id: &RecordId, version: u32) -> Option<Result<Zeroizing<Vec<u8>>, RecordError>> {
+        let (people, kinds, entry) = {
+            let index = self.chain.patient_index();
+            let record = index.record(record_id)?;
+            let entry = record.versions.iter().find(|v| v.version == version)?.clone();
+            ((record.patient, record.custodian), (record.resource_type.clone(), record.category.clone()), entry)
+        };
+        Some(self.open_version(
+            (record_id, version),
+            (&people.0, &people.1),
+            (&kinds.0, &kinds.1),
+            entry.key_epoch,
+            &entry.ciphertext_hash,
+            &entry.wrapped_data_key,
+        ))
+    }
+
+    /// Unwraps the data key of a version and decrypts its ciphertext.
+    fn open_version(
+        &self,
+        (record_id, version): (&RecordId, u32),
+        (patient, custodian): (&IdentityId, &IdentityId),
+        (resource_type, category): (&str, &str),
+        key_epoch: u32,
+        ciphertext_hash: &Hash,
+        wrapped_data_key: &[u8; 72],
+    ) -> Result<Zeroizing<Vec<u8>>, RecordError> {
+        let key_id = CategoryKeyId { custodian: *custodian, patient: *patient, category: category.to_owned() };
+        let category_key = self.category_key(&key_id, key_epoch)?;
+        let key_aad = data_key_aad(record_id, version, custodian, patient, category, key_epoch);
         let data_key = unwrap_data_key(&category_key, &key_aad, wrapped_data_key)
             .map_err(|_| RecordError::Corrupt("data key does not unwrap".into()))?;
         let ciphertext = self
@@ -366,7 +404,7 @@ impl RecordService {
             .get(ciphertext_hash)
             .map_err(|e| RecordError::Corrupt(e.to_string()))?
             .ok_or(RecordError::CiphertextMissing)?;
-        let aad = record_aad(record_id, *version, patient, custodian, resource_type);
+        let aad = record_aad(record_id, version, patient, custodian, resource_type);
         open_record(&data_key, &aad, &ciphertext)
             .map_err(|_| RecordError::Corrupt("ciphertext does not decrypt".into()))
     }
@@ -451,6 +489,35 @@ impl RecordService {
             shared += self.share_keys_for_grant(&grant, now_ms, rng)?.len();
         }
         Ok(shared)
+    }
+
+    /// Queues the access event of a version-history read of `record_id` (decided by the caller
+    /// with `access::decide`): `decision` is the basis, or the denial. The event names the
+    /// latest version, the one the history reaches to.
+    pub fn audit_history(
+        &self,
+        requester: IdentityId,
+        record_id: RecordId,
+        purpose: Purpose,
+        decision: Result<Basis, Denial>,
+        now_ms: TimestampMs,
+    ) {
+        let Some(head) = self.chain.state().record(&record_id).map(|h| (h.patient, h.latest_version)) else { return };
+        let (outcome, grant_id, reason) = match decision {
+            Ok(basis) => (basis.outcome(), basis.grant(), basis.code()),
+            Err(denial) => (AccessOutcome::Denied, None, denial.code()),
+        };
+        self.queue_event(AccessEvent {
+            accessor: requester,
+            patient: head.0,
+            record: Some((record_id, head.1)),
+            action: AccessAction::History,
+            purpose,
+            outcome,
+            grant_id,
+            reason: reason.to_owned(),
+            at_ms: now_ms,
+        });
     }
 
     fn queue_event(&self, event: AccessEvent) {

@@ -1,0 +1,376 @@
+//! Per-patient index of committed history: what a patient's view needs (their records and
+//! versions, every access event about them, every wrap of their category keys given to someone
+//! else, every break-glass declaration), without scanning the chain per request.
+//!
+//! Derived data only: a pure function of the finalized blocks, rebuilt at start by scanning the
+//! store ([`PatientIndex::apply_block`] per block, after the state's replay verified them) and
+//! extended as blocks commit. It holds ids, codes and positions, never plaintext: every entry is
+//! fixed-size apart from codes the ledger already bounds (resource type and category names of
+//! at most [`limits::RESOURCE_TYPE_BYTES_MAX`], reasons of at most [`limits::REASON_BYTES_MAX`]
+//! and [`limits::BREAK_GLASS_REASON_BYTES_MAX`] bytes). The number of entries grows with the
+//! chain, as the state does.
+
+use std::collections::HashMap;
+
+use medledger_ledger::{AccessEvent, Block, Payload};
+use medledger_types::{Hash, Height, IdentityId, RecordId, TimestampMs, TxId, limits};
+
+/// Where a transaction sits: what a client needs to fetch it and prove its inclusion.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TxPosition {
+    /// The transaction id, which is also its RFC 6962 leaf hash.
+    pub tx_id: TxId,
+    /// Its leaf index in the global log.
+    pub log_index: u64,
+    pub height: Height,
+    /// The committing block's timestamp (block time, not a node's clock).
+    pub committed_at_ms: TimestampMs,
+}
+
+/// One committed version of a record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VersionEntry {
+    pub version: u32,
+    pub author: IdentityId,
+    pub position: TxPosition,
+    /// What decrypting this version needs, so reads never load and decode its block.
+    pub key_epoch: u32,
+    pub ciphertext_hash: Hash,
+    pub wrapped_data_key: [u8; 72],
+}
+
+/// A record of a patient, with every committed version, oldest first.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecordEntry {
+    pub record_id: RecordId,
+    pub patient: IdentityId,
+    pub resource_type: String,
+    pub category: String,
+    pub custodian: IdentityId,
+    pub versions: Vec<VersionEntry>,
+}
+
+impl RecordEntry {
+    pub fn latest_version(&self) -> u32 {
+        self.versions.last().map_or(0, |v| v.version)
+    }
+}
+
+/// One access event about a patient.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AccessEntry {
+    /// The access-events transaction that carries the event.
+    pub position: TxPosition,
+    /// The event's index within that transaction.
+    pub event_index: u16,
+    pub event: AccessEvent,
+}
+
+/// A wrap of one of the patient's category keys for someone other than the patient.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyShareEntry {
+    pub position: TxPosition,
+    pub recipient: IdentityId,
+    pub custodian: IdentityId,
+    pub category: String,
+    pub epoch: u32,
+}
+
+impl KeyShareEntry {
+    /// Whether the key went to a third party (a grantee), not to the custodian that holds it
+    /// anyway: what a patient is told about.
+    pub fn is_grant_wrap(&self) -> bool {
+        self.recipient != self.custodian
+    }
+}
+
+/// A break-glass declaration about a patient (its grant's id is the transaction id).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BreakGlassEntry {
+    pub position: TxPosition,
+    pub practitioner: IdentityId,
+    /// The declared reason code.
+    pub reason: String,
+    pub window_ms: u64,
+}
+
+/// Everything indexed about one patient, each list in commit order.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PatientEntry {
+    pub records: Vec<RecordEntry>,
+    pub access: Vec<AccessEntry>,
+    pub key_shares: Vec<KeyShareEntry>,
+    pub break_glass: Vec<BreakGlassEntry>,
+}
+
+/// The per-patient index over finalized blocks (see the module docs).
+#[derive(Clone, Debug, Default)]
+pub struct PatientIndex {
+    patients: HashMap<IdentityId, PatientEntry>,
+    /// record -> (its patient, its position in that patient's `records`).
+    records: HashMap<RecordId, (IdentityId, usize)>,
+    /// Height of the last block applied; blocks at or below it are ignored.
+    height: Height,
+}
+
+impl PatientIndex {
+    /// Height of the last block indexed.
+    pub fn height(&self) -> Height {
+        self.height
+    }
+
+    pub fn patient(&self, patient: &IdentityId) -> Option<&PatientEntry> {
+        self.patients.get(patient)
+    }
+
+    /// A record with its versions, by id.
+    pub fn record(&self, record: &RecordId) -> Option<&RecordEntry> {
+        let (patient, position) = self.records.get(record)?;
+        self.patients.get(patient)?.records.get(*position)
+    }
+
+    /// Indexes a finalized, verified block. Blocks must come in height order; one at or below
+    /// the last indexed height is ignored, so applying a block twice changes nothing.
+    pub fn apply_block(&mut self, block: &Block) {
+        let header = &block.header;
+        if header.height <= self.height {
+            return;
+        }
+        self.height = header.height;
+        // The block's transactions are the last `tx_count` leaves of the log it commits to.
+        let first_leaf = header.log_size.saturating_sub(block.txs.len() as u64);
+        for (i, tx) in block.txs.iter().enumerate() {
+            let position = TxPosition {
+                tx_id: tx.id(),
+                log_index: first_leaf + i as u64,
+                height: header.height,
+                committed_at_ms: header.timestamp_ms,
+            };
+            let signer = tx.body().signer;
+            match &tx.body().payload {
+                Payload::RecordCommit {
+                    record_id,
+                    version,
+                    patient,
+                    custodian,
+                    author,
+                    resource_type,
+                    category,
+                    key_epoch,
+                    ciphertext_hash,
+                    wrapped_data_key,
+                    ..
+                } => {
+                    let entry = VersionEntry {
+                        version: *version,
+                        author: *author,
+                        position,
+                        key_epoch: *key_epoch,
+                        ciphertext_hash: *ciphertext_hash,
+                        wrapped_data_key: *wrapped_data_key,
+                    };
+                    match self.records.get(record_id) {
+                        Some((p, at)) => {
+                            if let Some(record) = self.patients.get_mut(p).and_then(|e| e.records.get_mut(*at)) {
+                                record.versions.push(entry);
+                            }
+                        }
+                        None => {
+                            let records = &mut self.patients.entry(*patient).or_default().records;
+                            self.records.insert(*record_id, (*patient, records.len()));
+                            records.push(RecordEntry {
+                                record_id: *record_id,
+                                patient: *patient,
+                                resource_type: bounded(resource_type, limits::RESOURCE_TYPE_BYTES_MAX),
+                                category: bounded(category, limits::RESOURCE_TYPE_BYTES_MAX),
+                                custodian: *custodian,
+                                versions: vec![entry],
+                            });
+                        }
+                    }
+                }
+                Payload::AccessEvents { events } => {
+                    for (event_index, event) in events.iter().enumerate().take(limits::ACCESS_EVENTS_PER_TX_MAX) {
+                        let mut event = event.clone();
+                        event.reason = bounded(&event.reason, limits::REASON_BYTES_MAX);
+                        self.patients.entry(event.patient).or_default().access.push(AccessEntry {
+                            position,
+                            event_index: event_index as u16,
+                            event,
+                        });
+                    }
+                }
+                Payload::KeyShare { custodian, patient, category, epoch, shares } => {
+                    let wraps = shares.iter().filter(|s| s.recipient != *patient).map(|s| KeyShareEntry {
+                        position,
+                        recipient: s.recipient,
+                        custodian: *custodian,
+                        category: bounded(category, limits::RESOURCE_TYPE_BYTES_MAX),
+                        epoch: *epoch,
+                    });
+                    self.patients.entry(*patient).or_default().key_shares.extend(wraps);
+                }
+                Payload::BreakGlass { patient, reason, window_ms } => {
+                    self.patients.entry(*patient).or_default().break_glass.push(BreakGlassEntry {
+                        position,
+                        practitioner: signer,
+                        reason: bounded(reason, limits::BREAK_GLASS_REASON_BYTES_MAX),
+                        window_ms: *window_ms,
+                    });
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+/// `text` cut to at most `max` bytes (on a character boundary). Committed blocks already obey
+/// these bounds; this keeps the index's per-entry size bounded even if a limit changes.
+fn bounded(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_owned();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use medledger_blobs::MemoryBlobStore;
+    use medledger_crypto::Keypair;
+    use medledger_ledger::{AccessOutcome, Purpose, Scope, actions, tx::sign};
+    use medledger_types::Role;
+
+    use super::*;
+    use crate::{
+        chain::Chain,
+        devnet::Devnet,
+        records::{RecordService, WriteRequest},
+    };
+
+    fn now_ms() -> u64 {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
+    }
+
+    fn commit(net: &Devnet, chain: &Chain) {
+        for _ in 0..10 {
+            if chain.mempool_len() == 0 {
+                return;
+            }
+            let parent = match chain.head().height {
+                0 => Block { header: net.genesis.anchor_header(), txs: vec![] },
+                h => chain.block(h).unwrap().unwrap(),
+            };
+            let block = chain.propose(&[parent], now_ms(), net.validators[0].id(), false).unwrap();
+            chain.apply_finalized(&[block], &[]).unwrap();
+        }
+        panic!("mempool did not drain");
+    }
+
+    #[test]
+    fn bounded_cuts_on_char_boundaries() {
+        assert_eq!(bounded("abc", 3), "abc");
+        assert_eq!(bounded("abcd", 3), "abc");
+        assert_eq!(bounded("aé", 2), "a");
+    }
+
+    #[test]
+    fn indexes_records_access_shares_and_break_glass_and_rebuilds_the_same_at_open() {
+        let net = Devnet::new("medledger.index", now_ms() - 60_000, &["Hospital A", "Clinic B"], 1, &mut |l| {
+            Keypair::from_label(l)
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let (chain, _) = Chain::open(dir.path(), &net.genesis, net.validators[0].clone(), &mut |_, _| {}).unwrap();
+        let chain = Arc::new(chain);
+        let (org_a, org_b) = (net.organisations[0].clone(), net.organisations[1].clone());
+        let (doc_a, doc_b, patient) =
+            (Keypair::from_label("dr-a"), Keypair::from_label("dr-b"), Keypair::from_label("patient"));
+        let t = now_ms();
+        chain.submit_as(&org_a, Payload::register(Role::Practitioner, &doc_a, Some(org_a.id()), "Dr A"), t).unwrap();
+        chain.submit_as(&org_b, Payload::register(Role::Practitioner, &doc_b, Some(org_b.id()), "Dr B"), t).unwrap();
+        let p = sign(
+            &patient,
+            net.genesis.chain_id(),
+            patient.id(),
+            0,
+            Payload::register(Role::Patient, &patient, None, ""),
+        );
+        chain.submit(p.bytes(), t).unwrap();
+        commit(&net, &chain);
+
+        let service =
+            RecordService::new(chain.clone(), net.validators[0].clone(), org_a, Arc::new(MemoryBlobStore::default()));
+        let request = |record| WriteRequest {
+            author: doc_a.id(),
+            patient: patient.id(),
+            resource_type: "Condition",
+            category: "conditions",
+            content: b"{\"resourceType\":\"Condition\"}",
+            record,
+        };
+        let written = service.write(&request(None), now_ms(), &mut rand::rng()).unwrap();
+        commit(&net, &chain);
+        let second = service.write(&request(Some(written.record_id)), now_ms(), &mut rand::rng()).unwrap();
+        commit(&net, &chain);
+        assert!(service.read(doc_b.id(), written.record_id, None, Purpose::Treatment, now_ms()).is_err());
+        service.flush_events(now_ms()).unwrap();
+        let grant = Payload::ConsentGrant {
+            patient: patient.id(),
+            grantee: doc_b.id(),
+            scope: Scope::All,
+            actions: actions::READ,
+            purpose: Purpose::Treatment,
+            valid_from_ms: t,
+            valid_until_ms: t + 86_400_000,
+        };
+        let grant_id = chain.submit_as(&patient, grant, now_ms()).unwrap();
+        let bg = Payload::BreakGlass { patient: patient.id(), reason: "unconscious".into(), window_ms: 3_600_000 };
+        let bg_id = chain.submit_as(&doc_b, bg, now_ms()).unwrap();
+        commit(&net, &chain);
+        let shares = service.share_keys_for_grant(&grant_id, now_ms(), &mut rand::rng()).unwrap();
+        assert_eq!(shares.len(), 1);
+        commit(&net, &chain);
+
+        let index = chain.patient_index().clone();
+        let entry = index.patient(&patient.id()).unwrap();
+        assert_eq!(entry.records.len(), 1);
+        let record = &entry.records[0];
+        assert_eq!((record.resource_type.as_str(), record.category.as_str()), ("Condition", "conditions"));
+        assert_eq!(record.latest_version(), 2);
+        assert_eq!(record.versions[1].position.tx_id, second.tx_id);
+        assert!(record.versions.iter().all(|v| v.author == doc_a.id()));
+        assert_eq!(index.record(&written.record_id), Some(record));
+        // Every position is the transaction's place in the log.
+        let state = chain.state();
+        for v in &record.versions {
+            assert_eq!(state.log().leaf(v.position.log_index), Some(medledger_types::Hash(v.position.tx_id.0)));
+        }
+        drop(state);
+        assert_eq!(entry.access.len(), 1);
+        assert_eq!(entry.access[0].event.accessor, doc_b.id());
+        assert_eq!(entry.access[0].event.outcome, AccessOutcome::Denied);
+        assert_eq!(entry.access[0].event_index, 0);
+        // The patient's own wraps are not indexed; the custodian's and the grantee's are.
+        assert!(entry.key_shares.iter().all(|s| s.recipient != patient.id()));
+        let wraps: Vec<_> = entry.key_shares.iter().filter(|s| s.is_grant_wrap()).collect();
+        assert_eq!(wraps.len(), 1);
+        assert_eq!((wraps[0].recipient, wraps[0].position.tx_id), (doc_b.id(), shares[0]));
+        assert_eq!(entry.break_glass.len(), 1);
+        assert_eq!((entry.break_glass[0].position.tx_id, entry.break_glass[0].practitioner), (bg_id, doc_b.id()));
+        assert!(index.patient(&doc_b.id()).is_none());
+
+        // Reopening rebuilds exactly the same index from the stored blocks.
+        drop(service);
+        let chain = Arc::try_unwrap(chain).expect("no other handle");
+        drop(chain);
+        let (reopened, _) = Chain::open(dir.path(), &net.genesis, net.validators[0].clone(), &mut |_, _| {}).unwrap();
+        let rebuilt = reopened.patient_index();
+        assert_eq!(rebuilt.height(), index.height());
+        assert_eq!(rebuilt.patient(&patient.id()), index.patient(&patient.id()));
+    }
+}
