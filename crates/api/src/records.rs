@@ -150,6 +150,7 @@ pub(crate) async fn write(
             w.id == org || (matches!(w.role, Role::Practitioner | Role::SystemClient) && w.organisation == Some(org))
         });
         if !staff {
+            service.audit_refused_write(author, patient, record, "not-custodian-staff", now_ms());
             return Err(ApiError::Forbidden {
                 reason: "not-custodian-staff",
                 message: "only this organisation's staff and clients write records through its node".into(),

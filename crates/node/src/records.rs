@@ -520,6 +520,37 @@ impl RecordService {
         });
     }
 
+    /// Records a refused write attempt as an access event (when both parties are registered and
+    /// the subject is a patient, so the event is valid on-chain).
+    pub fn audit_refused_write(
+        &self,
+        requester: IdentityId,
+        patient: IdentityId,
+        record: Option<RecordId>,
+        reason: &str,
+        now_ms: TimestampMs,
+    ) {
+        let state = self.chain.state();
+        let valid = state.identity(&requester).is_some()
+            && state.identity(&patient).is_some_and(|p| p.role == medledger_types::Role::Patient);
+        let record =
+            record.and_then(|r| state.record(&r).filter(|h| h.patient == patient).map(|h| (r, h.latest_version)));
+        drop(state);
+        if valid {
+            self.queue_event(AccessEvent {
+                accessor: requester,
+                patient,
+                record,
+                action: AccessAction::Write,
+                purpose: Purpose::Treatment,
+                outcome: AccessOutcome::Denied,
+                grant_id: None,
+                reason: reason.to_owned(),
+                at_ms: now_ms,
+            });
+        }
+    }
+
     fn queue_event(&self, event: AccessEvent) {
         self.audit.lock().expect("audit lock poisoned").push(event);
     }
