@@ -12,7 +12,7 @@ use axum::{body::Body, http::Request};
 use medledger_api::auth::authorization;
 use medledger_blobs::MemoryBlobStore;
 use medledger_crypto::Keypair;
-use medledger_ledger::{AccessAction, AccessOutcome, Block, Payload, Purpose, Scope, actions, tx::sign};
+use medledger_ledger::{AccessAction, AccessOutcome, Payload, Purpose, Scope, actions, tx::sign};
 use medledger_node::{chain::Chain, devnet::Devnet, records::RecordService};
 use medledger_types::{IdentityId, Role};
 use tower::ServiceExt;
@@ -22,7 +22,6 @@ fn now_ms() -> u64 {
 }
 
 struct World {
-    anchor: medledger_ledger::BlockHeader,
     validator: IdentityId,
     chain_id: medledger_types::Hash,
     chain: Arc<Chain>,
@@ -34,18 +33,7 @@ struct World {
 
 impl World {
     fn commit(&self) {
-        for _ in 0..20 {
-            if self.chain.mempool_len() == 0 {
-                return;
-            }
-            let parent = match self.chain.head().height {
-                0 => Block { header: self.anchor.clone(), txs: vec![] },
-                h => self.chain.block(h).unwrap().unwrap(),
-            };
-            let block = self.chain.propose(&[parent], now_ms(), self.validator, false).unwrap();
-            self.chain.apply_finalized(&[block], &[]).unwrap();
-        }
-        panic!("mempool did not drain");
+        medledger_node::devnet::commit_pending(&self.chain, self.validator, now_ms()).unwrap();
     }
 
     async fn call(&self, method: &str, path: &str, keys: &Keypair, body: &[u8]) -> (u16, serde_json::Value) {
@@ -134,7 +122,6 @@ async fn authorization_matrix() {
     ));
     let router = medledger_api::router_with(chain.clone(), Some(records.clone()));
     let w = World {
-        anchor: net.genesis.anchor_header(),
         validator: net.validators[0].id(),
         chain_id: net.genesis.chain_id(),
         chain: chain.clone(),

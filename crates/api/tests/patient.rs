@@ -7,7 +7,7 @@ use axum::{body::Body, http::Request};
 use medledger_api::auth::authorization;
 use medledger_blobs::MemoryBlobStore;
 use medledger_crypto::Keypair;
-use medledger_ledger::{Block, Payload, Purpose, Scope, actions, tx::sign};
+use medledger_ledger::{Payload, Purpose, Scope, actions, tx::sign};
 use medledger_merkle::{Hash, verify_inclusion};
 use medledger_node::{chain::Chain, devnet::Devnet, records::RecordService};
 use medledger_types::Role;
@@ -63,18 +63,7 @@ impl World {
     }
 
     fn commit(&self) {
-        for _ in 0..10 {
-            if self.chain.mempool_len() == 0 {
-                return;
-            }
-            let parent = match self.chain.head().height {
-                0 => Block { header: self.net.genesis.anchor_header(), txs: vec![] },
-                h => self.chain.block(h).unwrap().unwrap(),
-            };
-            let block = self.chain.propose(&[parent], now_ms(), self.net.validators[0].id(), false).unwrap();
-            self.chain.apply_finalized(&[block], &[]).unwrap();
-        }
-        panic!("mempool did not drain");
+        medledger_node::devnet::commit_pending(&self.chain, self.net.validators[0].id(), now_ms()).unwrap();
     }
 
     /// Commits the queued access events.

@@ -52,3 +52,28 @@ impl Devnet {
         Self { genesis, organisations, validators: validator_keys }
     }
 }
+
+/// Finalizes everything pending in `chain`'s mempool as a one-validator chain would, without
+/// consensus: proposes on the head, applies, repeats. For tests and tools; returns the number
+/// of blocks made.
+pub fn commit_pending(
+    chain: &crate::chain::Chain,
+    proposer: medledger_types::IdentityId,
+    timestamp_ms: TimestampMs,
+) -> Result<usize, crate::NodeError> {
+    const BLOCKS_MAX: usize = 64;
+    for made in 0..BLOCKS_MAX {
+        if chain.mempool_len() == 0 {
+            return Ok(made);
+        }
+        let parent = match chain.head().height {
+            0 => medledger_ledger::Block { header: chain.genesis().anchor_header(), txs: vec![] },
+            h => chain.block(h)?.ok_or_else(|| crate::NodeError::Corrupt(format!("head block {h} missing")))?,
+        };
+        let block = chain
+            .propose(&[parent], timestamp_ms, proposer, false)
+            .ok_or_else(|| crate::NodeError::Config("cannot build on the head".into()))?;
+        chain.apply_finalized(&[block], &[])?;
+    }
+    Err(crate::NodeError::Config(format!("mempool did not drain in {BLOCKS_MAX} blocks")))
+}
