@@ -540,6 +540,35 @@ fn verify(data_dir: &Path) -> Result<ExitCode> {
                 println!("FAILED at height {}: {e}", e.height().unwrap_or(0));
                 return Ok(ExitCode::from(1));
             }
+            // Record ciphertexts: each must hash to its address.
+            let blob_dir = data_dir.join("blobs");
+            let mut blob_line = None;
+            if blob_dir.exists() {
+                let blobs = medledger_blobs::DiskBlobStore::open(&blob_dir)
+                    .with_context(|| format!("cannot open the blob store in {}", blob_dir.display()))?;
+                let report = medledger_blobs::verify_all(&blobs, &mut |n| {
+                    if n % 10_000 == 0 {
+                        eprintln!("  blob {n}");
+                    }
+                })?;
+                if let Some(bad) = report.corrupt.first() {
+                    println!(
+                        "FAILED: record ciphertext {bad} does not match its hash ({} corrupt)",
+                        report.corrupt.len()
+                    );
+                    return Ok(ExitCode::from(1));
+                }
+                blob_line = Some(format!(
+                    "    {} record ciphertexts verified ({} bytes){}",
+                    report.blobs_checked,
+                    report.valid_bytes,
+                    if report.unexpected.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; {} unexpected files in the blob store", report.unexpected.len())
+                    }
+                ));
+            }
             let indexed = store.tx_count()?;
             if indexed != report.transactions {
                 println!(
@@ -561,6 +590,9 @@ fn verify(data_dir: &Path) -> Result<ExitCode> {
                 "    {certified} finalization certificates verified against the genesis validators; \
                  blocks up to height {last_certified} are covered by one"
             );
+            if let Some(line) = blob_line {
+                println!("{line}");
+            }
             if last_certified < report.blocks {
                 println!(
                     "    note: blocks {}..={} carry no certificate yet (written without one); only hash links cover them",

@@ -98,4 +98,19 @@ fn demo_data_directory_and_logs_hold_no_plaintext() {
         serde_json::from_str(&std::fs::read_to_string(dir.join("dev-credentials.json")).unwrap()).unwrap();
     assert!(credentials["records"].as_array().unwrap().len() > 100);
     assert!(files(&dir.join("blobs")).len() > 100);
+
+    // The stopped node's directory verifies offline, ciphertexts included; a flipped byte in
+    // one ciphertext is found.
+    let out = Command::new(BIN).args(["verify", "--data-dir"]).arg(&dir).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("record ciphertexts verified"), "{text}");
+    let blob = files(&dir.join("blobs")).into_iter().find(|p| p.file_name().is_some_and(|n| n.len() == 64)).unwrap();
+    let mut bytes = std::fs::read(&blob).unwrap();
+    bytes[10] ^= 1;
+    std::fs::write(&blob, bytes).unwrap();
+    let out = Command::new(BIN).args(["verify", "--data-dir"]).arg(&dir).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("does not match its hash"), "{text}");
 }
