@@ -166,24 +166,7 @@ enum TxCommand {
         new_key: PathBuf,
     },
     /// As a patient, grant access to your data.
-    Grant {
-        #[arg(long)]
-        key: PathBuf,
-        /// Grantee identity id (hex).
-        #[arg(long)]
-        grantee: IdentityId,
-        /// all | types:Observation,Condition | records:<hex>,...
-        #[arg(long, default_value = "all")]
-        scope: String,
-        /// read, write or read,write.
-        #[arg(long, default_value = "read")]
-        actions: String,
-        /// TREAT, HPAYMT, HOPERAT, HRESCH or ETREAT.
-        #[arg(long, default_value = "TREAT")]
-        purpose: String,
-        #[arg(long, default_value_t = 30)]
-        days: u64,
-    },
+    Grant(txcmd::GrantArgs),
     /// As a patient, revoke a grant.
     Revoke {
         #[arg(long)]
@@ -402,18 +385,8 @@ fn tx(common: TxCommon, command: TxCommand) -> Result<()> {
             };
             txcmd::submit(&client, &signer, Some(nonce), txcmd::rotate_payload(&new_keys), wait)?
         }
-        TxCommand::Grant { key, grantee, scope, actions, purpose, days } => {
-            let signer = load_keys(&key)?;
-            let now = init::now_ms();
-            let payload = Payload::ConsentGrant {
-                patient: signer.id(),
-                grantee,
-                scope: txcmd::parse_scope(&scope)?,
-                actions: txcmd::parse_actions(&actions)?,
-                purpose: txcmd::parse_purpose(&purpose)?,
-                valid_from_ms: now,
-                valid_until_ms: now + days.max(1) * 86_400_000,
-            };
+        TxCommand::Grant(grant) => {
+            let (signer, payload) = grant.payload(init::now_ms())?;
             txcmd::submit(&client, &signer, common.nonce, payload, wait)?
         }
         TxCommand::Revoke { key, grant } => {

@@ -22,7 +22,6 @@ use crate::{
 
 const DEFAULT_NODE: &str = "http://127.0.0.1:8080";
 /// Longest consent a CLI grant asks for; longer consent is better renewed than forgotten.
-const GRANT_DAYS_MAX: u64 = 3660;
 /// Most entries one `access-log` page asks for (the node's limit).
 const ACCESS_LOG_LIMIT_MAX: u64 = 500;
 
@@ -44,25 +43,7 @@ pub struct ConsentArgs {
 #[derive(Subcommand)]
 enum ConsentCommand {
     /// Grant access to your data (as `tx grant`).
-    Grant {
-        /// Your (the patient's) key file.
-        #[arg(long)]
-        key: PathBuf,
-        /// Grantee identity id (hex).
-        #[arg(long)]
-        grantee: IdentityId,
-        /// all | types:Observation,Condition | records:<hex>,...
-        #[arg(long, default_value = "all")]
-        scope: String,
-        /// read, write or read,write.
-        #[arg(long, default_value = "read")]
-        actions: String,
-        /// TREAT, HPAYMT, HOPERAT, HRESCH or ETREAT.
-        #[arg(long, default_value = "TREAT")]
-        purpose: String,
-        #[arg(long, default_value_t = 30)]
-        days: u64,
-    },
+    Grant(txcmd::GrantArgs),
     /// Revoke a grant (consent, rule-derived or break-glass).
     Revoke {
         #[arg(long)]
@@ -147,19 +128,8 @@ pub fn consent(args: ConsentArgs) -> Result<ExitCode> {
     let client = Client::new(&args.node);
     let wait = !args.no_wait;
     let result = match args.command {
-        ConsentCommand::Grant { key, grantee, scope, actions, purpose, days } => {
-            ensure!((1..=GRANT_DAYS_MAX).contains(&days), "--days must be 1 to {GRANT_DAYS_MAX}");
-            let signer = load_keys(&key)?;
-            let now = crate::init::now_ms();
-            let payload = Payload::ConsentGrant {
-                patient: signer.id(),
-                grantee,
-                scope: txcmd::parse_scope(&scope)?,
-                actions: txcmd::parse_actions(&actions)?,
-                purpose: txcmd::parse_purpose(&purpose)?,
-                valid_from_ms: now,
-                valid_until_ms: now + days * 86_400_000,
-            };
+        ConsentCommand::Grant(grant) => {
+            let (signer, payload) = grant.payload(crate::init::now_ms())?;
             txcmd::submit(&client, &signer, args.nonce, payload, wait)?
         }
         ConsentCommand::Revoke { key, grant } => {

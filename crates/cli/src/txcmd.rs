@@ -1,6 +1,9 @@
 //! Transaction helpers: build, sign with a key file, submit to a node, optionally wait.
 
-use std::{path::Path, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use anyhow::{Context, Result, bail};
 use medledger_crypto::{Keypair, read_key_file};
@@ -79,6 +82,9 @@ pub fn parse_scope(text: &str) -> Result<Scope> {
     if let Some(types) = text.strip_prefix("types:") {
         return Ok(Scope::ResourceTypes(types.split(',').map(|t| t.trim().to_owned()).collect()));
     }
+    if let Some(categories) = text.strip_prefix("categories:") {
+        return Ok(Scope::Categories(categories.split(',').map(|c| c.trim().to_owned()).collect()));
+    }
     if let Some(records) = text.strip_prefix("records:") {
         return records
             .split(',')
@@ -86,7 +92,7 @@ pub fn parse_scope(text: &str) -> Result<Scope> {
             .collect::<Result<Vec<_>>>()
             .map(Scope::Records);
     }
-    bail!("scope must be 'all', 'types:Observation,Condition' or 'records:<hex>,<hex>'")
+    bail!("scope must be 'all', 'types:Observation,Condition', 'categories:labs,vitals' or 'records:<hex>,<hex>'")
 }
 
 pub fn parse_actions(text: &str) -> Result<u8> {
@@ -103,4 +109,83 @@ pub fn parse_actions(text: &str) -> Result<u8> {
 
 pub fn parse_purpose(text: &str) -> Result<Purpose> {
     Purpose::parse(text).with_context(|| format!("unknown purpose '{text}' (TREAT, HPAYMT, HOPERAT, HRESCH, ETREAT)"))
+}
+
+/// Longest grant the CLI writes, in days.
+pub const GRANT_DAYS_MAX: u64 = 3660;
+
+/// A patient's consent grant, as `tx grant` and `consent grant` take it.
+#[derive(clap::Args)]
+pub struct GrantArgs {
+    /// Your (the patient's) key file.
+    #[arg(long)]
+    pub key: PathBuf,
+    /// Grantee identity id (hex).
+    #[arg(long)]
+    pub grantee: IdentityId,
+    /// all | types:Observation,Condition | categories:labs,vitals | records:<hex>,...
+    #[arg(long, default_value = "all")]
+    pub scope: String,
+    /// read, write or read,write.
+    #[arg(long, default_value = "read")]
+    pub actions: String,
+    /// TREAT, HPAYMT, HOPERAT, HRESCH or ETREAT.
+    #[arg(long, default_value = "TREAT")]
+    pub purpose: String,
+    #[arg(long, default_value_t = 30)]
+    pub days: u64,
+}
+
+impl GrantArgs {
+    /// The signer's keys and the grant payload, valid from `now_ms`.
+    pub fn payload(&self, now_ms: u64) -> Result<(Keypair, Payload)> {
+        if !(1..=GRANT_DAYS_MAX).contains(&self.days) {
+            bail!("--days must be 1 to {GRANT_DAYS_MAX}");
+        }
+        let signer = load_keys(&self.key)?;
+        let payload = Payload::ConsentGrant {
+            patient: signer.id(),
+            grantee: self.grantee,
+            scope: parse_scope(&self.scope)?,
+            actions: parse_actions(&self.actions)?,
+            purpose: parse_purpose(&self.purpose)?,
+            valid_from_ms: now_ms,
+            valid_until_ms: now_ms + self.days * 86_400_000,
+        };
+        Ok((signer, payload))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scopes_parse_and_bad_ones_are_refused() {
+        assert_eq!(parse_scope("all").unwrap(), Scope::All);
+        assert_eq!(
+            parse_scope("categories:labs, vitals").unwrap(),
+            Scope::Categories(vec!["labs".into(), "vitals".into()])
+        );
+        assert_eq!(parse_scope("types:Observation").unwrap(), Scope::ResourceTypes(vec!["Observation".into()]));
+        assert!(parse_scope("everything").is_err());
+        assert!(parse_scope("records:zz").is_err());
+    }
+
+    #[test]
+    fn grant_days_are_bounded_before_any_key_is_read() {
+        let args = |days| GrantArgs {
+            key: PathBuf::from("/nonexistent.key"),
+            grantee: IdentityId([1; 32]),
+            scope: "all".into(),
+            actions: "read".into(),
+            purpose: "TREAT".into(),
+            days,
+        };
+        for days in [0, GRANT_DAYS_MAX + 1] {
+            assert!(args(days).payload(0).unwrap_err().to_string().contains("--days"), "{days} days accepted");
+        }
+        // In range, it gets as far as the key file.
+        assert!(args(30).payload(0).unwrap_err().to_string().contains("key file"));
+    }
 }
