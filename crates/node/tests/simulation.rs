@@ -2,22 +2,17 @@
 //! Every test prints its seed; replay a failure with `MEDLEDGER_SEED=<seed> cargo test -p
 //! medledger-node --test simulation <name>`.
 
+mod common;
+
 use std::{sync::Arc, time::Duration};
 
-use commonware_cryptography::Signer as _;
-use commonware_p2p::simulated::{self, Link, Network};
-use commonware_runtime::{Clock as _, Runner as _, Supervisor as _, deterministic};
-use commonware_utils::{NZUsize, probability};
+use commonware_runtime::{Clock as _, Runner as _, deterministic};
 use medledger_crypto::Keypair;
 use medledger_ledger::{Block, Payload, Transaction, tx::sign};
 use medledger_node::{
     app::ProposalFault,
     chain::{Chain, TxStatus},
     devnet::Devnet,
-    validator::{
-        CHANNEL_BACKFILL, CHANNEL_BLOCKS, CHANNEL_CERTIFICATES, CHANNEL_RESOLVER, CHANNEL_VOTES, QUOTA, Timing,
-        ValidatorConfig, consensus_key, consensus_public_key, max_message_size, start_validator,
-    },
 };
 use medledger_types::{Hash, Role};
 
@@ -75,20 +70,8 @@ fn run(seed: u64, s: Scenario) -> Outcome {
     let txs = registrations(&net, s.txs);
     let cfg = deterministic::Config::new().with_seed(seed).with_timeout(Some(Duration::from_secs(900)));
     deterministic::Runner::new(cfg).start(|context| async move {
-        let participants: Vec<_> =
-            net.validators.iter().map(|k| consensus_public_key(&k.public_key()).unwrap()).collect();
-        let (network, oracle) = Network::new_with_peers(
-            context.child("network"),
-            simulated::Config {
-                max_size: max_message_size(s.validators),
-                max_peers_per_set: NZUsize!(s.validators),
-                disconnect_on_block: true,
-                tracked_peer_sets: NZUsize!(1),
-            },
-            participants.clone(),
-        )
-        .await;
-        network.start();
+        let participants = common::participants(&net.validators);
+        let oracle = common::network(&context, &participants).await;
 
         let online: Vec<usize> = (0..s.validators).filter(|i| !s.offline.contains(i)).collect();
         let mut chains: Vec<(usize, Arc<Chain>)> = Vec::new();
@@ -113,45 +96,10 @@ fn run(seed: u64, s: Scenario) -> Outcome {
             }
         }
         for (i, chain) in &chains {
-            let key = consensus_key(&net.validators[*i].signing_seed());
-            let control = oracle.control(key.public_key());
-            let votes = control.register(CHANNEL_VOTES, QUOTA).await.unwrap();
-            let certificates = control.register(CHANNEL_CERTIFICATES, QUOTA).await.unwrap();
-            let resolver = control.register(CHANNEL_RESOLVER, QUOTA).await.unwrap();
-            let blocks = control.register(CHANNEL_BLOCKS, QUOTA).await.unwrap();
-            let backfill = control.register(CHANNEL_BACKFILL, QUOTA).await.unwrap();
-            start_validator(
-                context.child("validator").with_attribute("index", *i),
-                ValidatorConfig {
-                    signer: key,
-                    participants: participants.clone(),
-                    partition_prefix: format!("validator-{i}"),
-                    chain: chain.clone(),
-                    timing: Timing::default(),
-                    fault: if s.byzantine == Some(*i) { ProposalFault::ForgedSignature } else { ProposalFault::None },
-                },
-                control.clone(),
-                oracle.manager(),
-                votes,
-                certificates,
-                resolver,
-                blocks,
-                backfill,
-            )
-            .await;
+            let fault = if s.byzantine == Some(*i) { ProposalFault::ForgedSignature } else { ProposalFault::None };
+            common::start(&context, &oracle, &participants, *i, &net.validators[*i], chain.clone(), fault).await;
         }
-        let link = Link {
-            latency: Duration::from_millis(20),
-            jitter: Duration::from_millis(10),
-            success_rate: probability!(1.0),
-        };
-        for a in &participants {
-            for b in &participants {
-                if a != b {
-                    oracle.add_link(a.clone(), b.clone(), link.clone()).await.unwrap();
-                }
-            }
-        }
+        common::link_all(&oracle, &participants).await;
         while !chains.iter().all(|(_, c)| c.head().height >= s.target_height) {
             context.sleep(Duration::from_millis(100)).await;
         }
@@ -197,9 +145,7 @@ fn run(seed: u64, s: Scenario) -> Outcome {
 }
 
 fn seed(default: u64) -> u64 {
-    let seed = std::env::var("MEDLEDGER_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(default);
-    println!("seed = {seed} (replay: MEDLEDGER_SEED={seed} cargo test -p medledger-node --test simulation)");
-    seed
+    common::seed(default, "simulation")
 }
 
 fn assert_same_chain(o: &Outcome) {
