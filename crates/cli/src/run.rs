@@ -92,8 +92,12 @@ where
         peers: opts.peers,
         timing: Timing::default(),
         worker_threads: opts.worker_threads,
+        replication: records.as_ref().map(|r| (r.blobs(), r.organisation())),
     };
-    run_node(cfg, chain, keys.signing_seed(), move |chain| async move {
+    run_node(cfg, chain, keys.signing_seed(), move |chain, fetcher| async move {
+        if let (Some(records), Some(fetcher)) = (&records, fetcher) {
+            records.set_fetcher(fetcher);
+        }
         let listener = match tokio::net::TcpListener::from_std(api) {
             Ok(l) => l,
             Err(e) => {

@@ -1,7 +1,8 @@
 //! A real 4-validator consortium: `medledger init`, four `medledger node` processes on
 //! loopback, transactions submitted with the CLI to different nodes, and every node reporting
 //! the same head. One node is then killed; the other three keep committing, and the restarted
-//! node catches up to the same head.
+//! node catches up to the same head. Between organisations, a record written at one hospital's
+//! node is read at another's after a grant: that node fetches the ciphertext from its peer.
 
 use std::{
     path::{Path, PathBuf},
@@ -190,6 +191,8 @@ fn four_node_processes_agree() {
         nodes.iter().map(|n| get(&n.api, "/v1/head").unwrap()["log_size"].as_u64().unwrap()).collect();
     assert!(log_sizes.iter().all(|&s| s == 4), "log sizes {log_sizes:?}");
 
+    replicate_between_organisations(dir, &nodes);
+
     // Crash node 3: the remaining 3 of 4 keep committing.
     nodes[3].kill();
     let tx = register(dir, &nodes[0].api, orgs[0], "practitioner-after-crash");
@@ -230,4 +233,79 @@ fn four_node_processes_agree() {
             .unwrap_or(0);
         assert!(certified > 0, "node {i} stored no verified certificate: {text}");
     }
+}
+
+/// A record written through St Mary's node (node 0) and granted to City General is read by a
+/// City General practitioner through City General's own node (node 1). Node 1 never stored the
+/// ciphertext: it fetches it from its peer, checks it against the chain and decrypts it with
+/// City General's key.
+fn replicate_between_organisations(dir: &Path, nodes: &[Node]) {
+    let patient_key = dir.join("patient.key");
+    let patient = cli(&["keygen", "--out", patient_key.to_str().unwrap()])["id"].as_str().unwrap().to_owned();
+    let key = patient_key.to_str().unwrap();
+    let status = cli(&["tx", "register", "--node", &nodes[0].api, "--key", key, "--subject", key, "--role", "patient"]);
+    assert_eq!(status["status"], "committed", "{status}");
+    let resource = dir.join("lab.json");
+    let content = r#"{"resourceType":"Observation","status":"final","category":[{"coding":[{"system":"http://terminology.hl7.org/CodeSystem/observation-category","code":"laboratory"}]}],"code":{"text":"synthetic replication probe"},"valueQuantity":{"value":5.40,"unit":"mmol/L"}}"#;
+    std::fs::write(&resource, content).unwrap();
+    let author = dir.join("practitioner-0.key");
+    let written = cli(&[
+        "record",
+        "put",
+        "--node",
+        &nodes[0].api,
+        "--key",
+        author.to_str().unwrap(),
+        "--patient",
+        &patient,
+        resource.to_str().unwrap(),
+    ]);
+    let (record, tx, hash) = (
+        written["record_id"].as_str().unwrap().to_owned(),
+        written["tx_id"].as_str().unwrap().to_owned(),
+        written["ciphertext_hash"].as_str().unwrap().to_owned(),
+    );
+    wait_until("record committed at node 1", Duration::from_secs(30), || {
+        get(&nodes[1].api, &format!("/v1/transactions/{tx}")).is_some_and(|s| s["status"] == "committed")
+    });
+    let reader = dir.join("practitioner-1.key");
+    let read_at_node_1 = || {
+        Command::new(BIN)
+            .args(["record", "get", "--node", &nodes[1].api, "--key", reader.to_str().unwrap(), &record])
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap()
+    };
+    // No grant yet: refused, and nothing fetched.
+    let refused = read_at_node_1();
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("403"), "{}", String::from_utf8_lossy(&refused.stderr));
+    let stored_at_node_1 = || {
+        let root = dir.join("node-1/data/blobs");
+        root.join(&hash[0..2]).join(&hash[2..4]).join(&hash).exists()
+    };
+    assert!(!stored_at_node_1());
+
+    let city_general =
+        medledger_crypto::read_key_file(&dir.join("organisations/city-general-hospital.key")).unwrap().id().to_hex();
+    let grant = cli(&[
+        "consent",
+        "grant",
+        "--node",
+        &nodes[0].api,
+        "--key",
+        key,
+        "--grantee",
+        &city_general,
+        "--scope",
+        "categories:labs",
+    ]);
+    assert_eq!(grant["status"], "committed", "{grant}");
+    // St Mary's node wraps the labs key for City General within about a second; then the read
+    // at node 1 replicates the ciphertext and returns the exact bytes written.
+    wait_until("City General reads through its own node", Duration::from_secs(30), || {
+        let out = read_at_node_1();
+        out.status.success() && String::from_utf8_lossy(&out.stdout).trim_end() == content
+    });
+    assert!(stored_at_node_1(), "node 1 serves the record from a replicated ciphertext");
 }

@@ -20,6 +20,7 @@ pub mod mempool;
 pub mod metrics;
 pub mod net;
 pub mod records;
+pub mod replication;
 pub mod validator;
 
 use medledger_ledger::BlockError;

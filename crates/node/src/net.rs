@@ -14,10 +14,14 @@ use commonware_stream::{
 };
 use commonware_utils::{NZUsize, ordered::Map};
 
+use medledger_blobs::BlobStore;
+use medledger_types::IdentityId;
+
 use crate::{
     NodeError,
     app::ProposalFault,
     chain::Chain,
+    replication::{CHANNEL_BLOBS, CiphertextFetcher, start_replicator},
     validator::{
         CHANNEL_BACKFILL, CHANNEL_BLOCKS, CHANNEL_CERTIFICATES, CHANNEL_RESOLVER, CHANNEL_VOTES, QUOTA, Timing,
         ValidatorConfig, consensus_key, consensus_public_key, max_message_size, start_validator,
@@ -37,6 +41,9 @@ pub struct NodeConfig {
     pub timing: Timing,
     /// Worker threads of the runtime.
     pub worker_threads: usize,
+    /// For a node serving records: its blob store and organisation, to replicate ciphertexts
+    /// with peers (`crate::replication`).
+    pub replication: Option<(Arc<dyn BlobStore>, IdentityId)>,
 }
 
 fn p2p_namespace(chain: &Chain) -> Vec<u8> {
@@ -45,10 +52,11 @@ fn p2p_namespace(chain: &Chain) -> Vec<u8> {
     ns
 }
 
-/// Runs the validator of `chain` until `service` (given the chain and the runtime) completes.
+/// Runs the validator of `chain` until `service` completes. The service gets the chain and,
+/// when `cfg.replication` is set, the handle fetching missing ciphertexts from peers.
 pub fn run_node<F, Fut>(cfg: NodeConfig, chain: Arc<Chain>, signing_seed: [u8; 32], service: F) -> Result<(), NodeError>
 where
-    F: FnOnce(Arc<Chain>) -> Fut + Send + 'static,
+    F: FnOnce(Arc<Chain>, Option<CiphertextFetcher>) -> Fut + Send + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
     let validators: Vec<medledger_crypto::PublicKey> =
@@ -78,6 +86,7 @@ where
     let runtime = tokio::Config::new().with_storage_directory(storage).with_worker_threads(cfg.worker_threads.max(1));
     let listen = cfg.p2p_listen;
     let timing = cfg.timing.clone();
+    let replication = cfg.replication;
     tokio::Runner::new(runtime).start(|context| async move {
         let signer = consensus_key(&signing_seed);
         let handshake = Cups::<_, ChaCha20Poly1305>::new(
@@ -107,6 +116,16 @@ where
         let resolver = network.register(CHANNEL_RESOLVER, QUOTA);
         let blocks = network.register(CHANNEL_BLOCKS, QUOTA);
         let backfill = network.register(CHANNEL_BACKFILL, QUOTA);
+        let fetcher = replication.map(|(blobs, organisation)| {
+            let channel = network.register(CHANNEL_BLOBS, QUOTA);
+            start_replicator(
+                context.child("replication"),
+                chain.clone(),
+                blobs,
+                (signer.public_key(), organisation),
+                channel,
+            )
+        });
         network.start();
         tracing::info!(public_key = %signer.public_key(), %listen, validators = n, "validator starting");
         let _handle = start_validator(
@@ -128,7 +147,7 @@ where
             backfill,
         )
         .await;
-        service(chain).await;
+        service(chain, fetcher).await;
     });
     Ok(())
 }

@@ -8,7 +8,7 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, OnceLock},
 };
 
 use medledger_blobs::BlobStore;
@@ -29,7 +29,10 @@ use medledger_types::{Hash, IdentityId, RecordId, TimestampMs, TxId, limits};
 use rand::CryptoRng;
 use zeroize::Zeroizing;
 
-use crate::chain::{Chain, SubmitError};
+use crate::{
+    chain::{Chain, SubmitError},
+    replication::CiphertextFetcher,
+};
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -106,6 +109,8 @@ pub struct RecordService {
     audit: Mutex<Vec<AccessEvent>>,
     /// Key shares submitted but not yet committed, with when, so they are not submitted twice.
     inflight_shares: Mutex<HashMap<(CategoryKeyId, u32, IdentityId), TimestampMs>>,
+    /// Fetches ciphertexts this node lacks from peers; unset when running without peers.
+    fetcher: OnceLock<CiphertextFetcher>,
 }
 
 /// How long a submitted key share counts as in flight before it may be submitted again.
@@ -122,7 +127,19 @@ impl RecordService {
             pending_versions: Mutex::new(HashMap::new()),
             audit: Mutex::new(Vec::new()),
             inflight_shares: Mutex::new(HashMap::new()),
+            fetcher: OnceLock::new(),
         }
+    }
+
+    /// The store holding this node's ciphertexts.
+    pub fn blobs(&self) -> Arc<dyn BlobStore> {
+        self.blobs.clone()
+    }
+
+    /// Lets reads fetch missing ciphertexts from peers. Reads then block while fetching, so
+    /// [`RecordService::read`] must run on a thread that may block. Set once.
+    pub fn set_fetcher(&self, fetcher: CiphertextFetcher) {
+        let _ = self.fetcher.set(fetcher);
     }
 
     pub fn organisation(&self) -> IdentityId {
@@ -399,11 +416,17 @@ impl RecordService {
         let key_aad = data_key_aad(record_id, version, custodian, patient, category, key_epoch);
         let data_key = unwrap_data_key(&category_key, &key_aad, wrapped_data_key)
             .map_err(|_| RecordError::Corrupt("data key does not unwrap".into()))?;
-        let ciphertext = self
-            .blobs
-            .get(ciphertext_hash)
-            .map_err(|e| RecordError::Corrupt(e.to_string()))?
-            .ok_or(RecordError::CiphertextMissing)?;
+        let stored = self.blobs.get(ciphertext_hash).map_err(|e| RecordError::Corrupt(e.to_string()))?;
+        let ciphertext = match (stored, self.fetcher.get()) {
+            (Some(ciphertext), _) => ciphertext,
+            // Replicated on first use: the fetcher checks the bytes against the chain's hash
+            // and stores them before returning.
+            (None, Some(fetcher)) => fetcher.fetch_blocking(*record_id, version).map_err(|e| {
+                tracing::info!(%record_id, version, error = %e, "ciphertext not replicated");
+                RecordError::CiphertextMissing
+            })?,
+            (None, None) => return Err(RecordError::CiphertextMissing),
+        };
         let aad = record_aad(record_id, version, patient, custodian, resource_type);
         open_record(&data_key, &aad, &ciphertext)
             .map_err(|_| RecordError::Corrupt("ciphertext does not decrypt".into()))

@@ -93,11 +93,12 @@ pub fn consensus_public_key(key: &medledger_crypto::PublicKey) -> Option<PublicK
     PublicKey::decode(bytes::Bytes::copy_from_slice(&key.0)).ok()
 }
 
-/// Largest p2p message a validator sends or accepts, for `n` validators.
+/// Largest p2p message a validator sends or accepts, for `n` validators: the largest of
+/// consensus' messages and a replicated ciphertext (`crate::replication`).
 pub fn max_message_size(n: usize) -> u32 {
     let m = marshal::max_payload_size::<marshal::standard::Standard<ChainBlock>, Scheme>(n as u32, &());
     let s = simplex::max_payload_size::<Scheme, Digest>(n as u32);
-    (m.max(s) + 1024) as u32
+    (m.max(s).max(crate::replication::BLOB_MESSAGE_BYTES_MAX) + 1024) as u32
 }
 
 pub struct ValidatorConfig {
