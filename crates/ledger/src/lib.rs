@@ -21,9 +21,10 @@ pub use error::{BlockError, TxError};
 pub use genesis::{Genesis, GenesisIdentity};
 pub use rules::{InstalledRule, RuleError};
 pub use state::{
-    Built, CategoryKeyId, CategoryKeyState, Delta, Executed, Grant, GrantOrigin, Identity, RecordHead, State,
+    BreakGlassReview, Built, CategoryKeyId, CategoryKeyState, Delegation, Delta, Executed, Grant, GrantOrigin,
+    Identity, RecordHead, State,
 };
 pub use tx::{
-    AccessAction, AccessEvent, AccessOutcome, KeyShareEntry, Payload, Purpose, RuleSpec, Scope, Transaction, TxBody,
-    actions,
+    AccessAction, AccessEvent, AccessOutcome, KeyShareEntry, Payload, Purpose, ReviewVerdict, RuleSpec, Scope,
+    Transaction, TxBody, actions,
 };

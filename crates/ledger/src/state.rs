@@ -12,7 +12,7 @@ use crate::{
     error::{BlockError, TxError},
     genesis::Genesis,
     rules::{self, CommittedRecord, Derived, InstallContext, InstalledRule, RuleError, RuleView},
-    tx::{AccessOutcome, Payload, Purpose, Scope, Transaction, actions},
+    tx::{AccessOutcome, Payload, Purpose, ReviewVerdict, Scope, Transaction, actions},
 };
 
 /// A registered identity.
@@ -51,13 +51,13 @@ impl RecordHead {
 /// How a grant came to be.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum GrantOrigin {
-    /// A consent grant the patient signed.
+    /// A consent grant the patient signed, themself or through a delegate (`Grant::signed_by`).
     Consent,
     /// Emergency access a practitioner declared (`break-glass`); its id is that transaction's.
     BreakGlass {
         reason: String,
-        /// Every break-glass access awaits review (no review transaction exists yet).
-        needs_review: bool,
+        /// The review, once an organisation reviewed the access; until then it awaits one.
+        review: Option<BreakGlassReview>,
     },
     /// Derived by a sharing rule (`crate::rules`); its id is derived, not a transaction's.
     Rule {
@@ -68,6 +68,44 @@ pub enum GrantOrigin {
         /// Whether the grantee may receive category keys under it.
         category_keys: bool,
     },
+}
+
+/// An organisation's finding on a break-glass access (`Payload::ReviewBreakGlass`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BreakGlassReview {
+    /// The reviewing transaction.
+    pub review_tx: TxId,
+    /// Who signed it: the organisation, or one of its practitioners other than the declarer.
+    pub reviewer: IdentityId,
+    pub verdict: ReviewVerdict,
+    /// The reviewer's reason code.
+    pub reason: String,
+    pub reviewed_at: Height,
+    /// Block time of the review.
+    pub reviewed_at_ms: TimestampMs,
+}
+
+/// A delegation: `delegate` may sign consent grants and revocations and manage sharing rules
+/// for `patient` while it is live. Kept after it ends, so the patient's history shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Delegation {
+    /// The appointing transaction.
+    pub id: TxId,
+    pub patient: IdentityId,
+    pub delegate: IdentityId,
+    pub appointed_at: Height,
+    /// Block time from which the delegate may no longer act.
+    pub valid_until_ms: TimestampMs,
+    pub dismissed_at: Option<Height>,
+    /// The patient, or the delegate stepping down.
+    pub dismissed_by: Option<IdentityId>,
+}
+
+impl Delegation {
+    /// Whether the delegate may act at block time `at_ms`: not dismissed, not past its end.
+    pub fn is_live(&self, at_ms: TimestampMs) -> bool {
+        self.dismissed_at.is_none() && at_ms < self.valid_until_ms
+    }
 }
 
 /// A consent grant as committed, with its revocation if any. Break-glass access and access
@@ -83,7 +121,14 @@ pub struct Grant {
     pub valid_from_ms: TimestampMs,
     pub valid_until_ms: TimestampMs,
     pub granted_at: Height,
+    /// The signer of the transaction that created the grant: for consent, the patient or a
+    /// delegate of theirs; for break-glass, the practitioner; for rule-derived access, the
+    /// signer of the installing transaction or of the record commit it reacted to.
+    pub signed_by: IdentityId,
     pub revoked_at: Option<Height>,
+    /// Who ended it: the patient, a delegate, whoever removed the deriving rule, or the
+    /// reviewer of an unjustified break-glass access.
+    pub revoked_by: Option<IdentityId>,
     pub origin: GrantOrigin,
 }
 
@@ -92,9 +137,22 @@ impl Grant {
         matches!(self.origin, GrantOrigin::BreakGlass { .. })
     }
 
-    /// Whether the grant awaits review (break-glass access).
+    /// Whether the grant awaits review (break-glass access not yet reviewed).
     pub fn needs_review(&self) -> bool {
-        matches!(self.origin, GrantOrigin::BreakGlass { needs_review: true, .. })
+        matches!(self.origin, GrantOrigin::BreakGlass { review: None, .. })
+    }
+
+    /// The review of a break-glass access, once there is one.
+    pub fn review(&self) -> Option<&BreakGlassReview> {
+        match &self.origin {
+            GrantOrigin::BreakGlass { review, .. } => review.as_ref(),
+            _ => None,
+        }
+    }
+
+    /// The delegate who signed a consent grant for the patient, if the patient did not.
+    pub fn delegate(&self) -> Option<IdentityId> {
+        (matches!(self.origin, GrantOrigin::Consent) && self.signed_by != self.patient).then_some(self.signed_by)
     }
 
     /// The sharing rule that derived the grant, if one did.
@@ -172,6 +230,8 @@ pub struct Delta {
     /// patient -> ids of the active rules that react to the patient's record commits, in
     /// installation order (the order they are evaluated in).
     reacting_rules: HashMap<IdentityId, Vec<TxId>>,
+    /// patient -> every delegation of the patient, oldest first.
+    delegations: HashMap<IdentityId, Vec<Delegation>>,
 }
 
 /// A block verified on top of some state but not yet finalized, with the changes it makes.
@@ -207,6 +267,7 @@ pub struct State {
     rules: HashMap<TxId, InstalledRule>,
     patient_rules: HashMap<IdentityId, Vec<TxId>>,
     reacting_rules: HashMap<IdentityId, Vec<TxId>>,
+    delegations: HashMap<IdentityId, Vec<Delegation>>,
     height: Height,
     head_hash: Hash,
     head_timestamp_ms: TimestampMs,
@@ -257,6 +318,7 @@ impl State {
             rules: HashMap::new(),
             patient_rules: HashMap::new(),
             reacting_rules: HashMap::new(),
+            delegations: HashMap::new(),
             height: 0,
             head_hash: genesis.anchor_header().hash(),
             head_timestamp_ms: genesis.genesis_time_ms,
@@ -340,6 +402,16 @@ impl State {
     /// Every sharing rule installed for `patient` (removed ones included), oldest first.
     pub fn rules_of(&self, patient: &IdentityId) -> impl Iterator<Item = &InstalledRule> {
         self.patient_rules.get(patient).into_iter().flatten().filter_map(|id| self.rules.get(id))
+    }
+
+    /// Every delegation of `patient` (dismissed and expired ones included), oldest first.
+    pub fn delegations_of(&self, patient: &IdentityId) -> impl Iterator<Item = &Delegation> {
+        self.delegations.get(patient).into_iter().flatten()
+    }
+
+    /// Whether `delegate` may act for `patient` at block time `at_ms`.
+    pub fn is_live_delegate(&self, patient: &IdentityId, delegate: &IdentityId, at_ms: TimestampMs) -> bool {
+        self.delegations_of(patient).any(|d| d.delegate == *delegate && d.is_live(at_ms))
     }
 
     /// The nonce `signer`'s next transaction must carry (0 for an unknown identity).
@@ -521,6 +593,7 @@ impl State {
         self.rules.extend(delta.rules);
         self.patient_rules.extend(delta.patient_rules);
         self.reacting_rules.extend(delta.reacting_rules);
+        self.delegations.extend(delta.delegations);
         for tx in &block.txs {
             self.log.push(Hash(tx.id().0));
         }
@@ -660,6 +733,20 @@ impl<'a> Overlay<'a> {
             .or_else(|| self.inherited(patient, |d| &d.reacting_rules, &self.base.reacting_rules))
     }
 
+    fn delegations(&self, patient: &IdentityId) -> Option<&Vec<Delegation>> {
+        self.delta
+            .delegations
+            .get(patient)
+            .or_else(|| self.inherited(patient, |d| &d.delegations, &self.base.delegations))
+    }
+
+    /// Whether `signer` acts as `patient` at block time `at_ms`: is the patient, or a live
+    /// delegate of theirs. A dismissal earlier in the same block already counts.
+    fn acts_for_patient(&self, signer: &IdentityId, patient: &IdentityId, at_ms: TimestampMs) -> bool {
+        signer == patient
+            || self.delegations(patient).is_some_and(|ds| ds.iter().any(|d| d.delegate == *signer && d.is_live(at_ms)))
+    }
+
     /// Adds a grant and indexes it by (patient, grantee) and by patient.
     fn insert_grant(&mut self, grant: Grant) {
         let (id, patient, grantee) = (grant.id, grant.patient, grant.grantee);
@@ -672,15 +759,17 @@ impl<'a> Overlay<'a> {
         self.delta.patient_grants.insert(patient, ids);
     }
 
-    /// Revokes a live grant at `height`, and marks every category key of the patient that the
-    /// grantee holds as needing rotation, so new versions never reach the grantee.
-    fn revoke_grant(&mut self, grant_id: &TxId, height: Height) {
+    /// Revokes a live grant at `height` on `by`'s transaction, and marks every category key of
+    /// the patient that the grantee holds as needing rotation, so new versions never reach the
+    /// grantee.
+    fn revoke_grant(&mut self, grant_id: &TxId, height: Height, by: IdentityId) {
         let Some(grant) = self.grant(grant_id) else { return };
         if grant.revoked_at.is_some() {
             return;
         }
         let mut revoked = grant.clone();
         revoked.revoked_at = Some(height);
+        revoked.revoked_by = Some(by);
         let (patient, grantee) = (revoked.patient, revoked.grantee);
         self.delta.grants.insert(*grant_id, revoked);
         for key_id in self.shared_keys(patient, grantee).cloned().unwrap_or_default() {
@@ -696,17 +785,18 @@ impl<'a> Overlay<'a> {
 
     /// The ledger's own checks on access a rule derived for `patient`, whatever the rule's
     /// code: read-only, resting on an active rule the patient signed, a valid grantee, a
-    /// well-formed scope and period. `installing` is the rule being installed by `signer`,
+    /// well-formed scope and period. `installing` is the rule being installed, with whether its
+    /// signer acts as the patient,
     /// which is not in the state yet.
     fn check_derived(
         &self,
         d: &Derived,
         patient: &IdentityId,
-        installing: Option<(TxId, IdentityId)>,
+        installing: Option<(TxId, bool)>,
         at_ms: TimestampMs,
     ) -> Result<(), RuleError> {
         let authority_ok = match installing {
-            Some((id, signer)) if id == d.authority => signer == *patient,
+            Some((id, for_patient)) if id == d.authority => for_patient,
             _ => self
                 .installed_rule(&d.authority)
                 .is_some_and(|r| r.patient == *patient && r.is_patients_own() && r.is_active()),
@@ -737,13 +827,14 @@ impl<'a> Overlay<'a> {
     }
 
     /// Stores access derived by `rule_id` as read-only grants with ids bound to the source
-    /// transaction, the rule and the position, so every node derives the same ids.
+    /// transaction (signed by `signed_by`), the rule and the position, so every node derives
+    /// the same ids.
     fn insert_derived(
         &mut self,
         derived: Vec<Derived>,
         patient: IdentityId,
         rule_id: TxId,
-        source: TxId,
+        (source, signed_by): (TxId, IdentityId),
         height: Height,
     ) -> Vec<TxId> {
         let mut ids = Vec::with_capacity(derived.len());
@@ -759,7 +850,9 @@ impl<'a> Overlay<'a> {
                 valid_from_ms: d.valid_from_ms,
                 valid_until_ms: d.valid_until_ms,
                 granted_at: height,
+                signed_by,
                 revoked_at: None,
+                revoked_by: None,
                 origin: GrantOrigin::Rule { rule_id, authority: d.authority, category_keys: d.category_keys },
             });
             ids.push(id);
@@ -768,7 +861,7 @@ impl<'a> Overlay<'a> {
     }
 
     /// Runs the patient's reacting rules, in installation order, on a committed record version.
-    fn react_to_record(&mut self, tx_id: TxId, patient: IdentityId, record: &CommittedRecord<'_>) {
+    fn react_to_record(&mut self, source: (TxId, IdentityId), patient: IdentityId, record: &CommittedRecord<'_>) {
         let rule_ids = self.reacting_rule_ids(&patient).cloned().unwrap_or_default();
         for rule_id in rule_ids {
             let Some(rule) = self.installed_rule(&rule_id).cloned() else { continue };
@@ -780,7 +873,7 @@ impl<'a> Overlay<'a> {
                 .into_iter()
                 .filter(|d| self.check_derived(d, &patient, None, record.timestamp_ms).is_ok())
                 .collect();
-            self.insert_derived(derived, patient, rule_id, tx_id, record.height);
+            self.insert_derived(derived, patient, rule_id, source, record.height);
         }
     }
 
@@ -810,6 +903,16 @@ impl<'a> Overlay<'a> {
                 .iter()
                 .any(|r| self.record(r).is_some_and(|h| h.custodian == key.custodian && h.category == key.category)),
         }
+    }
+
+    /// Whether `organisation` is a custodian of `patient`'s data: it holds a category key of
+    /// the patient, which exists from before its first record of the patient in that category.
+    /// At most one lookup per category, so this costs the same however much data there is.
+    fn custodies(&self, organisation: &IdentityId, patient: &IdentityId) -> bool {
+        medledger_types::CATEGORIES.iter().any(|c| {
+            let id = CategoryKeyId { custodian: *organisation, patient: *patient, category: (*c).to_owned() };
+            self.category_key(&id).is_some()
+        })
     }
 
     fn require(&self, id: &IdentityId, what: &'static str) -> Result<&Identity, TxError> {
@@ -999,7 +1102,7 @@ impl<'a> Overlay<'a> {
                     height: ctx.height,
                     timestamp_ms: ctx.timestamp_ms,
                 };
-                self.react_to_record(tx.id(), *patient, &committed);
+                self.react_to_record((tx.id(), signer), *patient, &committed);
             }
             Payload::ConsentGrant {
                 patient,
@@ -1010,11 +1113,13 @@ impl<'a> Overlay<'a> {
                 valid_from_ms,
                 valid_until_ms,
             } => {
-                if signer != *patient {
-                    return Err(TxError::NotAuthorised("only the patient grants access to their data"));
-                }
-                if role != Some(Role::Patient) {
+                if self.require(patient, "patient")?.role != Role::Patient {
                     return Err(TxError::InvalidField("patient must be a patient identity"));
+                }
+                if !self.acts_for_patient(&signer, patient, ctx.timestamp_ms) {
+                    return Err(TxError::NotAuthorised(
+                        "only the patient or a live delegate of theirs grants access to their data",
+                    ));
                 }
                 let grantee_role = self.require(grantee, "grantee")?.role;
                 if !matches!(grantee_role, Role::Organisation | Role::Practitioner | Role::SystemClient) {
@@ -1071,20 +1176,24 @@ impl<'a> Overlay<'a> {
                     valid_from_ms: *valid_from_ms,
                     valid_until_ms: *valid_until_ms,
                     granted_at: ctx.height,
+                    signed_by: signer,
                     revoked_at: None,
+                    revoked_by: None,
                     origin: GrantOrigin::Consent,
                 });
             }
             Payload::ConsentRevoke { grant_id } => {
                 let grant = self.grant(grant_id).ok_or(TxError::UnknownGrant(*grant_id))?;
-                if grant.patient != signer {
-                    return Err(TxError::NotAuthorised("only the patient who granted access revokes it"));
+                if !self.acts_for_patient(&signer, &grant.patient, ctx.timestamp_ms) {
+                    return Err(TxError::NotAuthorised(
+                        "only the patient whose data it covers, or a live delegate of theirs, revokes a grant",
+                    ));
                 }
                 if grant.revoked_at.is_some() {
                     return Err(TxError::InvalidField("grant is already revoked"));
                 }
                 // Any grant of the patient: consent, break-glass or rule-derived.
-                self.revoke_grant(grant_id, ctx.height);
+                self.revoke_grant(grant_id, ctx.height, signer);
             }
             Payload::AccessEvents { events } => {
                 if !matches!(role, Some(Role::Validator | Role::Organisation | Role::SystemClient)) {
@@ -1221,8 +1330,10 @@ impl<'a> Overlay<'a> {
                     valid_from_ms: ctx.timestamp_ms,
                     valid_until_ms: ctx.timestamp_ms.saturating_add(*window_ms),
                     granted_at: ctx.height,
+                    signed_by: signer,
                     revoked_at: None,
-                    origin: GrantOrigin::BreakGlass { reason: reason.clone(), needs_review: true },
+                    revoked_by: None,
+                    origin: GrantOrigin::BreakGlass { reason: reason.clone(), review: None },
                 });
             }
             Payload::InstallRule { patient, rule } => {
@@ -1235,19 +1346,21 @@ impl<'a> Overlay<'a> {
                     return Err(RuleError::TooManyRules.into());
                 }
                 let signer_identity = self.require(&signer, "signer")?.clone();
+                let for_patient = self.acts_for_patient(&signer, patient, ctx.timestamp_ms);
                 let install = InstallContext {
                     view: &*self,
                     rule_id: tx.id(),
                     patient: *patient,
                     signer: &signer_identity,
+                    for_patient,
                     height: ctx.height,
                     timestamp_ms: ctx.timestamp_ms,
                 };
                 let derived = kind.install(&install, &rule.params)?;
                 for d in &derived {
-                    self.check_derived(d, patient, Some((tx.id(), signer)), ctx.timestamp_ms)?;
+                    self.check_derived(d, patient, Some((tx.id(), for_patient)), ctx.timestamp_ms)?;
                 }
-                let derived = self.insert_derived(derived, *patient, tx.id(), tx.id(), ctx.height);
+                let derived = self.insert_derived(derived, *patient, tx.id(), (tx.id(), signer), ctx.height);
                 self.delta.rules.insert(
                     tx.id(),
                     InstalledRule {
@@ -1256,6 +1369,7 @@ impl<'a> Overlay<'a> {
                         kind: kind.kind().to_owned(),
                         params: rule.params.clone(),
                         installed_by: signer,
+                        for_patient,
                         installed_at: ctx.height,
                         installed_at_ms: ctx.timestamp_ms,
                         removed_at: None,
@@ -1274,16 +1388,20 @@ impl<'a> Overlay<'a> {
             Payload::RemoveRule { rule_id } => {
                 let rule = self.installed_rule(rule_id).ok_or(TxError::UnknownRule(*rule_id))?.clone();
                 let installer_org = self.identity(&rule.installed_by).and_then(|i| i.organisation);
-                if signer != rule.patient && signer != rule.installed_by && Some(signer) != installer_org {
+                let by_patient = self.acts_for_patient(&signer, &rule.patient, ctx.timestamp_ms);
+                // A rule signed for the patient is the patient's: its installer (a delegate since
+                // dismissed, say) and the installer's organisation have no say over it.
+                let by_installer = !rule.for_patient && (signer == rule.installed_by || Some(signer) == installer_org);
+                if !by_patient && !by_installer {
                     return Err(TxError::NotAuthorised(
-                        "a rule is removed by its patient, its installer or the installer's organisation",
+                        "a rule is removed by its patient (or a live delegate), its installer or the installer's organisation",
                     ));
                 }
                 if !rule.is_active() {
                     return Err(TxError::InvalidField("rule is already removed"));
                 }
                 for grant_id in &rule.derived {
-                    self.revoke_grant(grant_id, ctx.height);
+                    self.revoke_grant(grant_id, ctx.height, signer);
                 }
                 if let Some(ids) = self.reacting_rule_ids(&rule.patient)
                     && ids.contains(rule_id)
@@ -1294,6 +1412,109 @@ impl<'a> Overlay<'a> {
                 let mut removed = rule;
                 removed.removed_at = Some(ctx.height);
                 self.delta.rules.insert(*rule_id, removed);
+            }
+            Payload::AppointDelegate { patient, delegate, valid_until_ms } => {
+                // The patient's own signature, never a delegate's: delegation does not chain.
+                if signer != *patient || role != Some(Role::Patient) {
+                    return Err(TxError::NotAuthorised("only the patient appoints their delegates"));
+                }
+                if delegate == patient {
+                    return Err(TxError::InvalidField("a patient cannot be their own delegate"));
+                }
+                // A person: a practitioner (a trusted clinician) or a patient identity (a parent
+                // or guardian registered in their own right). Organisations, validators and
+                // system clients act under their own authority, never as a patient.
+                if !matches!(self.require(delegate, "delegate")?.role, Role::Practitioner | Role::Patient) {
+                    return Err(TxError::InvalidField("a delegate must be a practitioner or a patient identity"));
+                }
+                if *valid_until_ms <= ctx.timestamp_ms {
+                    return Err(TxError::InvalidField("delegation has already ended"));
+                }
+                let mut all = self.delegations(patient).cloned().unwrap_or_default();
+                if all.iter().any(|d| d.delegate == *delegate && d.is_live(ctx.timestamp_ms)) {
+                    return Err(TxError::InvalidField("already a live delegate of this patient: dismiss first"));
+                }
+                if all.iter().filter(|d| d.is_live(ctx.timestamp_ms)).count() >= limits::DELEGATES_PER_PATIENT_MAX {
+                    return Err(TxError::InvalidField("the patient already has the most live delegates"));
+                }
+                all.push(Delegation {
+                    id: tx.id(),
+                    patient: *patient,
+                    delegate: *delegate,
+                    appointed_at: ctx.height,
+                    valid_until_ms: *valid_until_ms,
+                    dismissed_at: None,
+                    dismissed_by: None,
+                });
+                self.delta.delegations.insert(*patient, all);
+            }
+            Payload::DismissDelegate { patient, delegate } => {
+                // The patient dismisses; a delegate may step down, but dismisses no one else.
+                if signer != *patient && signer != *delegate {
+                    return Err(TxError::NotAuthorised(
+                        "only the patient, or the delegate stepping down, ends a delegation",
+                    ));
+                }
+                let mut all = self.delegations(patient).cloned().unwrap_or_default();
+                let live = all
+                    .iter_mut()
+                    .find(|d| d.delegate == *delegate && d.is_live(ctx.timestamp_ms))
+                    .ok_or(TxError::InvalidField("not a live delegate of this patient"))?;
+                live.dismissed_at = Some(ctx.height);
+                live.dismissed_by = Some(signer);
+                self.delta.delegations.insert(*patient, all);
+            }
+            Payload::ReviewBreakGlass { break_glass_tx, verdict, reason } => {
+                let grant = self.grant(break_glass_tx).ok_or(TxError::UnknownGrant(*break_glass_tx))?.clone();
+                let GrantOrigin::BreakGlass { reason: declared, review } = &grant.origin else {
+                    return Err(TxError::InvalidField("only a break-glass access is reviewed"));
+                };
+                if review.is_some() {
+                    return Err(TxError::InvalidField("this break-glass access was already reviewed"));
+                }
+                if reason.is_empty() {
+                    return Err(TxError::InvalidField("a review needs a reason code"));
+                }
+                check_reason(reason)?;
+                // The declarer never reviews their own emergency, in any capacity.
+                if signer == grant.grantee {
+                    return Err(TxError::NotAuthorised("the declaring practitioner cannot review their own access"));
+                }
+                let reviewer = self.require(&signer, "signer")?;
+                let organisation = match reviewer.role {
+                    Role::Organisation => signer,
+                    Role::Practitioner => reviewer
+                        .organisation
+                        .ok_or(TxError::NotAuthorised("a reviewing practitioner must belong to an organisation"))?,
+                    _ => {
+                        return Err(TxError::NotAuthorised(
+                            "break-glass is reviewed by an organisation or one of its practitioners",
+                        ));
+                    }
+                };
+                let declarer_org = self.identity(&grant.grantee).and_then(|i| i.organisation);
+                if declarer_org != Some(organisation) && !self.custodies(&organisation, &grant.patient) {
+                    return Err(TxError::NotAuthorised(
+                        "only the declarer's organisation or a custodian of the patient's records reviews",
+                    ));
+                }
+                let mut reviewed = grant.clone();
+                reviewed.origin = GrantOrigin::BreakGlass {
+                    reason: declared.clone(),
+                    review: Some(BreakGlassReview {
+                        review_tx: tx.id(),
+                        reviewer: signer,
+                        verdict: *verdict,
+                        reason: reason.clone(),
+                        reviewed_at: ctx.height,
+                        reviewed_at_ms: ctx.timestamp_ms,
+                    }),
+                };
+                self.delta.grants.insert(*break_glass_tx, reviewed);
+                // An unjustified emergency ends now; one already over or revoked stays as it is.
+                if *verdict == ReviewVerdict::Unjustified && grant.is_live(ctx.timestamp_ms) {
+                    self.revoke_grant(break_glass_tx, ctx.height, signer);
+                }
             }
         }
         // Every accepted transaction consumes its signer's nonce.

@@ -86,6 +86,32 @@ impl AccessOutcome {
     }
 }
 
+/// A reviewer's finding on a break-glass access.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ReviewVerdict {
+    /// The emergency was real: the access stands.
+    Justified = 1,
+    /// It was not: the window ends at once if still open.
+    Unjustified = 2,
+}
+
+impl ReviewVerdict {
+    pub fn from_u8(tag: u8) -> Option<Self> {
+        [Self::Justified, Self::Unjustified].into_iter().find(|v| *v as u8 == tag)
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            ReviewVerdict::Justified => "justified",
+            ReviewVerdict::Unjustified => "unjustified",
+        }
+    }
+
+    pub fn parse(code: &str) -> Option<Self> {
+        [Self::Justified, Self::Unjustified].into_iter().find(|v| v.code().eq_ignore_ascii_case(code))
+    }
+}
+
 /// Which data a consent grant covers.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Scope {
@@ -226,6 +252,25 @@ pub enum Payload {
     RemoveRule {
         rule_id: TxId,
     },
+    /// The patient lets `delegate` (a guardian, a parent, a trusted practitioner) sign consent
+    /// grants and revocations and manage sharing rules for them until `valid_until_ms`.
+    AppointDelegate {
+        patient: IdentityId,
+        delegate: IdentityId,
+        valid_until_ms: u64,
+    },
+    /// Ends a delegation, signed by the patient or by the delegate stepping down.
+    DismissDelegate {
+        patient: IdentityId,
+        delegate: IdentityId,
+    },
+    /// An organisation's review of a break-glass access (the declaring transaction's id).
+    ReviewBreakGlass {
+        break_glass_tx: TxId,
+        verdict: ReviewVerdict,
+        /// Machine-readable reason code (letters, digits, `-_.:`); never free text.
+        reason: String,
+    },
 }
 
 impl Payload {
@@ -252,6 +297,9 @@ impl Payload {
             Payload::BreakGlass { .. } => "break-glass",
             Payload::InstallRule { .. } => "install-rule",
             Payload::RemoveRule { .. } => "remove-rule",
+            Payload::AppointDelegate { .. } => "appoint-delegate",
+            Payload::DismissDelegate { .. } => "dismiss-delegate",
+            Payload::ReviewBreakGlass { .. } => "review-break-glass",
         }
     }
 
@@ -267,6 +315,9 @@ impl Payload {
             Payload::BreakGlass { .. } => 8,
             Payload::InstallRule { .. } => 9,
             Payload::RemoveRule { .. } => 10,
+            Payload::AppointDelegate { .. } => 11,
+            Payload::DismissDelegate { .. } => 12,
+            Payload::ReviewBreakGlass { .. } => 13,
         }
     }
 }
@@ -441,6 +492,15 @@ fn encode_body(body: &TxBody, w: &mut Writer) {
         Payload::RemoveRule { rule_id } => {
             w.encode(rule_id);
         }
+        Payload::AppointDelegate { patient, delegate, valid_until_ms } => {
+            w.encode(patient).encode(delegate).u64(*valid_until_ms);
+        }
+        Payload::DismissDelegate { patient, delegate } => {
+            w.encode(patient).encode(delegate);
+        }
+        Payload::ReviewBreakGlass { break_glass_tx, verdict, reason } => {
+            w.encode(break_glass_tx).u8(*verdict as u8).str(reason);
+        }
     }
 }
 
@@ -564,6 +624,22 @@ fn decode_body(r: &mut Reader<'_>) -> Result<TxBody, CodecError> {
             },
         },
         10 => Payload::RemoveRule { rule_id: TxId::decode(r)? },
+        11 => Payload::AppointDelegate {
+            patient: IdentityId::decode(r)?,
+            delegate: IdentityId::decode(r)?,
+            valid_until_ms: r.u64("delegation end")?,
+        },
+        12 => Payload::DismissDelegate { patient: IdentityId::decode(r)?, delegate: IdentityId::decode(r)? },
+        13 => {
+            let break_glass_tx = TxId::decode(r)?;
+            let tag = r.u8("review verdict")?;
+            let verdict = ReviewVerdict::from_u8(tag).ok_or(CodecError::InvalidTag { what: "review verdict", tag })?;
+            Payload::ReviewBreakGlass {
+                break_glass_tx,
+                verdict,
+                reason: r.string(limits::REVIEW_REASON_BYTES_MAX, "review reason")?,
+            }
+        }
         tag => return Err(CodecError::InvalidTag { what: "payload kind", tag }),
     };
     Ok(TxBody { chain_id, signer, nonce, payload })
@@ -578,4 +654,101 @@ impl Encode for Transaction {
 /// Builds and signs a transaction by `keys` (whose identity id is `signer`).
 pub fn sign(keys: &Keypair, chain_id: Hash, signer: IdentityId, nonce: u64, payload: Payload) -> Transaction {
     Transaction::sign(TxBody { chain_id, signer, nonce, payload }, keys)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn round_trip(payload: Payload) {
+        let keys = Keypair::from_label("tx-round-trip");
+        let tx = sign(&keys, Hash([3; 32]), keys.id(), 7, payload);
+        let decoded = Transaction::decode(tx.bytes()).unwrap();
+        assert_eq!(decoded, tx);
+        assert_eq!(decoded.id(), tx.id());
+        // Every strict prefix and any trailing byte is refused.
+        for cut in 0..tx.bytes().len() {
+            assert!(Transaction::decode(&tx.bytes()[..cut]).is_err(), "prefix of {cut} bytes decoded");
+        }
+        let mut padded = tx.bytes().to_vec();
+        padded.push(0);
+        assert!(Transaction::decode(&padded).is_err());
+    }
+
+    #[test]
+    fn delegate_and_review_payloads_round_trip() {
+        let (patient, delegate) = (IdentityId([1; 32]), IdentityId([2; 32]));
+        round_trip(Payload::AppointDelegate { patient, delegate, valid_until_ms: 1_800_000_000_000 });
+        round_trip(Payload::DismissDelegate { patient, delegate });
+        for verdict in [ReviewVerdict::Justified, ReviewVerdict::Unjustified] {
+            round_trip(Payload::ReviewBreakGlass {
+                break_glass_tx: TxId([4; 32]),
+                verdict,
+                reason: "ed-confirmed".into(),
+            });
+        }
+    }
+
+    #[test]
+    fn new_payloads_have_the_documented_layout() {
+        let keys = Keypair::from_label("tx-layout");
+        let (patient, delegate) = (IdentityId([1; 32]), IdentityId([2; 32]));
+        let body_start = 1 + 32 + 32 + 8;
+        let appoint = sign(
+            &keys,
+            Hash([3; 32]),
+            keys.id(),
+            0,
+            Payload::AppointDelegate { patient, delegate, valid_until_ms: 0x0102_0304_0506_0708 },
+        );
+        let b = &appoint.bytes()[body_start..];
+        assert_eq!(b[0], 11);
+        assert_eq!((&b[1..33], &b[33..65]), (&patient.0[..], &delegate.0[..]));
+        assert_eq!(&b[65..73], &[1, 2, 3, 4, 5, 6, 7, 8]);
+        assert_eq!(b.len(), 73 + 64);
+        let dismiss = sign(&keys, Hash([3; 32]), keys.id(), 0, Payload::DismissDelegate { patient, delegate });
+        assert_eq!(dismiss.bytes()[body_start], 12);
+        assert_eq!(dismiss.bytes().len(), body_start + 1 + 64 + 64);
+        let review = sign(
+            &keys,
+            Hash([3; 32]),
+            keys.id(),
+            0,
+            Payload::ReviewBreakGlass {
+                break_glass_tx: TxId([4; 32]),
+                verdict: ReviewVerdict::Unjustified,
+                reason: "no-emergency".into(),
+            },
+        );
+        let b = &review.bytes()[body_start..];
+        assert_eq!((b[0], &b[1..33], b[33]), (13, &[4u8; 32][..], 2));
+        assert_eq!(&b[34..38], &12u32.to_be_bytes());
+        assert_eq!(&b[38..50], b"no-emergency");
+    }
+
+    #[test]
+    fn unknown_verdicts_and_long_review_reasons_are_refused() {
+        let keys = Keypair::from_label("tx-strict");
+        let review = |reason: String| {
+            sign(
+                &keys,
+                Hash([3; 32]),
+                keys.id(),
+                0,
+                Payload::ReviewBreakGlass { break_glass_tx: TxId([4; 32]), verdict: ReviewVerdict::Justified, reason },
+            )
+        };
+        let mut bytes = review("ok".into()).bytes().to_vec();
+        let verdict_at = 1 + 32 + 32 + 8 + 1 + 32;
+        for tag in [0u8, 3, 255] {
+            bytes[verdict_at] = tag;
+            assert!(matches!(Transaction::decode(&bytes), Err(CodecError::InvalidTag { what: "review verdict", .. })));
+        }
+        let long = review("x".repeat(limits::REVIEW_REASON_BYTES_MAX + 1));
+        assert!(Transaction::decode(long.bytes()).is_err());
+        let longest = review("x".repeat(limits::REVIEW_REASON_BYTES_MAX));
+        assert!(Transaction::decode(longest.bytes()).is_ok());
+        assert_eq!(ReviewVerdict::parse("Unjustified"), Some(ReviewVerdict::Unjustified));
+        assert_eq!(ReviewVerdict::parse("maybe"), None);
+    }
 }

@@ -52,3 +52,8 @@ pub const RULE_PARAMS_BYTES_MAX: usize = 4 * 1024;
 pub const RULES_REACTING_PER_PATIENT_MAX: usize = 16;
 /// Longest referral a patient may authorise, in days (consensus-relevant).
 pub const RULE_GRANT_DAYS_MAX: u32 = 366;
+/// Most delegates a patient may have live at once (consensus-relevant): bounds the delegate
+/// check every consent transaction makes, and a patient's exposure to proxies.
+pub const DELEGATES_PER_PATIENT_MAX: usize = 8;
+/// Longest reason code of a break-glass review, in bytes (consensus-relevant).
+pub const REVIEW_REASON_BYTES_MAX: usize = 64;

@@ -74,8 +74,13 @@ pub struct InstalledRule {
     pub patient: IdentityId,
     pub kind: String,
     pub params: Vec<u8>,
-    /// The signer of the installing transaction: the patient, or e.g. a referring organisation.
+    /// The signer of the installing transaction: the patient, a delegate of theirs, or e.g. a
+    /// referring organisation.
     pub installed_by: IdentityId,
+    /// Whether the signer acted as the patient: the patient themself, or a delegate of theirs
+    /// live at installation. Such a rule stays the patient's own after the delegate is
+    /// dismissed, as a delegate's grants do.
+    pub for_patient: bool,
     pub installed_at: Height,
     pub installed_at_ms: TimestampMs,
     pub removed_at: Option<Height>,
@@ -89,10 +94,10 @@ impl InstalledRule {
         self.removed_at.is_none()
     }
 
-    /// Whether the patient signed this rule themselves: only such rules are an authority for
-    /// derived access.
+    /// Whether the patient signed this rule (themself or through a live delegate): only such
+    /// rules are an authority for derived access.
     pub fn is_patients_own(&self) -> bool {
-        self.installed_by == self.patient
+        self.for_patient
     }
 }
 
@@ -109,6 +114,9 @@ pub struct InstallContext<'a> {
     pub rule_id: TxId,
     pub patient: IdentityId,
     pub signer: &'a Identity,
+    /// Whether the signer acts as the patient (is the patient or a live delegate of theirs):
+    /// what rules that only the patient may install check, rather than the signer's id.
+    pub for_patient: bool,
     pub height: Height,
     /// Block time.
     pub timestamp_ms: TimestampMs,

@@ -105,8 +105,8 @@ impl SharingRule for ReferralConsent {
 
     fn install(&self, ctx: &InstallContext<'_>, params: &[u8]) -> Result<Vec<Derived>, RuleError> {
         let p = ReferralConsentParams::decode(params)?;
-        if ctx.signer.id != ctx.patient {
-            return Err(RuleError::NotAuthorised("only the patient authorises referrals"));
+        if !ctx.for_patient {
+            return Err(RuleError::NotAuthorised("only the patient or a delegate of theirs authorises referrals"));
         }
         if ctx.view.identity(&p.referrer).map(|i| i.role) != Some(Role::Organisation) {
             return Err(RuleError::InvalidParams("the referrer must be a member organisation"));

@@ -58,8 +58,10 @@ impl SharingRule for ShareNew {
 
     fn install(&self, ctx: &InstallContext<'_>, params: &[u8]) -> Result<Vec<Derived>, RuleError> {
         let p = ShareNewParams::decode(params)?;
-        if ctx.signer.id != ctx.patient {
-            return Err(RuleError::NotAuthorised("only the patient installs a standing sharing rule"));
+        if !ctx.for_patient {
+            return Err(RuleError::NotAuthorised(
+                "only the patient or a delegate of theirs installs a standing sharing rule",
+            ));
         }
         if !may_be_grantee(ctx.view, &p.grantee) {
             return Err(RuleError::InvalidParams("grantee must be an organisation, practitioner or system client"));
