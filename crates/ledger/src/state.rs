@@ -404,6 +404,12 @@ impl State {
         self.patient_rules.get(patient).into_iter().flatten().filter_map(|id| self.rules.get(id))
     }
 
+    /// Whether `organisation` is a custodian of `patient`'s data (see `docs/rules.md`, review
+    /// break-glass): it holds a category key of the patient.
+    pub fn custodies(&self, organisation: &IdentityId, patient: &IdentityId) -> bool {
+        holds_a_category_key(organisation, patient, |id| self.category_keys.contains_key(id))
+    }
+
     /// Every delegation of `patient` (dismissed and expired ones included), oldest first.
     pub fn delegations_of(&self, patient: &IdentityId) -> impl Iterator<Item = &Delegation> {
         self.delegations.get(patient).into_iter().flatten()
@@ -909,10 +915,7 @@ impl<'a> Overlay<'a> {
     /// the patient, which exists from before its first record of the patient in that category.
     /// At most one lookup per category, so this costs the same however much data there is.
     fn custodies(&self, organisation: &IdentityId, patient: &IdentityId) -> bool {
-        medledger_types::CATEGORIES.iter().any(|c| {
-            let id = CategoryKeyId { custodian: *organisation, patient: *patient, category: (*c).to_owned() };
-            self.category_key(&id).is_some()
-        })
+        holds_a_category_key(organisation, patient, |id| self.category_key(id).is_some())
     }
 
     fn require(&self, id: &IdentityId, what: &'static str) -> Result<&Identity, TxError> {
@@ -1543,6 +1546,18 @@ fn derived_grant_id(source: &TxId, rule: &TxId, index: u32) -> TxId {
     let index = index.to_be_bytes();
     let parts: [&[u8]; 4] = [b"medledger/derived-grant/v1", &source.0, &rule.0, &index];
     TxId(medledger_crypto::sha256_parts(&parts).0)
+}
+
+/// Whether `exists` finds a category key of (`organisation`, `patient`) in any category: one
+/// lookup per category, so the cost does not grow with the data.
+fn holds_a_category_key(
+    organisation: &IdentityId,
+    patient: &IdentityId,
+    exists: impl Fn(&CategoryKeyId) -> bool,
+) -> bool {
+    medledger_types::CATEGORIES
+        .iter()
+        .any(|c| exists(&CategoryKeyId { custodian: *organisation, patient: *patient, category: (*c).to_owned() }))
 }
 
 fn check_name(name: &str) -> Result<(), TxError> {

@@ -122,7 +122,7 @@ impl Chain {
         let mut index = PatientIndex::default();
         store.for_each_block(1, |height, bytes| {
             let block = Block::decode(bytes).map_err(|e| ChainError::Undecodable { height, reason: e.to_string() })?;
-            index.apply_block(&block);
+            index.apply_block(&block, &state);
             Ok(())
         })?;
         let metrics = Metrics::default();
@@ -505,7 +505,7 @@ impl Chain {
             tx_count += entry.block.txs.len() as u64;
             let block = entry.block;
             state.commit(&block, entry.delta);
-            index.apply_block(&block);
+            index.apply_block(&block, &state);
             for signer in signers {
                 for id in pool.remove_stale(&signer, state.next_nonce(&signer)) {
                     self.rejections

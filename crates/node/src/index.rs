@@ -1,10 +1,14 @@
 //! Per-patient index of committed history: what a patient's view needs (their records and
 //! versions, every access event about them, every wrap of their category keys given to someone
-//! else, every break-glass declaration), without scanning the chain per request.
+//! else, every break-glass declaration and its review, every appointment and dismissal of a
+//! delegate, every grant and revocation a delegate signed for them), without scanning the chain
+//! per request; and every break-glass declaration in commit order, for organisations' review
+//! queues.
 //!
 //! Derived data only: a pure function of the finalized blocks, rebuilt at start by scanning the
 //! store ([`PatientIndex::apply_block`] per block, after the state's replay verified them) and
-//! extended as blocks commit. It holds ids, codes and positions, never plaintext: every entry is
+//! extended as blocks commit. The state is consulted only for facts that never change once
+//! committed (which patient a revoked grant is of), so the final state serves a rebuild. It holds ids, codes and positions, never plaintext: every entry is
 //! fixed-size apart from codes the ledger already bounds (resource type and category names of
 //! at most [`limits::RESOURCE_TYPE_BYTES_MAX`], reasons of at most [`limits::REASON_BYTES_MAX`]
 //! and [`limits::BREAK_GLASS_REASON_BYTES_MAX`] bytes). The number of entries grows with the
@@ -12,7 +16,7 @@
 
 use std::collections::HashMap;
 
-use medledger_ledger::{AccessEvent, Block, Payload};
+use medledger_ledger::{AccessEvent, Block, Payload, ReviewVerdict, State};
 use medledger_types::{Hash, Height, IdentityId, RecordId, TimestampMs, TxId, limits};
 
 /// Where a transaction sits: what a client needs to fetch it and prove its inclusion.
@@ -88,10 +92,65 @@ impl KeyShareEntry {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BreakGlassEntry {
     pub position: TxPosition,
+    pub patient: IdentityId,
     pub practitioner: IdentityId,
     /// The declared reason code.
     pub reason: String,
     pub window_ms: u64,
+    /// The reviewing transaction, once reviewed (its entry is in the patient's `reviews`).
+    pub reviewed_by_tx: Option<TxId>,
+}
+
+/// A review of one of the patient's break-glass accesses.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReviewEntry {
+    pub position: TxPosition,
+    /// The reviewed declaration.
+    pub break_glass_tx: TxId,
+    pub reviewer: IdentityId,
+    pub verdict: ReviewVerdict,
+    /// The reviewer's reason code.
+    pub reason: String,
+}
+
+/// What happened to a delegation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DelegationChange {
+    Appointed {
+        valid_until_ms: TimestampMs,
+    },
+    /// By the patient, or by the delegate stepping down.
+    Dismissed {
+        by: IdentityId,
+    },
+}
+
+/// An appointment or dismissal of one of the patient's delegates.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DelegationEntry {
+    pub position: TxPosition,
+    pub delegate: IdentityId,
+    pub change: DelegationChange,
+}
+
+/// Consent a delegate signed for the patient.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DelegateAct {
+    /// A grant (its id is the transaction id) to `grantee`.
+    Grant {
+        grantee: IdentityId,
+    },
+    Revoke {
+        grant_id: TxId,
+    },
+}
+
+/// A consent grant or revocation signed by a delegate rather than the patient.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DelegateActEntry {
+    pub position: TxPosition,
+    pub delegate: IdentityId,
+    pub act: DelegateAct,
 }
 
 /// Everything indexed about one patient, each list in commit order.
@@ -101,6 +160,9 @@ pub struct PatientEntry {
     pub access: Vec<AccessEntry>,
     pub key_shares: Vec<KeyShareEntry>,
     pub break_glass: Vec<BreakGlassEntry>,
+    pub reviews: Vec<ReviewEntry>,
+    pub delegations: Vec<DelegationEntry>,
+    pub delegate_acts: Vec<DelegateActEntry>,
 }
 
 /// The per-patient index over finalized blocks (see the module docs).
@@ -109,6 +171,11 @@ pub struct PatientIndex {
     patients: HashMap<IdentityId, PatientEntry>,
     /// record -> (its patient, its position in that patient's `records`).
     records: HashMap<RecordId, (IdentityId, usize)>,
+    /// Every break-glass declaration in commit order: (patient, position in that patient's
+    /// `break_glass`).
+    break_glass: Vec<(IdentityId, usize)>,
+    /// declaration id -> its place in `break_glass`.
+    break_glass_by_tx: HashMap<TxId, usize>,
     /// Height of the last block applied; blocks at or below it are ignored.
     height: Height,
 }
@@ -123,6 +190,11 @@ impl PatientIndex {
         self.patients.get(patient)
     }
 
+    /// Every break-glass declaration, in commit order.
+    pub fn break_glass(&self) -> impl DoubleEndedIterator<Item = &BreakGlassEntry> {
+        self.break_glass.iter().filter_map(|(p, i)| self.patients.get(p)?.break_glass.get(*i))
+    }
+
     /// A record with its versions, by id.
     pub fn record(&self, record: &RecordId) -> Option<&RecordEntry> {
         let (patient, position) = self.records.get(record)?;
@@ -130,8 +202,9 @@ impl PatientIndex {
     }
 
     /// Indexes a finalized, verified block. Blocks must come in height order; one at or below
-    /// the last indexed height is ignored, so applying a block twice changes nothing.
-    pub fn apply_block(&mut self, block: &Block) {
+    /// the last indexed height is ignored, so applying a block twice changes nothing. `state`
+    /// is the state after this block or any later one (see the module docs).
+    pub fn apply_block(&mut self, block: &Block, state: &State) {
         let header = &block.header;
         if header.height <= self.height {
             return;
@@ -211,12 +284,67 @@ impl PatientIndex {
                     self.patients.entry(*patient).or_default().key_shares.extend(wraps);
                 }
                 Payload::BreakGlass { patient, reason, window_ms } => {
-                    self.patients.entry(*patient).or_default().break_glass.push(BreakGlassEntry {
+                    let declared = &mut self.patients.entry(*patient).or_default().break_glass;
+                    self.break_glass_by_tx.insert(position.tx_id, self.break_glass.len());
+                    self.break_glass.push((*patient, declared.len()));
+                    declared.push(BreakGlassEntry {
                         position,
+                        patient: *patient,
                         practitioner: signer,
                         reason: bounded(reason, limits::BREAK_GLASS_REASON_BYTES_MAX),
                         window_ms: *window_ms,
+                        reviewed_by_tx: None,
                     });
+                }
+                Payload::ReviewBreakGlass { break_glass_tx, verdict, reason } => {
+                    let Some(&(patient, at)) =
+                        self.break_glass_by_tx.get(break_glass_tx).map(|i| &self.break_glass[*i])
+                    else {
+                        continue;
+                    };
+                    let entry = self.patients.entry(patient).or_default();
+                    if let Some(declared) = entry.break_glass.get_mut(at) {
+                        declared.reviewed_by_tx = Some(position.tx_id);
+                    }
+                    entry.reviews.push(ReviewEntry {
+                        position,
+                        break_glass_tx: *break_glass_tx,
+                        reviewer: signer,
+                        verdict: *verdict,
+                        reason: bounded(reason, limits::REVIEW_REASON_BYTES_MAX),
+                    });
+                }
+                Payload::AppointDelegate { patient, delegate, valid_until_ms } => {
+                    self.patients.entry(*patient).or_default().delegations.push(DelegationEntry {
+                        position,
+                        delegate: *delegate,
+                        change: DelegationChange::Appointed { valid_until_ms: *valid_until_ms },
+                    });
+                }
+                Payload::DismissDelegate { patient, delegate } => {
+                    self.patients.entry(*patient).or_default().delegations.push(DelegationEntry {
+                        position,
+                        delegate: *delegate,
+                        change: DelegationChange::Dismissed { by: signer },
+                    });
+                }
+                // The ledger accepted it, so a signer other than the patient was a live delegate.
+                Payload::ConsentGrant { patient, grantee, .. } if signer != *patient => {
+                    self.patients.entry(*patient).or_default().delegate_acts.push(DelegateActEntry {
+                        position,
+                        delegate: signer,
+                        act: DelegateAct::Grant { grantee: *grantee },
+                    });
+                }
+                Payload::ConsentRevoke { grant_id } => {
+                    let Some(patient) = state.grant(grant_id).map(|g| g.patient) else { continue };
+                    if signer != patient {
+                        self.patients.entry(patient).or_default().delegate_acts.push(DelegateActEntry {
+                            position,
+                            delegate: signer,
+                            act: DelegateAct::Revoke { grant_id: *grant_id },
+                        });
+                    }
                 }
                 _ => {}
             }
@@ -243,7 +371,7 @@ mod tests {
 
     use medledger_blobs::MemoryBlobStore;
     use medledger_crypto::Keypair;
-    use medledger_ledger::{AccessOutcome, Purpose, Scope, actions, tx::sign};
+    use medledger_ledger::{AccessOutcome, Purpose, ReviewVerdict, Scope, actions, tx::sign};
     use medledger_types::Role;
 
     use super::*;
@@ -372,5 +500,86 @@ mod tests {
         let rebuilt = reopened.patient_index();
         assert_eq!(rebuilt.height(), index.height());
         assert_eq!(rebuilt.patient(&patient.id()), index.patient(&patient.id()));
+    }
+
+    #[test]
+    fn indexes_delegates_their_consent_and_break_glass_reviews() {
+        let net =
+            Devnet::new("medledger.index-delegates", now_ms() - 60_000, &["Hospital A", "Clinic B"], 1, &mut |l| {
+                Keypair::from_label(l)
+            });
+        let dir = tempfile::tempdir().unwrap();
+        let (chain, _) = Chain::open(dir.path(), &net.genesis, net.validators[0].clone(), &mut |_, _| {}).unwrap();
+        let org_b = net.organisations[1].clone();
+        let (doc_b, patient, guardian) =
+            (Keypair::from_label("dr-b"), Keypair::from_label("patient"), Keypair::from_label("guardian"));
+        let t = now_ms();
+        chain.submit_as(&org_b, Payload::register(Role::Practitioner, &doc_b, Some(org_b.id()), "Dr B"), t).unwrap();
+        for p in [&patient, &guardian] {
+            let tx = sign(p, net.genesis.chain_id(), p.id(), 0, Payload::register(Role::Patient, p, None, ""));
+            chain.submit(tx.bytes(), t).unwrap();
+        }
+        commit(&net, &chain);
+        let appoint =
+            Payload::AppointDelegate { patient: patient.id(), delegate: guardian.id(), valid_until_ms: t + 86_400_000 };
+        let appointed = chain.submit_as(&patient, appoint, now_ms()).unwrap();
+        let bg = Payload::BreakGlass { patient: patient.id(), reason: "unconscious".into(), window_ms: 3_600_000 };
+        let bg_id = chain.submit_as(&doc_b, bg, now_ms()).unwrap();
+        commit(&net, &chain);
+        let grant = Payload::ConsentGrant {
+            patient: patient.id(),
+            grantee: doc_b.id(),
+            scope: Scope::All,
+            actions: actions::READ,
+            purpose: Purpose::Treatment,
+            valid_from_ms: t,
+            valid_until_ms: t + 86_400_000,
+        };
+        let grant_id = chain.submit_as(&guardian, grant, now_ms()).unwrap();
+        let review = Payload::ReviewBreakGlass {
+            break_glass_tx: bg_id,
+            verdict: ReviewVerdict::Justified,
+            reason: "ed-confirmed".into(),
+        };
+        let review_id = chain.submit_as(&org_b, review, now_ms()).unwrap();
+        commit(&net, &chain);
+        chain.submit_as(&guardian, Payload::ConsentRevoke { grant_id }, now_ms()).unwrap();
+        // The patient revoking their own grant is not a delegate's act.
+        let dismiss = Payload::DismissDelegate { patient: patient.id(), delegate: guardian.id() };
+        chain.submit_as(&patient, dismiss, now_ms()).unwrap();
+        commit(&net, &chain);
+
+        let index = chain.patient_index().clone();
+        let entry = index.patient(&patient.id()).unwrap();
+        let changes: Vec<_> = entry.delegations.iter().map(|d| (d.delegate, d.change)).collect();
+        assert_eq!(
+            changes,
+            vec![
+                (guardian.id(), DelegationChange::Appointed { valid_until_ms: t + 86_400_000 }),
+                (guardian.id(), DelegationChange::Dismissed { by: patient.id() }),
+            ]
+        );
+        assert_eq!(entry.delegations[0].position.tx_id, appointed);
+        let acts: Vec<_> = entry.delegate_acts.iter().map(|a| (a.delegate, a.act)).collect();
+        assert_eq!(
+            acts,
+            vec![
+                (guardian.id(), DelegateAct::Grant { grantee: doc_b.id() }),
+                (guardian.id(), DelegateAct::Revoke { grant_id }),
+            ]
+        );
+        assert_eq!(entry.delegate_acts[0].position.tx_id, grant_id);
+        assert_eq!(entry.break_glass[0].reviewed_by_tx, Some(review_id));
+        assert_eq!(entry.reviews.len(), 1);
+        let r = &entry.reviews[0];
+        assert_eq!((r.break_glass_tx, r.reviewer, r.verdict), (bg_id, org_b.id(), ReviewVerdict::Justified));
+        let all: Vec<_> = index.break_glass().map(|b| (b.patient, b.position.tx_id)).collect();
+        assert_eq!(all, vec![(patient.id(), bg_id)]);
+        assert!(index.patient(&guardian.id()).is_none(), "nothing is filed under the delegate");
+
+        drop(chain);
+        let (reopened, _) = Chain::open(dir.path(), &net.genesis, net.validators[0].clone(), &mut |_, _| {}).unwrap();
+        assert_eq!(reopened.patient_index().patient(&patient.id()), index.patient(&patient.id()));
+        assert_eq!(reopened.patient_index().break_glass().count(), 1);
     }
 }
