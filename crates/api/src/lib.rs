@@ -28,9 +28,11 @@
 //! | `GET /v1/records/{id}[?version=N][&purpose=P]`    | signed; the FHIR resource as written, or 403 with a reason code |
 //! | `GET /v1/records/{id}/history[?purpose=P]`       | signed; the record's versions (tx id, author), for whoever may read it |
 //! | `GET /v1/patients/{id}/records`                   | signed, the patient only; records with versions  |
-//! | `GET /v1/patients/{id}/grants`                    | signed, the patient only; every grant, its origin and whether live |
+//! | `GET /v1/patients/{id}/grants`                    | signed, the patient or a live delegate; every grant, its origin, signer, review and whether live |
+//! | `GET /v1/patients/{id}/delegates`                 | signed, the patient or a live delegate; every delegation and whether live |
 //! | `GET /v1/patients/{id}/access-log?from=N&limit=M` | signed, the patient only; access events, each with an inclusion proof |
-//! | `GET /v1/patients/{id}/notifications?since_ms=T`  | signed, the patient only; new accesses, break-glass, key wraps, expiring grants |
+//! | `GET /v1/patients/{id}/notifications?since_ms=T`  | signed, the patient only; new accesses, break-glass and reviews, delegates and their consent, key wraps, expiring grants |
+//! | `GET /v1/break-glass?pending=true`                | signed, an organisation or its practitioners; break-glass it may review (its declarers', its patients') |
 //! | `GET /metrics`                                    | Prometheus text format 0.0.4                     |
 //!
 //! Statuses: 400 malformed input or invalid transaction, 404 unknown resource or route,
@@ -58,6 +60,7 @@ use medledger_types::limits;
 use tokio::sync::Semaphore;
 
 pub mod auth;
+mod break_glass;
 mod error;
 mod patients;
 mod records;
@@ -99,6 +102,8 @@ pub fn router_with(chain: Arc<Chain>, records: Option<Arc<RecordService>>) -> Ro
         .route("/v1/patients/{id}/grants", get(patients::grants))
         .route("/v1/patients/{id}/access-log", get(patients::access_log))
         .route("/v1/patients/{id}/notifications", get(patients::notifications))
+        .route("/v1/patients/{id}/delegates", get(patients::delegates))
+        .route("/v1/break-glass", get(break_glass::list))
         .route("/metrics", get(routes::metrics))
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)

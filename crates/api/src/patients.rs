@@ -1,9 +1,11 @@
-//! The patient's view: their records and versions, their grants, their full access log with an
-//! inclusion proof per entry, and notifications; plus the version history of a record for
-//! anyone allowed to read it.
+//! The patient's view: their records and versions, their grants, their delegates, their full
+//! access log with an inclusion proof per entry, and notifications; plus the version history of
+//! a record for anyone allowed to read it.
 //!
 //! Every request is signed (`auth`). Only the patient themself reads their view (403
-//! `not-the-patient` otherwise). Answers come from the node's per-patient index
+//! `not-the-patient` otherwise), except that a live delegate of the patient also reads their
+//! grants and delegates: what managing consent for them needs, and nothing of their records or
+//! access log. Answers come from the node's per-patient index
 //! (`medledger_node::index`) and the state, read together under one lock so they are at the
 //! same height; they carry ids and codes only, never record contents. Lists are paged
 //! (`from`, `limit` ≤ [`PAGE_LIMIT_MAX`]) so no answer grows without bound.
@@ -14,8 +16,13 @@ use axum::{
     Json,
     extract::{Path, Query, Request, State},
 };
-use medledger_ledger::{AccessAction, AccessOutcome, Grant, GrantOrigin, Scope, access::decide, actions};
-use medledger_node::index::{AccessEntry, BreakGlassEntry, KeyShareEntry, PatientIndex, RecordEntry, TxPosition};
+use medledger_ledger::{
+    AccessAction, AccessOutcome, BreakGlassReview, Grant, GrantOrigin, Scope, access::decide, actions,
+};
+use medledger_node::index::{
+    AccessEntry, BreakGlassEntry, DelegateAct, DelegateActEntry, DelegationChange, DelegationEntry, KeyShareEntry,
+    PatientIndex, RecordEntry, ReviewEntry, TxPosition,
+};
 use medledger_types::{IdentityId, Role, TimestampMs};
 use serde::Serialize;
 
@@ -40,7 +47,7 @@ pub const EXPIRING_WITHIN_MS: u64 = 7 * 24 * 60 * 60 * 1000;
 // ---- parameters and authorisation ----
 
 /// `from` and `limit` of a paged list: `limit` is 1 to [`PAGE_LIMIT_MAX`].
-fn page(query: &HashMap<String, String>) -> Result<(usize, usize), ApiError> {
+pub(crate) fn page(query: &HashMap<String, String>) -> Result<(usize, usize), ApiError> {
     let from = optional_param(query, "from")?.unwrap_or(0);
     let limit = optional_param(query, "limit")?.unwrap_or(PAGE_LIMIT_DEFAULT);
     if limit == 0 || limit > PAGE_LIMIT_MAX {
@@ -51,7 +58,7 @@ fn page(query: &HashMap<String, String>) -> Result<(usize, usize), ApiError> {
 }
 
 /// The page of `items` starting at `from`, and where the next page starts (if any).
-fn slice<T>(items: &[T], from: usize, limit: usize) -> (&[T], Option<usize>) {
+pub(crate) fn slice<T>(items: &[T], from: usize, limit: usize) -> (&[T], Option<usize>) {
     let start = from.min(items.len());
     let end = start.saturating_add(limit).min(items.len());
     (&items[start..end], (end < items.len()).then_some(end))
@@ -63,11 +70,30 @@ async fn the_patient(app: &AppState, patient: IdentityId, request: Request) -> R
     let is_patient =
         on_chain(&app.chain, move |c| Ok(c.state().identity(&requester).is_some_and(|i| i.role == Role::Patient)))
             .await?;
-    // Delegates (guardians, proxies) come later; until then, only the patient.
     if requester != patient || !is_patient {
         return Err(ApiError::Forbidden {
             reason: "not-the-patient",
             message: "only the patient reads their own records, grants, access log and notifications".into(),
+        });
+    }
+    Ok(())
+}
+
+/// Authenticates the request and checks the requester is the patient `patient` or, by the
+/// node's clock, a live delegate of theirs.
+async fn the_patient_or_delegate(app: &AppState, patient: IdentityId, request: Request) -> Result<(), ApiError> {
+    let (requester, _) = authenticated(app, request).await?;
+    let now = now_ms();
+    let allowed = on_chain(&app.chain, move |c| {
+        let state = c.state();
+        let is_patient = requester == patient && state.identity(&requester).is_some_and(|i| i.role == Role::Patient);
+        Ok(is_patient || state.is_live_delegate(&patient, &requester, now))
+    })
+    .await?;
+    if !allowed {
+        return Err(ApiError::Forbidden {
+            reason: "not-the-patient-or-delegate",
+            message: "only the patient or a live delegate of theirs reads their grants and delegates".into(),
         });
     }
     Ok(())
@@ -216,6 +242,14 @@ struct GrantView {
     #[serde(skip_serializing_if = "Option::is_none")]
     reason: Option<String>,
     needs_review: bool,
+    /// The review of a break-glass access, once reviewed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    review: Option<ReviewView>,
+    /// Who signed the transaction that created the grant.
+    signed_by: String,
+    /// The delegate who granted it for the patient, when the patient did not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    granted_by_delegate: Option<String>,
     scope: ScopeView,
     actions: Vec<&'static str>,
     purpose: &'static str,
@@ -223,8 +257,34 @@ struct GrantView {
     valid_until_ms: TimestampMs,
     granted_at: u64,
     revoked_at: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    revoked_by: Option<String>,
     /// In force now (by the node's clock): not revoked and within its period.
     live: bool,
+}
+
+#[derive(Serialize)]
+pub(crate) struct ReviewView {
+    review_tx: String,
+    reviewer: String,
+    /// `justified` or `unjustified`.
+    verdict: &'static str,
+    reason: String,
+    reviewed_at: u64,
+    reviewed_at_ms: TimestampMs,
+}
+
+impl From<&BreakGlassReview> for ReviewView {
+    fn from(r: &BreakGlassReview) -> Self {
+        ReviewView {
+            review_tx: r.review_tx.to_hex(),
+            reviewer: r.reviewer.to_hex(),
+            verdict: r.verdict.code(),
+            reason: r.reason.clone(),
+            reviewed_at: r.reviewed_at,
+            reviewed_at_ms: r.reviewed_at_ms,
+        }
+    }
 }
 
 fn origin_code(origin: &GrantOrigin) -> &'static str {
@@ -246,6 +306,9 @@ fn grant_view(g: &Grant, now: TimestampMs) -> GrantView {
             _ => None,
         },
         needs_review: g.needs_review(),
+        review: g.review().map(ReviewView::from),
+        signed_by: g.signed_by.to_hex(),
+        granted_by_delegate: g.delegate().map(|d| d.to_hex()),
         scope: ScopeView::from(&g.scope),
         actions: action_names(g.actions),
         purpose: g.purpose.code(),
@@ -253,6 +316,7 @@ fn grant_view(g: &Grant, now: TimestampMs) -> GrantView {
         valid_until_ms: g.valid_until_ms,
         granted_at: g.granted_at,
         revoked_at: g.revoked_at,
+        revoked_by: g.revoked_by.map(|r| r.to_hex()),
         live: g.is_live(now),
     }
 }
@@ -275,7 +339,7 @@ pub(crate) async fn grants(
 ) -> Result<Json<GrantsView>, ApiError> {
     let patient = parse_identity_id(&id)?;
     let (from, limit) = page(&query)?;
-    the_patient(&app, patient, request).await?;
+    the_patient_or_delegate(&app, patient, request).await?;
     let now = now_ms();
     on_chain(&app.chain, move |c| {
         let state = c.state();
@@ -285,6 +349,85 @@ pub(crate) async fn grants(
         let end = from.saturating_add(grants.len());
         let next = (end < total).then_some(end);
         Ok(Json(GrantsView { patient: patient.to_hex(), total, from: from.min(total), next, grants }))
+    })
+    .await
+}
+
+// ---- GET /v1/patients/{id}/delegates ----
+
+#[derive(Serialize)]
+struct DelegationView {
+    /// The appointing transaction.
+    appointment_tx: String,
+    delegate: String,
+    /// `practitioner` or `patient`.
+    delegate_role: &'static str,
+    /// A practitioner's display name (patients have none on-chain).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    delegate_name: String,
+    appointed_at: u64,
+    valid_until_ms: TimestampMs,
+    dismissed_at: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dismissed_by: Option<String>,
+    /// May act now (by the node's clock): not dismissed and before its end.
+    live: bool,
+}
+
+#[derive(Serialize)]
+pub(crate) struct DelegatesView {
+    patient: String,
+    /// Live delegates now; at most `limits::DELEGATES_PER_PATIENT_MAX`.
+    live: usize,
+    total: usize,
+    from: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next: Option<usize>,
+    /// Every delegation, dismissed and expired ones included, oldest first.
+    delegations: Vec<DelegationView>,
+}
+
+/// `GET /v1/patients/{id}/delegates[?from=N][&limit=M]`: who may manage the patient's consent,
+/// for the patient and for their live delegates.
+pub(crate) async fn delegates(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+    request: Request,
+) -> Result<Json<DelegatesView>, ApiError> {
+    let patient = parse_identity_id(&id)?;
+    let (from, limit) = page(&query)?;
+    the_patient_or_delegate(&app, patient, request).await?;
+    let now = now_ms();
+    on_chain(&app.chain, move |c| {
+        let state = c.state();
+        let all: Vec<_> = state.delegations_of(&patient).collect();
+        let (page, next) = slice(&all, from, limit);
+        let delegations = page
+            .iter()
+            .map(|d| {
+                let who = state.identity(&d.delegate);
+                DelegationView {
+                    appointment_tx: d.id.to_hex(),
+                    delegate: d.delegate.to_hex(),
+                    delegate_role: who.map_or("unknown", |i| i.role.as_str()),
+                    delegate_name: who.map(|i| i.name.clone()).unwrap_or_default(),
+                    appointed_at: d.appointed_at,
+                    valid_until_ms: d.valid_until_ms,
+                    dismissed_at: d.dismissed_at,
+                    dismissed_by: d.dismissed_by.map(|b| b.to_hex()),
+                    live: d.is_live(now),
+                }
+            })
+            .collect();
+        Ok(Json(DelegatesView {
+            patient: patient.to_hex(),
+            live: all.iter().filter(|d| d.is_live(now)).count(),
+            total: all.len(),
+            from: from.min(all.len()),
+            next,
+            delegations,
+        }))
     })
     .await
 }
@@ -422,6 +565,33 @@ enum Notification {
         reason: String,
         window_ms: u64,
     },
+    /// An organisation reviewed a break-glass access to the patient's data.
+    BreakGlassReviewed {
+        /// The review transaction.
+        tx_id: String,
+        log_index: u64,
+        committed_at_ms: TimestampMs,
+        /// The declaration reviewed (also its grant id).
+        break_glass_tx: String,
+        reviewer: String,
+        /// `justified` or `unjustified` (an unjustified access still open ended at once).
+        verdict: &'static str,
+        reason: String,
+    },
+    /// The patient appointed a delegate.
+    DelegateAppointed {
+        tx_id: String,
+        log_index: u64,
+        committed_at_ms: TimestampMs,
+        delegate: String,
+        valid_until_ms: TimestampMs,
+    },
+    /// A delegation ended: the patient dismissed the delegate, or the delegate stepped down.
+    DelegateDismissed { tx_id: String, log_index: u64, committed_at_ms: TimestampMs, delegate: String, by: String },
+    /// A delegate granted access to the patient's data (the grant id is `tx_id`).
+    DelegateGrant { tx_id: String, log_index: u64, committed_at_ms: TimestampMs, delegate: String, grantee: String },
+    /// A delegate revoked a grant of the patient.
+    DelegateRevoke { tx_id: String, log_index: u64, committed_at_ms: TimestampMs, delegate: String, grant_id: String },
     /// One of the patient's category keys was wrapped for a grantee.
     GrantWrap {
         tx_id: String,
@@ -462,6 +632,9 @@ fn since<T>(items: &[T], since_ms: TimestampMs, position: impl Fn(&T) -> &TxPosi
 enum Event<'a> {
     Access(&'a AccessEntry),
     BreakGlass(&'a BreakGlassEntry),
+    Reviewed(&'a ReviewEntry),
+    Delegation(&'a DelegationEntry),
+    DelegateAct(&'a DelegateActEntry),
     GrantWrap(&'a KeyShareEntry),
 }
 
@@ -480,6 +653,49 @@ impl Event<'_> {
                 reason: b.reason.clone(),
                 window_ms: b.window_ms,
             },
+            Event::Reviewed(r) => Notification::BreakGlassReviewed {
+                tx_id: r.position.tx_id.to_hex(),
+                log_index: r.position.log_index,
+                committed_at_ms: r.position.committed_at_ms,
+                break_glass_tx: r.break_glass_tx.to_hex(),
+                reviewer: r.reviewer.to_hex(),
+                verdict: r.verdict.code(),
+                reason: r.reason.clone(),
+            },
+            Event::Delegation(d) => {
+                let (tx_id, log_index, committed_at_ms) =
+                    (d.position.tx_id.to_hex(), d.position.log_index, d.position.committed_at_ms);
+                let delegate = d.delegate.to_hex();
+                match d.change {
+                    DelegationChange::Appointed { valid_until_ms } => {
+                        Notification::DelegateAppointed { tx_id, log_index, committed_at_ms, delegate, valid_until_ms }
+                    }
+                    DelegationChange::Dismissed { by } => {
+                        Notification::DelegateDismissed { tx_id, log_index, committed_at_ms, delegate, by: by.to_hex() }
+                    }
+                }
+            }
+            Event::DelegateAct(a) => {
+                let (tx_id, log_index, committed_at_ms) =
+                    (a.position.tx_id.to_hex(), a.position.log_index, a.position.committed_at_ms);
+                let delegate = a.delegate.to_hex();
+                match a.act {
+                    DelegateAct::Grant { grantee } => Notification::DelegateGrant {
+                        tx_id,
+                        log_index,
+                        committed_at_ms,
+                        delegate,
+                        grantee: grantee.to_hex(),
+                    },
+                    DelegateAct::Revoke { grant_id } => Notification::DelegateRevoke {
+                        tx_id,
+                        log_index,
+                        committed_at_ms,
+                        delegate,
+                        grant_id: grant_id.to_hex(),
+                    },
+                }
+            }
             Event::GrantWrap(s) => Notification::GrantWrap {
                 tx_id: s.position.tx_id.to_hex(),
                 log_index: s.position.log_index,
@@ -508,6 +724,13 @@ fn notifications_of(
         events.extend(access.iter().map(|a| ((a.position.log_index, usize::from(a.event_index)), Event::Access(a))));
         let declared = since(&entry.break_glass, since_ms, |b| &b.position);
         events.extend(declared.iter().map(|b| ((b.position.log_index, 0), Event::BreakGlass(b))));
+        // One entry per transaction in each of these lists: the log index orders them.
+        let reviews = since(&entry.reviews, since_ms, |r| &r.position);
+        events.extend(reviews.iter().map(|r| ((r.position.log_index, 0), Event::Reviewed(r))));
+        let delegations = since(&entry.delegations, since_ms, |d| &d.position);
+        events.extend(delegations.iter().map(|d| ((d.position.log_index, 0), Event::Delegation(d))));
+        let acts = since(&entry.delegate_acts, since_ms, |a| &a.position);
+        events.extend(acts.iter().map(|a| ((a.position.log_index, 0), Event::DelegateAct(a))));
         let wraps = since(&entry.key_shares, since_ms, |s| &s.position);
         events.extend(
             wraps

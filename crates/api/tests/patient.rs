@@ -1,5 +1,6 @@
 //! The patient's view over HTTP: own records, grants, access log with offline-verifiable
 //! proofs, notifications; version history for whoever may read a record; everyone else 403.
+//! Delegates acting for the patient, and organisations reviewing break-glass access.
 
 use std::sync::Arc;
 
@@ -7,7 +8,7 @@ use axum::{body::Body, http::Request};
 use medledger_api::auth::authorization;
 use medledger_blobs::MemoryBlobStore;
 use medledger_crypto::Keypair;
-use medledger_ledger::{Payload, Purpose, Scope, actions, tx::sign};
+use medledger_ledger::{Payload, Purpose, ReviewVerdict, Scope, actions, tx::sign};
 use medledger_merkle::{Hash, verify_inclusion};
 use medledger_node::{chain::Chain, devnet::Devnet, records::RecordService};
 use medledger_types::Role;
@@ -222,10 +223,12 @@ async fn only_the_patient_and_only_good_parameters() {
     let p = w.patient.id();
     for path in ["records", "grants", "access-log", "notifications"] {
         let path = format!("/v1/patients/{p}/{path}");
+        // Grants are also shown to the patient's live delegates, so the refusal says so.
+        let reason = if path.ends_with("grants") { "not-the-patient-or-delegate" } else { "not-the-patient" };
         for other in [&w.doc_a, &w.other_patient] {
             let (status, body) = w.call("GET", &path, Some(other), b"").await;
             assert_eq!(status, 403, "{path}");
-            assert_eq!(json(&body)["error"]["reason"], "not-the-patient");
+            assert_eq!(json(&body)["error"]["reason"], reason);
             assert_eq!(json(&body)["error"]["code"], 403);
         }
         assert_eq!(w.call("GET", &path, None, b"").await.0, 401, "{path} unsigned");
@@ -278,5 +281,201 @@ async fn only_the_patient_and_only_good_parameters() {
             .unwrap()
             .iter()
             .any(|e| e["action"] == "history" && e["outcome"] == "denied" && e["accessor"] == w.doc_b.id().to_hex())
+    );
+}
+
+impl World {
+    /// Signs `payload` as `keys` and posts it to `/v1/transactions`, as any client would.
+    async fn post_tx(&self, keys: &Keypair, payload: Payload) -> (u16, Value) {
+        let nonce = self.chain.state().next_nonce(&keys.id());
+        let tx = sign(keys, self.net.genesis.chain_id(), keys.id(), nonce, payload);
+        let request = Request::builder()
+            .method("POST")
+            .uri("/v1/transactions")
+            .header("content-type", "application/octet-stream")
+            .body(Body::from(tx.bytes().to_vec()))
+            .unwrap();
+        let response = self.router.clone().oneshot(request).await.unwrap();
+        let status = response.status().as_u16();
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX).await.unwrap();
+        (status, json(&bytes))
+    }
+
+    /// Writes a synthetic lab for the patient at hospital A; returns the record id.
+    async fn write_lab(&self) -> String {
+        let synthetic = medledger_synth::Generator::new(11).patient();
+        let lab = synthetic.resources.iter().find(|r| r.category == "labs").unwrap();
+        let path = format!("/v1/records?patient={}", self.patient.id());
+        let (status, body) = self.call("POST", &path, Some(&self.doc_a), &lab.json).await;
+        assert_eq!(status, 201, "{}", String::from_utf8_lossy(&body));
+        self.commit();
+        json(&body)["record_id"].as_str().unwrap().to_owned()
+    }
+}
+
+fn labs_grant(patient: medledger_types::IdentityId, grantee: medledger_types::IdentityId) -> Payload {
+    let t = now_ms();
+    Payload::ConsentGrant {
+        patient,
+        grantee,
+        scope: Scope::Categories(vec!["labs".into()]),
+        actions: actions::READ,
+        purpose: Purpose::Treatment,
+        valid_from_ms: t - 1_000,
+        valid_until_ms: t + 30 * 86_400_000,
+    }
+}
+
+#[tokio::test]
+async fn a_delegates_grant_lets_the_grantee_read_until_the_delegate_is_dismissed() {
+    let w = World::new();
+    let p = w.patient.id();
+    // The other patient identity is the patient's guardian.
+    let guardian = &w.other_patient;
+    let record = w.write_lab().await;
+    let read = format!("/v1/records/{record}?purpose=TREAT");
+    assert_eq!(w.call("GET", &read, Some(&w.doc_b), b"").await.0, 403);
+
+    // Before appointment the guardian may neither grant nor see the patient's consent.
+    assert_eq!(w.post_tx(guardian, labs_grant(p, w.doc_b.id())).await.0, 400);
+    let delegates = format!("/v1/patients/{p}/delegates");
+    let (status, body) = w.call("GET", &delegates, Some(guardian), b"").await;
+    assert_eq!((status, json(&body)["error"]["reason"].as_str()), (403, Some("not-the-patient-or-delegate")));
+
+    let appoint =
+        Payload::AppointDelegate { patient: p, delegate: guardian.id(), valid_until_ms: now_ms() + 86_400_000 };
+    assert_eq!(w.post_tx(&w.patient, appoint).await.0, 202);
+    w.commit();
+    for who in [&w.patient, guardian] {
+        let list = w.get_json(&delegates, who).await;
+        assert_eq!((list["live"].as_u64(), list["total"].as_u64()), (Some(1), Some(1)));
+        let d = &list["delegations"][0];
+        assert_eq!(
+            (d["delegate"].as_str(), d["delegate_role"].as_str()),
+            (Some(guardian.id().to_hex().as_str()), Some("patient"))
+        );
+        assert_eq!(d["live"], true);
+    }
+    assert_eq!(w.call("GET", &delegates, Some(&w.doc_b), b"").await.0, 403);
+
+    // The guardian grants Clinic B's doctor: the read through the custodian's node is allowed.
+    let (status, accepted) = w.post_tx(guardian, labs_grant(p, w.doc_b.id())).await;
+    assert_eq!(status, 202, "{accepted}");
+    let grant_id = accepted["tx_id"].as_str().unwrap().to_owned();
+    w.commit();
+    assert_eq!(w.call("GET", &read, Some(&w.doc_b), b"").await.0, 200);
+    // Both see who granted it; the guardian still sees nothing else of the patient's.
+    for who in [&w.patient, guardian] {
+        let grants = w.get_json(&format!("/v1/patients/{p}/grants"), who).await;
+        let g =
+            grants["grants"].as_array().unwrap().iter().find(|g| g["grant_id"] == grant_id.as_str()).unwrap().clone();
+        assert_eq!(g["granted_by_delegate"], guardian.id().to_hex());
+        assert_eq!(g["signed_by"], guardian.id().to_hex());
+    }
+    for path in ["records", "access-log", "notifications"] {
+        assert_eq!(w.call("GET", &format!("/v1/patients/{p}/{path}"), Some(guardian), b"").await.0, 403, "{path}");
+    }
+
+    // Dismissed: the guardian's next grant is refused, the earlier one stays in force.
+    let dismiss = Payload::DismissDelegate { patient: p, delegate: guardian.id() };
+    assert_eq!(w.post_tx(&w.patient, dismiss).await.0, 202);
+    w.commit();
+    let (status, refused) = w.post_tx(guardian, labs_grant(p, w.doc_a.id())).await;
+    assert_eq!(status, 400, "{refused}");
+    assert!(refused["error"]["message"].as_str().unwrap().contains("delegate"), "{refused}");
+    assert_eq!(w.call("GET", &delegates, Some(guardian), b"").await.0, 403);
+    assert_eq!(w.call("GET", &read, Some(&w.doc_b), b"").await.0, 200);
+    let list = w.get_json(&delegates, &w.patient).await;
+    assert_eq!(
+        (list["live"].as_u64(), list["delegations"][0]["dismissed_by"].as_str()),
+        (Some(0), Some(p.to_hex().as_str()))
+    );
+
+    // The patient was told of each step.
+    let notes = w.get_json(&format!("/v1/patients/{p}/notifications?since_ms=0"), &w.patient).await;
+    let kinds: Vec<&str> =
+        notes["notifications"].as_array().unwrap().iter().map(|n| n["kind"].as_str().unwrap()).collect();
+    for kind in ["delegate-appointed", "delegate-grant", "delegate-dismissed"] {
+        assert!(kinds.contains(&kind), "{kind} missing from {kinds:?}");
+    }
+    let grant_note =
+        notes["notifications"].as_array().unwrap().iter().find(|n| n["kind"] == "delegate-grant").unwrap().clone();
+    assert_eq!(
+        (grant_note["tx_id"].as_str(), grant_note["grantee"].as_str()),
+        (Some(grant_id.as_str()), Some(w.doc_b.id().to_hex().as_str()))
+    );
+}
+
+#[tokio::test]
+async fn organisations_review_break_glass_from_their_queue_and_the_patient_sees_the_verdict() {
+    let w = World::new();
+    let p = w.patient.id();
+    let (org_a, org_b) = (w.net.organisations[0].clone(), w.net.organisations[1].clone());
+    let record = w.write_lab().await;
+    let bg = Payload::BreakGlass { patient: p, reason: "unconscious-ed".into(), window_ms: 4 * 3_600_000 };
+    let bg_id = w.chain.submit_as(&w.doc_b, bg, now_ms()).unwrap().to_hex();
+    w.commit();
+    let emergency = format!("/v1/records/{record}?purpose=ETREAT");
+    assert_eq!(w.call("GET", &emergency, Some(&w.doc_b), b"").await.0, 200);
+
+    // Hospital A (custodian) and Clinic B (the declarer's) both see it awaiting review; the
+    // declarer sees it but may not review it; a patient has no queue.
+    let queue = "/v1/break-glass?pending=true";
+    for (who, basis, reviewable) in [
+        (&org_a, "custodian", true),
+        (&w.doc_a, "custodian", true),
+        (&org_b, "declarer-organisation", true),
+        (&w.doc_b, "declarer-organisation", false),
+    ] {
+        let list = w.get_json(queue, who).await;
+        assert_eq!(list["total"], 1, "{list}");
+        let e = &list["events"][0];
+        assert_eq!((e["tx_id"].as_str(), e["basis"].as_str()), (Some(bg_id.as_str()), Some(basis)));
+        assert_eq!((e["reviewable_by_you"].as_bool(), e["live"].as_bool()), (Some(reviewable), Some(true)));
+    }
+    let (status, body) = w.call("GET", queue, Some(&w.patient), b"").await;
+    assert_eq!((status, json(&body)["error"]["reason"].as_str()), (403, Some("not-an-organisation")));
+    assert_eq!(w.call("GET", "/v1/break-glass?pending=maybe", Some(&org_a), b"").await.0, 400);
+
+    // The declarer's own review is refused; the custodian finds it unjustified.
+    let review = |verdict| Payload::ReviewBreakGlass {
+        break_glass_tx: medledger_types::TxId::from_hex(&bg_id).unwrap(),
+        verdict,
+        reason: "no-emergency".into(),
+    };
+    assert_eq!(w.post_tx(&w.doc_b, review(ReviewVerdict::Justified)).await.0, 400);
+    let (status, accepted) = w.post_tx(&org_a, review(ReviewVerdict::Unjustified)).await;
+    assert_eq!(status, 202, "{accepted}");
+    let review_tx = accepted["tx_id"].as_str().unwrap().to_owned();
+    w.commit();
+    // The window closed at once; a second review is refused; the queue is empty.
+    assert_eq!(w.call("GET", &emergency, Some(&w.doc_b), b"").await.0, 403);
+    assert_eq!(w.post_tx(&org_b, review(ReviewVerdict::Justified)).await.0, 400);
+    assert_eq!(w.get_json(queue, &org_a).await["total"], 0);
+    let all = w.get_json("/v1/break-glass?pending=false", &org_b).await;
+    assert_eq!((all["total"].as_u64(), all["events"][0]["review"]["verdict"].as_str()), (Some(1), Some("unjustified")));
+
+    // The patient's grants and notifications show the review.
+    let grants = w.get_json(&format!("/v1/patients/{p}/grants"), &w.patient).await;
+    let glass = grants["grants"].as_array().unwrap().iter().find(|g| g["grant_id"] == bg_id.as_str()).unwrap().clone();
+    assert_eq!((glass["needs_review"].as_bool(), glass["live"].as_bool()), (Some(false), Some(false)));
+    assert_eq!(glass["review"]["verdict"], "unjustified");
+    assert_eq!(glass["review"]["reviewer"], org_a.id().to_hex());
+    assert_eq!(glass["revoked_by"], org_a.id().to_hex());
+    let notes = w.get_json(&format!("/v1/patients/{p}/notifications?since_ms=0"), &w.patient).await;
+    let reviewed = notes["notifications"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["kind"] == "break-glass-reviewed")
+        .expect("a break-glass-reviewed notification")
+        .clone();
+    assert_eq!(
+        (reviewed["tx_id"].as_str(), reviewed["break_glass_tx"].as_str()),
+        (Some(review_tx.as_str()), Some(bg_id.as_str()))
+    );
+    assert_eq!(
+        (reviewed["verdict"].as_str(), reviewed["reason"].as_str()),
+        (Some("unjustified"), Some("no-emergency"))
     );
 }

@@ -1,0 +1,131 @@
+//! Break-glass review queues: `GET /v1/break-glass[?pending=true|false][&from=N][&limit=M]`.
+//!
+//! An organisation, or one of its practitioners, lists the break-glass accesses it may review
+//! (`docs/rules.md`, review break-glass): those declared by the organisation's own
+//! practitioners and those to patients whose data it holds as custodian. Nothing else: 403
+//! `not-an-organisation` for any other caller. With `pending=true` (the default) only accesses
+//! awaiting review are listed, oldest first, so the queue is worked from the front. Answers
+//! carry ids and codes only.
+
+use std::collections::HashMap;
+
+use axum::{
+    Json,
+    extract::{Query, Request, State},
+};
+use medledger_types::{Role, TimestampMs};
+use serde::Serialize;
+
+use crate::{
+    error::ApiError,
+    patients::{ReviewView, page, slice},
+    records::authenticated,
+    routes::{AppState, now_ms, on_chain},
+};
+
+#[derive(Serialize)]
+struct BreakGlassView {
+    /// The declaration's transaction id, which is also its grant id: what a review names.
+    tx_id: String,
+    log_index: u64,
+    committed_at_ms: TimestampMs,
+    patient: String,
+    practitioner: String,
+    reason: String,
+    window_ms: u64,
+    /// Why the caller's organisation may review it: `declarer-organisation` or `custodian`.
+    basis: &'static str,
+    /// False when the caller declared it: a declarer never reviews their own access.
+    reviewable_by_you: bool,
+    /// The emergency window is open now (by the node's clock) and not revoked.
+    live: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    review: Option<ReviewView>,
+}
+
+#[derive(Serialize)]
+pub(crate) struct BreakGlassListView {
+    organisation: String,
+    pending_only: bool,
+    total: usize,
+    from: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next: Option<usize>,
+    events: Vec<BreakGlassView>,
+}
+
+pub(crate) async fn list(
+    State(app): State<AppState>,
+    Query(query): Query<HashMap<String, String>>,
+    request: Request,
+) -> Result<Json<BreakGlassListView>, ApiError> {
+    let pending_only = match query.get("pending").map(String::as_str) {
+        None | Some("true") => true,
+        Some("false") => false,
+        Some(_) => return Err(ApiError::BadRequest("query parameter `pending` must be true or false".into())),
+    };
+    let (from, limit) = page(&query)?;
+    let (requester, _) = authenticated(&app, request).await?;
+    let now = now_ms();
+    on_chain(&app.chain, move |c| {
+        // State before index (the chain's lock order), so both are at one height.
+        let state = c.state();
+        let index = c.patient_index();
+        let organisation = match state.identity(&requester).map(|i| (i.role, i.organisation)) {
+            Some((Role::Organisation, _)) => requester,
+            Some((Role::Practitioner, Some(org))) => org,
+            _ => {
+                return Err(ApiError::Forbidden {
+                    reason: "not-an-organisation",
+                    message: "break-glass reviews are listed for organisations and their practitioners".into(),
+                });
+            }
+        };
+        // Every declaration is visited: break-glass is rare, and the list is bounded by the
+        // page, not by the scan.
+        let visible: Vec<_> = index
+            .break_glass()
+            .filter(|b| !pending_only || b.reviewed_by_tx.is_none())
+            .filter_map(|b| {
+                let declarer_org = state.identity(&b.practitioner).and_then(|i| i.organisation);
+                let basis = if declarer_org == Some(organisation) {
+                    "declarer-organisation"
+                } else if state.custodies(&organisation, &b.patient) {
+                    "custodian"
+                } else {
+                    return None;
+                };
+                Some((b, basis))
+            })
+            .collect();
+        let (page, next) = slice(&visible, from, limit);
+        let events = page
+            .iter()
+            .map(|(b, basis)| {
+                let grant = state.grant(&b.position.tx_id);
+                BreakGlassView {
+                    tx_id: b.position.tx_id.to_hex(),
+                    log_index: b.position.log_index,
+                    committed_at_ms: b.position.committed_at_ms,
+                    patient: b.patient.to_hex(),
+                    practitioner: b.practitioner.to_hex(),
+                    reason: b.reason.clone(),
+                    window_ms: b.window_ms,
+                    basis,
+                    reviewable_by_you: requester != b.practitioner,
+                    live: grant.is_some_and(|g| g.is_live(now)),
+                    review: grant.and_then(|g| g.review()).map(ReviewView::from),
+                }
+            })
+            .collect();
+        Ok(Json(BreakGlassListView {
+            organisation: organisation.to_hex(),
+            pending_only,
+            total: visible.len(),
+            from: from.min(visible.len()),
+            next,
+            events,
+        }))
+    })
+    .await
+}
