@@ -12,7 +12,7 @@ use anyhow::{Context, Result};
 use medledger_codec::Encode;
 use medledger_crypto::{Keypair, read_key_file, write_key_file};
 use medledger_ledger::{
-    Genesis, Payload, Purpose, Scope, Transaction, actions,
+    Genesis, Payload, Purpose, ReviewVerdict, Scope, Transaction, actions,
     rules::{referral::ReferralConsentParams, referral::ReferralParams, share_new::ShareNewParams},
     tx::sign,
 };
@@ -262,13 +262,15 @@ async fn seed(dir: &Path, chain: &Arc<Chain>, api_addr: SocketAddr, records: Opt
                 valid_until_ms: now + days * 86_400_000,
             }
         };
-        let (p1, p2, p3, p4, p5, p6) = (
+        let (p1, p2, p3, p4, p5, p6, p8, p9) = (
             by("patient-01"),
             by("patient-02"),
             by("patient-03"),
             by("patient-04"),
             by("patient-05"),
             by("patient-06"),
+            by("patient-08"),
+            by("patient-09"),
         );
         let mut txs = vec![
             sign(
@@ -319,9 +321,23 @@ async fn seed(dir: &Path, chain: &Arc<Chain>, api_addr: SocketAddr, records: Opt
             next(p5.keys.id()),
             Payload::InstallRule { patient: p5.keys.id(), rule: standing.to_spec() },
         ));
+        // Patient 8 appoints patient 9 (a parent, registered in their own right) as delegate
+        // for a year: patient 9 may manage patient 8's consent.
+        txs.push(sign(
+            &p8.keys,
+            chain_id,
+            p8.keys.id(),
+            next(p8.keys.id()),
+            Payload::AppointDelegate {
+                patient: p8.keys.id(),
+                delegate: p9.keys.id(),
+                valid_until_ms: now + 365 * 86_400_000,
+            },
+        ));
         let grant_ids = commit(chain, txs).await?;
         // St Mary's refers patient 4 to City General for conditions, 14 days, without the
-        // patient's key; Dr Bob at City General declares an emergency for patient 6.
+        // patient's key; Dr Bob at City General declares an emergency for patient 6; patient 9,
+        // as patient 8's delegate, lets City General read patient 8's vitals for treatment.
         let bob = by("dr-bob-city-general");
         let referral = ReferralParams {
             authorisation,
@@ -330,7 +346,7 @@ async fn seed(dir: &Path, chain: &Arc<Chain>, api_addr: SocketAddr, records: Opt
             days: 14,
             purpose: Purpose::Treatment,
         };
-        commit(
+        let emergency = commit(
             chain,
             vec![
                 sign(
@@ -351,9 +367,17 @@ async fn seed(dir: &Path, chain: &Arc<Chain>, api_addr: SocketAddr, records: Opt
                         window_ms: medledger_types::limits::BREAK_GLASS_WINDOW_DEFAULT_MS,
                     },
                 ),
+                sign(
+                    &p9.keys,
+                    chain_id,
+                    p9.keys.id(),
+                    next(p9.keys.id()),
+                    grant(p8, orgs[1].id(), &["vitals"], Purpose::Treatment, 30),
+                ),
             ],
         )
         .await?;
+        let break_glass = emergency[1];
         // A new lab for patient 5, after the standing rule: City General may read it.
         let lab = synthetic[4].resources.iter().find(|r| r.category == "labs").context("synthetic lab")?;
         let new_lab = records
@@ -385,6 +409,7 @@ async fn seed(dir: &Path, chain: &Arc<Chain>, api_addr: SocketAddr, records: Opt
             (bob.keys.id(), Some(new_lab.record_id), Purpose::Treatment),
             (bob.keys.id(), record_of(d, "patient-06", "labs"), Purpose::Emergency),
             (bob.keys.id(), record_of(d, "patient-07", "labs"), Purpose::Treatment),
+            (bob.keys.id(), record_of(d, "patient-08", "vitals"), Purpose::Treatment),
         ];
         for (who, record, purpose) in reads {
             if let Some(record) = record {
@@ -392,6 +417,22 @@ async fn seed(dir: &Path, chain: &Arc<Chain>, api_addr: SocketAddr, records: Opt
             }
         }
         records.flush_events(now_ms()).map_err(|e| anyhow::anyhow!("demo audit: {e}"))?;
+        // St Mary's, custodian of patient 6's records, reviews Dr Bob's emergency access.
+        commit(
+            chain,
+            vec![sign(
+                &orgs[0],
+                chain_id,
+                orgs[0].id(),
+                next(orgs[0].id()),
+                Payload::ReviewBreakGlass {
+                    break_glass_tx: break_glass,
+                    verdict: ReviewVerdict::Justified,
+                    reason: "ed-unresponsive-confirmed".into(),
+                },
+            )],
+        )
+        .await?;
         let _ = grant_ids;
         tracing::info!("demo data committed");
     }

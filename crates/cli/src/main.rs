@@ -90,13 +90,15 @@ enum Command {
         #[command(subcommand)]
         command: RecordCommand,
     },
-    /// As a patient: grant, revoke and list consent.
+    /// As a patient (or their delegate): grant, revoke and list consent; appoint, dismiss and
+    /// list delegates.
     Consent(patient::ConsentArgs),
     /// As a patient: who saw what, when and why, with inclusion proofs (--verify checks them).
     AccessLog(patient::AccessLogArgs),
     /// As a patient: new accesses, break-glass, key wraps to third parties, expiring grants.
     Notifications(patient::NotificationsArgs),
-    /// As a practitioner: declare emergency access to a patient's records.
+    /// As a practitioner: declare emergency access to a patient's records; as an organisation
+    /// or its practitioners: `review` one, list those `pending` review.
     BreakGlass(patient::BreakGlassArgs),
     /// Show the node's head (height, log size and root).
     Head {

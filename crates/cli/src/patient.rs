@@ -1,5 +1,6 @@
-//! Patient-facing commands: consent (grant, revoke, list), the access log with offline proof
-//! checking, notifications, break-glass declarations and a record's version history.
+//! Patient-facing commands: consent (grant, revoke, list, delegates), the access log with
+//! offline proof checking, notifications, break-glass declarations and their review, and a
+//! record's version history. A live delegate uses the consent commands with `--for-patient`.
 //!
 //! Reads are signed requests (`Client::signed`) to the patient-view endpoints; transactions
 //! reuse `txcmd` (sign, submit, wait for commitment).
@@ -9,7 +10,7 @@ use std::{path::PathBuf, process::ExitCode};
 use anyhow::{Context, Result, bail, ensure};
 use clap::{Args, Subcommand};
 use medledger_crypto::Keypair;
-use medledger_ledger::Payload;
+use medledger_ledger::{Payload, ReviewVerdict};
 use medledger_merkle::{Hash, verify_consistency, verify_inclusion};
 use medledger_types::{IdentityId, RecordId, TxId, limits};
 use serde_json::{Value, json};
@@ -42,9 +43,16 @@ pub struct ConsentArgs {
 
 #[derive(Subcommand)]
 enum ConsentCommand {
-    /// Grant access to your data (as `tx grant`).
-    Grant(txcmd::GrantArgs),
-    /// Revoke a grant (consent, rule-derived or break-glass).
+    /// Grant access to your data (as `tx grant`), or, as a delegate, to a patient's.
+    Grant {
+        #[command(flatten)]
+        grant: txcmd::GrantArgs,
+        /// Grant for this patient (hex id) as their delegate; --key is then the delegate's.
+        #[arg(long)]
+        for_patient: Option<IdentityId>,
+    },
+    /// Revoke a grant (consent, rule-derived or break-glass); a delegate revokes the same way,
+    /// with their own key.
     Revoke {
         #[arg(long)]
         key: PathBuf,
@@ -52,14 +60,57 @@ enum ConsentCommand {
         #[arg(long)]
         grant: TxId,
     },
-    /// List your grants: origin, scope, actions, purpose, validity, revocation, live or not.
+    /// List your grants: origin, signer, scope, actions, purpose, validity, revocation, review,
+    /// live or not.
     List {
         #[arg(long)]
         key: PathBuf,
+        /// List this patient's grants, as their live delegate.
+        #[arg(long)]
+        for_patient: Option<IdentityId>,
         #[arg(long, default_value_t = 0)]
         from: u64,
         #[arg(long, default_value_t = 100)]
         limit: u64,
+    },
+    /// Appoint, dismiss and list delegates who may manage your consent.
+    Delegate {
+        #[command(subcommand)]
+        command: DelegateCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum DelegateCommand {
+    /// Appoint a delegate (a practitioner, or a patient identity such as a parent or guardian).
+    Add {
+        /// Your (the patient's) key file.
+        #[arg(long)]
+        key: PathBuf,
+        /// The delegate's identity id (hex).
+        #[arg(long)]
+        delegate: IdentityId,
+        /// How long the delegate may act, in days.
+        #[arg(long, default_value_t = 365)]
+        days: u64,
+    },
+    /// Dismiss a delegate; or, with --for-patient, step down as a patient's delegate.
+    Remove {
+        #[arg(long)]
+        key: PathBuf,
+        /// The delegate's identity id (hex); defaults to your own when stepping down.
+        #[arg(long)]
+        delegate: Option<IdentityId>,
+        /// The patient you are a delegate of (when stepping down).
+        #[arg(long)]
+        for_patient: Option<IdentityId>,
+    },
+    /// List the delegations (live, dismissed, expired) of you, or of --for-patient.
+    List {
+        #[arg(long)]
+        key: PathBuf,
+        #[arg(long)]
+        for_patient: Option<IdentityId>,
     },
 }
 
@@ -93,25 +144,60 @@ pub struct NotificationsArgs {
     since_ms: Option<u64>,
 }
 
+/// `break-glass --key --patient --reason` declares; `break-glass review|pending` review.
 #[derive(Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 pub struct BreakGlassArgs {
-    #[arg(long, default_value = DEFAULT_NODE)]
+    #[arg(long, global = true, default_value = DEFAULT_NODE)]
     node: String,
     /// Your (the practitioner's) key file.
-    #[arg(long)]
-    key: PathBuf,
+    #[arg(long, required = true)]
+    key: Option<PathBuf>,
     /// Patient identity id (hex).
-    #[arg(long)]
-    patient: IdentityId,
+    #[arg(long, required = true)]
+    patient: Option<IdentityId>,
     /// Reason code (letters, digits, `-_.:`), never free text about the patient.
-    #[arg(long)]
-    reason: String,
+    #[arg(long, required = true)]
+    reason: Option<String>,
     /// Emergency window, 1 to 24 hours.
     #[arg(long, default_value_t = 4)]
     hours: u64,
     /// Return once accepted instead of waiting for commitment.
-    #[arg(long)]
+    #[arg(long, global = true)]
     no_wait: bool,
+    #[command(subcommand)]
+    command: Option<BreakGlassCommand>,
+}
+
+#[derive(Subcommand)]
+enum BreakGlassCommand {
+    /// As an organisation or one of its practitioners (never the declarer): review a
+    /// break-glass access. `unjustified` ends a window still open at once.
+    Review {
+        /// The break-glass declaration's transaction id (hex).
+        tx: TxId,
+        /// Your (the reviewer's) key file.
+        #[arg(long)]
+        key: PathBuf,
+        /// justified or unjustified.
+        #[arg(long)]
+        verdict: String,
+        /// Reason code (letters, digits, `-_.:`), never free text.
+        #[arg(long)]
+        reason: String,
+    },
+    /// As an organisation or one of its practitioners: break-glass accesses you may review.
+    Pending {
+        #[arg(long)]
+        key: PathBuf,
+        /// Include those already reviewed.
+        #[arg(long)]
+        all: bool,
+        #[arg(long, default_value_t = 0)]
+        from: u64,
+        #[arg(long, default_value_t = 100)]
+        limit: u64,
+    },
 }
 
 /// A signed GET returning JSON; a refusal is printed with its reason and becomes `Err(code)`.
@@ -128,25 +214,67 @@ pub fn consent(args: ConsentArgs) -> Result<ExitCode> {
     let client = Client::new(&args.node);
     let wait = !args.no_wait;
     let result = match args.command {
-        ConsentCommand::Grant(grant) => {
-            let (signer, payload) = grant.payload(crate::init::now_ms())?;
+        ConsentCommand::Grant { grant, for_patient } => {
+            let (signer, mut payload) = grant.payload(crate::init::now_ms())?;
+            // The grant is the patient's; a delegate only signs it.
+            if let (Some(p), Payload::ConsentGrant { patient, .. }) = (for_patient, &mut payload) {
+                *patient = p;
+            }
             txcmd::submit(&client, &signer, args.nonce, payload, wait)?
         }
         ConsentCommand::Revoke { key, grant } => {
             let signer = load_keys(&key)?;
             txcmd::submit(&client, &signer, args.nonce, Payload::ConsentRevoke { grant_id: grant }, wait)?
         }
-        ConsentCommand::List { key, from, limit } => {
+        ConsentCommand::List { key, for_patient, from, limit } => {
             let keys = load_keys(&key)?;
-            let path = format!("/v1/patients/{}/grants?from={from}&limit={limit}", keys.id());
+            let patient = for_patient.unwrap_or(keys.id());
+            let path = format!("/v1/patients/{patient}/grants?from={from}&limit={limit}");
             match signed_get(&client, &keys, &path)? {
                 Ok(v) => v,
                 Err(code) => return Ok(code),
             }
         }
+        ConsentCommand::Delegate { command } => match delegate(&client, args.nonce, wait, command)? {
+            Ok(v) => v,
+            Err(code) => return Ok(code),
+        },
     };
     print_json(&result);
     Ok(ExitCode::SUCCESS)
+}
+
+fn delegate(
+    client: &Client,
+    nonce: Option<u64>,
+    wait: bool,
+    command: DelegateCommand,
+) -> Result<std::result::Result<Value, ExitCode>> {
+    Ok(Ok(match command {
+        DelegateCommand::Add { key, delegate, days } => {
+            ensure!((1..=txcmd::GRANT_DAYS_MAX).contains(&days), "--days must be 1 to {}", txcmd::GRANT_DAYS_MAX);
+            let keys = load_keys(&key)?;
+            let valid_until_ms = crate::init::now_ms() + days * 86_400_000;
+            let payload = Payload::AppointDelegate { patient: keys.id(), delegate, valid_until_ms };
+            txcmd::submit(client, &keys, nonce, payload, wait)?
+        }
+        DelegateCommand::Remove { key, delegate, for_patient } => {
+            let keys = load_keys(&key)?;
+            let (patient, delegate) = match (for_patient, delegate) {
+                (Some(patient), d) => (patient, d.unwrap_or(keys.id())),
+                (None, Some(d)) => (keys.id(), d),
+                (None, None) => {
+                    bail!("name the delegate to dismiss (--delegate), or the patient to step down for (--for-patient)")
+                }
+            };
+            txcmd::submit(client, &keys, nonce, Payload::DismissDelegate { patient, delegate }, wait)?
+        }
+        DelegateCommand::List { key, for_patient } => {
+            let keys = load_keys(&key)?;
+            let path = format!("/v1/patients/{}/delegates", for_patient.unwrap_or(keys.id()));
+            return signed_get(client, &keys, &path);
+        }
+    }))
 }
 
 fn hash_field(value: &Value, field: &str) -> Result<Hash> {
@@ -235,18 +363,50 @@ pub fn notifications(args: NotificationsArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// A reason code as the ledger accepts it, checked before anything is signed.
+fn check_code(code: &str, flag: &str) -> Result<()> {
+    let ok = !code.is_empty()
+        && code.len() <= limits::BREAK_GLASS_REASON_BYTES_MAX
+        && code.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b));
+    ensure!(ok, "{flag} must be a code of letters, digits and -_.: (at most 64 bytes), never free text");
+    Ok(())
+}
+
 pub fn break_glass(args: BreakGlassArgs) -> Result<ExitCode> {
+    let client = Client::new(&args.node);
+    match args.command {
+        Some(BreakGlassCommand::Review { tx, key, verdict, reason }) => {
+            let verdict = ReviewVerdict::parse(&verdict).context("--verdict must be justified or unjustified")?;
+            check_code(&reason, "--reason")?;
+            let keys = load_keys(&key)?;
+            let payload = Payload::ReviewBreakGlass { break_glass_tx: tx, verdict, reason };
+            print_json(&txcmd::submit(&client, &keys, None, payload, !args.no_wait)?);
+            return Ok(ExitCode::SUCCESS);
+        }
+        Some(BreakGlassCommand::Pending { key, all, from, limit }) => {
+            let keys = load_keys(&key)?;
+            let path = format!("/v1/break-glass?pending={}&from={from}&limit={limit}", !all);
+            return match signed_get(&client, &keys, &path)? {
+                Ok(v) => {
+                    print_json(&v);
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(code) => Ok(code),
+            };
+        }
+        None => {}
+    }
+    // Declaration: clap requires these when no subcommand is given.
+    let (Some(key), Some(patient), Some(reason)) = (args.key, args.patient, args.reason) else {
+        bail!("break-glass needs --key, --patient and --reason");
+    };
     let window_ms = args.hours.saturating_mul(3_600_000);
     if !(limits::BREAK_GLASS_WINDOW_MIN_MS..=limits::BREAK_GLASS_WINDOW_MAX_MS).contains(&window_ms) {
         bail!("--hours must be 1 to 24");
     }
-    let reason_ok = !args.reason.is_empty()
-        && args.reason.len() <= limits::BREAK_GLASS_REASON_BYTES_MAX
-        && args.reason.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b));
-    ensure!(reason_ok, "--reason must be a code of letters, digits and -_.: (at most 64 bytes), never free text");
-    let client = Client::new(&args.node);
-    let keys = load_keys(&args.key)?;
-    let payload = Payload::BreakGlass { patient: args.patient, reason: args.reason, window_ms };
+    check_code(&reason, "--reason")?;
+    let keys = load_keys(&key)?;
+    let payload = Payload::BreakGlass { patient, reason, window_ms };
     print_json(&txcmd::submit(&client, &keys, None, payload, !args.no_wait)?);
     Ok(ExitCode::SUCCESS)
 }
