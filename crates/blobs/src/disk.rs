@@ -4,10 +4,15 @@
 //!
 //! ```text
 //! DIR/LOCK                        held locked (OS advisory lock) while a store is open
-//! DIR/ab/cd/abcd…(64 hex)         a blob, named by the lowercase hex SHA-256 of its bytes;
-//!                                 `ab` and `cd` are the first two bytes of the hash
-//! DIR/ab/cd/.tmp-<pid>-<counter>  a write in progress (removed at open if a crash left it)
+//! DIR/ab/abcd…(64 hex)            a blob, named by the lowercase hex SHA-256 of its bytes;
+//!                                 `ab` is the first byte of the hash (256 shards)
+//! DIR/ab/.tmp-<pid>-<counter>     a write in progress (removed at open if a crash left it)
 //! ```
+//!
+//! One level of 256 shards, not two of 65,536: creating a directory costs about as much as
+//! writing a blob (inode allocation, a parent fsync), and with two levels nearly every one of
+//! the first hundred thousand blobs paid for a new directory. ext4 and XFS index large
+//! directories, so 256 shards serve tens of millions of blobs.
 //!
 //! Crash safety: a blob is written to a temporary file in its final directory, fsynced, then
 //! renamed to its final name (atomic on POSIX), and the directory is fsynced before the write
@@ -55,9 +60,9 @@ pub struct DiskBlobStore {
     // The OS lock on this file lives as long as the store; it is what makes removing stale
     // temporary files at open safe.
     _lock: File,
-    // Shards (first two hash bytes) whose directories this process has created or found and
-    // whose parents it has fsynced, so each shard costs those two fsyncs once per process.
-    durable_shards: Mutex<HashSet<u16>>,
+    // Shards (first hash byte) whose directories this process has created or found and whose
+    // parent (the root) it has fsynced, so each shard costs that fsync once per process.
+    durable_shards: Mutex<HashSet<u8>>,
     file_syncs: AtomicU64,
     dir_syncs: AtomicU64,
 }
@@ -195,7 +200,7 @@ impl Drop for TempFile {
 #[derive(Default)]
 struct SyncPlan {
     dirs: BTreeSet<PathBuf>,
-    new_shards: Vec<u16>,
+    new_shards: Vec<u8>,
 }
 
 /// The verdict on one blob file.
@@ -208,7 +213,7 @@ enum FileCheck {
 impl DiskBlobStore {
     /// Opens (creating if needed) the store in `dir`, takes its lock and removes temporary
     /// files left by an interrupted write. The walk over shard directories makes opening
-    /// cost one directory listing per shard in use (at most 65,536 + 256).
+    /// cost one directory listing per shard in use (at most 256 + 1).
     pub fn open(dir: &Path) -> Result<Self, BlobError> {
         let root = dir.to_owned();
         if !root.try_exists().map_err(io_at(&root))? {
@@ -260,25 +265,24 @@ impl DiskBlobStore {
     }
 
     fn shard_dir(&self, hash: &Hash) -> PathBuf {
-        self.root.join(shard_name(hash.0[0])).join(shard_name(hash.0[1]))
+        self.root.join(shard_name(hash.0[0]))
     }
 
-    fn durable_shards(&self) -> MutexGuard<'_, HashSet<u16>> {
+    fn durable_shards(&self) -> MutexGuard<'_, HashSet<u8>> {
         // The set only caches "already fsynced"; a panic elsewhere cannot make it wrong.
         self.durable_shards.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Creates the shard directory of `hash` if needed and returns it, adding to `plan` the
     /// directories to fsync before the write is reported: the shard directory itself (for the
-    /// blob's entry) and, the first time this process uses the shard, its parent and the root
-    /// (for the entries `cd` in `ab` and `ab` in the root: whether this process created them
-    /// or a crashed predecessor did, they may still be only in the page cache).
+    /// blob's entry) and, the first time this process uses the shard, the root (for the entry
+    /// `ab` in the root: whether this process created it or a crashed predecessor did, it may
+    /// still be only in the page cache).
     fn stage_shard(&self, hash: &Hash, plan: &mut SyncPlan) -> Result<PathBuf, BlobError> {
-        let shard = u16::from_be_bytes([hash.0[0], hash.0[1]]);
+        let shard = hash.0[0];
         let dir = self.shard_dir(hash);
         if !self.durable_shards().contains(&shard) {
             create_dirs(&dir)?;
-            plan.dirs.insert(dir.parent().expect("a shard directory has a parent").to_owned());
             plan.dirs.insert(self.root.clone());
             plan.new_shards.push(shard);
         }
@@ -407,20 +411,13 @@ impl DiskBlobStore {
         Ok(Some(meta.len()))
     }
 
-    /// Every shard directory (`DIR/ab/cd`) in name order; entries that do not belong to the
+    /// Every shard directory (`DIR/ab`) in name order; entries that do not belong to the
     /// layout are appended to `unexpected`.
-    fn shard_dirs(&self, unexpected: &mut Vec<PathBuf>) -> Result<Vec<([u8; 2], PathBuf)>, BlobError> {
+    fn shard_dirs(&self, unexpected: &mut Vec<PathBuf>) -> Result<Vec<(u8, PathBuf)>, BlobError> {
         let mut out = Vec::new();
         for (name, kind, path) in sorted_entries(&self.root)? {
             match parse_shard_name(&name) {
-                Some(a) if kind.is_dir() => {
-                    for (name, kind, path) in sorted_entries(&path)? {
-                        match parse_shard_name(&name) {
-                            Some(b) if kind.is_dir() => out.push(([a, b], path)),
-                            _ => unexpected.push(path),
-                        }
-                    }
-                }
+                Some(a) if kind.is_dir() => out.push((a, path)),
                 _ if name == LOCK_FILE && kind.is_file() => {}
                 _ => unexpected.push(path),
             }
@@ -563,7 +560,7 @@ pub fn verify_all(store: &DiskBlobStore, progress: &mut dyn FnMut(u64)) -> Resul
             if kind.is_file() && name.to_str().is_some_and(|n| n.starts_with(TMP_PREFIX)) {
                 continue;
             }
-            let Some(hash) = parse_blob_name(&name).filter(|h| h.0[..2] == shard) else {
+            let Some(hash) = parse_blob_name(&name).filter(|h| h.0[0] == shard) else {
                 report.unexpected.push(path);
                 continue;
             };
@@ -633,7 +630,7 @@ mod tests {
         let store = open(dir.path());
         let hash = store.put(b"ciphertext").unwrap();
         let hex = hash.to_hex();
-        let expected = PathBuf::from(&hex[0..2]).join(&hex[2..4]).join(&hex);
+        let expected = PathBuf::from(&hex[0..2]).join(&hex);
         assert_eq!(files_under(dir.path()), vec![expected.clone()]);
         assert_eq!(store.blob_path(&hash), dir.path().join(&expected));
         drop(store);
@@ -804,7 +801,8 @@ mod tests {
         assert!(report.is_clean());
     }
 
-    /// Three contents whose hashes share their first two bytes, so they land in one shard.
+    /// Three contents whose hashes share their first two bytes, so they land in one shard
+    /// (the first byte names it).
     fn same_shard_blobs() -> Vec<Vec<u8>> {
         let mut by_shard: HashMap<[u8; 2], Vec<Vec<u8>>> = HashMap::new();
         for i in 0u32.. {
@@ -826,12 +824,12 @@ mod tests {
         let blobs = same_shard_blobs();
         let batch: Vec<&[u8]> = blobs.iter().map(Vec::as_slice).collect();
         store.put_many(&batch).unwrap();
-        // Three blob files; the shard directory once, plus its two parents the first time.
-        assert_eq!(store.sync_counts(), (3, 3));
+        // Three blob files; the shard directory once, plus its parent (the root) the first time.
+        assert_eq!(store.sync_counts(), (3, 2));
 
         // Storing them again rewrites nothing but still makes them durable before returning.
         store.put_many(&batch).unwrap();
-        assert_eq!(store.sync_counts(), (6, 4));
+        assert_eq!(store.sync_counts(), (6, 3));
 
         // One put each pays a directory sync per blob: what the batch saves.
         let before = store.sync_counts();
@@ -918,7 +916,7 @@ mod tests {
         );
         assert_eq!(single_syncs.0, u64::from(BLOBS));
         assert_eq!(batch_syncs.0, u64::from(BLOBS));
-        // Every blob lands in a new shard in both runs; the batch syncs the root only once.
+        // Singles sync their shard directory each; the batch syncs each shard and the root once.
         assert!(batch_syncs.1 < single_syncs.1);
     }
 }

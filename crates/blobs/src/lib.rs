@@ -14,7 +14,7 @@
 //! and [`MemoryBlobStore`] (tests), and [`verify_all`] for an offline check of a disk store.
 //!
 //! The trait is shaped so an S3-compatible object store can implement it later: the object key
-//! is the lowercase hex hash (optionally under the same `ab/cd/` prefixes as on disk); `put` is
+//! is the lowercase hex hash (optionally under the same `ab/` prefix as on disk); `put` is
 //! an idempotent PUT (same key, same bytes; send `x-amz-checksum-sha256` so the server rejects
 //! transport corruption) that is durable once the server acknowledges it; `get` is a GET whose
 //! body the client re-hashes before returning it; `contains` / `len_bytes` are a HEAD;

@@ -282,7 +282,7 @@ fn replicate_between_organisations(dir: &Path, nodes: &[Node]) {
     assert!(String::from_utf8_lossy(&refused.stderr).contains("403"), "{}", String::from_utf8_lossy(&refused.stderr));
     let stored_at_node_1 = || {
         let root = dir.join("node-1/data/blobs");
-        root.join(&hash[0..2]).join(&hash[2..4]).join(&hash).exists()
+        root.join(&hash[0..2]).join(&hash).exists()
     };
     assert!(!stored_at_node_1());
 
