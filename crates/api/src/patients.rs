@@ -17,7 +17,7 @@ use axum::{
     extract::{Path, Query, Request, State},
 };
 use medledger_ledger::{
-    AccessAction, AccessOutcome, BreakGlassReview, Grant, GrantOrigin, Scope, access::decide, actions,
+    AccessAction, AccessOutcome, BreakGlassReview, Grant, GrantOrigin, Scope, access::decide_at_head, actions,
 };
 use medledger_node::index::{
     AccessEntry, BreakGlassEntry, DelegateAct, DelegateActEntry, DelegationChange, DelegationEntry, KeyShareEntry,
@@ -826,7 +826,7 @@ pub(crate) async fn history(
         let decision = {
             let state = c.state();
             let head = state.record(&record_id).ok_or_else(|| ApiError::NotFound(format!("no record {record_id}")))?;
-            decide(&state, &requester, &record_id, head, actions::READ, purpose, now)
+            decide_at_head(&state, &requester, &record_id, head, actions::READ, purpose, now)
         };
         if let Some(service) = &records {
             service.audit_history(requester, record_id, purpose, decision, now);

@@ -134,6 +134,26 @@ pub fn decide(
     break_glass.ok_or(best)
 }
 
+/// What a node decides for a request arriving at its clock time `node_ms`: [`decide`] at the
+/// finalized head's block time (grants start and expire by block time, as consensus applies
+/// them), which must also allow at `node_ms`. The second check matters when the chain stalls:
+/// block time stops, and a grant that has expired by the clock must not stay usable until the
+/// next block. Either refusal wins, block time's first.
+#[allow(clippy::too_many_arguments)]
+pub fn decide_at_head(
+    state: &State,
+    requester: &IdentityId,
+    record_id: &medledger_types::RecordId,
+    record: &RecordHead,
+    action: u8,
+    purpose: Purpose,
+    node_ms: TimestampMs,
+) -> Result<Basis, Denial> {
+    let basis = decide(state, requester, record_id, record, action, purpose, state.head_timestamp_ms())?;
+    decide(state, requester, record_id, record, action, purpose, node_ms)?;
+    Ok(basis)
+}
+
 fn check(
     grant: &Grant,
     record_id: &medledger_types::RecordId,

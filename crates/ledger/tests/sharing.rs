@@ -6,7 +6,7 @@ use medledger_crypto::Keypair;
 use medledger_ledger::{
     AccessAction, AccessEvent, AccessOutcome, Block, BlockError, CategoryKeyId, Genesis, GenesisIdentity, GrantOrigin,
     KeyShareEntry, Payload, Purpose, ReviewVerdict, RuleError, RuleSpec, Scope, State, Transaction, TxError,
-    access::{Basis, Denial, decide},
+    access::{Basis, Denial, decide, decide_at_head},
     actions,
     rules::{
         referral::{ReferralConsentParams, ReferralParams},
@@ -1041,4 +1041,40 @@ fn rule_derived_state_is_identical_when_built_and_when_verified() {
     let rules = |s: &State| s.rules_of(&patient.id()).cloned().collect::<Vec<_>>();
     assert_eq!(rules(&proposer), rules(&verifier));
     assert_eq!(proposer.head_hash(), verifier.head_hash());
+}
+
+/// A node judges a request at the head's block time and at its own clock; both must allow.
+#[test]
+fn nodes_refuse_when_block_time_or_their_clock_says_a_grant_is_over() {
+    let mut w = World::new();
+    let record = RecordId([40; 32]);
+    w.lab(record, 1);
+    let (patient, doc_b) = (w.patient.clone(), w.doc_b.clone());
+    let start = w.now();
+    w.ok(
+        &patient,
+        Payload::ConsentGrant {
+            patient: patient.id(),
+            grantee: w.org_b.id(),
+            scope: Scope::All,
+            actions: actions::READ,
+            purpose: Purpose::Treatment,
+            valid_from_ms: start,
+            valid_until_ms: start + 10_000,
+        },
+    );
+    let at_node = |w: &World, node_ms: u64| {
+        let head = w.state.record(&record).unwrap();
+        decide_at_head(&w.state, &doc_b.id(), &record, head, actions::READ, Purpose::Treatment, node_ms)
+    };
+    // Block time and the clock agree the grant is live.
+    assert!(matches!(at_node(&w, w.now()), Ok(Basis::Grant(_))));
+    // The chain stalled: block time still inside the window, the node's clock past it.
+    assert_eq!(at_node(&w, start + 10_000), Err(Denial::GrantExpired));
+    // Blocks moved past the window while this node's clock lags behind: block time decides.
+    for _ in 0..10 {
+        w.apply(vec![]).unwrap();
+    }
+    assert!(w.now() >= start + 10_000);
+    assert_eq!(at_node(&w, start + 5_000), Err(Denial::GrantExpired));
 }

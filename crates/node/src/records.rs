@@ -21,7 +21,7 @@ use medledger_crypto::{
 };
 use medledger_ledger::{
     AccessAction, AccessEvent, AccessOutcome, CategoryKeyId, KeyShareEntry, Payload, Purpose,
-    access::{Basis, Denial, decide},
+    access::{Basis, Denial, decide_at_head},
     actions,
     keys::{category_key_info, data_key_aad, record_aad},
 };
@@ -308,7 +308,7 @@ impl RecordService {
         let (head, decision) = {
             let state = self.chain.state();
             let head = state.record(&record_id).cloned().ok_or(RecordError::UnknownRecord(record_id))?;
-            let decision = decide(&state, &requester, &record_id, &head, actions::READ, purpose, now_ms);
+            let decision = decide_at_head(&state, &requester, &record_id, &head, actions::READ, purpose, now_ms);
             (head, decision)
         };
         let version = version.unwrap_or(head.latest_version);
@@ -515,7 +515,7 @@ impl RecordService {
     }
 
     /// Queues the access event of a version-history read of `record_id` (decided by the caller
-    /// with `access::decide`): `decision` is the basis, or the denial. The event names the
+    /// with `access::decide_at_head`): `decision` is the basis, or the denial. The event names the
     /// latest version, the one the history reaches to.
     pub fn audit_history(
         &self,
