@@ -1,7 +1,9 @@
 //! `medledger bench records`: record writes (encrypt, wrap, store, commit durably) and
 //! authorized reads (consent decision, fetch, unwrap, decrypt, access event) from concurrent
-//! clients against a one-validator node, in-process through the node's record service (the
-//! path the HTTP API takes, without HTTP parsing and request-signature checks).
+//! clients against a one-validator node. By default in-process through the node's record
+//! service (the path the HTTP API takes, without HTTP parsing and request-signature checks);
+//! with `--http`, every request is a signed HTTP request to the node's API on loopback, from
+//! client threads in the same process.
 
 use std::{
     collections::HashMap,
@@ -36,6 +38,8 @@ pub struct RecordBenchOptions {
     pub clients: usize,
     pub patients: usize,
     pub dir: Option<PathBuf>,
+    /// Drive the node over its HTTP API instead of in-process.
+    pub http: bool,
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -80,10 +84,12 @@ pub fn bench_records(opts: RecordBenchOptions) -> Result<()> {
     let clients = opts.clients;
     let result = Arc::new(std::sync::Mutex::new(None));
     let result2 = result.clone();
-    run(&dir, chain, &node_keys, run_opts, move |chain, _, records| async move {
+    let http = opts.http;
+    run(&dir, chain, &node_keys, run_opts, move |chain, api, records| async move {
         let outcome = tokio::task::spawn_blocking(move || {
             let records = records.context("the bench node serves records")?;
-            drive(&net, &chain, &records, &opts)
+            let transport = if opts.http { Transport::Http(format!("http://{api}")) } else { Transport::InProcess };
+            drive(&net, &chain, &records, &opts, &transport)
         })
         .await;
         *result2.lock().expect("result lock") =
@@ -110,6 +116,7 @@ pub fn bench_records(opts: RecordBenchOptions) -> Result<()> {
         "{}",
         json!({
             "benchmark": "records",
+            "transport": if http { "http" } else { "in-process" },
             "clients": clients,
             "writes_committed": report.writes_committed,
             "writes_per_s": round2(writes_per_s),
@@ -140,7 +147,86 @@ fn wait_committed(chain: &Chain, ids: &[TxId], deadline: Duration) -> Result<()>
     Ok(())
 }
 
-fn drive(net: &Devnet, chain: &Arc<Chain>, records: &Arc<RecordService>, opts: &RecordBenchOptions) -> Result<Report> {
+/// How the clients reach the node.
+enum Transport {
+    InProcess,
+    /// The node's API base URL.
+    Http(String),
+}
+
+/// One client's way of writing and reading.
+enum Session<'a> {
+    InProcess(&'a RecordService),
+    Http(crate::client::Client),
+}
+
+/// Why a request did not succeed.
+enum Failed {
+    /// Back-pressure (mempool full, nonce window): retry shortly.
+    Busy,
+    Refused(String),
+}
+
+impl Session<'_> {
+    fn new<'a>(transport: &Transport, records: &'a RecordService) -> Session<'a> {
+        match transport {
+            Transport::InProcess => Session::InProcess(records),
+            Transport::Http(base) => Session::Http(crate::client::Client::new(base)),
+        }
+    }
+
+    fn write(
+        &self,
+        author: &Keypair,
+        request: &WriteRequest<'_>,
+        rng: &mut impl rand::CryptoRng,
+    ) -> Result<(TxId, RecordId), Failed> {
+        match self {
+            Session::InProcess(records) => match records.write(request, now_ms(), rng) {
+                Ok(w) => Ok((w.tx_id, w.record_id)),
+                Err(RecordError::Submit(_)) => Err(Failed::Busy),
+                Err(e) => Err(Failed::Refused(e.to_string())),
+            },
+            Session::Http(client) => {
+                let path = format!("/v1/records?patient={}", request.patient);
+                let (status, _, body) = client
+                    .signed(author, "POST", &path, request.content)
+                    .map_err(|e| Failed::Refused(e.to_string()))?;
+                match status {
+                    201 => {
+                        let v: serde_json::Value =
+                            serde_json::from_slice(&body).map_err(|e| Failed::Refused(e.to_string()))?;
+                        let tx = v["tx_id"].as_str().and_then(|t| TxId::from_hex(t).ok());
+                        let record = v["record_id"].as_str().and_then(|r| RecordId::from_hex(r).ok());
+                        tx.zip(record).ok_or_else(|| Failed::Refused("write answer without ids".into()))
+                    }
+                    429 | 503 => Err(Failed::Busy),
+                    other => Err(Failed::Refused(format!("{other}: {}", crate::client::error_of(&body)))),
+                }
+            }
+        }
+    }
+
+    fn read(&self, reader: &Keypair, record: RecordId) -> bool {
+        match self {
+            Session::InProcess(records) => {
+                records.read(reader.id(), record, None, Purpose::Treatment, now_ms()).is_ok()
+            }
+            Session::Http(client) => {
+                let path = format!("/v1/records/{record}?purpose=TREAT");
+                client.signed(reader, "GET", &path, b"").is_ok_and(|(status, _, _)| status == 200)
+            }
+        }
+    }
+}
+
+fn drive(
+    net: &Devnet,
+    chain: &Arc<Chain>,
+    records: &Arc<RecordService>,
+    opts: &RecordBenchOptions,
+    transport: &Transport,
+) -> Result<Report> {
     let (hospital, clinic) = (&net.organisations[0], &net.organisations[1]);
     let doc = Keypair::from_label("bench-doctor");
     let doc_b = Keypair::from_label("bench-clinic-doctor");
@@ -237,6 +323,7 @@ fn drive(net: &Devnet, chain: &Arc<Chain>, records: &Arc<RecordService>, opts: &
             let (submitted, failures, bodies, patients, doc, writers_done) =
                 (&submitted, &failures, &bodies, &patients, &doc, &writers_done);
             s.spawn(move || {
+                let session = Session::new(transport, records);
                 let mut rng = rand::rng();
                 let mine = (opts.writes / opts.clients) + usize::from(client < opts.writes % opts.clients);
                 for i in 0..mine {
@@ -252,14 +339,14 @@ fn drive(net: &Devnet, chain: &Arc<Chain>, records: &Arc<RecordService>, opts: &
                     };
                     loop {
                         let at = started.elapsed().as_nanos() as u64;
-                        match records.write(&request, now_ms(), &mut rng) {
-                            Ok(w) => {
-                                submitted.lock().expect("lock").push((w.tx_id, w.record_id, at));
+                        match session.write(doc, &request, &mut rng) {
+                            Ok((tx_id, record_id)) => {
+                                submitted.lock().expect("lock").push((tx_id, record_id, at));
                                 break;
                             }
                             // Back-pressure from the mempool or the signer's nonce window.
-                            Err(RecordError::Submit(_)) => std::thread::sleep(Duration::from_millis(2)),
-                            Err(e) => {
+                            Err(Failed::Busy) => std::thread::sleep(Duration::from_millis(2)),
+                            Err(Failed::Refused(e)) => {
                                 tracing::warn!(error = %e, "benchmark write failed");
                                 failures.fetch_add(1, Ordering::Relaxed);
                                 break;
@@ -295,18 +382,18 @@ fn drive(net: &Devnet, chain: &Arc<Chain>, records: &Arc<RecordService>, opts: &
         for client in 0..opts.clients {
             let (latencies, refused, written, doc, doc_b) = (&latencies, &refused, &written, &doc, &doc_b);
             s.spawn(move || {
+                let session = Session::new(transport, records);
                 let mine = (opts.reads / opts.clients) + usize::from(client < opts.reads % opts.clients);
                 let mut local = Vec::with_capacity(mine);
                 for i in 0..mine {
                     let record = written[(client * 104_729 + i * 31) % written.len()];
                     // Half through the custodian, half through the patient's grant to the clinic.
-                    let reader = if i % 2 == 0 { doc.id() } else { doc_b.id() };
+                    let reader = if i % 2 == 0 { doc } else { doc_b };
                     let t = Instant::now();
-                    match records.read(reader, record, None, Purpose::Treatment, now_ms()) {
-                        Ok(_) => local.push(t.elapsed().as_secs_f64() * 1e3),
-                        Err(_) => {
-                            refused.fetch_add(1, Ordering::Relaxed);
-                        }
+                    if session.read(reader, record) {
+                        local.push(t.elapsed().as_secs_f64() * 1e3);
+                    } else {
+                        refused.fetch_add(1, Ordering::Relaxed);
                     }
                 }
                 latencies.lock().expect("lock").extend(local);

@@ -233,6 +233,10 @@ enum BenchCommand {
         patients: usize,
         #[arg(long)]
         data_dir: Option<PathBuf>,
+        /// Send every request as a signed HTTP request to the node's API (loopback) instead of
+        /// calling the record service in-process.
+        #[arg(long)]
+        http: bool,
     },
     /// Durable commit throughput and latency of signed transactions on a one-validator node.
     Ledger {
@@ -340,13 +344,14 @@ fn run_command(command: Command) -> Result<ExitCode> {
             eprintln!("signature verified with {}: log size {}, root {}", vkey.trim(), cp.size, cp.root);
         }
         Command::Verify { data_dir } => return verify(&data_dir),
-        Command::Bench { command: BenchCommand::Records { writes, reads, clients, patients, data_dir } } => {
+        Command::Bench { command: BenchCommand::Records { writes, reads, clients, patients, data_dir, http } } => {
             bench_records::bench_records(bench_records::RecordBenchOptions {
                 writes,
                 reads,
                 clients,
                 patients,
                 dir: data_dir,
+                http,
             })?;
         }
         Command::Bench { command: BenchCommand::Ledger { txs, clients, data_dir, timeout_s } } => {
