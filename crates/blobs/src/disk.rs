@@ -86,16 +86,48 @@ pub struct BlobReport {
     /// Entries that are not part of the layout: foreign files, names that are not lowercase
     /// hex, blobs in the wrong shard directory.
     pub unexpected: Vec<PathBuf>,
+    /// Pack stores only (always empty for a one-file-per-blob store, whose damage is per file
+    /// and listed in `corrupt`): where the damage is, by segment and offset, in file order.
+    pub damaged: Vec<DamagedRange>,
+    /// Pack stores only: older copies of blobs that a later copy replaced (a `put` appends a
+    /// fresh copy when the stored one is corrupt). Dead space, not damage: never re-hashed.
+    pub superseded_entries: u64,
 }
 
 impl BlobReport {
-    /// No corrupt blobs and nothing foreign in the store.
+    /// No corrupt blobs, no damaged ranges and nothing foreign in the store.
     pub fn is_clean(&self) -> bool {
-        self.corrupt.is_empty() && self.unexpected.is_empty()
+        self.corrupt.is_empty() && self.unexpected.is_empty() && self.damaged.is_empty()
     }
 }
 
-fn io_at(path: &Path) -> impl FnOnce(io::Error) -> BlobError + '_ {
+/// A byte range of a pack segment that holds nothing servable, as found by a scan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DamagedRange {
+    pub path: PathBuf,
+    pub offset: u64,
+    pub len_bytes: u64,
+    pub kind: DamageKind,
+}
+
+/// What is wrong with a [`DamagedRange`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DamageKind {
+    /// The segment header is missing or wrong (the range is the header).
+    SegmentHeader,
+    /// No intact entry header: a torn or overwritten write, or a rotted header. The scan
+    /// resumed at the next intact header (or the end), so the range may hide whole entries,
+    /// whose hashes are unknown.
+    Unparseable,
+    /// An intact entry header whose body does not hash to the address it names (the range is
+    /// the whole entry).
+    BodyMismatch { hash: Hash },
+    /// A segment file is absent although segments numbered on both sides of it exist (the
+    /// range is empty; the path is where the segment should be).
+    MissingSegment,
+}
+
+pub(crate) fn io_at(path: &Path) -> impl FnOnce(io::Error) -> BlobError + '_ {
     move |source| BlobError::Io { path: path.to_owned(), source }
 }
 
@@ -103,7 +135,7 @@ fn is_not_found(err: &io::Error) -> bool {
     err.kind() == io::ErrorKind::NotFound
 }
 
-fn create_dirs(path: &Path) -> Result<(), BlobError> {
+pub(crate) fn create_dirs(path: &Path) -> Result<(), BlobError> {
     let mut builder = DirBuilder::new();
     builder.recursive(true);
     #[cfg(unix)]
@@ -137,7 +169,7 @@ fn parse_blob_name(name: &OsString) -> Option<Hash> {
 }
 
 /// The entries of `dir` sorted by name, so walks and reports are deterministic.
-fn sorted_entries(dir: &Path) -> Result<Vec<(OsString, FileType, PathBuf)>, BlobError> {
+pub(crate) fn sorted_entries(dir: &Path) -> Result<Vec<(OsString, FileType, PathBuf)>, BlobError> {
     let mut out = Vec::new();
     for entry in fs::read_dir(dir).map_err(io_at(dir))? {
         let entry = entry.map_err(io_at(dir))?;
@@ -480,7 +512,7 @@ impl DiskBlobStore {
 /// Fsyncs directory `dir`, so entries created, renamed or removed in it are durable. Returns
 /// whether a sync happened: std offers no directory handle to sync outside unix, and the node
 /// runs on Linux.
-fn sync_dir_at(dir: &Path) -> Result<bool, BlobError> {
+pub(crate) fn sync_dir_at(dir: &Path) -> Result<bool, BlobError> {
     #[cfg(unix)]
     {
         File::open(dir).and_then(|d| d.sync_all()).map_err(io_at(dir))?;

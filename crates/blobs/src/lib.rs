@@ -10,8 +10,10 @@
 //! backing store is treated as adversarial: sizes are bounded by [`BLOB_BYTES_MAX`] before
 //! allocating, and errors name paths and hashes, never blob contents.
 //!
-//! API boundary: the [`BlobStore`] trait, its implementations [`DiskBlobStore`] (production)
-//! and [`MemoryBlobStore`] (tests), and [`verify_all`] for an offline check of a disk store.
+//! API boundary: the [`BlobStore`] trait, its implementations [`DiskBlobStore`] (one file per
+//! blob), `PackBlobStore` (unix only: blobs appended to segment files with group commit, for
+//! write throughput) and [`MemoryBlobStore`] (tests), and [`verify_all`] / `verify_pack` for an
+//! offline check of a disk or pack store.
 //!
 //! The trait is shaped so an S3-compatible object store can implement it later: the object key
 //! is the lowercase hex hash (optionally under the same `ab/` prefix as on disk); `put` is
@@ -28,11 +30,15 @@ use sha2::Digest as _;
 
 mod disk;
 mod memory;
+#[cfg(unix)]
+mod pack;
 #[cfg(any(test, feature = "conformance"))]
 pub mod testing;
 
-pub use disk::{BlobReport, DiskBlobStore, verify_all};
+pub use disk::{BlobReport, DamageKind, DamagedRange, DiskBlobStore, verify_all};
 pub use memory::MemoryBlobStore;
+#[cfg(unix)]
+pub use pack::{PackBlobStore, PackOptions, PackRecovery, SEGMENT_BYTES_DEFAULT, verify_pack};
 
 /// Largest blob accepted by [`BlobStore::put`]: an encrypted record version (FHIR resource
 /// plus AEAD overhead) is far smaller; the bound keeps a single read or write from exhausting
@@ -51,6 +57,11 @@ pub enum BlobError {
     Corrupt { hash: Hash },
     #[error("blob store {path} is locked by another process or another open store")]
     Locked { path: PathBuf },
+    /// A sync failed earlier: the kernel may have dropped the unwritten pages and will not
+    /// report it again, so no later write can be trusted to be durable until the store is
+    /// reopened (which rescans and re-syncs what is on disk).
+    #[error("blob store {path} refuses writes after a failed sync; reopen it (restart the node)")]
+    Poisoned { path: PathBuf },
 }
 
 /// A content-addressed store of blobs. Implementations must uphold the crate invariant:
