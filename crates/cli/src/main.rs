@@ -524,9 +524,8 @@ fn verify(data_dir: &Path) -> Result<ExitCode> {
             let blob_dir = data_dir.join("blobs");
             let mut blob_line = None;
             if blob_dir.exists() {
-                let blobs = medledger_blobs::DiskBlobStore::open(&blob_dir)
-                    .with_context(|| format!("cannot open the blob store in {}", blob_dir.display()))?;
-                let report = medledger_blobs::verify_all(&blobs, &mut |n| {
+                let blobs = run::open_blob_store(&data_dir)?;
+                let report = medledger_blobs::verify_pack(&blobs, &mut |n| {
                     if n % 10_000 == 0 {
                         eprintln!("  blob {n}");
                     }
@@ -535,6 +534,17 @@ fn verify(data_dir: &Path) -> Result<ExitCode> {
                     println!(
                         "FAILED: record ciphertext {bad} does not match its hash ({} corrupt)",
                         report.corrupt.len()
+                    );
+                    return Ok(ExitCode::from(1));
+                }
+                if let Some(damage) = report.damaged.first() {
+                    println!(
+                        "FAILED: the blob store is damaged at {} offset {} ({} bytes, {:?}; {} damaged ranges)",
+                        damage.path.display(),
+                        damage.offset,
+                        damage.len_bytes,
+                        damage.kind,
+                        report.damaged.len()
                     );
                     return Ok(ExitCode::from(1));
                 }

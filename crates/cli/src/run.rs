@@ -29,6 +29,21 @@ pub fn open_chain(data_dir: &Path, genesis: &Genesis, keys: Keypair) -> Result<A
     Ok(Arc::new(chain))
 }
 
+/// Opens the node's record ciphertext store (`DIR/blobs`, an append-only pack store),
+/// reporting what crash recovery found.
+pub fn open_blob_store(data_dir: &Path) -> Result<medledger_blobs::PackBlobStore> {
+    let dir = data_dir.join("blobs");
+    let started = Instant::now();
+    let store = medledger_blobs::PackBlobStore::open(&dir)
+        .with_context(|| format!("cannot open the blob store in {}", dir.display()))?;
+    tracing::info!(
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        recovery = ?store.recovery(),
+        "blob store opened"
+    );
+    Ok(store)
+}
+
 pub struct RunOptions {
     /// The operating organisation's keys: with them the node serves records (encrypts,
     /// decrypts and shares its organisation's category keys).
@@ -81,8 +96,7 @@ where
     let records = match opts.organisation_keys {
         None => None,
         Some(org) => {
-            let blobs = medledger_blobs::DiskBlobStore::open(&data_dir.join("blobs"))
-                .with_context(|| format!("cannot open the blob store in {}", data_dir.display()))?;
+            let blobs = open_blob_store(data_dir)?;
             Some(Arc::new(RecordService::new(chain.clone(), keys.clone(), org, Arc::new(blobs))))
         }
     };

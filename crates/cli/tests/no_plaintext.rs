@@ -97,7 +97,10 @@ fn demo_data_directory_and_logs_hold_no_plaintext() {
     let credentials: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("dev-credentials.json")).unwrap()).unwrap();
     assert!(credentials["records"].as_array().unwrap().len() > 100);
-    assert!(files(&dir.join("blobs")).len() > 100);
+    let segments: Vec<_> =
+        files(&dir.join("blobs")).into_iter().filter(|p| p.extension().is_some_and(|e| e == "seg")).collect();
+    let stored: u64 = segments.iter().map(|p| std::fs::metadata(p).unwrap().len()).sum();
+    assert!(stored > 100 * 200, "only {stored} bytes of ciphertext stored");
 
     // The stopped node's directory verifies offline, ciphertexts included; a flipped byte in
     // one ciphertext is found.
@@ -105,10 +108,12 @@ fn demo_data_directory_and_logs_hold_no_plaintext() {
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
     assert!(text.contains("record ciphertexts verified"), "{text}");
-    let blob = files(&dir.join("blobs")).into_iter().find(|p| p.file_name().is_some_and(|n| n.len() == 64)).unwrap();
-    let mut bytes = std::fs::read(&blob).unwrap();
-    bytes[10] ^= 1;
-    std::fs::write(&blob, bytes).unwrap();
+    // The first entry of the first segment: a 16-byte segment header, a 48-byte entry header,
+    // then the ciphertext (`docs/format.md`).
+    let segment = segments.iter().min().unwrap();
+    let mut bytes = std::fs::read(segment).unwrap();
+    bytes[16 + 48 + 10] ^= 1;
+    std::fs::write(segment, bytes).unwrap();
     let out = Command::new(BIN).args(["verify", "--data-dir"]).arg(&dir).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     assert_eq!(out.status.code(), Some(1), "{text}");

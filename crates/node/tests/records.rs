@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use medledger_blobs::{BlobStore, DiskBlobStore};
+use medledger_blobs::{BlobStore, PackBlobStore};
 use medledger_crypto::Keypair;
 use medledger_ledger::{
     Payload, Purpose, Scope,
@@ -34,7 +34,7 @@ impl World {
         let dir = tempfile::tempdir().unwrap();
         let (chain, _) = Chain::open(dir.path(), &net.genesis, net.validators[0].clone(), &mut |_, _| {}).unwrap();
         let blob_dir = tempfile::tempdir().unwrap();
-        let blobs: Arc<dyn BlobStore> = Arc::new(DiskBlobStore::open(blob_dir.path()).unwrap());
+        let blobs: Arc<dyn BlobStore> = Arc::new(PackBlobStore::open(blob_dir.path()).unwrap());
         (Self { net, chain: Arc::new(chain), t: T0, _dir: dir }, blobs, blob_dir)
     }
 
