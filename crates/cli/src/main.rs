@@ -524,7 +524,7 @@ fn verify(data_dir: &Path) -> Result<ExitCode> {
             let blob_dir = data_dir.join("blobs");
             let mut blob_line = None;
             if blob_dir.exists() {
-                let blobs = run::open_blob_store(&data_dir)?;
+                let blobs = run::open_blob_store(data_dir)?;
                 let report = medledger_blobs::verify_pack(&blobs, &mut |n| {
                     if n % 10_000 == 0 {
                         eprintln!("  blob {n}");
