@@ -5,6 +5,11 @@
 //! client sent. Nothing here panics on input, and the work done is bounded per input byte.
 
 pub mod json;
+pub mod model;
+mod primitive;
+pub mod validate;
+
+pub use validate::{Issue, IssueCode, Severity, Validated, validate};
 
 /// Errors of this crate. Validation findings are not errors: they are [`validate::Issue`]s.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
