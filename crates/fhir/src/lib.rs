@@ -6,9 +6,11 @@
 
 pub mod json;
 pub mod model;
+pub mod outcome;
 mod primitive;
 pub mod validate;
 
+pub use outcome::operation_outcome;
 pub use validate::{Issue, IssueCode, Severity, Validated, validate};
 
 /// Errors of this crate. Validation findings are not errors: they are [`validate::Issue`]s.

@@ -49,3 +49,65 @@ fn official_examples_validate() {
     let actual: Vec<&str> = rejected.keys().map(String::as_str).collect();
     assert_eq!(actual, expected, "the set of rejected examples changed");
 }
+
+/// Mutations of every valid example that must be caught: an unknown element at the root, and
+/// emptied string values (R4 forbids empty strings) at a few places in the tree.
+#[test]
+fn mutated_examples_are_rejected() {
+    use medledger_fhir::IssueCode;
+    use medledger_fhir::json::{Kind, Limits, Value, parse};
+    use medledger_fhir::model::Model;
+
+    fn strings<'v>(value: &'v Value<'_>, out: &mut Vec<&'v Value<'v>>) {
+        match &value.kind {
+            Kind::String(_) => out.push(value),
+            Kind::Array(items) => items.iter().for_each(|i| strings(i, out)),
+            Kind::Object(members) => {
+                // Resources of unsupported types are not validated, so not mutated either.
+                let resource_type = value.get("resourceType").and_then(Value::as_str);
+                if resource_type.is_some_and(|t| !Model::r4().is_supported_resource(t)) {
+                    return;
+                }
+                members.iter().filter(|m| m.key != "resourceType").for_each(|m| strings(&m.value, out))
+            }
+            _ => {}
+        }
+    }
+
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testdata/fhir/r4-examples");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "json") {
+            continue;
+        }
+        let bytes = std::fs::read(&path).unwrap();
+        let Ok(validated) = validate(&bytes) else { continue };
+        let tree = parse(&bytes, &Limits::default()).unwrap();
+        let members = tree.as_object().unwrap();
+        let second = members.iter().find(|m| m.key != "resourceType").unwrap();
+        let mut renamed = bytes[..second.key_start].to_vec();
+        renamed.extend_from_slice(b"\"zzUnknown\"");
+        renamed.extend_from_slice(&bytes[second.key_start + second.key.len() + 2..]);
+        let issues = validate(&renamed).unwrap_err();
+        let expected = format!("{}.zzUnknown", validated.resource_type);
+        assert!(
+            issues.iter().any(|i| i.code == IssueCode::Structure && i.expression.as_deref() == Some(expected.as_str())),
+            "{}: {issues:?}",
+            path.display()
+        );
+
+        let mut values = Vec::new();
+        strings(&tree, &mut values);
+        let step = (values.len() / 3).max(1);
+        for value in values.iter().step_by(step).take(3) {
+            let mut emptied = bytes[..value.start].to_vec();
+            emptied.extend_from_slice(b"\"\"");
+            emptied.extend_from_slice(&bytes[value.end..]);
+            let issues = validate(&emptied).unwrap_err();
+            assert!(issues.iter().any(|i| i.code == IssueCode::Value), "{}: {issues:?}", path.display());
+            checked += 1;
+        }
+    }
+    assert!(checked > 600, "{checked}");
+}
