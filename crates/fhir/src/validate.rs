@@ -15,6 +15,7 @@
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::ops::Range;
+use std::rc::Rc;
 
 use crate::json::{self, Kind, Limits, Member, Value};
 use crate::model::{self, ElementDef, Max, Model, TypeRef};
@@ -22,6 +23,10 @@ use crate::primitive;
 
 /// R4 limits a `string` (and `markdown`) to 1 MiB (datatypes.html#string).
 pub const STRING_BYTES_MAX: usize = 1024 * 1024;
+
+/// Most issues reported for one input; the rest are summarised in one final issue, so an
+/// OperationOutcome stays small whatever the input.
+pub const ISSUES_MAX: usize = 100;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Severity {
@@ -165,13 +170,29 @@ pub fn validate_with_limits(bytes: &[u8], limits: &Limits) -> Result<Validated, 
         Err(error) => return Err(vec![json_issue(&error)]),
     };
     let model = Model::r4();
-    let mut walker = Walker { model, issues: Vec::new(), path: String::new(), scopes: Vec::new() };
+    let mut walker = Walker {
+        model,
+        issues: Vec::new(),
+        issues_dropped: 0,
+        has_error: false,
+        path: String::new(),
+        scopes: Vec::new(),
+    };
     let Some(resource_type) = walker.resource_type(&root, true) else {
         return Err(walker.issues);
     };
     walker.path.push_str(resource_type);
     let validated = walker.resource(&root, resource_type, Context::Top);
-    if walker.issues.iter().any(|i| i.severity <= Severity::Error) {
+    if walker.issues_dropped > 0 {
+        let dropped = walker.issues_dropped;
+        walker.issues.push(Issue {
+            severity: Severity::Information,
+            code: IssueCode::TooLong,
+            expression: None,
+            diagnostics: format!("{dropped} further issues not reported"),
+        });
+    }
+    if walker.has_error {
         // Errors first, each group in document order.
         walker.issues.sort_by_key(|i| i.severity);
         return Err(walker.issues);
@@ -210,7 +231,7 @@ struct Scope {
     root_len: usize,
     resource_type: String,
     /// Ids of the contained resources that `#id` references may point to.
-    contained_ids: HashSet<String>,
+    contained_ids: Rc<HashSet<String>>,
     /// Whether this scope is a contained resource (only those may reference `#`).
     contained: bool,
     references: Vec<ReferenceSite>,
@@ -221,13 +242,25 @@ struct Scope {
 struct Walker<'m> {
     model: &'m Model,
     issues: Vec<Issue>,
+    issues_dropped: usize,
+    /// Whether any error was found, including one dropped beyond `ISSUES_MAX`.
+    has_error: bool,
     path: String,
     scopes: Vec<Scope>,
 }
 
 impl Walker<'_> {
+    fn record(&mut self, issue: Issue) {
+        self.has_error |= issue.severity <= Severity::Error;
+        if self.issues.len() < ISSUES_MAX {
+            self.issues.push(issue);
+        } else {
+            self.issues_dropped += 1;
+        }
+    }
+
     fn issue(&mut self, severity: Severity, code: IssueCode, suffix: &str, diagnostics: impl Into<String>) {
-        self.issues.push(Issue {
+        self.record(Issue {
             severity,
             code,
             expression: Some(format!("{}{suffix}", self.path)),
@@ -243,7 +276,7 @@ impl Walker<'_> {
     /// R4 types are errors at the top and warnings inside (contained, Bundle entries).
     fn resource_type<'v>(&mut self, value: &'v Value<'_>, top: bool) -> Option<&'v str> {
         if value.as_object().is_none() {
-            self.issues.push(Issue {
+            self.record(Issue {
                 severity: Severity::Error,
                 code: IssueCode::Structure,
                 expression: (!top).then(|| self.path.clone()),
@@ -279,7 +312,7 @@ impl Walker<'_> {
     fn push_resource_issue(&mut self, top: bool, severity: Severity, code: IssueCode, diagnostics: &str) {
         let expression =
             if top { Some("resourceType".to_string()) } else { Some(format!("{}.resourceType", self.path)) };
-        self.issues.push(Issue { severity, code, expression, diagnostics: diagnostics.to_string() });
+        self.record(Issue { severity, code, expression, diagnostics: diagnostics.to_string() });
     }
 
     /// Walks a resource whose path is already in `self.path`.
@@ -287,19 +320,17 @@ impl Walker<'_> {
         let members = value.as_object().unwrap_or(&[]);
         // `#id` references resolve against the contained resources of the outermost resource;
         // contained resources share their container's set.
-        let mut contained_ids = HashSet::new();
+        // Shared, not copied, so many contained resources cost linear work.
+        let mut contained_ids = Rc::new(HashSet::new());
         let mut root = (self.path.len(), resource_type.to_string());
         if context == Context::Contained {
             if let Some(scope) = self.scopes.last() {
-                contained_ids = scope.contained_ids.clone();
+                contained_ids = Rc::clone(&scope.contained_ids);
                 root = (scope.root_len, scope.resource_type.clone());
             }
         } else if let Some(contained) = value.get("contained").and_then(Value::as_array) {
-            for resource in contained {
-                if let Some(id) = resource.get("id").and_then(Value::as_str) {
-                    contained_ids.insert(id.to_string());
-                }
-            }
+            let ids = contained.iter().filter_map(|r| r.get("id").and_then(Value::as_str)).map(str::to_string);
+            contained_ids = Rc::new(ids.collect());
         }
         self.scopes.push(Scope {
             root_len: root.0,
@@ -329,7 +360,7 @@ impl Walker<'_> {
         let scope = self.scopes.pop().unwrap_or_else(|| Scope {
             root_len: 0,
             resource_type: String::new(),
-            contained_ids: HashSet::new(),
+            contained_ids: Rc::new(HashSet::new()),
             contained: false,
             references: Vec::new(),
             entries: HashMap::new(),

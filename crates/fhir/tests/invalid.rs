@@ -463,3 +463,40 @@ fn limits_become_too_long_issues() {
     );
     assert_eq!(validate(deep.as_bytes()).unwrap_err()[0].code, IssueCode::TooLong);
 }
+
+#[test]
+fn issues_are_capped() {
+    let members: Vec<String> = (0..500).map(|i| format!(r#""unknown{i}":1"#)).collect();
+    let json = format!(r#"{{"resourceType":"Patient",{}}}"#, members.join(","));
+    let issues = validate(json.as_bytes()).unwrap_err();
+    assert_eq!(issues.len(), medledger_fhir::validate::ISSUES_MAX + 1);
+    assert!(issues.last().unwrap().diagnostics.starts_with("400 further issues"));
+    // An error past the cap still makes the resource invalid.
+    let contained: Vec<String> = (0..150).map(|i| format!(r#"{{"resourceType":"Medication","id":"m{i}"}}"#)).collect();
+    let json = format!(r#"{{"resourceType":"Patient","contained":[{}],"active":"yes"}}"#, contained.join(","));
+    let issues = validate(json.as_bytes()).unwrap_err();
+    assert!(issues.iter().all(|i| i.severity >= Severity::Warning));
+}
+
+/// Every prefix and every single-byte deletion or substitution of a Bundle goes through the
+/// whole validator (not just the parser) without panicking.
+#[test]
+fn mutated_bundles_never_panic() {
+    let doc = br##"{"resourceType":"Bundle","type":"transaction","entry":[{"fullUrl":"urn:uuid:c757873d-ec9a-4326-a141-556f43239520",
+        "resource":{"resourceType":"Patient","contained":[{"resourceType":"Organization","id":"o","name":"x"}],
+        "managingOrganization":{"reference":"#o"},"name":[{"given":["A",null],"_given":[null,{"id":"g"}]}],"birthDate":"1970-01-01"},
+        "request":{"method":"POST","url":"Patient"}},{"resource":{"resourceType":"Observation","status":"final","code":{"text":"x"},
+        "valueQuantity":{"value":5.40,"code":"mg","system":"http://unitsofmeasure.org"},"subject":{"reference":"Patient?identifier=a|b"}},
+        "request":{"method":"POST","url":"Observation"}}]}"##;
+    validate(doc).unwrap();
+    let replacements = [b'"', b'{', b'}', b'[', b']', b',', b'0', b'#', b'_', b'n', b' '];
+    for i in 0..doc.len() {
+        let _ = validate(&doc[..i]);
+        let mut deleted = doc.to_vec();
+        deleted.remove(i);
+        let _ = validate(&deleted);
+        let mut replaced = doc.to_vec();
+        replaced[i] = replacements[i % replacements.len()];
+        let _ = validate(&replaced);
+    }
+}
