@@ -859,15 +859,9 @@ pub fn parse_reference(reference: &str, model: &Model) -> Result<ReferenceKind, 
 
 /// The resource type of an absolute RESTful URL (`…/Type/id` or `…/Type/id/_history/v`).
 fn absolute_target_type<'a>(url: &'a str, model: &Model) -> Option<&'a str> {
-    let mut parts = url.rsplit('/');
-    let last = parts.next()?;
+    let mut parts = url.rsplit('/').skip(1);
     let candidate = parts.next()?;
-    let resource_type = if candidate == "_history" {
-        parts.next()?;
-        parts.next()?
-    } else {
-        let _ = last;
-        candidate
-    };
+    // `…/Type/id/_history/v`: skip the id to reach the type.
+    let resource_type = if candidate == "_history" { parts.nth(1)? } else { candidate };
     model.is_r4_resource_type(resource_type).then_some(resource_type)
 }
