@@ -65,6 +65,7 @@ mod error;
 mod patients;
 mod records;
 mod routes;
+pub mod smart;
 
 pub use error::{ApiError, ErrorBody, ErrorDetail};
 
@@ -77,10 +78,25 @@ pub fn router(chain: Arc<Chain>) -> Router {
     router_with(chain, None)
 }
 
+/// What the API serves beyond the chain itself.
+#[derive(Clone, Default)]
+pub struct Services {
+    /// The record endpoints, when the node holds its organisation's keys.
+    pub records: Option<Arc<RecordService>>,
+    /// Bearer tokens of `/auth/token`; shared so the node (e.g. `medledger dev`) can issue some.
+    pub tokens: Arc<smart::TokenStore>,
+}
+
 /// [`router`] plus the record endpoints served by `records`.
 pub fn router_with(chain: Arc<Chain>, records: Option<Arc<RecordService>>) -> Router {
+    router_for(chain, Services { records, tokens: Arc::default() })
+}
+
+/// The API's routes over `chain` and `services`.
+pub fn router_for(chain: Arc<Chain>, services: Services) -> Router {
     let chain_id = chain.genesis().chain_id();
-    let app = routes::AppState { chain, chain_id, records, auth: Arc::new(auth::Authenticator::default()) };
+    let Services { records, tokens } = services;
+    let app = routes::AppState { chain, chain_id, records, auth: Arc::new(auth::Authenticator::default()), tokens };
     let record_body_limit = DefaultBodyLimit::max(records::RECORD_BODY_BYTES_MAX);
     let permits = Arc::new(Semaphore::new(CONCURRENT_REQUESTS_MAX));
     Router::new()
@@ -104,6 +120,8 @@ pub fn router_with(chain: Arc<Chain>, records: Option<Arc<RecordService>>) -> Ro
         .route("/v1/patients/{id}/notifications", get(patients::notifications))
         .route("/v1/patients/{id}/delegates", get(patients::delegates))
         .route("/v1/break-glass", get(break_glass::list))
+        .route("/auth/token", post(smart::token))
+        .route("/.well-known/smart-configuration", get(smart::configuration))
         .route("/metrics", get(routes::metrics))
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
@@ -129,10 +147,20 @@ pub async fn serve_with(
     records: Option<Arc<RecordService>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    serve_for(listener, chain, Services { records, tokens: Arc::default() }, shutdown).await
+}
+
+/// [`serve`] with `services`.
+pub async fn serve_for(
+    listener: tokio::net::TcpListener,
+    chain: Arc<Chain>,
+    services: Services,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "HTTP API listening");
     }
-    axum::serve(listener, router_with(chain, records)).with_graceful_shutdown(shutdown).await
+    axum::serve(listener, router_for(chain, services)).with_graceful_shutdown(shutdown).await
 }
 
 async fn limit_concurrency(State(permits): State<Arc<Semaphore>>, request: Request, next: Next) -> Response {

@@ -36,6 +36,8 @@ pub(crate) struct AppState {
     /// Present when the node holds its organisation's keys and serves records.
     pub(crate) records: Option<Arc<medledger_node::records::RecordService>>,
     pub(crate) auth: Arc<crate::auth::Authenticator>,
+    /// Bearer tokens issued by `/auth/token` (SMART backend services).
+    pub(crate) tokens: Arc<crate::smart::TokenStore>,
 }
 
 pub(crate) fn now_ms() -> u64 {

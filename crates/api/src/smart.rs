@@ -1,0 +1,524 @@
+//! SMART Backend Services authorization (SMART App Launch 2.x, "backend services"): a client
+//! that is an on-chain identity proves itself with a `client_assertion` JWT signed by its own
+//! Ed25519 key (RFC 7523, `private_key_jwt`) and receives a short-lived opaque bearer token
+//! carrying SMART v2 scopes. Scopes only ever narrow: consent (`ledger::access`) is enforced
+//! on top of them for every resource.
+//!
+//! Which scopes an identity may hold follows its role: a patient only `patient/…` (its own
+//! compartment), a practitioner only `user/…` (what the practitioner may see), an organisation
+//! or system client `system/…`. Validators get no tokens.
+//!
+//! Tokens are random 256-bit values kept (as their SHA-256) in memory only: a restart logs
+//! every client out, which is the safe failure for short-lived credentials.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    fmt,
+    sync::Mutex,
+};
+
+use axum::{
+    Json,
+    extract::{Form, State, rejection::FormRejection},
+    http::{HeaderMap, HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use base64::Engine as _;
+use medledger_crypto::{Signature, sha256};
+use medledger_types::{Hash, IdentityId, Role, TimestampMs};
+use serde_json::{Value, json};
+
+use crate::routes::{AppState, now_ms};
+
+/// Lifetime of an access token.
+pub const TOKEN_TTL_MS: u64 = 5 * 60 * 1000;
+/// Longest a client assertion may still be valid for (SMART: at most five minutes).
+pub const ASSERTION_LIFETIME_MAX_MS: u64 = 5 * 60 * 1000;
+/// Tolerated clock difference for `exp`/`nbf`/`iat`.
+pub const ASSERTION_SKEW_MS: u64 = 60 * 1000;
+/// Tokens held at once; beyond it, the oldest are dropped (their holders ask again).
+pub const TOKENS_HELD_MAX: usize = 100_000;
+/// Longest client assertion accepted, in bytes.
+pub const ASSERTION_BYTES_MAX: usize = 8 * 1024;
+/// Most scopes in one request.
+pub const SCOPES_PER_REQUEST_MAX: usize = 64;
+
+pub const CLIENT_ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+
+/// The three SMART scope contexts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Context {
+    /// The patient's own compartment.
+    Patient,
+    /// What the signed-in user (a practitioner) may see.
+    User,
+    /// Whatever the client system may see.
+    System,
+}
+
+impl Context {
+    fn as_str(self) -> &'static str {
+        match self {
+            Context::Patient => "patient",
+            Context::User => "user",
+            Context::System => "system",
+        }
+    }
+}
+
+/// SMART v2 interaction letters.
+pub mod interactions {
+    pub const CREATE: u8 = 1;
+    pub const READ: u8 = 2;
+    pub const UPDATE: u8 = 4;
+    pub const DELETE: u8 = 8;
+    pub const SEARCH: u8 = 16;
+    pub const ALL: u8 = 31;
+}
+
+/// One granted scope: a context, a resource type (`None` for `*`), and interactions.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Scope {
+    pub context: Context,
+    pub resource_type: Option<String>,
+    pub interactions: u8,
+}
+
+impl fmt::Display for Scope {
+    /// The SMART v2 form (`patient/Observation.rs`).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let letters: String = [
+            (interactions::CREATE, 'c'),
+            (interactions::READ, 'r'),
+            (interactions::UPDATE, 'u'),
+            (interactions::DELETE, 'd'),
+            (interactions::SEARCH, 's'),
+        ]
+        .iter()
+        .filter(|(bit, _)| self.interactions & bit != 0)
+        .map(|(_, c)| *c)
+        .collect();
+        write!(f, "{}/{}.{letters}", self.context.as_str(), self.resource_type.as_deref().unwrap_or("*"))
+    }
+}
+
+/// Why a scope string is not one we grant.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ScopeError {
+    #[error("scope {0:?} is not a SMART resource scope (context/Type.cruds)")]
+    Malformed(String),
+    #[error("scope {0:?}: granular scopes with query parameters are not supported")]
+    Granular(String),
+    #[error("scope {0:?}: interactions must be a subset of c, r, u, d, s in that order")]
+    BadInteractions(String),
+}
+
+/// Parses one SMART scope: v2 (`patient/*.rs`, `system/Observation.cruds`) or v1
+/// (`user/*.read`, `.write`, `.*`), the latter mapped to v2. Resource-type names are checked
+/// by the caller against what the server supports.
+pub fn parse_scope(text: &str) -> Result<Scope, ScopeError> {
+    let malformed = || ScopeError::Malformed(crate::error::echo(text));
+    if text.contains('?') {
+        return Err(ScopeError::Granular(crate::error::echo(text)));
+    }
+    let (context, rest) = text.split_once('/').ok_or_else(malformed)?;
+    let context = match context {
+        "patient" => Context::Patient,
+        "user" => Context::User,
+        "system" => Context::System,
+        _ => return Err(malformed()),
+    };
+    let (resource, letters) = rest.split_once('.').ok_or_else(malformed)?;
+    let resource_type = match resource {
+        "*" => None,
+        t if !t.is_empty() && t.len() <= 64 && t.bytes().all(|b| b.is_ascii_alphabetic()) => Some(t.to_owned()),
+        _ => return Err(malformed()),
+    };
+    let interactions = match letters {
+        "read" => interactions::READ | interactions::SEARCH,
+        "write" => interactions::CREATE | interactions::UPDATE | interactions::DELETE,
+        "*" => interactions::ALL,
+        v2 => {
+            let mut bits = 0u8;
+            let mut last = 0usize;
+            for c in v2.chars() {
+                let position = "cruds".find(c).ok_or_else(|| ScopeError::BadInteractions(crate::error::echo(text)))?;
+                if position < last {
+                    return Err(ScopeError::BadInteractions(crate::error::echo(text)));
+                }
+                last = position + 1;
+                bits |= 1 << position;
+            }
+            if bits == 0 {
+                return Err(ScopeError::BadInteractions(crate::error::echo(text)));
+            }
+            bits
+        }
+    };
+    Ok(Scope { context, resource_type, interactions })
+}
+
+/// What a valid bearer token stands for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Grant {
+    pub identity: IdentityId,
+    pub role: Role,
+    pub scopes: Vec<Scope>,
+    pub expires_ms: TimestampMs,
+}
+
+impl Grant {
+    /// Whether the scopes allow `interaction` on `resource_type` (consent is checked apart).
+    pub fn allows(&self, resource_type: &str, interaction: u8) -> bool {
+        self.scopes
+            .iter()
+            .any(|s| s.interactions & interaction != 0 && s.resource_type.as_deref().is_none_or(|t| t == resource_type))
+    }
+}
+
+#[derive(Default)]
+struct Held {
+    by_hash: HashMap<Hash, Grant>,
+    /// Issue order, for dropping the oldest when full.
+    order: VecDeque<Hash>,
+    /// Assertion ids seen (`iss` + `jti`), with their expiry, so an assertion is used once.
+    seen_assertions: HashMap<(IdentityId, String), TimestampMs>,
+}
+
+/// Issued bearer tokens, in memory.
+#[derive(Default)]
+pub struct TokenStore {
+    held: Mutex<Held>,
+}
+
+impl TokenStore {
+    /// Issues a token for `grant`; returns the token text (shown once, never stored).
+    pub fn issue(&self, grant: Grant) -> String {
+        let mut raw = [0u8; 32];
+        rand::fill(&mut raw);
+        let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw);
+        let hash = sha256(token.as_bytes());
+        let mut held = self.held.lock().expect("token lock poisoned");
+        while held.order.len() >= TOKENS_HELD_MAX {
+            if let Some(old) = held.order.pop_front() {
+                held.by_hash.remove(&old);
+            }
+        }
+        held.by_hash.insert(hash, grant);
+        held.order.push_back(hash);
+        token
+    }
+
+    /// The grant behind `token`, if it is known and not expired at `now_ms`.
+    pub fn lookup(&self, token: &str, now_ms: TimestampMs) -> Option<Grant> {
+        let hash = sha256(token.as_bytes());
+        let held = self.held.lock().expect("token lock poisoned");
+        held.by_hash.get(&hash).filter(|g| now_ms < g.expires_ms).cloned()
+    }
+
+    /// Records assertion `jti` of `issuer` as used until `expires_ms`; false if it was seen.
+    fn first_use(&self, issuer: IdentityId, jti: &str, expires_ms: TimestampMs, now_ms: TimestampMs) -> bool {
+        let mut held = self.held.lock().expect("token lock poisoned");
+        if held.seen_assertions.len() >= TOKENS_HELD_MAX {
+            held.seen_assertions.retain(|_, exp| *exp + ASSERTION_SKEW_MS > now_ms);
+            if held.seen_assertions.len() >= TOKENS_HELD_MAX {
+                return false;
+            }
+        }
+        held.seen_assertions.insert((issuer, jti.to_owned()), expires_ms).is_none()
+    }
+}
+
+/// An OAuth 2.0 error response (RFC 6749 §5.2).
+#[derive(Debug)]
+pub struct OAuthError {
+    status: StatusCode,
+    code: &'static str,
+    description: String,
+}
+
+impl OAuthError {
+    fn new(code: &'static str, description: impl Into<String>) -> Self {
+        let status = if code == "invalid_client" { StatusCode::UNAUTHORIZED } else { StatusCode::BAD_REQUEST };
+        Self { status, code, description: description.into() }
+    }
+}
+
+impl IntoResponse for OAuthError {
+    fn into_response(self) -> Response {
+        let mut response =
+            (self.status, Json(json!({"error": self.code, "error_description": self.description}))).into_response();
+        no_store(response.headers_mut());
+        response
+    }
+}
+
+fn no_store(headers: &mut HeaderMap) {
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+}
+
+/// Resource types a scope may name: what the FHIR API serves.
+pub fn supported_resource_type(name: &str) -> bool {
+    medledger_fhir::model::Model::r4().is_supported_resource(name)
+}
+
+/// The claims of a verified client assertion that matter here.
+struct Assertion {
+    issuer: IdentityId,
+    jti: String,
+    expires_ms: TimestampMs,
+}
+
+fn b64(part: &str, what: &'static str) -> Result<Vec<u8>, OAuthError> {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(part)
+        .map_err(|_| OAuthError::new("invalid_client", format!("client_assertion {what} is not base64url")))
+}
+
+/// Verifies a client assertion JWT (compact JWS, EdDSA) against the issuer's on-chain key.
+fn verify_assertion(
+    app: &AppState,
+    jwt: &str,
+    token_urls: &[String],
+    now_ms: TimestampMs,
+) -> Result<(Assertion, Role), OAuthError> {
+    let invalid = |m: &str| OAuthError::new("invalid_client", m.to_owned());
+    if jwt.len() > ASSERTION_BYTES_MAX {
+        return Err(invalid("client_assertion is too long"));
+    }
+    let mut parts = jwt.split('.');
+    let (Some(h), Some(p), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+        return Err(invalid("client_assertion must be a compact JWS (header.payload.signature)"));
+    };
+    let header: Value = serde_json::from_slice(&b64(h, "header")?).map_err(|_| invalid("JWS header is not JSON"))?;
+    if header["alg"] != "EdDSA" {
+        return Err(invalid("client_assertion must be signed with alg EdDSA (Ed25519)"));
+    }
+    if header.get("crit").is_some() {
+        return Err(invalid("JWS crit header parameters are not supported"));
+    }
+    let claims: Value = serde_json::from_slice(&b64(p, "payload")?).map_err(|_| invalid("JWT claims are not JSON"))?;
+    let signature: [u8; 64] =
+        b64(s, "signature")?.try_into().map_err(|_| invalid("an Ed25519 signature is 64 bytes"))?;
+    let iss = claims["iss"].as_str().ok_or_else(|| invalid("iss (the client id) is missing"))?;
+    if claims["sub"].as_str() != Some(iss) {
+        return Err(invalid("sub must equal iss (the client id)"));
+    }
+    let issuer =
+        IdentityId::from_hex(iss).map_err(|_| invalid("the client id is an identity id: 64 hex characters"))?;
+    let aud_ok = match &claims["aud"] {
+        Value::String(a) => token_urls.contains(a),
+        Value::Array(all) => all.iter().any(|a| a.as_str().is_some_and(|a| token_urls.contains(&a.to_owned()))),
+        _ => false,
+    };
+    if !aud_ok {
+        return Err(invalid("aud must be this server's token endpoint URL"));
+    }
+    let exp_s = claims["exp"].as_u64().ok_or_else(|| invalid("exp is missing or not a number"))?;
+    let expires_ms = exp_s.saturating_mul(1000);
+    if expires_ms + ASSERTION_SKEW_MS <= now_ms {
+        return Err(invalid("client_assertion has expired"));
+    }
+    if expires_ms > now_ms + ASSERTION_LIFETIME_MAX_MS + ASSERTION_SKEW_MS {
+        return Err(invalid("client_assertion exp is more than five minutes away"));
+    }
+    if let Some(nbf) = claims.get("nbf").and_then(Value::as_u64)
+        && nbf.saturating_mul(1000) > now_ms + ASSERTION_SKEW_MS
+    {
+        return Err(invalid("client_assertion is not valid yet (nbf)"));
+    }
+    let jti =
+        claims["jti"].as_str().filter(|j| !j.is_empty() && j.len() <= 256).ok_or_else(|| invalid("jti is missing"))?;
+    let (key, role) = {
+        let state = app.chain.state();
+        let who = state.identity(&issuer).ok_or_else(|| invalid("the client is not a registered identity"))?;
+        (who.signing_key, who.role)
+    };
+    let signed = format!("{h}.{p}");
+    key.verify(signed.as_bytes(), &Signature(signature))
+        .map_err(|_| invalid("client_assertion signature does not verify under the client's key"))?;
+    Ok((Assertion { issuer, jti: jti.to_owned(), expires_ms }, role))
+}
+
+/// The scope context an identity's role may hold.
+fn context_of(role: Role) -> Option<Context> {
+    match role {
+        Role::Patient => Some(Context::Patient),
+        Role::Practitioner => Some(Context::User),
+        Role::Organisation | Role::SystemClient => Some(Context::System),
+        _ => None,
+    }
+}
+
+/// `POST /auth/token`: client credentials with a JWT client assertion.
+pub(crate) async fn token(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    form: Result<Form<Vec<(String, String)>>, FormRejection>,
+) -> Result<Response, OAuthError> {
+    let Form(pairs) =
+        form.map_err(|_| OAuthError::new("invalid_request", "send application/x-www-form-urlencoded parameters"))?;
+    let mut params: HashMap<&str, &str> = HashMap::new();
+    for (k, v) in &pairs {
+        if params.insert(k.as_str(), v.as_str()).is_some() {
+            return Err(OAuthError::new("invalid_request", format!("parameter {} given twice", crate::error::echo(k))));
+        }
+    }
+    if params.get("grant_type") != Some(&"client_credentials") {
+        return Err(OAuthError::new("unsupported_grant_type", "grant_type must be client_credentials"));
+    }
+    if params.get("client_assertion_type") != Some(&CLIENT_ASSERTION_TYPE) {
+        return Err(OAuthError::new(
+            "invalid_request",
+            format!("client_assertion_type must be {CLIENT_ASSERTION_TYPE}"),
+        ));
+    }
+    let jwt = params
+        .get("client_assertion")
+        .ok_or_else(|| OAuthError::new("invalid_request", "client_assertion is missing"))?;
+    let scope_text = params.get("scope").copied().unwrap_or("");
+    let requested: Vec<&str> = scope_text.split(' ').filter(|s| !s.is_empty()).collect();
+    if requested.is_empty() {
+        return Err(OAuthError::new("invalid_scope", "ask for at least one scope"));
+    }
+    if requested.len() > SCOPES_PER_REQUEST_MAX {
+        return Err(OAuthError::new("invalid_scope", format!("at most {SCOPES_PER_REQUEST_MAX} scopes")));
+    }
+    let token_urls = token_urls(&headers);
+    let now = now_ms();
+    let (assertion, role) = verify_assertion(&app, jwt, &token_urls, now)?;
+    let context = context_of(role)
+        .ok_or_else(|| OAuthError::new("invalid_client", "this identity's role cannot hold API tokens"))?;
+    // Unknown or other-context scopes are not granted; malformed ones are an error.
+    let mut granted: Vec<Scope> = Vec::new();
+    for text in requested {
+        if matches!(text, "openid" | "fhirUser" | "offline_access" | "online_access") || text.starts_with("launch") {
+            continue;
+        }
+        let scope = parse_scope(text).map_err(|e| OAuthError::new("invalid_scope", e.to_string()))?;
+        if let Some(t) = &scope.resource_type
+            && !supported_resource_type(t)
+        {
+            return Err(OAuthError::new(
+                "invalid_scope",
+                format!("resource type {} is not served here", crate::error::echo(t)),
+            ));
+        }
+        if scope.context == context && !granted.contains(&scope) {
+            granted.push(scope);
+        }
+    }
+    if granted.is_empty() {
+        return Err(OAuthError::new(
+            "invalid_scope",
+            format!("an identity with this role may hold only {}/… scopes", context.as_str()),
+        ));
+    }
+    if !app.tokens.first_use(assertion.issuer, &assertion.jti, assertion.expires_ms, now) {
+        return Err(OAuthError::new("invalid_client", "this client_assertion (jti) was already used"));
+    }
+    let scope_line = granted.iter().map(ToString::to_string).collect::<Vec<_>>().join(" ");
+    let token =
+        app.tokens.issue(Grant { identity: assertion.issuer, role, scopes: granted, expires_ms: now + TOKEN_TTL_MS });
+    let mut response = Json(json!({
+        "access_token": token,
+        "token_type": "bearer",
+        "expires_in": TOKEN_TTL_MS / 1000,
+        "scope": scope_line,
+    }))
+    .into_response();
+    no_store(response.headers_mut());
+    Ok(response)
+}
+
+/// The URLs a client may name as `aud`: this endpoint as reached (Host header), over http or
+/// https (behind a TLS-terminating proxy).
+fn token_urls(headers: &HeaderMap) -> Vec<String> {
+    let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok()) else { return Vec::new() };
+    vec![format!("http://{host}/auth/token"), format!("https://{host}/auth/token")]
+}
+
+/// `GET /.well-known/smart-configuration`.
+pub(crate) async fn configuration(headers: HeaderMap) -> Response {
+    let base =
+        headers.get(header::HOST).and_then(|h| h.to_str().ok()).map(|h| format!("http://{h}")).unwrap_or_default();
+    let mut response = Json(json!({
+        "issuer": base,
+        "token_endpoint": format!("{base}/auth/token"),
+        "token_endpoint_auth_methods_supported": ["private_key_jwt"],
+        "token_endpoint_auth_signing_alg_values_supported": ["EdDSA"],
+        "grant_types_supported": ["client_credentials"],
+        "scopes_supported": ["patient/*.rs", "user/*.rs", "user/*.cruds", "system/*.rs", "system/*.cruds"],
+        "capabilities": ["client-confidential-asymmetric", "permission-v2"],
+    }))
+    .into_response();
+    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=3600"));
+    response
+}
+
+/// The bearer grant of a request, or why not (for the FHIR endpoints).
+pub fn bearer(tokens: &TokenStore, headers: &HeaderMap, now_ms: TimestampMs) -> Result<Grant, &'static str> {
+    let value = headers.get(header::AUTHORIZATION).ok_or("missing Authorization: Bearer token")?;
+    let text = value.to_str().map_err(|_| "malformed Authorization header")?;
+    let (scheme, token) = text.split_once(' ').ok_or("malformed Authorization header")?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err("use Authorization: Bearer <token> from /auth/token");
+    }
+    tokens.lookup(token.trim(), now_ms).ok_or("the bearer token is unknown or expired")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scopes_parse_in_v2_and_v1_forms_and_render_as_v2() {
+        let s = parse_scope("patient/*.rs").unwrap();
+        assert_eq!((s.context, s.resource_type.clone(), s.interactions), (Context::Patient, None, 18));
+        assert_eq!(s.to_string(), "patient/*.rs");
+        assert_eq!(parse_scope("system/Observation.cruds").unwrap().to_string(), "system/Observation.cruds");
+        assert_eq!(parse_scope("user/*.read").unwrap().to_string(), "user/*.rs");
+        assert_eq!(parse_scope("user/Patient.write").unwrap().to_string(), "user/Patient.cud");
+        assert_eq!(parse_scope("system/*.*").unwrap().to_string(), "system/*.cruds");
+        for bad in [
+            "patient/*.sr",
+            "patient/*.rr",
+            "patient/*.x",
+            "patient/*.",
+            "clinic/*.rs",
+            "patient*.rs",
+            "patient/Obs-1.r",
+        ] {
+            assert!(parse_scope(bad).is_err(), "{bad}");
+        }
+        assert!(matches!(parse_scope("patient/Observation.rs?category=laboratory"), Err(ScopeError::Granular(_))));
+    }
+
+    #[test]
+    fn grants_allow_only_their_interactions_and_types() {
+        let grant = Grant {
+            identity: IdentityId::default(),
+            role: Role::Practitioner,
+            scopes: vec![parse_scope("user/Observation.rs").unwrap(), parse_scope("user/*.c").unwrap()],
+            expires_ms: 10,
+        };
+        assert!(grant.allows("Observation", interactions::READ));
+        assert!(grant.allows("Observation", interactions::SEARCH));
+        assert!(!grant.allows("Condition", interactions::READ));
+        assert!(grant.allows("Condition", interactions::CREATE));
+        assert!(!grant.allows("Observation", interactions::DELETE));
+    }
+
+    #[test]
+    fn tokens_expire_and_unknown_tokens_are_refused() {
+        let store = TokenStore::default();
+        let grant = Grant { identity: IdentityId::default(), role: Role::Patient, scopes: vec![], expires_ms: 100 };
+        let token = store.issue(grant.clone());
+        assert_eq!(store.lookup(&token, 99), Some(grant));
+        assert_eq!(store.lookup(&token, 100), None);
+        assert_eq!(store.lookup("not-a-token", 0), None);
+        assert!(store.first_use(IdentityId::default(), "a", 1000, 0));
+        assert!(!store.first_use(IdentityId::default(), "a", 1000, 0));
+    }
+}
