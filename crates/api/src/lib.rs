@@ -34,6 +34,8 @@
 //! | `GET /v1/patients/{id}/notifications?since_ms=T`  | signed, the patient only; new accesses, break-glass and reviews, delegates and their consent, key wraps, expiring grants |
 //! | `GET /v1/break-glass?pending=true`                | signed, an organisation or its practitioners; break-glass it may review (its declarers', its patients') |
 //! | `GET /metrics`                                    | Prometheus text format 0.0.4                     |
+//! | `GET /`                                           | the portal: a static, read-only ledger explorer (`portal.rs`); `/portal` redirects to it |
+//! | `GET /portal/{app.js,rfc6962.js,style.css}`       | the portal's script modules and stylesheet       |
 //!
 //! Statuses: 400 malformed input or invalid transaction, 404 unknown resource or route,
 //! 405 wrong method, 409 transaction already committed, 413 body over
@@ -63,6 +65,7 @@ pub mod auth;
 mod break_glass;
 mod error;
 mod patients;
+mod portal;
 mod records;
 mod routes;
 pub mod smart;
@@ -123,6 +126,12 @@ pub fn router_for(chain: Arc<Chain>, services: Services) -> Router {
         .route("/auth/token", post(smart::token))
         .route("/.well-known/smart-configuration", get(smart::configuration))
         .route("/metrics", get(routes::metrics))
+        .route("/", get(portal::index))
+        .route("/portal", get(portal::to_index))
+        .route("/portal/", get(portal::to_index))
+        .route("/portal/app.js", get(portal::app_js))
+        .route("/portal/rfc6962.js", get(portal::rfc6962_js))
+        .route("/portal/style.css", get(portal::style_css))
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(DefaultBodyLimit::max(limits::HTTP_BODY_BYTES_MAX))

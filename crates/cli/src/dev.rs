@@ -469,5 +469,7 @@ async fn seed(dir: &Path, chain: &Arc<Chain>, api_addr: SocketAddr, records: Opt
         head.log_size,
         credentials.display()
     );
+    // Its own line, so the address is easy to spot and copy into a browser.
+    println!("portal: http://{api_addr}/");
     Ok(())
 }
