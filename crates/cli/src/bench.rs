@@ -139,7 +139,8 @@ pub fn bench_ledger(opts: BenchOptions) -> Result<()> {
     let started = Instant::now();
     let result = Arc::new(std::sync::Mutex::new(None));
     let (progress2, result2, timeout) = (progress.clone(), result.clone(), opts.timeout);
-    run(&dir, chain, &node_keys, run_opts, move |chain, _, _| async move {
+    run(&dir, chain, &node_keys, run_opts, move |running| async move {
+        let chain = running.chain;
         let outcome = tokio::task::spawn_blocking(move || drive(chain, streams, index, progress2, started, timeout));
         let outcome = outcome.await.map_err(|e| anyhow::anyhow!("benchmark driver panicked: {e}"));
         *result2.lock().expect("result lock") = Some(outcome.and_then(|r| r));

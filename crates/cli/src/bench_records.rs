@@ -85,7 +85,8 @@ pub fn bench_records(opts: RecordBenchOptions) -> Result<()> {
     let result = Arc::new(std::sync::Mutex::new(None));
     let result2 = result.clone();
     let http = opts.http;
-    run(&dir, chain, &node_keys, run_opts, move |chain, api, records| async move {
+    run(&dir, chain, &node_keys, run_opts, move |running| async move {
+        let (chain, api, records) = (running.chain, running.api, running.records);
         let outcome = tokio::task::spawn_blocking(move || {
             let records = records.context("the bench node serves records")?;
             let transport = if opts.http { Transport::Http(format!("http://{api}")) } else { Transport::InProcess };

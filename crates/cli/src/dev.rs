@@ -4,7 +4,6 @@
 use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
-    sync::Arc,
     time::Duration,
 };
 
@@ -19,14 +18,14 @@ use medledger_ledger::{
 use medledger_node::{
     chain::{Chain, TxStatus},
     devnet::Devnet,
-    records::{RecordService, WriteRequest},
+    records::WriteRequest,
 };
 use medledger_types::{IdentityId, RecordId, Role, TxId};
 use serde_json::json;
 
 use crate::{
     init::{GENESIS_FILE, now_ms, slug},
-    run::{RunOptions, open_chain, run},
+    run::{RunOptions, Running, open_chain, run},
 };
 
 pub const CREDENTIALS_FILE: &str = "dev-credentials.json";
@@ -96,8 +95,8 @@ pub fn dev(dir: &Path, api_listen: SocketAddr) -> Result<()> {
         worker_threads: 2,
     };
     let dir_owned = dir.to_owned();
-    run(dir, chain, &node_keys, opts, move |chain, api_addr, records| async move {
-        match seed(&dir_owned, &chain, api_addr, records).await {
+    run(dir, chain, &node_keys, opts, move |running| async move {
+        match seed(&dir_owned, &running).await {
             Ok(()) => {}
             Err(e) => tracing::error!(error = %e, "demo seeding failed"),
         }
@@ -133,8 +132,9 @@ async fn commit(chain: &Chain, txs: Vec<Transaction>) -> Result<Vec<TxId>> {
     Ok(ids)
 }
 
-async fn seed(dir: &Path, chain: &Arc<Chain>, api_addr: SocketAddr, records: Option<Arc<RecordService>>) -> Result<()> {
-    let records = records.context("the dev node must serve records")?;
+async fn seed(dir: &Path, running: &Running) -> Result<()> {
+    let (chain, api_addr) = (&running.chain, running.api);
+    let records = running.records.clone().context("the dev node must serve records")?;
     let credentials = dir.join(CREDENTIALS_FILE);
     let chain_id = chain.state().chain_id();
     let orgs: Vec<Keypair> =
@@ -436,10 +436,11 @@ async fn seed(dir: &Path, chain: &Arc<Chain>, api_addr: SocketAddr, records: Opt
         let _ = grant_ids;
         tracing::info!("demo data committed");
     }
+    let token_expires_ms = now_ms() + DEV_TOKEN_TTL_MS;
     let identities: Vec<_> = demos
         .iter()
         .map(|d| {
-            json!({
+            let mut entry = json!({
                 "label": d.label,
                 "role": d.role.as_str(),
                 "id": d.keys.id().to_hex(),
@@ -447,7 +448,23 @@ async fn seed(dir: &Path, chain: &Arc<Chain>, api_addr: SocketAddr, records: Opt
                 "key_file": d.key_file.canonicalize().unwrap_or(d.key_file.clone()),
                 "signing_public_key": d.keys.public_key().to_string(),
                 "encryption_public_key": hex::encode(d.keys.encryption_public_key().0),
-            })
+            });
+            // A ready SMART bearer token with the widest scope the role may hold (consent
+            // still decides per resource). Clients outside the demo get theirs from
+            // /auth/token with a signed client assertion.
+            if let Some(scope) = dev_scope(d.role) {
+                let scopes = vec![medledger_api::smart::parse_scope(scope).expect("dev scopes parse")];
+                let token = running.tokens.issue(medledger_api::smart::Grant {
+                    identity: d.keys.id(),
+                    role: d.role,
+                    scopes,
+                    expires_ms: token_expires_ms,
+                });
+                entry["bearer_token"] = json!(token);
+                entry["bearer_scope"] = json!(scope);
+                entry["bearer_expires_ms"] = json!(token_expires_ms);
+            }
+            entry
         })
         .collect();
     let doc = json!({
@@ -461,7 +478,7 @@ async fn seed(dir: &Path, chain: &Arc<Chain>, api_addr: SocketAddr, records: Opt
             .map(|(label, id, rt, cat)| json!({"patient": label, "record_id": id.to_hex(), "resource_type": rt, "category": cat}))
             .collect::<Vec<_>>(),
     });
-    std::fs::write(&credentials, serde_json::to_string_pretty(&doc)? + "\n")?;
+    write_private(&credentials, (serde_json::to_string_pretty(&doc)? + "\n").as_bytes())?;
     let head = chain.head();
     println!(
         "medledger dev node ready: API http://{api_addr}  height {}  log size {}  credentials {}",
@@ -471,5 +488,38 @@ async fn seed(dir: &Path, chain: &Arc<Chain>, api_addr: SocketAddr, records: Opt
     );
     // Its own line, so the address is easy to spot and copy into a browser.
     println!("portal: http://{api_addr}/");
+    Ok(())
+}
+
+/// How long the bearer tokens `dev` writes stay valid (they also end when the node stops:
+/// tokens live in its memory).
+const DEV_TOKEN_TTL_MS: u64 = 12 * 3600 * 1000;
+
+/// The demo token scope of each role: SMART v2, everything the role's context allows.
+fn dev_scope(role: Role) -> Option<&'static str> {
+    match role {
+        Role::Patient => Some("patient/*.cruds"),
+        Role::Practitioner => Some("user/*.cruds"),
+        Role::Organisation | Role::SystemClient => Some("system/*.cruds"),
+        _ => None,
+    }
+}
+
+/// Writes `bytes` to `path` readable by the owner only (it holds bearer tokens), replacing
+/// any earlier file atomically.
+fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write as _;
+    let temp = path.with_extension("json.tmp");
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        options.mode(0o600);
+    }
+    let mut file = options.open(&temp).with_context(|| format!("cannot write {}", temp.display()))?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&temp, path).with_context(|| format!("cannot write {}", path.display()))?;
     Ok(())
 }

@@ -312,7 +312,7 @@ fn run_command(command: Command) -> Result<ExitCode> {
                 peers,
                 worker_threads: cfg.worker_threads,
             };
-            run::run(&cfg.data_dir, chain, &keys, opts, |_, _, _| async { false })?;
+            run::run(&cfg.data_dir, chain, &keys, opts, |_| async { false })?;
         }
         Command::Dev { data_dir, listen } => dev::dev(&data_dir, listen)?,
         Command::Keygen { out } => {

@@ -82,10 +82,20 @@ const AUDIT_FLUSH_MS: u64 = 200;
 /// How often live grants are checked for keys still to share.
 const GRANT_SCAN_MS: u64 = 1000;
 
+/// What a running node hands to the extra task of [`run`].
+pub struct Running {
+    pub chain: Arc<Chain>,
+    /// Where the API listens.
+    pub api: SocketAddr,
+    pub records: Option<Arc<RecordService>>,
+    /// The API's bearer tokens (SMART), so a task can issue some.
+    pub tokens: Arc<medledger_api::smart::TokenStore>,
+}
+
 /// Runs the node until Ctrl-C (or until `extra` returns `true`, asking to stop).
 pub fn run<F, Fut>(data_dir: &Path, chain: Arc<Chain>, keys: &Keypair, opts: RunOptions, extra: F) -> Result<()>
 where
-    F: FnOnce(Arc<Chain>, SocketAddr, Option<Arc<RecordService>>) -> Fut + Send + 'static,
+    F: FnOnce(Running) -> Fut + Send + 'static,
     Fut: Future<Output = bool> + Send + 'static,
 {
     // Bind before starting consensus so a busy port is a clear error, not a half-started node.
@@ -120,14 +130,16 @@ where
             }
         };
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(medledger_api::serve_with(listener, chain.clone(), records.clone(), async move {
+        let tokens = Arc::new(medledger_api::smart::TokenStore::default());
+        let services = medledger_api::Services { records: records.clone(), tokens: tokens.clone() };
+        let server = tokio::spawn(medledger_api::serve_for(listener, chain.clone(), services, async move {
             let _ = stop_rx.await;
         }));
         if let Some(records) = &records {
             tokio::spawn(record_upkeep(records.clone()));
         }
         tracing::info!("API listening on http://{api_addr}");
-        let extra_done = extra(chain, api_addr, records);
+        let extra_done = extra(Running { chain, api: api_addr, records, tokens });
         tokio::select! {
             _ = tokio::signal::ctrl_c() => tracing::info!("stopping on Ctrl-C"),
             stop = extra_done => {

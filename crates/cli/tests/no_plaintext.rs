@@ -97,6 +97,23 @@ fn demo_data_directory_and_logs_hold_no_plaintext() {
     let credentials: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("dev-credentials.json")).unwrap()).unwrap();
     assert!(credentials["records"].as_array().unwrap().len() > 100);
+    // Ready SMART bearer tokens for every identity that may hold one, so the file is private.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(dir.join("dev-credentials.json")).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    for identity in credentials["identities"].as_array().unwrap() {
+        let expected = match identity["role"].as_str().unwrap() {
+            "patient" => Some("patient/*.cruds"),
+            "practitioner" => Some("user/*.cruds"),
+            "organisation" | "system-client" => Some("system/*.cruds"),
+            _ => None,
+        };
+        assert_eq!(identity["bearer_scope"].as_str(), expected, "{identity}");
+        assert_eq!(identity["bearer_token"].as_str().map(str::len), expected.map(|_| 43), "{identity}");
+    }
     let segments: Vec<_> =
         files(&dir.join("blobs")).into_iter().filter(|p| p.extension().is_some_and(|e| e == "seg")).collect();
     let stored: u64 = segments.iter().map(|p| std::fs::metadata(p).unwrap().len()).sum();
