@@ -272,14 +272,21 @@ impl Chain {
     ) -> Result<TxId, SubmitError> {
         let _guard = self.local_signing.lock().expect("local signing lock poisoned");
         let signer = keys.id();
-        let mut nonce = self.state().next_nonce(&signer);
-        {
+        // The committed nonce and the pending ones must be read as one view: a block applied
+        // between the two reads would move nonces from the mempool into the state, and the
+        // gap would hand out a nonce already used. Applying a block holds the state's write
+        // lock while it updates the mempool, so the read lock makes the pair consistent
+        // (lock order as there: state, then mempool).
+        let (nonce, chain_id) = {
+            let state = self.state();
             let pool = self.mempool.lock().expect("mempool lock poisoned");
+            let mut nonce = state.next_nonce(&signer);
             while pool.has_nonce(&signer, nonce) {
                 nonce += 1;
             }
-        }
-        let tx = medledger_ledger::tx::sign(keys, self.state().chain_id(), signer, nonce, payload);
+            (nonce, state.chain_id())
+        };
+        let tx = medledger_ledger::tx::sign(keys, chain_id, signer, nonce, payload);
         self.submit(tx.bytes(), now_ms)
     }
 
