@@ -4,10 +4,12 @@
 //! checked but never re-serialized, so what a server stores and signs is exactly what the
 //! client sent. Nothing here panics on input, and the work done is bounded per input byte.
 
+pub mod instant;
 pub mod json;
 pub mod model;
 pub mod outcome;
 mod primitive;
+pub mod splice;
 pub mod validate;
 
 pub use outcome::operation_outcome;
@@ -19,4 +21,6 @@ pub use validate::{Issue, IssueCode, Severity, Validated, validate};
 pub enum Error {
     #[error("invalid JSON at line {line}, column {column} (byte {offset}): {reason}")]
     Json { reason: json::Syntax, offset: usize, line: usize, column: usize },
+    #[error("a resource must be a JSON object")]
+    NotAnObject,
 }

@@ -61,6 +61,19 @@ pub enum IssueCode {
     Invariant,
     TooLong,
     NotSupported,
+    // Codes a server uses for what is not about the resource's structure (R4 issue-type).
+    /// Authentication needed or failed.
+    Login,
+    Forbidden,
+    NotFound,
+    Conflict,
+    /// The resource is well-formed but cannot be processed (e.g. a reference that does not
+    /// resolve).
+    Processing,
+    BusinessRule,
+    /// Try again later.
+    Transient,
+    Exception,
 }
 
 impl IssueCode {
@@ -73,6 +86,14 @@ impl IssueCode {
             IssueCode::Invariant => "invariant",
             IssueCode::TooLong => "too-long",
             IssueCode::NotSupported => "not-supported",
+            IssueCode::Login => "login",
+            IssueCode::Forbidden => "forbidden",
+            IssueCode::NotFound => "not-found",
+            IssueCode::Conflict => "conflict",
+            IssueCode::Processing => "processing",
+            IssueCode::BusinessRule => "business-rule",
+            IssueCode::Transient => "transient",
+            IssueCode::Exception => "exception",
         }
     }
 }
@@ -203,13 +224,16 @@ pub fn validate_with_limits(bytes: &[u8], limits: &Limits) -> Result<Validated, 
 }
 
 fn json_issue(error: &crate::Error) -> Issue {
-    let crate::Error::Json { reason, .. } = error;
-    let code = match reason {
-        json::Syntax::TooLarge { .. }
-        | json::Syntax::TooDeep { .. }
-        | json::Syntax::StringTooLong { .. }
-        | json::Syntax::ArrayTooLong { .. }
-        | json::Syntax::TooManyMembers { .. } => IssueCode::TooLong,
+    let code = match error {
+        crate::Error::Json {
+            reason:
+                json::Syntax::TooLarge { .. }
+                | json::Syntax::TooDeep { .. }
+                | json::Syntax::StringTooLong { .. }
+                | json::Syntax::ArrayTooLong { .. }
+                | json::Syntax::TooManyMembers { .. },
+            ..
+        } => IssueCode::TooLong,
         _ => IssueCode::Invalid,
     };
     Issue { severity: Severity::Fatal, code, expression: None, diagnostics: error.to_string() }
