@@ -64,6 +64,7 @@ use tokio::sync::Semaphore;
 pub mod auth;
 mod break_glass;
 mod error;
+pub mod fhir;
 mod patients;
 mod portal;
 mod records;
@@ -123,6 +124,20 @@ pub fn router_for(chain: Arc<Chain>, services: Services) -> Router {
         .route("/v1/patients/{id}/notifications", get(patients::notifications))
         .route("/v1/patients/{id}/delegates", get(patients::delegates))
         .route("/v1/break-glass", get(break_glass::list))
+        .route("/fhir/metadata", get(fhir::metadata))
+        .route(
+            "/fhir/{type}",
+            post(fhir::create)
+                .layer(DefaultBodyLimit::max(records::RECORD_BODY_BYTES_MAX))
+                .get(fhir::not_supported)
+                .put(fhir::not_supported)
+                .delete(fhir::not_supported),
+        )
+        .route(
+            "/fhir/{type}/{id}",
+            get(fhir::read).put(fhir::not_supported).delete(fhir::not_supported).post(fhir::not_supported),
+        )
+        .route("/fhir/{type}/{id}/_history/{vid}", get(fhir::vread))
         .route("/auth/token", post(smart::token))
         .route("/.well-known/smart-configuration", get(smart::configuration))
         .route("/metrics", get(routes::metrics))

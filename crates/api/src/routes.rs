@@ -473,12 +473,21 @@ pub(crate) async fn metrics(State(app): State<AppState>) -> Response {
     text(PROMETHEUS_TEXT, app.chain.metrics.render())
 }
 
-pub(crate) async fn not_found(uri: Uri) -> ApiError {
-    ApiError::NotFound(format!("no such endpoint: {}", echo(uri.path())))
+pub(crate) async fn not_found(uri: Uri) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    // FHIR clients get an OperationOutcome for paths under /fhir.
+    if uri.path().starts_with("/fhir/") {
+        return crate::fhir::not_supported().await.into_response();
+    }
+    ApiError::NotFound(format!("no such endpoint: {}", echo(uri.path()))).into_response()
 }
 
-pub(crate) async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
-    ApiError::MethodNotAllowed { method: echo(method.as_str()), path: echo(uri.path()) }
+pub(crate) async fn method_not_allowed(method: Method, uri: Uri) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    if uri.path().starts_with("/fhir/") {
+        return crate::fhir::not_supported().await.into_response();
+    }
+    ApiError::MethodNotAllowed { method: echo(method.as_str()), path: echo(uri.path()) }.into_response()
 }
 
 #[cfg(test)]

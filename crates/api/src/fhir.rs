@@ -1,0 +1,449 @@
+//! The FHIR R4 REST API (`/fhir`), first slice: the CapabilityStatement, and create, read and
+//! vread of the patient-compartment resource types, through the same encryption, consent
+//! enforcement and on-chain audit as the record endpoints.
+//!
+//! Every request carries a SMART bearer token (`smart`); its scopes must allow the
+//! interaction on the type, and then `ledger::access` must allow the caller on the record:
+//! both, never either. Logical ids are record ids in hex (64 characters, a valid FHIR id), so
+//! an id never needs a lookup table and never leaks anything. Stored bytes are exactly what
+//! the client sent; reads return them with the server's `id` and `meta` spliced in
+//! (`medledger_fhir::splice`), never re-serialized. Errors are OperationOutcomes.
+
+use axum::{
+    body::Bytes,
+    extract::{Path, State},
+    http::{HeaderMap, HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use medledger_fhir::{
+    Issue, IssueCode, Severity,
+    instant::instant_from_ms,
+    splice::{ServerMeta, with_server_meta},
+};
+use medledger_ledger::Purpose;
+use medledger_node::records::{RecordError, WriteRequest};
+use medledger_types::{IdentityId, RecordId, Role, categories_of_resource_type};
+
+use crate::{
+    routes::{AppState, now_ms},
+    smart::{Grant, bearer, interactions},
+};
+
+pub(crate) const FHIR_JSON: &str = "application/fhir+json; charset=utf-8";
+
+/// The resource types this slice serves: those stored as patient records.
+pub const SERVED_TYPES: &[&str] = &[
+    "Patient",
+    "Encounter",
+    "Observation",
+    "Condition",
+    "MedicationRequest",
+    "AllergyIntolerance",
+    "Immunization",
+    "Procedure",
+    "DiagnosticReport",
+    "DocumentReference",
+    "CarePlan",
+];
+
+/// The identifier system naming a patient's on-chain identity in a Patient resource.
+pub const IDENTITY_SYSTEM: &str = "urn:medledger:identity";
+
+/// An error answered as an OperationOutcome.
+#[derive(Debug)]
+pub(crate) struct FhirError {
+    status: StatusCode,
+    issues: Vec<Issue>,
+}
+
+impl FhirError {
+    fn new(status: StatusCode, code: IssueCode, diagnostics: impl Into<String>) -> Self {
+        let issue = Issue { severity: Severity::Error, code, expression: None, diagnostics: diagnostics.into() };
+        Self { status, issues: vec![issue] }
+    }
+
+    fn invalid(issues: Vec<Issue>) -> Self {
+        Self { status: StatusCode::BAD_REQUEST, issues }
+    }
+}
+
+impl IntoResponse for FhirError {
+    fn into_response(self) -> Response {
+        let body = medledger_fhir::operation_outcome(&self.issues);
+        let mut response = (self.status, body).into_response();
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(FHIR_JSON));
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        if self.status == StatusCode::UNAUTHORIZED {
+            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+impl From<RecordError> for FhirError {
+    fn from(e: RecordError) -> Self {
+        let (status, code) = match &e {
+            RecordError::Denied(_) => (StatusCode::FORBIDDEN, IssueCode::Forbidden),
+            RecordError::UnknownRecord(_) | RecordError::UnknownVersion { .. } => {
+                (StatusCode::NOT_FOUND, IssueCode::NotFound)
+            }
+            RecordError::NotDecryptableHere | RecordError::NotCustodian => {
+                (StatusCode::MISDIRECTED_REQUEST, IssueCode::Forbidden)
+            }
+            RecordError::VersionPending => (StatusCode::CONFLICT, IssueCode::Conflict),
+            RecordError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, IssueCode::TooLong),
+            RecordError::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, IssueCode::Invalid),
+            RecordError::Submit(_) | RecordError::CiphertextMissing => {
+                (StatusCode::SERVICE_UNAVAILABLE, IssueCode::Transient)
+            }
+            _ => (StatusCode::INTERNAL_SERVER_ERROR, IssueCode::Exception),
+        };
+        FhirError::new(status, code, e.to_string())
+    }
+}
+
+fn unauthorized(why: &str) -> FhirError {
+    FhirError::new(StatusCode::UNAUTHORIZED, IssueCode::Login, why.to_owned())
+}
+
+fn forbidden(why: impl Into<String>) -> FhirError {
+    FhirError::new(StatusCode::FORBIDDEN, IssueCode::Forbidden, why)
+}
+
+fn not_found(what: impl Into<String>) -> FhirError {
+    FhirError::new(StatusCode::NOT_FOUND, IssueCode::NotFound, what)
+}
+
+fn served(resource_type: &str) -> Result<(), FhirError> {
+    if SERVED_TYPES.contains(&resource_type) {
+        return Ok(());
+    }
+    let known = medledger_fhir::model::Model::r4().is_r4_resource_type(resource_type);
+    Err(FhirError::new(
+        StatusCode::NOT_FOUND,
+        IssueCode::NotSupported,
+        if known {
+            format!("resource type {} is not served here (see /fhir/metadata)", crate::error::echo(resource_type))
+        } else {
+            format!("{} is not an R4 resource type", crate::error::echo(resource_type))
+        },
+    ))
+}
+
+/// The bearer grant, with its scopes checked for `interaction` on `resource_type`.
+fn authorize(app: &AppState, headers: &HeaderMap, resource_type: &str, interaction: u8) -> Result<Grant, FhirError> {
+    let grant = bearer(&app.tokens, headers, now_ms()).map_err(unauthorized)?;
+    if !grant.allows(resource_type, interaction) {
+        return Err(forbidden(format!(
+            "the token's scopes do not allow this interaction on {resource_type} (scopes: {})",
+            grant.scopes.iter().map(ToString::to_string).collect::<Vec<_>>().join(" ")
+        )));
+    }
+    Ok(grant)
+}
+
+fn records(app: &AppState) -> Result<std::sync::Arc<medledger_node::records::RecordService>, FhirError> {
+    app.records.clone().ok_or_else(|| {
+        FhirError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            IssueCode::Transient,
+            "this node does not serve records (no organisation key configured)",
+        )
+    })
+}
+
+/// The purpose of use of a request: `X-Purpose-Of-Use` (HL7 v3 code), default treatment.
+fn purpose(headers: &HeaderMap) -> Result<Purpose, FhirError> {
+    match headers.get("x-purpose-of-use").map(|v| v.to_str().unwrap_or("")) {
+        None => Ok(Purpose::Treatment),
+        Some(code) => Purpose::parse(code).ok_or_else(|| {
+            FhirError::new(
+                StatusCode::BAD_REQUEST,
+                IssueCode::Value,
+                format!(
+                    "unknown X-Purpose-Of-Use {} (TREAT, HPAYMT, HOPERAT, HRESCH, ETREAT)",
+                    crate::error::echo(code)
+                ),
+            )
+        }),
+    }
+}
+
+fn parse_id(id: &str) -> Result<RecordId, FhirError> {
+    RecordId::from_hex(id).map_err(|_| not_found(format!("no resource with id {}", crate::error::echo(id))))
+}
+
+/// A stored version returned to a client: spliced, with ETag and Location-style headers.
+fn resource_response(
+    status: StatusCode,
+    resource_type: &str,
+    record_id: &RecordId,
+    version: u32,
+    last_updated_ms: u64,
+    stored: &[u8],
+) -> Result<Response, FhirError> {
+    let id = record_id.to_hex();
+    let version_text = version.to_string();
+    let last_updated = instant_from_ms(last_updated_ms);
+    let body =
+        with_server_meta(stored, &ServerMeta { id: &id, version_id: &version_text, last_updated: &last_updated })
+            .map_err(|e| FhirError::new(StatusCode::INTERNAL_SERVER_ERROR, IssueCode::Exception, e.to_string()))?;
+    let mut response = (status, body).into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(FHIR_JSON));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if let Ok(v) = HeaderValue::from_str(&format!("W/\"{version}\"")) {
+        headers.insert(header::ETAG, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&format!("/fhir/{resource_type}/{id}/_history/{version}")) {
+        headers.insert(header::CONTENT_LOCATION, v.clone());
+        if status == StatusCode::CREATED {
+            headers.insert(header::LOCATION, v);
+        }
+    }
+    Ok(response)
+}
+
+/// `GET /fhir/{type}/{id}` and, with `vid`, `GET /fhir/{type}/{id}/_history/{vid}`.
+async fn read_version(
+    app: AppState,
+    headers: HeaderMap,
+    resource_type: String,
+    id: String,
+    version: Option<u32>,
+) -> Result<Response, FhirError> {
+    served(&resource_type)?;
+    let grant = authorize(&app, &headers, &resource_type, interactions::READ)?;
+    let purpose = purpose(&headers)?;
+    let record_id = parse_id(&id)?;
+    // A record of another type is, for this URL, not there.
+    let stored_type = app.chain.state().record(&record_id).map(|h| h.resource_type.clone());
+    if stored_type.as_deref() != Some(resource_type.as_str()) {
+        return Err(not_found(format!("no {resource_type} with id {}", crate::error::echo(&id))));
+    }
+    let service = records(&app)?;
+    let requester = grant.identity;
+    let read = tokio::task::spawn_blocking(move || service.read(requester, record_id, version, purpose, now_ms()))
+        .await
+        .map_err(|_| FhirError::new(StatusCode::INTERNAL_SERVER_ERROR, IssueCode::Exception, "read task failed"))??;
+    let committed_ms = app
+        .chain
+        .patient_index()
+        .record(&record_id)
+        .and_then(|r| r.versions.iter().find(|v| v.version == read.version).map(|v| v.position.committed_at_ms))
+        .unwrap_or_else(now_ms);
+    resource_response(StatusCode::OK, &resource_type, &record_id, read.version, committed_ms, &read.plaintext)
+}
+
+pub(crate) async fn read(
+    State(app): State<AppState>,
+    Path((resource_type, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, FhirError> {
+    read_version(app, headers, resource_type, id, None).await
+}
+
+pub(crate) async fn vread(
+    State(app): State<AppState>,
+    Path((resource_type, id, vid)): Path<(String, String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, FhirError> {
+    let version = vid
+        .parse::<u32>()
+        .ok()
+        .filter(|v| *v > 0)
+        .ok_or_else(|| not_found(format!("no version {}", crate::error::echo(&vid))))?;
+    read_version(app, headers, resource_type, id, Some(version)).await
+}
+
+fn check_content_type(headers: &HeaderMap) -> Result<(), FhirError> {
+    let value = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let essence = value.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    if essence == "application/fhir+json" || essence == "application/json" {
+        return Ok(());
+    }
+    Err(FhirError::new(
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        IssueCode::NotSupported,
+        format!("send application/fhir+json, not {}", crate::error::echo(value)),
+    ))
+}
+
+/// The patient identity a new resource belongs to: for a Patient, the identity named by its
+/// `urn:medledger:identity` identifier; for anything else, the Patient its `subject` or
+/// `patient` reference points to.
+fn patient_of(app: &AppState, resource_type: &str, json: &serde_json::Value) -> Result<IdentityId, FhirError> {
+    let unprocessable = |m: String| FhirError::new(StatusCode::UNPROCESSABLE_ENTITY, IssueCode::Processing, m);
+    let state = app.chain.state();
+    if resource_type == "Patient" {
+        let value = json["identifier"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|i| i["system"] == IDENTITY_SYSTEM)
+            .and_then(|i| i["value"].as_str())
+            .ok_or_else(|| {
+                unprocessable(format!(
+                    "a Patient needs an identifier with system {IDENTITY_SYSTEM} naming the patient's registered \
+                     identity (64 hex characters)"
+                ))
+            })?;
+        let id = IdentityId::from_hex(value)
+            .map_err(|_| unprocessable(format!("{IDENTITY_SYSTEM} identifier must be 64 hex characters")))?;
+        return match state.identity(&id) {
+            Some(who) if who.role == Role::Patient => Ok(id),
+            _ => Err(unprocessable(format!("{IDENTITY_SYSTEM} names no registered patient identity"))),
+        };
+    }
+    let reference = ["subject", "patient"]
+        .iter()
+        .find_map(|k| json[*k]["reference"].as_str())
+        .ok_or_else(|| unprocessable(format!("a {resource_type} needs a subject or patient reference to a Patient")))?;
+    let target = reference
+        .strip_prefix("Patient/")
+        .and_then(|id| RecordId::from_hex(id).ok())
+        .and_then(|id| state.record(&id))
+        .filter(|head| head.resource_type == "Patient")
+        .ok_or_else(|| {
+            unprocessable(format!(
+                "reference {} does not resolve to a Patient on this server",
+                crate::error::echo(reference)
+            ))
+        })?;
+    Ok(target.patient)
+}
+
+/// `POST /fhir/{type}`: create. The author is the token's identity, which must be staff of
+/// the organisation operating this node (the custodian).
+pub(crate) async fn create(
+    State(app): State<AppState>,
+    Path(resource_type): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, FhirError> {
+    served(&resource_type)?;
+    let grant = authorize(&app, &headers, &resource_type, interactions::CREATE)?;
+    check_content_type(&headers)?;
+    let validated = medledger_fhir::validate(&body).map_err(FhirError::invalid)?;
+    if validated.resource_type != resource_type {
+        return Err(FhirError::new(
+            StatusCode::BAD_REQUEST,
+            IssueCode::Invalid,
+            format!("the body is a {}, the URL says {resource_type}", validated.resource_type),
+        ));
+    }
+    let service = records(&app)?;
+    let custodian = service.organisation();
+    let author = grant.identity;
+    let staff = app.chain.state().identity(&author).is_some_and(|w| {
+        w.id == custodian
+            || (matches!(w.role, Role::Practitioner | Role::SystemClient) && w.organisation == Some(custodian))
+    });
+    if !staff {
+        return Err(forbidden("only the staff and systems of the organisation operating this node write here"));
+    }
+    let json: serde_json::Value = serde_json::from_slice(&body)
+        .map_err(|e| FhirError::new(StatusCode::BAD_REQUEST, IssueCode::Invalid, e.to_string()))?;
+    let patient = patient_of(&app, &resource_type, &json)?;
+    let category = category_of(&resource_type, &json)?;
+    let content = body.clone();
+    let type_for_write = resource_type.clone();
+    let written = tokio::task::spawn_blocking(move || {
+        let request =
+            WriteRequest { author, patient, resource_type: &type_for_write, category, content: &content, record: None };
+        service.write(&request, now_ms(), &mut rand::rng())
+    })
+    .await
+    .map_err(|_| FhirError::new(StatusCode::INTERNAL_SERVER_ERROR, IssueCode::Exception, "write task failed"))??;
+    let mut response =
+        resource_response(StatusCode::CREATED, &resource_type, &written.record_id, written.version, now_ms(), &body)?;
+    if let Ok(v) = HeaderValue::from_str(&written.tx_id.to_hex()) {
+        response.headers_mut().insert("x-medledger-tx", v);
+    }
+    Ok(response)
+}
+
+/// The consent category of a new resource (Observations by their category coding).
+fn category_of(resource_type: &str, json: &serde_json::Value) -> Result<&'static str, FhirError> {
+    match categories_of_resource_type(resource_type) {
+        [one] => Ok(one),
+        [] => Err(not_found(format!("{resource_type} is not patient data"))),
+        _ => {
+            let codes: Vec<&str> = json["category"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .flat_map(|c| c["coding"].as_array().into_iter().flatten())
+                .filter(|c| c["system"] == "http://terminology.hl7.org/CodeSystem/observation-category")
+                .filter_map(|c| c["code"].as_str())
+                .collect();
+            match (codes.contains(&"laboratory"), codes.contains(&"vital-signs")) {
+                (true, false) => Ok("labs"),
+                (false, true) => Ok("vitals"),
+                _ => Err(FhirError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    IssueCode::BusinessRule,
+                    "an Observation needs exactly one of the categories laboratory or vital-signs \
+                     (observation-category code system): consent is given per category",
+                )),
+            }
+        }
+    }
+}
+
+/// `GET /fhir/metadata`: exactly what this server does.
+pub(crate) async fn metadata(State(app): State<AppState>, headers: HeaderMap) -> Response {
+    let base =
+        headers.get(header::HOST).and_then(|h| h.to_str().ok()).map(|h| format!("http://{h}")).unwrap_or_default();
+    let resources: Vec<serde_json::Value> = SERVED_TYPES
+        .iter()
+        .map(|t| {
+            serde_json::json!({
+                "type": t,
+                "interaction": [{"code": "read"}, {"code": "vread"}, {"code": "create"}],
+                "versioning": "versioned",
+                "readHistory": true,
+                "updateCreate": false,
+                "conditionalCreate": false,
+                "conditionalUpdate": false,
+                "conditionalDelete": "not-supported",
+            })
+        })
+        .collect();
+    let head = app.chain.head();
+    let statement = serde_json::json!({
+        "resourceType": "CapabilityStatement",
+        "status": "active",
+        "date": instant_from_ms(head.timestamp_ms.max(app.chain.genesis().genesis_time_ms)),
+        "kind": "instance",
+        "software": {"name": "medledger", "version": env!("CARGO_PKG_VERSION")},
+        "implementation": {"description": format!("medledger node of {}", app.chain.genesis().chain_name), "url": format!("{base}/fhir")},
+        "fhirVersion": "4.0.1",
+        "format": ["application/fhir+json"],
+        "rest": [{
+            "mode": "server",
+            "security": {
+                "service": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/restful-security-service", "code": "SMART-on-FHIR"}]}],
+                "description": "SMART Backend Services: POST /auth/token with an EdDSA client_assertion; scopes and the patient's consent are both enforced.",
+                "extension": [{
+                    "url": "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris",
+                    "extension": [{"url": "token", "valueUri": format!("{base}/auth/token")}]
+                }]
+            },
+            "resource": resources,
+        }],
+    });
+    let mut response = (StatusCode::OK, statement.to_string()).into_response();
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(FHIR_JSON));
+    response
+}
+
+/// Any other `/fhir/...` path: an OperationOutcome rather than the API's JSON error.
+pub(crate) async fn not_supported() -> FhirError {
+    FhirError::new(
+        StatusCode::NOT_FOUND,
+        IssueCode::NotSupported,
+        "this FHIR interaction is not supported here (see /fhir/metadata)",
+    )
+}

@@ -1,0 +1,275 @@
+//! The FHIR REST API's first slice: CapabilityStatement, create, read and vread of patient
+//! records with SMART bearer tokens, where scopes and consent must both allow; exact bytes
+//! kept with the server's id and meta spliced in; OperationOutcomes for every refusal.
+
+use std::sync::Arc;
+
+use axum::{
+    body::Body,
+    http::{Request, Response},
+};
+use medledger_api::{
+    Services,
+    smart::{Grant, TokenStore, parse_scope},
+};
+use medledger_blobs::MemoryBlobStore;
+use medledger_crypto::Keypair;
+use medledger_ledger::{Payload, tx::sign};
+use medledger_node::{chain::Chain, devnet::Devnet, records::RecordService};
+use medledger_types::Role;
+use serde_json::Value;
+use tower::ServiceExt;
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
+}
+
+struct World {
+    net: Devnet,
+    chain: Arc<Chain>,
+    service: Arc<RecordService>,
+    tokens: Arc<TokenStore>,
+    router: axum::Router,
+    doc_a: Keypair,
+    doc_b: Keypair,
+    patient: Keypair,
+    other_patient: Keypair,
+    _dir: tempfile::TempDir,
+}
+
+struct Answer {
+    status: u16,
+    headers: axum::http::HeaderMap,
+    body: Vec<u8>,
+}
+
+impl Answer {
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or(Value::Null)
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// The OperationOutcome's first issue code.
+    fn issue(&self) -> String {
+        let v = self.json();
+        assert_eq!(v["resourceType"], "OperationOutcome", "{}", self.text());
+        assert_eq!(self.header("content-type"), Some("application/fhir+json; charset=utf-8"));
+        v["issue"][0]["code"].as_str().unwrap_or("").to_owned()
+    }
+}
+
+impl World {
+    fn new() -> Self {
+        let net = Devnet::new("medledger.api-fhir", now_ms() - 60_000, &["Hospital A", "Clinic B"], 2, &mut |l| {
+            Keypair::from_label(l)
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let (chain, _) = Chain::open(dir.path(), &net.genesis, net.validators[0].clone(), &mut |_, _| {}).unwrap();
+        let chain = Arc::new(chain);
+        let (org_a, org_b) = (net.organisations[0].clone(), net.organisations[1].clone());
+        let doc_a = Keypair::from_label("fhir-dr-a");
+        let doc_b = Keypair::from_label("fhir-dr-b");
+        let patient = Keypair::from_label("fhir-patient");
+        let other_patient = Keypair::from_label("fhir-other-patient");
+        let t = now_ms();
+        chain.submit_as(&org_a, Payload::register(Role::Practitioner, &doc_a, Some(org_a.id()), "Dr A"), t).unwrap();
+        chain.submit_as(&org_b, Payload::register(Role::Practitioner, &doc_b, Some(org_b.id()), "Dr B"), t).unwrap();
+        for p in [&patient, &other_patient] {
+            let tx = sign(p, net.genesis.chain_id(), p.id(), 0, Payload::register(Role::Patient, p, None, ""));
+            chain.submit(tx.bytes(), t).unwrap();
+        }
+        let service = Arc::new(RecordService::new(
+            chain.clone(),
+            net.validators[0].clone(),
+            org_a,
+            Arc::new(MemoryBlobStore::default()),
+        ));
+        let tokens = Arc::new(TokenStore::default());
+        let router = medledger_api::router_for(
+            chain.clone(),
+            Services { records: Some(service.clone()), tokens: tokens.clone() },
+        );
+        let w = Self { net, chain, service, tokens, router, doc_a, doc_b, patient, other_patient, _dir: dir };
+        w.commit();
+        w
+    }
+
+    fn commit(&self) {
+        medledger_node::devnet::commit_pending(&self.chain, self.net.validators[0].id(), now_ms()).unwrap();
+    }
+
+    fn token(&self, who: &Keypair, role: Role, scope: &str) -> String {
+        let scopes = scope.split(' ').map(|s| parse_scope(s).unwrap()).collect();
+        self.tokens.issue(Grant { identity: who.id(), role, scopes, expires_ms: now_ms() + 60_000 })
+    }
+
+    async fn send(&self, request: Request<Body>) -> Answer {
+        let response: Response<Body> = self.router.clone().oneshot(request).await.unwrap();
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let body = axum::body::to_bytes(response.into_body(), 16 << 20).await.unwrap().to_vec();
+        Answer { status, headers, body }
+    }
+
+    async fn get(&self, token: Option<&str>, path: &str) -> Answer {
+        let mut request = Request::get(path).header("host", "fhir.test");
+        if let Some(t) = token {
+            request = request.header("authorization", format!("Bearer {t}"));
+        }
+        self.send(request.body(Body::empty()).unwrap()).await
+    }
+
+    async fn post(&self, token: &str, path: &str, content_type: &str, body: &str) -> Answer {
+        let request = Request::post(path)
+            .header("host", "fhir.test")
+            .header("authorization", format!("Bearer {token}"))
+            .header("content-type", content_type)
+            .body(Body::from(body.to_owned()))
+            .unwrap();
+        self.send(request).await
+    }
+}
+
+const FHIR: &str = "application/fhir+json";
+
+fn lab(patient_id: &str) -> String {
+    format!(
+        r#"{{"resourceType":"Observation","status":"final","category":[{{"coding":[{{"system":"http://terminology.hl7.org/CodeSystem/observation-category","code":"laboratory"}}]}}],"code":{{"coding":[{{"system":"http://loinc.org","code":"2345-7"}}],"text":"Glucose"}},"subject":{{"reference":"Patient/{patient_id}"}},"valueQuantity":{{"value":5.40,"unit":"mmol/L","system":"http://unitsofmeasure.org","code":"mmol/L"}}}}"#
+    )
+}
+
+#[tokio::test]
+async fn capability_statement_names_exactly_what_is_served() {
+    let w = World::new();
+    let answer = w.get(None, "/fhir/metadata").await;
+    assert_eq!(answer.status, 200);
+    let v = answer.json();
+    assert_eq!(v["resourceType"], "CapabilityStatement");
+    assert_eq!(v["fhirVersion"], "4.0.1");
+    let resources = v["rest"][0]["resource"].as_array().unwrap();
+    let types: Vec<&str> = resources.iter().map(|r| r["type"].as_str().unwrap()).collect();
+    assert_eq!(types, medledger_api::fhir::SERVED_TYPES);
+    for r in resources {
+        let codes: Vec<&str> =
+            r["interaction"].as_array().unwrap().iter().map(|i| i["code"].as_str().unwrap()).collect();
+        assert_eq!(codes, ["read", "vread", "create"]);
+        assert_eq!(r["updateCreate"], false);
+        assert!(r.get("searchParam").is_none(), "no search is claimed before it exists");
+    }
+    let token_url = &v["rest"][0]["security"]["extension"][0]["extension"][0]["valueUri"];
+    assert_eq!(token_url, "http://fhir.test/auth/token");
+}
+
+#[tokio::test]
+async fn create_then_read_with_scopes_and_consent_both_enforced() {
+    let w = World::new();
+    let doc = w.token(&w.doc_a, Role::Practitioner, "user/*.cruds");
+
+    // The Patient resource names the patient's on-chain identity.
+    let patient_body = format!(
+        r#"{{"resourceType":"Patient","identifier":[{{"system":"urn:medledger:identity","value":"{}"}}],"gender":"female","birthDate":"1980-02-29"}}"#,
+        w.patient.id().to_hex()
+    );
+    let created = w.post(&doc, "/fhir/Patient", FHIR, &patient_body).await;
+    assert_eq!(created.status, 201, "{}", created.text());
+    let patient_id = created.json()["id"].as_str().unwrap().to_owned();
+    assert_eq!(patient_id.len(), 64);
+    assert_eq!(created.header("location"), Some(format!("/fhir/Patient/{patient_id}/_history/1").as_str()));
+    assert_eq!(created.header("etag"), Some("W/\"1\""));
+    w.commit();
+
+    let created = w.post(&doc, "/fhir/Observation", FHIR, &lab(&patient_id)).await;
+    assert_eq!(created.status, 201, "{}", created.text());
+    let obs_id = created.json()["id"].as_str().unwrap().to_owned();
+    w.commit();
+
+    // The custodian's practitioner reads it: the exact bytes (5.40 stays 5.40) with id and meta.
+    let before = w.service.pending_events();
+    let read = w.get(Some(&doc), &format!("/fhir/Observation/{obs_id}")).await;
+    assert_eq!(read.status, 200, "{}", read.text());
+    assert_eq!(read.header("content-type"), Some("application/fhir+json; charset=utf-8"));
+    assert_eq!(read.header("etag"), Some("W/\"1\""));
+    let text = read.text();
+    assert!(text.contains(r#""valueQuantity":{"value":5.40,"unit":"mmol/L""#), "{text}");
+    assert!(text.starts_with(&format!(
+        r#"{{"resourceType":"Observation","id":"{obs_id}","meta":{{"versionId":"1","lastUpdated":""#
+    )));
+    assert_eq!(w.service.pending_events(), before + 1, "the read is audited");
+    assert_eq!(w.get(Some(&doc), &format!("/fhir/Observation/{obs_id}/_history/1")).await.status, 200);
+    assert_eq!(w.get(Some(&doc), &format!("/fhir/Observation/{obs_id}/_history/2")).await.issue(), "not-found");
+    // The same id under another type is not there.
+    assert_eq!(w.get(Some(&doc), &format!("/fhir/Condition/{obs_id}")).await.status, 404);
+
+    // The patient reads their own record with a patient token.
+    let own = w.token(&w.patient, Role::Patient, "patient/*.rs");
+    assert_eq!(w.get(Some(&own), &format!("/fhir/Observation/{obs_id}")).await.status, 200);
+    // Another patient, and another organisation's practitioner without a grant: consent says no.
+    let other = w.token(&w.other_patient, Role::Patient, "patient/*.rs");
+    let refused = w.get(Some(&other), &format!("/fhir/Observation/{obs_id}")).await;
+    assert_eq!((refused.status, refused.issue()), (403, "forbidden".to_owned()));
+    let doc_b = w.token(&w.doc_b, Role::Practitioner, "user/*.rs");
+    assert_eq!(w.get(Some(&doc_b), &format!("/fhir/Observation/{obs_id}")).await.status, 403);
+    // Scopes that do not cover the type: refused before consent is even asked.
+    let narrow = w.token(&w.doc_a, Role::Practitioner, "user/Patient.rs");
+    let refused = w.get(Some(&narrow), &format!("/fhir/Observation/{obs_id}")).await;
+    assert_eq!(refused.status, 403);
+    assert!(refused.json()["issue"][0]["diagnostics"].as_str().unwrap().contains("scopes"));
+    // No token, or an unknown one.
+    let anonymous = w.get(None, &format!("/fhir/Observation/{obs_id}")).await;
+    assert_eq!((anonymous.status, anonymous.issue()), (401, "login".to_owned()));
+    assert_eq!(anonymous.header("www-authenticate"), Some("Bearer"));
+    assert_eq!(w.get(Some("forged"), &format!("/fhir/Observation/{obs_id}")).await.status, 401);
+}
+
+#[tokio::test]
+async fn bad_writes_are_refused_with_operation_outcomes_and_nothing_written() {
+    let w = World::new();
+    let doc = w.token(&w.doc_a, Role::Practitioner, "user/*.cruds");
+    let patient_body = format!(
+        r#"{{"resourceType":"Patient","identifier":[{{"system":"urn:medledger:identity","value":"{}"}}]}}"#,
+        w.patient.id().to_hex()
+    );
+    let patient_id = w.post(&doc, "/fhir/Patient", FHIR, &patient_body).await.json()["id"].as_str().unwrap().to_owned();
+    w.commit();
+    let log_before = w.chain.head().log_size;
+
+    // Structurally invalid: an unknown element, with its path.
+    let invalid = lab(&patient_id).replace(r#""status":"final""#, r#""status":"final","colour":"red""#);
+    let answer = w.post(&doc, "/fhir/Observation", FHIR, &invalid).await;
+    assert_eq!((answer.status, answer.issue()), (400, "structure".to_owned()), "{}", answer.text());
+    assert!(answer.json()["issue"][0]["expression"][0].as_str().unwrap().contains("colour"), "{}", answer.text());
+    // Not JSON; wrong content type; the body's type differs from the URL's.
+    assert_eq!(w.post(&doc, "/fhir/Observation", FHIR, "{not json").await.issue(), "invalid");
+    assert_eq!(w.post(&doc, "/fhir/Observation", "text/plain", &lab(&patient_id)).await.status, 415);
+    assert_eq!(w.post(&doc, "/fhir/Condition", FHIR, &lab(&patient_id)).await.status, 400);
+    // A subject that is no Patient here; a Patient naming no registered patient identity.
+    let dangling = lab(&"ab".repeat(32));
+    assert_eq!(w.post(&doc, "/fhir/Observation", FHIR, &dangling).await.status, 422);
+    let nobody = patient_body.replace(&w.patient.id().to_hex(), &"cd".repeat(32));
+    assert_eq!(w.post(&doc, "/fhir/Patient", FHIR, &nobody).await.status, 422);
+    // An Observation that is neither a lab nor a vital: consent is per category.
+    let uncategorised = lab(&patient_id).replace("laboratory", "survey");
+    assert_eq!(w.post(&doc, "/fhir/Observation", FHIR, &uncategorised).await.issue(), "business-rule");
+    // A patient may not write clinical records; another organisation's practitioner neither.
+    let own = w.token(&w.patient, Role::Patient, "patient/*.cruds");
+    assert_eq!(w.post(&own, "/fhir/Observation", FHIR, &lab(&patient_id)).await.status, 403);
+    let doc_b = w.token(&w.doc_b, Role::Practitioner, "user/*.cruds");
+    assert_eq!(w.post(&doc_b, "/fhir/Observation", FHIR, &lab(&patient_id)).await.status, 403);
+    // A read-only token cannot create.
+    let reader = w.token(&w.doc_a, Role::Practitioner, "user/*.rs");
+    assert_eq!(w.post(&reader, "/fhir/Observation", FHIR, &lab(&patient_id)).await.status, 403);
+    // Types not served, and interactions not yet supported.
+    assert_eq!(w.post(&doc, "/fhir/Claim", FHIR, "{}").await.issue(), "not-supported");
+    assert_eq!(w.get(Some(&doc), "/fhir/Banana/1").await.issue(), "not-supported");
+    assert_eq!(w.get(Some(&doc), "/fhir/Observation").await.issue(), "not-supported");
+
+    w.commit();
+    assert_eq!(w.chain.head().log_size, log_before, "no refused write reached the chain");
+}
