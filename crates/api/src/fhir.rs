@@ -92,6 +92,7 @@ impl From<RecordError> for FhirError {
                 (StatusCode::MISDIRECTED_REQUEST, IssueCode::Forbidden)
             }
             RecordError::VersionPending => (StatusCode::CONFLICT, IssueCode::Conflict),
+            RecordError::VersionMismatch { .. } => (StatusCode::PRECONDITION_FAILED, IssueCode::Conflict),
             RecordError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, IssueCode::TooLong),
             RecordError::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, IssueCode::Invalid),
             RecordError::Submit(_) | RecordError::CiphertextMissing => {
@@ -364,6 +365,179 @@ pub(crate) async fn create(
     Ok(response)
 }
 
+/// The version an `If-Match` header names (`W/"3"` or `"3"`), if there is one.
+fn if_match(headers: &HeaderMap) -> Result<Option<u32>, FhirError> {
+    let Some(value) = headers.get(header::IF_MATCH) else { return Ok(None) };
+    let text = value.to_str().unwrap_or("").trim();
+    let quoted = text.strip_prefix("W/").unwrap_or(text);
+    quoted.strip_prefix('"').and_then(|t| t.strip_suffix('"')).and_then(|v| v.parse::<u32>().ok()).map(Some).ok_or_else(
+        || {
+            FhirError::new(
+                StatusCode::BAD_REQUEST,
+                IssueCode::Value,
+                format!("If-Match must be an ETag such as W/\"1\", not {}", crate::error::echo(text)),
+            )
+        },
+    )
+}
+
+/// `PUT /fhir/{type}/{id}`: a new version of an existing resource (no update-as-create), by
+/// the custodian's staff; `If-Match` makes it conditional on the latest version.
+pub(crate) async fn update(
+    State(app): State<AppState>,
+    Path((resource_type, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, FhirError> {
+    served(&resource_type)?;
+    let grant = authorize(&app, &headers, &resource_type, interactions::UPDATE)?;
+    check_content_type(&headers)?;
+    let expected = if_match(&headers)?;
+    let record_id = parse_id(&id)?;
+    let exists = app.chain.state().record(&record_id).is_some_and(|h| h.resource_type == resource_type);
+    if !exists {
+        return Err(FhirError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            IssueCode::NotSupported,
+            format!(
+                "no {resource_type} with id {} exists, and this server does not create resources by update \
+                 (POST to /fhir/{resource_type} instead)",
+                crate::error::echo(&id)
+            ),
+        ));
+    }
+    let validated = medledger_fhir::validate(&body).map_err(FhirError::invalid)?;
+    if validated.resource_type != resource_type {
+        return Err(FhirError::new(
+            StatusCode::BAD_REQUEST,
+            IssueCode::Invalid,
+            format!("the body is a {}, the URL says {resource_type}", validated.resource_type),
+        ));
+    }
+    if validated.id.as_deref() != Some(id.as_str()) {
+        return Err(FhirError::new(
+            StatusCode::BAD_REQUEST,
+            IssueCode::Invalid,
+            "the resource's id must equal the id in the URL".to_owned(),
+        ));
+    }
+    let service = records(&app)?;
+    let custodian = service.organisation();
+    let author = grant.identity;
+    let staff = app.chain.state().identity(&author).is_some_and(|w| {
+        w.id == custodian
+            || (matches!(w.role, Role::Practitioner | Role::SystemClient) && w.organisation == Some(custodian))
+    });
+    if !staff {
+        return Err(forbidden("only the staff and systems of the organisation operating this node write here"));
+    }
+    let json: serde_json::Value = serde_json::from_slice(&body)
+        .map_err(|e| FhirError::new(StatusCode::BAD_REQUEST, IssueCode::Invalid, e.to_string()))?;
+    let patient = patient_of(&app, &resource_type, &json)?;
+    let category = category_of(&resource_type, &json)?;
+    let content = body.clone();
+    let type_for_write = resource_type.clone();
+    let written = tokio::task::spawn_blocking(move || {
+        let request = WriteRequest {
+            author,
+            patient,
+            resource_type: &type_for_write,
+            category,
+            content: &content,
+            record: Some(record_id),
+        };
+        service.write_expecting(&request, expected, now_ms(), &mut rand::rng())
+    })
+    .await
+    .map_err(|_| FhirError::new(StatusCode::INTERNAL_SERVER_ERROR, IssueCode::Exception, "write task failed"))??;
+    let mut response =
+        resource_response(StatusCode::OK, &resource_type, &written.record_id, written.version, now_ms(), &body)?;
+    if let Ok(v) = HeaderValue::from_str(&written.tx_id.to_hex()) {
+        response.headers_mut().insert("x-medledger-tx", v);
+    }
+    Ok(response)
+}
+
+/// `GET /fhir/{type}/{id}/_history`: every version, newest first, as a history Bundle. Each
+/// version is a read like any other: decided by consent and audited.
+pub(crate) async fn history(
+    State(app): State<AppState>,
+    Path((resource_type, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, FhirError> {
+    served(&resource_type)?;
+    let grant = authorize(&app, &headers, &resource_type, interactions::READ)?;
+    let purpose = purpose(&headers)?;
+    let record_id = parse_id(&id)?;
+    let versions: Vec<(u32, u64)> = {
+        let state = app.chain.state();
+        if state.record(&record_id).map(|h| h.resource_type.as_str()) != Some(resource_type.as_str()) {
+            return Err(not_found(format!("no {resource_type} with id {}", crate::error::echo(&id))));
+        }
+        drop(state);
+        let index = app.chain.patient_index();
+        index
+            .record(&record_id)
+            .map(|r| r.versions.iter().rev().map(|v| (v.version, v.position.committed_at_ms)).collect())
+            .unwrap_or_default()
+    };
+    if versions.len() > HISTORY_VERSIONS_MAX {
+        return Err(FhirError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            IssueCode::TooLong,
+            format!("more than {HISTORY_VERSIONS_MAX} versions; read them one by one with vread"),
+        ));
+    }
+    let service = records(&app)?;
+    let requester = grant.identity;
+    let wanted = versions.clone();
+    let plaintexts = tokio::task::spawn_blocking(move || {
+        wanted
+            .iter()
+            .map(|(v, _)| service.read(requester, record_id, Some(*v), purpose, now_ms()).map(|r| r.plaintext))
+            .collect::<Result<Vec<_>, _>>()
+    })
+    .await
+    .map_err(|_| FhirError::new(StatusCode::INTERNAL_SERVER_ERROR, IssueCode::Exception, "read task failed"))??;
+    let id_hex = record_id.to_hex();
+    let mut bundle = format!(
+        r#"{{"resourceType":"Bundle","type":"history","total":{},"link":[{{"relation":"self","url":"/fhir/{resource_type}/{id_hex}/_history"}}],"entry":["#,
+        versions.len()
+    );
+    for (i, ((version, at_ms), plaintext)) in versions.iter().zip(&plaintexts).enumerate() {
+        let version_text = version.to_string();
+        let last_updated = instant_from_ms(*at_ms);
+        let resource = with_server_meta(
+            plaintext,
+            &ServerMeta { id: &id_hex, version_id: &version_text, last_updated: &last_updated },
+        )
+        .map_err(|e| FhirError::new(StatusCode::INTERNAL_SERVER_ERROR, IssueCode::Exception, e.to_string()))?;
+        if i > 0 {
+            bundle.push(',');
+        }
+        let (method, url, status) = if *version == 1 {
+            ("POST", resource_type.clone(), "201 Created")
+        } else {
+            ("PUT", format!("{resource_type}/{id_hex}"), "200 OK")
+        };
+        bundle.push_str(&format!(r#"{{"fullUrl":"/fhir/{resource_type}/{id_hex}","resource":"#));
+        bundle.push_str(std::str::from_utf8(&resource).map_err(|_| {
+            FhirError::new(StatusCode::INTERNAL_SERVER_ERROR, IssueCode::Exception, "stored resource is not UTF-8")
+        })?);
+        bundle.push_str(&format!(
+            r#","request":{{"method":"{method}","url":"{url}"}},"response":{{"status":"{status}","etag":"W/\"{version}\"","lastModified":"{last_updated}"}}}}"#
+        ));
+    }
+    bundle.push_str("]}");
+    let mut response = (StatusCode::OK, bundle).into_response();
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(FHIR_JSON));
+    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(response)
+}
+
+/// Most versions one history answer carries (each is decrypted and audited).
+pub const HISTORY_VERSIONS_MAX: usize = 100;
+
 /// The consent category of a new resource (Observations by their category coding).
 fn category_of(resource_type: &str, json: &serde_json::Value) -> Result<&'static str, FhirError> {
     match categories_of_resource_type(resource_type) {
@@ -401,7 +575,10 @@ pub(crate) async fn metadata(State(app): State<AppState>, headers: HeaderMap) ->
         .map(|t| {
             serde_json::json!({
                 "type": t,
-                "interaction": [{"code": "read"}, {"code": "vread"}, {"code": "create"}],
+                "interaction": [
+                    {"code": "read"}, {"code": "vread"}, {"code": "create"}, {"code": "update"},
+                    {"code": "history-instance"}
+                ],
                 "versioning": "versioned",
                 "readHistory": true,
                 "updateCreate": false,

@@ -135,8 +135,13 @@ pub fn router_for(chain: Arc<Chain>, services: Services) -> Router {
         )
         .route(
             "/fhir/{type}/{id}",
-            get(fhir::read).put(fhir::not_supported).delete(fhir::not_supported).post(fhir::not_supported),
+            get(fhir::read)
+                .put(fhir::update)
+                .layer(DefaultBodyLimit::max(records::RECORD_BODY_BYTES_MAX))
+                .delete(fhir::not_supported)
+                .post(fhir::not_supported),
         )
+        .route("/fhir/{type}/{id}/_history", get(fhir::history))
         .route("/fhir/{type}/{id}/_history/{vid}", get(fhir::vread))
         .route("/auth/token", post(smart::token))
         .route("/.well-known/smart-configuration", get(smart::configuration))

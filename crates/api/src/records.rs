@@ -70,7 +70,7 @@ impl From<RecordError> for ApiError {
             RecordError::UnknownRecord(_) | RecordError::UnknownVersion { .. } => ApiError::NotFound(e.to_string()),
             RecordError::NotDecryptableHere => ApiError::Misdirected(e.to_string()),
             RecordError::NotCustodian => ApiError::Misdirected(e.to_string()),
-            RecordError::VersionPending => ApiError::Conflict(e.to_string()),
+            RecordError::VersionPending | RecordError::VersionMismatch { .. } => ApiError::Conflict(e.to_string()),
             RecordError::TooLarge { max } => ApiError::PayloadTooLarge { max },
             RecordError::Invalid(m) => ApiError::BadRequest(m.to_owned()),
             RecordError::Submit(s) => ApiError::Submit(s),

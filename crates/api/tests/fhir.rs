@@ -159,7 +159,7 @@ async fn capability_statement_names_exactly_what_is_served() {
     for r in resources {
         let codes: Vec<&str> =
             r["interaction"].as_array().unwrap().iter().map(|i| i["code"].as_str().unwrap()).collect();
-        assert_eq!(codes, ["read", "vread", "create"]);
+        assert_eq!(codes, ["read", "vread", "create", "update", "history-instance"]);
         assert_eq!(r["updateCreate"], false);
         assert!(r.get("searchParam").is_none(), "no search is claimed before it exists");
     }
@@ -272,4 +272,76 @@ async fn bad_writes_are_refused_with_operation_outcomes_and_nothing_written() {
 
     w.commit();
     assert_eq!(w.chain.head().log_size, log_before, "no refused write reached the chain");
+}
+
+impl World {
+    async fn put(&self, token: &str, path: &str, if_match: Option<&str>, body: &str) -> Answer {
+        let mut request = Request::put(path)
+            .header("host", "fhir.test")
+            .header("authorization", format!("Bearer {token}"))
+            .header("content-type", FHIR);
+        if let Some(tag) = if_match {
+            request = request.header("if-match", tag);
+        }
+        self.send(request.body(Body::from(body.to_owned())).unwrap()).await
+    }
+}
+
+#[tokio::test]
+async fn updates_make_versions_with_if_match_and_history_lists_them() {
+    let w = World::new();
+    let doc = w.token(&w.doc_a, Role::Practitioner, "user/*.cruds");
+    let patient_body = format!(
+        r#"{{"resourceType":"Patient","identifier":[{{"system":"urn:medledger:identity","value":"{}"}}]}}"#,
+        w.patient.id().to_hex()
+    );
+    let patient_id = w.post(&doc, "/fhir/Patient", FHIR, &patient_body).await.json()["id"].as_str().unwrap().to_owned();
+    w.commit();
+    let obs_id =
+        w.post(&doc, "/fhir/Observation", FHIR, &lab(&patient_id)).await.json()["id"].as_str().unwrap().to_owned();
+    w.commit();
+    let path = format!("/fhir/Observation/{obs_id}");
+    let v2 = lab(&patient_id).replacen('{', &format!(r#"{{"id":"{obs_id}","#), 1).replace("5.40", "6.10");
+
+    let updated = w.put(&doc, &path, Some("W/\"1\""), &v2).await;
+    assert_eq!(updated.status, 200, "{}", updated.text());
+    assert_eq!(updated.header("etag"), Some("W/\"2\""));
+    w.commit();
+    // Based on a stale version: refused, nothing written.
+    let stale = w.put(&doc, &path, Some("W/\"1\""), &v2).await;
+    assert_eq!((stale.status, stale.issue()), (412, "conflict".to_owned()));
+    assert_eq!(w.put(&doc, &path, Some("banana"), &v2).await.status, 400);
+    // The body's id must be the URL's; no update-as-create; the patient never changes.
+    assert_eq!(w.put(&doc, &path, None, &lab(&patient_id)).await.status, 400);
+    let elsewhere = format!("/fhir/Observation/{}", "ef".repeat(32));
+    assert_eq!(w.put(&doc, &elsewhere, None, &v2.replace(&obs_id, &"ef".repeat(32))).await.status, 405);
+    let own = w.token(&w.patient, Role::Patient, "patient/*.cruds");
+    assert_eq!(w.put(&own, &path, None, &v2).await.status, 403);
+    let other_patient_body = format!(
+        r#"{{"resourceType":"Patient","identifier":[{{"system":"urn:medledger:identity","value":"{}"}}]}}"#,
+        w.other_patient.id().to_hex()
+    );
+    let other_id =
+        w.post(&doc, "/fhir/Patient", FHIR, &other_patient_body).await.json()["id"].as_str().unwrap().to_owned();
+    w.commit();
+    let moved = v2.replace(&patient_id, &other_id);
+    assert_eq!(w.put(&doc, &path, None, &moved).await.status, 422);
+
+    // History: newest first, each version's own bytes; vread still finds version 1.
+    let history = w.get(Some(&doc), &format!("{path}/_history")).await;
+    assert_eq!(history.status, 200, "{}", history.text());
+    let bundle = history.json();
+    assert_eq!((bundle["type"].as_str(), bundle["total"].as_u64()), (Some("history"), Some(2)));
+    let entries = bundle["entry"].as_array().unwrap();
+    assert_eq!(entries[0]["resource"]["meta"]["versionId"], "2");
+    assert_eq!(entries[1]["resource"]["meta"]["versionId"], "1");
+    assert_eq!(entries[1]["request"]["method"], "POST");
+    assert_eq!(entries[0]["response"]["etag"], "W/\"2\"");
+    let text = history.text();
+    assert!(text.contains(r#""value":6.10"#) && text.contains(r#""value":5.40"#), "{text}");
+    let v1 = w.get(Some(&doc), &format!("{path}/_history/1")).await;
+    assert!(v1.text().contains(r#""value":5.40"#));
+    // Another patient sees no history either.
+    let other = w.token(&w.other_patient, Role::Patient, "patient/*.rs");
+    assert_eq!(w.get(Some(&other), &format!("{path}/_history")).await.status, 403);
 }

@@ -51,6 +51,8 @@ pub enum RecordError {
     NotCustodian,
     #[error("a previous version of this record is still being committed; retry shortly")]
     VersionPending,
+    #[error("the record's latest version is {latest}, not the one the update was based on")]
+    VersionMismatch { latest: u32 },
     #[error("record is larger than {max} bytes")]
     TooLarge { max: usize },
     #[error("{0}")]
@@ -154,11 +156,23 @@ impl RecordService {
         now_ms: TimestampMs,
         rng: &mut impl CryptoRng,
     ) -> Result<Written, RecordError> {
+        self.write_expecting(request, None, now_ms, rng)
+    }
+
+    /// [`RecordService::write`] of the next version of `request.record`, only if its latest
+    /// committed version is `expected` (optimistic concurrency: HTTP `If-Match`).
+    pub fn write_expecting(
+        &self,
+        request: &WriteRequest<'_>,
+        expected: Option<u32>,
+        now_ms: TimestampMs,
+        rng: &mut impl CryptoRng,
+    ) -> Result<Written, RecordError> {
         if request.content.len() > RECORD_PLAINTEXT_BYTES_MAX {
             return Err(RecordError::TooLarge { max: RECORD_PLAINTEXT_BYTES_MAX });
         }
         let custodian = self.organisation();
-        let (record_id, version) = self.next_version(request, &custodian, rng)?;
+        let (record_id, version) = self.next_version(request, expected, &custodian, rng)?;
         let key_id = CategoryKeyId { custodian, patient: request.patient, category: request.category.to_owned() };
         let (epoch, category_key) = self.current_category_key(&key_id, now_ms, rng)?;
         let data_key = DataKey::generate(rng);
@@ -190,6 +204,7 @@ impl RecordService {
     fn next_version(
         &self,
         request: &WriteRequest<'_>,
+        expected: Option<u32>,
         custodian: &IdentityId,
         rng: &mut impl CryptoRng,
     ) -> Result<(RecordId, u32), RecordError> {
@@ -214,6 +229,11 @@ impl RecordService {
                 }
                 if pending.contains_key(&record_id) {
                     return Err(RecordError::VersionPending);
+                }
+                if let Some(expected) = expected
+                    && expected != head.latest_version
+                {
+                    return Err(RecordError::VersionMismatch { latest: head.latest_version });
                 }
                 let version = head.latest_version + 1;
                 pending.insert(record_id, version);
