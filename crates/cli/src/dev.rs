@@ -228,17 +228,32 @@ async fn seed(dir: &Path, running: &Running) -> Result<()> {
         let mut ids = Vec::new();
         for (label, patient) in patients.iter().zip(&synthetic) {
             let p = by(label);
+            // The generator's references (`Patient/pat-…`) become this server's logical ids
+            // (record ids in hex), so the demo's FHIR resources point at each other. The
+            // Patient comes first and each resource only refers to earlier ones.
+            let mut server_ids: Vec<(String, String)> = Vec::new();
             for resource in patient.resources.iter().take(RESOURCES_PER_PATIENT) {
+                let mut json = String::from_utf8(resource.json.clone()).context("synthetic JSON is UTF-8")?;
+                for (from, to) in &server_ids {
+                    json = json.replace(from, to);
+                }
+                if resource.resource_type == "Patient" {
+                    json = with_identity(&json, &p.keys.id());
+                }
                 let request = WriteRequest {
                     author: alice.keys.id(),
                     patient: p.keys.id(),
                     resource_type: resource.resource_type,
                     category: resource.category,
-                    content: &resource.json,
+                    content: json.as_bytes(),
                     record: None,
                 };
                 let written =
                     records.write(&request, now_ms(), &mut rng).map_err(|e| anyhow::anyhow!("demo write: {e}"))?;
+                server_ids.push((
+                    format!("\"{}/{}\"", resource.resource_type, resource.id),
+                    format!("\"{}/{}\"", resource.resource_type, written.record_id.to_hex()),
+                ));
                 demo_records.push((label.clone(), written.record_id, resource.resource_type, resource.category));
                 ids.push(written.tx_id);
             }
@@ -522,4 +537,21 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
     file.sync_all()?;
     std::fs::rename(&temp, path).with_context(|| format!("cannot write {}", path.display()))?;
     Ok(())
+}
+
+/// A synthetic Patient resource with an identifier naming its on-chain identity (what the
+/// FHIR API requires of a Patient), put first in its `identifier` list (or a new list).
+fn with_identity(json: &str, identity: &IdentityId) -> String {
+    let entry = format!(r#"{{"system":"{}","value":"{}"}}"#, medledger_api::fhir::IDENTITY_SYSTEM, identity.to_hex());
+    if let Some(at) = json.find(r#""identifier":["#) {
+        let split = at + r#""identifier":["#.len();
+        return format!("{}{entry},{}", &json[..split], &json[split..]);
+    }
+    match json.find(r#""resourceType":"Patient","#) {
+        Some(at) => {
+            let split = at + r#""resourceType":"Patient","#.len();
+            format!("{}\"identifier\":[{entry}],{}", &json[..split], &json[split..])
+        }
+        None => json.to_owned(),
+    }
 }

@@ -1,0 +1,82 @@
+//! The demo over FHIR: `medledger dev`'s records are valid R4 resources served at
+//! `/fhir/{type}/{record id}` with the bearer tokens it writes, and their references to the
+//! patient and encounter resolve on the same server.
+
+use std::{
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_medledger");
+
+fn get(url: &str, token: &str) -> (u16, Vec<u8>) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build()
+        .into();
+    let mut response = agent.get(url).header("authorization", &format!("Bearer {token}")).call().unwrap();
+    (response.status().as_u16(), response.body_mut().read_to_vec().unwrap())
+}
+
+#[test]
+fn demo_records_are_valid_fhir_whose_references_resolve() {
+    let temp = tempfile::tempdir().unwrap();
+    let dir = temp.path().join("dev");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let stdout = temp.path().join("stdout.log");
+    let mut child = Command::new(BIN)
+        .args(["dev", "--data-dir"])
+        .arg(&dir)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .env("RUST_LOG", "warn")
+        .stdout(std::fs::File::create(&stdout).unwrap())
+        .stderr(Stdio::null())
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while !std::fs::read_to_string(&stdout).unwrap_or_default().contains("ready") {
+        if started.elapsed() > Duration::from_secs(180) || child.try_wait().unwrap().is_some() {
+            let _ = child.kill();
+            panic!("dev node did not get ready");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let credentials: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("dev-credentials.json")).unwrap()).unwrap();
+    let alice = credentials["identities"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["label"] == "dr-alice-st-marys")
+        .and_then(|i| i["bearer_token"].as_str())
+        .unwrap()
+        .to_owned();
+    let base = format!("http://127.0.0.1:{port}/fhir");
+    let mut checked = 0;
+    let mut references = 0;
+    for record in credentials["records"].as_array().unwrap().iter().filter(|r| r["patient"] == "patient-01") {
+        let (resource_type, id) = (record["resource_type"].as_str().unwrap(), record["record_id"].as_str().unwrap());
+        let (status, body) = get(&format!("{base}/{resource_type}/{id}"), &alice);
+        assert_eq!(status, 200, "{resource_type}/{id}: {}", String::from_utf8_lossy(&body));
+        let validated = medledger_fhir::validate(&body)
+            .unwrap_or_else(|issues| panic!("{resource_type}/{id} is not valid R4: {issues:?}"));
+        assert_eq!(validated.id.as_deref(), Some(id));
+        for site in &validated.references {
+            let target = &site.reference;
+            if target.starts_with("Patient/") || target.starts_with("Encounter/") {
+                let (status, _) = get(&format!("{base}/{target}"), &alice);
+                assert_eq!(status, 200, "{resource_type}/{id} refers to {target}, which does not resolve");
+                references += 1;
+            }
+        }
+        checked += 1;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(checked >= 10, "only {checked} records checked");
+    assert!(references >= checked - 1, "only {references} references followed");
+}
