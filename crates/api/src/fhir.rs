@@ -20,7 +20,7 @@ use medledger_fhir::{
     instant::instant_from_ms,
     splice::{ServerMeta, with_server_meta},
 };
-use medledger_ledger::Purpose;
+use medledger_ledger::{AccessAction, Purpose};
 use medledger_node::records::{RecordError, WriteRequest};
 use medledger_types::{IdentityId, RecordId, Role, categories_of_resource_type};
 
@@ -144,6 +144,30 @@ fn authorize(app: &AppState, headers: &HeaderMap, resource_type: &str, interacti
     Ok(grant)
 }
 
+/// [`authorize`] for a request about one record: a scope refusal is also an on-chain access
+/// event (every denial is audited), once the caller is authenticated.
+fn authorize_record(
+    app: &AppState,
+    headers: &HeaderMap,
+    resource_type: &str,
+    interaction: u8,
+    id: &str,
+    action: AccessAction,
+    purpose: Purpose,
+) -> Result<Grant, FhirError> {
+    match authorize(app, headers, resource_type, interaction) {
+        Err(refusal) if refusal.status == StatusCode::FORBIDDEN => {
+            if let (Ok(grant), Some(service), Ok(record_id)) =
+                (bearer(&app.tokens, headers, now_ms()), &app.records, RecordId::from_hex(id))
+            {
+                service.audit_refused_access(grant.identity, record_id, action, purpose, "scope-not-granted", now_ms());
+            }
+            Err(refusal)
+        }
+        other => other,
+    }
+}
+
 fn records(app: &AppState) -> Result<std::sync::Arc<medledger_node::records::RecordService>, FhirError> {
     app.records.clone().ok_or_else(|| {
         FhirError::new(
@@ -215,8 +239,8 @@ async fn read_version(
     version: Option<u32>,
 ) -> Result<Response, FhirError> {
     served(&resource_type)?;
-    let grant = authorize(&app, &headers, &resource_type, interactions::READ)?;
     let purpose = purpose(&headers)?;
+    let grant = authorize_record(&app, &headers, &resource_type, interactions::READ, &id, AccessAction::Read, purpose)?;
     let record_id = parse_id(&id)?;
     // A record of another type is, for this URL, not there.
     let stored_type = app.chain.state().record(&record_id).map(|h| h.resource_type.clone());
@@ -390,7 +414,15 @@ pub(crate) async fn update(
     body: Bytes,
 ) -> Result<Response, FhirError> {
     served(&resource_type)?;
-    let grant = authorize(&app, &headers, &resource_type, interactions::UPDATE)?;
+    let grant = authorize_record(
+        &app,
+        &headers,
+        &resource_type,
+        interactions::UPDATE,
+        &id,
+        AccessAction::Write,
+        Purpose::Treatment,
+    )?;
     check_content_type(&headers)?;
     let expected = if_match(&headers)?;
     let record_id = parse_id(&id)?;
@@ -466,8 +498,9 @@ pub(crate) async fn history(
     headers: HeaderMap,
 ) -> Result<Response, FhirError> {
     served(&resource_type)?;
-    let grant = authorize(&app, &headers, &resource_type, interactions::READ)?;
     let purpose = purpose(&headers)?;
+    let grant =
+        authorize_record(&app, &headers, &resource_type, interactions::READ, &id, AccessAction::History, purpose)?;
     let record_id = parse_id(&id)?;
     let versions: Vec<(u32, u64)> = {
         let state = app.chain.state();

@@ -218,8 +218,10 @@ async fn create_then_read_with_scopes_and_consent_both_enforced() {
     assert_eq!(w.get(Some(&doc_b), &format!("/fhir/Observation/{obs_id}")).await.status, 403);
     // Scopes that do not cover the type: refused before consent is even asked.
     let narrow = w.token(&w.doc_a, Role::Practitioner, "user/Patient.rs");
+    let before = w.service.pending_events();
     let refused = w.get(Some(&narrow), &format!("/fhir/Observation/{obs_id}")).await;
     assert_eq!(refused.status, 403);
+    assert_eq!(w.service.pending_events(), before + 1, "a scope refusal is audited too");
     assert!(refused.json()["issue"][0]["diagnostics"].as_str().unwrap().contains("scopes"));
     // No token, or an unknown one.
     let anonymous = w.get(None, &format!("/fhir/Observation/{obs_id}")).await;

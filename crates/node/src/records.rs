@@ -563,6 +563,37 @@ impl RecordService {
         });
     }
 
+    /// Records an access to `record_id` refused before any consent decision (e.g. the caller's
+    /// token scopes do not cover it) as a denied access event with `reason`, when the caller is
+    /// a registered identity and the record exists.
+    pub fn audit_refused_access(
+        &self,
+        requester: IdentityId,
+        record_id: RecordId,
+        action: AccessAction,
+        purpose: Purpose,
+        reason: &str,
+        now_ms: TimestampMs,
+    ) {
+        let state = self.chain.state();
+        let Some(head) = state.record(&record_id).map(|h| (h.patient, h.latest_version)) else { return };
+        if state.identity(&requester).is_none() {
+            return;
+        }
+        drop(state);
+        self.queue_event(AccessEvent {
+            accessor: requester,
+            patient: head.0,
+            record: Some((record_id, head.1)),
+            action,
+            purpose,
+            outcome: AccessOutcome::Denied,
+            grant_id: None,
+            reason: reason.to_owned(),
+            at_ms: now_ms,
+        });
+    }
+
     /// Records a refused write attempt as an access event (when both parties are registered and
     /// the subject is a patient, so the event is valid on-chain).
     pub fn audit_refused_write(
