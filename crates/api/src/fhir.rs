@@ -295,29 +295,26 @@ fn check_content_type(headers: &HeaderMap) -> Result<(), FhirError> {
     ))
 }
 
-/// The patient identity a new resource belongs to: for a Patient, the identity named by its
-/// `urn:medledger:identity` identifier; for anything else, the Patient its `subject` or
-/// `patient` reference points to.
-fn patient_of(app: &AppState, resource_type: &str, json: &serde_json::Value) -> Result<IdentityId, FhirError> {
+/// The patient identity a resource belongs to: for a Patient, the identity named by its
+/// `urn:medledger:identity` identifier (`None` when it names none); for anything else, the
+/// Patient its `subject` or `patient` reference points to.
+fn patient_of(app: &AppState, resource_type: &str, json: &serde_json::Value) -> Result<Option<IdentityId>, FhirError> {
     let unprocessable = |m: String| FhirError::new(StatusCode::UNPROCESSABLE_ENTITY, IssueCode::Processing, m);
     let state = app.chain.state();
     if resource_type == "Patient" {
-        let value = json["identifier"]
+        let Some(value) = json["identifier"]
             .as_array()
             .into_iter()
             .flatten()
             .find(|i| i["system"] == IDENTITY_SYSTEM)
             .and_then(|i| i["value"].as_str())
-            .ok_or_else(|| {
-                unprocessable(format!(
-                    "a Patient needs an identifier with system {IDENTITY_SYSTEM} naming the patient's registered \
-                     identity (64 hex characters)"
-                ))
-            })?;
+        else {
+            return Ok(None);
+        };
         let id = IdentityId::from_hex(value)
             .map_err(|_| unprocessable(format!("{IDENTITY_SYSTEM} identifier must be 64 hex characters")))?;
         return match state.identity(&id) {
-            Some(who) if who.role == Role::Patient => Ok(id),
+            Some(who) if who.role == Role::Patient => Ok(Some(id)),
             _ => Err(unprocessable(format!("{IDENTITY_SYSTEM} names no registered patient identity"))),
         };
     }
@@ -336,7 +333,41 @@ fn patient_of(app: &AppState, resource_type: &str, json: &serde_json::Value) -> 
                 crate::error::echo(reference)
             ))
         })?;
-    Ok(target.patient)
+    Ok(Some(target.patient))
+}
+
+/// How long a create waits for a new patient's registration to commit.
+const REGISTRATION_WAIT_MS: u64 = 15_000;
+
+/// Registers a new patient identity (keys held by this organisation until handed over) and
+/// waits until the registration is committed, so records can be written for it.
+async fn register_patient(app: &AppState) -> Result<IdentityId, FhirError> {
+    let service = records(app)?;
+    let (identity, tx) =
+        tokio::task::spawn_blocking(move || service.register_patient(now_ms())).await.map_err(|_| {
+            FhirError::new(StatusCode::INTERNAL_SERVER_ERROR, IssueCode::Exception, "registration task failed")
+        })??;
+    let started = std::time::Instant::now();
+    loop {
+        match app.chain.tx_status(&tx) {
+            Ok(medledger_node::chain::TxStatus::Committed { .. }) => return Ok(identity),
+            Ok(medledger_node::chain::TxStatus::Rejected { reason }) => {
+                return Err(FhirError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    IssueCode::Transient,
+                    format!("the patient's registration was refused: {reason}"),
+                ));
+            }
+            _ if started.elapsed().as_millis() as u64 > REGISTRATION_WAIT_MS => {
+                return Err(FhirError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    IssueCode::Transient,
+                    "the patient's registration is not committed yet; retry shortly",
+                ));
+            }
+            _ => tokio::time::sleep(std::time::Duration::from_millis(25)).await,
+        }
+    }
 }
 
 /// `POST /fhir/{type}`: create. The author is the token's identity, which must be staff of
@@ -370,8 +401,12 @@ pub(crate) async fn create(
     }
     let json: serde_json::Value = serde_json::from_slice(&body)
         .map_err(|e| FhirError::new(StatusCode::BAD_REQUEST, IssueCode::Invalid, e.to_string()))?;
-    let patient = patient_of(&app, &resource_type, &json)?;
     let category = category_of(&resource_type, &json)?;
+    let (patient, registered) = match patient_of(&app, &resource_type, &json)? {
+        Some(patient) => (patient, false),
+        // A Patient naming no identity is someone new to the network: register them.
+        None => (register_patient(&app).await?, true),
+    };
     let content = body.clone();
     let type_for_write = resource_type.clone();
     let written = tokio::task::spawn_blocking(move || {
@@ -385,6 +420,12 @@ pub(crate) async fn create(
         resource_response(StatusCode::CREATED, &resource_type, &written.record_id, written.version, now_ms(), &body)?;
     if let Ok(v) = HeaderValue::from_str(&written.tx_id.to_hex()) {
         response.headers_mut().insert("x-medledger-tx", v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&patient.to_hex()) {
+        response.headers_mut().insert("x-medledger-patient-identity", v);
+    }
+    if registered {
+        response.headers_mut().insert("x-medledger-patient-registered", HeaderValue::from_static("true"));
     }
     Ok(response)
 }
@@ -465,7 +506,10 @@ pub(crate) async fn update(
     }
     let json: serde_json::Value = serde_json::from_slice(&body)
         .map_err(|e| FhirError::new(StatusCode::BAD_REQUEST, IssueCode::Invalid, e.to_string()))?;
-    let patient = patient_of(&app, &resource_type, &json)?;
+    let existing = app.chain.state().record(&record_id).map(|h| h.patient);
+    let patient = patient_of(&app, &resource_type, &json)?
+        .or(existing)
+        .ok_or_else(|| not_found(format!("no {resource_type} with id {}", crate::error::echo(&id))))?;
     let category = category_of(&resource_type, &json)?;
     let content = body.clone();
     let type_for_write = resource_type.clone();

@@ -347,3 +347,54 @@ async fn updates_make_versions_with_if_match_and_history_lists_them() {
     let other = w.token(&w.other_patient, Role::Patient, "patient/*.rs");
     assert_eq!(w.get(Some(&other), &format!("{path}/_history")).await.status, 403);
 }
+
+#[tokio::test]
+async fn a_patient_new_to_the_network_is_registered_with_keys_held_for_hand_over() {
+    let w = World::new();
+    let doc = w.token(&w.doc_a, Role::Practitioner, "user/*.cruds");
+    let newcomer =
+        r#"{"resourceType":"Patient","name":[{"family":"Synthetic","given":["Newcomer"]}],"gender":"other"}"#;
+    // A node without a patient key directory registers nobody.
+    assert_eq!(w.post(&doc, "/fhir/Patient", FHIR, newcomer).await.status, 422);
+
+    let keys = tempfile::tempdir().unwrap();
+    w.service.set_patient_key_dir(keys.path().to_owned());
+    // Blocks commit in the background, as consensus would, while the create waits for the
+    // registration.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let committer = {
+        let (chain, stop, proposer) = (w.chain.clone(), stop.clone(), w.net.validators[0].id());
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                medledger_node::devnet::commit_pending(&chain, proposer, now_ms()).unwrap();
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+        })
+    };
+    let created = w.post(&doc, "/fhir/Patient", FHIR, newcomer).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    committer.join().unwrap();
+    assert_eq!(created.status, 201, "{}", created.text());
+    assert_eq!(created.header("x-medledger-patient-registered"), Some("true"));
+    let identity =
+        medledger_types::IdentityId::from_hex(created.header("x-medledger-patient-identity").unwrap()).unwrap();
+    assert_eq!(w.chain.state().identity(&identity).map(|i| i.role), Some(Role::Patient));
+    // The patient's keys wait, private, in the hand-over directory; their name is not on-chain.
+    let key_file = keys.path().join(format!("{identity}.key"));
+    let held = medledger_crypto::read_key_file(&key_file).unwrap();
+    assert_eq!(held.id(), identity);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        assert_eq!(std::fs::metadata(&key_file).unwrap().permissions().mode() & 0o777, 0o600);
+    }
+    w.commit();
+    // Records can now be written for them, and with their keys they read their own.
+    let patient_id = created.json()["id"].as_str().unwrap().to_owned();
+    let obs = w.post(&doc, "/fhir/Observation", FHIR, &lab(&patient_id)).await;
+    assert_eq!(obs.status, 201, "{}", obs.text());
+    w.commit();
+    let own = w.token(&held, Role::Patient, "patient/*.rs");
+    let obs_id = obs.json()["id"].as_str().unwrap().to_owned();
+    assert_eq!(w.get(Some(&own), &format!("/fhir/Observation/{obs_id}")).await.status, 200);
+}

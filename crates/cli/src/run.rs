@@ -82,6 +82,10 @@ const AUDIT_FLUSH_MS: u64 = 200;
 /// How often live grants are checked for keys still to share.
 const GRANT_SCAN_MS: u64 = 1000;
 
+/// Sub-directory of the data directory holding the keys of patients the node's organisation
+/// registered, until handed over (mode 0600 files, named by identity id).
+pub const PATIENT_KEYS_DIR: &str = "patient-keys";
+
 /// What a running node hands to the extra task of [`run`].
 pub struct Running {
     pub chain: Arc<Chain>,
@@ -107,7 +111,11 @@ where
         None => None,
         Some(org) => {
             let blobs = open_blob_store(data_dir)?;
-            Some(Arc::new(RecordService::new(chain.clone(), keys.clone(), org, Arc::new(blobs))))
+            let service = RecordService::new(chain.clone(), keys.clone(), org, Arc::new(blobs));
+            // Keys of patients this organisation registers (e.g. a FHIR Patient create for
+            // someone new), held in trust until handed over.
+            service.set_patient_key_dir(data_dir.join(PATIENT_KEYS_DIR));
+            Some(Arc::new(service))
         }
     };
     let cfg = NodeConfig {

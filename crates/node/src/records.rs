@@ -113,6 +113,9 @@ pub struct RecordService {
     inflight_shares: Mutex<HashMap<(CategoryKeyId, u32, IdentityId), TimestampMs>>,
     /// Fetches ciphertexts this node lacks from peers; unset when running without peers.
     fetcher: OnceLock<CiphertextFetcher>,
+    /// Where keys of patients this organisation registers are kept for hand-over; unset: it
+    /// registers none.
+    patient_key_dir: OnceLock<std::path::PathBuf>,
 }
 
 /// How long a submitted key share counts as in flight before it may be submitted again.
@@ -130,7 +133,35 @@ impl RecordService {
             audit: Mutex::new(Vec::new()),
             inflight_shares: Mutex::new(HashMap::new()),
             fetcher: OnceLock::new(),
+            patient_key_dir: OnceLock::new(),
         }
+    }
+
+    /// Lets this node register patients itself (see [`RecordService::register_patient`]),
+    /// keeping their keys in `dir` (mode 0600 files) until handed over. Set once.
+    pub fn set_patient_key_dir(&self, dir: std::path::PathBuf) {
+        let _ = self.patient_key_dir.set(dir);
+    }
+
+    /// Registers a new patient identity for someone who has no keys yet (a provider-registered
+    /// patient, e.g. from a FHIR create or an import): generates their keys, writes them to the
+    /// patient key directory — the organisation holds them in trust until they are handed
+    /// over — and submits the registration, signed by the organisation. The patient's name
+    /// never goes on-chain. Returns the identity and the registering transaction.
+    pub fn register_patient(&self, now_ms: TimestampMs) -> Result<(IdentityId, TxId), RecordError> {
+        let dir = self
+            .patient_key_dir
+            .get()
+            .ok_or(RecordError::Invalid("this node registers no patients: register the patient's identity first"))?;
+        let keys = Keypair::generate();
+        let path = dir.join(format!("{}.key", keys.id()));
+        medledger_crypto::write_key_file(&path, &keys).map_err(|e| RecordError::Corrupt(e.to_string()))?;
+        let payload = Payload::register(medledger_types::Role::Patient, &keys, None, "");
+        let tx = self.chain.submit_as(&self.organisation_keys, payload, now_ms).inspect_err(|_| {
+            // Nothing refers to a key whose registration never went in.
+            let _ = std::fs::remove_file(&path);
+        })?;
+        Ok((keys.id(), tx))
     }
 
     /// The store holding this node's ciphertexts.
