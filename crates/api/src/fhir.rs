@@ -612,6 +612,120 @@ pub(crate) async fn history(
     Ok(response)
 }
 
+/// `GET /fhir/Patient/{id}/$everything`: the latest version of every record of the patient
+/// that the caller may read (consent decides per record; refusals are left out, and audited),
+/// as a `searchset` Bundle, the Patient first. Paged with `_count` (default and maximum
+/// [`EVERYTHING_PAGE_MAX`]) and `_offset`.
+pub(crate) async fn everything(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    axum::extract::Query(query): axum::extract::Query<std::collections::HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Result<Response, FhirError> {
+    let purpose = purpose(&headers)?;
+    let grant = authorize_record(&app, &headers, "Patient", interactions::READ, &id, AccessAction::Read, purpose)?;
+    let record_id = parse_id(&id)?;
+    let count = match query.get("_count") {
+        None => EVERYTHING_PAGE_MAX,
+        Some(c) => c.parse::<usize>().ok().filter(|c| (1..=EVERYTHING_PAGE_MAX).contains(c)).ok_or_else(|| {
+            FhirError::new(
+                StatusCode::BAD_REQUEST,
+                IssueCode::Value,
+                format!("_count must be 1 to {EVERYTHING_PAGE_MAX}"),
+            )
+        })?,
+    };
+    let offset = match query.get("_offset") {
+        None => 0,
+        Some(o) => o
+            .parse::<usize>()
+            .map_err(|_| FhirError::new(StatusCode::BAD_REQUEST, IssueCode::Value, "_offset must be a number"))?,
+    };
+    for key in query.keys() {
+        if !matches!(key.as_str(), "_count" | "_offset") {
+            return Err(FhirError::new(
+                StatusCode::BAD_REQUEST,
+                IssueCode::NotSupported,
+                format!("parameter {} is not supported on $everything", crate::error::echo(key)),
+            ));
+        }
+    }
+    let patient = match app.chain.state().record(&record_id) {
+        Some(head) if head.resource_type == "Patient" => head.patient,
+        _ => return Err(not_found(format!("no Patient with id {}", crate::error::echo(&id)))),
+    };
+    // The Patient resource itself first, then the rest in the order they were written.
+    let mut members: Vec<(RecordId, String, u32, u64)> = app
+        .chain
+        .patient_index()
+        .patient(&patient)
+        .map(|p| {
+            p.records
+                .iter()
+                .filter(|r| SERVED_TYPES.contains(&r.resource_type.as_str()))
+                .filter_map(|r| {
+                    let latest = r.versions.last()?;
+                    Some((r.record_id, r.resource_type.clone(), latest.version, latest.position.committed_at_ms))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    members.sort_by_key(|(id, resource_type, _, _)| (*id != record_id, resource_type != "Patient"));
+    let total = members.len();
+    let page: Vec<_> = members.into_iter().skip(offset).take(count).collect();
+    let service = records(&app)?;
+    let requester = grant.identity;
+    let wanted = page.clone();
+    let reads = tokio::task::spawn_blocking(move || {
+        wanted
+            .iter()
+            .map(|(id, _, version, _)| service.read(requester, *id, Some(*version), purpose, now_ms()).ok())
+            .collect::<Vec<_>>()
+    })
+    .await
+    .map_err(|_| FhirError::new(StatusCode::INTERNAL_SERVER_ERROR, IssueCode::Exception, "read task failed"))?;
+    let self_url = format!("/fhir/Patient/{id}/$everything?_count={count}&_offset={offset}");
+    let mut links = format!(r#"[{{"relation":"self","url":"{self_url}"}}"#);
+    if offset + count < total {
+        links.push_str(&format!(
+            r#",{{"relation":"next","url":"/fhir/Patient/{id}/$everything?_count={count}&_offset={}"}}"#,
+            offset + count
+        ));
+    }
+    links.push(']');
+    let mut bundle = format!(r#"{{"resourceType":"Bundle","type":"searchset","link":{links},"entry":["#);
+    let mut first = true;
+    for ((record, resource_type, version, at_ms), read) in page.iter().zip(reads) {
+        // Not readable by this caller (refused and audited by the read): left out.
+        let Some(read) = read else { continue };
+        let id_hex = record.to_hex();
+        let version_text = version.to_string();
+        let last_updated = instant_from_ms(*at_ms);
+        let resource = with_server_meta(
+            &read.plaintext,
+            &ServerMeta { id: &id_hex, version_id: &version_text, last_updated: &last_updated },
+        )
+        .map_err(|e| FhirError::new(StatusCode::INTERNAL_SERVER_ERROR, IssueCode::Exception, e.to_string()))?;
+        if !first {
+            bundle.push(',');
+        }
+        first = false;
+        bundle.push_str(&format!(r#"{{"fullUrl":"/fhir/{resource_type}/{id_hex}","resource":"#));
+        bundle.push_str(std::str::from_utf8(&resource).map_err(|_| {
+            FhirError::new(StatusCode::INTERNAL_SERVER_ERROR, IssueCode::Exception, "stored resource is not UTF-8")
+        })?);
+        bundle.push_str(r#","search":{"mode":"match"}}"#);
+    }
+    bundle.push_str("]}");
+    let mut response = (StatusCode::OK, bundle).into_response();
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(FHIR_JSON));
+    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(response)
+}
+
+/// Most resources one `$everything` page carries (each is decrypted and audited).
+pub const EVERYTHING_PAGE_MAX: usize = 200;
+
 /// Most versions one history answer carries (each is decrypted and audited).
 pub const HISTORY_VERSIONS_MAX: usize = 100;
 
@@ -650,7 +764,7 @@ pub(crate) async fn metadata(State(app): State<AppState>, headers: HeaderMap) ->
     let resources: Vec<serde_json::Value> = SERVED_TYPES
         .iter()
         .map(|t| {
-            serde_json::json!({
+            let mut resource = serde_json::json!({
                 "type": t,
                 "interaction": [
                     {"code": "read"}, {"code": "vread"}, {"code": "create"}, {"code": "update"},
@@ -662,7 +776,14 @@ pub(crate) async fn metadata(State(app): State<AppState>, headers: HeaderMap) ->
                 "conditionalCreate": false,
                 "conditionalUpdate": false,
                 "conditionalDelete": "not-supported",
-            })
+            });
+            if *t == "Patient" {
+                resource["operation"] = serde_json::json!([{
+                    "name": "everything",
+                    "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything"
+                }]);
+            }
+            resource
         })
         .collect();
     let head = app.chain.head();

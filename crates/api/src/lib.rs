@@ -142,6 +142,7 @@ pub fn router_for(chain: Arc<Chain>, services: Services) -> Router {
                 .post(fhir::not_supported),
         )
         .route("/fhir/{type}/{id}/_history", get(fhir::history))
+        .route("/fhir/Patient/{id}/$everything", get(fhir::everything))
         .route("/fhir/{type}/{id}/_history/{vid}", get(fhir::vread))
         .route("/auth/token", post(smart::token))
         .route("/.well-known/smart-configuration", get(smart::configuration))

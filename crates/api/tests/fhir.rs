@@ -398,3 +398,50 @@ async fn a_patient_new_to_the_network_is_registered_with_keys_held_for_hand_over
     let obs_id = obs.json()["id"].as_str().unwrap().to_owned();
     assert_eq!(w.get(Some(&own), &format!("/fhir/Observation/{obs_id}")).await.status, 200);
 }
+
+#[tokio::test]
+async fn patient_everything_returns_what_the_caller_may_read_paged() {
+    let w = World::new();
+    let doc = w.token(&w.doc_a, Role::Practitioner, "user/*.cruds");
+    let patient_body = format!(
+        r#"{{"resourceType":"Patient","identifier":[{{"system":"urn:medledger:identity","value":"{}"}}]}}"#,
+        w.patient.id().to_hex()
+    );
+    let patient_id = w.post(&doc, "/fhir/Patient", FHIR, &patient_body).await.json()["id"].as_str().unwrap().to_owned();
+    w.commit();
+    for _ in 0..3 {
+        assert_eq!(w.post(&doc, "/fhir/Observation", FHIR, &lab(&patient_id)).await.status, 201);
+    }
+    w.commit();
+    let path = format!("/fhir/Patient/{patient_id}/$everything");
+    let all = w.get(Some(&doc), &path).await;
+    assert_eq!(all.status, 200, "{}", all.text());
+    let bundle = all.json();
+    assert_eq!(bundle["type"], "searchset");
+    let entries = bundle["entry"].as_array().unwrap();
+    assert_eq!(entries.len(), 4);
+    assert_eq!(entries[0]["resource"]["resourceType"], "Patient");
+    assert!(all.text().contains(r#""value":5.40"#));
+    // Paged: two at a time, with a next link until the end.
+    let page = w.get(Some(&doc), &format!("{path}?_count=2")).await.json();
+    assert_eq!(page["entry"].as_array().unwrap().len(), 2);
+    let next = page["link"].as_array().unwrap().iter().find(|l| l["relation"] == "next").unwrap()["url"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let last = w.get(Some(&doc), &next).await.json();
+    assert_eq!(last["entry"].as_array().unwrap().len(), 2);
+    assert!(last["link"].as_array().unwrap().iter().all(|l| l["relation"] != "next"));
+    // The patient gets everything of theirs; another organisation's practitioner gets nothing
+    // (each refusal audited), not an error that would confirm more than the id.
+    let own = w.token(&w.patient, Role::Patient, "patient/*.rs");
+    assert_eq!(w.get(Some(&own), &path).await.json()["entry"].as_array().unwrap().len(), 4);
+    let doc_b = w.token(&w.doc_b, Role::Practitioner, "user/*.rs");
+    let before = w.service.pending_events();
+    let none = w.get(Some(&doc_b), &path).await;
+    assert_eq!(none.status, 200);
+    assert!(none.json()["entry"].as_array().unwrap().is_empty());
+    assert_eq!(w.service.pending_events(), before + 4);
+    assert_eq!(w.get(Some(&doc), &format!("{path}?_count=0")).await.status, 400);
+    assert_eq!(w.get(Some(&doc), &format!("{path}?_since=2020")).await.issue(), "not-supported");
+}
