@@ -723,6 +723,183 @@ pub(crate) async fn everything(
     Ok(response)
 }
 
+/// `GET /fhir/AuditEvent?patient=Patient/{id}[&_count=N][&_offset=M]`: the on-chain access
+/// events about a patient (every read, write attempt, history, search and refusal), oldest
+/// first, as AuditEvent resources shaped after IHE BALP, each naming the ledger transaction
+/// and log index that prove it. For the patient themself, and for the staff and systems of an
+/// organisation holding the patient's records.
+pub(crate) async fn audit_events(
+    State(app): State<AppState>,
+    axum::extract::Query(query): axum::extract::Query<Vec<(String, String)>>,
+    headers: HeaderMap,
+) -> Result<Response, FhirError> {
+    let grant = authorize(&app, &headers, "AuditEvent", interactions::SEARCH)?;
+    let bad = |m: String| FhirError::new(StatusCode::BAD_REQUEST, IssueCode::Value, m);
+    let (mut patient_ref, mut count, mut offset) = (None, AUDIT_PAGE_DEFAULT, 0usize);
+    for (key, value) in &query {
+        match key.as_str() {
+            "patient" if patient_ref.is_none() => patient_ref = Some(value.clone()),
+            "_count" => {
+                count = value
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|c| (1..=AUDIT_PAGE_MAX).contains(c))
+                    .ok_or_else(|| bad(format!("_count must be 1 to {AUDIT_PAGE_MAX}")))?;
+            }
+            "_offset" => offset = value.parse().map_err(|_| bad("_offset must be a number".into()))?,
+            other => {
+                return Err(FhirError::new(
+                    StatusCode::BAD_REQUEST,
+                    IssueCode::NotSupported,
+                    format!(
+                        "AuditEvent search supports patient, _count and _offset, not {}",
+                        crate::error::echo(other)
+                    ),
+                ));
+            }
+        }
+    }
+    let patient_ref = patient_ref.ok_or_else(|| bad("AuditEvent search needs patient=Patient/<id>".into()))?;
+    let patient_record = patient_ref
+        .strip_prefix("Patient/")
+        .unwrap_or(&patient_ref)
+        .parse::<String>()
+        .ok()
+        .and_then(|id| RecordId::from_hex(&id).ok())
+        .ok_or_else(|| not_found(format!("no Patient {}", crate::error::echo(&patient_ref))))?;
+    let patient = {
+        let state = app.chain.state();
+        let patient = match state.record(&patient_record) {
+            Some(head) if head.resource_type == "Patient" => head.patient,
+            _ => return Err(not_found(format!("no Patient {}", crate::error::echo(&patient_ref)))),
+        };
+        let who = state.identity(&grant.identity);
+        let organisation = who.and_then(|w| match w.role {
+            Role::Organisation => Some(w.id),
+            Role::Practitioner | Role::SystemClient => w.organisation,
+            _ => None,
+        });
+        let allowed = grant.identity == patient || organisation.is_some_and(|o| state.custodies(&o, &patient));
+        if !allowed {
+            return Err(forbidden(
+                "the audit trail of a patient is for the patient and the organisations holding their records",
+            ));
+        }
+        patient
+    };
+    let chain_id = app.chain.genesis().chain_id().to_hex();
+    let index = app.chain.patient_index();
+    let entries: Vec<_> = index.patient(&patient).map(|p| p.access.clone()).unwrap_or_default();
+    let total = entries.len();
+    let mut bundle = serde_json::json!({
+        "resourceType": "Bundle",
+        "type": "searchset",
+        "total": total,
+        "link": [{"relation": "self", "url": format!("/fhir/AuditEvent?patient=Patient/{}&_count={count}&_offset={offset}", patient_record.to_hex())}],
+        "entry": [],
+    });
+    if offset + count < total {
+        bundle["link"].as_array_mut().expect("link is an array").push(serde_json::json!({
+            "relation": "next",
+            "url": format!("/fhir/AuditEvent?patient=Patient/{}&_count={count}&_offset={}", patient_record.to_hex(), offset + count),
+        }));
+    }
+    let resource_type_of = |record: &RecordId| index.record(record).map(|r| r.resource_type.clone());
+    for entry in entries.iter().skip(offset).take(count) {
+        let resource = audit_event(entry, &patient, &chain_id, &resource_type_of);
+        let id = resource["id"].as_str().unwrap_or_default().to_owned();
+        bundle["entry"].as_array_mut().expect("entry is an array").push(serde_json::json!({
+            "fullUrl": format!("/fhir/AuditEvent/{id}"),
+            "resource": resource,
+            "search": {"mode": "match"},
+        }));
+    }
+    drop(index);
+    let mut response = (StatusCode::OK, bundle.to_string()).into_response();
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(FHIR_JSON));
+    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(response)
+}
+
+pub const AUDIT_PAGE_DEFAULT: usize = 50;
+pub const AUDIT_PAGE_MAX: usize = 500;
+
+/// One access event as an R4 AuditEvent (IHE BALP's shape: a RESTful-operation event with the
+/// accessor as requesting agent, the patient and the record as entities).
+fn audit_event(
+    entry: &medledger_node::index::AccessEntry,
+    patient: &IdentityId,
+    chain_id: &str,
+    resource_type_of: &dyn Fn(&RecordId) -> Option<String>,
+) -> serde_json::Value {
+    use medledger_ledger::AccessOutcome;
+    let event = &entry.event;
+    let (subtype, action) = match event.action {
+        AccessAction::Read => ("read", "R"),
+        AccessAction::History => ("history-instance", "R"),
+        AccessAction::Search => ("search-type", "E"),
+        AccessAction::Write => ("update", "U"),
+    };
+    let outcome = match event.outcome {
+        AccessOutcome::Denied => "4",
+        _ => "0",
+    };
+    let identity = |id: &IdentityId| serde_json::json!({"system": IDENTITY_SYSTEM, "value": id.to_hex()});
+    let mut entities = vec![serde_json::json!({
+        "what": {"identifier": identity(patient)},
+        "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "1", "display": "Person"},
+        "role": {"system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "1", "display": "Patient"},
+    })];
+    if let Some((record, version)) = &event.record
+        && let Some(resource_type) = resource_type_of(record)
+    {
+        entities.push(serde_json::json!({
+            "what": {"reference": format!("{resource_type}/{}/_history/{version}", record.to_hex())},
+            "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "2", "display": "System Object"},
+            "role": {"system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "4", "display": "Domain Resource"},
+        }));
+    }
+    let mut agent = serde_json::json!({
+        "who": {"identifier": identity(&event.accessor)},
+        "requestor": true,
+        "purposeOfUse": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActReason", "code": event.purpose.code()}]}],
+    });
+    if let Some(grant) = &event.grant_id {
+        agent["policy"] = serde_json::json!([format!("urn:medledger:grant:{}", grant.to_hex())]);
+    }
+    let mut resource = serde_json::json!({
+        "resourceType": "AuditEvent",
+        "id": format!("{}-{}", entry.position.log_index, entry.event_index),
+        "extension": [
+            {"url": LEDGER_TX_EXTENSION, "valueString": entry.position.tx_id.to_hex()},
+            {"url": LEDGER_LOG_INDEX_EXTENSION, "valueUnsignedInt": entry.position.log_index},
+        ],
+        "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest", "display": "RESTful Operation"},
+        "subtype": [{"system": "http://hl7.org/fhir/restful-interaction", "code": subtype}],
+        "action": action,
+        "recorded": instant_from_ms(event.at_ms),
+        "outcome": outcome,
+        "purposeOfEvent": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActReason", "code": event.purpose.code()}]}],
+        "agent": [agent],
+        "source": {
+            "site": format!("medledger chain {chain_id}"),
+            "observer": {"display": "medledger ledger (access events are committed on-chain)"},
+        },
+        "entity": entities,
+    });
+    // The decision's reason code (basis or denial); R4 forbids empty strings.
+    if !event.reason.is_empty() {
+        resource["outcomeDesc"] = serde_json::json!(event.reason);
+    }
+    resource
+}
+
+/// Extension naming the ledger transaction that carries an access event (its RFC 6962 leaf
+/// hash: `GET /v1/proofs/inclusion` proves it).
+pub const LEDGER_TX_EXTENSION: &str = "urn:medledger:fhir:extension:ledger-transaction";
+/// Extension naming that transaction's index in the ledger's log.
+pub const LEDGER_LOG_INDEX_EXTENSION: &str = "urn:medledger:fhir:extension:ledger-log-index";
+
 /// Most resources one `$everything` page carries (each is decrypted and audited).
 pub const EVERYTHING_PAGE_MAX: usize = 200;
 
@@ -786,6 +963,12 @@ pub(crate) async fn metadata(State(app): State<AppState>, headers: HeaderMap) ->
             resource
         })
         .collect();
+    let mut resources = resources;
+    resources.push(serde_json::json!({
+        "type": "AuditEvent",
+        "interaction": [{"code": "search-type"}],
+        "searchParam": [{"name": "patient", "type": "reference", "documentation": "required: Patient/<id>; results paged with _count and _offset"}],
+    }));
     let head = app.chain.head();
     let statement = serde_json::json!({
         "resourceType": "CapabilityStatement",

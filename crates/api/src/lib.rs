@@ -125,6 +125,7 @@ pub fn router_for(chain: Arc<Chain>, services: Services) -> Router {
         .route("/v1/patients/{id}/delegates", get(patients::delegates))
         .route("/v1/break-glass", get(break_glass::list))
         .route("/fhir/metadata", get(fhir::metadata))
+        .route("/fhir/AuditEvent", get(fhir::audit_events))
         .route(
             "/fhir/{type}",
             post(fhir::create)

@@ -155,8 +155,12 @@ async fn capability_statement_names_exactly_what_is_served() {
     assert_eq!(v["fhirVersion"], "4.0.1");
     let resources = v["rest"][0]["resource"].as_array().unwrap();
     let types: Vec<&str> = resources.iter().map(|r| r["type"].as_str().unwrap()).collect();
-    assert_eq!(types, medledger_api::fhir::SERVED_TYPES);
-    for r in resources {
+    let mut expected = medledger_api::fhir::SERVED_TYPES.to_vec();
+    expected.push("AuditEvent");
+    assert_eq!(types, expected);
+    let audit = resources.last().unwrap();
+    assert_eq!(audit["interaction"], serde_json::json!([{"code": "search-type"}]));
+    for r in &resources[..resources.len() - 1] {
         let codes: Vec<&str> =
             r["interaction"].as_array().unwrap().iter().map(|i| i["code"].as_str().unwrap()).collect();
         assert_eq!(codes, ["read", "vread", "create", "update", "history-instance"]);
@@ -444,4 +448,60 @@ async fn patient_everything_returns_what_the_caller_may_read_paged() {
     assert_eq!(w.service.pending_events(), before + 4);
     assert_eq!(w.get(Some(&doc), &format!("{path}?_count=0")).await.status, 400);
     assert_eq!(w.get(Some(&doc), &format!("{path}?_since=2020")).await.issue(), "not-supported");
+}
+
+#[tokio::test]
+async fn audit_events_show_the_patient_every_access_as_valid_r4() {
+    let w = World::new();
+    let doc = w.token(&w.doc_a, Role::Practitioner, "user/*.cruds");
+    let patient_body = format!(
+        r#"{{"resourceType":"Patient","identifier":[{{"system":"urn:medledger:identity","value":"{}"}}]}}"#,
+        w.patient.id().to_hex()
+    );
+    let patient_id = w.post(&doc, "/fhir/Patient", FHIR, &patient_body).await.json()["id"].as_str().unwrap().to_owned();
+    w.commit();
+    let obs_id =
+        w.post(&doc, "/fhir/Observation", FHIR, &lab(&patient_id)).await.json()["id"].as_str().unwrap().to_owned();
+    w.commit();
+    // One allowed read by the custodian's practitioner, one refused read by another clinic.
+    assert_eq!(w.get(Some(&doc), &format!("/fhir/Observation/{obs_id}")).await.status, 200);
+    let doc_b = w.token(&w.doc_b, Role::Practitioner, "user/*.rs");
+    assert_eq!(w.get(Some(&doc_b), &format!("/fhir/Observation/{obs_id}")).await.status, 403);
+    w.service.flush_events(now_ms()).unwrap();
+    w.commit();
+
+    let own = w.token(&w.patient, Role::Patient, "patient/*.rs");
+    let answer = w.get(Some(&own), &format!("/fhir/AuditEvent?patient=Patient/{patient_id}")).await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    let bundle = answer.json();
+    let events: Vec<&Value> = bundle["entry"].as_array().unwrap().iter().map(|e| &e["resource"]).collect();
+    assert_eq!(events.len(), 2, "{}", answer.text());
+    for event in &events {
+        let bytes = serde_json::to_vec(event).unwrap();
+        if let Err(issues) = medledger_fhir::validate(&bytes) {
+            panic!("AuditEvent is not valid R4: {issues:?}\n{event}");
+        }
+        assert_eq!(event["entity"][1]["what"]["reference"], format!("Observation/{obs_id}/_history/1"));
+        assert_eq!(event["extension"][0]["valueString"].as_str().unwrap().len(), 64);
+    }
+    let by = |who: &Keypair| {
+        events.iter().find(|e| e["agent"][0]["who"]["identifier"]["value"] == who.id().to_hex()).unwrap()
+    };
+    assert_eq!(
+        (by(&w.doc_a)["outcome"].as_str(), by(&w.doc_a)["outcomeDesc"].as_str()),
+        (Some("0"), Some("custodian"))
+    );
+    assert_eq!((by(&w.doc_b)["outcome"].as_str(), by(&w.doc_b)["outcomeDesc"].as_str()), (Some("4"), Some("no-grant")));
+    // The custodian's staff may see it too; another patient and another clinic may not.
+    assert_eq!(w.get(Some(&doc), &format!("/fhir/AuditEvent?patient=Patient/{patient_id}")).await.status, 200);
+    let other = w.token(&w.other_patient, Role::Patient, "patient/*.rs");
+    assert_eq!(w.get(Some(&other), &format!("/fhir/AuditEvent?patient=Patient/{patient_id}")).await.status, 403);
+    assert_eq!(w.get(Some(&doc_b), &format!("/fhir/AuditEvent?patient=Patient/{patient_id}")).await.status, 403);
+    // Paged, and unsupported parameters are said to be so.
+    let page = w.get(Some(&own), &format!("/fhir/AuditEvent?patient=Patient/{patient_id}&_count=1")).await.json();
+    assert_eq!(page["entry"].as_array().unwrap().len(), 1);
+    assert!(page["link"].as_array().unwrap().iter().any(|l| l["relation"] == "next"));
+    let unsupported = w.get(Some(&own), &format!("/fhir/AuditEvent?patient=Patient/{patient_id}&date=ge2020")).await;
+    assert_eq!(unsupported.issue(), "not-supported");
+    assert_eq!(w.get(Some(&own), "/fhir/AuditEvent").await.status, 400);
 }
