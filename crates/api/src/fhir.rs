@@ -894,6 +894,121 @@ fn audit_event(
     resource
 }
 
+/// `GET /fhir/Provenance?target=<Type>/<id>`: one Provenance per version of the record: who
+/// wrote it (the author), for which organisation (the custodian), when it was committed, and
+/// the ledger transaction that commits it, with that transaction's signature. For whoever may
+/// read the record; the lookup is audited as a history access.
+pub(crate) async fn provenance(
+    State(app): State<AppState>,
+    axum::extract::Query(query): axum::extract::Query<Vec<(String, String)>>,
+    headers: HeaderMap,
+) -> Result<Response, FhirError> {
+    let target = match query.as_slice() {
+        [(key, value)] if key == "target" => value.clone(),
+        _ => {
+            return Err(FhirError::new(
+                StatusCode::BAD_REQUEST,
+                IssueCode::NotSupported,
+                "Provenance search takes exactly one parameter: target=<Type>/<id>",
+            ));
+        }
+    };
+    let (resource_type, id) = target
+        .split_once('/')
+        .ok_or_else(|| FhirError::new(StatusCode::BAD_REQUEST, IssueCode::Value, "target must be <Type>/<id>"))?;
+    served(resource_type)?;
+    let grant = authorize(&app, &headers, "Provenance", interactions::SEARCH)?;
+    let purpose = purpose(&headers)?;
+    let record_id = parse_id(id)?;
+    let decision = {
+        let state = app.chain.state();
+        let head = state
+            .record(&record_id)
+            .filter(|h| h.resource_type == resource_type)
+            .ok_or_else(|| not_found(format!("no {resource_type} with id {}", crate::error::echo(id))))?;
+        medledger_ledger::access::decide_at_head(
+            &state,
+            &grant.identity,
+            &record_id,
+            head,
+            medledger_ledger::actions::READ,
+            purpose,
+            now_ms(),
+        )
+    };
+    if let Some(service) = &app.records {
+        service.audit_history(grant.identity, record_id, purpose, decision, now_ms());
+    }
+    decision.map_err(|denial| forbidden(format!("access denied: {}", denial.code())))?;
+    let (custodian, versions) = {
+        let index = app.chain.patient_index();
+        let record = index.record(&record_id).ok_or_else(|| not_found("the record is not indexed yet"))?;
+        (record.custodian, record.versions.clone())
+    };
+    let identity =
+        |id: &IdentityId| serde_json::json!({"identifier": {"system": IDENTITY_SYSTEM, "value": id.to_hex()}});
+    let mut entries = Vec::new();
+    for version in versions.iter().rev() {
+        let tx = app
+            .chain
+            .transaction(&version.position.tx_id)
+            .map_err(|e| FhirError::new(StatusCode::INTERNAL_SERVER_ERROR, IssueCode::Exception, e.to_string()))?;
+        let (signer, signature) = match &tx {
+            Some(tx) => {
+                (tx.body().signer, base64::Engine::encode(&base64::engine::general_purpose::STANDARD, tx.signature().0))
+            }
+            None => continue,
+        };
+        let recorded = instant_from_ms(version.position.committed_at_ms);
+        let activity = if version.version == 1 { "CREATE" } else { "UPDATE" };
+        let resource = serde_json::json!({
+            "resourceType": "Provenance",
+            "id": version.position.log_index.to_string(),
+            "extension": [
+                {"url": LEDGER_TX_EXTENSION, "valueString": version.position.tx_id.to_hex()},
+                {"url": LEDGER_LOG_INDEX_EXTENSION, "valueUnsignedInt": version.position.log_index},
+            ],
+            "target": [{"reference": format!("{resource_type}/{id}/_history/{}", version.version)}],
+            "recorded": recorded,
+            "activity": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-DataOperation", "code": activity}]},
+            "agent": [
+                {
+                    "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/provenance-participant-type", "code": "author"}]},
+                    "who": identity(&version.author),
+                    "onBehalfOf": identity(&custodian),
+                },
+                {
+                    "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/provenance-participant-type", "code": "custodian"}]},
+                    "who": identity(&custodian),
+                },
+            ],
+            "signature": [{
+                "type": [{"system": "urn:iso-astm:E1762-95:2013", "code": "1.2.840.10065.1.12.1.5", "display": "Verification Signature"}],
+                "when": recorded,
+                "who": identity(&signer),
+                "sigFormat": "application/octet-stream",
+                "data": signature,
+            }],
+        });
+        entries.push(serde_json::json!({
+            "fullUrl": format!("/fhir/Provenance/{}", version.position.log_index),
+            "resource": resource,
+            "search": {"mode": "match"},
+        }));
+    }
+    let bundle = serde_json::json!({
+        "resourceType": "Bundle",
+        "type": "searchset",
+        "total": entries.len(),
+        "link": [{"relation": "self", "url": format!("/fhir/Provenance?target={resource_type}/{id}")}],
+        "entry": entries,
+    });
+    let mut response = (StatusCode::OK, bundle.to_string()).into_response();
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(FHIR_JSON));
+    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(response)
+}
+
 /// Extension naming the ledger transaction that carries an access event (its RFC 6962 leaf
 /// hash: `GET /v1/proofs/inclusion` proves it).
 pub const LEDGER_TX_EXTENSION: &str = "urn:medledger:fhir:extension:ledger-transaction";
@@ -964,6 +1079,11 @@ pub(crate) async fn metadata(State(app): State<AppState>, headers: HeaderMap) ->
         })
         .collect();
     let mut resources = resources;
+    resources.push(serde_json::json!({
+        "type": "Provenance",
+        "interaction": [{"code": "search-type"}],
+        "searchParam": [{"name": "target", "type": "reference", "documentation": "required: <Type>/<id>; one Provenance per version"}],
+    }));
     resources.push(serde_json::json!({
         "type": "AuditEvent",
         "interaction": [{"code": "search-type"}],

@@ -126,6 +126,7 @@ pub fn router_for(chain: Arc<Chain>, services: Services) -> Router {
         .route("/v1/break-glass", get(break_glass::list))
         .route("/fhir/metadata", get(fhir::metadata))
         .route("/fhir/AuditEvent", get(fhir::audit_events))
+        .route("/fhir/Provenance", get(fhir::provenance))
         .route(
             "/fhir/{type}",
             post(fhir::create)

@@ -156,11 +156,12 @@ async fn capability_statement_names_exactly_what_is_served() {
     let resources = v["rest"][0]["resource"].as_array().unwrap();
     let types: Vec<&str> = resources.iter().map(|r| r["type"].as_str().unwrap()).collect();
     let mut expected = medledger_api::fhir::SERVED_TYPES.to_vec();
-    expected.push("AuditEvent");
+    expected.extend(["Provenance", "AuditEvent"]);
     assert_eq!(types, expected);
-    let audit = resources.last().unwrap();
-    assert_eq!(audit["interaction"], serde_json::json!([{"code": "search-type"}]));
-    for r in &resources[..resources.len() - 1] {
+    for searched in &resources[resources.len() - 2..] {
+        assert_eq!(searched["interaction"], serde_json::json!([{"code": "search-type"}]));
+    }
+    for r in &resources[..resources.len() - 2] {
         let codes: Vec<&str> =
             r["interaction"].as_array().unwrap().iter().map(|i| i["code"].as_str().unwrap()).collect();
         assert_eq!(codes, ["read", "vread", "create", "update", "history-instance"]);
@@ -504,4 +505,55 @@ async fn audit_events_show_the_patient_every_access_as_valid_r4() {
     let unsupported = w.get(Some(&own), &format!("/fhir/AuditEvent?patient=Patient/{patient_id}&date=ge2020")).await;
     assert_eq!(unsupported.issue(), "not-supported");
     assert_eq!(w.get(Some(&own), "/fhir/AuditEvent").await.status, 400);
+}
+
+#[tokio::test]
+async fn every_version_has_a_provenance_naming_author_custodian_and_ledger_transaction() {
+    let w = World::new();
+    let doc = w.token(&w.doc_a, Role::Practitioner, "user/*.cruds");
+    let patient_body = format!(
+        r#"{{"resourceType":"Patient","identifier":[{{"system":"urn:medledger:identity","value":"{}"}}]}}"#,
+        w.patient.id().to_hex()
+    );
+    let patient_id = w.post(&doc, "/fhir/Patient", FHIR, &patient_body).await.json()["id"].as_str().unwrap().to_owned();
+    w.commit();
+    let created = w.post(&doc, "/fhir/Observation", FHIR, &lab(&patient_id)).await;
+    let obs_id = created.json()["id"].as_str().unwrap().to_owned();
+    let tx_v1 = created.header("x-medledger-tx").unwrap().to_owned();
+    w.commit();
+    let v2 = lab(&patient_id).replacen('{', &format!(r#"{{"id":"{obs_id}","#), 1);
+    assert_eq!(w.put(&doc, &format!("/fhir/Observation/{obs_id}"), None, &v2).await.status, 200);
+    w.commit();
+
+    let answer = w.get(Some(&doc), &format!("/fhir/Provenance?target=Observation/{obs_id}")).await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    let bundle = answer.json();
+    let provenances: Vec<&Value> = bundle["entry"].as_array().unwrap().iter().map(|e| &e["resource"]).collect();
+    assert_eq!(provenances.len(), 2);
+    for p in &provenances {
+        if let Err(issues) = medledger_fhir::validate(&serde_json::to_vec(p).unwrap()) {
+            panic!("Provenance is not valid R4: {issues:?}\n{p}");
+        }
+        assert_eq!(p["agent"][0]["who"]["identifier"]["value"], w.doc_a.id().to_hex());
+        assert_eq!(p["agent"][1]["who"]["identifier"]["value"], w.net.organisations[0].id().to_hex());
+    }
+    assert_eq!(provenances[1]["target"][0]["reference"], format!("Observation/{obs_id}/_history/1"));
+    assert_eq!(provenances[1]["activity"]["coding"][0]["code"], "CREATE");
+    assert_eq!(provenances[0]["activity"]["coding"][0]["code"], "UPDATE");
+    assert_eq!(provenances[1]["extension"][0]["valueString"], tx_v1);
+    // The transaction's signature verifies under the signer's key over the transaction.
+    let tx_id = medledger_types::TxId::from_hex(&tx_v1).unwrap();
+    let tx = w.chain.transaction(&tx_id).unwrap().unwrap();
+    let signature = base64::Engine::decode(
+        &base64::engine::general_purpose::STANDARD,
+        provenances[1]["signature"][0]["data"].as_str().unwrap(),
+    )
+    .unwrap();
+    assert_eq!(signature, tx.signature().0.to_vec());
+    let signer = w.chain.state().identity(&tx.body().signer).unwrap().signing_key;
+    signer.verify(&tx.signed_message(), tx.signature()).unwrap();
+    // Only for those who may read the record.
+    let doc_b = w.token(&w.doc_b, Role::Practitioner, "user/*.rs");
+    assert_eq!(w.get(Some(&doc_b), &format!("/fhir/Provenance?target=Observation/{obs_id}")).await.status, 403);
+    assert_eq!(w.get(Some(&doc), "/fhir/Provenance?agent=x").await.issue(), "not-supported");
 }
