@@ -1009,6 +1009,181 @@ pub(crate) async fn provenance(
     Ok(response)
 }
 
+/// Who may see a patient's consents and audit trail: the patient, and the staff and systems
+/// of an organisation holding the patient's records.
+fn may_oversee(state: &medledger_ledger::State, caller: &IdentityId, patient: &IdentityId) -> bool {
+    let organisation = state.identity(caller).and_then(|w| match w.role {
+        Role::Organisation => Some(w.id),
+        Role::Practitioner | Role::SystemClient => w.organisation,
+        _ => None,
+    });
+    caller == patient || organisation.is_some_and(|o| state.custodies(&o, patient))
+}
+
+/// A grant (consent, rule-derived access or break-glass) as an R4 Consent. Read-only for now:
+/// writing a Consent does not create a grant yet.
+fn consent_resource(state: &medledger_ledger::State, grant: &medledger_ledger::Grant, at_ms: u64) -> serde_json::Value {
+    use medledger_ledger::{GrantOrigin, Scope as GrantScope, actions};
+    let identity =
+        |id: &IdentityId| serde_json::json!({"identifier": {"system": IDENTITY_SYSTEM, "value": id.to_hex()}});
+    let status = if grant.revoked_at.is_some() || at_ms >= grant.valid_until_ms {
+        "inactive"
+    } else if at_ms < grant.valid_from_ms {
+        "proposed"
+    } else {
+        "active"
+    };
+    let mut actions_list = Vec::new();
+    if grant.actions & actions::READ != 0 {
+        actions_list.push(serde_json::json!({"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentaction", "code": "access"}]}));
+    }
+    if grant.actions & actions::WRITE != 0 {
+        actions_list.push(serde_json::json!({"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentaction", "code": "correct"}]}));
+    }
+    let mut provision = serde_json::json!({
+        "type": "permit",
+        "period": {"start": instant_from_ms(grant.valid_from_ms), "end": instant_from_ms(grant.valid_until_ms)},
+        "actor": [{
+            "role": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType", "code": "IRCP", "display": "information recipient"}]},
+            "reference": identity(&grant.grantee),
+        }],
+        "action": actions_list,
+        "purpose": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActReason", "code": grant.purpose.code()}],
+    });
+    match &grant.scope {
+        GrantScope::All => {}
+        GrantScope::ResourceTypes(types) => {
+            provision["class"] = serde_json::json!(
+                types
+                    .iter()
+                    .map(|t| serde_json::json!({"system": "http://hl7.org/fhir/resource-types", "code": t}))
+                    .collect::<Vec<_>>()
+            );
+        }
+        GrantScope::Categories(categories) => {
+            provision["code"] = serde_json::json!(
+                categories
+                    .iter()
+                    .map(|c| serde_json::json!({"coding": [{"system": CATEGORY_SYSTEM, "code": c}]}))
+                    .collect::<Vec<_>>()
+            );
+        }
+        GrantScope::Records(records) => {
+            provision["data"] = serde_json::json!(records
+                .iter()
+                .map(|r| {
+                    let resource_type = state.record(r).map_or("Resource".to_owned(), |h| h.resource_type.clone());
+                    serde_json::json!({"meaning": "instance", "reference": {"reference": format!("{resource_type}/{}", r.to_hex())}})
+                })
+                .collect::<Vec<_>>());
+        }
+    }
+    let origin = match &grant.origin {
+        GrantOrigin::Consent => "consent".to_owned(),
+        GrantOrigin::BreakGlass { .. } => "break-glass".to_owned(),
+        GrantOrigin::Rule { rule_id, .. } => format!("rule:{}", rule_id.to_hex()),
+    };
+    serde_json::json!({
+        "resourceType": "Consent",
+        "id": grant.id.to_hex(),
+        "extension": [
+            {"url": GRANT_ORIGIN_EXTENSION, "valueString": origin},
+            {"url": LEDGER_TX_EXTENSION, "valueString": grant.id.to_hex()},
+        ],
+        "status": status,
+        "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}]},
+        "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0", "display": "Patient Consent"}]}],
+        "patient": identity(&grant.patient),
+        "performer": [identity(&grant.signed_by)],
+        "policyRule": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "OPTIN"}]},
+        "provision": provision,
+    })
+}
+
+/// The code system of medledger's consent categories (`medledger_types::CATEGORIES`).
+pub const CATEGORY_SYSTEM: &str = "urn:medledger:category";
+/// Extension saying how a grant came to be: `consent`, `break-glass` or `rule:<rule id>`.
+pub const GRANT_ORIGIN_EXTENSION: &str = "urn:medledger:fhir:extension:grant-origin";
+
+/// `GET /fhir/Consent?patient=Patient/{id}`: every grant of the patient (consents, grants
+/// derived by sharing rules, break-glass), live or not, as Consent resources. Read-only: a
+/// Consent cannot be written here yet.
+pub(crate) async fn consents(
+    State(app): State<AppState>,
+    axum::extract::Query(query): axum::extract::Query<Vec<(String, String)>>,
+    headers: HeaderMap,
+) -> Result<Response, FhirError> {
+    let grant = authorize(&app, &headers, "Consent", interactions::SEARCH)?;
+    let patient_ref = match query.as_slice() {
+        [(key, value)] if key == "patient" => value.clone(),
+        _ => {
+            return Err(FhirError::new(
+                StatusCode::BAD_REQUEST,
+                IssueCode::NotSupported,
+                "Consent search takes exactly one parameter: patient=Patient/<id>",
+            ));
+        }
+    };
+    let record = RecordId::from_hex(patient_ref.strip_prefix("Patient/").unwrap_or(&patient_ref))
+        .map_err(|_| not_found(format!("no Patient {}", crate::error::echo(&patient_ref))))?;
+    let now = now_ms();
+    let resources: Vec<serde_json::Value> = {
+        let state = app.chain.state();
+        let patient = match state.record(&record) {
+            Some(head) if head.resource_type == "Patient" => head.patient,
+            _ => return Err(not_found(format!("no Patient {}", crate::error::echo(&patient_ref)))),
+        };
+        if !may_oversee(&state, &grant.identity, &patient) {
+            return Err(forbidden(
+                "a patient's consents are for the patient and the organisations holding their records",
+            ));
+        }
+        let at = now.max(state.head_timestamp_ms());
+        state.grants_of(&patient).map(|g| consent_resource(&state, g, at)).collect()
+    };
+    let bundle = serde_json::json!({
+        "resourceType": "Bundle",
+        "type": "searchset",
+        "total": resources.len(),
+        "link": [{"relation": "self", "url": format!("/fhir/Consent?patient=Patient/{}", record.to_hex())}],
+        "entry": resources.into_iter().map(|r| serde_json::json!({
+            "fullUrl": format!("/fhir/Consent/{}", r["id"].as_str().unwrap_or_default()),
+            "resource": r,
+            "search": {"mode": "match"},
+        })).collect::<Vec<_>>(),
+    });
+    let mut response = (StatusCode::OK, bundle.to_string()).into_response();
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(FHIR_JSON));
+    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(response)
+}
+
+/// `GET /fhir/Consent/{grant id}`.
+pub(crate) async fn consent(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, FhirError> {
+    let grant = authorize(&app, &headers, "Consent", interactions::READ)?;
+    let grant_id = medledger_types::TxId::from_hex(&id)
+        .map_err(|_| not_found(format!("no Consent {}", crate::error::echo(&id))))?;
+    let resource = {
+        let state = app.chain.state();
+        let stored =
+            state.grant(&grant_id).ok_or_else(|| not_found(format!("no Consent {}", crate::error::echo(&id))))?;
+        if !may_oversee(&state, &grant.identity, &stored.patient) {
+            return Err(forbidden(
+                "a patient's consents are for the patient and the organisations holding their records",
+            ));
+        }
+        consent_resource(&state, stored, now_ms().max(state.head_timestamp_ms()))
+    };
+    let mut response = (StatusCode::OK, resource.to_string()).into_response();
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(FHIR_JSON));
+    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(response)
+}
+
 /// Extension naming the ledger transaction that carries an access event (its RFC 6962 leaf
 /// hash: `GET /v1/proofs/inclusion` proves it).
 pub const LEDGER_TX_EXTENSION: &str = "urn:medledger:fhir:extension:ledger-transaction";
@@ -1079,6 +1254,11 @@ pub(crate) async fn metadata(State(app): State<AppState>, headers: HeaderMap) ->
         })
         .collect();
     let mut resources = resources;
+    resources.push(serde_json::json!({
+        "type": "Consent",
+        "interaction": [{"code": "read"}, {"code": "search-type"}],
+        "searchParam": [{"name": "patient", "type": "reference", "documentation": "required: Patient/<id>; read-only: grants are made on the ledger (medledger consent grant)"}],
+    }));
     resources.push(serde_json::json!({
         "type": "Provenance",
         "interaction": [{"code": "search-type"}],

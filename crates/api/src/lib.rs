@@ -127,6 +127,8 @@ pub fn router_for(chain: Arc<Chain>, services: Services) -> Router {
         .route("/fhir/metadata", get(fhir::metadata))
         .route("/fhir/AuditEvent", get(fhir::audit_events))
         .route("/fhir/Provenance", get(fhir::provenance))
+        .route("/fhir/Consent", get(fhir::consents))
+        .route("/fhir/Consent/{id}", get(fhir::consent))
         .route(
             "/fhir/{type}",
             post(fhir::create)

@@ -156,12 +156,14 @@ async fn capability_statement_names_exactly_what_is_served() {
     let resources = v["rest"][0]["resource"].as_array().unwrap();
     let types: Vec<&str> = resources.iter().map(|r| r["type"].as_str().unwrap()).collect();
     let mut expected = medledger_api::fhir::SERVED_TYPES.to_vec();
-    expected.extend(["Provenance", "AuditEvent"]);
+    expected.extend(["Consent", "Provenance", "AuditEvent"]);
     assert_eq!(types, expected);
-    for searched in &resources[resources.len() - 2..] {
+    let n = resources.len();
+    assert_eq!(resources[n - 3]["interaction"], serde_json::json!([{"code": "read"}, {"code": "search-type"}]));
+    for searched in &resources[n - 2..] {
         assert_eq!(searched["interaction"], serde_json::json!([{"code": "search-type"}]));
     }
-    for r in &resources[..resources.len() - 2] {
+    for r in &resources[..n - 3] {
         let codes: Vec<&str> =
             r["interaction"].as_array().unwrap().iter().map(|i| i["code"].as_str().unwrap()).collect();
         assert_eq!(codes, ["read", "vread", "create", "update", "history-instance"]);
@@ -556,4 +558,66 @@ async fn every_version_has_a_provenance_naming_author_custodian_and_ledger_trans
     let doc_b = w.token(&w.doc_b, Role::Practitioner, "user/*.rs");
     assert_eq!(w.get(Some(&doc_b), &format!("/fhir/Provenance?target=Observation/{obs_id}")).await.status, 403);
     assert_eq!(w.get(Some(&doc), "/fhir/Provenance?agent=x").await.issue(), "not-supported");
+}
+
+#[tokio::test]
+async fn grants_read_as_r4_consents_with_their_status() {
+    let w = World::new();
+    let doc = w.token(&w.doc_a, Role::Practitioner, "user/*.cruds");
+    let patient_body = format!(
+        r#"{{"resourceType":"Patient","identifier":[{{"system":"urn:medledger:identity","value":"{}"}}]}}"#,
+        w.patient.id().to_hex()
+    );
+    let patient_id = w.post(&doc, "/fhir/Patient", FHIR, &patient_body).await.json()["id"].as_str().unwrap().to_owned();
+    w.commit();
+    let t = now_ms();
+    let grant = medledger_ledger::Payload::ConsentGrant {
+        patient: w.patient.id(),
+        grantee: w.net.organisations[1].id(),
+        scope: medledger_ledger::Scope::Categories(vec!["labs".into()]),
+        actions: medledger_ledger::actions::READ,
+        purpose: medledger_ledger::Purpose::Treatment,
+        valid_from_ms: t - 1000,
+        valid_until_ms: t + 86_400_000,
+    };
+    let grant_id =
+        w.chain.submit(sign(&w.patient, w.net.genesis.chain_id(), w.patient.id(), 1, grant).bytes(), t).unwrap();
+    w.commit();
+
+    let own = w.token(&w.patient, Role::Patient, "patient/*.rs");
+    let listed = w.get(Some(&own), &format!("/fhir/Consent?patient=Patient/{patient_id}")).await;
+    assert_eq!(listed.status, 200, "{}", listed.text());
+    let consents: Vec<Value> =
+        listed.json()["entry"].as_array().unwrap().iter().map(|e| e["resource"].clone()).collect();
+    assert_eq!(consents.len(), 1);
+    let consent = &consents[0];
+    if let Err(issues) = medledger_fhir::validate(&serde_json::to_vec(consent).unwrap()) {
+        panic!("Consent is not valid R4: {issues:?}\n{consent}");
+    }
+    assert_eq!(consent["id"], grant_id.to_hex());
+    assert_eq!(consent["status"], "active");
+    assert_eq!(consent["provision"]["type"], "permit");
+    assert_eq!(consent["provision"]["code"][0]["coding"][0]["code"], "labs");
+    assert_eq!(consent["provision"]["purpose"][0]["code"], "TREAT");
+    assert_eq!(
+        consent["provision"]["actor"][0]["reference"]["identifier"]["value"],
+        w.net.organisations[1].id().to_hex()
+    );
+    assert_eq!(consent["performer"][0]["identifier"]["value"], w.patient.id().to_hex());
+
+    // Revoked: inactive from then on.
+    let revoke = medledger_ledger::Payload::ConsentRevoke { grant_id };
+    w.chain.submit(sign(&w.patient, w.net.genesis.chain_id(), w.patient.id(), 2, revoke).bytes(), now_ms()).unwrap();
+    w.commit();
+    let one = w.get(Some(&own), &format!("/fhir/Consent/{}", grant_id.to_hex())).await;
+    assert_eq!(one.json()["status"], "inactive", "{}", one.text());
+    // The custodian's staff may look; the grantee clinic (no records of the patient) and other
+    // patients may not.
+    assert_eq!(w.get(Some(&doc), &format!("/fhir/Consent/{}", grant_id.to_hex())).await.status, 200);
+    let doc_b = w.token(&w.doc_b, Role::Practitioner, "user/*.rs");
+    assert_eq!(w.get(Some(&doc_b), &format!("/fhir/Consent/{}", grant_id.to_hex())).await.status, 403);
+    let other = w.token(&w.other_patient, Role::Patient, "patient/*.rs");
+    assert_eq!(w.get(Some(&other), &format!("/fhir/Consent?patient=Patient/{patient_id}")).await.status, 403);
+    // Writing Consents is not offered yet, and says so.
+    assert_eq!(w.post(&doc, "/fhir/Consent", FHIR, "{}").await.issue(), "not-supported");
 }
