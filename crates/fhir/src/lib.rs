@@ -1,4 +1,5 @@
-//! FHIR R4 data layer: strict bounded JSON parsing, a lean R4 model and structural validation.
+//! FHIR R4 data layer: strict bounded JSON parsing, a lean R4 model, structural validation and
+//! the pure search layer (index values, queries, matching).
 //!
 //! Architecture invariant: pure — no I/O, no clock, no HTTP. Input bytes are parsed and
 //! checked but never re-serialized, so what a server stores and signs is exactly what the
@@ -9,6 +10,7 @@ pub mod json;
 pub mod model;
 pub mod outcome;
 mod primitive;
+pub mod search;
 pub mod splice;
 pub mod validate;
 
