@@ -57,7 +57,11 @@ pub(crate) struct FhirError {
 }
 
 impl FhirError {
-    fn new(status: StatusCode, code: IssueCode, diagnostics: impl Into<String>) -> Self {
+    pub(crate) fn with_issues(status: StatusCode, issues: Vec<Issue>) -> Self {
+        Self { status, issues }
+    }
+
+    pub(crate) fn new(status: StatusCode, code: IssueCode, diagnostics: impl Into<String>) -> Self {
         let issue = Issue { severity: Severity::Error, code, expression: None, diagnostics: diagnostics.into() };
         Self { status, issues: vec![issue] }
     }
@@ -130,6 +134,29 @@ fn served(resource_type: &str) -> Result<(), FhirError> {
             format!("{} is not an R4 resource type", crate::error::echo(resource_type))
         },
     ))
+}
+
+pub(crate) fn served_type(resource_type: &str) -> Result<(), FhirError> {
+    served(resource_type)
+}
+
+pub(crate) fn authorize_type(
+    app: &AppState,
+    headers: &HeaderMap,
+    resource_type: &str,
+    interaction: u8,
+) -> Result<Grant, FhirError> {
+    authorize(app, headers, resource_type, interaction)
+}
+
+pub(crate) fn purpose_of(headers: &HeaderMap) -> Result<Purpose, FhirError> {
+    purpose(headers)
+}
+
+pub(crate) fn record_service(
+    app: &AppState,
+) -> Result<std::sync::Arc<medledger_node::records::RecordService>, FhirError> {
+    records(app)
 }
 
 /// The bearer grant, with its scopes checked for `interaction` on `resource_type`.
@@ -1235,8 +1262,11 @@ pub(crate) async fn metadata(State(app): State<AppState>, headers: HeaderMap) ->
                 "type": t,
                 "interaction": [
                     {"code": "read"}, {"code": "vread"}, {"code": "create"}, {"code": "update"},
-                    {"code": "history-instance"}
+                    {"code": "history-instance"}, {"code": "search-type"}
                 ],
+                "searchParam": crate::fhir_search::declared_params(t),
+                "searchInclude": ["*"],
+                "searchRevInclude": ["*"],
                 "versioning": "versioned",
                 "readHistory": true,
                 "updateCreate": false,

@@ -65,6 +65,7 @@ pub mod auth;
 mod break_glass;
 mod error;
 pub mod fhir;
+mod fhir_search;
 mod patients;
 mod portal;
 mod records;
@@ -100,7 +101,14 @@ pub fn router_with(chain: Arc<Chain>, records: Option<Arc<RecordService>>) -> Ro
 pub fn router_for(chain: Arc<Chain>, services: Services) -> Router {
     let chain_id = chain.genesis().chain_id();
     let Services { records, tokens } = services;
-    let app = routes::AppState { chain, chain_id, records, auth: Arc::new(auth::Authenticator::default()), tokens };
+    let app = routes::AppState {
+        chain,
+        chain_id,
+        records,
+        auth: Arc::new(auth::Authenticator::default()),
+        tokens,
+        search: Arc::default(),
+    };
     let record_body_limit = DefaultBodyLimit::max(records::RECORD_BODY_BYTES_MAX);
     let permits = Arc::new(Semaphore::new(CONCURRENT_REQUESTS_MAX));
     Router::new()
@@ -133,7 +141,7 @@ pub fn router_for(chain: Arc<Chain>, services: Services) -> Router {
             "/fhir/{type}",
             post(fhir::create)
                 .layer(DefaultBodyLimit::max(records::RECORD_BODY_BYTES_MAX))
-                .get(fhir::not_supported)
+                .get(fhir_search::search)
                 .put(fhir::not_supported)
                 .delete(fhir::not_supported),
         )

@@ -38,6 +38,8 @@ pub(crate) struct AppState {
     pub(crate) auth: Arc<crate::auth::Authenticator>,
     /// Bearer tokens issued by `/auth/token` (SMART backend services).
     pub(crate) tokens: Arc<crate::smart::TokenStore>,
+    /// The FHIR search index (in memory only).
+    pub(crate) search: Arc<crate::fhir_search::SearchIndex>,
 }
 
 pub(crate) fn now_ms() -> u64 {

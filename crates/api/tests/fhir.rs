@@ -166,9 +166,21 @@ async fn capability_statement_names_exactly_what_is_served() {
     for r in &resources[..n - 3] {
         let codes: Vec<&str> =
             r["interaction"].as_array().unwrap().iter().map(|i| i["code"].as_str().unwrap()).collect();
-        assert_eq!(codes, ["read", "vread", "create", "update", "history-instance"]);
+        assert_eq!(codes, ["read", "vread", "create", "update", "history-instance", "search-type"]);
         assert_eq!(r["updateCreate"], false);
-        assert!(r.get("searchParam").is_none(), "no search is claimed before it exists");
+        let params: Vec<&str> =
+            r["searchParam"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
+        assert!(params.contains(&"_id") && params.contains(&"_lastUpdated"), "{params:?}");
+        if r["type"] == "Observation" {
+            for needed in ["patient", "subject", "code", "date", "category", "status", "identifier"] {
+                assert!(params.contains(&needed), "Observation lacks {needed}: {params:?}");
+            }
+        }
+        if r["type"] == "Patient" {
+            for needed in ["name", "family", "given", "birthdate", "gender", "identifier"] {
+                assert!(params.contains(&needed), "Patient lacks {needed}: {params:?}");
+            }
+        }
     }
     let token_url = &v["rest"][0]["security"]["extension"][0]["extension"][0]["valueUri"];
     assert_eq!(token_url, "http://fhir.test/auth/token");
@@ -277,7 +289,6 @@ async fn bad_writes_are_refused_with_operation_outcomes_and_nothing_written() {
     // Types not served, and interactions not yet supported.
     assert_eq!(w.post(&doc, "/fhir/Claim", FHIR, "{}").await.issue(), "not-supported");
     assert_eq!(w.get(Some(&doc), "/fhir/Banana/1").await.issue(), "not-supported");
-    assert_eq!(w.get(Some(&doc), "/fhir/Observation").await.issue(), "not-supported");
 
     w.commit();
     assert_eq!(w.chain.head().log_size, log_before, "no refused write reached the chain");
@@ -620,4 +631,100 @@ async fn grants_read_as_r4_consents_with_their_status() {
     assert_eq!(w.get(Some(&other), &format!("/fhir/Consent?patient=Patient/{patient_id}")).await.status, 403);
     // Writing Consents is not offered yet, and says so.
     assert_eq!(w.post(&doc, "/fhir/Consent", FHIR, "{}").await.issue(), "not-supported");
+}
+
+fn lab_at(patient_id: &str, loinc: &str, value: &str, date: &str) -> String {
+    format!(
+        r#"{{"resourceType":"Observation","status":"final","category":[{{"coding":[{{"system":"http://terminology.hl7.org/CodeSystem/observation-category","code":"laboratory"}}]}}],"code":{{"coding":[{{"system":"http://loinc.org","code":"{loinc}"}}]}},"subject":{{"reference":"Patient/{patient_id}"}},"effectiveDateTime":"{date}","valueQuantity":{{"value":{value},"unit":"mmol/L"}}}}"#
+    )
+}
+
+#[tokio::test]
+async fn search_matches_sorts_pages_includes_and_shows_only_what_consent_allows() {
+    let w = World::new();
+    let doc = w.token(&w.doc_a, Role::Practitioner, "user/*.cruds");
+    let patient_body = format!(
+        r#"{{"resourceType":"Patient","identifier":[{{"system":"urn:medledger:identity","value":"{}"}}],"name":[{{"family":"Zyxwvut","given":["Ada"]}}],"gender":"female","birthDate":"1980-02-29"}}"#,
+        w.patient.id().to_hex()
+    );
+    let patient_id = w.post(&doc, "/fhir/Patient", FHIR, &patient_body).await.json()["id"].as_str().unwrap().to_owned();
+    w.commit();
+    for (code, value, date) in [
+        ("2345-7", "5.40", "2024-01-10T08:00:00Z"),
+        ("2345-7", "6.10", "2024-03-05T08:00:00Z"),
+        ("718-7", "13.2", "2024-02-01"),
+    ] {
+        assert_eq!(w.post(&doc, "/fhir/Observation", FHIR, &lab_at(&patient_id, code, value, date)).await.status, 201);
+    }
+    w.commit();
+    let search = |q: &str| format!("/fhir/Observation?{q}");
+    let ids_of = |a: &Answer| -> Vec<String> {
+        a.json()["entry"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["search"]["mode"] == "match")
+            .map(|e| e["resource"]["valueQuantity"]["value"].to_string())
+            .collect()
+    };
+
+    let all = w.get(Some(&doc), &search(&format!("patient=Patient/{patient_id}"))).await;
+    assert_eq!(all.status, 200, "{}", all.text());
+    assert_eq!((all.json()["type"].as_str(), all.json()["total"].as_u64()), (Some("searchset"), Some(3)));
+    let glucose = w.get(Some(&doc), &search("code=http://loinc.org|2345-7")).await;
+    assert_eq!(glucose.json()["total"], 2, "{}", glucose.text());
+    assert_eq!(w.get(Some(&doc), &search("code=718-7&category=laboratory")).await.json()["total"], 1);
+    assert_eq!(w.get(Some(&doc), &search("date=ge2024-02-01")).await.json()["total"], 2);
+    assert_eq!(w.get(Some(&doc), &search("date=lt2024-02")).await.json()["total"], 1);
+    // Sorted by date, newest first; exact decimals kept.
+    let sorted = w.get(Some(&doc), &search("_sort=-date")).await;
+    assert_eq!(ids_of(&sorted), ["6.1", "13.2", "5.4"], "{}", sorted.text());
+    assert!(sorted.text().contains(r#""value":6.10"#));
+    // Paged with next links.
+    let page = w.get(Some(&doc), &search("_sort=date&_count=2")).await;
+    assert_eq!(ids_of(&page), ["5.4", "13.2"]);
+    let next = page.json()["link"].as_array().unwrap().iter().find(|l| l["relation"] == "next").unwrap()["url"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let rest = w.get(Some(&doc), &next).await;
+    assert_eq!(ids_of(&rest), ["6.1"], "{next}");
+    // One level of _include and _revinclude.
+    let with_patient = w.get(Some(&doc), &search("code=718-7&_include=Observation:patient")).await.json();
+    let included: Vec<&Value> =
+        with_patient["entry"].as_array().unwrap().iter().filter(|e| e["search"]["mode"] == "include").collect();
+    assert_eq!(included.len(), 1);
+    assert_eq!(included[0]["resource"]["resourceType"], "Patient");
+    let patients = w.get(Some(&doc), "/fhir/Patient?family=zyx&_revinclude=Observation:patient").await;
+    let entries = patients.json()["entry"].as_array().unwrap().clone();
+    assert_eq!(patients.json()["total"], 1, "{}", patients.text());
+    assert_eq!(entries.iter().filter(|e| e["search"]["mode"] == "include").count(), 3);
+    assert_eq!(w.get(Some(&doc), "/fhir/Patient?birthdate=1980-02-29&gender=female").await.json()["total"], 1);
+    assert_eq!(w.get(Some(&doc), &format!("/fhir/Patient?_id={patient_id}")).await.json()["total"], 1);
+
+    // Consent decides what anyone sees, totals included; every result is audited.
+    let own = w.token(&w.patient, Role::Patient, "patient/*.rs");
+    let before = w.service.pending_events();
+    assert_eq!(w.get(Some(&own), &search("")).await.json()["total"], 3);
+    assert_eq!(w.service.pending_events(), before + 3);
+    let other = w.token(&w.other_patient, Role::Patient, "patient/*.rs");
+    assert_eq!(w.get(Some(&other), &search("")).await.json()["total"], 0);
+    let doc_b = w.token(&w.doc_b, Role::Practitioner, "user/*.rs");
+    assert_eq!(w.get(Some(&doc_b), &search("code=2345-7")).await.json()["total"], 0);
+    // Scopes: a token without search on the type.
+    let narrow = w.token(&w.doc_a, Role::Practitioner, "user/Observation.r");
+    assert_eq!(w.get(Some(&narrow), &search("")).await.status, 403);
+
+    // Unknown parameters are refused, or ignored with a warning when the client allows it.
+    let strict = w.get(Some(&doc), &search("colour=red")).await;
+    assert_eq!((strict.status, strict.issue()), (400, "not-supported".to_owned()));
+    let request = Request::get(search("colour=red"))
+        .header("authorization", format!("Bearer {doc}"))
+        .header("prefer", "handling=lenient")
+        .body(Body::empty())
+        .unwrap();
+    let lenient = w.send(request).await;
+    assert_eq!(lenient.status, 200, "{}", lenient.text());
+    assert_eq!(lenient.json()["entry"][0]["search"]["mode"], "outcome");
+    assert_eq!(w.get(Some(&doc), &search("date=banana")).await.status, 400);
 }

@@ -195,6 +195,11 @@ impl PatientIndex {
         self.break_glass.iter().filter_map(|(p, i)| self.patients.get(p)?.break_glass.get(*i))
     }
 
+    /// Every record with its versions, in no particular order.
+    pub fn records(&self) -> impl Iterator<Item = &RecordEntry> {
+        self.patients.values().flat_map(|p| p.records.iter())
+    }
+
     /// A record with its versions, by id.
     pub fn record(&self, record: &RecordId) -> Option<&RecordEntry> {
         let (patient, position) = self.records.get(record)?;

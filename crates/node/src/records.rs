@@ -356,6 +356,28 @@ impl RecordService {
         purpose: Purpose,
         now_ms: TimestampMs,
     ) -> Result<Read, RecordError> {
+        self.read_as(requester, record_id, version, purpose, AccessAction::Read, now_ms)
+    }
+
+    /// The plaintext of a version for this node's own in-memory search index: no person reads
+    /// it, so no access event; the index never leaves memory (see `medledger_api`'s search).
+    pub fn plaintext_for_index(&self, record_id: &RecordId, version: u32) -> Result<Zeroizing<Vec<u8>>, RecordError> {
+        match self.decrypt_indexed(record_id, version) {
+            Some(result) => result,
+            None => Err(RecordError::UnknownVersion { record: *record_id, version }),
+        }
+    }
+
+    /// [`RecordService::read`], audited as `action` (a search result is a `Search` access).
+    pub fn read_as(
+        &self,
+        requester: IdentityId,
+        record_id: RecordId,
+        version: Option<u32>,
+        purpose: Purpose,
+        action: AccessAction,
+        now_ms: TimestampMs,
+    ) -> Result<Read, RecordError> {
         let (head, decision) = {
             let state = self.chain.state();
             let head = state.record(&record_id).cloned().ok_or(RecordError::UnknownRecord(record_id))?;
@@ -367,7 +389,7 @@ impl RecordService {
             accessor: requester,
             patient: head.patient,
             record: Some((record_id, version)),
-            action: AccessAction::Read,
+            action,
             purpose,
             outcome,
             grant_id: grant,

@@ -1,0 +1,354 @@
+//! FHIR search (`GET /fhir/{type}?…`): an in-memory index of the search values of every record
+//! version this node can decrypt, kept current with the chain, and the evaluation of parsed
+//! queries (`medledger_fhir::search`) against it.
+//!
+//! The index holds values derived from plaintext (codes, dates, names), so it lives in memory
+//! only: nothing of it is written to disk or logged, and it is rebuilt after a restart by
+//! decrypting again (on the first search). Results are filtered by the caller's consent
+//! (`access::decide_at_head`) before counting and paging, so totals reveal nothing the caller
+//! may not see; every returned resource is read through the record service and so audited,
+//! as a `Search` access.
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{Arc, RwLock},
+};
+
+use axum::{
+    extract::{Path, Query, State},
+    http::{HeaderMap, HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use medledger_fhir::{
+    Issue, IssueCode,
+    instant::instant_from_ms,
+    search::{self, IndexValue, ParseOptions},
+    splice::{ServerMeta, with_server_meta},
+};
+use medledger_ledger::{AccessAction, access::decide_at_head, actions};
+use medledger_node::{chain::Chain, records::RecordService};
+use medledger_types::{IdentityId, RecordId};
+
+use crate::{
+    fhir::{FHIR_JSON, FhirError, SERVED_TYPES},
+    routes::{AppState, now_ms},
+    smart::interactions,
+};
+
+/// Most resources one answer carries, matches and includes together.
+pub const RESULTS_PER_ANSWER_MAX: usize = 1_000;
+
+/// One indexed record: its latest version's search values.
+struct Entry {
+    resource_type: String,
+    version: u32,
+    last_updated_ms: u64,
+    values: Vec<(&'static str, IndexValue)>,
+}
+
+#[derive(Default)]
+struct Indexed {
+    /// The patient index height this reflects.
+    height: u64,
+    entries: HashMap<RecordId, Entry>,
+    /// Records by type, in the order first indexed (the default result order).
+    by_type: HashMap<String, Vec<RecordId>>,
+}
+
+/// The node's search index (see the module docs).
+#[derive(Default)]
+pub struct SearchIndex {
+    indexed: RwLock<Indexed>,
+}
+
+impl SearchIndex {
+    /// Brings the index up to the chain's finalized records: indexes every record whose latest
+    /// version it has not seen yet, when this node can decrypt it. Cheap when nothing changed.
+    fn catch_up(&self, chain: &Chain, service: &RecordService) {
+        let height = chain.patient_index().height();
+        if self.indexed.read().expect("search index lock poisoned").height == height {
+            return;
+        }
+        let stale: Vec<(RecordId, String, u32, u64)> = {
+            let indexed = self.indexed.read().expect("search index lock poisoned");
+            let index = chain.patient_index();
+            index
+                .records()
+                .filter(|r| SERVED_TYPES.contains(&r.resource_type.as_str()))
+                .filter_map(|r| {
+                    let latest = r.versions.last()?;
+                    let seen = indexed.entries.get(&r.record_id).is_some_and(|e| e.version == latest.version);
+                    (!seen).then(|| {
+                        (r.record_id, r.resource_type.clone(), latest.version, latest.position.committed_at_ms)
+                    })
+                })
+                .collect()
+        };
+        let mut fresh = Vec::with_capacity(stale.len());
+        for (record_id, resource_type, version, last_updated_ms) in stale {
+            // Not decryptable here (another custodian's record without a key), or its
+            // ciphertext not replicated yet: not searchable on this node for now.
+            let Ok(plaintext) = service.plaintext_for_index(&record_id, version) else { continue };
+            let Ok(extraction) = search::extract_bytes(&plaintext) else { continue };
+            let mut values = extraction.values;
+            values.push(("_id", IndexValue::Token { system: None, code: record_id.to_hex() }));
+            let at = last_updated_ms as i64;
+            values.push(("_lastUpdated", IndexValue::Date { low_ms: at, high_ms: at }));
+            fresh.push((record_id, Entry { resource_type, version, last_updated_ms, values }));
+        }
+        let mut indexed = self.indexed.write().expect("search index lock poisoned");
+        for (record_id, entry) in fresh {
+            if !indexed.entries.contains_key(&record_id) {
+                indexed.by_type.entry(entry.resource_type.clone()).or_default().push(record_id);
+            }
+            indexed.entries.insert(record_id, entry);
+        }
+        indexed.height = height;
+    }
+}
+
+fn values_of(entry: &Entry, param: &str) -> Vec<IndexValue> {
+    entry.values.iter().filter(|(p, _)| *p == param).map(|(_, v)| v.clone()).collect()
+}
+
+/// What one search found: page entries (matches, then includes) and the visible total.
+struct Found {
+    total: usize,
+    matches: Vec<RecordId>,
+    includes: Vec<RecordId>,
+}
+
+/// Evaluates `query` for `requester`: match, filter by consent, sort, page, include.
+fn evaluate(
+    index: &SearchIndex,
+    chain: &Chain,
+    query: &search::Query,
+    requester: &IdentityId,
+    purpose: medledger_ledger::Purpose,
+    now: u64,
+) -> Found {
+    let indexed = index.indexed.read().expect("search index lock poisoned");
+    let state = chain.state();
+    let visible = |record: &RecordId| {
+        state
+            .record(record)
+            .is_some_and(|head| decide_at_head(&state, requester, record, head, actions::READ, purpose, now).is_ok())
+    };
+    let candidates = indexed.by_type.get(&query.resource_type).map(Vec::as_slice).unwrap_or_default();
+    let mut matched: Vec<RecordId> = candidates
+        .iter()
+        .filter(|id| {
+            let Some(entry) = indexed.entries.get(id) else { return false };
+            query.filters.iter().all(|f| f.matches(&values_of(entry, &f.param)))
+        })
+        .filter(|id| visible(id))
+        .copied()
+        .collect();
+    for key in query.sort.iter().rev() {
+        matched.sort_by(|a, b| {
+            let ka = indexed.entries.get(a).and_then(|e| search::sort_key(&values_of(e, &key.param), key.descending));
+            let kb = indexed.entries.get(b).and_then(|e| search::sort_key(&values_of(e, &key.param), key.descending));
+            search::compare_sort_keys(ka, kb, key.descending)
+        });
+    }
+    let total = matched.len();
+    let page: Vec<RecordId> = matched
+        .into_iter()
+        .skip(query.offset as usize)
+        .take((query.count as usize).min(RESULTS_PER_ANSWER_MAX))
+        .collect();
+    let mut includes = Vec::new();
+    let mut seen: HashSet<RecordId> = page.iter().copied().collect();
+    let room = RESULTS_PER_ANSWER_MAX.saturating_sub(page.len());
+    for include in &query.includes {
+        for id in &page {
+            let Some(entry) = indexed.entries.get(id) else { continue };
+            for value in values_of(entry, &include.param) {
+                let IndexValue::Reference { resource_type, id: target } = value else { continue };
+                let Ok(target) = RecordId::from_hex(&target) else { continue };
+                let type_ok = indexed.entries.get(&target).is_some_and(|t| {
+                    include.target_type.as_deref().is_none_or(|want| t.resource_type == want)
+                        && resource_type.as_deref().is_none_or(|r| r == t.resource_type)
+                });
+                if type_ok && includes.len() < room && seen.insert(target) && visible(&target) {
+                    includes.push(target);
+                }
+            }
+        }
+    }
+    for revinclude in &query.revincludes {
+        let sources = indexed.by_type.get(&revinclude.source_type).map(Vec::as_slice).unwrap_or_default();
+        for source in sources {
+            let Some(entry) = indexed.entries.get(source) else { continue };
+            let points_here = values_of(entry, &revinclude.param).iter().any(|v| match v {
+                IndexValue::Reference { id, .. } => RecordId::from_hex(id).is_ok_and(|r| page.contains(&r)),
+                _ => false,
+            });
+            if points_here && includes.len() < room && seen.insert(*source) && visible(source) {
+                includes.push(*source);
+            }
+        }
+    }
+    Found { total, matches: page, includes }
+}
+
+/// `GET /fhir/{type}?…`: search.
+pub(crate) async fn search(
+    State(app): State<AppState>,
+    Path(resource_type): Path<String>,
+    Query(params): Query<Vec<(String, String)>>,
+    headers: HeaderMap,
+) -> Result<Response, FhirError> {
+    crate::fhir::served_type(&resource_type)?;
+    let grant = crate::fhir::authorize_type(&app, &headers, &resource_type, interactions::SEARCH)?;
+    let purpose = crate::fhir::purpose_of(&headers)?;
+    let lenient = headers
+        .get_all("prefer")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.split([',', ';']).any(|p| p.trim() == "handling=lenient"));
+    let query = search::parse_query(&resource_type, &params, &ParseOptions { lenient })
+        .map_err(|issues| FhirError::with_issues(StatusCode::BAD_REQUEST, issues))?;
+    if let Some(format) = &query.format
+        && !matches!(format.as_str(), "json" | "application/json" | "application/fhir+json")
+    {
+        return Err(FhirError::with_issues(
+            StatusCode::NOT_ACCEPTABLE,
+            vec![Issue {
+                severity: medledger_fhir::Severity::Error,
+                code: IssueCode::NotSupported,
+                expression: None,
+                diagnostics: "this server answers in JSON only".into(),
+            }],
+        ));
+    }
+    let service = crate::fhir::record_service(&app)?;
+    let (index, chain) = (app.search.clone(), app.chain.clone());
+    let requester = grant.identity;
+    let query_for_task = query.clone();
+    let answer = tokio::task::spawn_blocking(move || -> Result<String, FhirError> {
+        index.catch_up(&chain, &service);
+        let now = now_ms();
+        let found = evaluate(&index, &chain, &query_for_task, &requester, purpose, now);
+        bundle(&service, &index, &query_for_task, &found, &requester, purpose, &params_for_links(&params))
+    })
+    .await
+    .map_err(|_| FhirError::new(StatusCode::INTERNAL_SERVER_ERROR, IssueCode::Exception, "search task failed"))??;
+    let mut response = (StatusCode::OK, answer).into_response();
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(FHIR_JSON));
+    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(response)
+}
+
+/// The request's parameters without `_offset`, re-encoded for `self`/`next` links.
+fn params_for_links(params: &[(String, String)]) -> String {
+    let mut out = String::new();
+    for (k, v) in params.iter().filter(|(k, _)| k != "_offset") {
+        if !out.is_empty() {
+            out.push('&');
+        }
+        out.push_str(&percent(k));
+        out.push('=');
+        out.push_str(&percent(v));
+    }
+    out
+}
+
+fn percent(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b':' | b'/') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+fn bundle(
+    service: &Arc<RecordService>,
+    index: &SearchIndex,
+    query: &search::Query,
+    found: &Found,
+    requester: &IdentityId,
+    purpose: medledger_ledger::Purpose,
+    link_params: &str,
+) -> Result<String, FhirError> {
+    let base = format!("/fhir/{}", query.resource_type);
+    let separator = if link_params.is_empty() { "" } else { "&" };
+    let mut links =
+        vec![format!(r#"{{"relation":"self","url":"{base}?{link_params}{separator}_offset={}"}}"#, query.offset)];
+    let next = query.offset as usize + query.count as usize;
+    if !query.summary_count && next < found.total && query.count > 0 {
+        links.push(format!(r#"{{"relation":"next","url":"{base}?{link_params}{separator}_offset={next}"}}"#));
+    }
+    let mut out = format!(
+        r#"{{"resourceType":"Bundle","type":"searchset","total":{},"link":[{}],"entry":["#,
+        found.total,
+        links.join(",")
+    );
+    let mut first = true;
+    if !query.ignored.is_empty() {
+        out.push_str(r#"{"resource":"#);
+        out.push_str(&medledger_fhir::operation_outcome(&query.ignored));
+        out.push_str(r#","search":{"mode":"outcome"}}"#);
+        first = false;
+    }
+    if !query.summary_count {
+        let indexed = index.indexed.read().expect("search index lock poisoned");
+        let listed: Vec<(RecordId, &str)> = found
+            .matches
+            .iter()
+            .map(|id| (*id, "match"))
+            .chain(found.includes.iter().map(|id| (*id, "include")))
+            .collect();
+        for (record_id, mode) in listed {
+            let Some(entry) = indexed.entries.get(&record_id) else { continue };
+            // Audited as a search access; a version written since indexing is read as indexed.
+            let Ok(read) =
+                service.read_as(*requester, record_id, Some(entry.version), purpose, AccessAction::Search, now_ms())
+            else {
+                continue;
+            };
+            let id = record_id.to_hex();
+            let version = entry.version.to_string();
+            let last_updated = instant_from_ms(entry.last_updated_ms);
+            let resource = with_server_meta(
+                &read.plaintext,
+                &ServerMeta { id: &id, version_id: &version, last_updated: &last_updated },
+            )
+            .map_err(|e| FhirError::new(StatusCode::INTERNAL_SERVER_ERROR, IssueCode::Exception, e.to_string()))?;
+            if !first {
+                out.push(',');
+            }
+            first = false;
+            out.push_str(&format!(r#"{{"fullUrl":"/fhir/{}/{id}","resource":"#, entry.resource_type));
+            out.push_str(std::str::from_utf8(&resource).map_err(|_| {
+                FhirError::new(StatusCode::INTERNAL_SERVER_ERROR, IssueCode::Exception, "stored resource is not UTF-8")
+            })?);
+            out.push_str(&format!(r#","search":{{"mode":"{mode}"}}}}"#));
+        }
+    }
+    out.push_str("]}");
+    Ok(out)
+}
+
+/// Search parameters the CapabilityStatement declares for `resource_type`.
+pub fn declared_params(resource_type: &str) -> Vec<serde_json::Value> {
+    search::SearchParams::r4()
+        .for_type(resource_type)
+        .map(|p| {
+            serde_json::json!({
+                "name": p.code,
+                "definition": p.definition_url(),
+                "type": match p.param_type {
+                    search::ParamType::Token => "token",
+                    search::ParamType::String => "string",
+                    search::ParamType::Date => "date",
+                    search::ParamType::Reference => "reference",
+                },
+            })
+        })
+        .collect()
+}
