@@ -38,12 +38,12 @@ use crate::{
 /// Most resources one answer carries, matches and includes together.
 pub const RESULTS_PER_ANSWER_MAX: usize = 1_000;
 
-/// One indexed record: its latest version's search values.
+/// One indexed record: its latest version's search values, by parameter.
 struct Entry {
     resource_type: String,
     version: u32,
     last_updated_ms: u64,
-    values: Vec<(&'static str, IndexValue)>,
+    values: HashMap<&'static str, Vec<IndexValue>>,
 }
 
 #[derive(Default)]
@@ -53,6 +53,19 @@ struct Indexed {
     entries: HashMap<RecordId, Entry>,
     /// Records by type, in the order first indexed (the default result order).
     by_type: HashMap<String, Vec<RecordId>>,
+    /// Postings of reference and token values: (parameter, referenced id or code) → records
+    /// that had it in some indexed version. A posting can be stale (a later version dropped
+    /// the value), so candidates from here are always checked against the entry itself.
+    postings: HashMap<(&'static str, String), Vec<RecordId>>,
+}
+
+/// The posting key of an index value, for the values worth an inverted list.
+fn posting_key(value: &IndexValue) -> Option<String> {
+    match value {
+        IndexValue::Reference { id, .. } => Some(id.clone()),
+        IndexValue::Token { code, .. } => Some(code.clone()),
+        _ => None,
+    }
 }
 
 /// The node's search index (see the module docs).
@@ -90,10 +103,13 @@ impl SearchIndex {
             // ciphertext not replicated yet: not searchable on this node for now.
             let Ok(plaintext) = service.plaintext_for_index(&record_id, version) else { continue };
             let Ok(extraction) = search::extract_bytes(&plaintext) else { continue };
-            let mut values = extraction.values;
-            values.push(("_id", IndexValue::Token { system: None, code: record_id.to_hex() }));
+            let mut values: HashMap<&'static str, Vec<IndexValue>> = HashMap::new();
+            for (param, value) in extraction.values {
+                values.entry(param).or_default().push(value);
+            }
+            values.insert("_id", vec![IndexValue::Token { system: None, code: record_id.to_hex() }]);
             let at = last_updated_ms as i64;
-            values.push(("_lastUpdated", IndexValue::Date { low_ms: at, high_ms: at }));
+            values.insert("_lastUpdated", vec![IndexValue::Date { low_ms: at, high_ms: at }]);
             fresh.push((record_id, Entry { resource_type, version, last_updated_ms, values }));
         }
         let mut indexed = self.indexed.write().expect("search index lock poisoned");
@@ -101,14 +117,79 @@ impl SearchIndex {
             if !indexed.entries.contains_key(&record_id) {
                 indexed.by_type.entry(entry.resource_type.clone()).or_default().push(record_id);
             }
+            for (param, values) in &entry.values {
+                for key in values.iter().filter_map(posting_key) {
+                    let list = indexed.postings.entry((param, key)).or_default();
+                    if list.last() != Some(&record_id) {
+                        list.push(record_id);
+                    }
+                }
+            }
             indexed.entries.insert(record_id, entry);
         }
         indexed.height = height;
     }
 }
 
-fn values_of(entry: &Entry, param: &str) -> Vec<IndexValue> {
-    entry.values.iter().filter(|(p, _)| *p == param).map(|(_, v)| v.clone()).collect()
+fn values_of<'e>(entry: &'e Entry, param: &str) -> &'e [IndexValue] {
+    entry.values.get(param).map(Vec::as_slice).unwrap_or_default()
+}
+
+/// The posting key a filter names when it tests exactly one reference id or one code.
+fn single_key(filter: &search::Filter) -> Option<String> {
+    use medledger_fhir::search::{Test, TokenQuery};
+    match &filter.test {
+        Test::Reference { any_of } if any_of.len() == 1 => Some(any_of[0].id.clone()),
+        Test::Token { any_of, not: false } if any_of.len() == 1 => match &any_of[0] {
+            TokenQuery::Code(code) | TokenQuery::SystemCode { code, .. } | TokenQuery::NoSystem(code) => {
+                Some(code.clone())
+            }
+            TokenQuery::System(_) => None,
+        },
+        _ => None,
+    }
+}
+
+/// The smallest candidate list a query's filters allow: the postings of a reference or token
+/// filter naming exactly one id or code, else every record of the type. Candidates are
+/// always checked against every filter afterwards.
+fn candidates<'i>(indexed: &'i Indexed, query: &search::Query) -> std::borrow::Cow<'i, [RecordId]> {
+    let table = search::SearchParams::r4();
+    let mut best: Option<&'i Vec<RecordId>> = None;
+    for filter in &query.filters {
+        let Some(key) = single_key(filter) else { continue };
+        // The table is static, so its parameter names are the same `&'static str`s the
+        // extraction (and so the postings) use.
+        let Some(param) = table.get(&query.resource_type, &filter.param).map(|p| p.code.as_str()) else { continue };
+        match indexed.postings.get(&(param, key)) {
+            // No record ever had this value: nothing can match.
+            None => return std::borrow::Cow::Owned(Vec::new()),
+            Some(list) => {
+                if best.is_none_or(|b| list.len() < b.len()) {
+                    best = Some(list);
+                }
+            }
+        }
+    }
+    match best {
+        Some(list) => {
+            // Postings can repeat a record (indexed again for a new version) and hold other
+            // types: dedupe and keep the type's.
+            let mut seen = HashSet::new();
+            std::borrow::Cow::Owned(
+                list.iter()
+                    .filter(|id| {
+                        indexed.entries.get(id).is_some_and(|e| e.resource_type == query.resource_type)
+                            && seen.insert(**id)
+                    })
+                    .copied()
+                    .collect(),
+            )
+        }
+        None => {
+            std::borrow::Cow::Borrowed(indexed.by_type.get(&query.resource_type).map(Vec::as_slice).unwrap_or_default())
+        }
+    }
 }
 
 /// What one search found: page entries (matches, then includes) and the visible total.
@@ -134,20 +215,20 @@ fn evaluate(
             .record(record)
             .is_some_and(|head| decide_at_head(&state, requester, record, head, actions::READ, purpose, now).is_ok())
     };
-    let candidates = indexed.by_type.get(&query.resource_type).map(Vec::as_slice).unwrap_or_default();
+    let candidates = candidates(&indexed, query);
     let mut matched: Vec<RecordId> = candidates
         .iter()
         .filter(|id| {
             let Some(entry) = indexed.entries.get(id) else { return false };
-            query.filters.iter().all(|f| f.matches(&values_of(entry, &f.param)))
+            query.filters.iter().all(|f| f.matches(values_of(entry, &f.param)))
         })
         .filter(|id| visible(id))
         .copied()
         .collect();
     for key in query.sort.iter().rev() {
         matched.sort_by(|a, b| {
-            let ka = indexed.entries.get(a).and_then(|e| search::sort_key(&values_of(e, &key.param), key.descending));
-            let kb = indexed.entries.get(b).and_then(|e| search::sort_key(&values_of(e, &key.param), key.descending));
+            let ka = indexed.entries.get(a).and_then(|e| search::sort_key(values_of(e, &key.param), key.descending));
+            let kb = indexed.entries.get(b).and_then(|e| search::sort_key(values_of(e, &key.param), key.descending));
             search::compare_sort_keys(ka, kb, key.descending)
         });
     }
@@ -165,7 +246,7 @@ fn evaluate(
             let Some(entry) = indexed.entries.get(id) else { continue };
             for value in values_of(entry, &include.param) {
                 let IndexValue::Reference { resource_type, id: target } = value else { continue };
-                let Ok(target) = RecordId::from_hex(&target) else { continue };
+                let Ok(target) = RecordId::from_hex(target) else { continue };
                 let type_ok = indexed.entries.get(&target).is_some_and(|t| {
                     include.target_type.as_deref().is_none_or(|want| t.resource_type == want)
                         && resource_type.as_deref().is_none_or(|r| r == t.resource_type)
