@@ -4,7 +4,9 @@
 //!
 //! The index holds values derived from plaintext (codes, dates, names), so it lives in memory
 //! only: nothing of it is written to disk or logged, and it is rebuilt after a restart by
-//! decrypting again (on the first search). Results are filtered by the caller's consent
+//! decrypting again (on the first search). While one search brings the index up to a newly
+//! committed block, others answer from it as it was, so a search may miss what committed in
+//! the last moment. Results are filtered by the caller's consent
 //! (`access::decide_at_head`) before counting and paging, so totals reveal nothing the caller
 //! may not see; every returned resource is read through the record service and so audited,
 //! as a `Search` access.
@@ -72,6 +74,9 @@ fn posting_key(value: &IndexValue) -> Option<String> {
 #[derive(Default)]
 pub struct SearchIndex {
     indexed: RwLock<Indexed>,
+    /// Held by the one search bringing the index up to date; the others answer from the
+    /// index as it is (at most a block or two behind) instead of all redoing the same work.
+    catching_up: std::sync::Mutex<()>,
 }
 
 impl SearchIndex {
@@ -79,6 +84,19 @@ impl SearchIndex {
     /// version it has not seen yet, when this node can decrypt it. Cheap when nothing changed.
     fn catch_up(&self, chain: &Chain, service: &RecordService) {
         let height = chain.patient_index().height();
+        if self.indexed.read().expect("search index lock poisoned").height == height {
+            return;
+        }
+        // The first build must finish before anyone searches; later ones are single-flight.
+        let first = self.indexed.read().expect("search index lock poisoned").height == 0;
+        let _turn = if first {
+            self.catching_up.lock().expect("catch-up lock poisoned")
+        } else {
+            match self.catching_up.try_lock() {
+                Ok(turn) => turn,
+                Err(_) => return,
+            }
+        };
         if self.indexed.read().expect("search index lock poisoned").height == height {
             return;
         }

@@ -1,6 +1,7 @@
 //! The `medledger` command.
 
 mod bench;
+mod bench_fhir;
 mod bench_records;
 mod client;
 mod config;
@@ -238,6 +239,19 @@ enum BenchCommand {
         #[arg(long)]
         http: bool,
     },
+    /// The FHIR API under load: resources loaded, search latency and CRUD throughput.
+    Fhir {
+        #[arg(long, default_value_t = 100_000)]
+        resources: usize,
+        #[arg(long, default_value_t = 2_000)]
+        patients: usize,
+        #[arg(long, default_value_t = 64)]
+        clients: usize,
+        #[arg(long, default_value_t = 20_000)]
+        searches: usize,
+        #[arg(long, default_value_t = 20_000)]
+        crud: usize,
+    },
     /// Durable commit throughput and latency of signed transactions on a one-validator node.
     Ledger {
         #[arg(long, default_value_t = 200_000)]
@@ -353,6 +367,9 @@ fn run_command(command: Command) -> Result<ExitCode> {
                 dir: data_dir,
                 http,
             })?;
+        }
+        Command::Bench { command: BenchCommand::Fhir { resources, patients, clients, searches, crud } } => {
+            bench_fhir::bench_fhir(bench_fhir::FhirBenchOptions { resources, patients, clients, searches, crud })?;
         }
         Command::Bench { command: BenchCommand::Ledger { txs, clients, data_dir, timeout_s } } => {
             bench::bench_ledger(bench::BenchOptions {
