@@ -363,6 +363,65 @@ fn patient_of(app: &AppState, resource_type: &str, json: &serde_json::Value) -> 
     Ok(Some(target.patient))
 }
 
+/// Waits (up to the configured time) for a written version to commit. `Ok(true)`: committed;
+/// `Ok(false)`: still pending when the wait ran out.
+async fn wait_for_commit(app: &AppState, tx: &medledger_types::TxId) -> Result<bool, FhirError> {
+    let started = std::time::Instant::now();
+    loop {
+        match app.chain.tx_status(tx) {
+            Ok(medledger_node::chain::TxStatus::Committed { .. }) => return Ok(true),
+            Ok(medledger_node::chain::TxStatus::Rejected { reason }) => {
+                return Err(FhirError::new(
+                    StatusCode::CONFLICT,
+                    IssueCode::Conflict,
+                    format!("the write was refused when its block was built: {reason}"),
+                ));
+            }
+            _ if started.elapsed().as_millis() as u64 >= app.fhir_commit_wait_ms => return Ok(false),
+            _ => tokio::time::sleep(std::time::Duration::from_millis(10)).await,
+        }
+    }
+}
+
+/// The answer to a create or update: `created_status` once committed; 202 Accepted with an
+/// informational OperationOutcome if the wait ran out (the version commits later).
+async fn written_response(
+    app: &AppState,
+    created_status: StatusCode,
+    resource_type: &str,
+    written: &medledger_node::records::Written,
+    body: &[u8],
+) -> Result<Response, FhirError> {
+    let committed = app.fhir_commit_wait_ms == 0 || wait_for_commit(app, &written.tx_id).await?;
+    let mut response = if committed {
+        resource_response(created_status, resource_type, &written.record_id, written.version, now_ms(), body)?
+    } else {
+        let outcome = medledger_fhir::operation_outcome(&[Issue {
+            severity: Severity::Information,
+            code: IssueCode::Transient,
+            expression: None,
+            diagnostics: format!(
+                "accepted: version {} is submitted and not committed yet; it is readable once committed",
+                written.version
+            ),
+        }]);
+        let mut r = (StatusCode::ACCEPTED, outcome).into_response();
+        r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(FHIR_JSON));
+        if let Ok(v) = HeaderValue::from_str(&format!(
+            "/fhir/{resource_type}/{}/_history/{}",
+            written.record_id.to_hex(),
+            written.version
+        )) {
+            r.headers_mut().insert(header::CONTENT_LOCATION, v);
+        }
+        r
+    };
+    if let Ok(v) = HeaderValue::from_str(&written.tx_id.to_hex()) {
+        response.headers_mut().insert("x-medledger-tx", v);
+    }
+    Ok(response)
+}
+
 /// How long a create waits for a new patient's registration to commit.
 const REGISTRATION_WAIT_MS: u64 = 15_000;
 
@@ -443,11 +502,7 @@ pub(crate) async fn create(
     })
     .await
     .map_err(|_| FhirError::new(StatusCode::INTERNAL_SERVER_ERROR, IssueCode::Exception, "write task failed"))??;
-    let mut response =
-        resource_response(StatusCode::CREATED, &resource_type, &written.record_id, written.version, now_ms(), &body)?;
-    if let Ok(v) = HeaderValue::from_str(&written.tx_id.to_hex()) {
-        response.headers_mut().insert("x-medledger-tx", v);
-    }
+    let mut response = written_response(&app, StatusCode::CREATED, &resource_type, &written, &body).await?;
     if let Ok(v) = HeaderValue::from_str(&patient.to_hex()) {
         response.headers_mut().insert("x-medledger-patient-identity", v);
     }
@@ -553,12 +608,7 @@ pub(crate) async fn update(
     })
     .await
     .map_err(|_| FhirError::new(StatusCode::INTERNAL_SERVER_ERROR, IssueCode::Exception, "write task failed"))??;
-    let mut response =
-        resource_response(StatusCode::OK, &resource_type, &written.record_id, written.version, now_ms(), &body)?;
-    if let Ok(v) = HeaderValue::from_str(&written.tx_id.to_hex()) {
-        response.headers_mut().insert("x-medledger-tx", v);
-    }
-    Ok(response)
+    written_response(&app, StatusCode::OK, &resource_type, &written, &body).await
 }
 
 /// `GET /fhir/{type}/{id}/_history`: every version, newest first, as a history Bundle. Each

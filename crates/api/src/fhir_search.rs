@@ -322,6 +322,13 @@ pub(crate) async fn search(
         ));
     }
     let service = crate::fhir::record_service(&app)?;
+    // Links are absolute (clients follow `next` as given), built from the Host header.
+    let origin = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .filter(|h| h.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']')))
+        .map(|h| format!("http://{h}"))
+        .unwrap_or_default();
     let (index, chain) = (app.search.clone(), app.chain.clone());
     let requester = grant.identity;
     let query_for_task = query.clone();
@@ -329,7 +336,7 @@ pub(crate) async fn search(
         index.catch_up(&chain, &service);
         let now = now_ms();
         let found = evaluate(&index, &chain, &query_for_task, &requester, purpose, now);
-        bundle(&service, &index, &query_for_task, &found, &requester, purpose, &params_for_links(&params))
+        bundle(&service, &index, &query_for_task, &found, &requester, purpose, &origin, &params_for_links(&params))
     })
     .await
     .map_err(|_| FhirError::new(StatusCode::INTERNAL_SERVER_ERROR, IssueCode::Exception, "search task failed"))??;
@@ -365,6 +372,7 @@ fn percent(text: &str) -> String {
     out
 }
 
+#[allow(clippy::too_many_arguments)]
 fn bundle(
     service: &Arc<RecordService>,
     index: &SearchIndex,
@@ -372,9 +380,10 @@ fn bundle(
     found: &Found,
     requester: &IdentityId,
     purpose: medledger_ledger::Purpose,
+    origin: &str,
     link_params: &str,
 ) -> Result<String, FhirError> {
-    let base = format!("/fhir/{}", query.resource_type);
+    let base = format!("{origin}/fhir/{}", query.resource_type);
     let separator = if link_params.is_empty() { "" } else { "&" };
     let mut links =
         vec![format!(r#"{{"relation":"self","url":"{base}?{link_params}{separator}_offset={}"}}"#, query.offset)];
@@ -422,7 +431,7 @@ fn bundle(
                 out.push(',');
             }
             first = false;
-            out.push_str(&format!(r#"{{"fullUrl":"/fhir/{}/{id}","resource":"#, entry.resource_type));
+            out.push_str(&format!(r#"{{"fullUrl":"{origin}/fhir/{}/{id}","resource":"#, entry.resource_type));
             out.push_str(std::str::from_utf8(&resource).map_err(|_| {
                 FhirError::new(StatusCode::INTERNAL_SERVER_ERROR, IssueCode::Exception, "stored resource is not UTF-8")
             })?);

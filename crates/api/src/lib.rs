@@ -84,23 +84,36 @@ pub fn router(chain: Arc<Chain>) -> Router {
 }
 
 /// What the API serves beyond the chain itself.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Services {
     /// The record endpoints, when the node holds its organisation's keys.
     pub records: Option<Arc<RecordService>>,
     /// Bearer tokens of `/auth/token`; shared so the node (e.g. `medledger dev`) can issue some.
     pub tokens: Arc<smart::TokenStore>,
+    /// How long a FHIR create or update waits for its version to commit before answering
+    /// (so a read right after a 201 finds it); past it the answer is 202 Accepted. 0 answers
+    /// as soon as the write is submitted (tests that commit blocks by hand).
+    pub fhir_commit_wait_ms: u64,
 }
+
+impl Default for Services {
+    fn default() -> Self {
+        Self { records: None, tokens: Arc::default(), fhir_commit_wait_ms: FHIR_COMMIT_WAIT_MS }
+    }
+}
+
+/// Default of [`Services::fhir_commit_wait_ms`].
+pub const FHIR_COMMIT_WAIT_MS: u64 = 15_000;
 
 /// [`router`] plus the record endpoints served by `records`.
 pub fn router_with(chain: Arc<Chain>, records: Option<Arc<RecordService>>) -> Router {
-    router_for(chain, Services { records, tokens: Arc::default() })
+    router_for(chain, Services { records, ..Services::default() })
 }
 
 /// The API's routes over `chain` and `services`.
 pub fn router_for(chain: Arc<Chain>, services: Services) -> Router {
     let chain_id = chain.genesis().chain_id();
-    let Services { records, tokens } = services;
+    let Services { records, tokens, fhir_commit_wait_ms } = services;
     let app = routes::AppState {
         chain,
         chain_id,
@@ -108,6 +121,7 @@ pub fn router_for(chain: Arc<Chain>, services: Services) -> Router {
         auth: Arc::new(auth::Authenticator::default()),
         tokens,
         search: Arc::default(),
+        fhir_commit_wait_ms,
     };
     let record_body_limit = DefaultBodyLimit::max(records::RECORD_BODY_BYTES_MAX);
     let permits = Arc::new(Semaphore::new(CONCURRENT_REQUESTS_MAX));
@@ -189,7 +203,7 @@ pub async fn serve_with(
     records: Option<Arc<RecordService>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    serve_for(listener, chain, Services { records, tokens: Arc::default() }, shutdown).await
+    serve_for(listener, chain, Services { records, ..Services::default() }, shutdown).await
 }
 
 /// [`serve`] with `services`.

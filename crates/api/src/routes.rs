@@ -40,6 +40,8 @@ pub(crate) struct AppState {
     pub(crate) tokens: Arc<crate::smart::TokenStore>,
     /// The FHIR search index (in memory only).
     pub(crate) search: Arc<crate::fhir_search::SearchIndex>,
+    /// See [`crate::Services::fhir_commit_wait_ms`].
+    pub(crate) fhir_commit_wait_ms: u64,
 }
 
 pub(crate) fn now_ms() -> u64 {

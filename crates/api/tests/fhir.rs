@@ -94,7 +94,7 @@ impl World {
         let tokens = Arc::new(TokenStore::default());
         let router = medledger_api::router_for(
             chain.clone(),
-            Services { records: Some(service.clone()), tokens: tokens.clone() },
+            Services { records: Some(service.clone()), tokens: tokens.clone(), fhir_commit_wait_ms: 0 },
         );
         let w = Self { net, chain, service, tokens, router, doc_a, doc_b, patient, other_patient, _dir: dir };
         w.commit();
@@ -727,4 +727,46 @@ async fn search_matches_sorts_pages_includes_and_shows_only_what_consent_allows(
     assert_eq!(lenient.status, 200, "{}", lenient.text());
     assert_eq!(lenient.json()["entry"][0]["search"]["mode"], "outcome");
     assert_eq!(w.get(Some(&doc), &search("date=banana")).await.status, 400);
+}
+
+#[tokio::test]
+async fn a_create_answers_once_committed_or_202_when_the_chain_is_slow() {
+    let mut w = World::new();
+    let doc = w.token(&w.doc_a, Role::Practitioner, "user/*.cruds");
+    let patient_body = format!(
+        r#"{{"resourceType":"Patient","identifier":[{{"system":"urn:medledger:identity","value":"{}"}}]}}"#,
+        w.patient.id().to_hex()
+    );
+    let patient_id = w.post(&doc, "/fhir/Patient", FHIR, &patient_body).await.json()["id"].as_str().unwrap().to_owned();
+    w.commit();
+    w.router = medledger_api::router_for(
+        w.chain.clone(),
+        Services { records: Some(w.service.clone()), tokens: w.tokens.clone(), fhir_commit_wait_ms: 300 },
+    );
+    // No blocks: accepted, not created; readable only once committed.
+    let pending = w.post(&doc, "/fhir/Observation", FHIR, &lab(&patient_id)).await;
+    assert_eq!(pending.status, 202, "{}", pending.text());
+    assert_eq!(pending.json()["issue"][0]["severity"], "information");
+    w.commit();
+    // Blocks committing in the background: 201 means a read right after finds it.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let committer = {
+        let (chain, stop, proposer) = (w.chain.clone(), stop.clone(), w.net.validators[0].id());
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                medledger_node::devnet::commit_pending(&chain, proposer, now_ms()).unwrap();
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+        })
+    };
+    w.router = medledger_api::router_for(
+        w.chain.clone(),
+        Services { records: Some(w.service.clone()), tokens: w.tokens.clone(), fhir_commit_wait_ms: 10_000 },
+    );
+    let created = w.post(&doc, "/fhir/Observation", FHIR, &lab(&patient_id)).await;
+    assert_eq!(created.status, 201, "{}", created.text());
+    let id = created.json()["id"].as_str().unwrap().to_owned();
+    assert_eq!(w.get(Some(&doc), &format!("/fhir/Observation/{id}")).await.status, 200);
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    committer.join().unwrap();
 }

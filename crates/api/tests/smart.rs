@@ -74,7 +74,7 @@ impl World {
         chain.submit(tx.bytes(), now_ms).unwrap();
         medledger_node::devnet::commit_pending(&chain, net.validators[0].id(), now_ms).unwrap();
         let tokens = Arc::new(TokenStore::default());
-        let router = medledger_api::router_for(chain, Services { records: None, tokens: tokens.clone() });
+        let router = medledger_api::router_for(chain, Services { tokens: tokens.clone(), ..Services::default() });
         Self { router, tokens, net, patient, doc, _dir: dir }
     }
 

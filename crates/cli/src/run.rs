@@ -139,7 +139,8 @@ where
         };
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let tokens = Arc::new(medledger_api::smart::TokenStore::default());
-        let services = medledger_api::Services { records: records.clone(), tokens: tokens.clone() };
+        let services =
+            medledger_api::Services { records: records.clone(), tokens: tokens.clone(), ..Default::default() };
         let server = tokio::spawn(medledger_api::serve_for(listener, chain.clone(), services, async move {
             let _ = stop_rx.await;
         }));
