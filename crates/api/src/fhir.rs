@@ -1270,6 +1270,132 @@ pub const LEDGER_LOG_INDEX_EXTENSION: &str = "urn:medledger:fhir:extension:ledge
 /// Most resources one `$everything` page carries (each is decrypted and audited).
 pub const EVERYTHING_PAGE_MAX: usize = 200;
 
+/// `GET /fhir/{type}/_history[?_count=N&_offset=M]`: every version of every record of the
+/// type that the caller may read, newest commit first, as a `history` Bundle. Records consent
+/// refuses are left out before counting; each returned version is a read like any other
+/// (decided and audited).
+pub(crate) async fn type_history(
+    State(app): State<AppState>,
+    Path(resource_type): Path<String>,
+    axum::extract::Query(query): axum::extract::Query<std::collections::HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Result<Response, FhirError> {
+    served(&resource_type)?;
+    let grant = authorize(&app, &headers, &resource_type, interactions::READ)?;
+    let purpose = purpose(&headers)?;
+    let bad = |m: String| FhirError::new(StatusCode::BAD_REQUEST, IssueCode::Value, m);
+    let mut count = HISTORY_VERSIONS_MAX;
+    let mut offset = 0usize;
+    for (key, value) in &query {
+        match key.as_str() {
+            "_count" => {
+                count = value
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|c| (1..=HISTORY_VERSIONS_MAX).contains(c))
+                    .ok_or_else(|| bad(format!("_count must be 1 to {HISTORY_VERSIONS_MAX}")))?;
+            }
+            "_offset" => offset = value.parse().map_err(|_| bad("_offset must be a number".into()))?,
+            other => {
+                return Err(FhirError::new(
+                    StatusCode::BAD_REQUEST,
+                    IssueCode::NotSupported,
+                    format!("type history supports _count and _offset, not {}", crate::error::echo(other)),
+                ));
+            }
+        }
+    }
+    let requester = grant.identity;
+    let now = now_ms();
+    // (log index, record, version, committed at) of every version the caller may read.
+    let mut versions: Vec<(u64, RecordId, u32, u64)> = {
+        let state = app.chain.state();
+        let index = app.chain.patient_index();
+        index
+            .records()
+            .filter(|r| r.resource_type == resource_type)
+            .filter(|r| {
+                state.record(&r.record_id).is_some_and(|head| {
+                    medledger_ledger::access::decide_at_head(
+                        &state,
+                        &requester,
+                        &r.record_id,
+                        head,
+                        medledger_ledger::actions::READ,
+                        purpose,
+                        now,
+                    )
+                    .is_ok()
+                })
+            })
+            .flat_map(|r| {
+                r.versions
+                    .iter()
+                    .map(|v| (v.position.log_index, r.record_id, v.version, v.position.committed_at_ms))
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    };
+    versions.sort_by_key(|v| std::cmp::Reverse(v.0));
+    let total = versions.len();
+    let page: Vec<_> = versions.into_iter().skip(offset).take(count).collect();
+    let service = records(&app)?;
+    let wanted = page.clone();
+    let reads = tokio::task::spawn_blocking(move || {
+        wanted
+            .iter()
+            .map(|(_, id, v, _)| {
+                service.read_as(requester, *id, Some(*v), purpose, AccessAction::History, now_ms()).ok()
+            })
+            .collect::<Vec<_>>()
+    })
+    .await
+    .map_err(|_| FhirError::new(StatusCode::INTERNAL_SERVER_ERROR, IssueCode::Exception, "read task failed"))?;
+    let mut links =
+        format!(r#"[{{"relation":"self","url":"/fhir/{resource_type}/_history?_count={count}&_offset={offset}"}}"#);
+    if offset + count < total {
+        links.push_str(&format!(
+            r#",{{"relation":"next","url":"/fhir/{resource_type}/_history?_count={count}&_offset={}"}}"#,
+            offset + count
+        ));
+    }
+    links.push(']');
+    let mut bundle = format!(r#"{{"resourceType":"Bundle","type":"history","total":{total},"link":{links},"entry":["#);
+    let mut first = true;
+    for ((_, record, version, at_ms), read) in page.iter().zip(reads) {
+        let Some(read) = read else { continue };
+        let id_hex = record.to_hex();
+        let version_text = version.to_string();
+        let last_updated = instant_from_ms(*at_ms);
+        let resource = with_server_meta(
+            &read.plaintext,
+            &ServerMeta { id: &id_hex, version_id: &version_text, last_updated: &last_updated },
+        )
+        .map_err(|e| FhirError::new(StatusCode::INTERNAL_SERVER_ERROR, IssueCode::Exception, e.to_string()))?;
+        if !first {
+            bundle.push(',');
+        }
+        first = false;
+        let (method, url, status) = if *version == 1 {
+            ("POST", resource_type.clone(), "201 Created")
+        } else {
+            ("PUT", format!("{resource_type}/{id_hex}"), "200 OK")
+        };
+        bundle.push_str(&format!(r#"{{"fullUrl":"/fhir/{resource_type}/{id_hex}","resource":"#));
+        bundle.push_str(std::str::from_utf8(&resource).map_err(|_| {
+            FhirError::new(StatusCode::INTERNAL_SERVER_ERROR, IssueCode::Exception, "stored resource is not UTF-8")
+        })?);
+        bundle.push_str(&format!(
+            r#","request":{{"method":"{method}","url":"{url}"}},"response":{{"status":"{status}","etag":"W/\"{version}\"","lastModified":"{last_updated}"}}}}"#
+        ));
+    }
+    bundle.push_str("]}");
+    let mut response = (StatusCode::OK, bundle).into_response();
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(FHIR_JSON));
+    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(response)
+}
+
 /// Most versions one history answer carries (each is decrypted and audited).
 pub const HISTORY_VERSIONS_MAX: usize = 100;
 
@@ -1312,7 +1438,7 @@ pub(crate) async fn metadata(State(app): State<AppState>, headers: HeaderMap) ->
                 "type": t,
                 "interaction": [
                     {"code": "read"}, {"code": "vread"}, {"code": "create"}, {"code": "update"},
-                    {"code": "history-instance"}, {"code": "search-type"}
+                    {"code": "history-instance"}, {"code": "history-type"}, {"code": "search-type"}
                 ],
                 "searchParam": crate::fhir_search::declared_params(t),
                 "searchInclude": ["*"],

@@ -167,6 +167,7 @@ pub fn router_for(chain: Arc<Chain>, services: Services) -> Router {
                 .delete(fhir::not_supported)
                 .post(fhir::not_supported),
         )
+        .route("/fhir/{type}/_history", get(fhir::type_history))
         .route("/fhir/{type}/{id}/_history", get(fhir::history))
         .route("/fhir/Patient/{id}/$everything", get(fhir::everything))
         .route("/fhir/{type}/{id}/_history/{vid}", get(fhir::vread))

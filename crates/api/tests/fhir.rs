@@ -166,7 +166,7 @@ async fn capability_statement_names_exactly_what_is_served() {
     for r in &resources[..n - 3] {
         let codes: Vec<&str> =
             r["interaction"].as_array().unwrap().iter().map(|i| i["code"].as_str().unwrap()).collect();
-        assert_eq!(codes, ["read", "vread", "create", "update", "history-instance", "search-type"]);
+        assert_eq!(codes, ["read", "vread", "create", "update", "history-instance", "history-type", "search-type"]);
         assert_eq!(r["updateCreate"], false);
         let params: Vec<&str> =
             r["searchParam"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
@@ -364,6 +364,18 @@ async fn updates_make_versions_with_if_match_and_history_lists_them() {
     // Another patient sees no history either.
     let other = w.token(&w.other_patient, Role::Patient, "patient/*.rs");
     assert_eq!(w.get(Some(&other), &format!("{path}/_history")).await.status, 403);
+    // Type history: both versions, newest first, for whoever may read; nothing for others.
+    let all = w.get(Some(&doc), "/fhir/Observation/_history").await;
+    assert_eq!(all.status, 200, "{}", all.text());
+    let bundle = all.json();
+    assert_eq!((bundle["type"].as_str(), bundle["total"].as_u64()), (Some("history"), Some(2)));
+    assert_eq!(bundle["entry"][0]["resource"]["meta"]["versionId"], "2");
+    let page = w.get(Some(&doc), "/fhir/Observation/_history?_count=1").await.json();
+    assert_eq!(page["entry"].as_array().unwrap().len(), 1);
+    assert!(page["link"].as_array().unwrap().iter().any(|l| l["relation"] == "next"));
+    let others = w.get(Some(&other), "/fhir/Observation/_history").await.json();
+    assert_eq!(others["total"], 0);
+    assert_eq!(w.get(Some(&doc), "/fhir/Observation/_history?_since=2020").await.issue(), "not-supported");
 }
 
 #[tokio::test]
