@@ -46,6 +46,18 @@ pub const SERVED_TYPES: &[&str] = &[
     "CarePlan",
 ];
 
+/// What a logical delete stores as the record's next version (encrypted like any version):
+/// not a FHIR resource (the validator refuses its `medledger` member), so no client can write
+/// one through the FHIR API, and it marks the record deleted for every node that can open it.
+pub(crate) fn tombstone(resource_type: &str) -> Vec<u8> {
+    format!(r#"{{"medledger":"deleted","resourceType":"{resource_type}"}}"#).into_bytes()
+}
+
+/// Whether stored bytes are a delete marker (see [`tombstone`]).
+pub(crate) fn is_tombstone(stored: &[u8]) -> bool {
+    stored.starts_with(br#"{"medledger":"deleted","#)
+}
+
 /// The identifier system naming a patient's on-chain identity in a Patient resource.
 pub const IDENTITY_SYSTEM: &str = "urn:medledger:identity";
 
@@ -279,6 +291,13 @@ async fn read_version(
     let read = tokio::task::spawn_blocking(move || service.read(requester, record_id, version, purpose, now_ms()))
         .await
         .map_err(|_| FhirError::new(StatusCode::INTERNAL_SERVER_ERROR, IssueCode::Exception, "read task failed"))??;
+    if is_tombstone(&read.plaintext) {
+        return Err(FhirError::new(
+            StatusCode::GONE,
+            IssueCode::Deleted,
+            format!("{resource_type}/{id} was deleted (version {}); its history is kept", read.version),
+        ));
+    }
     let committed_ms = app
         .chain
         .patient_index()
@@ -611,6 +630,84 @@ pub(crate) async fn update(
     written_response(&app, StatusCode::OK, &resource_type, &written, &body).await
 }
 
+/// `DELETE /fhir/{type}/{id}`: a logical delete by the custodian's staff: the record's next
+/// version is a delete marker, so reads answer 410 Gone, searches skip it, and its history
+/// (every earlier version, and the delete) stays. Deleting a deleted resource succeeds again
+/// without writing anything.
+pub(crate) async fn delete(
+    State(app): State<AppState>,
+    Path((resource_type, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, FhirError> {
+    served(&resource_type)?;
+    let grant = authorize_record(
+        &app,
+        &headers,
+        &resource_type,
+        interactions::DELETE,
+        &id,
+        AccessAction::Write,
+        Purpose::Treatment,
+    )?;
+    let record_id = parse_id(&id)?;
+    let head = app
+        .chain
+        .state()
+        .record(&record_id)
+        .filter(|h| h.resource_type == resource_type)
+        .cloned()
+        .ok_or_else(|| not_found(format!("no {resource_type} with id {}", crate::error::echo(&id))))?;
+    let service = records(&app)?;
+    let custodian = service.organisation();
+    let author = grant.identity;
+    let staff = app.chain.state().identity(&author).is_some_and(|w| {
+        w.id == custodian
+            || (matches!(w.role, Role::Practitioner | Role::SystemClient) && w.organisation == Some(custodian))
+    });
+    if !staff {
+        return Err(forbidden("only the staff and systems of the organisation operating this node delete here"));
+    }
+    let latest = {
+        let service = service.clone();
+        tokio::task::spawn_blocking(move || service.plaintext_for_index(&record_id, head.latest_version))
+            .await
+            .map_err(|_| {
+                FhirError::new(StatusCode::INTERNAL_SERVER_ERROR, IssueCode::Exception, "read task failed")
+            })??
+    };
+    if is_tombstone(&latest) {
+        let mut response = StatusCode::NO_CONTENT.into_response();
+        response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        return Ok(response);
+    }
+    let marker = tombstone(&resource_type);
+    let content = marker.clone();
+    let type_for_write = resource_type.clone();
+    let written = tokio::task::spawn_blocking(move || {
+        let request = WriteRequest {
+            author,
+            patient: head.patient,
+            resource_type: &type_for_write,
+            category: &head.category,
+            content: &content,
+            record: Some(record_id),
+        };
+        service.write_expecting(&request, Some(head.latest_version), now_ms(), &mut rand::rng())
+    })
+    .await
+    .map_err(|_| FhirError::new(StatusCode::INTERNAL_SERVER_ERROR, IssueCode::Exception, "delete task failed"))??;
+    let committed = app.fhir_commit_wait_ms == 0 || wait_for_commit(&app, &written.tx_id).await?;
+    let mut response =
+        if committed { StatusCode::NO_CONTENT.into_response() } else { StatusCode::ACCEPTED.into_response() };
+    if let Ok(v) = HeaderValue::from_str(&format!("W/\"{}\"", written.version)) {
+        response.headers_mut().insert(header::ETAG, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&written.tx_id.to_hex()) {
+        response.headers_mut().insert("x-medledger-tx", v);
+    }
+    Ok(response)
+}
+
 /// `GET /fhir/{type}/{id}/_history`: every version, newest first, as a history Bundle. Each
 /// version is a read like any other: decided by consent and audited.
 pub(crate) async fn history(
@@ -661,14 +758,20 @@ pub(crate) async fn history(
     for (i, ((version, at_ms), plaintext)) in versions.iter().zip(&plaintexts).enumerate() {
         let version_text = version.to_string();
         let last_updated = instant_from_ms(*at_ms);
+        if i > 0 {
+            bundle.push(',');
+        }
+        if is_tombstone(plaintext) {
+            bundle.push_str(&format!(
+                r#"{{"fullUrl":"/fhir/{resource_type}/{id_hex}","request":{{"method":"DELETE","url":"{resource_type}/{id_hex}"}},"response":{{"status":"204 No Content","etag":"W/\"{version}\"","lastModified":"{last_updated}"}}}}"#
+            ));
+            continue;
+        }
         let resource = with_server_meta(
             plaintext,
             &ServerMeta { id: &id_hex, version_id: &version_text, last_updated: &last_updated },
         )
         .map_err(|e| FhirError::new(StatusCode::INTERNAL_SERVER_ERROR, IssueCode::Exception, e.to_string()))?;
-        if i > 0 {
-            bundle.push(',');
-        }
         let (method, url, status) = if *version == 1 {
             ("POST", resource_type.clone(), "201 Created")
         } else {
@@ -773,8 +876,8 @@ pub(crate) async fn everything(
     let mut bundle = format!(r#"{{"resourceType":"Bundle","type":"searchset","link":{links},"entry":["#);
     let mut first = true;
     for ((record, resource_type, version, at_ms), read) in page.iter().zip(reads) {
-        // Not readable by this caller (refused and audited by the read): left out.
-        let Some(read) = read else { continue };
+        // Not readable by this caller (refused and audited by the read), or deleted: left out.
+        let Some(read) = read.filter(|r| !is_tombstone(&r.plaintext)) else { continue };
         let id_hex = record.to_hex();
         let version_text = version.to_string();
         let last_updated = instant_from_ms(*at_ms);
@@ -1367,15 +1470,21 @@ pub(crate) async fn type_history(
         let id_hex = record.to_hex();
         let version_text = version.to_string();
         let last_updated = instant_from_ms(*at_ms);
+        if !first {
+            bundle.push(',');
+        }
+        first = false;
+        if is_tombstone(&read.plaintext) {
+            bundle.push_str(&format!(
+                r#"{{"fullUrl":"/fhir/{resource_type}/{id_hex}","request":{{"method":"DELETE","url":"{resource_type}/{id_hex}"}},"response":{{"status":"204 No Content","etag":"W/\"{version}\"","lastModified":"{last_updated}"}}}}"#
+            ));
+            continue;
+        }
         let resource = with_server_meta(
             &read.plaintext,
             &ServerMeta { id: &id_hex, version_id: &version_text, last_updated: &last_updated },
         )
         .map_err(|e| FhirError::new(StatusCode::INTERNAL_SERVER_ERROR, IssueCode::Exception, e.to_string()))?;
-        if !first {
-            bundle.push(',');
-        }
-        first = false;
         let (method, url, status) = if *version == 1 {
             ("POST", resource_type.clone(), "201 Created")
         } else {
@@ -1438,7 +1547,8 @@ pub(crate) async fn metadata(State(app): State<AppState>, headers: HeaderMap) ->
                 "type": t,
                 "interaction": [
                     {"code": "read"}, {"code": "vread"}, {"code": "create"}, {"code": "update"},
-                    {"code": "history-instance"}, {"code": "history-type"}, {"code": "search-type"}
+                    {"code": "delete"}, {"code": "history-instance"}, {"code": "history-type"},
+                    {"code": "search-type"}
                 ],
                 "searchParam": crate::fhir_search::declared_params(t),
                 "searchInclude": ["*"],

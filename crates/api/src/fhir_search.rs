@@ -53,8 +53,10 @@ struct Indexed {
     /// The patient index height this reflects.
     height: u64,
     entries: HashMap<RecordId, Entry>,
-    /// Records by type, in the order first indexed (the default result order).
+    /// Records by type, in the order first indexed (the default result order); each at most
+    /// once (`listed`), even when deleted and written again.
     by_type: HashMap<String, Vec<RecordId>>,
+    listed: HashSet<RecordId>,
     /// Postings of reference and token values: (parameter, referenced id or code) → records
     /// that had it in some indexed version. A posting can be stale (a later version dropped
     /// the value), so candidates from here are always checked against the entry itself.
@@ -116,10 +118,16 @@ impl SearchIndex {
                 .collect()
         };
         let mut fresh = Vec::with_capacity(stale.len());
+        // Records whose latest version is a delete marker: no longer found by search.
+        let mut deleted = Vec::new();
         for (record_id, resource_type, version, last_updated_ms) in stale {
             // Not decryptable here (another custodian's record without a key), or its
             // ciphertext not replicated yet: not searchable on this node for now.
             let Ok(plaintext) = service.plaintext_for_index(&record_id, version) else { continue };
+            if crate::fhir::is_tombstone(&plaintext) {
+                deleted.push(record_id);
+                continue;
+            }
             let Ok(extraction) = search::extract_bytes(&plaintext) else { continue };
             let mut values: HashMap<&'static str, Vec<IndexValue>> = HashMap::new();
             for (param, value) in extraction.values {
@@ -131,8 +139,13 @@ impl SearchIndex {
             fresh.push((record_id, Entry { resource_type, version, last_updated_ms, values }));
         }
         let mut indexed = self.indexed.write().expect("search index lock poisoned");
+        for record_id in deleted {
+            // Postings and the type list may still name it; candidates are checked against
+            // `entries`, where it no longer is.
+            indexed.entries.remove(&record_id);
+        }
         for (record_id, entry) in fresh {
-            if !indexed.entries.contains_key(&record_id) {
+            if indexed.listed.insert(record_id) {
                 indexed.by_type.entry(entry.resource_type.clone()).or_default().push(record_id);
             }
             for (param, values) in &entry.values {

@@ -164,7 +164,7 @@ pub fn router_for(chain: Arc<Chain>, services: Services) -> Router {
             get(fhir::read)
                 .put(fhir::update)
                 .layer(DefaultBodyLimit::max(records::RECORD_BODY_BYTES_MAX))
-                .delete(fhir::not_supported)
+                .delete(fhir::delete)
                 .post(fhir::not_supported),
         )
         .route("/fhir/{type}/_history", get(fhir::type_history))

@@ -166,7 +166,10 @@ async fn capability_statement_names_exactly_what_is_served() {
     for r in &resources[..n - 3] {
         let codes: Vec<&str> =
             r["interaction"].as_array().unwrap().iter().map(|i| i["code"].as_str().unwrap()).collect();
-        assert_eq!(codes, ["read", "vread", "create", "update", "history-instance", "history-type", "search-type"]);
+        assert_eq!(
+            codes,
+            ["read", "vread", "create", "update", "delete", "history-instance", "history-type", "search-type"]
+        );
         assert_eq!(r["updateCreate"], false);
         let params: Vec<&str> =
             r["searchParam"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
@@ -781,4 +784,61 @@ async fn a_create_answers_once_committed_or_202_when_the_chain_is_slow() {
     assert_eq!(w.get(Some(&doc), &format!("/fhir/Observation/{id}")).await.status, 200);
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     committer.join().unwrap();
+}
+
+#[tokio::test]
+async fn a_delete_is_logical_reads_answer_gone_and_history_keeps_every_version() {
+    let w = World::new();
+    let doc = w.token(&w.doc_a, Role::Practitioner, "user/*.cruds");
+    let patient_body = format!(
+        r#"{{"resourceType":"Patient","identifier":[{{"system":"urn:medledger:identity","value":"{}"}}]}}"#,
+        w.patient.id().to_hex()
+    );
+    let patient_id = w.post(&doc, "/fhir/Patient", FHIR, &patient_body).await.json()["id"].as_str().unwrap().to_owned();
+    w.commit();
+    let obs_id =
+        w.post(&doc, "/fhir/Observation", FHIR, &lab(&patient_id)).await.json()["id"].as_str().unwrap().to_owned();
+    w.commit();
+    let path = format!("/fhir/Observation/{obs_id}");
+    assert_eq!(w.get(Some(&doc), &format!("/fhir/Observation?patient=Patient/{patient_id}")).await.json()["total"], 1);
+
+    // Not the custodian's staff, or without delete in the scopes: refused.
+    let own = w.token(&w.patient, Role::Patient, "patient/*.cruds");
+    let request = |token: &str| {
+        Request::delete(path.clone()).header("authorization", format!("Bearer {token}")).body(Body::empty()).unwrap()
+    };
+    assert_eq!(w.send(request(&own)).await.status, 403);
+    let no_delete = w.token(&w.doc_a, Role::Practitioner, "user/*.cru");
+    assert_eq!(w.send(request(&no_delete)).await.status, 403);
+
+    let deleted = w.send(request(&doc)).await;
+    assert_eq!(deleted.status, 204, "{}", deleted.text());
+    assert_eq!(deleted.header("etag"), Some("W/\"2\""));
+    w.commit();
+    let gone = w.get(Some(&doc), &path).await;
+    assert_eq!((gone.status, gone.issue()), (410, "deleted".to_owned()));
+    // Deleting again changes nothing; the old version is still there to vread.
+    assert_eq!(w.send(request(&doc)).await.status, 204);
+    w.commit();
+    assert_eq!(
+        w.chain.state().record(&medledger_types::RecordId::from_hex(&obs_id).unwrap()).unwrap().latest_version,
+        2
+    );
+    assert_eq!(w.get(Some(&doc), &format!("{path}/_history/1")).await.status, 200);
+    let history = w.get(Some(&doc), &format!("{path}/_history")).await.json();
+    assert_eq!(history["entry"][0]["request"]["method"], "DELETE");
+    assert!(history["entry"][0].get("resource").is_none());
+    assert_eq!(history["entry"][1]["resource"]["meta"]["versionId"], "1");
+    // Search and $everything no longer find it.
+    assert_eq!(w.get(Some(&doc), &format!("/fhir/Observation?patient=Patient/{patient_id}")).await.json()["total"], 0);
+    let everything = w.get(Some(&doc), &format!("/fhir/Patient/{patient_id}/$everything")).await.json();
+    assert_eq!(everything["entry"].as_array().unwrap().len(), 1, "only the Patient is left");
+    // An update brings it back as version 3, found again.
+    let revived = lab(&patient_id).replacen('{', &format!(r#"{{"id":"{obs_id}","#), 1);
+    assert_eq!(w.put(&doc, &path, None, &revived).await.status, 200);
+    w.commit();
+    assert_eq!(w.get(Some(&doc), &path).await.header("etag"), Some("W/\"3\""));
+    let found = w.get(Some(&doc), &format!("/fhir/Observation?patient=Patient/{patient_id}")).await.json();
+    assert_eq!(found["total"], 1);
+    assert_eq!(found["entry"].as_array().unwrap().len(), 1);
 }

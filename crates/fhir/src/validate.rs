@@ -71,6 +71,8 @@ pub enum IssueCode {
     /// resolve).
     Processing,
     BusinessRule,
+    /// The resource was deleted (HTTP 410).
+    Deleted,
     /// Try again later.
     Transient,
     Exception,
@@ -92,6 +94,7 @@ impl IssueCode {
             IssueCode::Conflict => "conflict",
             IssueCode::Processing => "processing",
             IssueCode::BusinessRule => "business-rule",
+            IssueCode::Deleted => "deleted",
             IssueCode::Transient => "transient",
             IssueCode::Exception => "exception",
         }
