@@ -412,8 +412,15 @@ async fn written_response(
     body: &[u8],
 ) -> Result<Response, FhirError> {
     let committed = app.fhir_commit_wait_ms == 0 || wait_for_commit(app, &written.tx_id).await?;
+    // `lastUpdated` is the block time, as later reads will say (or now, if not waiting).
+    let committed_ms = app
+        .chain
+        .patient_index()
+        .record(&written.record_id)
+        .and_then(|r| r.versions.iter().find(|v| v.version == written.version).map(|v| v.position.committed_at_ms))
+        .unwrap_or_else(now_ms);
     let mut response = if committed {
-        resource_response(created_status, resource_type, &written.record_id, written.version, now_ms(), body)?
+        resource_response(created_status, resource_type, &written.record_id, written.version, committed_ms, body)?
     } else {
         let outcome = medledger_fhir::operation_outcome(&[Issue {
             severity: Severity::Information,
@@ -607,11 +614,20 @@ pub(crate) async fn update(
     }
     let json: serde_json::Value = serde_json::from_slice(&body)
         .map_err(|e| FhirError::new(StatusCode::BAD_REQUEST, IssueCode::Invalid, e.to_string()))?;
-    let existing = app.chain.state().record(&record_id).map(|h| h.patient);
+    let existing = app.chain.state().record(&record_id).map(|h| (h.patient, h.category.clone()));
     let patient = patient_of(&app, &resource_type, &json)?
-        .or(existing)
+        .or(existing.as_ref().map(|e| e.0))
         .ok_or_else(|| not_found(format!("no {resource_type} with id {}", crate::error::echo(&id))))?;
     let category = category_of(&resource_type, &json)?;
+    // The ledger refuses a version in another consent category; say so now rather than let
+    // the write be refused when its block is built.
+    if existing.as_ref().is_some_and(|e| e.1 != category) {
+        return Err(FhirError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            IssueCode::BusinessRule,
+            "a record's consent category never changes (e.g. a lab Observation cannot become a vital sign): create a new resource",
+        ));
+    }
     let content = body.clone();
     let type_for_write = resource_type.clone();
     let written = tokio::task::spawn_blocking(move || {
@@ -817,9 +833,13 @@ pub(crate) async fn everything(
     };
     let offset = match query.get("_offset") {
         None => 0,
-        Some(o) => o
-            .parse::<usize>()
-            .map_err(|_| FhirError::new(StatusCode::BAD_REQUEST, IssueCode::Value, "_offset must be a number"))?,
+        Some(o) => o.parse::<usize>().ok().filter(|o| *o <= OFFSET_MAX).ok_or_else(|| {
+            FhirError::new(
+                StatusCode::BAD_REQUEST,
+                IssueCode::Value,
+                format!("_offset must be a number up to {OFFSET_MAX}"),
+            )
+        })?,
     };
     for key in query.keys() {
         if !matches!(key.as_str(), "_count" | "_offset") {
@@ -843,6 +863,8 @@ pub(crate) async fn everything(
             p.records
                 .iter()
                 .filter(|r| SERVED_TYPES.contains(&r.resource_type.as_str()))
+                // Scopes narrow too: only the types the token may read.
+                .filter(|r| grant.allows(&r.resource_type, interactions::READ))
                 .filter_map(|r| {
                     let latest = r.versions.last()?;
                     Some((r.record_id, r.resource_type.clone(), latest.version, latest.position.committed_at_ms))
@@ -926,7 +948,13 @@ pub(crate) async fn audit_events(
                     .filter(|c| (1..=AUDIT_PAGE_MAX).contains(c))
                     .ok_or_else(|| bad(format!("_count must be 1 to {AUDIT_PAGE_MAX}")))?;
             }
-            "_offset" => offset = value.parse().map_err(|_| bad("_offset must be a number".into()))?,
+            "_offset" => {
+                offset = value
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|o| *o <= OFFSET_MAX)
+                    .ok_or_else(|| bad(format!("_offset must be a number up to {OFFSET_MAX}")))?;
+            }
             other => {
                 return Err(FhirError::new(
                     StatusCode::BAD_REQUEST,
@@ -947,29 +975,44 @@ pub(crate) async fn audit_events(
         .ok()
         .and_then(|id| RecordId::from_hex(&id).ok())
         .ok_or_else(|| not_found(format!("no Patient {}", crate::error::echo(&patient_ref))))?;
-    let patient = {
+    // The patient sees every event; an organisation holding their records (and its staff)
+    // only the events about its own records: writing one record about a patient must not
+    // open their whole trail.
+    let (patient, custodian_view) = {
         let state = app.chain.state();
         let patient = match state.record(&patient_record) {
             Some(head) if head.resource_type == "Patient" => head.patient,
             _ => return Err(not_found(format!("no Patient {}", crate::error::echo(&patient_ref)))),
         };
-        let who = state.identity(&grant.identity);
-        let organisation = who.and_then(|w| match w.role {
-            Role::Organisation => Some(w.id),
-            Role::Practitioner | Role::SystemClient => w.organisation,
-            _ => None,
-        });
-        let allowed = grant.identity == patient || organisation.is_some_and(|o| state.custodies(&o, &patient));
-        if !allowed {
-            return Err(forbidden(
-                "the audit trail of a patient is for the patient and the organisations holding their records",
-            ));
+        if grant.identity == patient {
+            (patient, None)
+        } else {
+            match organisation_of(&state, &grant.identity).filter(|o| state.custodies(o, &patient)) {
+                Some(organisation) => (patient, Some(organisation)),
+                None => {
+                    return Err(forbidden(
+                        "the audit trail of a patient is for the patient and the organisations holding their records",
+                    ));
+                }
+            }
         }
-        patient
     };
     let chain_id = app.chain.genesis().chain_id().to_hex();
     let index = app.chain.patient_index();
-    let entries: Vec<_> = index.patient(&patient).map(|p| p.access.clone()).unwrap_or_default();
+    let entries: Vec<_> = index
+        .patient(&patient)
+        .map(|p| {
+            p.access
+                .iter()
+                .filter(|e| {
+                    custodian_view.is_none_or(|org| {
+                        e.event.record.is_some_and(|(r, _)| index.record(&r).is_some_and(|r| r.custodian == org))
+                    })
+                })
+                .cloned()
+                .collect()
+        })
+        .unwrap_or_default();
     let total = entries.len();
     let mut bundle = serde_json::json!({
         "resourceType": "Bundle",
@@ -1098,6 +1141,9 @@ pub(crate) async fn provenance(
         .ok_or_else(|| FhirError::new(StatusCode::BAD_REQUEST, IssueCode::Value, "target must be <Type>/<id>"))?;
     served(resource_type)?;
     let grant = authorize(&app, &headers, "Provenance", interactions::SEARCH)?;
+    if !grant.allows(resource_type, interactions::READ) {
+        return Err(forbidden(format!("the token's scopes do not allow reading {resource_type}")));
+    }
     let purpose = purpose(&headers)?;
     let record_id = parse_id(id)?;
     let decision = {
@@ -1192,12 +1238,23 @@ pub(crate) async fn provenance(
 /// Who may see a patient's consents and audit trail: the patient, and the staff and systems
 /// of an organisation holding the patient's records.
 fn may_oversee(state: &medledger_ledger::State, caller: &IdentityId, patient: &IdentityId) -> bool {
-    let organisation = state.identity(caller).and_then(|w| match w.role {
+    caller == patient || organisation_of(state, caller).is_some_and(|o| state.custodies(&o, patient))
+}
+
+/// Whether `grant` gives access to `organisation` or one of its staff (what an organisation,
+/// as opposed to the patient, may see of a patient's consents).
+fn concerns(state: &medledger_ledger::State, grant: &medledger_ledger::Grant, organisation: &IdentityId) -> bool {
+    grant.grantee == *organisation || organisation_of(state, &grant.grantee) == Some(*organisation)
+}
+
+/// The organisation a caller acts for: itself, or the one its practitioner or system client
+/// belongs to.
+fn organisation_of(state: &medledger_ledger::State, caller: &IdentityId) -> Option<IdentityId> {
+    state.identity(caller).and_then(|w| match w.role {
         Role::Organisation => Some(w.id),
         Role::Practitioner | Role::SystemClient => w.organisation,
         _ => None,
-    });
-    caller == patient || organisation.is_some_and(|o| state.custodies(&o, patient))
+    })
 }
 
 /// A grant (consent, rule-derived access or break-glass) as an R4 Consent. Read-only for now:
@@ -1319,7 +1376,14 @@ pub(crate) async fn consents(
             ));
         }
         let at = now.max(state.head_timestamp_ms());
-        state.grants_of(&patient).map(|g| consent_resource(&state, g, at)).collect()
+        // An organisation sees the consents that give it (or its staff) access, not the
+        // patient's others.
+        let viewer = (grant.identity != patient).then(|| organisation_of(&state, &grant.identity)).flatten();
+        state
+            .grants_of(&patient)
+            .filter(|g| viewer.is_none_or(|org| concerns(&state, g, &org)))
+            .map(|g| consent_resource(&state, g, at))
+            .collect()
     };
     let bundle = serde_json::json!({
         "resourceType": "Bundle",
@@ -1351,9 +1415,12 @@ pub(crate) async fn consent(
         let state = app.chain.state();
         let stored =
             state.grant(&grant_id).ok_or_else(|| not_found(format!("no Consent {}", crate::error::echo(&id))))?;
-        if !may_oversee(&state, &grant.identity, &stored.patient) {
+        let allowed = grant.identity == stored.patient
+            || (may_oversee(&state, &grant.identity, &stored.patient)
+                && organisation_of(&state, &grant.identity).is_some_and(|org| concerns(&state, stored, &org)));
+        if !allowed {
             return Err(forbidden(
-                "a patient's consents are for the patient and the organisations holding their records",
+                "a consent is for its patient and the organisation it grants access to (or whose staff it names)",
             ));
         }
         consent_resource(&state, stored, now_ms().max(state.head_timestamp_ms()))
@@ -1370,6 +1437,9 @@ pub const LEDGER_TX_EXTENSION: &str = "urn:medledger:fhir:extension:ledger-trans
 /// Extension naming that transaction's index in the ledger's log.
 pub const LEDGER_LOG_INDEX_EXTENSION: &str = "urn:medledger:fhir:extension:ledger-log-index";
 
+/// Largest `_offset` accepted by the paged endpoints.
+pub const OFFSET_MAX: usize = 1_000_000;
+
 /// Most resources one `$everything` page carries (each is decrypted and audited).
 pub const EVERYTHING_PAGE_MAX: usize = 200;
 
@@ -1384,7 +1454,8 @@ pub(crate) async fn type_history(
     headers: HeaderMap,
 ) -> Result<Response, FhirError> {
     served(&resource_type)?;
-    let grant = authorize(&app, &headers, &resource_type, interactions::READ)?;
+    // SMART maps type history to search (`s`): it lists the type's records.
+    let grant = authorize(&app, &headers, &resource_type, interactions::SEARCH)?;
     let purpose = purpose(&headers)?;
     let bad = |m: String| FhirError::new(StatusCode::BAD_REQUEST, IssueCode::Value, m);
     let mut count = HISTORY_VERSIONS_MAX;
@@ -1398,7 +1469,13 @@ pub(crate) async fn type_history(
                     .filter(|c| (1..=HISTORY_VERSIONS_MAX).contains(c))
                     .ok_or_else(|| bad(format!("_count must be 1 to {HISTORY_VERSIONS_MAX}")))?;
             }
-            "_offset" => offset = value.parse().map_err(|_| bad("_offset must be a number".into()))?,
+            "_offset" => {
+                offset = value
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|o| *o <= OFFSET_MAX)
+                    .ok_or_else(|| bad(format!("_offset must be a number up to {OFFSET_MAX}")))?;
+            }
             other => {
                 return Err(FhirError::new(
                     StatusCode::BAD_REQUEST,

@@ -235,10 +235,16 @@ fn evaluate(
     index: &SearchIndex,
     chain: &Chain,
     query: &search::Query,
-    requester: &IdentityId,
+    grant: &crate::smart::Grant,
     purpose: medledger_ledger::Purpose,
     now: u64,
 ) -> Found {
+    let requester = &grant.identity;
+    // Included and revincluded records are of other types: the token's scopes must cover
+    // reading them too, as well as consent.
+    let scoped = |resource_type: &str| {
+        grant.allows(resource_type, interactions::READ) || grant.allows(resource_type, interactions::SEARCH)
+    };
     let indexed = index.indexed.read().expect("search index lock poisoned");
     let state = chain.state();
     let visible = |record: &RecordId| {
@@ -281,6 +287,7 @@ fn evaluate(
                 let type_ok = indexed.entries.get(&target).is_some_and(|t| {
                     include.target_type.as_deref().is_none_or(|want| t.resource_type == want)
                         && resource_type.as_deref().is_none_or(|r| r == t.resource_type)
+                        && scoped(&t.resource_type)
                 });
                 if type_ok && includes.len() < room && seen.insert(target) && visible(&target) {
                     includes.push(target);
@@ -288,12 +295,13 @@ fn evaluate(
             }
         }
     }
-    for revinclude in &query.revincludes {
+    let page_ids: HashSet<RecordId> = page.iter().copied().collect();
+    for revinclude in query.revincludes.iter().filter(|r| scoped(&r.source_type)) {
         let sources = indexed.by_type.get(&revinclude.source_type).map(Vec::as_slice).unwrap_or_default();
         for source in sources {
             let Some(entry) = indexed.entries.get(source) else { continue };
             let points_here = values_of(entry, &revinclude.param).iter().any(|v| match v {
-                IndexValue::Reference { id, .. } => RecordId::from_hex(id).is_ok_and(|r| page.contains(&r)),
+                IndexValue::Reference { id, .. } => RecordId::from_hex(id).is_ok_and(|r| page_ids.contains(&r)),
                 _ => false,
             });
             if points_here && includes.len() < room && seen.insert(*source) && visible(source) {
@@ -344,11 +352,12 @@ pub(crate) async fn search(
         .unwrap_or_default();
     let (index, chain) = (app.search.clone(), app.chain.clone());
     let requester = grant.identity;
+    let grant_for_task = grant.clone();
     let query_for_task = query.clone();
     let answer = tokio::task::spawn_blocking(move || -> Result<String, FhirError> {
         index.catch_up(&chain, &service);
         let now = now_ms();
-        let found = evaluate(&index, &chain, &query_for_task, &requester, purpose, now);
+        let found = evaluate(&index, &chain, &query_for_task, &grant_for_task, purpose, now);
         bundle(&service, &index, &query_for_task, &found, &requester, purpose, &origin, &params_for_links(&params))
     })
     .await

@@ -94,12 +94,32 @@ pub struct Services {
     /// (so a read right after a 201 finds it); past it the answer is 202 Accepted. 0 answers
     /// as soon as the write is submitted (tests that commit blocks by hand).
     pub fhir_commit_wait_ms: u64,
+    /// The base URLs this node's API is reached at (e.g. `http://127.0.0.1:8080`): a client
+    /// assertion's `aud` must be one of them plus `/auth/token`. Never taken from the request
+    /// (a client controls its `Host` header), so an assertion made for another node or service
+    /// cannot be redeemed here. Empty: no assertion is accepted.
+    pub public_bases: Vec<String>,
 }
 
 impl Default for Services {
     fn default() -> Self {
-        Self { records: None, tokens: Arc::default(), fhir_commit_wait_ms: FHIR_COMMIT_WAIT_MS }
+        Self {
+            records: None,
+            tokens: Arc::default(),
+            fhir_commit_wait_ms: FHIR_COMMIT_WAIT_MS,
+            public_bases: Vec::new(),
+        }
     }
+}
+
+/// The base URLs of an API listening on `addr`: `http://addr`, and for a loopback address
+/// also `http://localhost:port`.
+pub fn bases_for_listen_addr(addr: std::net::SocketAddr) -> Vec<String> {
+    let mut bases = vec![format!("http://{addr}")];
+    if addr.ip().is_loopback() {
+        bases.push(format!("http://localhost:{}", addr.port()));
+    }
+    bases
 }
 
 /// Default of [`Services::fhir_commit_wait_ms`].
@@ -113,7 +133,7 @@ pub fn router_with(chain: Arc<Chain>, records: Option<Arc<RecordService>>) -> Ro
 /// The API's routes over `chain` and `services`.
 pub fn router_for(chain: Arc<Chain>, services: Services) -> Router {
     let chain_id = chain.genesis().chain_id();
-    let Services { records, tokens, fhir_commit_wait_ms } = services;
+    let Services { records, tokens, fhir_commit_wait_ms, public_bases } = services;
     let app = routes::AppState {
         chain,
         chain_id,
@@ -122,6 +142,7 @@ pub fn router_for(chain: Arc<Chain>, services: Services) -> Router {
         tokens,
         search: Arc::default(),
         fhir_commit_wait_ms,
+        public_bases: Arc::new(public_bases),
     };
     let record_body_limit = DefaultBodyLimit::max(records::RECORD_BODY_BYTES_MAX);
     let permits = Arc::new(Semaphore::new(CONCURRENT_REQUESTS_MAX));

@@ -42,6 +42,8 @@ pub(crate) struct AppState {
     pub(crate) search: Arc<crate::fhir_search::SearchIndex>,
     /// See [`crate::Services::fhir_commit_wait_ms`].
     pub(crate) fhir_commit_wait_ms: u64,
+    /// See [`crate::Services::public_bases`].
+    pub(crate) public_bases: Arc<Vec<String>>,
 }
 
 pub(crate) fn now_ms() -> u64 {

@@ -317,16 +317,22 @@ fn verify_assertion(
     }
     let exp_s = claims["exp"].as_u64().ok_or_else(|| invalid("exp is missing or not a number"))?;
     let expires_ms = exp_s.saturating_mul(1000);
-    if expires_ms + ASSERTION_SKEW_MS <= now_ms {
+    if expires_ms.saturating_add(ASSERTION_SKEW_MS) <= now_ms {
         return Err(invalid("client_assertion has expired"));
     }
     if expires_ms > now_ms + ASSERTION_LIFETIME_MAX_MS + ASSERTION_SKEW_MS {
         return Err(invalid("client_assertion exp is more than five minutes away"));
     }
-    if let Some(nbf) = claims.get("nbf").and_then(Value::as_u64)
-        && nbf.saturating_mul(1000) > now_ms + ASSERTION_SKEW_MS
-    {
-        return Err(invalid("client_assertion is not valid yet (nbf)"));
+    for claim in ["nbf", "iat"] {
+        match claims.get(claim) {
+            None => {}
+            Some(v) => {
+                let at_s = v.as_u64().ok_or_else(|| invalid("nbf and iat must be numbers (seconds)"))?;
+                if at_s.saturating_mul(1000) > now_ms + ASSERTION_SKEW_MS {
+                    return Err(invalid("client_assertion is not valid yet (nbf or iat in the future)"));
+                }
+            }
+        }
     }
     let jti =
         claims["jti"].as_str().filter(|j| !j.is_empty() && j.len() <= 256).ok_or_else(|| invalid("jti is missing"))?;
@@ -354,7 +360,6 @@ fn context_of(role: Role) -> Option<Context> {
 /// `POST /auth/token`: client credentials with a JWT client assertion.
 pub(crate) async fn token(
     State(app): State<AppState>,
-    headers: HeaderMap,
     form: Result<Form<Vec<(String, String)>>, FormRejection>,
 ) -> Result<Response, OAuthError> {
     let Form(pairs) =
@@ -385,7 +390,8 @@ pub(crate) async fn token(
     if requested.len() > SCOPES_PER_REQUEST_MAX {
         return Err(OAuthError::new("invalid_scope", format!("at most {SCOPES_PER_REQUEST_MAX} scopes")));
     }
-    let token_urls = token_urls(&headers);
+    let token_urls: Vec<String> =
+        app.public_bases.iter().map(|b| format!("{}/auth/token", b.trim_end_matches('/'))).collect();
     let now = now_ms();
     let (assertion, role) = verify_assertion(&app, jwt, &token_urls, now)?;
     let context = context_of(role)
@@ -432,17 +438,10 @@ pub(crate) async fn token(
     Ok(response)
 }
 
-/// The URLs a client may name as `aud`: this endpoint as reached (Host header), over http or
-/// https (behind a TLS-terminating proxy).
-fn token_urls(headers: &HeaderMap) -> Vec<String> {
-    let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok()) else { return Vec::new() };
-    vec![format!("http://{host}/auth/token"), format!("https://{host}/auth/token")]
-}
-
 /// `GET /.well-known/smart-configuration`.
-pub(crate) async fn configuration(headers: HeaderMap) -> Response {
-    let base =
-        headers.get(header::HOST).and_then(|h| h.to_str().ok()).map(|h| format!("http://{h}")).unwrap_or_default();
+pub(crate) async fn configuration(State(app): State<AppState>) -> Response {
+    // From configuration, never from the request's Host header (this answer is cacheable).
+    let base = app.public_bases.first().map(|b| b.trim_end_matches('/').to_owned()).unwrap_or_default();
     let mut response = Json(json!({
         "issuer": base,
         "token_endpoint": format!("{base}/auth/token"),

@@ -94,7 +94,12 @@ impl World {
         let tokens = Arc::new(TokenStore::default());
         let router = medledger_api::router_for(
             chain.clone(),
-            Services { records: Some(service.clone()), tokens: tokens.clone(), fhir_commit_wait_ms: 0 },
+            Services {
+                records: Some(service.clone()),
+                tokens: tokens.clone(),
+                fhir_commit_wait_ms: 0,
+                public_bases: vec!["http://fhir.test".into()],
+            },
         );
         let w = Self { net, chain, service, tokens, router, doc_a, doc_b, patient, other_patient, _dir: dir };
         w.commit();
@@ -349,6 +354,8 @@ async fn updates_make_versions_with_if_match_and_history_lists_them() {
     w.commit();
     let moved = v2.replace(&patient_id, &other_id);
     assert_eq!(w.put(&doc, &path, None, &moved).await.status, 422);
+    let recategorised = v2.replace("laboratory", "vital-signs");
+    assert_eq!(w.put(&doc, &path, None, &recategorised).await.issue(), "business-rule");
 
     // History: newest first, each version's own bytes; vread still finds version 1.
     let history = w.get(Some(&doc), &format!("{path}/_history")).await;
@@ -476,6 +483,10 @@ async fn patient_everything_returns_what_the_caller_may_read_paged() {
     assert!(none.json()["entry"].as_array().unwrap().is_empty());
     assert_eq!(w.service.pending_events(), before + 4);
     assert_eq!(w.get(Some(&doc), &format!("{path}?_count=0")).await.status, 400);
+    // Scopes narrow $everything too: a Patient-only token gets only the Patient.
+    let patient_only = w.token(&w.doc_a, Role::Practitioner, "user/Patient.rs");
+    assert_eq!(w.get(Some(&patient_only), &path).await.json()["entry"].as_array().unwrap().len(), 1);
+    assert_eq!(w.get(Some(&doc), &format!("{path}?_offset=99999999999")).await.status, 400);
     assert_eq!(w.get(Some(&doc), &format!("{path}?_since=2020")).await.issue(), "not-supported");
 }
 
@@ -637,9 +648,13 @@ async fn grants_read_as_r4_consents_with_their_status() {
     w.commit();
     let one = w.get(Some(&own), &format!("/fhir/Consent/{}", grant_id.to_hex())).await;
     assert_eq!(one.json()["status"], "inactive", "{}", one.text());
-    // The custodian's staff may look; the grantee clinic (no records of the patient) and other
-    // patients may not.
-    assert_eq!(w.get(Some(&doc), &format!("/fhir/Consent/{}", grant_id.to_hex())).await.status, 200);
+    // Only the patient sees every consent. A custodian's staff see only consents that give
+    // their own organisation access (none here): holding a record of a patient does not open
+    // the patient's other consents. The grantee clinic holds no records of the patient, and
+    // other patients see nothing.
+    assert_eq!(w.get(Some(&doc), &format!("/fhir/Consent/{}", grant_id.to_hex())).await.status, 403);
+    let listed = w.get(Some(&doc), &format!("/fhir/Consent?patient=Patient/{patient_id}")).await;
+    assert_eq!((listed.status, listed.json()["total"].as_u64()), (200, Some(0)), "{}", listed.text());
     let doc_b = w.token(&w.doc_b, Role::Practitioner, "user/*.rs");
     assert_eq!(w.get(Some(&doc_b), &format!("/fhir/Consent/{}", grant_id.to_hex())).await.status, 403);
     let other = w.token(&w.other_patient, Role::Patient, "patient/*.rs");
@@ -715,6 +730,13 @@ async fn search_matches_sorts_pages_includes_and_shows_only_what_consent_allows(
     assert_eq!(patients.json()["total"], 1, "{}", patients.text());
     assert_eq!(entries.iter().filter(|e| e["search"]["mode"] == "include").count(), 3);
     assert_eq!(w.get(Some(&doc), "/fhir/Patient?birthdate=1980-02-29&gender=female").await.json()["total"], 1);
+    // Includes of types the token's scopes do not cover are left out.
+    let obs_only = w.token(&w.doc_a, Role::Practitioner, "user/Observation.rs");
+    let narrow = w.get(Some(&obs_only), &search("code=718-7&_include=Observation:patient")).await.json();
+    assert_eq!(narrow["entry"].as_array().unwrap().iter().filter(|e| e["search"]["mode"] == "include").count(), 0);
+    let patient_only = w.token(&w.doc_a, Role::Practitioner, "user/Patient.rs");
+    let narrow = w.get(Some(&patient_only), "/fhir/Patient?family=zyx&_revinclude=Observation:patient").await.json();
+    assert_eq!(narrow["entry"].as_array().unwrap().iter().filter(|e| e["search"]["mode"] == "include").count(), 0);
     assert_eq!(w.get(Some(&doc), &format!("/fhir/Patient?_id={patient_id}")).await.json()["total"], 1);
 
     // Consent decides what anyone sees, totals included; every result is audited.
@@ -756,7 +778,12 @@ async fn a_create_answers_once_committed_or_202_when_the_chain_is_slow() {
     w.commit();
     w.router = medledger_api::router_for(
         w.chain.clone(),
-        Services { records: Some(w.service.clone()), tokens: w.tokens.clone(), fhir_commit_wait_ms: 300 },
+        Services {
+            records: Some(w.service.clone()),
+            tokens: w.tokens.clone(),
+            fhir_commit_wait_ms: 300,
+            public_bases: vec![],
+        },
     );
     // No blocks: accepted, not created; readable only once committed.
     let pending = w.post(&doc, "/fhir/Observation", FHIR, &lab(&patient_id)).await;
@@ -776,7 +803,12 @@ async fn a_create_answers_once_committed_or_202_when_the_chain_is_slow() {
     };
     w.router = medledger_api::router_for(
         w.chain.clone(),
-        Services { records: Some(w.service.clone()), tokens: w.tokens.clone(), fhir_commit_wait_ms: 10_000 },
+        Services {
+            records: Some(w.service.clone()),
+            tokens: w.tokens.clone(),
+            fhir_commit_wait_ms: 10_000,
+            public_bases: vec![],
+        },
     );
     let created = w.post(&doc, "/fhir/Observation", FHIR, &lab(&patient_id)).await;
     assert_eq!(created.status, 201, "{}", created.text());

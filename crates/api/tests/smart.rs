@@ -74,7 +74,14 @@ impl World {
         chain.submit(tx.bytes(), now_ms).unwrap();
         medledger_node::devnet::commit_pending(&chain, net.validators[0].id(), now_ms).unwrap();
         let tokens = Arc::new(TokenStore::default());
-        let router = medledger_api::router_for(chain, Services { tokens: tokens.clone(), ..Services::default() });
+        let router = medledger_api::router_for(
+            chain,
+            Services {
+                tokens: tokens.clone(),
+                public_bases: vec!["http://node.test:8080".into()],
+                ..Services::default()
+            },
+        );
         Self { router, tokens, net, patient, doc, _dir: dir }
     }
 
@@ -158,6 +165,9 @@ async fn bad_assertions_are_refused_as_invalid_client() {
     cases.push(("expired", with(&|c| c["exp"] = json!(now_s() - 600))));
     cases.push(("exp too far ahead", with(&|c| c["exp"] = json!(now_s() + 3600))));
     cases.push(("not yet valid", with(&|c| c["nbf"] = json!(now_s() + 600))));
+    cases.push(("issued in the future", with(&|c| c["iat"] = json!(now_s() + 600))));
+    cases.push(("nbf not a number", with(&|c| c["nbf"] = json!("soon"))));
+    cases.push(("exp overflowing", with(&|c| c["exp"] = json!(u64::MAX / 1000))));
     cases.push(("sub differs", with(&|c| c["sub"] = json!(stranger.id().to_hex()))));
     cases.push(("no jti", with(&|c| c["jti"] = json!(null))));
     cases.push(("iss not an id", with(&|c| c["iss"] = json!("my-app"))));
@@ -177,6 +187,24 @@ async fn bad_assertions_are_refused_as_invalid_client() {
         c["exp"] = json!(now_s() + 200);
         format!("{}.{}.{}", parts[0], b64(c.to_string().as_bytes()), parts[2])
     }));
+    // A Host header naming another server does not make its audience acceptable here: the
+    // audience is this node's configured URL, never the request's.
+    let foreign = {
+        let mut c = claims(p, "host-spoof");
+        c["aud"] = json!("http://elsewhere.example/auth/token");
+        jwt(p, &eddsa(), &c)
+    };
+    let body = format!(
+        "grant_type=client_credentials&scope=patient%2F%2A.rs&client_assertion_type={}&client_assertion={foreign}",
+        CLIENT_ASSERTION_TYPE.replace(':', "%3A")
+    );
+    let request = Request::post("/auth/token")
+        .header("host", "elsewhere.example")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(Body::from(body))
+        .unwrap();
+    let response = w.router.clone().oneshot(request).await.unwrap();
+    assert_eq!(response.status().as_u16(), 401, "a spoofed Host must not widen the accepted audience");
     for (what, assertion) in cases {
         let (status, body) = w.token(&assertion, "patient/*.rs").await;
         assert_eq!((status, error_of(&body)), (401, "invalid_client"), "{what}: {body}");

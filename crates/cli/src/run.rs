@@ -139,8 +139,12 @@ where
         };
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let tokens = Arc::new(medledger_api::smart::TokenStore::default());
-        let services =
-            medledger_api::Services { records: records.clone(), tokens: tokens.clone(), ..Default::default() };
+        let services = medledger_api::Services {
+            records: records.clone(),
+            tokens: tokens.clone(),
+            public_bases: medledger_api::bases_for_listen_addr(api_addr),
+            ..Default::default()
+        };
         let server = tokio::spawn(medledger_api::serve_for(listener, chain.clone(), services, async move {
             let _ = stop_rx.await;
         }));
