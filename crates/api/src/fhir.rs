@@ -508,11 +508,15 @@ pub(crate) async fn create(
         w.id == custodian
             || (matches!(w.role, Role::Practitioner | Role::SystemClient) && w.organisation == Some(custodian))
     });
-    if !staff {
-        return Err(forbidden("only the staff and systems of the organisation operating this node write here"));
-    }
     let json: serde_json::Value = serde_json::from_slice(&body)
         .map_err(|e| FhirError::new(StatusCode::BAD_REQUEST, IssueCode::Invalid, e.to_string()))?;
+    if !staff {
+        // Audited when the resource names a patient here (a refused write attempt about them).
+        if let Ok(Some(patient)) = patient_of(&app, &resource_type, &json) {
+            service.audit_refused_write(author, patient, None, "not-custodian-staff", now_ms());
+        }
+        return Err(forbidden("only the staff and systems of the organisation operating this node write here"));
+    }
     let category = category_of(&resource_type, &json)?;
     let (patient, registered) = match patient_of(&app, &resource_type, &json)? {
         Some(patient) => (patient, false),
@@ -610,6 +614,10 @@ pub(crate) async fn update(
             || (matches!(w.role, Role::Practitioner | Role::SystemClient) && w.organisation == Some(custodian))
     });
     if !staff {
+        // Every refusal is on the record: a write attempt by someone not the custodian's.
+        if let Some(patient) = app.chain.state().record(&record_id).map(|h| h.patient) {
+            service.audit_refused_write(author, patient, Some(record_id), "not-custodian-staff", now_ms());
+        }
         return Err(forbidden("only the staff and systems of the organisation operating this node write here"));
     }
     let json: serde_json::Value = serde_json::from_slice(&body)
@@ -681,6 +689,7 @@ pub(crate) async fn delete(
             || (matches!(w.role, Role::Practitioner | Role::SystemClient) && w.organisation == Some(custodian))
     });
     if !staff {
+        service.audit_refused_write(author, head.patient, Some(record_id), "not-custodian-staff", now_ms());
         return Err(forbidden("only the staff and systems of the organisation operating this node delete here"));
     }
     let latest = {

@@ -123,12 +123,20 @@ impl SearchIndex {
         for (record_id, resource_type, version, last_updated_ms) in stale {
             // Not decryptable here (another custodian's record without a key), or its
             // ciphertext not replicated yet: not searchable on this node for now.
-            let Ok(plaintext) = service.plaintext_for_index(&record_id, version) else { continue };
+            // Not decryptable here, or its ciphertext not replicated yet: drop what an older
+            // version left in the index rather than serve a superseded version.
+            let Ok(plaintext) = service.plaintext_for_index(&record_id, version) else {
+                deleted.push(record_id);
+                continue;
+            };
             if crate::fhir::is_tombstone(&plaintext) {
                 deleted.push(record_id);
                 continue;
             }
-            let Ok(extraction) = search::extract_bytes(&plaintext) else { continue };
+            let Ok(extraction) = search::extract_bytes(&plaintext) else {
+                deleted.push(record_id);
+                continue;
+            };
             let mut values: HashMap<&'static str, Vec<IndexValue>> = HashMap::new();
             for (param, value) in extraction.values {
                 values.entry(param).or_default().push(value);

@@ -290,7 +290,9 @@ async fn bad_writes_are_refused_with_operation_outcomes_and_nothing_written() {
     let own = w.token(&w.patient, Role::Patient, "patient/*.cruds");
     assert_eq!(w.post(&own, "/fhir/Observation", FHIR, &lab(&patient_id)).await.status, 403);
     let doc_b = w.token(&w.doc_b, Role::Practitioner, "user/*.cruds");
+    let before = w.service.pending_events();
     assert_eq!(w.post(&doc_b, "/fhir/Observation", FHIR, &lab(&patient_id)).await.status, 403);
+    assert_eq!(w.service.pending_events(), before + 1, "a refused write is audited");
     // A read-only token cannot create.
     let reader = w.token(&w.doc_a, Role::Practitioner, "user/*.rs");
     assert_eq!(w.post(&reader, "/fhir/Observation", FHIR, &lab(&patient_id)).await.status, 403);
