@@ -770,7 +770,11 @@ pub(crate) async fn history(
     let plaintexts = tokio::task::spawn_blocking(move || {
         wanted
             .iter()
-            .map(|(v, _)| service.read(requester, record_id, Some(*v), purpose, now_ms()).map(|r| r.plaintext))
+            .map(|(v, _)| {
+                service
+                    .read_as(requester, record_id, Some(*v), purpose, AccessAction::History, now_ms())
+                    .map(|r| r.plaintext)
+            })
             .collect::<Result<Vec<_>, _>>()
     })
     .await

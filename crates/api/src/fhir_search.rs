@@ -61,6 +61,7 @@ struct Indexed {
     /// that had it in some indexed version. A posting can be stale (a later version dropped
     /// the value), so candidates from here are always checked against the entry itself.
     postings: HashMap<(&'static str, String), Vec<RecordId>>,
+    posted: HashSet<(RecordId, &'static str, String)>,
 }
 
 /// The posting key of an index value, for the values worth an inverted list.
@@ -156,11 +157,12 @@ impl SearchIndex {
             if indexed.listed.insert(record_id) {
                 indexed.by_type.entry(entry.resource_type.clone()).or_default().push(record_id);
             }
+            // A record goes into a posting list once, however many versions carry the value
+            // (`posted` remembers which lists it is in).
             for (param, values) in &entry.values {
                 for key in values.iter().filter_map(posting_key) {
-                    let list = indexed.postings.entry((param, key)).or_default();
-                    if list.last() != Some(&record_id) {
-                        list.push(record_id);
+                    if indexed.posted.insert((record_id, param, key.clone())) {
+                        indexed.postings.entry((param, key)).or_default().push(record_id);
                     }
                 }
             }

@@ -295,6 +295,9 @@ fn verify_assertion(
     if header["alg"] != "EdDSA" {
         return Err(invalid("client_assertion must be signed with alg EdDSA (Ed25519)"));
     }
+    if header.get("typ").is_some_and(|t| !t.as_str().is_some_and(|t| t.eq_ignore_ascii_case("JWT"))) {
+        return Err(invalid("client_assertion typ, when given, must be JWT"));
+    }
     if header.get("crit").is_some() {
         return Err(invalid("JWS crit header parameters are not supported"));
     }

@@ -174,6 +174,7 @@ async fn bad_assertions_are_refused_as_invalid_client() {
     cases.push(("signed by another key", jwt(&stranger, &eddsa(), &claims(p, "y"))));
     cases.push(("unregistered client", jwt(&stranger, &eddsa(), &claims(&stranger, "z"))));
     cases.push(("HS256", jwt(p, &json!({"alg": "HS256"}), &claims(p, "h"))));
+    cases.push(("typ not JWT", jwt(p, &json!({"alg": "EdDSA", "typ": "dpop+jwt"}), &claims(p, "typ"))));
     cases.push(("alg none", {
         let j = jwt(p, &json!({"alg": "none"}), &claims(p, "n"));
         format!("{}.", j.rsplit_once('.').unwrap().0)

@@ -106,7 +106,7 @@ pub struct RecordService {
     /// Category keys this node created or unwrapped, by key and epoch.
     category_keys: Mutex<HashMap<(CategoryKeyId, u32), CategoryKey>>,
     /// Versions submitted but not yet committed, so concurrent updates do not collide.
-    pending_versions: Mutex<HashMap<RecordId, u32>>,
+    pending_versions: Mutex<HashMap<RecordId, (u32, Option<TxId>)>>,
     /// Access events waiting to be committed in a batch.
     audit: Mutex<Vec<AccessEvent>>,
     /// Key shares submitted but not yet committed, with when, so they are not submitted twice.
@@ -229,6 +229,9 @@ impl RecordService {
         let tx_id = self.chain.submit_as(&self.node_keys, payload, now_ms).inspect_err(|_| {
             self.pending_versions.lock().expect("pending lock poisoned").remove(&record_id);
         })?;
+        if let Some(entry) = self.pending_versions.lock().expect("pending lock poisoned").get_mut(&record_id) {
+            entry.1 = Some(tx_id);
+        }
         Ok(Written { record_id, version, tx_id, ciphertext_hash })
     }
 
@@ -240,14 +243,26 @@ impl RecordService {
         rng: &mut impl CryptoRng,
     ) -> Result<(RecordId, u32), RecordError> {
         let mut pending = self.pending_versions.lock().expect("pending lock poisoned");
+        // A pending version of this record whose transaction the ledger refused (or that left
+        // the mempool without committing) will never commit: forget it, or the record would
+        // stay locked against updates until restart.
+        if let Some(record_id) = request.record
+            && let Some((_, Some(tx))) = pending.get(&record_id)
+            && matches!(
+                self.chain.tx_status(tx),
+                Ok(crate::chain::TxStatus::Rejected { .. } | crate::chain::TxStatus::Unknown)
+            )
+        {
+            pending.remove(&record_id);
+        }
         let state = self.chain.state();
-        pending.retain(|id, v| state.record(id).is_none_or(|h| h.latest_version < *v));
+        pending.retain(|id, (v, _)| state.record(id).is_none_or(|h| h.latest_version < *v));
         match request.record {
             None => {
                 let mut id = [0u8; 32];
                 rng.fill_bytes(&mut id);
                 let record_id = RecordId(id);
-                pending.insert(record_id, 1);
+                pending.insert(record_id, (1, None));
                 Ok((record_id, 1))
             }
             Some(record_id) => {
@@ -267,7 +282,7 @@ impl RecordService {
                     return Err(RecordError::VersionMismatch { latest: head.latest_version });
                 }
                 let version = head.latest_version + 1;
-                pending.insert(record_id, version);
+                pending.insert(record_id, (version, None));
                 Ok((record_id, version))
             }
         }

@@ -195,3 +195,47 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
+
+/// A version whose transaction the ledger refuses at block building (admitted while queued
+/// behind an earlier nonce) must not leave its record locked against further updates.
+#[test]
+fn a_refused_version_does_not_lock_its_record() {
+    let (mut w, blobs, _blob_dir) = World::new();
+    let org_a = w.net.organisations[0].clone();
+    let doc = Keypair::from_label("dr-lock");
+    let patient = Keypair::from_label("patient-lock");
+    w.submit(&org_a, Payload::register(Role::Practitioner, &doc, Some(org_a.id()), "Dr Lock"));
+    let chain_id = w.net.genesis.chain_id();
+    w.chain
+        .submit(
+            sign(&patient, chain_id, patient.id(), 0, Payload::register(Role::Patient, &patient, None, "")).bytes(),
+            w.t,
+        )
+        .unwrap();
+    w.commit();
+    let node = RecordService::new(w.chain.clone(), w.net.validators[0].clone(), org_a, blobs);
+    let mut rng = rand::rng();
+    let lab = |record| WriteRequest {
+        author: doc.id(),
+        patient: patient.id(),
+        resource_type: "Observation",
+        category: "labs",
+        content: br#"{"resourceType":"Observation","status":"final"}"#,
+        record,
+    };
+    let a = node.write(&lab(None), w.t, &mut rng).unwrap();
+    let b = node.write(&lab(None), w.t, &mut rng).unwrap();
+    w.commit();
+    // A valid update of A, then an update of B in another category: queued behind A's nonce,
+    // so admitted, and refused when the block is built.
+    node.write(&lab(Some(a.record_id)), w.t, &mut rng).unwrap();
+    let bad = WriteRequest { category: "vitals", ..lab(Some(b.record_id)) };
+    let refused = node.write(&bad, w.t, &mut rng).unwrap();
+    w.commit();
+    assert!(matches!(w.chain.tx_status(&refused.tx_id).unwrap(), medledger_node::chain::TxStatus::Rejected { .. }));
+    // B can be updated again.
+    let again = node.write(&lab(Some(b.record_id)), w.t, &mut rng).unwrap();
+    w.commit();
+    assert_eq!(again.version, 2);
+    assert_eq!(w.chain.state().record(&b.record_id).unwrap().latest_version, 2);
+}
