@@ -738,6 +738,7 @@ pub(crate) async fn delete(
 pub(crate) async fn history(
     State(app): State<AppState>,
     Path((resource_type, id)): Path<(String, String)>,
+    axum::extract::Query(query): axum::extract::Query<std::collections::HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Result<Response, FhirError> {
     served(&resource_type)?;
@@ -757,15 +758,57 @@ pub(crate) async fn history(
             .map(|r| r.versions.iter().rev().map(|v| (v.version, v.position.committed_at_ms)).collect())
             .unwrap_or_default()
     };
-    if versions.len() > HISTORY_VERSIONS_MAX {
-        return Err(FhirError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            IssueCode::TooLong,
-            format!("more than {HISTORY_VERSIONS_MAX} versions; read them one by one with vread"),
-        ));
+    let bad = |m: String| FhirError::new(StatusCode::BAD_REQUEST, IssueCode::Value, m);
+    let mut count = HISTORY_VERSIONS_MAX;
+    let mut offset = 0usize;
+    for (key, value) in &query {
+        match key.as_str() {
+            "_count" => {
+                count = value
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|c| (1..=HISTORY_VERSIONS_MAX).contains(c))
+                    .ok_or_else(|| bad(format!("_count must be 1 to {HISTORY_VERSIONS_MAX}")))?;
+            }
+            "_offset" => {
+                offset = value
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|o| *o <= OFFSET_MAX)
+                    .ok_or_else(|| bad(format!("_offset must be a number up to {OFFSET_MAX}")))?;
+            }
+            other => {
+                return Err(FhirError::new(
+                    StatusCode::BAD_REQUEST,
+                    IssueCode::NotSupported,
+                    format!("instance history supports _count and _offset, not {}", crate::error::echo(other)),
+                ));
+            }
+        }
     }
     let service = records(&app)?;
     let requester = grant.identity;
+    // Consent first: nothing of the history (not even its length) for a caller who may not
+    // read the record; the refusal is audited.
+    let decision = {
+        let state = app.chain.state();
+        let head = state.record(&record_id).ok_or_else(|| not_found("the record is gone"))?;
+        medledger_ledger::access::decide_at_head(
+            &state,
+            &requester,
+            &record_id,
+            head,
+            medledger_ledger::actions::READ,
+            purpose,
+            now_ms(),
+        )
+    };
+    if let Err(denial) = decision {
+        service.audit_history(requester, record_id, purpose, Err(denial), now_ms());
+        return Err(forbidden(format!("access denied: {}", denial.code())));
+    }
+    let total = versions.len();
+    let versions: Vec<(u32, u64)> = versions.into_iter().skip(offset).take(count).collect();
     let wanted = versions.clone();
     let plaintexts = tokio::task::spawn_blocking(move || {
         wanted
@@ -780,10 +823,17 @@ pub(crate) async fn history(
     .await
     .map_err(|_| FhirError::new(StatusCode::INTERNAL_SERVER_ERROR, IssueCode::Exception, "read task failed"))??;
     let id_hex = record_id.to_hex();
-    let mut bundle = format!(
-        r#"{{"resourceType":"Bundle","type":"history","total":{},"link":[{{"relation":"self","url":"/fhir/{resource_type}/{id_hex}/_history"}}],"entry":["#,
-        versions.len()
+    let mut links = format!(
+        r#"[{{"relation":"self","url":"/fhir/{resource_type}/{id_hex}/_history?_count={count}&_offset={offset}"}}"#
     );
+    if offset + count < total {
+        links.push_str(&format!(
+            r#",{{"relation":"next","url":"/fhir/{resource_type}/{id_hex}/_history?_count={count}&_offset={}"}}"#,
+            offset + count
+        ));
+    }
+    links.push(']');
+    let mut bundle = format!(r#"{{"resourceType":"Bundle","type":"history","total":{total},"link":{links},"entry":["#);
     for (i, ((version, at_ms), plaintext)) in versions.iter().zip(&plaintexts).enumerate() {
         let version_text = version.to_string();
         let last_updated = instant_from_ms(*at_ms);

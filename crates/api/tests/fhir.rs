@@ -371,6 +371,9 @@ async fn updates_make_versions_with_if_match_and_history_lists_them() {
     assert_eq!(entries[0]["response"]["etag"], "W/\"2\"");
     let text = history.text();
     assert!(text.contains(r#""value":6.10"#) && text.contains(r#""value":5.40"#), "{text}");
+    let paged = w.get(Some(&doc), &format!("{path}/_history?_count=1&_offset=1")).await.json();
+    assert_eq!(paged["entry"].as_array().unwrap().len(), 1);
+    assert_eq!(paged["entry"][0]["resource"]["meta"]["versionId"], "1");
     let v1 = w.get(Some(&doc), &format!("{path}/_history/1")).await;
     assert!(v1.text().contains(r#""value":5.40"#));
     // Another patient sees no history either.
