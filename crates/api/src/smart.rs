@@ -181,8 +181,24 @@ struct Held {
     by_hash: HashMap<Hash, Grant>,
     /// Issue order, for dropping the oldest when full.
     order: VecDeque<Hash>,
+    /// Each client's live tokens in issue order, so one client's flood only evicts its own.
+    by_client: HashMap<IdentityId, VecDeque<Hash>>,
     /// Assertion ids seen (`iss` + `jti`), with their expiry, so an assertion is used once.
     seen_assertions: HashMap<(IdentityId, String), TimestampMs>,
+    /// Assertion ids remembered per client, bounded like its tokens.
+    seen_per_client: HashMap<IdentityId, usize>,
+}
+
+/// Live tokens (and remembered assertion ids) per client: beyond it the client's oldest token
+/// is dropped, or its new assertions are refused until old ones expire. A client that needs
+/// more than this many tokens at once is misbehaving.
+pub const TOKENS_PER_CLIENT_MAX: usize = 64;
+
+/// Why an assertion id cannot be accepted.
+#[derive(Debug, PartialEq, Eq)]
+enum Unusable {
+    Replayed,
+    TooMany,
 }
 
 /// Issued bearer tokens, in memory.
@@ -199,13 +215,38 @@ impl TokenStore {
         let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw);
         let hash = sha256(token.as_bytes());
         let mut held = self.held.lock().expect("token lock poisoned");
-        while held.order.len() >= TOKENS_HELD_MAX {
-            if let Some(old) = held.order.pop_front() {
-                held.by_hash.remove(&old);
+        let client = grant.identity;
+        // This client's oldest token goes first when it holds too many.
+        let own = held.by_client.entry(client).or_default();
+        let mut evicted = Vec::new();
+        while own.len() >= TOKENS_PER_CLIENT_MAX {
+            evicted.extend(own.pop_front());
+        }
+        for old in evicted {
+            held.by_hash.remove(&old);
+        }
+        // The store as a whole stays bounded too (its order list may name evicted tokens).
+        while held.by_hash.len() >= TOKENS_HELD_MAX {
+            match held.order.pop_front() {
+                Some(old) => {
+                    if let Some(g) = held.by_hash.remove(&old)
+                        && let Some(list) = held.by_client.get_mut(&g.identity)
+                    {
+                        list.retain(|h| *h != old);
+                    }
+                }
+                None => break,
             }
+        }
+        // The issue order also names tokens evicted per client; compact it now and then (not
+        // on every issue: that would cost a pass over every token) so it stays bounded.
+        if held.order.len() > 2 * held.by_hash.len() + 1024 {
+            let live: std::collections::HashSet<Hash> = held.by_hash.keys().copied().collect();
+            held.order.retain(|h| live.contains(h));
         }
         held.by_hash.insert(hash, grant);
         held.order.push_back(hash);
+        held.by_client.entry(client).or_default().push_back(hash);
         token
     }
 
@@ -217,15 +258,36 @@ impl TokenStore {
     }
 
     /// Records assertion `jti` of `issuer` as used until `expires_ms`; false if it was seen.
-    fn first_use(&self, issuer: IdentityId, jti: &str, expires_ms: TimestampMs, now_ms: TimestampMs) -> bool {
+    fn first_use(
+        &self,
+        issuer: IdentityId,
+        jti: &str,
+        expires_ms: TimestampMs,
+        now_ms: TimestampMs,
+    ) -> Result<(), Unusable> {
         let mut held = self.held.lock().expect("token lock poisoned");
-        if held.seen_assertions.len() >= TOKENS_HELD_MAX {
-            held.seen_assertions.retain(|_, exp| *exp + ASSERTION_SKEW_MS > now_ms);
-            if held.seen_assertions.len() >= TOKENS_HELD_MAX {
-                return false;
+        if held.seen_assertions.contains_key(&(issuer, jti.to_owned())) {
+            return Err(Unusable::Replayed);
+        }
+        let full = held.seen_assertions.len() >= TOKENS_HELD_MAX
+            || held.seen_per_client.get(&issuer).copied().unwrap_or(0) >= TOKENS_PER_CLIENT_MAX;
+        if full {
+            // Forget expired assertion ids (they can no longer be replayed), then recount.
+            held.seen_assertions.retain(|_, exp| exp.saturating_add(ASSERTION_SKEW_MS) > now_ms);
+            let mut counts: HashMap<IdentityId, usize> = HashMap::new();
+            for (client, _) in held.seen_assertions.keys() {
+                *counts.entry(*client).or_default() += 1;
+            }
+            held.seen_per_client = counts;
+            if held.seen_assertions.len() >= TOKENS_HELD_MAX
+                || held.seen_per_client.get(&issuer).copied().unwrap_or(0) >= TOKENS_PER_CLIENT_MAX
+            {
+                return Err(Unusable::TooMany);
             }
         }
-        held.seen_assertions.insert((issuer, jti.to_owned()), expires_ms).is_none()
+        held.seen_assertions.insert((issuer, jti.to_owned()), expires_ms);
+        *held.seen_per_client.entry(issuer).or_default() += 1;
+        Ok(())
     }
 }
 
@@ -424,8 +486,17 @@ pub(crate) async fn token(
             format!("an identity with this role may hold only {}/… scopes", context.as_str()),
         ));
     }
-    if !app.tokens.first_use(assertion.issuer, &assertion.jti, assertion.expires_ms, now) {
-        return Err(OAuthError::new("invalid_client", "this client_assertion (jti) was already used"));
+    match app.tokens.first_use(assertion.issuer, &assertion.jti, assertion.expires_ms, now) {
+        Ok(()) => {}
+        Err(Unusable::Replayed) => {
+            return Err(OAuthError::new("invalid_client", "this client_assertion (jti) was already used"));
+        }
+        Err(Unusable::TooMany) => {
+            return Err(OAuthError::new(
+                "invalid_request",
+                format!("more than {TOKENS_PER_CLIENT_MAX} assertions from this client in five minutes; retry later"),
+            ));
+        }
     }
     let scope_line = granted.iter().map(ToString::to_string).collect::<Vec<_>>().join(" ");
     let token =
@@ -520,7 +591,29 @@ mod tests {
         assert_eq!(store.lookup(&token, 99), Some(grant));
         assert_eq!(store.lookup(&token, 100), None);
         assert_eq!(store.lookup("not-a-token", 0), None);
-        assert!(store.first_use(IdentityId::default(), "a", 1000, 0));
-        assert!(!store.first_use(IdentityId::default(), "a", 1000, 0));
+        assert_eq!(store.first_use(IdentityId::default(), "a", 1000, 0), Ok(()));
+        assert_eq!(store.first_use(IdentityId::default(), "a", 1000, 0), Err(Unusable::Replayed));
+    }
+
+    #[test]
+    fn one_client_cannot_crowd_out_the_others() {
+        let store = TokenStore::default();
+        let (flooder, other) = (IdentityId([1; 32]), IdentityId([2; 32]));
+        let grant = |identity| Grant { identity, role: Role::SystemClient, scopes: vec![], expires_ms: 1_000 };
+        let kept = store.issue(grant(other));
+        let first_flood = store.issue(grant(flooder));
+        for _ in 0..10 * TOKENS_PER_CLIENT_MAX {
+            store.issue(grant(flooder));
+        }
+        assert!(store.lookup(&kept, 0).is_some(), "another client's token survives the flood");
+        assert!(store.lookup(&first_flood, 0).is_none(), "the flooder's oldest tokens went first");
+        // Assertion ids: bounded per client, with a clear error; others are not affected.
+        for i in 0..TOKENS_PER_CLIENT_MAX {
+            assert_eq!(store.first_use(flooder, &format!("j{i}"), 1_000_000, 0), Ok(()));
+        }
+        assert_eq!(store.first_use(flooder, "one-more", 1_000_000, 0), Err(Unusable::TooMany));
+        assert_eq!(store.first_use(other, "fine", 1_000_000, 0), Ok(()));
+        // Once they expire, the flooder may assert again.
+        assert_eq!(store.first_use(flooder, "later", 2_000_000, 1_000_000 + ASSERTION_SKEW_MS + 1), Ok(()));
     }
 }
