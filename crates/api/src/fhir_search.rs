@@ -37,6 +37,9 @@ use crate::{
     smart::interactions,
 };
 
+/// Records whose consent is decided per hold of the chain state's read lock.
+const VISIBILITY_CHUNK: usize = 1_024;
+
 /// Most resources one answer carries, matches and includes together.
 pub const RESULTS_PER_ANSWER_MAX: usize = 1_000;
 
@@ -256,22 +259,32 @@ fn evaluate(
         grant.allows(resource_type, interactions::READ) || grant.allows(resource_type, interactions::SEARCH)
     };
     let indexed = index.indexed.read().expect("search index lock poisoned");
-    let state = chain.state();
-    let visible = |record: &RecordId| {
-        state
-            .record(record)
-            .is_some_and(|head| decide_at_head(&state, requester, record, head, actions::READ, purpose, now).is_ok())
+    // Consent is decided under the chain state's read lock, taken per chunk of records, never
+    // across a whole scan: block application waits for the lock, and a search over every
+    // record of a type must not hold it up.
+    let visible_of = |ids: &[RecordId]| -> Vec<RecordId> {
+        let mut out = Vec::new();
+        for chunk in ids.chunks(VISIBILITY_CHUNK) {
+            let state = chain.state();
+            out.extend(chunk.iter().copied().filter(|record| {
+                state.record(record).is_some_and(|head| {
+                    decide_at_head(&state, requester, record, head, actions::READ, purpose, now).is_ok()
+                })
+            }));
+        }
+        out
     };
+    let visible = |record: &RecordId| !visible_of(std::slice::from_ref(record)).is_empty();
     let candidates = candidates(&indexed, query);
-    let mut matched: Vec<RecordId> = candidates
+    let filtered: Vec<RecordId> = candidates
         .iter()
         .filter(|id| {
             let Some(entry) = indexed.entries.get(id) else { return false };
             query.filters.iter().all(|f| f.matches(values_of(entry, &f.param)))
         })
-        .filter(|id| visible(id))
         .copied()
         .collect();
+    let mut matched = visible_of(&filtered);
     for key in query.sort.iter().rev() {
         matched.sort_by(|a, b| {
             let ka = indexed.entries.get(a).and_then(|e| search::sort_key(values_of(e, &key.param), key.descending));
