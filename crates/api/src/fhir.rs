@@ -758,34 +758,7 @@ pub(crate) async fn history(
             .map(|r| r.versions.iter().rev().map(|v| (v.version, v.position.committed_at_ms)).collect())
             .unwrap_or_default()
     };
-    let bad = |m: String| FhirError::new(StatusCode::BAD_REQUEST, IssueCode::Value, m);
-    let mut count = HISTORY_VERSIONS_MAX;
-    let mut offset = 0usize;
-    for (key, value) in &query {
-        match key.as_str() {
-            "_count" => {
-                count = value
-                    .parse::<usize>()
-                    .ok()
-                    .filter(|c| (1..=HISTORY_VERSIONS_MAX).contains(c))
-                    .ok_or_else(|| bad(format!("_count must be 1 to {HISTORY_VERSIONS_MAX}")))?;
-            }
-            "_offset" => {
-                offset = value
-                    .parse::<usize>()
-                    .ok()
-                    .filter(|o| *o <= OFFSET_MAX)
-                    .ok_or_else(|| bad(format!("_offset must be a number up to {OFFSET_MAX}")))?;
-            }
-            other => {
-                return Err(FhirError::new(
-                    StatusCode::BAD_REQUEST,
-                    IssueCode::NotSupported,
-                    format!("instance history supports _count and _offset, not {}", crate::error::echo(other)),
-                ));
-            }
-        }
-    }
+    let (count, offset) = paging(&query, HISTORY_VERSIONS_MAX, "instance history")?;
     let service = records(&app)?;
     let requester = grant.identity;
     // Consent first: nothing of the history (not even its length) for a caller who may not
@@ -823,52 +796,16 @@ pub(crate) async fn history(
     .await
     .map_err(|_| FhirError::new(StatusCode::INTERNAL_SERVER_ERROR, IssueCode::Exception, "read task failed"))??;
     let id_hex = record_id.to_hex();
-    let mut links = format!(
-        r#"[{{"relation":"self","url":"/fhir/{resource_type}/{id_hex}/_history?_count={count}&_offset={offset}"}}"#
-    );
-    if offset + count < total {
-        links.push_str(&format!(
-            r#",{{"relation":"next","url":"/fhir/{resource_type}/{id_hex}/_history?_count={count}&_offset={}"}}"#,
-            offset + count
-        ));
-    }
-    links.push(']');
+    let links = page_links(&format!("/fhir/{resource_type}/{id_hex}/_history"), count, offset, total);
     let mut bundle = format!(r#"{{"resourceType":"Bundle","type":"history","total":{total},"link":{links},"entry":["#);
     for (i, ((version, at_ms), plaintext)) in versions.iter().zip(&plaintexts).enumerate() {
-        let version_text = version.to_string();
-        let last_updated = instant_from_ms(*at_ms);
         if i > 0 {
             bundle.push(',');
         }
-        if is_tombstone(plaintext) {
-            bundle.push_str(&format!(
-                r#"{{"fullUrl":"/fhir/{resource_type}/{id_hex}","request":{{"method":"DELETE","url":"{resource_type}/{id_hex}"}},"response":{{"status":"204 No Content","etag":"W/\"{version}\"","lastModified":"{last_updated}"}}}}"#
-            ));
-            continue;
-        }
-        let resource = with_server_meta(
-            plaintext,
-            &ServerMeta { id: &id_hex, version_id: &version_text, last_updated: &last_updated },
-        )
-        .map_err(|e| FhirError::new(StatusCode::INTERNAL_SERVER_ERROR, IssueCode::Exception, e.to_string()))?;
-        let (method, url, status) = if *version == 1 {
-            ("POST", resource_type.clone(), "201 Created")
-        } else {
-            ("PUT", format!("{resource_type}/{id_hex}"), "200 OK")
-        };
-        bundle.push_str(&format!(r#"{{"fullUrl":"/fhir/{resource_type}/{id_hex}","resource":"#));
-        bundle.push_str(std::str::from_utf8(&resource).map_err(|_| {
-            FhirError::new(StatusCode::INTERNAL_SERVER_ERROR, IssueCode::Exception, "stored resource is not UTF-8")
-        })?);
-        bundle.push_str(&format!(
-            r#","request":{{"method":"{method}","url":"{url}"}},"response":{{"status":"{status}","etag":"W/\"{version}\"","lastModified":"{last_updated}"}}}}"#
-        ));
+        push_history_entry(&mut bundle, &resource_type, &record_id, *version, *at_ms, plaintext)?;
     }
     bundle.push_str("]}");
-    let mut response = (StatusCode::OK, bundle).into_response();
-    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(FHIR_JSON));
-    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    Ok(response)
+    Ok(bundle_response(bundle))
 }
 
 /// `GET /fhir/Patient/{id}/$everything`: the latest version of every record of the patient
@@ -884,35 +821,7 @@ pub(crate) async fn everything(
     let purpose = purpose(&headers)?;
     let grant = authorize_record(&app, &headers, "Patient", interactions::READ, &id, AccessAction::Read, purpose)?;
     let record_id = parse_id(&id)?;
-    let count = match query.get("_count") {
-        None => EVERYTHING_PAGE_MAX,
-        Some(c) => c.parse::<usize>().ok().filter(|c| (1..=EVERYTHING_PAGE_MAX).contains(c)).ok_or_else(|| {
-            FhirError::new(
-                StatusCode::BAD_REQUEST,
-                IssueCode::Value,
-                format!("_count must be 1 to {EVERYTHING_PAGE_MAX}"),
-            )
-        })?,
-    };
-    let offset = match query.get("_offset") {
-        None => 0,
-        Some(o) => o.parse::<usize>().ok().filter(|o| *o <= OFFSET_MAX).ok_or_else(|| {
-            FhirError::new(
-                StatusCode::BAD_REQUEST,
-                IssueCode::Value,
-                format!("_offset must be a number up to {OFFSET_MAX}"),
-            )
-        })?,
-    };
-    for key in query.keys() {
-        if !matches!(key.as_str(), "_count" | "_offset") {
-            return Err(FhirError::new(
-                StatusCode::BAD_REQUEST,
-                IssueCode::NotSupported,
-                format!("parameter {} is not supported on $everything", crate::error::echo(key)),
-            ));
-        }
-    }
+    let (count, offset) = paging(&query, EVERYTHING_PAGE_MAX, "$everything")?;
     let patient = match app.chain.state().record(&record_id) {
         Some(head) if head.resource_type == "Patient" => head.patient,
         _ => return Err(not_found(format!("no Patient with id {}", crate::error::echo(&id)))),
@@ -949,15 +858,7 @@ pub(crate) async fn everything(
     })
     .await
     .map_err(|_| FhirError::new(StatusCode::INTERNAL_SERVER_ERROR, IssueCode::Exception, "read task failed"))?;
-    let self_url = format!("/fhir/Patient/{id}/$everything?_count={count}&_offset={offset}");
-    let mut links = format!(r#"[{{"relation":"self","url":"{self_url}"}}"#);
-    if offset + count < total {
-        links.push_str(&format!(
-            r#",{{"relation":"next","url":"/fhir/Patient/{id}/$everything?_count={count}&_offset={}"}}"#,
-            offset + count
-        ));
-    }
-    links.push(']');
+    let links = page_links(&format!("/fhir/Patient/{id}/$everything"), count, offset, total);
     let mut bundle = format!(r#"{{"resourceType":"Bundle","type":"searchset","link":{links},"entry":["#);
     let mut first = true;
     for ((record, resource_type, version, at_ms), read) in page.iter().zip(reads) {
@@ -982,10 +883,7 @@ pub(crate) async fn everything(
         bundle.push_str(r#","search":{"mode":"match"}}"#);
     }
     bundle.push_str("]}");
-    let mut response = (StatusCode::OK, bundle).into_response();
-    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(FHIR_JSON));
-    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    Ok(response)
+    Ok(bundle_response(bundle))
 }
 
 /// `GET /fhir/AuditEvent?patient=Patient/{id}[&_count=N][&_offset=M]`: the on-chain access
@@ -1101,10 +999,7 @@ pub(crate) async fn audit_events(
         }));
     }
     drop(index);
-    let mut response = (StatusCode::OK, bundle.to_string()).into_response();
-    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(FHIR_JSON));
-    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    Ok(response)
+    Ok(bundle_response(bundle.to_string()))
 }
 
 pub const AUDIT_PAGE_DEFAULT: usize = 50;
@@ -1292,10 +1187,7 @@ pub(crate) async fn provenance(
         "link": [{"relation": "self", "url": format!("/fhir/Provenance?target={resource_type}/{id}")}],
         "entry": entries,
     });
-    let mut response = (StatusCode::OK, bundle.to_string()).into_response();
-    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(FHIR_JSON));
-    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    Ok(response)
+    Ok(bundle_response(bundle.to_string()))
 }
 
 /// Who may see a patient's consents and audit trail: the patient, and the staff and systems
@@ -1459,10 +1351,7 @@ pub(crate) async fn consents(
             "search": {"mode": "match"},
         })).collect::<Vec<_>>(),
     });
-    let mut response = (StatusCode::OK, bundle.to_string()).into_response();
-    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(FHIR_JSON));
-    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    Ok(response)
+    Ok(bundle_response(bundle.to_string()))
 }
 
 /// `GET /fhir/Consent/{grant id}`.
@@ -1488,10 +1377,7 @@ pub(crate) async fn consent(
         }
         consent_resource(&state, stored, now_ms().max(state.head_timestamp_ms()))
     };
-    let mut response = (StatusCode::OK, resource.to_string()).into_response();
-    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(FHIR_JSON));
-    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    Ok(response)
+    Ok(bundle_response(resource.to_string()))
 }
 
 /// Extension naming the ledger transaction that carries an access event (its RFC 6962 leaf
@@ -1520,34 +1406,7 @@ pub(crate) async fn type_history(
     // SMART maps type history to search (`s`): it lists the type's records.
     let grant = authorize(&app, &headers, &resource_type, interactions::SEARCH)?;
     let purpose = purpose(&headers)?;
-    let bad = |m: String| FhirError::new(StatusCode::BAD_REQUEST, IssueCode::Value, m);
-    let mut count = HISTORY_VERSIONS_MAX;
-    let mut offset = 0usize;
-    for (key, value) in &query {
-        match key.as_str() {
-            "_count" => {
-                count = value
-                    .parse::<usize>()
-                    .ok()
-                    .filter(|c| (1..=HISTORY_VERSIONS_MAX).contains(c))
-                    .ok_or_else(|| bad(format!("_count must be 1 to {HISTORY_VERSIONS_MAX}")))?;
-            }
-            "_offset" => {
-                offset = value
-                    .parse::<usize>()
-                    .ok()
-                    .filter(|o| *o <= OFFSET_MAX)
-                    .ok_or_else(|| bad(format!("_offset must be a number up to {OFFSET_MAX}")))?;
-            }
-            other => {
-                return Err(FhirError::new(
-                    StatusCode::BAD_REQUEST,
-                    IssueCode::NotSupported,
-                    format!("type history supports _count and _offset, not {}", crate::error::echo(other)),
-                ));
-            }
-        }
-    }
+    let (count, offset) = paging(&query, HISTORY_VERSIONS_MAX, "type history")?;
     let requester = grant.identity;
     let now = now_ms();
     // (log index, record, version, committed at) of every version the caller may read.
@@ -1594,55 +1453,117 @@ pub(crate) async fn type_history(
     })
     .await
     .map_err(|_| FhirError::new(StatusCode::INTERNAL_SERVER_ERROR, IssueCode::Exception, "read task failed"))?;
-    let mut links =
-        format!(r#"[{{"relation":"self","url":"/fhir/{resource_type}/_history?_count={count}&_offset={offset}"}}"#);
-    if offset + count < total {
-        links.push_str(&format!(
-            r#",{{"relation":"next","url":"/fhir/{resource_type}/_history?_count={count}&_offset={}"}}"#,
-            offset + count
-        ));
-    }
-    links.push(']');
+    let links = page_links(&format!("/fhir/{resource_type}/_history"), count, offset, total);
     let mut bundle = format!(r#"{{"resourceType":"Bundle","type":"history","total":{total},"link":{links},"entry":["#);
     let mut first = true;
     for ((_, record, version, at_ms), read) in page.iter().zip(reads) {
         let Some(read) = read else { continue };
-        let id_hex = record.to_hex();
-        let version_text = version.to_string();
-        let last_updated = instant_from_ms(*at_ms);
         if !first {
             bundle.push(',');
         }
         first = false;
-        if is_tombstone(&read.plaintext) {
-            bundle.push_str(&format!(
-                r#"{{"fullUrl":"/fhir/{resource_type}/{id_hex}","request":{{"method":"DELETE","url":"{resource_type}/{id_hex}"}},"response":{{"status":"204 No Content","etag":"W/\"{version}\"","lastModified":"{last_updated}"}}}}"#
-            ));
-            continue;
-        }
-        let resource = with_server_meta(
-            &read.plaintext,
-            &ServerMeta { id: &id_hex, version_id: &version_text, last_updated: &last_updated },
-        )
-        .map_err(|e| FhirError::new(StatusCode::INTERNAL_SERVER_ERROR, IssueCode::Exception, e.to_string()))?;
-        let (method, url, status) = if *version == 1 {
-            ("POST", resource_type.clone(), "201 Created")
-        } else {
-            ("PUT", format!("{resource_type}/{id_hex}"), "200 OK")
-        };
-        bundle.push_str(&format!(r#"{{"fullUrl":"/fhir/{resource_type}/{id_hex}","resource":"#));
-        bundle.push_str(std::str::from_utf8(&resource).map_err(|_| {
-            FhirError::new(StatusCode::INTERNAL_SERVER_ERROR, IssueCode::Exception, "stored resource is not UTF-8")
-        })?);
-        bundle.push_str(&format!(
-            r#","request":{{"method":"{method}","url":"{url}"}},"response":{{"status":"{status}","etag":"W/\"{version}\"","lastModified":"{last_updated}"}}}}"#
-        ));
+        push_history_entry(&mut bundle, &resource_type, record, *version, *at_ms, &read.plaintext)?;
     }
     bundle.push_str("]}");
-    let mut response = (StatusCode::OK, bundle).into_response();
+    Ok(bundle_response(bundle))
+}
+
+/// `_count` (1 to `max`, default `max`) and `_offset` of a paged endpoint (`what`, for the
+/// message); any other parameter is refused as not supported.
+fn paging(
+    query: &std::collections::HashMap<String, String>,
+    max: usize,
+    what: &str,
+) -> Result<(usize, usize), FhirError> {
+    let bad = |m: String| FhirError::new(StatusCode::BAD_REQUEST, IssueCode::Value, m);
+    let (mut count, mut offset) = (max, 0usize);
+    for (key, value) in query {
+        match key.as_str() {
+            "_count" => {
+                count = value
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|c| (1..=max).contains(c))
+                    .ok_or_else(|| bad(format!("_count must be 1 to {max}")))?;
+            }
+            "_offset" => {
+                offset = value
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|o| *o <= OFFSET_MAX)
+                    .ok_or_else(|| bad(format!("_offset must be a number up to {OFFSET_MAX}")))?;
+            }
+            other => {
+                return Err(FhirError::new(
+                    StatusCode::BAD_REQUEST,
+                    IssueCode::NotSupported,
+                    format!("{what} supports _count and _offset, not {}", crate::error::echo(other)),
+                ));
+            }
+        }
+    }
+    Ok((count, offset))
+}
+
+/// A Bundle's `link` array: `self`, and `next` while there is more.
+fn page_links(path: &str, count: usize, offset: usize, total: usize) -> String {
+    let mut links = format!(r#"[{{"relation":"self","url":"{path}?_count={count}&_offset={offset}"}}"#);
+    if offset.saturating_add(count) < total {
+        links.push_str(&format!(r#",{{"relation":"next","url":"{path}?_count={count}&_offset={}"}}"#, offset + count));
+    }
+    links.push(']');
+    links
+}
+
+/// One entry of a history Bundle: the version with the server's `id` and `meta`, or, for a
+/// delete marker, the DELETE with no resource.
+fn push_history_entry(
+    bundle: &mut String,
+    resource_type: &str,
+    record: &RecordId,
+    version: u32,
+    at_ms: u64,
+    plaintext: &[u8],
+) -> Result<(), FhirError> {
+    let id_hex = record.to_hex();
+    let last_updated = instant_from_ms(at_ms);
+    let response = |status: &str| {
+        format!(r#""response":{{"status":"{status}","etag":"W/\"{version}\"","lastModified":"{last_updated}"}}"#)
+    };
+    if is_tombstone(plaintext) {
+        bundle.push_str(&format!(
+            r#"{{"fullUrl":"/fhir/{resource_type}/{id_hex}","request":{{"method":"DELETE","url":"{resource_type}/{id_hex}"}},{}}}"#,
+            response("204 No Content")
+        ));
+        return Ok(());
+    }
+    let version_text = version.to_string();
+    let resource = with_server_meta(
+        plaintext,
+        &ServerMeta { id: &id_hex, version_id: &version_text, last_updated: &last_updated },
+    )
+    .map_err(|e| FhirError::new(StatusCode::INTERNAL_SERVER_ERROR, IssueCode::Exception, e.to_string()))?;
+    let resource = std::str::from_utf8(&resource).map_err(|_| {
+        FhirError::new(StatusCode::INTERNAL_SERVER_ERROR, IssueCode::Exception, "stored resource is not UTF-8")
+    })?;
+    let (method, url, status) = if version == 1 {
+        ("POST", resource_type.to_owned(), "201 Created")
+    } else {
+        ("PUT", format!("{resource_type}/{id_hex}"), "200 OK")
+    };
+    bundle.push_str(&format!(
+        r#"{{"fullUrl":"/fhir/{resource_type}/{id_hex}","resource":{resource},"request":{{"method":"{method}","url":"{url}"}},{}}}"#,
+        response(status)
+    ));
+    Ok(())
+}
+
+/// A 200 answer carrying a FHIR JSON body that must not be cached.
+fn bundle_response(body: String) -> Response {
+    let mut response = (StatusCode::OK, body).into_response();
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(FHIR_JSON));
     response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    Ok(response)
+    response
 }
 
 /// Most versions one history answer carries (each is decrypted and audited).
