@@ -90,12 +90,41 @@ fn workload(net: &Devnet, n: usize, clients: usize) -> Vec<Vec<Transaction>> {
     streams
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
+/// The `p`-th percentile of ascending `sorted` (nearest rank); 0 when empty. Shared by the
+/// benchmarks.
+pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
     }
     let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
     sorted[rank.min(sorted.len() - 1)]
+}
+
+/// `v` rounded to two decimals, for the benchmarks' JSON lines.
+pub(crate) fn round2(v: f64) -> f64 {
+    (v * 100.0).round() / 100.0
+}
+
+/// Waits until every id is committed (or `deadline` passes); a rejection is an error.
+pub(crate) fn wait_committed(
+    chain: &medledger_node::chain::Chain,
+    ids: &[medledger_types::TxId],
+    deadline: std::time::Duration,
+) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    for id in ids {
+        loop {
+            match chain.tx_status(id)? {
+                medledger_node::chain::TxStatus::Committed { .. } => break,
+                medledger_node::chain::TxStatus::Rejected { reason } => {
+                    anyhow::bail!("benchmark transaction rejected: {reason}")
+                }
+                _ if started.elapsed() > deadline => anyhow::bail!("benchmark transactions not committed in time"),
+                _ => std::thread::sleep(std::time::Duration::from_millis(5)),
+            }
+        }
+    }
+    Ok(())
 }
 
 struct Progress {

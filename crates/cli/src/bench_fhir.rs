@@ -26,7 +26,6 @@ use medledger_api::smart::{Grant, parse_scope};
 use medledger_crypto::Keypair;
 use medledger_ledger::{Payload, tx::sign};
 use medledger_node::{
-    chain::{Chain, TxStatus},
     devnet::Devnet,
     records::{RecordService, WriteRequest},
 };
@@ -34,6 +33,7 @@ use medledger_types::{RecordId, Role, TxId};
 use serde_json::json;
 
 use crate::{
+    bench::{percentile, round2, wait_committed},
     init::now_ms,
     run::{RunOptions, open_chain, run},
 };
@@ -44,32 +44,6 @@ pub struct FhirBenchOptions {
     pub clients: usize,
     pub searches: usize,
     pub crud: usize,
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    sorted[(((p / 100.0) * (sorted.len() - 1) as f64).round() as usize).min(sorted.len() - 1)]
-}
-
-fn round2(v: f64) -> f64 {
-    (v * 100.0).round() / 100.0
-}
-
-fn wait_committed(chain: &Chain, ids: &[TxId], deadline: Duration) -> Result<()> {
-    let started = Instant::now();
-    for id in ids {
-        loop {
-            match chain.tx_status(id)? {
-                TxStatus::Committed { .. } => break,
-                TxStatus::Rejected { reason } => anyhow::bail!("transaction rejected: {reason}"),
-                _ if started.elapsed() > deadline => anyhow::bail!("not committed in time"),
-                _ => std::thread::sleep(Duration::from_millis(5)),
-            }
-        }
-    }
-    Ok(())
 }
 
 struct Figures {

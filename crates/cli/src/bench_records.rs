@@ -19,7 +19,7 @@ use anyhow::{Context, Result};
 use medledger_crypto::Keypair;
 use medledger_ledger::{Payload, Purpose, Scope, actions, tx::sign};
 use medledger_node::{
-    chain::{Chain, TxStatus},
+    chain::Chain,
     devnet::Devnet,
     records::{RecordError, RecordService, WriteRequest},
 };
@@ -28,6 +28,7 @@ use medledger_types::{RecordId, Role, TxId};
 use serde_json::json;
 
 use crate::{
+    bench::{percentile, round2, wait_committed},
     init::now_ms,
     run::{RunOptions, open_chain, run},
 };
@@ -40,17 +41,6 @@ pub struct RecordBenchOptions {
     pub dir: Option<PathBuf>,
     /// Drive the node over its HTTP API instead of in-process.
     pub http: bool,
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    sorted[(((p / 100.0) * (sorted.len() - 1) as f64).round() as usize).min(sorted.len() - 1)]
-}
-
-fn round2(v: f64) -> f64 {
-    (v * 100.0).round() / 100.0
 }
 
 struct Report {
@@ -129,22 +119,6 @@ pub fn bench_records(opts: RecordBenchOptions) -> Result<()> {
             "durable": true,
         })
     );
-    Ok(())
-}
-
-/// Waits until every id is committed (or the deadline passes).
-fn wait_committed(chain: &Chain, ids: &[TxId], deadline: Duration) -> Result<()> {
-    let started = Instant::now();
-    for id in ids {
-        loop {
-            match chain.tx_status(id)? {
-                TxStatus::Committed { .. } => break,
-                TxStatus::Rejected { reason } => anyhow::bail!("setup transaction rejected: {reason}"),
-                _ if started.elapsed() > deadline => anyhow::bail!("setup not committed in time"),
-                _ => std::thread::sleep(Duration::from_millis(5)),
-            }
-        }
-    }
     Ok(())
 }
 
