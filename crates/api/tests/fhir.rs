@@ -123,6 +123,18 @@ impl World {
         Answer { status, headers, body }
     }
 
+    /// Creates (and commits) the Patient resource of `self.patient` as `token`; its id.
+    async fn create_patient(&self, token: &str) -> String {
+        let body = format!(
+            r#"{{"resourceType":"Patient","identifier":[{{"system":"urn:medledger:identity","value":"{}"}}]}}"#,
+            self.patient.id().to_hex()
+        );
+        let created = self.post(token, "/fhir/Patient", FHIR, &body).await;
+        assert_eq!(created.status, 201, "{}", created.text());
+        self.commit();
+        created.json()["id"].as_str().unwrap().to_owned()
+    }
+
     async fn get(&self, token: Option<&str>, path: &str) -> Answer {
         let mut request = Request::get(path).header("host", "fhir.test");
         if let Some(t) = token {
@@ -261,12 +273,7 @@ async fn create_then_read_with_scopes_and_consent_both_enforced() {
 async fn bad_writes_are_refused_with_operation_outcomes_and_nothing_written() {
     let w = World::new();
     let doc = w.token(&w.doc_a, Role::Practitioner, "user/*.cruds");
-    let patient_body = format!(
-        r#"{{"resourceType":"Patient","identifier":[{{"system":"urn:medledger:identity","value":"{}"}}]}}"#,
-        w.patient.id().to_hex()
-    );
-    let patient_id = w.post(&doc, "/fhir/Patient", FHIR, &patient_body).await.json()["id"].as_str().unwrap().to_owned();
-    w.commit();
+    let patient_id = w.create_patient(&doc).await;
     let log_before = w.chain.head().log_size;
 
     // Structurally invalid: an unknown element, with its path.
@@ -281,7 +288,10 @@ async fn bad_writes_are_refused_with_operation_outcomes_and_nothing_written() {
     // A subject that is no Patient here; a Patient naming no registered patient identity.
     let dangling = lab(&"ab".repeat(32));
     assert_eq!(w.post(&doc, "/fhir/Observation", FHIR, &dangling).await.status, 422);
-    let nobody = patient_body.replace(&w.patient.id().to_hex(), &"cd".repeat(32));
+    let nobody = format!(
+        r#"{{"resourceType":"Patient","identifier":[{{"system":"urn:medledger:identity","value":"{}"}}]}}"#,
+        "cd".repeat(32)
+    );
     assert_eq!(w.post(&doc, "/fhir/Patient", FHIR, &nobody).await.status, 422);
     // An Observation that is neither a lab nor a vital: consent is per category.
     let uncategorised = lab(&patient_id).replace("laboratory", "survey");
@@ -321,12 +331,7 @@ impl World {
 async fn updates_make_versions_with_if_match_and_history_lists_them() {
     let w = World::new();
     let doc = w.token(&w.doc_a, Role::Practitioner, "user/*.cruds");
-    let patient_body = format!(
-        r#"{{"resourceType":"Patient","identifier":[{{"system":"urn:medledger:identity","value":"{}"}}]}}"#,
-        w.patient.id().to_hex()
-    );
-    let patient_id = w.post(&doc, "/fhir/Patient", FHIR, &patient_body).await.json()["id"].as_str().unwrap().to_owned();
-    w.commit();
+    let patient_id = w.create_patient(&doc).await;
     let obs_id =
         w.post(&doc, "/fhir/Observation", FHIR, &lab(&patient_id)).await.json()["id"].as_str().unwrap().to_owned();
     w.commit();
@@ -448,12 +453,7 @@ async fn a_patient_new_to_the_network_is_registered_with_keys_held_for_hand_over
 async fn patient_everything_returns_what_the_caller_may_read_paged() {
     let w = World::new();
     let doc = w.token(&w.doc_a, Role::Practitioner, "user/*.cruds");
-    let patient_body = format!(
-        r#"{{"resourceType":"Patient","identifier":[{{"system":"urn:medledger:identity","value":"{}"}}]}}"#,
-        w.patient.id().to_hex()
-    );
-    let patient_id = w.post(&doc, "/fhir/Patient", FHIR, &patient_body).await.json()["id"].as_str().unwrap().to_owned();
-    w.commit();
+    let patient_id = w.create_patient(&doc).await;
     for _ in 0..3 {
         assert_eq!(w.post(&doc, "/fhir/Observation", FHIR, &lab(&patient_id)).await.status, 201);
     }
@@ -499,12 +499,7 @@ async fn patient_everything_returns_what_the_caller_may_read_paged() {
 async fn audit_events_show_the_patient_every_access_as_valid_r4() {
     let w = World::new();
     let doc = w.token(&w.doc_a, Role::Practitioner, "user/*.cruds");
-    let patient_body = format!(
-        r#"{{"resourceType":"Patient","identifier":[{{"system":"urn:medledger:identity","value":"{}"}}]}}"#,
-        w.patient.id().to_hex()
-    );
-    let patient_id = w.post(&doc, "/fhir/Patient", FHIR, &patient_body).await.json()["id"].as_str().unwrap().to_owned();
-    w.commit();
+    let patient_id = w.create_patient(&doc).await;
     let obs_id =
         w.post(&doc, "/fhir/Observation", FHIR, &lab(&patient_id)).await.json()["id"].as_str().unwrap().to_owned();
     w.commit();
@@ -555,12 +550,7 @@ async fn audit_events_show_the_patient_every_access_as_valid_r4() {
 async fn every_version_has_a_provenance_naming_author_custodian_and_ledger_transaction() {
     let w = World::new();
     let doc = w.token(&w.doc_a, Role::Practitioner, "user/*.cruds");
-    let patient_body = format!(
-        r#"{{"resourceType":"Patient","identifier":[{{"system":"urn:medledger:identity","value":"{}"}}]}}"#,
-        w.patient.id().to_hex()
-    );
-    let patient_id = w.post(&doc, "/fhir/Patient", FHIR, &patient_body).await.json()["id"].as_str().unwrap().to_owned();
-    w.commit();
+    let patient_id = w.create_patient(&doc).await;
     let created = w.post(&doc, "/fhir/Observation", FHIR, &lab(&patient_id)).await;
     let obs_id = created.json()["id"].as_str().unwrap().to_owned();
     let tx_v1 = created.header("x-medledger-tx").unwrap().to_owned();
@@ -606,12 +596,7 @@ async fn every_version_has_a_provenance_naming_author_custodian_and_ledger_trans
 async fn grants_read_as_r4_consents_with_their_status() {
     let w = World::new();
     let doc = w.token(&w.doc_a, Role::Practitioner, "user/*.cruds");
-    let patient_body = format!(
-        r#"{{"resourceType":"Patient","identifier":[{{"system":"urn:medledger:identity","value":"{}"}}]}}"#,
-        w.patient.id().to_hex()
-    );
-    let patient_id = w.post(&doc, "/fhir/Patient", FHIR, &patient_body).await.json()["id"].as_str().unwrap().to_owned();
-    w.commit();
+    let patient_id = w.create_patient(&doc).await;
     let t = now_ms();
     let grant = medledger_ledger::Payload::ConsentGrant {
         patient: w.patient.id(),
@@ -775,12 +760,7 @@ async fn search_matches_sorts_pages_includes_and_shows_only_what_consent_allows(
 async fn a_create_answers_once_committed_or_202_when_the_chain_is_slow() {
     let mut w = World::new();
     let doc = w.token(&w.doc_a, Role::Practitioner, "user/*.cruds");
-    let patient_body = format!(
-        r#"{{"resourceType":"Patient","identifier":[{{"system":"urn:medledger:identity","value":"{}"}}]}}"#,
-        w.patient.id().to_hex()
-    );
-    let patient_id = w.post(&doc, "/fhir/Patient", FHIR, &patient_body).await.json()["id"].as_str().unwrap().to_owned();
-    w.commit();
+    let patient_id = w.create_patient(&doc).await;
     w.router = medledger_api::router_for(
         w.chain.clone(),
         Services {
@@ -827,12 +807,7 @@ async fn a_create_answers_once_committed_or_202_when_the_chain_is_slow() {
 async fn a_delete_is_logical_reads_answer_gone_and_history_keeps_every_version() {
     let w = World::new();
     let doc = w.token(&w.doc_a, Role::Practitioner, "user/*.cruds");
-    let patient_body = format!(
-        r#"{{"resourceType":"Patient","identifier":[{{"system":"urn:medledger:identity","value":"{}"}}]}}"#,
-        w.patient.id().to_hex()
-    );
-    let patient_id = w.post(&doc, "/fhir/Patient", FHIR, &patient_body).await.json()["id"].as_str().unwrap().to_owned();
-    w.commit();
+    let patient_id = w.create_patient(&doc).await;
     let obs_id =
         w.post(&doc, "/fhir/Observation", FHIR, &lab(&patient_id)).await.json()["id"].as_str().unwrap().to_owned();
     w.commit();
