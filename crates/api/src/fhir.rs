@@ -1,6 +1,8 @@
-//! The FHIR R4 REST API (`/fhir`), first slice: the CapabilityStatement, and create, read and
-//! vread of the patient-compartment resource types, through the same encryption, consent
-//! enforcement and on-chain audit as the record endpoints.
+//! The FHIR R4 REST API (`/fhir`): the CapabilityStatement; create, read, vread, update,
+//! logical delete and history of the patient-record types; `Patient/$everything`; read-only
+//! Consent, Provenance and AuditEvent views of the ledger (search is in `fhir_search`). All
+//! through the same encryption, consent enforcement and on-chain audit as the record
+//! endpoints; `docs/fhir.md` describes it.
 //!
 //! Every request carries a SMART bearer token (`smart`); its scopes must allow the
 //! interaction on the type, and then `ledger::access` must allow the caller on the record:
