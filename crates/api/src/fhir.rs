@@ -1022,6 +1022,7 @@ fn audit_event(
         AccessAction::History => ("history-instance", "R"),
         AccessAction::Search => ("search-type", "E"),
         AccessAction::Write => ("update", "U"),
+        AccessAction::Export => ("export", "R"),
     };
     let outcome = match event.outcome {
         AccessOutcome::Denied => "4",

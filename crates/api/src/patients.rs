@@ -107,6 +107,7 @@ fn action_code(action: AccessAction) -> &'static str {
         AccessAction::Write => "write",
         AccessAction::History => "history",
         AccessAction::Search => "search",
+        AccessAction::Export => "export",
     }
 }
 

@@ -64,11 +64,13 @@ pub enum AccessAction {
     Write = 2,
     History = 3,
     Search = 4,
+    /// A bulk export (FHIR `$export`) handed the record to the client.
+    Export = 5,
 }
 
 impl AccessAction {
     pub fn from_u8(tag: u8) -> Option<Self> {
-        [Self::Read, Self::Write, Self::History, Self::Search].into_iter().find(|a| *a as u8 == tag)
+        [Self::Read, Self::Write, Self::History, Self::Search, Self::Export].into_iter().find(|a| *a as u8 == tag)
     }
 }
 
