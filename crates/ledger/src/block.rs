@@ -95,7 +95,7 @@ impl Block {
         let mut r = Reader::new(bytes);
         let header = BlockHeader::decode(&mut r)?;
         let txs = r.seq(limits::BLOCK_TXS_MAX, "block transactions", |r| {
-            Transaction::decode(r.bytes(limits::TX_BYTES_MAX, "transaction")?)
+            Transaction::decode(r.bytes(limits::BATCH_TX_BYTES_MAX, "transaction")?)
         })?;
         r.finish()?;
         Ok(Self { header, txs })

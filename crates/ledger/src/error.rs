@@ -29,6 +29,8 @@ pub enum TxError {
     UnknownRule(TxId),
     #[error("sharing rule refused: {0}")]
     Rule(#[from] crate::rules::RuleError),
+    #[error("operation {index} of the batch: {error}")]
+    InBatch { index: usize, error: Box<TxError> },
 }
 
 /// Why a block does not validly extend the chain.

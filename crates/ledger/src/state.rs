@@ -232,6 +232,43 @@ pub struct Delta {
     reacting_rules: HashMap<IdentityId, Vec<TxId>>,
     /// patient -> every delegation of the patient, oldest first.
     delegations: HashMap<IdentityId, Vec<Delegation>>,
+    directory: HashMap<RecordId, DirectoryHead>,
+}
+
+impl Delta {
+    /// Layers `newer` (changes made on top of this delta) over it.
+    fn merge(&mut self, newer: Delta) {
+        self.identities.extend(newer.identities);
+        self.records.extend(newer.records);
+        self.grants.extend(newer.grants);
+        self.category_keys.extend(newer.category_keys);
+        self.shared_keys.extend(newer.shared_keys);
+        self.grant_index.extend(newer.grant_index);
+        self.patient_grants.extend(newer.patient_grants);
+        self.rules.extend(newer.rules);
+        self.patient_rules.extend(newer.patient_rules);
+        self.reacting_rules.extend(newer.reacting_rules);
+        self.delegations.extend(newer.delegations);
+        self.directory.extend(newer.directory);
+    }
+}
+
+/// The latest version of a consortium directory entry (`Payload::DirectoryPut`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DirectoryHead {
+    pub resource_type: String,
+    /// The organisation that wrote it; only it (its validators, staff or clients) updates it.
+    pub owner: IdentityId,
+    pub latest_version: u32,
+    /// The committing transaction of each version, oldest first (version `i + 1` at index `i`).
+    pub versions: Vec<TxId>,
+}
+
+impl DirectoryHead {
+    /// The transaction that committed `version`.
+    pub fn version_tx(&self, version: u32) -> Option<TxId> {
+        self.versions.get((version as usize).checked_sub(1)?).copied()
+    }
 }
 
 /// A block verified on top of some state but not yet finalized, with the changes it makes.
@@ -268,6 +305,7 @@ pub struct State {
     patient_rules: HashMap<IdentityId, Vec<TxId>>,
     reacting_rules: HashMap<IdentityId, Vec<TxId>>,
     delegations: HashMap<IdentityId, Vec<Delegation>>,
+    directory: HashMap<RecordId, DirectoryHead>,
     height: Height,
     head_hash: Hash,
     head_timestamp_ms: TimestampMs,
@@ -319,6 +357,7 @@ impl State {
             patient_rules: HashMap::new(),
             reacting_rules: HashMap::new(),
             delegations: HashMap::new(),
+            directory: HashMap::new(),
             height: 0,
             head_hash: genesis.anchor_header().hash(),
             head_timestamp_ms: genesis.genesis_time_ms,
@@ -393,6 +432,15 @@ impl State {
     /// The break-glass accesses declared for `patient`, oldest first.
     pub fn break_glass_events(&self, patient: &IdentityId) -> impl Iterator<Item = &Grant> {
         self.grants_of(patient).filter(|g| g.is_break_glass())
+    }
+
+    pub fn directory_entry(&self, id: &RecordId) -> Option<&DirectoryHead> {
+        self.directory.get(id)
+    }
+
+    /// Every directory entry, in no particular order.
+    pub fn directory_entries(&self) -> impl Iterator<Item = (&RecordId, &DirectoryHead)> {
+        self.directory.iter()
     }
 
     pub fn rule(&self, id: &TxId) -> Option<&InstalledRule> {
@@ -600,6 +648,7 @@ impl State {
         self.patient_rules.extend(delta.patient_rules);
         self.reacting_rules.extend(delta.reacting_rules);
         self.delegations.extend(delta.delegations);
+        self.directory.extend(delta.directory);
         for tx in &block.txs {
             self.log.push(Hash(tx.id().0));
         }
@@ -694,6 +743,10 @@ impl<'a> Overlay<'a> {
 
     fn record(&self, id: &RecordId) -> Option<&RecordHead> {
         self.delta.records.get(id).or_else(|| self.inherited(id, |d| &d.records, &self.base.records))
+    }
+
+    fn directory_entry(&self, id: &RecordId) -> Option<&DirectoryHead> {
+        self.delta.directory.get(id).or_else(|| self.inherited(id, |d| &d.directory, &self.base.directory))
     }
 
     fn grant(&self, id: &TxId) -> Option<&Grant> {
@@ -922,31 +975,63 @@ impl<'a> Overlay<'a> {
         self.identity(id).ok_or(TxError::UnknownIdentity { what, id: *id })
     }
 
-    /// Checks `tx` against the rules and, only if every check passes, applies it. Returns the
-    /// key its signature must verify under (the signer's key before this transaction).
-    fn execute(&mut self, tx: &Transaction, ctx: BlockContext) -> Result<PublicKey, TxError> {
-        let body = tx.body();
-        if body.chain_id != self.base.chain_id {
-            return Err(TxError::WrongChain);
+    /// Runs a batch's operations in a child overlay, so that either all of them apply or none.
+    fn execute_batch(
+        &mut self,
+        ops: &[Payload],
+        signer: (IdentityId, Option<Role>, PublicKey),
+        tx_id: TxId,
+        ctx: BlockContext,
+    ) -> Result<(), TxError> {
+        let (signer_id, role, _) = signer;
+        let organisation = self.require(&signer_id, "signer")?.organisation;
+        if role != Some(Role::Validator) || organisation.is_none() {
+            return Err(TxError::NotAuthorised("only a member organisation's validator signs a batch"));
         }
-        let signer = body.signer;
-        // Self-registration of a patient is the one transaction whose signer is not yet known.
-        let (key, role, expected_nonce) = match (self.identity(&signer), &body.payload) {
-            (Some(who), _) => (who.signing_key, Some(who.role), who.next_nonce),
-            (None, Payload::RegisterIdentity { role: Role::Patient, signing_key, .. })
-                if identity_id(signing_key) == signer =>
-            {
-                (*signing_key, None, 0)
+        if ops.is_empty() {
+            return Err(TxError::InvalidField("a batch needs at least one operation"));
+        }
+        let delta = {
+            let mut child = Overlay {
+                base: self.base,
+                ancestors: self.ancestors.iter().copied().chain(std::iter::once(&self.delta)).collect(),
+                delta: Delta::default(),
+            };
+            for (index, op) in ops.iter().enumerate() {
+                let allowed = matches!(
+                    op,
+                    Payload::RegisterIdentity { role: Role::Patient, .. }
+                        | Payload::KeyShare { .. }
+                        | Payload::RecordCommit { .. }
+                        | Payload::DirectoryPut { .. }
+                );
+                let result = if allowed {
+                    // Rules reacting to several records of one batch derive distinct grant ids.
+                    child.apply_op(op, signer, (tx_id, batch_op_id(&tx_id, index as u32)), ctx)
+                } else {
+                    Err(TxError::InvalidField(
+                        "a batch holds only patient registrations, key shares, record commits and directory entries",
+                    ))
+                };
+                result.map_err(|error| TxError::InBatch { index, error: Box::new(error) })?;
             }
-            (None, _) => return Err(TxError::UnknownSigner(signer)),
+            child.delta
         };
-        if body.nonce < expected_nonce {
-            return Err(TxError::Replayed { expected: expected_nonce, got: body.nonce });
-        }
-        if body.nonce > expected_nonce {
-            return Err(TxError::NonceAhead { expected: expected_nonce, got: body.nonce });
-        }
-        match &body.payload {
+        self.delta.merge(delta);
+        Ok(())
+    }
+
+    /// Checks one operation signed by `signer` (id, role before the transaction, key) and,
+    /// only if every check passes, applies it. `ids` is the transaction's id and the id rules
+    /// derive grants from (the same, except inside a batch).
+    fn apply_op(
+        &mut self,
+        op: &Payload,
+        (signer, role, key): (IdentityId, Option<Role>, PublicKey),
+        (tx_id, source_id): (TxId, TxId),
+        ctx: BlockContext,
+    ) -> Result<(), TxError> {
+        match op {
             Payload::RegisterIdentity { role: new_role, signing_key, encryption_key, organisation, name } => {
                 let id = identity_id(signing_key);
                 if self.identity(&id).is_some() {
@@ -970,8 +1055,12 @@ impl<'a> Overlay<'a> {
                         check_name(name)?;
                     }
                     Role::Patient => {
-                        let provider =
-                            matches!(role, Some(Role::Organisation | Role::Practitioner | Role::SystemClient));
+                        // A member's validator registers on its organisation's behalf (FHIR
+                        // creates and imports of patients new to the network).
+                        let provider = matches!(
+                            role,
+                            Some(Role::Organisation | Role::Validator | Role::Practitioner | Role::SystemClient)
+                        );
                         if !(provider || (role.is_none() && id == signer)) {
                             return Err(TxError::NotAuthorised(
                                 "a patient registers themselves or is registered by a provider",
@@ -1048,6 +1137,9 @@ impl<'a> Overlay<'a> {
                 if *ciphertext_bytes == 0 || *ciphertext_bytes > limits::RECORD_CIPHERTEXT_BYTES_MAX {
                     return Err(TxError::InvalidField("ciphertext length out of range"));
                 }
+                if self.directory_entry(record_id).is_some() {
+                    return Err(TxError::InvalidField("the id is a directory entry's"));
+                }
                 let mut previous_versions = Vec::new();
                 match self.record(record_id) {
                     None if *version == 1 => {}
@@ -1091,7 +1183,7 @@ impl<'a> Overlay<'a> {
                         category: category.clone(),
                         latest_version: *version,
                         versions: {
-                            previous_versions.push(tx.id());
+                            previous_versions.push(tx_id);
                             previous_versions
                         },
                     },
@@ -1105,7 +1197,7 @@ impl<'a> Overlay<'a> {
                     height: ctx.height,
                     timestamp_ms: ctx.timestamp_ms,
                 };
-                self.react_to_record((tx.id(), signer), *patient, &committed);
+                self.react_to_record((source_id, signer), *patient, &committed);
             }
             Payload::ConsentGrant {
                 patient,
@@ -1168,9 +1260,9 @@ impl<'a> Overlay<'a> {
                         }
                     }
                 }
-                let Payload::ConsentGrant { purpose, .. } = &body.payload else { unreachable!() };
+                let Payload::ConsentGrant { purpose, .. } = op else { unreachable!() };
                 self.insert_grant(Grant {
-                    id: tx.id(),
+                    id: tx_id,
                     patient: *patient,
                     grantee: *grantee,
                     scope: scope.clone(),
@@ -1298,7 +1390,7 @@ impl<'a> Overlay<'a> {
                     if entry.recipient != *patient && entry.recipient != *custodian {
                         shared_by_grant.push(entry.recipient);
                     }
-                    state.holders.push((entry.recipient, tx.id()));
+                    state.holders.push((entry.recipient, tx_id));
                 }
                 for holder in shared_by_grant {
                     let mut keys = self.shared_keys(*patient, holder).cloned().unwrap_or_default();
@@ -1324,7 +1416,7 @@ impl<'a> Overlay<'a> {
                     return Err(TxError::InvalidField("break-glass window must be 1 minute to 24 hours"));
                 }
                 self.insert_grant(Grant {
-                    id: tx.id(),
+                    id: tx_id,
                     patient: *patient,
                     grantee: signer,
                     scope: Scope::All,
@@ -1352,7 +1444,7 @@ impl<'a> Overlay<'a> {
                 let for_patient = self.acts_for_patient(&signer, patient, ctx.timestamp_ms);
                 let install = InstallContext {
                     view: &*self,
-                    rule_id: tx.id(),
+                    rule_id: tx_id,
                     patient: *patient,
                     signer: &signer_identity,
                     for_patient,
@@ -1361,13 +1453,13 @@ impl<'a> Overlay<'a> {
                 };
                 let derived = kind.install(&install, &rule.params)?;
                 for d in &derived {
-                    self.check_derived(d, patient, Some((tx.id(), for_patient)), ctx.timestamp_ms)?;
+                    self.check_derived(d, patient, Some((tx_id, for_patient)), ctx.timestamp_ms)?;
                 }
-                let derived = self.insert_derived(derived, *patient, tx.id(), (tx.id(), signer), ctx.height);
+                let derived = self.insert_derived(derived, *patient, tx_id, (tx_id, signer), ctx.height);
                 self.delta.rules.insert(
-                    tx.id(),
+                    tx_id,
                     InstalledRule {
-                        id: tx.id(),
+                        id: tx_id,
                         patient: *patient,
                         kind: kind.kind().to_owned(),
                         params: rule.params.clone(),
@@ -1380,11 +1472,11 @@ impl<'a> Overlay<'a> {
                     },
                 );
                 let mut ids = self.patient_rule_ids(patient).cloned().unwrap_or_default();
-                ids.push(tx.id());
+                ids.push(tx_id);
                 self.delta.patient_rules.insert(*patient, ids);
                 if kind.reacts_to_records() {
                     let mut ids = reacting;
-                    ids.push(tx.id());
+                    ids.push(tx_id);
                     self.delta.reacting_rules.insert(*patient, ids);
                 }
             }
@@ -1441,7 +1533,7 @@ impl<'a> Overlay<'a> {
                     return Err(TxError::InvalidField("the patient already has the most live delegates"));
                 }
                 all.push(Delegation {
-                    id: tx.id(),
+                    id: tx_id,
                     patient: *patient,
                     delegate: *delegate,
                     appointed_at: ctx.height,
@@ -1505,7 +1597,7 @@ impl<'a> Overlay<'a> {
                 reviewed.origin = GrantOrigin::BreakGlass {
                     reason: declared.clone(),
                     review: Some(BreakGlassReview {
-                        review_tx: tx.id(),
+                        review_tx: tx_id,
                         reviewer: signer,
                         verdict: *verdict,
                         reason: reason.clone(),
@@ -1519,6 +1611,86 @@ impl<'a> Overlay<'a> {
                     self.revoke_grant(break_glass_tx, ctx.height, signer);
                 }
             }
+            Payload::DirectoryPut { entry_id, version, resource_type, content } => {
+                let signer_identity = self.require(&signer, "signer")?;
+                let owner = match signer_identity.role {
+                    Role::Organisation => signer,
+                    Role::Validator | Role::Practitioner | Role::SystemClient => signer_identity
+                        .organisation
+                        .ok_or(TxError::NotAuthorised("directory entries are written for a member organisation"))?,
+                    Role::Patient => {
+                        return Err(TxError::NotAuthorised(
+                            "directory entries are written by member organisations, their nodes, staff or clients",
+                        ));
+                    }
+                };
+                if !medledger_types::is_directory_resource_type(resource_type) {
+                    return Err(TxError::InvalidField("not a directory resource type"));
+                }
+                if content.is_empty() || content.len() > limits::DIRECTORY_CONTENT_BYTES_MAX {
+                    return Err(TxError::InvalidField("directory content length out of range"));
+                }
+                let mut versions = Vec::new();
+                match self.directory_entry(entry_id) {
+                    None if *version == 1 => {}
+                    None => return Err(TxError::InvalidField("the first version of a directory entry is 1")),
+                    Some(head) => {
+                        if head.owner != owner {
+                            return Err(TxError::NotAuthorised(
+                                "only the owning organisation updates a directory entry",
+                            ));
+                        }
+                        if head.resource_type != *resource_type {
+                            return Err(TxError::InvalidField("the resource type of a directory entry never changes"));
+                        }
+                        if *version != head.latest_version + 1 {
+                            return Err(TxError::InvalidField("version must be the latest version plus one"));
+                        }
+                        versions = head.versions.clone();
+                    }
+                }
+                if self.record(entry_id).is_some() {
+                    return Err(TxError::InvalidField("the id is a record's"));
+                }
+                versions.push(tx_id);
+                self.delta.directory.insert(
+                    *entry_id,
+                    DirectoryHead { resource_type: resource_type.clone(), owner, latest_version: *version, versions },
+                );
+            }
+            Payload::Batch { .. } => return Err(TxError::InvalidField("batches do not nest")),
+        }
+        Ok(())
+    }
+
+    /// Checks `tx` against the rules and, only if every check passes, applies it. Returns the
+    /// key its signature must verify under (the signer's key before this transaction).
+    fn execute(&mut self, tx: &Transaction, ctx: BlockContext) -> Result<PublicKey, TxError> {
+        let body = tx.body();
+        if body.chain_id != self.base.chain_id {
+            return Err(TxError::WrongChain);
+        }
+        let signer = body.signer;
+        // Self-registration of a patient is the one transaction whose signer is not yet known.
+        let (key, role, expected_nonce) = match (self.identity(&signer), &body.payload) {
+            (Some(who), _) => (who.signing_key, Some(who.role), who.next_nonce),
+            (None, Payload::RegisterIdentity { role: Role::Patient, signing_key, .. })
+                if identity_id(signing_key) == signer =>
+            {
+                (*signing_key, None, 0)
+            }
+            (None, _) => return Err(TxError::UnknownSigner(signer)),
+        };
+        if body.nonce < expected_nonce {
+            return Err(TxError::Replayed { expected: expected_nonce, got: body.nonce });
+        }
+        if body.nonce > expected_nonce {
+            return Err(TxError::NonceAhead { expected: expected_nonce, got: body.nonce });
+        }
+        let tx_id = tx.id();
+        match &body.payload {
+            Payload::Batch { ops } => self.execute_batch(ops, (signer, role, key), tx_id, ctx)?,
+            op => self.apply_op(op, (signer, role, key), (tx_id, tx_id), ctx)?,
         }
         // Every accepted transaction consumes its signer's nonce.
         if let Some(who) = self.delta.identities.get_mut(&signer) {
@@ -1542,6 +1714,13 @@ impl RuleView for Overlay<'_> {
 
 /// Id of the `index`-th grant a rule derived while executing transaction `source`. Not a
 /// transaction id, but from the same space: SHA-256 over a domain tag, so it never equals one.
+/// The id rules derive grants from for operation `index` of batch `tx`.
+fn batch_op_id(tx: &TxId, index: u32) -> TxId {
+    let index = index.to_be_bytes();
+    let parts: [&[u8]; 3] = [b"medledger/batch-op/v1", &tx.0, &index];
+    TxId(medledger_crypto::sha256_parts(&parts).0)
+}
+
 fn derived_grant_id(source: &TxId, rule: &TxId, index: u32) -> TxId {
     let index = index.to_be_bytes();
     let parts: [&[u8]; 4] = [b"medledger/derived-grant/v1", &source.0, &rule.0, &index];

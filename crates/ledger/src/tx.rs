@@ -273,9 +273,34 @@ pub enum Payload {
         /// Machine-readable reason code (letters, digits, `-_.:`); never free text.
         reason: String,
     },
+    /// Operations committed all-or-nothing under one signature, nonce and log leaf: a FHIR
+    /// transaction bundle or an import chunk. Signed by a validator for its organisation; the
+    /// operations may be patient registrations, key shares, record commits and directory puts,
+    /// each checked as if the validator had signed it alone, in order, each seeing the ones
+    /// before it. One failing operation fails the whole batch.
+    Batch {
+        ops: Vec<Payload>,
+    },
+    /// A version of a consortium directory entry (`medledger_types::DIRECTORY_RESOURCE_TYPES`):
+    /// the FHIR resource in clear, owned by the signer's organisation.
+    DirectoryPut {
+        entry_id: RecordId,
+        version: u32,
+        resource_type: String,
+        /// The FHIR JSON, exactly as received.
+        content: Vec<u8>,
+    },
 }
 
 impl Payload {
+    /// The operations this payload performs: a batch's operations, else the payload itself.
+    pub fn ops(&self) -> &[Payload] {
+        match self {
+            Payload::Batch { ops } => ops,
+            other => std::slice::from_ref(other),
+        }
+    }
+
     /// Registration of the identity holding `keys` (only its public keys are used).
     pub fn register(role: Role, keys: &Keypair, organisation: Option<IdentityId>, name: impl Into<String>) -> Self {
         Payload::RegisterIdentity {
@@ -302,6 +327,8 @@ impl Payload {
             Payload::AppointDelegate { .. } => "appoint-delegate",
             Payload::DismissDelegate { .. } => "dismiss-delegate",
             Payload::ReviewBreakGlass { .. } => "review-break-glass",
+            Payload::Batch { .. } => "batch",
+            Payload::DirectoryPut { .. } => "directory-put",
         }
     }
 
@@ -320,6 +347,8 @@ impl Payload {
             Payload::AppointDelegate { .. } => 11,
             Payload::DismissDelegate { .. } => 12,
             Payload::ReviewBreakGlass { .. } => 13,
+            Payload::Batch { .. } => 14,
+            Payload::DirectoryPut { .. } => 15,
         }
     }
 }
@@ -364,8 +393,8 @@ impl Transaction {
 
     /// Decodes untrusted bytes (does not check the signature: see [`Transaction::signed_message`]).
     pub fn decode(bytes: &[u8]) -> Result<Self, CodecError> {
-        if bytes.len() > limits::TX_BYTES_MAX {
-            return Err(CodecError::TooLong { what: "transaction", got: bytes.len(), max: limits::TX_BYTES_MAX });
+        if bytes.len() > limits::BATCH_TX_BYTES_MAX {
+            return Err(CodecError::TooLong { what: "transaction", got: bytes.len(), max: limits::BATCH_TX_BYTES_MAX });
         }
         let mut r = Reader::new(bytes);
         let version = r.u8("transaction version")?;
@@ -375,6 +404,10 @@ impl Transaction {
         let body = decode_body(&mut r)?;
         let signature = Signature(r.array("signature")?);
         r.finish()?;
+        // Only a batch may be larger than an ordinary transaction.
+        if !matches!(body.payload, Payload::Batch { .. }) && bytes.len() > limits::TX_BYTES_MAX {
+            return Err(CodecError::TooLong { what: "transaction", got: bytes.len(), max: limits::TX_BYTES_MAX });
+        }
         Ok(Self { body, signature, bytes: bytes.to_vec(), id: leaf_id(bytes) })
     }
 
@@ -410,8 +443,13 @@ fn signing_message(unsigned: &[u8]) -> Vec<u8> {
 }
 
 fn encode_body(body: &TxBody, w: &mut Writer) {
-    w.encode(&body.chain_id).encode(&body.signer).u64(body.nonce).u8(body.payload.tag());
-    match &body.payload {
+    w.encode(&body.chain_id).encode(&body.signer).u64(body.nonce);
+    encode_payload(&body.payload, w);
+}
+
+fn encode_payload(payload: &Payload, w: &mut Writer) {
+    w.u8(payload.tag());
+    match payload {
         Payload::RegisterIdentity { role, signing_key, encryption_key, organisation, name } => {
             w.u8(*role as u8).fixed(&signing_key.0).fixed(&encryption_key.0);
             w.option(organisation, |w, o| {
@@ -503,6 +541,12 @@ fn encode_body(body: &TxBody, w: &mut Writer) {
         Payload::ReviewBreakGlass { break_glass_tx, verdict, reason } => {
             w.encode(break_glass_tx).u8(*verdict as u8).str(reason);
         }
+        Payload::Batch { ops } => {
+            w.seq(ops, |w, op| encode_payload(op, w));
+        }
+        Payload::DirectoryPut { entry_id, version, resource_type, content } => {
+            w.encode(entry_id).u32(*version).str(resource_type).bytes(content);
+        }
     }
 }
 
@@ -542,6 +586,12 @@ fn decode_body(r: &mut Reader<'_>) -> Result<TxBody, CodecError> {
     let chain_id = Hash::decode(r)?;
     let signer = IdentityId::decode(r)?;
     let nonce = r.u64("nonce")?;
+    let payload = decode_payload(r, true)?;
+    Ok(TxBody { chain_id, signer, nonce, payload })
+}
+
+/// One payload; a batch only where `batch_allowed` (batches do not nest).
+fn decode_payload(r: &mut Reader<'_>, batch_allowed: bool) -> Result<Payload, CodecError> {
     let tag = r.u8("payload kind")?;
     let payload = match tag {
         1 => {
@@ -642,9 +692,18 @@ fn decode_body(r: &mut Reader<'_>) -> Result<TxBody, CodecError> {
                 reason: r.string(limits::REVIEW_REASON_BYTES_MAX, "review reason")?,
             }
         }
+        14 if batch_allowed => {
+            Payload::Batch { ops: r.seq(limits::BATCH_OPS_MAX, "batch operations", |r| decode_payload(r, false))? }
+        }
+        15 => Payload::DirectoryPut {
+            entry_id: RecordId::decode(r)?,
+            version: r.u32("version")?,
+            resource_type: short_string(r, "resource type")?,
+            content: r.bytes(limits::DIRECTORY_CONTENT_BYTES_MAX, "directory content")?.to_vec(),
+        },
         tag => return Err(CodecError::InvalidTag { what: "payload kind", tag }),
     };
-    Ok(TxBody { chain_id, signer, nonce, payload })
+    Ok(payload)
 }
 
 impl Encode for Transaction {

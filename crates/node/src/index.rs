@@ -225,133 +225,136 @@ impl PatientIndex {
                 committed_at_ms: header.timestamp_ms,
             };
             let signer = tx.body().signer;
-            match &tx.body().payload {
-                Payload::RecordCommit {
-                    record_id,
-                    version,
-                    patient,
-                    custodian,
-                    author,
-                    resource_type,
-                    category,
-                    key_epoch,
-                    ciphertext_hash,
-                    wrapped_data_key,
-                    ..
-                } => {
-                    let entry = VersionEntry {
-                        version: *version,
-                        author: *author,
-                        position,
-                        key_epoch: *key_epoch,
-                        ciphertext_hash: *ciphertext_hash,
-                        wrapped_data_key: *wrapped_data_key,
-                    };
-                    match self.records.get(record_id) {
-                        Some((p, at)) => {
-                            if let Some(record) = self.patients.get_mut(p).and_then(|e| e.records.get_mut(*at)) {
-                                record.versions.push(entry);
+            // A batch's operations are indexed as if each were its own transaction.
+            for op in tx.body().payload.ops() {
+                match op {
+                    Payload::RecordCommit {
+                        record_id,
+                        version,
+                        patient,
+                        custodian,
+                        author,
+                        resource_type,
+                        category,
+                        key_epoch,
+                        ciphertext_hash,
+                        wrapped_data_key,
+                        ..
+                    } => {
+                        let entry = VersionEntry {
+                            version: *version,
+                            author: *author,
+                            position,
+                            key_epoch: *key_epoch,
+                            ciphertext_hash: *ciphertext_hash,
+                            wrapped_data_key: *wrapped_data_key,
+                        };
+                        match self.records.get(record_id) {
+                            Some((p, at)) => {
+                                if let Some(record) = self.patients.get_mut(p).and_then(|e| e.records.get_mut(*at)) {
+                                    record.versions.push(entry);
+                                }
+                            }
+                            None => {
+                                let records = &mut self.patients.entry(*patient).or_default().records;
+                                self.records.insert(*record_id, (*patient, records.len()));
+                                records.push(RecordEntry {
+                                    record_id: *record_id,
+                                    patient: *patient,
+                                    resource_type: bounded(resource_type, limits::RESOURCE_TYPE_BYTES_MAX),
+                                    category: bounded(category, limits::RESOURCE_TYPE_BYTES_MAX),
+                                    custodian: *custodian,
+                                    versions: vec![entry],
+                                });
                             }
                         }
-                        None => {
-                            let records = &mut self.patients.entry(*patient).or_default().records;
-                            self.records.insert(*record_id, (*patient, records.len()));
-                            records.push(RecordEntry {
-                                record_id: *record_id,
-                                patient: *patient,
-                                resource_type: bounded(resource_type, limits::RESOURCE_TYPE_BYTES_MAX),
-                                category: bounded(category, limits::RESOURCE_TYPE_BYTES_MAX),
-                                custodian: *custodian,
-                                versions: vec![entry],
+                    }
+                    Payload::AccessEvents { events } => {
+                        for (event_index, event) in events.iter().enumerate().take(limits::ACCESS_EVENTS_PER_TX_MAX) {
+                            let mut event = event.clone();
+                            event.reason = bounded(&event.reason, limits::REASON_BYTES_MAX);
+                            self.patients.entry(event.patient).or_default().access.push(AccessEntry {
+                                position,
+                                event_index: event_index as u16,
+                                event,
                             });
                         }
                     }
-                }
-                Payload::AccessEvents { events } => {
-                    for (event_index, event) in events.iter().enumerate().take(limits::ACCESS_EVENTS_PER_TX_MAX) {
-                        let mut event = event.clone();
-                        event.reason = bounded(&event.reason, limits::REASON_BYTES_MAX);
-                        self.patients.entry(event.patient).or_default().access.push(AccessEntry {
+                    Payload::KeyShare { custodian, patient, category, epoch, shares } => {
+                        let wraps = shares.iter().filter(|s| s.recipient != *patient).map(|s| KeyShareEntry {
                             position,
-                            event_index: event_index as u16,
-                            event,
+                            recipient: s.recipient,
+                            custodian: *custodian,
+                            category: bounded(category, limits::RESOURCE_TYPE_BYTES_MAX),
+                            epoch: *epoch,
+                        });
+                        self.patients.entry(*patient).or_default().key_shares.extend(wraps);
+                    }
+                    Payload::BreakGlass { patient, reason, window_ms } => {
+                        let declared = &mut self.patients.entry(*patient).or_default().break_glass;
+                        self.break_glass_by_tx.insert(position.tx_id, self.break_glass.len());
+                        self.break_glass.push((*patient, declared.len()));
+                        declared.push(BreakGlassEntry {
+                            position,
+                            patient: *patient,
+                            practitioner: signer,
+                            reason: bounded(reason, limits::BREAK_GLASS_REASON_BYTES_MAX),
+                            window_ms: *window_ms,
+                            reviewed_by_tx: None,
                         });
                     }
-                }
-                Payload::KeyShare { custodian, patient, category, epoch, shares } => {
-                    let wraps = shares.iter().filter(|s| s.recipient != *patient).map(|s| KeyShareEntry {
-                        position,
-                        recipient: s.recipient,
-                        custodian: *custodian,
-                        category: bounded(category, limits::RESOURCE_TYPE_BYTES_MAX),
-                        epoch: *epoch,
-                    });
-                    self.patients.entry(*patient).or_default().key_shares.extend(wraps);
-                }
-                Payload::BreakGlass { patient, reason, window_ms } => {
-                    let declared = &mut self.patients.entry(*patient).or_default().break_glass;
-                    self.break_glass_by_tx.insert(position.tx_id, self.break_glass.len());
-                    self.break_glass.push((*patient, declared.len()));
-                    declared.push(BreakGlassEntry {
-                        position,
-                        patient: *patient,
-                        practitioner: signer,
-                        reason: bounded(reason, limits::BREAK_GLASS_REASON_BYTES_MAX),
-                        window_ms: *window_ms,
-                        reviewed_by_tx: None,
-                    });
-                }
-                Payload::ReviewBreakGlass { break_glass_tx, verdict, reason } => {
-                    let Some(&(patient, at)) =
-                        self.break_glass_by_tx.get(break_glass_tx).map(|i| &self.break_glass[*i])
-                    else {
-                        continue;
-                    };
-                    let entry = self.patients.entry(patient).or_default();
-                    if let Some(declared) = entry.break_glass.get_mut(at) {
-                        declared.reviewed_by_tx = Some(position.tx_id);
+                    Payload::ReviewBreakGlass { break_glass_tx, verdict, reason } => {
+                        let Some(&(patient, at)) =
+                            self.break_glass_by_tx.get(break_glass_tx).map(|i| &self.break_glass[*i])
+                        else {
+                            continue;
+                        };
+                        let entry = self.patients.entry(patient).or_default();
+                        if let Some(declared) = entry.break_glass.get_mut(at) {
+                            declared.reviewed_by_tx = Some(position.tx_id);
+                        }
+                        entry.reviews.push(ReviewEntry {
+                            position,
+                            break_glass_tx: *break_glass_tx,
+                            reviewer: signer,
+                            verdict: *verdict,
+                            reason: bounded(reason, limits::REVIEW_REASON_BYTES_MAX),
+                        });
                     }
-                    entry.reviews.push(ReviewEntry {
-                        position,
-                        break_glass_tx: *break_glass_tx,
-                        reviewer: signer,
-                        verdict: *verdict,
-                        reason: bounded(reason, limits::REVIEW_REASON_BYTES_MAX),
-                    });
-                }
-                Payload::AppointDelegate { patient, delegate, valid_until_ms } => {
-                    self.patients.entry(*patient).or_default().delegations.push(DelegationEntry {
-                        position,
-                        delegate: *delegate,
-                        change: DelegationChange::Appointed { valid_until_ms: *valid_until_ms },
-                    });
-                }
-                Payload::DismissDelegate { patient, delegate } => {
-                    self.patients.entry(*patient).or_default().delegations.push(DelegationEntry {
-                        position,
-                        delegate: *delegate,
-                        change: DelegationChange::Dismissed { by: signer },
-                    });
-                }
-                // The ledger accepted it, so a signer other than the patient was a live delegate.
-                Payload::ConsentGrant { patient, grantee, .. } if signer != *patient => {
-                    self.patients.entry(*patient).or_default().delegate_acts.push(DelegateActEntry {
-                        position,
-                        delegate: signer,
-                        act: DelegateAct::Grant { grantee: *grantee },
-                    });
-                }
-                Payload::ConsentRevoke { grant_id } => {
-                    let Some(patient) = state.grant(grant_id).map(|g| g.patient) else { continue };
-                    if signer != patient {
-                        self.patients.entry(patient).or_default().delegate_acts.push(DelegateActEntry {
+                    Payload::AppointDelegate { patient, delegate, valid_until_ms } => {
+                        self.patients.entry(*patient).or_default().delegations.push(DelegationEntry {
+                            position,
+                            delegate: *delegate,
+                            change: DelegationChange::Appointed { valid_until_ms: *valid_until_ms },
+                        });
+                    }
+                    Payload::DismissDelegate { patient, delegate } => {
+                        self.patients.entry(*patient).or_default().delegations.push(DelegationEntry {
+                            position,
+                            delegate: *delegate,
+                            change: DelegationChange::Dismissed { by: signer },
+                        });
+                    }
+                    // The ledger accepted it, so a signer other than the patient was a live delegate.
+                    Payload::ConsentGrant { patient, grantee, .. } if signer != *patient => {
+                        self.patients.entry(*patient).or_default().delegate_acts.push(DelegateActEntry {
                             position,
                             delegate: signer,
-                            act: DelegateAct::Revoke { grant_id: *grant_id },
+                            act: DelegateAct::Grant { grantee: *grantee },
                         });
                     }
+                    Payload::ConsentRevoke { grant_id } => {
+                        let Some(patient) = state.grant(grant_id).map(|g| g.patient) else { continue };
+                        if signer != patient {
+                            self.patients.entry(patient).or_default().delegate_acts.push(DelegateActEntry {
+                                position,
+                                delegate: signer,
+                                act: DelegateAct::Revoke { grant_id: *grant_id },
+                            });
+                        }
+                    }
+                    _ => {}
                 }
-                _ => {}
             }
         }
     }

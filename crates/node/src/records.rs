@@ -349,8 +349,12 @@ impl RecordService {
             .transaction(&share_tx)
             .map_err(|e| RecordError::Corrupt(e.to_string()))?
             .ok_or(RecordError::NotDecryptableHere)?;
-        let Payload::KeyShare { shares, .. } = &tx.body().payload else {
-            return Err(RecordError::Corrupt("a key holder's transaction is not a key share".into()));
+        let share = tx.body().payload.ops().iter().find(|op| {
+            matches!(op, Payload::KeyShare { custodian, patient, category, epoch: e, .. }
+                if *custodian == key_id.custodian && *patient == key_id.patient && *category == key_id.category && *e == epoch)
+        });
+        let Some(Payload::KeyShare { shares, .. }) = share else {
+            return Err(RecordError::Corrupt("a key holder's transaction shares no such key".into()));
         };
         let entry = shares.iter().find(|e| e.recipient == me).ok_or(RecordError::NotDecryptableHere)?;
         let wrap = HpkeWrap { encapsulated_key: entry.encapsulated_key, ciphertext: entry.wrapped_key };
@@ -421,7 +425,7 @@ impl RecordService {
             }
         };
         let tx_id = head.version_tx(version).ok_or(RecordError::UnknownVersion { record: record_id, version })?;
-        match self.decrypt_indexed(&record_id, version).unwrap_or_else(|| self.decrypt(&tx_id)) {
+        match self.decrypt_indexed(&record_id, version).unwrap_or_else(|| self.decrypt(&tx_id, &record_id, version)) {
             Ok(plaintext) => {
                 self.queue_event(event(basis.outcome(), basis.grant(), basis.code()));
                 Ok(Read { version, tx_id, basis, plaintext })
@@ -439,14 +443,18 @@ impl RecordService {
         }
     }
 
-    /// Decrypts the version committed by `tx_id` with this organisation's keys.
-    fn decrypt(&self, tx_id: &TxId) -> Result<Zeroizing<Vec<u8>>, RecordError> {
+    /// Decrypts `version` of `record`, committed by `tx_id` (alone or in a batch), with this
+    /// organisation's keys.
+    fn decrypt(&self, tx_id: &TxId, record: &RecordId, wanted: u32) -> Result<Zeroizing<Vec<u8>>, RecordError> {
         let tx = self
             .chain
             .transaction(tx_id)
             .map_err(|e| RecordError::Corrupt(e.to_string()))?
             .ok_or(RecordError::Corrupt(format!("record commit {tx_id} is not stored")))?;
-        let Payload::RecordCommit {
+        let commit = tx.body().payload.ops().iter().find(
+            |op| matches!(op, Payload::RecordCommit { record_id, version, .. } if record_id == record && *version == wanted),
+        );
+        let Some(Payload::RecordCommit {
             record_id,
             version,
             patient,
@@ -457,9 +465,9 @@ impl RecordService {
             ciphertext_hash,
             wrapped_data_key,
             ..
-        } = &tx.body().payload
+        }) = commit
         else {
-            return Err(RecordError::Corrupt(format!("{tx_id} is not a record commit")));
+            return Err(RecordError::Corrupt(format!("{tx_id} does not commit version {wanted} of {record}")));
         };
         self.open_version(
             (record_id, *version),

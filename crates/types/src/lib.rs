@@ -90,7 +90,7 @@ hash_newtype!(
 
 /// medledger's consent categories: the unit a category key and a category-scoped grant cover.
 /// A record's category is derived from its FHIR resource and never changes.
-pub const CATEGORIES: [&str; 12] = [
+pub const CATEGORIES: [&str; 14] = [
     "demographics",
     "encounters",
     "labs",
@@ -103,6 +103,8 @@ pub const CATEGORIES: [&str; 12] = [
     "reports",
     "documents",
     "careplans",
+    "billing",
+    "devices",
 ];
 
 pub fn is_category(name: &str) -> bool {
@@ -124,8 +126,18 @@ pub fn categories_of_resource_type(resource_type: &str) -> &'static [&'static st
         "DiagnosticReport" => &["reports"],
         "DocumentReference" => &["documents"],
         "CarePlan" => &["careplans"],
+        "Claim" | "ExplanationOfBenefit" => &["billing"],
+        "Device" => &["devices"],
         _ => &[],
     }
+}
+
+/// FHIR resource types kept in the consortium directory: signed and committed like records,
+/// but in clear, because they describe organisations, staff and places, not patients.
+pub const DIRECTORY_RESOURCE_TYPES: [&str; 4] = ["Organization", "Practitioner", "PractitionerRole", "Location"];
+
+pub fn is_directory_resource_type(resource_type: &str) -> bool {
+    DIRECTORY_RESOURCE_TYPES.contains(&resource_type)
 }
 
 /// Block height; the genesis state is height 0 and the first block is height 1.

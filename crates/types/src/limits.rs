@@ -3,6 +3,14 @@
 
 /// Largest encoded signed transaction accepted anywhere (consensus-relevant).
 pub const TX_BYTES_MAX: usize = 64 * 1024;
+/// Largest encoded batch transaction (consensus-relevant): a FHIR transaction bundle or an
+/// import chunk, committed all-or-nothing. Only validators sign batches.
+pub const BATCH_TX_BYTES_MAX: usize = 1024 * 1024;
+/// Most operations in one batch transaction (consensus-relevant).
+pub const BATCH_OPS_MAX: usize = 2048;
+/// Largest directory entry (a FHIR Organization, Practitioner, PractitionerRole or Location,
+/// stored in clear on-chain), in bytes (consensus-relevant).
+pub const DIRECTORY_CONTENT_BYTES_MAX: usize = 32 * 1024;
 /// Most transactions in one block (consensus-relevant).
 pub const BLOCK_TXS_MAX: usize = 20_000;
 /// Largest encoded block (consensus-relevant).
