@@ -11,6 +11,7 @@
 //! [`validator::start_validator`], [`net::run_node`].
 
 pub mod app;
+pub mod batch;
 pub mod block;
 pub mod certificate;
 pub mod chain;

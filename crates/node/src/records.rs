@@ -97,16 +97,16 @@ pub struct WriteRequest<'a> {
 pub const RECORD_PLAINTEXT_BYTES_MAX: usize = 4 * 1024 * 1024;
 
 pub struct RecordService {
-    chain: Arc<Chain>,
+    pub(crate) chain: Arc<Chain>,
     /// Signs transactions on the authors' behalf (a validator of the organisation).
-    node_keys: Keypair,
+    pub(crate) node_keys: Keypair,
     /// The organisation's keys: its category-key wraps are addressed to them.
-    organisation_keys: Keypair,
-    blobs: Arc<dyn BlobStore>,
+    pub(crate) organisation_keys: Keypair,
+    pub(crate) blobs: Arc<dyn BlobStore>,
     /// Category keys this node created or unwrapped, by key and epoch.
-    category_keys: Mutex<HashMap<(CategoryKeyId, u32), CategoryKey>>,
+    pub(crate) category_keys: Mutex<HashMap<(CategoryKeyId, u32), CategoryKey>>,
     /// Versions submitted but not yet committed, so concurrent updates do not collide.
-    pending_versions: Mutex<HashMap<RecordId, (u32, Option<TxId>)>>,
+    pub(crate) pending_versions: Mutex<HashMap<RecordId, (u32, Option<TxId>)>>,
     /// Access events waiting to be committed in a batch.
     audit: Mutex<Vec<AccessEvent>>,
     /// Key shares submitted but not yet committed, with when, so they are not submitted twice.
@@ -115,7 +115,7 @@ pub struct RecordService {
     fetcher: OnceLock<CiphertextFetcher>,
     /// Where keys of patients this organisation registers are kept for hand-over; unset: it
     /// registers none.
-    patient_key_dir: OnceLock<std::path::PathBuf>,
+    pub(crate) patient_key_dir: OnceLock<std::path::PathBuf>,
 }
 
 /// How long a submitted key share counts as in flight before it may be submitted again.
@@ -235,7 +235,7 @@ impl RecordService {
         Ok(Written { record_id, version, tx_id, ciphertext_hash })
     }
 
-    fn next_version(
+    pub(crate) fn next_version(
         &self,
         request: &WriteRequest<'_>,
         expected: Option<u32>,
@@ -291,7 +291,7 @@ impl RecordService {
     /// The category key records are written under now: the current epoch's, or a new epoch's
     /// (shared with the patient and the custodian) when there is none yet or a revocation
     /// requires rotation.
-    fn current_category_key(
+    pub(crate) fn current_category_key(
         &self,
         key_id: &CategoryKeyId,
         now_ms: TimestampMs,
@@ -332,7 +332,7 @@ impl RecordService {
     }
 
     /// A category key of this organisation's, unwrapped from its committed share.
-    fn category_key(&self, key_id: &CategoryKeyId, epoch: u32) -> Result<CategoryKey, RecordError> {
+    pub(crate) fn category_key(&self, key_id: &CategoryKeyId, epoch: u32) -> Result<CategoryKey, RecordError> {
         if let Some(key) = self.category_keys.lock().expect("category key lock poisoned").get(&(key_id.clone(), epoch))
         {
             return Ok(key.clone());
@@ -736,7 +736,7 @@ impl RecordService {
     }
 }
 
-fn share_entry(
+pub(crate) fn share_entry(
     key: &CategoryKey,
     key_id: &CategoryKeyId,
     epoch: u32,
