@@ -27,11 +27,18 @@ use crate::records::{RECORD_PLAINTEXT_BYTES_MAX, RecordError, RecordService, Wri
 
 /// One resource of a batch.
 pub enum BatchWrite<'a> {
-    /// A record version; `expected` is the `If-Match` version of an update.
-    Record { request: WriteRequest<'a>, expected: Option<u32> },
-    /// A directory entry: a new one (`entry: None`) or the next version of one of this
-    /// organisation's.
-    Directory { resource_type: &'a str, content: &'a [u8], entry: Option<RecordId>, expected: Option<u32> },
+    /// A record version; `expected` is the `If-Match` version of an update. A new record
+    /// (`request.record: None`) gets `new_id`, or a random id.
+    Record { request: WriteRequest<'a>, expected: Option<u32>, new_id: Option<RecordId> },
+    /// A directory entry: a new one (`entry: None`, with `new_id` or a random id) or the next
+    /// version of one of this organisation's.
+    Directory {
+        resource_type: &'a str,
+        content: &'a [u8],
+        entry: Option<RecordId>,
+        expected: Option<u32>,
+        new_id: Option<RecordId>,
+    },
 }
 
 /// What a submitted batch will commit, in the order of the writes.
@@ -122,7 +129,7 @@ impl RecordService {
         let mut directory_seen = Vec::new();
         for write in writes {
             match write {
-                BatchWrite::Record { request, expected } => {
+                BatchWrite::Record { request, expected, new_id } => {
                     if request.content.len() > RECORD_PLAINTEXT_BYTES_MAX {
                         return Err(RecordError::TooLarge { max: RECORD_PLAINTEXT_BYTES_MAX });
                     }
@@ -130,7 +137,13 @@ impl RecordService {
                     if patient_is_new && request.record.is_some() {
                         return Err(RecordError::Invalid("a patient new to the network has no records to update"));
                     }
-                    let (record_id, version) = self.next_version(request, *expected, &custodian, rng)?;
+                    let (record_id, version) = match (request.record, new_id) {
+                        (None, Some(id)) => {
+                            self.reserve_new_record(*id)?;
+                            (*id, 1)
+                        }
+                        _ => self.next_version(request, *expected, &custodian, rng)?,
+                    };
                     reserved.push(record_id);
                     let key_id =
                         CategoryKeyId { custodian, patient: request.patient, category: request.category.to_owned() };
@@ -158,7 +171,7 @@ impl RecordService {
                     });
                     versions.push((record_id, version));
                 }
-                BatchWrite::Directory { resource_type, content, entry, expected } => {
+                BatchWrite::Directory { resource_type, content, entry, expected, new_id } => {
                     if !medledger_types::is_directory_resource_type(resource_type) {
                         return Err(RecordError::Invalid("not a directory resource type"));
                     }
@@ -166,11 +179,14 @@ impl RecordService {
                         return Err(RecordError::TooLarge { max: limits::DIRECTORY_CONTENT_BYTES_MAX });
                     }
                     let (entry_id, version) = match entry {
-                        None => {
-                            let mut id = [0u8; 32];
-                            rng.fill_bytes(&mut id);
-                            (RecordId(id), 1)
-                        }
+                        None => match new_id {
+                            Some(id) => (*id, 1),
+                            None => {
+                                let mut id = [0u8; 32];
+                                rng.fill_bytes(&mut id);
+                                (RecordId(id), 1)
+                            }
+                        },
                         Some(id) => {
                             if directory_seen.contains(id) {
                                 return Err(RecordError::Invalid("a batch writes a directory entry at most once"));
@@ -293,6 +309,18 @@ impl RecordService {
         Ok((epoch, key))
     }
 
+    /// Reserves `id` for a new record (ids chosen in advance, so a bundle's references can
+    /// name them before anything is written).
+    fn reserve_new_record(&self, id: RecordId) -> Result<(), RecordError> {
+        let mut pending = self.pending_versions.lock().expect("pending lock poisoned");
+        let state = self.chain.state();
+        if state.record(&id).is_some() || state.directory_entry(&id).is_some() || pending.contains_key(&id) {
+            return Err(RecordError::Invalid("the chosen record id is taken"));
+        }
+        pending.insert(id, (1, None));
+        Ok(())
+    }
+
     /// Removes the held keys of patients whose registration never committed (their batch was
     /// refused after submission). Registered patients' keys are kept.
     pub fn discard_unregistered_patient_keys(&self, patients: &[IdentityId]) {
@@ -314,7 +342,7 @@ impl RecordService {
         now_ms: TimestampMs,
         rng: &mut impl CryptoRng,
     ) -> Result<BatchWritten, RecordError> {
-        let write = BatchWrite::Directory { resource_type, content, entry, expected };
+        let write = BatchWrite::Directory { resource_type, content, entry, expected, new_id: None };
         self.write_batch(&[], std::slice::from_ref(&write), now_ms, rng)
     }
 

@@ -83,11 +83,17 @@ fn a_batch_commits_a_new_patient_their_records_and_directory_entries_in_one_tran
     let newcomer = w.node.new_patient_keys().unwrap();
     let known = w.patient.id();
     let writes = [
-        BatchWrite::Record { request: w.request(newcomer.id(), "Patient", PATIENT), expected: None },
-        BatchWrite::Record { request: w.request(newcomer.id(), "Observation", LAB), expected: None },
-        BatchWrite::Record { request: w.request(newcomer.id(), "Claim", CLAIM), expected: None },
-        BatchWrite::Record { request: w.request(known, "Observation", LAB), expected: None },
-        BatchWrite::Directory { resource_type: "Organization", content: ORG, entry: None, expected: None },
+        BatchWrite::Record { request: w.request(newcomer.id(), "Patient", PATIENT), expected: None, new_id: None },
+        BatchWrite::Record { request: w.request(newcomer.id(), "Observation", LAB), expected: None, new_id: None },
+        BatchWrite::Record { request: w.request(newcomer.id(), "Claim", CLAIM), expected: None, new_id: None },
+        BatchWrite::Record { request: w.request(known, "Observation", LAB), expected: None, new_id: None },
+        BatchWrite::Directory {
+            resource_type: "Organization",
+            content: ORG,
+            entry: None,
+            expected: None,
+            new_id: None,
+        },
     ];
     let written = w.node.write_batch(std::slice::from_ref(&newcomer), &writes, w.t, &mut rng).unwrap();
     assert_eq!(written.versions.len(), 5);
@@ -132,9 +138,9 @@ fn a_refused_batch_leaves_no_patient_no_record_and_no_key_file() {
     // goes with it, and the submission says why.
     let wrong = WriteRequest { category: "billing", ..w.request(w.patient.id(), "Observation", LAB) };
     let writes = [
-        BatchWrite::Record { request: w.request(newcomer.id(), "Patient", PATIENT), expected: None },
-        BatchWrite::Directory { resource_type: "Location", content: ORG, entry: None, expected: None },
-        BatchWrite::Record { request: wrong, expected: None },
+        BatchWrite::Record { request: w.request(newcomer.id(), "Patient", PATIENT), expected: None, new_id: None },
+        BatchWrite::Directory { resource_type: "Location", content: ORG, entry: None, expected: None, new_id: None },
+        BatchWrite::Record { request: wrong, expected: None, new_id: None },
     ];
     let error = w.node.write_batch(std::slice::from_ref(&newcomer), &writes, w.t, &mut rng).unwrap_err();
     assert!(error.to_string().contains("operation"), "{error}");
@@ -146,7 +152,8 @@ fn a_refused_batch_leaves_no_patient_no_record_and_no_key_file() {
     assert_eq!(state.log().size(), log_before, "nothing committed");
     drop(state);
     // Nothing stays reserved: the same patient's next batch goes through.
-    let writes = [BatchWrite::Record { request: w.request(w.patient.id(), "Observation", LAB), expected: None }];
+    let writes =
+        [BatchWrite::Record { request: w.request(w.patient.id(), "Observation", LAB), expected: None, new_id: None }];
     let written = w.node.write_batch(&[], &writes, w.t, &mut rng).unwrap();
     w.commit();
     assert!(matches!(w.chain.tx_status(&written.tx_id).unwrap(), TxStatus::Committed { .. }));
@@ -156,8 +163,8 @@ fn a_refused_batch_leaves_no_patient_no_record_and_no_key_file() {
     w.node.write(&w.request(w.patient.id(), "Observation", LAB), w.t, &mut rng).unwrap();
     let wrong = WriteRequest { category: "billing", ..w.request(w.patient.id(), "Observation", LAB) };
     let writes = [
-        BatchWrite::Record { request: w.request(late.id(), "Patient", PATIENT), expected: None },
-        BatchWrite::Record { request: wrong, expected: None },
+        BatchWrite::Record { request: w.request(late.id(), "Patient", PATIENT), expected: None, new_id: None },
+        BatchWrite::Record { request: wrong, expected: None, new_id: None },
     ];
     let queued = w.node.write_batch(std::slice::from_ref(&late), &writes, w.t, &mut rng).unwrap();
     assert_eq!(w.key_files(), 1);
@@ -174,7 +181,7 @@ fn a_refused_batch_leaves_no_patient_no_record_and_no_key_file() {
         .node
         .write_batch(
             std::slice::from_ref(&other),
-            &[BatchWrite::Record { request: update, expected: None }],
+            &[BatchWrite::Record { request: update, expected: None, new_id: None }],
             w.t,
             &mut rng,
         )
