@@ -1586,16 +1586,14 @@ fn category_of(resource_type: &str, json: &serde_json::Value) -> Result<&'static
                 .filter(|c| c["system"] == "http://terminology.hl7.org/CodeSystem/observation-category")
                 .filter_map(|c| c["code"].as_str())
                 .collect();
-            match (codes.contains(&"laboratory"), codes.contains(&"vital-signs")) {
-                (true, false) => Ok("labs"),
-                (false, true) => Ok("vitals"),
-                _ => Err(FhirError::new(
+            medledger_types::observation_category(codes).ok_or_else(|| {
+                FhirError::new(
                     StatusCode::UNPROCESSABLE_ENTITY,
                     IssueCode::BusinessRule,
-                    "an Observation needs exactly one of the categories laboratory or vital-signs \
-                     (observation-category code system): consent is given per category",
-                )),
-            }
+                    "an Observation cannot be both laboratory and vital-signs (observation-category code \
+                     system): consent is given per category",
+                )
+            })
         }
     }
 }

@@ -81,7 +81,7 @@ impl From<RecordError> for ApiError {
 }
 
 /// The consent category of a FHIR resource: from its type, and for Observations from their
-/// `category` coding (laboratory or vital-signs).
+/// `category` coding (`medledger_types::observation_category`).
 fn category_of(resource_type: &str, json: &serde_json::Value) -> Result<&'static str, ApiError> {
     let options = categories_of_resource_type(resource_type);
     match options {
@@ -99,15 +99,11 @@ fn category_of(resource_type: &str, json: &serde_json::Value) -> Result<&'static
                 .filter(|c| c["system"] == "http://terminology.hl7.org/CodeSystem/observation-category")
                 .filter_map(|c| c["code"].as_str())
                 .collect();
-            let lab = codes.contains(&"laboratory");
-            let vital = codes.contains(&"vital-signs");
-            match (lab, vital) {
-                (true, false) => Ok("labs"),
-                (false, true) => Ok("vitals"),
-                _ => Err(ApiError::BadRequest(
-                    "an Observation needs exactly one of the categories laboratory or vital-signs".into(),
-                )),
-            }
+            medledger_types::observation_category(codes).ok_or_else(|| {
+                ApiError::BadRequest(
+                    "an Observation cannot be both laboratory and vital-signs: consent is given per category".into(),
+                )
+            })
         }
     }
 }

@@ -90,11 +90,12 @@ hash_newtype!(
 
 /// medledger's consent categories: the unit a category key and a category-scoped grant cover.
 /// A record's category is derived from its FHIR resource and never changes.
-pub const CATEGORIES: [&str; 14] = [
+pub const CATEGORIES: [&str; 15] = [
     "demographics",
     "encounters",
     "labs",
     "vitals",
+    "observations",
     "conditions",
     "medications",
     "allergies",
@@ -117,7 +118,7 @@ pub fn categories_of_resource_type(resource_type: &str) -> &'static [&'static st
     match resource_type {
         "Patient" => &["demographics"],
         "Encounter" => &["encounters"],
-        "Observation" => &["labs", "vitals"],
+        "Observation" => &["labs", "vitals", "observations"],
         "Condition" => &["conditions"],
         "MedicationRequest" => &["medications"],
         "AllergyIntolerance" => &["allergies"],
@@ -138,6 +139,25 @@ pub const DIRECTORY_RESOURCE_TYPES: [&str; 4] = ["Organization", "Practitioner",
 
 pub fn is_directory_resource_type(resource_type: &str) -> bool {
     DIRECTORY_RESOURCE_TYPES.contains(&resource_type)
+}
+
+/// The consent category of an Observation from its `category` codes (code system
+/// `http://terminology.hl7.org/CodeSystem/observation-category`): `labs` for laboratory,
+/// `vitals` for vital-signs, `observations` for anything else (survey, social history, exam,
+/// ...), and `None` when it claims both laboratory and vital-signs (consent is per category,
+/// so an Observation must be in exactly one).
+pub fn observation_category<'a>(codes: impl IntoIterator<Item = &'a str>) -> Option<&'static str> {
+    let (mut lab, mut vital) = (false, false);
+    for code in codes {
+        lab |= code == "laboratory";
+        vital |= code == "vital-signs";
+    }
+    match (lab, vital) {
+        (true, true) => None,
+        (true, false) => Some("labs"),
+        (false, true) => Some("vitals"),
+        (false, false) => Some("observations"),
+    }
 }
 
 /// Block height; the genesis state is height 0 and the first block is height 1.
