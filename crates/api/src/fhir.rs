@@ -80,6 +80,24 @@ impl FhirError {
         Self { status, issues: vec![issue] }
     }
 
+    /// Points every issue that names no place at `expression`.
+    pub(crate) fn at(mut self, expression: &str) -> Self {
+        for issue in &mut self.issues {
+            if issue.expression.is_none() {
+                issue.expression = Some(expression.to_owned());
+            }
+        }
+        self
+    }
+
+    pub(crate) fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    pub(crate) fn issues(&self) -> &[Issue] {
+        &self.issues
+    }
+
     fn invalid(issues: Vec<Issue>) -> Self {
         Self { status: StatusCode::BAD_REQUEST, issues }
     }
@@ -122,20 +140,20 @@ impl From<RecordError> for FhirError {
     }
 }
 
-fn unauthorized(why: &str) -> FhirError {
+pub(crate) fn unauthorized(why: &str) -> FhirError {
     FhirError::new(StatusCode::UNAUTHORIZED, IssueCode::Login, why.to_owned())
 }
 
-fn forbidden(why: impl Into<String>) -> FhirError {
+pub(crate) fn forbidden(why: impl Into<String>) -> FhirError {
     FhirError::new(StatusCode::FORBIDDEN, IssueCode::Forbidden, why)
 }
 
-fn not_found(what: impl Into<String>) -> FhirError {
+pub(crate) fn not_found(what: impl Into<String>) -> FhirError {
     FhirError::new(StatusCode::NOT_FOUND, IssueCode::NotFound, what)
 }
 
-fn served(resource_type: &str) -> Result<(), FhirError> {
-    if SERVED_TYPES.contains(&resource_type) {
+pub(crate) fn served(resource_type: &str) -> Result<(), FhirError> {
+    if SERVED_TYPES.contains(&resource_type) || crate::fhir_directory::is_directory(resource_type) {
         return Ok(());
     }
     let known = medledger_fhir::model::Model::r4().is_r4_resource_type(resource_type);
@@ -174,7 +192,12 @@ pub(crate) fn record_service(
 }
 
 /// The bearer grant, with its scopes checked for `interaction` on `resource_type`.
-fn authorize(app: &AppState, headers: &HeaderMap, resource_type: &str, interaction: u8) -> Result<Grant, FhirError> {
+pub(crate) fn authorize(
+    app: &AppState,
+    headers: &HeaderMap,
+    resource_type: &str,
+    interaction: u8,
+) -> Result<Grant, FhirError> {
     let grant = bearer(&app.tokens, headers, now_ms()).map_err(unauthorized)?;
     if !grant.allows(resource_type, interaction) {
         return Err(forbidden(format!(
@@ -209,7 +232,7 @@ fn authorize_record(
     }
 }
 
-fn records(app: &AppState) -> Result<std::sync::Arc<medledger_node::records::RecordService>, FhirError> {
+pub(crate) fn records(app: &AppState) -> Result<std::sync::Arc<medledger_node::records::RecordService>, FhirError> {
     app.records.clone().ok_or_else(|| {
         FhirError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -220,7 +243,7 @@ fn records(app: &AppState) -> Result<std::sync::Arc<medledger_node::records::Rec
 }
 
 /// The purpose of use of a request: `X-Purpose-Of-Use` (HL7 v3 code), default treatment.
-fn purpose(headers: &HeaderMap) -> Result<Purpose, FhirError> {
+pub(crate) fn purpose(headers: &HeaderMap) -> Result<Purpose, FhirError> {
     match headers.get("x-purpose-of-use").map(|v| v.to_str().unwrap_or("")) {
         None => Ok(Purpose::Treatment),
         Some(code) => Purpose::parse(code).ok_or_else(|| {
@@ -236,12 +259,12 @@ fn purpose(headers: &HeaderMap) -> Result<Purpose, FhirError> {
     }
 }
 
-fn parse_id(id: &str) -> Result<RecordId, FhirError> {
+pub(crate) fn parse_id(id: &str) -> Result<RecordId, FhirError> {
     RecordId::from_hex(id).map_err(|_| not_found(format!("no resource with id {}", crate::error::echo(id))))
 }
 
 /// A stored version returned to a client: spliced, with ETag and Location-style headers.
-fn resource_response(
+pub(crate) fn resource_response(
     status: StatusCode,
     resource_type: &str,
     record_id: &RecordId,
@@ -280,6 +303,9 @@ async fn read_version(
     version: Option<u32>,
 ) -> Result<Response, FhirError> {
     served(&resource_type)?;
+    if crate::fhir_directory::is_directory(&resource_type) {
+        return crate::fhir_directory::read(app, headers, resource_type, id, version).await;
+    }
     let purpose = purpose(&headers)?;
     let grant = authorize_record(&app, &headers, &resource_type, interactions::READ, &id, AccessAction::Read, purpose)?;
     let record_id = parse_id(&id)?;
@@ -330,7 +356,7 @@ pub(crate) async fn vread(
     read_version(app, headers, resource_type, id, Some(version)).await
 }
 
-fn check_content_type(headers: &HeaderMap) -> Result<(), FhirError> {
+pub(crate) fn check_content_type(headers: &HeaderMap) -> Result<(), FhirError> {
     let value = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     let essence = value.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
     if essence == "application/fhir+json" || essence == "application/json" {
@@ -346,7 +372,11 @@ fn check_content_type(headers: &HeaderMap) -> Result<(), FhirError> {
 /// The patient identity a resource belongs to: for a Patient, the identity named by its
 /// `urn:medledger:identity` identifier (`None` when it names none); for anything else, the
 /// Patient its `subject` or `patient` reference points to.
-fn patient_of(app: &AppState, resource_type: &str, json: &serde_json::Value) -> Result<Option<IdentityId>, FhirError> {
+pub(crate) fn patient_of(
+    app: &AppState,
+    resource_type: &str,
+    json: &serde_json::Value,
+) -> Result<Option<IdentityId>, FhirError> {
     let unprocessable = |m: String| FhirError::new(StatusCode::UNPROCESSABLE_ENTITY, IssueCode::Processing, m);
     let state = app.chain.state();
     if resource_type == "Patient" {
@@ -386,7 +416,7 @@ fn patient_of(app: &AppState, resource_type: &str, json: &serde_json::Value) -> 
 
 /// Waits (up to the configured time) for a written version to commit. `Ok(true)`: committed;
 /// `Ok(false)`: still pending when the wait ran out.
-async fn wait_for_commit(app: &AppState, tx: &medledger_types::TxId) -> Result<bool, FhirError> {
+pub(crate) async fn wait_for_commit(app: &AppState, tx: &medledger_types::TxId) -> Result<bool, FhirError> {
     let started = std::time::Instant::now();
     loop {
         match app.chain.tx_status(tx) {
@@ -406,21 +436,16 @@ async fn wait_for_commit(app: &AppState, tx: &medledger_types::TxId) -> Result<b
 
 /// The answer to a create or update: `created_status` once committed; 202 Accepted with an
 /// informational OperationOutcome if the wait ran out (the version commits later).
-async fn written_response(
+pub(crate) async fn written_response(
     app: &AppState,
     created_status: StatusCode,
     resource_type: &str,
-    written: &medledger_node::records::Written,
+    written: &Written,
     body: &[u8],
 ) -> Result<Response, FhirError> {
     let committed = app.fhir_commit_wait_ms == 0 || wait_for_commit(app, &written.tx_id).await?;
     // `lastUpdated` is the block time, as later reads will say (or now, if not waiting).
-    let committed_ms = app
-        .chain
-        .patient_index()
-        .record(&written.record_id)
-        .and_then(|r| r.versions.iter().find(|v| v.version == written.version).map(|v| v.position.committed_at_ms))
-        .unwrap_or_else(now_ms);
+    let committed_ms = committed_at_ms(app, &written.record_id, written.version).unwrap_or_else(now_ms);
     let mut response = if committed {
         resource_response(created_status, resource_type, &written.record_id, written.version, committed_ms, body)?
     } else {
@@ -450,12 +475,34 @@ async fn written_response(
     Ok(response)
 }
 
+/// A version just submitted: what a create or update answers about.
+pub(crate) struct Written {
+    pub(crate) record_id: RecordId,
+    pub(crate) version: u32,
+    pub(crate) tx_id: medledger_types::TxId,
+}
+
+impl From<&medledger_node::records::Written> for Written {
+    fn from(w: &medledger_node::records::Written) -> Self {
+        Self { record_id: w.record_id, version: w.version, tx_id: w.tx_id }
+    }
+}
+
+/// When `version` of a record or directory entry was committed (its block's time), if it is.
+pub(crate) fn committed_at_ms(app: &AppState, id: &RecordId, version: u32) -> Option<u64> {
+    let index = app.chain.patient_index();
+    if let Some(record) = index.record(id) {
+        return record.versions.iter().find(|v| v.version == version).map(|v| v.position.committed_at_ms);
+    }
+    index.directory_versions(id).iter().find(|(v, _)| *v == version).map(|(_, p)| p.committed_at_ms)
+}
+
 /// How long a create waits for a new patient's registration to commit.
 const REGISTRATION_WAIT_MS: u64 = 15_000;
 
 /// Registers a new patient identity (keys held by this organisation until handed over) and
 /// waits until the registration is committed, so records can be written for it.
-async fn register_patient(app: &AppState) -> Result<IdentityId, FhirError> {
+pub(crate) async fn register_patient(app: &AppState) -> Result<IdentityId, FhirError> {
     let service = records(app)?;
     let (identity, tx) =
         tokio::task::spawn_blocking(move || service.register_patient(now_ms())).await.map_err(|_| {
@@ -493,6 +540,9 @@ pub(crate) async fn create(
     body: Bytes,
 ) -> Result<Response, FhirError> {
     served(&resource_type)?;
+    if crate::fhir_directory::is_directory(&resource_type) {
+        return crate::fhir_directory::create(app, headers, resource_type, body).await;
+    }
     let grant = authorize(&app, &headers, &resource_type, interactions::CREATE)?;
     check_content_type(&headers)?;
     let validated = medledger_fhir::validate(&body).map_err(FhirError::invalid)?;
@@ -534,7 +584,7 @@ pub(crate) async fn create(
     })
     .await
     .map_err(|_| FhirError::new(StatusCode::INTERNAL_SERVER_ERROR, IssueCode::Exception, "write task failed"))??;
-    let mut response = written_response(&app, StatusCode::CREATED, &resource_type, &written, &body).await?;
+    let mut response = written_response(&app, StatusCode::CREATED, &resource_type, &(&written).into(), &body).await?;
     if let Ok(v) = HeaderValue::from_str(&patient.to_hex()) {
         response.headers_mut().insert("x-medledger-patient-identity", v);
     }
@@ -545,7 +595,7 @@ pub(crate) async fn create(
 }
 
 /// The version an `If-Match` header names (`W/"3"` or `"3"`), if there is one.
-fn if_match(headers: &HeaderMap) -> Result<Option<u32>, FhirError> {
+pub(crate) fn if_match(headers: &HeaderMap) -> Result<Option<u32>, FhirError> {
     let Some(value) = headers.get(header::IF_MATCH) else { return Ok(None) };
     let text = value.to_str().unwrap_or("").trim();
     let quoted = text.strip_prefix("W/").unwrap_or(text);
@@ -569,6 +619,9 @@ pub(crate) async fn update(
     body: Bytes,
 ) -> Result<Response, FhirError> {
     served(&resource_type)?;
+    if crate::fhir_directory::is_directory(&resource_type) {
+        return crate::fhir_directory::update(app, headers, resource_type, id, body).await;
+    }
     let grant = authorize_record(
         &app,
         &headers,
@@ -653,7 +706,7 @@ pub(crate) async fn update(
     })
     .await
     .map_err(|_| FhirError::new(StatusCode::INTERNAL_SERVER_ERROR, IssueCode::Exception, "write task failed"))??;
-    written_response(&app, StatusCode::OK, &resource_type, &written, &body).await
+    written_response(&app, StatusCode::OK, &resource_type, &(&written).into(), &body).await
 }
 
 /// `DELETE /fhir/{type}/{id}`: a logical delete by the custodian's staff: the record's next
@@ -666,6 +719,9 @@ pub(crate) async fn delete(
     headers: HeaderMap,
 ) -> Result<Response, FhirError> {
     served(&resource_type)?;
+    if crate::fhir_directory::is_directory(&resource_type) {
+        return crate::fhir_directory::delete(app, headers, resource_type, id).await;
+    }
     let grant = authorize_record(
         &app,
         &headers,
@@ -744,6 +800,9 @@ pub(crate) async fn history(
     headers: HeaderMap,
 ) -> Result<Response, FhirError> {
     served(&resource_type)?;
+    if crate::fhir_directory::is_directory(&resource_type) {
+        return crate::fhir_directory::history(app, headers, resource_type, id, query).await;
+    }
     let purpose = purpose(&headers)?;
     let grant =
         authorize_record(&app, &headers, &resource_type, interactions::READ, &id, AccessAction::History, purpose)?;
@@ -1406,6 +1465,15 @@ pub(crate) async fn type_history(
     headers: HeaderMap,
 ) -> Result<Response, FhirError> {
     served(&resource_type)?;
+    if crate::fhir_directory::is_directory(&resource_type) {
+        return Err(FhirError::new(
+            StatusCode::NOT_FOUND,
+            IssueCode::NotSupported,
+            format!(
+                "type history is not supported for directory types such as {resource_type}; search, or read an entry's _history"
+            ),
+        ));
+    }
     // SMART maps type history to search (`s`): it lists the type's records.
     let grant = authorize(&app, &headers, &resource_type, interactions::SEARCH)?;
     let purpose = purpose(&headers)?;
@@ -1473,7 +1541,7 @@ pub(crate) async fn type_history(
 
 /// `_count` (1 to `max`, default `max`) and `_offset` of a paged endpoint (`what`, for the
 /// message); any other parameter is refused as not supported.
-fn paging(
+pub(crate) fn paging(
     query: &std::collections::HashMap<String, String>,
     max: usize,
     what: &str,
@@ -1509,7 +1577,7 @@ fn paging(
 }
 
 /// A Bundle's `link` array: `self`, and `next` while there is more.
-fn page_links(path: &str, count: usize, offset: usize, total: usize) -> String {
+pub(crate) fn page_links(path: &str, count: usize, offset: usize, total: usize) -> String {
     let mut links = format!(r#"[{{"relation":"self","url":"{path}?_count={count}&_offset={offset}"}}"#);
     if offset.saturating_add(count) < total {
         links.push_str(&format!(r#",{{"relation":"next","url":"{path}?_count={count}&_offset={}"}}"#, offset + count));
@@ -1520,7 +1588,7 @@ fn page_links(path: &str, count: usize, offset: usize, total: usize) -> String {
 
 /// One entry of a history Bundle: the version with the server's `id` and `meta`, or, for a
 /// delete marker, the DELETE with no resource.
-fn push_history_entry(
+pub(crate) fn push_history_entry(
     bundle: &mut String,
     resource_type: &str,
     record: &RecordId,
@@ -1562,7 +1630,7 @@ fn push_history_entry(
 }
 
 /// A 200 answer carrying a FHIR JSON body that must not be cached.
-fn bundle_response(body: String) -> Response {
+pub(crate) fn bundle_response(body: String) -> Response {
     let mut response = (StatusCode::OK, body).into_response();
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(FHIR_JSON));
     response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
@@ -1573,7 +1641,7 @@ fn bundle_response(body: String) -> Response {
 pub const HISTORY_VERSIONS_MAX: usize = 100;
 
 /// The consent category of a new resource (Observations by their category coding).
-fn category_of(resource_type: &str, json: &serde_json::Value) -> Result<&'static str, FhirError> {
+pub(crate) fn category_of(resource_type: &str, json: &serde_json::Value) -> Result<&'static str, FhirError> {
     match categories_of_resource_type(resource_type) {
         [one] => Ok(one),
         [] => Err(not_found(format!("{resource_type} is not patient data"))),
@@ -1632,6 +1700,26 @@ pub(crate) async fn metadata(State(app): State<AppState>, headers: HeaderMap) ->
         })
         .collect();
     let mut resources = resources;
+    // The consortium directory: in clear, no consent, no type history.
+    for t in medledger_types::DIRECTORY_RESOURCE_TYPES {
+        resources.push(serde_json::json!({
+            "type": t,
+            "interaction": [
+                {"code": "read"}, {"code": "vread"}, {"code": "create"}, {"code": "update"},
+                {"code": "delete"}, {"code": "history-instance"}, {"code": "search-type"}
+            ],
+            "searchParam": crate::fhir_search::declared_params(t),
+            "searchInclude": ["*"],
+            "searchRevInclude": ["*"],
+            "versioning": "versioned",
+            "readHistory": true,
+            "updateCreate": false,
+            "conditionalCreate": false,
+            "conditionalUpdate": false,
+            "conditionalDelete": "not-supported",
+            "documentation": "consortium directory: committed on-chain in clear, readable with the type's scope alone",
+        }));
+    }
     resources.push(serde_json::json!({
         "type": "Consent",
         "interaction": [{"code": "read"}, {"code": "search-type"}],

@@ -46,6 +46,8 @@ pub const RESULTS_PER_ANSWER_MAX: usize = 1_000;
 /// One indexed record: its latest version's search values, by parameter.
 struct Entry {
     resource_type: String,
+    /// A directory entry (in clear, no consent) rather than a patient record.
+    directory: bool,
     version: u32,
     last_updated_ms: u64,
     values: HashMap<&'static str, Vec<IndexValue>>,
@@ -76,6 +78,10 @@ fn posting_key(value: &IndexValue) -> Option<String> {
     }
 }
 
+/// A record or directory entry whose latest version is not indexed yet: id, type, version,
+/// commit time.
+type Stale = (RecordId, String, u32, u64);
+
 /// The node's search index (see the module docs).
 #[derive(Default)]
 pub struct SearchIndex {
@@ -89,13 +95,20 @@ impl SearchIndex {
     /// Brings the index up to the chain's finalized records: indexes every record whose latest
     /// version it has not seen yet, when this node can decrypt it. Cheap when nothing changed.
     fn catch_up(&self, chain: &Chain, service: &RecordService) {
+        self.catch_up_waiting(chain, service, false)
+    }
+
+    /// [`SearchIndex::catch_up`]; with `wait`, waits for a catch-up in progress rather than
+    /// answer from the index as it was (resolving a conditional reference must see what
+    /// committed just before).
+    fn catch_up_waiting(&self, chain: &Chain, service: &RecordService, wait: bool) {
         let height = chain.patient_index().height();
         if self.indexed.read().expect("search index lock poisoned").height == height {
             return;
         }
         // The first build must finish before anyone searches; later ones are single-flight.
         let first = self.indexed.read().expect("search index lock poisoned").height == 0;
-        let _turn = if first {
+        let _turn = if first || wait {
             self.catching_up.lock().expect("catch-up lock poisoned")
         } else {
             match self.catching_up.try_lock() {
@@ -106,10 +119,10 @@ impl SearchIndex {
         if self.indexed.read().expect("search index lock poisoned").height == height {
             return;
         }
-        let stale: Vec<(RecordId, String, u32, u64)> = {
+        let (stale, stale_directory): (Vec<Stale>, Vec<Stale>) = {
             let indexed = self.indexed.read().expect("search index lock poisoned");
             let index = chain.patient_index();
-            index
+            let records = index
                 .records()
                 .filter(|r| SERVED_TYPES.contains(&r.resource_type.as_str()))
                 .filter_map(|r| {
@@ -119,17 +132,38 @@ impl SearchIndex {
                         (r.record_id, r.resource_type.clone(), latest.version, latest.position.committed_at_ms)
                     })
                 })
-                .collect()
+                .collect();
+            let state = chain.state();
+            let directory = state
+                .directory_entries()
+                .filter(|(id, head)| {
+                    indexed.entries.get(id).is_none_or(|e| e.version != head.latest_version)
+                        && index.directory_versions(id).iter().any(|(v, _)| *v == head.latest_version)
+                })
+                .map(|(id, head)| {
+                    let at = index
+                        .directory_versions(id)
+                        .iter()
+                        .find(|(v, _)| *v == head.latest_version)
+                        .map_or(0, |(_, p)| p.committed_at_ms);
+                    (*id, head.resource_type.clone(), head.latest_version, at)
+                })
+                .collect();
+            (records, directory)
         };
         let mut fresh = Vec::with_capacity(stale.len());
         // Records whose latest version is a delete marker: no longer found by search.
         let mut deleted = Vec::new();
-        for (record_id, resource_type, version, last_updated_ms) in stale {
-            // Not decryptable here (another custodian's record without a key), or its
-            // ciphertext not replicated yet: not searchable on this node for now.
+        let directory_ids: HashSet<RecordId> = stale_directory.iter().map(|(id, ..)| *id).collect();
+        for (record_id, resource_type, version, last_updated_ms) in stale.into_iter().chain(stale_directory) {
+            let directory = directory_ids.contains(&record_id);
             // Not decryptable here, or its ciphertext not replicated yet: drop what an older
             // version left in the index rather than serve a superseded version.
-            let Ok(plaintext) = service.plaintext_for_index(&record_id, version) else {
+            let content = match directory {
+                true => service.read_directory(&record_id, Some(version)).map(|v| zeroize::Zeroizing::new(v.content)),
+                false => service.plaintext_for_index(&record_id, version),
+            };
+            let Ok(plaintext) = content else {
                 deleted.push(record_id);
                 continue;
             };
@@ -148,7 +182,7 @@ impl SearchIndex {
             values.insert("_id", vec![IndexValue::Token { system: None, code: record_id.to_hex() }]);
             let at = last_updated_ms as i64;
             values.insert("_lastUpdated", vec![IndexValue::Date { low_ms: at, high_ms: at }]);
-            fresh.push((record_id, Entry { resource_type, version, last_updated_ms, values }));
+            fresh.push((record_id, Entry { resource_type, directory, version, last_updated_ms, values }));
         }
         let mut indexed = self.indexed.write().expect("search index lock poisoned");
         for record_id in deleted {
@@ -267,9 +301,11 @@ fn evaluate(
         for chunk in ids.chunks(VISIBILITY_CHUNK) {
             let state = chain.state();
             out.extend(chunk.iter().copied().filter(|record| {
-                state.record(record).is_some_and(|head| {
-                    decide_at_head(&state, requester, record, head, actions::READ, purpose, now).is_ok()
-                })
+                // Directory entries are not patient data: the token's scopes decide alone.
+                state.directory_entry(record).is_some()
+                    || state.record(record).is_some_and(|head| {
+                        decide_at_head(&state, requester, record, head, actions::READ, purpose, now).is_ok()
+                    })
             }));
         }
         out
@@ -333,6 +369,27 @@ fn evaluate(
         }
     }
     Found { total, matches: page, includes }
+}
+
+/// The resources matching `query` that `grant`'s identity may see, at most two: resolving a
+/// conditional reference (`Type?query`) needs exactly one. Not audited: nothing is returned
+/// to the caller but the id it asked the server to link to.
+pub(crate) fn matching_for_reference(
+    index: &SearchIndex,
+    chain: &Chain,
+    service: &RecordService,
+    query: &search::Query,
+    grant: &crate::smart::Grant,
+    now: u64,
+) -> Vec<RecordId> {
+    index.catch_up_waiting(chain, service, true);
+    let mut query = query.clone();
+    query.count = 2;
+    query.offset = 0;
+    query.includes.clear();
+    query.revincludes.clear();
+    query.sort.clear();
+    evaluate(index, chain, &query, grant, medledger_ledger::Purpose::Treatment, now).matches
 }
 
 /// `GET /fhir/{type}?…`: search.
@@ -459,16 +516,23 @@ fn bundle(
         for (record_id, mode) in listed {
             let Some(entry) = indexed.entries.get(&record_id) else { continue };
             // Audited as a search access; a version written since indexing is read as indexed.
-            let Ok(read) =
-                service.read_as(*requester, record_id, Some(entry.version), purpose, AccessAction::Search, now_ms())
-            else {
+            // Directory entries are read as they are: not patient data, not audited.
+            let content = match entry.directory {
+                true => {
+                    service.read_directory(&record_id, Some(entry.version)).map(|v| zeroize::Zeroizing::new(v.content))
+                }
+                false => service
+                    .read_as(*requester, record_id, Some(entry.version), purpose, AccessAction::Search, now_ms())
+                    .map(|r| r.plaintext),
+            };
+            let Ok(plaintext) = content else {
                 continue;
             };
             let id = record_id.to_hex();
             let version = entry.version.to_string();
             let last_updated = instant_from_ms(entry.last_updated_ms);
             let resource = with_server_meta(
-                &read.plaintext,
+                &plaintext,
                 &ServerMeta { id: &id, version_id: &version, last_updated: &last_updated },
             )
             .map_err(|e| FhirError::new(StatusCode::INTERNAL_SERVER_ERROR, IssueCode::Exception, e.to_string()))?;

@@ -65,6 +65,8 @@ pub mod auth;
 mod break_glass;
 mod error;
 pub mod fhir;
+mod fhir_bundle;
+mod fhir_directory;
 mod fhir_search;
 mod patients;
 mod portal;
@@ -167,6 +169,7 @@ pub fn router_for(chain: Arc<Chain>, services: Services) -> Router {
         .route("/v1/patients/{id}/notifications", get(patients::notifications))
         .route("/v1/patients/{id}/delegates", get(patients::delegates))
         .route("/v1/break-glass", get(break_glass::list))
+        .route("/fhir", post(fhir_bundle::bundle).layer(DefaultBodyLimit::max(fhir_bundle::BUNDLE_BODY_BYTES_MAX)))
         .route("/fhir/metadata", get(fhir::metadata))
         .route("/fhir/AuditEvent", get(fhir::audit_events))
         .route("/fhir/Provenance", get(fhir::provenance))

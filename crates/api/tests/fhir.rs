@@ -173,14 +173,21 @@ async fn capability_statement_names_exactly_what_is_served() {
     let resources = v["rest"][0]["resource"].as_array().unwrap();
     let types: Vec<&str> = resources.iter().map(|r| r["type"].as_str().unwrap()).collect();
     let mut expected = medledger_api::fhir::SERVED_TYPES.to_vec();
+    expected.extend(medledger_types::DIRECTORY_RESOURCE_TYPES);
     expected.extend(["Consent", "Provenance", "AuditEvent"]);
     assert_eq!(types, expected);
     let n = resources.len();
+    let records = medledger_api::fhir::SERVED_TYPES.len();
+    for r in &resources[records..n - 3] {
+        let codes: Vec<&str> =
+            r["interaction"].as_array().unwrap().iter().map(|i| i["code"].as_str().unwrap()).collect();
+        assert_eq!(codes, ["read", "vread", "create", "update", "delete", "history-instance", "search-type"]);
+    }
     assert_eq!(resources[n - 3]["interaction"], serde_json::json!([{"code": "read"}, {"code": "search-type"}]));
     for searched in &resources[n - 2..] {
         assert_eq!(searched["interaction"], serde_json::json!([{"code": "search-type"}]));
     }
-    for r in &resources[..n - 3] {
+    for r in &resources[..records] {
         let codes: Vec<&str> =
             r["interaction"].as_array().unwrap().iter().map(|i| i["code"].as_str().unwrap()).collect();
         assert_eq!(

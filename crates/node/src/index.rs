@@ -176,6 +176,8 @@ pub struct PatientIndex {
     break_glass: Vec<(IdentityId, usize)>,
     /// declaration id -> its place in `break_glass`.
     break_glass_by_tx: HashMap<TxId, usize>,
+    /// directory entry -> where each of its versions was committed, oldest first.
+    directory: HashMap<RecordId, Vec<(u32, TxPosition)>>,
     /// Height of the last block applied; blocks at or below it are ignored.
     height: Height,
 }
@@ -184,6 +186,11 @@ impl PatientIndex {
     /// Height of the last block indexed.
     pub fn height(&self) -> Height {
         self.height
+    }
+
+    /// Where each version of a directory entry was committed, oldest first.
+    pub fn directory_versions(&self, entry: &RecordId) -> &[(u32, TxPosition)] {
+        self.directory.get(entry).map(Vec::as_slice).unwrap_or_default()
     }
 
     pub fn patient(&self, patient: &IdentityId) -> Option<&PatientEntry> {
@@ -268,6 +275,9 @@ impl PatientIndex {
                                 });
                             }
                         }
+                    }
+                    Payload::DirectoryPut { entry_id, version, .. } => {
+                        self.directory.entry(*entry_id).or_default().push((*version, position));
                     }
                     Payload::AccessEvents { events } => {
                         for (event_index, event) in events.iter().enumerate().take(limits::ACCESS_EVENTS_PER_TX_MAX) {

@@ -1,0 +1,968 @@
+//! `POST /fhir`: transaction and batch Bundles.
+//!
+//! A **transaction** is all-or-nothing: every entry is checked (structure, scopes, references,
+//! patient, consent category) before anything is written, and then the whole Bundle becomes one
+//! ledger batch transaction (`Payload::Batch`), which the ledger applies entirely or not at
+//! all. New resources get their ids before anything is stored, so references between entries
+//! (`urn:uuid:…`, full URLs, and relative `Type/id` references under an entry's base) and
+//! conditional references (`Type?identifier=…`, resolved to exactly one resource of this
+//! Bundle or of the server that the caller may see) are rewritten in the entries' bytes: only
+//! those reference strings change, the rest of each resource is stored as received.
+//!
+//! A **batch** runs each entry on its own (each a transaction of one): one failing entry does
+//! not stop the others, and entries may not reference each other.
+//!
+//! Supported entry requests: `POST Type` (create), `PUT Type/id` (update, `ifMatch` honoured),
+//! `DELETE Type/id` (logical delete). Conditional create/update/delete and `GET` entries are
+//! refused with `not-supported`, never ignored.
+
+use std::{
+    collections::{HashMap, HashSet},
+    ops::Range,
+};
+
+use axum::{
+    body::Bytes,
+    extract::State,
+    http::{HeaderMap, HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use medledger_crypto::Keypair;
+use medledger_fhir::{
+    Issue, IssueCode, Severity,
+    instant::instant_from_ms,
+    json::{self, Kind, Limits},
+    search::{self, IndexValue, ParseOptions},
+    validate::ReferenceKind,
+};
+use medledger_node::{
+    batch::{BatchWrite, BatchWritten},
+    chain::TxStatus,
+    records::WriteRequest,
+};
+use medledger_types::{IdentityId, RecordId, Role};
+
+use crate::{
+    fhir::{
+        FHIR_JSON, FhirError, IDENTITY_SYSTEM, category_of, check_content_type, committed_at_ms, is_tombstone, records,
+        served, tombstone,
+    },
+    fhir_directory::{is_directory, is_staff},
+    routes::{AppState, now_ms},
+    smart::{Grant, bearer, interactions},
+};
+
+/// Largest Bundle accepted (its records' plaintexts are stored off-chain, so this is not bound
+/// by the batch transaction's size; directory entries are).
+pub const BUNDLE_BODY_BYTES_MAX: usize = 16 * 1024 * 1024;
+/// Most entries in one Bundle.
+pub const BUNDLE_ENTRIES_MAX: usize = 1_000;
+
+fn error(status: StatusCode, code: IssueCode, diagnostics: impl Into<String>) -> FhirError {
+    FhirError::new(status, code, diagnostics)
+}
+
+/// An entry-level error, naming the entry.
+fn entry_error(index: usize, status: StatusCode, code: IssueCode, why: impl std::fmt::Display) -> FhirError {
+    let issue = Issue {
+        severity: Severity::Error,
+        code,
+        expression: Some(format!("Bundle.entry[{index}]")),
+        diagnostics: why.to_string(),
+    };
+    FhirError::with_issues(status, vec![issue])
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Method {
+    Post,
+    Put,
+    Delete,
+}
+
+/// One entry as received.
+struct EntryIn {
+    index: usize,
+    full_url: Option<String>,
+    method: Method,
+    resource_type: String,
+    /// PUT/DELETE: the existing resource.
+    target: Option<RecordId>,
+    /// The resource's exact bytes (POST/PUT).
+    bytes: Option<Vec<u8>>,
+    /// References of the resource, as the validator found them.
+    references: Vec<(String, ReferenceKind)>,
+    if_match: Option<u32>,
+}
+
+/// One entry ready to write.
+struct Planned {
+    index: usize,
+    method: Method,
+    resource_type: String,
+    id: RecordId,
+    /// Rewritten bytes (the tombstone for a delete).
+    content: Vec<u8>,
+    /// Records only: patient and category.
+    patient: Option<IdentityId>,
+    category: &'static str,
+    expected: Option<u32>,
+    /// A delete of something already deleted: nothing to write.
+    noop: bool,
+}
+
+/// `POST /fhir`.
+pub(crate) async fn bundle(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, FhirError> {
+    let grant = bearer(&app.tokens, &headers, now_ms())
+        .map_err(|why| error(StatusCode::UNAUTHORIZED, IssueCode::Login, why))?;
+    check_content_type(&headers)?;
+    let validated =
+        medledger_fhir::validate(&body).map_err(|issues| FhirError::with_issues(StatusCode::BAD_REQUEST, issues))?;
+    if validated.resource_type != "Bundle" {
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            IssueCode::Invalid,
+            format!("POST /fhir takes a transaction or batch Bundle, not a {}", validated.resource_type),
+        ));
+    }
+    let parsed = json::parse(&body, &Limits::default())
+        .map_err(|e| error(StatusCode::BAD_REQUEST, IssueCode::Invalid, e.to_string()))?;
+    let bundle_type = parsed.get("type").and_then(|t| t.as_str()).unwrap_or("").to_owned();
+    if validated.entries.len() > BUNDLE_ENTRIES_MAX {
+        return Err(error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            IssueCode::TooLong,
+            format!("a Bundle has at most {BUNDLE_ENTRIES_MAX} entries here; split it"),
+        ));
+    }
+    let entries_json: Vec<&json::Value<'_>> =
+        parsed.get("entry").and_then(|e| e.as_array()).map(|a| a.iter().collect()).unwrap_or_default();
+    let mut entries = Vec::with_capacity(validated.entries.len());
+    for (index, entry) in validated.entries.iter().enumerate() {
+        let if_match = entries_json
+            .get(index)
+            .and_then(|e| e.get("request"))
+            .and_then(|r| r.get("ifMatch"))
+            .and_then(|v| v.as_str());
+        let unsupported = entries_json
+            .get(index)
+            .and_then(|e| e.get("request"))
+            .and_then(|r| ["ifNoneExist", "ifNoneMatch", "ifModifiedSince"].into_iter().find(|k| r.get(k).is_some()));
+        entries.push(entry_in(index, entry, &body, if_match, unsupported));
+    }
+    match bundle_type.as_str() {
+        "transaction" => {
+            let entries = entries.into_iter().collect::<Result<Vec<_>, _>>()?;
+            transaction(&app, &grant, entries).await
+        }
+        "batch" => batch(&app, &grant, entries).await,
+        other => Err(error(
+            StatusCode::BAD_REQUEST,
+            IssueCode::Invalid,
+            format!("POST /fhir takes a transaction or batch Bundle, not a {} Bundle", crate::error::echo(other)),
+        )),
+    }
+}
+
+/// Checks one entry's request and resource as received.
+fn entry_in(
+    index: usize,
+    entry: &medledger_fhir::validate::BundleEntry,
+    body: &[u8],
+    if_match: Option<&str>,
+    unsupported: Option<&str>,
+) -> Result<EntryIn, FhirError> {
+    let bad = |code, why: String| entry_error(index, StatusCode::BAD_REQUEST, code, why);
+    if let Some(key) = unsupported {
+        return Err(bad(IssueCode::NotSupported, format!("request.{key} (conditional interactions) is not supported")));
+    }
+    let method = match entry.request_method.as_deref() {
+        Some("POST") => Method::Post,
+        Some("PUT") => Method::Put,
+        Some("DELETE") => Method::Delete,
+        Some(other) => {
+            return Err(bad(
+                IssueCode::NotSupported,
+                format!("request.method {other} is not supported in Bundles here"),
+            ));
+        }
+        None => return Err(bad(IssueCode::Required, "request.method is required".into())),
+    };
+    let url = entry.request_url.as_deref().ok_or_else(|| bad(IssueCode::Required, "request.url is required".into()))?;
+    if url.contains('?') {
+        return Err(bad(
+            IssueCode::NotSupported,
+            format!("conditional {method:?} ({}) is not supported", crate::error::echo(url)),
+        ));
+    }
+    let (url_type, url_id) = match url.trim_start_matches('/').split_once('/') {
+        Some((t, id)) => (t.to_owned(), Some(id.to_owned())),
+        None => (url.trim_start_matches('/').to_owned(), None),
+    };
+    served(&url_type).map_err(|_| {
+        bad(IssueCode::NotSupported, format!("resource type {} is not served here", crate::error::echo(&url_type)))
+    })?;
+    let target = match (method, &url_id) {
+        (Method::Post, None) => None,
+        (Method::Post, Some(_)) => return Err(bad(IssueCode::Invalid, "a POST's request.url is the type only".into())),
+        (_, Some(id)) => Some(RecordId::from_hex(id).map_err(|_| {
+            entry_error(
+                index,
+                StatusCode::NOT_FOUND,
+                IssueCode::NotFound,
+                format!("no {url_type} with id {} (ids here are 64 hex characters)", crate::error::echo(id)),
+            )
+        })?),
+        (_, None) => return Err(bad(IssueCode::Invalid, format!("a {method:?}'s request.url is Type/id"))),
+    };
+    let (bytes, references) = match method {
+        Method::Delete => (None, Vec::new()),
+        _ => {
+            let span: Range<usize> = entry
+                .resource_span
+                .clone()
+                .ok_or_else(|| bad(IssueCode::Required, "the entry has no resource".into()))?;
+            let resource = entry.resource.as_ref().ok_or_else(|| {
+                bad(
+                    IssueCode::NotSupported,
+                    format!("resource type {} is not supported", entry.resource_type.as_deref().unwrap_or("?")),
+                )
+            })?;
+            if resource.resource_type != url_type {
+                return Err(bad(
+                    IssueCode::Invalid,
+                    format!("the resource is a {}, request.url says {url_type}", resource.resource_type),
+                ));
+            }
+            if method == Method::Put && resource.id.as_deref() != url_id.as_deref() {
+                return Err(bad(IssueCode::Invalid, "a PUT resource's id must equal the id in request.url".into()));
+            }
+            let references = resource.references.iter().map(|r| (r.reference.clone(), r.kind.clone())).collect();
+            (Some(body[span].to_vec()), references)
+        }
+    };
+    let if_match = match if_match {
+        None => None,
+        Some(text) => {
+            let quoted = text.trim().strip_prefix("W/").unwrap_or(text.trim());
+            Some(
+                quoted
+                    .strip_prefix('"')
+                    .and_then(|t| t.strip_suffix('"'))
+                    .and_then(|v| v.parse::<u32>().ok())
+                    .ok_or_else(|| bad(IssueCode::Value, "request.ifMatch must be an ETag such as W/\"1\"".into()))?,
+            )
+        }
+    };
+    Ok(EntryIn {
+        index,
+        full_url: entry.full_url.clone(),
+        method,
+        resource_type: url_type,
+        target,
+        bytes,
+        references,
+        if_match,
+    })
+}
+
+/// The scope interaction an entry needs.
+fn interaction(method: Method) -> u8 {
+    match method {
+        Method::Post => interactions::CREATE,
+        Method::Put => interactions::UPDATE,
+        Method::Delete => interactions::DELETE,
+    }
+}
+
+/// What a transaction will write, resolved and checked.
+struct Plan {
+    new_patients: Vec<Keypair>,
+    entries: Vec<Planned>,
+}
+
+/// Resolves and checks `entries` as one transaction (nothing is written).
+fn plan(app: &AppState, grant: &Grant, entries: Vec<EntryIn>, batch_entry: bool) -> Result<Plan, FhirError> {
+    let service = records(app)?;
+    let custodian = service.organisation();
+    for entry in &entries {
+        if !grant.allows(&entry.resource_type, interaction(entry.method)) {
+            return Err(entry_error(
+                entry.index,
+                StatusCode::FORBIDDEN,
+                IssueCode::Forbidden,
+                format!("the token's scopes do not allow this interaction on {}", entry.resource_type),
+            ));
+        }
+    }
+    if !is_staff(app, &grant.identity, &custodian) {
+        return Err(error(
+            StatusCode::FORBIDDEN,
+            IssueCode::Forbidden,
+            "only the staff and systems of the organisation operating this node write here",
+        ));
+    }
+    // Ids first: every created resource gets its id before any reference is rewritten.
+    let mut ids: Vec<RecordId> = Vec::with_capacity(entries.len());
+    let mut by_url: HashMap<String, String> = HashMap::new();
+    for entry in &entries {
+        let id = match entry.target {
+            Some(id) => id,
+            None => {
+                let mut bytes = [0u8; 32];
+                rand::Rng::fill_bytes(&mut rand::rng(), &mut bytes);
+                RecordId(bytes)
+            }
+        };
+        ids.push(id);
+        if let Some(url) = &entry.full_url {
+            let reference = format!("{}/{}", entry.resource_type, id.to_hex());
+            if by_url.insert(url.clone(), reference).is_some() {
+                return Err(entry_error(
+                    entry.index,
+                    StatusCode::BAD_REQUEST,
+                    IssueCode::Invalid,
+                    format!("fullUrl {} appears twice in the Bundle", crate::error::echo(url)),
+                ));
+            }
+        }
+    }
+    let mut seen_targets = HashSet::new();
+    for entry in entries.iter().filter(|e| e.method != Method::Post) {
+        if !seen_targets.insert(entry.target) {
+            return Err(entry_error(
+                entry.index,
+                StatusCode::BAD_REQUEST,
+                IssueCode::Invalid,
+                "a transaction changes each resource at most once",
+            ));
+        }
+    }
+    // Conditional references resolve against the Bundle's own resources first.
+    let mut bundle_values: HashMap<usize, HashMap<&'static str, Vec<IndexValue>>> = HashMap::new();
+    for (i, entry) in entries.iter().enumerate() {
+        if let Some(bytes) = &entry.bytes
+            && let Ok(extraction) = search::extract_bytes(bytes)
+        {
+            let mut values: HashMap<&'static str, Vec<IndexValue>> = HashMap::new();
+            for (param, value) in extraction.values {
+                values.entry(param).or_default().push(value);
+            }
+            values.insert("_id", vec![IndexValue::Token { system: None, code: ids[i].to_hex() }]);
+            bundle_values.insert(i, values);
+        }
+    }
+    // New patients (a Patient naming no on-chain identity) and the identity of every Patient
+    // of the Bundle, by its new id.
+    let mut new_patients = Vec::new();
+    let mut patient_of_record: HashMap<RecordId, IdentityId> = HashMap::new();
+    let mut planned = Vec::with_capacity(entries.len());
+    // Patients first, so that other entries find them whatever the order.
+    let mut order: Vec<usize> = (0..entries.len()).collect();
+    order.sort_by_key(|i| entries[*i].resource_type != "Patient");
+    let mut rewritten: Vec<Option<Vec<u8>>> = vec![None; entries.len()];
+    for &i in &order {
+        let entry = &entries[i];
+        let Some(bytes) = &entry.bytes else { continue };
+        let content = rewrite(app, grant, entry, bytes, &by_url, &entries, &ids, &bundle_values, batch_entry)?;
+        if entry.resource_type == "Patient" && entry.method == Method::Post {
+            let json: serde_json::Value = serde_json::from_slice(&content)
+                .map_err(|e| entry_error(entry.index, StatusCode::BAD_REQUEST, IssueCode::Invalid, e))?;
+            let named = json["identifier"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|i| i["system"] == IDENTITY_SYSTEM)
+                .and_then(|i| i["value"].as_str());
+            let identity = match named {
+                Some(hex) => {
+                    let id = IdentityId::from_hex(hex)
+                        .ok()
+                        .filter(|id| app.chain.state().identity(id).is_some_and(|w| w.role == Role::Patient));
+                    id.ok_or_else(|| {
+                        entry_error(
+                            entry.index,
+                            StatusCode::UNPROCESSABLE_ENTITY,
+                            IssueCode::Processing,
+                            format!("{IDENTITY_SYSTEM} names no registered patient identity"),
+                        )
+                    })?
+                }
+                None => {
+                    let keys = service.new_patient_keys()?;
+                    let id = keys.id();
+                    new_patients.push(keys);
+                    id
+                }
+            };
+            patient_of_record.insert(ids[i], identity);
+        }
+        rewritten[i] = Some(content);
+    }
+    for (i, entry) in entries.iter().enumerate() {
+        let id = ids[i];
+        let directory = is_directory(&entry.resource_type);
+        let mut plan = Planned {
+            index: entry.index,
+            method: entry.method,
+            resource_type: entry.resource_type.clone(),
+            id,
+            content: Vec::new(),
+            patient: None,
+            category: "",
+            expected: entry.if_match,
+            noop: false,
+        };
+        let not_found = || {
+            entry_error(
+                entry.index,
+                StatusCode::NOT_FOUND,
+                IssueCode::NotFound,
+                format!("no {} with id {}", entry.resource_type, id.to_hex()),
+            )
+        };
+        // PUT and DELETE: the resource exists, with this type.
+        let existing = match entry.method {
+            Method::Post => None,
+            _ if directory => {
+                let state = app.chain.state();
+                let head = state
+                    .directory_entry(&id)
+                    .filter(|h| h.resource_type == entry.resource_type)
+                    .ok_or_else(not_found)?;
+                Some((None, String::new(), head.latest_version))
+            }
+            _ => {
+                let state = app.chain.state();
+                let head =
+                    state.record(&id).filter(|h| h.resource_type == entry.resource_type).ok_or_else(not_found)?;
+                Some((Some(head.patient), head.category.clone(), head.latest_version))
+            }
+        };
+        match entry.method {
+            Method::Delete => {
+                let (patient, category, latest) = existing.expect("checked above");
+                plan.patient = patient;
+                plan.category = medledger_types::CATEGORIES.iter().find(|c| **c == category).copied().unwrap_or("");
+                plan.expected = Some(entry.if_match.unwrap_or(latest));
+                plan.content = tombstone(&entry.resource_type);
+                plan.noop = match directory {
+                    true => service.read_directory(&id, None).is_ok_and(|v| is_tombstone(&v.content)),
+                    false => service.plaintext_for_index(&id, latest).is_ok_and(|p| is_tombstone(&p)),
+                };
+            }
+            _ => {
+                let content = rewritten[i].take().expect("rewritten above");
+                if !directory {
+                    let json: serde_json::Value = serde_json::from_slice(&content)
+                        .map_err(|e| entry_error(entry.index, StatusCode::BAD_REQUEST, IssueCode::Invalid, e))?;
+                    let category = category_of(&entry.resource_type, &json)
+                        .map_err(|e| e.at(&format!("Bundle.entry[{}].resource", entry.index)))?;
+                    let patient = match &existing {
+                        Some((patient, existing_category, _)) => {
+                            if existing_category != category {
+                                return Err(entry_error(
+                                    entry.index,
+                                    StatusCode::UNPROCESSABLE_ENTITY,
+                                    IssueCode::BusinessRule,
+                                    "a record's consent category never changes: create a new resource",
+                                ));
+                            }
+                            *patient
+                        }
+                        None if entry.resource_type == "Patient" => patient_of_record.get(&id).copied(),
+                        None => {
+                            Some(subject_patient(app, entry.index, &entry.resource_type, &json, &patient_of_record)?)
+                        }
+                    };
+                    plan.patient = patient;
+                    plan.category = category;
+                } else if content.len() > medledger_types::limits::DIRECTORY_CONTENT_BYTES_MAX {
+                    return Err(entry_error(
+                        entry.index,
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        IssueCode::TooLong,
+                        format!(
+                            "directory resources are at most {} bytes",
+                            medledger_types::limits::DIRECTORY_CONTENT_BYTES_MAX
+                        ),
+                    ));
+                }
+                plan.content = content;
+            }
+        }
+        planned.push(plan);
+    }
+    Ok(Plan { new_patients, entries: planned })
+}
+
+/// The patient a (non-Patient) record belongs to: the Patient its `subject` or `patient`
+/// reference names, on the server or created in this Bundle.
+fn subject_patient(
+    app: &AppState,
+    index: usize,
+    resource_type: &str,
+    json: &serde_json::Value,
+    bundle_patients: &HashMap<RecordId, IdentityId>,
+) -> Result<IdentityId, FhirError> {
+    let unprocessable = |why: String| entry_error(index, StatusCode::UNPROCESSABLE_ENTITY, IssueCode::Processing, why);
+    let reference = ["subject", "patient"]
+        .iter()
+        .find_map(|k| json[*k]["reference"].as_str())
+        .ok_or_else(|| unprocessable(format!("a {resource_type} needs a subject or patient reference to a Patient")))?;
+    let id = reference
+        .strip_prefix("Patient/")
+        .and_then(|id| RecordId::from_hex(id).ok())
+        .ok_or_else(|| unprocessable(format!("{} is not a reference to a Patient", crate::error::echo(reference))))?;
+    if let Some(identity) = bundle_patients.get(&id) {
+        return Ok(*identity);
+    }
+    let state = app.chain.state();
+    state.record(&id).filter(|h| h.resource_type == "Patient").map(|h| h.patient).ok_or_else(|| {
+        unprocessable(format!(
+            "reference {} does not resolve to a Patient on this server",
+            crate::error::echo(reference)
+        ))
+    })
+}
+
+/// The entry's bytes with every reference to another entry, and every conditional reference,
+/// rewritten to `Type/id` of the server.
+#[allow(clippy::too_many_arguments)]
+fn rewrite(
+    app: &AppState,
+    grant: &Grant,
+    entry: &EntryIn,
+    bytes: &[u8],
+    by_url: &HashMap<String, String>,
+    entries: &[EntryIn],
+    ids: &[RecordId],
+    bundle_values: &HashMap<usize, HashMap<&'static str, Vec<IndexValue>>>,
+    batch_entry: bool,
+) -> Result<Vec<u8>, FhirError> {
+    let broken = |why: String| entry_error(entry.index, StatusCode::BAD_REQUEST, IssueCode::Processing, why);
+    // The base of the entry's fullUrl (`https://x/fhir/` of `https://x/fhir/Patient/1`), for
+    // relative references between entries.
+    let base =
+        entry.full_url.as_deref().filter(|u| u.starts_with("http://") || u.starts_with("https://")).and_then(|u| {
+            let mut parts = u.rsplitn(3, '/');
+            let (_id, _type, base) = (parts.next()?, parts.next()?, parts.next()?);
+            Some(format!("{base}/"))
+        });
+    let mut replacements: HashMap<String, String> = HashMap::new();
+    for (reference, kind) in &entry.references {
+        if replacements.contains_key(reference) {
+            continue;
+        }
+        let to = match kind {
+            ReferenceKind::Uuid => match by_url.get(reference) {
+                Some(to) => Some(to.clone()),
+                None if batch_entry => {
+                    return Err(broken(format!(
+                        "{} names another entry: batch entries are independent (use a transaction)",
+                        crate::error::echo(reference)
+                    )));
+                }
+                None => return Err(broken(format!("{} names no entry of this Bundle", crate::error::echo(reference)))),
+            },
+            ReferenceKind::Absolute => by_url.get(reference).cloned(),
+            ReferenceKind::Relative { resource_type, id, version } => {
+                let in_bundle = base.as_ref().and_then(|b| by_url.get(&format!("{b}{resource_type}/{id}")));
+                match in_bundle {
+                    Some(to) if version.is_none() => Some(to.clone()),
+                    Some(_) => return Err(broken("versioned references to Bundle entries are not supported".into())),
+                    None => {
+                        check_server_reference(app, resource_type, id).map_err(&broken)?;
+                        None
+                    }
+                }
+            }
+            ReferenceKind::Conditional { resource_type, query } => Some(
+                resolve_conditional(app, grant, entries, ids, bundle_values, resource_type, query, batch_entry)
+                    .map_err(|why| {
+                        entry_error(entry.index, StatusCode::PRECONDITION_FAILED, IssueCode::Processing, why)
+                    })?,
+            ),
+            ReferenceKind::Contained { .. } | ReferenceKind::Oid => None,
+        };
+        if let Some(to) = to {
+            replacements.insert(reference.clone(), to);
+        }
+    }
+    if replacements.is_empty() {
+        return Ok(bytes.to_vec());
+    }
+    let rewritten = replace_references(bytes, &replacements)
+        .map_err(|e| entry_error(entry.index, StatusCode::BAD_REQUEST, IssueCode::Invalid, e))?;
+    // The targets' types are known only now: each reference must still be of an allowed type.
+    medledger_fhir::validate(&rewritten).map_err(|issues| {
+        let at_entry = |issue: Issue| {
+            // `Encounter.serviceProvider.reference` → `Bundle.entry[i].resource.serviceProvider.reference`
+            let rest = issue.expression.as_deref().and_then(|e| e.split_once('.')).map(|(_, r)| format!(".{r}"));
+            let expression = Some(format!("Bundle.entry[{}].resource{}", entry.index, rest.unwrap_or_default()));
+            Issue { expression, ..issue }
+        };
+        FhirError::with_issues(StatusCode::BAD_REQUEST, issues.into_iter().map(at_entry).collect())
+    })?;
+    Ok(rewritten)
+}
+
+/// A relative reference to a type this server holds must name a resource it holds.
+fn check_server_reference(app: &AppState, resource_type: &str, id: &str) -> Result<(), String> {
+    if served(resource_type).is_err() {
+        return Ok(()); // a type not held here: not checkable, kept as written
+    }
+    let state = app.chain.state();
+    let found = RecordId::from_hex(id).ok().is_some_and(|id| {
+        state.record(&id).is_some_and(|h| h.resource_type == resource_type)
+            || state.directory_entry(&id).is_some_and(|h| h.resource_type == resource_type)
+    });
+    match found {
+        true => Ok(()),
+        false => Err(format!(
+            "reference {resource_type}/{} resolves to nothing in this Bundle or on this server",
+            crate::error::echo(id)
+        )),
+    }
+}
+
+/// `Type?query` resolved to `Type/id`: exactly one match among the Bundle's entries and the
+/// server's resources the caller may see.
+#[allow(clippy::too_many_arguments)]
+fn resolve_conditional(
+    app: &AppState,
+    grant: &Grant,
+    entries: &[EntryIn],
+    ids: &[RecordId],
+    bundle_values: &HashMap<usize, HashMap<&'static str, Vec<IndexValue>>>,
+    resource_type: &str,
+    query: &str,
+    batch_entry: bool,
+) -> Result<String, String> {
+    let shown = format!("{resource_type}?{}", crate::error::echo(query));
+    let params =
+        parse_query_string(query).ok_or_else(|| format!("conditional reference {shown} is not a valid query"))?;
+    let query = search::parse_query(resource_type, &params, &ParseOptions { lenient: false }).map_err(|issues| {
+        format!(
+            "conditional reference {shown}: {}",
+            issues.iter().map(|i| i.diagnostics.clone()).collect::<Vec<_>>().join("; ")
+        )
+    })?;
+    if query.filters.is_empty() {
+        return Err(format!("conditional reference {shown} has no search criteria"));
+    }
+    let mut found: Vec<RecordId> = Vec::new();
+    if !batch_entry {
+        for (i, entry) in entries.iter().enumerate() {
+            if entry.resource_type != resource_type || entry.method == Method::Delete {
+                continue;
+            }
+            let Some(values) = bundle_values.get(&i) else { continue };
+            let empty = Vec::new();
+            if query.filters.iter().all(|f| f.matches(values.get(f.param.as_str()).unwrap_or(&empty))) {
+                found.push(ids[i]);
+            }
+        }
+    }
+    let service = records(app).map_err(|_| "this node serves no records".to_owned())?;
+    for id in crate::fhir_search::matching_for_reference(&app.search, &app.chain, &service, &query, grant, now_ms()) {
+        if !found.contains(&id) {
+            found.push(id);
+        }
+    }
+    match found.as_slice() {
+        [one] => Ok(format!("{resource_type}/{}", one.to_hex())),
+        [] => Err(format!("conditional reference {shown} matches nothing (in this Bundle or on this server)")),
+        _ => Err(format!("conditional reference {shown} matches more than one resource")),
+    }
+}
+
+/// `a=1&b=x%7Cy` as decoded pairs; `None` if malformed.
+fn parse_query_string(query: &str) -> Option<Vec<(String, String)>> {
+    query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|pair| {
+            let (k, v) = pair.split_once('=')?;
+            Some((percent_decode(k)?, percent_decode(v)?))
+        })
+        .collect()
+}
+
+fn percent_decode(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// `bytes` with the string value of every `"reference"` member found in `replacements`
+/// replaced; every other byte is kept.
+pub(crate) fn replace_references(bytes: &[u8], replacements: &HashMap<String, String>) -> Result<Vec<u8>, String> {
+    let value = json::parse(bytes, &Limits::default()).map_err(|e| e.to_string())?;
+    let mut spans: Vec<(Range<usize>, &str)> = Vec::new();
+    collect_reference_spans(&value, replacements, &mut spans);
+    spans.sort_by_key(|(r, _)| r.start);
+    let mut out = Vec::with_capacity(bytes.len() + spans.len() * 64);
+    let mut at = 0;
+    for (span, to) in spans {
+        out.extend_from_slice(&bytes[at..span.start]);
+        // The replacement is `Type/hex`: no character needs escaping.
+        out.push(b'"');
+        out.extend_from_slice(to.as_bytes());
+        out.push(b'"');
+        at = span.end;
+    }
+    out.extend_from_slice(&bytes[at..]);
+    Ok(out)
+}
+
+fn collect_reference_spans<'v>(
+    value: &json::Value<'_>,
+    replacements: &'v HashMap<String, String>,
+    out: &mut Vec<(Range<usize>, &'v str)>,
+) {
+    match &value.kind {
+        Kind::Object(members) => {
+            for member in members {
+                if member.key == "reference"
+                    && let Kind::String(text) = &member.value.kind
+                    && let Some(to) = replacements.get(text.as_ref())
+                {
+                    out.push((member.value.start..member.value.end, to.as_str()));
+                }
+                collect_reference_spans(&member.value, replacements, out);
+            }
+        }
+        Kind::Array(items) => {
+            for item in items {
+                collect_reference_spans(item, replacements, out);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Submits a plan as one batch; returns the submitted batch, or `None` if nothing needed
+/// writing (deletes of deleted resources only).
+async fn submit(
+    app: &AppState,
+    grant: &Grant,
+    plan: Plan,
+) -> Result<(Option<BatchWritten>, Vec<Planned>, Vec<IdentityId>), FhirError> {
+    let service = records(app)?;
+    let author = grant.identity;
+    let new_ids: Vec<IdentityId> = plan.new_patients.iter().map(|k| k.id()).collect();
+    let Plan { new_patients, entries } = plan;
+    let (written, entries) = tokio::task::spawn_blocking(move || {
+        let writes: Vec<BatchWrite<'_>> = entries
+            .iter()
+            .filter(|p| !p.noop)
+            .map(|p| match is_directory(&p.resource_type) {
+                true => BatchWrite::Directory {
+                    resource_type: &p.resource_type,
+                    content: &p.content,
+                    entry: (p.method != Method::Post).then_some(p.id),
+                    expected: p.expected,
+                    new_id: (p.method == Method::Post).then_some(p.id),
+                },
+                false => BatchWrite::Record {
+                    request: WriteRequest {
+                        author,
+                        patient: p.patient.expect("records have a patient"),
+                        resource_type: &p.resource_type,
+                        category: p.category,
+                        content: &p.content,
+                        record: (p.method != Method::Post).then_some(p.id),
+                    },
+                    expected: p.expected,
+                    new_id: (p.method == Method::Post).then_some(p.id),
+                },
+            })
+            .collect();
+        let written = match writes.is_empty() {
+            true => Ok(None),
+            false => service.write_batch(&new_patients, &writes, now_ms(), &mut rand::rng()).map(Some),
+        };
+        drop(writes);
+        (written, entries)
+    })
+    .await
+    .map_err(|_| error(StatusCode::INTERNAL_SERVER_ERROR, IssueCode::Exception, "write task failed"))?;
+    let written = written.map_err(|e| match e {
+        medledger_node::records::RecordError::NotCustodian => error(
+            StatusCode::FORBIDDEN,
+            IssueCode::Forbidden,
+            "a resource of the Bundle belongs to another organisation; only it updates it",
+        ),
+        other => other.into(),
+    })?;
+    Ok((written, entries, new_ids))
+}
+
+/// How a submitted batch ended.
+enum Outcome {
+    Committed,
+    Pending,
+    Refused(String),
+}
+
+async fn wait(app: &AppState, tx: &medledger_types::TxId) -> Outcome {
+    let started = std::time::Instant::now();
+    loop {
+        match app.chain.tx_status(tx) {
+            Ok(TxStatus::Committed { .. }) => return Outcome::Committed,
+            Ok(TxStatus::Rejected { reason }) => return Outcome::Refused(reason),
+            _ if started.elapsed().as_millis() as u64 >= app.fhir_commit_wait_ms => return Outcome::Pending,
+            _ => tokio::time::sleep(std::time::Duration::from_millis(10)).await,
+        }
+    }
+}
+
+/// `response` of one written entry.
+fn entry_response(app: &AppState, planned: &Planned, version: Option<u32>, committed: bool) -> String {
+    let id = planned.id.to_hex();
+    let status = match (committed, planned.method) {
+        (false, _) => "202 Accepted",
+        (true, Method::Post) => "201 Created",
+        (true, Method::Put) => "200 OK",
+        (true, Method::Delete) => "204 No Content",
+    };
+    let mut fields = vec![format!(r#""status":"{status}""#)];
+    if let Some(version) = version {
+        if planned.method != Method::Delete {
+            fields.push(format!(r#""location":"{}/{id}/_history/{version}""#, planned.resource_type));
+        }
+        fields.push(format!(r#""etag":"W/\"{version}\"""#));
+        if let Some(at) = committed_at_ms(app, &planned.id, version) {
+            fields.push(format!(r#""lastModified":"{}""#, instant_from_ms(at)));
+        }
+    }
+    format!(r#"{{"response":{{{}}}}}"#, fields.join(","))
+}
+
+fn bundle_response(status: StatusCode, body: String, tx: Option<&medledger_types::TxId>) -> Response {
+    let mut response = (status, body).into_response();
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(FHIR_JSON));
+    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if let Some(tx) = tx
+        && let Ok(v) = HeaderValue::from_str(&tx.to_hex())
+    {
+        response.headers_mut().insert("x-medledger-tx", v);
+    }
+    response
+}
+
+/// Plans, submits and waits for one transaction.
+async fn run_transaction(
+    app: &AppState,
+    grant: &Grant,
+    entries: Vec<EntryIn>,
+    batch_entry: bool,
+) -> Result<(Vec<Planned>, Option<BatchWritten>, Outcome), FhirError> {
+    let plan = {
+        let (app, grant) = (app.clone(), grant.clone());
+        tokio::task::spawn_blocking(move || plan(&app, &grant, entries, batch_entry))
+            .await
+            .map_err(|_| error(StatusCode::INTERNAL_SERVER_ERROR, IssueCode::Exception, "planning task failed"))??
+    };
+    let (written, planned, new_patients) = submit(app, grant, plan).await?;
+    let outcome = match &written {
+        None => Outcome::Committed,
+        Some(w) => wait(app, &w.tx_id).await,
+    };
+    if let Outcome::Refused(_) = &outcome
+        && let Some(service) = &app.records
+    {
+        service.discard_unregistered_patient_keys(&new_patients);
+    }
+    Ok((planned, written, outcome))
+}
+
+/// The version each planned entry got (deletes of deleted resources: none).
+fn versions_of(planned: &[Planned], written: Option<&BatchWritten>) -> Vec<Option<u32>> {
+    let mut versions = written.map(|w| w.versions.iter()).into_iter().flatten();
+    planned.iter().map(|p| if p.noop { None } else { versions.next().map(|(_, v)| *v) }).collect()
+}
+
+async fn transaction(app: &AppState, grant: &Grant, entries: Vec<EntryIn>) -> Result<Response, FhirError> {
+    let count = entries.len();
+    let (planned, written, outcome) = run_transaction(app, grant, entries, false).await?;
+    let committed = match outcome {
+        Outcome::Refused(reason) => {
+            return Err(error(
+                StatusCode::CONFLICT,
+                IssueCode::Conflict,
+                format!("the transaction was refused when its block was built, and nothing was written: {reason}"),
+            ));
+        }
+        Outcome::Pending => false,
+        Outcome::Committed => true,
+    };
+    let versions = versions_of(&planned, written.as_ref());
+    // Answers in the order of the request's entries.
+    let mut responses = vec![String::new(); count];
+    for (p, version) in planned.iter().zip(versions) {
+        responses[p.index] = entry_response(app, p, version, committed);
+    }
+    let body =
+        format!(r#"{{"resourceType":"Bundle","type":"transaction-response","entry":[{}]}}"#, responses.join(","));
+    let status = if committed { StatusCode::OK } else { StatusCode::ACCEPTED };
+    Ok(bundle_response(status, body, written.as_ref().map(|w| &w.tx_id)))
+}
+
+/// An entry's failure as a batch-response entry.
+fn failed_entry(e: &FhirError) -> String {
+    format!(
+        r#"{{"response":{{"status":"{}","outcome":{}}}}}"#,
+        e.status().as_u16(),
+        medledger_fhir::operation_outcome(e.issues())
+    )
+}
+
+async fn batch(app: &AppState, grant: &Grant, entries: Vec<Result<EntryIn, FhirError>>) -> Result<Response, FhirError> {
+    // Each entry is a transaction of its own; they run one after another (each waits for its
+    // commit), so an entry may rely on the ones before it having committed.
+    let mut responses = Vec::with_capacity(entries.len());
+    for entry in entries {
+        let answer = match entry {
+            Err(e) => failed_entry(&e),
+            Ok(entry) => match run_transaction(app, grant, vec![entry], true).await {
+                Err(e) => failed_entry(&e),
+                Ok((_, _, Outcome::Refused(reason))) => failed_entry(&error(
+                    StatusCode::CONFLICT,
+                    IssueCode::Conflict,
+                    format!("refused when its block was built: {reason}"),
+                )),
+                Ok((planned, written, outcome)) => {
+                    let versions = versions_of(&planned, written.as_ref());
+                    entry_response(app, &planned[0], versions[0], matches!(outcome, Outcome::Committed))
+                }
+            },
+        };
+        responses.push(answer);
+    }
+    let body = format!(r#"{{"resourceType":"Bundle","type":"batch-response","entry":[{}]}}"#, responses.join(","));
+    Ok(bundle_response(StatusCode::OK, body, None))
+}

@@ -1,0 +1,533 @@
+//! Transaction and batch Bundles (`POST /fhir`) and the consortium directory (Organization,
+//! Practitioner, PractitionerRole, Location) over FHIR.
+
+use std::sync::{
+    Arc,
+    atomic::{AtomicBool, Ordering},
+};
+
+use axum::{
+    body::Body,
+    http::{Request, Response},
+};
+use medledger_api::{
+    Services,
+    smart::{Grant, TokenStore, parse_scope},
+};
+use medledger_blobs::MemoryBlobStore;
+use medledger_crypto::Keypair;
+use medledger_ledger::Payload;
+use medledger_node::{chain::Chain, devnet::Devnet, records::RecordService};
+use medledger_types::Role;
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
+}
+
+const FHIR: &str = "application/fhir+json";
+
+struct World {
+    chain: Arc<Chain>,
+    tokens: Arc<TokenStore>,
+    router: axum::Router,
+    doc_a: Keypair,
+    doc_b: Keypair,
+    keys_dir: tempfile::TempDir,
+    stop: Arc<AtomicBool>,
+    committer: Option<std::thread::JoinHandle<()>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(c) = self.committer.take() {
+            let _ = c.join();
+        }
+    }
+}
+
+struct Answer {
+    status: u16,
+    body: Vec<u8>,
+}
+
+impl Answer {
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or(Value::Null)
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+impl World {
+    /// Two organisations' practitioners, a node of the first (Hospital A) with blocks
+    /// committing in the background, so writes answer once committed.
+    fn new() -> Self {
+        let net = Devnet::new("medledger.api-bundle", now_ms() - 60_000, &["Hospital A", "Clinic B"], 2, &mut |l| {
+            Keypair::from_label(l)
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let (chain, _) = Chain::open(dir.path(), &net.genesis, net.validators[0].clone(), &mut |_, _| {}).unwrap();
+        let chain = Arc::new(chain);
+        let (org_a, org_b) = (net.organisations[0].clone(), net.organisations[1].clone());
+        let doc_a = Keypair::from_label("bundle-dr-a");
+        let doc_b = Keypair::from_label("bundle-dr-b");
+        chain
+            .submit_as(&org_a, Payload::register(Role::Practitioner, &doc_a, Some(org_a.id()), "Dr A"), now_ms())
+            .unwrap();
+        chain
+            .submit_as(&org_b, Payload::register(Role::Practitioner, &doc_b, Some(org_b.id()), "Dr B"), now_ms())
+            .unwrap();
+        let service = Arc::new(RecordService::new(
+            chain.clone(),
+            net.validators[0].clone(),
+            org_a,
+            Arc::new(MemoryBlobStore::default()),
+        ));
+        let keys_dir = tempfile::tempdir().unwrap();
+        service.set_patient_key_dir(keys_dir.path().to_owned());
+        let tokens = Arc::new(TokenStore::default());
+        let router = medledger_api::router_for(
+            chain.clone(),
+            Services {
+                records: Some(service),
+                tokens: tokens.clone(),
+                fhir_commit_wait_ms: 10_000,
+                public_bases: vec!["http://fhir.test".into()],
+            },
+        );
+        medledger_node::devnet::commit_pending(&chain, net.validators[0].id(), now_ms()).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let committer = {
+            let (chain, stop, proposer) = (chain.clone(), stop.clone(), net.validators[0].id());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::SeqCst) {
+                    medledger_node::devnet::commit_pending(&chain, proposer, now_ms()).unwrap();
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+            })
+        };
+        Self { chain, tokens, router, doc_a, doc_b, keys_dir, stop, committer: Some(committer), _dir: dir }
+    }
+
+    fn token(&self, who: &Keypair, role: Role, scope: &str) -> String {
+        let scopes = scope.split(' ').map(|s| parse_scope(s).unwrap()).collect();
+        self.tokens.issue(Grant { identity: who.id(), role, scopes, expires_ms: now_ms() + 60_000 })
+    }
+
+    async fn send(&self, request: Request<Body>) -> Answer {
+        let response: Response<Body> = self.router.clone().oneshot(request).await.unwrap();
+        let status = response.status().as_u16();
+        let body = axum::body::to_bytes(response.into_body(), 64 << 20).await.unwrap().to_vec();
+        Answer { status, body }
+    }
+
+    async fn get(&self, token: &str, path: &str) -> Answer {
+        let request = Request::get(path)
+            .header("host", "fhir.test")
+            .header("authorization", format!("Bearer {token}"))
+            .body(Body::empty())
+            .unwrap();
+        self.send(request).await
+    }
+
+    async fn write(&self, method: &str, token: &str, path: &str, body: &str, if_match: Option<&str>) -> Answer {
+        let mut request = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", "fhir.test")
+            .header("authorization", format!("Bearer {token}"))
+            .header("content-type", FHIR);
+        if let Some(etag) = if_match {
+            request = request.header("if-match", etag);
+        }
+        self.send(request.body(Body::from(body.to_owned())).unwrap()).await
+    }
+
+    async fn post(&self, token: &str, path: &str, body: &str) -> Answer {
+        self.write("POST", token, path, body, None).await
+    }
+
+    fn log_size(&self) -> u64 {
+        self.chain.state().log().size()
+    }
+
+    fn key_files(&self) -> usize {
+        std::fs::read_dir(self.keys_dir.path()).unwrap().count()
+    }
+}
+
+fn entry(full_url: &str, resource: Value) -> Value {
+    let resource_type = resource["resourceType"].as_str().unwrap().to_owned();
+    json!({"fullUrl": full_url, "resource": resource, "request": {"method": "POST", "url": resource_type}})
+}
+
+fn transaction(entries: Vec<Value>) -> String {
+    json!({"resourceType": "Bundle", "type": "transaction", "entry": entries}).to_string()
+}
+
+fn organization() -> Value {
+    json!({"resourceType": "Organization", "identifier": [{"system": "urn:test:org", "value": "org-1"}], "name": "Synthetic General"})
+}
+
+fn practitioner(npi: &str) -> Value {
+    json!({"resourceType": "Practitioner", "identifier": [{"system": "http://hl7.org/fhir/sid/us-npi", "value": npi}], "name": [{"family": "Synthetic"}]})
+}
+
+fn patient() -> Value {
+    json!({"resourceType": "Patient", "name": [{"family": "Testperson", "given": ["Synthia"]}], "gender": "female", "birthDate": "1980-02-03"})
+}
+
+fn encounter(patient: &str, practitioner: &str, organization: &str) -> Value {
+    json!({
+        "resourceType": "Encounter", "status": "finished",
+        "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
+        "subject": {"reference": patient},
+        "participant": [{"individual": {"reference": practitioner}}],
+        "serviceProvider": {"reference": organization}
+    })
+}
+
+/// A lab Observation whose value keeps its decimal lexeme (`1.50`) only if the exact bytes
+/// are stored.
+const LAB: &str = r#"{"resourceType":"Observation","status":"final","category":[{"coding":[{"system":"http://terminology.hl7.org/CodeSystem/observation-category","code":"laboratory"}]}],"code":{"coding":[{"system":"http://loinc.org","code":"2345-7"}]},"subject":{"reference":"SUBJECT"},"encounter":{"reference":"ENCOUNTER"},"valueQuantity":{"value":1.50,"unit":"mmol/L"}}"#;
+
+fn lab(subject: &str, encounter: &str) -> Value {
+    serde_json::from_str(&LAB.replace("SUBJECT", subject).replace("ENCOUNTER", encounter)).unwrap()
+}
+
+#[tokio::test]
+async fn a_transaction_creates_a_new_patient_with_linked_resources_in_one_ledger_transaction() {
+    let w = World::new();
+    let doc = w.token(&w.doc_a, Role::Practitioner, "user/*.cruds");
+    let log_before = w.log_size();
+    // Entries in any order: references point forward and backward.
+    let body = transaction(vec![
+        json!({"fullUrl": "urn:uuid:5b1c5a58-0000-4000-8000-000000000005", "resource": "RAW_LAB", "request": {"method": "POST", "url": "Observation"}}),
+        entry("urn:uuid:5b1c5a58-0000-4000-8000-000000000001", organization()),
+        entry("urn:uuid:5b1c5a58-0000-4000-8000-000000000002", practitioner("9999900001")),
+        entry("urn:uuid:5b1c5a58-0000-4000-8000-000000000003", patient()),
+        entry(
+            "urn:uuid:5b1c5a58-0000-4000-8000-000000000004",
+            encounter(
+                "urn:uuid:5b1c5a58-0000-4000-8000-000000000003",
+                "urn:uuid:5b1c5a58-0000-4000-8000-000000000002",
+                "urn:uuid:5b1c5a58-0000-4000-8000-000000000001",
+            ),
+        ),
+    ]);
+    // The lab goes in as text, so its bytes (the decimal `1.50`) are exactly as written.
+    let raw_lab = LAB
+        .replace("SUBJECT", "urn:uuid:5b1c5a58-0000-4000-8000-000000000003")
+        .replace("ENCOUNTER", "urn:uuid:5b1c5a58-0000-4000-8000-000000000004");
+    let body = body.replace("\"RAW_LAB\"", &raw_lab);
+    let answer = w.post(&doc, "/fhir", &body).await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    let v = answer.json();
+    assert_eq!(v["type"], "transaction-response");
+    let locations: Vec<String> = v["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            assert_eq!(e["response"]["status"], "201 Created", "{e}");
+            assert_eq!(e["response"]["etag"], "W/\"1\"");
+            e["response"]["location"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    assert!(locations[0].starts_with("Observation/") && locations[3].starts_with("Patient/"), "{locations:?}");
+    // One ledger leaf for the whole Bundle (a key share per category rides inside it).
+    assert_eq!(w.log_size(), log_before + 1);
+    assert_eq!(w.key_files(), 1, "the new patient's keys are held for hand-over");
+    let path = |location: &str| format!("/fhir/{}", location.split("/_history").next().unwrap());
+    let id_of = |location: &str| location.split('/').nth(1).unwrap().to_owned();
+    let (obs, org, prac, pat, enc) =
+        (&locations[0], id_of(&locations[1]), id_of(&locations[2]), id_of(&locations[3]), id_of(&locations[4]));
+    let read = w.get(&doc, &path(obs)).await;
+    assert_eq!(read.status, 200, "{}", read.text());
+    // The references now name the server's ids; every other byte is as sent.
+    let text = read.text();
+    assert!(text.contains(&format!(r#""subject":{{"reference":"Patient/{pat}"}}"#)), "{text}");
+    assert!(text.contains(&format!(r#""encounter":{{"reference":"Encounter/{enc}"}}"#)), "{text}");
+    assert!(text.contains(r#""value":1.50"#), "{text}");
+    let encounter = w.get(&doc, &format!("/fhir/Encounter/{enc}")).await.json();
+    assert_eq!(encounter["participant"][0]["individual"]["reference"], format!("Practitioner/{prac}"));
+    assert_eq!(encounter["serviceProvider"]["reference"], format!("Organization/{org}"));
+    // Directory entries read in clear, and search finds everything.
+    assert_eq!(w.get(&doc, &format!("/fhir/Organization/{org}")).await.json()["name"], "Synthetic General");
+    let found = w.get(&doc, &format!("/fhir/Observation?patient={pat}")).await.json();
+    assert_eq!(found["total"], 1, "{found}");
+    let found = w.get(&doc, "/fhir/Practitioner?identifier=http://hl7.org/fhir/sid/us-npi|9999900001").await.json();
+    assert_eq!(found["total"], 1, "{found}");
+    assert_eq!(found["entry"][0]["resource"]["id"], prac.as_str());
+}
+
+#[tokio::test]
+async fn a_broken_or_invalid_transaction_writes_nothing_and_names_the_entry() {
+    let w = World::new();
+    let doc = w.token(&w.doc_a, Role::Practitioner, "user/*.cruds");
+    let log_before = w.log_size();
+    let cases = [
+        // A reference to an entry that is not there.
+        (
+            transaction(vec![
+                entry("urn:uuid:00000000-0000-4000-8000-000000000001", patient()),
+                entry(
+                    "urn:uuid:00000000-0000-4000-8000-000000000002",
+                    lab(
+                        "urn:uuid:00000000-0000-4000-8000-00000000dead",
+                        "urn:uuid:00000000-0000-4000-8000-000000000001",
+                    ),
+                ),
+            ]),
+            400,
+            "Bundle.entry[1]",
+        ),
+        // A structurally invalid resource (an Observation without status).
+        (
+            transaction(vec![
+                entry("urn:uuid:00000000-0000-4000-8000-000000000001", patient()),
+                entry(
+                    "urn:uuid:00000000-0000-4000-8000-000000000002",
+                    json!({"resourceType": "Observation", "code": {"text": "x"}}),
+                ),
+            ]),
+            400,
+            "Bundle.entry[1]",
+        ),
+        // A relative reference to nothing on the server.
+        (
+            transaction(vec![entry(
+                "urn:uuid:00000000-0000-4000-8000-000000000002",
+                lab(&format!("Patient/{}", "ab".repeat(32)), "Encounter/nope"),
+            )]),
+            400,
+            "Bundle.entry[0]",
+        ),
+        // A conditional reference matching nothing.
+        (
+            transaction(vec![
+                entry("urn:uuid:00000000-0000-4000-8000-000000000001", patient()),
+                entry(
+                    "urn:uuid:00000000-0000-4000-8000-000000000002",
+                    encounter(
+                        "urn:uuid:00000000-0000-4000-8000-000000000001",
+                        "Practitioner?identifier=http://hl7.org/fhir/sid/us-npi|404",
+                        "urn:uuid:00000000-0000-4000-8000-000000000001",
+                    ),
+                ),
+            ]),
+            412,
+            "Bundle.entry[1]",
+        ),
+        // A conditional create: refused, not ignored.
+        (
+            transaction(vec![
+                json!({"resource": patient(), "request": {"method": "POST", "url": "Patient", "ifNoneExist": "identifier=x|1"}}),
+            ]),
+            400,
+            "Bundle.entry[0]",
+        ),
+    ];
+    for (body, status, expression) in cases {
+        let answer = w.post(&doc, "/fhir", &body).await;
+        assert_eq!(answer.status, status, "{}", answer.text());
+        let outcome = answer.json();
+        assert_eq!(outcome["resourceType"], "OperationOutcome", "{outcome}");
+        assert!(outcome["issue"].to_string().contains(expression), "{outcome}");
+    }
+    // Not a transaction or batch.
+    let searchset = json!({"resourceType": "Bundle", "type": "searchset"}).to_string();
+    assert_eq!(w.post(&doc, "/fhir", &searchset).await.status, 400);
+    // Without a token, or with a token not allowed to create: refused before anything.
+    let body = transaction(vec![entry("urn:uuid:00000000-0000-4000-8000-000000000001", patient())]);
+    let anonymous = Request::post("/fhir").header("content-type", FHIR).body(Body::from(body.clone())).unwrap();
+    assert_eq!(w.send(anonymous).await.status, 401);
+    let reader = w.token(&w.doc_a, Role::Practitioner, "user/*.rs");
+    assert_eq!(w.post(&reader, "/fhir", &body).await.status, 403);
+    // Staff of another organisation do not write at this node.
+    let other = w.token(&w.doc_b, Role::Practitioner, "user/*.cruds");
+    assert_eq!(w.post(&other, "/fhir", &body).await.status, 403);
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    assert_eq!(w.log_size(), log_before, "nothing was written");
+    assert_eq!(w.key_files(), 0, "no patient keys were kept");
+}
+
+#[tokio::test]
+async fn conditional_references_resolve_to_exactly_one_resource_of_the_bundle_or_the_server() {
+    let w = World::new();
+    let doc = w.token(&w.doc_a, Role::Practitioner, "user/*.cruds");
+    let created = w.post(&doc, "/fhir/Practitioner", &practitioner("9999900007").to_string()).await;
+    assert_eq!(created.status, 201, "{}", created.text());
+    let on_server = created.json()["id"].as_str().unwrap().to_owned();
+    let by_npi = |npi: &str| format!("Practitioner?identifier=http://hl7.org/fhir/sid/us-npi|{npi}");
+    // One on the server, one created in the same Bundle.
+    let org = "urn:uuid:00000000-0000-4000-8000-000000000005";
+    let pat = "urn:uuid:00000000-0000-4000-8000-000000000001";
+    let body = transaction(vec![
+        entry(pat, patient()),
+        entry("urn:uuid:00000000-0000-4000-8000-000000000002", practitioner("9999900008")),
+        entry("urn:uuid:00000000-0000-4000-8000-000000000003", encounter(pat, &by_npi("9999900007"), org)),
+        entry("urn:uuid:00000000-0000-4000-8000-000000000004", encounter(pat, &by_npi("9999900008"), org)),
+        entry(org, organization()),
+    ]);
+    // A reference of the wrong type, found once rewritten (a Practitioner as serviceProvider).
+    let prac = "urn:uuid:00000000-0000-4000-8000-000000000002";
+    let wrong_type = transaction(vec![
+        entry(pat, patient()),
+        entry(prac, practitioner("9999900009")),
+        entry("urn:uuid:00000000-0000-4000-8000-000000000003", encounter(pat, prac, prac)),
+    ]);
+    let refused = w.post(&doc, "/fhir", &wrong_type).await;
+    assert_eq!(refused.status, 400, "{}", refused.text());
+    assert!(refused.text().contains("Bundle.entry[2].resource.serviceProvider"), "{}", refused.text());
+    let answer = w.post(&doc, "/fhir", &body).await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    let locations: Vec<String> = answer.json()["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["response"]["location"].as_str().unwrap().split("/_history").next().unwrap().to_owned())
+        .collect();
+    let first = w.get(&doc, &format!("/fhir/{}", locations[2])).await.json();
+    assert_eq!(first["participant"][0]["individual"]["reference"], format!("Practitioner/{on_server}"));
+    let second = w.get(&doc, &format!("/fhir/{}", locations[3])).await.json();
+    assert_eq!(second["participant"][0]["individual"]["reference"], locations[1]);
+    // Two practitioners with the same NPI: ambiguous, refused.
+    assert_eq!(w.post(&doc, "/fhir/Practitioner", &practitioner("9999900007").to_string()).await.status, 201);
+    let patient_id = locations[0].clone();
+    let ambiguous = transaction(vec![
+        entry("urn:uuid:00000000-0000-4000-8000-000000000001", organization()),
+        entry(
+            "urn:uuid:00000000-0000-4000-8000-000000000003",
+            encounter(&patient_id, &by_npi("9999900007"), "urn:uuid:00000000-0000-4000-8000-000000000001"),
+        ),
+    ]);
+    let refused = w.post(&doc, "/fhir", &ambiguous).await;
+    assert_eq!(refused.status, 412, "{}", refused.text());
+    assert!(refused.text().contains("more than one"), "{}", refused.text());
+}
+
+#[tokio::test]
+async fn a_transaction_updates_and_deletes_and_a_batch_runs_entries_independently() {
+    let w = World::new();
+    let doc = w.token(&w.doc_a, Role::Practitioner, "user/*.cruds");
+    let body = transaction(vec![
+        entry("urn:uuid:00000000-0000-4000-8000-000000000001", patient()),
+        entry(
+            "urn:uuid:00000000-0000-4000-8000-000000000002",
+            lab("urn:uuid:00000000-0000-4000-8000-000000000001", "urn:uuid:00000000-0000-4000-8000-000000000003"),
+        ),
+        entry(
+            "urn:uuid:00000000-0000-4000-8000-000000000003",
+            encounter(
+                "urn:uuid:00000000-0000-4000-8000-000000000001",
+                "urn:uuid:00000000-0000-4000-8000-000000000004",
+                "urn:uuid:00000000-0000-4000-8000-000000000005",
+            ),
+        ),
+        entry("urn:uuid:00000000-0000-4000-8000-000000000004", practitioner("9999900011")),
+        entry("urn:uuid:00000000-0000-4000-8000-000000000005", organization()),
+    ]);
+    let created = w.post(&doc, "/fhir", &body).await;
+    assert_eq!(created.status, 200, "{}", created.text());
+    let ids: Vec<String> = created.json()["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["response"]["location"].as_str().unwrap().split('/').nth(1).unwrap().to_owned())
+        .collect();
+    let (patient, obs, enc, org) = (&ids[0], &ids[1], &ids[2], &ids[4]);
+    // Update the Observation and the Organization, delete the Encounter: one transaction.
+    let mut updated = lab(&format!("Patient/{patient}"), &format!("Encounter/{enc}"));
+    updated["id"] = json!(obs);
+    updated["status"] = json!("amended");
+    let mut renamed = organization();
+    renamed["id"] = json!(org);
+    renamed["name"] = json!("Synthetic General Hospital");
+    let body = transaction(vec![
+        json!({"resource": updated, "request": {"method": "PUT", "url": format!("Observation/{obs}"), "ifMatch": "W/\"1\""}}),
+        json!({"resource": renamed, "request": {"method": "PUT", "url": format!("Organization/{org}")}}),
+        json!({"request": {"method": "DELETE", "url": format!("Encounter/{enc}")}}),
+    ]);
+    let changed = w.post(&doc, "/fhir", &body).await;
+    assert_eq!(changed.status, 200, "{}", changed.text());
+    let statuses: Vec<Value> =
+        changed.json()["entry"].as_array().unwrap().iter().map(|e| e["response"]["status"].clone()).collect();
+    assert_eq!(statuses, [json!("200 OK"), json!("200 OK"), json!("204 No Content")]);
+    assert_eq!(w.get(&doc, &format!("/fhir/Observation/{obs}")).await.json()["status"], "amended");
+    assert_eq!(w.get(&doc, &format!("/fhir/Organization/{org}")).await.json()["meta"]["versionId"], "2");
+    assert_eq!(w.get(&doc, &format!("/fhir/Encounter/{enc}")).await.status, 410);
+    // A stale ifMatch fails the whole transaction.
+    let mut stale = lab(&format!("Patient/{patient}"), &format!("Encounter/{enc}"));
+    stale["id"] = json!(obs);
+    let body = transaction(vec![
+        json!({"resource": stale, "request": {"method": "PUT", "url": format!("Observation/{obs}"), "ifMatch": "W/\"1\""}}),
+        entry("urn:uuid:00000000-0000-4000-8000-000000000009", practitioner("9999900012")),
+    ]);
+    assert_eq!(w.post(&doc, "/fhir", &body).await.status, 412);
+    let found = w.get(&doc, "/fhir/Practitioner?identifier=http://hl7.org/fhir/sid/us-npi|9999900012").await.json();
+    assert_eq!(found["total"], 0, "{found}");
+    // A batch: the good entry is written, the bad one answered with its own outcome.
+    let batch = json!({"resourceType": "Bundle", "type": "batch", "entry": [
+        entry("urn:uuid:00000000-0000-4000-8000-000000000021", lab(&format!("Patient/{patient}"), &format!("Encounter/{enc}"))),
+        entry("urn:uuid:00000000-0000-4000-8000-000000000022", lab("urn:uuid:00000000-0000-4000-8000-000000000021", "Encounter/x")),
+    ]})
+    .to_string();
+    let answer = w.post(&doc, "/fhir", &batch).await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    let v = answer.json();
+    assert_eq!(v["type"], "batch-response");
+    assert_eq!(v["entry"][0]["response"]["status"], "201 Created", "{v}");
+    assert_eq!(v["entry"][1]["response"]["status"], "400", "{v}");
+    assert_eq!(v["entry"][1]["response"]["outcome"]["resourceType"], "OperationOutcome");
+}
+
+#[tokio::test]
+async fn directory_entries_are_read_by_scope_and_written_only_by_their_organisation() {
+    let w = World::new();
+    let doc = w.token(&w.doc_a, Role::Practitioner, "user/*.cruds");
+    let created = w.post(&doc, "/fhir/Organization", &organization().to_string()).await;
+    assert_eq!(created.status, 201, "{}", created.text());
+    let id = created.json()["id"].as_str().unwrap().to_owned();
+    // Anyone with the type's read scope reads it, another organisation's staff too.
+    let reader = w.token(&w.doc_b, Role::Practitioner, "user/Organization.rs");
+    let read = w.get(&reader, &format!("/fhir/Organization/{id}")).await;
+    assert_eq!((read.status, read.json()["name"].clone()), (200, json!("Synthetic General")));
+    let no_scope = w.token(&w.doc_b, Role::Practitioner, "user/Observation.rs");
+    assert_eq!(w.get(&no_scope, &format!("/fhir/Organization/{id}")).await.status, 403);
+    // Updates with If-Match; a stale one is refused.
+    let mut renamed = organization();
+    renamed["id"] = json!(id);
+    renamed["name"] = json!("Renamed");
+    let path = format!("/fhir/Organization/{id}");
+    let updated = w.write("PUT", &doc, &path, &renamed.to_string(), Some("W/\"1\"")).await;
+    assert_eq!(updated.status, 200, "{}", updated.text());
+    assert_eq!(w.write("PUT", &doc, &path, &renamed.to_string(), Some("W/\"1\"")).await.status, 412);
+    // Clinic B's staff cannot write Hospital A's node, nor create here.
+    let other = w.token(&w.doc_b, Role::Practitioner, "user/*.cruds");
+    assert_eq!(w.write("PUT", &other, &path, &renamed.to_string(), None).await.status, 403);
+    // History lists both versions; a delete answers 410 after and keeps the history.
+    let history = w.get(&reader, &format!("{path}/_history")).await.json();
+    assert_eq!(history["total"], 2, "{history}");
+    assert_eq!(w.write("DELETE", &doc, &path, "", None).await.status, 204);
+    assert_eq!(w.get(&reader, &path).await.status, 410);
+    assert_eq!(w.get(&reader, &format!("{path}/_history/1")).await.json()["name"], "Synthetic General");
+    // Search by name, and deleted entries are not found.
+    let created =
+        w.post(&doc, "/fhir/Location", &json!({"resourceType": "Location", "name": "Ward 7"}).to_string()).await;
+    assert_eq!(created.status, 201, "{}", created.text());
+    let found = w.get(&reader, "/fhir/Organization?name=Renamed").await.json();
+    assert_eq!(found["total"], 0, "{found}");
+    // An oversize directory resource is refused: directory entries are stored on-chain.
+    let mut huge = organization();
+    huge["alias"] = json!(vec!["x".repeat(1000); 40]);
+    assert_eq!(w.post(&doc, "/fhir/Organization", &huge.to_string()).await.status, 413);
+    // Type history is not offered for directory types, and says so.
+    assert_eq!(w.get(&reader, "/fhir/Organization/_history").await.status, 404);
+}
