@@ -54,7 +54,7 @@ fn not_json_or_not_a_resource() {
 
 #[test]
 fn unknown_and_unsupported_resource_types() {
-    assert_error(r#"{"resourceType":"Claim","status":"active"}"#, IssueCode::NotSupported, "resourceType");
+    assert_error(r#"{"resourceType":"Coverage","status":"active"}"#, IssueCode::NotSupported, "resourceType");
     assert_error(r#"{"resourceType":"Patients"}"#, IssueCode::NotSupported, "resourceType");
     assert_error(r#"{"resourceType":"patient"}"#, IssueCode::NotSupported, "resourceType");
 }
@@ -334,7 +334,7 @@ fn bundle_entries() {
         {"fullUrl":"urn:uuid:d757873d-ec9a-4326-a141-556f43239520","resource":{"resourceType":"Observation","status":"final",
          "code":{"text":"x"},"valueQuantity":{"value":5.40},"subject":{"reference":"urn:uuid:c757873d-ec9a-4326-a141-556f43239520"}},
          "request":{"method":"POST","url":"Observation"}},
-        {"resource":{"resourceType":"Claim","id":"c"},"request":{"method":"POST","url":"Claim"}},
+        {"resource":{"resourceType":"Coverage","id":"c"},"request":{"method":"POST","url":"Coverage"}},
         {"request":{"method":"DELETE","url":"Patient/9"}}]}"#;
     let validated = validate(bundle.as_bytes()).unwrap();
     assert_eq!(validated.entries.len(), 4);
@@ -345,7 +345,7 @@ fn bundle_entries() {
     assert_eq!(resource.references[0].path, "Observation.subject.reference");
     assert_eq!(resource.references[0].kind, ReferenceKind::Uuid);
     assert_eq!(observation.request_method.as_deref(), Some("POST"));
-    assert_eq!(validated.entries[2].resource_type.as_deref(), Some("Claim"));
+    assert_eq!(validated.entries[2].resource_type.as_deref(), Some("Coverage"));
     assert!(validated.entries[2].resource.is_none());
     assert_eq!(validated.warnings[0].code, IssueCode::NotSupported);
     assert_eq!(validated.warnings[0].expression.as_deref(), Some("Bundle.entry[2].resource.resourceType"));
@@ -432,6 +432,264 @@ fn handwritten_resources() {
         r#"{"resourceType":"CarePlan","status":"active","intent":"plan"}"#,
         IssueCode::Required,
         "CarePlan.subject",
+    );
+}
+
+/// Each `(fragment, location)` removed from `valid` leaves a resource missing that required
+/// element; together they name every required element the model gives `resource_type`.
+fn assert_required(resource_type: &str, valid: &str, cases: &[(&str, &str)]) {
+    assert_valid(valid);
+    let mut reported = std::collections::BTreeSet::new();
+    for (fragment, location) in cases {
+        assert_eq!(valid.matches(fragment).count(), 1, "{fragment}");
+        let issues = validate(valid.replacen(fragment, "", 1).as_bytes()).unwrap_err();
+        assert_eq!(issues.len(), 1, "{fragment}: {issues:#?}");
+        assert_eq!((issues[0].code, issues[0].expression.as_deref()), (IssueCode::Required, Some(*location)));
+        reported.insert(issues[0].diagnostics.split(' ').next().unwrap().to_string());
+    }
+    let prefix = format!("{resource_type}.");
+    let required: std::collections::BTreeSet<String> = medledger_fhir::model::Model::r4()
+        .all_elements()
+        .filter(|e| e.min > 0 && e.path.starts_with(&prefix))
+        .map(|e| e.path.clone())
+        .collect();
+    assert_eq!(reported, required);
+}
+
+#[test]
+fn handwritten_claim_and_explanation_of_benefit() {
+    let claim = r#"{"resourceType":"Claim","status":"active","type":{"text":"pharmacy"},"use":"claim",
+        "patient":{"reference":"Patient/1"},"created":"2024-01-02","provider":{"reference":"Organization/1"},
+        "priority":{"text":"normal"},"payee":{"type":{"text":"provider"},"party":{"reference":"Organization/1"}},
+        "careTeam":[{"sequence":1,"provider":{"reference":"Practitioner/1"},"responsible":true}],
+        "supportingInfo":[{"sequence":2,"category":{"text":"info"},"valueString":"x"}],
+        "diagnosis":[{"sequence":3,"diagnosisCodeableConcept":{"text":"flu"},"type":[{"text":"principal"}]}],
+        "procedure":[{"sequence":4,"procedureReference":{"reference":"Procedure/1"},"date":"2024-01-01"}],
+        "insurance":[{"sequence":5,"focal":true,"coverage":{"reference":"Coverage/1"},"preAuthRef":["A1"]}],
+        "accident":{"date":"2023-12-31","locationAddress":{"city":"Den Burg"}},
+        "item":[{"sequence":6,"productOrService":{"text":"visit"},"detail":[{"sequence":7,"productOrService":{"text":"part"},
+            "subDetail":[{"sequence":8,"productOrService":{"text":"sub"},"factor":1.0}]}]}],
+        "total":{"value":10,"currency":"USD"}}"#;
+    assert_required(
+        "Claim",
+        claim,
+        &[
+            (r#""status":"active","#, "Claim.status"),
+            (r#""type":{"text":"pharmacy"},"#, "Claim.type"),
+            (r#""use":"claim","#, "Claim.use"),
+            (r#""patient":{"reference":"Patient/1"},"#, "Claim.patient"),
+            (r#""created":"2024-01-02","#, "Claim.created"),
+            (r#""provider":{"reference":"Organization/1"},"#, "Claim.provider"),
+            (r#""priority":{"text":"normal"},"#, "Claim.priority"),
+            (r#""type":{"text":"provider"},"#, "Claim.payee.type"),
+            (r#""sequence":1,"#, "Claim.careTeam[0].sequence"),
+            (r#""provider":{"reference":"Practitioner/1"},"#, "Claim.careTeam[0].provider"),
+            (r#""sequence":2,"#, "Claim.supportingInfo[0].sequence"),
+            (r#""category":{"text":"info"},"#, "Claim.supportingInfo[0].category"),
+            (r#""sequence":3,"#, "Claim.diagnosis[0].sequence"),
+            (r#""diagnosisCodeableConcept":{"text":"flu"},"#, "Claim.diagnosis[0].diagnosis[x]"),
+            (r#""sequence":4,"#, "Claim.procedure[0].sequence"),
+            (r#""procedureReference":{"reference":"Procedure/1"},"#, "Claim.procedure[0].procedure[x]"),
+            (
+                r#""insurance":[{"sequence":5,"focal":true,"coverage":{"reference":"Coverage/1"},"preAuthRef":["A1"]}],"#,
+                "Claim.insurance",
+            ),
+            (r#""sequence":5,"#, "Claim.insurance[0].sequence"),
+            (r#""focal":true,"#, "Claim.insurance[0].focal"),
+            (r#""coverage":{"reference":"Coverage/1"},"#, "Claim.insurance[0].coverage"),
+            (r#""date":"2023-12-31","#, "Claim.accident.date"),
+            (r#""sequence":6,"#, "Claim.item[0].sequence"),
+            (r#""productOrService":{"text":"visit"},"#, "Claim.item[0].productOrService"),
+            (r#""sequence":7,"#, "Claim.item[0].detail[0].sequence"),
+            (r#""productOrService":{"text":"part"},"#, "Claim.item[0].detail[0].productOrService"),
+            (r#""sequence":8,"#, "Claim.item[0].detail[0].subDetail[0].sequence"),
+            (r#""productOrService":{"text":"sub"},"#, "Claim.item[0].detail[0].subDetail[0].productOrService"),
+        ],
+    );
+    // Claim and ExplanationOfBenefit differ in places: an EOB's insurance has no sequence,
+    // a Claim's item no adjudication; a Claim's patient is a Patient, never a Group.
+    assert_error(
+        &claim.replace(r#""preAuthRef":["A1"]"#, r#""preAuthRef":["A1"],"outcome":"complete""#),
+        IssueCode::Structure,
+        "Claim.insurance[0].outcome",
+    );
+    assert_error(
+        &claim.replace(r#""factor":1.0"#, r#""factor":1.0,"adjudication":[{"category":{"text":"x"}}]"#),
+        IssueCode::Structure,
+        "Claim.item[0].detail[0].subDetail[0].adjudication",
+    );
+    assert_error(&claim.replace("Patient/1", "Group/1"), IssueCode::Structure, "Claim.patient.reference");
+    assert_error(
+        &claim.replace(r#""procedureReference""#, r#""procedureCodeableConcept":{"text":"x"},"procedureReference""#),
+        IssueCode::Structure,
+        "Claim.procedure[0].procedureReference",
+    );
+    assert_error(&claim.replace(r#""sequence":6"#, r#""sequence":0"#), IssueCode::Value, "Claim.item[0].sequence");
+    assert_error(
+        &claim.replace(r#""total":{"value":10,"currency":"USD"}"#, r#""total":[{"value":10,"currency":"USD"}]"#),
+        IssueCode::Structure,
+        "Claim.total",
+    );
+
+    let eob = r#"{"resourceType":"ExplanationOfBenefit","status":"active","type":{"text":"oral"},"use":"claim",
+        "patient":{"reference":"Patient/1"},"created":"2024-01-02","insurer":{"reference":"Organization/2"},
+        "provider":{"reference":"Organization/1"},"outcome":"complete","claim":{"reference":"Claim/1"},
+        "careTeam":[{"sequence":1,"provider":{"reference":"Practitioner/1"},"responsible":true}],
+        "supportingInfo":[{"sequence":2,"category":{"text":"info"},"reason":{"code":"r"}}],
+        "diagnosis":[{"sequence":3,"diagnosisReference":{"reference":"Condition/1"},"type":[{"text":"principal"}]}],
+        "procedure":[{"sequence":4,"procedureCodeableConcept":{"text":"proc"},"date":"2024-01-01"}],
+        "insurance":[{"focal":true,"coverage":{"reference":"Coverage/1"},"preAuthRef":["A1"]}],
+        "item":[{"sequence":6,"productOrService":{"text":"visit"},
+            "adjudication":[{"category":{"text":"submitted"},"amount":{"value":11,"currency":"USD"}}],
+            "detail":[{"sequence":7,"productOrService":{"text":"part"},
+                "subDetail":[{"sequence":8,"productOrService":{"text":"sub"},"adjudication":[{"category":{"text":"eligible"},"value":1}]}],
+                "adjudication":[{"category":{"text":"benefit"},"value":2}]}]}],
+        "addItem":[{"productOrService":{"text":"added"},"detail":[{"productOrService":{"text":"added part"},
+            "subDetail":[{"productOrService":{"text":"added sub"},"factor":1}]}],"itemSequence":[6]}],
+        "adjudication":[{"category":{"text":"total"},"value":3}],
+        "total":[{"category":{"text":"total submitted"},"amount":{"value":10,"currency":"USD"}}],
+        "payment":{"amount":{"value":0,"currency":"USD"},"date":"2024-02-01"},
+        "processNote":[{"number":1,"type":"display","text":"note"}],
+        "benefitBalance":[{"category":{"text":"medical"},
+            "financial":[{"type":{"text":"benefit"},"allowedMoney":{"value":100,"currency":"USD"},"usedUnsignedInt":2}]}]}"#;
+    assert_required(
+        "ExplanationOfBenefit",
+        eob,
+        &[
+            (r#""status":"active","#, "ExplanationOfBenefit.status"),
+            (r#""type":{"text":"oral"},"#, "ExplanationOfBenefit.type"),
+            (r#""use":"claim","#, "ExplanationOfBenefit.use"),
+            (r#""patient":{"reference":"Patient/1"},"#, "ExplanationOfBenefit.patient"),
+            (r#""created":"2024-01-02","#, "ExplanationOfBenefit.created"),
+            (r#""insurer":{"reference":"Organization/2"},"#, "ExplanationOfBenefit.insurer"),
+            (r#""provider":{"reference":"Organization/1"},"#, "ExplanationOfBenefit.provider"),
+            (r#""outcome":"complete","#, "ExplanationOfBenefit.outcome"),
+            (r#""sequence":1,"#, "ExplanationOfBenefit.careTeam[0].sequence"),
+            (r#""provider":{"reference":"Practitioner/1"},"#, "ExplanationOfBenefit.careTeam[0].provider"),
+            (r#""sequence":2,"#, "ExplanationOfBenefit.supportingInfo[0].sequence"),
+            (r#""category":{"text":"info"},"#, "ExplanationOfBenefit.supportingInfo[0].category"),
+            (r#""sequence":3,"#, "ExplanationOfBenefit.diagnosis[0].sequence"),
+            (r#""diagnosisReference":{"reference":"Condition/1"},"#, "ExplanationOfBenefit.diagnosis[0].diagnosis[x]"),
+            (r#""sequence":4,"#, "ExplanationOfBenefit.procedure[0].sequence"),
+            (r#""procedureCodeableConcept":{"text":"proc"},"#, "ExplanationOfBenefit.procedure[0].procedure[x]"),
+            (
+                r#""insurance":[{"focal":true,"coverage":{"reference":"Coverage/1"},"preAuthRef":["A1"]}],"#,
+                "ExplanationOfBenefit.insurance",
+            ),
+            (r#""focal":true,"#, "ExplanationOfBenefit.insurance[0].focal"),
+            (r#""coverage":{"reference":"Coverage/1"},"#, "ExplanationOfBenefit.insurance[0].coverage"),
+            (r#""sequence":6,"#, "ExplanationOfBenefit.item[0].sequence"),
+            (r#""productOrService":{"text":"visit"},"#, "ExplanationOfBenefit.item[0].productOrService"),
+            (r#""category":{"text":"submitted"},"#, "ExplanationOfBenefit.item[0].adjudication[0].category"),
+            (r#""sequence":7,"#, "ExplanationOfBenefit.item[0].detail[0].sequence"),
+            (r#""productOrService":{"text":"part"},"#, "ExplanationOfBenefit.item[0].detail[0].productOrService"),
+            (r#""sequence":8,"#, "ExplanationOfBenefit.item[0].detail[0].subDetail[0].sequence"),
+            (
+                r#""productOrService":{"text":"sub"},"#,
+                "ExplanationOfBenefit.item[0].detail[0].subDetail[0].productOrService",
+            ),
+            (r#""productOrService":{"text":"added"},"#, "ExplanationOfBenefit.addItem[0].productOrService"),
+            (
+                r#""productOrService":{"text":"added part"},"#,
+                "ExplanationOfBenefit.addItem[0].detail[0].productOrService",
+            ),
+            (
+                r#""productOrService":{"text":"added sub"},"#,
+                "ExplanationOfBenefit.addItem[0].detail[0].subDetail[0].productOrService",
+            ),
+            (r#""category":{"text":"total submitted"},"#, "ExplanationOfBenefit.total[0].category"),
+            (r#","amount":{"value":10,"currency":"USD"}"#, "ExplanationOfBenefit.total[0].amount"),
+            (r#""category":{"text":"medical"},"#, "ExplanationOfBenefit.benefitBalance[0].category"),
+            (r#""type":{"text":"benefit"},"#, "ExplanationOfBenefit.benefitBalance[0].financial[0].type"),
+        ],
+    );
+    // The adjudications of details, sub-details, added items and the EOB itself reuse the
+    // item adjudication's elements.
+    for (fragment, location) in [
+        (r#""category":{"text":"benefit"},"#, "ExplanationOfBenefit.item[0].detail[0].adjudication[0].category"),
+        (
+            r#""category":{"text":"eligible"},"#,
+            "ExplanationOfBenefit.item[0].detail[0].subDetail[0].adjudication[0].category",
+        ),
+        (r#""category":{"text":"total"},"#, "ExplanationOfBenefit.adjudication[0].category"),
+    ] {
+        assert_error(&eob.replacen(fragment, "", 1), IssueCode::Required, location);
+    }
+    assert_error(
+        &eob.replace(r#"{"focal":true,"#, r#"{"sequence":1,"focal":true,"#),
+        IssueCode::Structure,
+        "ExplanationOfBenefit.insurance[0].sequence",
+    );
+    // An EOB's supporting-information reason is a Coding, a Claim's a CodeableConcept.
+    assert_error(
+        &eob.replace(r#""reason":{"code":"r"}"#, r#""reason":{"coding":[{"code":"r"}]}"#),
+        IssueCode::Structure,
+        "ExplanationOfBenefit.supportingInfo[0].reason.coding",
+    );
+    assert_error(
+        &eob.replace(r#""usedUnsignedInt":2"#, r#""usedString":"2""#),
+        IssueCode::Structure,
+        "ExplanationOfBenefit.benefitBalance[0].financial[0].usedString",
+    );
+    assert_error(&eob.replace("Claim/1", "Coverage/1"), IssueCode::Structure, "ExplanationOfBenefit.claim.reference");
+}
+
+#[test]
+fn handwritten_location_and_device() {
+    let location = r#"{"resourceType":"Location","identifier":[{"system":"https://github.com/synthetichealth/synthea","value":"l1"}],
+        "status":"active","operationalStatus":{"code":"O"},"name":"South Wing","alias":["SW"],"mode":"instance",
+        "type":[{"text":"ward"}],"address":{"city":"Den Burg"},"position":{"longitude":-83.6945691,"latitude":42.25475478,"altitude":0},
+        "managingOrganization":{"reference":"Organization/1"},"partOf":{"reference":"Location/2"},
+        "hoursOfOperation":[{"daysOfWeek":["mon","tue"],"allDay":false,"openingTime":"08:00:00","closingTime":"17:30:00"}],
+        "availabilityExceptions":"public holidays"}"#;
+    assert_required(
+        "Location",
+        location,
+        &[
+            (r#""longitude":-83.6945691,"#, "Location.position.longitude"),
+            (r#""latitude":42.25475478,"#, "Location.position.latitude"),
+        ],
+    );
+    assert_error(&location.replace("Location/2", "Organization/2"), IssueCode::Structure, "Location.partOf.reference");
+    assert_error(
+        &location.replace(r#""17:30:00""#, r#""17:30""#),
+        IssueCode::Value,
+        "Location.hoursOfOperation[0].closingTime",
+    );
+    assert_error(
+        &location.replace(r#""address":{"city":"Den Burg"}"#, r#""address":[{"city":"Den Burg"}]"#),
+        IssueCode::Structure,
+        "Location.address",
+    );
+
+    let device = r#"{"resourceType":"Device","identifier":[{"value":"d1"}],"definition":{"reference":"DeviceDefinition/1"},
+        "udiCarrier":[{"deviceIdentifier":"96702913868313","carrierAIDC":"KDAxKTk2NzAy","carrierHRF":"(01)96702913868313","entryType":"barcode"}],
+        "status":"active","deviceName":[{"name":"Blood glucose meter","type":"user-friendly-name"}],"modelNumber":"GM-1",
+        "type":{"text":"glucose meter"},"specialization":[{"systemType":{"text":"glucose"},"version":"2"}],
+        "version":[{"type":{"text":"firmware"},"value":"1.2"}],"property":[{"type":{"text":"range"},"valueQuantity":[{"value":1},{"value":33}]}],
+        "patient":{"reference":"Patient/1"},"owner":{"reference":"Organization/1"},"location":{"reference":"Location/1"},
+        "safety":[{"text":"MR safe"}],"parent":{"reference":"Device/2"}}"#;
+    assert_required(
+        "Device",
+        device,
+        &[
+            (r#""name":"Blood glucose meter","#, "Device.deviceName[0].name"),
+            (r#","type":"user-friendly-name""#, "Device.deviceName[0].type"),
+            (r#""systemType":{"text":"glucose"},"#, "Device.specialization[0].systemType"),
+            (r#","value":"1.2""#, "Device.version[0].value"),
+            (r#""type":{"text":"range"},"#, "Device.property[0].type"),
+        ],
+    );
+    assert_error(
+        &device.replace(r#""valueQuantity":[{"value":1},{"value":33}]"#, r#""valueQuantity":{"value":1}"#),
+        IssueCode::Structure,
+        "Device.property[0].valueQuantity",
+    );
+    assert_error(&device.replace("Patient/1", "Practitioner/1"), IssueCode::Structure, "Device.patient.reference");
+    assert_error(
+        &device.replace(r#""KDAxKTk2NzAy""#, r#""not base64!""#),
+        IssueCode::Value,
+        "Device.udiCarrier[0].carrierAIDC",
     );
 }
 

@@ -93,6 +93,34 @@ fn accepted_queries() {
             Test::Reference { any_of: vec![ReferenceQuery { resource_type: Some("Patient".into()), id: "p9".into() }] },
         ),
         ("Observation", "_id=abc", token(TokenQuery::Code("abc".into()))),
+        (
+            "Claim",
+            "patient=p1",
+            Test::Reference { any_of: vec![ReferenceQuery { resource_type: Some("Patient".into()), id: "p1".into() }] },
+        ),
+        (
+            "ExplanationOfBenefit",
+            "claim=c1",
+            Test::Reference { any_of: vec![ReferenceQuery { resource_type: Some("Claim".into()), id: "c1".into() }] },
+        ),
+        (
+            "Location",
+            "identifier=https://github.com/synthetichealth/synthea|0b9875ba",
+            token(TokenQuery::SystemCode {
+                system: "https://github.com/synthetichealth/synthea".into(),
+                code: "0b9875ba".into(),
+            }),
+        ),
+        (
+            "Location",
+            "address-city=Burlington",
+            Test::String { any_of: vec!["burlington".into()], mode: StringMode::StartsWith },
+        ),
+        (
+            "Device",
+            "udi-di=96702913868313",
+            Test::String { any_of: vec!["96702913868313".into()], mode: StringMode::StartsWith },
+        ),
     ];
     for (resource_type, query, expected) in cases {
         assert_eq!(only_filter(resource_type, query).test, expected, "{query}");
@@ -136,6 +164,8 @@ fn accepted_queries() {
     assert_eq!(parse("Patient", "_sort=birthdate").unwrap().sort[0].param, "birthdate");
     assert_eq!(parse("Patient", "_revinclude=Observation:subject").unwrap().revincludes.len(), 1);
     assert_eq!(parse("Patient", "_revinclude=Observation:subject:Patient").unwrap().revincludes.len(), 1);
+    assert_eq!(parse("Patient", "_revinclude=ExplanationOfBenefit:patient").unwrap().revincludes.len(), 1);
+    assert_eq!(parse("Claim", "_sort=-created&_include=Claim:provider:Organization").unwrap().includes.len(), 1);
 }
 
 #[test]
@@ -158,8 +188,11 @@ fn refused_queries() {
         ("Observation", "_include=Observation:*", IssueCode::NotSupported),
         ("Observation", "_include:iterate=Observation:patient", IssueCode::NotSupported),
         ("Observation", "_include=Encounter:patient", IssueCode::NotSupported),
-        ("Observation", "_revinclude=Claim:patient", IssueCode::NotSupported),
-        ("Claim", "patient=x", IssueCode::NotSupported),
+        ("Observation", "_revinclude=Coverage:beneficiary", IssueCode::NotSupported),
+        ("Coverage", "beneficiary=x", IssueCode::NotSupported),
+        // Claim:patient can only point at a Patient; Location `near` is a special parameter.
+        ("Observation", "_revinclude=Claim:patient", IssueCode::Invalid),
+        ("Location", "near=42.25|-83.69|10|km", IssueCode::NotSupported),
         ("Observation", "_include=Observation:code", IssueCode::Invalid),
         ("Observation", "_include=Observation:subject:Claim", IssueCode::Invalid),
         ("Observation", "_include=Observation", IssueCode::Invalid),

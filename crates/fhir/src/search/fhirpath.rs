@@ -402,7 +402,7 @@ mod tests {
             "Observation.code.where(resolve() is Patient)",
             "Observation.subject.where(resolve() is Nothing)",
             "(Observation.code | Observation.category).text",
-            "Claim.patient",
+            "Coverage.beneficiary",
             "Observation",
             "Observation.code[0]",
             "Observation.telecom.where(system='x",

@@ -20,11 +20,15 @@ const TABLE: &str = include_str!("../../model/r4-search-parameters.txt");
 pub const SEARCHABLE_TYPES: &[&str] = &[
     "AllergyIntolerance",
     "CarePlan",
+    "Claim",
     "Condition",
+    "Device",
     "DiagnosticReport",
     "DocumentReference",
     "Encounter",
+    "ExplanationOfBenefit",
     "Immunization",
+    "Location",
     "MedicationRequest",
     "Observation",
     "Organization",
@@ -210,6 +214,26 @@ mod tests {
             ("Practitioner", &["identifier", "name", "family", "given"]),
             ("PractitionerRole", &["identifier", "practitioner", "organization"]),
             ("Organization", &["identifier", "name"]),
+            ("Claim", &["patient", "status", "use", "created", "identifier", "encounter", "provider", "insurer"]),
+            ("ExplanationOfBenefit", &["patient", "status", "created", "identifier", "claim", "encounter", "provider"]),
+            (
+                "Location",
+                &[
+                    "identifier",
+                    "name",
+                    "address",
+                    "address-city",
+                    "address-state",
+                    "address-postalcode",
+                    "address-country",
+                    "address-use",
+                    "type",
+                    "status",
+                    "organization",
+                    "partof",
+                ],
+            ),
+            ("Device", &["identifier", "patient", "type", "status", "manufacturer", "model", "udi-di", "udi-carrier"]),
         ];
         for (resource_type, codes) in required {
             for code in *codes {
@@ -221,8 +245,17 @@ mod tests {
         assert_eq!(patient.targets, ["Patient", "Group"]);
         assert_eq!(patient.expression, "Observation.subject.where(resolve() is Patient)");
         assert_eq!(patient.definition_url(), "http://hl7.org/fhir/SearchParameter/clinical-patient");
-        assert!(table.get("Claim", "patient").is_none());
-        assert_eq!(table.for_type("Claim").count(), 0);
+        let claim_patient = table.get("Claim", "patient").unwrap();
+        assert_eq!(
+            (claim_patient.param_type, claim_patient.expression.as_str()),
+            (ParamType::Reference, "Claim.patient")
+        );
+        assert_eq!(claim_patient.targets, ["Patient"]);
+        // Parameters of a type other than token, string, date or reference are left out.
+        assert!(table.get("Location", "near").is_none());
+        assert!(table.get("Device", "url").is_none());
+        assert!(table.get("Coverage", "beneficiary").is_none());
+        assert_eq!(table.for_type("Coverage").count(), 0);
     }
 
     #[test]
@@ -233,7 +266,7 @@ mod tests {
             "Observation code token Patient clinical-code Observation.code",
             "Observation subject reference - x Observation.subject",
             "Observation code quantity - x Observation.code",
-            "Claim patient reference Patient x Claim.patient",
+            "Coverage beneficiary reference Patient x Coverage.beneficiary",
             "Observation code token - x Patient.gender",
             "Resource _text string - x Resource.text",
             "Observation code token",
