@@ -46,6 +46,9 @@ pub const SERVED_TYPES: &[&str] = &[
     "DiagnosticReport",
     "DocumentReference",
     "CarePlan",
+    "Claim",
+    "ExplanationOfBenefit",
+    "Device",
 ];
 
 /// What a logical delete stores as the record's next version (encrypted like any version):

@@ -531,3 +531,60 @@ async fn directory_entries_are_read_by_scope_and_written_only_by_their_organisat
     // Type history is not offered for directory types, and says so.
     assert_eq!(w.get(&reader, "/fhir/Organization/_history").await.status, 404);
 }
+
+/// The Synthea transaction Bundles (testdata/fhir/synthea-r4): patients with their
+/// encounters, observations, claims and more, and the hospital and practitioner directories.
+fn synthea_bundles() -> Vec<(String, String)> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testdata/fhir/synthea-r4");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    files.sort();
+    files
+        .into_iter()
+        .map(|p| (p.file_name().unwrap().to_string_lossy().into_owned(), std::fs::read_to_string(&p).unwrap()))
+        .collect()
+}
+
+#[tokio::test]
+async fn every_synthea_bundle_imports_as_one_transaction() {
+    let w = World::new();
+    let doc = w.token(&w.doc_a, Role::Practitioner, "user/*.cruds");
+    let bundles = synthea_bundles();
+    assert_eq!(bundles.len(), 9);
+    let mut created = 0;
+    for (name, body) in &bundles {
+        let log_before = w.log_size();
+        let answer = w.post(&doc, "/fhir", body).await;
+        assert_eq!(answer.status, 200, "{name}: {}", answer.text());
+        let sent: Value = serde_json::from_str(body).unwrap();
+        let entries = answer.json()["entry"].as_array().unwrap().clone();
+        assert_eq!(entries.len(), sent["entry"].as_array().unwrap().len(), "{name}");
+        for (entry, request) in entries.iter().zip(sent["entry"].as_array().unwrap()) {
+            assert_eq!(entry["response"]["status"], "201 Created", "{name}: {entry}");
+            let location = entry["response"]["location"].as_str().unwrap();
+            assert!(location.starts_with(request["request"]["url"].as_str().unwrap()), "{name}: {location}");
+        }
+        created += entries.len();
+        assert_eq!(w.log_size(), log_before + 1, "{name}: one ledger transaction per Bundle");
+        if name.starts_with("Alberto") {
+            // A Claim's patient and provider references now name the server's resources.
+            let patient = entries[0]["response"]["location"].as_str().unwrap().split('/').nth(1).unwrap().to_owned();
+            let claims = w.get(&doc, &format!("/fhir/Claim?patient={patient}&_count=100")).await.json();
+            assert_eq!(claims["total"], 8, "{claims}");
+            let claim = &claims["entry"][0]["resource"];
+            assert_eq!(claim["patient"]["reference"], format!("Patient/{patient}"));
+            let provider = claim["provider"]["reference"].as_str().unwrap();
+            assert_eq!(w.get(&doc, &format!("/fhir/{provider}")).await.status, 200, "{provider}");
+            let eobs = w.get(&doc, &format!("/fhir/ExplanationOfBenefit?patient={patient}")).await.json();
+            assert_eq!(eobs["total"], 6, "{eobs}");
+            let observations =
+                w.get(&doc, &format!("/fhir/Observation?subject=Patient/{patient}&_count=1")).await.json();
+            assert_eq!(observations["total"], 35, "{observations}");
+        }
+    }
+    assert_eq!(created, 695);
+    assert_eq!(w.key_files(), 7, "one held key per new patient");
+}

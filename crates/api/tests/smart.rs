@@ -247,7 +247,7 @@ async fn malformed_requests_and_scopes_get_oauth_errors() {
     for (scope, why) in [
         ("", "no scope"),
         ("patient/Observation.rs?category=laboratory", "granular"),
-        ("patient/Claim.rs", "unsupported type"),
+        ("patient/Coverage.rs", "unsupported type"),
         ("patient/*.sr", "bad letters"),
         ("banana", "not a scope"),
     ] {
