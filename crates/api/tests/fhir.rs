@@ -300,9 +300,13 @@ async fn bad_writes_are_refused_with_operation_outcomes_and_nothing_written() {
         "cd".repeat(32)
     );
     assert_eq!(w.post(&doc, "/fhir/Patient", FHIR, &nobody).await.status, 422);
-    // An Observation that is neither a lab nor a vital: consent is per category.
-    let uncategorised = lab(&patient_id).replace("laboratory", "survey");
-    assert_eq!(w.post(&doc, "/fhir/Observation", FHIR, &uncategorised).await.issue(), "business-rule");
+    // An Observation that is both a lab and a vital: consent is per category, it must be one.
+    let both = lab(&patient_id).replace(
+        r#"{"system":"http://terminology.hl7.org/CodeSystem/observation-category","code":"laboratory"}"#,
+        r#"{"system":"http://terminology.hl7.org/CodeSystem/observation-category","code":"laboratory"},{"system":"http://terminology.hl7.org/CodeSystem/observation-category","code":"vital-signs"}"#,
+    );
+    assert_ne!(both, lab(&patient_id));
+    assert_eq!(w.post(&doc, "/fhir/Observation", FHIR, &both).await.issue(), "business-rule");
     // A patient may not write clinical records; another organisation's practitioner neither.
     let own = w.token(&w.patient, Role::Patient, "patient/*.cruds");
     assert_eq!(w.post(&own, "/fhir/Observation", FHIR, &lab(&patient_id)).await.status, 403);
@@ -314,7 +318,7 @@ async fn bad_writes_are_refused_with_operation_outcomes_and_nothing_written() {
     let reader = w.token(&w.doc_a, Role::Practitioner, "user/*.rs");
     assert_eq!(w.post(&reader, "/fhir/Observation", FHIR, &lab(&patient_id)).await.status, 403);
     // Types not served, and interactions not yet supported.
-    assert_eq!(w.post(&doc, "/fhir/Claim", FHIR, "{}").await.issue(), "not-supported");
+    assert_eq!(w.post(&doc, "/fhir/Coverage", FHIR, "{}").await.issue(), "not-supported");
     assert_eq!(w.get(Some(&doc), "/fhir/Banana/1").await.issue(), "not-supported");
 
     w.commit();

@@ -99,8 +99,8 @@ async fn records_over_http_are_signed_consented_and_explained() {
     assert_eq!(json(&body)["error"]["reason"], "not-custodian-staff");
     assert_eq!(w.call("POST", &write_path, None, &lab.json).await.0, 401);
     assert_eq!(w.call("POST", &write_path, Some(&w.doc_a), b"not json").await.0, 400);
-    let untyped = br#"{"resourceType":"Observation","status":"final"}"#;
-    assert_eq!(w.call("POST", &write_path, Some(&w.doc_a), untyped).await.0, 400, "Observation without category");
+    let ambiguous = br#"{"resourceType":"Observation","status":"final","category":[{"coding":[{"system":"http://terminology.hl7.org/CodeSystem/observation-category","code":"laboratory"},{"system":"http://terminology.hl7.org/CodeSystem/observation-category","code":"vital-signs"}]}]}"#;
+    assert_eq!(w.call("POST", &write_path, Some(&w.doc_a), ambiguous).await.0, 400, "both lab and vital");
     let (status, body) = w.call("POST", &write_path, Some(&w.doc_a), &lab.json).await;
     assert_eq!(status, 201, "{}", String::from_utf8_lossy(&body));
     let record = json(&body)["record_id"].as_str().unwrap().to_owned();
