@@ -31,7 +31,7 @@ use medledger_crypto::Keypair;
 use medledger_fhir::{
     Issue, IssueCode, Severity,
     instant::instant_from_ms,
-    json::{self, Kind, Limits},
+    json::{self, Limits},
     search::{self, IndexValue, ParseOptions},
     validate::ReferenceKind,
 };
@@ -596,7 +596,7 @@ fn rewrite(
     if replacements.is_empty() {
         return Ok(bytes.to_vec());
     }
-    let rewritten = replace_references(bytes, &replacements)
+    let rewritten = medledger_fhir::splice::replace_references(bytes, &replacements)
         .map_err(|e| entry_error(entry.index, StatusCode::BAD_REQUEST, IssueCode::Invalid, e))?;
     // The targets' types are known only now: each reference must still be of an allowed type.
     medledger_fhir::validate(&rewritten).map_err(|issues| {
@@ -715,53 +715,6 @@ fn percent_decode(text: &str) -> Option<String> {
         }
     }
     String::from_utf8(out).ok()
-}
-
-/// `bytes` with the string value of every `"reference"` member found in `replacements`
-/// replaced; every other byte is kept.
-pub(crate) fn replace_references(bytes: &[u8], replacements: &HashMap<String, String>) -> Result<Vec<u8>, String> {
-    let value = json::parse(bytes, &Limits::default()).map_err(|e| e.to_string())?;
-    let mut spans: Vec<(Range<usize>, &str)> = Vec::new();
-    collect_reference_spans(&value, replacements, &mut spans);
-    spans.sort_by_key(|(r, _)| r.start);
-    let mut out = Vec::with_capacity(bytes.len() + spans.len() * 64);
-    let mut at = 0;
-    for (span, to) in spans {
-        out.extend_from_slice(&bytes[at..span.start]);
-        // The replacement is `Type/hex`: no character needs escaping.
-        out.push(b'"');
-        out.extend_from_slice(to.as_bytes());
-        out.push(b'"');
-        at = span.end;
-    }
-    out.extend_from_slice(&bytes[at..]);
-    Ok(out)
-}
-
-fn collect_reference_spans<'v>(
-    value: &json::Value<'_>,
-    replacements: &'v HashMap<String, String>,
-    out: &mut Vec<(Range<usize>, &'v str)>,
-) {
-    match &value.kind {
-        Kind::Object(members) => {
-            for member in members {
-                if member.key == "reference"
-                    && let Kind::String(text) = &member.value.kind
-                    && let Some(to) = replacements.get(text.as_ref())
-                {
-                    out.push((member.value.start..member.value.end, to.as_str()));
-                }
-                collect_reference_spans(&member.value, replacements, out);
-            }
-        }
-        Kind::Array(items) => {
-            for item in items {
-                collect_reference_spans(item, replacements, out);
-            }
-        }
-        _ => {}
-    }
 }
 
 /// Submits a plan as one batch; returns the submitted batch, or `None` if nothing needed

@@ -119,6 +119,13 @@ impl SearchIndex {
         if self.indexed.read().expect("search index lock poisoned").height == height {
             return;
         }
+        // The chain's lock order is state, then patient index (block application takes both
+        // for writing in that order): never ask for the state while holding the index.
+        let directory_heads: Vec<(RecordId, String, u32)> = chain
+            .state()
+            .directory_entries()
+            .map(|(id, head)| (*id, head.resource_type.clone(), head.latest_version))
+            .collect();
         let (stale, stale_directory): (Vec<Stale>, Vec<Stale>) = {
             let indexed = self.indexed.read().expect("search index lock poisoned");
             let index = chain.patient_index();
@@ -133,20 +140,13 @@ impl SearchIndex {
                     })
                 })
                 .collect();
-            let state = chain.state();
-            let directory = state
-                .directory_entries()
-                .filter(|(id, head)| {
-                    indexed.entries.get(id).is_none_or(|e| e.version != head.latest_version)
-                        && index.directory_versions(id).iter().any(|(v, _)| *v == head.latest_version)
-                })
-                .map(|(id, head)| {
-                    let at = index
-                        .directory_versions(id)
-                        .iter()
-                        .find(|(v, _)| *v == head.latest_version)
-                        .map_or(0, |(_, p)| p.committed_at_ms);
-                    (*id, head.resource_type.clone(), head.latest_version, at)
+            // Entries committed in a block the patient index has not taken yet wait for it.
+            let directory = directory_heads
+                .into_iter()
+                .filter(|(id, _, version)| indexed.entries.get(id).is_none_or(|e| e.version != *version))
+                .filter_map(|(id, resource_type, version)| {
+                    let at = index.directory_versions(&id).iter().find(|(v, _)| *v == version)?.1.committed_at_ms;
+                    Some((id, resource_type, version, at))
                 })
                 .collect();
             (records, directory)

@@ -138,7 +138,9 @@ fn collect(input: &Path, ndjson: &mut Vec<PathBuf>, bundles: &mut Vec<PathBuf>) 
 fn read_ndjson(files: &[PathBuf]) -> Result<Vec<Resource>> {
     let total: u64 = files.iter().map(|f| std::fs::metadata(f).map(|m| m.len()).unwrap_or(0)).sum();
     if total > INPUT_BYTES_MAX {
-        bail!("{total} bytes of NDJSON is more than this importer holds in memory ({INPUT_BYTES_MAX}); split the input");
+        bail!(
+            "{total} bytes of NDJSON is more than this importer holds in memory ({INPUT_BYTES_MAX}); split the input"
+        );
     }
     let mut out = Vec::new();
     for file in files {
@@ -156,7 +158,12 @@ fn read_ndjson(files: &[PathBuf]) -> Result<Vec<Resource>> {
                     .filter(|r| r.starts_with("Patient/"))
                     .map(str::to_owned),
             };
-            out.push(Resource { resource_type: resource_type.to_owned(), id: id.to_owned(), patient, line: line.to_owned() });
+            out.push(Resource {
+                resource_type: resource_type.to_owned(),
+                id: id.to_owned(),
+                patient,
+                line: line.to_owned(),
+            });
         }
     }
     Ok(out)
@@ -295,16 +302,21 @@ impl FhirClient {
             .timeout_global(Some(Duration::from_secs(300)))
             .build()
             .into();
-        let identity: Value = agent
-            .get(format!("{base}/v1/identities/{}", keys.id()))
-            .call()
-            .context("asking the node who the key is")?
-            .body_mut()
-            .read_json()?;
+        let identity: Value = serde_json::from_slice(
+            &agent
+                .get(format!("{base}/v1/identities/{}", keys.id()))
+                .call()
+                .context("asking the node who the key is")?
+                .body_mut()
+                .read_to_vec()?,
+        )?;
         let context = match identity["role"].as_str() {
             Some("practitioner") => "user",
             Some("system-client") => "system",
-            other => bail!("the key's identity ({}) cannot import: use a practitioner's or a system client's key", other.unwrap_or("unknown")),
+            other => bail!(
+                "the key's identity ({}) cannot import: use a practitioner's or a system client's key",
+                other.unwrap_or("unknown")
+            ),
         };
         let token_url = format!("{base}/auth/token");
         let assertion = client_assertion(keys, &token_url)?;
@@ -319,7 +331,7 @@ impl FhirClient {
             ])
             .context("asking the node for a token")?;
         let status = response.status().as_u16();
-        let answer: Value = response.body_mut().read_json().unwrap_or(Value::Null);
+        let answer: Value = serde_json::from_slice(&response.body_mut().read_to_vec()?).unwrap_or(Value::Null);
         if status != 200 {
             bail!("the node refused a token ({status}): {answer}");
         }
@@ -337,7 +349,8 @@ impl FhirClient {
             .send(body)
             .context("posting a Bundle")?;
         let status = response.status().as_u16();
-        let answer: Value = response.body_mut().with_config().limit(64 << 20).read_json().unwrap_or(Value::Null);
+        let bytes = response.body_mut().with_config().limit(64 << 20).read_to_vec()?;
+        let answer: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
         match status {
             200 => Ok(answer),
             202 => bail!("the node accepted a Bundle but did not commit it in time; check its progress"),

@@ -6,6 +6,7 @@ mod bench_records;
 mod client;
 mod config;
 mod dev;
+mod fhir_import;
 mod init;
 mod patient;
 mod run;
@@ -128,6 +129,18 @@ enum Command {
         #[command(subcommand)]
         command: BenchCommand,
     },
+    /// FHIR data in and out of a running node.
+    Fhir {
+        #[command(subcommand)]
+        command: FhirCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum FhirCommand {
+    /// Import Bulk Data NDJSON files and Bundle files through the node's FHIR API, as
+    /// all-or-nothing transaction Bundles (directory resources first, then each patient).
+    Import(fhir_import::ImportArgs),
 }
 
 #[derive(Args)]
@@ -367,6 +380,16 @@ fn run_command(command: Command) -> Result<ExitCode> {
                 dir: data_dir,
                 http,
             })?;
+        }
+        Command::Fhir { command: FhirCommand::Import(args) } => {
+            let imported = fhir_import::run(&args)?;
+            println!(
+                "imported {} resources in {} transaction bundles in {:.1} s ({:.0} resources/s)",
+                imported.resources,
+                imported.bundles,
+                imported.seconds,
+                imported.resources as f64 / imported.seconds.max(1e-9)
+            );
         }
         Command::Bench { command: BenchCommand::Fhir { resources, patients, clients, searches, crud } } => {
             bench_fhir::bench_fhir(bench_fhir::FhirBenchOptions { resources, patients, clients, searches, crud })?;

@@ -70,6 +70,54 @@ fn push_string(out: &mut Vec<u8>, value: &str) {
     out.push(b'"');
 }
 
+/// `bytes` with the string value of every `"reference"` member found in `replacements`
+/// replaced (a reference to another server's id, a Bundle entry's new id); every other byte
+/// is kept.
+pub fn replace_references(
+    bytes: &[u8],
+    replacements: &std::collections::HashMap<String, String>,
+) -> Result<Vec<u8>, Error> {
+    let value = json::parse(bytes, &Limits::default())?;
+    let mut spans: Vec<(std::ops::Range<usize>, &str)> = Vec::new();
+    collect_reference_spans(&value, replacements, &mut spans);
+    spans.sort_by_key(|(r, _)| r.start);
+    let mut out = Vec::with_capacity(bytes.len() + spans.len() * 64);
+    let mut at = 0;
+    for (span, to) in spans {
+        out.extend_from_slice(&bytes[at..span.start]);
+        push_string(&mut out, to);
+        at = span.end;
+    }
+    out.extend_from_slice(&bytes[at..]);
+    Ok(out)
+}
+
+fn collect_reference_spans<'v>(
+    value: &json::Value<'_>,
+    replacements: &'v std::collections::HashMap<String, String>,
+    out: &mut Vec<(std::ops::Range<usize>, &'v str)>,
+) {
+    match &value.kind {
+        json::Kind::Object(members) => {
+            for member in members {
+                if member.key == "reference"
+                    && let json::Kind::String(text) = &member.value.kind
+                    && let Some(to) = replacements.get(text.as_ref())
+                {
+                    out.push((member.value.start..member.value.end, to.as_str()));
+                }
+                collect_reference_spans(&member.value, replacements, out);
+            }
+        }
+        json::Kind::Array(items) => {
+            for item in items {
+                collect_reference_spans(item, replacements, out);
+            }
+        }
+        _ => {}
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -109,5 +157,16 @@ mod tests {
         let out = with_server_meta(br#"{"resourceType":"Patient"}"#, &tricky).unwrap();
         let parsed = json::parse(&out, &Limits::default()).unwrap();
         assert_eq!(parsed.get("id").and_then(|v| v.as_str()), Some("a\"b\\c\u{1}"));
+    }
+
+    #[test]
+    fn replace_references_changes_only_the_named_reference_strings() {
+        let input = br#"{"resourceType":"Observation","subject":{"reference":"urn:uuid:1"},"note":[{"text":"urn:uuid:1"}],"valueQuantity":{"value":1.50},"hasMember":[{"reference":"Observation/9"},{"reference":"urn:uuid:1"}]}"#;
+        let mut map = std::collections::HashMap::new();
+        map.insert("urn:uuid:1".to_owned(), "Patient/ab".to_owned());
+        let out = replace_references(input, &map).unwrap();
+        let expected = br#"{"resourceType":"Observation","subject":{"reference":"Patient/ab"},"note":[{"text":"urn:uuid:1"}],"valueQuantity":{"value":1.50},"hasMember":[{"reference":"Observation/9"},{"reference":"Patient/ab"}]}"#;
+        assert_eq!(String::from_utf8(out).unwrap(), String::from_utf8(expected.to_vec()).unwrap());
+        assert!(replace_references(b"{", &map).is_err());
     }
 }
