@@ -1739,7 +1739,7 @@ pub(crate) async fn metadata(State(app): State<AppState>, headers: HeaderMap) ->
         "searchParam": [{"name": "patient", "type": "reference", "documentation": "required: Patient/<id>; results paged with _count and _offset"}],
     }));
     let head = app.chain.head();
-    let statement = serde_json::json!({
+    let mut statement = serde_json::json!({
         "resourceType": "CapabilityStatement",
         "status": "active",
         "date": instant_from_ms(head.timestamp_ms.max(app.chain.genesis().genesis_time_ms)),
@@ -1761,6 +1761,7 @@ pub(crate) async fn metadata(State(app): State<AppState>, headers: HeaderMap) ->
             "resource": resources,
         }],
     });
+    crate::fhir_export::declare_operations(&mut statement);
     let mut response = (StatusCode::OK, statement.to_string()).into_response();
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(FHIR_JSON));
     response

@@ -67,6 +67,7 @@ mod error;
 pub mod fhir;
 mod fhir_bundle;
 mod fhir_directory;
+mod fhir_export;
 mod fhir_search;
 mod patients;
 mod portal;
@@ -143,6 +144,7 @@ pub fn router_for(chain: Arc<Chain>, services: Services) -> Router {
         auth: Arc::new(auth::Authenticator::default()),
         tokens,
         search: Arc::default(),
+        exports: Arc::default(),
         fhir_commit_wait_ms,
         public_bases: Arc::new(public_bases),
     };
@@ -194,6 +196,11 @@ pub fn router_for(chain: Arc<Chain>, services: Services) -> Router {
         .route("/fhir/{type}/_history", get(fhir::type_history))
         .route("/fhir/{type}/{id}/_history", get(fhir::history))
         .route("/fhir/Patient/{id}/$everything", get(fhir::everything))
+        .route("/fhir/$export", get(fhir_export::export_system).post(fhir_export::kick_off_method))
+        .route("/fhir/Patient/$export", get(fhir_export::export_patients).post(fhir_export::kick_off_method))
+        .route("/fhir/Group/{id}/$export", get(fhir_export::export_group).post(fhir_export::kick_off_method))
+        .route("/fhir/$export-status/{job}", get(fhir_export::status).delete(fhir_export::delete))
+        .route("/fhir/$export-file/{job}/{file}", get(fhir_export::file))
         .route("/fhir/{type}/{id}/_history/{vid}", get(fhir::vread))
         .route("/auth/token", post(smart::token))
         .route("/.well-known/smart-configuration", get(smart::configuration))

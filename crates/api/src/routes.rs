@@ -40,6 +40,8 @@ pub(crate) struct AppState {
     pub(crate) tokens: Arc<crate::smart::TokenStore>,
     /// The FHIR search index (in memory only).
     pub(crate) search: Arc<crate::fhir_search::SearchIndex>,
+    /// FHIR bulk export jobs and their output (in memory only).
+    pub(crate) exports: Arc<crate::fhir_export::Jobs>,
     /// See [`crate::Services::fhir_commit_wait_ms`].
     pub(crate) fhir_commit_wait_ms: u64,
     /// See [`crate::Services::public_bases`].
