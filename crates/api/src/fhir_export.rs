@@ -1039,7 +1039,7 @@ mod tests {
         for refused in [
             &[("_outputFormat", "text/csv")][..],
             &[("_type", "Banana")],
-            &[("_type", "Claim")],
+            &[("_type", "Coverage")],
             &[("_type", "Observation,")],
             &[("_since", "2024")],
             &[("_since", "2024-01-01T00:00:00Z"), ("_since", "2024-01-01T00:00:00Z")],

@@ -505,7 +505,7 @@ async fn kick_offs_are_checked_and_jobs_can_be_cancelled() {
     assert_eq!(w.send(send("/fhir/$export", Some("respond-async"), Some("text/html"))).await.status, 406);
     for bad in [
         "_type=Banana",
-        "_type=Claim",
+        "_type=Coverage",
         "_type=Observation,",
         "_outputFormat=text/csv",
         "_since=yesterday",
