@@ -78,9 +78,15 @@ pub fn run(args: &ImportArgs) -> Result<Imported> {
     }
     let keys = medledger_crypto::read_key_file(&args.key).with_context(|| format!("reading {}", args.key.display()))?;
     let client = FhirClient::connect(&args.node, &keys)?;
+    import_paths(&client, &args.inputs, args.chunk, true)
+}
+
+/// Imports `inputs` (files or directories) through `client`; with `verbose`, prints progress
+/// after every Bundle.
+pub fn import_paths(client: &FhirClient, inputs: &[PathBuf], chunk: usize, verbose: bool) -> Result<Imported> {
     let mut ndjson = Vec::new();
     let mut bundles = Vec::new();
-    for input in &args.inputs {
+    for input in inputs {
         collect(input, &mut ndjson, &mut bundles)?;
     }
     let started = Instant::now();
@@ -90,17 +96,20 @@ pub fn run(args: &ImportArgs) -> Result<Imported> {
         let answer = client.post_bundle(&body).with_context(|| format!("importing {}", path.display()))?;
         imported.resources += answer["entry"].as_array().map_or(0, Vec::len);
         imported.bundles += 1;
-        progress(&imported, started);
+        progress(&imported, started, verbose);
     }
     if !ndjson.is_empty() {
         let resources = read_ndjson(&ndjson)?;
-        import_ndjson(&client, resources, args.chunk, &mut imported, started)?;
+        import_ndjson(client, resources, chunk, &mut imported, started, verbose)?;
     }
     imported.seconds = started.elapsed().as_secs_f64();
     Ok(imported)
 }
 
-fn progress(imported: &Imported, started: Instant) {
+fn progress(imported: &Imported, started: Instant, verbose: bool) {
+    if !verbose {
+        return;
+    }
     let seconds = started.elapsed().as_secs_f64().max(1e-9);
     eprintln!(
         "imported {} resources in {} bundles ({:.1} s, {:.0} resources/s)",
@@ -175,6 +184,7 @@ fn import_ndjson(
     chunk: usize,
     imported: &mut Imported,
     started: Instant,
+    verbose: bool,
 ) -> Result<()> {
     // Source `Type/id` → the server's `Type/id`, for references across chunks.
     let mut server_ids: HashMap<String, String> = HashMap::new();
@@ -184,7 +194,7 @@ fn import_ndjson(
         let of_type: Vec<&Resource> = directory.iter().filter(|r| r.resource_type == resource_type).collect();
         for group in chunks(&of_type, chunk, DIRECTORY_BUNDLE_BYTES_MAX) {
             send(client, &group, &mut server_ids, imported)?;
-            progress(imported, started);
+            progress(imported, started, verbose);
         }
     }
     // Each patient's resources together: the Patient, its Encounters, then the rest.
@@ -223,7 +233,7 @@ fn import_ndjson(
         }
         for part in chunks(&group, chunk, RECORD_BUNDLE_BYTES_MAX) {
             send(client, &part, &mut server_ids, imported)?;
-            progress(imported, started);
+            progress(imported, started, verbose);
         }
     }
     Ok(())
@@ -337,6 +347,16 @@ impl FhirClient {
         }
         let token = answer["access_token"].as_str().ok_or_else(|| anyhow!("no access_token in {answer}"))?.to_owned();
         Ok(Self { base, agent, token })
+    }
+
+    /// A client using `token` (already issued) at `node`.
+    pub fn with_token(node: &str, token: &str) -> Self {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(300)))
+            .build()
+            .into();
+        Self { base: node.trim_end_matches('/').to_owned(), agent, token: token.to_owned() }
     }
 
     /// Posts a transaction Bundle; its transaction-response, or why it failed.

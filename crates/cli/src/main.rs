@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_fhir;
+mod bench_import;
 mod bench_records;
 mod client;
 mod config;
@@ -265,6 +266,20 @@ enum BenchCommand {
         #[arg(long, default_value_t = 20_000)]
         crud: usize,
     },
+    /// FHIR import over HTTP: the Synthea transaction Bundles, then the bulk NDJSON set.
+    FhirImport {
+        /// How many times each Synthea Bundle is posted.
+        #[arg(long, default_value_t = 20)]
+        copies: usize,
+        #[arg(long, default_value_t = 4)]
+        clients: usize,
+        /// Directory of transaction Bundles (default: the repository's Synthea set).
+        #[arg(long)]
+        synthea: Option<PathBuf>,
+        /// Directory of Bulk NDJSON (default: the repository's 10-patient set).
+        #[arg(long)]
+        ndjson: Option<PathBuf>,
+    },
     /// Durable commit throughput and latency of signed transactions on a one-validator node.
     Ledger {
         #[arg(long, default_value_t = 200_000)]
@@ -393,6 +408,14 @@ fn run_command(command: Command) -> Result<ExitCode> {
         }
         Command::Bench { command: BenchCommand::Fhir { resources, patients, clients, searches, crud } } => {
             bench_fhir::bench_fhir(bench_fhir::FhirBenchOptions { resources, patients, clients, searches, crud })?;
+        }
+        Command::Bench { command: BenchCommand::FhirImport { copies, clients, synthea, ndjson } } => {
+            bench_import::bench_import(bench_import::ImportBenchOptions {
+                copies,
+                clients,
+                synthea_dir: synthea.unwrap_or_else(|| bench_import::testdata("synthea-r4")),
+                ndjson_dir: ndjson.unwrap_or_else(|| bench_import::testdata("bulk-ndjson-10-patients")),
+            })?;
         }
         Command::Bench { command: BenchCommand::Ledger { txs, clients, data_dir, timeout_s } } => {
             bench::bench_ledger(bench::BenchOptions {
