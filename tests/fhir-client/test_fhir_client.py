@@ -107,6 +107,49 @@ def main():
     versions = [e["resource"]["meta"]["versionId"] for e in history["entry"]]
     assert history["type"] == "history" and versions == ["2", "1"], versions
 
+    # A transaction Bundle: a new patient (registered by the node), an encounter and a lab that
+    # reference it by urn:uuid, and a practitioner for the directory. All or nothing.
+    pat, enc = "urn:uuid:9a1f0c52-3b7e-4c61-9d2a-5f8e1c0b7a01", "urn:uuid:9a1f0c52-3b7e-4c61-9d2a-5f8e1c0b7a02"
+    transaction = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            {"fullUrl": pat, "resource": {"resourceType": "Patient", "name": [{"family": "Clienttest"}], "gender": "other"},
+             "request": {"method": "POST", "url": "Patient"}},
+            {"fullUrl": enc, "resource": {"resourceType": "Encounter", "status": "finished",
+                                          "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
+                                          "subject": {"reference": pat}},
+             "request": {"method": "POST", "url": "Encounter"}},
+            {"resource": {"resourceType": "Observation", "status": "final",
+                          "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "laboratory"}]}],
+                          "code": {"coding": [{"system": "http://loinc.org", "code": "718-7"}]},
+                          "subject": {"reference": pat}, "encounter": {"reference": enc},
+                          "valueQuantity": {"value": 13.2, "unit": "g/dL"}},
+             "request": {"method": "POST", "url": "Observation"}},
+            {"resource": {"resourceType": "Practitioner", "name": [{"family": "Clienttest"}],
+                          "identifier": [{"system": "http://hl7.org/fhir/sid/us-npi", "value": "9999912345"}]},
+             "request": {"method": "POST", "url": "Practitioner"}},
+        ],
+    }
+    answer = client.execute("", method="post", data=transaction)
+    assert answer["type"] == "transaction-response", answer
+    statuses = [e["response"]["status"] for e in answer["entry"]]
+    assert statuses == ["201 Created"] * 4, statuses
+    new_patient = answer["entry"][0]["response"]["location"].split("/")[1]
+    labs = client.resources("Observation").search(patient=f"Patient/{new_patient}").fetch_all()
+    assert len(labs) == 1 and labs[0]["encounter"]["reference"].startswith("Encounter/"), labs
+    # A broken one writes nothing and says which entry.
+    broken = {"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"fullUrl": pat, "resource": {"resourceType": "Patient"}, "request": {"method": "POST", "url": "Patient"}},
+        {"resource": {"resourceType": "Encounter", "status": "finished",
+                      "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
+                      "subject": {"reference": "urn:uuid:00000000-0000-4000-8000-00000000dead"}},
+         "request": {"method": "POST", "url": "Encounter"}},
+    ]}
+    refused = requests.post(f"{base}/fhir", json=broken, timeout=30,
+                            headers={"Authorization": client.authorization, "Content-Type": "application/fhir+json"})
+    assert refused.status_code == 400 and "Bundle.entry[1]" in refused.text, refused.text
+
     # Consent decides: another patient's token gets a 403 OperationOutcome, not the data.
     stranger = next(i for i in credentials["identities"] if i["label"] == "patient-02")
     denied = requests.get(
@@ -116,7 +159,8 @@ def main():
     )
     assert denied.status_code == 403 and denied.json()["resourceType"] == "OperationOutcome", denied.text
     print(f"fhirpy: created, read, updated, searched {len(ids)} Observations in pages of 2, read a history of 2 "
-          f"versions; another patient's read refused ({denied.status_code})")
+          f"versions; a transaction Bundle of 4 created a new patient's records; a broken one refused "
+          f"({refused.status_code}); another patient's read refused ({denied.status_code})")
     print("fhir client test: OK")
 
 

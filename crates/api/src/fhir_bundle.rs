@@ -344,7 +344,9 @@ fn plan(app: &AppState, grant: &Grant, entries: Vec<EntryIn>, batch_entry: bool)
     }
     // Conditional references resolve against the Bundle's own resources first.
     let mut bundle_values: HashMap<usize, HashMap<&'static str, Vec<IndexValue>>> = HashMap::new();
-    for (i, entry) in entries.iter().enumerate() {
+    let conditional =
+        entries.iter().any(|e| e.references.iter().any(|(_, k)| matches!(k, ReferenceKind::Conditional { .. })));
+    for (i, entry) in entries.iter().enumerate().filter(|_| conditional) {
         if let Some(bytes) = &entry.bytes
             && let Ok(extraction) = search::extract_bytes(bytes)
         {

@@ -172,6 +172,8 @@ pub fn router_for(chain: Arc<Chain>, services: Services) -> Router {
         .route("/v1/patients/{id}/delegates", get(patients::delegates))
         .route("/v1/break-glass", get(break_glass::list))
         .route("/fhir", post(fhir_bundle::bundle).layer(DefaultBodyLimit::max(fhir_bundle::BUNDLE_BODY_BYTES_MAX)))
+        // Clients post to the base with or without its trailing slash (fhirpy: with).
+        .route("/fhir/", post(fhir_bundle::bundle).layer(DefaultBodyLimit::max(fhir_bundle::BUNDLE_BODY_BYTES_MAX)))
         .route("/fhir/metadata", get(fhir::metadata))
         .route("/fhir/AuditEvent", get(fhir::audit_events))
         .route("/fhir/Provenance", get(fhir::provenance))

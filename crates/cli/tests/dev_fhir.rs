@@ -1,6 +1,7 @@
 //! The demo over FHIR: `medledger dev`'s records are valid R4 resources served at
 //! `/fhir/{type}/{record id}` with the bearer tokens it writes, and their references to the
-//! patient and encounter resolve on the same server.
+//! patient and encounter resolve on the same server; and `medledger fhir import` loads the bulk
+//! NDJSON set into it.
 
 use std::{
     process::{Command, Stdio},
@@ -79,4 +80,92 @@ fn demo_records_are_valid_fhir_whose_references_resolve() {
     let _ = child.wait();
     assert!(checked >= 10, "only {checked} records checked");
     assert!(references >= checked - 1, "only {references} references followed");
+}
+
+#[test]
+fn bulk_ndjson_imports_with_its_conditional_references_resolved() {
+    let temp = tempfile::tempdir().unwrap();
+    let dir = temp.path().join("dev");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let stdout = temp.path().join("stdout.log");
+    let mut child = Command::new(BIN)
+        .args(["dev", "--data-dir"])
+        .arg(&dir)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .env("RUST_LOG", "warn")
+        .stdout(std::fs::File::create(&stdout).unwrap())
+        .stderr(Stdio::null())
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while !std::fs::read_to_string(&stdout).unwrap_or_default().contains("ready") {
+        if started.elapsed() > Duration::from_secs(180) || child.try_wait().unwrap().is_some() {
+            let _ = child.kill();
+            panic!("dev node did not get ready");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let credentials: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("dev-credentials.json")).unwrap()).unwrap();
+    let alice = credentials["identities"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["label"] == "dr-alice-st-marys")
+        .and_then(|i| i["bearer_token"].as_str())
+        .unwrap()
+        .to_owned();
+    let bulk = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testdata/fhir/bulk-ndjson-10-patients");
+    let import = Command::new(BIN)
+        .args(["fhir", "import", "--node", &format!("http://127.0.0.1:{port}"), "--key"])
+        .arg(dir.join("keys").join("dr-alice-st-marys.key"))
+        .arg(&bulk)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&import.stdout).into_owned();
+    let base = format!("http://127.0.0.1:{port}/fhir");
+    let total = |query: &str| -> u64 {
+        let (status, body) = get(&format!("{base}/{query}"), &alice);
+        assert_eq!(status, 200, "{query}: {}", String::from_utf8_lossy(&body));
+        serde_json::from_slice::<Value>(&body).unwrap()["total"].as_u64().unwrap()
+    };
+    let checks = (|| {
+        assert!(import.status.success(), "import failed: {said} {}", String::from_utf8_lossy(&import.stderr));
+        assert!(said.contains("imported 7160 resources"), "{said}");
+        assert!(String::from_utf8_lossy(&import.stderr).contains("resources/s"), "no progress shown");
+        // Every resource of the set is there (the demo adds no directory entries or devices).
+        assert_eq!(total("Location?_summary=count"), 44);
+        assert_eq!(total("Practitioner?_summary=count"), 43);
+        assert_eq!(total("Device?_summary=count"), 16);
+        assert_eq!(total("Procedure?_summary=count"), 2056);
+        // An imported Encounter names its practitioner, location and organisation by server id,
+        // and each resolves.
+        let (status, body) = get(&format!("{base}/Encounter?_count=100"), &alice);
+        assert_eq!(status, 200);
+        let page: Value = serde_json::from_slice(&body).unwrap();
+        let encounter = page["entry"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| &e["resource"])
+            .find(|r| r["participant"][0]["individual"]["reference"].is_string())
+            .expect("an imported Encounter");
+        for reference in [
+            &encounter["subject"]["reference"],
+            &encounter["participant"][0]["individual"]["reference"],
+            &encounter["location"][0]["location"]["reference"],
+            &encounter["serviceProvider"]["reference"],
+        ] {
+            let reference = reference.as_str().unwrap();
+            assert!(!reference.contains('?') && !reference.contains('-'), "unresolved {reference}");
+            assert_eq!(get(&format!("{base}/{reference}"), &alice).0, 200, "{reference}");
+        }
+    });
+    let outcome = std::panic::catch_unwind(checks);
+    let _ = child.kill();
+    let _ = child.wait();
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
 }
