@@ -35,6 +35,7 @@ use medledger_fhir::{
     search::{self, IndexValue, ParseOptions},
     validate::ReferenceKind,
 };
+use medledger_ledger::AccessAction;
 use medledger_node::{
     batch::{BatchWrite, BatchWritten},
     chain::TxStatus,
@@ -57,6 +58,9 @@ use crate::{
 pub const BUNDLE_BODY_BYTES_MAX: usize = 16 * 1024 * 1024;
 /// Most entries in one Bundle.
 pub const BUNDLE_ENTRIES_MAX: usize = 1_000;
+/// How long a Bundle answered 202 (not committed in time) is watched, to clean up after it
+/// if the ledger refuses it.
+const ABANDON_WATCH: std::time::Duration = std::time::Duration::from_secs(600);
 
 fn error(status: StatusCode, code: IssueCode, diagnostics: impl Into<String>) -> FhirError {
     FhirError::new(status, code, diagnostics)
@@ -120,8 +124,12 @@ pub(crate) async fn bundle(
     let grant = bearer(&app.tokens, &headers, now_ms())
         .map_err(|why| error(StatusCode::UNAUTHORIZED, IssueCode::Login, why))?;
     check_content_type(&headers)?;
-    let validated =
-        medledger_fhir::validate(&body).map_err(|issues| FhirError::with_issues(StatusCode::BAD_REQUEST, issues))?;
+    // Parsing and validating up to 16 MiB is blocking work.
+    let body_for_task = body.clone();
+    let validated = tokio::task::spawn_blocking(move || medledger_fhir::validate(&body_for_task))
+        .await
+        .map_err(|_| error(StatusCode::INTERNAL_SERVER_ERROR, IssueCode::Exception, "validation task failed"))?
+        .map_err(|issues| FhirError::with_issues(StatusCode::BAD_REQUEST, issues))?;
     if validated.resource_type != "Bundle" {
         return Err(error(
             StatusCode::BAD_REQUEST,
@@ -474,6 +482,19 @@ fn plan(app: &AppState, grant: &Grant, entries: Vec<EntryIn>, batch_entry: bool)
                                     "a record's consent category never changes: create a new resource",
                                 ));
                             }
+                            // The new version must name the record's own patient.
+                            let named = match entry.resource_type.as_str() {
+                                "Patient" => named_identity(&json),
+                                other => Some(subject_patient(app, entry.index, other, &json, &patient_of_record)?),
+                            };
+                            if named.is_some_and(|named| Some(named) != *patient) {
+                                return Err(entry_error(
+                                    entry.index,
+                                    StatusCode::UNPROCESSABLE_ENTITY,
+                                    IssueCode::BusinessRule,
+                                    "a record's patient never changes",
+                                ));
+                            }
                             *patient
                         }
                         None if entry.resource_type == "Patient" => patient_of_record.get(&id).copied(),
@@ -483,6 +504,13 @@ fn plan(app: &AppState, grant: &Grant, entries: Vec<EntryIn>, batch_entry: bool)
                     };
                     plan.patient = patient;
                     plan.category = category;
+                } else if let Err(why) = crate::fhir_directory::check_not_patient_data(&entry.resource_type, &content) {
+                    return Err(entry_error(
+                        entry.index,
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        IssueCode::BusinessRule,
+                        why,
+                    ));
                 } else if content.len() > medledger_types::limits::DIRECTORY_CONTENT_BYTES_MAX {
                     return Err(entry_error(
                         entry.index,
@@ -500,6 +528,18 @@ fn plan(app: &AppState, grant: &Grant, entries: Vec<EntryIn>, batch_entry: bool)
         planned.push(plan);
     }
     Ok(Plan { new_patients, entries: planned })
+}
+
+/// The identity a Patient resource names with a `urn:medledger:identity` identifier, if any
+/// (and well-formed).
+fn named_identity(json: &serde_json::Value) -> Option<IdentityId> {
+    json["identifier"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|i| i["system"] == IDENTITY_SYSTEM)
+        .and_then(|i| i["value"].as_str())
+        .and_then(|hex| IdentityId::from_hex(hex).ok())
 }
 
 /// The patient a (non-Patient) record belongs to: the Patient its `subject` or `patient`
@@ -646,6 +686,12 @@ fn resolve_conditional(
     batch_entry: bool,
 ) -> Result<String, String> {
     let shown = format!("{resource_type}?{}", crate::error::echo(query));
+    // Resolving is searching: the token must allow searching (or reading) the type.
+    if !(grant.allows(resource_type, interactions::SEARCH) || grant.allows(resource_type, interactions::READ)) {
+        return Err(format!(
+            "conditional reference {shown}: the token's scopes do not allow searching {resource_type}"
+        ));
+    }
     let params =
         parse_query_string(query).ok_or_else(|| format!("conditional reference {shown} is not a valid query"))?;
     let query = search::parse_query(resource_type, &params, &ParseOptions { lenient: false }).map_err(|issues| {
@@ -675,6 +721,26 @@ fn resolve_conditional(
         if !found.contains(&id) {
             found.push(id);
         }
+    }
+    // Among several directory entries, the caller's own organisation's are the ones meant
+    // (another member could publish look-alikes of them).
+    if found.len() > 1 && is_directory(resource_type) {
+        let own = service.organisation();
+        let state = app.chain.state();
+        let own_or_new: Vec<RecordId> =
+            found.iter().copied().filter(|id| state.directory_entry(id).is_none_or(|h| h.owner == own)).collect();
+        if !own_or_new.is_empty() {
+            found = own_or_new;
+        }
+    }
+    // A patient record it resolves to is an access like a search result: on the record.
+    if let [one] = found.as_slice()
+        && !is_directory(resource_type)
+        && app.chain.state().record(one).is_some()
+    {
+        service
+            .read_as(grant.identity, *one, None, medledger_ledger::Purpose::Treatment, AccessAction::Search, now_ms())
+            .map_err(|e| format!("conditional reference {shown}: {e}"))?;
     }
     match found.as_slice() {
         [one] => Ok(format!("{resource_type}/{}", one.to_hex())),
@@ -847,10 +913,29 @@ async fn run_transaction(
         None => Outcome::Committed,
         Some(w) => wait(app, &w.tx_id).await,
     };
-    if let Outcome::Refused(_) = &outcome
-        && let Some(service) = &app.records
-    {
-        service.discard_unregistered_patient_keys(&new_patients);
+    match (&outcome, &written, &app.records) {
+        (Outcome::Refused(_), Some(w), Some(service)) => {
+            let (service, w) = (service.clone(), w.clone());
+            let _ = tokio::task::spawn_blocking(move || service.abandon_batch(&w, &new_patients)).await;
+        }
+        // Not committed in time: clean up later if the ledger refuses it after all.
+        (Outcome::Pending, Some(w), Some(service)) => {
+            let (app, service, w) = (app.clone(), service.clone(), w.clone());
+            tokio::spawn(async move {
+                let started = std::time::Instant::now();
+                loop {
+                    match app.chain.tx_status(&w.tx_id) {
+                        Ok(TxStatus::Committed { .. }) => return,
+                        Ok(TxStatus::Rejected { .. } | TxStatus::Unknown) => break,
+                        // Still pending: it may yet commit, so its keys are kept.
+                        _ if started.elapsed() >= ABANDON_WATCH => return,
+                        _ => tokio::time::sleep(std::time::Duration::from_millis(500)).await,
+                    }
+                }
+                let _ = tokio::task::spawn_blocking(move || service.abandon_batch(&w, &new_patients)).await;
+            });
+        }
+        _ => {}
     }
     Ok((planned, written, outcome))
 }

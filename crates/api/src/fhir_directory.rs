@@ -31,6 +31,27 @@ pub(crate) fn is_directory(resource_type: &str) -> bool {
     medledger_types::is_directory_resource_type(resource_type)
 }
 
+/// Refuses directory content that is patient data: the directory is stored on-chain in clear
+/// and can never be erased. A Location of type PTRES (a patient's residence) is one.
+pub(crate) fn check_not_patient_data(resource_type: &str, content: &[u8]) -> Result<(), String> {
+    if resource_type != "Location" {
+        return Ok(());
+    }
+    let json: serde_json::Value = serde_json::from_slice(content).map_err(|e| e.to_string())?;
+    let residence = json["type"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|t| t["coding"].as_array().into_iter().flatten())
+        .any(|c| c["code"] == "PTRES");
+    match residence {
+        true => Err("a patient's residence (Location type PTRES) is patient data: the directory is on-chain in clear \
+                     and never erased, so it cannot hold it"
+            .into()),
+        false => Ok(()),
+    }
+}
+
 /// Whether `who` writes for `organisation`: the organisation itself, or its staff or systems.
 pub(crate) fn is_staff(app: &AppState, who: &IdentityId, organisation: &IdentityId) -> bool {
     app.chain.state().identity(who).is_some_and(|w| {
@@ -107,6 +128,8 @@ fn check_write(
                 format!("the body is a {}, the URL says {resource_type}", validated.resource_type),
             ));
         }
+        check_not_patient_data(resource_type, body)
+            .map_err(|why| FhirError::new(StatusCode::UNPROCESSABLE_ENTITY, IssueCode::BusinessRule, why))?;
         if body.len() > medledger_types::limits::DIRECTORY_CONTENT_BYTES_MAX {
             return Err(FhirError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,

@@ -588,3 +588,54 @@ async fn every_synthea_bundle_imports_as_one_transaction() {
     assert_eq!(created, 695);
     assert_eq!(w.key_files(), 7, "one held key per new patient");
 }
+
+#[tokio::test]
+async fn a_bundle_cannot_move_a_record_or_search_beyond_its_scopes_or_publish_patient_data() {
+    let w = World::new();
+    let doc = w.token(&w.doc_a, Role::Practitioner, "user/*.cruds");
+    let (p1, p2) = ("urn:uuid:00000000-0000-4000-8000-000000000001", "urn:uuid:00000000-0000-4000-8000-000000000002");
+    let body = transaction(vec![
+        entry(p1, patient()),
+        entry(p2, patient()),
+        entry(
+            "urn:uuid:00000000-0000-4000-8000-000000000003",
+            encounter(
+                p1,
+                "urn:uuid:00000000-0000-4000-8000-000000000004",
+                "urn:uuid:00000000-0000-4000-8000-000000000005",
+            ),
+        ),
+        entry("urn:uuid:00000000-0000-4000-8000-000000000004", practitioner("9999900031")),
+        entry("urn:uuid:00000000-0000-4000-8000-000000000005", organization()),
+    ]);
+    let created = w.post(&doc, "/fhir", &body).await;
+    assert_eq!(created.status, 200, "{}", created.text());
+    let ids: Vec<String> = created.json()["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["response"]["location"].as_str().unwrap().split("/_history").next().unwrap().to_owned())
+        .collect();
+    // The encounter's next version names the other patient: refused, as a plain PUT would be.
+    let mut moved = encounter(&ids[1], &ids[3], &ids[4]);
+    let encounter_id = ids[2].split('/').nth(1).unwrap().to_owned();
+    moved["id"] = json!(encounter_id);
+    let body = transaction(vec![json!({"resource": moved, "request": {"method": "PUT", "url": ids[2]}})]);
+    let refused = w.post(&doc, "/fhir", &body).await;
+    assert_eq!(refused.status, 422, "{}", refused.text());
+    // A conditional reference is a search: a token that may create Encounters but not search
+    // Practitioners cannot resolve one.
+    let writer = w.token(&w.doc_a, Role::Practitioner, "user/Encounter.c user/Patient.c");
+    let conditional = encounter(&ids[0], "Practitioner?identifier=http://hl7.org/fhir/sid/us-npi|9999900031", &ids[4]);
+    let body = transaction(vec![entry("urn:uuid:00000000-0000-4000-8000-000000000009", conditional.clone())]);
+    let refused = w.post(&writer, "/fhir", &body).await;
+    assert_eq!(refused.status, 412, "{}", refused.text());
+    assert!(refused.text().contains("scopes"), "{}", refused.text());
+    // With the scope, it resolves.
+    assert_eq!(w.post(&doc, "/fhir", &body).await.status, 200);
+    // A patient's home is patient data: never in the directory.
+    let home = json!({"resourceType": "Location", "name": "Home", "type": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-RoleCode", "code": "PTRES"}]}]});
+    assert_eq!(w.post(&doc, "/fhir/Location", &home.to_string()).await.status, 422);
+    let body = transaction(vec![entry("urn:uuid:00000000-0000-4000-8000-00000000000a", home)]);
+    assert_eq!(w.post(&doc, "/fhir", &body).await.status, 422);
+}

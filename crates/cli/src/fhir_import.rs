@@ -300,18 +300,27 @@ fn send(
 pub struct FhirClient {
     base: String,
     agent: ureq::Agent,
-    token: String,
+    /// The token and when it was obtained.
+    token: std::sync::Mutex<(String, Instant)>,
+    /// With a key, a token about to expire is renewed (tokens last 5 minutes).
+    keys: Option<Keypair>,
 }
+
+/// Renew a token this old (the node's tokens last 5 minutes).
+const TOKEN_RENEW_AFTER: Duration = Duration::from_secs(240);
 
 impl FhirClient {
     /// Gets a token for `keys` from the node's `/auth/token` with an EdDSA client assertion.
     pub fn connect(node: &str, keys: &Keypair) -> Result<Self> {
-        let base = node.trim_end_matches('/').to_owned();
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(300)))
-            .build()
-            .into();
+        let mut client = Self::with_token(node, "");
+        client.keys = Some(keys.clone());
+        let token = client.fetch_token(keys)?;
+        *client.token.lock().expect("token lock") = (token, Instant::now());
+        Ok(client)
+    }
+
+    fn fetch_token(&self, keys: &Keypair) -> Result<String> {
+        let (base, agent) = (&self.base, &self.agent);
         let identity: Value = serde_json::from_slice(
             &agent
                 .get(format!("{base}/v1/identities/{}", keys.id()))
@@ -345,8 +354,18 @@ impl FhirClient {
         if status != 200 {
             bail!("the node refused a token ({status}): {answer}");
         }
-        let token = answer["access_token"].as_str().ok_or_else(|| anyhow!("no access_token in {answer}"))?.to_owned();
-        Ok(Self { base, agent, token })
+        Ok(answer["access_token"].as_str().ok_or_else(|| anyhow!("no access_token in {answer}"))?.to_owned())
+    }
+
+    /// The token to use now, renewed first if it is about to expire.
+    fn current_token(&self) -> Result<String> {
+        let mut token = self.token.lock().expect("token lock");
+        if let Some(keys) = &self.keys
+            && token.1.elapsed() >= TOKEN_RENEW_AFTER
+        {
+            *token = (self.fetch_token(keys)?, Instant::now());
+        }
+        Ok(token.0.clone())
     }
 
     /// A client using `token` (already issued) at `node`.
@@ -356,7 +375,12 @@ impl FhirClient {
             .timeout_global(Some(Duration::from_secs(300)))
             .build()
             .into();
-        Self { base: node.trim_end_matches('/').to_owned(), agent, token: token.to_owned() }
+        Self {
+            base: node.trim_end_matches('/').to_owned(),
+            agent,
+            token: std::sync::Mutex::new((token.to_owned(), Instant::now())),
+            keys: None,
+        }
     }
 
     /// Posts a transaction Bundle; its transaction-response, or why it failed.
@@ -364,7 +388,7 @@ impl FhirClient {
         let mut response = self
             .agent
             .post(format!("{}/fhir", self.base))
-            .header("authorization", &format!("Bearer {}", self.token))
+            .header("authorization", &format!("Bearer {}", self.current_token()?))
             .header("content-type", "application/fhir+json")
             .send(body)
             .context("posting a Bundle")?;

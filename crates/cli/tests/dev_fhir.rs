@@ -130,7 +130,7 @@ fn bulk_ndjson_imports_with_its_conditional_references_resolved() {
         assert_eq!(status, 200, "{query}: {}", String::from_utf8_lossy(&body));
         serde_json::from_slice::<Value>(&body).unwrap()["total"].as_u64().unwrap()
     };
-    let checks = (|| {
+    let checks = || {
         assert!(import.status.success(), "import failed: {said} {}", String::from_utf8_lossy(&import.stderr));
         assert!(said.contains("imported 7160 resources"), "{said}");
         assert!(String::from_utf8_lossy(&import.stderr).contains("resources/s"), "no progress shown");
@@ -161,7 +161,7 @@ fn bulk_ndjson_imports_with_its_conditional_references_resolved() {
             assert!(!reference.contains('?') && !reference.contains('-'), "unresolved {reference}");
             assert_eq!(get(&format!("{base}/{reference}"), &alice).0, 200, "{reference}");
         }
-    });
+    };
     let outcome = std::panic::catch_unwind(checks);
     let _ = child.kill();
     let _ = child.wait();

@@ -1613,14 +1613,16 @@ impl<'a> Overlay<'a> {
             }
             Payload::DirectoryPut { entry_id, version, resource_type, content } => {
                 let signer_identity = self.require(&signer, "signer")?;
+                // The organisation or its node (which checks the content is a valid FHIR
+                // resource of the type before signing); staff write through the node.
                 let owner = match signer_identity.role {
                     Role::Organisation => signer,
-                    Role::Validator | Role::Practitioner | Role::SystemClient => signer_identity
+                    Role::Validator => signer_identity
                         .organisation
                         .ok_or(TxError::NotAuthorised("directory entries are written for a member organisation"))?,
-                    Role::Patient => {
+                    _ => {
                         return Err(TxError::NotAuthorised(
-                            "directory entries are written by member organisations, their nodes, staff or clients",
+                            "directory entries are written by member organisations or their nodes",
                         ));
                     }
                 };

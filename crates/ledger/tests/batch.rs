@@ -258,13 +258,16 @@ fn batches_may_exceed_the_ordinary_transaction_size_up_to_their_own_limit() {
 fn directory_entries_belong_to_the_organisation_that_wrote_them() {
     let mut w = World::new();
     let (org_a, node_a, node_b, doc) = (w.org_a.clone(), w.node_a.clone(), w.node_b.clone(), w.doc.clone());
-    w.submit(&doc, directory(1, 1, "Practitioner")).unwrap();
+    // Staff write through their node, never directly.
+    let error = w.submit(&doc, directory(1, 1, "Practitioner")).unwrap_err();
+    assert!(matches!(error, TxError::NotAuthorised(_)), "{error}");
+    w.submit(&node_a, directory(1, 1, "Practitioner")).unwrap();
     assert_eq!(w.state.directory_entry(&RecordId([1; 32])).unwrap().owner, org_a.id());
     // Hospital A's node and the organisation itself update it; Hospital B's node may not.
-    w.submit(&node_a, directory(1, 2, "Practitioner")).unwrap();
+    w.submit(&org_a, directory(1, 2, "Practitioner")).unwrap();
     let error = w.submit(&node_b, directory(1, 3, "Practitioner")).unwrap_err();
     assert!(matches!(error, TxError::NotAuthorised(_)), "{error}");
-    w.submit(&org_a, directory(1, 3, "Practitioner")).unwrap();
+    w.submit(&node_a, directory(1, 3, "Practitioner")).unwrap();
     for (op, why) in [
         (directory(1, 3, "Practitioner"), "a replayed version"),
         (directory(1, 5, "Practitioner"), "a skipped version"),

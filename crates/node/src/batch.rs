@@ -23,7 +23,9 @@ use medledger_ledger::{
 use medledger_types::{Hash, IdentityId, RecordId, Role, TimestampMs, TxId, limits};
 use rand::CryptoRng;
 
-use crate::records::{RECORD_PLAINTEXT_BYTES_MAX, RecordError, RecordService, WriteRequest, share_entry};
+use crate::records::{
+    CachedKey, KeyOrigin, RECORD_PLAINTEXT_BYTES_MAX, RecordError, RecordService, WriteRequest, share_entry,
+};
 
 /// One resource of a batch.
 pub enum BatchWrite<'a> {
@@ -85,7 +87,27 @@ impl RecordService {
             return Err(RecordError::Invalid("a batch needs at least one write"));
         }
         let mut reserved = Vec::new();
-        let result = self.write_batch_reserving(new_patients, writes, now_ms, rng, &mut reserved);
+        let mut created_keys = HashMap::new();
+        let result = self.write_batch_reserving(new_patients, writes, now_ms, rng, &mut reserved, &mut created_keys);
+        {
+            // Keys this batch created are in flight with it, or forgotten if it never went in.
+            let mut cache = self.category_keys.lock().expect("category key lock poisoned");
+            for (key_id, (epoch, _)) in created_keys {
+                let slot = (key_id, epoch);
+                match &result {
+                    Ok(written) => {
+                        if let Some(cached) = cache.get_mut(&slot) {
+                            cached.origin = KeyOrigin::Submitted(written.tx_id);
+                        }
+                    }
+                    Err(_) => {
+                        if cache.get(&slot).is_some_and(|c| c.origin == KeyOrigin::Submitting) {
+                            cache.remove(&slot);
+                        }
+                    }
+                }
+            }
+        }
         let mut pending = self.pending_versions.lock().expect("pending lock poisoned");
         match &result {
             Ok(written) => {
@@ -111,6 +133,7 @@ impl RecordService {
         now_ms: TimestampMs,
         rng: &mut impl CryptoRng,
         reserved: &mut Vec<RecordId>,
+        new_keys: &mut HashMap<CategoryKeyId, (u32, CategoryKey)>,
     ) -> Result<BatchWritten, RecordError> {
         let custodian = self.organisation();
         let new: HashMap<IdentityId, &Keypair> = new_patients.iter().map(|k| (k.id(), k)).collect();
@@ -120,11 +143,13 @@ impl RecordService {
                 "this node registers no patients: register the patient's identity first",
             ))?),
         };
-        let mut ops: Vec<Payload> =
-            new_patients.iter().map(|k| Payload::register(Role::Patient, k, None, "")).collect();
-        // Category keys created for this batch (new patients', or a first or rotated epoch),
-        // shared inside it.
-        let mut new_keys: HashMap<CategoryKeyId, (u32, CategoryKey)> = HashMap::new();
+        // First every check and reservation, then (only if all pass) encryption and storage:
+        // a batch refused here leaves no ciphertext behind. Record commits are placeholders
+        // until then.
+        let mut ops: Vec<Option<Payload>> =
+            new_patients.iter().map(|k| Some(Payload::register(Role::Patient, k, None, ""))).collect();
+        let mut sealed_later = Vec::new();
+        let mut shares = Vec::new();
         let mut versions = Vec::with_capacity(writes.len());
         let mut directory_seen = Vec::new();
         for write in writes {
@@ -147,28 +172,10 @@ impl RecordService {
                     reserved.push(record_id);
                     let key_id =
                         CategoryKeyId { custodian, patient: request.patient, category: request.category.to_owned() };
-                    let (epoch, category_key) = self.batch_category_key(&key_id, &new, &mut new_keys, &mut ops, rng)?;
-                    let data_key = DataKey::generate(rng);
-                    let aad = record_aad(&record_id, version, &request.patient, &custodian, request.resource_type);
-                    let ciphertext = seal_record(&data_key, &aad, request.content, rng);
-                    // Durable before the chain refers to it.
-                    let ciphertext_hash =
-                        self.blobs.put(&ciphertext).map_err(|e| RecordError::Corrupt(e.to_string()))?;
-                    let key_aad =
-                        data_key_aad(&record_id, version, &custodian, &request.patient, request.category, epoch);
-                    ops.push(Payload::RecordCommit {
-                        record_id,
-                        version,
-                        patient: request.patient,
-                        custodian,
-                        author: request.author,
-                        resource_type: request.resource_type.to_owned(),
-                        category: request.category.to_owned(),
-                        key_epoch: epoch,
-                        ciphertext_hash,
-                        ciphertext_bytes: ciphertext.len() as u64,
-                        wrapped_data_key: wrap_data_key(&category_key, &key_aad, &data_key, rng),
-                    });
+                    let (epoch, category_key) = self.batch_category_key(&key_id, &new, new_keys, &mut shares, rng)?;
+                    ops.extend(shares.drain(..).map(Some));
+                    ops.push(None);
+                    sealed_later.push((ops.len() - 1, request, record_id, version, epoch, category_key));
                     versions.push((record_id, version));
                 }
                 BatchWrite::Directory { resource_type, content, entry, expected, new_id } => {
@@ -208,12 +215,12 @@ impl RecordService {
                             (*id, head.latest_version + 1)
                         }
                     };
-                    ops.push(Payload::DirectoryPut {
+                    ops.push(Some(Payload::DirectoryPut {
                         entry_id,
                         version,
                         resource_type: (*resource_type).to_owned(),
                         content: content.to_vec(),
-                    });
+                    }));
                     versions.push((entry_id, version));
                 }
             }
@@ -221,6 +228,28 @@ impl RecordService {
         if ops.len() > limits::BATCH_OPS_MAX {
             return Err(RecordError::Invalid("too many resources for one transaction"));
         }
+        for (at, request, record_id, version, epoch, category_key) in sealed_later {
+            let data_key = DataKey::generate(rng);
+            let aad = record_aad(&record_id, version, &request.patient, &custodian, request.resource_type);
+            let ciphertext = seal_record(&data_key, &aad, request.content, rng);
+            // Durable before the chain refers to it.
+            let ciphertext_hash = self.blobs.put(&ciphertext).map_err(|e| RecordError::Corrupt(e.to_string()))?;
+            let key_aad = data_key_aad(&record_id, version, &custodian, &request.patient, request.category, epoch);
+            ops[at] = Some(Payload::RecordCommit {
+                record_id,
+                version,
+                patient: request.patient,
+                custodian,
+                author: request.author,
+                resource_type: request.resource_type.to_owned(),
+                category: request.category.to_owned(),
+                key_epoch: epoch,
+                ciphertext_hash,
+                ciphertext_bytes: ciphertext.len() as u64,
+                wrapped_data_key: wrap_data_key(&category_key, &key_aad, &data_key, rng),
+            });
+        }
+        let mut ops: Vec<Payload> = ops.into_iter().map(|op| op.expect("every placeholder sealed")).collect();
         // A single operation needs no batch: it is submitted as itself, with the same checks.
         let payload = match ops.len() {
             1 => ops.pop().expect("one operation"),
@@ -251,10 +280,6 @@ impl RecordService {
         let tx_id = self.chain.submit_as(&self.node_keys, payload, now_ms).inspect_err(|_| {
             remove_all(&key_files);
         })?;
-        let mut cache = self.category_keys.lock().expect("category key lock poisoned");
-        for (key_id, (epoch, key)) in new_keys {
-            cache.insert((key_id, epoch), key);
-        }
         Ok(BatchWritten { tx_id, versions })
     }
 
@@ -287,12 +312,17 @@ impl RecordService {
                 }
             }
         };
-        // Created by another write and awaiting commitment: use it, do not start another.
-        if let Some(key) = self.category_keys.lock().expect("category key lock poisoned").get(&(key_id.clone(), epoch))
-        {
-            return Ok((epoch, key.clone()));
+        // Created by another write and awaiting commitment: use it, do not start another. A
+        // new one is marked as being submitted at once (under the same lock), so that no
+        // concurrent write makes a second key for the epoch.
+        let mut cache = self.category_keys.lock().expect("category key lock poisoned");
+        let slot = (key_id.clone(), epoch);
+        if let Some(key) = self.in_flight_key(&mut cache, &slot) {
+            return Ok((epoch, key));
         }
         let key = CategoryKey::generate(rng);
+        cache.insert(slot, CachedKey { key: key.clone(), origin: KeyOrigin::Submitting });
+        drop(cache);
         let organisation = self.organisation_keys.encryption_public_key();
         let shares = vec![
             share_entry(&key, key_id, epoch, key_id.patient, &patient_key, rng)?,
@@ -321,13 +351,26 @@ impl RecordService {
         Ok(())
     }
 
-    /// Removes the held keys of patients whose registration never committed (their batch was
-    /// refused after submission). Registered patients' keys are kept.
-    pub fn discard_unregistered_patient_keys(&self, patients: &[IdentityId]) {
-        let Some(dir) = self.patient_key_dir.get() else { return };
-        let state = self.chain.state();
-        for id in patients.iter().filter(|id| state.identity(id).is_none()) {
-            let _ = std::fs::remove_file(dir.join(format!("{id}.key")));
+    /// Cleans up after a submitted batch the ledger refused (or dropped): releases its
+    /// reserved versions and removes the held keys of its new patients whose registration never
+    /// committed. Committed records and registered patients are left alone.
+    pub fn abandon_batch(&self, written: &BatchWritten, new_patients: &[IdentityId]) {
+        let unregistered: Vec<IdentityId> = {
+            let mut pending = self.pending_versions.lock().expect("pending lock poisoned");
+            let state = self.chain.state();
+            for (id, version) in &written.versions {
+                let committed = state.record(id).is_some_and(|h| h.latest_version >= *version);
+                if !committed && pending.get(id).is_some_and(|(v, tx)| v == version && *tx == Some(written.tx_id)) {
+                    pending.remove(id);
+                }
+            }
+            new_patients.iter().filter(|id| state.identity(id).is_none()).copied().collect()
+        };
+        // Files are removed with no lock held.
+        if let Some(dir) = self.patient_key_dir.get() {
+            for id in unregistered {
+                let _ = std::fs::remove_file(dir.join(format!("{id}.key")));
+            }
         }
     }
 

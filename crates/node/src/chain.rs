@@ -241,6 +241,13 @@ impl Chain {
                     return Err(TxError::WrongChain.into());
                 }
                 let who = state.identity(&body.signer).ok_or(TxError::UnknownSigner(body.signer))?;
+                // Only validators sign batches (the ledger checks it again): no one else may
+                // park up to a megabyte per transaction in the mempool.
+                if matches!(body.payload, medledger_ledger::Payload::Batch { .. })
+                    && who.role != medledger_types::Role::Validator
+                {
+                    return Err(TxError::NotAuthorised("only a member organisation's validator signs a batch").into());
+                }
                 who.signing_key.verify(&tx.signed_message(), tx.signature()).map_err(|_| TxError::BadSignature)?;
             }
         }

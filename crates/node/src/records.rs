@@ -104,7 +104,7 @@ pub struct RecordService {
     pub(crate) organisation_keys: Keypair,
     pub(crate) blobs: Arc<dyn BlobStore>,
     /// Category keys this node created or unwrapped, by key and epoch.
-    pub(crate) category_keys: Mutex<HashMap<(CategoryKeyId, u32), CategoryKey>>,
+    pub(crate) category_keys: Mutex<HashMap<(CategoryKeyId, u32), CachedKey>>,
     /// Versions submitted but not yet committed, so concurrent updates do not collide.
     pub(crate) pending_versions: Mutex<HashMap<RecordId, (u32, Option<TxId>)>>,
     /// Access events waiting to be committed in a batch.
@@ -116,6 +116,46 @@ pub struct RecordService {
     /// Where keys of patients this organisation registers are kept for hand-over; unset: it
     /// registers none.
     pub(crate) patient_key_dir: OnceLock<std::path::PathBuf>,
+}
+
+/// A category key this node holds, and where it stands.
+#[derive(Clone)]
+pub(crate) struct CachedKey {
+    pub(crate) key: CategoryKey,
+    pub(crate) origin: KeyOrigin,
+}
+
+/// Whether a cached key is the chain's, or one this node created whose share may yet fail.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum KeyOrigin {
+    /// Unwrapped from a committed share: the key of its epoch.
+    Committed,
+    /// Created here; its share is about to be submitted (inside a batch being built).
+    Submitting,
+    /// Created here; its share went in with this transaction, not known committed yet.
+    Submitted(TxId),
+}
+
+impl RecordService {
+    /// The key this node created for an epoch not committed yet, if it may still commit: a
+    /// share that was refused or left the mempool is forgotten, so a new key can be made.
+    pub(crate) fn in_flight_key(
+        &self,
+        cache: &mut HashMap<(CategoryKeyId, u32), CachedKey>,
+        slot: &(CategoryKeyId, u32),
+    ) -> Option<CategoryKey> {
+        let cached = cache.get(slot)?;
+        if let KeyOrigin::Submitted(tx) = cached.origin
+            && matches!(
+                self.chain.tx_status(&tx),
+                Ok(crate::chain::TxStatus::Rejected { .. } | crate::chain::TxStatus::Unknown)
+            )
+        {
+            cache.remove(slot);
+            return None;
+        }
+        Some(cached.key.clone())
+    }
 }
 
 /// How long a submitted key share counts as in flight before it may be submitted again.
@@ -307,8 +347,8 @@ impl RecordService {
         let epoch = current.as_ref().map_or(1, |s| s.epoch + 1);
         let mut cache = self.category_keys.lock().expect("category key lock poisoned");
         // Created already and awaiting commitment: reuse it rather than start another.
-        if let Some(key) = cache.get(&(key_id.clone(), epoch)) {
-            return Ok((epoch, key.clone()));
+        if let Some(key) = self.in_flight_key(&mut cache, &(key_id.clone(), epoch)) {
+            return Ok((epoch, key));
         }
         let key = CategoryKey::generate(rng);
         let state = self.chain.state();
@@ -326,16 +366,20 @@ impl RecordService {
             epoch,
             shares,
         };
-        self.chain.submit_as(&self.node_keys, payload, now_ms)?;
-        cache.insert((key_id.clone(), epoch), key.clone());
+        let tx = self.chain.submit_as(&self.node_keys, payload, now_ms)?;
+        cache.insert((key_id.clone(), epoch), CachedKey { key: key.clone(), origin: KeyOrigin::Submitted(tx) });
         Ok((epoch, key))
     }
 
     /// A category key of this organisation's, unwrapped from its committed share.
     pub(crate) fn category_key(&self, key_id: &CategoryKeyId, epoch: u32) -> Result<CategoryKey, RecordError> {
-        if let Some(key) = self.category_keys.lock().expect("category key lock poisoned").get(&(key_id.clone(), epoch))
+        // Only a key unwrapped from the chain is trusted for a committed epoch: one this node
+        // created may have lost to another share of the same epoch.
+        if let Some(cached) =
+            self.category_keys.lock().expect("category key lock poisoned").get(&(key_id.clone(), epoch))
+            && cached.origin == KeyOrigin::Committed
         {
-            return Ok(key.clone());
+            return Ok(cached.key.clone());
         }
         let me = self.organisation();
         let share_tx = {
@@ -361,7 +405,10 @@ impl RecordService {
         let info = category_key_info(&key_id.custodian, &key_id.patient, &key_id.category, epoch);
         let key =
             hpke_unwrap(&self.organisation_keys, &info, &me.0, &wrap).map_err(|_| RecordError::NotDecryptableHere)?;
-        self.category_keys.lock().expect("category key lock poisoned").insert((key_id.clone(), epoch), key.clone());
+        self.category_keys
+            .lock()
+            .expect("category key lock poisoned")
+            .insert((key_id.clone(), epoch), CachedKey { key: key.clone(), origin: KeyOrigin::Committed });
         Ok(key)
     }
 

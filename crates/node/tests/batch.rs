@@ -172,7 +172,7 @@ fn a_refused_batch_leaves_no_patient_no_record_and_no_key_file() {
     assert!(matches!(w.chain.tx_status(&queued.tx_id).unwrap(), TxStatus::Rejected { .. }));
     assert!(w.chain.state().identity(&late.id()).is_none());
     assert!(w.chain.state().record(&queued.versions[0].0).is_none());
-    w.node.discard_unregistered_patient_keys(&[late.id()]);
+    w.node.abandon_batch(&queued, &[late.id()]);
     assert_eq!(w.key_files(), 0);
     // Updating a record of a patient new in the same batch makes no sense and is refused.
     let other = w.node.new_patient_keys().unwrap();
