@@ -1279,7 +1279,11 @@ fn organisation_of(state: &medledger_ledger::State, caller: &IdentityId) -> Opti
 
 /// A grant (consent, rule-derived access or break-glass) as an R4 Consent. Read-only for now:
 /// writing a Consent does not create a grant yet.
-fn consent_resource(state: &medledger_ledger::State, grant: &medledger_ledger::Grant, at_ms: u64) -> serde_json::Value {
+pub(crate) fn consent_resource(
+    state: &medledger_ledger::State,
+    grant: &medledger_ledger::Grant,
+    at_ms: u64,
+) -> serde_json::Value {
     use medledger_ledger::{GrantOrigin, Scope as GrantScope, actions};
     let identity =
         |id: &IdentityId| serde_json::json!({"identifier": {"system": IDENTITY_SYSTEM, "value": id.to_hex()}});
@@ -1725,8 +1729,10 @@ pub(crate) async fn metadata(State(app): State<AppState>, headers: HeaderMap) ->
     }
     resources.push(serde_json::json!({
         "type": "Consent",
-        "interaction": [{"code": "read"}, {"code": "search-type"}],
-        "searchParam": [{"name": "patient", "type": "reference", "documentation": "required: Patient/<id>; read-only: grants are made on the ledger (medledger consent grant)"}],
+        "interaction": [{"code": "read"}, {"code": "create"}, {"code": "update"}, {"code": "delete"}, {"code": "search-type"}],
+        "searchParam": [{"name": "patient", "type": "reference", "documentation": "required: Patient/<id>"}],
+        "documentation": "the patient's on-chain grants; create makes the grant a Consent describes exactly (or is refused), delete or update to inactive revokes; written by the patient or their delegate, signed by this node as the patient's appointed gateway delegate",
+        "conditionalCreate": false,
     }));
     resources.push(serde_json::json!({
         "type": "Provenance",

@@ -66,6 +66,7 @@ mod break_glass;
 mod error;
 pub mod fhir;
 mod fhir_bundle;
+mod fhir_consent;
 mod fhir_directory;
 mod fhir_export;
 mod fhir_search;
@@ -177,8 +178,8 @@ pub fn router_for(chain: Arc<Chain>, services: Services) -> Router {
         .route("/fhir/metadata", get(fhir::metadata))
         .route("/fhir/AuditEvent", get(fhir::audit_events))
         .route("/fhir/Provenance", get(fhir::provenance))
-        .route("/fhir/Consent", get(fhir::consents))
-        .route("/fhir/Consent/{id}", get(fhir::consent))
+        .route("/fhir/Consent", get(fhir::consents).post(fhir_consent::create))
+        .route("/fhir/Consent/{id}", get(fhir::consent).put(fhir_consent::update).delete(fhir_consent::delete))
         .route(
             "/fhir/{type}",
             post(fhir::create)

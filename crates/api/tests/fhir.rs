@@ -184,7 +184,10 @@ async fn capability_statement_names_exactly_what_is_served() {
             r["interaction"].as_array().unwrap().iter().map(|i| i["code"].as_str().unwrap()).collect();
         assert_eq!(codes, ["read", "vread", "create", "update", "delete", "history-instance", "search-type"]);
     }
-    assert_eq!(resources[n - 3]["interaction"], serde_json::json!([{"code": "read"}, {"code": "search-type"}]));
+    assert_eq!(
+        resources[n - 3]["interaction"],
+        serde_json::json!([{"code": "read"}, {"code": "create"}, {"code": "update"}, {"code": "delete"}, {"code": "search-type"}])
+    );
     for searched in &resources[n - 2..n] {
         assert_eq!(searched["interaction"], serde_json::json!([{"code": "search-type"}]));
     }
@@ -661,8 +664,8 @@ async fn grants_read_as_r4_consents_with_their_status() {
     assert_eq!(w.get(Some(&doc_b), &format!("/fhir/Consent/{}", grant_id.to_hex())).await.status, 403);
     let other = w.token(&w.other_patient, Role::Patient, "patient/*.rs");
     assert_eq!(w.get(Some(&other), &format!("/fhir/Consent?patient=Patient/{patient_id}")).await.status, 403);
-    // Writing Consents is not offered yet, and says so.
-    assert_eq!(w.post(&doc, "/fhir/Consent", FHIR, "{}").await.issue(), "not-supported");
+    // A write that is no Consent at all is a structural error (writes: tests/fhir_consent.rs).
+    assert_eq!(w.post(&doc, "/fhir/Consent", FHIR, "{}").await.status, 400);
 }
 
 fn lab_at(patient_id: &str, loinc: &str, value: &str, date: &str) -> String {

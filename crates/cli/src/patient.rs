@@ -82,7 +82,8 @@ enum ConsentCommand {
 
 #[derive(Subcommand)]
 enum DelegateCommand {
-    /// Appoint a delegate (a practitioner, or a patient identity such as a parent or guardian).
+    /// Appoint a delegate (a practitioner, a patient identity such as a parent or guardian, or
+    /// a node's validator identity as your FHIR gateway for Consent writes).
     Add {
         /// Your (the patient's) key file.
         #[arg(long)]

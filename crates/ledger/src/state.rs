@@ -1517,10 +1517,15 @@ impl<'a> Overlay<'a> {
                     return Err(TxError::InvalidField("a patient cannot be their own delegate"));
                 }
                 // A person: a practitioner (a trusted clinician) or a patient identity (a parent
-                // or guardian registered in their own right). Organisations, validators and
-                // system clients act under their own authority, never as a patient.
-                if !matches!(self.require(delegate, "delegate")?.role, Role::Practitioner | Role::Patient) {
-                    return Err(TxError::InvalidField("a delegate must be a practitioner or a patient identity"));
+                // or guardian registered in their own right); or a member's validator as the
+                // patient's FHIR gateway, signing the Consents the patient (or their personal
+                // delegate) writes through its API. Organisations and system clients act under
+                // their own authority, never as a patient.
+                let role = self.require(delegate, "delegate")?.role;
+                if !matches!(role, Role::Practitioner | Role::Patient | Role::Validator) {
+                    return Err(TxError::InvalidField(
+                        "a delegate must be a practitioner, a patient identity or a member's validator",
+                    ));
                 }
                 if *valid_until_ms <= ctx.timestamp_ms {
                     return Err(TxError::InvalidField("delegation has already ended"));

@@ -889,12 +889,15 @@ fn delegate_appointments_are_validated_and_bounded() {
     let (org_a, validator, patient) = (w.org_a.clone(), w.validator.clone(), w.patient.clone());
     let later = w.now() + DAY_MS;
     let invalid = |r: Result<TxId, TxError>| matches!(r, Err(TxError::InvalidField(_)));
-    // Persons only: no organisation, validator or system client; not oneself; not unknown.
+    // Persons, or a member's validator as FHIR gateway: no organisation or system client; not
+    // oneself; not unknown.
     let client = Keypair::from_label("ehr");
     w.ok(&org_a, Payload::register(Role::SystemClient, &client, Some(org_a.id()), "EHR"));
-    for who in [org_a.id(), validator.id(), client.id(), patient.id()] {
+    for who in [org_a.id(), client.id(), patient.id()] {
         assert!(invalid(w.appoint(who, later)), "{who:?} appointed");
     }
+    w.appoint(validator.id(), later).unwrap();
+    w.ok(&patient, Payload::DismissDelegate { patient: patient.id(), delegate: validator.id() });
     assert!(matches!(w.appoint(IdentityId([7; 32]), later), Err(TxError::UnknownIdentity { .. })));
     let guardian = w.guardian("guardian");
     assert!(invalid(w.appoint(guardian.id(), w.now())), "a delegation that already ended");
@@ -921,7 +924,7 @@ fn delegate_appointments_are_validated_and_bounded() {
     assert!(matches!(w.submit(&other, by_stranger), Err(TxError::NotAuthorised(_))));
     // The list is full again; the history keeps every appointment.
     assert!(w.appoint(guardian.id(), later).is_err());
-    assert_eq!(w.state.delegations_of(&patient.id()).count(), limits::DELEGATES_PER_PATIENT_MAX + 1);
+    assert_eq!(w.state.delegations_of(&patient.id()).count(), limits::DELEGATES_PER_PATIENT_MAX + 2);
 }
 
 #[test]

@@ -219,6 +219,23 @@ impl RecordService {
         self.organisation_keys.id()
     }
 
+    /// The identity this node signs with (its validator's).
+    pub fn node_identity(&self) -> IdentityId {
+        self.node_keys.id()
+    }
+
+    /// Signs a consent grant or revocation as a patient's gateway delegate: the ledger accepts
+    /// it only if the patient appointed this node (`docs/rules.md`). Nothing else is signed
+    /// this way.
+    pub fn submit_as_gateway(&self, payload: Payload, now_ms: TimestampMs) -> Result<TxId, RecordError> {
+        match payload {
+            Payload::ConsentGrant { .. } | Payload::ConsentRevoke { .. } => {
+                Ok(self.chain.submit_as(&self.node_keys, payload, now_ms)?)
+            }
+            _ => Err(RecordError::Invalid("a gateway signs consent grants and revocations only")),
+        }
+    }
+
     /// Encrypts and commits a record version written by `request.author` for this node's
     /// organisation. Returns once the commit is submitted (it is final a block later).
     pub fn write(
