@@ -4,7 +4,10 @@
 //!
 //! The index holds values derived from plaintext (codes, dates, names), so it lives in memory
 //! only: nothing of it is written to disk or logged, and it is rebuilt after a restart by
-//! decrypting again (on the first search). While one search brings the index up to a newly
+//! decrypting again (on the first search). After each block it looks only at the records that
+//! got a version since (`PatientIndex::changed_since`), and at every record every 30 s (for
+//! records that became readable here without a new version: a ciphertext replicated late, a key
+//! shared later). While one search brings the index up to a newly
 //! committed block, others answer from it as it was, so a search may miss what committed in
 //! the last moment. Results are filtered by the caller's consent
 //! (`access::decide_at_head`) before counting and paging, so totals reveal nothing the caller
@@ -88,8 +91,14 @@ pub struct SearchIndex {
     indexed: RwLock<Indexed>,
     /// Held by the one search bringing the index up to date; the others answer from the
     /// index as it is (at most a block or two behind) instead of all redoing the same work.
-    catching_up: std::sync::Mutex<()>,
+    /// It holds when the last full scan ran.
+    catching_up: std::sync::Mutex<Option<std::time::Instant>>,
 }
+
+/// How often catch-up looks at every record rather than only at what changed: a record
+/// whose ciphertext arrives later by replication, or whose key is shared with this node
+/// later, changes no record version, and is found this way.
+const FULL_SCAN_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl SearchIndex {
     /// Brings the index up to the chain's finalized records: indexes every record whose latest
@@ -108,7 +117,7 @@ impl SearchIndex {
         }
         // The first build must finish before anyone searches; later ones are single-flight.
         let first = self.indexed.read().expect("search index lock poisoned").height == 0;
-        let _turn = if first || wait {
+        let mut turn = if first || wait {
             self.catching_up.lock().expect("catch-up lock poisoned")
         } else {
             match self.catching_up.try_lock() {
@@ -129,8 +138,29 @@ impl SearchIndex {
         let (stale, stale_directory): (Vec<Stale>, Vec<Stale>) = {
             let indexed = self.indexed.read().expect("search index lock poisoned");
             let index = chain.patient_index();
-            let records = index
-                .records()
+            // After the first build, only what changed since the indexed height is looked at:
+            // most blocks (access events) change no record, and a scan of every record per
+            // block would stall the search that runs it.
+            let full = indexed.height == 0 || turn.is_none_or(|at| at.elapsed() >= FULL_SCAN_EVERY);
+            if full {
+                *turn = Some(std::time::Instant::now());
+            }
+            let changed: Box<dyn Iterator<Item = &medledger_node::index::RecordEntry>> = match full {
+                true => Box::new(index.records()),
+                false => {
+                    let from = indexed.height;
+                    let mut seen = HashSet::new();
+                    Box::new(
+                        index
+                            .changed_since(from)
+                            .filter(move |id| seen.insert(**id))
+                            .filter_map(|id| index.record(id))
+                            .collect::<Vec<_>>()
+                            .into_iter(),
+                    )
+                }
+            };
+            let records = changed
                 .filter(|r| SERVED_TYPES.contains(&r.resource_type.as_str()))
                 .filter_map(|r| {
                     let latest = r.versions.last()?;

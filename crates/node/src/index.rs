@@ -178,6 +178,9 @@ pub struct PatientIndex {
     break_glass_by_tx: HashMap<TxId, usize>,
     /// directory entry -> where each of its versions was committed, oldest first.
     directory: HashMap<RecordId, Vec<(u32, TxPosition)>>,
+    /// Every record version and directory version committed, as (height, id), in commit
+    /// order: what changed since a height, without scanning every record.
+    changes: Vec<(Height, RecordId)>,
     /// Height of the last block applied; blocks at or below it are ignored.
     height: Height,
 }
@@ -186,6 +189,13 @@ impl PatientIndex {
     /// Height of the last block indexed.
     pub fn height(&self) -> Height {
         self.height
+    }
+
+    /// The records and directory entries that got a version in a block above `height`, in
+    /// commit order (an id appears once per version).
+    pub fn changed_since(&self, height: Height) -> impl Iterator<Item = &RecordId> {
+        let from = self.changes.partition_point(|(h, _)| *h <= height);
+        self.changes[from..].iter().map(|(_, id)| id)
     }
 
     /// Where each version of a directory entry was committed, oldest first.
@@ -261,10 +271,12 @@ impl PatientIndex {
                                 if let Some(record) = self.patients.get_mut(p).and_then(|e| e.records.get_mut(*at)) {
                                     record.versions.push(entry);
                                 }
+                                self.changes.push((header.height, *record_id));
                             }
                             None => {
                                 let records = &mut self.patients.entry(*patient).or_default().records;
                                 self.records.insert(*record_id, (*patient, records.len()));
+                                self.changes.push((header.height, *record_id));
                                 records.push(RecordEntry {
                                     record_id: *record_id,
                                     patient: *patient,
@@ -278,6 +290,7 @@ impl PatientIndex {
                     }
                     Payload::DirectoryPut { entry_id, version, .. } => {
                         self.directory.entry(*entry_id).or_default().push((*version, position));
+                        self.changes.push((header.height, *entry_id));
                     }
                     Payload::AccessEvents { events } => {
                         for (event_index, event) in events.iter().enumerate().take(limits::ACCESS_EVENTS_PER_TX_MAX) {
