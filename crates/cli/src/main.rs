@@ -269,9 +269,11 @@ enum BenchCommand {
     /// FHIR import over HTTP: the Synthea transaction Bundles, then the bulk NDJSON set.
     FhirImport {
         /// How many times each Synthea Bundle is posted.
-        #[arg(long, default_value_t = 20)]
+        #[arg(long, default_value_t = 40)]
         copies: usize,
-        #[arg(long, default_value_t = 4)]
+        /// Concurrent importers (each Bundle waits for its block, so throughput grows with
+        /// them until the CPU is busy).
+        #[arg(long, default_value_t = 8)]
         clients: usize,
         /// Directory of transaction Bundles (default: the repository's Synthea set).
         #[arg(long)]
