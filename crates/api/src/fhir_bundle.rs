@@ -375,10 +375,12 @@ fn plan(app: &AppState, grant: &Grant, entries: Vec<EntryIn>, batch_entry: bool)
     let mut order: Vec<usize> = (0..entries.len()).collect();
     order.sort_by_key(|i| entries[*i].resource_type != "Patient");
     let mut rewritten: Vec<Option<Vec<u8>>> = vec![None; entries.len()];
+    let mut resolved: HashMap<String, String> = HashMap::new();
     for &i in &order {
         let entry = &entries[i];
         let Some(bytes) = &entry.bytes else { continue };
-        let content = rewrite(app, grant, entry, bytes, &by_url, &entries, &ids, &bundle_values, batch_entry)?;
+        let content =
+            rewrite(app, grant, entry, bytes, &by_url, &entries, &ids, &bundle_values, batch_entry, &mut resolved)?;
         if entry.resource_type == "Patient" && entry.method == Method::Post {
             let json: serde_json::Value = serde_json::from_slice(&content)
                 .map_err(|e| entry_error(entry.index, StatusCode::BAD_REQUEST, IssueCode::Invalid, e))?;
@@ -585,6 +587,7 @@ fn rewrite(
     ids: &[RecordId],
     bundle_values: &HashMap<usize, HashMap<&'static str, Vec<IndexValue>>>,
     batch_entry: bool,
+    resolved: &mut HashMap<String, String>,
 ) -> Result<Vec<u8>, FhirError> {
     let broken = |why: String| entry_error(entry.index, StatusCode::BAD_REQUEST, IssueCode::Processing, why);
     // The base of the entry's fullUrl (`https://x/fhir/` of `https://x/fhir/Patient/1`), for
@@ -623,12 +626,18 @@ fn rewrite(
                     }
                 }
             }
-            ReferenceKind::Conditional { resource_type, query } => Some(
-                resolve_conditional(app, grant, entries, ids, bundle_values, resource_type, query, batch_entry)
-                    .map_err(|why| {
-                        entry_error(entry.index, StatusCode::PRECONDITION_FAILED, IssueCode::Processing, why)
-                    })?,
-            ),
+            // The same conditional reference in many entries (a practitioner of every encounter)
+            // is resolved once per Bundle.
+            ReferenceKind::Conditional { .. } if resolved.contains_key(reference) => resolved.get(reference).cloned(),
+            ReferenceKind::Conditional { resource_type, query } => {
+                let to =
+                    resolve_conditional(app, grant, entries, ids, bundle_values, resource_type, query, batch_entry)
+                        .map_err(|why| {
+                            entry_error(entry.index, StatusCode::PRECONDITION_FAILED, IssueCode::Processing, why)
+                        })?;
+                resolved.insert(reference.clone(), to.clone());
+                Some(to)
+            }
             ReferenceKind::Contained { .. } | ReferenceKind::Oid => None,
         };
         if let Some(to) = to {

@@ -51,6 +51,8 @@ pub enum BlockError {
     UnknownProposer,
     #[error("{0} transactions exceed the per-block maximum")]
     TooManyTransactions(usize),
+    #[error("{0} operations exceed the per-block maximum")]
+    TooManyOperations(usize),
     #[error("header says {header} transactions, block has {actual}")]
     TxCountMismatch { header: u32, actual: usize },
     #[error("transactions root does not match the transactions")]

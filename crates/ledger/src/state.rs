@@ -512,13 +512,19 @@ impl State {
         let mut txs = Vec::new();
         let mut skipped = Vec::new();
         let mut bytes = 0usize;
+        let mut ops = 0usize;
         for tx in candidates {
-            if txs.len() >= limits::BLOCK_TXS_MAX || bytes + tx.bytes().len() + 4 > limits::BLOCK_BYTES_MAX - 1024 {
+            let tx_ops = tx.body().payload.ops().len();
+            if txs.len() >= limits::BLOCK_TXS_MAX
+                || bytes + tx.bytes().len() + 4 > limits::BLOCK_BYTES_MAX - 1024
+                || ops + tx_ops > limits::BLOCK_OPS_MAX
+            {
                 break;
             }
             match overlay.execute(&tx, ctx) {
                 Ok(_) => {
                     bytes += tx.bytes().len() + 4;
+                    ops += tx_ops;
                     txs.push(tx);
                 }
                 Err(e) => skipped.push((tx, e)),
@@ -587,6 +593,11 @@ impl State {
         }
         if block.txs.len() > limits::BLOCK_TXS_MAX {
             return Err(BlockError::TooManyTransactions(block.txs.len()));
+        }
+        // Batches carry many operations each: the work of a block is bounded by operations.
+        let ops: usize = block.txs.iter().map(|t| t.body().payload.ops().len()).sum();
+        if ops > limits::BLOCK_OPS_MAX {
+            return Err(BlockError::TooManyOperations(ops));
         }
         if h.tx_count as usize != block.txs.len() {
             return Err(BlockError::TxCountMismatch { header: h.tx_count, actual: block.txs.len() });

@@ -285,3 +285,34 @@ fn directory_entries_belong_to_the_organisation_that_wrote_them() {
     assert!(matches!(error, TxError::NotAuthorised(_)), "{error}");
     let _ = w.org_b.id();
 }
+
+#[test]
+fn a_block_is_bounded_by_operations_not_only_by_transactions() {
+    let mut w = World::new();
+    let node = w.node_a.clone();
+    let batches: Vec<Transaction> = (0..20u64)
+        .map(|n| {
+            let ops = (0..limits::BATCH_OPS_MAX as u32)
+                .map(|i| {
+                    let mut id = [0u8; 32];
+                    id[..8].copy_from_slice(&n.to_be_bytes());
+                    id[8..12].copy_from_slice(&i.to_be_bytes());
+                    Payload::DirectoryPut {
+                        entry_id: RecordId(id),
+                        version: 1,
+                        resource_type: "Location".into(),
+                        content: b"{}".to_vec(),
+                    }
+                })
+                .collect();
+            sign(&node, w.state.chain_id(), node.id(), w.state.next_nonce(&node.id()) + n, Payload::Batch { ops })
+        })
+        .collect();
+    // A proposer stops before the limit ...
+    let (block, _) = w.state.build_block(batches.clone(), w.t + 1000, node.id());
+    let ops: usize = block.txs.iter().map(|t| t.body().payload.ops().len()).sum();
+    assert!(ops <= limits::BLOCK_OPS_MAX && ops + limits::BATCH_OPS_MAX > limits::BLOCK_OPS_MAX, "{ops}");
+    // ... and a block past it is refused before any of it is executed.
+    let error = w.apply(batches).unwrap_err();
+    assert!(matches!(error, BlockError::TooManyOperations(n) if n == 20 * limits::BATCH_OPS_MAX), "{error}");
+}

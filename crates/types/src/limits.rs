@@ -13,6 +13,8 @@ pub const BATCH_OPS_MAX: usize = 2048;
 pub const DIRECTORY_CONTENT_BYTES_MAX: usize = 32 * 1024;
 /// Most transactions in one block (consensus-relevant).
 pub const BLOCK_TXS_MAX: usize = 20_000;
+/// Most operations in one block, a batch counting each of its operations (consensus-relevant).
+pub const BLOCK_OPS_MAX: usize = 40_000;
 /// Largest encoded block (consensus-relevant).
 pub const BLOCK_BYTES_MAX: usize = 16 * 1024 * 1024;
 /// Longest display name of an identity, in bytes of UTF-8 (consensus-relevant).
