@@ -297,8 +297,19 @@ struct Plan {
 fn plan(app: &AppState, grant: &Grant, entries: Vec<EntryIn>, batch_entry: bool) -> Result<Plan, FhirError> {
     let service = records(app)?;
     let custodian = service.organisation();
+    // A refused change of an existing record is on that record's audit trail, as for a single
+    // update or delete.
+    let audit_refusal = |reason: &str| {
+        for entry in entries.iter().filter(|e| e.method != Method::Post) {
+            let patient = entry.target.and_then(|id| app.chain.state().record(&id).map(|h| h.patient));
+            if let Some(patient) = patient {
+                service.audit_refused_write(grant.identity, patient, entry.target, reason, now_ms());
+            }
+        }
+    };
     for entry in &entries {
         if !grant.allows(&entry.resource_type, interaction(entry.method)) {
+            audit_refusal("scope-not-granted");
             return Err(entry_error(
                 entry.index,
                 StatusCode::FORBIDDEN,
@@ -308,6 +319,7 @@ fn plan(app: &AppState, grant: &Grant, entries: Vec<EntryIn>, batch_entry: bool)
         }
     }
     if !is_staff(app, &grant.identity, &custodian) {
+        audit_refusal("not-custodian-staff");
         return Err(error(
             StatusCode::FORBIDDEN,
             IssueCode::Forbidden,

@@ -30,6 +30,7 @@ const FHIR: &str = "application/fhir+json";
 
 struct World {
     chain: Arc<Chain>,
+    service: Arc<RecordService>,
     tokens: Arc<TokenStore>,
     router: axum::Router,
     doc_a: Keypair,
@@ -95,7 +96,7 @@ impl World {
         let router = medledger_api::router_for(
             chain.clone(),
             Services {
-                records: Some(service),
+                records: Some(service.clone()),
                 tokens: tokens.clone(),
                 fhir_commit_wait_ms: 10_000,
                 public_bases: vec!["http://fhir.test".into()],
@@ -112,7 +113,7 @@ impl World {
                 }
             })
         };
-        Self { chain, tokens, router, doc_a, doc_b, keys_dir, stop, committer: Some(committer), _dir: dir }
+        Self { chain, service, tokens, router, doc_a, doc_b, keys_dir, stop, committer: Some(committer), _dir: dir }
     }
 
     fn token(&self, who: &Keypair, role: Role, scope: &str) -> String {
@@ -623,6 +624,11 @@ async fn a_bundle_cannot_move_a_record_or_search_beyond_its_scopes_or_publish_pa
     let body = transaction(vec![json!({"resource": moved, "request": {"method": "PUT", "url": ids[2]}})]);
     let refused = w.post(&doc, "/fhir", &body).await;
     assert_eq!(refused.status, 422, "{}", refused.text());
+    // Another organisation's practitioner: refused, and the attempt is on the record's trail.
+    let outsider = w.token(&w.doc_b, Role::Practitioner, "user/*.cruds");
+    let before = w.service.pending_events();
+    assert_eq!(w.post(&outsider, "/fhir", &body).await.status, 403);
+    assert_eq!(w.service.pending_events(), before + 1, "the refused write is audited");
     // A conditional reference is a search: a token that may create Encounters but not search
     // Practitioners cannot resolve one.
     let writer = w.token(&w.doc_a, Role::Practitioner, "user/Encounter.c user/Patient.c");
