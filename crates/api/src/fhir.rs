@@ -1473,13 +1473,7 @@ pub(crate) async fn type_history(
 ) -> Result<Response, FhirError> {
     served(&resource_type)?;
     if crate::fhir_directory::is_directory(&resource_type) {
-        return Err(FhirError::new(
-            StatusCode::NOT_FOUND,
-            IssueCode::NotSupported,
-            format!(
-                "type history is not supported for directory types such as {resource_type}; search, or read an entry's _history"
-            ),
-        ));
+        return crate::fhir_directory::type_history(app, headers, resource_type, query).await;
     }
     // SMART maps type history to search (`s`): it lists the type's records.
     let grant = authorize(&app, &headers, &resource_type, interactions::SEARCH)?;
@@ -1707,13 +1701,14 @@ pub(crate) async fn metadata(State(app): State<AppState>, headers: HeaderMap) ->
         })
         .collect();
     let mut resources = resources;
-    // The consortium directory: in clear, no consent, no type history.
+    // The consortium directory: in clear, no consent.
     for t in medledger_types::DIRECTORY_RESOURCE_TYPES {
         resources.push(serde_json::json!({
             "type": t,
             "interaction": [
                 {"code": "read"}, {"code": "vread"}, {"code": "create"}, {"code": "update"},
-                {"code": "delete"}, {"code": "history-instance"}, {"code": "search-type"}
+                {"code": "delete"}, {"code": "history-instance"}, {"code": "history-type"},
+                {"code": "search-type"}
             ],
             "searchParam": crate::fhir_search::declared_params(t),
             "searchInclude": ["*"],

@@ -6,7 +6,7 @@
 //! cover the type, with no consent decision and no access event. Writes are by the staff and
 //! systems of the organisation operating this node; an entry is owned by the organisation that
 //! created it, and only that organisation writes its later versions. Delete is logical, as for
-//! records: the next version is a delete marker.
+//! records: the next version is a delete marker. Instance and type history list every version.
 
 use axum::{
     body::Bytes,
@@ -295,6 +295,62 @@ pub(crate) async fn history(
             bundle.push(',');
         }
         push_history_entry(&mut bundle, &resource_type, &entry_id, *version, *at_ms, content)?;
+    }
+    bundle.push_str("]}");
+    Ok(bundle_response(bundle))
+}
+
+/// `GET /fhir/{type}/_history` for a directory type: every version of every entry of the
+/// type, newest commit first, paged.
+pub(crate) async fn type_history(
+    app: AppState,
+    headers: HeaderMap,
+    resource_type: String,
+    query: std::collections::HashMap<String, String>,
+) -> Result<Response, FhirError> {
+    // SMART maps type history to search (`s`), as for records.
+    authorize(&app, &headers, &resource_type, interactions::SEARCH)?;
+    let (count, offset) = paging(&query, HISTORY_VERSIONS_MAX, "type history")?;
+    // (log index, entry, version, committed at); the state first, then the index (lock order).
+    let ids: Vec<RecordId> = app
+        .chain
+        .state()
+        .directory_entries()
+        .filter(|(_, head)| head.resource_type == resource_type)
+        .map(|(id, _)| *id)
+        .collect();
+    let mut versions: Vec<(u64, RecordId, u32, u64)> = {
+        let index = app.chain.patient_index();
+        ids.iter()
+            .flat_map(|id| {
+                index
+                    .directory_versions(id)
+                    .iter()
+                    .map(|(v, p)| (p.log_index, *id, *v, p.committed_at_ms))
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    };
+    versions.sort_by_key(|v| std::cmp::Reverse((v.0, v.2)));
+    let total = versions.len();
+    let page: Vec<_> = versions.into_iter().skip(offset).take(count).collect();
+    let service = records(&app)?;
+    let wanted = page.clone();
+    let contents = tokio::task::spawn_blocking(move || {
+        wanted
+            .iter()
+            .map(|(_, id, v, _)| service.read_directory(id, Some(*v)).map(|r| r.content))
+            .collect::<Result<Vec<_>, _>>()
+    })
+    .await
+    .map_err(|_| task_failed("read"))??;
+    let links = page_links(&format!("/fhir/{resource_type}/_history"), count, offset, total);
+    let mut bundle = format!(r#"{{"resourceType":"Bundle","type":"history","total":{total},"link":{links},"entry":["#);
+    for (i, ((_, id, version, at_ms), content)) in page.iter().zip(&contents).enumerate() {
+        if i > 0 {
+            bundle.push(',');
+        }
+        push_history_entry(&mut bundle, &resource_type, id, *version, *at_ms, content)?;
     }
     bundle.push_str("]}");
     Ok(bundle_response(bundle))

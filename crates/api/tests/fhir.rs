@@ -182,7 +182,10 @@ async fn capability_statement_names_exactly_what_is_served() {
     for r in &resources[records..n - 3] {
         let codes: Vec<&str> =
             r["interaction"].as_array().unwrap().iter().map(|i| i["code"].as_str().unwrap()).collect();
-        assert_eq!(codes, ["read", "vread", "create", "update", "delete", "history-instance", "search-type"]);
+        assert_eq!(
+            codes,
+            ["read", "vread", "create", "update", "delete", "history-instance", "history-type", "search-type"]
+        );
     }
     assert_eq!(
         resources[n - 3]["interaction"],

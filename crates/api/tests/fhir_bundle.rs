@@ -529,8 +529,11 @@ async fn directory_entries_are_read_by_scope_and_written_only_by_their_organisat
     let mut huge = organization();
     huge["alias"] = json!(vec!["x".repeat(1000); 40]);
     assert_eq!(w.post(&doc, "/fhir/Organization", &huge.to_string()).await.status, 413);
-    // Type history is not offered for directory types, and says so.
-    assert_eq!(w.get(&reader, "/fhir/Organization/_history").await.status, 404);
+    // Type history: every version of every Organization, newest first (the delete too).
+    let history = w.get(&reader, "/fhir/Organization/_history").await.json();
+    assert_eq!(history["total"], 3, "{history}");
+    assert_eq!(history["entry"][0]["request"]["method"], "DELETE", "{history}");
+    assert_eq!(history["entry"][2]["resource"]["name"], "Synthetic General", "{history}");
 }
 
 /// The Synthea transaction Bundles (testdata/fhir/synthea-r4): patients with their
