@@ -1209,10 +1209,30 @@ pub(crate) async fn provenance(
             None => continue,
         };
         let recorded = instant_from_ms(version.position.committed_at_ms);
-        let activity = if version.version == 1 { "CREATE" } else { "UPDATE" };
+        // A delete is a version too: its marker says so (the caller may read the record).
+        let deleted = match &app.records {
+            Some(service) => {
+                let service = service.clone();
+                let v = version.version;
+                tokio::task::spawn_blocking(move || service.plaintext_for_index(&record_id, v))
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+                    .is_some_and(|p| is_tombstone(&p))
+            }
+            None => false,
+        };
+        let activity = match (version.version, deleted) {
+            (_, true) => "DELETE",
+            (1, false) => "CREATE",
+            _ => "UPDATE",
+        };
+        // One ledger transaction (a Bundle's batch) can commit versions of many records: the
+        // id names the record too.
+        let provenance_id = format!("{}-{}", version.position.log_index, &record_id.to_hex()[..32]);
         let resource = serde_json::json!({
             "resourceType": "Provenance",
-            "id": version.position.log_index.to_string(),
+            "id": provenance_id,
             "extension": [
                 {"url": LEDGER_TX_EXTENSION, "valueString": version.position.tx_id.to_hex()},
                 {"url": LEDGER_LOG_INDEX_EXTENSION, "valueUnsignedInt": version.position.log_index},
@@ -1240,7 +1260,7 @@ pub(crate) async fn provenance(
             }],
         });
         entries.push(serde_json::json!({
-            "fullUrl": format!("/fhir/Provenance/{}", version.position.log_index),
+            "fullUrl": format!("/fhir/Provenance/{provenance_id}"),
             "resource": resource,
             "search": {"mode": "match"},
         }));

@@ -604,6 +604,19 @@ async fn every_version_has_a_provenance_naming_author_custodian_and_ledger_trans
     assert_eq!(signature, tx.signature().0.to_vec());
     let signer = w.chain.state().identity(&tx.body().signer).unwrap().signing_key;
     signer.verify(&tx.signed_message(), tx.signature()).unwrap();
+    // A delete is a version with its own Provenance, labelled as such.
+    let deleted = w.send(
+        Request::delete(format!("/fhir/Observation/{obs_id}"))
+            .header("host", "fhir.test")
+            .header("authorization", format!("Bearer {doc}"))
+            .body(Body::empty())
+            .unwrap(),
+    );
+    assert_eq!(deleted.await.status, 204);
+    w.commit();
+    let bundle = w.get(Some(&doc), &format!("/fhir/Provenance?target=Observation/{obs_id}")).await.json();
+    assert_eq!(bundle["entry"][0]["resource"]["activity"]["coding"][0]["code"], "DELETE", "{bundle}");
+    assert_eq!(bundle["total"], 3);
     // Only for those who may read the record.
     let doc_b = w.token(&w.doc_b, Role::Practitioner, "user/*.rs");
     assert_eq!(w.get(Some(&doc_b), &format!("/fhir/Provenance?target=Observation/{obs_id}")).await.status, 403);
