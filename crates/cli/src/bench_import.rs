@@ -6,8 +6,8 @@
 //!    ledger transaction, answered once committed; every copy of a patient Bundle is a new
 //!    patient. Resources/s over the whole window, and per-Bundle latency.
 //! 2. Bulk NDJSON: `testdata/fhir/bulk-ndjson-10-patients` (7,160 resources, 10,037
-//!    conditional references) through the same importer as `medledger fhir import`, one
-//!    client, chunks of 500.
+//!    conditional references) through the same importer as `medledger fhir import`: 4 patients
+//!    at a time, chunks of 500.
 //!
 //! The load generator shares the machine with the node. The last line is JSON.
 
@@ -181,7 +181,7 @@ fn drive(
     let synthea_window_s = started.elapsed().as_secs_f64();
     eprintln!("bench: importing the bulk NDJSON set ...");
     let client = FhirClient::with_token(&base, &token);
-    let ndjson = import_paths(&client, std::slice::from_ref(&opts.ndjson_dir), 500, false)?;
+    let ndjson = import_paths(&client, std::slice::from_ref(&opts.ndjson_dir), 500, 4, false)?;
     let bundle_latency_ms = latencies.into_inner().expect("lock");
     Ok(Figures {
         synthea_resources: resources.into_inner(),

@@ -50,6 +50,9 @@ pub struct ImportArgs {
     /// Most entries per transaction Bundle (at most 1000).
     #[arg(long, default_value_t = 500)]
     pub chunk: usize,
+    /// Patients imported at the same time (each patient's Bundles go one after another).
+    #[arg(long, default_value_t = 4)]
+    pub parallel: usize,
     /// NDJSON files, Bundle files, or directories of them.
     #[arg(required = true)]
     pub inputs: Vec<PathBuf>,
@@ -78,12 +81,18 @@ pub fn run(args: &ImportArgs) -> Result<Imported> {
     }
     let keys = medledger_crypto::read_key_file(&args.key).with_context(|| format!("reading {}", args.key.display()))?;
     let client = FhirClient::connect(&args.node, &keys)?;
-    import_paths(&client, &args.inputs, args.chunk, true)
+    import_paths(&client, &args.inputs, args.chunk, args.parallel, true)
 }
 
 /// Imports `inputs` (files or directories) through `client`; with `verbose`, prints progress
 /// after every Bundle.
-pub fn import_paths(client: &FhirClient, inputs: &[PathBuf], chunk: usize, verbose: bool) -> Result<Imported> {
+pub fn import_paths(
+    client: &FhirClient,
+    inputs: &[PathBuf],
+    chunk: usize,
+    parallel: usize,
+    verbose: bool,
+) -> Result<Imported> {
     let mut ndjson = Vec::new();
     let mut bundles = Vec::new();
     for input in inputs {
@@ -100,7 +109,7 @@ pub fn import_paths(client: &FhirClient, inputs: &[PathBuf], chunk: usize, verbo
     }
     if !ndjson.is_empty() {
         let resources = read_ndjson(&ndjson)?;
-        import_ndjson(client, resources, chunk, &mut imported, started, verbose)?;
+        import_ndjson(client, resources, chunk, &mut imported, started, verbose, parallel)?;
     }
     imported.seconds = started.elapsed().as_secs_f64();
     Ok(imported)
@@ -185,6 +194,7 @@ fn import_ndjson(
     imported: &mut Imported,
     started: Instant,
     verbose: bool,
+    parallel: usize,
 ) -> Result<()> {
     // Source `Type/id` → the server's `Type/id`, for references across chunks.
     let mut server_ids: HashMap<String, String> = HashMap::new();
@@ -226,17 +236,48 @@ fn import_ndjson(
         "Encounter" => 1,
         _ => 2,
     };
-    for (patient, mut group) in by_patient {
+    for (patient, group) in &mut by_patient {
         group.sort_by_key(|r| rank(r));
-        if group.first().is_none_or(|r| r.resource_type != "Patient") && !server_ids.contains_key(&patient) {
+        if group.first().is_none_or(|r| r.resource_type != "Patient") {
             bail!("the input has resources of {patient} but not the Patient itself");
         }
-        for part in chunks(&group, chunk, RECORD_BUNDLE_BYTES_MAX) {
-            send(client, &part, &mut server_ids, imported)?;
-            progress(imported, started, verbose);
-        }
     }
-    Ok(())
+    // Patients are independent of each other: `parallel` streams take them in turn; each
+    // patient's chunks go in order, each after the one before it committed.
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let failed: std::sync::Mutex<Option<anyhow::Error>> = std::sync::Mutex::new(None);
+    let shared = std::sync::Mutex::new(std::mem::take(imported));
+    std::thread::scope(|s| {
+        for _ in 0..parallel.max(1) {
+            s.spawn(|| {
+                loop {
+                    let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if n >= by_patient.len() || failed.lock().expect("lock").is_some() {
+                        return;
+                    }
+                    let (patient, group) = &by_patient[n];
+                    // References across this patient's chunks, over the directory's.
+                    let mut ids = server_ids.clone();
+                    for part in chunks(group, chunk, RECORD_BUNDLE_BYTES_MAX) {
+                        let mut counted = Imported::default();
+                        if let Err(e) = send(client, &part, &mut ids, &mut counted) {
+                            failed.lock().expect("lock").get_or_insert(e.context(format!("importing {patient}")));
+                            return;
+                        }
+                        let mut total = shared.lock().expect("lock");
+                        total.resources += counted.resources;
+                        total.bundles += counted.bundles;
+                        progress(&total, started, verbose);
+                    }
+                }
+            });
+        }
+    });
+    *imported = shared.into_inner().expect("lock");
+    match failed.into_inner().expect("lock") {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
 }
 
 /// `items` in runs of at most `count` entries and about `bytes_max` bytes.
