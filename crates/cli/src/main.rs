@@ -10,6 +10,7 @@ mod dev;
 mod fhir_import;
 mod init;
 mod patient;
+mod patient_keys;
 mod run;
 mod txcmd;
 
@@ -129,6 +130,11 @@ enum Command {
     Bench {
         #[command(subcommand)]
         command: BenchCommand,
+    },
+    /// The keys a node holds in trust for patients it registered: list, hand over, forget.
+    PatientKeys {
+        #[command(subcommand)]
+        command: patient_keys::PatientKeysCommand,
     },
     /// FHIR data in and out of a running node.
     Fhir {
@@ -398,6 +404,7 @@ fn run_command(command: Command) -> Result<ExitCode> {
                 http,
             })?;
         }
+        Command::PatientKeys { command } => patient_keys::run(command)?,
         Command::Fhir { command: FhirCommand::Import(args) } => {
             let imported = fhir_import::run(&args)?;
             println!(
@@ -455,7 +462,25 @@ fn tx(common: TxCommon, command: TxCommand) -> Result<()> {
                     .as_u64()
                     .context("node did not report a nonce")?,
             };
-            txcmd::submit(&client, &signer, Some(nonce), txcmd::rotate_payload(&new_keys), wait)?
+            let answer = txcmd::submit(&client, &signer, Some(nonce), txcmd::rotate_payload(&new_keys), wait)?;
+            if wait {
+                // Committed: the new key file now names the identity it signs for.
+                let identity = signer.id();
+                medledger_crypto::rewrite_key_file(&new_key, &new_keys.for_identity(identity))
+                    .with_context(|| format!("recording the identity in {}", new_key.display()))?;
+                eprintln!(
+                    "{} now holds the keys of identity {identity}; {} no longer signs for it",
+                    new_key.display(),
+                    key.display()
+                );
+            } else {
+                eprintln!(
+                    "once committed, {} signs for identity {}: run with waiting to record it in the file",
+                    new_key.display(),
+                    signer.id()
+                );
+            }
+            answer
         }
         TxCommand::Grant(grant) => {
             let (signer, payload) = grant.payload(init::now_ms())?;

@@ -162,7 +162,45 @@ fn bulk_ndjson_imports_with_its_conditional_references_resolved() {
             assert_eq!(get(&format!("{base}/{reference}"), &alice).0, 200, "{reference}");
         }
     };
-    let outcome = std::panic::catch_unwind(checks);
+    // The import registered its patients with keys the node holds; hand one over: the patient
+    // rotates to keys of their own, the node forgets its copy, the new keys sign for them.
+    let node = format!("http://127.0.0.1:{port}");
+    let cli = |args: &[&str]| {
+        let out = Command::new(BIN).args(args).output().unwrap();
+        (
+            out.status.success(),
+            format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
+        )
+    };
+    let hand_over = || {
+        let held = dir.join("patient-keys");
+        let first = std::fs::read_dir(&held)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.extension().is_some_and(|x| x == "key"))
+            .unwrap();
+        let patient = first.file_stem().unwrap().to_string_lossy().into_owned();
+        let data = dir.to_string_lossy().into_owned();
+        let (given, new) = (temp.path().join("given.key"), temp.path().join("new.key"));
+        let (given, new) = (given.to_string_lossy().into_owned(), new.to_string_lossy().into_owned());
+        let (ok, said) = cli(&["patient-keys", "forget", "--data-dir", &data, "--patient", &patient, "--node", &node]);
+        assert!(!ok && said.contains("still"), "forgot a key still in use: {said}");
+        let (ok, said) =
+            cli(&["patient-keys", "hand-over", "--data-dir", &data, "--patient", &patient, "--out", &given]);
+        assert!(ok, "{said}");
+        assert!(cli(&["keygen", "--out", &new]).0);
+        let (ok, said) = cli(&["tx", "--node", &node, "rotate-key", "--key", &given, "--new-key", &new]);
+        assert!(ok, "{said}");
+        let (ok, said) = cli(&["patient-keys", "forget", "--data-dir", &data, "--patient", &patient, "--node", &node]);
+        assert!(ok, "{said}");
+        assert!(!first.exists(), "the held copy is gone");
+        // The rotated keys sign for the patient's identity: their access log opens.
+        let (ok, said) = cli(&["access-log", "--node", &node, "--key", &new]);
+        assert!(ok, "the rotated keys cannot act for the patient: {said}");
+        let (ok, _) = cli(&["access-log", "--node", &node, "--key", &given]);
+        assert!(!ok, "the replaced keys still act for the patient");
+    };
+    let outcome = std::panic::catch_unwind(checks).and_then(|()| std::panic::catch_unwind(hand_over));
     let _ = child.kill();
     let _ = child.wait();
     if let Err(panic) = outcome {

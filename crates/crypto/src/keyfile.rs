@@ -3,7 +3,7 @@
 //! ```text
 //! # medledger secret key file: keep private, never share
 //! format: medledger-key-v1
-//! id: <hex identity id, informational>
+//! id: <hex identity id: the signing key's own id, or the identity it replaced keys of>
 //! signing-seed: <64 hex>
 //! encryption-secret: <64 hex>
 //! ```
@@ -15,6 +15,8 @@ use std::{
 };
 
 use zeroize::Zeroizing;
+
+use medledger_types::IdentityId;
 
 use crate::Keypair;
 
@@ -79,6 +81,7 @@ pub fn read_key_file(path: &Path) -> Result<Keypair, KeyFileError> {
     let mut format = None;
     let mut signing = None;
     let mut encryption = None;
+    let mut id = None;
     for line in text.lines() {
         let line = line.trim();
         if line.is_empty() || line.starts_with('#') {
@@ -97,7 +100,7 @@ pub fn read_key_file(path: &Path) -> Result<Keypair, KeyFileError> {
                 encryption =
                     Some(parse_secret(value).ok_or_else(|| malformed("encryption-secret is not 64 hex characters"))?)
             }
-            "id" => {}
+            "id" => id = Some(IdentityId::from_hex(value).map_err(|_| malformed("id is not 64 hex characters"))?),
             _ => return Err(malformed("unknown field")),
         }
     }
@@ -108,7 +111,24 @@ pub fn read_key_file(path: &Path) -> Result<Keypair, KeyFileError> {
     }
     let signing = signing.ok_or_else(|| malformed("missing signing-seed"))?;
     let encryption = encryption.ok_or_else(|| malformed("missing encryption-secret"))?;
-    Ok(Keypair::from_secrets(&signing, &encryption))
+    let keys = Keypair::from_secrets(&signing, &encryption);
+    // The id line names the identity the keys sign for: their own id, or (after a rotation)
+    // the identity whose keys they became. A wrong one only makes signatures fail on-chain.
+    Ok(match id {
+        Some(id) => keys.for_identity(id),
+        None => keys,
+    })
+}
+
+/// Replaces the key file at `path` (which must exist) with `keys` — used to record, after a
+/// key rotation, which identity the new keys sign for. Atomic: a temporary file, then rename.
+pub fn rewrite_key_file(path: &Path, keys: &Keypair) -> Result<(), KeyFileError> {
+    let io = |source| KeyFileError::Io { path: path.to_owned(), source };
+    fs::metadata(path).map_err(io)?;
+    let staged = path.with_extension("rewrite-keyfile");
+    let _ = fs::remove_file(&staged);
+    write_key_file(&staged, keys)?;
+    fs::rename(&staged, path).map_err(io)
 }
 
 fn parse_secret(value: &str) -> Option<Zeroizing<[u8; 32]>> {
@@ -140,6 +160,30 @@ mod tests {
             assert_eq!(mode, 0o600);
         }
         assert!(matches!(write_key_file(&path, &keys), Err(KeyFileError::Exists { .. })));
+    }
+
+    #[test]
+    fn rotated_keys_keep_the_identity_they_sign_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let (first, second) = (Keypair::generate(), Keypair::generate());
+        let path = dir.path().join("new.key");
+        write_key_file(&path, &second).unwrap();
+        assert_eq!(read_key_file(&path).unwrap().id(), second.id(), "fresh keys sign as themselves");
+        // After a rotation the file records the identity whose keys they became.
+        rewrite_key_file(&path, &second.clone().for_identity(first.id())).unwrap();
+        let back = read_key_file(&path).unwrap();
+        assert_eq!((back.id(), back.public_key()), (first.id(), second.public_key()));
+        assert_eq!(back.clone().id(), first.id(), "clones keep it");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        }
+        // Rewriting needs an existing file; a malformed id is refused.
+        assert!(rewrite_key_file(&dir.path().join("absent.key"), &second).is_err());
+        let text = fs::read_to_string(&path).unwrap().replace(&first.id().to_hex(), "zz");
+        fs::write(dir.path().join("bad.key"), text).unwrap();
+        assert!(read_key_file(&dir.path().join("bad.key")).is_err());
     }
 
     #[test]

@@ -14,7 +14,7 @@ use zeroize::Zeroizing;
 
 pub mod envelope;
 mod keyfile;
-pub use keyfile::{KeyFileError, read_key_file, write_key_file};
+pub use keyfile::{KeyFileError, read_key_file, rewrite_key_file, write_key_file};
 
 /// Errors from signature verification and key handling.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -127,6 +127,9 @@ pub fn verify_batch(items: &[(PublicKey, &[u8], Signature)]) -> Result<(), Crypt
 pub struct Keypair {
     signing: ed25519_zebra::SigningKey,
     encryption: x25519_dalek::StaticSecret,
+    /// The identity these keys sign for, when they replaced its first keys (key rotation keeps
+    /// the id); `None`: the id derived from the signing key.
+    identity: Option<IdentityId>,
 }
 
 impl fmt::Debug for Keypair {
@@ -138,7 +141,9 @@ impl fmt::Debug for Keypair {
 
 impl Clone for Keypair {
     fn clone(&self) -> Self {
-        Self::from_secrets(&self.signing_seed(), &self.encryption_secret())
+        let mut keys = Self::from_secrets(&self.signing_seed(), &self.encryption_secret());
+        keys.identity = self.identity;
+        keys
     }
 }
 
@@ -168,6 +173,7 @@ impl Keypair {
         Self {
             signing: ed25519_zebra::SigningKey::from(*signing_seed),
             encryption: x25519_dalek::StaticSecret::from(*encryption_secret),
+            identity: None,
         }
     }
 
@@ -187,9 +193,17 @@ impl Keypair {
         EncryptionPublicKey(x25519_dalek::PublicKey::from(&self.encryption).to_bytes())
     }
 
-    /// The id this identity has if these are its first keys.
+    /// The identity these keys sign for: the one they were assigned to after a key rotation
+    /// ([`Keypair::for_identity`]), else the id derived from the signing key (an identity's id
+    /// is that of its first keys).
     pub fn id(&self) -> IdentityId {
-        identity_id(&self.public_key())
+        self.identity.unwrap_or_else(|| identity_id(&self.public_key()))
+    }
+
+    /// These keys as the new keys of `identity` (after a key rotation).
+    pub fn for_identity(mut self, identity: IdentityId) -> Self {
+        self.identity = (identity != identity_id(&self.public_key())).then_some(identity);
+        self
     }
 
     pub fn sign(&self, msg: &[u8]) -> Signature {
