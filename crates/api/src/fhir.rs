@@ -549,6 +549,10 @@ pub(crate) async fn create(
     let grant = authorize(&app, &headers, &resource_type, interactions::CREATE)?;
     check_content_type(&headers)?;
     let validated = medledger_fhir::validate(&body).map_err(FhirError::invalid)?;
+    // Conditional create: already here means nothing is written.
+    if let Some(found) = crate::fhir_bundle::if_none_exist(&app, &headers, &grant, &resource_type).await? {
+        return Ok(found);
+    }
     if validated.resource_type != resource_type {
         return Err(FhirError::new(
             StatusCode::BAD_REQUEST,
@@ -1707,7 +1711,7 @@ pub(crate) async fn metadata(State(app): State<AppState>, headers: HeaderMap) ->
                 "versioning": "versioned",
                 "readHistory": true,
                 "updateCreate": false,
-                "conditionalCreate": false,
+                "conditionalCreate": true,
                 "conditionalUpdate": false,
                 "conditionalDelete": "not-supported",
             });
@@ -1736,7 +1740,7 @@ pub(crate) async fn metadata(State(app): State<AppState>, headers: HeaderMap) ->
             "versioning": "versioned",
             "readHistory": true,
             "updateCreate": false,
-            "conditionalCreate": false,
+            "conditionalCreate": true,
             "conditionalUpdate": false,
             "conditionalDelete": "not-supported",
             "documentation": "consortium directory: committed on-chain in clear, readable with the type's scope alone",

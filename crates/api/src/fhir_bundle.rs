@@ -97,6 +97,9 @@ struct EntryIn {
     /// References of the resource, as the validator found them.
     references: Vec<(String, ReferenceKind)>,
     if_match: Option<u32>,
+    /// Conditional create: the search (`identifier=…|…`) whose single match means "already
+    /// here, write nothing".
+    if_none_exist: Option<String>,
 }
 
 /// One entry ready to write.
@@ -113,6 +116,41 @@ struct Planned {
     expected: Option<u32>,
     /// A delete of something already deleted: nothing to write.
     noop: bool,
+}
+
+/// `If-None-Exist` of a single create: `Ok(Some(response))` when the search finds the
+/// resource (200, its location, nothing written), `Ok(None)` to go on creating.
+pub(crate) async fn if_none_exist(
+    app: &AppState,
+    headers: &HeaderMap,
+    grant: &Grant,
+    resource_type: &str,
+) -> Result<Option<Response>, FhirError> {
+    let Some(value) = headers.get("if-none-exist") else { return Ok(None) };
+    let query = value
+        .to_str()
+        .map_err(|_| error(StatusCode::BAD_REQUEST, IssueCode::Value, "If-None-Exist is not text"))?
+        .to_owned();
+    let (app2, grant2, resource_type2) = (app.clone(), grant.clone(), resource_type.to_owned());
+    let found = tokio::task::spawn_blocking(move || existing_match(&app2, &grant2, &resource_type2, &query))
+        .await
+        .map_err(|_| error(StatusCode::INTERNAL_SERVER_ERROR, IssueCode::Exception, "search task failed"))?
+        .map_err(|why| error(StatusCode::PRECONDITION_FAILED, IssueCode::Processing, why))?;
+    let Some(id) = found else { return Ok(None) };
+    let latest = {
+        let state = app.chain.state();
+        state.record(&id).map(|h| h.latest_version).or_else(|| state.directory_entry(&id).map(|h| h.latest_version))
+    };
+    let mut response = StatusCode::OK.into_response();
+    if let Some(v) = latest
+        && let Ok(location) = HeaderValue::from_str(&format!("/fhir/{resource_type}/{}/_history/{v}", id.to_hex()))
+    {
+        response.headers_mut().insert(header::LOCATION, location);
+        if let Ok(etag) = HeaderValue::from_str(&format!("W/\"{v}\"")) {
+            response.headers_mut().insert(header::ETAG, etag);
+        }
+    }
+    Ok(Some(response))
 }
 
 /// `POST /fhir`.
@@ -159,8 +197,17 @@ pub(crate) async fn bundle(
         let unsupported = entries_json
             .get(index)
             .and_then(|e| e.get("request"))
-            .and_then(|r| ["ifNoneExist", "ifNoneMatch", "ifModifiedSince"].into_iter().find(|k| r.get(k).is_some()));
-        entries.push(entry_in(index, entry, &body, if_match, unsupported));
+            .and_then(|r| ["ifNoneMatch", "ifModifiedSince"].into_iter().find(|k| r.get(k).is_some()));
+        let if_none_exist = entries_json
+            .get(index)
+            .and_then(|e| e.get("request"))
+            .and_then(|r| r.get("ifNoneExist"))
+            .and_then(|v| v.as_str())
+            .map(str::to_owned);
+        entries.push(entry_in(index, entry, &body, if_match, unsupported).map(|mut e| {
+            e.if_none_exist = if_none_exist;
+            e
+        }));
     }
     match bundle_type.as_str() {
         "transaction" => {
@@ -275,6 +322,7 @@ fn entry_in(
         bytes,
         references,
         if_match,
+        if_none_exist: None,
     })
 }
 
@@ -329,10 +377,28 @@ fn plan(app: &AppState, grant: &Grant, entries: Vec<EntryIn>, batch_entry: bool)
     // Ids first: every created resource gets its id before any reference is rewritten.
     let mut ids: Vec<RecordId> = Vec::with_capacity(entries.len());
     let mut by_url: HashMap<String, String> = HashMap::new();
-    for entry in &entries {
-        let id = match entry.target {
-            Some(id) => id,
-            None => {
+    // Conditional creates that found their resource: written nothing, named by its id.
+    let mut already: HashSet<usize> = HashSet::new();
+    for (i, entry) in entries.iter().enumerate() {
+        let found = match (&entry.if_none_exist, entry.method) {
+            (Some(query), Method::Post) => existing_match(app, grant, &entry.resource_type, query)
+                .map_err(|why| entry_error(entry.index, StatusCode::PRECONDITION_FAILED, IssueCode::Processing, why))?,
+            (Some(_), _) => {
+                return Err(entry_error(
+                    entry.index,
+                    StatusCode::BAD_REQUEST,
+                    IssueCode::Invalid,
+                    "ifNoneExist is for POST entries",
+                ));
+            }
+            (None, _) => None,
+        };
+        if found.is_some() {
+            already.insert(i);
+        }
+        let id = match (entry.target, found) {
+            (_, Some(id)) | (Some(id), None) => id,
+            (None, None) => {
                 let mut bytes = [0u8; 32];
                 rand::Rng::fill_bytes(&mut rand::rng(), &mut bytes);
                 RecordId(bytes)
@@ -391,6 +457,14 @@ fn plan(app: &AppState, grant: &Grant, entries: Vec<EntryIn>, batch_entry: bool)
     for &i in &order {
         let entry = &entries[i];
         let Some(bytes) = &entry.bytes else { continue };
+        if already.contains(&i) {
+            // Not written; a Patient found keeps its identity for the other entries.
+            let found = app.chain.state().record(&ids[i]).filter(|h| h.resource_type == "Patient").map(|h| h.patient);
+            if let Some(patient) = found {
+                patient_of_record.insert(ids[i], patient);
+            }
+            continue;
+        }
         let content =
             rewrite(app, grant, entry, bytes, &by_url, &entries, &ids, &bundle_values, batch_entry, &mut resolved)?;
         if entry.resource_type == "Patient" && entry.method == Method::Post {
@@ -441,6 +515,11 @@ fn plan(app: &AppState, grant: &Grant, entries: Vec<EntryIn>, batch_entry: bool)
             expected: entry.if_match,
             noop: false,
         };
+        if already.contains(&i) {
+            plan.noop = true;
+            planned.push(plan);
+            continue;
+        }
         let not_found = || {
             entry_error(
                 entry.index,
@@ -770,6 +849,34 @@ fn resolve_conditional(
     }
 }
 
+/// A conditional create's search: the one resource of the server it finds (the caller must be
+/// able to search the type and see it), `None` if none, an error if several or malformed.
+pub(crate) fn existing_match(
+    app: &AppState,
+    grant: &Grant,
+    resource_type: &str,
+    query: &str,
+) -> Result<Option<RecordId>, String> {
+    let shown = format!("ifNoneExist {}", crate::error::echo(query));
+    if !(grant.allows(resource_type, interactions::SEARCH) || grant.allows(resource_type, interactions::READ)) {
+        return Err(format!("{shown}: the token's scopes do not allow searching {resource_type}"));
+    }
+    let params = parse_query_string(query).ok_or_else(|| format!("{shown} is not a valid query"))?;
+    let query = search::parse_query(resource_type, &params, &ParseOptions { lenient: false }).map_err(|issues| {
+        format!("{shown}: {}", issues.iter().map(|i| i.diagnostics.clone()).collect::<Vec<_>>().join("; "))
+    })?;
+    if query.filters.is_empty() {
+        return Err(format!("{shown} has no search criteria"));
+    }
+    let service = records(app).map_err(|_| "this node serves no records".to_owned())?;
+    let found = crate::fhir_search::matching_for_reference(&app.search, &app.chain, &service, &query, grant, now_ms());
+    match found.as_slice() {
+        [] => Ok(None),
+        [one] => Ok(Some(*one)),
+        _ => Err(format!("{shown} matches more than one resource")),
+    }
+}
+
 /// `a=1&b=x%7Cy` as decoded pairs; `None` if malformed.
 fn parse_query_string(query: &str) -> Option<Vec<(String, String)>> {
     query
@@ -885,6 +992,22 @@ async fn wait(app: &AppState, tx: &medledger_types::TxId) -> Outcome {
 /// `response` of one written entry.
 fn entry_response(app: &AppState, planned: &Planned, version: Option<u32>, committed: bool) -> String {
     let id = planned.id.to_hex();
+    if planned.noop && planned.method == Method::Post {
+        // A conditional create that found its resource: that resource, as it is.
+        let latest = {
+            let state = app.chain.state();
+            state
+                .record(&planned.id)
+                .map(|h| h.latest_version)
+                .or_else(|| state.directory_entry(&planned.id).map(|h| h.latest_version))
+        };
+        let mut fields = vec![r#""status":"200 OK""#.to_owned()];
+        if let Some(v) = latest {
+            fields.push(format!(r#""location":"{}/{id}/_history/{v}""#, planned.resource_type));
+            fields.push(format!(r#""etag":"W/\"{v}\"""#));
+        }
+        return format!(r#"{{"response":{{{}}}}}"#, fields.join(","));
+    }
     let status = match (committed, planned.method) {
         (false, _) => "202 Accepted",
         (true, Method::Post) => "201 Created",

@@ -156,6 +156,11 @@ pub(crate) async fn create(
     body: Bytes,
 ) -> Result<Response, FhirError> {
     check_write(&app, &headers, &resource_type, interactions::CREATE, Some(&body))?;
+    let grant = authorize(&app, &headers, &resource_type, interactions::CREATE)?;
+    // Conditional create: already here means nothing is written.
+    if let Some(found) = crate::fhir_bundle::if_none_exist(&app, &headers, &grant, &resource_type).await? {
+        return Ok(found);
+    }
     let service = records(&app)?;
     let (content, type_for_write) = (body.clone(), resource_type.clone());
     let written = tokio::task::spawn_blocking(move || {

@@ -326,10 +326,10 @@ async fn a_broken_or_invalid_transaction_writes_nothing_and_names_the_entry() {
             412,
             "Bundle.entry[1]",
         ),
-        // A conditional create: refused, not ignored.
+        // A conditional interaction not supported: refused, not ignored.
         (
             transaction(vec![
-                json!({"resource": patient(), "request": {"method": "POST", "url": "Patient", "ifNoneExist": "identifier=x|1"}}),
+                json!({"resource": patient(), "request": {"method": "POST", "url": "Patient", "ifNoneMatch": "W/\"1\""}}),
             ]),
             400,
             "Bundle.entry[0]",
@@ -647,4 +647,97 @@ async fn a_bundle_cannot_move_a_record_or_search_beyond_its_scopes_or_publish_pa
     assert_eq!(w.post(&doc, "/fhir/Location", &home.to_string()).await.status, 422);
     let body = transaction(vec![entry("urn:uuid:00000000-0000-4000-8000-00000000000a", home)]);
     assert_eq!(w.post(&doc, "/fhir", &body).await.status, 422);
+}
+
+#[tokio::test]
+async fn a_conditional_create_finds_what_is_already_there_so_imports_repeat_safely() {
+    let w = World::new();
+    let doc = w.token(&w.doc_a, Role::Practitioner, "user/*.cruds");
+    let mut person = patient();
+    person["identifier"] = json!([{"system": "urn:test:mrn", "value": "MRN-1"}]);
+    let conditional = |resource: Value, url: &str, query: &str| {
+        let resource_type = resource["resourceType"].as_str().unwrap().to_owned();
+        json!({"fullUrl": url, "resource": resource, "request": {"method": "POST", "url": resource_type, "ifNoneExist": query}})
+    };
+    let (pat, prac) =
+        ("urn:uuid:00000000-0000-4000-8000-000000000001", "urn:uuid:00000000-0000-4000-8000-000000000002");
+    let body = transaction(vec![
+        conditional(person.clone(), pat, "identifier=urn:test:mrn|MRN-1"),
+        conditional(practitioner("9999900041"), prac, "identifier=http://hl7.org/fhir/sid/us-npi|9999900041"),
+        entry(
+            "urn:uuid:00000000-0000-4000-8000-000000000003",
+            lab(pat, "urn:uuid:00000000-0000-4000-8000-000000000004"),
+        ),
+        entry(
+            "urn:uuid:00000000-0000-4000-8000-000000000004",
+            encounter(pat, prac, "urn:uuid:00000000-0000-4000-8000-000000000005"),
+        ),
+        entry("urn:uuid:00000000-0000-4000-8000-000000000005", organization()),
+    ]);
+    let first = w.post(&doc, "/fhir", &body).await;
+    assert_eq!(first.status, 200, "{}", first.text());
+    let first = first.json();
+    let statuses = |v: &Value| -> Vec<String> {
+        v["entry"].as_array().unwrap().iter().map(|e| e["response"]["status"].as_str().unwrap().to_owned()).collect()
+    };
+    assert_eq!(statuses(&first), vec!["201 Created"; 5]);
+    let keys_after_first = w.key_files();
+    // The same Bundle again: the patient and the practitioner are found, not created again;
+    // the new lab and encounter refer to them.
+    let again = w.post(&doc, "/fhir", &body).await;
+    assert_eq!(again.status, 200, "{}", again.text());
+    let again = again.json();
+    assert_eq!(statuses(&again)[..2], ["200 OK", "200 OK"]);
+    assert_eq!(again["entry"][0]["response"]["location"], first["entry"][0]["response"]["location"]);
+    assert_eq!(again["entry"][1]["response"]["location"], first["entry"][1]["response"]["location"]);
+    assert_eq!(w.key_files(), keys_after_first, "no second identity for the same patient");
+    let patient_id = first["entry"][0]["response"]["location"].as_str().unwrap().split('/').nth(1).unwrap().to_owned();
+    let labs = w.get(&doc, &format!("/fhir/Observation?patient={patient_id}")).await.json();
+    assert_eq!(labs["total"], 2, "{labs}");
+    let found = w.get(&doc, "/fhir/Practitioner?identifier=http://hl7.org/fhir/sid/us-npi|9999900041").await.json();
+    assert_eq!(found["total"], 1, "{found}");
+    // Two matches: refused, nothing written.
+    let twin = transaction(vec![entry("urn:uuid:00000000-0000-4000-8000-000000000009", practitioner("9999900041"))]);
+    assert_eq!(w.post(&doc, "/fhir", &twin).await.status, 200);
+    let ambiguous = transaction(vec![conditional(
+        practitioner("9999900041"),
+        prac,
+        "identifier=http://hl7.org/fhir/sid/us-npi|9999900041",
+    )]);
+    let refused = w.post(&doc, "/fhir", &ambiguous).await;
+    assert_eq!(refused.status, 412, "{}", refused.text());
+}
+
+#[tokio::test]
+async fn a_single_create_with_if_none_exist_writes_nothing_when_the_resource_is_there() {
+    let w = World::new();
+    let doc = w.token(&w.doc_a, Role::Practitioner, "user/*.cruds");
+    let create = |body: String| {
+        Request::post("/fhir/Practitioner")
+            .header("host", "fhir.test")
+            .header("authorization", format!("Bearer {doc}"))
+            .header("content-type", FHIR)
+            .header("if-none-exist", "identifier=http://hl7.org/fhir/sid/us-npi|9999900051")
+            .body(Body::from(body))
+            .unwrap()
+    };
+    let first = w.send(create(practitioner("9999900051").to_string())).await;
+    assert_eq!(first.status, 201, "{}", first.text());
+    let log = w.log_size();
+    let again = w.send(create(practitioner("9999900051").to_string())).await;
+    assert_eq!(again.status, 200, "{}", again.text());
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    assert_eq!(w.log_size(), log, "nothing written");
+    let found = w.get(&doc, "/fhir/Practitioner?identifier=http://hl7.org/fhir/sid/us-npi|9999900051").await.json();
+    assert_eq!(found["total"], 1, "{found}");
+    // The CapabilityStatement says so.
+    let metadata = w.get(&doc, "/fhir/metadata").await.json();
+    let practitioner_entry = metadata["rest"][0]["resource"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["type"] == "Practitioner")
+        .unwrap()
+        .clone();
+    assert_eq!(practitioner_entry["conditionalCreate"], true);
 }

@@ -64,6 +64,9 @@ struct Resource {
     id: String,
     /// The patient it belongs to (`Patient/<id>` of its subject or patient), if any.
     patient: Option<String>,
+    /// A conditional create by the resource's first identifier, so that importing again
+    /// finds it instead of creating it twice.
+    if_none_exist: Option<String>,
     line: String,
 }
 
@@ -176,10 +179,17 @@ fn read_ndjson(files: &[PathBuf]) -> Result<Vec<Resource>> {
                     .filter(|r| r.starts_with("Patient/"))
                     .map(str::to_owned),
             };
+            let if_none_exist = json["identifier"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find_map(|i| Some((i["system"].as_str()?, i["value"].as_str()?)))
+                .map(|(system, value)| format!("identifier={}|{}", query_escape(system), query_escape(value)));
             out.push(Resource {
                 resource_type: resource_type.to_owned(),
                 id: id.to_owned(),
                 patient,
+                if_none_exist,
                 line: line.to_owned(),
             });
         }
@@ -319,7 +329,14 @@ fn send(
         }
         body.push_str(&format!(r#"{{"fullUrl":"{IMPORT_BASE}/{}/{}","resource":"#, r.resource_type, r.id));
         body.push_str(std::str::from_utf8(&line)?);
-        body.push_str(&format!(r#","request":{{"method":"POST","url":"{}"}}}}"#, r.resource_type));
+        match &r.if_none_exist {
+            Some(query) => body.push_str(&format!(
+                r#","request":{{"method":"POST","url":"{}","ifNoneExist":{}}}}}"#,
+                r.resource_type,
+                serde_json::Value::String(query.clone())
+            )),
+            None => body.push_str(&format!(r#","request":{{"method":"POST","url":"{}"}}}}"#, r.resource_type)),
+        }
     }
     body.push_str("]}");
     let answer = client.post_bundle(&body)?;
@@ -335,6 +352,18 @@ fn send(
     imported.resources += group.len();
     imported.bundles += 1;
     Ok(())
+}
+
+/// `text` with the characters that would end a query parameter percent-encoded.
+fn query_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '%' | '&' | '=' | '#' | '+' | ' ' | '|' => out.push_str(&format!("%{:02X}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// A FHIR client holding a SMART backend-services token of the importing identity.

@@ -161,6 +161,20 @@ fn bulk_ndjson_imports_with_its_conditional_references_resolved() {
             assert!(!reference.contains('?') && !reference.contains('-'), "unresolved {reference}");
             assert_eq!(get(&format!("{base}/{reference}"), &alice).0, 200, "{reference}");
         }
+        // Importing again finds what has an identifier (conditional creates) instead of
+        // duplicating it: the directory, the patients, the encounters.
+        let (patients, encounters) = (total("Patient?_summary=count"), total("Encounter?_summary=count"));
+        let again = Command::new(BIN)
+            .args(["fhir", "import", "--node", &format!("http://127.0.0.1:{port}"), "--key"])
+            .arg(dir.join("keys").join("dr-alice-st-marys.key"))
+            .arg(&bulk)
+            .output()
+            .unwrap();
+        assert!(again.status.success(), "second import failed: {}", String::from_utf8_lossy(&again.stderr));
+        assert_eq!(total("Location?_summary=count"), 44);
+        assert_eq!(total("Practitioner?_summary=count"), 43);
+        assert_eq!(total("Patient?_summary=count"), patients);
+        assert_eq!(total("Encounter?_summary=count"), encounters);
     };
     // The import registered its patients with keys the node holds; hand one over: the patient
     // rotates to keys of their own, the node forgets its copy, the new keys sign for them.
