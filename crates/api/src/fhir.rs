@@ -1505,19 +1505,31 @@ pub(crate) async fn type_history(
     let (count, offset) = paging(&query, HISTORY_VERSIONS_MAX, "type history")?;
     let requester = grant.identity;
     let now = now_ms();
-    // (log index, record, version, committed at) of every version the caller may read.
-    let mut versions: Vec<(u64, RecordId, u32, u64)> = {
+    // (log index, record, version, committed at) of every version of the type; then only those
+    // of records the caller may read. Consent is decided under the state's read lock per chunk,
+    // never across the whole type (block application waits for that lock).
+    let all: Vec<(u64, RecordId, u32, u64)> = app
+        .chain
+        .patient_index()
+        .records()
+        .filter(|r| r.resource_type == resource_type)
+        .flat_map(|r| {
+            r.versions
+                .iter()
+                .map(|v| (v.position.log_index, r.record_id, v.version, v.position.committed_at_ms))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let mut readable: std::collections::HashMap<RecordId, bool> = std::collections::HashMap::new();
+    for chunk in all.chunks(CONSENT_CHUNK) {
         let state = app.chain.state();
-        let index = app.chain.patient_index();
-        index
-            .records()
-            .filter(|r| r.resource_type == resource_type)
-            .filter(|r| {
-                state.record(&r.record_id).is_some_and(|head| {
+        for (_, record, _, _) in chunk {
+            readable.entry(*record).or_insert_with(|| {
+                state.record(record).is_some_and(|head| {
                     medledger_ledger::access::decide_at_head(
                         &state,
                         &requester,
-                        &r.record_id,
+                        record,
                         head,
                         medledger_ledger::actions::READ,
                         purpose,
@@ -1525,15 +1537,11 @@ pub(crate) async fn type_history(
                     )
                     .is_ok()
                 })
-            })
-            .flat_map(|r| {
-                r.versions
-                    .iter()
-                    .map(|v| (v.position.log_index, r.record_id, v.version, v.position.committed_at_ms))
-                    .collect::<Vec<_>>()
-            })
-            .collect()
-    };
+            });
+        }
+    }
+    let mut versions: Vec<(u64, RecordId, u32, u64)> =
+        all.into_iter().filter(|(_, record, _, _)| readable.get(record).copied().unwrap_or(false)).collect();
     versions.sort_by_key(|v| std::cmp::Reverse(v.0));
     let total = versions.len();
     let page: Vec<_> = versions.into_iter().skip(offset).take(count).collect();
@@ -1664,6 +1672,9 @@ pub(crate) fn bundle_response(body: String) -> Response {
 
 /// Most versions one history answer carries (each is decrypted and audited).
 pub const HISTORY_VERSIONS_MAX: usize = 100;
+
+/// Versions whose records' consent a type history decides per hold of the state's read lock.
+const CONSENT_CHUNK: usize = 1_024;
 
 /// The consent category of a new resource (Observations by their category coding).
 pub(crate) fn category_of(resource_type: &str, json: &serde_json::Value) -> Result<&'static str, FhirError> {
