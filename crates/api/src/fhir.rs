@@ -420,20 +420,15 @@ pub(crate) fn patient_of(
 /// Waits (up to the configured time) for a written version to commit. `Ok(true)`: committed;
 /// `Ok(false)`: still pending when the wait ran out.
 pub(crate) async fn wait_for_commit(app: &AppState, tx: &medledger_types::TxId) -> Result<bool, FhirError> {
-    let started = std::time::Instant::now();
-    loop {
-        match app.chain.tx_status(tx) {
-            Ok(medledger_node::chain::TxStatus::Committed { .. }) => return Ok(true),
-            Ok(medledger_node::chain::TxStatus::Rejected { reason }) => {
-                return Err(FhirError::new(
-                    StatusCode::CONFLICT,
-                    IssueCode::Conflict,
-                    format!("the write was refused when its block was built: {reason}"),
-                ));
-            }
-            _ if started.elapsed().as_millis() as u64 >= app.fhir_commit_wait_ms => return Ok(false),
-            _ => tokio::time::sleep(std::time::Duration::from_millis(10)).await,
-        }
+    use crate::fhir_bundle::Outcome;
+    match crate::fhir_bundle::wait(app, tx).await {
+        Outcome::Committed => Ok(true),
+        Outcome::Pending => Ok(false),
+        Outcome::Refused(reason) => Err(FhirError::new(
+            StatusCode::CONFLICT,
+            IssueCode::Conflict,
+            format!("the write was refused when its block was built: {reason}"),
+        )),
     }
 }
 

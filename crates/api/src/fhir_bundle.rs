@@ -137,10 +137,7 @@ pub(crate) async fn if_none_exist(
         .map_err(|_| error(StatusCode::INTERNAL_SERVER_ERROR, IssueCode::Exception, "search task failed"))?
         .map_err(|why| error(StatusCode::PRECONDITION_FAILED, IssueCode::Processing, why))?;
     let Some(id) = found else { return Ok(None) };
-    let latest = {
-        let state = app.chain.state();
-        state.record(&id).map(|h| h.latest_version).or_else(|| state.directory_entry(&id).map(|h| h.latest_version))
-    };
+    let latest = latest_version(app, &id);
     let mut response = StatusCode::OK.into_response();
     if let Some(v) = latest
         && let Ok(location) = HeaderValue::from_str(&format!("/fhir/{resource_type}/{}/_history/{v}", id.to_hex()))
@@ -785,24 +782,8 @@ fn resolve_conditional(
     query: &str,
     batch_entry: bool,
 ) -> Result<String, String> {
-    let shown = format!("{resource_type}?{}", crate::error::echo(query));
-    // Resolving is searching: the token must allow searching (or reading) the type.
-    if !(grant.allows(resource_type, interactions::SEARCH) || grant.allows(resource_type, interactions::READ)) {
-        return Err(format!(
-            "conditional reference {shown}: the token's scopes do not allow searching {resource_type}"
-        ));
-    }
-    let params =
-        parse_query_string(query).ok_or_else(|| format!("conditional reference {shown} is not a valid query"))?;
-    let query = search::parse_query(resource_type, &params, &ParseOptions { lenient: false }).map_err(|issues| {
-        format!(
-            "conditional reference {shown}: {}",
-            issues.iter().map(|i| i.diagnostics.clone()).collect::<Vec<_>>().join("; ")
-        )
-    })?;
-    if query.filters.is_empty() {
-        return Err(format!("conditional reference {shown} has no search criteria"));
-    }
+    let shown = format!("conditional reference {resource_type}?{}", crate::error::echo(query));
+    let query = searchable_query(grant, resource_type, query, &shown)?;
     let mut found: Vec<RecordId> = Vec::new();
     if !batch_entry {
         for (i, entry) in entries.iter().enumerate() {
@@ -840,12 +821,12 @@ fn resolve_conditional(
     {
         service
             .read_as(grant.identity, *one, None, medledger_ledger::Purpose::Treatment, AccessAction::Search, now_ms())
-            .map_err(|e| format!("conditional reference {shown}: {e}"))?;
+            .map_err(|e| format!("{shown}: {e}"))?;
     }
     match found.as_slice() {
         [one] => Ok(format!("{resource_type}/{}", one.to_hex())),
-        [] => Err(format!("conditional reference {shown} matches nothing (in this Bundle or on this server)")),
-        _ => Err(format!("conditional reference {shown} matches more than one resource")),
+        [] => Err(format!("{shown} matches nothing (in this Bundle or on this server)")),
+        _ => Err(format!("{shown} matches more than one resource")),
     }
 }
 
@@ -858,6 +839,20 @@ pub(crate) fn existing_match(
     query: &str,
 ) -> Result<Option<RecordId>, String> {
     let shown = format!("ifNoneExist {}", crate::error::echo(query));
+    let query = searchable_query(grant, resource_type, query, &shown)?;
+    let service = records(app).map_err(|_| "this node serves no records".to_owned())?;
+    let found = crate::fhir_search::matching_for_reference(&app.search, &app.chain, &service, &query, grant, now_ms());
+    match found.as_slice() {
+        [] => Ok(None),
+        [one] => Ok(Some(*one)),
+        _ => Err(format!("{shown} matches more than one resource")),
+    }
+}
+
+/// The search a conditional reference or a conditional create makes (`shown` names it in
+/// errors): the token must allow searching (or reading) the type, and the query must parse
+/// strictly and have criteria.
+fn searchable_query(grant: &Grant, resource_type: &str, query: &str, shown: &str) -> Result<search::Query, String> {
     if !(grant.allows(resource_type, interactions::SEARCH) || grant.allows(resource_type, interactions::READ)) {
         return Err(format!("{shown}: the token's scopes do not allow searching {resource_type}"));
     }
@@ -868,13 +863,7 @@ pub(crate) fn existing_match(
     if query.filters.is_empty() {
         return Err(format!("{shown} has no search criteria"));
     }
-    let service = records(app).map_err(|_| "this node serves no records".to_owned())?;
-    let found = crate::fhir_search::matching_for_reference(&app.search, &app.chain, &service, &query, grant, now_ms());
-    match found.as_slice() {
-        [] => Ok(None),
-        [one] => Ok(Some(*one)),
-        _ => Err(format!("{shown} matches more than one resource")),
-    }
+    Ok(query)
 }
 
 /// `a=1&b=x%7Cy` as decoded pairs; `None` if malformed.
@@ -970,14 +959,15 @@ async fn submit(
     Ok((written, entries, new_ids))
 }
 
-/// How a submitted batch ended.
-enum Outcome {
+/// How a submitted write ended.
+pub(crate) enum Outcome {
     Committed,
     Pending,
     Refused(String),
 }
 
-async fn wait(app: &AppState, tx: &medledger_types::TxId) -> Outcome {
+/// Waits (up to the node's configured time) for a submitted transaction's outcome.
+pub(crate) async fn wait(app: &AppState, tx: &medledger_types::TxId) -> Outcome {
     let started = std::time::Instant::now();
     loop {
         match app.chain.tx_status(tx) {
@@ -989,18 +979,18 @@ async fn wait(app: &AppState, tx: &medledger_types::TxId) -> Outcome {
     }
 }
 
+/// The latest version of a record or directory entry.
+fn latest_version(app: &AppState, id: &RecordId) -> Option<u32> {
+    let state = app.chain.state();
+    state.record(id).map(|h| h.latest_version).or_else(|| state.directory_entry(id).map(|h| h.latest_version))
+}
+
 /// `response` of one written entry.
 fn entry_response(app: &AppState, planned: &Planned, version: Option<u32>, committed: bool) -> String {
     let id = planned.id.to_hex();
     if planned.noop && planned.method == Method::Post {
         // A conditional create that found its resource: that resource, as it is.
-        let latest = {
-            let state = app.chain.state();
-            state
-                .record(&planned.id)
-                .map(|h| h.latest_version)
-                .or_else(|| state.directory_entry(&planned.id).map(|h| h.latest_version))
-        };
+        let latest = latest_version(app, &planned.id);
         let mut fields = vec![r#""status":"200 OK""#.to_owned()];
         if let Some(v) = latest {
             fields.push(format!(r#""location":"{}/{id}/_history/{v}""#, planned.resource_type));

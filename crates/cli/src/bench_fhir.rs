@@ -3,7 +3,7 @@
 //! 1. Load: `--resources` synthetic FHIR resources (Observations, Conditions, Encounters, …)
 //!    for `--patients` patients, written in-process through the record service from
 //!    `--clients` threads (encrypt, store, commit; counted once committed). This is the
-//!    record-store side of an import; bundle and NDJSON import over HTTP are not built yet.
+//!    record-store side of an import; `bench fhir-import` measures import over HTTP.
 //! 2. Index: the first search builds the node's in-memory search index by decrypting every
 //!    resource; its time is reported apart.
 //! 3. Search: `--clients` threads send `--searches` FHIR searches over HTTP with a bearer
