@@ -22,12 +22,12 @@ fn get(url: &str, token: &str) -> (u16, Vec<u8>) {
     (response.status().as_u16(), response.body_mut().read_to_vec().unwrap())
 }
 
-#[test]
-fn demo_records_are_valid_fhir_whose_references_resolve() {
-    let temp = tempfile::tempdir().unwrap();
-    let dir = temp.path().join("dev");
+/// Starts `medledger dev` under `temp` on a free port and waits until it is ready: the child,
+/// its data directory, its port, Dr Alice's bearer token and the demo credentials.
+fn start_dev(temp: &std::path::Path) -> (std::process::Child, std::path::PathBuf, u16, String, Value) {
+    let dir = temp.join("dev");
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let stdout = temp.path().join("stdout.log");
+    let stdout = temp.join("stdout.log");
     let mut child = Command::new(BIN)
         .args(["dev", "--data-dir"])
         .arg(&dir)
@@ -56,6 +56,13 @@ fn demo_records_are_valid_fhir_whose_references_resolve() {
         .and_then(|i| i["bearer_token"].as_str())
         .unwrap()
         .to_owned();
+    (child, dir, port, alice, credentials)
+}
+
+#[test]
+fn demo_records_are_valid_fhir_whose_references_resolve() {
+    let temp = tempfile::tempdir().unwrap();
+    let (mut child, _, port, alice, credentials) = start_dev(temp.path());
     let base = format!("http://127.0.0.1:{port}/fhir");
     let mut checked = 0;
     let mut references = 0;
@@ -85,37 +92,7 @@ fn demo_records_are_valid_fhir_whose_references_resolve() {
 #[test]
 fn bulk_ndjson_imports_with_its_conditional_references_resolved() {
     let temp = tempfile::tempdir().unwrap();
-    let dir = temp.path().join("dev");
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let stdout = temp.path().join("stdout.log");
-    let mut child = Command::new(BIN)
-        .args(["dev", "--data-dir"])
-        .arg(&dir)
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .env("RUST_LOG", "warn")
-        .stdout(std::fs::File::create(&stdout).unwrap())
-        .stderr(Stdio::null())
-        .stdin(Stdio::null())
-        .spawn()
-        .unwrap();
-    let started = Instant::now();
-    while !std::fs::read_to_string(&stdout).unwrap_or_default().contains("ready") {
-        if started.elapsed() > Duration::from_secs(180) || child.try_wait().unwrap().is_some() {
-            let _ = child.kill();
-            panic!("dev node did not get ready");
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    let credentials: Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("dev-credentials.json")).unwrap()).unwrap();
-    let alice = credentials["identities"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|i| i["label"] == "dr-alice-st-marys")
-        .and_then(|i| i["bearer_token"].as_str())
-        .unwrap()
-        .to_owned();
+    let (mut child, dir, port, alice, _) = start_dev(temp.path());
     let bulk = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testdata/fhir/bulk-ndjson-10-patients");
     let import = Command::new(BIN)
         .args(["fhir", "import", "--node", &format!("http://127.0.0.1:{port}"), "--key"])
