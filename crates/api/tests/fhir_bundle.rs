@@ -1,10 +1,7 @@
 //! Transaction and batch Bundles (`POST /fhir`) and the consortium directory (Organization,
 //! Practitioner, PractitionerRole, Location) over FHIR.
 
-use std::sync::{
-    Arc,
-    atomic::{AtomicBool, Ordering},
-};
+use std::sync::Arc;
 
 use axum::{
     body::Body,
@@ -22,9 +19,9 @@ use medledger_types::Role;
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
-}
+mod common;
+
+use common::{Committer, now_ms};
 
 const FHIR: &str = "application/fhir+json";
 
@@ -36,18 +33,8 @@ struct World {
     doc_a: Keypair,
     doc_b: Keypair,
     keys_dir: tempfile::TempDir,
-    stop: Arc<AtomicBool>,
-    committer: Option<std::thread::JoinHandle<()>>,
+    _committer: Committer,
     _dir: tempfile::TempDir,
-}
-
-impl Drop for World {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(c) = self.committer.take() {
-            let _ = c.join();
-        }
-    }
 }
 
 struct Answer {
@@ -103,17 +90,8 @@ impl World {
             },
         );
         medledger_node::devnet::commit_pending(&chain, net.validators[0].id(), now_ms()).unwrap();
-        let stop = Arc::new(AtomicBool::new(false));
-        let committer = {
-            let (chain, stop, proposer) = (chain.clone(), stop.clone(), net.validators[0].id());
-            std::thread::spawn(move || {
-                while !stop.load(Ordering::SeqCst) {
-                    medledger_node::devnet::commit_pending(&chain, proposer, now_ms()).unwrap();
-                    std::thread::sleep(std::time::Duration::from_millis(5));
-                }
-            })
-        };
-        Self { chain, service, tokens, router, doc_a, doc_b, keys_dir, stop, committer: Some(committer), _dir: dir }
+        let committer = Committer::start(chain.clone(), net.validators[0].id());
+        Self { chain, service, tokens, router, doc_a, doc_b, keys_dir, _committer: committer, _dir: dir }
     }
 
     fn token(&self, who: &Keypair, role: Role, scope: &str) -> String {

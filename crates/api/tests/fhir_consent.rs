@@ -1,10 +1,7 @@
 //! Writing Consent over FHIR: the grant a Consent describes, exactly or not at all, signed by
 //! the node only as the patient's appointed gateway delegate, on the patient's own request.
 
-use std::sync::{
-    Arc,
-    atomic::{AtomicBool, Ordering},
-};
+use std::sync::Arc;
 
 use axum::{
     body::Body,
@@ -22,9 +19,9 @@ use medledger_types::{Role, TxId};
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
-}
+mod common;
+
+use common::{Committer, now_ms};
 
 struct World {
     net: Devnet,
@@ -35,18 +32,8 @@ struct World {
     doc_b: Keypair,
     patient: Keypair,
     other: Keypair,
-    stop: Arc<AtomicBool>,
-    committer: Option<std::thread::JoinHandle<()>>,
+    _committer: Committer,
     _dir: tempfile::TempDir,
-}
-
-impl Drop for World {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(c) = self.committer.take() {
-            let _ = c.join();
-        }
-    }
 }
 
 impl World {
@@ -87,17 +74,8 @@ impl World {
                 public_bases: vec![],
             },
         );
-        let stop = Arc::new(AtomicBool::new(false));
-        let committer = {
-            let (chain, stop, proposer) = (chain.clone(), stop.clone(), net.validators[0].id());
-            std::thread::spawn(move || {
-                while !stop.load(Ordering::SeqCst) {
-                    medledger_node::devnet::commit_pending(&chain, proposer, now_ms()).unwrap();
-                    std::thread::sleep(std::time::Duration::from_millis(5));
-                }
-            })
-        };
-        Self { net, chain, tokens, router, doc_a, doc_b, patient, other, stop, committer: Some(committer), _dir: dir }
+        let committer = Committer::start(chain.clone(), net.validators[0].id());
+        Self { net, chain, tokens, router, doc_a, doc_b, patient, other, _committer: committer, _dir: dir }
     }
 
     fn token(&self, who: &Keypair, role: Role, scope: &str) -> String {
