@@ -154,6 +154,24 @@ pub fn decide_at_head(
     Ok(basis)
 }
 
+/// Whether `holder` itself holds a live grant (consent or rule-derived; never break-glass,
+/// which is served only by the custodian's node) to read `record` at block time `at_ms`, for
+/// any purpose: whether a node of `holder` may be sent the record's ciphertexts.
+pub fn holds_live_read_grant(
+    state: &State,
+    holder: &IdentityId,
+    record_id: &medledger_types::RecordId,
+    record: &RecordHead,
+    at_ms: TimestampMs,
+) -> bool {
+    state.grants_between(&record.patient, holder).any(|g| {
+        !g.is_break_glass()
+            && g.is_live(at_ms)
+            && g.actions & crate::tx::actions::READ != 0
+            && g.scope.covers(record_id, &record.resource_type, &record.category)
+    })
+}
+
 fn check(
     grant: &Grant,
     record_id: &medledger_types::RecordId,

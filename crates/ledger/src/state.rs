@@ -178,6 +178,17 @@ impl Grant {
     pub fn is_live(&self, at_ms: TimestampMs) -> bool {
         self.revoked_at.is_none() && self.valid_from_ms <= at_ms && at_ms < self.valid_until_ms
     }
+
+    /// Whether the grantee may receive, at block time `at_ms`, a category key of the grant's
+    /// patient in `category`: the grant is live, lets it read, may carry keys at all, and its
+    /// scope covers every record the key can open (`Scope::covers_category`). Key material
+    /// follows consent exactly (`docs/keys.md`).
+    pub fn may_share_key(&self, category: &str, at_ms: TimestampMs) -> bool {
+        self.is_live(at_ms)
+            && self.shares_category_keys()
+            && self.actions & actions::READ != 0
+            && self.scope.covers_category(category)
+    }
 }
 
 /// One custodian's key for one patient's category (see `docs/keys.md`).
@@ -199,9 +210,20 @@ pub struct CategoryKeyState {
     pub rotation_required: bool,
     /// Holders of earlier epochs' keys (older versions stay readable by them).
     pub past: Vec<(u32, Vec<(IdentityId, TxId)>)>,
+    /// Block time from which no record may be written under this epoch: the earliest end of
+    /// the grants under which someone other than the patient and the custodian received it
+    /// (`TimestampMs::MAX` while only they hold it). A grantee whose grant has ended must never
+    /// receive what is written afterwards, so the key rotates on expiry as on revocation.
+    pub shared_until_ms: TimestampMs,
 }
 
 impl CategoryKeyState {
+    /// Whether a record written at block time `at_ms` must use a new epoch: a holder's grant
+    /// was revoked, or one under which the key was shared has ended.
+    pub fn must_rotate(&self, at_ms: TimestampMs) -> bool {
+        self.rotation_required || at_ms >= self.shared_until_ms
+    }
+
     /// Holders of `epoch`'s key, with the key-share transactions that wrapped it for them.
     pub fn holders_of(&self, epoch: u32) -> Option<&[(IdentityId, TxId)]> {
         if epoch == self.epoch {
@@ -419,6 +441,25 @@ impl State {
     }
 
     /// The grants `patient` gave `grantee`, oldest first.
+    /// Until when `holder` may hold `key` if it receives it at block time `at_ms`: forever for
+    /// the patient and the custodian, else the latest end among the holder's grants that may
+    /// carry the key (`Grant::may_share_key`); `None` if none may. What consensus checks on every
+    /// key share, and what a custodian's node asks before wrapping a key for anyone.
+    pub fn key_holding_until(
+        &self,
+        key: &CategoryKeyId,
+        holder: &IdentityId,
+        at_ms: TimestampMs,
+    ) -> Option<TimestampMs> {
+        if *holder == key.patient || *holder == key.custodian {
+            return Some(TimestampMs::MAX);
+        }
+        self.grants_between(&key.patient, holder)
+            .filter(|g| g.may_share_key(&key.category, at_ms))
+            .map(|g| g.valid_until_ms)
+            .max()
+    }
+
     pub fn grants_between(&self, patient: &IdentityId, grantee: &IdentityId) -> impl Iterator<Item = &Grant> {
         self.grant_index.get(&(*patient, *grantee)).into_iter().flatten().filter_map(|id| self.grants.get(id))
     }
@@ -947,32 +988,17 @@ impl<'a> Overlay<'a> {
         }
     }
 
-    /// Whether `holder` may receive `key`: the patient, the custodian, or the grantee of a live
-    /// grant of the patient with read access whose scope can cover records in that category.
-    fn may_hold(&self, key: &CategoryKeyId, holder: &IdentityId, at_ms: TimestampMs) -> bool {
+    /// Until when `holder` may hold `key` received at `at_ms` (see [`State::key_holding_until`]).
+    fn key_holding_until(&self, key: &CategoryKeyId, holder: &IdentityId, at_ms: TimestampMs) -> Option<TimestampMs> {
         if *holder == key.patient || *holder == key.custodian {
-            return true;
+            return Some(TimestampMs::MAX);
         }
-        let Some(ids) = self.grant_ids(key.patient, *holder) else { return false };
-        ids.iter().filter_map(|id| self.grant(id)).any(|g| {
-            g.is_live(at_ms)
-                && g.shares_category_keys()
-                && g.actions & actions::READ != 0
-                && self.scope_reaches(&g.scope, key)
-        })
-    }
-
-    fn scope_reaches(&self, scope: &Scope, key: &CategoryKeyId) -> bool {
-        match scope {
-            Scope::All => true,
-            Scope::Categories(categories) => categories.contains(&key.category),
-            Scope::ResourceTypes(types) => {
-                types.iter().any(|t| medledger_types::categories_of_resource_type(t).contains(&key.category.as_str()))
-            }
-            Scope::Records(records) => records
-                .iter()
-                .any(|r| self.record(r).is_some_and(|h| h.custodian == key.custodian && h.category == key.category)),
-        }
+        let ids = self.grant_ids(key.patient, *holder)?;
+        ids.iter()
+            .filter_map(|id| self.grant(id))
+            .filter(|g| g.may_share_key(&key.category, at_ms))
+            .map(|g| g.valid_until_ms)
+            .max()
     }
 
     /// Whether `organisation` is a custodian of `patient`'s data: it holds a category key of
@@ -1178,9 +1204,9 @@ impl<'a> Overlay<'a> {
                     Some(key) if key.epoch != *key_epoch => {
                         return Err(TxError::InvalidField("record must use the current epoch of its category key"));
                     }
-                    Some(key) if key.rotation_required => {
+                    Some(key) if key.must_rotate(ctx.timestamp_ms) => {
                         return Err(TxError::InvalidField(
-                            "category key must be rotated after a revocation before new records are written",
+                            "category key must be rotated (a grant it was shared under has ended) before new records are written",
                         ));
                     }
                     Some(_) => {}
@@ -1379,7 +1405,13 @@ impl<'a> Overlay<'a> {
                     if let Some(previous) = &current {
                         past.push((previous.epoch, previous.holders.clone()));
                     }
-                    CategoryKeyState { epoch: *epoch, holders: Vec::new(), rotation_required: false, past }
+                    CategoryKeyState {
+                        epoch: *epoch,
+                        holders: Vec::new(),
+                        rotation_required: false,
+                        past,
+                        shared_until_ms: TimestampMs::MAX,
+                    }
                 } else if *epoch == current_epoch && current_epoch > 0 {
                     current.expect("epoch above zero exists")
                 } else {
@@ -1392,12 +1424,14 @@ impl<'a> Overlay<'a> {
                         return Err(TxError::InvalidField("recipient already holds this key"));
                     }
                     self.require(&entry.recipient, "key share recipient")?;
-                    // Consent decides who may receive keys: never anyone else.
-                    if !self.may_hold(&key_id, &entry.recipient, ctx.timestamp_ms) {
+                    // Consent decides who may receive keys: never anyone else, and the epoch ends
+                    // for new records when the recipient's grant does.
+                    let Some(until) = self.key_holding_until(&key_id, &entry.recipient, ctx.timestamp_ms) else {
                         return Err(TxError::NotAuthorised(
-                            "recipient is not the patient, the custodian or a live grantee covering this category",
+                            "recipient is not the patient, the custodian or a live grantee covering this whole category",
                         ));
-                    }
+                    };
+                    state.shared_until_ms = state.shared_until_ms.min(until);
                     if entry.recipient != *patient && entry.recipient != *custodian {
                         shared_by_grant.push(entry.recipient);
                     }

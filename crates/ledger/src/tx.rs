@@ -137,6 +137,21 @@ impl Scope {
             Scope::Categories(categories) => categories.iter().any(|c| c == category),
         }
     }
+
+    /// Whether this scope covers every record that can ever be in `category`: what a category
+    /// key opens. Never for single records (the key would open the category's other records),
+    /// and for resource types only when the scope names every type the category can hold.
+    pub fn covers_category(&self, category: &str) -> bool {
+        match self {
+            Scope::All => true,
+            Scope::Categories(categories) => categories.iter().any(|c| c == category),
+            Scope::ResourceTypes(types) => {
+                let mut in_category = medledger_types::resource_types_of_category(category).peekable();
+                in_category.peek().is_some() && in_category.all(|t| types.iter().any(|named| named == t))
+            }
+            Scope::Records(_) => false,
+        }
+    }
 }
 
 /// A category key wrapped (HPKE) for one recipient.

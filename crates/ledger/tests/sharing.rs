@@ -117,7 +117,8 @@ impl World {
         let key_id =
             CategoryKeyId { custodian: self.org_a.id(), patient: self.patient.id(), category: category.into() };
         let epoch = match self.state.category_key(&key_id) {
-            Some(k) if !k.rotation_required => k.epoch,
+            // The next block is dated one second later (`apply`).
+            Some(k) if !k.must_rotate(self.t + 1000) => k.epoch,
             Some(k) => k.epoch + 1,
             None => 1,
         };
@@ -1082,4 +1083,66 @@ fn nodes_refuse_when_block_time_or_their_clock_says_a_grant_is_over() {
     }
     assert!(w.now() >= start + 10_000);
     assert_eq!(at_node(&w, start + 5_000), Err(Denial::GrantExpired));
+}
+
+/// Issue 9, item 1: a category key reaches only grantees whose live grant covers every record
+/// it opens, and a record is never written under an epoch whose sharing has ended.
+#[test]
+fn category_keys_follow_consent_exactly() {
+    let mut w = World::new();
+    let (patient, org_b) = (w.patient.clone(), w.org_b.clone());
+    let doc = w.doc.clone();
+    w.lab(RecordId([1; 32]), 1);
+    let grant = |w: &mut World, scope: Scope, until_ms: u64| {
+        let t = w.t;
+        w.ok(
+            &patient,
+            Payload::ConsentGrant {
+                patient: patient.id(),
+                grantee: org_b.id(),
+                scope,
+                actions: actions::READ,
+                purpose: Purpose::Treatment,
+                valid_from_ms: t,
+                valid_until_ms: until_ms,
+            },
+        )
+    };
+    // One record: never the labs key (it would open every other lab).
+    let far = w.t + 30 * DAY_MS;
+    grant(&mut w, Scope::Records(vec![RecordId([1; 32])]), far);
+    assert!(matches!(w.share(&doc, "labs", &[org_b.id()]), Err(TxError::NotAuthorised(_))));
+    // Resource types: only when they name every type the category holds.
+    grant(&mut w, Scope::ResourceTypes(vec!["Claim".into()]), far);
+    let org_a = w.org_a.id();
+    w.share(&doc, "billing", &[patient.id(), org_a]).unwrap();
+    assert!(matches!(w.share(&doc, "billing", &[org_b.id()]), Err(TxError::NotAuthorised(_))));
+    grant(&mut w, Scope::ResourceTypes(vec!["Observation".into()]), far);
+    // The labs key is shared under the Observation grant, whose end bounds the epoch.
+    let soon = w.t + 10_000;
+    let short = grant(&mut w, Scope::Categories(vec!["labs".into()]), soon);
+    w.share(&doc, "labs", &[org_b.id()]).unwrap();
+    assert_eq!(w.state.category_key(&w.labs_key()).unwrap().shared_until_ms, far);
+    assert!(w.state.grant(&short).is_some());
+
+    // (The Observation grant also covers vitals.) A key shared under a grant that then expires: records must move to a new epoch.
+    w.share(&doc, "conditions", &[patient.id(), org_a]).unwrap();
+    let conditions_until = w.t + 5_000;
+    grant(&mut w, Scope::Categories(vec!["conditions".into()]), conditions_until);
+    w.share(&doc, "conditions", &[org_b.id()]).unwrap();
+    let conditions_key =
+        CategoryKeyId { custodian: w.org_a.id(), patient: patient.id(), category: "conditions".into() };
+    assert_eq!(w.state.category_key(&conditions_key).unwrap().shared_until_ms, conditions_until);
+    w.commit(RecordId([2; 32]), 1, "Condition", "conditions").unwrap();
+    while w.t + 1000 < conditions_until {
+        w.apply(vec![]).unwrap();
+    }
+    let refused = w.commit(RecordId([3; 32]), 1, "Condition", "conditions");
+    assert!(matches!(refused, Err(TxError::InvalidField(m)) if m.contains("rotated")), "{refused:?}");
+    // The new epoch goes to the patient and the custodian only; the expired grantee is refused.
+    assert!(matches!(w.share(&doc, "conditions", &[patient.id(), org_a, org_b.id()]), Err(TxError::NotAuthorised(_))));
+    w.share(&doc, "conditions", &[patient.id(), org_a]).unwrap();
+    let rotated = w.state.category_key(&conditions_key).unwrap();
+    assert_eq!((rotated.epoch, rotated.shared_until_ms), (2, u64::MAX));
+    w.commit(RecordId([3; 32]), 1, "Condition", "conditions").unwrap();
 }

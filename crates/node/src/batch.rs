@@ -23,6 +23,7 @@ use medledger_ledger::{
 use medledger_types::{Hash, IdentityId, RecordId, Role, TimestampMs, TxId, limits};
 use rand::CryptoRng;
 
+use crate::records::must_rotate_before_writing;
 use crate::records::{
     CachedKey, KeyOrigin, RECORD_PLAINTEXT_BYTES_MAX, RecordError, RecordService, WriteRequest, share_entry,
 };
@@ -172,7 +173,8 @@ impl RecordService {
                     reserved.push(record_id);
                     let key_id =
                         CategoryKeyId { custodian, patient: request.patient, category: request.category.to_owned() };
-                    let (epoch, category_key) = self.batch_category_key(&key_id, &new, new_keys, &mut shares, rng)?;
+                    let (epoch, category_key) =
+                        self.batch_category_key(&key_id, &new, new_keys, &mut shares, now_ms, rng)?;
                     ops.extend(shares.drain(..).map(Some));
                     ops.push(None);
                     sealed_later.push((ops.len() - 1, request, record_id, version, epoch, category_key));
@@ -292,6 +294,7 @@ impl RecordService {
         new_patients: &HashMap<IdentityId, &Keypair>,
         new_keys: &mut HashMap<CategoryKeyId, (u32, CategoryKey)>,
         ops: &mut Vec<Payload>,
+        now_ms: TimestampMs,
         rng: &mut impl CryptoRng,
     ) -> Result<(u32, CategoryKey), RecordError> {
         if let Some((epoch, key)) = new_keys.get(key_id) {
@@ -301,7 +304,7 @@ impl RecordService {
             Some(keys) => (1, keys.encryption_public_key()),
             None => {
                 let state = self.chain.state();
-                let current = state.category_key(key_id).map(|k| (k.epoch, k.rotation_required));
+                let current = state.category_key(key_id).map(|k| (k.epoch, must_rotate_before_writing(k, now_ms)));
                 let patient_key =
                     state.identity(&key_id.patient).ok_or(RecordError::Invalid("unknown patient"))?.encryption_key;
                 drop(state);

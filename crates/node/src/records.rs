@@ -43,7 +43,7 @@ pub enum RecordError {
     UnknownRecord(RecordId),
     #[error("record {record} has no version {version}")]
     UnknownVersion { record: RecordId, version: u32 },
-    #[error("this node's organisation holds no key for this record; it cannot decrypt it")]
+    #[error("this node's organisation holds no key for this record; read it at a node of the record's custodian")]
     NotDecryptableHere,
     #[error("the ciphertext of this version is not in this node's store")]
     CiphertextMissing,
@@ -160,6 +160,17 @@ impl RecordService {
 
 /// How long a submitted key share counts as in flight before it may be submitted again.
 const SHARE_INFLIGHT_MS: u64 = 30_000;
+
+/// How long before a category key's sharing ends (`CategoryKeyState::shared_until_ms`) a
+/// node already writes under a new epoch: the block a write lands in is dated after the
+/// write, and the ledger refuses a record under an epoch that must have rotated by then.
+const KEY_ROTATION_MARGIN_MS: u64 = 60_000;
+
+/// Whether a record written now must start a new epoch of `key` (see
+/// [`KEY_ROTATION_MARGIN_MS`]).
+pub(crate) fn must_rotate_before_writing(key: &medledger_ledger::CategoryKeyState, now_ms: TimestampMs) -> bool {
+    key.must_rotate(now_ms.saturating_add(KEY_ROTATION_MARGIN_MS))
+}
 
 impl RecordService {
     pub fn new(chain: Arc<Chain>, node_keys: Keypair, organisation_keys: Keypair, blobs: Arc<dyn BlobStore>) -> Self {
@@ -356,7 +367,7 @@ impl RecordService {
     ) -> Result<(u32, CategoryKey), RecordError> {
         let current = self.chain.state().category_key(key_id).cloned();
         if let Some(state) = &current
-            && !state.rotation_required
+            && !must_rotate_before_writing(state, now_ms)
         {
             let key = self.category_key(key_id, state.epoch)?;
             return Ok((state.epoch, key));
@@ -610,23 +621,17 @@ impl RecordService {
             }
             let grantee_key =
                 state.identity(&grant.grantee).ok_or(RecordError::Invalid("unknown grantee"))?.encryption_key;
+            // Exactly what consensus accepts (`Grant::may_share_key`): whole categories only. An
+            // epoch that must rotate is still shared: it opens only records written before, all
+            // of which the grant covers; the next write starts a new epoch, shared again.
             let keys: Vec<(CategoryKeyId, u32)> = medledger_types::CATEGORIES
                 .iter()
+                .filter(|c| grant.may_share_key(c, now_ms))
                 .map(|c| CategoryKeyId { custodian: me, patient: grant.patient, category: (*c).to_owned() })
                 .filter_map(|id| {
                     let key = state.category_key(&id)?;
-                    let reaches = match &grant.scope {
-                        medledger_ledger::Scope::All => true,
-                        medledger_ledger::Scope::Categories(c) => c.contains(&id.category),
-                        medledger_ledger::Scope::ResourceTypes(types) => types
-                            .iter()
-                            .any(|t| medledger_types::categories_of_resource_type(t).contains(&id.category.as_str())),
-                        medledger_ledger::Scope::Records(records) => records
-                            .iter()
-                            .any(|r| state.record(r).is_some_and(|h| h.custodian == me && h.category == id.category)),
-                    };
                     let held = key.holders.iter().any(|(h, _)| *h == grant.grantee);
-                    (reaches && !held && !key.rotation_required).then_some((id, key.epoch))
+                    (!held).then_some((id, key.epoch))
                 })
                 .collect();
             (grant, grantee_key, keys)

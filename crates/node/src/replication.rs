@@ -6,10 +6,12 @@
 //! asks peers for it over an authenticated p2p channel ([`CHANNEL_BLOBS`]), checks the bytes
 //! against the on-chain ciphertext hash, stores them, and only then uses them.
 //!
-//! A node serves a ciphertext only to peers whose organisation is entitled in the same sense:
-//! ciphertexts are useless without keys, but minimum-necessary means they are not handed to
-//! organisations that could never open them. Peers are genesis validators; a peer's
-//! organisation is the one genesis says operates it.
+//! A node serves a ciphertext only to peers whose organisation is the custodian, or holds a
+//! wrap of the version's category key AND a live grant covering the version at the finalized
+//! head's block time: an organisation whose grant expired or was revoked is not sent versions,
+//! even of an epoch whose key it kept (`docs/keys.md`). Ciphertexts are useless without keys,
+//! but minimum-necessary means they are not handed to organisations no longer entitled. Peers
+//! are genesis validators; a peer's organisation is the one genesis says operates it.
 //!
 //! Wire format (`docs/format.md`, "Ciphertext replication"): one tagged message per request
 //! or response, encoded with the medledger codec.
@@ -35,7 +37,7 @@ use futures::{
 };
 use medledger_blobs::{BlobStore, blob_hash};
 use medledger_codec::{CodecError, Reader, Writer};
-use medledger_ledger::CategoryKeyId;
+use medledger_ledger::{CategoryKeyId, access};
 use medledger_types::{Hash, IdentityId, RecordId, limits};
 
 use crate::{chain::Chain, validator::consensus_public_key};
@@ -151,12 +153,13 @@ pub enum FetchError {
     Store(String),
 }
 
-/// What one version's ciphertext is: its on-chain hash and who may hold keys to it.
+/// What one version's ciphertext is: its on-chain hash and who may hold it.
 struct VersionFacts {
     ciphertext_hash: Hash,
     custodian: IdentityId,
-    /// Identities holding a wrap of the category key epoch the version's data key is under.
-    key_holders: Vec<IdentityId>,
+    /// Identities holding a wrap of the category key epoch the version's data key is under and
+    /// a live grant covering the record now (the head's block time).
+    entitled_holders: Vec<IdentityId>,
 }
 
 fn version_facts(chain: &Chain, record_id: &RecordId, version: u32) -> Option<VersionFacts> {
@@ -167,15 +170,24 @@ fn version_facts(chain: &Chain, record_id: &RecordId, version: u32) -> Option<Ve
         (record.patient, record.custodian, record.category.clone(), entry.key_epoch, entry.ciphertext_hash)
     };
     let state = chain.state();
+    let head = state.record(record_id)?;
     let key = state.category_key(&CategoryKeyId { custodian, patient, category })?;
-    let key_holders = key.holders_of(epoch).map(|h| h.iter().map(|(id, _)| *id).collect()).unwrap_or_default();
-    Some(VersionFacts { ciphertext_hash, custodian, key_holders })
+    let at_ms = state.head_timestamp_ms();
+    let entitled_holders = key
+        .holders_of(epoch)
+        .unwrap_or_default()
+        .iter()
+        .map(|(id, _)| *id)
+        .filter(|holder| access::holds_live_read_grant(&state, holder, record_id, head, at_ms))
+        .collect();
+    Some(VersionFacts { ciphertext_hash, custodian, entitled_holders })
 }
 
 impl VersionFacts {
-    /// Whether `organisation` could open this version, and so may hold its ciphertext.
+    /// Whether `organisation` could open this version and is still entitled to read it, and so
+    /// may hold its ciphertext.
     fn entitles(&self, organisation: &IdentityId) -> bool {
-        self.custodian == *organisation || self.key_holders.contains(organisation)
+        self.custodian == *organisation || self.entitled_holders.contains(organisation)
     }
 }
 

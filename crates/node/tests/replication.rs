@@ -156,14 +156,22 @@ fn entitled_nodes_replicate_ciphertexts_and_check_them_against_the_chain() {
             .write(&WriteRequest { record: Some(record), ..request_for(&doc, &patient, content) }, t, &mut rng)
             .unwrap();
         commit(&mut t);
+        let (stop_lying, mut stopped) = futures::channel::oneshot::channel::<()>();
         let liar = context.child("liar").spawn(move |_| async move {
             let (mut sender, mut receiver) = raw;
-            while let Ok((peer, bytes)) = receiver.recv().await {
-                if let Ok(BlobMessage::Request { request_id, .. }) = BlobMessage::decode(bytes.as_ref()) {
-                    let lie = BlobMessage::Found { request_id, ciphertext: b"not the ciphertext".to_vec() };
-                    sender.send(Recipients::One(peer), IoBuf::from(lie.encode()), false);
+            loop {
+                commonware_macros::select! {
+                    message = receiver.recv() => {
+                        let Ok((peer, bytes)) = message else { break };
+                        if let Ok(BlobMessage::Request { request_id, .. }) = BlobMessage::decode(bytes.as_ref()) {
+                            let lie = BlobMessage::Found { request_id, ciphertext: b"not the ciphertext".to_vec() };
+                            sender.send(Recipients::One(peer), IoBuf::from(lie.encode()), false);
+                        }
+                    },
+                    _ = &mut stopped => break,
                 }
             }
+            (sender, receiver)
         });
         match fetchers[1].fetch(record, 2).await {
             Err(FetchError::NoPeerHadIt(outcomes)) => {
@@ -177,13 +185,38 @@ fn entitled_nodes_replicate_ciphertexts_and_check_them_against_the_chain() {
         stores[2].put(&hidden.get(&v2.ciphertext_hash).unwrap().unwrap()).unwrap();
         let fetched_v2 = fetchers[1].fetch(record, 2).await.unwrap();
         assert_eq!(blob_hash(&fetched_v2), v2.ciphertext_hash);
-        liar.abort();
+        stop_lying.send(()).unwrap();
+        let mut raw = liar.await.unwrap();
 
         // End to end: Clinic B's record service reads version 2 with its own keys. (Its store
         // now has the ciphertext, so the read does not need to fetch.)
         let reader = RecordService::new(chain.clone(), net.validators[1].clone(), org_b.clone(), stores[1].clone());
         let read = reader.read(patient.id(), record, Some(2), Purpose::Treatment, t).unwrap();
         assert_eq!(&read.plaintext[..], &content[..]);
+
+        // The grant ends (a day later by block time): Clinic B still holds the old epoch's key,
+        // but is no longer sent versions of it, and its node no longer asks.
+        let v3 = writer
+            .write(&WriteRequest { record: Some(record), ..request_for(&doc, &patient, content) }, t, &mut rng)
+            .unwrap();
+        commit(&mut t);
+        assert_eq!(fetchers[1].fetch(record, 3).await.map(|c| blob_hash(&c)), Ok(v3.ciphertext_hash));
+        let v4 = writer
+            .write(&WriteRequest { record: Some(record), ..request_for(&doc, &patient, content) }, t, &mut rng)
+            .unwrap();
+        commit(&mut t);
+        t += 86_400_000;
+        let later = Payload::register(Role::Practitioner, &Keypair::from_label("later"), Some(org_a.id()), "Dr L");
+        chain.submit_as(&org_a, later, t).unwrap();
+        commit(&mut t);
+        assert_eq!(fetchers[1].fetch(record, 4).await, Err(FetchError::NotEntitled));
+        // Asked directly by Clinic B's other node, the custodian's node refuses too.
+        assert_eq!(
+            ask(&mut raw, &participants[0], BlobMessage::Request { request_id: 3, record_id: record, version: 4 })
+                .await,
+            BlobMessage::Unavailable { request_id: 3, reason: Unavailable::NotEntitled }
+        );
+        assert!(!stores[1].contains(&v4.ciphertext_hash).unwrap());
     });
 }
 

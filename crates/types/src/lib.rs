@@ -133,6 +133,29 @@ pub fn categories_of_resource_type(resource_type: &str) -> &'static [&'static st
     }
 }
 
+/// Every FHIR resource type medledger stores as a patient record (each has a category above).
+pub const RECORD_RESOURCE_TYPES: [&str; 14] = [
+    "Patient",
+    "Encounter",
+    "Observation",
+    "Condition",
+    "MedicationRequest",
+    "AllergyIntolerance",
+    "Immunization",
+    "Procedure",
+    "DiagnosticReport",
+    "DocumentReference",
+    "CarePlan",
+    "Claim",
+    "ExplanationOfBenefit",
+    "Device",
+];
+
+/// The resource types whose records can be in `category` (what one category key opens).
+pub fn resource_types_of_category(category: &str) -> impl Iterator<Item = &'static str> + '_ {
+    RECORD_RESOURCE_TYPES.into_iter().filter(move |t| categories_of_resource_type(t).contains(&category))
+}
+
 /// FHIR resource types kept in the consortium directory: signed and committed like records,
 /// but in clear, because they describe organisations, staff and places, not patients.
 pub const DIRECTORY_RESOURCE_TYPES: [&str; 4] = ["Organization", "Practitioner", "PractitionerRole", "Location"];
@@ -224,23 +247,18 @@ mod tests {
 
     #[test]
     fn every_resource_category_is_a_category() {
-        for rt in [
-            "Patient",
-            "Encounter",
-            "Observation",
-            "Condition",
-            "MedicationRequest",
-            "AllergyIntolerance",
-            "Immunization",
-            "Procedure",
-            "DiagnosticReport",
-            "DocumentReference",
-            "CarePlan",
-        ] {
+        for rt in RECORD_RESOURCE_TYPES {
             assert!(!categories_of_resource_type(rt).is_empty());
             assert!(categories_of_resource_type(rt).iter().all(|c| is_category(c)), "{rt}");
         }
         assert!(categories_of_resource_type("Practitioner").is_empty());
+        // Every category holds some record type, and the inverse mapping agrees.
+        for category in CATEGORIES {
+            let types: Vec<_> = resource_types_of_category(category).collect();
+            assert!(!types.is_empty(), "{category}");
+            assert!(types.iter().all(|t| categories_of_resource_type(t).contains(&category)));
+        }
+        assert_eq!(resource_types_of_category("billing").collect::<Vec<_>>(), ["Claim", "ExplanationOfBenefit"]);
     }
 
     #[test]
