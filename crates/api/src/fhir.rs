@@ -1051,9 +1051,24 @@ pub(crate) async fn audit_events(
             "url": format!("/fhir/AuditEvent?patient=Patient/{}&_count={count}&_offset={}", patient_record.to_hex(), offset + count),
         }));
     }
-    let resource_type_of = |record: &RecordId| index.record(record).map(|r| r.resource_type.clone());
-    for entry in entries.iter().skip(offset).take(count) {
-        let resource = audit_event(entry, &patient, &chain_id, &resource_type_of);
+    let page: Vec<_> = entries
+        .into_iter()
+        .skip(offset)
+        .take(count)
+        .map(|entry| {
+            let resource_type = entry.event.record.and_then(|(r, _)| index.record(&r).map(|r| r.resource_type.clone()));
+            (entry, resource_type)
+        })
+        .collect();
+    drop(index);
+    // Who recorded each event, in words: the validator that decided, and its organisation.
+    let recorders: std::collections::HashMap<IdentityId, String> = {
+        let state = app.chain.state();
+        page.iter().map(|(e, _)| (e.recorder, recorder_display(&state, &e.recorder))).collect()
+    };
+    for (entry, resource_type) in &page {
+        let recorder = (&entry.recorder, recorders.get(&entry.recorder).map_or("", String::as_str));
+        let resource = audit_event(entry, &patient, &chain_id, resource_type.as_deref(), recorder);
         let id = resource["id"].as_str().unwrap_or_default().to_owned();
         bundle["entry"].as_array_mut().expect("entry is an array").push(serde_json::json!({
             "fullUrl": format!("/fhir/AuditEvent/{id}"),
@@ -1061,8 +1076,18 @@ pub(crate) async fn audit_events(
             "search": {"mode": "match"},
         }));
     }
-    drop(index);
     Ok(bundle_response(bundle.to_string()))
+}
+
+/// How a recorder of access events is named for people: "node-0 (St Mary's Hospital)".
+pub(crate) fn recorder_display(state: &medledger_ledger::State, recorder: &IdentityId) -> String {
+    match state.identity(recorder) {
+        Some(node) => match node.organisation.and_then(|o| state.identity(&o)) {
+            Some(org) => format!("{} ({})", node.name, org.name),
+            None => node.name.clone(),
+        },
+        None => format!("unknown recorder {}", recorder.to_hex()),
+    }
 }
 
 pub const AUDIT_PAGE_DEFAULT: usize = 50;
@@ -1074,7 +1099,8 @@ fn audit_event(
     entry: &medledger_node::index::AccessEntry,
     patient: &IdentityId,
     chain_id: &str,
-    resource_type_of: &dyn Fn(&RecordId) -> Option<String>,
+    resource_type: Option<&str>,
+    (recorder, recorder_name): (&IdentityId, &str),
 ) -> serde_json::Value {
     use medledger_ledger::AccessOutcome;
     let event = &entry.event;
@@ -1096,7 +1122,7 @@ fn audit_event(
         "role": {"system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "1", "display": "Patient"},
     })];
     if let Some((record, version)) = &event.record
-        && let Some(resource_type) = resource_type_of(record)
+        && let Some(resource_type) = resource_type
     {
         entities.push(serde_json::json!({
             "what": {"reference": format!("{resource_type}/{}/_history/{version}", record.to_hex())},
@@ -1128,7 +1154,8 @@ fn audit_event(
         "agent": [agent],
         "source": {
             "site": format!("medledger chain {chain_id}"),
-            "observer": {"display": "medledger ledger (access events are committed on-chain)"},
+            // The node that decided and recorded the event (only validators may).
+            "observer": {"identifier": identity(recorder), "display": recorder_name},
         },
         "entity": entities,
     });

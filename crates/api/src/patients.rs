@@ -17,7 +17,8 @@ use axum::{
     extract::{Path, Query, Request, State},
 };
 use medledger_ledger::{
-    AccessAction, AccessOutcome, BreakGlassReview, Grant, GrantOrigin, Scope, access::decide_at_head, actions,
+    AccessAction, AccessOutcome, BreakGlassReview, Grant, GrantOrigin, Scope, State as LedgerState,
+    access::decide_at_head, actions,
 };
 use medledger_node::index::{
     AccessEntry, BreakGlassEntry, DelegateAct, DelegateActEntry, DelegationChange, DelegationEntry, KeyShareEntry,
@@ -446,6 +447,13 @@ struct AccessView {
     height: u64,
     committed_at_ms: TimestampMs,
     accessor: String,
+    /// The accessor's on-chain name (practitioners, organisations, clients; patients have none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    accessor_name: Option<String>,
+    /// The validator that decided and recorded the event (only validators may record one).
+    recorded_by: String,
+    /// The recorder in words: "node-0 (St Mary's Hospital)".
+    recorded_by_name: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     record: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -460,9 +468,12 @@ struct AccessView {
     at_ms: TimestampMs,
 }
 
-fn access_view(a: &AccessEntry) -> AccessView {
+fn access_view(a: &AccessEntry, state: &LedgerState) -> AccessView {
     let e = &a.event;
     AccessView {
+        accessor_name: state.identity(&e.accessor).map(|i| i.name.clone()).filter(|n| !n.is_empty()),
+        recorded_by: a.recorder.to_hex(),
+        recorded_by_name: crate::fhir::recorder_display(state, &a.recorder),
         tx_id: a.position.tx_id.to_hex(),
         log_index: a.position.log_index,
         event_index: a.event_index,
@@ -528,7 +539,7 @@ pub(crate) async fn access_log(
                 let proof = log
                     .inclusion_proof(a.position.log_index, log_size)
                     .map_err(|e| ApiError::Internal(format!("access-log proof: {e}")))?;
-                Ok(ProvenAccessView { entry: access_view(a), proof: hexes(&proof) })
+                Ok(ProvenAccessView { entry: access_view(a, &state), proof: hexes(&proof) })
             })
             .collect::<Result<Vec<_>, ApiError>>()?;
         Ok(Json(AccessLogView {
@@ -640,10 +651,10 @@ enum Event<'a> {
 }
 
 impl Event<'_> {
-    fn view(&self) -> Notification {
+    fn view(&self, state: &LedgerState) -> Notification {
         match self {
             Event::Access(a) => Notification::Access {
-                entry: access_view(a),
+                entry: access_view(a, state),
                 break_glass: a.event.outcome == AccessOutcome::BreakGlass,
             },
             Event::BreakGlass(b) => Notification::BreakGlass {
@@ -711,6 +722,7 @@ impl Event<'_> {
 }
 
 fn notifications_of(
+    state: &LedgerState,
     index: &PatientIndex,
     grants: Vec<&Grant>,
     patient: &IdentityId,
@@ -757,7 +769,7 @@ fn notifications_of(
     let total = events.len() + expiring.len();
     // Expiring grants are current, so they stay; the oldest events give way.
     let kept = NOTIFICATIONS_MAX.saturating_sub(expiring.len()).min(events.len());
-    let mut all: Vec<Notification> = events[events.len() - kept..].iter().map(|(_, e)| e.view()).collect();
+    let mut all: Vec<Notification> = events[events.len() - kept..].iter().map(|(_, e)| e.view(state)).collect();
     all.extend(expiring);
     (total, all)
 }
@@ -776,7 +788,7 @@ pub(crate) async fn notifications(
         let state = c.state();
         let index = c.patient_index();
         let grants: Vec<&Grant> = state.grants_of(&patient).collect();
-        let (total, notifications) = notifications_of(&index, grants, &patient, since_ms, now);
+        let (total, notifications) = notifications_of(&state, &index, grants, &patient, since_ms, now);
         Ok(Json(NotificationsView {
             patient: patient.to_hex(),
             since_ms,

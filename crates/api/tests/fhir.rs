@@ -541,6 +541,9 @@ async fn audit_events_show_the_patient_every_access_as_valid_r4() {
         }
         assert_eq!(event["entity"][1]["what"]["reference"], format!("Observation/{obs_id}/_history/1"));
         assert_eq!(event["extension"][0]["valueString"].as_str().unwrap().len(), 64);
+        // The recorder: the validator that decided.
+        assert_eq!(event["source"]["observer"]["identifier"]["value"], w.net.validators[0].id().to_hex());
+        assert!(event["source"]["observer"]["display"].as_str().unwrap().starts_with("node-0 ("));
     }
     let by = |who: &Keypair| {
         events.iter().find(|e| e["agent"][0]["who"]["identifier"]["value"] == who.id().to_hex()).unwrap()

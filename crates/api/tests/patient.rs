@@ -194,6 +194,12 @@ async fn the_patient_sees_records_grants_access_log_and_notifications() {
     assert!(entries.iter().any(|e| who(e) == (w.doc_b.id().to_hex(), "denied".into()) && e["reason"] == "no-grant"));
     assert!(entries.iter().any(|e| e["action"] == "read" && e["outcome"] == "break-glass"));
     assert!(entries.iter().any(|e| e["action"] == "history" && e["outcome"] == "break-glass"));
+    // Every entry names the node that decided and recorded it, by id and in words.
+    let node = w.net.validators[0].id().to_hex();
+    for e in entries {
+        assert_eq!(e["recorded_by"].as_str(), Some(node.as_str()), "{e}");
+        assert!(e["recorded_by_name"].as_str().unwrap().starts_with("node-0 ("), "{e}");
+    }
     // Paging.
     let page = w.get_json(&format!("/v1/patients/{p}/access-log?from=1&limit=1"), &w.patient).await;
     assert_eq!(page["entries"].as_array().unwrap().len(), 1);

@@ -12,7 +12,7 @@ use crate::{
     error::{BlockError, TxError},
     genesis::Genesis,
     rules::{self, CommittedRecord, Derived, InstallContext, InstalledRule, RuleError, RuleView},
-    tx::{AccessOutcome, Payload, Purpose, ReviewVerdict, Scope, Transaction, actions},
+    tx::{AccessAction, AccessEvent, AccessOutcome, Payload, Purpose, ReviewVerdict, Scope, Transaction, actions},
 };
 
 /// A registered identity.
@@ -1008,6 +1008,88 @@ impl<'a> Overlay<'a> {
         holds_a_category_key(organisation, patient, |id| self.category_key(id).is_some())
     }
 
+    /// One access event of an `AccessEvents` transaction (see there).
+    fn check_access_event(&self, event: &AccessEvent, ctx: BlockContext) -> Result<(), TxError> {
+        let accessor = self.require(&event.accessor, "accessor")?;
+        let staff_of = match accessor.role {
+            Role::Practitioner | Role::SystemClient => accessor.organisation,
+            Role::Organisation => Some(event.accessor),
+            _ => None,
+        };
+        if self.require(&event.patient, "patient")?.role != Role::Patient {
+            return Err(TxError::InvalidField("patient must be a patient identity"));
+        }
+        let record = match event.record {
+            Some((record_id, version)) => match self.record(&record_id) {
+                Some(head) if head.patient == event.patient && version >= 1 && version <= head.latest_version => {
+                    Some((record_id, head))
+                }
+                _ => {
+                    return Err(TxError::InvalidField("access event names an unknown record version of this patient"));
+                }
+            },
+            None => None,
+        };
+        if event.at_ms > ctx.timestamp_ms.saturating_add(limits::BLOCK_FUTURE_DRIFT_MS) {
+            return Err(TxError::InvalidField("access event is dated after its block"));
+        }
+        if event.at_ms.saturating_add(limits::ACCESS_EVENT_AGE_MAX_MS) < ctx.timestamp_ms {
+            return Err(TxError::InvalidField("access event is older than an access event may be recorded"));
+        }
+        check_reason(&event.reason)?;
+        let grant = match &event.grant_id {
+            Some(g) => Some(self.grant(g).ok_or(TxError::UnknownGrant(*g))?),
+            None => None,
+        };
+        match event.outcome {
+            AccessOutcome::Denied if grant.is_some() => {
+                Err(TxError::InvalidField("a denied access is not under a grant"))
+            }
+            AccessOutcome::Denied => Ok(()),
+            AccessOutcome::BreakGlass if !grant.is_some_and(|g| g.is_break_glass()) => {
+                Err(TxError::InvalidField("a break-glass access names its break-glass declaration"))
+            }
+            AccessOutcome::Allowed if grant.is_some_and(|g| g.is_break_glass()) => {
+                Err(TxError::InvalidField("an access under break-glass is recorded as break-glass"))
+            }
+            AccessOutcome::Allowed | AccessOutcome::BreakGlass => match grant {
+                Some(grant) => {
+                    let needed = if event.action == AccessAction::Write { actions::WRITE } else { actions::READ };
+                    let grantee_ok = grant.grantee == event.accessor || Some(grant.grantee) == staff_of;
+                    let covers =
+                        record.is_none_or(|(id, head)| grant.scope.covers(&id, &head.resource_type, &head.category));
+                    let in_period = grant.valid_from_ms <= event.at_ms && event.at_ms < grant.valid_until_ms;
+                    if grant.patient != event.patient
+                        || !grantee_ok
+                        || !covers
+                        || !in_period
+                        || grant.actions & needed != needed
+                        || grant.purpose != event.purpose
+                    {
+                        return Err(TxError::InvalidField(
+                            "an allowed access names a grant that did not allow it (accessor, record, period, action or purpose)",
+                        ));
+                    }
+                    Ok(())
+                }
+                // Without a grant: the patient themself, or the custodian and its staff.
+                None => {
+                    let custodian_ok = match record {
+                        Some((_, head)) => staff_of == Some(head.custodian),
+                        None => staff_of.is_some_and(|org| self.custodies(&org, &event.patient)),
+                    };
+                    if event.accessor == event.patient || custodian_ok {
+                        Ok(())
+                    } else {
+                        Err(TxError::InvalidField(
+                            "an allowed access without a grant is by the patient or the record's custodian",
+                        ))
+                    }
+                }
+            },
+        }
+    }
+
     fn require(&self, id: &IdentityId, what: &'static str) -> Result<&Identity, TxError> {
         self.identity(id).ok_or(TxError::UnknownIdentity { what, id: *id })
     }
@@ -1328,44 +1410,20 @@ impl<'a> Overlay<'a> {
                 self.revoke_grant(grant_id, ctx.height, signer);
             }
             Payload::AccessEvents { events } => {
-                if !matches!(role, Some(Role::Validator | Role::Organisation | Role::SystemClient)) {
+                // Only the node that made a decision records it: a validator, shown as the
+                // recorder of every event it signs. An allowed event must name a basis the
+                // ledger agrees with, so no node can claim someone read under a grant, a
+                // custody or a break-glass declaration they never had.
+                if role != Some(Role::Validator) {
                     return Err(TxError::NotAuthorised(
-                        "access events are written by nodes, organisations or system clients",
+                        "access events are recorded only by the node that decided them: a validator",
                     ));
                 }
                 if events.is_empty() {
                     return Err(TxError::InvalidField("an access-events transaction needs at least one event"));
                 }
                 for event in events {
-                    self.require(&event.accessor, "accessor")?;
-                    if self.require(&event.patient, "patient")?.role != Role::Patient {
-                        return Err(TxError::InvalidField("patient must be a patient identity"));
-                    }
-                    if let Some((record_id, version)) = event.record {
-                        match self.record(&record_id) {
-                            Some(head)
-                                if head.patient == event.patient && version >= 1 && version <= head.latest_version => {}
-                            _ => {
-                                return Err(TxError::InvalidField(
-                                    "access event names an unknown record version of this patient",
-                                ));
-                            }
-                        }
-                    }
-                    let grant = match &event.grant_id {
-                        Some(g) => Some(self.grant(g).ok_or(TxError::UnknownGrant(*g))?),
-                        None => None,
-                    };
-                    if event.outcome == AccessOutcome::BreakGlass && !grant.is_some_and(|g| g.is_break_glass()) {
-                        return Err(TxError::InvalidField("a break-glass access names its break-glass declaration"));
-                    }
-                    if event.outcome == AccessOutcome::Denied && event.grant_id.is_some() {
-                        return Err(TxError::InvalidField("a denied access is not under a grant"));
-                    }
-                    if event.at_ms > ctx.timestamp_ms.saturating_add(limits::BLOCK_FUTURE_DRIFT_MS) {
-                        return Err(TxError::InvalidField("access event is dated after its block"));
-                    }
-                    check_reason(&event.reason)?;
+                    self.check_access_event(event, ctx)?;
                 }
             }
             Payload::KeyShare { custodian, patient, category, epoch, shares } => {

@@ -488,15 +488,12 @@ fn grants_revocations_and_access_events() {
     assert!(w.state.grant(&grant_id).unwrap().scope.covers(&record, "Observation", "labs"));
     assert_eq!(w.state.grants_between(&patient.id(), &org_b.id()).count(), 1);
 
-    // A node records a batch of accesses: one under the grant, one denied.
+    // A node records a batch of accesses: one under the grant (decided now), one denied.
+    let under_grant =
+        AccessEvent { at_ms: w.t, ..World::event(doc_b.id(), patient.id(), Some((record, 1)), Some(grant_id)) };
     let batch = w.tx(
         &validator,
-        Payload::AccessEvents {
-            events: vec![
-                World::event(doc_b.id(), patient.id(), Some((record, 1)), Some(grant_id)),
-                World::event(doc_b.id(), patient.id(), None, None),
-            ],
-        },
+        Payload::AccessEvents { events: vec![under_grant, World::event(doc_b.id(), patient.id(), None, None)] },
     );
     w.apply_one(batch).unwrap();
     // Unknown versions, free text, future dates, empty batches and practitioners are refused.

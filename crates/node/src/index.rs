@@ -67,6 +67,8 @@ pub struct AccessEntry {
     pub position: TxPosition,
     /// The event's index within that transaction.
     pub event_index: u16,
+    /// Who recorded it: the validator that decided, and signed the transaction.
+    pub recorder: IdentityId,
     pub event: AccessEvent,
 }
 
@@ -299,6 +301,7 @@ impl PatientIndex {
                             self.patients.entry(event.patient).or_default().access.push(AccessEntry {
                                 position,
                                 event_index: event_index as u16,
+                                recorder: signer,
                                 event,
                             });
                         }

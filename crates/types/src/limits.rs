@@ -30,6 +30,10 @@ pub const KEY_SHARES_MAX: usize = 64;
 pub const ACCESS_EVENTS_PER_TX_MAX: usize = 256;
 /// Most resource types or records named in one consent scope (consensus-relevant).
 pub const SCOPE_ITEMS_MAX: usize = 64;
+/// Oldest an access event may be when its transaction commits, against the block's time
+/// (consensus-relevant): a node records decisions promptly, from its durable audit journal
+/// after a restart too; an older event is refused rather than placed back in time.
+pub const ACCESS_EVENT_AGE_MAX_MS: u64 = 7 * 24 * 60 * 60 * 1000;
 /// Longest reason text in an access event, in bytes (consensus-relevant).
 pub const REASON_BYTES_MAX: usize = 256;
 /// Most validators in a consortium (consensus-relevant).
