@@ -1,8 +1,10 @@
 //! Break-glass review queues: `GET /v1/break-glass[?pending=true|false][&from=N][&limit=M]`.
 //!
-//! An organisation, or one of its practitioners, lists the break-glass accesses it may review
-//! (`docs/rules.md`, review break-glass): those declared by the organisation's own
-//! practitioners and those to patients whose data it holds as custodian. Nothing else: 403
+//! An organisation, or one of its practitioners, lists the break-glass accesses about its
+//! patients and its staff (`docs/rules.md`, review break-glass): those to patients whose data
+//! it holds as custodian, which it may review unless its own practitioner declared them, and
+//! those its own practitioners declared, shown so it knows but never reviewed by it (the
+//! declarer's organisation does not judge its own staff's emergencies). Nothing else: 403
 //! `not-an-organisation` for any other caller. With `pending=true` (the default) only accesses
 //! awaiting review are listed, oldest first, so the queue is worked from the front. Answers
 //! carry ids and codes only.
@@ -33,9 +35,11 @@ struct BreakGlassView {
     practitioner: String,
     reason: String,
     window_ms: u64,
-    /// Why the caller's organisation may review it: `declarer-organisation` or `custodian`.
+    /// Why the caller's organisation sees it: `custodian` (it holds the patient's records) or
+    /// `declarer-organisation` (its practitioner declared it).
     basis: &'static str,
-    /// False when the caller declared it: a declarer never reviews their own access.
+    /// Whether the caller may review it: a custodian other than the declarer's organisation,
+    /// and never the declarer.
     reviewable_by_you: bool,
     /// The emergency window is open now (by the node's clock) and not revoked.
     live: bool,
@@ -88,20 +92,20 @@ pub(crate) async fn list(
             .filter(|b| !pending_only || b.reviewed_by_tx.is_none())
             .filter_map(|b| {
                 let declarer_org = state.identity(&b.practitioner).and_then(|i| i.organisation);
-                let basis = if declarer_org == Some(organisation) {
-                    "declarer-organisation"
+                let (basis, reviewable) = if declarer_org == Some(organisation) {
+                    ("declarer-organisation", false)
                 } else if state.custodies(&organisation, &b.patient) {
-                    "custodian"
+                    ("custodian", requester != b.practitioner)
                 } else {
                     return None;
                 };
-                Some((b, basis))
+                Some((b, (basis, reviewable)))
             })
             .collect();
         let (page, next) = slice(&visible, from, limit);
         let events = page
             .iter()
-            .map(|(b, basis)| {
+            .map(|(b, (basis, reviewable))| {
                 let grant = state.grant(&b.position.tx_id);
                 BreakGlassView {
                     tx_id: b.position.tx_id.to_hex(),
@@ -112,7 +116,7 @@ pub(crate) async fn list(
                     reason: b.reason.clone(),
                     window_ms: b.window_ms,
                     basis,
-                    reviewable_by_you: requester != b.practitioner,
+                    reviewable_by_you: *reviewable,
                     live: grant.is_some_and(|g| g.is_live(now)),
                     review: grant.and_then(|g| g.review()).map(ReviewView::from),
                 }

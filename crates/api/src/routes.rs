@@ -440,6 +440,9 @@ pub(crate) struct IdentityView {
     name: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     organisation: Option<String>,
+    /// What a member organisation does (`care-provider`, `payer`, `research`, `other`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kind: Option<&'static str>,
     signing_key: String,
     encryption_key: String,
     next_nonce: u64,
@@ -453,6 +456,7 @@ impl From<&Identity> for IdentityView {
             role: who.role.as_str(),
             name: who.name.clone(),
             organisation: who.organisation.as_ref().map(IdentityId::to_hex),
+            kind: who.kind.map(|k| k.as_str()),
             signing_key: hex::encode(who.signing_key.0),
             encryption_key: hex::encode(who.encryption_key.0),
             next_nonce: who.next_nonce,

@@ -424,13 +424,14 @@ async fn organisations_review_break_glass_from_their_queue_and_the_patient_sees_
     let emergency = format!("/v1/records/{record}?purpose=ETREAT");
     assert_eq!(w.call("GET", &emergency, Some(&w.doc_b), b"").await.0, 200);
 
-    // Hospital A (custodian) and Clinic B (the declarer's) both see it awaiting review; the
-    // declarer sees it but may not review it; a patient has no queue.
+    // Hospital A (custodian) and Clinic B (the declarer's) both see it awaiting review; only
+    // the custodian may review it, never the declarer or its organisation; a patient has no
+    // queue.
     let queue = "/v1/break-glass?pending=true";
     for (who, basis, reviewable) in [
         (&org_a, "custodian", true),
         (&w.doc_a, "custodian", true),
-        (&org_b, "declarer-organisation", true),
+        (&org_b, "declarer-organisation", false),
         (&w.doc_b, "declarer-organisation", false),
     ] {
         let list = w.get_json(queue, who).await;
@@ -450,6 +451,7 @@ async fn organisations_review_break_glass_from_their_queue_and_the_patient_sees_
         reason: "no-emergency".into(),
     };
     assert_eq!(w.post_tx(&w.doc_b, review(ReviewVerdict::Justified)).await.0, 400);
+    assert_eq!(w.post_tx(&org_b, review(ReviewVerdict::Justified)).await.0, 400);
     let (status, accepted) = w.post_tx(&org_a, review(ReviewVerdict::Unjustified)).await;
     assert_eq!(status, 202, "{accepted}");
     let review_tx = accepted["tx_id"].as_str().unwrap().to_owned();

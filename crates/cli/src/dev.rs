@@ -20,7 +20,7 @@ use medledger_node::{
     devnet::Devnet,
     records::WriteRequest,
 };
-use medledger_types::{IdentityId, RecordId, Role, TxId};
+use medledger_types::{IdentityId, OrganisationKind, RecordId, Role, TxId};
 use serde_json::json;
 
 use crate::{
@@ -36,6 +36,13 @@ const RESOURCES_PER_PATIENT: usize = 12;
 const DEMO_SEED: u64 = 2026;
 const ORGANISATIONS: [&str; 4] =
     ["St Mary's Hospital", "City General Hospital", "Acme Health Insurance", "Northbridge Research Institute"];
+/// What each of [`ORGANISATIONS`] is.
+const KINDS: [OrganisationKind; 4] = [
+    OrganisationKind::CareProvider,
+    OrganisationKind::CareProvider,
+    OrganisationKind::Payer,
+    OrganisationKind::Research,
+];
 
 /// A demo identity with its key file.
 struct Demo {
@@ -75,7 +82,8 @@ fn load_or_create_genesis(dir: &Path) -> Result<Genesis> {
         };
         demo_key(dir, &label).expect("cannot write a demo key file")
     };
-    let net = Devnet::new("medledger.dev", now_ms(), &ORGANISATIONS, 1, &mut key);
+    let members: Vec<(&str, OrganisationKind)> = ORGANISATIONS.into_iter().zip(KINDS).collect();
+    let net = Devnet::with_kinds("medledger.dev", now_ms(), &members, 1, &mut key);
     std::fs::write(&path, net.genesis.to_bytes())?;
     Ok(net.genesis)
 }

@@ -9,6 +9,7 @@ use anyhow::{Context, Result, bail};
 use medledger_codec::Encode;
 use medledger_crypto::{Keypair, write_key_file};
 use medledger_node::devnet::Devnet;
+use medledger_types::OrganisationKind;
 
 use crate::config::{NodeConfigFile, PeerEntry};
 
@@ -34,6 +35,20 @@ pub fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
+/// A founding member as `Name` or `Name:kind` (kind: care-provider, payer, research, other;
+/// care-provider when omitted).
+fn parse_member(spec: &str) -> Result<(&str, OrganisationKind)> {
+    match spec.rsplit_once(':') {
+        Some((name, kind)) => match OrganisationKind::parse(kind.trim()) {
+            Some(kind) => Ok((name.trim(), kind)),
+            None => {
+                bail!("unknown organisation kind {kind:?} for {name:?}: use care-provider, payer, research or other")
+            }
+        },
+        None => Ok((spec.trim(), OrganisationKind::CareProvider)),
+    }
+}
+
 pub fn init(opts: &InitOptions) -> Result<Vec<PathBuf>> {
     if opts.validators == 0 || opts.validators > medledger_types::limits::VALIDATORS_MAX {
         bail!("--validators must be between 1 and {}", medledger_types::limits::VALIDATORS_MAX);
@@ -46,8 +61,9 @@ pub fn init(opts: &InitOptions) -> Result<Vec<PathBuf>> {
         bail!("{} already exists: refusing to overwrite a consortium", genesis_path.display());
     }
     std::fs::create_dir_all(&opts.dir).with_context(|| format!("cannot create {}", opts.dir.display()))?;
-    let names: Vec<&str> = opts.organisations.iter().map(String::as_str).collect();
-    let net = Devnet::new(&opts.chain_name, now_ms(), &names, opts.validators, &mut |_| Keypair::generate());
+    let members = opts.organisations.iter().map(|spec| parse_member(spec)).collect::<Result<Vec<_>>>()?;
+    let names: Vec<&str> = members.iter().map(|(name, _)| *name).collect();
+    let net = Devnet::with_kinds(&opts.chain_name, now_ms(), &members, opts.validators, &mut |_| Keypair::generate());
     net.genesis.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
     for (name, keys) in names.iter().zip(&net.organisations) {
         write_key_file(&opts.dir.join("organisations").join(format!("{}.key", slug(name))), keys)?;

@@ -47,10 +47,11 @@ enum Command {
         dir: PathBuf,
         #[arg(long, default_value_t = 4)]
         validators: usize,
-        /// Comma-separated names of the founding member organisations.
+        /// Comma-separated founding member organisations, each `Name` or `Name:kind` (kind:
+        /// care-provider (the default), payer, research or other).
         #[arg(
             long,
-            default_value = "St Mary's Hospital,City General Hospital,Acme Health Insurance,Northbridge Research Institute"
+            default_value = "St Mary's Hospital:care-provider,City General Hospital:care-provider,Acme Health Insurance:payer,Northbridge Research Institute:research"
         )]
         organisations: String,
         #[arg(long, default_value = "medledger.local")]

@@ -3,9 +3,10 @@
 
 use medledger_codec::{CodecError, Decode, Encode, Reader, Writer, decode_exact};
 use medledger_crypto::{EncryptionPublicKey, PublicKey, identity_id, sha256_parts};
-use medledger_types::{Hash, IdentityId, TimestampMs, limits};
+use medledger_types::{Hash, IdentityId, OrganisationKind, TimestampMs, limits};
 
-pub const GENESIS_VERSION: u8 = 1;
+/// Version 2 adds each organisation's kind (`OrganisationKind`).
+pub const GENESIS_VERSION: u8 = 2;
 
 /// One founding identity.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -15,6 +16,8 @@ pub struct GenesisIdentity {
     pub encryption_key: EncryptionPublicKey,
     /// For validators: the member organisation operating the node.
     pub organisation: Option<IdentityId>,
+    /// For organisations: what kind of member it is; `None` for validators.
+    pub kind: Option<OrganisationKind>,
 }
 
 impl GenesisIdentity {
@@ -103,6 +106,12 @@ impl Genesis {
             if o.organisation.is_some() {
                 return invalid(format!("organisation {} cannot belong to another organisation", o.name));
             }
+            if o.kind.is_none() {
+                return invalid(format!("organisation {} needs a kind", o.name));
+            }
+        }
+        if let Some(v) = self.validators.iter().find(|v| v.kind.is_some()) {
+            return invalid(format!("validator {} has an organisation kind", v.name));
         }
         Ok(())
     }
@@ -121,13 +130,27 @@ fn decode_identity(r: &mut Reader<'_>) -> Result<GenesisIdentity, CodecError> {
         signing_key: PublicKey(r.array("signing key")?),
         encryption_key: EncryptionPublicKey(r.array("encryption key")?),
         organisation: r.option("organisation", IdentityId::decode)?,
+        kind: None,
     })
+}
+
+fn encode_organisation(w: &mut Writer, who: &GenesisIdentity) {
+    encode_identity(w, who);
+    // `validate` requires a kind; an unvalidated genesis without one encodes as "other".
+    w.u8(who.kind.unwrap_or(OrganisationKind::Other) as u8);
+}
+
+fn decode_organisation(r: &mut Reader<'_>) -> Result<GenesisIdentity, CodecError> {
+    let mut who = decode_identity(r)?;
+    let tag = r.u8("organisation kind")?;
+    who.kind = Some(OrganisationKind::from_u8(tag).ok_or(CodecError::InvalidTag { what: "organisation kind", tag })?);
+    Ok(who)
 }
 
 impl Encode for Genesis {
     fn encode(&self, w: &mut Writer) {
         w.u8(GENESIS_VERSION).str(&self.chain_name).u64(self.genesis_time_ms);
-        w.seq(&self.organisations, encode_identity);
+        w.seq(&self.organisations, encode_organisation);
         w.seq(&self.validators, encode_identity);
     }
 }
@@ -141,7 +164,7 @@ impl Decode for Genesis {
         Ok(Self {
             chain_name: r.string(limits::NAME_BYTES_MAX, "chain name")?,
             genesis_time_ms: r.u64("genesis time")?,
-            organisations: r.seq(limits::GENESIS_MEMBERS_MAX, "organisations", decode_identity)?,
+            organisations: r.seq(limits::GENESIS_MEMBERS_MAX, "organisations", decode_organisation)?,
             validators: r.seq(limits::VALIDATORS_MAX, "validators", decode_identity)?,
         })
     }

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use medledger_crypto::{CryptoError, EncryptionPublicKey, PublicKey, Signature, identity_id, verify_batch};
 use medledger_merkle::MerkleLog;
-use medledger_types::{Hash, Height, IdentityId, RecordId, Role, TimestampMs, TxId, limits};
+use medledger_types::{Hash, Height, IdentityId, OrganisationKind, RecordId, Role, TimestampMs, TxId, limits};
 
 use crate::{
     block::{Block, BlockHeader, txs_root},
@@ -23,6 +23,8 @@ pub struct Identity {
     pub signing_key: PublicKey,
     pub encryption_key: EncryptionPublicKey,
     pub organisation: Option<IdentityId>,
+    /// What a member organisation does (from genesis); `None` for every other identity.
+    pub kind: Option<OrganisationKind>,
     pub name: String,
     /// The nonce the identity's next transaction must carry.
     pub next_nonce: u64,
@@ -255,6 +257,8 @@ pub struct Delta {
     /// patient -> every delegation of the patient, oldest first.
     delegations: HashMap<IdentityId, Vec<Delegation>>,
     directory: HashMap<RecordId, DirectoryHead>,
+    /// practitioner -> ids of the break-glass declarations they made, oldest first.
+    declared_break_glass: HashMap<IdentityId, Vec<TxId>>,
 }
 
 impl Delta {
@@ -272,6 +276,7 @@ impl Delta {
         self.reacting_rules.extend(newer.reacting_rules);
         self.delegations.extend(newer.delegations);
         self.directory.extend(newer.directory);
+        self.declared_break_glass.extend(newer.declared_break_glass);
     }
 }
 
@@ -328,6 +333,7 @@ pub struct State {
     reacting_rules: HashMap<IdentityId, Vec<TxId>>,
     delegations: HashMap<IdentityId, Vec<Delegation>>,
     directory: HashMap<RecordId, DirectoryHead>,
+    declared_break_glass: HashMap<IdentityId, Vec<TxId>>,
     height: Height,
     head_hash: Hash,
     head_timestamp_ms: TimestampMs,
@@ -358,6 +364,7 @@ impl State {
                     signing_key: who.signing_key,
                     encryption_key: who.encryption_key,
                     organisation: who.organisation,
+                    kind: who.kind,
                     name: who.name.clone(),
                     next_nonce: 0,
                     registered_at: 0,
@@ -380,6 +387,7 @@ impl State {
             reacting_rules: HashMap::new(),
             delegations: HashMap::new(),
             directory: HashMap::new(),
+            declared_break_glass: HashMap::new(),
             height: 0,
             head_hash: genesis.anchor_header().hash(),
             head_timestamp_ms: genesis.genesis_time_ms,
@@ -701,6 +709,7 @@ impl State {
         self.reacting_rules.extend(delta.reacting_rules);
         self.delegations.extend(delta.delegations);
         self.directory.extend(delta.directory);
+        self.declared_break_glass.extend(delta.declared_break_glass);
         for tx in &block.txs {
             self.log.push(Hash(tx.id().0));
         }
@@ -842,6 +851,13 @@ impl<'a> Overlay<'a> {
             .reacting_rules
             .get(patient)
             .or_else(|| self.inherited(patient, |d| &d.reacting_rules, &self.base.reacting_rules))
+    }
+
+    fn declared_break_glass(&self, practitioner: &IdentityId) -> Option<&Vec<TxId>> {
+        self.delta
+            .declared_break_glass
+            .get(practitioner)
+            .or_else(|| self.inherited(practitioner, |d| &d.declared_break_glass, &self.base.declared_break_glass))
     }
 
     fn delegations(&self, patient: &IdentityId) -> Option<&Vec<Delegation>> {
@@ -1199,6 +1215,7 @@ impl<'a> Overlay<'a> {
                     signing_key: *signing_key,
                     encryption_key: *encryption_key,
                     organisation: *organisation,
+                    kind: None,
                     name: name.clone(),
                     next_nonce: 0,
                     registered_at: ctx.height,
@@ -1508,6 +1525,35 @@ impl<'a> Overlay<'a> {
                 if role != Some(Role::Practitioner) {
                     return Err(TxError::NotAuthorised("only a practitioner declares break-glass access"));
                 }
+                // Emergencies are treated by care providers: an insurer's or a research
+                // institute's staff have no emergency that justifies reading without consent.
+                let declarer_org = self.require(&signer, "signer")?.organisation;
+                let care_provider = declarer_org
+                    .and_then(|o| self.identity(&o))
+                    .is_some_and(|o| o.kind == Some(OrganisationKind::CareProvider));
+                if !care_provider {
+                    return Err(TxError::NotAuthorised(
+                        "only clinicians of a care-providing organisation declare break-glass access",
+                    ));
+                }
+                // Capped: a practitioner's declarations must be reviewed before more are made,
+                // and one open window per patient is enough.
+                let declared = self.declared_break_glass(&signer).cloned().unwrap_or_default();
+                if declared
+                    .iter()
+                    .filter_map(|id| self.grant(id))
+                    .any(|g| g.patient == *patient && g.is_live(ctx.timestamp_ms))
+                {
+                    return Err(TxError::InvalidField(
+                        "this practitioner's break-glass access to this patient is still open",
+                    ));
+                }
+                let unreviewed = declared.iter().filter_map(|id| self.grant(id)).filter(|g| g.needs_review()).count();
+                if unreviewed >= limits::BREAK_GLASS_UNREVIEWED_PER_PRACTITIONER_MAX {
+                    return Err(TxError::NotAuthorised(
+                        "this practitioner's earlier break-glass accesses await review: no more until reviewed",
+                    ));
+                }
                 if self.require(patient, "patient")?.role != Role::Patient {
                     return Err(TxError::InvalidField("patient must be a patient identity"));
                 }
@@ -1533,6 +1579,9 @@ impl<'a> Overlay<'a> {
                     revoked_by: None,
                     origin: GrantOrigin::BreakGlass { reason: reason.clone(), review: None },
                 });
+                let mut declared = declared;
+                declared.push(tx_id);
+                self.delta.declared_break_glass.insert(signer, declared);
             }
             Payload::InstallRule { patient, rule } => {
                 if self.require(patient, "patient")?.role != Role::Patient {
@@ -1683,23 +1732,28 @@ impl<'a> Overlay<'a> {
                 if signer == grant.grantee {
                     return Err(TxError::NotAuthorised("the declaring practitioner cannot review their own access"));
                 }
-                let reviewer = self.require(&signer, "signer")?;
-                let organisation = match reviewer.role {
-                    Role::Organisation => signer,
-                    Role::Practitioner => reviewer
-                        .organisation
-                        .ok_or(TxError::NotAuthorised("a reviewing practitioner must belong to an organisation"))?,
-                    _ => {
+                // Reviewed by the patient (or a live delegate), or by a custodian of the
+                // patient's records other than the declarer's organisation: never by the
+                // declarer's organisation alone, which answers for the declarer.
+                if !self.acts_for_patient(&signer, &grant.patient, ctx.timestamp_ms) {
+                    let reviewer = self.require(&signer, "signer")?;
+                    let organisation = match reviewer.role {
+                        Role::Organisation => signer,
+                        Role::Practitioner => reviewer
+                            .organisation
+                            .ok_or(TxError::NotAuthorised("a reviewing practitioner must belong to an organisation"))?,
+                        _ => {
+                            return Err(TxError::NotAuthorised(
+                                "break-glass is reviewed by the patient, or by a custodian organisation or one of its practitioners",
+                            ));
+                        }
+                    };
+                    let declarer_org = self.identity(&grant.grantee).and_then(|i| i.organisation);
+                    if declarer_org == Some(organisation) || !self.custodies(&organisation, &grant.patient) {
                         return Err(TxError::NotAuthorised(
-                            "break-glass is reviewed by an organisation or one of its practitioners",
+                            "break-glass is reviewed by the patient or a custodian of their records other than the declarer's organisation",
                         ));
                     }
-                };
-                let declarer_org = self.identity(&grant.grantee).and_then(|i| i.organisation);
-                if declarer_org != Some(organisation) && !self.custodies(&organisation, &grant.patient) {
-                    return Err(TxError::NotAuthorised(
-                        "only the declarer's organisation or a custodian of the patient's records reviews",
-                    ));
                 }
                 let mut reviewed = grant.clone();
                 reviewed.origin = GrantOrigin::BreakGlass {

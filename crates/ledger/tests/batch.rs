@@ -24,6 +24,8 @@ fn identity(name: &str, keys: &Keypair, org: Option<IdentityId>) -> GenesisIdent
         signing_key: keys.public_key(),
         encryption_key: keys.encryption_public_key(),
         organisation: org,
+        // Organisations are care providers here; validators have no kind.
+        kind: org.is_none().then_some(medledger_types::OrganisationKind::CareProvider),
     }
 }
 

@@ -153,13 +153,23 @@ fn break_glass_is_declared_by_practitioners_with_a_code_and_a_bounded_window() {
     for window in [0, limits::BREAK_GLASS_WINDOW_MIN_MS - 1, limits::BREAK_GLASS_WINDOW_MAX_MS + 1, u64::MAX] {
         assert!(matches!(w.break_glass(&doc, "ed", window), Err(TxError::InvalidField(_))), "{window}");
     }
+    let mut declared = Vec::new();
     for window in
         [limits::BREAK_GLASS_WINDOW_MIN_MS, limits::BREAK_GLASS_WINDOW_DEFAULT_MS, limits::BREAK_GLASS_WINDOW_MAX_MS]
     {
-        w.break_glass(&doc, "ed", window).unwrap();
+        let id = w.break_glass(&doc, "ed", window).unwrap();
+        // One open window per practitioner and patient: a second is refused until it ends.
+        assert!(matches!(w.break_glass(&doc, "ed", window), Err(TxError::InvalidField(_))));
+        w.ok(&patient, Payload::ConsentRevoke { grant_id: id });
+        declared.push(id);
     }
     assert_eq!(limits::BREAK_GLASS_WINDOW_DEFAULT_MS, 4 * HOUR_MS);
     assert_eq!(w.state.break_glass_events(&patient.id()).count(), 3);
+    // Capped: with three declarations awaiting review, no fourth until one is reviewed.
+    assert_eq!(limits::BREAK_GLASS_UNREVIEWED_PER_PRACTITIONER_MAX, 3);
+    assert!(matches!(w.break_glass(&doc, "ed", HOUR_MS), Err(TxError::NotAuthorised(m)) if m.contains("review")));
+    w.ok(&patient, review(declared[0], ReviewVerdict::Justified, "ok"));
+    w.break_glass(&doc, "ed", HOUR_MS).unwrap();
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -490,24 +500,32 @@ fn an_unjustified_verdict_ends_an_open_window_at_once() {
     let record = RecordId([1; 32]);
     w.lab(record, 1);
     let open = w.break_glass(&doc_b, "ed-unresponsive", HOUR_MS).unwrap();
-    // A colleague of the declarer at hospital B reviews.
-    w.ok(&colleague, review(open, ReviewVerdict::Unjustified, "no-emergency"));
+    // Not a colleague of the declarer at hospital B; a practitioner of hospital A, which holds
+    // the patient's records, reviews.
+    assert!(matches!(
+        w.submit(&colleague, review(open, ReviewVerdict::Justified, "ok")),
+        Err(TxError::NotAuthorised(_))
+    ));
+    let doc = w.doc.clone();
+    w.ok(&doc, review(open, ReviewVerdict::Unjustified, "no-emergency"));
     let g = w.state.grant(&open).unwrap();
-    assert_eq!((g.revoked_at, g.revoked_by), (Some(w.state.height()), Some(colleague.id())));
+    assert_eq!((g.revoked_at, g.revoked_by), (Some(w.state.height()), Some(doc.id())));
     assert_eq!(g.review().unwrap().verdict, ReviewVerdict::Unjustified);
     assert_eq!(w.read(&doc_b, record, Purpose::Emergency, w.now()), Err(Denial::GrantRevoked));
 
     // A window already over is recorded as unjustified but not revoked after the fact.
     let over = w.break_glass(&doc_b, "ed-unresponsive", limits::BREAK_GLASS_WINDOW_MIN_MS).unwrap();
     w.t += limits::BREAK_GLASS_WINDOW_MIN_MS;
-    w.ok(&org_b, review(over, ReviewVerdict::Unjustified, "no-emergency"));
+    let org_a = w.org_a.clone();
+    w.ok(&org_a, review(over, ReviewVerdict::Unjustified, "no-emergency"));
     let g = w.state.grant(&over).unwrap();
     assert_eq!((g.revoked_at, g.needs_review()), (None, false));
-    assert_eq!(g.review().unwrap().reviewer, org_b.id());
+    assert_eq!(g.review().unwrap().reviewer, org_a.id());
+    let _ = org_b;
 }
 
 #[test]
-fn only_the_declarers_organisation_or_a_custodian_reviews_and_never_the_declarer() {
+fn only_the_patient_or_another_custodian_reviews_and_never_the_declarer_or_its_organisation() {
     let mut w = World::new();
     let (org_a, org_b, doc, doc_b, patient, validator) =
         (w.org_a.clone(), w.org_b.clone(), w.doc.clone(), w.doc_b.clone(), w.patient.clone(), w.validator.clone());
@@ -517,18 +535,23 @@ fn only_the_declarers_organisation_or_a_custodian_reviews_and_never_the_declarer
         matches!(w.submit(who, review(id, ReviewVerdict::Justified, "ok")), Err(TxError::NotAuthorised(_)))
     };
     assert!(refused(&mut w, &doc_b, id), "the declarer reviewed their own access");
-    assert!(refused(&mut w, &patient, id), "a patient is not a reviewer");
+    assert!(refused(&mut w, &org_b, id), "the declarer's organisation reviewed its own practitioner");
     assert!(refused(&mut w, &validator, id), "a validator is not a reviewer");
+    // The patient may review an emergency access to their own data.
+    let by_patient = w.tx(&patient, review(id, ReviewVerdict::Unjustified, "not-me"));
+    w.state.check_transaction(&by_patient, w.t + 1).unwrap();
     // Hospital A's practitioner may review: hospital A custodies the patient's labs.
     let by_doc = w.tx(&doc, review(id, ReviewVerdict::Justified, "ok"));
     w.state.check_transaction(&by_doc, w.t + 1).unwrap();
 
-    // For a patient hospital A holds nothing of, only hospital B (the declarer's) may review.
+    // For a patient hospital A holds nothing of, neither it nor hospital B (the declarer's)
+    // reviews: the patient does.
     let p2 = stranger.id();
     let id2 = w.ok(&doc_b, Payload::BreakGlass { patient: p2, reason: "ed-unresponsive".into(), window_ms: HOUR_MS });
     assert!(refused(&mut w, &org_a, id2), "a non-custodian organisation reviewed");
     assert!(refused(&mut w, &doc, id2), "a non-custodian's practitioner reviewed");
-    w.ok(&org_b, review(id2, ReviewVerdict::Justified, "ed-confirmed"));
+    assert!(refused(&mut w, &org_b, id2), "the declarer's organisation reviewed");
+    w.ok(&stranger, review(id2, ReviewVerdict::Justified, "ed-confirmed"));
 
     // Only break-glass accesses are reviewed, with a code for a reason.
     let consent = w.grant_to(&patient, doc_b.id());

@@ -113,6 +113,7 @@ mod tests {
             signing_key: k.public_key(),
             encryption_key: k.encryption_public_key(),
             organisation: None,
+            kind: Some(medledger_types::OrganisationKind::CareProvider),
         };
         let g =
             Genesis { chain_name: "t".into(), genesis_time_ms: 5, organisations: vec![id.clone()], validators: vec![] };

@@ -2,7 +2,7 @@
 
 use medledger_crypto::Keypair;
 use medledger_ledger::{Genesis, GenesisIdentity};
-use medledger_types::TimestampMs;
+use medledger_types::{OrganisationKind, TimestampMs};
 
 /// The founding identities of a development network.
 pub struct Devnet {
@@ -12,18 +12,26 @@ pub struct Devnet {
     pub validators: Vec<Keypair>,
 }
 
+/// A genesis validator operated by `organisation`.
 pub fn identity(name: &str, keys: &Keypair, organisation: Option<medledger_types::IdentityId>) -> GenesisIdentity {
     GenesisIdentity {
         name: name.into(),
         signing_key: keys.public_key(),
         encryption_key: keys.encryption_public_key(),
         organisation,
+        kind: None,
     }
 }
 
+/// A genesis member organisation of `kind`.
+pub fn organisation(name: &str, keys: &Keypair, kind: OrganisationKind) -> GenesisIdentity {
+    GenesisIdentity { kind: Some(kind), ..identity(name, keys, None) }
+}
+
 impl Devnet {
-    /// `organisation_names` founding organisations and `validators` validators, with keys from
-    /// `key` (deterministic labels in tests, fresh randomness for real networks).
+    /// `organisation_names` founding organisations, all care providers, and `validators`
+    /// validators, with keys from `key` (deterministic labels in tests, fresh randomness for
+    /// real networks).
     pub fn new(
         chain_name: &str,
         genesis_time_ms: TimestampMs,
@@ -31,15 +39,29 @@ impl Devnet {
         validators: usize,
         key: &mut dyn FnMut(&str) -> Keypair,
     ) -> Self {
+        let members: Vec<(&str, OrganisationKind)> =
+            organisation_names.iter().map(|n| (*n, OrganisationKind::CareProvider)).collect();
+        Self::with_kinds(chain_name, genesis_time_ms, &members, validators, key)
+    }
+
+    /// [`Devnet::new`] with each founding organisation's kind.
+    pub fn with_kinds(
+        chain_name: &str,
+        genesis_time_ms: TimestampMs,
+        members: &[(&str, OrganisationKind)],
+        validators: usize,
+        key: &mut dyn FnMut(&str) -> Keypair,
+    ) -> Self {
+        let organisation_names: Vec<&str> = members.iter().map(|(n, _)| *n).collect();
         let organisations: Vec<Keypair> = organisation_names.iter().map(|n| key(&format!("org/{n}"))).collect();
         let validator_keys: Vec<Keypair> = (0..validators).map(|i| key(&format!("validator/{i}"))).collect();
         let genesis = Genesis {
             chain_name: chain_name.into(),
             genesis_time_ms,
-            organisations: organisation_names
+            organisations: members
                 .iter()
                 .zip(&organisations)
-                .map(|(name, keys)| identity(name, keys, None))
+                .map(|((name, kind), keys)| organisation(name, keys, *kind))
                 .collect(),
             validators: validator_keys
                 .iter()

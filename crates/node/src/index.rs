@@ -575,7 +575,8 @@ mod tests {
             verdict: ReviewVerdict::Justified,
             reason: "ed-confirmed".into(),
         };
-        let review_id = chain.submit_as(&org_b, review, now_ms()).unwrap();
+        // The patient's delegate reviews (the declarer's organisation may not).
+        let review_id = chain.submit_as(&guardian, review, now_ms()).unwrap();
         commit(&net, &chain);
         chain.submit_as(&guardian, Payload::ConsentRevoke { grant_id }, now_ms()).unwrap();
         // The patient revoking their own grant is not a delegate's act.
@@ -606,7 +607,7 @@ mod tests {
         assert_eq!(entry.break_glass[0].reviewed_by_tx, Some(review_id));
         assert_eq!(entry.reviews.len(), 1);
         let r = &entry.reviews[0];
-        assert_eq!((r.break_glass_tx, r.reviewer, r.verdict), (bg_id, org_b.id(), ReviewVerdict::Justified));
+        assert_eq!((r.break_glass_tx, r.reviewer, r.verdict), (bg_id, guardian.id(), ReviewVerdict::Justified));
         let all: Vec<_> = index.break_glass().map(|b| (b.patient, b.position.tx_id)).collect();
         assert_eq!(all, vec![(patient.id(), bg_id)]);
         assert!(index.patient(&guardian.id()).is_none(), "nothing is filed under the delegate");

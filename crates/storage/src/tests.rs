@@ -12,6 +12,7 @@ fn genesis() -> (Genesis, Keypair, Keypair) {
         signing_key: k.public_key(),
         encryption_key: k.encryption_public_key(),
         organisation: o,
+        kind: o.is_none().then_some(medledger_types::OrganisationKind::CareProvider),
     };
     let g = Genesis {
         chain_name: "medledger.test".into(),

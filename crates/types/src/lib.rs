@@ -227,6 +227,42 @@ impl Role {
     }
 }
 
+/// What a member organisation does, fixed in genesis. It decides, for example, who may
+/// declare break-glass access (only clinicians of care providers). Encoded as one byte.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum OrganisationKind {
+    /// A hospital, clinic or practice: treats patients.
+    CareProvider = 1,
+    /// An insurer or other payer.
+    Payer = 2,
+    /// A research institute.
+    Research = 3,
+    /// Anything else (a registry, a pharmacy chain's head office, ...).
+    Other = 4,
+}
+
+impl OrganisationKind {
+    pub const ALL: [OrganisationKind; 4] =
+        [OrganisationKind::CareProvider, OrganisationKind::Payer, OrganisationKind::Research, OrganisationKind::Other];
+
+    pub fn from_u8(tag: u8) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| *k as u8 == tag)
+    }
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            OrganisationKind::CareProvider => "care-provider",
+            OrganisationKind::Payer => "payer",
+            OrganisationKind::Research => "research",
+            OrganisationKind::Other => "other",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == text)
+    }
+}
+
 impl fmt::Display for Role {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())

@@ -55,6 +55,9 @@ pub const BREAK_GLASS_WINDOW_MIN_MS: u64 = 60 * 1000;
 pub const BREAK_GLASS_WINDOW_MAX_MS: u64 = 24 * 60 * 60 * 1000;
 /// Window clients propose when the practitioner does not choose one (not consensus-relevant).
 pub const BREAK_GLASS_WINDOW_DEFAULT_MS: u64 = 4 * 60 * 60 * 1000;
+/// Most break-glass declarations of one practitioner awaiting review (consensus-relevant):
+/// emergency access without consent is reviewed before more is declared.
+pub const BREAK_GLASS_UNREVIEWED_PER_PRACTITIONER_MAX: usize = 3;
 /// Longest break-glass reason code, in bytes (consensus-relevant).
 pub const BREAK_GLASS_REASON_BYTES_MAX: usize = 64;
 /// Longest sharing-rule kind name, in bytes (consensus-relevant).

@@ -11,7 +11,7 @@ use medledger_ledger::{
     actions,
     tx::sign,
 };
-use medledger_types::{Hash, IdentityId, RecordId, Role, TxId};
+use medledger_types::{Hash, IdentityId, OrganisationKind, RecordId, Role, TxId};
 
 pub const DAY_MS: u64 = 86_400_000;
 pub const HOUR_MS: u64 = 3_600_000;
@@ -33,6 +33,8 @@ pub fn identity(name: &str, keys: &Keypair, org: Option<IdentityId>) -> GenesisI
         signing_key: keys.public_key(),
         encryption_key: keys.encryption_public_key(),
         organisation: org,
+        // Organisations are care providers here; validators have no kind.
+        kind: org.is_none().then_some(medledger_types::OrganisationKind::CareProvider),
     }
 }
 
@@ -40,13 +42,20 @@ impl World {
     /// Two hospitals, a practitioner at each, one registered patient, and the labs key of
     /// (hospital A, patient) shared with the patient and hospital A.
     pub fn new() -> Self {
+        Self::with_second_member("Hospital B", OrganisationKind::CareProvider)
+    }
+
+    /// [`World::new`] with organisation B named `name`, of `kind` (an insurer, a research
+    /// institute, ...).
+    pub fn with_second_member(name: &str, kind: OrganisationKind) -> Self {
         let org_a = Keypair::from_label("org-a");
         let org_b = Keypair::from_label("org-b");
         let validator = Keypair::from_label("validator-0");
+        let second = GenesisIdentity { kind: Some(kind), ..identity(name, &org_b, None) };
         let genesis = Genesis {
             chain_name: "medledger.test".into(),
             genesis_time_ms: 1_700_000_000_000,
-            organisations: vec![identity("Hospital A", &org_a, None), identity("Hospital B", &org_b, None)],
+            organisations: vec![identity("Hospital A", &org_a, None), second],
             validators: vec![identity("node-0", &validator, Some(org_a.id()))],
         };
         genesis.validate().unwrap();
