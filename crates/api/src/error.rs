@@ -27,6 +27,9 @@ pub enum ApiError {
     MethodNotAllowed { method: String, path: String },
     #[error("request body exceeds the limit of {max} bytes")]
     PayloadTooLarge { max: usize },
+    /// The request body did not arrive whole in time.
+    #[error("the request body did not arrive within {timeout_ms} ms")]
+    RequestTimeout { timeout_ms: u64 },
     #[error("unsupported content type {0}; send application/octet-stream or application/json")]
     UnsupportedMediaType(String),
     /// A submitted transaction was refused; the status depends on why.
@@ -63,6 +66,7 @@ impl ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::RequestTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Submit(SubmitError::Mempool(MempoolError::Full(_))) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Submit(

@@ -9,7 +9,8 @@
 //! whose calls run on the blocking pool so that no lock guard is held across an `.await`.
 //! Error messages name fields and ids, never record contents.
 //!
-//! API boundary: [`router`] and [`serve`], the endpoints below, and [`ApiError`].
+//! API boundary: [`router`] and [`serve`] (with [`Services`] and its [`HttpLimits`]), the
+//! endpoints below, and [`ApiError`].
 //!
 //! | Method and path                                   | Answer                                           |
 //! |---------------------------------------------------|--------------------------------------------------|
@@ -38,31 +39,42 @@
 //! | `GET /portal/{app.js,rfc6962.js,style.css}`       | the portal's script modules and stylesheet       |
 //!
 //! Statuses: 400 malformed input or invalid transaction, 404 unknown resource or route,
-//! 405 wrong method, 409 transaction already committed, 413 body over
-//! [`limits::HTTP_BODY_BYTES_MAX`], 415 unsupported content type, 503 mempool full, node
-//! halted or more than [`CONCURRENT_REQUESTS_MAX`] requests in flight (with `Retry-After`),
-//! 500 node faults only.
+//! 405 wrong method, 408 body not received within the body timeout, 409 transaction already
+//! committed, 413 body over [`limits::HTTP_BODY_BYTES_MAX`], 415 unsupported content type,
+//! 503 mempool full, node halted, more than [`CONCURRENT_REQUESTS_MAX`] requests in flight, or
+//! a client over its connection or body-buffer share (with `Retry-After`), 500 node faults only.
 //!
 //! Limits: request bodies are capped at [`limits::HTTP_BODY_BYTES_MAX`] (twice the largest
 //! transaction, so any transaction fits as raw bytes; hex in JSON doubles the size, so the
 //! very largest transactions must be sent raw). At most [`CONCURRENT_REQUESTS_MAX`] requests
-//! are served at once; the excess is shed with 503 instead of queued.
+//! are served at once; the excess is shed with 503 instead of queued. A request takes one of
+//! those permits only once its whole body has arrived (`/v1/health` takes none), so a slow
+//! sender holds no capacity but its own connection. The server ([`HttpLimits`] in
+//! [`Services::http`], defaults in brackets) closes a connection that has not sent a request's
+//! headers within `header_read_timeout_ms` [10 s] of opening or of its previous answer (idle
+//! keep-alive included), answers 408 and closes when a body is not whole within
+//! `body_read_timeout_ms` [30 s], and closes one whose answer makes no write progress for
+//! `write_stall_timeout_ms` [30 s]. A client — an IPv4 address or an IPv6 /64 — holds at most
+//! `connections_per_client_max` [64] of the node's `connections_max` [4,096] connections, and
+//! at most `body_buffer_bytes_per_client_max` [64 MiB] of the `body_buffer_bytes_max` [512 MiB]
+//! of request bodies being received; beyond either it gets 503, so no one client can fill what
+//! the others need. Keep `connections_max` below the open-file limit.
 
 use std::{future::Future, sync::Arc};
 
 use axum::{
     Router,
-    extract::{DefaultBodyLimit, Request, State},
-    middleware::{self, Next},
-    response::{IntoResponse, Response},
+    extract::DefaultBodyLimit,
+    middleware,
     routing::{get, post},
 };
 use medledger_node::{chain::Chain, records::RecordService};
 use medledger_types::limits;
-use tokio::sync::Semaphore;
 
+mod admission;
 pub mod auth;
 mod break_glass;
+mod budget;
 mod error;
 pub mod fhir;
 mod fhir_bundle;
@@ -74,6 +86,7 @@ mod patients;
 mod portal;
 mod records;
 mod routes;
+mod server;
 pub mod smart;
 
 pub use error::{ApiError, ErrorBody, ErrorDetail};
@@ -103,6 +116,8 @@ pub struct Services {
     /// (a client controls its `Host` header), so an assertion made for another node or service
     /// cannot be redeemed here. Empty: no assertion is accepted.
     pub public_bases: Vec<String>,
+    /// Timeouts and per-client limits of the HTTP server.
+    pub http: HttpLimits,
 }
 
 impl Default for Services {
@@ -112,6 +127,46 @@ impl Default for Services {
             tokens: Arc::default(),
             fhir_commit_wait_ms: FHIR_COMMIT_WAIT_MS,
             public_bases: Vec::new(),
+            http: HttpLimits::default(),
+        }
+    }
+}
+
+/// What one client may hold of the node's HTTP server, and for how long. A client is an IPv4
+/// address or an IPv6 /64. The defaults suit a node; tests shorten the timeouts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpLimits {
+    /// A connection must send a request's complete headers within this long of opening or of
+    /// its previous answer, or it is closed; so this also closes idle kept-alive connections.
+    pub header_read_timeout_ms: u64,
+    /// A request's whole body must arrive within this long of its headers, or the answer is
+    /// 408 and the connection is closed.
+    pub body_read_timeout_ms: u64,
+    /// A connection whose answer makes no write progress for this long (the client stopped
+    /// reading) is closed.
+    pub write_stall_timeout_ms: u64,
+    /// Open connections per client; more are answered 503 with `Retry-After` and closed.
+    pub connections_per_client_max: usize,
+    /// Open connections in all; more are answered 503 and closed. Keep it well below the
+    /// process's open-file limit (`ulimit -n`), which storage and p2p need too.
+    pub connections_max: usize,
+    /// Request-body bytes one client may have in memory at once (bodies are read whole before
+    /// a request is served); more is answered 503. At least the largest body a route takes.
+    pub body_buffer_bytes_per_client_max: usize,
+    /// Request-body bytes in memory at once in all; more is answered 503.
+    pub body_buffer_bytes_max: usize,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        Self {
+            header_read_timeout_ms: 10_000,
+            body_read_timeout_ms: 30_000,
+            write_stall_timeout_ms: 30_000,
+            connections_per_client_max: 64,
+            connections_max: 4_096,
+            body_buffer_bytes_per_client_max: 64 * 1024 * 1024,
+            body_buffer_bytes_max: 512 * 1024 * 1024,
         }
     }
 }
@@ -137,7 +192,7 @@ pub fn router_with(chain: Arc<Chain>, records: Option<Arc<RecordService>>) -> Ro
 /// The API's routes over `chain` and `services`.
 pub fn router_for(chain: Arc<Chain>, services: Services) -> Router {
     let chain_id = chain.genesis().chain_id();
-    let Services { records, tokens, fhir_commit_wait_ms, public_bases } = services;
+    let Services { records, tokens, fhir_commit_wait_ms, public_bases, http } = services;
     let app = routes::AppState {
         chain,
         chain_id,
@@ -150,7 +205,7 @@ pub fn router_for(chain: Arc<Chain>, services: Services) -> Router {
         public_bases: Arc::new(public_bases),
     };
     let record_body_limit = DefaultBodyLimit::max(records::RECORD_BODY_BYTES_MAX);
-    let permits = Arc::new(Semaphore::new(CONCURRENT_REQUESTS_MAX));
+    let admission_state = admission::Admission::new(&http);
     Router::new()
         .route("/v1/health", get(routes::health))
         .route("/v1/head", get(routes::head))
@@ -217,7 +272,7 @@ pub fn router_for(chain: Arc<Chain>, services: Services) -> Router {
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(DefaultBodyLimit::max(limits::HTTP_BODY_BYTES_MAX))
-        .layer(middleware::from_fn_with_state(permits, limit_concurrency))
+        .layer(middleware::from_fn_with_state(admission_state, admission::admit))
         .with_state(app)
 }
 
@@ -251,12 +306,6 @@ pub async fn serve_for(
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "HTTP API listening");
     }
-    axum::serve(listener, router_for(chain, services)).with_graceful_shutdown(shutdown).await
-}
-
-async fn limit_concurrency(State(permits): State<Arc<Semaphore>>, request: Request, next: Next) -> Response {
-    match permits.try_acquire_owned() {
-        Ok(_permit) => next.run(request).await,
-        Err(_) => ApiError::Busy.into_response(),
-    }
+    let http = services.http.clone();
+    server::run(listener, router_for(chain, services), &http, shutdown).await
 }

@@ -99,6 +99,7 @@ impl World {
                 tokens: tokens.clone(),
                 fhir_commit_wait_ms: 0,
                 public_bases: vec!["http://fhir.test".into()],
+                ..Services::default()
             },
         );
         let w = Self { net, chain, service, tokens, router, doc_a, doc_b, patient, other_patient, _dir: dir };
@@ -802,6 +803,7 @@ async fn a_create_answers_once_committed_or_202_when_the_chain_is_slow() {
             tokens: w.tokens.clone(),
             fhir_commit_wait_ms: 300,
             public_bases: vec![],
+            ..Services::default()
         },
     );
     // No blocks: accepted, not created; readable only once committed.
@@ -827,6 +829,7 @@ async fn a_create_answers_once_committed_or_202_when_the_chain_is_slow() {
             tokens: w.tokens.clone(),
             fhir_commit_wait_ms: 10_000,
             public_bases: vec![],
+            ..Services::default()
         },
     );
     let created = w.post(&doc, "/fhir/Observation", FHIR, &lab(&patient_id)).await;

@@ -87,6 +87,7 @@ impl World {
                 tokens: tokens.clone(),
                 fhir_commit_wait_ms: 10_000,
                 public_bases: vec!["http://fhir.test".into()],
+                ..Services::default()
             },
         );
         medledger_node::devnet::commit_pending(&chain, net.validators[0].id(), now_ms()).unwrap();

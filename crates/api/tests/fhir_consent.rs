@@ -72,6 +72,7 @@ impl World {
                 tokens: tokens.clone(),
                 fhir_commit_wait_ms: 10_000,
                 public_bases: vec![],
+                ..Services::default()
             },
         );
         let committer = Committer::start(chain.clone(), net.validators[0].id());

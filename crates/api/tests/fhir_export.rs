@@ -128,6 +128,7 @@ impl World {
                 tokens: tokens.clone(),
                 fhir_commit_wait_ms: 0,
                 public_bases: vec![BASE.into()],
+                ..Services::default()
             },
         );
         let mut w = Self {

@@ -101,6 +101,22 @@ impl Node {
         http(self.addr, "POST", path, content_type, body).await
     }
 
+    /// A POST whose headers declare a `content_length` body that is never sent.
+    async fn headers_only(&self, path: &str, content_length: usize) -> Reply {
+        let exchange = async {
+            let mut stream = TcpStream::connect(self.addr).await.unwrap();
+            let head = format!(
+                "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {content_length}\r\n\r\n",
+                self.addr
+            );
+            stream.write_all(head.as_bytes()).await.unwrap();
+            let mut raw = Vec::new();
+            let _ = stream.read_to_end(&mut raw).await;
+            parse_response(&raw)
+        };
+        tokio::time::timeout(IO_TIMEOUT, exchange).await.expect("HTTP exchange timed out")
+    }
+
     async fn stop(&mut self) {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
@@ -558,6 +574,13 @@ async fn bad_input_is_refused_with_json_errors_and_changes_nothing() {
     let message = node.post("/v1/transactions", octets, &oversize).await.error(413);
     assert!(message.contains(&limits::HTTP_BODY_BYTES_MAX.to_string()), "{message}");
     node.post("/v1/transactions", Some("application/json"), &oversize).await.error(413);
+    // A body declared larger than any route takes is refused before a byte of it is read, in
+    // the route's error format.
+    let declared = 64 * 1024 * 1024;
+    node.headers_only("/v1/transactions", declared).await.error(413);
+    let fhir = node.headers_only("/fhir/Observation", declared).await;
+    assert_eq!(fhir.status, 413);
+    assert!(fhir.header("content-type").is_some_and(|t| t.starts_with("application/fhir+json")), "{fhir:?}");
     // Within the body limit but over the transaction limit: malformed.
     node.post("/v1/transactions", octets, &vec![1u8; limits::TX_BYTES_MAX + 1]).await.error(400);
     node.post("/v1/transactions", Some("text/plain"), committed.bytes()).await.error(415);
