@@ -100,10 +100,6 @@ impl FhirError {
     pub(crate) fn issues(&self) -> &[Issue] {
         &self.issues
     }
-
-    fn invalid(issues: Vec<Issue>) -> Self {
-        Self { status: StatusCode::BAD_REQUEST, issues }
-    }
 }
 
 impl IntoResponse for FhirError {
@@ -543,17 +539,11 @@ pub(crate) async fn create(
     }
     let grant = authorize(&app, &headers, &resource_type, interactions::CREATE)?;
     check_content_type(&headers)?;
-    let validated = medledger_fhir::validate(&body).map_err(FhirError::invalid)?;
+    // The checks every path that writes a record runs (`write_checks`).
+    let content = crate::write_checks::check_record(Some(&resource_type), &body)?;
     // Conditional create: already here means nothing is written.
     if let Some(found) = crate::fhir_bundle::if_none_exist(&app, &headers, &grant, &resource_type).await? {
         return Ok(found);
-    }
-    if validated.resource_type != resource_type {
-        return Err(FhirError::new(
-            StatusCode::BAD_REQUEST,
-            IssueCode::Invalid,
-            format!("the body is a {}, the URL says {resource_type}", validated.resource_type),
-        ));
     }
     let service = records(&app)?;
     let custodian = service.organisation();
@@ -562,17 +552,15 @@ pub(crate) async fn create(
         w.id == custodian
             || (matches!(w.role, Role::Practitioner | Role::SystemClient) && w.organisation == Some(custodian))
     });
-    let json: serde_json::Value = serde_json::from_slice(&body)
-        .map_err(|e| FhirError::new(StatusCode::BAD_REQUEST, IssueCode::Invalid, e.to_string()))?;
+    let (json, category) = (&content.json, content.category);
     if !staff {
         // Audited when the resource names a patient here (a refused write attempt about them).
-        if let Ok(Some(patient)) = patient_of(&app, &resource_type, &json) {
+        if let Ok(Some(patient)) = patient_of(&app, &resource_type, json) {
             service.audit_refused_write(author, patient, None, "not-custodian-staff", now_ms());
         }
         return Err(forbidden("only the staff and systems of the organisation operating this node write here"));
     }
-    let category = category_of(&resource_type, &json)?;
-    let (patient, registered) = match patient_of(&app, &resource_type, &json)? {
+    let (patient, registered) = match patient_of(&app, &resource_type, json)? {
         Some(patient) => (patient, false),
         // A Patient naming no identity is someone new to the network: register them.
         None => (register_patient(&app).await?, true),
@@ -648,15 +636,8 @@ pub(crate) async fn update(
             ),
         ));
     }
-    let validated = medledger_fhir::validate(&body).map_err(FhirError::invalid)?;
-    if validated.resource_type != resource_type {
-        return Err(FhirError::new(
-            StatusCode::BAD_REQUEST,
-            IssueCode::Invalid,
-            format!("the body is a {}, the URL says {resource_type}", validated.resource_type),
-        ));
-    }
-    if validated.id.as_deref() != Some(id.as_str()) {
+    let content = crate::write_checks::check_record(Some(&resource_type), &body)?;
+    if content.validated.id.as_deref() != Some(id.as_str()) {
         return Err(FhirError::new(
             StatusCode::BAD_REQUEST,
             IssueCode::Invalid,
@@ -677,13 +658,11 @@ pub(crate) async fn update(
         }
         return Err(forbidden("only the staff and systems of the organisation operating this node write here"));
     }
-    let json: serde_json::Value = serde_json::from_slice(&body)
-        .map_err(|e| FhirError::new(StatusCode::BAD_REQUEST, IssueCode::Invalid, e.to_string()))?;
     let existing = app.chain.state().record(&record_id).map(|h| (h.patient, h.category.clone()));
-    let patient = patient_of(&app, &resource_type, &json)?
+    let patient = patient_of(&app, &resource_type, &content.json)?
         .or(existing.as_ref().map(|e| e.0))
         .ok_or_else(|| not_found(format!("no {resource_type} with id {}", crate::error::echo(&id))))?;
-    let category = category_of(&resource_type, &json)?;
+    let category = content.category;
     // The ledger refuses a version in another consent category; say so now rather than let
     // the write be refused when its block is built.
     if existing.as_ref().is_some_and(|e| e.1 != category) {
