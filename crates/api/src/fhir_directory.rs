@@ -299,7 +299,7 @@ pub(crate) async fn history(
         if i > 0 {
             bundle.push(',');
         }
-        push_history_entry(&mut bundle, &resource_type, &entry_id, *version, *at_ms, content)?;
+        push_history_entry(&mut bundle, &resource_type, &entry_id, *version, *at_ms, content);
     }
     bundle.push_str("]}");
     Ok(bundle_response(bundle))
@@ -355,7 +355,7 @@ pub(crate) async fn type_history(
         if i > 0 {
             bundle.push(',');
         }
-        push_history_entry(&mut bundle, &resource_type, id, *version, *at_ms, content)?;
+        push_history_entry(&mut bundle, &resource_type, id, *version, *at_ms, content);
     }
     bundle.push_str("]}");
     Ok(bundle_response(bundle))

@@ -1,5 +1,6 @@
 //! Adversarial tests of what the node accepts to store (issue 9, item 6): every write path
-//! validates a patient record the same way (`POST /v1/records` as `POST /fhir/{type}`).
+//! validates a patient record the same way (`POST /v1/records` as `POST /fhir/{type}`), and
+//! reads survive a stored version that does not parse.
 
 use std::sync::Arc;
 
@@ -18,7 +19,7 @@ use medledger_ledger::Payload;
 use medledger_node::{
     chain::{Chain, TxStatus},
     devnet::Devnet,
-    records::RecordService,
+    records::{RecordService, WriteRequest},
 };
 use medledger_types::{IdentityId, RecordId, Role, TxId};
 use serde_json::{Value, json};
@@ -32,6 +33,7 @@ const FHIR: &str = "application/fhir+json";
 
 struct World {
     chain: Arc<Chain>,
+    service: Arc<RecordService>,
     tokens: Arc<TokenStore>,
     router: axum::Router,
     doc_a: Keypair,
@@ -91,7 +93,7 @@ impl World {
         );
         medledger_node::devnet::commit_pending(&chain, net.validators[0].id(), now_ms()).unwrap();
         let committer = Committer::start(chain.clone(), net.validators[0].id());
-        Self { chain, tokens, router, doc_a, _keys_dir: keys_dir, _committer: committer, _dir: dir }
+        Self { chain, service, tokens, router, doc_a, _keys_dir: keys_dir, _committer: committer, _dir: dir }
     }
 
     /// A token of Hospital A's practitioner for every interaction on every type.
@@ -294,4 +296,61 @@ async fn v1_records_refuses_a_record_filed_under_another_patient() {
     // A type the FHIR API does not serve as a patient record is refused too.
     let directory = json!({"resourceType": "Organization", "name": "Not a record"}).to_string();
     assert_eq!(w.v1_write(&bob, None, directory.as_bytes()).await.status, 400);
+}
+
+#[tokio::test]
+async fn a_stored_version_that_does_not_parse_leaves_the_rest_of_the_answer() {
+    let w = World::new();
+    let doc = w.doc_token();
+    let (patient_record, patient) = w.create_patient(&doc, "Legacy").await;
+    let good = w.write("POST", &doc, "/fhir/Observation", &lab(&patient_record).to_string()).await;
+    assert_eq!(good.status, 201, "{}", good.text());
+    w.settle(good.json()["id"].as_str().unwrap());
+    // A version no write path accepts any more, but one a node stored before (or another
+    // organisation's node still stores, and this one serves under a grant).
+    let broken =
+        lab(&patient_record).to_string().replacen(r#""status":"final""#, r#""status":"final","status":"x""#, 1);
+    let written = w
+        .service
+        .write(
+            &WriteRequest {
+                author: w.doc_a.id(),
+                patient,
+                resource_type: "Observation",
+                category: "labs",
+                content: broken.as_bytes(),
+                record: None,
+            },
+            now_ms(),
+            &mut rand::rng(),
+        )
+        .unwrap();
+    w.wait_committed(&written.tx_id.to_hex());
+    let broken_id = written.record_id.to_hex();
+    let everything = w.get(&doc, &format!("/fhir/Patient/{patient_record}/$everything")).await;
+    let instance = w.get(&doc, &format!("/fhir/Observation/{broken_id}/_history")).await;
+    let type_history = w.get(&doc, "/fhir/Observation/_history").await;
+    assert_eq!(
+        (everything.status, instance.status, type_history.status),
+        (200, 200, 200),
+        "$everything: {}\ninstance history: {}\ntype history: {}",
+        everything.text(),
+        instance.text(),
+        type_history.text()
+    );
+    // $everything: the Patient and the good Observation, and an outcome naming the other.
+    let entries = everything.json()["entry"].as_array().unwrap().clone();
+    let resources: Vec<&str> = entries.iter().map(|e| e["resource"]["resourceType"].as_str().unwrap()).collect();
+    assert_eq!(resources, ["Patient", "Observation", "OperationOutcome"], "{}", everything.text());
+    assert_eq!(entries[2]["search"]["mode"], "outcome");
+    assert!(entries[2]["resource"]["issue"][0]["diagnostics"].as_str().unwrap().contains(&broken_id));
+    // History: the version is listed without its content, with an outcome saying why.
+    let entry = &instance.json()["entry"][0];
+    assert!(entry["resource"].is_null(), "{entry}");
+    assert_eq!(entry["response"]["outcome"]["resourceType"], "OperationOutcome", "{entry}");
+    assert_eq!(type_history.json()["entry"].as_array().unwrap().len(), 2, "{}", type_history.text());
+    // A single read of it is an error of that read alone.
+    let read = w.get(&doc, &format!("/fhir/Observation/{broken_id}")).await;
+    assert_eq!(read.status, 500, "{}", read.text());
+    assert_eq!(read.json()["resourceType"], "OperationOutcome");
 }
