@@ -594,23 +594,9 @@ fn plan(app: &AppState, grant: &Grant, entries: Vec<EntryIn>, batch_entry: bool)
                     };
                     plan.patient = patient;
                     plan.category = category;
-                } else if let Err(why) = crate::fhir_directory::check_not_patient_data(&entry.resource_type, &content) {
-                    return Err(entry_error(
-                        entry.index,
-                        StatusCode::UNPROCESSABLE_ENTITY,
-                        IssueCode::BusinessRule,
-                        why,
-                    ));
-                } else if content.len() > medledger_types::limits::DIRECTORY_CONTENT_BYTES_MAX {
-                    return Err(entry_error(
-                        entry.index,
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        IssueCode::TooLong,
-                        format!(
-                            "directory resources are at most {} bytes",
-                            medledger_types::limits::DIRECTORY_CONTENT_BYTES_MAX
-                        ),
-                    ));
+                } else if let Err(refused) = crate::write_checks::check_directory(&entry.resource_type, &content) {
+                    // Too large for the ledger, or patient data in the clear directory.
+                    return Err(crate::write_checks::in_entry(refused, entry.index));
                 }
                 plan.content = content;
             }

@@ -1,6 +1,7 @@
-//! Adversarial tests of what the node accepts to store (issue 9, item 6): every write path
-//! validates a patient record the same way (`POST /v1/records` as `POST /fhir/{type}`), and
-//! reads survive a stored version that does not parse.
+//! Adversarial tests of what the node accepts to store (issue 9, items 6 and 7): every write
+//! path validates a patient record the same way (`POST /v1/records` as `POST /fhir/{type}`),
+//! reads survive a stored version that does not parse, and directory entries (on-chain in
+//! clear, for good) carry no patient data.
 
 use std::sync::Arc;
 
@@ -353,4 +354,120 @@ async fn a_stored_version_that_does_not_parse_leaves_the_rest_of_the_answer() {
     let read = w.get(&doc, &format!("/fhir/Observation/{broken_id}")).await;
     assert_eq!(read.status, 500, "{}", read.text());
     assert_eq!(read.json()["resourceType"], "OperationOutcome");
+}
+
+/// A Practitioner as a directory entry, with `extra` members added.
+fn practitioner_with(extra: Value) -> Value {
+    let mut practitioner = json!({
+        "resourceType": "Practitioner",
+        "identifier": [{"system": "http://hl7.org/fhir/sid/us-npi", "value": "9999977001"}],
+        "name": [{"family": "Directory", "given": ["Dana"]}]
+    });
+    for (key, value) in extra.as_object().unwrap() {
+        practitioner[key] = value.clone();
+    }
+    practitioner
+}
+
+/// Tries `resource` on every path that writes a directory entry (create, update of an
+/// existing entry, a transaction Bundle, a batch Bundle); returns what each answered.
+async fn try_every_directory_path(w: &World, token: &str, resource: &Value) -> Vec<(&'static str, u16, String)> {
+    let mut answers = Vec::new();
+    let created = w.write("POST", token, "/fhir/Practitioner", &resource.to_string()).await;
+    answers.push(("create", created.status, created.text()));
+    let clean = w.write("POST", token, "/fhir/Practitioner", &practitioner_with(json!({})).to_string()).await;
+    assert_eq!(clean.status, 201, "{}", clean.text());
+    let id = clean.json()["id"].as_str().unwrap().to_owned();
+    w.settle(&id);
+    let mut update = resource.clone();
+    update["id"] = json!(id);
+    let updated = w.write("PUT", token, &format!("/fhir/Practitioner/{id}"), &update.to_string()).await;
+    answers.push(("update", updated.status, updated.text()));
+    for kind in ["transaction", "batch"] {
+        let bundle = json!({"resourceType": "Bundle", "type": kind, "entry": [
+            {"fullUrl": "urn:uuid:0b7e7a63-2c5e-4d7e-9a53-5c1f0d4c0001", "resource": resource, "request": {"method": "POST", "url": "Practitioner"}}
+        ]});
+        let answer = w.write("POST", token, "/fhir", &bundle.to_string()).await;
+        // A batch answers 200 with the entry's own status.
+        let status = match kind {
+            "batch" => answer.json()["entry"][0]["response"]["status"]
+                .as_str()
+                .and_then(|s| s.split(' ').next())
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0),
+            _ => answer.status,
+        };
+        answers.push((kind, status, answer.text()));
+    }
+    answers
+}
+
+/// Asserts every path refused `resource` with 422 and nothing of it reached the chain.
+async fn assert_refused_everywhere(w: &World, token: &str, resource: &Value) {
+    let before = w.log_size();
+    let answers = try_every_directory_path(w, token, resource).await;
+    let statuses: Vec<(&str, u16)> = answers.iter().map(|(path, status, _)| (*path, *status)).collect();
+    assert_eq!(
+        statuses,
+        [("create", 422), ("update", 422), ("transaction", 422), ("batch", 422)],
+        "{resource}\n{answers:#?}"
+    );
+    // Only the clean entry the update needs was committed.
+    assert_eq!(w.log_size(), before + 1, "{answers:#?}");
+}
+
+#[tokio::test]
+async fn directory_entry_with_contained_patient_is_refused() {
+    let w = World::new();
+    let doc = w.doc_token();
+    let smuggled = practitioner_with(json!({
+        "contained": [
+            {"resourceType": "Patient", "id": "p1", "name": [{"family": "Doe", "given": ["Jane"]}], "birthDate": "1980-02-03"},
+            {"resourceType": "Observation", "id": "o1", "status": "final",
+             "code": {"coding": [{"system": "http://loinc.org", "code": "75622-1", "display": "HIV 1 and 2 tests"}]},
+             "subject": {"reference": "#p1"}, "valueString": "positive"}
+        ]
+    }));
+    assert_refused_everywhere(&w, &doc, &smuggled).await;
+}
+
+#[tokio::test]
+async fn directory_entry_with_patient_data_in_extensions_is_refused() {
+    let w = World::new();
+    let doc = w.doc_token();
+    let patient_data = json!({"url": "http://example.org/fhir/StructureDefinition/seen-patient", "valueString": "Jane Doe, born 1980-02-03, HIV positive"});
+    for smuggled in [
+        // On the resource, on a data type, on a primitive (`_family`), as a modifier, and
+        // an allowed url carrying another type of value or nested extensions.
+        practitioner_with(json!({"extension": [patient_data.clone()]})),
+        practitioner_with(json!({"name": [{"family": "Directory", "extension": [patient_data.clone()]}]})),
+        practitioner_with(json!({"name": [{"family": "Directory", "_family": {"extension": [patient_data.clone()]}}]})),
+        practitioner_with(json!({"modifierExtension": [patient_data.clone()]})),
+        practitioner_with(json!({"extension": [
+            {"url": "http://synthetichealth.github.io/synthea/utilization-encounters-extension", "valueString": "Jane Doe 1980-02-03"}
+        ]})),
+        practitioner_with(json!({"extension": [
+            {"url": "http://synthetichealth.github.io/synthea/utilization-encounters-extension", "extension": [patient_data.clone()]}
+        ]})),
+    ] {
+        assert_refused_everywhere(&w, &doc, &smuggled).await;
+    }
+    // The allow-listed extensions of the Synthea and US Core directories are accepted.
+    let allowed = practitioner_with(json!({
+        "extension": [{"url": "http://synthetichealth.github.io/synthea/utilization-encounters-extension", "valueInteger": 17}],
+        "telecom": [{"extension": [{"url": "http://hl7.org/fhir/us/core/StructureDefinition/us-core-direct", "valueBoolean": true}],
+                     "system": "email", "value": "dana@example.org", "use": "work"}]
+    }));
+    let answer = w.write("POST", &doc, "/fhir/Practitioner", &allowed.to_string()).await;
+    assert_eq!(answer.status, 201, "{}", answer.text());
+}
+
+#[tokio::test]
+async fn directory_entry_with_patient_details_in_narrative_is_refused() {
+    let w = World::new();
+    let doc = w.doc_token();
+    let smuggled = practitioner_with(json!({
+        "text": {"status": "generated", "div": "<div xmlns=\"http://www.w3.org/1999/xhtml\">Treated Jane Doe (1980-02-03) for HIV today</div>"}
+    }));
+    assert_refused_everywhere(&w, &doc, &smuggled).await;
 }
