@@ -100,10 +100,6 @@ impl FhirError {
     pub(crate) fn issues(&self) -> &[Issue] {
         &self.issues
     }
-
-    fn invalid(issues: Vec<Issue>) -> Self {
-        Self { status: StatusCode::BAD_REQUEST, issues }
-    }
 }
 
 impl IntoResponse for FhirError {
@@ -543,17 +539,11 @@ pub(crate) async fn create(
     }
     let grant = authorize(&app, &headers, &resource_type, interactions::CREATE)?;
     check_content_type(&headers)?;
-    let validated = medledger_fhir::validate(&body).map_err(FhirError::invalid)?;
+    // The checks every path that writes a record runs (`write_checks`).
+    let content = crate::write_checks::check_record(Some(&resource_type), &body)?;
     // Conditional create: already here means nothing is written.
     if let Some(found) = crate::fhir_bundle::if_none_exist(&app, &headers, &grant, &resource_type).await? {
         return Ok(found);
-    }
-    if validated.resource_type != resource_type {
-        return Err(FhirError::new(
-            StatusCode::BAD_REQUEST,
-            IssueCode::Invalid,
-            format!("the body is a {}, the URL says {resource_type}", validated.resource_type),
-        ));
     }
     let service = records(&app)?;
     let custodian = service.organisation();
@@ -562,17 +552,15 @@ pub(crate) async fn create(
         w.id == custodian
             || (matches!(w.role, Role::Practitioner | Role::SystemClient) && w.organisation == Some(custodian))
     });
-    let json: serde_json::Value = serde_json::from_slice(&body)
-        .map_err(|e| FhirError::new(StatusCode::BAD_REQUEST, IssueCode::Invalid, e.to_string()))?;
+    let (json, category) = (&content.json, content.category);
     if !staff {
         // Audited when the resource names a patient here (a refused write attempt about them).
-        if let Ok(Some(patient)) = patient_of(&app, &resource_type, &json) {
+        if let Ok(Some(patient)) = patient_of(&app, &resource_type, json) {
             service.audit_refused_write(author, patient, None, "not-custodian-staff", now_ms());
         }
         return Err(forbidden("only the staff and systems of the organisation operating this node write here"));
     }
-    let category = category_of(&resource_type, &json)?;
-    let (patient, registered) = match patient_of(&app, &resource_type, &json)? {
+    let (patient, registered) = match patient_of(&app, &resource_type, json)? {
         Some(patient) => (patient, false),
         // A Patient naming no identity is someone new to the network: register them.
         None => (register_patient(&app).await?, true),
@@ -648,15 +636,8 @@ pub(crate) async fn update(
             ),
         ));
     }
-    let validated = medledger_fhir::validate(&body).map_err(FhirError::invalid)?;
-    if validated.resource_type != resource_type {
-        return Err(FhirError::new(
-            StatusCode::BAD_REQUEST,
-            IssueCode::Invalid,
-            format!("the body is a {}, the URL says {resource_type}", validated.resource_type),
-        ));
-    }
-    if validated.id.as_deref() != Some(id.as_str()) {
+    let content = crate::write_checks::check_record(Some(&resource_type), &body)?;
+    if content.validated.id.as_deref() != Some(id.as_str()) {
         return Err(FhirError::new(
             StatusCode::BAD_REQUEST,
             IssueCode::Invalid,
@@ -677,13 +658,11 @@ pub(crate) async fn update(
         }
         return Err(forbidden("only the staff and systems of the organisation operating this node write here"));
     }
-    let json: serde_json::Value = serde_json::from_slice(&body)
-        .map_err(|e| FhirError::new(StatusCode::BAD_REQUEST, IssueCode::Invalid, e.to_string()))?;
     let existing = app.chain.state().record(&record_id).map(|h| (h.patient, h.category.clone()));
-    let patient = patient_of(&app, &resource_type, &json)?
+    let patient = patient_of(&app, &resource_type, &content.json)?
         .or(existing.as_ref().map(|e| e.0))
         .ok_or_else(|| not_found(format!("no {resource_type} with id {}", crate::error::echo(&id))))?;
-    let category = category_of(&resource_type, &json)?;
+    let category = content.category;
     // The ledger refuses a version in another consent category; say so now rather than let
     // the write be refused when its block is built.
     if existing.as_ref().is_some_and(|e| e.1 != category) {
@@ -865,7 +844,7 @@ pub(crate) async fn history(
         if i > 0 {
             bundle.push(',');
         }
-        push_history_entry(&mut bundle, &resource_type, &record_id, *version, *at_ms, plaintext)?;
+        push_history_entry(&mut bundle, &resource_type, &record_id, *version, *at_ms, plaintext);
     }
     bundle.push_str("]}");
     Ok(bundle_response(bundle))
@@ -924,26 +903,29 @@ pub(crate) async fn everything(
     let links = page_links(&format!("/fhir/Patient/{id}/$everything"), count, offset, total);
     let mut bundle = format!(r#"{{"resourceType":"Bundle","type":"searchset","link":{links},"entry":["#);
     let mut first = true;
+    let mut unservable = Vec::new();
     for ((record, resource_type, version, at_ms), read) in page.iter().zip(reads) {
         // Not readable by this caller (refused and audited by the read), or deleted: left out.
         let Some(read) = read.filter(|r| !is_tombstone(&r.plaintext)) else { continue };
-        let id_hex = record.to_hex();
-        let version_text = version.to_string();
-        let last_updated = instant_from_ms(*at_ms);
-        let resource = with_server_meta(
-            &read.plaintext,
-            &ServerMeta { id: &id_hex, version_id: &version_text, last_updated: &last_updated },
-        )
-        .map_err(|e| FhirError::new(StatusCode::INTERNAL_SERVER_ERROR, IssueCode::Exception, e.to_string()))?;
+        // One version that cannot be served is named in an outcome, not the whole record's end.
+        let Some(resource) = served_resource(resource_type, record, *version, *at_ms, &read.plaintext) else {
+            unservable.push((resource_type.as_str(), *record, *version));
+            continue;
+        };
         if !first {
             bundle.push(',');
         }
         first = false;
-        bundle.push_str(&format!(r#"{{"fullUrl":"/fhir/{resource_type}/{id_hex}","resource":"#));
-        bundle.push_str(std::str::from_utf8(&resource).map_err(|_| {
-            FhirError::new(StatusCode::INTERNAL_SERVER_ERROR, IssueCode::Exception, "stored resource is not UTF-8")
-        })?);
+        bundle.push_str(&format!(r#"{{"fullUrl":"/fhir/{resource_type}/{}","resource":"#, record.to_hex()));
+        bundle.push_str(&resource);
         bundle.push_str(r#","search":{"mode":"match"}}"#);
+    }
+    if !unservable.is_empty() {
+        if !first {
+            bundle.push(',');
+        }
+        bundle
+            .push_str(&format!(r#"{{"resource":{},"search":{{"mode":"outcome"}}}}"#, unservable_outcome(&unservable)));
     }
     bundle.push_str("]}");
     Ok(bundle_response(bundle))
@@ -1588,7 +1570,7 @@ pub(crate) async fn type_history(
             bundle.push(',');
         }
         first = false;
-        push_history_entry(&mut bundle, &resource_type, record, *version, *at_ms, &read.plaintext)?;
+        push_history_entry(&mut bundle, &resource_type, record, *version, *at_ms, &read.plaintext);
     }
     bundle.push_str("]}");
     Ok(bundle_response(bundle))
@@ -1650,38 +1632,81 @@ pub(crate) fn push_history_entry(
     version: u32,
     at_ms: u64,
     plaintext: &[u8],
-) -> Result<(), FhirError> {
+) {
     let id_hex = record.to_hex();
     let last_updated = instant_from_ms(at_ms);
-    let response = |status: &str| {
-        format!(r#""response":{{"status":"{status}","etag":"W/\"{version}\"","lastModified":"{last_updated}"}}"#)
+    let response = |status: &str, outcome: &str| {
+        format!(
+            r#""response":{{"status":"{status}","etag":"W/\"{version}\"","lastModified":"{last_updated}"{outcome}}}"#
+        )
     };
     if is_tombstone(plaintext) {
         bundle.push_str(&format!(
             r#"{{"fullUrl":"/fhir/{resource_type}/{id_hex}","request":{{"method":"DELETE","url":"{resource_type}/{id_hex}"}},{}}}"#,
-            response("204 No Content")
+            response("204 No Content", "")
         ));
-        return Ok(());
+        return;
     }
-    let version_text = version.to_string();
-    let resource = with_server_meta(
-        plaintext,
-        &ServerMeta { id: &id_hex, version_id: &version_text, last_updated: &last_updated },
-    )
-    .map_err(|e| FhirError::new(StatusCode::INTERNAL_SERVER_ERROR, IssueCode::Exception, e.to_string()))?;
-    let resource = std::str::from_utf8(&resource).map_err(|_| {
-        FhirError::new(StatusCode::INTERNAL_SERVER_ERROR, IssueCode::Exception, "stored resource is not UTF-8")
-    })?;
     let (method, url, status) = if version == 1 {
         ("POST", resource_type.to_owned(), "201 Created")
     } else {
         ("PUT", format!("{resource_type}/{id_hex}"), "200 OK")
     };
-    bundle.push_str(&format!(
-        r#"{{"fullUrl":"/fhir/{resource_type}/{id_hex}","resource":{resource},"request":{{"method":"{method}","url":"{url}"}},{}}}"#,
-        response(status)
-    ));
-    Ok(())
+    let request = format!(r#""request":{{"method":"{method}","url":"{url}"}}"#);
+    match served_resource(resource_type, record, version, at_ms, plaintext) {
+        Some(resource) => bundle.push_str(&format!(
+            r#"{{"fullUrl":"/fhir/{resource_type}/{id_hex}","resource":{resource},{request},{}}}"#,
+            response(status, "")
+        )),
+        // Listed without its content, saying why, rather than failing the whole history.
+        None => {
+            let outcome = format!(r#","outcome":{}"#, unservable_outcome(&[(resource_type, *record, version)]));
+            bundle.push_str(&format!(
+                r#"{{"fullUrl":"/fhir/{resource_type}/{id_hex}",{request},{}}}"#,
+                response(status, &outcome)
+            ));
+        }
+    }
+}
+
+/// A stored version with the server's `id` and `meta` spliced in, as UTF-8 text; `None` when
+/// it cannot be (no write path accepts such bytes any more, but a version stored before, or
+/// by another node, may be one). Logged, so an operator sees it.
+pub(crate) fn served_resource(
+    resource_type: &str,
+    record: &RecordId,
+    version: u32,
+    at_ms: u64,
+    stored: &[u8],
+) -> Option<String> {
+    let (id_hex, version_text, last_updated) = (record.to_hex(), version.to_string(), instant_from_ms(at_ms));
+    let meta = ServerMeta { id: &id_hex, version_id: &version_text, last_updated: &last_updated };
+    match with_server_meta(stored, &meta).map(String::from_utf8) {
+        Ok(Ok(text)) => Some(text),
+        Ok(Err(_)) | Err(_) => {
+            tracing::warn!(%resource_type, record = %id_hex, version, "a stored version cannot be served; left out");
+            None
+        }
+    }
+}
+
+/// An OperationOutcome naming stored versions left out of an answer because they cannot be
+/// served (see [`served_resource`]).
+pub(crate) fn unservable_outcome(left_out: &[(&str, RecordId, u32)]) -> String {
+    let issues: Vec<Issue> = left_out
+        .iter()
+        .map(|(resource_type, record, version)| Issue {
+            severity: Severity::Warning,
+            code: IssueCode::Processing,
+            expression: None,
+            diagnostics: format!(
+                "{resource_type}/{} version {version} is stored in a form this server cannot serve \
+                 (not valid FHIR JSON); it is left out",
+                record.to_hex()
+            ),
+        })
+        .collect();
+    medledger_fhir::operation_outcome(&issues)
 }
 
 /// A 200 answer carrying a FHIR JSON body that must not be cached.

@@ -45,8 +45,8 @@ use medledger_types::{IdentityId, RecordId, Role};
 
 use crate::{
     fhir::{
-        FHIR_JSON, FhirError, IDENTITY_SYSTEM, category_of, check_content_type, committed_at_ms, is_tombstone, records,
-        served, tombstone,
+        FHIR_JSON, FhirError, IDENTITY_SYSTEM, check_content_type, committed_at_ms, is_tombstone, records, served,
+        tombstone,
     },
     fhir_directory::{is_directory, is_staff},
     routes::{AppState, now_ms},
@@ -558,9 +558,9 @@ fn plan(app: &AppState, grant: &Grant, entries: Vec<EntryIn>, batch_entry: bool)
             _ => {
                 let content = rewritten[i].take().expect("rewritten above");
                 if !directory {
-                    let json: serde_json::Value = serde_json::from_slice(&content)
-                        .map_err(|e| entry_error(entry.index, StatusCode::BAD_REQUEST, IssueCode::Invalid, e))?;
-                    let category = category_of(&entry.resource_type, &json)
+                    // What every path checks of a record (`write_checks`); the entry was
+                    // validated with the Bundle.
+                    let (json, category) = crate::write_checks::record_content(&entry.resource_type, &content)
                         .map_err(|e| e.at(&format!("Bundle.entry[{}].resource", entry.index)))?;
                     let patient = match &existing {
                         Some((patient, existing_category, _)) => {
@@ -594,23 +594,9 @@ fn plan(app: &AppState, grant: &Grant, entries: Vec<EntryIn>, batch_entry: bool)
                     };
                     plan.patient = patient;
                     plan.category = category;
-                } else if let Err(why) = crate::fhir_directory::check_not_patient_data(&entry.resource_type, &content) {
-                    return Err(entry_error(
-                        entry.index,
-                        StatusCode::UNPROCESSABLE_ENTITY,
-                        IssueCode::BusinessRule,
-                        why,
-                    ));
-                } else if content.len() > medledger_types::limits::DIRECTORY_CONTENT_BYTES_MAX {
-                    return Err(entry_error(
-                        entry.index,
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        IssueCode::TooLong,
-                        format!(
-                            "directory resources are at most {} bytes",
-                            medledger_types::limits::DIRECTORY_CONTENT_BYTES_MAX
-                        ),
-                    ));
+                } else if let Err(refused) = crate::write_checks::check_directory(&entry.resource_type, &content) {
+                    // Too large for the ledger, or patient data in the clear directory.
+                    return Err(crate::write_checks::in_entry(refused, entry.index));
                 }
                 plan.content = content;
             }

@@ -7,6 +7,8 @@
 //! systems of the organisation operating this node; an entry is owned by the organisation that
 //! created it, and only that organisation writes its later versions. Delete is logical, as for
 //! records: the next version is a delete marker. Instance and type history list every version.
+//! Content that is or can carry patient data (contained resources, narrative, extensions off
+//! a short allow-list) is refused on every write path (`write_checks::check_directory`).
 
 use axum::{
     body::Bytes,
@@ -29,27 +31,6 @@ use crate::{
 
 pub(crate) fn is_directory(resource_type: &str) -> bool {
     medledger_types::is_directory_resource_type(resource_type)
-}
-
-/// Refuses directory content that is patient data: the directory is stored on-chain in clear
-/// and can never be erased. A Location of type PTRES (a patient's residence) is one.
-pub(crate) fn check_not_patient_data(resource_type: &str, content: &[u8]) -> Result<(), String> {
-    if resource_type != "Location" {
-        return Ok(());
-    }
-    let json: serde_json::Value = serde_json::from_slice(content).map_err(|e| e.to_string())?;
-    let residence = json["type"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .flat_map(|t| t["coding"].as_array().into_iter().flatten())
-        .any(|c| c["code"] == "PTRES");
-    match residence {
-        true => Err("a patient's residence (Location type PTRES) is patient data: the directory is on-chain in clear \
-                     and never erased, so it cannot hold it"
-            .into()),
-        false => Ok(()),
-    }
 }
 
 /// Whether `who` writes for `organisation`: the organisation itself, or its staff or systems.
@@ -128,18 +109,8 @@ fn check_write(
                 format!("the body is a {}, the URL says {resource_type}", validated.resource_type),
             ));
         }
-        check_not_patient_data(resource_type, body)
-            .map_err(|why| FhirError::new(StatusCode::UNPROCESSABLE_ENTITY, IssueCode::BusinessRule, why))?;
-        if body.len() > medledger_types::limits::DIRECTORY_CONTENT_BYTES_MAX {
-            return Err(FhirError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                IssueCode::TooLong,
-                format!(
-                    "directory resources are at most {} bytes (they are stored on-chain)",
-                    medledger_types::limits::DIRECTORY_CONTENT_BYTES_MAX
-                ),
-            ));
-        }
+        // Small enough for the ledger, and no patient data in the clear directory.
+        crate::write_checks::check_directory(resource_type, body)?;
     }
     let service = records(app)?;
     if !is_staff(app, &grant.identity, &service.organisation()) {
@@ -299,7 +270,7 @@ pub(crate) async fn history(
         if i > 0 {
             bundle.push(',');
         }
-        push_history_entry(&mut bundle, &resource_type, &entry_id, *version, *at_ms, content)?;
+        push_history_entry(&mut bundle, &resource_type, &entry_id, *version, *at_ms, content);
     }
     bundle.push_str("]}");
     Ok(bundle_response(bundle))
@@ -355,7 +326,7 @@ pub(crate) async fn type_history(
         if i > 0 {
             bundle.push(',');
         }
-        push_history_entry(&mut bundle, &resource_type, id, *version, *at_ms, content)?;
+        push_history_entry(&mut bundle, &resource_type, id, *version, *at_ms, content);
     }
     bundle.push_str("]}");
     Ok(bundle_response(bundle))

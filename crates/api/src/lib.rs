@@ -25,7 +25,7 @@
 //! | `GET /v1/blocks/{height}`                         | header fields and transaction summaries          |
 //! | `GET /v1/blocks/{height}/raw`                     | canonical block bytes                            |
 //! | `GET /v1/identities/{id}`                         | role, name, organisation, keys, next nonce       |
-//! | `POST /v1/records?patient=<id>[&record=<id>]`     | signed; FHIR JSON body → 201 record id, version, tx id |
+//! | `POST /v1/records?patient=<id>[&record=<id>]`     | signed; FHIR JSON body, checked as `POST /fhir/{type}` checks it → 201 record id, version, tx id |
 //! | `GET /v1/records/{id}[?version=N][&purpose=P]`    | signed; the FHIR resource as written, or 403 with a reason code |
 //! | `GET /v1/records/{id}/history[?purpose=P]`       | signed; the record's versions (tx id, author), for whoever may read it |
 //! | `GET /v1/patients/{id}/records`                   | signed, the patient only; records with versions  |
@@ -88,6 +88,7 @@ mod records;
 mod routes;
 mod server;
 pub mod smart;
+mod write_checks;
 
 pub use error::{ApiError, ErrorBody, ErrorDetail};
 

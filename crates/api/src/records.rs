@@ -11,7 +11,7 @@ use axum::{
 };
 use medledger_ledger::Purpose;
 use medledger_node::records::{RecordError, WriteRequest};
-use medledger_types::{IdentityId, RecordId, Role, categories_of_resource_type};
+use medledger_types::{IdentityId, RecordId, Role};
 use serde::Serialize;
 
 use crate::{
@@ -80,32 +80,11 @@ impl From<RecordError> for ApiError {
     }
 }
 
-/// The consent category of a FHIR resource: from its type, and for Observations from their
-/// `category` coding (`medledger_types::observation_category`).
-fn category_of(resource_type: &str, json: &serde_json::Value) -> Result<&'static str, ApiError> {
-    let options = categories_of_resource_type(resource_type);
-    match options {
-        [] => Err(ApiError::BadRequest(format!(
-            "resource type {} is not patient data medledger stores",
-            echo(resource_type)
-        ))),
-        [one] => Ok(one),
-        _ => {
-            let codes: Vec<&str> = json["category"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .flat_map(|c| c["coding"].as_array().into_iter().flatten())
-                .filter(|c| c["system"] == "http://terminology.hl7.org/CodeSystem/observation-category")
-                .filter_map(|c| c["code"].as_str())
-                .collect();
-            medledger_types::observation_category(codes).ok_or_else(|| {
-                ApiError::BadRequest(
-                    "an Observation cannot be both laboratory and vital-signs: consent is given per category".into(),
-                )
-            })
-        }
-    }
+/// A refusal of the FHIR checks (`write_checks`) in this API's error shape: every issue,
+/// with where it is.
+fn refused(error: crate::fhir::FhirError) -> ApiError {
+    let issues: Vec<String> = error.issues().iter().map(ToString::to_string).collect();
+    ApiError::BadRequest(issues.join("; "))
 }
 
 #[derive(Serialize)]
@@ -130,16 +109,10 @@ pub(crate) async fn write(
             |p| IdentityId::from_hex(p).map_err(|_| ApiError::BadRequest("patient must be 64 hex characters".into())),
         )?;
     let record = query.get("record").map(|r| parse_record_id(r)).transpose()?;
-    let json: serde_json::Value = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::BadRequest(format!("body is not JSON (line {}, column {})", e.line(), e.column())))?;
-    let resource_type = json["resourceType"]
-        .as_str()
-        .ok_or_else(|| ApiError::BadRequest("resource has no resourceType".into()))?
-        .to_owned();
-    let category = category_of(&resource_type, &json)?;
     let chain = app.chain.clone();
     let written = tokio::task::spawn_blocking(move || {
-        // Only the custodian's own staff and clients write through its node.
+        // Only the custodian's own staff and clients write through its node (checked first:
+        // the content checks below look patients up, which is no one else's business).
         let org = service.organisation();
         let who = chain.state().identity(&author).cloned();
         let staff = who.is_some_and(|w| {
@@ -151,6 +124,15 @@ pub(crate) async fn write(
                 reason: "not-custodian-staff",
                 message: "only this organisation's staff and clients write records through its node".into(),
             });
+        }
+        // Exactly what `POST /fhir/{type}` checks of a record (strict parse, validation, a
+        // served type, no delete marker, the category), and that it names no other patient.
+        let content = crate::write_checks::check_record(None, &body).map_err(refused)?;
+        let resource_type = content.validated.resource_type.clone();
+        let category = content.category;
+        crate::write_checks::check_patient_named(&app, &resource_type, &content.json, &patient).map_err(refused)?;
+        if let Some(record) = record {
+            check_next_version(&chain, &record, &resource_type, &patient, category)?;
         }
         let request = WriteRequest { author, patient, resource_type: &resource_type, category, content: &body, record };
         service.write(&request, now_ms(), &mut rand::rng()).map_err(ApiError::from)
@@ -165,6 +147,25 @@ pub(crate) async fn write(
         status: "pending",
     };
     Ok((StatusCode::CREATED, axum::Json(view)).into_response())
+}
+
+/// A next version of `record` keeps its type, patient and consent category (the ledger would
+/// refuse another category when the block is built; say so now).
+fn check_next_version(
+    chain: &medledger_node::chain::Chain,
+    record: &RecordId,
+    resource_type: &str,
+    patient: &IdentityId,
+    category: &str,
+) -> Result<(), ApiError> {
+    let state = chain.state();
+    let head = state.record(record).ok_or_else(|| ApiError::NotFound(format!("unknown record {record}")))?;
+    if head.resource_type != resource_type || head.patient != *patient || head.category != category {
+        return Err(ApiError::BadRequest(
+            "a record's type, patient and consent category never change: write a new record".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// `GET /v1/records/{id}[?version=N][&purpose=TREAT]`: the FHIR resource exactly as written.

@@ -246,7 +246,7 @@ fn replicate_between_organisations(dir: &Path, nodes: &[Node]) {
     let status = cli(&["tx", "register", "--node", &nodes[0].api, "--key", key, "--subject", key, "--role", "patient"]);
     assert_eq!(status["status"], "committed", "{status}");
     let resource = dir.join("lab.json");
-    let content = r#"{"resourceType":"Observation","status":"final","category":[{"coding":[{"system":"http://terminology.hl7.org/CodeSystem/observation-category","code":"laboratory"}]}],"code":{"text":"synthetic replication probe"},"valueQuantity":{"value":5.40,"unit":"mmol/L"}}"#;
+    let content = r#"{"resourceType":"Observation","status":"final","category":[{"coding":[{"system":"http://terminology.hl7.org/CodeSystem/observation-category","code":"laboratory"}]}],"code":{"text":"synthetic replication probe"},"subject":{"reference":"Patient/probe"},"valueQuantity":{"value":5.40,"unit":"mmol/L"}}"#;
     std::fs::write(&resource, content).unwrap();
     let author = dir.join("practitioner-0.key");
     let written = cli(&[

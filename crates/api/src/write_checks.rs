@@ -1,0 +1,235 @@
+//! What the node checks of a resource's content before it signs a write of it, whatever path
+//! the write comes by: `POST`/`PUT /fhir/{type}`, transaction and batch Bundle entries, and
+//! `POST /v1/records`. One function per kind of content, so no path stores what another
+//! refuses (a body that breaks later reads, a look-alike delete marker, patient data in the
+//! clear directory). The ledger does not parse FHIR: these checks are the node's, before it
+//! signs.
+
+use axum::http::StatusCode;
+use medledger_fhir::{
+    Issue, IssueCode, Severity, Validated,
+    json::{self, Limits, Value},
+};
+use medledger_types::{IdentityId, RecordId};
+
+use crate::{
+    fhir::{FhirError, SERVED_TYPES, category_of, is_tombstone, patient_of},
+    routes::AppState,
+};
+
+/// A patient record's content that passed [`check_record`].
+pub(crate) struct RecordContent {
+    pub(crate) validated: Validated,
+    pub(crate) json: serde_json::Value,
+    /// The consent category derived from the content (Observations by their category code).
+    pub(crate) category: &'static str,
+}
+
+/// Checks `body` as a version of a patient record (of `resource_type`, when the URL names
+/// one): the strict parser and structural validation (no duplicate keys, no unknown members),
+/// a type served as a patient record, not a delete marker, and its consent category.
+pub(crate) fn check_record(resource_type: Option<&str>, body: &[u8]) -> Result<RecordContent, FhirError> {
+    let validated =
+        medledger_fhir::validate(body).map_err(|issues| FhirError::with_issues(StatusCode::BAD_REQUEST, issues))?;
+    if let Some(expected) = resource_type
+        && validated.resource_type != expected
+    {
+        return Err(FhirError::new(
+            StatusCode::BAD_REQUEST,
+            IssueCode::Invalid,
+            format!("the body is a {}, the URL says {expected}", validated.resource_type),
+        ));
+    }
+    let (json, category) = record_content(&validated.resource_type, body)?;
+    Ok(RecordContent { validated, json, category })
+}
+
+/// The checks of [`check_record`] after validation, for content validated as part of
+/// something larger (a Bundle entry): a patient-record type, not a delete marker, its
+/// category. Returns the content as JSON and the category.
+pub(crate) fn record_content(resource_type: &str, body: &[u8]) -> Result<(serde_json::Value, &'static str), FhirError> {
+    if !SERVED_TYPES.contains(&resource_type) {
+        return Err(FhirError::new(
+            StatusCode::BAD_REQUEST,
+            IssueCode::NotSupported,
+            format!("{} is not a patient record type served here", crate::error::echo(resource_type)),
+        ));
+    }
+    // The validator already refuses the marker's `medledger` member; refusing its prefix
+    // here too keeps the marker unforgeable should the validator ever accept more.
+    if is_tombstone(body) {
+        return Err(FhirError::new(
+            StatusCode::BAD_REQUEST,
+            IssueCode::Invalid,
+            "this is the server's delete marker, not a resource: delete with DELETE",
+        ));
+    }
+    let json: serde_json::Value = serde_json::from_slice(body)
+        .map_err(|e| FhirError::new(StatusCode::BAD_REQUEST, IssueCode::Invalid, e.to_string()))?;
+    let category = category_of(resource_type, &json)?;
+    Ok((json, category))
+}
+
+/// For `POST /v1/records`, where the caller names the patient: the resource must not name
+/// another. A Patient's `urn:medledger:identity` identifier, if any, must be `patient`; any
+/// other type needs a `subject` or `patient` reference `Patient/<id>`, and when `<id>` is a
+/// server id (64 hex) it must name a Patient of `patient` stored here, exactly as the FHIR
+/// API resolves it. Another id is the client's own label for the patient (synthetic and
+/// imported data carry them): it names no resource of this server, so it cannot file the
+/// record under someone else, and it is kept as written.
+pub(crate) fn check_patient_named(
+    app: &AppState,
+    resource_type: &str,
+    json: &serde_json::Value,
+    patient: &IdentityId,
+) -> Result<(), FhirError> {
+    let other = || {
+        FhirError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            IssueCode::BusinessRule,
+            "the resource names another patient than the one it is written for",
+        )
+    };
+    if resource_type != "Patient" {
+        let reference =
+            ["subject", "patient"].iter().find_map(|k| json[*k]["reference"].as_str()).ok_or_else(|| {
+                FhirError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    IssueCode::Processing,
+                    format!("a {resource_type} needs a subject or patient reference to a Patient"),
+                )
+            })?;
+        let id = reference.strip_prefix("Patient/").ok_or_else(|| {
+            FhirError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                IssueCode::Processing,
+                format!("{} is not a reference to a Patient", crate::error::echo(reference)),
+            )
+        })?;
+        let server_id = id.split('/').next().is_some_and(|first| RecordId::from_hex(first).is_ok());
+        if !server_id {
+            return Ok(());
+        }
+    }
+    match patient_of(app, resource_type, json)? {
+        Some(named) if named != *patient => Err(other()),
+        _ => Ok(()),
+    }
+}
+
+/// Extensions a directory entry may carry, each with the one `value[x]` it must have: flags
+/// and counts only, never text, so none can hold a name, a date or a diagnosis. They are the
+/// ones real directories use (US Core's Direct address flag; Synthea's utilization and bed
+/// counts); anything else is refused rather than stored on-chain in clear for good.
+pub(crate) const DIRECTORY_EXTENSIONS: &[(&str, &str)] = &[
+    ("http://hl7.org/fhir/us/core/StructureDefinition/us-core-direct", "valueBoolean"),
+    ("http://synthetichealth.github.io/synthea/utilization-encounters-extension", "valueInteger"),
+    ("http://synthetichealth.github.io/synthea/utilization-procedures-extension", "valueInteger"),
+    ("http://synthetichealth.github.io/synthea/utilization-labs-extension", "valueInteger"),
+    ("http://synthetichealth.github.io/synthea/utilization-prescriptions-extension", "valueInteger"),
+    ("http://synthetichealth.github.io/synthea/bed-count-extension", "valueInteger"),
+];
+
+/// Refuses directory content (already validated) that is, or can carry, patient data: the
+/// directory is committed on-chain in clear and never erased. Refused: `contained` resources
+/// (a contained Patient or Observation), narrative `text` (free XHTML the server cannot
+/// check says only what the structured elements say), `modifierExtension`, any `extension`
+/// not on [`DIRECTORY_EXTENSIONS`] or not of its exact shape, and a Location of type PTRES
+/// (a patient's residence). The issue's expression names the member. Also refuses content
+/// over `DIRECTORY_CONTENT_BYTES_MAX` (the ledger's limit), first, so the walk is small.
+pub(crate) fn check_directory(resource_type: &str, body: &[u8]) -> Result<(), FhirError> {
+    let max = medledger_types::limits::DIRECTORY_CONTENT_BYTES_MAX;
+    if body.len() > max {
+        let issue = Issue {
+            severity: Severity::Error,
+            code: IssueCode::TooLong,
+            expression: Some(resource_type.to_owned()),
+            diagnostics: format!("directory resources are at most {max} bytes (they are stored on-chain)"),
+        };
+        return Err(FhirError::with_issues(StatusCode::PAYLOAD_TOO_LARGE, vec![issue]));
+    }
+    let root = json::parse(body, &Limits::default())
+        .map_err(|e| FhirError::new(StatusCode::BAD_REQUEST, IssueCode::Invalid, e.to_string()))?;
+    let refuse = |expression: String, why: String| {
+        let issue = Issue {
+            severity: Severity::Error,
+            code: IssueCode::BusinessRule,
+            expression: Some(expression),
+            diagnostics: format!(
+                "{why}: directory entries are on-chain in clear and never erased, so they carry no patient data"
+            ),
+        };
+        Err(FhirError::with_issues(StatusCode::UNPROCESSABLE_ENTITY, vec![issue]))
+    };
+    if resource_type == "Location" && is_residence(&root) {
+        return refuse("Location.type".into(), "a patient's residence (Location type PTRES) is patient data".into());
+    }
+    if root.get("text").is_some() {
+        return refuse(format!("{resource_type}.text"), "narrative text is not accepted here".into());
+    }
+    // Depth-first over every value of at most 32 KiB of JSON, whose depth the parser bounds.
+    let mut stack: Vec<(&Value<'_>, String)> = vec![(&root, resource_type.to_owned())];
+    while let Some((value, path)) = stack.pop() {
+        if let Some(items) = value.as_array() {
+            for (i, item) in items.iter().enumerate() {
+                stack.push((item, format!("{path}[{i}]")));
+            }
+            continue;
+        }
+        for member in value.as_object().unwrap_or_default() {
+            let at = format!("{path}.{}", member.key);
+            match member.key.as_ref() {
+                "contained" => return refuse(at, "contained resources are not accepted here".into()),
+                "modifierExtension" => return refuse(at, "modifier extensions are not accepted here".into()),
+                "extension" => {
+                    for (i, extension) in member.value.as_array().unwrap_or_default().iter().enumerate() {
+                        if let Err(why) = allowed_extension(extension) {
+                            return refuse(format!("{at}[{i}]"), why);
+                        }
+                    }
+                }
+                _ => stack.push((&member.value, at)),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Whether an extension is on [`DIRECTORY_EXTENSIONS`] with exactly its `url` and value.
+fn allowed_extension(extension: &Value<'_>) -> Result<(), String> {
+    let url = extension.get("url").and_then(Value::as_str).unwrap_or("");
+    let Some((_, value_key)) = DIRECTORY_EXTENSIONS.iter().find(|(allowed, _)| *allowed == url) else {
+        return Err(format!("extension {} is not on the directory's allow-list", crate::error::echo(url)));
+    };
+    let members = extension.as_object().unwrap_or_default();
+    let shaped = members.len() == 2 && members.iter().all(|m| m.key == "url" || m.key == *value_key);
+    match shaped {
+        true => Ok(()),
+        false => Err(format!("extension {} carries only its {value_key} here", crate::error::echo(url))),
+    }
+}
+
+/// Whether a Location is typed as a patient's residence (`PTRES`).
+fn is_residence(root: &Value<'_>) -> bool {
+    let types = root.get("type").and_then(Value::as_array).unwrap_or_default();
+    types
+        .iter()
+        .flat_map(|t| t.get("coding").and_then(Value::as_array).unwrap_or_default())
+        .any(|c| c.get("code").and_then(Value::as_str) == Some("PTRES"))
+}
+
+/// `error` about one Bundle entry: each issue's expression moved under `Bundle.entry[index]`
+/// (`Practitioner.contained` → `Bundle.entry[2].resource.contained`).
+pub(crate) fn in_entry(error: FhirError, index: usize) -> FhirError {
+    let status = error.status();
+    let issues = error
+        .issues()
+        .iter()
+        .cloned()
+        .map(|issue| {
+            let rest = issue.expression.as_deref().and_then(|e| e.split_once('.')).map(|(_, r)| format!(".{r}"));
+            Issue { expression: Some(format!("Bundle.entry[{index}].resource{}", rest.unwrap_or_default())), ..issue }
+        })
+        .collect();
+    FhirError::with_issues(status, issues)
+}
