@@ -67,7 +67,7 @@ fn load_or_create_genesis(dir: &Path) -> Result<Genesis> {
         let bytes = std::fs::read(&path)?;
         return Genesis::from_bytes(&bytes).with_context(|| format!("{} is not a valid genesis", path.display()));
     }
-    std::fs::create_dir_all(dir)?;
+    medledger_crypto::private_dir(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let mut key = |label: &str| -> Keypair {
         let label = match label.strip_prefix("org/") {
             Some(name) => slug(name),
@@ -82,6 +82,8 @@ fn load_or_create_genesis(dir: &Path) -> Result<Genesis> {
 
 pub fn dev(dir: &Path, api_listen: SocketAddr) -> Result<()> {
     let genesis = load_or_create_genesis(dir)?;
+    // Demo keys are secrets too (and an older dev directory may have them readable by all).
+    crate::run::private_key_dir(&dir.join("keys"))?;
     let node_keys = read_key_file(&key_path(dir, "node-0"))?;
     let chain = open_chain(dir, &genesis, node_keys.clone())?;
     let p2p = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;

@@ -344,6 +344,12 @@ fn run_command(command: Command) -> Result<ExitCode> {
         }
         Command::Node { config } => {
             let cfg = NodeConfigFile::load(&config)?;
+            // Secret key files readable by others (an older install, a careless copy) are
+            // made the owner's alone before they are used.
+            for key_file in std::iter::once(&cfg.key).chain(cfg.organisation_key.as_ref()) {
+                medledger_crypto::make_private(key_file)
+                    .with_context(|| format!("cannot make {} private", key_file.display()))?;
+            }
             let genesis_bytes = std::fs::read(&cfg.genesis)
                 .with_context(|| format!("cannot read genesis {}", cfg.genesis.display()))?;
             let genesis = Genesis::from_bytes(&genesis_bytes)?;
