@@ -25,8 +25,8 @@
 //! | `GET /v1/blocks/{height}/raw`                     | canonical block bytes                            |
 //! | `GET /v1/identities/{id}`                         | role, name, organisation, keys, next nonce       |
 //! | `POST /v1/records?patient=<id>[&record=<id>]`     | signed; FHIR JSON body → 201 record id, version, tx id |
-//! | `GET /v1/records/{id}[?version=N][&purpose=P]`    | signed; the FHIR resource as written, or 403 with a reason code |
-//! | `GET /v1/records/{id}/history[?purpose=P]`       | signed; the record's versions (tx id, author), for whoever may read it |
+//! | `GET /v1/records/{id}[?version=N][&purpose=P]`    | signed; the FHIR resource as written, or (consent refusing) the 404 of an unknown record |
+//! | `GET /v1/records/{id}/history[?purpose=P]`       | signed; the record's versions (tx id, author), for whoever may read it (404 otherwise) |
 //! | `GET /v1/patients/{id}/records`                   | signed, the patient only; records with versions  |
 //! | `GET /v1/patients/{id}/grants`                    | signed, the patient or a live delegate; every grant, its origin, signer, review and whether live |
 //! | `GET /v1/patients/{id}/delegates`                 | signed, the patient or a live delegate; every delegation and whether live |
@@ -37,7 +37,8 @@
 //! | `GET /`                                           | the portal: a static, read-only ledger explorer (`portal.rs`); `/portal` redirects to it |
 //! | `GET /portal/{app.js,rfc6962.js,style.css}`       | the portal's script modules and stylesheet       |
 //!
-//! Statuses: 400 malformed input or invalid transaction, 404 unknown resource or route,
+//! Statuses: 400 malformed input or invalid transaction, 404 unknown resource or route (and a
+//! record the caller may not see: answered exactly as an unknown one, see `existence.rs`),
 //! 405 wrong method, 409 transaction already committed, 413 body over
 //! [`limits::HTTP_BODY_BYTES_MAX`], 415 unsupported content type, 503 mempool full, node
 //! halted or more than [`CONCURRENT_REQUESTS_MAX`] requests in flight (with `Retry-After`),
@@ -64,6 +65,7 @@ use tokio::sync::Semaphore;
 pub mod auth;
 mod break_glass;
 mod error;
+mod existence;
 pub mod fhir;
 mod fhir_bundle;
 mod fhir_consent;

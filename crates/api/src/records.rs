@@ -152,6 +152,19 @@ pub(crate) async fn write(
                 message: "only this organisation's staff and clients write records through its node".into(),
             });
         }
+        // A new version of a record its author may not see (another organisation's) answers as
+        // an unknown record would; the attempt is on the record's trail.
+        if let Some(record_id) = record {
+            let hidden = {
+                let state = chain.state();
+                let patient = state.record(&record_id).map(|h| h.patient);
+                patient.filter(|_| !crate::existence::sees(&state, &author, &record_id, Purpose::Treatment))
+            };
+            if let Some(patient) = hidden {
+                service.audit_refused_write(author, patient, Some(record_id), "not-custodian-staff", now_ms());
+                return Err(RecordError::UnknownRecord(record_id).into());
+            }
+        }
         let request = WriteRequest { author, patient, resource_type: &resource_type, category, content: &body, record };
         service.write(&request, now_ms(), &mut rand::rng()).map_err(ApiError::from)
     })
@@ -186,7 +199,13 @@ pub(crate) async fn read(
     let (requester, _) = authenticated(&app, request).await?;
     let read = tokio::task::spawn_blocking(move || service.read(requester, record_id, version, purpose, now_ms()))
         .await
-        .map_err(|_| ApiError::Internal("read task failed".into()))??;
+        .map_err(|_| ApiError::Internal("read task failed".into()))?
+        // Refused by consent (and audited by the read): to the caller, the record is not there
+        // (`crate::existence`).
+        .map_err(|e| match e {
+            RecordError::Denied(_) => ApiError::from(RecordError::UnknownRecord(record_id)),
+            other => other.into(),
+        })?;
     let mut response = (StatusCode::OK, read.plaintext.to_vec()).into_response();
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(FHIR_JSON));
