@@ -201,7 +201,7 @@ pub(crate) fn authorize(
     resource_type: &str,
     interaction: u8,
 ) -> Result<Grant, FhirError> {
-    let grant = bearer(&app.tokens, headers, now_ms()).map_err(unauthorized)?;
+    let grant = bearer(app, headers, now_ms()).map_err(unauthorized)?;
     if !grant.allows(resource_type, interaction) {
         return Err(forbidden(format!(
             "the token's scopes do not allow this interaction on {resource_type} (scopes: {})",
@@ -225,7 +225,7 @@ fn authorize_record(
     match authorize(app, headers, resource_type, interaction) {
         Err(refusal) if refusal.status == StatusCode::FORBIDDEN => {
             if let (Ok(grant), Some(service), Ok(record_id)) =
-                (bearer(&app.tokens, headers, now_ms()), &app.records, RecordId::from_hex(id))
+                (bearer(app, headers, now_ms()), &app.records, RecordId::from_hex(id))
             {
                 service.audit_refused_access(grant.identity, record_id, action, purpose, "scope-not-granted", now_ms());
             }

@@ -156,8 +156,8 @@ pub(crate) async fn bundle(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, FhirError> {
-    let grant = bearer(&app.tokens, &headers, now_ms())
-        .map_err(|why| error(StatusCode::UNAUTHORIZED, IssueCode::Login, why))?;
+    let grant =
+        bearer(&app, &headers, now_ms()).map_err(|why| error(StatusCode::UNAUTHORIZED, IssueCode::Login, why))?;
     check_content_type(&headers)?;
     // Parsing and validating up to 16 MiB is blocking work.
     let body_for_task = body.clone();

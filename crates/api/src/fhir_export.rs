@@ -591,8 +591,7 @@ pub(crate) async fn kick_off_method() -> FhirError {
 }
 
 fn authenticate(app: &AppState, headers: &HeaderMap) -> Result<Grant, FhirError> {
-    bearer(&app.tokens, headers, now_ms())
-        .map_err(|why| FhirError::new(StatusCode::UNAUTHORIZED, IssueCode::Login, why))
+    bearer(app, headers, now_ms()).map_err(|why| FhirError::new(StatusCode::UNAUTHORIZED, IssueCode::Login, why))
 }
 
 async fn kick_off(

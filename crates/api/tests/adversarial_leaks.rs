@@ -1,6 +1,7 @@
 //! Adversarial: what a caller learns beyond what consent shows it. A record it may not see
-//! answers exactly like an id that does not exist (and the refusal is still audited), and
-//! `$everything` pages only over what the caller may see.
+//! answers exactly like an id that does not exist (and the refusal is still audited);
+//! `$everything` pages only over what the caller may see; and a bearer token dies with the key
+//! it was issued under.
 
 use std::sync::Arc;
 
@@ -8,10 +9,11 @@ use axum::{
     body::Body,
     http::{Request, Response},
 };
+use base64::Engine as _;
 use medledger_api::{
     Services,
     auth::authorization,
-    smart::{Grant, TokenStore, parse_scope},
+    smart::{CLIENT_ASSERTION_TYPE, Grant, TokenStore, parse_scope},
 };
 use medledger_blobs::MemoryBlobStore;
 use medledger_crypto::Keypair;
@@ -108,10 +110,35 @@ impl World {
         medledger_node::devnet::commit_pending(&self.chain, self.net.validators[0].id(), now_ms()).unwrap();
     }
 
+    /// A bearer token for `who` from `/auth/token`, as a real client gets one.
+    async fn token(&self, who: &Keypair, scope: &str) -> String {
+        let b64 = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+        let header = json!({"alg": "EdDSA", "typ": "JWT"});
+        let claims = json!({
+            "iss": who.id().to_hex(), "sub": who.id().to_hex(), "aud": format!("{BASE}/auth/token"),
+            "exp": now_ms() / 1000 + 120, "jti": format!("jti-{}", rand::random::<u64>()),
+        });
+        let signing_input = format!("{}.{}", b64(header.to_string().as_bytes()), b64(claims.to_string().as_bytes()));
+        let jwt = format!("{signing_input}.{}", b64(&who.sign(signing_input.as_bytes()).0));
+        let body = format!(
+            "grant_type=client_credentials&scope={}&client_assertion_type={}&client_assertion={jwt}",
+            scope.replace(' ', "+").replace('/', "%2F").replace('*', "%2A"),
+            CLIENT_ASSERTION_TYPE.replace(':', "%3A"),
+        );
+        let request = Request::post("/auth/token")
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(Body::from(body))
+            .unwrap();
+        let answer = self.send(request).await;
+        assert_eq!(answer.status, 200, "{}", answer.text());
+        answer.json()["access_token"].as_str().unwrap().to_owned()
+    }
+
     /// A token issued by the node itself (as `medledger dev` does), without a client assertion.
     fn issued(&self, who: &Keypair, role: Role, scope: &str) -> String {
         let scopes = scope.split(' ').map(|s| parse_scope(s).unwrap()).collect();
-        let grant = Grant { identity: who.id(), role, scopes, expires_ms: now_ms() + 60_000 };
+        let grant =
+            Grant { identity: who.id(), role, signing_key: who.public_key(), scopes, expires_ms: now_ms() + 60_000 };
         self.tokens.issue(grant)
     }
 
@@ -389,4 +416,31 @@ async fn everything_paging_does_not_reveal_another_patients_record_count() {
         assert!(pages.len() < 10, "paging does not end");
     }
     assert_eq!(pages, [2, 1], "pages are counted over the visible records only");
+}
+
+#[tokio::test]
+async fn token_stops_working_after_its_identity_rotates_keys() {
+    let w = World::new(vec![BASE.into()]);
+    let (patient_id, _) = w.patient_with_a_lab().await;
+    let token = w.token(&w.patient, "patient/*.rs").await;
+    let path = format!("/fhir/Patient/{patient_id}");
+    assert_eq!(w.get(&token, &path).await.status, 200);
+    // The patient rotates their keys (say the old ones leaked): once committed, a token issued
+    // under the old key is worth nothing.
+    let new_keys = Keypair::from_label("leaks-patient-rotated");
+    let rotate =
+        Payload::RotateKey { signing_key: new_keys.public_key(), encryption_key: new_keys.encryption_public_key() };
+    let tx = sign(&w.patient, w.net.genesis.chain_id(), w.patient.id(), 1, rotate);
+    w.chain.submit(tx.bytes(), now_ms()).unwrap();
+    assert_eq!(w.get(&token, &path).await.status, 200, "not committed yet: still the current key");
+    w.commit();
+    let refused = w.get(&token, &path).await;
+    assert_eq!(refused.status, 401, "{}", refused.text());
+    assert_eq!(refused.header("www-authenticate"), Some("Bearer"));
+    // The same holds for every route a token opens, and it stays refused.
+    assert_eq!(w.get(&token, &format!("/fhir/Patient/{patient_id}/$everything")).await.status, 401);
+    assert_eq!(w.get(&token, &path).await.status, 401);
+    // A token asked for with the new key works.
+    let renewed = w.token(&new_keys.for_identity(w.patient.id()), "patient/*.rs").await;
+    assert_eq!(w.get(&renewed, &path).await.status, 200);
 }

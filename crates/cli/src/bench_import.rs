@@ -140,6 +140,7 @@ fn drive(
     let token = running.tokens.issue(Grant {
         identity: doc.id(),
         role: Role::Practitioner,
+        signing_key: doc.public_key(),
         scopes: vec![parse_scope("user/*.cruds").expect("scope parses")],
         expires_ms: now_ms() + 3_600_000,
     });

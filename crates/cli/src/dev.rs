@@ -474,6 +474,7 @@ async fn seed(dir: &Path, running: &Running) -> Result<()> {
                 let token = running.tokens.issue(medledger_api::smart::Grant {
                     identity: d.keys.id(),
                     role: d.role,
+                    signing_key: d.keys.public_key(),
                     scopes,
                     expires_ms: token_expires_ms,
                 });
