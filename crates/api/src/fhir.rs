@@ -880,7 +880,8 @@ pub(crate) async fn history(
     .await
     .map_err(|_| FhirError::new(StatusCode::INTERNAL_SERVER_ERROR, IssueCode::Exception, "read task failed"))??;
     let id_hex = record_id.to_hex();
-    let links = page_links(&format!("/fhir/{resource_type}/{id_hex}/_history"), count, offset, total);
+    let links =
+        page_links(&format!("{}/fhir/{resource_type}/{id_hex}/_history", app.public_base()), count, offset, total);
     let mut bundle = format!(r#"{{"resourceType":"Bundle","type":"history","total":{total},"link":{links},"entry":["#);
     for (i, ((version, at_ms), plaintext)) in versions.iter().zip(&plaintexts).enumerate() {
         if i > 0 {
@@ -955,7 +956,7 @@ pub(crate) async fn everything(
     })
     .await
     .map_err(|_| FhirError::new(StatusCode::INTERNAL_SERVER_ERROR, IssueCode::Exception, "read task failed"))?;
-    let links = page_links(&format!("/fhir/Patient/{id}/$everything"), count, offset, total);
+    let links = page_links(&format!("{}/fhir/Patient/{id}/$everything", app.public_base()), count, offset, total);
     let mut bundle = format!(r#"{{"resourceType":"Bundle","type":"searchset","link":{links},"entry":["#);
     let mut first = true;
     for ((record, resource_type, version, at_ms), read) in page.iter().zip(reads) {
@@ -973,7 +974,7 @@ pub(crate) async fn everything(
             bundle.push(',');
         }
         first = false;
-        bundle.push_str(&format!(r#"{{"fullUrl":"/fhir/{resource_type}/{id_hex}","resource":"#));
+        bundle.push_str(&format!(r#"{{"fullUrl":"{}/fhir/{resource_type}/{id_hex}","resource":"#, app.public_base()));
         bundle.push_str(std::str::from_utf8(&resource).map_err(|_| {
             FhirError::new(StatusCode::INTERNAL_SERVER_ERROR, IssueCode::Exception, "stored resource is not UTF-8")
         })?);
@@ -1106,13 +1107,13 @@ pub(crate) async fn audit_events(
         "resourceType": "Bundle",
         "type": "searchset",
         "total": total,
-        "link": [{"relation": "self", "url": format!("/fhir/AuditEvent?patient=Patient/{}&_count={count}&_offset={offset}", patient_record.to_hex())}],
+        "link": [{"relation": "self", "url": format!("{}/fhir/AuditEvent?patient=Patient/{}&_count={count}&_offset={offset}", app.public_base(), patient_record.to_hex())}],
         "entry": [],
     });
     if offset + count < total {
         bundle["link"].as_array_mut().expect("link is an array").push(serde_json::json!({
             "relation": "next",
-            "url": format!("/fhir/AuditEvent?patient=Patient/{}&_count={count}&_offset={}", patient_record.to_hex(), offset + count),
+            "url": format!("{}/fhir/AuditEvent?patient=Patient/{}&_count={count}&_offset={}", app.public_base(), patient_record.to_hex(), offset + count),
         }));
     }
     let resource_type_of = |record: &RecordId| index.record(record).map(|r| r.resource_type.clone());
@@ -1120,7 +1121,7 @@ pub(crate) async fn audit_events(
         let resource = audit_event(entry, &patient, &chain_id, &resource_type_of);
         let id = resource["id"].as_str().unwrap_or_default().to_owned();
         bundle["entry"].as_array_mut().expect("entry is an array").push(serde_json::json!({
-            "fullUrl": format!("/fhir/AuditEvent/{id}"),
+            "fullUrl": format!("{}/fhir/AuditEvent/{id}", app.public_base()),
             "resource": resource,
             "search": {"mode": "match"},
         }));
@@ -1324,7 +1325,7 @@ pub(crate) async fn provenance(
             }],
         });
         entries.push(serde_json::json!({
-            "fullUrl": format!("/fhir/Provenance/{provenance_id}"),
+            "fullUrl": format!("{}/fhir/Provenance/{provenance_id}", app.public_base()),
             "resource": resource,
             "search": {"mode": "match"},
         }));
@@ -1333,7 +1334,7 @@ pub(crate) async fn provenance(
         "resourceType": "Bundle",
         "type": "searchset",
         "total": entries.len(),
-        "link": [{"relation": "self", "url": format!("/fhir/Provenance?target={resource_type}/{id}")}],
+        "link": [{"relation": "self", "url": format!("{}/fhir/Provenance?target={resource_type}/{id}", app.public_base())}],
         "entry": entries,
     });
     Ok(bundle_response(bundle.to_string()))
@@ -1502,9 +1503,9 @@ pub(crate) async fn consents(
         "resourceType": "Bundle",
         "type": "searchset",
         "total": resources.len(),
-        "link": [{"relation": "self", "url": format!("/fhir/Consent?patient=Patient/{}", record.to_hex())}],
+        "link": [{"relation": "self", "url": format!("{}/fhir/Consent?patient=Patient/{}", app.public_base(), record.to_hex())}],
         "entry": resources.into_iter().map(|r| serde_json::json!({
-            "fullUrl": format!("/fhir/Consent/{}", r["id"].as_str().unwrap_or_default()),
+            "fullUrl": format!("{}/fhir/Consent/{}", app.public_base(), r["id"].as_str().unwrap_or_default()),
             "resource": r,
             "search": {"mode": "match"},
         })).collect::<Vec<_>>(),
@@ -1621,7 +1622,7 @@ pub(crate) async fn type_history(
     })
     .await
     .map_err(|_| FhirError::new(StatusCode::INTERNAL_SERVER_ERROR, IssueCode::Exception, "read task failed"))?;
-    let links = page_links(&format!("/fhir/{resource_type}/_history"), count, offset, total);
+    let links = page_links(&format!("{}/fhir/{resource_type}/_history", app.public_base()), count, offset, total);
     let mut bundle = format!(r#"{{"resourceType":"Bundle","type":"history","total":{total},"link":{links},"entry":["#);
     let mut first = true;
     for ((_, record, version, at_ms), read) in page.iter().zip(reads) {
@@ -1767,9 +1768,10 @@ pub(crate) fn category_of(resource_type: &str, json: &serde_json::Value) -> Resu
 }
 
 /// `GET /fhir/metadata`: exactly what this server does.
-pub(crate) async fn metadata(State(app): State<AppState>, headers: HeaderMap) -> Response {
-    let base =
-        headers.get(header::HOST).and_then(|h| h.to_str().ok()).map(|h| format!("http://{h}")).unwrap_or_default();
+pub(crate) async fn metadata(State(app): State<AppState>) -> Response {
+    // The configured public base, never the request's Host header: a client controls that, and
+    // a token URL built from it would send the next client's credentials elsewhere.
+    let base = app.public_base();
     let resources: Vec<serde_json::Value> = SERVED_TYPES
         .iter()
         .map(|t| {

@@ -101,9 +101,13 @@ pub struct Services {
     /// as soon as the write is submitted (tests that commit blocks by hand).
     pub fhir_commit_wait_ms: u64,
     /// The base URLs this node's API is reached at (e.g. `http://127.0.0.1:8080`): a client
-    /// assertion's `aud` must be one of them plus `/auth/token`. Never taken from the request
-    /// (a client controls its `Host` header), so an assertion made for another node or service
-    /// cannot be redeemed here. Empty: no assertion is accepted.
+    /// assertion's `aud` must be one of them plus `/auth/token`, and the first is the canonical
+    /// one every absolute URL the API writes starts with (the token endpoint in the
+    /// CapabilityStatement and the SMART configuration, Bundle links and `fullUrl`s, export
+    /// URLs). Never taken from the request (a client controls its `Host` header: links built
+    /// from it would point a victim's client elsewhere, and an assertion made for another node
+    /// could be redeemed here). Empty: no assertion is accepted and URLs are relative.
+    /// Entries that are not a [`public_base`] are left out (with a warning).
     pub public_bases: Vec<String>,
 }
 
@@ -116,6 +120,24 @@ impl Default for Services {
             public_bases: Vec::new(),
         }
     }
+}
+
+/// A public base URL as configured (`http://host:port` or `https://host/prefix`), normalised
+/// without its trailing `/`; or why it cannot be one. Every absolute URL the API writes starts
+/// with it, inside JSON and HTTP headers, so only plain URL characters are allowed.
+pub fn public_base(text: &str) -> Result<String, &'static str> {
+    let base = text.trim().trim_end_matches('/');
+    let rest = base
+        .strip_prefix("https://")
+        .or_else(|| base.strip_prefix("http://"))
+        .ok_or("a public base URL starts with http:// or https://")?;
+    if rest.is_empty() || rest.starts_with('/') {
+        return Err("a public base URL names a host");
+    }
+    if !rest.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._~:/[]%".contains(&b)) {
+        return Err("a public base URL has no user, query, fragment, spaces or quotes");
+    }
+    Ok(base.to_owned())
 }
 
 /// The base URLs of an API listening on `addr`: `http://addr`, and for a loopback address
@@ -149,7 +171,14 @@ pub fn router_for(chain: Arc<Chain>, services: Services) -> Router {
         search: Arc::default(),
         exports: Arc::default(),
         fhir_commit_wait_ms,
-        public_bases: Arc::new(public_bases),
+        public_bases: Arc::new(
+            public_bases
+                .iter()
+                .filter_map(|b| {
+                    public_base(b).inspect_err(|why| tracing::warn!(base = %b, why, "public base URL left out")).ok()
+                })
+                .collect(),
+        ),
     };
     let record_body_limit = DefaultBodyLimit::max(records::RECORD_BODY_BYTES_MAX);
     let permits = Arc::new(Semaphore::new(CONCURRENT_REQUESTS_MAX));
@@ -260,5 +289,29 @@ async fn limit_concurrency(State(permits): State<Arc<Semaphore>>, request: Reque
     match permits.try_acquire_owned() {
         Ok(_permit) => next.run(request).await,
         Err(_) => ApiError::Busy.into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::public_base;
+
+    #[test]
+    fn public_bases_are_plain_urls() {
+        assert_eq!(public_base("https://fhir.example/").unwrap(), "https://fhir.example");
+        assert_eq!(public_base(" http://[::1]:8080/prefix ").unwrap(), "http://[::1]:8080/prefix");
+        for bad in [
+            "fhir.example",
+            "ftp://fhir.example",
+            "http://",
+            "http:///path",
+            "https://a.example/x?y=1",
+            "https://a.example/#x",
+            "https://a.example/\"x",
+            "https://user@a.example",
+            "https://a.example/ space",
+        ] {
+            assert!(public_base(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -479,8 +479,7 @@ pub(crate) async fn token(
     if requested.len() > SCOPES_PER_REQUEST_MAX {
         return Err(OAuthError::new("invalid_scope", format!("at most {SCOPES_PER_REQUEST_MAX} scopes")));
     }
-    let token_urls: Vec<String> =
-        app.public_bases.iter().map(|b| format!("{}/auth/token", b.trim_end_matches('/'))).collect();
+    let token_urls: Vec<String> = app.public_bases.iter().map(|b| format!("{b}/auth/token")).collect();
     let now = now_ms();
     let (assertion, role, signing_key) = verify_assertion(&app, jwt, &token_urls, now)?;
     let context = context_of(role)
@@ -544,7 +543,7 @@ pub(crate) async fn token(
 /// `GET /.well-known/smart-configuration`.
 pub(crate) async fn configuration(State(app): State<AppState>) -> Response {
     // From configuration, never from the request's Host header (this answer is cacheable).
-    let base = app.public_bases.first().map(|b| b.trim_end_matches('/').to_owned()).unwrap_or_default();
+    let base = app.public_base();
     let mut response = Json(json!({
         "issuer": base,
         "token_endpoint": format!("{base}/auth/token"),

@@ -1,7 +1,7 @@
 //! Adversarial: what a caller learns beyond what consent shows it. A record it may not see
 //! answers exactly like an id that does not exist (and the refusal is still audited);
-//! `$everything` pages only over what the caller may see; and a bearer token dies with the key
-//! it was issued under.
+//! `$everything` pages only over what the caller may see; a bearer token dies with the key it
+//! was issued under; and the request's `Host` header never ends up in a URL the server writes.
 
 use std::sync::Arc;
 
@@ -33,6 +33,8 @@ fn now_ms() -> u64 {
 
 const FHIR: &str = "application/fhir+json";
 const BASE: &str = "http://fhir.test";
+/// What an attacker puts in its `Host` header.
+const EVIL_HOST: &str = "evil.example";
 /// An id of the right form that names nothing.
 const UNKNOWN: &str = "abababababababababababababababababababababababababababababababab";
 
@@ -443,4 +445,70 @@ async fn token_stops_working_after_its_identity_rotates_keys() {
     // A token asked for with the new key works.
     let renewed = w.token(&new_keys.for_identity(w.patient.id()), "patient/*.rs").await;
     assert_eq!(w.get(&renewed, &path).await.status, 200);
+}
+
+#[tokio::test]
+async fn host_header_is_never_reflected_into_urls() {
+    for bases in [vec![BASE.to_owned()], Vec::new()] {
+        let configured = !bases.is_empty();
+        let w = World::new(bases);
+        let (patient_id, lab_id) = w.patient_with_a_lab().await;
+        let doc = w.issued(&w.doc_a, Role::Practitioner, "user/*.cruds");
+        // A second lab and a second version, so that every list below has a next page.
+        w.create(&doc, "Observation", &lab(&patient_id, None)).await;
+        let v2 = lab(&patient_id, Some(&lab_id));
+        let updated = w.fhir("PUT", &doc, &format!("/fhir/Observation/{lab_id}"), Some(&v2), EVIL_HOST).await;
+        assert_eq!(updated.status, 200, "{}", updated.text());
+        w.commit();
+        let system = w.issued(&w.net.organisations[0], Role::Organisation, "system/*.rs");
+        let paths = [
+            ("/fhir/metadata".to_owned(), &doc),
+            ("/.well-known/smart-configuration".to_owned(), &doc),
+            (format!("/fhir/Observation?patient=Patient/{patient_id}&_count=1"), &doc),
+            (format!("/fhir/Observation/{lab_id}/_history?_count=1"), &doc),
+            ("/fhir/Observation/_history?_count=1".to_owned(), &doc),
+            (format!("/fhir/Patient/{patient_id}/$everything?_count=1"), &doc),
+            (format!("/fhir/AuditEvent?patient=Patient/{patient_id}&_count=1"), &doc),
+            (format!("/fhir/Provenance?target=Observation/{lab_id}"), &doc),
+            ("/fhir/$export".to_owned(), &system),
+        ];
+        for (path, token) in paths {
+            let request = Request::get(&path)
+                .header("host", EVIL_HOST)
+                .header("x-forwarded-host", EVIL_HOST)
+                .header("authorization", format!("Bearer {token}"))
+                .header("accept", FHIR)
+                .header("prefer", "respond-async");
+            let answer = w.send(request.body(Body::empty()).unwrap()).await;
+            assert!(answer.status < 300, "{path}: {} {}", answer.status, answer.text());
+            let headers = format!("{:?}", answer.headers);
+            let text = answer.text();
+            if let Some(at) = text.find(EVIL_HOST) {
+                let around =
+                    String::from_utf8_lossy(&text.as_bytes()[at.saturating_sub(80)..(at + 40).min(text.len())]);
+                panic!("{path} reflects the Host header: …{around}…");
+            }
+            assert!(!headers.contains(EVIL_HOST), "{path} reflects the Host header in {headers}");
+            if !configured {
+                continue;
+            }
+            // Every absolute URL the server writes is under its configured base.
+            let v = answer.json();
+            let mut urls: Vec<String> = Vec::new();
+            for link in v["link"].as_array().into_iter().flatten() {
+                urls.push(link["url"].as_str().unwrap().to_owned());
+            }
+            if let Some(url) = v["token_endpoint"].as_str() {
+                urls.push(url.to_owned());
+            }
+            if let Some(url) = v["rest"][0]["security"]["extension"][0]["extension"][0]["valueUri"].as_str() {
+                urls.push(url.to_owned());
+            }
+            urls.extend(answer.header("content-location").map(str::to_owned));
+            assert!(!urls.is_empty(), "{path}: no URL to check in {}", answer.text());
+            for url in urls {
+                assert!(url.starts_with(&format!("{BASE}/")), "{path}: {url} is not under {BASE}");
+            }
+        }
+    }
 }

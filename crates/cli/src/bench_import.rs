@@ -80,6 +80,7 @@ pub fn bench_import(opts: ImportBenchOptions) -> Result<()> {
         api_listen: "127.0.0.1:0".parse()?,
         peers: vec![(node_keys.public_key(), p2p)],
         worker_threads: 2,
+        public_url: None,
     };
     let (copies, clients) = (opts.copies, opts.clients);
     let result = Arc::new(Mutex::new(None));

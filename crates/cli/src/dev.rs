@@ -80,7 +80,7 @@ fn load_or_create_genesis(dir: &Path) -> Result<Genesis> {
     Ok(net.genesis)
 }
 
-pub fn dev(dir: &Path, api_listen: SocketAddr) -> Result<()> {
+pub fn dev(dir: &Path, api_listen: SocketAddr, public_url: Option<String>) -> Result<()> {
     let genesis = load_or_create_genesis(dir)?;
     // Demo keys are secrets too (and an older dev directory may have them readable by all).
     crate::run::private_key_dir(&dir.join("keys"))?;
@@ -95,6 +95,7 @@ pub fn dev(dir: &Path, api_listen: SocketAddr) -> Result<()> {
         api_listen,
         peers: vec![(node_keys.public_key(), p2p)],
         worker_threads: 2,
+        public_url,
     };
     let dir_owned = dir.to_owned();
     run(dir, chain, &node_keys, opts, move |running| async move {

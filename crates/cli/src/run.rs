@@ -66,6 +66,10 @@ pub struct RunOptions {
     pub api_listen: SocketAddr,
     pub peers: Vec<(medledger_crypto::PublicKey, SocketAddr)>,
     pub worker_threads: usize,
+    /// The base URL clients reach the API at (e.g. `https://fhir.hospital.example`), already
+    /// checked with `medledger_api::public_base`: the one every absolute URL the API writes
+    /// starts with (never the request's `Host`). `None`: `http://<api listen address>`.
+    pub public_url: Option<String>,
 }
 
 /// Background duties of a node serving records: commit queued access events in batches, and
@@ -157,7 +161,9 @@ where
         let services = medledger_api::Services {
             records: records.clone(),
             tokens: tokens.clone(),
-            public_bases: medledger_api::bases_for_listen_addr(api_addr),
+            // The configured public URL first (the canonical one); the listen address's own
+            // URLs stay valid client-assertion audiences.
+            public_bases: opts.public_url.into_iter().chain(medledger_api::bases_for_listen_addr(api_addr)).collect(),
             ..Default::default()
         };
         let server = tokio::spawn(medledger_api::serve_for(listener, chain.clone(), services, async move {
