@@ -150,14 +150,15 @@ def main():
                             headers={"Authorization": client.authorization, "Content-Type": "application/fhir+json"})
     assert refused.status_code == 400 and "Bundle.entry[1]" in refused.text, refused.text
 
-    # Consent decides: another patient's token gets a 403 OperationOutcome, not the data.
+    # Consent decides: another patient's token gets the 404 OperationOutcome of an id that does
+    # not exist, not the data (nor a sign that the record is real).
     stranger = next(i for i in credentials["identities"] if i["label"] == "patient-02")
     denied = requests.get(
         f"{base}/fhir/Observation/{observation.id}",
         headers={"Authorization": "Bearer " + token(base, stranger, "patient/*.rs")},
         timeout=30,
     )
-    assert denied.status_code == 403 and denied.json()["resourceType"] == "OperationOutcome", denied.text
+    assert denied.status_code == 404 and denied.json()["issue"][0]["code"] == "not-found", denied.text
     print(f"fhirpy: created, read, updated, searched {len(ids)} Observations in pages of 2, read a history of 2 "
           f"versions; a transaction Bundle of 4 created a new patient's records; a broken one refused "
           f"({refused.status_code}); another patient's read refused ({denied.status_code})")

@@ -197,7 +197,7 @@ pub(crate) fn authorize(
     resource_type: &str,
     interaction: u8,
 ) -> Result<Grant, FhirError> {
-    let grant = bearer(&app.tokens, headers, now_ms()).map_err(unauthorized)?;
+    let grant = bearer(app, headers, now_ms()).map_err(unauthorized)?;
     if !grant.allows(resource_type, interaction) {
         return Err(forbidden(format!(
             "the token's scopes do not allow this interaction on {resource_type} (scopes: {})",
@@ -221,7 +221,7 @@ fn authorize_record(
     match authorize(app, headers, resource_type, interaction) {
         Err(refusal) if refusal.status == StatusCode::FORBIDDEN => {
             if let (Ok(grant), Some(service), Ok(record_id)) =
-                (bearer(&app.tokens, headers, now_ms()), &app.records, RecordId::from_hex(id))
+                (bearer(app, headers, now_ms()), &app.records, RecordId::from_hex(id))
             {
                 service.audit_refused_access(grant.identity, record_id, action, purpose, "scope-not-granted", now_ms());
             }
@@ -255,6 +255,20 @@ pub(crate) fn purpose(headers: &HeaderMap) -> Result<Purpose, FhirError> {
                 ),
             )
         }),
+    }
+}
+
+/// What a request about `resource_type/id` answers when no such resource exists — and,
+/// word for word, when it exists but the caller may not see it (`crate::existence`).
+pub(crate) fn no_such(resource_type: &str, id: &str) -> FhirError {
+    not_found(format!("no {resource_type} with id {}", crate::error::echo(id)))
+}
+
+/// A read refused by consent answers as an unknown id (the refusal is audited by the read).
+fn unless_denied(error: RecordError, resource_type: &str, id: &str) -> FhirError {
+    match error {
+        RecordError::Denied(_) => no_such(resource_type, id),
+        other => other.into(),
     }
 }
 
@@ -311,13 +325,14 @@ async fn read_version(
     // A record of another type is, for this URL, not there.
     let stored_type = app.chain.state().record(&record_id).map(|h| h.resource_type.clone());
     if stored_type.as_deref() != Some(resource_type.as_str()) {
-        return Err(not_found(format!("no {resource_type} with id {}", crate::error::echo(&id))));
+        return Err(no_such(&resource_type, &id));
     }
     let service = records(&app)?;
     let requester = grant.identity;
     let read = tokio::task::spawn_blocking(move || service.read(requester, record_id, version, purpose, now_ms()))
         .await
-        .map_err(|_| FhirError::new(StatusCode::INTERNAL_SERVER_ERROR, IssueCode::Exception, "read task failed"))??;
+        .map_err(|_| FhirError::new(StatusCode::INTERNAL_SERVER_ERROR, IssueCode::Exception, "read task failed"))?
+        .map_err(|e| unless_denied(e, &resource_type, &id))?;
     if is_tombstone(&read.plaintext) {
         return Err(FhirError::new(
             StatusCode::GONE,
@@ -624,8 +639,16 @@ pub(crate) async fn update(
     check_content_type(&headers)?;
     let expected = if_match(&headers)?;
     let record_id = parse_id(&id)?;
-    let exists = app.chain.state().record(&record_id).is_some_and(|h| h.resource_type == resource_type);
-    if !exists {
+    // A record the caller may not see is, to it, not there: the same answer as for an unknown
+    // id, and before the body is looked at (a 400 would tell the two apart). The attempt is
+    // still on the record's trail.
+    let head = crate::existence::head_of_type(&app, &record_id, &resource_type);
+    let visible =
+        head.is_some() && crate::existence::sees(&app.chain.state(), &grant.identity, &record_id, Purpose::Treatment);
+    if !visible {
+        if let (Some(head), Some(service)) = (&head, &app.records) {
+            service.audit_refused_write(grant.identity, head.patient, Some(record_id), "not-custodian-staff", now_ms());
+        }
         return Err(FhirError::new(
             StatusCode::METHOD_NOT_ALLOWED,
             IssueCode::NotSupported,
@@ -713,14 +736,14 @@ pub(crate) async fn delete(
         Purpose::Treatment,
     )?;
     let record_id = parse_id(&id)?;
-    let head = app
-        .chain
-        .state()
-        .record(&record_id)
-        .filter(|h| h.resource_type == resource_type)
-        .cloned()
-        .ok_or_else(|| not_found(format!("no {resource_type} with id {}", crate::error::echo(&id))))?;
+    let head =
+        crate::existence::head_of_type(&app, &record_id, &resource_type).ok_or_else(|| no_such(&resource_type, &id))?;
     let service = records(&app)?;
+    // A record the caller may not see answers as an unknown id; the attempt is audited.
+    if !crate::existence::sees(&app.chain.state(), &grant.identity, &record_id, Purpose::Treatment) {
+        service.audit_refused_write(grant.identity, head.patient, Some(record_id), "not-custodian-staff", now_ms());
+        return Err(no_such(&resource_type, &id));
+    }
     let custodian = service.organisation();
     let author = grant.identity;
     let staff = app.chain.state().identity(&author).is_some_and(|w| {
@@ -788,26 +811,17 @@ pub(crate) async fn history(
     let grant =
         authorize_record(&app, &headers, &resource_type, interactions::READ, &id, AccessAction::History, purpose)?;
     let record_id = parse_id(&id)?;
-    let versions: Vec<(u32, u64)> = {
-        let state = app.chain.state();
-        if state.record(&record_id).map(|h| h.resource_type.as_str()) != Some(resource_type.as_str()) {
-            return Err(not_found(format!("no {resource_type} with id {}", crate::error::echo(&id))));
-        }
-        drop(state);
-        let index = app.chain.patient_index();
-        index
-            .record(&record_id)
-            .map(|r| r.versions.iter().rev().map(|v| (v.version, v.position.committed_at_ms)).collect())
-            .unwrap_or_default()
-    };
-    let (count, offset) = paging(&query, HISTORY_VERSIONS_MAX, "instance history")?;
     let service = records(&app)?;
     let requester = grant.identity;
-    // Consent first: nothing of the history (not even its length) for a caller who may not
-    // read the record; the refusal is audited.
+    // Consent first, before anything else can answer differently: nothing of the history (not
+    // even its length, or whether the id is real) for a caller who may not read the record;
+    // the refusal is audited.
     let decision = {
         let state = app.chain.state();
-        let head = state.record(&record_id).ok_or_else(|| not_found("the record is gone"))?;
+        let head = state
+            .record(&record_id)
+            .filter(|h| h.resource_type == resource_type)
+            .ok_or_else(|| no_such(&resource_type, &id))?;
         medledger_ledger::access::decide_at_head(
             &state,
             &requester,
@@ -820,8 +834,15 @@ pub(crate) async fn history(
     };
     if let Err(denial) = decision {
         service.audit_history(requester, record_id, purpose, Err(denial), now_ms());
-        return Err(forbidden(format!("access denied: {}", denial.code())));
+        return Err(no_such(&resource_type, &id));
     }
+    let (count, offset) = paging(&query, HISTORY_VERSIONS_MAX, "instance history")?;
+    let versions: Vec<(u32, u64)> = app
+        .chain
+        .patient_index()
+        .record(&record_id)
+        .map(|r| r.versions.iter().rev().map(|v| (v.version, v.position.committed_at_ms)).collect())
+        .unwrap_or_default();
     let total = versions.len();
     let versions: Vec<(u32, u64)> = versions.into_iter().skip(offset).take(count).collect();
     let wanted = versions.clone();
@@ -838,7 +859,8 @@ pub(crate) async fn history(
     .await
     .map_err(|_| FhirError::new(StatusCode::INTERNAL_SERVER_ERROR, IssueCode::Exception, "read task failed"))??;
     let id_hex = record_id.to_hex();
-    let links = page_links(&format!("/fhir/{resource_type}/{id_hex}/_history"), count, offset, total);
+    let links =
+        page_links(&format!("{}/fhir/{resource_type}/{id_hex}/_history", app.public_base()), count, offset, total);
     let mut bundle = format!(r#"{{"resourceType":"Bundle","type":"history","total":{total},"link":{links},"entry":["#);
     for (i, ((version, at_ms), plaintext)) in versions.iter().zip(&plaintexts).enumerate() {
         if i > 0 {
@@ -851,9 +873,10 @@ pub(crate) async fn history(
 }
 
 /// `GET /fhir/Patient/{id}/$everything`: the latest version of every record of the patient
-/// that the caller may read (consent decides per record; refusals are left out, and audited),
-/// as a `searchset` Bundle, the Patient first. Paged with `_count` (default and maximum
-/// [`EVERYTHING_PAGE_MAX`]) and `_offset`.
+/// that the caller may read (consent decides per record before paging; refusals are left out,
+/// and audited), as a `searchset` Bundle, the Patient first. Paged with `_count` (default and
+/// maximum [`EVERYTHING_PAGE_MAX`]) and `_offset` over the visible records only. A caller who
+/// may see none of them gets the answer for an unknown patient.
 pub(crate) async fn everything(
     State(app): State<AppState>,
     Path(id): Path<String>,
@@ -866,7 +889,7 @@ pub(crate) async fn everything(
     let (count, offset) = paging(&query, EVERYTHING_PAGE_MAX, "$everything")?;
     let patient = match app.chain.state().record(&record_id) {
         Some(head) if head.resource_type == "Patient" => head.patient,
-        _ => return Err(not_found(format!("no Patient with id {}", crate::error::echo(&id)))),
+        _ => return Err(no_such("Patient", &id)),
     };
     // The Patient resource itself first, then the rest in the order they were written.
     let mut members: Vec<(RecordId, String, u32, u64)> = app
@@ -887,10 +910,22 @@ pub(crate) async fn everything(
         })
         .unwrap_or_default();
     members.sort_by_key(|(id, resource_type, _, _)| (*id != record_id, resource_type != "Patient"));
-    let total = members.len();
-    let page: Vec<_> = members.into_iter().skip(offset).take(count).collect();
     let service = records(&app)?;
     let requester = grant.identity;
+    // Consent decides before counting: the total, the pages and the next links are over what
+    // the caller may see, so their sizes say nothing about records it may not.
+    let (members, refused) = visible_members(&app, &requester, members, purpose);
+    // Each refusal is on the patient's trail, as the refused reads of a page were (at most a
+    // page's worth per request, so one request cannot queue unbounded events).
+    for (refused_id, code) in refused.into_iter().take(count) {
+        service.audit_refused_access(requester, refused_id, AccessAction::Read, purpose, code, now_ms());
+    }
+    // Nothing visible: the same answer as for a patient that does not exist.
+    if members.is_empty() {
+        return Err(no_such("Patient", &id));
+    }
+    let total = members.len();
+    let page: Vec<_> = members.into_iter().skip(offset).take(count).collect();
     let wanted = page.clone();
     let reads = tokio::task::spawn_blocking(move || {
         wanted
@@ -900,7 +935,7 @@ pub(crate) async fn everything(
     })
     .await
     .map_err(|_| FhirError::new(StatusCode::INTERNAL_SERVER_ERROR, IssueCode::Exception, "read task failed"))?;
-    let links = page_links(&format!("/fhir/Patient/{id}/$everything"), count, offset, total);
+    let links = page_links(&format!("{}/fhir/Patient/{id}/$everything", app.public_base()), count, offset, total);
     let mut bundle = format!(r#"{{"resourceType":"Bundle","type":"searchset","link":{links},"entry":["#);
     let mut first = true;
     let mut unservable = Vec::new();
@@ -916,7 +951,11 @@ pub(crate) async fn everything(
             bundle.push(',');
         }
         first = false;
-        bundle.push_str(&format!(r#"{{"fullUrl":"/fhir/{resource_type}/{}","resource":"#, record.to_hex()));
+        bundle.push_str(&format!(
+            r#"{{"fullUrl":"{}/fhir/{resource_type}/{}","resource":"#,
+            app.public_base(),
+            record.to_hex()
+        ));
         bundle.push_str(&resource);
         bundle.push_str(r#","search":{"mode":"match"}}"#);
     }
@@ -931,6 +970,31 @@ pub(crate) async fn everything(
     Ok(bundle_response(bundle))
 }
 
+/// The members of `$everything` that `requester` may read for `purpose` (in order), and those
+/// it may not with the denial's code. Consent is decided under the state's read lock per chunk,
+/// never across a whole patient (block application waits for that lock).
+#[allow(clippy::type_complexity)]
+fn visible_members(
+    app: &AppState,
+    requester: &IdentityId,
+    members: Vec<(RecordId, String, u32, u64)>,
+    purpose: Purpose,
+) -> (Vec<(RecordId, String, u32, u64)>, Vec<(RecordId, &'static str)>) {
+    let now = now_ms();
+    let (mut visible, mut refused) = (Vec::with_capacity(members.len()), Vec::new());
+    for chunk in members.chunks(CONSENT_CHUNK) {
+        let state = app.chain.state();
+        for member in chunk {
+            match crate::existence::read_decision(&state, requester, &member.0, purpose, now) {
+                Some(Ok(_)) => visible.push(member.clone()),
+                Some(Err(denial)) => refused.push((member.0, denial.code())),
+                None => {}
+            }
+        }
+    }
+    (visible, refused)
+}
+
 /// `GET /fhir/AuditEvent?patient=Patient/{id}[&_count=N][&_offset=M]`: the on-chain access
 /// events about a patient (every read, write attempt, history, search and refusal), oldest
 /// first, as AuditEvent resources shaped after IHE BALP, each naming the ledger transaction
@@ -942,6 +1006,7 @@ pub(crate) async fn audit_events(
     headers: HeaderMap,
 ) -> Result<Response, FhirError> {
     let grant = authorize(&app, &headers, "AuditEvent", interactions::SEARCH)?;
+    let purpose = purpose(&headers)?;
     let bad = |m: String| FhirError::new(StatusCode::BAD_REQUEST, IssueCode::Value, m);
     let (mut patient_ref, mut count, mut offset) = (None, AUDIT_PAGE_DEFAULT, 0usize);
     for (key, value) in &query {
@@ -995,6 +1060,10 @@ pub(crate) async fn audit_events(
         } else {
             match organisation_of(&state, &grant.identity).filter(|o| state.custodies(o, &patient)) {
                 Some(organisation) => (patient, Some(organisation)),
+                // Someone who may not even see the Patient learns nothing, not that it exists.
+                None if !crate::existence::sees(&state, &grant.identity, &patient_record, purpose) => {
+                    return Err(not_found(format!("no Patient {}", crate::error::echo(&patient_ref))));
+                }
                 None => {
                     return Err(forbidden(
                         "the audit trail of a patient is for the patient and the organisations holding their records",
@@ -1024,13 +1093,13 @@ pub(crate) async fn audit_events(
         "resourceType": "Bundle",
         "type": "searchset",
         "total": total,
-        "link": [{"relation": "self", "url": format!("/fhir/AuditEvent?patient=Patient/{}&_count={count}&_offset={offset}", patient_record.to_hex())}],
+        "link": [{"relation": "self", "url": format!("{}/fhir/AuditEvent?patient=Patient/{}&_count={count}&_offset={offset}", app.public_base(), patient_record.to_hex())}],
         "entry": [],
     });
     if offset + count < total {
         bundle["link"].as_array_mut().expect("link is an array").push(serde_json::json!({
             "relation": "next",
-            "url": format!("/fhir/AuditEvent?patient=Patient/{}&_count={count}&_offset={}", patient_record.to_hex(), offset + count),
+            "url": format!("{}/fhir/AuditEvent?patient=Patient/{}&_count={count}&_offset={}", app.public_base(), patient_record.to_hex(), offset + count),
         }));
     }
     let page: Vec<_> = entries
@@ -1053,7 +1122,7 @@ pub(crate) async fn audit_events(
         let resource = audit_event(entry, &patient, &chain_id, resource_type.as_deref(), recorder);
         let id = resource["id"].as_str().unwrap_or_default().to_owned();
         bundle["entry"].as_array_mut().expect("entry is an array").push(serde_json::json!({
-            "fullUrl": format!("/fhir/AuditEvent/{id}"),
+            "fullUrl": format!("{}/fhir/AuditEvent/{id}", app.public_base()),
             "resource": resource,
             "search": {"mode": "match"},
         }));
@@ -1182,7 +1251,7 @@ pub(crate) async fn provenance(
         let head = state
             .record(&record_id)
             .filter(|h| h.resource_type == resource_type)
-            .ok_or_else(|| not_found(format!("no {resource_type} with id {}", crate::error::echo(id))))?;
+            .ok_or_else(|| no_such(resource_type, id))?;
         medledger_ledger::access::decide_at_head(
             &state,
             &grant.identity,
@@ -1196,7 +1265,8 @@ pub(crate) async fn provenance(
     if let Some(service) = &app.records {
         service.audit_history(grant.identity, record_id, purpose, decision, now_ms());
     }
-    decision.map_err(|denial| forbidden(format!("access denied: {}", denial.code())))?;
+    // Refused (and audited): the answer for a record that does not exist.
+    decision.map_err(|_| no_such(resource_type, id))?;
     let (custodian, versions) = {
         let index = app.chain.patient_index();
         let record = index.record(&record_id).ok_or_else(|| not_found("the record is not indexed yet"))?;
@@ -1268,7 +1338,7 @@ pub(crate) async fn provenance(
             }],
         });
         entries.push(serde_json::json!({
-            "fullUrl": format!("/fhir/Provenance/{provenance_id}"),
+            "fullUrl": format!("{}/fhir/Provenance/{provenance_id}", app.public_base()),
             "resource": resource,
             "search": {"mode": "match"},
         }));
@@ -1277,7 +1347,7 @@ pub(crate) async fn provenance(
         "resourceType": "Bundle",
         "type": "searchset",
         "total": entries.len(),
-        "link": [{"relation": "self", "url": format!("/fhir/Provenance?target={resource_type}/{id}")}],
+        "link": [{"relation": "self", "url": format!("{}/fhir/Provenance?target={resource_type}/{id}", app.public_base())}],
         "entry": entries,
     });
     Ok(bundle_response(bundle.to_string()))
@@ -1403,6 +1473,7 @@ pub(crate) async fn consents(
     headers: HeaderMap,
 ) -> Result<Response, FhirError> {
     let grant = authorize(&app, &headers, "Consent", interactions::SEARCH)?;
+    let purpose = purpose(&headers)?;
     let patient_ref = match query.as_slice() {
         [(key, value)] if key == "patient" => value.clone(),
         _ => {
@@ -1423,6 +1494,10 @@ pub(crate) async fn consents(
             _ => return Err(not_found(format!("no Patient {}", crate::error::echo(&patient_ref)))),
         };
         if !may_oversee(&state, &grant.identity, &patient) {
+            // Someone who may not even see the Patient learns nothing, not that it exists.
+            if !crate::existence::sees(&state, &grant.identity, &record, purpose) {
+                return Err(not_found(format!("no Patient {}", crate::error::echo(&patient_ref))));
+            }
             return Err(forbidden(
                 "a patient's consents are for the patient and the organisations holding their records",
             ));
@@ -1441,9 +1516,9 @@ pub(crate) async fn consents(
         "resourceType": "Bundle",
         "type": "searchset",
         "total": resources.len(),
-        "link": [{"relation": "self", "url": format!("/fhir/Consent?patient=Patient/{}", record.to_hex())}],
+        "link": [{"relation": "self", "url": format!("{}/fhir/Consent?patient=Patient/{}", app.public_base(), record.to_hex())}],
         "entry": resources.into_iter().map(|r| serde_json::json!({
-            "fullUrl": format!("/fhir/Consent/{}", r["id"].as_str().unwrap_or_default()),
+            "fullUrl": format!("{}/fhir/Consent/{}", app.public_base(), r["id"].as_str().unwrap_or_default()),
             "resource": r,
             "search": {"mode": "match"},
         })).collect::<Vec<_>>(),
@@ -1467,10 +1542,9 @@ pub(crate) async fn consent(
         let allowed = grant.identity == stored.patient
             || (may_oversee(&state, &grant.identity, &stored.patient)
                 && organisation_of(&state, &grant.identity).is_some_and(|org| concerns(&state, stored, &org)));
+        // A consent the caller may not see answers as one that does not exist.
         if !allowed {
-            return Err(forbidden(
-                "a consent is for its patient and the organisation it grants access to (or whose staff it names)",
-            ));
+            return Err(not_found(format!("no Consent {}", crate::error::echo(&id))));
         }
         consent_resource(&state, stored, now_ms().max(state.head_timestamp_ms()))
     };
@@ -1561,7 +1635,7 @@ pub(crate) async fn type_history(
     })
     .await
     .map_err(|_| FhirError::new(StatusCode::INTERNAL_SERVER_ERROR, IssueCode::Exception, "read task failed"))?;
-    let links = page_links(&format!("/fhir/{resource_type}/_history"), count, offset, total);
+    let links = page_links(&format!("{}/fhir/{resource_type}/_history", app.public_base()), count, offset, total);
     let mut bundle = format!(r#"{{"resourceType":"Bundle","type":"history","total":{total},"link":{links},"entry":["#);
     let mut first = true;
     for ((_, record, version, at_ms), read) in page.iter().zip(reads) {
@@ -1750,9 +1824,10 @@ pub(crate) fn category_of(resource_type: &str, json: &serde_json::Value) -> Resu
 }
 
 /// `GET /fhir/metadata`: exactly what this server does.
-pub(crate) async fn metadata(State(app): State<AppState>, headers: HeaderMap) -> Response {
-    let base =
-        headers.get(header::HOST).and_then(|h| h.to_str().ok()).map(|h| format!("http://{h}")).unwrap_or_default();
+pub(crate) async fn metadata(State(app): State<AppState>) -> Response {
+    // The configured public base, never the request's Host header: a client controls that, and
+    // a token URL built from it would send the next client's credentials elsewhere.
+    let base = app.public_base();
     let resources: Vec<serde_json::Value> = SERVED_TYPES
         .iter()
         .map(|t| {

@@ -156,8 +156,8 @@ pub(crate) async fn bundle(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, FhirError> {
-    let grant = bearer(&app.tokens, &headers, now_ms())
-        .map_err(|why| error(StatusCode::UNAUTHORIZED, IssueCode::Login, why))?;
+    let grant =
+        bearer(&app, &headers, now_ms()).map_err(|why| error(StatusCode::UNAUTHORIZED, IssueCode::Login, why))?;
     check_content_type(&headers)?;
     // Parsing and validating up to 16 MiB is blocking work.
     let body_for_task = body.clone();
@@ -537,9 +537,23 @@ fn plan(app: &AppState, grant: &Grant, entries: Vec<EntryIn>, batch_entry: bool)
                 Some((None, String::new(), head.latest_version))
             }
             _ => {
-                let state = app.chain.state();
-                let head =
-                    state.record(&id).filter(|h| h.resource_type == entry.resource_type).ok_or_else(not_found)?;
+                let head = crate::existence::head_of_type(app, &id, &entry.resource_type).ok_or_else(not_found)?;
+                // A record the caller may not see is, to it, not there (`crate::existence`).
+                if !crate::existence::sees(
+                    &app.chain.state(),
+                    &grant.identity,
+                    &id,
+                    medledger_ledger::Purpose::Treatment,
+                ) {
+                    service.audit_refused_write(
+                        grant.identity,
+                        head.patient,
+                        Some(id),
+                        "not-custodian-staff",
+                        now_ms(),
+                    );
+                    return Err(not_found());
+                }
                 Some((Some(head.patient), head.category.clone(), head.latest_version))
             }
         };

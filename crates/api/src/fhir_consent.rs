@@ -256,11 +256,7 @@ fn check_acting_for(app: &AppState, caller: &IdentityId, patient: &IdentityId) -
     let gateway = service.node_identity();
     let state = app.chain.state();
     let now = now_ms().max(state.head_timestamp_ms());
-    // A personal delegate (a parent, a guardian) may; this node, or another gateway, may not
-    // ask itself.
-    let personal = state.is_live_delegate(patient, caller, now)
-        && state.identity(caller).is_some_and(|w| matches!(w.role, Role::Patient | Role::Practitioner));
-    if caller != patient && !personal {
+    if !acts_for(&state, caller, patient) {
         return Err(forbidden("only the patient, or a personal delegate of theirs, writes their consent"));
     }
     if !state.is_live_delegate(patient, &gateway, now) {
@@ -272,6 +268,15 @@ fn check_acting_for(app: &AppState, caller: &IdentityId, patient: &IdentityId) -
         )));
     }
     Ok(())
+}
+
+/// Whether `caller` may write `patient`'s consent: the patient, or a personal delegate (a
+/// parent, a guardian); this node, or another gateway, may not ask itself.
+fn acts_for(state: &medledger_ledger::State, caller: &IdentityId, patient: &IdentityId) -> bool {
+    let now = now_ms().max(state.head_timestamp_ms());
+    let personal = state.is_live_delegate(patient, caller, now)
+        && state.identity(caller).is_some_and(|w| matches!(w.role, Role::Patient | Role::Practitioner));
+    caller == patient || personal
 }
 
 /// Submits `payload` signed by this node as the patient's gateway delegate and waits for it.
@@ -330,11 +335,17 @@ pub(crate) async fn create(
     Ok(response)
 }
 
-/// The live consent grant `id` names, with its patient.
-fn live_grant(app: &AppState, id: &str) -> Result<(TxId, IdentityId), FhirError> {
-    let grant_id = TxId::from_hex(id).map_err(|_| not_found(format!("no Consent {}", crate::error::echo(id))))?;
+/// The live consent grant `id` names, with its patient. To a caller who may not write the
+/// patient's consent, a grant that exists answers as one that does not: whether it exists, or
+/// was revoked, is not theirs to learn.
+fn live_grant(app: &AppState, caller: &IdentityId, id: &str) -> Result<(TxId, IdentityId), FhirError> {
+    let unknown = || not_found(format!("no Consent {}", crate::error::echo(id)));
+    let grant_id = TxId::from_hex(id).map_err(|_| unknown())?;
     let state = app.chain.state();
-    let grant = state.grant(&grant_id).ok_or_else(|| not_found(format!("no Consent {}", crate::error::echo(id))))?;
+    let grant = state.grant(&grant_id).ok_or_else(unknown)?;
+    if !acts_for(&state, caller, &grant.patient) {
+        return Err(unknown());
+    }
     if grant.revoked_at.is_some() {
         return Err(FhirError::new(StatusCode::GONE, IssueCode::Deleted, "this consent is already revoked"));
     }
@@ -343,7 +354,7 @@ fn live_grant(app: &AppState, id: &str) -> Result<(TxId, IdentityId), FhirError>
 
 async fn revoke(app: &AppState, headers: &HeaderMap, id: &str, interaction: u8) -> Result<Response, FhirError> {
     let token = authorize(app, headers, "Consent", interaction)?;
-    let (grant_id, patient) = live_grant(app, id)?;
+    let (grant_id, patient) = live_grant(app, &token.identity, id)?;
     check_acting_for(app, &token.identity, &patient)?;
     let (tx, committed) = submit(app, Payload::ConsentRevoke { grant_id }).await?;
     let mut response = if committed { StatusCode::NO_CONTENT } else { StatusCode::ACCEPTED }.into_response();

@@ -264,7 +264,8 @@ pub(crate) async fn history(
     .await
     .map_err(|_| task_failed("read"))??;
     let id_hex = entry_id.to_hex();
-    let links = page_links(&format!("/fhir/{resource_type}/{id_hex}/_history"), count, offset, total);
+    let links =
+        page_links(&format!("{}/fhir/{resource_type}/{id_hex}/_history", app.public_base()), count, offset, total);
     let mut bundle = format!(r#"{{"resourceType":"Bundle","type":"history","total":{total},"link":{links},"entry":["#);
     for (i, ((version, at_ms), content)) in versions.iter().zip(&contents).enumerate() {
         if i > 0 {
@@ -320,7 +321,7 @@ pub(crate) async fn type_history(
     })
     .await
     .map_err(|_| task_failed("read"))??;
-    let links = page_links(&format!("/fhir/{resource_type}/_history"), count, offset, total);
+    let links = page_links(&format!("{}/fhir/{resource_type}/_history", app.public_base()), count, offset, total);
     let mut bundle = format!(r#"{{"resourceType":"Bundle","type":"history","total":{total},"link":{links},"entry":["#);
     for (i, ((_, id, version, at_ms), content)) in page.iter().zip(&contents).enumerate() {
         if i > 0 {

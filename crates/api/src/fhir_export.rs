@@ -465,20 +465,6 @@ fn check_accept(headers: &HeaderMap) -> Result<(), FhirError> {
     ))
 }
 
-/// The base of absolute URLs: the node's configured public base (as in the SMART
-/// configuration), else the request's `Host` (as search links), else none (relative URLs).
-fn public_base(app: &AppState, headers: &HeaderMap) -> String {
-    if let Some(base) = app.public_bases.first() {
-        return base.trim_end_matches('/').to_owned();
-    }
-    headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .filter(|h| h.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']')))
-        .map(|h| format!("http://{h}"))
-        .unwrap_or_default()
-}
-
 /// Whether `grant`'s scopes let it export a `resource_type` record of `patient` (`None`: any
 /// patient, for the kick-off's check of the types) at `level`: a scope reading the type, in
 /// the system context for a system-level export, and for `patient/…` scopes only records of
@@ -591,8 +577,7 @@ pub(crate) async fn kick_off_method() -> FhirError {
 }
 
 fn authenticate(app: &AppState, headers: &HeaderMap) -> Result<Grant, FhirError> {
-    bearer(&app.tokens, headers, now_ms())
-        .map_err(|why| FhirError::new(StatusCode::UNAUTHORIZED, IssueCode::Login, why))
+    bearer(app, headers, now_ms()).map_err(|why| FhirError::new(StatusCode::UNAUTHORIZED, IssueCode::Login, why))
 }
 
 async fn kick_off(
@@ -612,7 +597,8 @@ async fn kick_off(
     let purpose = crate::fhir::purpose_of(&headers)?;
     let types = exported_types(&grant, level, params.types.as_deref())?;
     let service = crate::fhir::record_service(&app)?;
-    let base = public_base(&app, &headers);
+    // The configured public base (relative URLs without one), never the request's Host.
+    let base = app.public_base().to_owned();
     let request = format!("{base}{}", uri.path_and_query().map_or(uri.path(), |p| p.as_str()));
     let job = match app.exports.admit(grant.identity, request, base.clone(), now_ms()) {
         Ok(job) => job,

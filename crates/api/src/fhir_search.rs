@@ -453,13 +453,9 @@ pub(crate) async fn search(
         ));
     }
     let service = crate::fhir::record_service(&app)?;
-    // Links are absolute (clients follow `next` as given), built from the Host header.
-    let origin = headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .filter(|h| h.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']')))
-        .map(|h| format!("http://{h}"))
-        .unwrap_or_default();
+    // Links are absolute (clients follow `next` as given), under the node's configured public
+    // base: never the request's Host, which the client controls.
+    let origin = app.public_base().to_owned();
     let (index, chain) = (app.search.clone(), app.chain.clone());
     let requester = grant.identity;
     let grant_for_task = grant.clone();

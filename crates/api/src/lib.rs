@@ -26,8 +26,8 @@
 //! | `GET /v1/blocks/{height}/raw`                     | canonical block bytes                            |
 //! | `GET /v1/identities/{id}`                         | role, name, organisation, keys, next nonce       |
 //! | `POST /v1/records?patient=<id>[&record=<id>]`     | signed; FHIR JSON body, checked as `POST /fhir/{type}` checks it → 201 record id, version, tx id |
-//! | `GET /v1/records/{id}[?version=N][&purpose=P]`    | signed; the FHIR resource as written, or 403 with a reason code |
-//! | `GET /v1/records/{id}/history[?purpose=P]`       | signed; the record's versions (tx id, author), for whoever may read it |
+//! | `GET /v1/records/{id}[?version=N][&purpose=P]`    | signed; the FHIR resource as written, or (consent refusing) the 404 of an unknown record |
+//! | `GET /v1/records/{id}/history[?purpose=P]`       | signed; the record's versions (tx id, author), for whoever may read it (404 otherwise) |
 //! | `GET /v1/patients/{id}/records`                   | signed, the patient only; records with versions  |
 //! | `GET /v1/patients/{id}/grants`                    | signed, the patient or a live delegate; every grant, its origin, signer, review and whether live |
 //! | `GET /v1/patients/{id}/delegates`                 | signed, the patient or a live delegate; every delegation and whether live |
@@ -38,7 +38,8 @@
 //! | `GET /`                                           | the portal: a static, read-only ledger explorer (`portal.rs`); `/portal` redirects to it |
 //! | `GET /portal/{app.js,rfc6962.js,style.css}`       | the portal's script modules and stylesheet       |
 //!
-//! Statuses: 400 malformed input or invalid transaction, 404 unknown resource or route,
+//! Statuses: 400 malformed input or invalid transaction, 404 unknown resource or route (and a
+//! record the caller may not see: answered exactly as an unknown one, see `existence.rs`),
 //! 405 wrong method, 408 body not received within the body timeout, 409 transaction already
 //! committed, 413 body over [`limits::HTTP_BODY_BYTES_MAX`], 415 unsupported content type,
 //! 503 mempool full, node halted, more than [`CONCURRENT_REQUESTS_MAX`] requests in flight, or
@@ -76,6 +77,7 @@ pub mod auth;
 mod break_glass;
 mod budget;
 mod error;
+mod existence;
 pub mod fhir;
 mod fhir_bundle;
 mod fhir_consent;
@@ -113,9 +115,13 @@ pub struct Services {
     /// as soon as the write is submitted (tests that commit blocks by hand).
     pub fhir_commit_wait_ms: u64,
     /// The base URLs this node's API is reached at (e.g. `http://127.0.0.1:8080`): a client
-    /// assertion's `aud` must be one of them plus `/auth/token`. Never taken from the request
-    /// (a client controls its `Host` header), so an assertion made for another node or service
-    /// cannot be redeemed here. Empty: no assertion is accepted.
+    /// assertion's `aud` must be one of them plus `/auth/token`, and the first is the canonical
+    /// one every absolute URL the API writes starts with (the token endpoint in the
+    /// CapabilityStatement and the SMART configuration, Bundle links and `fullUrl`s, export
+    /// URLs). Never taken from the request (a client controls its `Host` header: links built
+    /// from it would point a victim's client elsewhere, and an assertion made for another node
+    /// could be redeemed here). Empty: no assertion is accepted and URLs are relative.
+    /// Entries that are not a [`public_base`] are left out (with a warning).
     pub public_bases: Vec<String>,
     /// Timeouts and per-client limits of the HTTP server.
     pub http: HttpLimits,
@@ -172,6 +178,24 @@ impl Default for HttpLimits {
     }
 }
 
+/// A public base URL as configured (`http://host:port` or `https://host/prefix`), normalised
+/// without its trailing `/`; or why it cannot be one. Every absolute URL the API writes starts
+/// with it, inside JSON and HTTP headers, so only plain URL characters are allowed.
+pub fn public_base(text: &str) -> Result<String, &'static str> {
+    let base = text.trim().trim_end_matches('/');
+    let rest = base
+        .strip_prefix("https://")
+        .or_else(|| base.strip_prefix("http://"))
+        .ok_or("a public base URL starts with http:// or https://")?;
+    if rest.is_empty() || rest.starts_with('/') {
+        return Err("a public base URL names a host");
+    }
+    if !rest.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._~:/[]%".contains(&b)) {
+        return Err("a public base URL has no user, query, fragment, spaces or quotes");
+    }
+    Ok(base.to_owned())
+}
+
 /// The base URLs of an API listening on `addr`: `http://addr`, and for a loopback address
 /// also `http://localhost:port`.
 pub fn bases_for_listen_addr(addr: std::net::SocketAddr) -> Vec<String> {
@@ -203,7 +227,14 @@ pub fn router_for(chain: Arc<Chain>, services: Services) -> Router {
         search: Arc::default(),
         exports: Arc::default(),
         fhir_commit_wait_ms,
-        public_bases: Arc::new(public_bases),
+        public_bases: Arc::new(
+            public_bases
+                .iter()
+                .filter_map(|b| {
+                    public_base(b).inspect_err(|why| tracing::warn!(base = %b, why, "public base URL left out")).ok()
+                })
+                .collect(),
+        ),
     };
     let record_body_limit = DefaultBodyLimit::max(records::RECORD_BODY_BYTES_MAX);
     let admission_state = admission::Admission::new(&http);
@@ -309,4 +340,28 @@ pub async fn serve_for(
     }
     let http = services.http.clone();
     server::run(listener, router_for(chain, services), &http, shutdown).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::public_base;
+
+    #[test]
+    fn public_bases_are_plain_urls() {
+        assert_eq!(public_base("https://fhir.example/").unwrap(), "https://fhir.example");
+        assert_eq!(public_base(" http://[::1]:8080/prefix ").unwrap(), "http://[::1]:8080/prefix");
+        for bad in [
+            "fhir.example",
+            "ftp://fhir.example",
+            "http://",
+            "http:///path",
+            "https://a.example/x?y=1",
+            "https://a.example/#x",
+            "https://a.example/\"x",
+            "https://user@a.example",
+            "https://a.example/ space",
+        ] {
+            assert!(public_base(bad).is_err(), "{bad}");
+        }
+    }
 }

@@ -844,10 +844,9 @@ pub(crate) async fn history(
         if let Some(service) = &records {
             service.audit_history(requester, record_id, purpose, decision, now);
         }
-        let basis = decision.map_err(|denial| ApiError::Forbidden {
-            reason: denial.code(),
-            message: format!("access denied: {}", denial.code()),
-        })?;
+        // Refused (and audited above): the answer for a record that does not exist
+        // (`crate::existence`).
+        let basis = decision.map_err(|_| ApiError::NotFound(format!("no record {record_id}")))?;
         let index = c.patient_index();
         let record = index
             .record(&record_id)

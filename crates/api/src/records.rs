@@ -125,6 +125,19 @@ pub(crate) async fn write(
                 message: "only this organisation's staff and clients write records through its node".into(),
             });
         }
+        // A new version of a record its author may not see (another organisation's) answers as
+        // an unknown record would; the attempt is on the record's trail.
+        if let Some(record_id) = record {
+            let hidden = {
+                let state = chain.state();
+                let patient = state.record(&record_id).map(|h| h.patient);
+                patient.filter(|_| !crate::existence::sees(&state, &author, &record_id, Purpose::Treatment))
+            };
+            if let Some(patient) = hidden {
+                service.audit_refused_write(author, patient, Some(record_id), "not-custodian-staff", now_ms());
+                return Err(RecordError::UnknownRecord(record_id).into());
+            }
+        }
         // Exactly what `POST /fhir/{type}` checks of a record (strict parse, validation, a
         // served type, no delete marker, the category), and that it names no other patient.
         let content = crate::write_checks::check_record(None, &body).map_err(refused)?;
@@ -159,7 +172,8 @@ fn check_next_version(
     category: &str,
 ) -> Result<(), ApiError> {
     let state = chain.state();
-    let head = state.record(record).ok_or_else(|| ApiError::NotFound(format!("unknown record {record}")))?;
+    // The same answer as a record hidden from the caller (`existence.rs`).
+    let head = state.record(record).ok_or(RecordError::UnknownRecord(*record))?;
     if head.resource_type != resource_type || head.patient != *patient || head.category != category {
         return Err(ApiError::BadRequest(
             "a record's type, patient and consent category never change: write a new record".into(),
@@ -187,7 +201,13 @@ pub(crate) async fn read(
     let (requester, _) = authenticated(&app, request).await?;
     let read = tokio::task::spawn_blocking(move || service.read(requester, record_id, version, purpose, now_ms()))
         .await
-        .map_err(|_| ApiError::Internal("read task failed".into()))??;
+        .map_err(|_| ApiError::Internal("read task failed".into()))?
+        // Refused by consent (and audited by the read): to the caller, the record is not there
+        // (`crate::existence`).
+        .map_err(|e| match e {
+            RecordError::Denied(_) => ApiError::from(RecordError::UnknownRecord(record_id)),
+            other => other.into(),
+        })?;
     let mut response = (StatusCode::OK, read.plaintext.to_vec()).into_response();
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(FHIR_JSON));

@@ -48,6 +48,15 @@ pub(crate) struct AppState {
     pub(crate) public_bases: Arc<Vec<String>>,
 }
 
+impl AppState {
+    /// The base of every absolute URL the API writes: the first configured public base
+    /// ([`crate::Services::public_bases`]), never the request's `Host` header. Empty when none
+    /// is configured: URLs are then relative (`/fhir/...`).
+    pub(crate) fn public_base(&self) -> &str {
+        self.public_bases.first().map_or("", String::as_str)
+    }
+}
+
 pub(crate) fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }

@@ -24,7 +24,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use base64::Engine as _;
-use medledger_crypto::{Signature, sha256};
+use medledger_crypto::{PublicKey, Signature, sha256};
 use medledger_types::{Hash, IdentityId, Role, TimestampMs};
 use serde_json::{Value, json};
 
@@ -163,11 +163,22 @@ pub fn parse_scope(text: &str) -> Result<Scope, ScopeError> {
 pub struct Grant {
     pub identity: IdentityId,
     pub role: Role,
+    /// The identity's signing key when the token was issued. The token is void once the
+    /// identity's key on-chain is another one (a committed rotation): a token obtained with a
+    /// key that leaked must not outlive the rotation that retired the key.
+    pub signing_key: PublicKey,
     pub scopes: Vec<Scope>,
     pub expires_ms: TimestampMs,
 }
 
 impl Grant {
+    /// Whether the grant's identity is, in `state`, still registered with the role and the
+    /// signing key the token was issued under. Roles never change on-chain today; checking
+    /// it too keeps a token from outliving any change of what its identity is.
+    pub fn is_current(&self, state: &medledger_ledger::State) -> bool {
+        state.identity(&self.identity).is_some_and(|who| who.role == self.role && who.signing_key == self.signing_key)
+    }
+
     /// Whether the scopes allow `interaction` on `resource_type` (consent is checked apart).
     pub fn allows(&self, resource_type: &str, interaction: u8) -> bool {
         self.scopes
@@ -250,11 +261,24 @@ impl TokenStore {
         token
     }
 
-    /// The grant behind `token`, if it is known and not expired at `now_ms`.
+    /// The grant behind `token`, if it is known and not expired at `now_ms`. Whether its
+    /// identity still holds the key it was issued under is the caller's to check against the
+    /// chain ([`Grant::is_current`]); the API does so on every request.
     pub fn lookup(&self, token: &str, now_ms: TimestampMs) -> Option<Grant> {
         let hash = sha256(token.as_bytes());
         let held = self.held.lock().expect("token lock poisoned");
         held.by_hash.get(&hash).filter(|g| now_ms < g.expires_ms).cloned()
+    }
+
+    /// Forgets `token` (its identity rotated its key since it was issued).
+    pub fn revoke(&self, token: &str) {
+        let hash = sha256(token.as_bytes());
+        let mut held = self.held.lock().expect("token lock poisoned");
+        if let Some(grant) = held.by_hash.remove(&hash)
+            && let Some(list) = held.by_client.get_mut(&grant.identity)
+        {
+            list.retain(|h| *h != hash);
+        }
     }
 
     /// Records assertion `jti` of `issuer` as used until `expires_ms`; false if it was seen.
@@ -344,7 +368,7 @@ fn verify_assertion(
     jwt: &str,
     token_urls: &[String],
     now_ms: TimestampMs,
-) -> Result<(Assertion, Role), OAuthError> {
+) -> Result<(Assertion, Role, PublicKey), OAuthError> {
     let invalid = |m: &str| OAuthError::new("invalid_client", m.to_owned());
     if jwt.len() > ASSERTION_BYTES_MAX {
         return Err(invalid("client_assertion is too long"));
@@ -409,7 +433,7 @@ fn verify_assertion(
     let signed = format!("{h}.{p}");
     key.verify(signed.as_bytes(), &Signature(signature))
         .map_err(|_| invalid("client_assertion signature does not verify under the client's key"))?;
-    Ok((Assertion { issuer, jti: jti.to_owned(), expires_ms }, role))
+    Ok((Assertion { issuer, jti: jti.to_owned(), expires_ms }, role, key))
 }
 
 /// The scope context an identity's role may hold.
@@ -455,10 +479,9 @@ pub(crate) async fn token(
     if requested.len() > SCOPES_PER_REQUEST_MAX {
         return Err(OAuthError::new("invalid_scope", format!("at most {SCOPES_PER_REQUEST_MAX} scopes")));
     }
-    let token_urls: Vec<String> =
-        app.public_bases.iter().map(|b| format!("{}/auth/token", b.trim_end_matches('/'))).collect();
+    let token_urls: Vec<String> = app.public_bases.iter().map(|b| format!("{b}/auth/token")).collect();
     let now = now_ms();
-    let (assertion, role) = verify_assertion(&app, jwt, &token_urls, now)?;
+    let (assertion, role, signing_key) = verify_assertion(&app, jwt, &token_urls, now)?;
     let context = context_of(role)
         .ok_or_else(|| OAuthError::new("invalid_client", "this identity's role cannot hold API tokens"))?;
     // Unknown or other-context scopes are not granted; malformed ones are an error.
@@ -499,8 +522,13 @@ pub(crate) async fn token(
         }
     }
     let scope_line = granted.iter().map(ToString::to_string).collect::<Vec<_>>().join(" ");
-    let token =
-        app.tokens.issue(Grant { identity: assertion.issuer, role, scopes: granted, expires_ms: now + TOKEN_TTL_MS });
+    let token = app.tokens.issue(Grant {
+        identity: assertion.issuer,
+        role,
+        signing_key,
+        scopes: granted,
+        expires_ms: now + TOKEN_TTL_MS,
+    });
     let mut response = Json(json!({
         "access_token": token,
         "token_type": "bearer",
@@ -515,7 +543,7 @@ pub(crate) async fn token(
 /// `GET /.well-known/smart-configuration`.
 pub(crate) async fn configuration(State(app): State<AppState>) -> Response {
     // From configuration, never from the request's Host header (this answer is cacheable).
-    let base = app.public_bases.first().map(|b| b.trim_end_matches('/').to_owned()).unwrap_or_default();
+    let base = app.public_base();
     let mut response = Json(json!({
         "issuer": base,
         "token_endpoint": format!("{base}/auth/token"),
@@ -530,15 +558,25 @@ pub(crate) async fn configuration(State(app): State<AppState>) -> Response {
     response
 }
 
-/// The bearer grant of a request, or why not (for the FHIR endpoints).
-pub fn bearer(tokens: &TokenStore, headers: &HeaderMap, now_ms: TimestampMs) -> Result<Grant, &'static str> {
+/// The bearer grant of a request, or why not (for the FHIR endpoints): a known, unexpired
+/// token whose identity still holds the key (and role) it was issued under. A token that
+/// outlived a rotation of its identity's key is forgotten.
+pub(crate) fn bearer(app: &AppState, headers: &HeaderMap, now_ms: TimestampMs) -> Result<Grant, &'static str> {
     let value = headers.get(header::AUTHORIZATION).ok_or("missing Authorization: Bearer token")?;
     let text = value.to_str().map_err(|_| "malformed Authorization header")?;
     let (scheme, token) = text.split_once(' ').ok_or("malformed Authorization header")?;
     if !scheme.eq_ignore_ascii_case("bearer") {
         return Err("use Authorization: Bearer <token> from /auth/token");
     }
-    tokens.lookup(token.trim(), now_ms).ok_or("the bearer token is unknown or expired")
+    let token = token.trim();
+    let grant = app.tokens.lookup(token, now_ms).ok_or("the bearer token is unknown or expired")?;
+    // The state's read guard lives only for this statement.
+    let current = grant.is_current(&app.chain.state());
+    if !current {
+        app.tokens.revoke(token);
+        return Err("the bearer token was issued under a key its identity has since replaced; get a new one");
+    }
+    Ok(grant)
 }
 
 #[cfg(test)]
@@ -573,6 +611,7 @@ mod tests {
         let grant = Grant {
             identity: IdentityId::default(),
             role: Role::Practitioner,
+            signing_key: PublicKey([0; 32]),
             scopes: vec![parse_scope("user/Observation.rs").unwrap(), parse_scope("user/*.c").unwrap()],
             expires_ms: 10,
         };
@@ -586,7 +625,13 @@ mod tests {
     #[test]
     fn tokens_expire_and_unknown_tokens_are_refused() {
         let store = TokenStore::default();
-        let grant = Grant { identity: IdentityId::default(), role: Role::Patient, scopes: vec![], expires_ms: 100 };
+        let grant = Grant {
+            identity: IdentityId::default(),
+            role: Role::Patient,
+            signing_key: PublicKey([0; 32]),
+            scopes: vec![],
+            expires_ms: 100,
+        };
         let token = store.issue(grant.clone());
         assert_eq!(store.lookup(&token, 99), Some(grant));
         assert_eq!(store.lookup(&token, 100), None);
@@ -599,7 +644,13 @@ mod tests {
     fn one_client_cannot_crowd_out_the_others() {
         let store = TokenStore::default();
         let (flooder, other) = (IdentityId([1; 32]), IdentityId([2; 32]));
-        let grant = |identity| Grant { identity, role: Role::SystemClient, scopes: vec![], expires_ms: 1_000 };
+        let grant = |identity| Grant {
+            identity,
+            role: Role::SystemClient,
+            signing_key: PublicKey([0; 32]),
+            scopes: vec![],
+            expires_ms: 1_000,
+        };
         let kept = store.issue(grant(other));
         let first_flood = store.issue(grant(flooder));
         for _ in 0..10 * TOKENS_PER_CLIENT_MAX {

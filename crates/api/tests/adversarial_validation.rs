@@ -90,6 +90,7 @@ impl World {
                 tokens: tokens.clone(),
                 fhir_commit_wait_ms: 10_000,
                 public_bases: vec!["http://fhir.test".into()],
+                ..Services::default()
             },
         );
         medledger_node::devnet::commit_pending(&chain, net.validators[0].id(), now_ms()).unwrap();
@@ -103,6 +104,7 @@ impl World {
         self.tokens.issue(Grant {
             identity: self.doc_a.id(),
             role: Role::Practitioner,
+            signing_key: self.doc_a.public_key(),
             scopes,
             expires_ms: now_ms() + 60_000,
         })

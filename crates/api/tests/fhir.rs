@@ -113,7 +113,13 @@ impl World {
 
     fn token(&self, who: &Keypair, role: Role, scope: &str) -> String {
         let scopes = scope.split(' ').map(|s| parse_scope(s).unwrap()).collect();
-        self.tokens.issue(Grant { identity: who.id(), role, scopes, expires_ms: now_ms() + 60_000 })
+        self.tokens.issue(Grant {
+            identity: who.id(),
+            role,
+            signing_key: who.public_key(),
+            scopes,
+            expires_ms: now_ms() + 60_000,
+        })
     }
 
     async fn send(&self, request: Request<Body>) -> Answer {
@@ -264,12 +270,13 @@ async fn create_then_read_with_scopes_and_consent_both_enforced() {
     // The patient reads their own record with a patient token.
     let own = w.token(&w.patient, Role::Patient, "patient/*.rs");
     assert_eq!(w.get(Some(&own), &format!("/fhir/Observation/{obs_id}")).await.status, 200);
-    // Another patient, and another organisation's practitioner without a grant: consent says no.
+    // Another patient, and another organisation's practitioner without a grant: consent says no,
+    // as for an id that does not exist (tests/adversarial_leaks.rs).
     let other = w.token(&w.other_patient, Role::Patient, "patient/*.rs");
     let refused = w.get(Some(&other), &format!("/fhir/Observation/{obs_id}")).await;
-    assert_eq!((refused.status, refused.issue()), (403, "forbidden".to_owned()));
+    assert_eq!((refused.status, refused.issue()), (404, "not-found".to_owned()));
     let doc_b = w.token(&w.doc_b, Role::Practitioner, "user/*.rs");
-    assert_eq!(w.get(Some(&doc_b), &format!("/fhir/Observation/{obs_id}")).await.status, 403);
+    assert_eq!(w.get(Some(&doc_b), &format!("/fhir/Observation/{obs_id}")).await.status, 404);
     // Scopes that do not cover the type: refused before consent is even asked.
     let narrow = w.token(&w.doc_a, Role::Practitioner, "user/Patient.rs");
     let before = w.service.pending_events();
@@ -400,9 +407,9 @@ async fn updates_make_versions_with_if_match_and_history_lists_them() {
     assert_eq!(paged["entry"][0]["resource"]["meta"]["versionId"], "1");
     let v1 = w.get(Some(&doc), &format!("{path}/_history/1")).await;
     assert!(v1.text().contains(r#""value":5.40"#));
-    // Another patient sees no history either.
+    // Another patient sees no history either (nor that there is one).
     let other = w.token(&w.other_patient, Role::Patient, "patient/*.rs");
-    assert_eq!(w.get(Some(&other), &format!("{path}/_history")).await.status, 403);
+    assert_eq!(w.get(Some(&other), &format!("{path}/_history")).await.status, 404);
     // Type history: both versions, newest first, for whoever may read; nothing for others.
     let all = w.get(Some(&doc), "/fhir/Observation/_history").await;
     assert_eq!(all.status, 200, "{}", all.text());
@@ -497,14 +504,13 @@ async fn patient_everything_returns_what_the_caller_may_read_paged() {
     assert_eq!(last["entry"].as_array().unwrap().len(), 2);
     assert!(last["link"].as_array().unwrap().iter().all(|l| l["relation"] != "next"));
     // The patient gets everything of theirs; another organisation's practitioner gets nothing
-    // (each refusal audited), not an error that would confirm more than the id.
+    // (each refusal audited): the answer for a patient that does not exist.
     let own = w.token(&w.patient, Role::Patient, "patient/*.rs");
     assert_eq!(w.get(Some(&own), &path).await.json()["entry"].as_array().unwrap().len(), 4);
     let doc_b = w.token(&w.doc_b, Role::Practitioner, "user/*.rs");
     let before = w.service.pending_events();
     let none = w.get(Some(&doc_b), &path).await;
-    assert_eq!(none.status, 200);
-    assert!(none.json()["entry"].as_array().unwrap().is_empty());
+    assert_eq!((none.status, none.issue()), (404, "not-found".to_owned()));
     assert_eq!(w.service.pending_events(), before + 4);
     assert_eq!(w.get(Some(&doc), &format!("{path}?_count=0")).await.status, 400);
     // Scopes narrow $everything too: a Patient-only token gets only the Patient.
@@ -525,7 +531,7 @@ async fn audit_events_show_the_patient_every_access_as_valid_r4() {
     // One allowed read by the custodian's practitioner, one refused read by another clinic.
     assert_eq!(w.get(Some(&doc), &format!("/fhir/Observation/{obs_id}")).await.status, 200);
     let doc_b = w.token(&w.doc_b, Role::Practitioner, "user/*.rs");
-    assert_eq!(w.get(Some(&doc_b), &format!("/fhir/Observation/{obs_id}")).await.status, 403);
+    assert_eq!(w.get(Some(&doc_b), &format!("/fhir/Observation/{obs_id}")).await.status, 404);
     w.service.flush_events(now_ms()).unwrap();
     w.commit();
 
@@ -554,11 +560,12 @@ async fn audit_events_show_the_patient_every_access_as_valid_r4() {
         (Some("0"), Some("custodian"))
     );
     assert_eq!((by(&w.doc_b)["outcome"].as_str(), by(&w.doc_b)["outcomeDesc"].as_str()), (Some("4"), Some("no-grant")));
-    // The custodian's staff may see it too; another patient and another clinic may not.
+    // The custodian's staff may see it too; another patient and another clinic may not (and,
+    // not seeing the Patient, are not told it exists).
     assert_eq!(w.get(Some(&doc), &format!("/fhir/AuditEvent?patient=Patient/{patient_id}")).await.status, 200);
     let other = w.token(&w.other_patient, Role::Patient, "patient/*.rs");
-    assert_eq!(w.get(Some(&other), &format!("/fhir/AuditEvent?patient=Patient/{patient_id}")).await.status, 403);
-    assert_eq!(w.get(Some(&doc_b), &format!("/fhir/AuditEvent?patient=Patient/{patient_id}")).await.status, 403);
+    assert_eq!(w.get(Some(&other), &format!("/fhir/AuditEvent?patient=Patient/{patient_id}")).await.status, 404);
+    assert_eq!(w.get(Some(&doc_b), &format!("/fhir/AuditEvent?patient=Patient/{patient_id}")).await.status, 404);
     // Paged, and unsupported parameters are said to be so.
     let page = w.get(Some(&own), &format!("/fhir/AuditEvent?patient=Patient/{patient_id}&_count=1")).await.json();
     assert_eq!(page["entry"].as_array().unwrap().len(), 1);
@@ -621,9 +628,9 @@ async fn every_version_has_a_provenance_naming_author_custodian_and_ledger_trans
     let bundle = w.get(Some(&doc), &format!("/fhir/Provenance?target=Observation/{obs_id}")).await.json();
     assert_eq!(bundle["entry"][0]["resource"]["activity"]["coding"][0]["code"], "DELETE", "{bundle}");
     assert_eq!(bundle["total"], 3);
-    // Only for those who may read the record.
+    // Only for those who may read the record; to others it is not there.
     let doc_b = w.token(&w.doc_b, Role::Practitioner, "user/*.rs");
-    assert_eq!(w.get(Some(&doc_b), &format!("/fhir/Provenance?target=Observation/{obs_id}")).await.status, 403);
+    assert_eq!(w.get(Some(&doc_b), &format!("/fhir/Provenance?target=Observation/{obs_id}")).await.status, 404);
     assert_eq!(w.get(Some(&doc), "/fhir/Provenance?agent=x").await.issue(), "not-supported");
 }
 
@@ -676,14 +683,14 @@ async fn grants_read_as_r4_consents_with_their_status() {
     // Only the patient sees every consent. A custodian's staff see only consents that give
     // their own organisation access (none here): holding a record of a patient does not open
     // the patient's other consents. The grantee clinic holds no records of the patient, and
-    // other patients see nothing.
-    assert_eq!(w.get(Some(&doc), &format!("/fhir/Consent/{}", grant_id.to_hex())).await.status, 403);
+    // other patients see nothing. A consent one may not see answers as one that does not exist.
+    assert_eq!(w.get(Some(&doc), &format!("/fhir/Consent/{}", grant_id.to_hex())).await.status, 404);
     let listed = w.get(Some(&doc), &format!("/fhir/Consent?patient=Patient/{patient_id}")).await;
     assert_eq!((listed.status, listed.json()["total"].as_u64()), (200, Some(0)), "{}", listed.text());
     let doc_b = w.token(&w.doc_b, Role::Practitioner, "user/*.rs");
-    assert_eq!(w.get(Some(&doc_b), &format!("/fhir/Consent/{}", grant_id.to_hex())).await.status, 403);
+    assert_eq!(w.get(Some(&doc_b), &format!("/fhir/Consent/{}", grant_id.to_hex())).await.status, 404);
     let other = w.token(&w.other_patient, Role::Patient, "patient/*.rs");
-    assert_eq!(w.get(Some(&other), &format!("/fhir/Consent?patient=Patient/{patient_id}")).await.status, 403);
+    assert_eq!(w.get(Some(&other), &format!("/fhir/Consent?patient=Patient/{patient_id}")).await.status, 404);
     // A write that is no Consent at all is a structural error (writes: tests/fhir_consent.rs).
     assert_eq!(w.post(&doc, "/fhir/Consent", FHIR, "{}").await.status, 400);
 }

@@ -97,7 +97,13 @@ impl World {
 
     fn token(&self, who: &Keypair, role: Role, scope: &str) -> String {
         let scopes = scope.split(' ').map(|s| parse_scope(s).unwrap()).collect();
-        self.tokens.issue(Grant { identity: who.id(), role, scopes, expires_ms: now_ms() + 60_000 })
+        self.tokens.issue(Grant {
+            identity: who.id(),
+            role,
+            signing_key: who.public_key(),
+            scopes,
+            expires_ms: now_ms() + 60_000,
+        })
     }
 
     async fn send(&self, request: Request<Body>) -> Answer {

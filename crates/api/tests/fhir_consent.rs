@@ -81,7 +81,13 @@ impl World {
 
     fn token(&self, who: &Keypair, role: Role, scope: &str) -> String {
         let scopes = scope.split(' ').map(|s| parse_scope(s).unwrap()).collect();
-        self.tokens.issue(Grant { identity: who.id(), role, scopes, expires_ms: now_ms() + 60_000 })
+        self.tokens.issue(Grant {
+            identity: who.id(),
+            role,
+            signing_key: who.public_key(),
+            scopes,
+            expires_ms: now_ms() + 60_000,
+        })
     }
 
     async fn send(&self, method: &str, path: &str, token: &str, body: Option<String>) -> (u16, Value) {
@@ -169,9 +175,9 @@ async fn a_consent_becomes_the_grant_it_describes_only_through_the_appointed_gat
     }
     assert_eq!(created["status"], "active");
     assert_eq!(created["provision"]["code"][0]["coding"][0]["code"], "labs");
-    // Revoked by DELETE; again is 410.
+    // Revoked by DELETE; again is 410. To a stranger, the consent is not there.
     let path = format!("/fhir/Consent/{}", grant_id.to_hex());
-    assert_eq!(w.send("DELETE", &path, &stranger, None).await.0, 403);
+    assert_eq!(w.send("DELETE", &path, &stranger, None).await.0, 404);
     assert_eq!(w.send("DELETE", &path, &own, None).await.0, 204);
     assert!(w.chain.state().grant(&grant_id).unwrap().revoked_at.is_some());
     assert_eq!(w.send("DELETE", &path, &own, None).await.0, 410);

@@ -175,7 +175,9 @@ async fn authorization_matrix() {
     use AccessOutcome::{Allowed, BreakGlass, Denied};
     use Expect::Is;
     let unregistered = Keypair::from_label("nobody");
-    // (actor, purpose, read, write, history, may grant)
+    // (actor, purpose, read, write, history, may grant). A refused read or history answers
+    // 404, as for a record that does not exist (the caller must not learn that it does); the
+    // refusal and its reason are in the access event the patient sees.
     let rows: Vec<(&str, Keypair, Purpose, Expect, Expect, Expect, bool)> = vec![
         (
             "patient",
@@ -199,9 +201,9 @@ async fn authorization_matrix() {
             "other org, no grant",
             k(1),
             Purpose::Treatment,
-            Is(403, Some((Denied, "no-grant"))),
+            Is(404, Some((Denied, "no-grant"))),
             Is(403, Some((Denied, "not-custodian-staff"))),
-            Is(403, Some((Denied, "no-grant"))),
+            Is(404, Some((Denied, "no-grant"))),
             false,
         ),
         (
@@ -217,18 +219,18 @@ async fn authorization_matrix() {
             "other org, expired grant",
             k(3),
             Purpose::Treatment,
-            Is(403, Some((Denied, "grant-expired"))),
+            Is(404, Some((Denied, "grant-expired"))),
             Is(403, Some((Denied, "not-custodian-staff"))),
-            Is(403, Some((Denied, "grant-expired"))),
+            Is(404, Some((Denied, "grant-expired"))),
             false,
         ),
         (
             "other org, revoked grant",
             k(4),
             Purpose::Treatment,
-            Is(403, Some((Denied, "grant-revoked"))),
+            Is(404, Some((Denied, "grant-revoked"))),
             Is(403, Some((Denied, "not-custodian-staff"))),
-            Is(403, Some((Denied, "grant-revoked"))),
+            Is(404, Some((Denied, "grant-revoked"))),
             false,
         ),
         (

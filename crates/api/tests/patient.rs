@@ -1,5 +1,6 @@
 //! The patient's view over HTTP: own records, grants, access log with offline-verifiable
-//! proofs, notifications; version history for whoever may read a record; everyone else 403.
+//! proofs, notifications; version history for whoever may read a record; everyone else 403
+//! (404 for a record they may not see: as if it did not exist).
 //! Delegates acting for the patient, and organisations reviewing break-glass access.
 
 use std::sync::Arc;
@@ -117,7 +118,7 @@ async fn the_patient_sees_records_grants_access_log_and_notifications() {
     // Reads, allowed and refused, become access events.
     let read_path = format!("/v1/records/{record}?purpose=TREAT");
     assert_eq!(w.call("GET", &read_path, Some(&w.doc_a), b"").await.0, 200);
-    assert_eq!(w.call("GET", &read_path, Some(&w.doc_b), b"").await.0, 403);
+    assert_eq!(w.call("GET", &read_path, Some(&w.doc_b), b"").await.0, 404);
     w.flush();
 
     // A consent grant ending in 3 days (expiring soon), its key wrap, and a break-glass.
@@ -260,7 +261,8 @@ async fn only_the_patient_and_only_good_parameters() {
     assert_eq!(log["entries"].as_array().unwrap().len(), 0);
     assert_eq!(log["total"], 0);
 
-    // History: custodian staff yes; a stranger is refused with the reason; unknown record 404.
+    // History: custodian staff yes; a stranger is refused as if the record did not exist (the
+    // reason is in the audit trail); unknown record 404.
     let synthetic = medledger_synth::Generator::new(3).patient();
     let lab = synthetic.resources.iter().find(|r| r.category == "labs").unwrap();
     let (status, body) = w.call("POST", &format!("/v1/records?patient={p}"), Some(&w.doc_a), &lab.json).await;
@@ -274,8 +276,8 @@ async fn only_the_patient_and_only_good_parameters() {
     assert_eq!(h["patient"], p.to_hex());
     assert_eq!(w.get_json(&history, &w.patient).await["basis"], "patient");
     let (status, body) = w.call("GET", &history, Some(&w.doc_b), b"").await;
-    assert_eq!(status, 403);
-    assert_eq!(json(&body)["error"]["reason"], "no-grant");
+    assert_eq!(status, 404);
+    assert_eq!(json(&body)["error"]["message"], format!("no record {record}"));
     let unknown = format!("/v1/records/{}/history", "ab".repeat(32));
     assert_eq!(w.call("GET", &unknown, Some(&w.doc_a), b"").await.0, 404);
     // The refusal was audited as a history access event.
@@ -340,7 +342,7 @@ async fn a_delegates_grant_lets_the_grantee_read_until_the_delegate_is_dismissed
     let guardian = &w.other_patient;
     let record = w.write_lab().await;
     let read = format!("/v1/records/{record}?purpose=TREAT");
-    assert_eq!(w.call("GET", &read, Some(&w.doc_b), b"").await.0, 403);
+    assert_eq!(w.call("GET", &read, Some(&w.doc_b), b"").await.0, 404);
 
     // Before appointment the guardian may neither grant nor see the patient's consent.
     assert_eq!(w.post_tx(guardian, labs_grant(p, w.doc_b.id())).await.0, 400);
@@ -457,7 +459,7 @@ async fn organisations_review_break_glass_from_their_queue_and_the_patient_sees_
     let review_tx = accepted["tx_id"].as_str().unwrap().to_owned();
     w.commit();
     // The window closed at once; a second review is refused; the queue is empty.
-    assert_eq!(w.call("GET", &emergency, Some(&w.doc_b), b"").await.0, 403);
+    assert_eq!(w.call("GET", &emergency, Some(&w.doc_b), b"").await.0, 404);
     assert_eq!(w.post_tx(&org_b, review(ReviewVerdict::Justified)).await.0, 400);
     assert_eq!(w.get_json(queue, &org_a).await["total"], 0);
     let all = w.get_json("/v1/break-glass?pending=false", &org_b).await;

@@ -146,6 +146,23 @@ pub(crate) fn create_dirs(path: &Path) -> Result<(), BlobError> {
     builder.create(path).map_err(io_at(path))
 }
 
+/// Tightens an existing path of the store to `private` (0700 for a directory, 0600 for a
+/// file) when group or others have any access: a store created before its files were made
+/// private is fixed when it is next opened. Stricter modes are kept.
+pub(crate) fn make_private(path: &Path, private: u32) -> Result<(), BlobError> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let meta = fs::symlink_metadata(path).map_err(io_at(path))?;
+        if !meta.file_type().is_symlink() && meta.permissions().mode() & 0o077 != 0 {
+            fs::set_permissions(path, fs::Permissions::from_mode(private)).map_err(io_at(path))?;
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (path, private);
+    Ok(())
+}
+
 /// The name of a shard directory for byte `b`: two lowercase hex digits.
 fn shard_name(b: u8) -> String {
     format!("{b:02x}")

@@ -74,7 +74,7 @@ use sha2::Digest as _;
 
 use crate::{
     BLOB_BYTES_MAX, BlobError, BlobReport, BlobStore, DamageKind, DamagedRange, Hash, blob_hash, check_size,
-    disk::{LOCK_FILE, create_dirs, io_at, sorted_entries, sync_dir_at},
+    disk::{LOCK_FILE, create_dirs, io_at, make_private, sorted_entries, sync_dir_at},
 };
 
 /// Default [`PackOptions::segment_bytes_max`]: large enough that a busy node creates a new
@@ -506,12 +506,17 @@ impl PackBlobStore {
             sync_dir_at(parent)?;
         }
         let lock = lock_store(&root)?;
+        // Ciphertexts are not secret, but which patients have how much data is: private to
+        // the node's user, and fixed here for stores made before that rule.
+        make_private(&root, 0o700)?;
+        make_private(&root.join(LOCK_FILE), 0o600)?;
 
         let mut recovery = PackRecovery::default();
         let mut segments = BTreeMap::new();
         for (name, kind, path) in sorted_entries(&root)? {
             match name.to_str().and_then(parse_segment_name) {
                 Some(segment) if kind.is_file() => {
+                    make_private(&path, 0o600)?;
                     segments.insert(segment, path);
                 }
                 _ if name == LOCK_FILE && kind.is_file() => {}
@@ -1158,6 +1163,15 @@ mod tests {
         for segment in 1..=3 {
             assert_eq!(mode(&segment_path(&root, segment)), 0o600);
         }
+        // A store left readable by others (made before this rule) is made private on open.
+        drop(store);
+        for path in [root.clone(), root.join(LOCK_FILE), segment_path(&root, 2)] {
+            let loose = if path.is_dir() { 0o755 } else { 0o644 };
+            fs::set_permissions(&path, fs::Permissions::from_mode(loose)).unwrap();
+        }
+        let _reopened = open_small(&root, 200);
+        assert_eq!((mode(&root), mode(&root.join(LOCK_FILE))), (0o700, 0o600));
+        assert_eq!(mode(&segment_path(&root, 2)), 0o600);
     }
 
     #[test]

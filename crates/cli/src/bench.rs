@@ -155,6 +155,7 @@ pub fn bench_ledger(opts: BenchOptions) -> Result<()> {
         api_listen: "127.0.0.1:0".parse()?,
         peers: vec![(node_keys.public_key(), p2p)],
         worker_threads: 2,
+        public_url: None,
     };
     let total = opts.txs;
     let progress = Arc::new(Progress {

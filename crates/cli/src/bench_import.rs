@@ -80,6 +80,7 @@ pub fn bench_import(opts: ImportBenchOptions) -> Result<()> {
         api_listen: "127.0.0.1:0".parse()?,
         peers: vec![(node_keys.public_key(), p2p)],
         worker_threads: 2,
+        public_url: None,
     };
     let (copies, clients) = (opts.copies, opts.clients);
     let result = Arc::new(Mutex::new(None));
@@ -140,6 +141,7 @@ fn drive(
     let token = running.tokens.issue(Grant {
         identity: doc.id(),
         role: Role::Practitioner,
+        signing_key: doc.public_key(),
         scopes: vec![parse_scope("user/*.cruds").expect("scope parses")],
         expires_ms: now_ms() + 3_600_000,
     });

@@ -70,6 +70,7 @@ pub fn bench_records(opts: RecordBenchOptions) -> Result<()> {
         api_listen: "127.0.0.1:0".parse()?,
         peers: vec![(node_keys.public_key(), p2p)],
         worker_threads: 2,
+        public_url: None,
     };
     let clients = opts.clients;
     let result = Arc::new(std::sync::Mutex::new(None));

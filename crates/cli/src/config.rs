@@ -26,6 +26,12 @@ pub struct NodeConfigFile {
     pub p2p_listen: SocketAddr,
     /// HTTP API listen address.
     pub api_listen: SocketAddr,
+    /// The base URL clients reach the API at, e.g. `https://fhir.hospital.example` behind a
+    /// reverse proxy: the token URL in `/fhir/metadata` and the SMART configuration, Bundle
+    /// links and export URLs start with it (the request's `Host` header is never used). Default:
+    /// `http://<api_listen>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_url: Option<String>,
     /// Runtime worker threads (default 2).
     #[serde(default = "default_threads")]
     pub worker_threads: usize,
@@ -56,6 +62,11 @@ impl NodeConfigFile {
         }
         let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config {}", path.display()))?;
         let mut cfg: Self = toml::from_str(&text).with_context(|| format!("config {} is invalid", path.display()))?;
+        if let Some(url) = &cfg.public_url {
+            let normalised = medledger_api::public_base(url)
+                .map_err(|why| anyhow::anyhow!("config {}: public_url {url:?}: {why}", path.display()))?;
+            cfg.public_url = Some(normalised);
+        }
         let base = path.parent().unwrap_or(Path::new("."));
         for p in [&mut cfg.data_dir, &mut cfg.genesis, &mut cfg.key].into_iter().chain(cfg.organisation_key.as_mut()) {
             if p.is_relative() {

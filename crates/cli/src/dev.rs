@@ -74,7 +74,7 @@ fn load_or_create_genesis(dir: &Path) -> Result<Genesis> {
         let bytes = std::fs::read(&path)?;
         return Genesis::from_bytes(&bytes).with_context(|| format!("{} is not a valid genesis", path.display()));
     }
-    std::fs::create_dir_all(dir)?;
+    medledger_crypto::private_dir(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let mut key = |label: &str| -> Keypair {
         let label = match label.strip_prefix("org/") {
             Some(name) => slug(name),
@@ -88,8 +88,10 @@ fn load_or_create_genesis(dir: &Path) -> Result<Genesis> {
     Ok(net.genesis)
 }
 
-pub fn dev(dir: &Path, api_listen: SocketAddr) -> Result<()> {
+pub fn dev(dir: &Path, api_listen: SocketAddr, public_url: Option<String>) -> Result<()> {
     let genesis = load_or_create_genesis(dir)?;
+    // Demo keys are secrets too (and an older dev directory may have them readable by all).
+    crate::run::private_key_dir(&dir.join("keys"))?;
     let node_keys = read_key_file(&key_path(dir, "node-0"))?;
     let chain = open_chain(dir, &genesis, node_keys.clone())?;
     let p2p = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
@@ -101,6 +103,7 @@ pub fn dev(dir: &Path, api_listen: SocketAddr) -> Result<()> {
         api_listen,
         peers: vec![(node_keys.public_key(), p2p)],
         worker_threads: 2,
+        public_url,
     };
     let dir_owned = dir.to_owned();
     run(dir, chain, &node_keys, opts, move |running| async move {
@@ -480,6 +483,7 @@ async fn seed(dir: &Path, running: &Running) -> Result<()> {
                 let token = running.tokens.issue(medledger_api::smart::Grant {
                     identity: d.keys.id(),
                     role: d.role,
+                    signing_key: d.keys.public_key(),
                     scopes,
                     expires_ms: token_expires_ms,
                 });

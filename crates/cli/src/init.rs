@@ -90,6 +90,7 @@ pub fn init(opts: &InitOptions) -> Result<Vec<PathBuf>> {
             ),
             p2p_listen: SocketAddr::new(opts.host, opts.p2p_base_port + i as u16),
             api_listen: SocketAddr::new(opts.host, opts.api_base_port + i as u16),
+            public_url: None,
             worker_threads: 2,
             peers: peers.clone(),
         };

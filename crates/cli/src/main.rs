@@ -75,6 +75,11 @@ enum Command {
         data_dir: PathBuf,
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
+        /// The base URL clients reach the API at (behind a proxy, say), e.g.
+        /// `https://fhir.example`; absolute URLs the API writes start with it. Default:
+        /// `http://<listen>`.
+        #[arg(long)]
+        public_url: Option<String>,
     },
     /// Generate an identity's keys (Ed25519 signing + X25519 encryption) into a 0600 key file.
     Keygen {
@@ -345,6 +350,12 @@ fn run_command(command: Command) -> Result<ExitCode> {
         }
         Command::Node { config } => {
             let cfg = NodeConfigFile::load(&config)?;
+            // Secret key files readable by others (an older install, a careless copy) are
+            // made the owner's alone before they are used.
+            for key_file in std::iter::once(&cfg.key).chain(cfg.organisation_key.as_ref()) {
+                medledger_crypto::make_private(key_file)
+                    .with_context(|| format!("cannot make {} private", key_file.display()))?;
+            }
             let genesis_bytes = std::fs::read(&cfg.genesis)
                 .with_context(|| format!("cannot read genesis {}", cfg.genesis.display()))?;
             let genesis = Genesis::from_bytes(&genesis_bytes)?;
@@ -362,10 +373,18 @@ fn run_command(command: Command) -> Result<ExitCode> {
                 api_listen: cfg.api_listen,
                 peers,
                 worker_threads: cfg.worker_threads,
+                public_url: cfg.public_url.clone(),
             };
             run::run(&cfg.data_dir, chain, &keys, opts, |_| async { false })?;
         }
-        Command::Dev { data_dir, listen } => dev::dev(&data_dir, listen)?,
+        Command::Dev { data_dir, listen, public_url } => {
+            let public_url = public_url
+                .map(|url| {
+                    medledger_api::public_base(&url).map_err(|why| anyhow::anyhow!("--public-url {url:?}: {why}"))
+                })
+                .transpose()?;
+            dev::dev(&data_dir, listen, public_url)?
+        }
         Command::Keygen { out } => {
             let keys = Keypair::generate();
             write_key_file(&out, &keys)?;

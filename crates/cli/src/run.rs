@@ -44,6 +44,20 @@ pub fn open_blob_store(data_dir: &Path) -> Result<medledger_blobs::PackBlobStore
     Ok(store)
 }
 
+/// Makes a directory of key files its owner's alone: the directory 0700 (created if missing)
+/// and every file in it 0600. Installs made before this rule had them 0755 and 0644 (any
+/// local user could list the patients whose keys a node holds); a start fixes them.
+pub fn private_key_dir(dir: &Path) -> Result<()> {
+    medledger_crypto::private_dir(dir).with_context(|| format!("cannot make {} private", dir.display()))?;
+    for entry in std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))? {
+        let path = entry?.path();
+        if path.is_file() {
+            medledger_crypto::make_private(&path).with_context(|| format!("cannot make {} private", path.display()))?;
+        }
+    }
+    Ok(())
+}
+
 pub struct RunOptions {
     /// The operating organisation's keys: with them the node serves records (encrypts,
     /// decrypts and shares its organisation's category keys).
@@ -52,6 +66,10 @@ pub struct RunOptions {
     pub api_listen: SocketAddr,
     pub peers: Vec<(medledger_crypto::PublicKey, SocketAddr)>,
     pub worker_threads: usize,
+    /// The base URL clients reach the API at (e.g. `https://fhir.hospital.example`), already
+    /// checked with `medledger_api::public_base`: the one every absolute URL the API writes
+    /// starts with (never the request's `Host`). `None`: `http://<api listen address>`.
+    pub public_url: Option<String>,
 }
 
 /// Background duties of a node serving records: commit queued access events in batches, and
@@ -111,6 +129,7 @@ where
         None => None,
         Some(org) => {
             let blobs = open_blob_store(data_dir)?;
+            private_key_dir(&data_dir.join(PATIENT_KEYS_DIR))?;
             let service = RecordService::new(chain.clone(), keys.clone(), org, Arc::new(blobs));
             // Keys of patients this organisation registers (e.g. a FHIR Patient create for
             // someone new), held in trust until handed over.
@@ -142,7 +161,9 @@ where
         let services = medledger_api::Services {
             records: records.clone(),
             tokens: tokens.clone(),
-            public_bases: medledger_api::bases_for_listen_addr(api_addr),
+            // The configured public URL first (the canonical one); the listen address's own
+            // URLs stay valid client-assertion audiences.
+            public_bases: opts.public_url.into_iter().chain(medledger_api::bases_for_listen_addr(api_addr)).collect(),
             ..Default::default()
         };
         let server = tokio::spawn(medledger_api::serve_for(listener, chain.clone(), services, async move {

@@ -273,10 +273,10 @@ fn replicate_between_organisations(dir: &Path, nodes: &[Node]) {
             .output()
             .unwrap()
     };
-    // No grant yet: refused, and nothing fetched.
+    // No grant yet: refused (as if the record did not exist), and nothing fetched.
     let refused = read_at_node_1();
     assert!(!refused.status.success());
-    assert!(String::from_utf8_lossy(&refused.stderr).contains("403"), "{}", String::from_utf8_lossy(&refused.stderr));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("404"), "{}", String::from_utf8_lossy(&refused.stderr));
     // Node 1 logs each ciphertext it replicates (the record id, never contents).
     let replicated_at_node_1 = || {
         std::fs::read_to_string(&nodes[1].log)

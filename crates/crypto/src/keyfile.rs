@@ -44,7 +44,7 @@ pub fn write_key_file(path: &Path, keys: &Keypair) -> Result<(), KeyFileError> {
         return Err(KeyFileError::Exists { path: path.to_owned() });
     }
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        fs::create_dir_all(dir).map_err(io)?;
+        create_private_dirs(dir).map_err(io)?;
     }
     let text = Zeroizing::new(format!(
         "# medledger secret key file: keep private, never share\nformat: {FORMAT}\nid: {}\nsigning-seed: {}\nencryption-secret: {}\n",
@@ -131,6 +131,56 @@ pub fn rewrite_key_file(path: &Path, keys: &Keypair) -> Result<(), KeyFileError>
     fs::rename(&staged, path).map_err(io)
 }
 
+/// Creates `dir` and any missing parents with mode 0700 (directories of key files must not
+/// be listable by other local users; `fs::create_dir_all` would leave them 0755). Directories
+/// that already exist are left as they are: a key file's parent may be any directory the user
+/// chose, not ours to change. See [`make_private`] for directories that are ours.
+pub fn create_private_dirs(dir: &Path) -> std::io::Result<()> {
+    let mut builder = fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        builder.mode(0o700);
+    }
+    builder.create(dir)
+}
+
+/// Makes a path this program owns (a key directory, a data directory, the ledger file) private
+/// to its owner: a directory is created with mode 0700 if missing; an existing directory or
+/// file readable, writable or enterable by group or others is tightened to 0700 (directory)
+/// or 0600 (file), so an install made before this rule is fixed when the node next starts.
+/// Modes already stricter are kept. A missing file is not an error (nothing to protect yet).
+pub fn make_private(path: &Path) -> std::io::Result<()> {
+    let meta = match fs::symlink_metadata(path) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        // A symbolic link's own mode means nothing; what it points to may not be ours.
+        if meta.file_type().is_symlink() {
+            return Ok(());
+        }
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            let private = if meta.is_dir() { 0o700 } else { 0o600 };
+            fs::set_permissions(path, fs::Permissions::from_mode(private))?;
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = meta;
+    Ok(())
+}
+
+/// [`create_private_dirs`] then [`make_private`]: a directory of ours that exists, private.
+pub fn private_dir(dir: &Path) -> std::io::Result<()> {
+    create_private_dirs(dir)?;
+    make_private(dir)
+}
+
 fn parse_secret(value: &str) -> Option<Zeroizing<[u8; 32]>> {
     let mut out = Zeroizing::new([0u8; 32]);
     if value.len() != 64 {
@@ -160,6 +210,34 @@ mod tests {
             assert_eq!(mode, 0o600);
         }
         assert!(matches!(write_key_file(&path, &keys), Err(KeyFileError::Exists { .. })));
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn key_directories_are_private_and_loose_modes_are_tightened() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let dir = tempfile::tempdir().unwrap();
+        // Missing directories of a new key file are created 0700; an existing parent is not ours.
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        write_key_file(&dir.path().join("a/keys/alice.key"), &Keypair::generate()).unwrap();
+        assert_eq!((mode(&dir.path().join("a")), mode(&dir.path().join("a/keys"))), (0o700, 0o700));
+        assert_eq!(mode(dir.path()), 0o755);
+        // Loose modes of our own paths are tightened; stricter ones are kept.
+        let (loose, file, strict) = (dir.path().join("loose"), dir.path().join("file"), dir.path().join("strict"));
+        fs::create_dir(&loose).unwrap();
+        fs::set_permissions(&loose, fs::Permissions::from_mode(0o755)).unwrap();
+        fs::write(&file, b"x").unwrap();
+        fs::set_permissions(&file, fs::Permissions::from_mode(0o644)).unwrap();
+        fs::create_dir(&strict).unwrap();
+        fs::set_permissions(&strict, fs::Permissions::from_mode(0o500)).unwrap();
+        for path in [&loose, &file, &strict] {
+            make_private(path).unwrap();
+        }
+        assert_eq!((mode(&loose), mode(&file), mode(&strict)), (0o700, 0o600, 0o500));
+        make_private(&dir.path().join("absent")).unwrap();
+        private_dir(&dir.path().join("new/deeper")).unwrap();
+        assert_eq!(mode(&dir.path().join("new/deeper")), 0o700);
     }
 
     #[test]

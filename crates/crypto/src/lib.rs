@@ -14,7 +14,9 @@ use zeroize::Zeroizing;
 
 pub mod envelope;
 mod keyfile;
-pub use keyfile::{KeyFileError, read_key_file, rewrite_key_file, write_key_file};
+pub use keyfile::{
+    KeyFileError, create_private_dirs, make_private, private_dir, read_key_file, rewrite_key_file, write_key_file,
+};
 
 /// Errors from signature verification and key handling.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -90,11 +90,24 @@ impl std::fmt::Debug for Store {
 }
 
 impl Store {
-    /// Opens (creating if needed) the store in `dir`.
+    /// Opens (creating if needed) the store in `dir`. The directory (a node's data directory)
+    /// is made private to its owner (0700) and the database file 0600, on creation and again
+    /// on every open, so an install left readable by other local users is fixed at start.
     pub fn open(dir: &Path) -> Result<Self, StorageError> {
-        std::fs::create_dir_all(dir).map_err(|e| db_err(dir, e))?;
+        medledger_crypto::private_dir(dir).map_err(|e| db_err(dir, e))?;
         let path = dir.join(DB_FILE);
-        let db = redb::Database::create(&path).map_err(|e| db_err(&path, e))?;
+        let mut options = std::fs::OpenOptions::new();
+        options.read(true).write(true).create(true).truncate(false);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.mode(0o600);
+        }
+        // Created private rather than tightened after: never readable by others, not even
+        // for a moment. redb initialises an empty file as a new database.
+        let file = options.open(&path).map_err(|e| db_err(&path, e))?;
+        medledger_crypto::make_private(&path).map_err(|e| db_err(&path, e))?;
+        let db = redb::Database::builder().create_file(file).map_err(|e| db_err(&path, e))?;
         let store = Self { db, path };
         store.ensure_tables()?;
         Ok(store)

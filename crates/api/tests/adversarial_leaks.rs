@@ -1,0 +1,520 @@
+//! Adversarial: what a caller learns beyond what consent shows it. A record it may not see
+//! answers exactly like an id that does not exist (and the refusal is still audited);
+//! `$everything` pages only over what the caller may see; a bearer token dies with the key it
+//! was issued under; and the request's `Host` header never ends up in a URL the server writes.
+
+use std::sync::Arc;
+
+use axum::{
+    body::Body,
+    http::{Request, Response},
+};
+use base64::Engine as _;
+use medledger_api::{
+    Services,
+    auth::authorization,
+    smart::{CLIENT_ASSERTION_TYPE, Grant, TokenStore, parse_scope},
+};
+use medledger_blobs::MemoryBlobStore;
+use medledger_crypto::Keypair;
+use medledger_ledger::{Payload, Purpose, Scope, actions, tx::sign};
+use medledger_node::{
+    chain::Chain,
+    devnet::Devnet,
+    records::{RecordService, WriteRequest},
+};
+use medledger_types::Role;
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
+}
+
+const FHIR: &str = "application/fhir+json";
+const BASE: &str = "http://fhir.test";
+/// What an attacker puts in its `Host` header.
+const EVIL_HOST: &str = "evil.example";
+/// An id of the right form that names nothing.
+const UNKNOWN: &str = "abababababababababababababababababababababababababababababababab";
+
+struct World {
+    net: Devnet,
+    chain: Arc<Chain>,
+    /// The record service of this node (Hospital A's).
+    service: Arc<RecordService>,
+    tokens: Arc<TokenStore>,
+    router: axum::Router,
+    doc_a: Keypair,
+    doc_b: Keypair,
+    patient: Keypair,
+    other_patient: Keypair,
+    _dir: tempfile::TempDir,
+}
+
+struct Answer {
+    status: u16,
+    headers: axum::http::HeaderMap,
+    body: Vec<u8>,
+}
+
+impl Answer {
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or(Value::Null)
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+impl World {
+    fn new(public_bases: Vec<String>) -> Self {
+        let net = Devnet::new("medledger.api-leaks", now_ms() - 60_000, &["Hospital A", "Clinic B"], 2, &mut |l| {
+            Keypair::from_label(l)
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let (chain, _) = Chain::open(dir.path(), &net.genesis, net.validators[0].clone(), &mut |_, _| {}).unwrap();
+        let chain = Arc::new(chain);
+        let (org_a, org_b) = (net.organisations[0].clone(), net.organisations[1].clone());
+        let doc_a = Keypair::from_label("leaks-dr-a");
+        let doc_b = Keypair::from_label("leaks-dr-b");
+        let patient = Keypair::from_label("leaks-patient");
+        let other_patient = Keypair::from_label("leaks-other-patient");
+        let t = now_ms();
+        chain.submit_as(&org_a, Payload::register(Role::Practitioner, &doc_a, Some(org_a.id()), "Dr A"), t).unwrap();
+        chain.submit_as(&org_b, Payload::register(Role::Practitioner, &doc_b, Some(org_b.id()), "Dr B"), t).unwrap();
+        for p in [&patient, &other_patient] {
+            let tx = sign(p, net.genesis.chain_id(), p.id(), 0, Payload::register(Role::Patient, p, None, ""));
+            chain.submit(tx.bytes(), t).unwrap();
+        }
+        let service = Arc::new(RecordService::new(
+            chain.clone(),
+            net.validators[0].clone(),
+            org_a,
+            Arc::new(MemoryBlobStore::default()),
+        ));
+        let tokens = Arc::new(TokenStore::default());
+        let router = medledger_api::router_for(
+            chain.clone(),
+            Services {
+                records: Some(service.clone()),
+                tokens: tokens.clone(),
+                fhir_commit_wait_ms: 0,
+                public_bases,
+                ..Services::default()
+            },
+        );
+        let w = Self { net, chain, service, tokens, router, doc_a, doc_b, patient, other_patient, _dir: dir };
+        w.commit();
+        w
+    }
+
+    fn commit(&self) {
+        medledger_node::devnet::commit_pending(&self.chain, self.net.validators[0].id(), now_ms()).unwrap();
+    }
+
+    /// A bearer token for `who` from `/auth/token`, as a real client gets one.
+    async fn token(&self, who: &Keypair, scope: &str) -> String {
+        let b64 = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+        let header = json!({"alg": "EdDSA", "typ": "JWT"});
+        let claims = json!({
+            "iss": who.id().to_hex(), "sub": who.id().to_hex(), "aud": format!("{BASE}/auth/token"),
+            "exp": now_ms() / 1000 + 120, "jti": format!("jti-{}", rand::random::<u64>()),
+        });
+        let signing_input = format!("{}.{}", b64(header.to_string().as_bytes()), b64(claims.to_string().as_bytes()));
+        let jwt = format!("{signing_input}.{}", b64(&who.sign(signing_input.as_bytes()).0));
+        let body = format!(
+            "grant_type=client_credentials&scope={}&client_assertion_type={}&client_assertion={jwt}",
+            scope.replace(' ', "+").replace('/', "%2F").replace('*', "%2A"),
+            CLIENT_ASSERTION_TYPE.replace(':', "%3A"),
+        );
+        let request = Request::post("/auth/token")
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(Body::from(body))
+            .unwrap();
+        let answer = self.send(request).await;
+        assert_eq!(answer.status, 200, "{}", answer.text());
+        answer.json()["access_token"].as_str().unwrap().to_owned()
+    }
+
+    /// A token issued by the node itself (as `medledger dev` does), without a client assertion.
+    fn issued(&self, who: &Keypair, role: Role, scope: &str) -> String {
+        let scopes = scope.split(' ').map(|s| parse_scope(s).unwrap()).collect();
+        let grant =
+            Grant { identity: who.id(), role, signing_key: who.public_key(), scopes, expires_ms: now_ms() + 60_000 };
+        self.tokens.issue(grant)
+    }
+
+    async fn send(&self, request: Request<Body>) -> Answer {
+        let response: Response<Body> = self.router.clone().oneshot(request).await.unwrap();
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let body = axum::body::to_bytes(response.into_body(), 16 << 20).await.unwrap().to_vec();
+        Answer { status, headers, body }
+    }
+
+    async fn fhir(&self, method: &str, token: &str, path: &str, body: Option<&str>, host: &str) -> Answer {
+        let mut request = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", host)
+            .header("authorization", format!("Bearer {token}"));
+        if body.is_some() {
+            request = request.header("content-type", FHIR);
+        }
+        self.send(request.body(Body::from(body.unwrap_or("").to_owned())).unwrap()).await
+    }
+
+    async fn get(&self, token: &str, path: &str) -> Answer {
+        self.fhir("GET", token, path, None, "fhir.test").await
+    }
+
+    async fn signed(&self, method: &str, keys: &Keypair, path: &str, body: &str) -> Answer {
+        let header = authorization(keys, &keys.id(), method, path, body.as_bytes(), now_ms());
+        let request = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("authorization", header)
+            .header("content-type", FHIR)
+            .body(Body::from(body.to_owned()))
+            .unwrap();
+        self.send(request).await
+    }
+
+    /// Creates and commits a resource through the FHIR API as `token`; its id.
+    async fn create(&self, token: &str, resource_type: &str, body: &str) -> String {
+        let created = self.fhir("POST", token, &format!("/fhir/{resource_type}"), Some(body), "fhir.test").await;
+        assert_eq!(created.status, 201, "{}", created.text());
+        self.commit();
+        created.json()["id"].as_str().unwrap().to_owned()
+    }
+
+    /// The patient's Patient resource and one lab, written by Hospital A's doctor; their ids.
+    async fn patient_with_a_lab(&self) -> (String, String) {
+        let doc = self.issued(&self.doc_a, Role::Practitioner, "user/*.cruds");
+        let patient = format!(
+            r#"{{"resourceType":"Patient","identifier":[{{"system":"urn:medledger:identity","value":"{}"}}]}}"#,
+            self.patient.id().to_hex()
+        );
+        let patient_id = self.create(&doc, "Patient", &patient).await;
+        let lab_id = self.create(&doc, "Observation", &lab(&patient_id, None)).await;
+        (patient_id, lab_id)
+    }
+
+    /// `patient` (signing with nonce `nonce`) grants Clinic B `scope` for treatment; the grant id.
+    fn grant_clinic_b(&self, scope: Scope, nonce: u64) -> String {
+        let t = now_ms();
+        let grant = Payload::ConsentGrant {
+            patient: self.patient.id(),
+            grantee: self.net.organisations[1].id(),
+            scope,
+            actions: actions::READ,
+            purpose: Purpose::Treatment,
+            valid_from_ms: t - 1_000,
+            valid_until_ms: t + 86_400_000,
+        };
+        let tx = sign(&self.patient, self.net.genesis.chain_id(), self.patient.id(), nonce, grant);
+        let id = self.chain.submit(tx.bytes(), t).unwrap();
+        self.commit();
+        id.to_hex()
+    }
+}
+
+fn lab(patient_id: &str, id: Option<&str>) -> String {
+    let id = id.map(|id| format!(r#""id":"{id}","#)).unwrap_or_default();
+    format!(
+        r#"{{"resourceType":"Observation",{id}"status":"final","category":[{{"coding":[{{"system":"http://terminology.hl7.org/CodeSystem/observation-category","code":"laboratory"}}]}}],"code":{{"coding":[{{"system":"http://loinc.org","code":"2345-7"}}],"text":"Glucose"}},"subject":{{"reference":"Patient/{patient_id}"}},"valueQuantity":{{"value":5.4,"unit":"mmol/L"}}}}"#
+    )
+}
+
+/// An answer with the probed id replaced, so that answers about two ids compare.
+#[derive(Debug, PartialEq)]
+struct Seen {
+    status: u16,
+    content_type: Option<String>,
+    body: String,
+}
+
+fn seen(answer: &Answer, id: &str) -> Seen {
+    Seen {
+        status: answer.status,
+        content_type: answer.header("content-type").map(str::to_owned),
+        // Messages quote ids, truncated after 64 characters (`Patient/` and 56 of the id).
+        body: answer.text().replace(id, "{ID}").replace(&id[..56], "{ID}"),
+    }
+}
+
+#[tokio::test]
+async fn unauthorised_read_of_a_real_record_looks_like_an_unknown_one() {
+    let w = World::new(vec![BASE.into()]);
+    let (patient_id, lab_id) = w.patient_with_a_lab().await;
+    // A lab of the same patient kept by Clinic B (written through Clinic B's own node).
+    let service_b = RecordService::new(
+        w.chain.clone(),
+        w.net.validators[1].clone(),
+        w.net.organisations[1].clone(),
+        Arc::new(MemoryBlobStore::default()),
+    );
+    let content = lab(&patient_id, None);
+    let request = WriteRequest {
+        author: w.doc_b.id(),
+        patient: w.patient.id(),
+        resource_type: "Observation",
+        category: "labs",
+        content: content.as_bytes(),
+        record: None,
+    };
+    let b_lab_id = service_b.write(&request, now_ms(), &mut rand::rng()).unwrap().record_id.to_hex();
+    w.commit();
+    // A grant to Clinic B for vital signs only: it names the patient, not their labs.
+    let grant_id = w.grant_clinic_b(Scope::Categories(vec!["vitals".into()]), 1);
+
+    let doc_b = w.issued(&w.doc_b, Role::Practitioner, "user/*.cruds");
+    let doc_a = w.issued(&w.doc_a, Role::Practitioner, "user/*.cruds");
+    let stranger = w.issued(&w.other_patient, Role::Patient, "patient/*.cruds");
+    // (who, method, path with {ID}, whether it sends a body, the real id): each must answer for
+    // the real id exactly what it answers for an id that names nothing. (Clinic B holds a record
+    // of the patient, so the patient's existence is no secret to it: the stranger asks those.)
+    let bundle = |id: &str| {
+        json!({"resourceType": "Bundle", "type": "transaction", "entry": [{
+            "fullUrl": format!("{BASE}/fhir/Observation/{id}"),
+            "resource": serde_json::from_str::<Value>(&lab(&patient_id, Some(id))).unwrap(),
+            "request": {"method": "PUT", "url": format!("Observation/{id}")},
+        }]})
+        .to_string()
+    };
+    let fhir_cases: Vec<(&str, &str, &str, String, bool, &str)> = vec![
+        ("Clinic B reads A's lab", &doc_b, "GET", "/fhir/Observation/{ID}".into(), false, &lab_id),
+        ("Clinic B vreads A's lab", &doc_b, "GET", "/fhir/Observation/{ID}/_history/1".into(), false, &lab_id),
+        ("Clinic B vreads a version", &doc_b, "GET", "/fhir/Observation/{ID}/_history/7".into(), false, &lab_id),
+        ("Clinic B lists A's lab's history", &doc_b, "GET", "/fhir/Observation/{ID}/_history".into(), false, &lab_id),
+        ("Clinic B updates A's lab", &doc_b, "PUT", "/fhir/Observation/{ID}".into(), true, &lab_id),
+        ("Clinic B deletes A's lab", &doc_b, "DELETE", "/fhir/Observation/{ID}".into(), false, &lab_id),
+        (
+            "Clinic B asks for provenance",
+            &doc_b,
+            "GET",
+            "/fhir/Provenance?target=Observation/{ID}".into(),
+            false,
+            &lab_id,
+        ),
+        ("Clinic B reads the Patient", &doc_b, "GET", "/fhir/Patient/{ID}".into(), false, &patient_id),
+        ("a stranger reads the lab", &stranger, "GET", "/fhir/Observation/{ID}".into(), false, &lab_id),
+        (
+            "a stranger asks for everything",
+            &stranger,
+            "GET",
+            "/fhir/Patient/{ID}/$everything".into(),
+            false,
+            &patient_id,
+        ),
+        (
+            "a stranger asks for audit",
+            &stranger,
+            "GET",
+            "/fhir/AuditEvent?patient=Patient/{ID}".into(),
+            false,
+            &patient_id,
+        ),
+        (
+            "a stranger lists consents",
+            &stranger,
+            "GET",
+            "/fhir/Consent?patient=Patient/{ID}".into(),
+            false,
+            &patient_id,
+        ),
+        ("a stranger reads a consent", &stranger, "GET", "/fhir/Consent/{ID}".into(), false, &grant_id),
+        ("a stranger revokes a consent", &stranger, "DELETE", "/fhir/Consent/{ID}".into(), false, &grant_id),
+        ("Hospital A reads B's lab", &doc_a, "GET", "/fhir/Observation/{ID}".into(), false, &b_lab_id),
+        ("Hospital A updates B's lab", &doc_a, "PUT", "/fhir/Observation/{ID}".into(), true, &b_lab_id),
+        ("Hospital A deletes B's lab", &doc_a, "DELETE", "/fhir/Observation/{ID}".into(), false, &b_lab_id),
+        ("Hospital A puts B's lab in a Bundle", &doc_a, "POST", "/fhir".into(), true, &b_lab_id),
+    ];
+    for (what, token, method, path, with_body, real) in &fhir_cases {
+        let mut answers = Vec::new();
+        for id in [*real, UNKNOWN] {
+            let body = match (*with_body, *method) {
+                (false, _) => None,
+                (true, "POST") => Some(bundle(id)),
+                (true, _) => Some(lab(&patient_id, Some(id))),
+            };
+            let answer = w.fhir(method, token, &path.replace("{ID}", id), body.as_deref(), "fhir.test").await;
+            answers.push(seen(&answer, id));
+        }
+        assert_ne!(answers[0].status, 200, "{what}: {:?}", answers[0]);
+        assert_eq!(answers[0], answers[1], "{what}: the real id answers differently from an unknown one");
+    }
+    // The signed record API: reads, history, and a write naming another custodian's record.
+    let v1_cases: Vec<(&str, &Keypair, &str, String, &str)> = vec![
+        ("Clinic B reads A's lab", &w.doc_b, "GET", "/v1/records/{ID}".into(), &lab_id),
+        ("Clinic B reads a version", &w.doc_b, "GET", "/v1/records/{ID}?version=3".into(), &lab_id),
+        ("Clinic B lists A's lab's history", &w.doc_b, "GET", "/v1/records/{ID}/history".into(), &lab_id),
+        (
+            "Hospital A writes B's lab",
+            &w.doc_a,
+            "POST",
+            format!("/v1/records?patient={}&record={{ID}}", w.patient.id().to_hex()),
+            &b_lab_id,
+        ),
+    ];
+    for (what, keys, method, path, real) in &v1_cases {
+        let mut answers = Vec::new();
+        for id in [*real, UNKNOWN] {
+            let body = if *method == "POST" { lab(&patient_id, None) } else { String::new() };
+            answers.push(seen(&w.signed(method, keys, &path.replace("{ID}", id), &body).await, id));
+        }
+        assert_ne!(answers[0].status, 200, "{what}: {:?}", answers[0]);
+        assert_eq!(answers[0], answers[1], "{what}: the real id answers differently from an unknown one");
+    }
+    // The refusal is still on the patient's trail: a denied access event for the real record,
+    // none for an id that names nothing.
+    let before = w.service.pending_events();
+    assert_eq!(w.get(&doc_b, &format!("/fhir/Observation/{lab_id}")).await.status, 404);
+    assert_eq!(w.service.pending_events(), before + 1, "the refused read is audited");
+    let path = format!("/v1/records/{lab_id}");
+    assert_eq!(w.signed("GET", &w.doc_b, &path, "").await.status, 404);
+    assert_eq!(w.service.pending_events(), before + 2, "the refused signed read is audited");
+    assert_eq!(w.get(&doc_b, &format!("/fhir/Observation/{UNKNOWN}")).await.status, 404);
+    assert_eq!(w.service.pending_events(), before + 2);
+    // Those who may see the record still get it.
+    assert_eq!(w.get(&doc_a, &format!("/fhir/Observation/{lab_id}")).await.status, 200);
+}
+
+#[tokio::test]
+async fn everything_paging_does_not_reveal_another_patients_record_count() {
+    let w = World::new(vec![BASE.into()]);
+    let (patient_id, _) = w.patient_with_a_lab().await;
+    let doc = w.issued(&w.doc_a, Role::Practitioner, "user/*.cruds");
+    for _ in 0..2 {
+        w.create(&doc, "Observation", &lab(&patient_id, None)).await;
+    }
+    // Clinic B may see nothing of the patient: it learns nothing, not even that they exist,
+    // whatever page it asks for; each refused record is still audited.
+    let doc_b = w.issued(&w.doc_b, Role::Practitioner, "user/*.rs");
+    let unknown = w.get(&doc_b, &format!("/fhir/Patient/{UNKNOWN}/$everything?_count=1")).await;
+    for offset in [0, 1, 2, 3, 4] {
+        let before = w.service.pending_events();
+        let path = format!("/fhir/Patient/{patient_id}/$everything?_count=1&_offset={offset}");
+        let answer = w.get(&doc_b, &path).await;
+        assert_eq!(seen(&answer, &patient_id), seen(&unknown, UNKNOWN), "offset {offset}: {}", answer.text());
+        assert!(w.service.pending_events() > before, "the refusal is audited");
+    }
+    // Granted the labs only (not the Patient resource), it pages over exactly the three labs:
+    // full pages, and a next link only while labs remain.
+    w.grant_clinic_b(Scope::Categories(vec!["labs".into()]), 1);
+    let mut path = format!("/fhir/Patient/{patient_id}/$everything?_count=2");
+    let mut pages = Vec::new();
+    loop {
+        let page = w.get(&doc_b, &path).await;
+        assert_eq!(page.status, 200, "{}", page.text());
+        let page = page.json();
+        let entries = page["entry"].as_array().unwrap();
+        assert!(entries.iter().all(|e| e["resource"]["resourceType"] == "Observation"), "{page}");
+        pages.push(entries.len());
+        match page["link"].as_array().unwrap().iter().find(|l| l["relation"] == "next") {
+            Some(next) => path = next["url"].as_str().unwrap().to_owned(),
+            None => break,
+        }
+        assert!(pages.len() < 10, "paging does not end");
+    }
+    assert_eq!(pages, [2, 1], "pages are counted over the visible records only");
+}
+
+#[tokio::test]
+async fn token_stops_working_after_its_identity_rotates_keys() {
+    let w = World::new(vec![BASE.into()]);
+    let (patient_id, _) = w.patient_with_a_lab().await;
+    let token = w.token(&w.patient, "patient/*.rs").await;
+    let path = format!("/fhir/Patient/{patient_id}");
+    assert_eq!(w.get(&token, &path).await.status, 200);
+    // The patient rotates their keys (say the old ones leaked): once committed, a token issued
+    // under the old key is worth nothing.
+    let new_keys = Keypair::from_label("leaks-patient-rotated");
+    let rotate =
+        Payload::RotateKey { signing_key: new_keys.public_key(), encryption_key: new_keys.encryption_public_key() };
+    let tx = sign(&w.patient, w.net.genesis.chain_id(), w.patient.id(), 1, rotate);
+    w.chain.submit(tx.bytes(), now_ms()).unwrap();
+    assert_eq!(w.get(&token, &path).await.status, 200, "not committed yet: still the current key");
+    w.commit();
+    let refused = w.get(&token, &path).await;
+    assert_eq!(refused.status, 401, "{}", refused.text());
+    assert_eq!(refused.header("www-authenticate"), Some("Bearer"));
+    // The same holds for every route a token opens, and it stays refused.
+    assert_eq!(w.get(&token, &format!("/fhir/Patient/{patient_id}/$everything")).await.status, 401);
+    assert_eq!(w.get(&token, &path).await.status, 401);
+    // A token asked for with the new key works.
+    let renewed = w.token(&new_keys.for_identity(w.patient.id()), "patient/*.rs").await;
+    assert_eq!(w.get(&renewed, &path).await.status, 200);
+}
+
+#[tokio::test]
+async fn host_header_is_never_reflected_into_urls() {
+    for bases in [vec![BASE.to_owned()], Vec::new()] {
+        let configured = !bases.is_empty();
+        let w = World::new(bases);
+        let (patient_id, lab_id) = w.patient_with_a_lab().await;
+        let doc = w.issued(&w.doc_a, Role::Practitioner, "user/*.cruds");
+        // A second lab and a second version, so that every list below has a next page.
+        w.create(&doc, "Observation", &lab(&patient_id, None)).await;
+        let v2 = lab(&patient_id, Some(&lab_id));
+        let updated = w.fhir("PUT", &doc, &format!("/fhir/Observation/{lab_id}"), Some(&v2), EVIL_HOST).await;
+        assert_eq!(updated.status, 200, "{}", updated.text());
+        w.commit();
+        let system = w.issued(&w.net.organisations[0], Role::Organisation, "system/*.rs");
+        let paths = [
+            ("/fhir/metadata".to_owned(), &doc),
+            ("/.well-known/smart-configuration".to_owned(), &doc),
+            (format!("/fhir/Observation?patient=Patient/{patient_id}&_count=1"), &doc),
+            (format!("/fhir/Observation/{lab_id}/_history?_count=1"), &doc),
+            ("/fhir/Observation/_history?_count=1".to_owned(), &doc),
+            (format!("/fhir/Patient/{patient_id}/$everything?_count=1"), &doc),
+            (format!("/fhir/AuditEvent?patient=Patient/{patient_id}&_count=1"), &doc),
+            (format!("/fhir/Provenance?target=Observation/{lab_id}"), &doc),
+            ("/fhir/$export".to_owned(), &system),
+        ];
+        for (path, token) in paths {
+            let request = Request::get(&path)
+                .header("host", EVIL_HOST)
+                .header("x-forwarded-host", EVIL_HOST)
+                .header("authorization", format!("Bearer {token}"))
+                .header("accept", FHIR)
+                .header("prefer", "respond-async");
+            let answer = w.send(request.body(Body::empty()).unwrap()).await;
+            assert!(answer.status < 300, "{path}: {} {}", answer.status, answer.text());
+            let headers = format!("{:?}", answer.headers);
+            let text = answer.text();
+            if let Some(at) = text.find(EVIL_HOST) {
+                let around =
+                    String::from_utf8_lossy(&text.as_bytes()[at.saturating_sub(80)..(at + 40).min(text.len())]);
+                panic!("{path} reflects the Host header: …{around}…");
+            }
+            assert!(!headers.contains(EVIL_HOST), "{path} reflects the Host header in {headers}");
+            if !configured {
+                continue;
+            }
+            // Every absolute URL the server writes is under its configured base.
+            let v = answer.json();
+            let mut urls: Vec<String> = Vec::new();
+            for link in v["link"].as_array().into_iter().flatten() {
+                urls.push(link["url"].as_str().unwrap().to_owned());
+            }
+            if let Some(url) = v["token_endpoint"].as_str() {
+                urls.push(url.to_owned());
+            }
+            if let Some(url) = v["rest"][0]["security"]["extension"][0]["extension"][0]["valueUri"].as_str() {
+                urls.push(url.to_owned());
+            }
+            urls.extend(answer.header("content-location").map(str::to_owned));
+            assert!(!urls.is_empty(), "{path}: no URL to check in {}", answer.text());
+            for url in urls {
+                assert!(url.starts_with(&format!("{BASE}/")), "{path}: {url} is not under {BASE}");
+            }
+        }
+    }
+}
