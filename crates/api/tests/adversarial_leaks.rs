@@ -17,7 +17,7 @@ use medledger_api::{
 };
 use medledger_blobs::MemoryBlobStore;
 use medledger_crypto::Keypair;
-use medledger_ledger::{Payload, Purpose, Scope, actions, tx::sign};
+use medledger_ledger::{Payload, Purpose, Scope, actions};
 use medledger_node::{
     chain::Chain,
     devnet::Devnet,
@@ -89,8 +89,7 @@ impl World {
         chain.submit_as(&org_a, Payload::register(Role::Practitioner, &doc_a, Some(org_a.id()), "Dr A"), t).unwrap();
         chain.submit_as(&org_b, Payload::register(Role::Practitioner, &doc_b, Some(org_b.id()), "Dr B"), t).unwrap();
         for p in [&patient, &other_patient] {
-            let tx = sign(p, net.genesis.chain_id(), p.id(), 0, Payload::register(Role::Patient, p, None, ""));
-            chain.submit(tx.bytes(), t).unwrap();
+            chain.submit_as(&net.organisations[0], Payload::register(Role::Patient, p, None, ""), t).unwrap();
         }
         let service = Arc::new(RecordService::new(
             chain.clone(),
@@ -206,8 +205,8 @@ impl World {
         (patient_id, lab_id)
     }
 
-    /// `patient` (signing with nonce `nonce`) grants Clinic B `scope` for treatment; the grant id.
-    fn grant_clinic_b(&self, scope: Scope, nonce: u64) -> String {
+    /// `patient` grants Clinic B `scope` for treatment; the grant id.
+    fn grant_clinic_b(&self, scope: Scope) -> String {
         let t = now_ms();
         let grant = Payload::ConsentGrant {
             patient: self.patient.id(),
@@ -218,8 +217,7 @@ impl World {
             valid_from_ms: t - 1_000,
             valid_until_ms: t + 86_400_000,
         };
-        let tx = sign(&self.patient, self.net.genesis.chain_id(), self.patient.id(), nonce, grant);
-        let id = self.chain.submit(tx.bytes(), t).unwrap();
+        let id = self.chain.submit_as(&self.patient, grant, t).unwrap();
         self.commit();
         id.to_hex()
     }
@@ -272,7 +270,7 @@ async fn unauthorised_read_of_a_real_record_looks_like_an_unknown_one() {
     let b_lab_id = service_b.write(&request, now_ms(), &mut rand::rng()).unwrap().record_id.to_hex();
     w.commit();
     // A grant to Clinic B for vital signs only: it names the patient, not their labs.
-    let grant_id = w.grant_clinic_b(Scope::Categories(vec!["vitals".into()]), 1);
+    let grant_id = w.grant_clinic_b(Scope::Categories(vec!["vitals".into()]));
 
     let doc_b = w.issued(&w.doc_b, Role::Practitioner, "user/*.cruds");
     let doc_a = w.issued(&w.doc_a, Role::Practitioner, "user/*.cruds");
@@ -407,7 +405,7 @@ async fn everything_paging_does_not_reveal_another_patients_record_count() {
     }
     // Granted the labs only (not the Patient resource), it pages over exactly the three labs:
     // full pages, and a next link only while labs remain.
-    w.grant_clinic_b(Scope::Categories(vec!["labs".into()]), 1);
+    w.grant_clinic_b(Scope::Categories(vec!["labs".into()]));
     let mut path = format!("/fhir/Patient/{patient_id}/$everything?_count=2");
     let mut pages = Vec::new();
     loop {
@@ -438,8 +436,7 @@ async fn token_stops_working_after_its_identity_rotates_keys() {
     let new_keys = Keypair::from_label("leaks-patient-rotated");
     let rotate =
         Payload::RotateKey { signing_key: new_keys.public_key(), encryption_key: new_keys.encryption_public_key() };
-    let tx = sign(&w.patient, w.net.genesis.chain_id(), w.patient.id(), 1, rotate);
-    w.chain.submit(tx.bytes(), now_ms()).unwrap();
+    w.chain.submit_as(&w.patient, rotate, now_ms()).unwrap();
     assert_eq!(w.get(&token, &path).await.status, 200, "not committed yet: still the current key");
     w.commit();
     let refused = w.get(&token, &path).await;

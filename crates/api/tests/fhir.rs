@@ -82,8 +82,7 @@ impl World {
         chain.submit_as(&org_a, Payload::register(Role::Practitioner, &doc_a, Some(org_a.id()), "Dr A"), t).unwrap();
         chain.submit_as(&org_b, Payload::register(Role::Practitioner, &doc_b, Some(org_b.id()), "Dr B"), t).unwrap();
         for p in [&patient, &other_patient] {
-            let tx = sign(p, net.genesis.chain_id(), p.id(), 0, Payload::register(Role::Patient, p, None, ""));
-            chain.submit(tx.bytes(), t).unwrap();
+            chain.submit_as(&net.organisations[0], Payload::register(Role::Patient, p, None, ""), t).unwrap();
         }
         let service = Arc::new(RecordService::new(
             chain.clone(),
@@ -650,7 +649,7 @@ async fn grants_read_as_r4_consents_with_their_status() {
         valid_until_ms: t + 86_400_000,
     };
     let grant_id =
-        w.chain.submit(sign(&w.patient, w.net.genesis.chain_id(), w.patient.id(), 1, grant).bytes(), t).unwrap();
+        w.chain.submit(sign(&w.patient, w.net.genesis.chain_id(), w.patient.id(), 0, grant).bytes(), t).unwrap();
     w.commit();
 
     let own = w.token(&w.patient, Role::Patient, "patient/*.rs");
@@ -676,7 +675,7 @@ async fn grants_read_as_r4_consents_with_their_status() {
 
     // Revoked: inactive from then on.
     let revoke = medledger_ledger::Payload::ConsentRevoke { grant_id };
-    w.chain.submit(sign(&w.patient, w.net.genesis.chain_id(), w.patient.id(), 2, revoke).bytes(), now_ms()).unwrap();
+    w.chain.submit(sign(&w.patient, w.net.genesis.chain_id(), w.patient.id(), 1, revoke).bytes(), now_ms()).unwrap();
     w.commit();
     let one = w.get(Some(&own), &format!("/fhir/Consent/{}", grant_id.to_hex())).await;
     assert_eq!(one.json()["status"], "inactive", "{}", one.text());

@@ -54,8 +54,7 @@ impl World {
             .submit_as(&org_b, Payload::register(Role::Practitioner, &doc_b, Some(org_b.id()), "Dr B"), now_ms())
             .unwrap();
         for p in [&patient, &other] {
-            let tx = sign(p, net.genesis.chain_id(), p.id(), 0, Payload::register(Role::Patient, p, None, ""));
-            chain.submit(tx.bytes(), now_ms()).unwrap();
+            chain.submit_as(&net.organisations[0], Payload::register(Role::Patient, p, None, ""), now_ms()).unwrap();
         }
         medledger_node::devnet::commit_pending(&chain, net.validators[0].id(), now_ms()).unwrap();
         let service = Arc::new(RecordService::new(

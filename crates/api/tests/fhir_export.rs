@@ -111,8 +111,7 @@ impl World {
             .submit_as(&org_a, Payload::register(Role::SystemClient, &system_a, Some(org_a.id()), "Export A"), t)
             .unwrap();
         for p in [&patient, &other_patient] {
-            let tx = sign(p, net.genesis.chain_id(), p.id(), 0, Payload::register(Role::Patient, p, None, ""));
-            chain.submit(tx.bytes(), t).unwrap();
+            chain.submit_as(&net.organisations[0], Payload::register(Role::Patient, p, None, ""), t).unwrap();
         }
         let service = Arc::new(RecordService::new(
             chain.clone(),
@@ -314,7 +313,7 @@ async fn an_export_hands_out_exactly_what_the_client_may_read_and_audits_it_on_c
         valid_from_ms: t - 1_000,
         valid_until_ms: t + 86_400_000,
     };
-    w.chain.submit(sign(&w.patient, w.net.genesis.chain_id(), w.patient.id(), 1, grant).bytes(), t).unwrap();
+    w.chain.submit(sign(&w.patient, w.net.genesis.chain_id(), w.patient.id(), 0, grant).bytes(), t).unwrap();
     w.commit();
     let doc_b = w.token(&w.doc_b, Role::Practitioner, "user/*.rs");
     let events_before = w.chain.patient_index().patient(&w.patient.id()).map_or(0, |p| p.access.len());

@@ -472,10 +472,10 @@ async fn identities_are_looked_up_by_id() {
     let doc = Keypair::from_label("a");
     let patient = Keypair::from_label("patient");
     let patient_tx = sign(
-        &patient,
+        node.org(),
         node.net.genesis.chain_id(),
-        patient.id(),
-        0,
+        node.org().id(),
+        1,
         Payload::register(Role::Patient, &patient, None, ""),
     );
     node.commit_txs(&[node.register("a", 0), patient_tx]);
@@ -500,12 +500,13 @@ async fn identities_are_looked_up_by_id() {
     assert_eq!(v["role"], "patient");
     assert_eq!(v["name"], "", "patient names never go on-chain");
     assert!(v.get("organisation").is_none());
-    assert_eq!(v["next_nonce"], 1);
+    assert_eq!(v["next_nonce"], 0, "registered by its organisation: it has signed nothing yet");
 
     let v = node.get(&format!("/v1/identities/{org}")).await.json();
     assert_eq!((v["role"].as_str(), v["name"].as_str()), (Some("organisation"), Some("Hospital A")));
-    assert_eq!((v["next_nonce"].as_u64(), v["registered_at"].as_u64()), (Some(1), Some(0)));
+    assert_eq!((v["next_nonce"].as_u64(), v["registered_at"].as_u64()), (Some(2), Some(0)));
     assert!(v.get("organisation").is_none());
+    assert_eq!(v["kind"], "care-provider");
 
     let v = node.get(&format!("/v1/identities/{}", node.net.validators[0].id())).await.json();
     assert_eq!((v["role"].as_str(), v["organisation"].as_str()), (Some("validator"), Some(org.as_str())));

@@ -101,19 +101,7 @@ async fn authorization_matrix() {
         chain.submit_as(&o(*org), Payload::register(*role, keys, Some(o(*org).id()), "Staff"), t).unwrap();
     }
     let patient = Keypair::from_label("patient");
-    chain
-        .submit(
-            sign(
-                &patient,
-                net.genesis.chain_id(),
-                patient.id(),
-                0,
-                Payload::register(Role::Patient, &patient, None, ""),
-            )
-            .bytes(),
-            t,
-        )
-        .unwrap();
+    chain.submit_as(&o(0), Payload::register(Role::Patient, &patient, None, ""), t).unwrap();
     let records = Arc::new(RecordService::new(
         chain.clone(),
         net.validators[0].clone(),

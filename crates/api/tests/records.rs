@@ -7,7 +7,7 @@ use axum::{body::Body, http::Request};
 use medledger_api::auth::authorization;
 use medledger_blobs::MemoryBlobStore;
 use medledger_crypto::Keypair;
-use medledger_ledger::{Payload, tx::sign};
+use medledger_ledger::Payload;
 use medledger_node::{chain::Chain, devnet::Devnet, records::RecordService};
 use medledger_types::Role;
 use serde_json::Value;
@@ -42,14 +42,7 @@ impl World {
         let t = now_ms();
         chain.submit_as(&org_a, Payload::register(Role::Practitioner, &doc_a, Some(org_a.id()), "Dr A"), t).unwrap();
         chain.submit_as(&org_b, Payload::register(Role::Practitioner, &doc_b, Some(org_b.id()), "Dr B"), t).unwrap();
-        let p = sign(
-            &patient,
-            net.genesis.chain_id(),
-            patient.id(),
-            0,
-            Payload::register(Role::Patient, &patient, None, ""),
-        );
-        chain.submit(p.bytes(), t).unwrap();
+        chain.submit_as(&org_a, Payload::register(Role::Patient, &patient, None, ""), t).unwrap();
         let service = Arc::new(RecordService::new(
             chain.clone(),
             net.validators[0].clone(),

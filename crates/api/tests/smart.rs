@@ -11,7 +11,7 @@ use medledger_api::{
     smart::{CLIENT_ASSERTION_TYPE, TokenStore, interactions},
 };
 use medledger_crypto::Keypair;
-use medledger_ledger::{Payload, tx::sign};
+use medledger_ledger::Payload;
 use medledger_node::{chain::Chain, devnet::Devnet};
 use medledger_types::Role;
 use serde_json::{Value, json};
@@ -64,14 +64,7 @@ impl World {
         let doc = Keypair::from_label("smart-doctor");
         let patient = Keypair::from_label("smart-patient");
         chain.submit_as(&org, Payload::register(Role::Practitioner, &doc, Some(org.id()), "Dr S"), now_ms).unwrap();
-        let tx = sign(
-            &patient,
-            net.genesis.chain_id(),
-            patient.id(),
-            0,
-            Payload::register(Role::Patient, &patient, None, ""),
-        );
-        chain.submit(tx.bytes(), now_ms).unwrap();
+        chain.submit_as(&org, Payload::register(Role::Patient, &patient, None, ""), now_ms).unwrap();
         medledger_node::devnet::commit_pending(&chain, net.validators[0].id(), now_ms).unwrap();
         let tokens = Arc::new(TokenStore::default());
         let router = medledger_api::router_for(

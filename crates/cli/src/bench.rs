@@ -40,9 +40,10 @@ pub struct BenchOptions {
     pub timeout: Duration,
 }
 
-/// Pre-signs the workload: half patient self-registrations (one fresh signer each), half
-/// practitioner registrations by the organisations (sequential nonces). Client `k` gets every
-/// signer `j` with `j % clients == k`, so each signer's nonces stay in order.
+/// Pre-signs the workload: registrations by the organisations (sequential nonces), alternately
+/// of a patient (with the patient's own keys: registration is an organisation's act) and of a
+/// practitioner. Client `k` gets every organisation `j` with `j % clients == k`, so each
+/// signer's nonces stay in order.
 fn workload(net: &Devnet, n: usize, clients: usize) -> Vec<Vec<Transaction>> {
     let chain_id = net.genesis.chain_id();
     let per_thread = n.div_ceil(2);
@@ -50,26 +51,14 @@ fn workload(net: &Devnet, n: usize, clients: usize) -> Vec<Vec<Transaction>> {
         range
             .map(|i| {
                 let subject = Keypair::from_label(&format!("bench-subject-{i}"));
-                let tx = if i % 2 == 0 {
-                    sign(&subject, chain_id, subject.id(), 0, Payload::register(Role::Patient, &subject, None, ""))
+                let org = &net.organisations[i % ORGANISATIONS];
+                let nonce = (i / ORGANISATIONS) as u64;
+                let payload = if nonce.is_multiple_of(2) {
+                    Payload::register(Role::Patient, &subject, None, "")
                 } else {
-                    let org_index = (i / 2) % ORGANISATIONS;
-                    let org = &net.organisations[org_index];
-                    let nonce = (i / 2 / ORGANISATIONS) as u64;
-                    sign(
-                        org,
-                        chain_id,
-                        org.id(),
-                        nonce,
-                        Payload::register(
-                            Role::Practitioner,
-                            &subject,
-                            Some(org.id()),
-                            format!("Bench practitioner {i}"),
-                        ),
-                    )
+                    Payload::register(Role::Practitioner, &subject, Some(org.id()), format!("Bench practitioner {i}"))
                 };
-                (i, tx)
+                (i, sign(org, chain_id, org.id(), nonce, payload))
             })
             .collect()
     };
@@ -83,8 +72,8 @@ fn workload(net: &Devnet, n: usize, clients: usize) -> Vec<Vec<Transaction>> {
     all.sort_by_key(|(i, _)| *i);
     let mut streams: Vec<Vec<Transaction>> = vec![Vec::new(); clients];
     for (i, tx) in all {
-        // Patients: spread by index; organisations: all of one organisation's on one client.
-        let client = if i % 2 == 0 { (i / 2) % clients } else { ((i / 2) % ORGANISATIONS) % clients };
+        // All of one organisation's on one client, in nonce order.
+        let client = (i % ORGANISATIONS) % clients;
         streams[client].push(tx);
     }
     streams

@@ -24,7 +24,7 @@ use std::{
 use anyhow::{Context, Result};
 use medledger_api::smart::{Grant, parse_scope};
 use medledger_crypto::Keypair;
-use medledger_ledger::{Payload, tx::sign};
+use medledger_ledger::Payload;
 use medledger_node::{
     devnet::Devnet,
     records::{RecordService, WriteRequest},
@@ -142,8 +142,7 @@ fn drive(
         now_ms(),
     )?];
     for p in &patients {
-        let tx = sign(p, net.genesis.chain_id(), p.id(), 0, Payload::register(Role::Patient, p, None, ""));
-        ids.push(chain.submit(tx.bytes(), now_ms())?);
+        ids.push(chain.submit_as(hospital, Payload::register(Role::Patient, p, None, ""), now_ms())?);
     }
     wait_committed(chain, &ids, Duration::from_secs(120))?;
     // Synthetic bodies, reused round-robin; each gets its patient's server id as subject.

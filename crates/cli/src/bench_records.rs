@@ -223,8 +223,7 @@ fn drive(
         )?,
     ];
     for p in &patients {
-        let tx = sign(p, chain_id, p.id(), 0, Payload::register(Role::Patient, p, None, ""));
-        ids.push(chain.submit(tx.bytes(), now_ms())?);
+        ids.push(chain.submit_as(hospital, Payload::register(Role::Patient, p, None, ""), now_ms())?);
     }
     wait_committed(chain, &ids, Duration::from_secs(60))?;
     // Every patient lets the clinic read labs and vitals for treatment.

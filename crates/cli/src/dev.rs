@@ -218,14 +218,15 @@ async fn seed(dir: &Path, running: &Running) -> Result<()> {
                 Payload::register(role, &d.keys, Some(orgs[org].id()), name),
             ));
         }
-        // Patients register themselves with their own keys; names never go on-chain.
+        // St Mary's registers the patients, with each patient's own public keys (registration
+        // is an act of a member organisation); names never go on-chain.
         for label in &patients {
             let d = by(label);
             txs.push(sign(
-                &d.keys,
+                &orgs[0],
                 chain_id,
-                d.keys.id(),
-                next(d.keys.id()),
+                orgs[0].id(),
+                next(orgs[0].id()),
                 Payload::register(Role::Patient, &d.keys, None, ""),
             ));
         }

@@ -172,7 +172,7 @@ struct TxCommon {
 #[derive(Subcommand)]
 enum TxCommand {
     /// Register an identity. Organisations register practitioners and system clients;
-    /// patients register themselves (--key = --subject) or are registered by a provider.
+    /// patients are registered by a provider (an organisation or its staff) with their keys.
     Register {
         /// Signer's key file.
         #[arg(long)]

@@ -243,7 +243,20 @@ fn replicate_between_organisations(dir: &Path, nodes: &[Node]) {
     let patient_key = dir.join("patient.key");
     let patient = cli(&["keygen", "--out", patient_key.to_str().unwrap()])["id"].as_str().unwrap().to_owned();
     let key = patient_key.to_str().unwrap();
-    let status = cli(&["tx", "register", "--node", &nodes[0].api, "--key", key, "--subject", key, "--role", "patient"]);
+    // St Mary's registers the patient with the patient's own keys (never self-registered).
+    let st_marys = dir.join("organisations/st-mary-s-hospital.key");
+    let status = cli(&[
+        "tx",
+        "register",
+        "--node",
+        &nodes[0].api,
+        "--key",
+        st_marys.to_str().unwrap(),
+        "--subject",
+        key,
+        "--role",
+        "patient",
+    ]);
     assert_eq!(status["status"], "committed", "{status}");
     let resource = dir.join("lab.json");
     let content = r#"{"resourceType":"Observation","status":"final","category":[{"coding":[{"system":"http://terminology.hl7.org/CodeSystem/observation-category","code":"laboratory"}]}],"code":{"text":"synthetic replication probe"},"subject":{"reference":"Patient/probe"},"valueQuantity":{"value":5.40,"unit":"mmol/L"}}"#;

@@ -1190,15 +1190,17 @@ impl<'a> Overlay<'a> {
                         check_name(name)?;
                     }
                     Role::Patient => {
-                        // A member's validator registers on its organisation's behalf (FHIR
-                        // creates and imports of patients new to the network).
+                        // Registration is an act of a member organisation (its staff, clients or
+                        // node, which check who the patient is), with the patient's own public
+                        // keys: a free self-registered identity costs an attacker nothing and
+                        // could spam reads, tokens and the mempool.
                         let provider = matches!(
                             role,
                             Some(Role::Organisation | Role::Validator | Role::Practitioner | Role::SystemClient)
                         );
-                        if !(provider || (role.is_none() && id == signer)) {
+                        if !provider {
                             return Err(TxError::NotAuthorised(
-                                "a patient registers themselves or is registered by a provider",
+                                "patients are registered by a member organisation, its staff or its node",
                             ));
                         }
                         if organisation.is_some() {
@@ -1835,15 +1837,9 @@ impl<'a> Overlay<'a> {
             return Err(TxError::WrongChain);
         }
         let signer = body.signer;
-        // Self-registration of a patient is the one transaction whose signer is not yet known.
-        let (key, role, expected_nonce) = match (self.identity(&signer), &body.payload) {
-            (Some(who), _) => (who.signing_key, Some(who.role), who.next_nonce),
-            (None, Payload::RegisterIdentity { role: Role::Patient, signing_key, .. })
-                if identity_id(signing_key) == signer =>
-            {
-                (*signing_key, None, 0)
-            }
-            (None, _) => return Err(TxError::UnknownSigner(signer)),
+        let (key, role, expected_nonce) = match self.identity(&signer) {
+            Some(who) => (who.signing_key, Some(who.role), who.next_nonce),
+            None => return Err(TxError::UnknownSigner(signer)),
         };
         if body.nonce < expected_nonce {
             return Err(TxError::Replayed { expected: expected_nonce, got: body.nonce });

@@ -280,9 +280,7 @@ fn directory_entries_belong_to_the_organisation_that_wrote_them() {
         assert!(w.submit(&org_a, op).is_err(), "{why} was accepted");
     }
     let patient = Keypair::from_label("batch-patient-4");
-    let register =
-        sign(&patient, w.state.chain_id(), patient.id(), 0, Payload::register(Role::Patient, &patient, None, ""));
-    w.apply(vec![register]).unwrap();
+    w.submit(&org_a, Payload::register(Role::Patient, &patient, None, "")).unwrap();
     let error = w.submit(&patient, directory(9, 1, "Organization")).unwrap_err();
     assert!(matches!(error, TxError::NotAuthorised(_)), "{error}");
     let _ = w.org_b.id();

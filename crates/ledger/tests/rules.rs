@@ -237,11 +237,13 @@ fn registration_is_governed() {
     ));
     // Patients never carry a name on-chain.
     assert_eq!(
-        w.register(&patient, &patient, Role::Patient, None, "Jane Doe"),
+        w.register(&org_a, &patient, Role::Patient, None, "Jane Doe"),
         Err(TxError::InvalidField("patient names are PHI and never go on-chain"))
     );
-    // Self-registration with the patient's own key.
-    w.register(&patient, &patient, Role::Patient, None, "").unwrap();
+    // No self-registration: a free identity is an attacker's (issue 9, item 5).
+    assert_eq!(w.register(&patient, &patient, Role::Patient, None, ""), Err(TxError::UnknownSigner(patient.id())));
+    // A member organisation registers the patient with the patient's own public keys.
+    w.register(&org_a, &patient, Role::Patient, None, "").unwrap();
     // A provider registers a patient with the patient's public key.
     let p2 = Keypair::from_label("patient-2");
     w.register(&doc, &p2, Role::Patient, None, "").unwrap();
@@ -330,7 +332,7 @@ fn records_need_a_category_key_held_by_patient_and_custodian() {
     let patient = Keypair::from_label("patient");
     w.register(&org_a, &doc, Role::Practitioner, Some(org_a.id()), "Dr A").unwrap();
     w.register(&org_b, &doc_b, Role::Practitioner, Some(org_b.id()), "Dr B").unwrap();
-    w.register(&patient, &patient, Role::Patient, None, "").unwrap();
+    w.register(&org_a, &patient, Role::Patient, None, "").unwrap();
     let record = RecordId([5; 32]);
     assert!(
         matches!(w.commit_record(&doc, &patient, record, 1), Err(TxError::InvalidField(m)) if m.contains("no category key"))
@@ -391,7 +393,7 @@ fn key_shares_follow_consent_and_revocation_forces_rotation() {
     let doc = Keypair::from_label("doctor");
     let patient = Keypair::from_label("patient");
     w.register(&org_a, &doc, Role::Practitioner, Some(org_a.id()), "Dr A").unwrap();
-    w.register(&patient, &patient, Role::Patient, None, "").unwrap();
+    w.register(&org_a, &patient, Role::Patient, None, "").unwrap();
     w.share(&doc, &patient, "labs", 1, &[patient.id(), org_a.id()]).unwrap();
     let record = RecordId([5; 32]);
     w.commit_record(&doc, &patient, record, 1).unwrap();
@@ -431,7 +433,7 @@ fn expired_grants_do_not_reach_keys() {
     let doc = Keypair::from_label("doctor");
     let patient = Keypair::from_label("patient");
     w.register(&org_a, &doc, Role::Practitioner, Some(org_a.id()), "Dr A").unwrap();
-    w.register(&patient, &patient, Role::Patient, None, "").unwrap();
+    w.register(&org_a, &patient, Role::Patient, None, "").unwrap();
     w.share(&doc, &patient, "labs", 1, &[patient.id(), org_a.id()]).unwrap();
     w.grant(&patient, org_b.id(), Scope::All, 1);
     // Two days of blocks later (block time decides expiry).
@@ -448,7 +450,7 @@ fn grants_revocations_and_access_events() {
     let patient = Keypair::from_label("patient");
     w.register(&org_a, &doc, Role::Practitioner, Some(org_a.id()), "Dr A").unwrap();
     w.register(&org_b, &doc_b, Role::Practitioner, Some(org_b.id()), "Dr B").unwrap();
-    w.register(&patient, &patient, Role::Patient, None, "").unwrap();
+    w.register(&org_a, &patient, Role::Patient, None, "").unwrap();
     w.share(&doc, &patient, "labs", 1, &[patient.id(), org_a.id()]).unwrap();
     let record = RecordId([5; 32]);
     w.commit_record(&doc, &patient, record, 1).unwrap();

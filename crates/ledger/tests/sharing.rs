@@ -277,14 +277,8 @@ fn referral_beyond_the_authorisation_is_refused() {
     assert!(matches!(rule_error(w.install(&doc, unknown.to_spec())), RuleError::ExceedsConsent(_)));
     assert!(matches!(rule_error(w.install(&org_a, consent(org_a.id()).to_spec())), RuleError::NotAuthorised(_)));
     let other_patient = Keypair::from_label("patient-2");
-    let tx = sign(
-        &other_patient,
-        w.state.chain_id(),
-        other_patient.id(),
-        0,
-        Payload::register(Role::Patient, &other_patient, None, ""),
-    );
-    w.apply_one(tx).unwrap();
+    let org_a = w.org_a.clone();
+    w.ok(&org_a, Payload::register(Role::Patient, &other_patient, None, ""));
     let foreign = w
         .submit(
             &other_patient,
@@ -452,7 +446,7 @@ fn rules_reacting_to_records_are_bounded_per_patient() {
 fn colleague_and_stranger(w: &mut World) -> (Keypair, Keypair) {
     let (org_b, colleague, stranger) = (w.org_b.clone(), Keypair::from_label("doctor-b2"), Keypair::from_label("p2"));
     w.ok(&org_b, Payload::register(Role::Practitioner, &colleague, Some(org_b.id()), "Dr B2"));
-    w.ok(&stranger, Payload::register(Role::Patient, &stranger, None, ""));
+    w.ok(&org_b, Payload::register(Role::Patient, &stranger, None, ""));
     (colleague, stranger)
 }
 
@@ -599,7 +593,8 @@ impl World {
     /// Registers a guardian: a patient identity in their own right.
     fn guardian(&mut self, label: &str) -> Keypair {
         let keys = Keypair::from_label(label);
-        self.ok(&keys, Payload::register(Role::Patient, &keys, None, ""));
+        let org = self.org_a.clone();
+        self.ok(&org, Payload::register(Role::Patient, &keys, None, ""));
         keys
     }
 

@@ -405,7 +405,7 @@ mod tests {
 
     use medledger_blobs::MemoryBlobStore;
     use medledger_crypto::Keypair;
-    use medledger_ledger::{AccessOutcome, Purpose, ReviewVerdict, Scope, actions, tx::sign};
+    use medledger_ledger::{AccessOutcome, Purpose, ReviewVerdict, Scope, actions};
     use medledger_types::Role;
 
     use super::*;
@@ -455,14 +455,7 @@ mod tests {
         let t = now_ms();
         chain.submit_as(&org_a, Payload::register(Role::Practitioner, &doc_a, Some(org_a.id()), "Dr A"), t).unwrap();
         chain.submit_as(&org_b, Payload::register(Role::Practitioner, &doc_b, Some(org_b.id()), "Dr B"), t).unwrap();
-        let p = sign(
-            &patient,
-            net.genesis.chain_id(),
-            patient.id(),
-            0,
-            Payload::register(Role::Patient, &patient, None, ""),
-        );
-        chain.submit(p.bytes(), t).unwrap();
+        chain.submit_as(&net.organisations[0], Payload::register(Role::Patient, &patient, None, ""), t).unwrap();
         commit(&net, &chain);
 
         let service =
@@ -550,8 +543,7 @@ mod tests {
         let t = now_ms();
         chain.submit_as(&org_b, Payload::register(Role::Practitioner, &doc_b, Some(org_b.id()), "Dr B"), t).unwrap();
         for p in [&patient, &guardian] {
-            let tx = sign(p, net.genesis.chain_id(), p.id(), 0, Payload::register(Role::Patient, p, None, ""));
-            chain.submit(tx.bytes(), t).unwrap();
+            chain.submit_as(&org_b, Payload::register(Role::Patient, p, None, ""), t).unwrap();
         }
         commit(&net, &chain);
         let appoint =

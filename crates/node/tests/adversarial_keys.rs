@@ -20,7 +20,6 @@ use medledger_crypto::{
 use medledger_ledger::{
     Payload, Purpose, Scope, actions,
     keys::{category_key_info, data_key_aad, record_aad},
-    tx::sign,
 };
 use medledger_node::{
     chain::Chain,
@@ -126,9 +125,7 @@ fn grantee_cannot_decrypt_versions_outside_its_grants_with_every_key_it_holds() 
     let patient = Keypair::from_label("patient");
     w.submit(&org_a, Payload::register(Role::Practitioner, &doc_a, Some(org_a.id()), "Dr A"));
     w.submit(&org_b, Payload::register(Role::Practitioner, &doc_b, Some(org_b.id()), "Dr B"));
-    let chain_id = w.net.genesis.chain_id();
-    let registration = sign(&patient, chain_id, patient.id(), 0, Payload::register(Role::Patient, &patient, None, ""));
-    w.chain.submit(registration.bytes(), w.t).unwrap();
+    w.submit(&org_a, Payload::register(Role::Patient, &patient, None, ""));
     w.commit_after(1000);
 
     // The attacker is assumed to hold every ciphertext; the custodian's store stands in for it.

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use medledger_blobs::{BlobStore, PackBlobStore};
 use medledger_crypto::Keypair;
-use medledger_ledger::{Payload, tx::sign};
+use medledger_ledger::Payload;
 use medledger_node::{
     batch::BatchWrite,
     chain::{Chain, TxStatus},
@@ -43,8 +43,8 @@ impl World {
         let patient = Keypair::from_label("patient-batch");
         chain.submit_as(&org_a, Payload::register(Role::Practitioner, &doc, Some(org_a.id()), "Dr Batch"), T0).unwrap();
         let chain_id = net.genesis.chain_id();
-        let register = sign(&patient, chain_id, patient.id(), 0, Payload::register(Role::Patient, &patient, None, ""));
-        chain.submit(register.bytes(), T0).unwrap();
+        let _ = chain_id;
+        chain.submit_as(&org_a, Payload::register(Role::Patient, &patient, None, ""), T0).unwrap();
         let mut w = Self { net, chain, node, doc, patient, keys_dir, t: T0, _dirs: (dir, blob_dir) };
         w.commit();
         w

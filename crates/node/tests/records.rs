@@ -10,7 +10,6 @@ use medledger_ledger::{
     Payload, Purpose, Scope,
     access::{Basis, Denial},
     actions,
-    tx::sign,
 };
 use medledger_node::{
     chain::Chain,
@@ -58,13 +57,7 @@ fn records_are_encrypted_shared_by_consent_and_audited() {
     let patient = Keypair::from_label("patient");
     w.submit(&org_a, Payload::register(Role::Practitioner, &doc_a, Some(org_a.id()), "Dr A"));
     w.submit(&org_b, Payload::register(Role::Practitioner, &doc_b, Some(org_b.id()), "Dr B"));
-    let chain_id = w.net.genesis.chain_id();
-    w.chain
-        .submit(
-            sign(&patient, chain_id, patient.id(), 0, Payload::register(Role::Patient, &patient, None, "")).bytes(),
-            w.t,
-        )
-        .unwrap();
+    w.submit(&w.net.organisations[0].clone(), Payload::register(Role::Patient, &patient, None, ""));
     w.commit();
 
     let node_a = RecordService::new(w.chain.clone(), w.net.validators[0].clone(), org_a.clone(), blobs.clone());
@@ -205,13 +198,7 @@ fn a_refused_version_does_not_lock_its_record() {
     let doc = Keypair::from_label("dr-lock");
     let patient = Keypair::from_label("patient-lock");
     w.submit(&org_a, Payload::register(Role::Practitioner, &doc, Some(org_a.id()), "Dr Lock"));
-    let chain_id = w.net.genesis.chain_id();
-    w.chain
-        .submit(
-            sign(&patient, chain_id, patient.id(), 0, Payload::register(Role::Patient, &patient, None, "")).bytes(),
-            w.t,
-        )
-        .unwrap();
+    w.submit(&w.net.organisations[0].clone(), Payload::register(Role::Patient, &patient, None, ""));
     w.commit();
     let node = RecordService::new(w.chain.clone(), w.net.validators[0].clone(), org_a, blobs);
     let mut rng = rand::rng();

@@ -64,8 +64,7 @@ fn entitled_nodes_replicate_ciphertexts_and_check_them_against_the_chain() {
         let doc = Keypair::from_label("replication-doctor");
         let patient = Keypair::from_label("replication-patient");
         chain.submit_as(&org_a, Payload::register(Role::Practitioner, &doc, Some(org_a.id()), "Dr A"), t).unwrap();
-        let register = Payload::register(Role::Patient, &patient, None, "");
-        chain.submit(sign(&patient, net.genesis.chain_id(), patient.id(), 0, register).bytes(), t).unwrap();
+        chain.submit_as(&org_a, Payload::register(Role::Patient, &patient, None, ""), t).unwrap();
         commit(&mut t);
 
         // Hospital A writes a lab result on node 0; only node 0's store has the ciphertext.
@@ -132,7 +131,7 @@ fn entitled_nodes_replicate_ciphertexts_and_check_them_against_the_chain() {
             valid_from_ms: t,
             valid_until_ms: t + 86_400_000,
         };
-        let grant_id = chain.submit(sign(&patient, net.genesis.chain_id(), patient.id(), 1, grant).bytes(), t).unwrap();
+        let grant_id = chain.submit(sign(&patient, net.genesis.chain_id(), patient.id(), 0, grant).bytes(), t).unwrap();
         commit(&mut t);
         assert_eq!(writer.share_keys_for_grant(&grant_id, t, &mut rng).unwrap().len(), 1);
         commit(&mut t);

@@ -198,7 +198,8 @@ pub enum Role {
     Validator = 2,
     /// A clinician or other staff member, registered by their organisation.
     Practitioner = 3,
-    /// A patient, self-registered or registered by a provider with the patient's own key.
+    /// A patient, registered by a provider (a member organisation or its staff or node) with
+    /// the patient's own keys; never self-registered.
     Patient = 4,
     /// A machine client (EHR integration, batch job), registered by its organisation.
     SystemClient = 5,

@@ -72,9 +72,7 @@ impl World {
         let (doc, doc_b, patient) = (w.doc.clone(), w.doc_b.clone(), w.patient.clone());
         w.ok(&org_a, Payload::register(Role::Practitioner, &doc, Some(org_a.id()), "Dr A"));
         w.ok(&org_b, Payload::register(Role::Practitioner, &doc_b, Some(org_b.id()), "Dr B"));
-        let tx =
-            sign(&patient, w.state.chain_id(), patient.id(), 0, Payload::register(Role::Patient, &patient, None, ""));
-        w.apply_one(tx).unwrap();
+        w.ok(&org_a, Payload::register(Role::Patient, &patient, None, ""));
         w.share(&doc, "labs", &[patient.id(), org_a.id()]).unwrap();
         w
     }
