@@ -69,6 +69,9 @@ impl ApiError {
             ApiError::RequestTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Submit(SubmitError::Mempool(MempoolError::Full(_))) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Submit(SubmitError::Mempool(MempoolError::SignerOverQuota { .. })) => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             ApiError::Submit(
                 SubmitError::AlreadyCommitted
                 | SubmitError::Mempool(MempoolError::NonceTaken(_) | MempoolError::Duplicate),
@@ -136,7 +139,7 @@ impl IntoResponse for ApiError {
         }
         let mut response =
             (status, Json(ErrorBody { error: ErrorDetail { code: status.as_u16(), message, reason } })).into_response();
-        if status == StatusCode::SERVICE_UNAVAILABLE {
+        if status == StatusCode::SERVICE_UNAVAILABLE || status == StatusCode::TOO_MANY_REQUESTS {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         response

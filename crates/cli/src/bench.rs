@@ -226,7 +226,7 @@ fn drive(
                                 break;
                             }
                             // Back-pressure: wait for the chain to catch up.
-                            Err(SubmitError::Mempool(MempoolError::Full(_)))
+                            Err(SubmitError::Mempool(MempoolError::Full(_) | MempoolError::SignerOverQuota { .. }))
                             | Err(SubmitError::Invalid(medledger_ledger::TxError::NonceAhead { .. })) => {
                                 if progress.done.load(Ordering::Relaxed) {
                                     return;

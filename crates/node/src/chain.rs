@@ -218,7 +218,9 @@ impl Chain {
             return Err(error);
         }
         let id = tx.id();
-        self.mempool.lock().expect("mempool lock poisoned").insert(tx)?;
+        // This node's own transactions (audit events, the writes it signs) may use the reserve.
+        let own = tx.body().signer == self.node_keys.id();
+        self.mempool.lock().expect("mempool lock poisoned").insert(tx, now_ms, own)?;
         self.metrics.mempool_txs.set(self.mempool_len() as i64);
         Ok(id)
     }
@@ -397,7 +399,11 @@ impl Chain {
                 return None;
             }
         };
-        let mut candidates = self.mempool.lock().expect("mempool lock poisoned").candidates(limits::BLOCK_TXS_MAX * 2);
+        let mut candidates = self
+            .mempool
+            .lock()
+            .expect("mempool lock poisoned")
+            .candidates(limits::BLOCK_TXS_MAX * 2, |signer| state.next_nonce(signer));
         if forge_first_signature && let Some(first) = candidates.first_mut() {
             let mut bytes = first.bytes().to_vec();
             let last = bytes.len() - 1;

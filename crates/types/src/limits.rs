@@ -44,8 +44,18 @@ pub const GENESIS_MEMBERS_MAX: usize = 1024;
 pub const BLOCK_FUTURE_DRIFT_MS: u64 = 10_000;
 /// How far ahead of the expected nonce a submitted transaction may be queued.
 pub const NONCE_AHEAD_MAX: u64 = 4096;
-/// Most transactions waiting in a node's mempool.
+/// Most transactions waiting in a node's mempool; a quarter is reserved for the node's own
+/// (its audit events and the writes it signs), which others' transactions cannot take.
 pub const MEMPOOL_TXS_MAX: usize = 200_000;
+/// Most encoded bytes waiting in a node's mempool (a quarter reserved as above).
+pub const MEMPOOL_BYTES_MAX: usize = 256 * 1024 * 1024;
+/// Most transactions one signer other than the node itself may have waiting.
+pub const MEMPOOL_TXS_PER_SIGNER_MAX: usize = 256;
+/// Most bytes one signer other than the node itself may have waiting: two of the largest
+/// batches.
+pub const MEMPOOL_BYTES_PER_SIGNER_MAX: usize = 2 * BATCH_TX_BYTES_MAX;
+/// Longest a transaction waits in a mempool before it is dropped (a client resubmits).
+pub const MEMPOOL_TX_TTL_MS: u64 = 10 * 60 * 1000;
 /// Largest HTTP request body accepted by the node API.
 pub const HTTP_BODY_BYTES_MAX: usize = 2 * TX_BYTES_MAX;
 /// Shortest break-glass window (consensus-relevant): an emergency needs at least this long.
