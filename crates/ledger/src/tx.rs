@@ -521,15 +521,7 @@ fn encode_payload(payload: &Payload, w: &mut Writer) {
         }
         Payload::AccessEvents { events } => {
             w.seq(events, |w, e| {
-                w.encode(&e.accessor).encode(&e.patient);
-                w.option(&e.record, |w, (id, version)| {
-                    w.encode(id).u32(*version);
-                });
-                w.u8(e.action as u8).u8(e.purpose as u8).u8(e.outcome as u8);
-                w.option(&e.grant_id, |w, g| {
-                    w.encode(g);
-                });
-                w.str(&e.reason).u64(e.at_ms);
+                w.encode(e);
             });
         }
         Payload::KeyShare { custodian, patient, category, epoch, shares } => {
@@ -572,6 +564,28 @@ fn purpose(r: &mut Reader<'_>) -> Result<Purpose, CodecError> {
 
 fn short_string(r: &mut Reader<'_>, what: &'static str) -> Result<String, CodecError> {
     r.string(limits::RESOURCE_TYPE_BYTES_MAX, what)
+}
+
+/// One access event's canonical encoding: inside access-events transactions, and in a node's
+/// audit journal.
+impl Encode for AccessEvent {
+    fn encode(&self, w: &mut Writer) {
+        w.encode(&self.accessor).encode(&self.patient);
+        w.option(&self.record, |w, (id, version)| {
+            w.encode(id).u32(*version);
+        });
+        w.u8(self.action as u8).u8(self.purpose as u8).u8(self.outcome as u8);
+        w.option(&self.grant_id, |w, g| {
+            w.encode(g);
+        });
+        w.str(&self.reason).u64(self.at_ms);
+    }
+}
+
+impl Decode for AccessEvent {
+    fn decode(r: &mut Reader<'_>) -> Result<Self, CodecError> {
+        decode_access_event(r)
+    }
 }
 
 fn decode_access_event(r: &mut Reader<'_>) -> Result<AccessEvent, CodecError> {
