@@ -53,6 +53,12 @@ pub enum ApiError {
     Conflict(String),
     #[error("{0}")]
     Unavailable(String),
+    /// The caller used its whole quota of something (429); `Retry-After` says when it has room.
+    #[error("{message}")]
+    TooManyRequests { message: String, retry_after_s: u64 },
+    /// A node-wide cap is reached (503); `Retry-After` says when to try again.
+    #[error("{message}")]
+    Saturated { message: String, retry_after_s: u64 },
     #[error("{0}")]
     Node(#[from] NodeError),
     #[error("internal error: {0}")]
@@ -77,7 +83,8 @@ impl ApiError {
                 | SubmitError::Mempool(MempoolError::NonceTaken(_) | MempoolError::Duplicate),
             ) => StatusCode::CONFLICT,
             ApiError::Submit(_) => StatusCode::BAD_REQUEST,
-            ApiError::Busy | ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Busy | ApiError::Unavailable(_) | ApiError::Saturated { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden { .. } => StatusCode::FORBIDDEN,
             ApiError::Misdirected(_) => StatusCode::MISDIRECTED_REQUEST,
@@ -132,6 +139,13 @@ impl IntoResponse for ApiError {
             ApiError::Forbidden { reason, .. } => Some(*reason),
             _ => None,
         };
+        let retry_after_s = match &self {
+            ApiError::TooManyRequests { retry_after_s, .. } | ApiError::Saturated { retry_after_s, .. } => {
+                Some(*retry_after_s)
+            }
+            _ if status == StatusCode::SERVICE_UNAVAILABLE || status == StatusCode::TOO_MANY_REQUESTS => Some(1),
+            _ => None,
+        };
         if status.is_server_error() {
             tracing::warn!(status = status.as_u16(), %message, "request failed");
         } else {
@@ -139,8 +153,8 @@ impl IntoResponse for ApiError {
         }
         let mut response =
             (status, Json(ErrorBody { error: ErrorDetail { code: status.as_u16(), message, reason } })).into_response();
-        if status == StatusCode::SERVICE_UNAVAILABLE || status == StatusCode::TOO_MANY_REQUESTS {
-            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        if let Some(seconds) = retry_after_s {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
         response
     }
@@ -169,6 +183,8 @@ mod tests {
         assert_eq!(ApiError::Submit(SubmitError::Invalid(TxError::BadSignature)).status(), 400);
         assert_eq!(ApiError::Proof(MerkleError::BadSizes { from: 0, to: 1 }).status(), 400);
         assert_eq!(ApiError::Node(NodeError::Corrupt("x".into())).status(), 500);
+        assert_eq!(ApiError::TooManyRequests { message: String::new(), retry_after_s: 3 }.status(), 429);
+        assert_eq!(ApiError::Saturated { message: String::new(), retry_after_s: 3 }.status(), 503);
     }
 
     #[test]

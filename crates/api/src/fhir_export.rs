@@ -13,19 +13,15 @@
 //! exported record is read through the record service as an `Export` access, so it is an
 //! on-chain access event like any read.
 //!
-//! Output is PHI in clear, so it is never written to disk: files are kept in memory, at most
-//! [`JOB_BYTES_MAX`] per job and [`NODE_BYTES_MAX`] for all jobs together, overwritten with
-//! zeros when discarded, and discarded [`JOB_TTL_MS`] after the job finished (or when the
-//! client deletes the job). Only the client (token identity) that started a job can see its
-//! status and files; to anyone else it does not exist (404).
+//! Output is PHI in clear, so it is never written to disk: files are kept in memory, under the
+//! per-job, per-identity and node-wide byte limits of [`ExportLimits`], overwritten with zeros
+//! when discarded, and discarded [`ExportLimits::ttl_ms`] after the job finished (sooner when
+//! its identity holds more than its share of a full node; or when the client deletes the job).
+//! Only the client (token identity) that started a job can see its status and files; to
+//! anyone else it does not exist (404). The jobs' bookkeeping and quotas are in
+//! `fhir_export_jobs.rs`.
 
-use std::{
-    collections::{HashMap, HashSet},
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicBool, AtomicUsize, Ordering},
-    },
-};
+use std::collections::HashSet;
 
 use axum::{
     extract::{Path, Query, State},
@@ -45,252 +41,21 @@ use medledger_node::{
 };
 use medledger_types::{IdentityId, RecordId, Role};
 
+pub use crate::fhir_export_jobs::{ExportLimits, Jobs};
 use crate::{
     fhir::{FHIR_JSON, FhirError, SERVED_TYPES, is_tombstone},
+    fhir_export_jobs::{Busy, Finished, Full, Job, NdjsonFile, Progress, RETRY_AFTER_POLL_S, push_line},
     routes::{AppState, now_ms},
     smart::{Context, Grant, bearer, interactions},
 };
 
-/// Export jobs running at once on a node; more are refused with 429 and `Retry-After`.
-pub const JOBS_RUNNING_MAX: usize = 4;
-/// Jobs held at once (running, or finished and not yet deleted or expired) on a node.
-pub const JOBS_HELD_MAX: usize = 32;
-/// Jobs one client may hold at once (running or finished); only one of them may be running.
-pub const JOBS_HELD_PER_CLIENT_MAX: usize = 4;
-/// Most bytes of output one job may hold; past it the job stops and says so in its errors.
-pub const JOB_BYTES_MAX: usize = 256 << 20;
-/// Most bytes of output all jobs of a node may hold together.
-pub const NODE_BYTES_MAX: usize = 1 << 30;
 /// Most resources in one NDJSON file; a type with more is split into several files.
 pub const FILE_LINES_MAX: usize = 10_000;
-/// How long a finished job's output is kept before it is discarded.
-pub const JOB_TTL_MS: u64 = 60 * 60 * 1000;
-/// `Retry-After` (seconds) when the node or the client has too many jobs.
-const RETRY_AFTER_BUSY_S: &str = "30";
-/// `Retry-After` (seconds) while a job is running.
-const RETRY_AFTER_POLL_S: &str = "2";
 /// Records whose consent is decided per hold of the chain state's read lock.
 const CONSENT_CHUNK: usize = 1_024;
 
 const NDJSON: &str = "application/fhir+ndjson";
 const BULK_OPERATION: &str = "http://hl7.org/fhir/uv/bulkdata/OperationDefinition";
-
-/// The export jobs of a node (in memory only; see the module docs).
-#[derive(Default)]
-pub struct Jobs {
-    held: Mutex<HashMap<String, Arc<Job>>>,
-    /// Bytes of output held by every job together.
-    bytes: Arc<AtomicUsize>,
-}
-
-/// One export job.
-struct Job {
-    /// Random, 128 bits, hex: unguessable, though only its owner may use it anyway.
-    id: String,
-    owner: IdentityId,
-    /// The kick-off request's absolute URL, for the manifest.
-    request: String,
-    /// The base URL the manifest's file URLs start with.
-    base: String,
-    cancelled: AtomicBool,
-    progress: Mutex<Progress>,
-    /// `None` while the job runs.
-    finished: Mutex<Option<Finished>>,
-    /// The node-wide byte count this job's output is counted in.
-    budget: Arc<AtomicUsize>,
-    /// Bytes of output this job holds (counted in `budget` too).
-    reserved: AtomicUsize,
-}
-
-#[derive(Clone, Copy, Default)]
-struct Progress {
-    /// Consent is decided; `total` is what the caller may see.
-    exporting: bool,
-    done: usize,
-    total: usize,
-}
-
-enum Finished {
-    Complete {
-        at_ms: u64,
-        /// The finalized head's block time the export reflects.
-        transaction_time_ms: u64,
-        outputs: Vec<NdjsonFile>,
-        errors: Vec<NdjsonFile>,
-    },
-    /// The job itself failed (not a record of it): an internal fault.
-    Failed { at_ms: u64, diagnostics: String },
-}
-
-impl Finished {
-    fn at_ms(&self) -> u64 {
-        match self {
-            Finished::Complete { at_ms, .. } | Finished::Failed { at_ms, .. } => *at_ms,
-        }
-    }
-}
-
-/// One output file: NDJSON lines of one resource type, in memory.
-struct NdjsonFile {
-    /// `Observation-1.ndjson`, `error-1.ndjson`.
-    name: String,
-    resource_type: String,
-    lines: usize,
-    body: Vec<u8>,
-}
-
-impl Drop for NdjsonFile {
-    /// The body is PHI: overwrite it before the memory is given back.
-    fn drop(&mut self) {
-        self.body.fill(0);
-        std::hint::black_box(&self.body);
-    }
-}
-
-/// Appends `line` (one resource, no line break) to the last file of `files` when it is of
-/// `resource_type` and has room, else to a new file (`{prefix}-{n}.ndjson`).
-fn push_line(files: &mut Vec<NdjsonFile>, resource_type: &str, prefix: &str, line: &[u8], lines_max: usize) {
-    let fits = files.last().is_some_and(|f| f.resource_type == resource_type && f.lines < lines_max);
-    if !fits {
-        let n = files.iter().filter(|f| f.resource_type == resource_type).count() + 1;
-        files.push(NdjsonFile {
-            name: format!("{prefix}-{n}.ndjson"),
-            resource_type: resource_type.to_owned(),
-            lines: 0,
-            body: Vec::new(),
-        });
-    }
-    let file = files.last_mut().expect("a file was just ensured");
-    file.body.extend_from_slice(line);
-    file.body.push(b'\n');
-    file.lines += 1;
-}
-
-/// Why a kick-off cannot start a job now.
-#[derive(Debug, PartialEq, Eq)]
-enum Busy {
-    /// The client already has a job running.
-    ClientRunning,
-    /// The client holds [`JOBS_HELD_PER_CLIENT_MAX`] jobs.
-    ClientHolding,
-    /// [`JOBS_RUNNING_MAX`] jobs are running, or [`JOBS_HELD_MAX`] are held.
-    Node,
-}
-
-/// Why a job stopped writing output early.
-#[derive(Debug, PartialEq, Eq)]
-enum Full {
-    Job,
-    Node,
-}
-
-impl Job {
-    fn is_running(&self) -> bool {
-        self.finished.lock().expect("export job lock poisoned").is_none()
-    }
-
-    fn cancelled(&self) -> bool {
-        self.cancelled.load(Ordering::SeqCst)
-    }
-
-    fn set_progress(&self, progress: Progress) {
-        *self.progress.lock().expect("export job lock poisoned") = progress;
-    }
-
-    /// Counts `bytes` more output against this job's and the node's limits.
-    fn reserve(&self, bytes: usize) -> Result<(), Full> {
-        if self.reserved.load(Ordering::SeqCst).saturating_add(bytes) > JOB_BYTES_MAX {
-            return Err(Full::Job);
-        }
-        let before = self.budget.fetch_add(bytes, Ordering::SeqCst);
-        if before.saturating_add(bytes) > NODE_BYTES_MAX {
-            self.budget.fetch_sub(bytes, Ordering::SeqCst);
-            return Err(Full::Node);
-        }
-        self.reserved.fetch_add(bytes, Ordering::SeqCst);
-        Ok(())
-    }
-}
-
-impl Drop for Job {
-    fn drop(&mut self) {
-        self.budget.fetch_sub(*self.reserved.get_mut(), Ordering::SeqCst);
-    }
-}
-
-impl Jobs {
-    /// Starts a job for `owner` if the limits allow.
-    fn admit(&self, owner: IdentityId, request: String, base: String, now_ms: u64) -> Result<Arc<Job>, Busy> {
-        let mut held = self.held.lock().expect("export jobs lock poisoned");
-        sweep(&mut held, now_ms);
-        let mine: Vec<&Arc<Job>> = held.values().filter(|j| j.owner == owner).collect();
-        if mine.iter().any(|j| j.is_running()) {
-            return Err(Busy::ClientRunning);
-        }
-        if mine.len() >= JOBS_HELD_PER_CLIENT_MAX {
-            return Err(Busy::ClientHolding);
-        }
-        if held.len() >= JOBS_HELD_MAX || held.values().filter(|j| j.is_running()).count() >= JOBS_RUNNING_MAX {
-            return Err(Busy::Node);
-        }
-        let mut raw = [0u8; 16];
-        rand::fill(&mut raw);
-        let job = Arc::new(Job {
-            id: hex::encode(raw),
-            owner,
-            request,
-            base,
-            cancelled: AtomicBool::new(false),
-            progress: Mutex::new(Progress::default()),
-            finished: Mutex::new(None),
-            budget: self.bytes.clone(),
-            reserved: AtomicUsize::new(0),
-        });
-        held.insert(job.id.clone(), job.clone());
-        Ok(job)
-    }
-
-    /// `owner`'s job `id`, if it is held; anyone else's is not there.
-    fn get(&self, owner: &IdentityId, id: &str, now_ms: u64) -> Option<Arc<Job>> {
-        let mut held = self.held.lock().expect("export jobs lock poisoned");
-        sweep(&mut held, now_ms);
-        held.get(id).filter(|j| j.owner == *owner).cloned()
-    }
-
-    /// Cancels (if running) and discards `owner`'s job `id`; whether there was one.
-    fn remove(&self, owner: &IdentityId, id: &str, now_ms: u64) -> bool {
-        let mut held = self.held.lock().expect("export jobs lock poisoned");
-        sweep(&mut held, now_ms);
-        if held.get(id).is_none_or(|j| j.owner != *owner) {
-            return false;
-        }
-        if let Some(job) = held.remove(id) {
-            job.cancelled.store(true, Ordering::SeqCst);
-        }
-        true
-    }
-
-    /// Discards the jobs that finished [`JOB_TTL_MS`] ago or more.
-    fn expire(&self, now_ms: u64) {
-        sweep(&mut self.held.lock().expect("export jobs lock poisoned"), now_ms);
-    }
-
-    /// Bytes of output held by every job together.
-    #[cfg(test)]
-    fn bytes_held(&self) -> usize {
-        self.bytes.load(Ordering::SeqCst)
-    }
-}
-
-fn sweep(held: &mut HashMap<String, Arc<Job>>, now_ms: u64) {
-    held.retain(|_, job| {
-        job.finished
-            .lock()
-            .expect("export job lock poisoned")
-            .as_ref()
-            .is_none_or(|f| now_ms < f.at_ms().saturating_add(JOB_TTL_MS))
-    });
-}
 
 // ---- kick-off ----
 
@@ -603,15 +368,25 @@ async fn kick_off(
     let job = match app.exports.admit(grant.identity, request, base.clone(), now_ms()) {
         Ok(job) => job,
         Err(busy) => {
-            let why = match busy {
-                Busy::ClientRunning => "this client already has an export running; poll or delete it first",
-                Busy::ClientHolding => {
-                    "this client holds too many finished exports; DELETE their status URLs (or wait for them to expire)"
-                }
-                Busy::Node => "this node is running as many exports as it allows; retry later",
+            let (why, retry_after_s) = match busy {
+                Busy::IdentityRunning => (
+                    "this client already has an export running; poll or delete it first".to_owned(),
+                    RETRY_AFTER_POLL_S,
+                ),
+                Busy::IdentityHolding { retry_after_s } => (
+                    format!(
+                        "this client holds {} exports, its quota; DELETE their status URLs (or wait for them to expire)",
+                        app.exports.limits().held_per_identity_max
+                    ),
+                    retry_after_s,
+                ),
+                Busy::Node { retry_after_s } => (
+                    "this node is running or holding as many exports as it allows; retry later".to_owned(),
+                    retry_after_s,
+                ),
             };
             let mut response = FhirError::new(StatusCode::TOO_MANY_REQUESTS, IssueCode::Transient, why).into_response();
-            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_BUSY_S));
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after_s));
             return Ok(response);
         }
     };
@@ -620,17 +395,17 @@ async fn kick_off(
     let running = job.clone();
     tokio::spawn(async move {
         let worker = {
-            let job = running.clone();
-            tokio::task::spawn_blocking(move || run(&job, &chain, &service, &plan))
+            let (job, jobs) = (running.clone(), jobs.clone());
+            tokio::task::spawn_blocking(move || run(&jobs, &job, &chain, &service, &plan))
         };
         let finished = worker.await.unwrap_or_else(|_| Finished::Failed {
             at_ms: now_ms(),
             diagnostics: "the export task failed; start the export again".into(),
         });
-        *running.finished.lock().expect("export job lock poisoned") = Some(finished);
+        jobs.finish(&running, finished);
         drop(running);
         // Expired on time even if nobody asks about exports again.
-        tokio::time::sleep(std::time::Duration::from_millis(JOB_TTL_MS + 1_000)).await;
+        tokio::time::sleep(std::time::Duration::from_millis(jobs.limits().ttl_ms.saturating_add(1_000))).await;
         jobs.expire(now_ms());
     });
     let status_url = format!("{base}/fhir/$export-status/{}", job.id);
@@ -666,7 +441,7 @@ struct Candidate {
 }
 
 /// Runs a job to the end (or until cancelled), on a thread that may block.
-fn run(job: &Job, chain: &Chain, service: &RecordService, plan: &Plan) -> Finished {
+fn run(jobs: &Jobs, job: &Job, chain: &Chain, service: &RecordService, plan: &Plan) -> Finished {
     let cancelled = || Finished::Failed { at_ms: now_ms(), diagnostics: "the export was cancelled".into() };
     let requester = plan.grant.identity;
     // What there is at the finalized head, and that head's block time (the state first, so
@@ -735,21 +510,27 @@ fn run(job: &Job, chain: &Chain, service: &RecordService, plan: &Plan) -> Finish
         job.set_progress(Progress { exporting: true, done, total });
         let outcome = export_one(service, requester, plan.purpose, candidate);
         let written = match outcome {
-            Exported::Line(line) => job.reserve(line.len() + 1).map(|()| {
+            Exported::Line(line) => jobs.reserve(job, line.len() + 1, now_ms()).map(|()| {
                 push_line(&mut outputs, candidate.resource_type, candidate.resource_type, &line, FILE_LINES_MAX)
             }),
             Exported::Skipped => Ok(()),
             Exported::Error(issue) => {
                 let line = outcome_line("error", issue.0, &issue.1);
-                job.reserve(line.len() + 1)
+                jobs.reserve(job, line.len() + 1, now_ms())
                     .map(|()| push_line(&mut errors, "OperationOutcome", "error", line.as_bytes(), FILE_LINES_MAX))
             }
         };
         if let Err(full) = written {
+            let limits = jobs.limits();
             let why = match full {
                 Full::Job => {
-                    format!("the export reached this server's limit of {} MiB per export", JOB_BYTES_MAX >> 20)
+                    format!("the export reached this server's limit of {} MiB per export", limits.job_bytes_max >> 20)
                 }
+                Full::Identity => format!(
+                    "this client's exports hold {} MiB of output, its quota (DELETE the status URLs of exports \
+                     already downloaded)",
+                    limits.identity_bytes_max >> 20
+                ),
                 Full::Node => "this server holds as much export output as it allows (other exports)".to_owned(),
             };
             let diagnostics = format!(
@@ -870,7 +651,7 @@ pub(crate) async fn status(
             if let Ok(v) = HeaderValue::from_str(&text) {
                 response.headers_mut().insert("x-progress", v);
             }
-            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_POLL_S));
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_POLL_S));
             response
         }
         Some(Finished::Failed { diagnostics, .. }) => {
@@ -1036,92 +817,6 @@ mod tests {
         let lenient = parse_params(&p(&[("_typeFilter", "x"), ("_type", "Patient")]), true).unwrap();
         assert_eq!(lenient.ignored.len(), 1);
         assert!(parse_params(&p(&[("_type", "Banana")]), true).is_err(), "a bad value is an error even when lenient");
-    }
-
-    #[test]
-    fn files_split_at_the_line_limit_per_type() {
-        let mut files = Vec::new();
-        for (resource_type, n) in [("Patient", 1), ("Observation", 5)] {
-            for i in 0..n {
-                push_line(&mut files, resource_type, resource_type, format!("{{\"n\":{i}}}").as_bytes(), 2);
-            }
-        }
-        let names: Vec<(&str, usize)> = files.iter().map(|f| (f.name.as_str(), f.lines)).collect();
-        assert_eq!(
-            names,
-            [
-                ("Patient-1.ndjson", 1),
-                ("Observation-1.ndjson", 2),
-                ("Observation-2.ndjson", 2),
-                ("Observation-3.ndjson", 1)
-            ]
-        );
-        assert_eq!(files[1].body, b"{\"n\":0}\n{\"n\":1}\n");
-    }
-
-    #[test]
-    fn jobs_are_limited_per_client_and_per_node_and_expire() {
-        let jobs = Jobs::default();
-        let client = |n: u8| IdentityId([n; 32]);
-        let finish = |job: &Arc<Job>, at_ms: u64| {
-            *job.finished.lock().unwrap() = Some(Finished::Failed { at_ms, diagnostics: String::new() });
-        };
-        let first = jobs.admit(client(1), "r".into(), String::new(), 0).unwrap();
-        assert_eq!(jobs.admit(client(1), "r".into(), String::new(), 0).err(), Some(Busy::ClientRunning));
-        // Others cannot see it; the owner can.
-        assert!(jobs.get(&client(2), &first.id, 0).is_none());
-        assert!(jobs.get(&client(1), &first.id, 0).is_some());
-        finish(&first, 10);
-        for _ in 1..JOBS_HELD_PER_CLIENT_MAX {
-            let job = jobs.admit(client(1), "r".into(), String::new(), 10).unwrap();
-            finish(&job, 10);
-        }
-        assert_eq!(jobs.admit(client(1), "r".into(), String::new(), 10).err(), Some(Busy::ClientHolding));
-        // Node-wide: at most JOBS_RUNNING_MAX running.
-        let running: Vec<_> = (0..JOBS_RUNNING_MAX)
-            .map(|i| jobs.admit(client(10 + i as u8), "r".into(), String::new(), 10).unwrap())
-            .collect();
-        assert_eq!(jobs.admit(client(99), "r".into(), String::new(), 10).err(), Some(Busy::Node));
-        finish(&running[0], 10);
-        let late = jobs.admit(client(99), "r".into(), String::new(), 10).unwrap();
-        finish(&late, 10);
-        // An hour after finishing, a job is gone (and its client may start again).
-        assert!(jobs.get(&client(1), &first.id, 10 + JOB_TTL_MS - 1).is_some());
-        assert!(jobs.get(&client(1), &first.id, 10 + JOB_TTL_MS).is_none());
-        assert!(jobs.admit(client(1), "r".into(), String::new(), 10 + JOB_TTL_MS).is_ok());
-        // Deleting: only the owner, and then it is gone and cancelled.
-        let job = jobs.admit(client(50), "r".into(), String::new(), 10).err();
-        assert_eq!(job, Some(Busy::Node), "still four running");
-        assert!(!jobs.remove(&client(2), &running[1].id, 10));
-        assert!(jobs.remove(&client(11), &running[1].id, 10));
-        assert!(running[1].cancelled());
-        assert!(jobs.get(&client(11), &running[1].id, 10).is_none());
-    }
-
-    #[test]
-    fn output_bytes_are_bounded_per_job_and_released_with_it() {
-        let jobs = Jobs::default();
-        let job = jobs.admit(IdentityId([1; 32]), "r".into(), String::new(), 0).unwrap();
-        assert_eq!(job.reserve(JOB_BYTES_MAX - 10), Ok(()));
-        assert_eq!(job.reserve(11), Err(Full::Job));
-        assert_eq!(job.reserve(10), Ok(()));
-        assert_eq!(jobs.bytes_held(), JOB_BYTES_MAX);
-        assert!(jobs.remove(&IdentityId([1; 32]), &job.id, 0));
-        drop(job);
-        assert_eq!(jobs.bytes_held(), 0);
-        // Node-wide: the sum of every job's output.
-        let held: Vec<_> = (0..NODE_BYTES_MAX / JOB_BYTES_MAX)
-            .map(|i| {
-                let job = jobs.admit(IdentityId([10 + i as u8; 32]), "r".into(), String::new(), 0).unwrap();
-                job.reserve(JOB_BYTES_MAX).unwrap();
-                job
-            })
-            .collect();
-        let last = {
-            *held[0].finished.lock().unwrap() = Some(Finished::Failed { at_ms: 0, diagnostics: String::new() });
-            jobs.admit(IdentityId([99; 32]), "r".into(), String::new(), 0).unwrap()
-        };
-        assert_eq!(last.reserve(1), Err(Full::Node));
     }
 
     #[test]

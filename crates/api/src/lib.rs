@@ -9,8 +9,9 @@
 //! whose calls run on the blocking pool so that no lock guard is held across an `.await`.
 //! Error messages name fields and ids, never record contents.
 //!
-//! API boundary: [`router`] and [`serve`] (with [`Services`] and its [`HttpLimits`]), the
-//! endpoints below, and [`ApiError`].
+//! API boundary: [`router`] and [`serve`] (with [`Services`] and its [`HttpLimits`],
+//! [`auth::NonceLimits`], [`smart::TokenLimits`] and [`ExportLimits`]), the endpoints below,
+//! and [`ApiError`].
 //!
 //! | Method and path                                   | Answer                                           |
 //! |---------------------------------------------------|--------------------------------------------------|
@@ -42,8 +43,10 @@
 //! record the caller may not see: answered exactly as an unknown one, see `existence.rs`),
 //! 405 wrong method, 408 body not received within the body timeout, 409 transaction already
 //! committed, 413 body over [`limits::HTTP_BODY_BYTES_MAX`], 415 unsupported content type,
-//! 503 mempool full, node halted, more than [`CONCURRENT_REQUESTS_MAX`] requests in flight, or
-//! a client over its connection or body-buffer share (with `Retry-After`), 500 node faults only.
+//! 429 an identity over one of its own quotas (below; with `Retry-After`), 503 mempool full,
+//! node halted, more than [`CONCURRENT_REQUESTS_MAX`] requests in flight, a node-wide quota
+//! reached, or a client over its connection or body-buffer share (with `Retry-After`), 500 node
+//! faults only.
 //!
 //! Limits: request bodies are capped at [`limits::HTTP_BODY_BYTES_MAX`] (twice the largest
 //! transaction, so any transaction fits as raw bytes; hex in JSON doubles the size, so the
@@ -60,6 +63,29 @@
 //! at most `body_buffer_bytes_per_client_max` [64 MiB] of the `body_buffer_bytes_max` [512 MiB]
 //! of request bodies being received; beyond either it gets 503, so no one client can fill what
 //! the others need. Keep `connections_max` below the open-file limit.
+//!
+//! Per-identity quotas (an identity is the on-chain signer of a request or the holder of a
+//! bearer token): what one identity holds never evicts another's, past its own quota it alone
+//! gets 429 with `Retry-After` (in the route's error shape: `{"error":…}` on `/v1`, an OAuth
+//! error on `/auth/token`, an OperationOutcome on `/fhir`), and a node-wide cap only refuses
+//! new requests (503 with `Retry-After`; 429 on `$export`). Defaults in brackets:
+//! - Signed requests ([`auth::NonceLimits`] in [`Services::nonces`]): `per_identity_max`
+//!   [50,000] requests per identity in ten minutes (their nonces are remembered that long,
+//!   [`auth::NONCE_MEMORY_MS`], and never forgotten sooner); `remembered_max` [4,000,000]
+//!   nonces in all.
+//! - Bearer tokens ([`smart::TokenLimits`] of the [`smart::TokenStore`] in
+//!   [`Services::tokens`]): `tokens_per_identity_max` [16] live tokens per identity, a new one
+//!   replacing that identity's own oldest; `assertions_per_identity_max` [32] token requests per
+//!   identity in seven minutes ([`smart::ASSERTION_MEMORY_MS`], how long a `jti` is
+//!   remembered); `tokens_max` [100,000] live tokens and `assertions_max` [200,000] `jti`s in
+//!   all.
+//! - Bulk Data exports ([`ExportLimits`] in [`Services::exports`]): `held_per_identity_max` [2]
+//!   jobs per identity (running or finished, one running), `identity_bytes_max` [256 MiB] of
+//!   output per identity over its held jobs, `job_bytes_max` [256 MiB] per job; node-wide
+//!   `running_max` [4], `held_max` [256] jobs and `bytes_max` [1 GiB]. Output is kept `ttl_ms`
+//!   [1 h] after its job finished; when a node-wide cap is reached, finished jobs of identities
+//!   holding more than their fair share (the cap divided by the identities holding some) are
+//!   kept only `contended_ttl_ms` [10 min] after they finished.
 
 use std::{future::Future, sync::Arc};
 
@@ -83,6 +109,7 @@ mod fhir_bundle;
 mod fhir_consent;
 mod fhir_directory;
 mod fhir_export;
+mod fhir_export_jobs;
 mod fhir_search;
 mod patients;
 mod portal;
@@ -90,9 +117,11 @@ mod records;
 mod routes;
 mod server;
 pub mod smart;
+mod tokens;
 mod write_checks;
 
 pub use error::{ApiError, ErrorBody, ErrorDetail};
+pub use fhir_export::ExportLimits;
 
 /// Most requests handled at once; more are refused with 503 rather than queued, so a flood
 /// cannot grow memory or starve the blocking pool that chain calls run on.
@@ -125,6 +154,10 @@ pub struct Services {
     pub public_bases: Vec<String>,
     /// Timeouts and per-client limits of the HTTP server.
     pub http: HttpLimits,
+    /// Per-identity and node-wide quotas of signed requests' nonces.
+    pub nonces: auth::NonceLimits,
+    /// Per-identity and node-wide quotas of Bulk Data export jobs.
+    pub exports: ExportLimits,
 }
 
 impl Default for Services {
@@ -135,6 +168,8 @@ impl Default for Services {
             fhir_commit_wait_ms: FHIR_COMMIT_WAIT_MS,
             public_bases: Vec::new(),
             http: HttpLimits::default(),
+            nonces: auth::NonceLimits::default(),
+            exports: ExportLimits::default(),
         }
     }
 }
@@ -217,15 +252,15 @@ pub fn router_with(chain: Arc<Chain>, records: Option<Arc<RecordService>>) -> Ro
 /// The API's routes over `chain` and `services`.
 pub fn router_for(chain: Arc<Chain>, services: Services) -> Router {
     let chain_id = chain.genesis().chain_id();
-    let Services { records, tokens, fhir_commit_wait_ms, public_bases, http } = services;
+    let Services { records, tokens, fhir_commit_wait_ms, public_bases, http, nonces, exports } = services;
     let app = routes::AppState {
         chain,
         chain_id,
         records,
-        auth: Arc::new(auth::Authenticator::default()),
+        auth: Arc::new(auth::Authenticator::new(nonces)),
         tokens,
         search: Arc::default(),
-        exports: Arc::default(),
+        exports: Arc::new(fhir_export::Jobs::new(exports)),
         fhir_commit_wait_ms,
         public_bases: Arc::new(
             public_bases

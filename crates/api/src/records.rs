@@ -37,7 +37,15 @@ pub(crate) async fn authenticated(app: &AppState, request: Request) -> Result<(I
     })
     .await
     .map_err(|_| ApiError::Internal("authentication task failed".into()))?
-    .map_err(|e| ApiError::Unauthorized(e.to_string()))?;
+    .map_err(|e| match e {
+        crate::auth::AuthError::TooMany { retry_after_s, .. } => {
+            ApiError::TooManyRequests { message: e.to_string(), retry_after_s }
+        }
+        crate::auth::AuthError::Saturated { retry_after_s } => {
+            ApiError::Saturated { message: e.to_string(), retry_after_s }
+        }
+        _ => ApiError::Unauthorized(e.to_string()),
+    })?;
     Ok((id, body))
 }
 

@@ -9,13 +9,11 @@
 //! or system client `system/…`. Validators get no tokens.
 //!
 //! Tokens are random 256-bit values kept (as their SHA-256) in memory only: a restart logs
-//! every client out, which is the safe failure for short-lived credentials.
+//! every client out, which is the safe failure for short-lived credentials. Each identity has
+//! its own quota of live tokens and of token requests (`tokens.rs`): one client's flood only
+//! ever replaces its own tokens, and is refused with 429 (`slow_down`) past its quota.
 
-use std::{
-    collections::{HashMap, VecDeque},
-    fmt,
-    sync::Mutex,
-};
+use std::{collections::HashMap, fmt};
 
 use axum::{
     Json,
@@ -24,11 +22,18 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use base64::Engine as _;
-use medledger_crypto::{PublicKey, Signature, sha256};
-use medledger_types::{Hash, IdentityId, Role, TimestampMs};
+use medledger_crypto::{PublicKey, Signature};
+use medledger_types::{IdentityId, Role, TimestampMs};
 use serde_json::{Value, json};
 
-use crate::routes::{AppState, now_ms};
+pub use crate::tokens::{
+    ASSERTION_MEMORY_MS, ASSERTIONS_MAX, ASSERTIONS_PER_IDENTITY_MAX, TOKENS_MAX, TOKENS_PER_IDENTITY_MAX, TokenLimits,
+    TokenStore,
+};
+use crate::{
+    routes::{AppState, now_ms},
+    tokens::Refusal,
+};
 
 /// Lifetime of an access token.
 pub const TOKEN_TTL_MS: u64 = 5 * 60 * 1000;
@@ -36,8 +41,6 @@ pub const TOKEN_TTL_MS: u64 = 5 * 60 * 1000;
 pub const ASSERTION_LIFETIME_MAX_MS: u64 = 5 * 60 * 1000;
 /// Tolerated clock difference for `exp`/`nbf`/`iat`.
 pub const ASSERTION_SKEW_MS: u64 = 60 * 1000;
-/// Tokens held at once; beyond it, the oldest are dropped (their holders ask again).
-pub const TOKENS_HELD_MAX: usize = 100_000;
 /// Longest client assertion accepted, in bytes.
 pub const ASSERTION_BYTES_MAX: usize = 8 * 1024;
 /// Most scopes in one request.
@@ -187,146 +190,46 @@ impl Grant {
     }
 }
 
-#[derive(Default)]
-struct Held {
-    by_hash: HashMap<Hash, Grant>,
-    /// Issue order, for dropping the oldest when full.
-    order: VecDeque<Hash>,
-    /// Each client's live tokens in issue order, so one client's flood only evicts its own.
-    by_client: HashMap<IdentityId, VecDeque<Hash>>,
-    /// Assertion ids seen (`iss` + `jti`), with their expiry, so an assertion is used once.
-    seen_assertions: HashMap<(IdentityId, String), TimestampMs>,
-    /// Assertion ids remembered per client, bounded like its tokens.
-    seen_per_client: HashMap<IdentityId, usize>,
-}
-
-/// Live tokens (and remembered assertion ids) per client: beyond it the client's oldest token
-/// is dropped, or its new assertions are refused until old ones expire. A client that needs
-/// more than this many tokens at once is misbehaving.
-pub const TOKENS_PER_CLIENT_MAX: usize = 64;
-
-/// Why an assertion id cannot be accepted.
-#[derive(Debug, PartialEq, Eq)]
-enum Unusable {
-    Replayed,
-    TooMany,
-}
-
-/// Issued bearer tokens, in memory.
-#[derive(Default)]
-pub struct TokenStore {
-    held: Mutex<Held>,
-}
-
-impl TokenStore {
-    /// Issues a token for `grant`; returns the token text (shown once, never stored).
-    pub fn issue(&self, grant: Grant) -> String {
-        let mut raw = [0u8; 32];
-        rand::fill(&mut raw);
-        let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw);
-        let hash = sha256(token.as_bytes());
-        let mut held = self.held.lock().expect("token lock poisoned");
-        let client = grant.identity;
-        // This client's oldest token goes first when it holds too many.
-        let own = held.by_client.entry(client).or_default();
-        let mut evicted = Vec::new();
-        while own.len() >= TOKENS_PER_CLIENT_MAX {
-            evicted.extend(own.pop_front());
-        }
-        for old in evicted {
-            held.by_hash.remove(&old);
-        }
-        // The store as a whole stays bounded too (its order list may name evicted tokens).
-        while held.by_hash.len() >= TOKENS_HELD_MAX {
-            match held.order.pop_front() {
-                Some(old) => {
-                    if let Some(g) = held.by_hash.remove(&old)
-                        && let Some(list) = held.by_client.get_mut(&g.identity)
-                    {
-                        list.retain(|h| *h != old);
-                    }
-                }
-                None => break,
-            }
-        }
-        // The issue order also names tokens evicted per client; compact it now and then (not
-        // on every issue: that would cost a pass over every token) so it stays bounded.
-        if held.order.len() > 2 * held.by_hash.len() + 1024 {
-            let live: std::collections::HashSet<Hash> = held.by_hash.keys().copied().collect();
-            held.order.retain(|h| live.contains(h));
-        }
-        held.by_hash.insert(hash, grant);
-        held.order.push_back(hash);
-        held.by_client.entry(client).or_default().push_back(hash);
-        token
-    }
-
-    /// The grant behind `token`, if it is known and not expired at `now_ms`. Whether its
-    /// identity still holds the key it was issued under is the caller's to check against the
-    /// chain ([`Grant::is_current`]); the API does so on every request.
-    pub fn lookup(&self, token: &str, now_ms: TimestampMs) -> Option<Grant> {
-        let hash = sha256(token.as_bytes());
-        let held = self.held.lock().expect("token lock poisoned");
-        held.by_hash.get(&hash).filter(|g| now_ms < g.expires_ms).cloned()
-    }
-
-    /// Forgets `token` (its identity rotated its key since it was issued).
-    pub fn revoke(&self, token: &str) {
-        let hash = sha256(token.as_bytes());
-        let mut held = self.held.lock().expect("token lock poisoned");
-        if let Some(grant) = held.by_hash.remove(&hash)
-            && let Some(list) = held.by_client.get_mut(&grant.identity)
-        {
-            list.retain(|h| *h != hash);
-        }
-    }
-
-    /// Records assertion `jti` of `issuer` as used until `expires_ms`; false if it was seen.
-    fn first_use(
-        &self,
-        issuer: IdentityId,
-        jti: &str,
-        expires_ms: TimestampMs,
-        now_ms: TimestampMs,
-    ) -> Result<(), Unusable> {
-        let mut held = self.held.lock().expect("token lock poisoned");
-        if held.seen_assertions.contains_key(&(issuer, jti.to_owned())) {
-            return Err(Unusable::Replayed);
-        }
-        let full = held.seen_assertions.len() >= TOKENS_HELD_MAX
-            || held.seen_per_client.get(&issuer).copied().unwrap_or(0) >= TOKENS_PER_CLIENT_MAX;
-        if full {
-            // Forget expired assertion ids (they can no longer be replayed), then recount.
-            held.seen_assertions.retain(|_, exp| exp.saturating_add(ASSERTION_SKEW_MS) > now_ms);
-            let mut counts: HashMap<IdentityId, usize> = HashMap::new();
-            for (client, _) in held.seen_assertions.keys() {
-                *counts.entry(*client).or_default() += 1;
-            }
-            held.seen_per_client = counts;
-            if held.seen_assertions.len() >= TOKENS_HELD_MAX
-                || held.seen_per_client.get(&issuer).copied().unwrap_or(0) >= TOKENS_PER_CLIENT_MAX
-            {
-                return Err(Unusable::TooMany);
-            }
-        }
-        held.seen_assertions.insert((issuer, jti.to_owned()), expires_ms);
-        *held.seen_per_client.entry(issuer).or_default() += 1;
-        Ok(())
-    }
-}
-
 /// An OAuth 2.0 error response (RFC 6749 §5.2).
 #[derive(Debug)]
 pub struct OAuthError {
     status: StatusCode,
     code: &'static str,
     description: String,
+    /// `Retry-After` (seconds) of a refusal that passes with time.
+    retry_after_s: Option<u64>,
 }
 
 impl OAuthError {
     fn new(code: &'static str, description: impl Into<String>) -> Self {
         let status = if code == "invalid_client" { StatusCode::UNAUTHORIZED } else { StatusCode::BAD_REQUEST };
-        Self { status, code, description: description.into() }
+        Self { status, code, description: description.into(), retry_after_s: None }
+    }
+
+    /// The token store's refusal of an otherwise valid request.
+    fn refused(refusal: Refusal, limits: &TokenLimits) -> Self {
+        let (status, code, description, retry_after_s) = match refusal {
+            Refusal::Replayed => return Self::new("invalid_client", "this client_assertion (jti) was already used"),
+            Refusal::IdentityQuota { retry_after_s } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "slow_down",
+                format!(
+                    "this client made {} token requests in the last {} minutes, its quota; reuse a token you hold \
+                     (each lasts {} minutes) or retry in {retry_after_s} s",
+                    limits.assertions_per_identity_max,
+                    ASSERTION_MEMORY_MS / 60_000,
+                    TOKEN_TTL_MS / 60_000
+                ),
+                retry_after_s,
+            ),
+            Refusal::NodeFull { retry_after_s } => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "temporarily_unavailable",
+                format!("this server holds as many tokens as it can; retry in {retry_after_s} s"),
+                retry_after_s,
+            ),
+        };
+        Self { status, code, description, retry_after_s: Some(retry_after_s) }
     }
 }
 
@@ -335,6 +238,9 @@ impl IntoResponse for OAuthError {
         let mut response =
             (self.status, Json(json!({"error": self.code, "error_description": self.description}))).into_response();
         no_store(response.headers_mut());
+        if let Some(seconds) = self.retry_after_s {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
         response
     }
 }
@@ -353,7 +259,6 @@ pub fn supported_resource_type(name: &str) -> bool {
 struct Assertion {
     issuer: IdentityId,
     jti: String,
-    expires_ms: TimestampMs,
 }
 
 fn b64(part: &str, what: &'static str) -> Result<Vec<u8>, OAuthError> {
@@ -433,7 +338,7 @@ fn verify_assertion(
     let signed = format!("{h}.{p}");
     key.verify(signed.as_bytes(), &Signature(signature))
         .map_err(|_| invalid("client_assertion signature does not verify under the client's key"))?;
-    Ok((Assertion { issuer, jti: jti.to_owned(), expires_ms }, role, key))
+    Ok((Assertion { issuer, jti: jti.to_owned() }, role, key))
 }
 
 /// The scope context an identity's role may hold.
@@ -509,26 +414,13 @@ pub(crate) async fn token(
             format!("an identity with this role may hold only {}/… scopes", context.as_str()),
         ));
     }
-    match app.tokens.first_use(assertion.issuer, &assertion.jti, assertion.expires_ms, now) {
-        Ok(()) => {}
-        Err(Unusable::Replayed) => {
-            return Err(OAuthError::new("invalid_client", "this client_assertion (jti) was already used"));
-        }
-        Err(Unusable::TooMany) => {
-            return Err(OAuthError::new(
-                "invalid_request",
-                format!("more than {TOKENS_PER_CLIENT_MAX} assertions from this client in five minutes; retry later"),
-            ));
-        }
-    }
     let scope_line = granted.iter().map(ToString::to_string).collect::<Vec<_>>().join(" ");
-    let token = app.tokens.issue(Grant {
-        identity: assertion.issuer,
-        role,
-        signing_key,
-        scopes: granted,
-        expires_ms: now + TOKEN_TTL_MS,
-    });
+    let grant =
+        Grant { identity: assertion.issuer, role, signing_key, scopes: granted, expires_ms: now + TOKEN_TTL_MS };
+    let token = app
+        .tokens
+        .redeem(&assertion.jti, grant, now)
+        .map_err(|refusal| OAuthError::refused(refusal, app.tokens.limits()))?;
     let mut response = Json(json!({
         "access_token": token,
         "token_type": "bearer",
@@ -620,51 +512,5 @@ mod tests {
         assert!(!grant.allows("Condition", interactions::READ));
         assert!(grant.allows("Condition", interactions::CREATE));
         assert!(!grant.allows("Observation", interactions::DELETE));
-    }
-
-    #[test]
-    fn tokens_expire_and_unknown_tokens_are_refused() {
-        let store = TokenStore::default();
-        let grant = Grant {
-            identity: IdentityId::default(),
-            role: Role::Patient,
-            signing_key: PublicKey([0; 32]),
-            scopes: vec![],
-            expires_ms: 100,
-        };
-        let token = store.issue(grant.clone());
-        assert_eq!(store.lookup(&token, 99), Some(grant));
-        assert_eq!(store.lookup(&token, 100), None);
-        assert_eq!(store.lookup("not-a-token", 0), None);
-        assert_eq!(store.first_use(IdentityId::default(), "a", 1000, 0), Ok(()));
-        assert_eq!(store.first_use(IdentityId::default(), "a", 1000, 0), Err(Unusable::Replayed));
-    }
-
-    #[test]
-    fn one_client_cannot_crowd_out_the_others() {
-        let store = TokenStore::default();
-        let (flooder, other) = (IdentityId([1; 32]), IdentityId([2; 32]));
-        let grant = |identity| Grant {
-            identity,
-            role: Role::SystemClient,
-            signing_key: PublicKey([0; 32]),
-            scopes: vec![],
-            expires_ms: 1_000,
-        };
-        let kept = store.issue(grant(other));
-        let first_flood = store.issue(grant(flooder));
-        for _ in 0..10 * TOKENS_PER_CLIENT_MAX {
-            store.issue(grant(flooder));
-        }
-        assert!(store.lookup(&kept, 0).is_some(), "another client's token survives the flood");
-        assert!(store.lookup(&first_flood, 0).is_none(), "the flooder's oldest tokens went first");
-        // Assertion ids: bounded per client, with a clear error; others are not affected.
-        for i in 0..TOKENS_PER_CLIENT_MAX {
-            assert_eq!(store.first_use(flooder, &format!("j{i}"), 1_000_000, 0), Ok(()));
-        }
-        assert_eq!(store.first_use(flooder, "one-more", 1_000_000, 0), Err(Unusable::TooMany));
-        assert_eq!(store.first_use(other, "fine", 1_000_000, 0), Ok(()));
-        // Once they expire, the flooder may assert again.
-        assert_eq!(store.first_use(flooder, "later", 2_000_000, 1_000_000 + ASSERTION_SKEW_MS + 1), Ok(()));
     }
 }
