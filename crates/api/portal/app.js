@@ -1,5 +1,7 @@
 // The portal's page logic: reads the node's public, unsigned JSON endpoints and checks the
-// log's proofs in the browser with rfc6962.js.
+// log's proofs in the browser with rfc6962.js. Those endpoints give block headers, transaction
+// ids and positions, never what a transaction does or who signed it (health metadata about
+// pseudonymous patients, shown to consortium members only), and the page needs no more.
 //
 // Two rules keep the page honest:
 // - Everything the node returns is rendered with textContent, never parsed as HTML, so no
@@ -306,10 +308,7 @@ async function showBlock(height) {
       {},
       el("td", { class: "num" }, String(i)),
       el("td", { class: "num" }, String(first + i)),
-      el("td", {}, tx.kind),
       el("td", {}, hashView(tx.tx_id)),
-      el("td", {}, el("code", { class: "hash", title: tx.signer }, short(tx.signer))),
-      el("td", { class: "num" }, String(tx.nonce)),
       el("td", {}, el(
           "button",
           { type: "button", "aria-label": `Prove transaction ${i} is in the log`, onclick: () => checkTx(tx.tx_id) },
@@ -346,7 +345,7 @@ async function showBlock(height) {
               el(
                 "tr",
                 {},
-                ["#", "Log index", "Kind", "Transaction id", "Signer", "Nonce", ""].map((h) =>
+                ["#", "Log index", "Transaction id", ""].map((h) =>
                   el("th", { scope: "col" }, h),
                 ),
               ),
@@ -354,6 +353,7 @@ async function showBlock(height) {
             el("tbody", {}, txRows),
           ),
         ),
+    block.transactions.length === 0 ? null : membersOnly(),
     el("button", { type: "button", class: "secondary", onclick: hideBlock }, "Close"),
   );
   detail.focus();
@@ -364,6 +364,15 @@ function hideBlock() {
   state.shownBlock = null;
   $("block-detail").hidden = true;
   if (state.lastHead) refreshBlocks(state.lastHead).then(() => focusBlockButton(shown));
+}
+
+/** Why the page shows ids and positions only. */
+function membersOnly() {
+  return el(
+    "p",
+    { class: "muted" },
+    "What a transaction does and who signed it are shown to consortium members only: they describe pseudonymous patients' care. The id is all a proof needs.",
+  );
 }
 
 function fact(label, ...values) {
@@ -405,14 +414,12 @@ async function lookupTx() {
     return;
   }
   facts.push(
-    fact("Kind", tx.kind),
     fact("Block", String(tx.height)),
     fact("Position in block", String(tx.index)),
     fact("Log index", String(tx.log_index)),
-    fact("Signer", hashView(tx.signer)),
   );
   const proofOut = el("div", {}, note("Checking the inclusion proof…"));
-  setContent(out, el("dl", { class: "facts" }, facts), proofOut);
+  setContent(out, el("dl", { class: "facts" }, facts), membersOnly(), proofOut);
   setContent(proofOut, await proveInclusion(id, tx.log_index));
 }
 

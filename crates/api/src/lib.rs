@@ -22,10 +22,10 @@
 //! | `GET /v1/checkpoint`                              | C2SP signed checkpoint note (`text/plain`)       |
 //! | `GET /v1/checkpoint/key`                          | the note's verifier key (`text/plain`)           |
 //! | `POST /v1/transactions`                           | raw canonical bytes (`application/octet-stream`) or `{"tx":"<hex>"}`; 202 `{"tx_id","status":"pending"}` |
-//! | `GET /v1/transactions/{id}`                       | pending / committed (height, index, log index, kind, signer) / rejected (reason); 404 when unknown |
-//! | `GET /v1/blocks/{height}`                         | header fields and transaction summaries          |
-//! | `GET /v1/blocks/{height}/raw`                     | canonical block bytes                            |
-//! | `GET /v1/identities/{id}`                         | role, name, organisation, keys, next nonce       |
+//! | `GET /v1/transactions/{id}`                       | pending / committed (height, index, log index; signed by a member or the transaction's signer: kind, signer) / rejected (reason); 404 when unknown |
+//! | `GET /v1/blocks/{height}`                         | header fields and transaction ids; signed by a member: each transaction's kind, signer and nonce (the signer: its own) |
+//! | `GET /v1/blocks/{height}/raw`                     | signed, members only: canonical block bytes (401 unsigned, 403 `not-a-member`) |
+//! | `GET /v1/identities/{id}`                         | role, name, organisation, keys, next nonce; a patient's only signed by the patient or a member (404 as unknown otherwise) |
 //! | `POST /v1/records?patient=<id>[&record=<id>]`     | signed; FHIR JSON body, checked as `POST /fhir/{type}` checks it → 201 record id, version, tx id |
 //! | `GET /v1/records/{id}[?version=N][&purpose=P]`    | signed; the FHIR resource as written, or (consent refusing) the 404 of an unknown record |
 //! | `GET /v1/records/{id}/history[?purpose=P]`       | signed; the record's versions (tx id, author), for whoever may read it (404 otherwise) |
@@ -39,7 +39,16 @@
 //! | `GET /`                                           | the portal: a static, read-only ledger explorer (`portal.rs`); `/portal` redirects to it |
 //! | `GET /portal/{app.js,rfc6962.js,style.css}`       | the portal's script modules and stylesheet       |
 //!
-//! Statuses: 400 malformed input or invalid transaction, 404 unknown resource or route (and a
+//! What is public: block headers, transaction ids and positions, proofs, checkpoints, head,
+//! health, metrics, and identities other than patients. What a transaction does and who
+//! signed it (health metadata about pseudonymous patients) only consortium members see, in a
+//! request signed by an organisation or a validator, and a transaction's own signer for that
+//! transaction (`visibility.rs`). The ledger endpoints take an optional signature; without one
+//! they answer the public view.
+//!
+//! Statuses: 400 malformed input or invalid transaction, 401 a signature missing where one is
+//! required or not verifying, 403 signed but not allowed (with a machine-readable `reason`),
+//! 404 unknown resource or route (and a
 //! record the caller may not see: answered exactly as an unknown one, see `existence.rs`),
 //! 405 wrong method, 408 body not received within the body timeout, 409 transaction already
 //! committed, 413 body over [`limits::HTTP_BODY_BYTES_MAX`], 415 unsupported content type,
@@ -118,6 +127,7 @@ mod routes;
 mod server;
 pub mod smart;
 mod tokens;
+mod visibility;
 mod write_checks;
 
 pub use error::{ApiError, ErrorBody, ErrorDetail};

@@ -4,7 +4,9 @@
 //! in and served byte for byte; nothing from the chain, the configuration or the request is
 //! written into them, so the server side of the portal can reveal nothing. The page itself
 //! reads only the public, unsigned JSON endpoints (head, health, blocks, transactions, proofs,
-//! checkpoint), the same any client can call, and checks inclusion and consistency proofs in
+//! checkpoint), the same any client can call, which give block headers and transaction ids and
+//! positions but not what a transaction does or who signed it (`visibility.rs`), and checks
+//! inclusion and consistency proofs in
 //! the browser (`portal/rfc6962.js`, tested against the RFC 6962 vectors by
 //! `tests/portal.rs`). It never calls the signed record or patient endpoints.
 //!

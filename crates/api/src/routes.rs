@@ -23,10 +23,13 @@ use medledger_node::{
     NodeError,
     chain::{Chain, TxStatus},
 };
-use medledger_types::{Hash, Height, IdentityId, TxId, limits};
+use medledger_types::{Hash, Height, IdentityId, Role, TxId, limits};
 use serde::{Deserialize, Serialize};
 
-use crate::error::{ApiError, echo};
+use crate::{
+    error::{ApiError, echo},
+    visibility::{Viewer, caller},
+};
 
 #[derive(Clone)]
 pub(crate) struct AppState {
@@ -327,7 +330,9 @@ impl TxView {
     }
 }
 
-fn tx_view(chain: &Chain, id: TxId) -> Result<TxView, ApiError> {
+/// A transaction's status as `viewer` may see it: where a committed one is, for anyone; what
+/// it does and who signed it, for members and its signer only (`visibility.rs`).
+fn tx_view(chain: &Chain, id: TxId, viewer: Viewer) -> Result<TxView, ApiError> {
     Ok(match chain.tx_status(&id)? {
         TxStatus::Pending => TxView::new(&id, "pending"),
         TxStatus::Rejected { reason } => TxView { reason: Some(reason), ..TxView::new(&id, "rejected") },
@@ -338,12 +343,14 @@ fn tx_view(chain: &Chain, id: TxId) -> Result<TxView, ApiError> {
             let tx = block.txs.get(index as usize).filter(|tx| tx.id() == id).ok_or_else(|| {
                 NodeError::Corrupt(format!("transaction index points at the wrong place in block {height}"))
             })?;
+            let body = tx.body();
+            let details = viewer.sees_details_signed_by(&body.signer);
             TxView {
                 height: Some(height),
                 index: Some(index),
                 log_index: Some(log_index),
-                kind: Some(tx.body().payload.kind()),
-                signer: Some(tx.body().signer.to_hex()),
+                kind: details.then(|| body.payload.kind()),
+                signer: details.then(|| body.signer.to_hex()),
                 ..TxView::new(&id, "committed")
             }
         }
@@ -353,28 +360,41 @@ fn tx_view(chain: &Chain, id: TxId) -> Result<TxView, ApiError> {
 pub(crate) async fn transaction(
     State(app): State<AppState>,
     id: Result<Path<String>, axum::extract::rejection::PathRejection>,
+    request: Request,
 ) -> Result<Response, ApiError> {
     let Path(id) = id?;
     let id = parse_tx_id(&id)?;
-    let view = on_chain(&app.chain, move |c| tx_view(c, id)).await?;
+    let caller = caller(&app, request).await?;
+    let view = on_chain(&app.chain, move |c| tx_view(c, id, Viewer::of(c, caller))).await?;
     let status = if view.status == "unknown" { StatusCode::NOT_FOUND } else { StatusCode::OK };
     Ok((status, Json(view)).into_response())
 }
 
 // ---- blocks ----
 
+/// A transaction in a block: its id (the log's leaf hash) for anyone; what it is, who signed it
+/// and with which nonce for members and its signer only.
 #[derive(Serialize)]
 pub(crate) struct BlockTxView {
     tx_id: String,
-    kind: &'static str,
-    signer: String,
-    nonce: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kind: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    signer: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    nonce: Option<u64>,
 }
 
-impl From<&Transaction> for BlockTxView {
-    fn from(tx: &Transaction) -> Self {
+impl BlockTxView {
+    fn new(tx: &Transaction, viewer: Viewer) -> Self {
         let body = tx.body();
-        Self { tx_id: tx.id().to_hex(), kind: body.payload.kind(), signer: body.signer.to_hex(), nonce: body.nonce }
+        let details = viewer.sees_details_signed_by(&body.signer);
+        Self {
+            tx_id: tx.id().to_hex(),
+            kind: details.then(|| body.payload.kind()),
+            signer: details.then(|| body.signer.to_hex()),
+            nonce: details.then_some(body.nonce),
+        }
     }
 }
 
@@ -392,8 +412,9 @@ pub(crate) struct BlockView {
     transactions: Vec<BlockTxView>,
 }
 
-impl From<&Block> for BlockView {
-    fn from(block: &Block) -> Self {
+impl BlockView {
+    /// `block`'s header, and its transactions as `viewer` may see them.
+    fn new(block: &Block, viewer: Viewer) -> Self {
         let h = &block.header;
         Self {
             height: h.height,
@@ -405,7 +426,7 @@ impl From<&Block> for BlockView {
             txs_root: h.txs_root.to_hex(),
             log_size: h.log_size,
             log_root: h.log_root.to_hex(),
-            transactions: block.txs.iter().map(BlockTxView::from).collect(),
+            transactions: block.txs.iter().map(|tx| BlockTxView::new(tx, viewer)).collect(),
         }
     }
 }
@@ -417,23 +438,42 @@ fn no_block(height: Height) -> ApiError {
 pub(crate) async fn block(
     State(app): State<AppState>,
     height: Result<Path<String>, axum::extract::rejection::PathRejection>,
+    request: Request,
 ) -> Result<Json<BlockView>, ApiError> {
     let Path(height) = height?;
     let height = parse_height(&height)?;
+    let caller = caller(&app, request).await?;
     on_chain(&app.chain, move |c| {
+        let viewer = Viewer::of(c, caller);
         let block = c.block(height)?.ok_or_else(|| no_block(height))?;
-        Ok(Json(BlockView::from(&block)))
+        Ok(Json(BlockView::new(&block, viewer)))
     })
     .await
 }
 
+/// Canonical block bytes: every field of every transaction, so for consortium members only
+/// (`visibility.rs`); `GET /v1/blocks/{height}` is the public view.
 pub(crate) async fn block_raw(
     State(app): State<AppState>,
     height: Result<Path<String>, axum::extract::rejection::PathRejection>,
+    request: Request,
 ) -> Result<Response, ApiError> {
     let Path(height) = height?;
     let height = parse_height(&height)?;
+    let Some(caller) = caller(&app, request).await? else {
+        return Err(ApiError::Unauthorized(format!(
+            "raw blocks are for consortium members: sign the request ({}) as an organisation or a validator; \
+             GET /v1/blocks/{height} is public",
+            crate::auth::SCHEME
+        )));
+    };
     let bytes = on_chain(&app.chain, move |c| {
+        if !Viewer::of(c, Some(caller)).is_member() {
+            return Err(ApiError::Forbidden {
+                reason: "not-a-member",
+                message: "raw blocks are for consortium members (organisations and validators)".into(),
+            });
+        }
         c.store().block_bytes(height).map_err(NodeError::from)?.ok_or_else(|| no_block(height))
     })
     .await?;
@@ -474,15 +514,24 @@ impl From<&Identity> for IdentityView {
     }
 }
 
+/// An identity. A patient's is shown only to the patient and to members; to anyone else it
+/// answers exactly as an unknown id (`visibility.rs`).
 pub(crate) async fn identity(
     State(app): State<AppState>,
     id: Result<Path<String>, axum::extract::rejection::PathRejection>,
+    request: Request,
 ) -> Result<Json<IdentityView>, ApiError> {
     let Path(id) = id?;
     let id = parse_identity_id(&id)?;
+    let caller = caller(&app, request).await?;
     on_chain(&app.chain, move |c| {
+        let viewer = Viewer::of(c, caller);
         // The read guard lives only for this statement.
-        let view = c.state().identity(&id).map(IdentityView::from);
+        let view = c
+            .state()
+            .identity(&id)
+            .filter(|who| who.role != Role::Patient || viewer.is_member() || viewer.is(&who.id))
+            .map(IdentityView::from);
         view.map(Json).ok_or_else(|| ApiError::NotFound(format!("no identity {id}")))
     })
     .await

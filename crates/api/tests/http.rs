@@ -97,6 +97,12 @@ impl Node {
         http(self.addr, "GET", path, None, &[]).await
     }
 
+    /// A GET signed by `keys` (`medledger_api::auth`).
+    async fn get_signed(&self, keys: &Keypair, path: &str) -> Reply {
+        let auth = medledger_api::auth::authorization(keys, &keys.id(), "GET", path, b"", now_ms());
+        request(self.addr, "GET", path, None, Some(&auth), &[]).await
+    }
+
     async fn post(&self, path: &str, content_type: Option<&str>, body: &[u8]) -> Reply {
         http(self.addr, "POST", path, content_type, body).await
     }
@@ -162,6 +168,18 @@ impl Reply {
 /// One HTTP/1.1 request on a fresh connection. The request is written while the response is
 /// read, so a server answering early (413) cannot deadlock the client.
 async fn http(addr: SocketAddr, method: &str, path: &str, content_type: Option<&str>, body: &[u8]) -> Reply {
+    request(addr, method, path, content_type, None, body).await
+}
+
+/// [`http`] with an `Authorization` header.
+async fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    content_type: Option<&str>,
+    authorization: Option<&str>,
+    body: &[u8],
+) -> Reply {
     let exchange = async {
         let stream = TcpStream::connect(addr).await.unwrap();
         let (mut rd, mut wr) = stream.into_split();
@@ -171,6 +189,9 @@ async fn http(addr: SocketAddr, method: &str, path: &str, content_type: Option<&
         );
         if let Some(ct) = content_type {
             head.push_str(&format!("Content-Type: {ct}\r\n"));
+        }
+        if let Some(auth) = authorization {
+            head.push_str(&format!("Authorization: {auth}\r\n"));
         }
         head.push_str("\r\n");
         let mut request = head.into_bytes();
@@ -299,20 +320,23 @@ async fn submitted_transaction_commits_and_reports_status() {
     let block = node.commit();
     assert_eq!(block.txs.len(), 2);
     for (i, tx) in [&first, &second].into_iter().enumerate() {
-        let reply = node.get(&format!("/v1/transactions/{}", tx.id())).await;
+        // Anyone learns where it is; what it is and who signed it only its signer and members
+        // (here both) do.
+        let path = format!("/v1/transactions/{}", tx.id());
+        let public = serde_json::json!({
+            "tx_id": tx.id().to_hex(),
+            "status": "committed",
+            "height": 1,
+            "index": i,
+            "log_index": i,
+        });
+        let reply = node.get(&path).await;
         assert_eq!(reply.status, 200);
-        assert_eq!(
-            reply.json(),
-            serde_json::json!({
-                "tx_id": tx.id().to_hex(),
-                "status": "committed",
-                "height": 1,
-                "index": i,
-                "log_index": i,
-                "kind": "register-identity",
-                "signer": node.org().id().to_hex(),
-            })
-        );
+        assert_eq!(reply.json(), public);
+        let mut detailed = public;
+        detailed["kind"] = "register-identity".into();
+        detailed["signer"] = node.org().id().to_hex().into();
+        assert_eq!(node.get_signed(node.org(), &path).await.json(), detailed);
     }
     // Upper-case hex names the same transaction.
     let upper = node.get(&format!("/v1/transactions/{}", first.id().to_hex().to_uppercase())).await;
@@ -436,9 +460,14 @@ async fn blocks_by_height_json_and_raw_agree() {
     assert_eq!(hash(&v["txs_root"]), first.header.txs_root);
     assert_eq!(v["log_size"], 2);
     assert_eq!(hash(&v["log_root"]), first.header.log_root);
+    // The public view lists transaction ids; a member sees what each is, who signed it, its nonce.
     let listed = v["transactions"].as_array().unwrap();
     assert_eq!(listed.len(), 2);
     for (entry, tx) in listed.iter().zip(&txs) {
+        assert_eq!(entry, &serde_json::json!({"tx_id": tx.id().to_hex()}));
+    }
+    let v = node.get_signed(node.org(), "/v1/blocks/1").await.json();
+    for (entry, tx) in v["transactions"].as_array().unwrap().iter().zip(&txs) {
         assert_eq!(
             entry,
             &serde_json::json!({
@@ -452,7 +481,9 @@ async fn blocks_by_height_json_and_raw_agree() {
 
     for (height, block) in [(1, &first), (2, &second)] {
         let json = node.get(&format!("/v1/blocks/{height}")).await.json();
-        let raw = node.get(&format!("/v1/blocks/{height}/raw")).await;
+        // Raw blocks are for members only.
+        node.get(&format!("/v1/blocks/{height}/raw")).await.error(401);
+        let raw = node.get_signed(&node.net.validators[0], &format!("/v1/blocks/{height}/raw")).await;
         assert_eq!(raw.status, 200);
         assert_eq!(raw.header("content-type"), Some("application/octet-stream"));
         let decoded = Block::decode(&raw.body).unwrap();
@@ -496,11 +527,17 @@ async fn identities_are_looked_up_by_id() {
         })
     );
 
-    let v = node.get(&format!("/v1/identities/{}", patient.id())).await.json();
-    assert_eq!(v["role"], "patient");
-    assert_eq!(v["name"], "", "patient names never go on-chain");
-    assert!(v.get("organisation").is_none());
-    assert_eq!(v["next_nonce"], 0, "registered by its organisation: it has signed nothing yet");
+    // A patient's identity is the patient's and the members' business only.
+    let path = format!("/v1/identities/{}", patient.id());
+    let message = node.get(&path).await.error(404);
+    assert_eq!(message, format!("no identity {}", patient.id()));
+    for keys in [&patient, node.org()] {
+        let v = node.get_signed(keys, &path).await.json();
+        assert_eq!(v["role"], "patient");
+        assert_eq!(v["name"], "", "patient names never go on-chain");
+        assert!(v.get("organisation").is_none());
+        assert_eq!(v["next_nonce"], 0, "registered by its organisation: it has signed nothing yet");
+    }
 
     let v = node.get(&format!("/v1/identities/{org}")).await.json();
     assert_eq!((v["role"].as_str(), v["name"].as_str()), (Some("organisation"), Some("Hospital A")));
@@ -623,7 +660,8 @@ async fn bad_input_is_refused_with_json_errors_and_changes_nothing() {
 
     // Blocks.
     node.get("/v1/blocks/999").await.error(404);
-    node.get("/v1/blocks/999/raw").await.error(404);
+    node.get("/v1/blocks/999/raw").await.error(401);
+    node.get_signed(node.org(), "/v1/blocks/999/raw").await.error(404);
     node.get("/v1/blocks/0").await.error(404);
     node.get("/v1/blocks/one").await.error(400);
     node.get("/v1/blocks/99999999999999999999").await.error(400);

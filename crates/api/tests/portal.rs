@@ -18,7 +18,7 @@ use axum::{
     http::{Request, StatusCode, header},
 };
 use medledger_crypto::Keypair;
-use medledger_ledger::{Payload, tx::sign};
+use medledger_ledger::{Payload, Purpose, Scope, actions, tx::sign};
 use medledger_node::{chain::Chain, devnet::Devnet};
 use medledger_types::Role;
 use serde_json::{Value, json};
@@ -69,6 +69,32 @@ impl World {
         self.time_ms += 1000;
         let made = medledger_node::devnet::commit_pending(&self.chain, self.net.validators[0].id(), self.time_ms);
         assert_eq!(made.unwrap(), 1, "one block per call");
+    }
+
+    /// Commits one block of a patient's registration by the organisation and the patient's
+    /// research grant to it: transactions whose kind and signer say something about the
+    /// patient's care.
+    fn patient_activity(&mut self) {
+        let org = self.net.organisations[0].clone();
+        let patient = Keypair::from_label(&format!("patient {}", self.nonce));
+        let register = Payload::register(Role::Patient, &patient, None, "");
+        let tx = sign(&org, self.net.genesis.chain_id(), org.id(), self.nonce, register);
+        self.chain.submit(tx.bytes(), now_ms()).unwrap();
+        self.nonce += 1;
+        self.time_ms += 1000;
+        medledger_node::devnet::commit_pending(&self.chain, self.net.validators[0].id(), self.time_ms).unwrap();
+        let grant = Payload::ConsentGrant {
+            patient: patient.id(),
+            grantee: org.id(),
+            scope: Scope::All,
+            actions: actions::READ,
+            purpose: Purpose::Research,
+            valid_from_ms: self.time_ms,
+            valid_until_ms: self.time_ms + 86_400_000,
+        };
+        self.chain.submit_as(&patient, grant, now_ms()).unwrap();
+        self.time_ms += 1000;
+        medledger_node::devnet::commit_pending(&self.chain, self.net.validators[0].id(), self.time_ms).unwrap();
     }
 
     async fn get(&self, path: &str) -> (StatusCode, axum::http::HeaderMap, Vec<u8>) {
@@ -285,6 +311,37 @@ async fn rfc6962_js_verifies_the_proofs_the_api_serves() {
     for count in [1, 3, 2, 1, 4, 5] {
         world.block_of(count);
     }
+    verify_served_proofs(&world).await;
+}
+
+/// The page reads blocks and looks transactions up without signing: it gets ids and
+/// positions, not what a transaction does or who signed it (health metadata about patients,
+/// for consortium members only), and that is all it needs to check every proof.
+#[tokio::test]
+async fn portal_proves_inclusion_with_public_block_data_only() {
+    let mut world = World::new();
+    world.block_of(2);
+    world.patient_activity();
+    world.block_of(1);
+    let height = world.json("/v1/head").await["height"].as_u64().unwrap();
+    for h in 1..=height {
+        let block = world.json(&format!("/v1/blocks/{h}")).await;
+        for (i, tx) in block["transactions"].as_array().unwrap().iter().enumerate() {
+            let fields: Vec<&String> = tx.as_object().unwrap().keys().collect();
+            assert_eq!(fields, ["tx_id"], "block {h} tells the public more than transaction ids");
+            let id = tx["tx_id"].as_str().unwrap();
+            let looked_up = world.json(&format!("/v1/transactions/{id}")).await;
+            let fields: Vec<&String> = looked_up.as_object().unwrap().keys().collect();
+            assert_eq!(fields, ["height", "index", "log_index", "status", "tx_id"], "{looked_up}");
+            assert_eq!((looked_up["height"].as_u64(), looked_up["index"].as_u64()), (Some(h), Some(i as u64)));
+        }
+    }
+    verify_served_proofs(&world).await;
+}
+
+/// Feeds every block (as the public gets it), and the inclusion proof of every leaf and the
+/// consistency proof of every pair of sizes a block left the log at, to the portal's verifier.
+async fn verify_served_proofs(world: &World) {
     let head = world.json("/v1/head").await;
     let height = head["height"].as_u64().unwrap();
     let mut blocks = Vec::new();

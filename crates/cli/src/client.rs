@@ -99,6 +99,17 @@ impl Client {
     }
 }
 
+impl Client {
+    /// A GET signed by `keys`, returning the status and the JSON body (or the text as a JSON
+    /// string).
+    pub fn get_signed(&self, keys: &medledger_crypto::Keypair, path: &str) -> Result<(u16, Value)> {
+        let (status, _, bytes) = self.signed(keys, "GET", path, b"")?;
+        let json = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+        Ok((status, json))
+    }
+}
+
 /// The node's error message (and refusal reason) from a JSON error body.
 pub fn error_of(body: &[u8]) -> String {
     let value: Value = serde_json::from_slice(body).unwrap_or(Value::Null);

@@ -204,8 +204,14 @@ enum TxCommand {
         #[arg(long)]
         grant: TxId,
     },
-    /// Show a transaction's status.
-    Status { id: TxId },
+    /// Show a transaction's status (where it is; with --key, signed: also its kind and signer,
+    /// if you signed it or are a member organisation or validator).
+    Status {
+        id: TxId,
+        /// Key file to sign the request with.
+        #[arg(long)]
+        key: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -478,15 +484,18 @@ fn tx(common: TxCommon, command: TxCommand) -> Result<()> {
             // The identity keeps its id; the node looks up its nonce by that id.
             let nonce = match common.nonce {
                 Some(n) => n,
-                None => client.get(&format!("/v1/identities/{}", signer.id()))?["next_nonce"]
-                    .as_u64()
-                    .context("node did not report a nonce")?,
+                None => txcmd::next_nonce(&client, &signer)?,
             };
-            let answer = txcmd::submit(&client, &signer, Some(nonce), txcmd::rotate_payload(&new_keys), wait)?;
+            let mut answer = txcmd::submit(&client, &signer, Some(nonce), txcmd::rotate_payload(&new_keys), false)?;
             if wait {
-                // Committed: the new key file now names the identity it signs for.
                 let identity = signer.id();
-                medledger_crypto::rewrite_key_file(&new_key, &new_keys.for_identity(identity))
+                let rotated = new_keys.for_identity(identity);
+                let id = TxId::from_hex(answer["tx_id"].as_str().context("node did not report a transaction id")?)?;
+                // Once committed only the new keys sign for the identity, so they ask for the
+                // transaction's details.
+                answer = txcmd::wait_for(&client, &id, Duration::from_secs(30), Some(&rotated))?;
+                // Committed: the new key file now names the identity it signs for.
+                medledger_crypto::rewrite_key_file(&new_key, &rotated)
                     .with_context(|| format!("recording the identity in {}", new_key.display()))?;
                 eprintln!(
                     "{} now holds the keys of identity {identity}; {} no longer signs for it",
@@ -510,9 +519,9 @@ fn tx(common: TxCommon, command: TxCommand) -> Result<()> {
             let signer = load_keys(&key)?;
             txcmd::submit(&client, &signer, common.nonce, Payload::ConsentRevoke { grant_id: grant }, wait)?
         }
-        TxCommand::Status { id } => {
-            let (_, body) = client.get_raw(&format!("/v1/transactions/{id}"))?;
-            body
+        TxCommand::Status { id, key } => {
+            let keys = key.as_deref().map(load_keys).transpose()?;
+            txcmd::status(&client, &id, keys.as_ref())?
         }
     };
     print_json(&result);

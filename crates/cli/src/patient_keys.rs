@@ -64,11 +64,20 @@ fn held_keys(data_dir: &Path, patient: &IdentityId) -> Result<Keypair> {
     Ok(keys)
 }
 
-/// Whether the identity's on-chain signing key is still `keys`' (hex compare).
+/// Whether the identity's on-chain signing key is still `keys`' (hex compare). Asked signed by
+/// `keys` (a patient's identity is shown only to the patient and to members): once the patient
+/// has rotated, that signature no longer verifies, which answers the question too.
 fn still_valid(client: &Client, keys: &Keypair) -> Result<bool> {
-    let identity = client.get(&format!("/v1/identities/{}", keys.id()))?;
-    let on_chain = identity["signing_key"].as_str().context("the node did not report a signing key")?;
-    Ok(on_chain == hex::encode(keys.public_key().0))
+    let (status, identity) = client.get_signed(keys, &format!("/v1/identities/{}", keys.id()))?;
+    let message = identity.pointer("/error/message").and_then(serde_json::Value::as_str).unwrap_or_default();
+    match status {
+        200 => {
+            let on_chain = identity["signing_key"].as_str().context("the node did not report a signing key")?;
+            Ok(on_chain == hex::encode(keys.public_key().0))
+        }
+        401 if message == "signature does not verify" => Ok(false),
+        s => bail!("node answered {s}: {message}"),
+    }
 }
 
 pub fn run(command: PatientKeysCommand) -> Result<()> {

@@ -23,13 +23,18 @@ fn chain_id(client: &Client) -> Result<Hash> {
     Ok(Hash::from_hex(text)?)
 }
 
-/// The signer's next nonce as the node sees it (0 for a not-yet-registered identity).
-fn next_nonce(client: &Client, id: &IdentityId) -> Result<u64> {
-    let (status, body) = client.get_raw(&format!("/v1/identities/{id}"))?;
+/// The signer's next nonce as the node sees it (0 for a not-yet-registered identity). Asked
+/// with a signed request: a patient's identity is shown only to the patient and to members.
+pub fn next_nonce(client: &Client, keys: &Keypair) -> Result<u64> {
+    let id = keys.id();
+    let (status, body) = client.get_signed(keys, &format!("/v1/identities/{id}"))?;
+    let message = body.pointer("/error/message").and_then(Value::as_str).unwrap_or_default();
     match status {
         200 => body["next_nonce"].as_u64().context("node did not report a nonce"),
+        // Not registered yet (a registration it signs itself is the node's to refuse).
         404 => Ok(0),
-        s => bail!("node answered {s} for identity {id}"),
+        401 if message == "unknown identity" => Ok(0),
+        s => bail!("node answered {s} for identity {id}: {message}"),
     }
 }
 
@@ -38,27 +43,53 @@ pub fn submit(client: &Client, keys: &Keypair, nonce: Option<u64>, payload: Payl
     let chain_id = chain_id(client)?;
     let nonce = match nonce {
         Some(n) => n,
-        None => next_nonce(client, &keys.id())?,
+        None => next_nonce(client, keys)?,
     };
     let tx: Transaction = sign(keys, chain_id, keys.id(), nonce, payload);
     let accepted = client.submit(tx.bytes())?;
     if !wait {
         return Ok(accepted);
     }
-    wait_for(client, &tx.id(), Duration::from_secs(30))
+    wait_for(client, &tx.id(), Duration::from_secs(30), Some(keys))
 }
 
-pub fn wait_for(client: &Client, id: &TxId, timeout: Duration) -> Result<Value> {
+/// Polls the transaction's public status until it is committed (or rejected, or `timeout`
+/// passes). Once committed, a `signer` (the transaction's own, or a member) asks once more,
+/// signed, for what only it may see: the transaction's kind and signer.
+pub fn wait_for(client: &Client, id: &TxId, timeout: Duration, signer: Option<&Keypair>) -> Result<Value> {
     let started = std::time::Instant::now();
     loop {
         let (_, status) = client.get_raw(&format!("/v1/transactions/{id}"))?;
         match status["status"].as_str() {
-            Some("committed") => return Ok(status),
+            Some("committed") => {
+                return match signer {
+                    Some(keys) => status_as(client, id, keys, status),
+                    None => Ok(status),
+                };
+            }
             Some("rejected") => bail!("transaction {id} was rejected: {}", status["reason"].as_str().unwrap_or("?")),
             _ if started.elapsed() > timeout => bail!("transaction {id} not committed after {timeout:?}"),
             _ => std::thread::sleep(Duration::from_millis(100)),
         }
     }
+}
+
+/// The transaction's status asked with a request signed by `keys`; `public` (what an unsigned
+/// request got) if the node will not tell `keys` more.
+fn status_as(client: &Client, id: &TxId, keys: &Keypair, public: Value) -> Result<Value> {
+    let (status, detailed) = client.get_signed(keys, &format!("/v1/transactions/{id}"))?;
+    Ok(if status == 200 { detailed } else { public })
+}
+
+/// `tx status`: the transaction's status, signed by `keys` when given (a member or the
+/// transaction's signer then also sees its kind and signer).
+pub fn status(client: &Client, id: &TxId, keys: Option<&Keypair>) -> Result<Value> {
+    let path = format!("/v1/transactions/{id}");
+    let (_, body) = match keys {
+        Some(keys) => client.get_signed(keys, &path)?,
+        None => client.get_raw(&path)?,
+    };
+    Ok(body)
 }
 
 pub fn register_payload(

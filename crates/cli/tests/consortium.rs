@@ -99,6 +99,7 @@ fn register(dir: &Path, api: &str, org: &str, label: &str) -> String {
     let key = dir.join(format!("{label}.key"));
     cli(&["keygen", "--out", key.to_str().unwrap()]);
     let org_key = dir.join("organisations").join(format!("{org}.key"));
+    let org_id = medledger_crypto::read_key_file(&org_key).unwrap().id().to_hex();
     let status = cli(&[
         "tx",
         "register",
@@ -114,6 +115,11 @@ fn register(dir: &Path, api: &str, org: &str, label: &str) -> String {
         label,
     ]);
     assert_eq!(status["status"], "committed", "{status}");
+    // The signer sees its own transaction's details (the public status says only where it is).
+    assert_eq!(
+        (status["kind"].as_str(), status["signer"].as_str()),
+        (Some("register-identity"), Some(org_id.as_str()))
+    );
     status["tx_id"].as_str().unwrap().to_owned()
 }
 
