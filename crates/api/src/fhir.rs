@@ -130,13 +130,30 @@ impl From<RecordError> for FhirError {
             RecordError::VersionMismatch { .. } => (StatusCode::PRECONDITION_FAILED, IssueCode::Conflict),
             RecordError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, IssueCode::TooLong),
             RecordError::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, IssueCode::Invalid),
-            RecordError::Submit(_) | RecordError::CiphertextMissing => {
+            RecordError::Submit(_) | RecordError::CiphertextMissing | RecordError::Audit(_) => {
                 (StatusCode::SERVICE_UNAVAILABLE, IssueCode::Transient)
             }
             _ => (StatusCode::INTERNAL_SERVER_ERROR, IssueCode::Exception),
         };
         FhirError::new(status, code, e.to_string())
     }
+}
+
+/// Records an access event through `f` on the blocking pool (recording waits for the audit
+/// journal's sync), turning a failure to record into the request's answer: nothing is acted on,
+/// nor refused, unrecorded.
+pub(crate) async fn record_audit<F>(
+    service: &std::sync::Arc<medledger_node::records::RecordService>,
+    f: F,
+) -> Result<(), FhirError>
+where
+    F: FnOnce(&medledger_node::records::RecordService) -> Result<(), RecordError> + Send + 'static,
+{
+    let service = service.clone();
+    tokio::task::spawn_blocking(move || f(&service))
+        .await
+        .map_err(|_| FhirError::new(StatusCode::INTERNAL_SERVER_ERROR, IssueCode::Exception, "audit task failed"))?
+        .map_err(FhirError::from)
 }
 
 pub(crate) fn unauthorized(why: &str) -> FhirError {
@@ -209,7 +226,7 @@ pub(crate) fn authorize(
 
 /// [`authorize`] for a request about one record: a scope refusal is also an on-chain access
 /// event (every denial is audited), once the caller is authenticated.
-fn authorize_record(
+async fn authorize_record(
     app: &AppState,
     headers: &HeaderMap,
     resource_type: &str,
@@ -223,7 +240,11 @@ fn authorize_record(
             if let (Ok(grant), Some(service), Ok(record_id)) =
                 (bearer(app, headers, now_ms()), &app.records, RecordId::from_hex(id))
             {
-                service.audit_refused_access(grant.identity, record_id, action, purpose, "scope-not-granted", now_ms());
+                let who = grant.identity;
+                record_audit(service, move |s| {
+                    s.audit_refused_access(who, record_id, action, purpose, "scope-not-granted", now_ms())
+                })
+                .await?;
             }
             Err(refusal)
         }
@@ -320,7 +341,8 @@ async fn read_version(
         return crate::fhir_directory::read(app, headers, resource_type, id, version).await;
     }
     let purpose = purpose(&headers)?;
-    let grant = authorize_record(&app, &headers, &resource_type, interactions::READ, &id, AccessAction::Read, purpose)?;
+    let grant =
+        authorize_record(&app, &headers, &resource_type, interactions::READ, &id, AccessAction::Read, purpose).await?;
     let record_id = parse_id(&id)?;
     // A record of another type is, for this URL, not there.
     let stored_type = app.chain.state().record(&record_id).map(|h| h.resource_type.clone());
@@ -556,10 +578,6 @@ pub(crate) async fn create(
     check_content_type(&headers)?;
     // The checks every path that writes a record runs (`write_checks`).
     let content = crate::write_checks::check_record(Some(&resource_type), &body)?;
-    // Conditional create: already here means nothing is written.
-    if let Some(found) = crate::fhir_bundle::if_none_exist(&app, &headers, &grant, &resource_type).await? {
-        return Ok(found);
-    }
     let service = records(&app)?;
     let custodian = service.organisation();
     let author = grant.identity;
@@ -571,9 +589,17 @@ pub(crate) async fn create(
     if !staff {
         // Audited when the resource names a patient here (a refused write attempt about them).
         if let Ok(Some(patient)) = patient_of(&app, &resource_type, json) {
-            service.audit_refused_write(author, patient, None, "not-custodian-staff", now_ms());
+            record_audit(&service, move |s| {
+                s.audit_refused_write(author, patient, None, "not-custodian-staff", now_ms())
+            })
+            .await?;
         }
         return Err(forbidden("only the staff and systems of the organisation operating this node write here"));
+    }
+    // Conditional create, only for the custodian's staff (whose search it is, audited): already
+    // here means nothing is written.
+    if let Some(found) = crate::fhir_bundle::if_none_exist(&app, &headers, &grant, &resource_type).await? {
+        return Ok(found);
     }
     let (patient, registered) = match patient_of(&app, &resource_type, json)? {
         Some(patient) => (patient, false),
@@ -635,7 +661,8 @@ pub(crate) async fn update(
         &id,
         AccessAction::Write,
         Purpose::Treatment,
-    )?;
+    )
+    .await?;
     check_content_type(&headers)?;
     let expected = if_match(&headers)?;
     let record_id = parse_id(&id)?;
@@ -647,7 +674,11 @@ pub(crate) async fn update(
         head.is_some() && crate::existence::sees(&app.chain.state(), &grant.identity, &record_id, Purpose::Treatment);
     if !visible {
         if let (Some(head), Some(service)) = (&head, &app.records) {
-            service.audit_refused_write(grant.identity, head.patient, Some(record_id), "not-custodian-staff", now_ms());
+            let (who, patient) = (grant.identity, head.patient);
+            record_audit(service, move |s| {
+                s.audit_refused_write(who, patient, Some(record_id), "not-custodian-staff", now_ms())
+            })
+            .await?;
         }
         return Err(FhirError::new(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -676,8 +707,12 @@ pub(crate) async fn update(
     });
     if !staff {
         // Every refusal is on the record: a write attempt by someone not the custodian's.
-        if let Some(patient) = app.chain.state().record(&record_id).map(|h| h.patient) {
-            service.audit_refused_write(author, patient, Some(record_id), "not-custodian-staff", now_ms());
+        let patient = app.chain.state().record(&record_id).map(|h| h.patient);
+        if let Some(patient) = patient {
+            record_audit(&service, move |s| {
+                s.audit_refused_write(author, patient, Some(record_id), "not-custodian-staff", now_ms())
+            })
+            .await?;
         }
         return Err(forbidden("only the staff and systems of the organisation operating this node write here"));
     }
@@ -734,14 +769,19 @@ pub(crate) async fn delete(
         &id,
         AccessAction::Write,
         Purpose::Treatment,
-    )?;
+    )
+    .await?;
     let record_id = parse_id(&id)?;
     let head =
         crate::existence::head_of_type(&app, &record_id, &resource_type).ok_or_else(|| no_such(&resource_type, &id))?;
     let service = records(&app)?;
     // A record the caller may not see answers as an unknown id; the attempt is audited.
     if !crate::existence::sees(&app.chain.state(), &grant.identity, &record_id, Purpose::Treatment) {
-        service.audit_refused_write(grant.identity, head.patient, Some(record_id), "not-custodian-staff", now_ms());
+        let (who, patient) = (grant.identity, head.patient);
+        record_audit(&service, move |s| {
+            s.audit_refused_write(who, patient, Some(record_id), "not-custodian-staff", now_ms())
+        })
+        .await?;
         return Err(no_such(&resource_type, &id));
     }
     let custodian = service.organisation();
@@ -751,7 +791,11 @@ pub(crate) async fn delete(
             || (matches!(w.role, Role::Practitioner | Role::SystemClient) && w.organisation == Some(custodian))
     });
     if !staff {
-        service.audit_refused_write(author, head.patient, Some(record_id), "not-custodian-staff", now_ms());
+        let patient = head.patient;
+        record_audit(&service, move |s| {
+            s.audit_refused_write(author, patient, Some(record_id), "not-custodian-staff", now_ms())
+        })
+        .await?;
         return Err(forbidden("only the staff and systems of the organisation operating this node delete here"));
     }
     let latest = {
@@ -809,7 +853,8 @@ pub(crate) async fn history(
     }
     let purpose = purpose(&headers)?;
     let grant =
-        authorize_record(&app, &headers, &resource_type, interactions::READ, &id, AccessAction::History, purpose)?;
+        authorize_record(&app, &headers, &resource_type, interactions::READ, &id, AccessAction::History, purpose)
+            .await?;
     let record_id = parse_id(&id)?;
     let service = records(&app)?;
     let requester = grant.identity;
@@ -833,7 +878,7 @@ pub(crate) async fn history(
         )
     };
     if let Err(denial) = decision {
-        service.audit_history(requester, record_id, purpose, Err(denial), now_ms());
+        record_audit(&service, move |s| s.audit_history(requester, record_id, purpose, Err(denial), now_ms())).await?;
         return Err(no_such(&resource_type, &id));
     }
     let (count, offset) = paging(&query, HISTORY_VERSIONS_MAX, "instance history")?;
@@ -847,13 +892,11 @@ pub(crate) async fn history(
     let versions: Vec<(u32, u64)> = versions.into_iter().skip(offset).take(count).collect();
     let wanted = versions.clone();
     let plaintexts = tokio::task::spawn_blocking(move || {
-        wanted
-            .iter()
-            .map(|(v, _)| {
-                service
-                    .read_as(requester, record_id, Some(*v), purpose, AccessAction::History, now_ms())
-                    .map(|r| r.plaintext)
-            })
+        let items: Vec<_> = wanted.iter().map(|(v, _)| (record_id, Some(*v))).collect();
+        service
+            .read_many(requester, &items, purpose, AccessAction::History, now_ms())?
+            .into_iter()
+            .map(|r| r.map(|r| r.plaintext))
             .collect::<Result<Vec<_>, _>>()
     })
     .await
@@ -884,7 +927,8 @@ pub(crate) async fn everything(
     headers: HeaderMap,
 ) -> Result<Response, FhirError> {
     let purpose = purpose(&headers)?;
-    let grant = authorize_record(&app, &headers, "Patient", interactions::READ, &id, AccessAction::Read, purpose)?;
+    let grant =
+        authorize_record(&app, &headers, "Patient", interactions::READ, &id, AccessAction::Read, purpose).await?;
     let record_id = parse_id(&id)?;
     let (count, offset) = paging(&query, EVERYTHING_PAGE_MAX, "$everything")?;
     let patient = match app.chain.state().record(&record_id) {
@@ -917,9 +961,13 @@ pub(crate) async fn everything(
     let (members, refused) = visible_members(&app, &requester, members, purpose);
     // Each refusal is on the patient's trail, as the refused reads of a page were (at most a
     // page's worth per request, so one request cannot queue unbounded events).
-    for (refused_id, code) in refused.into_iter().take(count) {
-        service.audit_refused_access(requester, refused_id, AccessAction::Read, purpose, code, now_ms());
-    }
+    let refused: Vec<_> = refused.into_iter().take(count).collect();
+    record_audit(&service, move |s| {
+        refused.into_iter().try_for_each(|(refused_id, code)| {
+            s.audit_refused_access(requester, refused_id, AccessAction::Read, purpose, code, now_ms())
+        })
+    })
+    .await?;
     // Nothing visible: the same answer as for a patient that does not exist.
     if members.is_empty() {
         return Err(no_such("Patient", &id));
@@ -928,13 +976,12 @@ pub(crate) async fn everything(
     let page: Vec<_> = members.into_iter().skip(offset).take(count).collect();
     let wanted = page.clone();
     let reads = tokio::task::spawn_blocking(move || {
-        wanted
-            .iter()
-            .map(|(id, _, version, _)| service.read(requester, *id, Some(*version), purpose, now_ms()).ok())
-            .collect::<Vec<_>>()
+        let items: Vec<_> = wanted.iter().map(|(id, _, version, _)| (*id, Some(*version))).collect();
+        let reads = service.read_many(requester, &items, purpose, AccessAction::Read, now_ms())?;
+        Ok::<_, RecordError>(reads.into_iter().map(Result::ok).collect::<Vec<_>>())
     })
     .await
-    .map_err(|_| FhirError::new(StatusCode::INTERNAL_SERVER_ERROR, IssueCode::Exception, "read task failed"))?;
+    .map_err(|_| FhirError::new(StatusCode::INTERNAL_SERVER_ERROR, IssueCode::Exception, "read task failed"))??;
     let links = page_links(&format!("{}/fhir/Patient/{id}/$everything", app.public_base()), count, offset, total);
     let mut bundle = format!(r#"{{"resourceType":"Bundle","type":"searchset","link":{links},"entry":["#);
     let mut first = true;
@@ -1263,7 +1310,8 @@ pub(crate) async fn provenance(
         )
     };
     if let Some(service) = &app.records {
-        service.audit_history(grant.identity, record_id, purpose, decision, now_ms());
+        let who = grant.identity;
+        record_audit(service, move |s| s.audit_history(who, record_id, purpose, decision, now_ms())).await?;
     }
     // Refused (and audited): the answer for a record that does not exist.
     decision.map_err(|_| no_such(resource_type, id))?;
@@ -1626,15 +1674,12 @@ pub(crate) async fn type_history(
     let service = records(&app)?;
     let wanted = page.clone();
     let reads = tokio::task::spawn_blocking(move || {
-        wanted
-            .iter()
-            .map(|(_, id, v, _)| {
-                service.read_as(requester, *id, Some(*v), purpose, AccessAction::History, now_ms()).ok()
-            })
-            .collect::<Vec<_>>()
+        let items: Vec<_> = wanted.iter().map(|(_, id, v, _)| (*id, Some(*v))).collect();
+        let reads = service.read_many(requester, &items, purpose, AccessAction::History, now_ms())?;
+        Ok::<_, RecordError>(reads.into_iter().map(Result::ok).collect::<Vec<_>>())
     })
     .await
-    .map_err(|_| FhirError::new(StatusCode::INTERNAL_SERVER_ERROR, IssueCode::Exception, "read task failed"))?;
+    .map_err(|_| FhirError::new(StatusCode::INTERNAL_SERVER_ERROR, IssueCode::Exception, "read task failed"))??;
     let links = page_links(&format!("{}/fhir/{resource_type}/_history", app.public_base()), count, offset, total);
     let mut bundle = format!(r#"{{"resourceType":"Bundle","type":"history","total":{total},"link":{links},"entry":["#);
     let mut first = true;

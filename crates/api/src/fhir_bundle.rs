@@ -344,17 +344,19 @@ fn plan(app: &AppState, grant: &Grant, entries: Vec<EntryIn>, batch_entry: bool)
     let custodian = service.organisation();
     // A refused change of an existing record is on that record's audit trail, as for a single
     // update or delete.
-    let audit_refusal = |reason: &str| {
+    // (Planning runs on the blocking pool: recording may wait for the audit journal.)
+    let audit_refusal = |reason: &str| -> Result<(), FhirError> {
         for entry in entries.iter().filter(|e| e.method != Method::Post) {
             let patient = entry.target.and_then(|id| app.chain.state().record(&id).map(|h| h.patient));
             if let Some(patient) = patient {
-                service.audit_refused_write(grant.identity, patient, entry.target, reason, now_ms());
+                service.audit_refused_write(grant.identity, patient, entry.target, reason, now_ms())?;
             }
         }
+        Ok(())
     };
     for entry in &entries {
         if !grant.allows(&entry.resource_type, interaction(entry.method)) {
-            audit_refusal("scope-not-granted");
+            audit_refusal("scope-not-granted")?;
             return Err(entry_error(
                 entry.index,
                 StatusCode::FORBIDDEN,
@@ -364,7 +366,7 @@ fn plan(app: &AppState, grant: &Grant, entries: Vec<EntryIn>, batch_entry: bool)
         }
     }
     if !is_staff(app, &grant.identity, &custodian) {
-        audit_refusal("not-custodian-staff");
+        audit_refusal("not-custodian-staff")?;
         return Err(error(
             StatusCode::FORBIDDEN,
             IssueCode::Forbidden,
@@ -551,7 +553,7 @@ fn plan(app: &AppState, grant: &Grant, entries: Vec<EntryIn>, batch_entry: bool)
                         Some(id),
                         "not-custodian-staff",
                         now_ms(),
-                    );
+                    )?;
                     return Err(not_found());
                 }
                 Some((Some(head.patient), head.category.clone(), head.latest_version))
@@ -842,6 +844,12 @@ pub(crate) fn existing_match(
     let query = searchable_query(grant, resource_type, query, &shown)?;
     let service = records(app).map_err(|_| "this node serves no records".to_owned())?;
     let found = crate::fhir_search::matching_for_reference(&app.search, &app.chain, &service, &query, grant, now_ms());
+    // What the check learned (these exist and match) is an access like a search result's.
+    for id in found.iter().filter(|id| !is_directory(resource_type) && app.chain.state().record(id).is_some()) {
+        service
+            .audit_match(grant.identity, *id, medledger_ledger::Purpose::Treatment, now_ms())
+            .map_err(|e| format!("{shown}: {e}"))?;
+    }
     match found.as_slice() {
         [] => Ok(None),
         [one] => Ok(Some(*one)),

@@ -503,12 +503,15 @@ fn run(jobs: &Jobs, job: &Job, chain: &Chain, service: &RecordService, plan: &Pl
     job.set_progress(Progress { exporting: true, done: 0, total });
     let mut outputs: Vec<NdjsonFile> = Vec::new();
     let mut errors: Vec<NdjsonFile> = Vec::new();
+    // Every export is recorded as it is read; the journal is synced once, before any output
+    // can be downloaded.
+    let mut synced = medledger_node::audit::Synced::default();
     for (done, candidate) in visible.iter().enumerate() {
         if job.cancelled() {
             return cancelled();
         }
         job.set_progress(Progress { exporting: true, done, total });
-        let outcome = export_one(service, requester, plan.purpose, candidate);
+        let outcome = export_one(service, requester, plan.purpose, candidate, &mut synced);
         let written = match outcome {
             Exported::Line(line) => jobs.reserve(job, line.len() + 1, now_ms()).map(|()| {
                 push_line(&mut outputs, candidate.resource_type, candidate.resource_type, &line, FILE_LINES_MAX)
@@ -549,6 +552,9 @@ fn run(jobs: &Jobs, job: &Job, chain: &Chain, service: &RecordService, plan: &Pl
             break;
         }
     }
+    if let Err(e) = service.sync_audit(synced) {
+        return Finished::Failed { at_ms: now_ms(), diagnostics: format!("the export could not be recorded: {e}") };
+    }
     job.set_progress(Progress { exporting: true, done: total, total });
     Finished::Complete { at_ms: now_ms(), transaction_time_ms, outputs, errors }
 }
@@ -563,14 +569,20 @@ enum Exported {
     Error((&'static str, String)),
 }
 
-fn export_one(service: &RecordService, requester: IdentityId, purpose: Purpose, c: &Candidate) -> Exported {
+fn export_one(
+    service: &RecordService,
+    requester: IdentityId,
+    purpose: Purpose,
+    c: &Candidate,
+    synced: &mut medledger_node::audit::Synced,
+) -> Exported {
     let id = c.record.to_hex();
     // A deleted record's latest version is a delete marker (never the first version): look
     // before reading, so no export is recorded of what is not exported.
     if c.versions > 1 && service.plaintext_for_index(&c.record, c.version).is_ok_and(|p| is_tombstone(&p)) {
         return Exported::Skipped;
     }
-    match service.read_as(requester, c.record, Some(c.version), purpose, AccessAction::Export, now_ms()) {
+    match service.read_deferred(requester, c.record, Some(c.version), purpose, AccessAction::Export, now_ms(), synced) {
         Ok(read) if is_tombstone(&read.plaintext) => Exported::Skipped,
         Ok(read) => {
             let version = c.version.to_string();

@@ -30,8 +30,12 @@ use medledger_fhir::{
     search::{self, IndexValue, ParseOptions},
     splice::{ServerMeta, with_server_meta},
 };
-use medledger_ledger::{AccessAction, access::decide_at_head, actions};
-use medledger_node::{chain::Chain, records::RecordService};
+use medledger_ledger::{
+    AccessAction,
+    access::{Basis, decide_at_head},
+    actions,
+};
+use medledger_node::{audit::Synced, chain::Chain, records::RecordService};
 use medledger_types::{IdentityId, RecordId};
 
 use crate::{
@@ -305,6 +309,10 @@ struct Found {
     total: usize,
     matches: Vec<RecordId>,
     includes: Vec<RecordId>,
+    /// Each patient whose records `total` counts, with the basis of one of them.
+    counted: Vec<(IdentityId, Basis)>,
+    /// The patients of the records in `matches`.
+    returned_patients: Vec<IdentityId>,
 }
 
 /// Evaluates `query` for `requester`: match, filter by consent, sort, page, include.
@@ -350,7 +358,29 @@ fn evaluate(
         })
         .copied()
         .collect();
-    let mut matched = visible_of(&filtered);
+    // As `visible_of`, noting whose records are counted and on what basis (for the audit).
+    let mut matched = Vec::new();
+    let mut counted: Vec<(IdentityId, Basis)> = Vec::new();
+    let mut counted_patients: HashSet<IdentityId> = HashSet::new();
+    let mut patient_of: HashMap<RecordId, IdentityId> = HashMap::new();
+    for chunk in filtered.chunks(VISIBILITY_CHUNK) {
+        let state = chain.state();
+        for record in chunk {
+            if state.directory_entry(record).is_some() {
+                matched.push(*record);
+                continue;
+            }
+            let Some(head) = state.record(record) else { continue };
+            let Ok(basis) = decide_at_head(&state, requester, record, head, actions::READ, purpose, now) else {
+                continue;
+            };
+            matched.push(*record);
+            patient_of.insert(*record, head.patient);
+            if counted_patients.insert(head.patient) {
+                counted.push((head.patient, basis));
+            }
+        }
+    }
     for key in query.sort.iter().rev() {
         matched.sort_by(|a, b| {
             let ka = indexed.entries.get(a).and_then(|e| search::sort_key(values_of(e, &key.param), key.descending));
@@ -398,7 +428,8 @@ fn evaluate(
             }
         }
     }
-    Found { total, matches: page, includes }
+    let returned_patients = page.iter().filter_map(|r| patient_of.get(r).copied()).collect();
+    Found { total, matches: page, includes, counted, returned_patients }
 }
 
 /// The resources matching `query` that `grant`'s identity may see, at most two: resolving a
@@ -531,6 +562,8 @@ fn bundle(
         out.push_str(r#","search":{"mode":"outcome"}}"#);
         first = false;
     }
+    // Every decision below is recorded before the answer leaves (one journal sync for all).
+    let mut synced = Synced::default();
     if !query.summary_count {
         let indexed = index.indexed.read().expect("search index lock poisoned");
         let listed: Vec<(RecordId, &str)> = found
@@ -548,7 +581,15 @@ fn bundle(
                     service.read_directory(&record_id, Some(entry.version)).map(|v| zeroize::Zeroizing::new(v.content))
                 }
                 false => service
-                    .read_as(*requester, record_id, Some(entry.version), purpose, AccessAction::Search, now_ms())
+                    .read_deferred(
+                        *requester,
+                        record_id,
+                        Some(entry.version),
+                        purpose,
+                        AccessAction::Search,
+                        now_ms(),
+                        &mut synced,
+                    )
                     .map(|r| r.plaintext),
             };
             let Ok(plaintext) = content else {
@@ -574,6 +615,17 @@ fn bundle(
         }
     }
     out.push_str("]}");
+    // What the total counted but the answer does not return is learned too: one count event
+    // per patient whose records were counted and none returned (a `_summary=count` or
+    // `_count=0` search counts everything).
+    let returned: HashSet<IdentityId> = match query.summary_count {
+        true => HashSet::new(),
+        false => found.returned_patients.iter().copied().collect(),
+    };
+    for (patient, basis) in found.counted.iter().filter(|(p, _)| !returned.contains(p)) {
+        service.audit_count_deferred(*requester, *patient, purpose, *basis, now_ms(), &mut synced)?;
+    }
+    service.sync_audit(synced)?;
     Ok(out)
 }
 

@@ -566,6 +566,11 @@ enum Notification {
         entry: AccessView,
         /// Read under a break-glass declaration, not the patient's consent.
         break_glass: bool,
+        /// For a refusal: how many refused attempts by this accessor (since `since_ms`) this
+        /// notification stands for, the latest shown. One accessor's refused attempts are one
+        /// notification, so a flood of them cannot push anything else out of view.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        refused_attempts: Option<usize>,
     },
     /// A practitioner declared emergency access.
     BreakGlass {
@@ -642,7 +647,8 @@ fn since<T>(items: &[T], since_ms: TimestampMs, position: impl Fn(&T) -> &TxPosi
 
 /// An event the patient is told about, by reference until it is known to be kept.
 enum Event<'a> {
-    Access(&'a AccessEntry),
+    /// An access, and for a refusal how many refusals of its accessor it stands for.
+    Access(&'a AccessEntry, usize),
     BreakGlass(&'a BreakGlassEntry),
     Reviewed(&'a ReviewEntry),
     Delegation(&'a DelegationEntry),
@@ -653,9 +659,10 @@ enum Event<'a> {
 impl Event<'_> {
     fn view(&self, state: &LedgerState) -> Notification {
         match self {
-            Event::Access(a) => Notification::Access {
+            Event::Access(a, attempts) => Notification::Access {
                 entry: access_view(a, state),
                 break_glass: a.event.outcome == AccessOutcome::BreakGlass,
+                refused_attempts: (a.event.outcome == AccessOutcome::Denied).then_some(*attempts),
             },
             Event::BreakGlass(b) => Notification::BreakGlass {
                 tx_id: b.position.tx_id.to_hex(),
@@ -734,7 +741,22 @@ fn notifications_of(
     let mut events: Vec<((u64, usize), Event<'_>)> = Vec::new();
     if let Some(entry) = index.patient(patient) {
         let access = since(&entry.access, since_ms, |a| &a.position);
-        events.extend(access.iter().map(|a| ((a.position.log_index, usize::from(a.event_index)), Event::Access(a))));
+        // One notification per accessor's refusals (the latest, with their count).
+        let mut refusals: HashMap<IdentityId, (usize, usize)> = HashMap::new();
+        for (i, a) in access.iter().enumerate().filter(|(_, a)| a.event.outcome == AccessOutcome::Denied) {
+            let entry = refusals.entry(a.event.accessor).or_insert((0, i));
+            *entry = (entry.0 + 1, i);
+        }
+        events.extend(access.iter().enumerate().filter_map(|(i, a)| {
+            let attempts = match a.event.outcome {
+                AccessOutcome::Denied => match refusals.get(&a.event.accessor) {
+                    Some((count, last)) if *last == i => *count,
+                    _ => return None,
+                },
+                _ => 1,
+            };
+            Some(((a.position.log_index, usize::from(a.event_index)), Event::Access(a, attempts)))
+        }));
         let declared = since(&entry.break_glass, since_ms, |b| &b.position);
         events.extend(declared.iter().map(|b| ((b.position.log_index, 0), Event::BreakGlass(b))));
         // One entry per transaction in each of these lists: the log index orders them.
@@ -842,7 +864,7 @@ pub(crate) async fn history(
             decide_at_head(&state, &requester, &record_id, head, actions::READ, purpose, now)
         };
         if let Some(service) = &records {
-            service.audit_history(requester, record_id, purpose, decision, now);
+            service.audit_history(requester, record_id, purpose, decision, now)?;
         }
         // Refused (and audited above): the answer for a record that does not exist
         // (`crate::existence`).

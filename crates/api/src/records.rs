@@ -82,7 +82,7 @@ impl From<RecordError> for ApiError {
             RecordError::TooLarge { max } => ApiError::PayloadTooLarge { max },
             RecordError::Invalid(m) => ApiError::BadRequest(m.to_owned()),
             RecordError::Submit(s) => ApiError::Submit(s),
-            RecordError::CiphertextMissing => ApiError::Unavailable(e.to_string()),
+            RecordError::CiphertextMissing | RecordError::Audit(_) => ApiError::Unavailable(e.to_string()),
             other => ApiError::Internal(other.to_string()),
         }
     }
@@ -127,7 +127,7 @@ pub(crate) async fn write(
             w.id == org || (matches!(w.role, Role::Practitioner | Role::SystemClient) && w.organisation == Some(org))
         });
         if !staff {
-            service.audit_refused_write(author, patient, record, "not-custodian-staff", now_ms());
+            service.audit_refused_write(author, patient, record, "not-custodian-staff", now_ms())?;
             return Err(ApiError::Forbidden {
                 reason: "not-custodian-staff",
                 message: "only this organisation's staff and clients write records through its node".into(),
@@ -142,7 +142,7 @@ pub(crate) async fn write(
                 patient.filter(|_| !crate::existence::sees(&state, &author, &record_id, Purpose::Treatment))
             };
             if let Some(patient) = hidden {
-                service.audit_refused_write(author, patient, Some(record_id), "not-custodian-staff", now_ms());
+                service.audit_refused_write(author, patient, Some(record_id), "not-custodian-staff", now_ms())?;
                 return Err(RecordError::UnknownRecord(record_id).into());
             }
         }

@@ -23,7 +23,7 @@ use medledger_node::{
     devnet::Devnet,
     records::{RecordService, WriteRequest},
 };
-use medledger_types::Role;
+use medledger_types::{RecordId, Role};
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
@@ -514,4 +514,99 @@ async fn host_header_is_never_reflected_into_urls() {
             }
         }
     }
+}
+
+// ---- What a caller learns without an access event (issue 9, item 4) ----
+
+/// Attack: `_summary=count` and `_count=0` searches told a grantee how many of a patient's
+/// records match, with no access event. Now every patient whose records a total counts (and
+/// none of them returned) gets a `Search` event naming no record.
+#[tokio::test]
+async fn count_searches_are_on_the_patients_trail() {
+    let w = World::new(vec![BASE.into()]);
+    let (patient_id, _lab) = w.patient_with_a_lab().await;
+    w.grant_clinic_b(Scope::Categories(vec!["labs".into(), "demographics".into()]));
+    let doc_b = w.issued(&w.doc_b, Role::Practitioner, "user/*.rs");
+    for query in ["_summary=count", "_count=0"] {
+        let before = w.service.pending_events();
+        let answer = w.get(&doc_b, &format!("/fhir/Observation?patient=Patient/{patient_id}&{query}")).await;
+        assert_eq!(answer.status, 200, "{}", answer.text());
+        assert_eq!(answer.json()["total"], 1);
+        assert_eq!(w.service.pending_events(), before + 1, "a {query} search learned a count unrecorded");
+    }
+    // On the chain, the event names the grantee, the patient and no record.
+    w.service.flush_events(now_ms()).unwrap();
+    w.commit();
+    let index = w.chain.patient_index();
+    let events = &index.patient(&w.patient.id()).unwrap().access;
+    let counts: Vec<_> = events
+        .iter()
+        .filter(|a| a.event.accessor == w.doc_b.id() && a.event.action == medledger_ledger::AccessAction::Search)
+        .collect();
+    assert_eq!(counts.len(), 2);
+    assert!(counts.iter().all(|a| a.event.record.is_none() && a.event.grant_id.is_some()));
+}
+
+/// Attack: `If-None-Exist` was checked before the staff check, so a caller allowed to create
+/// nothing learned whether a matching record exists (200 against 403), unrecorded. Now only the
+/// custodian's staff get that far, and what their check finds is recorded.
+#[tokio::test]
+async fn conditional_create_reveals_nothing_to_non_staff_and_is_audited() {
+    let w = World::new(vec![BASE.into()]);
+    let (patient_id, _lab) = w.patient_with_a_lab().await;
+    w.grant_clinic_b(Scope::Categories(vec!["labs".into(), "demographics".into()]));
+    let probe = |token: String| {
+        let body = lab(&patient_id, None);
+        let patient_id = patient_id.clone();
+        let w = &w;
+        async move {
+            let request = Request::builder()
+                .method("POST")
+                .uri("/fhir/Observation")
+                .header("authorization", format!("Bearer {token}"))
+                .header("content-type", FHIR)
+                .header("if-none-exist", format!("code=2345-7&patient=Patient/{patient_id}"))
+                .body(Body::from(body))
+                .unwrap();
+            w.send(request).await
+        }
+    };
+    // Clinic B may read the lab, but creates nothing here: the same refusal, match or not.
+    let doc_b = w.issued(&w.doc_b, Role::Practitioner, "user/*.cruds");
+    assert_eq!(probe(doc_b).await.status, 403, "a non-staff caller's conditional check answered");
+    // Hospital A's doctor finds the existing lab: nothing is written, and the match is recorded.
+    let doc_a = w.issued(&w.doc_a, Role::Practitioner, "user/*.cruds");
+    let before = w.service.pending_events();
+    let found = probe(doc_a).await;
+    assert_eq!(found.status, 200, "{}", found.text());
+    assert_eq!(w.service.pending_events(), before + 1, "the conditional check's match is not on the trail");
+}
+
+/// Attack: one identity's refused reads pushed the patient's real notifications out of view
+/// (the list keeps the latest 500). Now an accessor's refusals are one notification with a count.
+#[tokio::test]
+async fn refused_attempts_cannot_push_a_patients_notifications_out_of_view() {
+    let w = World::new(vec![BASE.into()]);
+    let (_patient, lab) = w.patient_with_a_lab().await;
+    let lab = RecordId::from_hex(&lab).unwrap();
+    w.service.read(w.doc_a.id(), lab, None, Purpose::Treatment, now_ms()).unwrap();
+    for _ in 0..600 {
+        assert!(w.service.read(w.doc_b.id(), lab, None, Purpose::Treatment, now_ms()).is_err());
+    }
+    w.service.flush_events(now_ms()).unwrap();
+    w.commit();
+    let answer = w.signed("GET", &w.patient, &format!("/v1/patients/{}/notifications", w.patient.id()), "").await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    let notes = answer.json()["notifications"].as_array().unwrap().clone();
+    let by = |who: &Keypair| {
+        notes
+            .iter()
+            .filter(|n| n["kind"] == "access" && n["accessor"] == who.id().to_hex())
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(by(&w.doc_a).len(), 1, "the real access was pushed out of view");
+    let refused = by(&w.doc_b);
+    assert_eq!(refused.len(), 1, "{} notifications for one accessor's refusals", refused.len());
+    assert!(refused[0]["refused_attempts"].as_u64().unwrap() > 1);
 }

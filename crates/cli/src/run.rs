@@ -100,6 +100,10 @@ const AUDIT_FLUSH_MS: u64 = 200;
 /// How often live grants are checked for keys still to share.
 const GRANT_SCAN_MS: u64 = 1000;
 
+/// File in the data directory journaling access events until they are committed
+/// (`medledger_node::audit`).
+pub const AUDIT_JOURNAL_FILE: &str = "audit.journal";
+
 /// Sub-directory of the data directory holding the keys of patients the node's organisation
 /// registered, until handed over (mode 0600 files, named by identity id).
 pub const PATIENT_KEYS_DIR: &str = "patient-keys";
@@ -134,6 +138,14 @@ where
             // Keys of patients this organisation registers (e.g. a FHIR Patient create for
             // someone new), held in trust until handed over.
             service.set_patient_key_dir(data_dir.join(PATIENT_KEYS_DIR));
+            // Every access decision is journaled durably before it is acted on; what a crash
+            // left uncommitted is committed now.
+            let requeued = service
+                .open_audit_journal(&data_dir.join(AUDIT_JOURNAL_FILE), crate::init::now_ms())
+                .with_context(|| format!("cannot open the audit journal in {}", data_dir.display()))?;
+            if requeued > 0 {
+                tracing::info!(events = requeued, "access events from the audit journal queued for commitment");
+            }
             Some(Arc::new(service))
         }
     };

@@ -11,6 +11,7 @@
 //! [`validator::start_validator`], [`net::run_node`].
 
 pub mod app;
+pub mod audit;
 pub mod batch;
 pub mod block;
 pub mod certificate;
@@ -21,6 +22,7 @@ pub mod mempool;
 pub mod metrics;
 pub mod net;
 pub mod records;
+mod records_audit;
 pub mod replication;
 pub mod validator;
 

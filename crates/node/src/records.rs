@@ -25,11 +25,12 @@ use medledger_ledger::{
     actions,
     keys::{category_key_info, data_key_aad, record_aad},
 };
-use medledger_types::{Hash, IdentityId, RecordId, TimestampMs, TxId, limits};
+use medledger_types::{Hash, IdentityId, RecordId, TimestampMs, TxId};
 use rand::CryptoRng;
 use zeroize::Zeroizing;
 
 use crate::{
+    audit::{AuditError, AuditTrail, Synced},
     chain::{Chain, SubmitError},
     replication::CiphertextFetcher,
 };
@@ -61,6 +62,9 @@ pub enum RecordError {
     Submit(#[from] SubmitError),
     #[error("stored data is inconsistent: {0}")]
     Corrupt(String),
+    /// The decision could not be recorded, so it is not acted on.
+    #[error("{0}")]
+    Audit(#[from] AuditError),
 }
 
 /// A version written by [`RecordService::write`].
@@ -107,8 +111,8 @@ pub struct RecordService {
     pub(crate) category_keys: Mutex<HashMap<(CategoryKeyId, u32), CachedKey>>,
     /// Versions submitted but not yet committed, so concurrent updates do not collide.
     pub(crate) pending_versions: Mutex<HashMap<RecordId, (u32, Option<TxId>)>>,
-    /// Access events waiting to be committed in a batch.
-    audit: Mutex<Vec<AccessEvent>>,
+    /// Access events: journaled, then committed in batches (`crate::audit`).
+    pub(crate) audit: AuditTrail,
     /// Key shares submitted but not yet committed, with when, so they are not submitted twice.
     inflight_shares: Mutex<HashMap<(CategoryKeyId, u32, IdentityId), TimestampMs>>,
     /// Fetches ciphertexts this node lacks from peers; unset when running without peers.
@@ -181,11 +185,18 @@ impl RecordService {
             blobs,
             category_keys: Mutex::new(HashMap::new()),
             pending_versions: Mutex::new(HashMap::new()),
-            audit: Mutex::new(Vec::new()),
+            audit: AuditTrail::default(),
             inflight_shares: Mutex::new(HashMap::new()),
             fetcher: OnceLock::new(),
             patient_key_dir: OnceLock::new(),
         }
+    }
+
+    /// The same service with the audit trail's bounds set to `limits` (before anything is
+    /// recorded).
+    pub fn with_audit_limits(mut self, limits: crate::audit::AuditLimits) -> Self {
+        self.audit = AuditTrail::new(limits);
+        self
     }
 
     /// Lets this node register patients itself (see [`RecordService::register_patient`]),
@@ -472,6 +483,53 @@ impl RecordService {
         action: AccessAction,
         now_ms: TimestampMs,
     ) -> Result<Read, RecordError> {
+        let mut synced = Synced::default();
+        let read = self.read_deferred(requester, record_id, version, purpose, action, now_ms, &mut synced);
+        self.audit.sync(synced)?;
+        read
+    }
+
+    /// Reads each of `items` (record, version) for `requester` as [`RecordService::read_as`]
+    /// does, recording every decision, with one wait for the audit journal before any plaintext
+    /// is returned. `Err` only when the decisions could not be made durable: then nothing is
+    /// returned.
+    pub fn read_many(
+        &self,
+        requester: IdentityId,
+        items: &[(RecordId, Option<u32>)],
+        purpose: Purpose,
+        action: AccessAction,
+        now_ms: TimestampMs,
+    ) -> Result<Vec<Result<Read, RecordError>>, RecordError> {
+        let mut synced = Synced::default();
+        let reads = items
+            .iter()
+            .map(|(record_id, version)| {
+                self.read_deferred(requester, *record_id, *version, purpose, action, now_ms, &mut synced)
+            })
+            .collect();
+        self.audit.sync(synced)?;
+        Ok(reads)
+    }
+
+    /// Makes the decisions recorded with `synced` durable.
+    pub fn sync_audit(&self, synced: Synced) -> Result<(), RecordError> {
+        Ok(self.audit.sync(synced)?)
+    }
+
+    /// One read with its decision recorded, its journal sync left to the caller (`synced`, then
+    /// [`RecordService::sync_audit`] before anything read leaves the node).
+    #[allow(clippy::too_many_arguments)]
+    pub fn read_deferred(
+        &self,
+        requester: IdentityId,
+        record_id: RecordId,
+        version: Option<u32>,
+        purpose: Purpose,
+        action: AccessAction,
+        now_ms: TimestampMs,
+        synced: &mut Synced,
+    ) -> Result<Read, RecordError> {
         let (head, decision) = {
             let state = self.chain.state();
             let head = state.record(&record_id).cloned().ok_or(RecordError::UnknownRecord(record_id))?;
@@ -494,7 +552,8 @@ impl RecordService {
             Ok(basis) => basis,
             Err(denial) => {
                 if self.chain.state().identity(&requester).is_some() {
-                    self.queue_event(event(AccessOutcome::Denied, None, denial.code()));
+                    let refusal = event(AccessOutcome::Denied, None, denial.code());
+                    self.audit.record_refusal_deferred(refusal, now_ms, synced)?;
                 }
                 return Err(RecordError::Denied(denial));
             }
@@ -502,7 +561,9 @@ impl RecordService {
         let tx_id = head.version_tx(version).ok_or(RecordError::UnknownVersion { record: record_id, version })?;
         match self.decrypt_indexed(&record_id, version).unwrap_or_else(|| self.decrypt(&tx_id, &record_id, version)) {
             Ok(plaintext) => {
-                self.queue_event(event(basis.outcome(), basis.grant(), basis.code()));
+                // Recorded before the plaintext leaves (durably once the caller syncs): a read
+                // whose event cannot be recorded is refused.
+                self.audit.record_deferred(event(basis.outcome(), basis.grant(), basis.code()), synced)?;
                 Ok(Read { version, tx_id, basis, plaintext })
             }
             Err(error) => {
@@ -512,7 +573,7 @@ impl RecordService {
                     RecordError::CiphertextMissing => "ciphertext-missing",
                     _ => "read-failed",
                 };
-                self.queue_event(event(AccessOutcome::Denied, None, code));
+                self.audit.record_refusal_deferred(event(AccessOutcome::Denied, None, code), now_ms, synced)?;
                 Err(error)
             }
         }
@@ -677,131 +738,6 @@ impl RecordService {
             shared += self.share_keys_for_grant(&grant, now_ms, rng)?.len();
         }
         Ok(shared)
-    }
-
-    /// Queues the access event of a version-history read of `record_id` (decided by the caller
-    /// with `access::decide_at_head`): `decision` is the basis, or the denial. The event names the
-    /// latest version, the one the history reaches to.
-    pub fn audit_history(
-        &self,
-        requester: IdentityId,
-        record_id: RecordId,
-        purpose: Purpose,
-        decision: Result<Basis, Denial>,
-        now_ms: TimestampMs,
-    ) {
-        let Some(head) = self.chain.state().record(&record_id).map(|h| (h.patient, h.latest_version)) else { return };
-        let (outcome, grant_id, reason) = match decision {
-            Ok(basis) => (basis.outcome(), basis.grant(), basis.code()),
-            Err(denial) => (AccessOutcome::Denied, None, denial.code()),
-        };
-        self.queue_event(AccessEvent {
-            accessor: requester,
-            patient: head.0,
-            record: Some((record_id, head.1)),
-            action: AccessAction::History,
-            purpose,
-            outcome,
-            grant_id,
-            reason: reason.to_owned(),
-            at_ms: now_ms,
-        });
-    }
-
-    /// Records an access to `record_id` refused before any consent decision (e.g. the caller's
-    /// token scopes do not cover it) as a denied access event with `reason`, when the caller is
-    /// a registered identity and the record exists.
-    pub fn audit_refused_access(
-        &self,
-        requester: IdentityId,
-        record_id: RecordId,
-        action: AccessAction,
-        purpose: Purpose,
-        reason: &str,
-        now_ms: TimestampMs,
-    ) {
-        let state = self.chain.state();
-        let Some(head) = state.record(&record_id).map(|h| (h.patient, h.latest_version)) else { return };
-        if state.identity(&requester).is_none() {
-            return;
-        }
-        drop(state);
-        self.queue_event(AccessEvent {
-            accessor: requester,
-            patient: head.0,
-            record: Some((record_id, head.1)),
-            action,
-            purpose,
-            outcome: AccessOutcome::Denied,
-            grant_id: None,
-            reason: reason.to_owned(),
-            at_ms: now_ms,
-        });
-    }
-
-    /// Records a refused write attempt as an access event (when both parties are registered and
-    /// the subject is a patient, so the event is valid on-chain).
-    pub fn audit_refused_write(
-        &self,
-        requester: IdentityId,
-        patient: IdentityId,
-        record: Option<RecordId>,
-        reason: &str,
-        now_ms: TimestampMs,
-    ) {
-        let state = self.chain.state();
-        let valid = state.identity(&requester).is_some()
-            && state.identity(&patient).is_some_and(|p| p.role == medledger_types::Role::Patient);
-        let record =
-            record.and_then(|r| state.record(&r).filter(|h| h.patient == patient).map(|h| (r, h.latest_version)));
-        drop(state);
-        if valid {
-            self.queue_event(AccessEvent {
-                accessor: requester,
-                patient,
-                record,
-                action: AccessAction::Write,
-                purpose: Purpose::Treatment,
-                outcome: AccessOutcome::Denied,
-                grant_id: None,
-                reason: reason.to_owned(),
-                at_ms: now_ms,
-            });
-        }
-    }
-
-    fn queue_event(&self, event: AccessEvent) {
-        self.audit.lock().expect("audit lock poisoned").push(event);
-    }
-
-    pub fn pending_events(&self) -> usize {
-        self.audit.lock().expect("audit lock poisoned").len()
-    }
-
-    /// Commits queued access events in batches. Events that cannot be submitted (mempool
-    /// full) stay queued for the next flush.
-    pub fn flush_events(&self, now_ms: TimestampMs) -> Result<Vec<TxId>, RecordError> {
-        let mut ids = Vec::new();
-        loop {
-            let batch: Vec<AccessEvent> = {
-                let mut queue = self.audit.lock().expect("audit lock poisoned");
-                let n = queue.len().min(limits::ACCESS_EVENTS_PER_TX_MAX);
-                queue.drain(..n).collect()
-            };
-            if batch.is_empty() {
-                return Ok(ids);
-            }
-            match self.chain.submit_as(&self.node_keys, Payload::AccessEvents { events: batch.clone() }, now_ms) {
-                Ok(id) => ids.push(id),
-                Err(e) => {
-                    let mut queue = self.audit.lock().expect("audit lock poisoned");
-                    let rest: Vec<AccessEvent> = queue.drain(..).collect();
-                    queue.extend(batch);
-                    queue.extend(rest);
-                    return Err(e.into());
-                }
-            }
-        }
     }
 }
 

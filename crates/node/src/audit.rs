@@ -1,0 +1,512 @@
+//! The node's audit trail: every access decision this node makes becomes an access event,
+//! committed on-chain in batches signed by the node's validator (the recorder).
+//!
+//! **Durable before the answer.** With a journal ([`AuditTrail::open_journal`]), an event is
+//! appended to an append-only file and `fdatasync`ed (grouped: one sync covers every writer
+//! waiting) before the decision it records is acted on, so a read is never served, nor a
+//! refusal answered, with its event only in memory. A node that crashes replays the journal at
+//! start and commits what the chain does not already hold. When the journal cannot take an event
+//! (disk error, or [`AuditLimits::pending_events_max`] events not yet committed), the event is
+//! not recorded and the decision is not acted on: the caller gets an error, never the data.
+//! The journal is emptied whenever everything in it is committed.
+//!
+//! **Refusals are budgeted per accessor.** One identity's refused requests could otherwise
+//! write the patient's trail full (20,000 events in seconds) and push real accesses out of view.
+//! Each accessor has a bucket of [`AuditLimits::refusals_burst`] refusals, refilled at
+//! [`AuditLimits::refusals_per_minute`]; beyond it a refusal is still refused, and the first
+//! one per (accessor, patient) in each minute is recorded as a single `refusals-over-quota`
+//! event (no record named), so the patient learns the attempts went on without each costing a
+//! permanent on-chain entry. The caller's answer is the same either way.
+//!
+//! Journal frame: `u32` BE length of the rest; 8 bytes: the first 8 of SHA-256 over the event
+//! bytes; the event's canonical encoding (`AccessEvent`, `docs/format.md`). A torn or damaged
+//! tail is cut at open.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    fs::{File, OpenOptions},
+    io::{Read, Write},
+    path::Path,
+    sync::{Mutex, OnceLock},
+};
+
+use medledger_codec::{Decode, Encode, Reader};
+use medledger_crypto::Keypair;
+use medledger_ledger::{AccessEvent, Payload};
+use medledger_types::{IdentityId, TimestampMs, TxId, limits};
+
+use crate::chain::{Chain, SubmitError, TxStatus};
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AuditError {
+    #[error("the audit journal cannot record the access: {0}")]
+    Journal(#[from] std::io::Error),
+    #[error("{0} access events await commitment; refusing to act on more until they are recorded")]
+    Backlog(usize),
+    #[error("access events not submitted: {0}")]
+    Submit(#[from] SubmitError),
+}
+
+/// Bounds of the audit trail.
+#[derive(Debug, Clone, Copy)]
+pub struct AuditLimits {
+    /// Most events recorded but not yet committed; beyond, decisions are refused.
+    pub pending_events_max: usize,
+    /// Refusals an accessor may have recorded at once, and the rate the budget refills at.
+    pub refusals_burst: u32,
+    pub refusals_per_minute: u32,
+    /// Most `refusals-over-quota` summaries per accessor per minute (one per patient).
+    pub summaries_per_minute: u32,
+}
+
+impl Default for AuditLimits {
+    fn default() -> Self {
+        Self { pending_events_max: 1_000_000, refusals_burst: 120, refusals_per_minute: 60, summaries_per_minute: 16 }
+    }
+}
+
+/// The reason code of the event standing for an accessor's unrecorded refusals.
+pub const OVER_QUOTA_REASON: &str = "refusals-over-quota";
+
+const MINUTE_MS: u64 = 60_000;
+/// Largest journal frame accepted at replay (an event is far smaller).
+const FRAME_BYTES_MAX: usize = 4096;
+
+/// A refusal budget: tokens, and when they were last counted.
+struct Bucket {
+    tokens: f64,
+    at_ms: TimestampMs,
+    /// The minute summaries were last counted in, and the patients summarised in it.
+    summary_minute: u64,
+    summarised: Vec<IdentityId>,
+}
+
+#[derive(Default)]
+struct Queue {
+    waiting: VecDeque<AccessEvent>,
+    /// Events of a rejected batch, retried one per transaction.
+    solo: VecDeque<AccessEvent>,
+    /// Submitted batches, oldest first, with their events.
+    in_flight: VecDeque<(TxId, Vec<AccessEvent>)>,
+}
+
+impl Queue {
+    fn len(&self) -> usize {
+        self.waiting.len() + self.solo.len() + self.in_flight.iter().map(|(_, e)| e.len()).sum::<usize>()
+    }
+}
+
+struct JournalFile {
+    file: File,
+    /// Frames appended since open (never reset): the sync watermark.
+    appended: u64,
+    /// Events appended (or replayed) and not yet committed; at 0 the file is emptied.
+    uncommitted: usize,
+}
+
+struct Journal {
+    file: Mutex<JournalFile>,
+    /// A second handle on the same file, synced without holding the append lock.
+    sync_handle: File,
+    /// Frames known durable.
+    synced: Mutex<u64>,
+}
+
+impl Journal {
+    fn append(&self, event: &AccessEvent) -> std::io::Result<u64> {
+        let bytes = event.to_bytes();
+        let mut frame = Vec::with_capacity(12 + bytes.len());
+        frame.extend_from_slice(&((bytes.len() + 8) as u32).to_be_bytes());
+        frame.extend_from_slice(&medledger_crypto::sha256(&bytes).0[..8]);
+        frame.extend_from_slice(&bytes);
+        let mut file = self.file.lock().expect("audit journal lock poisoned");
+        file.file.write_all(&frame)?;
+        file.appended += 1;
+        file.uncommitted += 1;
+        Ok(file.appended)
+    }
+
+    /// Returns once frame `frame` (and every one before it) is durable. Concurrent callers
+    /// share one sync: whoever syncs covers everything appended before it started.
+    fn sync_through(&self, frame: u64) -> std::io::Result<()> {
+        let mut synced = self.synced.lock().expect("audit journal sync lock poisoned");
+        if *synced >= frame {
+            return Ok(());
+        }
+        let target = self.file.lock().expect("audit journal lock poisoned").appended;
+        self.sync_handle.sync_data()?;
+        *synced = target;
+        Ok(())
+    }
+
+    /// `n` events committed (or given up on); empties the file once nothing is left.
+    fn committed(&self, n: usize) -> std::io::Result<()> {
+        let mut file = self.file.lock().expect("audit journal lock poisoned");
+        file.uncommitted = file.uncommitted.saturating_sub(n);
+        if file.uncommitted == 0 {
+            file.file.set_len(0)?;
+            file.file.sync_data()?;
+        }
+        Ok(())
+    }
+}
+
+/// The journal frames a caller recorded and has yet to make durable ([`AuditTrail::sync`]).
+#[derive(Debug, Default, Clone, Copy)]
+#[must_use = "events recorded with a deferred sync are durable only once synced"]
+pub struct Synced(u64);
+
+/// See the module docs.
+pub struct AuditTrail {
+    queue: Mutex<Queue>,
+    journal: OnceLock<Journal>,
+    refusals: Mutex<HashMap<IdentityId, Bucket>>,
+    limits: AuditLimits,
+}
+
+impl Default for AuditTrail {
+    fn default() -> Self {
+        Self::new(AuditLimits::default())
+    }
+}
+
+impl AuditTrail {
+    pub fn new(limits: AuditLimits) -> Self {
+        Self {
+            queue: Mutex::new(Queue::default()),
+            journal: OnceLock::new(),
+            refusals: Mutex::new(HashMap::new()),
+            limits,
+        }
+    }
+
+    /// Makes every later event durable in the journal at `path` (created 0600 if missing), and
+    /// queues the events a previous run journaled that `chain` does not hold yet (recorded by
+    /// `recorder`, this node's validator). Returns how many were queued again. Set once.
+    pub fn open_journal(
+        &self,
+        path: &Path,
+        chain: &Chain,
+        recorder: &IdentityId,
+        now_ms: TimestampMs,
+    ) -> Result<usize, AuditError> {
+        let mut options = OpenOptions::new();
+        options.read(true).append(true).create(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let mut file = options.open(path)?;
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes)?;
+        let (events, valid) = replay(&bytes);
+        if valid < bytes.len() {
+            tracing::warn!(path = %path.display(), cut = bytes.len() - valid, "audit journal tail was torn; cut");
+            file.set_len(valid as u64)?;
+        }
+        // Older events would be refused by the ledger: they cannot be recorded any more.
+        let age_limit = now_ms.saturating_sub(limits::ACCESS_EVENT_AGE_MAX_MS);
+        let pending: Vec<AccessEvent> = {
+            let index = chain.patient_index();
+            events
+                .into_iter()
+                .filter(|e| {
+                    let recorded = index
+                        .patient(&e.patient)
+                        .is_some_and(|p| p.access.iter().any(|a| a.recorder == *recorder && a.event == *e));
+                    !recorded && e.at_ms >= age_limit
+                })
+                .collect()
+        };
+        let sync_handle = file.try_clone()?;
+        let journal = Journal {
+            file: Mutex::new(JournalFile { file, appended: 0, uncommitted: pending.len() }),
+            sync_handle,
+            synced: Mutex::new(0),
+        };
+        if pending.is_empty() {
+            journal.committed(0)?;
+        }
+        let queued = pending.len();
+        self.queue.lock().expect("audit queue lock poisoned").waiting.extend(pending);
+        if self.journal.set(journal).is_err() {
+            tracing::warn!("audit journal opened twice; the first stays");
+        }
+        Ok(queued)
+    }
+
+    /// Records `event` (durably, with a journal) before the decision it records is acted on.
+    pub fn record(&self, event: AccessEvent) -> Result<(), AuditError> {
+        let mut synced = Synced::default();
+        self.record_deferred(event, &mut synced)?;
+        self.sync(synced)
+    }
+
+    /// Records `event`, leaving the journal's sync to [`AuditTrail::sync`] with `synced`: a
+    /// request deciding many accesses (a search page, an export chunk) waits for one sync,
+    /// before it acts on any of them.
+    pub fn record_deferred(&self, event: AccessEvent, synced: &mut Synced) -> Result<(), AuditError> {
+        let pending = self.queue.lock().expect("audit queue lock poisoned").len();
+        if pending >= self.limits.pending_events_max {
+            return Err(AuditError::Backlog(pending));
+        }
+        if let Some(journal) = self.journal.get() {
+            synced.0 = synced.0.max(journal.append(&event)?);
+        }
+        self.queue.lock().expect("audit queue lock poisoned").waiting.push_back(event);
+        Ok(())
+    }
+
+    /// Makes every event recorded with `synced` durable.
+    pub fn sync(&self, synced: Synced) -> Result<(), AuditError> {
+        match self.journal.get() {
+            Some(journal) if synced.0 > 0 => Ok(journal.sync_through(synced.0)?),
+            _ => Ok(()),
+        }
+    }
+
+    /// Records a refusal within the accessor's budget; beyond it, at most a
+    /// `refusals-over-quota` summary per patient per minute (see the module docs).
+    pub fn record_refusal(&self, event: AccessEvent, now_ms: TimestampMs) -> Result<(), AuditError> {
+        let mut synced = Synced::default();
+        self.record_refusal_deferred(event, now_ms, &mut synced)?;
+        self.sync(synced)
+    }
+
+    /// [`AuditTrail::record_refusal`] with the sync left to [`AuditTrail::sync`].
+    pub fn record_refusal_deferred(
+        &self,
+        event: AccessEvent,
+        now_ms: TimestampMs,
+        synced: &mut Synced,
+    ) -> Result<(), AuditError> {
+        let to_record = {
+            let mut buckets = self.refusals.lock().expect("audit refusal lock poisoned");
+            if buckets.len() > 100_000 {
+                // Forget accessors whose budget has refilled: nothing to remember about them.
+                let (burst, rate) = (self.limits.refusals_burst, self.limits.refusals_per_minute);
+                buckets.retain(|_, b| refilled(b, now_ms, burst, rate) < f64::from(burst));
+            }
+            let burst = self.limits.refusals_burst;
+            let bucket = buckets.entry(event.accessor).or_insert(Bucket {
+                tokens: f64::from(burst),
+                at_ms: now_ms,
+                summary_minute: 0,
+                summarised: Vec::new(),
+            });
+            bucket.tokens = refilled(bucket, now_ms, burst, self.limits.refusals_per_minute);
+            bucket.at_ms = now_ms;
+            if bucket.tokens >= 1.0 {
+                bucket.tokens -= 1.0;
+                Some(event)
+            } else {
+                let minute = now_ms / MINUTE_MS;
+                if bucket.summary_minute != minute {
+                    bucket.summary_minute = minute;
+                    bucket.summarised.clear();
+                }
+                let first_for_patient = !bucket.summarised.contains(&event.patient);
+                if first_for_patient && bucket.summarised.len() < self.limits.summaries_per_minute as usize {
+                    bucket.summarised.push(event.patient);
+                    Some(AccessEvent { record: None, grant_id: None, reason: OVER_QUOTA_REASON.into(), ..event })
+                } else {
+                    None
+                }
+            }
+        };
+        match to_record {
+            Some(event) => self.record_deferred(event, synced),
+            None => Ok(()),
+        }
+    }
+
+    /// Events recorded and not yet known committed.
+    pub fn pending(&self) -> usize {
+        self.queue.lock().expect("audit queue lock poisoned").len()
+    }
+
+    /// Settles submitted batches (committed ones leave the journal; ones that vanished are
+    /// queued again; a rejected batch is retried event by event, and an event rejected alone
+    /// is given up with an error in the log), then submits what waits, in batches, signed by
+    /// `node_keys`. Events that cannot be submitted stay queued.
+    pub fn flush(&self, chain: &Chain, node_keys: &Keypair, now_ms: TimestampMs) -> Result<Vec<TxId>, AuditError> {
+        let settled = self.settle(chain);
+        if let Some(journal) = self.journal.get()
+            && settled > 0
+        {
+            journal.committed(settled)?;
+        }
+        let mut ids = Vec::new();
+        loop {
+            let (batch, solo) = {
+                let mut queue = self.queue.lock().expect("audit queue lock poisoned");
+                match queue.solo.pop_front() {
+                    Some(event) => (vec![event], true),
+                    None => {
+                        let n = queue.waiting.len().min(limits::ACCESS_EVENTS_PER_TX_MAX);
+                        (queue.waiting.drain(..n).collect::<Vec<_>>(), false)
+                    }
+                }
+            };
+            if batch.is_empty() {
+                return Ok(ids);
+            }
+            match chain.submit_as(node_keys, Payload::AccessEvents { events: batch.clone() }, now_ms) {
+                Ok(id) => {
+                    ids.push(id);
+                    self.queue.lock().expect("audit queue lock poisoned").in_flight.push_back((id, batch));
+                }
+                Err(e) => {
+                    let mut queue = self.queue.lock().expect("audit queue lock poisoned");
+                    if solo {
+                        queue.solo.push_front(batch.into_iter().next().expect("one event"));
+                    } else {
+                        for event in batch.into_iter().rev() {
+                            queue.waiting.push_front(event);
+                        }
+                    }
+                    return Err(e.into());
+                }
+            }
+        }
+    }
+
+    /// Returns how many events left for good (committed, or given up).
+    fn settle(&self, chain: &Chain) -> usize {
+        let mut queue = self.queue.lock().expect("audit queue lock poisoned");
+        let mut settled = 0;
+        let mut still = VecDeque::new();
+        while let Some((id, events)) = queue.in_flight.pop_front() {
+            match chain.tx_status(&id) {
+                Ok(TxStatus::Committed { .. }) => settled += events.len(),
+                Ok(TxStatus::Pending) | Err(_) => still.push_back((id, events)),
+                Ok(TxStatus::Rejected { reason }) if events.len() == 1 => {
+                    tracing::error!(tx = %id, %reason, "an access event was refused by the ledger and is not recorded");
+                    settled += 1;
+                }
+                Ok(TxStatus::Rejected { reason }) => {
+                    tracing::warn!(tx = %id, %reason, events = events.len(), "access events refused as a batch; retrying one by one");
+                    queue.solo.extend(events);
+                }
+                Ok(TxStatus::Unknown) => {
+                    for event in events.into_iter().rev() {
+                        queue.waiting.push_front(event);
+                    }
+                }
+            }
+        }
+        queue.in_flight = still;
+        settled
+    }
+}
+
+fn refilled(bucket: &Bucket, now_ms: TimestampMs, burst: u32, per_minute: u32) -> f64 {
+    let elapsed = now_ms.saturating_sub(bucket.at_ms) as f64;
+    (bucket.tokens + elapsed * f64::from(per_minute) / MINUTE_MS as f64).min(f64::from(burst))
+}
+
+/// The events of a journal's bytes, and how many bytes of whole, intact frames there are.
+fn replay(bytes: &[u8]) -> (Vec<AccessEvent>, usize) {
+    let mut events = Vec::new();
+    let mut at = 0;
+    while bytes.len() - at >= 4 {
+        let len = u32::from_be_bytes(bytes[at..at + 4].try_into().expect("4 bytes")) as usize;
+        if !(8..=FRAME_BYTES_MAX).contains(&len) || bytes.len() - at - 4 < len {
+            break;
+        }
+        let (check, body) = bytes[at + 4..at + 4 + len].split_at(8);
+        if medledger_crypto::sha256(body).0[..8] != *check {
+            break;
+        }
+        let mut reader = Reader::new(body);
+        let Ok(event) = AccessEvent::decode(&mut reader) else { break };
+        if reader.finish().is_err() {
+            break;
+        }
+        events.push(event);
+        at += 4 + len;
+    }
+    (events, at)
+}
+
+#[cfg(test)]
+mod tests {
+    use medledger_ledger::{AccessAction, AccessOutcome, Purpose};
+    use medledger_types::RecordId;
+
+    use super::*;
+
+    fn denial(accessor: u8, patient: u8) -> AccessEvent {
+        AccessEvent {
+            accessor: IdentityId([accessor; 32]),
+            patient: IdentityId([patient; 32]),
+            record: Some((RecordId([9; 32]), 1)),
+            action: AccessAction::Read,
+            purpose: Purpose::Treatment,
+            outcome: AccessOutcome::Denied,
+            grant_id: None,
+            reason: "no-grant".into(),
+            at_ms: 5,
+        }
+    }
+
+    #[test]
+    fn journal_frames_replay_and_a_torn_tail_is_cut() {
+        let events = [denial(1, 2), denial(3, 4)];
+        let mut bytes = Vec::new();
+        for e in &events {
+            let body = e.to_bytes();
+            bytes.extend_from_slice(&((body.len() + 8) as u32).to_be_bytes());
+            bytes.extend_from_slice(&medledger_crypto::sha256(&body).0[..8]);
+            bytes.extend_from_slice(&body);
+        }
+        let whole = bytes.len();
+        assert_eq!(replay(&bytes), (events.to_vec(), whole));
+        // A torn frame, then a damaged one: replay stops at the last intact frame.
+        bytes.extend_from_slice(&[0, 0, 0, 40, 1, 2]);
+        assert_eq!(replay(&bytes).1, whole);
+        bytes.truncate(whole);
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        assert_eq!(replay(&bytes).0.len(), 1);
+    }
+
+    #[test]
+    fn one_accessors_refusals_are_budgeted_and_summarised_once_per_patient() {
+        let limits = AuditLimits {
+            pending_events_max: 1000,
+            refusals_burst: 3,
+            refusals_per_minute: 60,
+            summaries_per_minute: 2,
+        };
+        let trail = AuditTrail::new(limits);
+        for _ in 0..10 {
+            trail.record_refusal(denial(1, 2), 0).unwrap();
+        }
+        // Three within the budget, one summary for patient 2.
+        assert_eq!(trail.pending(), 4);
+        for patient in 3..10 {
+            trail.record_refusal(denial(1, patient), 0).unwrap();
+        }
+        // At most two summaries a minute: patient 2's and patient 3's.
+        assert_eq!(trail.pending(), 5);
+        // Another accessor has its own budget.
+        trail.record_refusal(denial(7, 2), 0).unwrap();
+        assert_eq!(trail.pending(), 6);
+        // A second later one refusal's worth has refilled.
+        trail.record_refusal(denial(1, 2), 1_000).unwrap();
+        assert_eq!(trail.pending(), 7);
+        let queue = trail.queue.lock().unwrap();
+        let summaries: Vec<_> = queue.waiting.iter().filter(|e| e.reason == OVER_QUOTA_REASON).collect();
+        assert_eq!(summaries.len(), 2);
+        assert!(summaries.iter().all(|e| e.record.is_none()));
+    }
+
+    #[test]
+    fn a_full_backlog_refuses_to_record() {
+        let limits = AuditLimits { pending_events_max: 2, ..AuditLimits::default() };
+        let trail = AuditTrail::new(limits);
+        trail.record(denial(1, 2)).unwrap();
+        trail.record(denial(1, 2)).unwrap();
+        assert!(matches!(trail.record(denial(1, 2)), Err(AuditError::Backlog(2))));
+    }
+}
