@@ -1777,16 +1777,18 @@ impl<'a> Overlay<'a> {
             }
             Payload::DirectoryPut { entry_id, version, resource_type, content } => {
                 let signer_identity = self.require(&signer, "signer")?;
-                // The organisation or its node (which checks the content is a valid FHIR
-                // resource of the type before signing); staff write through the node.
+                // Only an organisation's node signs: it checks the content is a valid FHIR
+                // resource of the type carrying no patient data (no contained resources,
+                // narrative or unlisted extensions) before signing. Staff and the organisation
+                // write through it, so an organisation's key alone cannot publish anything in
+                // clear.
                 let owner = match signer_identity.role {
-                    Role::Organisation => signer,
                     Role::Validator => signer_identity
                         .organisation
                         .ok_or(TxError::NotAuthorised("directory entries are written for a member organisation"))?,
                     _ => {
                         return Err(TxError::NotAuthorised(
-                            "directory entries are written by member organisations or their nodes",
+                            "directory entries are written by a member organisation's node, which checks them",
                         ));
                     }
                 };

@@ -182,7 +182,7 @@ fn one_failing_operation_leaves_nothing_of_the_batch() {
     assert_eq!(w.state.next_nonce(&node.id()), nonce_before);
     // The proposer's path (build_block) skips it the same way and keeps the other candidates.
     let bad = w.tx(&node, Payload::Batch { ops: vec![record(5, 3, patient.id(), org, doc)] });
-    let good = w.tx(&w.org_a.clone(), directory(6, 1, "Location"));
+    let good = w.tx(&w.node_a.clone(), directory(6, 1, "Location"));
     let (block, skipped) = w.state.build_block(vec![bad, good], w.t + 1000, node.id());
     assert_eq!((block.txs.len(), skipped.len()), (1, 1));
 }
@@ -260,13 +260,16 @@ fn batches_may_exceed_the_ordinary_transaction_size_up_to_their_own_limit() {
 fn directory_entries_belong_to_the_organisation_that_wrote_them() {
     let mut w = World::new();
     let (org_a, node_a, node_b, doc) = (w.org_a.clone(), w.node_a.clone(), w.node_b.clone(), w.doc.clone());
-    // Staff write through their node, never directly.
-    let error = w.submit(&doc, directory(1, 1, "Practitioner")).unwrap_err();
-    assert!(matches!(error, TxError::NotAuthorised(_)), "{error}");
+    // Staff and the organisation write through their node (which checks the content carries no
+    // patient data), never directly (issue 9, item 7).
+    for signer in [&doc, &org_a] {
+        let error = w.submit(signer, directory(1, 1, "Practitioner")).unwrap_err();
+        assert!(matches!(error, TxError::NotAuthorised(_)), "{error}");
+    }
     w.submit(&node_a, directory(1, 1, "Practitioner")).unwrap();
     assert_eq!(w.state.directory_entry(&RecordId([1; 32])).unwrap().owner, org_a.id());
-    // Hospital A's node and the organisation itself update it; Hospital B's node may not.
-    w.submit(&org_a, directory(1, 2, "Practitioner")).unwrap();
+    // Hospital A's node updates it; Hospital B's node may not.
+    w.submit(&node_a, directory(1, 2, "Practitioner")).unwrap();
     let error = w.submit(&node_b, directory(1, 3, "Practitioner")).unwrap_err();
     assert!(matches!(error, TxError::NotAuthorised(_)), "{error}");
     w.submit(&node_a, directory(1, 3, "Practitioner")).unwrap();
@@ -277,7 +280,7 @@ fn directory_entries_belong_to_the_organisation_that_wrote_them() {
         (directory(2, 2, "Location"), "a first version other than 1"),
         (directory(2, 1, "Observation"), "a patient-record type"),
     ] {
-        assert!(w.submit(&org_a, op).is_err(), "{why} was accepted");
+        assert!(w.submit(&node_a, op).is_err(), "{why} was accepted");
     }
     let patient = Keypair::from_label("batch-patient-4");
     w.submit(&org_a, Payload::register(Role::Patient, &patient, None, "")).unwrap();
