@@ -173,7 +173,7 @@ pub struct RuleSpec {
 }
 
 /// One access to a patient's data, as a node observed and decided it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct AccessEvent {
     pub accessor: IdentityId,
     pub patient: IdentityId,

@@ -23,7 +23,7 @@
 //! tail is cut at open.
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::{HashMap, HashSet, VecDeque},
     fs::{File, OpenOptions},
     io::{Read, Write},
     path::Path,
@@ -89,11 +89,13 @@ struct Queue {
     solo: VecDeque<AccessEvent>,
     /// Submitted batches, oldest first, with their events.
     in_flight: VecDeque<(TxId, Vec<AccessEvent>)>,
+    /// Events in `in_flight`, kept so the backlog check costs nothing.
+    in_flight_events: usize,
 }
 
 impl Queue {
     fn len(&self) -> usize {
-        self.waiting.len() + self.solo.len() + self.in_flight.iter().map(|(_, e)| e.len()).sum::<usize>()
+        self.waiting.len() + self.solo.len() + self.in_flight_events
     }
 }
 
@@ -206,15 +208,26 @@ impl AuditTrail {
         // Older events would be refused by the ledger: they cannot be recorded any more.
         let age_limit = now_ms.saturating_sub(limits::ACCESS_EVENT_AGE_MAX_MS);
         let pending: Vec<AccessEvent> = {
+            // What this node already recorded about the journal's patients, counted by value (two
+            // identical decisions in one millisecond are two events).
             let index = chain.patient_index();
+            let patients: HashSet<IdentityId> = events.iter().map(|e| e.patient).collect();
+            let mut recorded: HashMap<&AccessEvent, usize> = HashMap::new();
+            for entry in patients.iter().filter_map(|p| index.patient(p)).flat_map(|p| p.access.iter()) {
+                if entry.recorder == *recorder {
+                    *recorded.entry(&entry.event).or_default() += 1;
+                }
+            }
             events
-                .into_iter()
-                .filter(|e| {
-                    let recorded = index
-                        .patient(&e.patient)
-                        .is_some_and(|p| p.access.iter().any(|a| a.recorder == *recorder && a.event == *e));
-                    !recorded && e.at_ms >= age_limit
+                .iter()
+                .filter(|e| match recorded.get_mut(e) {
+                    Some(n) if *n > 0 => {
+                        *n -= 1;
+                        false
+                    }
+                    _ => e.at_ms >= age_limit,
                 })
+                .cloned()
                 .collect()
         };
         let sync_handle = file.try_clone()?;
@@ -353,7 +366,9 @@ impl AuditTrail {
             match chain.submit_as(node_keys, Payload::AccessEvents { events: batch.clone() }, now_ms) {
                 Ok(id) => {
                     ids.push(id);
-                    self.queue.lock().expect("audit queue lock poisoned").in_flight.push_back((id, batch));
+                    let mut queue = self.queue.lock().expect("audit queue lock poisoned");
+                    queue.in_flight_events += batch.len();
+                    queue.in_flight.push_back((id, batch));
                 }
                 Err(e) => {
                     let mut queue = self.queue.lock().expect("audit queue lock poisoned");
@@ -394,6 +409,7 @@ impl AuditTrail {
                 }
             }
         }
+        queue.in_flight_events = still.iter().map(|(_, e)| e.len()).sum();
         queue.in_flight = still;
         settled
     }
