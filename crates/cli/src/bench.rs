@@ -94,6 +94,24 @@ pub(crate) fn round2(v: f64) -> f64 {
     (v * 100.0).round() / 100.0
 }
 
+/// Registers `patients` (with their own keys) as organisation `org` does, in rounds that stay
+/// within a signer's mempool budget, waiting for each round to commit.
+pub(crate) fn register_patients(
+    chain: &medledger_node::chain::Chain,
+    org: &Keypair,
+    patients: &[Keypair],
+    deadline: std::time::Duration,
+) -> anyhow::Result<()> {
+    for round in patients.chunks(medledger_types::limits::MEMPOOL_TXS_PER_SIGNER_MAX / 2) {
+        let ids = round
+            .iter()
+            .map(|p| chain.submit_as(org, Payload::register(Role::Patient, p, None, ""), now_ms()))
+            .collect::<Result<Vec<_>, _>>()?;
+        wait_committed(chain, &ids, deadline)?;
+    }
+    Ok(())
+}
+
 /// Waits until every id is committed (or `deadline` passes); a rejection is an error.
 pub(crate) fn wait_committed(
     chain: &medledger_node::chain::Chain,

@@ -136,15 +136,13 @@ fn drive(
     let patients: Vec<Keypair> =
         (0..opts.patients).map(|i| Keypair::from_label(&format!("bench-fhir-patient-{i}"))).collect();
     eprintln!("bench: registering {} patients ...", patients.len());
-    let mut ids = vec![chain.submit_as(
+    let ids = vec![chain.submit_as(
         hospital,
         Payload::register(Role::Practitioner, &doc, Some(hospital.id()), "Bench Doctor"),
         now_ms(),
     )?];
-    for p in &patients {
-        ids.push(chain.submit_as(hospital, Payload::register(Role::Patient, p, None, ""), now_ms())?);
-    }
     wait_committed(chain, &ids, Duration::from_secs(120))?;
+    crate::bench::register_patients(chain, hospital, &patients, Duration::from_secs(120))?;
     // Synthetic bodies, reused round-robin; each gets its patient's server id as subject.
     let synthetic = medledger_synth::Generator::new(4242).patients(64);
     let mut patient_ids = Vec::with_capacity(patients.len());

@@ -210,7 +210,7 @@ fn drive(
         (0..opts.patients).map(|i| Keypair::from_label(&format!("bench-patient-{i}"))).collect();
     let chain_id = net.genesis.chain_id();
     eprintln!("bench: registering {} patients ...", patients.len());
-    let mut ids = vec![
+    let ids = vec![
         chain.submit_as(
             hospital,
             Payload::register(Role::Practitioner, &doc, Some(hospital.id()), "Bench Doctor"),
@@ -222,10 +222,8 @@ fn drive(
             now_ms(),
         )?,
     ];
-    for p in &patients {
-        ids.push(chain.submit_as(hospital, Payload::register(Role::Patient, p, None, ""), now_ms())?);
-    }
     wait_committed(chain, &ids, Duration::from_secs(60))?;
+    crate::bench::register_patients(chain, hospital, &patients, Duration::from_secs(60))?;
     // Every patient lets the clinic read labs and vitals for treatment.
     let now = now_ms();
     let mut grants = Vec::new();
@@ -239,7 +237,8 @@ fn drive(
             valid_from_ms: now,
             valid_until_ms: now + 86_400_000,
         };
-        grants.push(chain.submit(sign(p, chain_id, p.id(), 1, payload).bytes(), now)?);
+        // The patient's first transaction (an organisation registered them).
+        grants.push(chain.submit(sign(p, chain_id, p.id(), 0, payload).bytes(), now)?);
     }
     wait_committed(chain, &grants, Duration::from_secs(60))?;
     // Payloads: synthetic labs and vitals (about 1 KB each).
