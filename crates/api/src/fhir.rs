@@ -861,6 +861,7 @@ pub(crate) async fn history(
     // Consent first, before anything else can answer differently: nothing of the history (not
     // even its length, or whether the id is real) for a caller who may not read the record;
     // the refusal is audited.
+    let now = now_ms();
     let decision = {
         let state = app.chain.state();
         let head = state
@@ -874,11 +875,11 @@ pub(crate) async fn history(
             head,
             medledger_ledger::actions::READ,
             purpose,
-            now_ms(),
+            now,
         )
     };
     if let Err(denial) = decision {
-        record_audit(&service, move |s| s.audit_history(requester, record_id, purpose, Err(denial), now_ms())).await?;
+        record_audit(&service, move |s| s.audit_history(requester, record_id, purpose, Err(denial), now)).await?;
         return Err(no_such(&resource_type, &id));
     }
     let (count, offset) = paging(&query, HISTORY_VERSIONS_MAX, "instance history")?;
@@ -1293,6 +1294,8 @@ pub(crate) async fn provenance(
     }
     let purpose = purpose(&headers)?;
     let record_id = parse_id(id)?;
+    // Decided and recorded at one time: the event names the grant in force then.
+    let now = now_ms();
     let decision = {
         let state = app.chain.state();
         let head = state
@@ -1306,12 +1309,12 @@ pub(crate) async fn provenance(
             head,
             medledger_ledger::actions::READ,
             purpose,
-            now_ms(),
+            now,
         )
     };
     if let Some(service) = &app.records {
         let who = grant.identity;
-        record_audit(service, move |s| s.audit_history(who, record_id, purpose, decision, now_ms())).await?;
+        record_audit(service, move |s| s.audit_history(who, record_id, purpose, decision, now)).await?;
     }
     // Refused (and audited): the answer for a record that does not exist.
     decision.map_err(|_| no_such(resource_type, id))?;

@@ -35,7 +35,6 @@ use medledger_fhir::{
     search::{self, IndexValue, ParseOptions},
     validate::ReferenceKind,
 };
-use medledger_ledger::AccessAction;
 use medledger_node::{
     batch::{BatchWrite, BatchWritten},
     chain::TxStatus,
@@ -816,13 +815,11 @@ fn resolve_conditional(
             found = own_or_new;
         }
     }
-    // A patient record it resolves to is an access like a search result: on the record.
-    if let [one] = found.as_slice()
-        && !is_directory(resource_type)
-        && app.chain.state().record(one).is_some()
-    {
+    // What the reference found (one, or several: "more than one" says they exist) is an access
+    // like a search result's: on each record's trail.
+    for id in found.iter().filter(|id| !is_directory(resource_type) && app.chain.state().record(id).is_some()) {
         service
-            .read_as(grant.identity, *one, None, medledger_ledger::Purpose::Treatment, AccessAction::Search, now_ms())
+            .audit_match(grant.identity, *id, medledger_ledger::Purpose::Treatment, now_ms())
             .map_err(|e| format!("{shown}: {e}"))?;
     }
     match found.as_slice() {

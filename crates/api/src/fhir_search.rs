@@ -35,7 +35,11 @@ use medledger_ledger::{
     access::{Basis, decide_at_head},
     actions,
 };
-use medledger_node::{audit::Synced, chain::Chain, records::RecordService};
+use medledger_node::{
+    audit::Synced,
+    chain::Chain,
+    records::{RecordError, RecordService},
+};
 use medledger_types::{IdentityId, RecordId};
 
 use crate::{
@@ -313,6 +317,8 @@ struct Found {
     counted: Vec<(IdentityId, Basis)>,
     /// The patients of the records in `matches`.
     returned_patients: Vec<IdentityId>,
+    /// The patient of each record in `matches`.
+    patient_of: HashMap<RecordId, IdentityId>,
 }
 
 /// Evaluates `query` for `requester`: match, filter by consent, sort, page, include.
@@ -429,7 +435,8 @@ fn evaluate(
         }
     }
     let returned_patients = page.iter().filter_map(|r| patient_of.get(r).copied()).collect();
-    Found { total, matches: page, includes, counted, returned_patients }
+    let patient_of = page.iter().filter_map(|r| Some((*r, *patient_of.get(r)?))).collect();
+    Found { total, matches: page, includes, counted, returned_patients, patient_of }
 }
 
 /// The resources matching `query` that `grant`'s identity may see, at most two: resolving a
@@ -495,7 +502,8 @@ pub(crate) async fn search(
         index.catch_up(&chain, &service);
         let now = now_ms();
         let found = evaluate(&index, &chain, &query_for_task, &grant_for_task, purpose, now);
-        bundle(&service, &index, &query_for_task, &found, &requester, purpose, &origin, &params_for_links(&params))
+        let links = params_for_links(&params);
+        bundle(&service, &index, &query_for_task, &found, (&requester, purpose, now), &origin, &links)
     })
     .await
     .map_err(|_| FhirError::new(StatusCode::INTERNAL_SERVER_ERROR, IssueCode::Exception, "search task failed"))??;
@@ -531,17 +539,38 @@ fn percent(text: &str) -> String {
     out
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Most patients a search's `total` may count beyond those its page returns: each is recorded
+/// on that patient's trail, so a broader total is left out of the answer (FHIR allows a
+/// searchset without one), and a `_summary=count` that broad is refused.
+pub const COUNTED_PATIENTS_MAX: usize = 100;
+
 fn bundle(
     service: &Arc<RecordService>,
     index: &SearchIndex,
     query: &search::Query,
     found: &Found,
-    requester: &IdentityId,
-    purpose: medledger_ledger::Purpose,
+    (requester, purpose, now): (&IdentityId, medledger_ledger::Purpose, u64),
     origin: &str,
     link_params: &str,
 ) -> Result<String, FhirError> {
+    // Whose records the total counts without this answer returning them: each such patient
+    // learns of the count on their trail, within a bound.
+    let returned: HashSet<IdentityId> = match query.summary_count {
+        true => HashSet::new(),
+        false => found.returned_patients.iter().copied().collect(),
+    };
+    let unreturned = found.counted.iter().filter(|(p, _)| !returned.contains(p)).count();
+    let show_total = unreturned <= COUNTED_PATIENTS_MAX;
+    if query.summary_count && !show_total {
+        return Err(FhirError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            IssueCode::TooCostly,
+            format!(
+                "this count covers the records of {unreturned} patients, each of whom would see it on their access \
+                 trail; at most {COUNTED_PATIENTS_MAX} are counted at once: narrow the search (by patient, say)"
+            ),
+        ));
+    }
     let base = format!("{origin}/fhir/{}", query.resource_type);
     let separator = if link_params.is_empty() { "" } else { "&" };
     let mut links =
@@ -550,11 +579,12 @@ fn bundle(
     if !query.summary_count && next < found.total && query.count > 0 {
         links.push(format!(r#"{{"relation":"next","url":"{base}?{link_params}{separator}_offset={next}"}}"#));
     }
-    let mut out = format!(
-        r#"{{"resourceType":"Bundle","type":"searchset","total":{},"link":[{}],"entry":["#,
-        found.total,
-        links.join(",")
-    );
+    let total = match show_total {
+        true => format!(r#""total":{},"#, found.total),
+        false => String::new(),
+    };
+    let mut out =
+        format!(r#"{{"resourceType":"Bundle","type":"searchset",{total}"link":[{}],"entry":["#, links.join(","));
     let mut first = true;
     if !query.ignored.is_empty() {
         out.push_str(r#"{"resource":"#);
@@ -564,6 +594,7 @@ fn bundle(
     }
     // Every decision below is recorded before the answer leaves (one journal sync for all).
     let mut synced = Synced::default();
+    let mut served: HashSet<IdentityId> = HashSet::new();
     if !query.summary_count {
         let indexed = index.indexed.read().expect("search index lock poisoned");
         let listed: Vec<(RecordId, &str)> = found
@@ -592,9 +623,17 @@ fn bundle(
                     )
                     .map(|r| r.plaintext),
             };
-            let Ok(plaintext) = content else {
-                continue;
+            let plaintext = match content {
+                Ok(plaintext) => plaintext,
+                // Nothing is answered that is not recorded.
+                Err(e @ RecordError::Audit(_)) => return Err(e.into()),
+                Err(_) => continue,
             };
+            if mode == "match"
+                && let Some(patient) = found.patient_of.get(&record_id)
+            {
+                served.insert(*patient);
+            }
             let id = record_id.to_hex();
             let version = entry.version.to_string();
             let last_updated = instant_from_ms(entry.last_updated_ms);
@@ -618,12 +657,9 @@ fn bundle(
     // What the total counted but the answer does not return is learned too: one count event
     // per patient whose records were counted and none returned (a `_summary=count` or
     // `_count=0` search counts everything).
-    let returned: HashSet<IdentityId> = match query.summary_count {
-        true => HashSet::new(),
-        false => found.returned_patients.iter().copied().collect(),
-    };
-    for (patient, basis) in found.counted.iter().filter(|(p, _)| !returned.contains(p)) {
-        service.audit_count_deferred(*requester, *patient, purpose, *basis, now_ms(), &mut synced)?;
+    for (patient, basis) in found.counted.iter().filter(|(p, _)| show_total && !served.contains(p)) {
+        // Dated as decided, so the grant named was in force then.
+        service.audit_count_deferred(*requester, *patient, purpose, *basis, now, &mut synced)?;
     }
     service.sync_audit(synced)?;
     Ok(out)

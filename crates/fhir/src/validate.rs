@@ -75,6 +75,8 @@ pub enum IssueCode {
     Deleted,
     /// Try again later.
     Transient,
+    /// The request would cost too much (R4 `too-costly`): narrow it.
+    TooCostly,
     Exception,
 }
 
@@ -91,6 +93,7 @@ impl IssueCode {
             IssueCode::Login => "login",
             IssueCode::Forbidden => "forbidden",
             IssueCode::NotFound => "not-found",
+            IssueCode::TooCostly => "too-costly",
             IssueCode::Conflict => "conflict",
             IssueCode::Processing => "processing",
             IssueCode::BusinessRule => "business-rule",

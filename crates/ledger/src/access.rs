@@ -149,9 +149,10 @@ pub fn decide_at_head(
     purpose: Purpose,
     node_ms: TimestampMs,
 ) -> Result<Basis, Denial> {
-    let basis = decide(state, requester, record_id, record, action, purpose, state.head_timestamp_ms())?;
-    decide(state, requester, record_id, record, action, purpose, node_ms)?;
-    Ok(basis)
+    decide(state, requester, record_id, record, action, purpose, state.head_timestamp_ms())?;
+    // The basis is the one in force at the node's clock: the access event is dated by that
+    // clock, and the ledger checks the named grant was in its period then.
+    decide(state, requester, record_id, record, action, purpose, node_ms)
 }
 
 /// Whether `holder` itself holds a live grant (consent or rule-derived; never break-glass,

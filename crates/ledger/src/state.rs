@@ -25,6 +25,11 @@ pub struct Identity {
     pub organisation: Option<IdentityId>,
     /// What a member organisation does (from genesis); `None` for every other identity.
     pub kind: Option<OrganisationKind>,
+    /// For a patient: the organisation that registered them (it may hold their keys in trust
+    /// until it hands them over and the patient rotates).
+    pub registered_by: Option<IdentityId>,
+    /// How many times the identity rotated its keys.
+    pub key_rotations: u32,
     pub name: String,
     /// The nonce the identity's next transaction must carry.
     pub next_nonce: u64,
@@ -128,6 +133,8 @@ pub struct Grant {
     /// signer of the installing transaction or of the record commit it reacted to.
     pub signed_by: IdentityId,
     pub revoked_at: Option<Height>,
+    /// Block time of the revocation: an access after it is not under the grant.
+    pub revoked_at_ms: Option<TimestampMs>,
     /// Who ended it: the patient, a delegate, whoever removed the deriving rule, or the
     /// reviewer of an unjustified break-glass access.
     pub revoked_by: Option<IdentityId>,
@@ -365,6 +372,8 @@ impl State {
                     encryption_key: who.encryption_key,
                     organisation: who.organisation,
                     kind: who.kind,
+                    registered_by: None,
+                    key_rotations: 0,
                     name: who.name.clone(),
                     next_nonce: 0,
                     registered_at: 0,
@@ -889,13 +898,14 @@ impl<'a> Overlay<'a> {
     /// Revokes a live grant at `height` on `by`'s transaction, and marks every category key of
     /// the patient that the grantee holds as needing rotation, so new versions never reach the
     /// grantee.
-    fn revoke_grant(&mut self, grant_id: &TxId, height: Height, by: IdentityId) {
+    fn revoke_grant(&mut self, grant_id: &TxId, (height, at_ms): (Height, TimestampMs), by: IdentityId) {
         let Some(grant) = self.grant(grant_id) else { return };
         if grant.revoked_at.is_some() {
             return;
         }
         let mut revoked = grant.clone();
         revoked.revoked_at = Some(height);
+        revoked.revoked_at_ms = Some(at_ms);
         revoked.revoked_by = Some(by);
         let (patient, grantee) = (revoked.patient, revoked.grantee);
         self.delta.grants.insert(*grant_id, revoked);
@@ -979,6 +989,7 @@ impl<'a> Overlay<'a> {
                 granted_at: height,
                 signed_by,
                 revoked_at: None,
+                revoked_at_ms: None,
                 revoked_by: None,
                 origin: GrantOrigin::Rule { rule_id, authority: d.authority, category_keys: d.category_keys },
             });
@@ -1025,7 +1036,7 @@ impl<'a> Overlay<'a> {
     }
 
     /// One access event of an `AccessEvents` transaction (see there).
-    fn check_access_event(&self, event: &AccessEvent, ctx: BlockContext) -> Result<(), TxError> {
+    fn check_access_event(&self, event: &AccessEvent, recorder: &IdentityId, ctx: BlockContext) -> Result<(), TxError> {
         let accessor = self.require(&event.accessor, "accessor")?;
         let staff_of = match accessor.role {
             Role::Practitioner | Role::SystemClient => accessor.organisation,
@@ -1068,13 +1079,33 @@ impl<'a> Overlay<'a> {
             AccessOutcome::Allowed if grant.is_some_and(|g| g.is_break_glass()) => {
                 Err(TxError::InvalidField("an access under break-glass is recorded as break-glass"))
             }
+            // An allowed access is recorded by the node that served it: one of the accessor's own
+            // organisation, or of the record's custodian (for an event naming no record, of a
+            // custodian of the patient); a patient reads their own data through any node.
+            AccessOutcome::Allowed | AccessOutcome::BreakGlass
+                if !(event.accessor == event.patient || {
+                    let recorder_org = self.identity(recorder).and_then(|i| i.organisation);
+                    recorder_org.is_some()
+                        && (recorder_org == staff_of
+                            || match record {
+                                Some((_, head)) => recorder_org == Some(head.custodian),
+                                None => recorder_org.is_some_and(|o| self.custodies(&o, &event.patient)),
+                            })
+                }) =>
+            {
+                Err(TxError::NotAuthorised(
+                    "an allowed access is recorded by a node of the accessor's organisation or of the record's custodian",
+                ))
+            }
             AccessOutcome::Allowed | AccessOutcome::BreakGlass => match grant {
                 Some(grant) => {
                     let needed = if event.action == AccessAction::Write { actions::WRITE } else { actions::READ };
                     let grantee_ok = grant.grantee == event.accessor || Some(grant.grantee) == staff_of;
                     let covers =
                         record.is_none_or(|(id, head)| grant.scope.covers(&id, &head.resource_type, &head.category));
-                    let in_period = grant.valid_from_ms <= event.at_ms && event.at_ms < grant.valid_until_ms;
+                    let in_period = grant.valid_from_ms <= event.at_ms
+                        && event.at_ms < grant.valid_until_ms
+                        && grant.revoked_at_ms.is_none_or(|revoked| event.at_ms < revoked);
                     if grant.patient != event.patient
                         || !grantee_ok
                         || !covers
@@ -1194,13 +1225,21 @@ impl<'a> Overlay<'a> {
                         // node, which check who the patient is), with the patient's own public
                         // keys: a free self-registered identity costs an attacker nothing and
                         // could spam reads, tokens and the mempool.
-                        let provider = matches!(
-                            role,
-                            Some(Role::Organisation | Role::Validator | Role::Practitioner | Role::SystemClient)
-                        );
-                        if !provider {
+                        // Of a care provider: insurers and research institutes enrol no patients
+                        // (every identity multiplies the per-identity budgets of every node).
+                        let registrar_org = match role {
+                            Some(Role::Organisation) => Some(signer),
+                            Some(Role::Validator | Role::Practitioner | Role::SystemClient) => {
+                                self.identity(&signer).and_then(|i| i.organisation)
+                            }
+                            _ => None,
+                        };
+                        let care_provider = registrar_org
+                            .and_then(|o| self.identity(&o))
+                            .is_some_and(|o| o.kind == Some(OrganisationKind::CareProvider));
+                        if !care_provider {
                             return Err(TxError::NotAuthorised(
-                                "patients are registered by a member organisation, its staff or its node",
+                                "patients are registered by a care-providing member organisation, its staff or its node",
                             ));
                         }
                         if organisation.is_some() {
@@ -1218,6 +1257,12 @@ impl<'a> Overlay<'a> {
                     encryption_key: *encryption_key,
                     organisation: *organisation,
                     kind: None,
+                    // Only patients are registered with keys someone else may hold.
+                    registered_by: match new_role {
+                        Role::Patient => self.identity(&signer).and_then(|i| i.organisation).or(Some(signer)),
+                        _ => None,
+                    },
+                    key_rotations: 0,
                     name: name.clone(),
                     next_nonce: 0,
                     registered_at: ctx.height,
@@ -1231,6 +1276,7 @@ impl<'a> Overlay<'a> {
                 let who = self.identity_mut(&signer);
                 who.signing_key = *signing_key;
                 who.encryption_key = *encryption_key;
+                who.key_rotations = who.key_rotations.saturating_add(1);
             }
             Payload::RecordCommit {
                 record_id,
@@ -1411,6 +1457,7 @@ impl<'a> Overlay<'a> {
                     granted_at: ctx.height,
                     signed_by: signer,
                     revoked_at: None,
+                    revoked_at_ms: None,
                     revoked_by: None,
                     origin: GrantOrigin::Consent,
                 });
@@ -1426,7 +1473,7 @@ impl<'a> Overlay<'a> {
                     return Err(TxError::InvalidField("grant is already revoked"));
                 }
                 // Any grant of the patient: consent, break-glass or rule-derived.
-                self.revoke_grant(grant_id, ctx.height, signer);
+                self.revoke_grant(grant_id, (ctx.height, ctx.timestamp_ms), signer);
             }
             Payload::AccessEvents { events } => {
                 // Only the node that made a decision records it: a validator, shown as the
@@ -1442,7 +1489,7 @@ impl<'a> Overlay<'a> {
                     return Err(TxError::InvalidField("an access-events transaction needs at least one event"));
                 }
                 for event in events {
-                    self.check_access_event(event, ctx)?;
+                    self.check_access_event(event, &signer, ctx)?;
                 }
             }
             Payload::KeyShare { custodian, patient, category, epoch, shares } => {
@@ -1550,7 +1597,14 @@ impl<'a> Overlay<'a> {
                         "this practitioner's break-glass access to this patient is still open",
                     ));
                 }
-                let unreviewed = declared.iter().filter_map(|id| self.grant(id)).filter(|g| g.needs_review()).count();
+                // Recent ones only: a declaration nobody reviews (a patient who never can, say)
+                // must not bar the clinician from emergencies for good.
+                let recent = ctx.timestamp_ms.saturating_sub(limits::BREAK_GLASS_REVIEW_WINDOW_MS);
+                let unreviewed = declared
+                    .iter()
+                    .filter_map(|id| self.grant(id))
+                    .filter(|g| g.needs_review() && g.valid_from_ms >= recent)
+                    .count();
                 if unreviewed >= limits::BREAK_GLASS_UNREVIEWED_PER_PRACTITIONER_MAX {
                     return Err(TxError::NotAuthorised(
                         "this practitioner's earlier break-glass accesses await review: no more until reviewed",
@@ -1578,6 +1632,7 @@ impl<'a> Overlay<'a> {
                     granted_at: ctx.height,
                     signed_by: signer,
                     revoked_at: None,
+                    revoked_at_ms: None,
                     revoked_by: None,
                     origin: GrantOrigin::BreakGlass { reason: reason.clone(), review: None },
                 });
@@ -1650,7 +1705,7 @@ impl<'a> Overlay<'a> {
                     return Err(TxError::InvalidField("rule is already removed"));
                 }
                 for grant_id in &rule.derived {
-                    self.revoke_grant(grant_id, ctx.height, signer);
+                    self.revoke_grant(grant_id, (ctx.height, ctx.timestamp_ms), signer);
                 }
                 if let Some(ids) = self.reacting_rule_ids(&rule.patient)
                     && ids.contains(rule_id)
@@ -1734,9 +1789,29 @@ impl<'a> Overlay<'a> {
                 if signer == grant.grantee {
                     return Err(TxError::NotAuthorised("the declaring practitioner cannot review their own access"));
                 }
-                // Reviewed by the patient (or a live delegate), or by a custodian of the
-                // patient's records other than the declarer's organisation: never by the
-                // declarer's organisation alone, which answers for the declarer.
+                // Reviewed by the patient (or a live delegate), or by a care-providing custodian
+                // of the patient's records other than the declarer's organisation: never by the
+                // declarer's organisation, which answers for the declarer, in any guise.
+                let declarer_org = self.identity(&grant.grantee).and_then(|i| i.organisation);
+                let reviewer_org = self.identity(&signer).and_then(|i| match i.role {
+                    Role::Organisation => Some(signer),
+                    _ => i.organisation,
+                });
+                if declarer_org.is_some() && reviewer_org == declarer_org {
+                    return Err(TxError::NotAuthorised(
+                        "the declarer's organisation, its staff and its nodes never review its break-glass",
+                    ));
+                }
+                if signer == grant.patient {
+                    // Keys the declarer's organisation registered and may still hold in trust
+                    // (never rotated since) are not the patient's voice.
+                    let patient = self.require(&grant.patient, "patient")?;
+                    if declarer_org.is_some() && patient.registered_by == declarer_org && patient.key_rotations == 0 {
+                        return Err(TxError::NotAuthorised(
+                            "the patient's keys may still be held by the declarer's organisation: rotate them first",
+                        ));
+                    }
+                }
                 if !self.acts_for_patient(&signer, &grant.patient, ctx.timestamp_ms) {
                     let reviewer = self.require(&signer, "signer")?;
                     let organisation = match reviewer.role {
@@ -1750,8 +1825,12 @@ impl<'a> Overlay<'a> {
                             ));
                         }
                     };
-                    let declarer_org = self.identity(&grant.grantee).and_then(|i| i.organisation);
-                    if declarer_org == Some(organisation) || !self.custodies(&organisation, &grant.patient) {
+                    let care_provider =
+                        self.identity(&organisation).is_some_and(|o| o.kind == Some(OrganisationKind::CareProvider));
+                    if declarer_org == Some(organisation)
+                        || !care_provider
+                        || !self.custodies(&organisation, &grant.patient)
+                    {
                         return Err(TxError::NotAuthorised(
                             "break-glass is reviewed by the patient or a custodian of their records other than the declarer's organisation",
                         ));
@@ -1772,7 +1851,7 @@ impl<'a> Overlay<'a> {
                 self.delta.grants.insert(*break_glass_tx, reviewed);
                 // An unjustified emergency ends now; one already over or revoked stays as it is.
                 if *verdict == ReviewVerdict::Unjustified && grant.is_live(ctx.timestamp_ms) {
-                    self.revoke_grant(break_glass_tx, ctx.height, signer);
+                    self.revoke_grant(break_glass_tx, (ctx.height, ctx.timestamp_ms), signer);
                 }
             }
             Payload::DirectoryPut { entry_id, version, resource_type, content } => {

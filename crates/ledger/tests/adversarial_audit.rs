@@ -115,3 +115,46 @@ fn organisations_clients_and_nodes_cannot_forge_access_events() {
         Err(TxError::InvalidField(_))
     ));
 }
+
+/// A validator may not record allowed accesses it did not serve (another organisation's staff
+/// reading another custodian's record), nor accesses after the grant they name was revoked.
+#[test]
+fn nodes_cannot_record_accesses_they_did_not_serve_or_after_revocation() {
+    let mut w = World::new();
+    let (org_b, doc, doc_b, validator, validator_b, patient) = (
+        w.org_b.clone(),
+        w.doc.clone(),
+        w.doc_b.clone(),
+        w.validator.clone(),
+        w.validator_b.clone(),
+        w.patient.clone(),
+    );
+    let lab = RecordId([1; 32]);
+    w.lab(lab, 1);
+    // Hospital A's doctor reading Hospital A's lab: Clinic B's node served nothing of it.
+    let custodian_read =
+        AccessEvent { reason: "custodian".into(), ..read(&w, &doc, lab, AccessOutcome::Allowed, None) };
+    let refused = w.submit(&validator_b, Payload::AccessEvents { events: vec![custodian_read.clone()] });
+    assert!(matches!(refused, Err(TxError::NotAuthorised(_))), "{refused:?}");
+    w.ok(&validator, Payload::AccessEvents { events: vec![custodian_read] });
+    // A grant revoked: an access dated after the revocation is not under it.
+    let t = w.t;
+    let labs = w.ok(
+        &patient,
+        Payload::ConsentGrant {
+            patient: patient.id(),
+            grantee: org_b.id(),
+            scope: Scope::Categories(vec!["labs".into()]),
+            actions: actions::READ,
+            purpose: Purpose::Treatment,
+            valid_from_ms: t,
+            valid_until_ms: t + DAY_MS,
+        },
+    );
+    w.ok(&patient, Payload::ConsentRevoke { grant_id: labs });
+    let after = AccessEvent { at_ms: w.t, ..read(&w, &doc_b, lab, AccessOutcome::Allowed, Some(labs)) };
+    assert!(matches!(
+        w.submit(&validator_b, Payload::AccessEvents { events: vec![after] }),
+        Err(TxError::InvalidField(_))
+    ));
+}

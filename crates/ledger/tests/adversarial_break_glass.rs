@@ -59,3 +59,45 @@ fn a_practitioner_cannot_declare_break_glass_without_limit() {
     }
     assert_eq!(declared, limits::BREAK_GLASS_UNREVIEWED_PER_PRACTITIONER_MAX);
 }
+
+/// The declarer's organisation cannot review in another guise: with the patient keys it holds
+/// in trust (it registered the patient), nor as the patient's delegate; nor can an insurer that
+/// made itself a "custodian" with an empty key.
+#[test]
+fn the_declarers_organisation_cannot_review_as_the_patient_or_a_delegate() {
+    let mut w = World::new();
+    w.lab(RecordId([1; 32]), 1);
+    let (org_a, doc, patient) = (w.org_a.clone(), w.doc.clone(), w.patient.clone());
+    // Hospital A registered the patient; its doctor declares.
+    let id = w.break_glass(&doc, "ed-unresponsive", HOUR_MS).unwrap();
+    let as_patient = w.submit(&patient, review(id));
+    assert!(matches!(as_patient, Err(TxError::NotAuthorised(m)) if m.contains("rotate")), "{as_patient:?}");
+    // A colleague of the declarer appointed as the patient's delegate.
+    let colleague = medledger_crypto::Keypair::from_label("dr-a2");
+    w.ok(&org_a, Payload::register(medledger_types::Role::Practitioner, &colleague, Some(org_a.id()), "Dr A2"));
+    let until = w.t + 86_400_000;
+    w.ok(&patient, Payload::AppointDelegate { patient: patient.id(), delegate: colleague.id(), valid_until_ms: until });
+    assert!(matches!(w.submit(&colleague, review(id)), Err(TxError::NotAuthorised(_))));
+    assert!(w.state.grant(&id).unwrap().needs_review());
+}
+
+#[test]
+fn an_insurer_holding_a_key_of_the_patient_cannot_review_break_glass() {
+    let mut w = World::with_second_member("Acme Insurance", OrganisationKind::Payer);
+    w.lab(RecordId([1; 32]), 1);
+    let (org_b, doc, patient) = (w.org_b.clone(), w.doc.clone(), w.patient.clone());
+    // The insurer makes itself a "custodian": an epoch of its own key for the patient.
+    let share = Payload::KeyShare {
+        custodian: org_b.id(),
+        patient: patient.id(),
+        category: "billing".into(),
+        epoch: 1,
+        shares: [patient.id(), org_b.id()]
+            .into_iter()
+            .map(|r| medledger_ledger::KeyShareEntry { recipient: r, encapsulated_key: [1; 32], wrapped_key: [2; 48] })
+            .collect(),
+    };
+    w.ok(&org_b, share);
+    let id = w.break_glass(&doc, "ed-unresponsive", HOUR_MS).unwrap();
+    assert!(matches!(w.submit(&org_b, review(id)), Err(TxError::NotAuthorised(_))));
+}

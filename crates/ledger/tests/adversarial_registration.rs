@@ -25,3 +25,16 @@ fn anyone_cannot_register_a_patient_identity_for_themselves() {
     w.ok(&org, Payload::register(Role::Patient, &mallory, None, ""));
     assert_eq!(w.state.identity(&mallory.id()).map(|i| i.role), Some(Role::Patient));
 }
+
+/// Insurers and research institutes (and their staff) enrol no patients: every identity
+/// multiplies every node's per-identity budgets, so only care providers create them.
+#[test]
+fn insurer_staff_cannot_mint_patient_identities() {
+    let mut w = World::with_second_member("Acme Insurance", medledger_types::OrganisationKind::Payer);
+    let (insurer, clerk) = (w.org_b.clone(), w.doc_b.clone());
+    for (signer, label) in [(&insurer, "minted-1"), (&clerk, "minted-2")] {
+        let minted = Keypair::from_label(label);
+        let refused = w.submit(signer, Payload::register(Role::Patient, &minted, None, ""));
+        assert!(matches!(refused, Err(TxError::NotAuthorised(_))), "{refused:?}");
+    }
+}

@@ -168,7 +168,25 @@ fn break_glass_is_declared_by_practitioners_with_a_code_and_a_bounded_window() {
     // Capped: with three declarations awaiting review, no fourth until one is reviewed.
     assert_eq!(limits::BREAK_GLASS_UNREVIEWED_PER_PRACTITIONER_MAX, 3);
     assert!(matches!(w.break_glass(&doc, "ed", HOUR_MS), Err(TxError::NotAuthorised(m)) if m.contains("review")));
-    w.ok(&patient, review(declared[0], ReviewVerdict::Justified, "ok"));
+    // The patient reviews, once the keys Hospital A registered them with (and might hold in
+    // trust) are rotated: Hospital A answers for the declarer, so it cannot review in their name.
+    assert!(matches!(
+        w.submit(&patient, review(declared[0], ReviewVerdict::Justified, "ok")),
+        Err(TxError::NotAuthorised(m)) if m.contains("rotate")
+    ));
+    let rotated = Keypair::from_label("patient-rotated");
+    w.ok(
+        &patient,
+        Payload::RotateKey { signing_key: rotated.public_key(), encryption_key: rotated.encryption_public_key() },
+    );
+    let review_tx = sign(
+        &rotated,
+        w.state.chain_id(),
+        patient.id(),
+        w.state.next_nonce(&patient.id()),
+        review(declared[0], ReviewVerdict::Justified, "ok"),
+    );
+    w.apply_one(review_tx).unwrap();
     w.break_glass(&doc, "ed", HOUR_MS).unwrap();
 }
 
@@ -446,7 +464,9 @@ fn rules_reacting_to_records_are_bounded_per_patient() {
 fn colleague_and_stranger(w: &mut World) -> (Keypair, Keypair) {
     let (org_b, colleague, stranger) = (w.org_b.clone(), Keypair::from_label("doctor-b2"), Keypair::from_label("p2"));
     w.ok(&org_b, Payload::register(Role::Practitioner, &colleague, Some(org_b.id()), "Dr B2"));
-    w.ok(&org_b, Payload::register(Role::Patient, &stranger, None, ""));
+    // Registered by Hospital A, so not by the organisation of Hospital B's declarers.
+    let org_a = w.org_a.clone();
+    w.ok(&org_a, Payload::register(Role::Patient, &stranger, None, ""));
     (colleague, stranger)
 }
 

@@ -26,8 +26,8 @@ use std::{
     collections::{HashMap, HashSet, VecDeque},
     fs::{File, OpenOptions},
     io::{Read, Write},
-    path::Path,
-    sync::{Mutex, OnceLock},
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex, OnceLock},
 };
 
 use medledger_codec::{Decode, Encode, Reader};
@@ -101,31 +101,61 @@ impl Queue {
 
 struct JournalFile {
     file: File,
+    path: PathBuf,
+    /// Bytes in the file.
+    bytes: u64,
     /// Frames appended since open (never reset): the sync watermark.
     appended: u64,
     /// Events appended (or replayed) and not yet committed; at 0 the file is emptied.
     uncommitted: usize,
+    /// Set when a write or sync failed: nothing more is recorded until the node restarts (a
+    /// frame after a lost one could be cut at replay, or a later sync could cover a lost write).
+    broken: Option<String>,
 }
 
 struct Journal {
     file: Mutex<JournalFile>,
-    /// A second handle on the same file, synced without holding the append lock.
-    sync_handle: File,
+    /// A second handle on the file, synced without holding the append lock (swapped when the
+    /// journal is compacted).
+    sync_handle: Mutex<Arc<File>>,
     /// Frames known durable.
     synced: Mutex<u64>,
 }
 
+fn frame_of(event: &AccessEvent) -> Vec<u8> {
+    let bytes = event.to_bytes();
+    let mut frame = Vec::with_capacity(12 + bytes.len());
+    frame.extend_from_slice(&((bytes.len() + 8) as u32).to_be_bytes());
+    frame.extend_from_slice(&medledger_crypto::sha256(&bytes).0[..8]);
+    frame.extend_from_slice(&bytes);
+    frame
+}
+
+fn broken(why: &str) -> std::io::Error {
+    std::io::Error::other(format!("the audit journal failed earlier ({why}); restart the node"))
+}
+
 impl Journal {
-    fn append(&self, event: &AccessEvent) -> std::io::Result<u64> {
-        let bytes = event.to_bytes();
-        let mut frame = Vec::with_capacity(12 + bytes.len());
-        frame.extend_from_slice(&((bytes.len() + 8) as u32).to_be_bytes());
-        frame.extend_from_slice(&medledger_crypto::sha256(&bytes).0[..8]);
-        frame.extend_from_slice(&bytes);
+    /// Appends `event` and queues it, both under the journal's lock (lock order: journal, then
+    /// queue), so a compaction sees every appended event in the queue.
+    fn append(&self, event: AccessEvent, queue: &Mutex<Queue>) -> std::io::Result<u64> {
+        let frame = frame_of(&event);
         let mut file = self.file.lock().expect("audit journal lock poisoned");
-        file.file.write_all(&frame)?;
+        if let Some(why) = &file.broken {
+            return Err(broken(why));
+        }
+        if let Err(e) = file.file.write_all(&frame) {
+            // A torn frame would end the journal at replay, losing every frame after it: cut it.
+            let bytes = file.bytes;
+            if let Err(cut) = file.file.set_len(bytes) {
+                file.broken = Some(format!("{e}; then {cut}"));
+            }
+            return Err(e);
+        }
+        file.bytes += frame.len() as u64;
         file.appended += 1;
         file.uncommitted += 1;
+        queue.lock().expect("audit queue lock poisoned").waiting.push_back(event);
         Ok(file.appended)
     }
 
@@ -136,23 +166,98 @@ impl Journal {
         if *synced >= frame {
             return Ok(());
         }
-        let target = self.file.lock().expect("audit journal lock poisoned").appended;
-        self.sync_handle.sync_data()?;
+        let (target, handle) = {
+            let file = self.file.lock().expect("audit journal lock poisoned");
+            if let Some(why) = &file.broken {
+                return Err(broken(why));
+            }
+            (file.appended, self.sync_handle.lock().expect("audit journal handle lock poisoned").clone())
+        };
+        if let Err(e) = handle.sync_data() {
+            // After a failed sync the kernel may have dropped the writes it could not flush; a
+            // later successful sync would not bring them back.
+            self.file.lock().expect("audit journal lock poisoned").broken = Some(e.to_string());
+            return Err(e);
+        }
         *synced = target;
         Ok(())
     }
 
-    /// `n` events committed (or given up on); empties the file once nothing is left.
-    fn committed(&self, n: usize) -> std::io::Result<()> {
+    /// `n` events committed (or given up on): empties the file once nothing is left, and
+    /// rewrites it with only what is left once committed frames make up most of a large file.
+    fn committed(&self, n: usize, queue: &Mutex<Queue>) -> std::io::Result<()> {
         let mut file = self.file.lock().expect("audit journal lock poisoned");
         file.uncommitted = file.uncommitted.saturating_sub(n);
-        if file.uncommitted == 0 {
-            file.file.set_len(0)?;
-            file.file.sync_data()?;
+        if file.broken.is_some() {
+            return Ok(());
         }
+        if file.uncommitted == 0 {
+            if file.bytes > 0 {
+                file.file.set_len(0)?;
+                file.file.sync_data()?;
+                file.bytes = 0;
+            }
+            return Ok(());
+        }
+        let estimate = file.uncommitted as u64 * FRAME_BYTES_ESTIMATE;
+        if file.bytes < JOURNAL_COMPACT_BYTES || file.bytes < 4 * estimate {
+            return Ok(());
+        }
+        // Every uncommitted event is in the queue (appends queue under this lock).
+        let left: Vec<AccessEvent> = {
+            let queue = queue.lock().expect("audit queue lock poisoned");
+            queue
+                .waiting
+                .iter()
+                .chain(&queue.solo)
+                .chain(queue.in_flight.iter().flat_map(|(_, events)| events))
+                .cloned()
+                .collect()
+        };
+        let tmp = file.path.with_extension("compacting");
+        let mut fresh = private_file(&tmp, true)?;
+        let mut bytes = 0u64;
+        for event in &left {
+            let frame = frame_of(event);
+            fresh.write_all(&frame)?;
+            bytes += frame.len() as u64;
+        }
+        fresh.sync_all()?;
+        std::fs::rename(&tmp, &file.path)?;
+        if let Some(dir) = file.path.parent() {
+            File::open(dir)?.sync_all()?;
+        }
+        let reopened = private_file(&file.path, false)?;
+        *self.sync_handle.lock().expect("audit journal handle lock poisoned") = Arc::new(reopened.try_clone()?);
+        file.file = reopened;
+        file.bytes = bytes;
+        file.uncommitted = left.len();
+        // Everything appended so far is in the synced new file.
+        let appended = file.appended;
+        drop(file);
+        let mut synced = self.synced.lock().expect("audit journal sync lock poisoned");
+        *synced = (*synced).max(appended);
         Ok(())
     }
 }
+
+/// Opens (creating, mode 0600) a journal file for appending; `truncate` empties it.
+fn private_file(path: &Path, truncate: bool) -> std::io::Result<File> {
+    let mut options = OpenOptions::new();
+    options.read(true).append(true).create(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let file = options.open(path)?;
+    if truncate {
+        file.set_len(0)?;
+    }
+    Ok(file)
+}
+
+/// A journal file larger than this is compacted once mostly committed.
+const JOURNAL_COMPACT_BYTES: u64 = 16 * 1024 * 1024;
+/// About how large a frame is (for deciding when to compact).
+const FRAME_BYTES_ESTIMATE: u64 = 200;
 
 /// The journal frames a caller recorded and has yet to make durable ([`AuditTrail::sync`]).
 #[derive(Debug, Default, Clone, Copy)]
@@ -193,11 +298,7 @@ impl AuditTrail {
         recorder: &IdentityId,
         now_ms: TimestampMs,
     ) -> Result<usize, AuditError> {
-        let mut options = OpenOptions::new();
-        options.read(true).append(true).create(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-        let mut file = options.open(path)?;
+        let mut file = private_file(path, false)?;
         let mut bytes = Vec::new();
         file.read_to_end(&mut bytes)?;
         let (events, valid) = replay(&bytes);
@@ -230,14 +331,21 @@ impl AuditTrail {
                 .cloned()
                 .collect()
         };
-        let sync_handle = file.try_clone()?;
+        let sync_handle = Mutex::new(Arc::new(file.try_clone()?));
         let journal = Journal {
-            file: Mutex::new(JournalFile { file, appended: 0, uncommitted: pending.len() }),
+            file: Mutex::new(JournalFile {
+                file,
+                path: path.to_owned(),
+                bytes: valid as u64,
+                appended: 0,
+                uncommitted: pending.len(),
+                broken: None,
+            }),
             sync_handle,
             synced: Mutex::new(0),
         };
         if pending.is_empty() {
-            journal.committed(0)?;
+            journal.committed(0, &self.queue)?;
         }
         let queued = pending.len();
         self.queue.lock().expect("audit queue lock poisoned").waiting.extend(pending);
@@ -262,10 +370,10 @@ impl AuditTrail {
         if pending >= self.limits.pending_events_max {
             return Err(AuditError::Backlog(pending));
         }
-        if let Some(journal) = self.journal.get() {
-            synced.0 = synced.0.max(journal.append(&event)?);
+        match self.journal.get() {
+            Some(journal) => synced.0 = synced.0.max(journal.append(event, &self.queue)?),
+            None => self.queue.lock().expect("audit queue lock poisoned").waiting.push_back(event),
         }
-        self.queue.lock().expect("audit queue lock poisoned").waiting.push_back(event);
         Ok(())
     }
 
@@ -282,7 +390,10 @@ impl AuditTrail {
     pub fn record_refusal(&self, event: AccessEvent, now_ms: TimestampMs) -> Result<(), AuditError> {
         let mut synced = Synced::default();
         self.record_refusal_deferred(event, now_ms, &mut synced)?;
-        self.sync(synced)
+        if let Err(e) = self.sync(synced) {
+            tracing::error!(error = %e, "a refusal could not be made durable");
+        }
+        Ok(())
     }
 
     /// [`AuditTrail::record_refusal`] with the sync left to [`AuditTrail::sync`].
@@ -326,10 +437,14 @@ impl AuditTrail {
                 }
             }
         };
-        match to_record {
-            Some(event) => self.record_deferred(event, synced),
-            None => Ok(()),
+        // A refusal that cannot be recorded is still a refusal, answered as every other (an
+        // error here would tell a real record from an unknown one); the failure is logged.
+        if let Some(event) = to_record
+            && let Err(e) = self.record_deferred(event, synced)
+        {
+            tracing::error!(error = %e, "a refusal could not be recorded");
         }
+        Ok(())
     }
 
     /// Events recorded and not yet known committed.
@@ -346,7 +461,7 @@ impl AuditTrail {
         if let Some(journal) = self.journal.get()
             && settled > 0
         {
-            journal.committed(settled)?;
+            journal.committed(settled, &self.queue)?;
         }
         let mut ids = Vec::new();
         loop {
@@ -364,6 +479,22 @@ impl AuditTrail {
                 return Ok(ids);
             }
             match chain.submit_as(node_keys, Payload::AccessEvents { events: batch.clone() }, now_ms) {
+                // The ledger's rules refuse it: retrying the same batch would block every
+                // event behind it. A batch is retried event by event; an event refused alone
+                // cannot be recorded and is given up, loudly.
+                Err(error @ (SubmitError::Invalid(_) | SubmitError::Malformed(_))) if solo => {
+                    tracing::error!(%error, event = ?batch[0], "an access event was refused by the ledger and is not recorded");
+                    if let Some(journal) = self.journal.get() {
+                        journal.committed(1, &self.queue)?;
+                    }
+                }
+                Err(SubmitError::Invalid(_) | SubmitError::Malformed(_)) => {
+                    tracing::warn!(
+                        events = batch.len(),
+                        "access events refused as a batch; submitting them one by one"
+                    );
+                    self.queue.lock().expect("audit queue lock poisoned").solo.extend(batch);
+                }
                 Ok(id) => {
                     ids.push(id);
                     let mut queue = self.queue.lock().expect("audit queue lock poisoned");

@@ -187,6 +187,16 @@ impl Chain {
         }
     }
 
+    /// Replaces the mempool's bounds (tests, tuning); only while it is empty.
+    pub fn set_mempool_limits(&self, limits: crate::mempool::MempoolLimits) -> Result<(), NodeError> {
+        let mut pool = self.mempool.lock().expect("mempool lock poisoned");
+        if !pool.is_empty() {
+            return Err(NodeError::Config("the mempool's bounds change only while it is empty".into()));
+        }
+        *pool = Mempool::new(limits);
+        Ok(())
+    }
+
     pub fn mempool_len(&self) -> usize {
         self.mempool.lock().expect("mempool lock poisoned").len()
     }
@@ -211,25 +221,30 @@ impl Chain {
         let checked = self.check_admission(&tx, now_ms);
         // A committed transaction fails admission (its nonce is used); say so precisely. Only
         // looked up on failure, keeping the store off the submission hot path.
-        if let Err(error) = checked {
-            if self.store.tx_location(&tx.id()).ok().flatten().is_some() {
-                return Err(SubmitError::AlreadyCommitted);
+        let next_nonce = match checked {
+            Ok(next_nonce) => next_nonce,
+            Err(error) => {
+                if self.store.tx_location(&tx.id()).ok().flatten().is_some() {
+                    return Err(SubmitError::AlreadyCommitted);
+                }
+                return Err(error);
             }
-            return Err(error);
-        }
+        };
         let id = tx.id();
         // This node's own transactions (audit events, the writes it signs) may use the reserve.
         let own = tx.body().signer == self.node_keys.id();
-        self.mempool.lock().expect("mempool lock poisoned").insert(tx, now_ms, own)?;
+        self.mempool.lock().expect("mempool lock poisoned").insert(tx, now_ms, own, next_nonce)?;
         self.metrics.mempool_txs.set(self.mempool_len() as i64);
         Ok(id)
     }
 
-    fn check_admission(&self, tx: &Transaction, now_ms: TimestampMs) -> Result<(), SubmitError> {
+    /// Checks `tx` for admission; returns its signer's next nonce in finalized state.
+    fn check_admission(&self, tx: &Transaction, now_ms: TimestampMs) -> Result<u64, SubmitError> {
+        let expected;
         {
             let state = self.state();
             let body = tx.body();
-            let expected = state.next_nonce(&body.signer);
+            expected = state.next_nonce(&body.signer);
             if body.nonce == expected {
                 state.check_transaction(tx, now_ms.max(state.head_timestamp_ms() + 1))?;
             } else if body.nonce < expected {
@@ -253,7 +268,7 @@ impl Chain {
                 who.signing_key.verify(&tx.signed_message(), tx.signature()).map_err(|_| TxError::BadSignature)?;
             }
         }
-        Ok(())
+        Ok(expected)
     }
 
     pub fn tx_status(&self, id: &TxId) -> Result<TxStatus, NodeError> {

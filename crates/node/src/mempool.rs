@@ -23,6 +23,10 @@ pub enum MempoolError {
     Full(usize),
     #[error("this signer already has {pending} transactions ({bytes} bytes) waiting; retry when some commit")]
     SignerOverQuota { pending: usize, bytes: usize },
+    #[error(
+        "too many transactions wait behind a nonce gap ({parked} of this signer's); submit the missing nonce first"
+    )]
+    TooManyParked { parked: usize },
     #[error("transaction is already pending")]
     Duplicate,
     #[error("another transaction with nonce {0} from this signer is already pending")]
@@ -44,6 +48,10 @@ pub struct MempoolLimits {
     pub bytes_per_signer_max: usize,
     /// How long a transaction may wait before it is dropped.
     pub tx_ttl_ms: u64,
+    /// Transactions admitted behind a nonce gap (checked only for their signature): per signer
+    /// other than the node, and their bytes in all.
+    pub parked_per_signer_max: usize,
+    pub parked_bytes_max: usize,
 }
 
 impl Default for MempoolLimits {
@@ -56,6 +64,8 @@ impl Default for MempoolLimits {
             txs_per_signer_max: limits::MEMPOOL_TXS_PER_SIGNER_MAX,
             bytes_per_signer_max: limits::MEMPOOL_BYTES_PER_SIGNER_MAX,
             tx_ttl_ms: limits::MEMPOOL_TX_TTL_MS,
+            parked_per_signer_max: limits::MEMPOOL_PARKED_PER_SIGNER_MAX,
+            parked_bytes_max: limits::MEMPOOL_PARKED_BYTES_MAX,
         }
     }
 }
@@ -65,12 +75,15 @@ struct Pending {
     tx: Transaction,
     admitted_ms: TimestampMs,
     own: bool,
+    /// Admitted behind a nonce gap.
+    parked: bool,
 }
 
 #[derive(Debug, Default, Clone, Copy)]
 struct Usage {
     txs: usize,
     bytes: usize,
+    parked_txs: usize,
 }
 
 #[derive(Debug)]
@@ -83,6 +96,8 @@ pub struct Mempool {
     /// Everything, and everything not the node's own.
     total: Usage,
     others: Usage,
+    /// Bytes of parked transactions not the node's own.
+    parked_bytes: usize,
     limits: MempoolLimits,
 }
 
@@ -101,6 +116,7 @@ impl Mempool {
             usage_by_signer: HashMap::new(),
             total: Usage::default(),
             others: Usage::default(),
+            parked_bytes: 0,
             limits,
         }
     }
@@ -128,8 +144,17 @@ impl Mempool {
     }
 
     /// Admits `tx` at `now_ms`; `own` when the node itself signed it (it may use the reserve
-    /// and has no per-signer budget beyond the pool's). Drops expired transactions first.
-    pub fn insert(&mut self, tx: Transaction, now_ms: TimestampMs, own: bool) -> Result<(), MempoolError> {
+    /// and has no per-signer budget beyond the pool's); `next_nonce` is its signer's next nonce
+    /// in finalized state: beyond the signer's run of consecutive pending nonces from there, it
+    /// waits behind a gap (admitted on its signature alone, so budgeted tighter). Drops expired
+    /// transactions first.
+    pub fn insert(
+        &mut self,
+        tx: Transaction,
+        now_ms: TimestampMs,
+        own: bool,
+        next_nonce: u64,
+    ) -> Result<(), MempoolError> {
         self.expire(now_ms);
         if self.txs.contains_key(&tx.id()) {
             return Err(MempoolError::Duplicate);
@@ -139,6 +164,7 @@ impl Mempool {
         if self.by_signer.get(&body.signer).is_some_and(|n| n.contains_key(&body.nonce)) {
             return Err(MempoolError::NonceTaken(body.nonce));
         }
+        let parked = body.nonce > self.run_end(&body.signer, next_nonce);
         if own {
             if self.total.txs >= self.limits.txs_max || self.total.bytes + size > self.limits.bytes_max {
                 return Err(MempoolError::Full(self.limits.txs_max));
@@ -147,6 +173,12 @@ impl Mempool {
             let usage = self.usage_by_signer.get(&body.signer).copied().unwrap_or_default();
             if usage.txs >= self.limits.txs_per_signer_max || usage.bytes + size > self.limits.bytes_per_signer_max {
                 return Err(MempoolError::SignerOverQuota { pending: usage.txs, bytes: usage.bytes });
+            }
+            if parked
+                && (usage.parked_txs >= self.limits.parked_per_signer_max
+                    || self.parked_bytes + size > self.limits.parked_bytes_max)
+            {
+                return Err(MempoolError::TooManyParked { parked: usage.parked_txs });
             }
             let shared_txs = self.limits.txs_max.saturating_sub(self.limits.reserved_txs);
             let shared_bytes = self.limits.bytes_max.saturating_sub(self.limits.reserved_bytes);
@@ -160,18 +192,37 @@ impl Mempool {
         }
         let id = tx.id();
         self.by_signer.entry(body.signer).or_default().insert(body.nonce, id);
+        let parked = parked && !own;
         let usage = self.usage_by_signer.entry(body.signer).or_default();
         usage.txs += 1;
         usage.bytes += size;
+        usage.parked_txs += usize::from(parked);
         self.total.txs += 1;
         self.total.bytes += size;
         if !own {
             self.others.txs += 1;
             self.others.bytes += size;
         }
+        if parked {
+            self.parked_bytes += size;
+        }
         self.order.push_back(id);
-        self.txs.insert(id, Pending { tx, admitted_ms: now_ms, own });
+        self.txs.insert(id, Pending { tx, admitted_ms: now_ms, own, parked });
         Ok(())
+    }
+
+    /// The first nonce after `signer`'s run of consecutive pending nonces from `next_nonce`.
+    fn run_end(&self, signer: &IdentityId, next_nonce: u64) -> u64 {
+        let mut next = next_nonce;
+        if let Some(nonces) = self.by_signer.get(signer) {
+            for nonce in nonces.range(next_nonce..).map(|(n, _)| *n) {
+                if nonce != next {
+                    break;
+                }
+                next += 1;
+            }
+        }
+        next
     }
 
     /// Up to `max` pending transactions that may execute in a block, in arrival order
@@ -187,18 +238,8 @@ impl Mempool {
             }
             let Some(pending) = self.txs.get(id) else { continue };
             let body = pending.tx.body();
-            let end = *run_end.entry(body.signer).or_insert_with(|| {
-                let mut next = next_nonce(&body.signer);
-                if let Some(nonces) = self.by_signer.get(&body.signer) {
-                    for nonce in nonces.range(next..).map(|(n, _)| *n) {
-                        if nonce != next {
-                            break;
-                        }
-                        next += 1;
-                    }
-                }
-                next
-            });
+            let end =
+                *run_end.entry(body.signer).or_insert_with(|| self.run_end(&body.signer, next_nonce(&body.signer)));
             // Below the run: used already (by an unfinalized ancestor or about to be removed);
             // block building skips it as it always has.
             if body.nonce < end {
@@ -218,9 +259,13 @@ impl Mempool {
                 self.by_signer.remove(&body.signer);
             }
         }
+        if pending.parked {
+            self.parked_bytes -= size;
+        }
         if let Some(usage) = self.usage_by_signer.get_mut(&body.signer) {
             usage.txs -= 1;
             usage.bytes -= size;
+            usage.parked_txs -= usize::from(pending.parked);
             if usage.txs == 0 {
                 self.usage_by_signer.remove(&body.signer);
             }
@@ -293,6 +338,8 @@ mod tests {
             txs_per_signer_max: 1000,
             bytes_per_signer_max: 1 << 20,
             tx_ttl_ms: 60_000,
+            parked_per_signer_max: 1000,
+            parked_bytes_max: 1 << 20,
         }
     }
 
@@ -301,16 +348,16 @@ mod tests {
         let a = Keypair::from_label("a");
         let b = Keypair::from_label("b");
         let mut pool = Mempool::new(small(4));
-        pool.insert(tx(&a, 0), 0, false).unwrap();
-        pool.insert(tx(&b, 0), 0, false).unwrap();
-        pool.insert(tx(&a, 1), 0, false).unwrap();
-        assert_eq!(pool.insert(tx(&a, 1), 0, false), Err(MempoolError::Duplicate));
+        pool.insert(tx(&a, 0), 0, false, 0).unwrap();
+        pool.insert(tx(&b, 0), 0, false, 0).unwrap();
+        pool.insert(tx(&a, 1), 0, false, 0).unwrap();
+        assert_eq!(pool.insert(tx(&a, 1), 0, false, 0), Err(MempoolError::Duplicate));
         let mut other = tx(&a, 1);
         // Same signer and nonce, different content.
         other = sign(&a, Hash([1; 32]), a.id(), 1, other.body().payload.clone());
-        assert_eq!(pool.insert(other, 0, false), Err(MempoolError::NonceTaken(1)));
-        pool.insert(tx(&a, 2), 0, false).unwrap();
-        assert_eq!(pool.insert(tx(&b, 1), 0, false), Err(MempoolError::Full(4)));
+        assert_eq!(pool.insert(other, 0, false, 0), Err(MempoolError::NonceTaken(1)));
+        pool.insert(tx(&a, 2), 0, false, 0).unwrap();
+        assert_eq!(pool.insert(tx(&b, 1), 0, false, 0), Err(MempoolError::Full(4)));
         let order: Vec<_> = pool.candidates(10, |_| 0).iter().map(|t| (t.body().signer, t.body().nonce)).collect();
         assert_eq!(order, vec![(a.id(), 0), (b.id(), 0), (a.id(), 1), (a.id(), 2)]);
         assert_eq!(pool.remove_stale(&a.id(), 2).len(), 2);
@@ -328,27 +375,29 @@ mod tests {
             txs_per_signer_max: 3,
             bytes_per_signer_max: 1 << 20,
             tx_ttl_ms: 60_000,
+            parked_per_signer_max: 1000,
+            parked_bytes_max: 1 << 20,
         };
         let mut pool = Mempool::new(limits);
         let (a, b, c, node) =
             (Keypair::from_label("a"), Keypair::from_label("b"), Keypair::from_label("c"), Keypair::from_label("n"));
         for n in 0..3 {
-            pool.insert(tx(&a, n), 0, false).unwrap();
+            pool.insert(tx(&a, n), 0, false, 0).unwrap();
         }
-        assert!(matches!(pool.insert(tx(&a, 3), 0, false), Err(MempoolError::SignerOverQuota { pending: 3, .. })));
+        assert!(matches!(pool.insert(tx(&a, 3), 0, false, 0), Err(MempoolError::SignerOverQuota { pending: 3, .. })));
         // Another signer is unaffected by a's budget.
         for n in 0..3 {
-            pool.insert(tx(&b, n), 0, false).unwrap();
+            pool.insert(tx(&b, n), 0, false, 0).unwrap();
         }
         // Others share 10 - 4 = 6: full for c, whose own budget is untouched.
-        assert_eq!(pool.insert(tx(&c, 0), 0, false), Err(MempoolError::Full(10)));
+        assert_eq!(pool.insert(tx(&c, 0), 0, false, 0), Err(MempoolError::Full(10)));
         // The node's own transactions use the reserve.
         for n in 0..4 {
-            pool.insert(tx(&node, n), 0, true).unwrap();
+            pool.insert(tx(&node, n), 0, true, 0).unwrap();
         }
-        assert_eq!(pool.insert(tx(&node, 4), 0, true), Err(MempoolError::Full(10)));
+        assert_eq!(pool.insert(tx(&node, 4), 0, true, 0), Err(MempoolError::Full(10)));
         pool.remove_stale(&a.id(), 3);
-        pool.insert(tx(&c, 0), 0, false).unwrap();
+        pool.insert(tx(&c, 0), 0, false, 0).unwrap();
     }
 
     #[test]
@@ -357,10 +406,10 @@ mod tests {
         let mut pool = Mempool::new(small(100));
         // a's next nonce is 0 but it only has 5.. parked; b's run 0, 1 then a gap to 3.
         for n in 5..10 {
-            pool.insert(tx(&a, n), 1_000, false).unwrap();
+            pool.insert(tx(&a, n), 1_000, false, 0).unwrap();
         }
         for n in [0, 1, 3] {
-            pool.insert(tx(&b, n), 2_000, false).unwrap();
+            pool.insert(tx(&b, n), 2_000, false, 0).unwrap();
         }
         let picked: Vec<_> = pool.candidates(100, |_| 0).iter().map(|t| (t.body().signer, t.body().nonce)).collect();
         assert_eq!(picked, vec![(b.id(), 0), (b.id(), 1)]);

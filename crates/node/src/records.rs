@@ -537,10 +537,13 @@ impl RecordService {
             (head, decision)
         };
         let version = version.unwrap_or(head.latest_version);
+        // The event names a version that exists (the ledger refuses any other): a request for
+        // one that does not is recorded against the latest.
+        let recorded_version = if (1..=head.latest_version).contains(&version) { version } else { head.latest_version };
         let event = |outcome, grant, reason: &str| AccessEvent {
             accessor: requester,
             patient: head.patient,
-            record: Some((record_id, version)),
+            record: Some((record_id, recorded_version)),
             action,
             purpose,
             outcome,
@@ -733,9 +736,14 @@ impl RecordService {
             .filter(|g| g.is_live(now_ms) && g.actions & actions::READ != 0 && g.shares_category_keys())
             .map(|g| g.id)
             .collect();
+        // One grant that cannot be served (a grantee with an unusable key, say) must not keep
+        // the others from their keys.
         let mut shared = 0;
         for grant in grants {
-            shared += self.share_keys_for_grant(&grant, now_ms, rng)?.len();
+            match self.share_keys_for_grant(&grant, now_ms, rng) {
+                Ok(ids) => shared += ids.len(),
+                Err(e) => tracing::warn!(grant = %grant, error = %e, "keys not shared for a grant"),
+            }
         }
         Ok(shared)
     }

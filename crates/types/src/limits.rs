@@ -54,6 +54,11 @@ pub const MEMPOOL_TXS_PER_SIGNER_MAX: usize = 256;
 /// Most bytes one signer other than the node itself may have waiting: two of the largest
 /// batches.
 pub const MEMPOOL_BYTES_PER_SIGNER_MAX: usize = 2 * BATCH_TX_BYTES_MAX;
+/// Most transactions one signer other than the node may have waiting behind a nonce gap
+/// (admitted on a signature check alone, never offered to blocks until the gap fills).
+pub const MEMPOOL_PARKED_PER_SIGNER_MAX: usize = 16;
+/// Most bytes of parked transactions in a mempool (others than the node's own).
+pub const MEMPOOL_PARKED_BYTES_MAX: usize = 32 * 1024 * 1024;
 /// Longest a transaction waits in a mempool before it is dropped (a client resubmits).
 pub const MEMPOOL_TX_TTL_MS: u64 = 10 * 60 * 1000;
 /// Largest HTTP request body accepted by the node API.
@@ -68,6 +73,9 @@ pub const BREAK_GLASS_WINDOW_DEFAULT_MS: u64 = 4 * 60 * 60 * 1000;
 /// Most break-glass declarations of one practitioner awaiting review (consensus-relevant):
 /// emergency access without consent is reviewed before more is declared.
 pub const BREAK_GLASS_UNREVIEWED_PER_PRACTITIONER_MAX: usize = 3;
+/// How long an unreviewed break-glass declaration counts against its practitioner's cap
+/// (consensus-relevant): 7 days.
+pub const BREAK_GLASS_REVIEW_WINDOW_MS: u64 = 7 * 24 * 60 * 60 * 1000;
 /// Longest break-glass reason code, in bytes (consensus-relevant).
 pub const BREAK_GLASS_REASON_BYTES_MAX: usize = 64;
 /// Longest sharing-rule kind name, in bytes (consensus-relevant).

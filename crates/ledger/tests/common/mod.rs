@@ -21,6 +21,8 @@ pub struct World {
     pub org_a: Keypair,
     pub org_b: Keypair,
     pub validator: Keypair,
+    /// Organisation B's node.
+    pub validator_b: Keypair,
     pub doc: Keypair,
     pub doc_b: Keypair,
     pub patient: Keypair,
@@ -56,7 +58,10 @@ impl World {
             chain_name: "medledger.test".into(),
             genesis_time_ms: 1_700_000_000_000,
             organisations: vec![identity("Hospital A", &org_a, None), second],
-            validators: vec![identity("node-0", &validator, Some(org_a.id()))],
+            validators: vec![
+                identity("node-0", &validator, Some(org_a.id())),
+                identity("node-1", &Keypair::from_label("validator-1"), Some(org_b.id())),
+            ],
         };
         genesis.validate().unwrap();
         let mut w = Self {
@@ -64,6 +69,7 @@ impl World {
             org_a: org_a.clone(),
             org_b: org_b.clone(),
             validator,
+            validator_b: Keypair::from_label("validator-1"),
             doc: Keypair::from_label("doctor"),
             doc_b: Keypair::from_label("doctor-b"),
             patient: Keypair::from_label("patient"),
