@@ -132,6 +132,7 @@ mod write_checks;
 
 pub use error::{ApiError, ErrorBody, ErrorDetail};
 pub use fhir_export::ExportLimits;
+pub use fhir_search::COUNTED_PATIENTS_MAX;
 
 /// Most requests handled at once; more are refused with 503 rather than queued, so a flood
 /// cannot grow memory or starve the blocking pool that chain calls run on.

@@ -610,3 +610,42 @@ async fn refused_attempts_cannot_push_a_patients_notifications_out_of_view() {
     assert_eq!(refused.len(), 1, "{} notifications for one accessor's refusals", refused.len());
     assert!(refused[0]["refused_attempts"].as_u64().unwrap() > 1);
 }
+
+/// Attack: one broad search made the node record a count event for every patient it counted
+/// (100,000 patients: 100,000 events, and the node's audit backlog full for everyone). Now a
+/// total that would count more than `COUNTED_PATIENTS_MAX` patients beyond the page is left
+/// out, and such a `_summary=count` is refused.
+#[tokio::test]
+async fn one_broad_search_cannot_write_a_count_event_for_every_patient() {
+    let w = World::new(vec![BASE.into()]);
+    let org_a = w.net.organisations[0].clone();
+    let many = medledger_api::COUNTED_PATIENTS_MAX + 20;
+    let patients: Vec<Keypair> = (0..many).map(|i| Keypair::from_label(&format!("counted-{i}"))).collect();
+    for p in &patients {
+        w.chain.submit_as(&org_a, Payload::register(Role::Patient, p, None, ""), now_ms()).unwrap();
+    }
+    w.commit();
+    for p in &patients {
+        let content = lab("unused", None);
+        let request = WriteRequest {
+            author: w.doc_a.id(),
+            patient: p.id(),
+            resource_type: "Observation",
+            category: "labs",
+            content: content.as_bytes(),
+            record: None,
+        };
+        w.service.write(&request, now_ms(), &mut rand::rng()).unwrap();
+    }
+    w.commit();
+    let doc_a = w.issued(&w.doc_a, Role::Practitioner, "user/*.rs");
+    let before = w.service.pending_events();
+    let count = w.get(&doc_a, "/fhir/Observation?code=2345-7&_summary=count").await;
+    assert_eq!(count.status, 422, "{}", count.text());
+    assert_eq!(count.json()["issue"][0]["code"], "too-costly");
+    let page = w.get(&doc_a, "/fhir/Observation?code=2345-7&_count=1").await;
+    assert_eq!(page.status, 200, "{}", page.text());
+    assert!(page.json().get("total").is_none(), "a total over {many} patients was given");
+    // One page: one read event, no count events.
+    assert_eq!(w.service.pending_events(), before + 1);
+}

@@ -58,11 +58,20 @@ pub struct AuditLimits {
     pub refusals_per_minute: u32,
     /// Most `refusals-over-quota` summaries per accessor per minute (one per patient).
     pub summaries_per_minute: u32,
+    /// A journal file larger than this is rewritten with only its uncommitted events once they
+    /// are a quarter of it or less.
+    pub journal_compact_bytes: u64,
 }
 
 impl Default for AuditLimits {
     fn default() -> Self {
-        Self { pending_events_max: 1_000_000, refusals_burst: 120, refusals_per_minute: 60, summaries_per_minute: 16 }
+        Self {
+            pending_events_max: 1_000_000,
+            refusals_burst: 120,
+            refusals_per_minute: 60,
+            summaries_per_minute: 16,
+            journal_compact_bytes: 16 * 1024 * 1024,
+        }
     }
 }
 
@@ -115,6 +124,7 @@ struct JournalFile {
 
 struct Journal {
     file: Mutex<JournalFile>,
+    compact_bytes: u64,
     /// A second handle on the file, synced without holding the append lock (swapped when the
     /// journal is compacted).
     sync_handle: Mutex<Arc<File>>,
@@ -200,7 +210,7 @@ impl Journal {
             return Ok(());
         }
         let estimate = file.uncommitted as u64 * FRAME_BYTES_ESTIMATE;
-        if file.bytes < JOURNAL_COMPACT_BYTES || file.bytes < 4 * estimate {
+        if file.bytes < self.compact_bytes || file.bytes < 4 * estimate {
             return Ok(());
         }
         // Every uncommitted event is in the queue (appends queue under this lock).
@@ -254,8 +264,6 @@ fn private_file(path: &Path, truncate: bool) -> std::io::Result<File> {
     Ok(file)
 }
 
-/// A journal file larger than this is compacted once mostly committed.
-const JOURNAL_COMPACT_BYTES: u64 = 16 * 1024 * 1024;
 /// About how large a frame is (for deciding when to compact).
 const FRAME_BYTES_ESTIMATE: u64 = 200;
 
@@ -341,6 +349,7 @@ impl AuditTrail {
                 uncommitted: pending.len(),
                 broken: None,
             }),
+            compact_bytes: self.limits.journal_compact_bytes,
             sync_handle,
             synced: Mutex::new(0),
         };
@@ -624,6 +633,7 @@ mod tests {
             refusals_burst: 3,
             refusals_per_minute: 60,
             summaries_per_minute: 2,
+            ..AuditLimits::default()
         };
         let trail = AuditTrail::new(limits);
         for _ in 0..10 {

@@ -176,3 +176,46 @@ fn one_identity_cannot_flood_a_patients_trail_with_refused_reads() {
     assert!(events.iter().any(|e| e.accessor == w.stranger.id() && e.reason == OVER_QUOTA_REASON));
     assert!(events.iter().any(|e| e.accessor == w.doc.id()), "the real access is still on the trail");
 }
+
+/// An access event the ledger refuses (here: dated more than a week before its block) must not
+/// block the events recorded after it, and the journal must not grow without bound while the
+/// node is never idle.
+#[test]
+fn a_refused_access_event_never_blocks_the_others_and_the_journal_stays_bounded() {
+    let w = World::new();
+    let journal = w.dir.path().join("audit.journal");
+    let limits = AuditLimits { journal_compact_bytes: 4096, ..AuditLimits::default() };
+    let service = w.service().with_audit_limits(limits);
+    service.open_audit_journal(&journal, w.t).unwrap();
+    let lab = w.write_lab(&service);
+    // A decision dated 8 days back: its event can never be recorded.
+    service.read(w.doc.id(), lab, None, Purpose::Treatment, w.t - 8 * 86_400_000).unwrap();
+    for _ in 0..100 {
+        service.read(w.doc.id(), lab, None, Purpose::Treatment, w.t).unwrap();
+    }
+    for _ in 0..4 {
+        let _ = service.flush_events(w.t);
+        w.commit();
+    }
+    assert_eq!(w.events_on_chain().len(), 100, "the events after the bad one are all recorded");
+    assert_eq!(service.pending_events(), 0);
+    // The node is never idle: as older events commit, the journal is rewritten with only the
+    // uncommitted ones instead of growing (about 8 KiB a round here; 20 rounds would be 160 KiB).
+    let mut shrank = false;
+    let mut last = 0;
+    for round in 0..20 {
+        for _ in 0..50 {
+            service.read(w.doc.id(), lab, None, Purpose::Treatment, w.t).unwrap();
+        }
+        service.flush_events(w.t).unwrap();
+        w.commit();
+        for _ in 0..5 {
+            service.read(w.doc.id(), lab, None, Purpose::Treatment, w.t).unwrap();
+        }
+        let size = std::fs::metadata(&journal).unwrap().len();
+        assert!(size < 64 * 1024, "round {round}: the journal holds {size} bytes");
+        shrank |= size < last;
+        last = size;
+    }
+    assert!(shrank, "the journal was never compacted");
+}
