@@ -27,7 +27,7 @@ use std::{
     fs::{File, OpenOptions},
     io::{Read, Write},
     path::{Path, PathBuf},
-    sync::{Arc, Mutex, OnceLock},
+    sync::{Condvar, Mutex, MutexGuard, OnceLock},
 };
 
 use medledger_codec::{Decode, Encode, Reader};
@@ -108,13 +108,18 @@ impl Queue {
     }
 }
 
-struct JournalFile {
+struct JournalState {
     file: File,
     path: PathBuf,
+    /// Frames appended but not yet written (the next sync round writes and syncs them).
+    buffer: Vec<u8>,
+    /// Frames appended since open (never reset), and how many of them are durable.
+    appended: u64,
+    durable: u64,
+    /// Whether a caller is writing and syncing a round right now (without the lock).
+    syncing: bool,
     /// Bytes in the file.
     bytes: u64,
-    /// Frames appended since open (never reset): the sync watermark.
-    appended: u64,
     /// Events appended (or replayed) and not yet committed; at 0 the file is emptied.
     uncommitted: usize,
     /// Set when a write or sync failed: nothing more is recorded until the node restarts (a
@@ -122,14 +127,14 @@ struct JournalFile {
     broken: Option<String>,
 }
 
+/// The journal file, with group commit: appends go to a buffer in memory; whoever needs a
+/// frame durable and finds no round in progress leads one (writes the whole buffer with one
+/// call, syncs once, wakes everyone it covered), and the others wait for it. A round covers
+/// every frame appended before it started, so concurrent readers share writes and syncs.
 struct Journal {
-    file: Mutex<JournalFile>,
+    state: Mutex<JournalState>,
+    rounds: Condvar,
     compact_bytes: u64,
-    /// A second handle on the file, synced without holding the append lock (swapped when the
-    /// journal is compacted).
-    sync_handle: Mutex<Arc<File>>,
-    /// Frames known durable.
-    synced: Mutex<u64>,
 }
 
 fn frame_of(event: &AccessEvent) -> Vec<u8> {
@@ -150,70 +155,89 @@ impl Journal {
     /// queue), so a compaction sees every appended event in the queue.
     fn append(&self, event: AccessEvent, queue: &Mutex<Queue>) -> std::io::Result<u64> {
         let frame = frame_of(&event);
-        let mut file = self.file.lock().expect("audit journal lock poisoned");
-        if let Some(why) = &file.broken {
+        let mut state = self.state.lock().expect("audit journal lock poisoned");
+        if let Some(why) = &state.broken {
             return Err(broken(why));
         }
-        if let Err(e) = file.file.write_all(&frame) {
-            // A torn frame would end the journal at replay, losing every frame after it: cut it.
-            let bytes = file.bytes;
-            if let Err(cut) = file.file.set_len(bytes) {
-                file.broken = Some(format!("{e}; then {cut}"));
-            }
-            return Err(e);
-        }
-        file.bytes += frame.len() as u64;
-        file.appended += 1;
-        file.uncommitted += 1;
+        state.buffer.extend_from_slice(&frame);
+        state.appended += 1;
+        state.uncommitted += 1;
         queue.lock().expect("audit queue lock poisoned").waiting.push_back(event);
-        Ok(file.appended)
+        Ok(state.appended)
     }
 
-    /// Returns once frame `frame` (and every one before it) is durable. Concurrent callers
-    /// share one sync: whoever syncs covers everything appended before it started.
+    /// Returns once frame `frame` (and every one before it) is durable.
     fn sync_through(&self, frame: u64) -> std::io::Result<()> {
-        let mut synced = self.synced.lock().expect("audit journal sync lock poisoned");
-        if *synced >= frame {
-            return Ok(());
-        }
-        let (target, handle) = {
-            let file = self.file.lock().expect("audit journal lock poisoned");
-            if let Some(why) = &file.broken {
+        let mut state = self.state.lock().expect("audit journal lock poisoned");
+        loop {
+            if let Some(why) = &state.broken {
                 return Err(broken(why));
             }
-            (file.appended, self.sync_handle.lock().expect("audit journal handle lock poisoned").clone())
-        };
-        if let Err(e) = handle.sync_data() {
-            // After a failed sync the kernel may have dropped the writes it could not flush; a
-            // later successful sync would not bring them back.
-            self.file.lock().expect("audit journal lock poisoned").broken = Some(e.to_string());
-            return Err(e);
+            if state.durable >= frame {
+                return Ok(());
+            }
+            if state.syncing {
+                state = self.rounds.wait(state).expect("audit journal lock poisoned");
+                continue;
+            }
+            // Lead a round: everything appended so far.
+            let round = std::mem::take(&mut state.buffer);
+            let target = state.appended;
+            let start = state.bytes;
+            let file = state.file.try_clone()?;
+            state.syncing = true;
+            drop(state);
+            let written = (&file).write_all(&round).and_then(|()| file.sync_data());
+            state = self.state.lock().expect("audit journal lock poisoned");
+            state.syncing = false;
+            match written {
+                Ok(()) => {
+                    state.bytes = start + round.len() as u64;
+                    state.durable = state.durable.max(target);
+                }
+                Err(e) => {
+                    // A torn frame would end the journal at replay, and after a failed sync the
+                    // kernel may have dropped writes a later sync would not bring back: stop.
+                    let _ = state.file.set_len(start);
+                    state.broken = Some(e.to_string());
+                }
+            }
+            self.rounds.notify_all();
         }
-        *synced = target;
-        Ok(())
+    }
+
+    /// Waits for a round in progress to end (callers that change the file hold the lock after).
+    fn idle<'a>(&self, mut state: MutexGuard<'a, JournalState>) -> MutexGuard<'a, JournalState> {
+        while state.syncing {
+            state = self.rounds.wait(state).expect("audit journal lock poisoned");
+        }
+        state
     }
 
     /// `n` events committed (or given up on): empties the file once nothing is left, and
     /// rewrites it with only what is left once committed frames make up most of a large file.
     fn committed(&self, n: usize, queue: &Mutex<Queue>) -> std::io::Result<()> {
-        let mut file = self.file.lock().expect("audit journal lock poisoned");
-        file.uncommitted = file.uncommitted.saturating_sub(n);
-        if file.broken.is_some() {
+        let state = self.state.lock().expect("audit journal lock poisoned");
+        let mut state = self.idle(state);
+        state.uncommitted = state.uncommitted.saturating_sub(n);
+        if state.broken.is_some() {
             return Ok(());
         }
-        if file.uncommitted == 0 {
-            if file.bytes > 0 {
-                file.file.set_len(0)?;
-                file.file.sync_data()?;
-                file.bytes = 0;
+        if state.uncommitted == 0 {
+            // Nothing is uncommitted, so nothing is buffered either.
+            if state.bytes > 0 {
+                state.file.set_len(0)?;
+                state.file.sync_data()?;
+                state.bytes = 0;
             }
             return Ok(());
         }
-        let estimate = file.uncommitted as u64 * FRAME_BYTES_ESTIMATE;
-        if file.bytes < self.compact_bytes || file.bytes < 4 * estimate {
+        let estimate = state.uncommitted as u64 * FRAME_BYTES_ESTIMATE;
+        if state.bytes < self.compact_bytes || state.bytes < 4 * estimate {
             return Ok(());
         }
-        // Every uncommitted event is in the queue (appends queue under this lock).
+        // Every uncommitted event is in the queue (appends queue under this lock), buffered
+        // ones included.
         let left: Vec<AccessEvent> = {
             let queue = queue.lock().expect("audit queue lock poisoned");
             queue
@@ -224,7 +248,7 @@ impl Journal {
                 .cloned()
                 .collect()
         };
-        let tmp = file.path.with_extension("compacting");
+        let tmp = state.path.with_extension("compacting");
         let mut fresh = private_file(&tmp, true)?;
         let mut bytes = 0u64;
         for event in &left {
@@ -233,20 +257,17 @@ impl Journal {
             bytes += frame.len() as u64;
         }
         fresh.sync_all()?;
-        std::fs::rename(&tmp, &file.path)?;
-        if let Some(dir) = file.path.parent() {
+        std::fs::rename(&tmp, &state.path)?;
+        if let Some(dir) = state.path.parent() {
             File::open(dir)?.sync_all()?;
         }
-        let reopened = private_file(&file.path, false)?;
-        *self.sync_handle.lock().expect("audit journal handle lock poisoned") = Arc::new(reopened.try_clone()?);
-        file.file = reopened;
-        file.bytes = bytes;
-        file.uncommitted = left.len();
+        state.file = private_file(&state.path, false)?;
+        state.buffer.clear();
+        state.bytes = bytes;
+        state.uncommitted = left.len();
         // Everything appended so far is in the synced new file.
-        let appended = file.appended;
-        drop(file);
-        let mut synced = self.synced.lock().expect("audit journal sync lock poisoned");
-        *synced = (*synced).max(appended);
+        state.durable = state.appended;
+        self.rounds.notify_all();
         Ok(())
     }
 }
@@ -339,19 +360,20 @@ impl AuditTrail {
                 .cloned()
                 .collect()
         };
-        let sync_handle = Mutex::new(Arc::new(file.try_clone()?));
         let journal = Journal {
-            file: Mutex::new(JournalFile {
+            state: Mutex::new(JournalState {
                 file,
                 path: path.to_owned(),
-                bytes: valid as u64,
+                buffer: Vec::new(),
                 appended: 0,
+                durable: 0,
+                syncing: false,
+                bytes: valid as u64,
                 uncommitted: pending.len(),
                 broken: None,
             }),
+            rounds: Condvar::new(),
             compact_bytes: self.limits.journal_compact_bytes,
-            sync_handle,
-            synced: Mutex::new(0),
         };
         if pending.is_empty() {
             journal.committed(0, &self.queue)?;
