@@ -68,7 +68,7 @@
 //! keep-alive included), answers 408 and closes when a body is not whole within
 //! `body_read_timeout_ms` [30 s], and closes one whose answer makes no write progress for
 //! `write_stall_timeout_ms` [30 s]. A client — an IPv4 address or an IPv6 /64 — holds at most
-//! `connections_per_client_max` [64] of the node's `connections_max` [4,096] connections, and
+//! `connections_per_client_max` [256] of the node's `connections_max` [4,096] connections, and
 //! at most `body_buffer_bytes_per_client_max` [64 MiB] of the `body_buffer_bytes_max` [512 MiB]
 //! of request bodies being received; beyond either it gets 503, so no one client can fill what
 //! the others need. Keep `connections_max` below the open-file limit.
@@ -216,7 +216,9 @@ impl Default for HttpLimits {
             header_read_timeout_ms: 10_000,
             body_read_timeout_ms: 30_000,
             write_stall_timeout_ms: 30_000,
-            connections_per_client_max: 64,
+            // A hospital's integration engine behind one address opens many connections; one
+            // address still holds at most a sixteenth of the node's.
+            connections_per_client_max: 256,
             connections_max: 4_096,
             body_buffer_bytes_per_client_max: 64 * 1024 * 1024,
             body_buffer_bytes_max: 512 * 1024 * 1024,
