@@ -34,22 +34,7 @@ use crate::{
 pub(crate) const FHIR_JSON: &str = "application/fhir+json; charset=utf-8";
 
 /// The resource types this slice serves: those stored as patient records.
-pub const SERVED_TYPES: &[&str] = &[
-    "Patient",
-    "Encounter",
-    "Observation",
-    "Condition",
-    "MedicationRequest",
-    "AllergyIntolerance",
-    "Immunization",
-    "Procedure",
-    "DiagnosticReport",
-    "DocumentReference",
-    "CarePlan",
-    "Claim",
-    "ExplanationOfBenefit",
-    "Device",
-];
+pub const SERVED_TYPES: &[&str] = &medledger_types::RECORD_RESOURCE_TYPES;
 
 /// What a logical delete stores as the record's next version (encrypted like any version):
 /// not a FHIR resource (the validator refuses its `medledger` member), so no client can write
