@@ -46,6 +46,10 @@ impl Node {
 impl Drop for Node {
     fn drop(&mut self) {
         self.kill();
+        // A failed run shows what each node logged: the only record of why it failed.
+        if std::thread::panicking() {
+            eprintln!("--- {} ---\n{}", self.log.display(), std::fs::read_to_string(&self.log).unwrap_or_default());
+        }
     }
 }
 
@@ -135,8 +139,9 @@ fn hashes_at(nodes: &[&Node], height: u64) -> Option<Vec<String>> {
 fn four_node_processes_agree() {
     let temp = tempfile::tempdir().unwrap();
     let dir = temp.path();
-    let p2p = free_port_block(4);
-    let api = free_port_block(4);
+    // One block for both, so that no API port can collide with a peer-to-peer port.
+    let p2p = free_port_block(8);
+    let api = p2p + 4;
     let out = Command::new(BIN)
         .args(["init", "--dir"])
         .arg(dir)
@@ -155,20 +160,19 @@ fn four_node_processes_agree() {
     for n in &mut nodes {
         n.start();
     }
-    let dump_logs = |nodes: &[Node]| {
-        for n in nodes {
-            eprintln!("--- {} ---\n{}", n.log.display(), std::fs::read_to_string(&n.log).unwrap_or_default());
-        }
-    };
     let all = |nodes: &[Node]| nodes.iter().all(|n| get(&n.api, "/v1/health").is_some());
     let start = Instant::now();
     while !all(&nodes) {
         if start.elapsed() > Duration::from_secs(60) {
-            dump_logs(&nodes);
             panic!("nodes did not come up");
         }
         std::thread::sleep(Duration::from_millis(200));
     }
+    // Healthy means the API answers; consensus is live once every node has finalized blocks
+    // (idle leaders propose empty ones), so every node is connected to a quorum.
+    wait_until("every node finalizes blocks", Duration::from_secs(60), || {
+        nodes.iter().all(|n| get(&n.api, "/v1/head").is_some_and(|h| h["height"].as_u64().unwrap_or(0) >= 2))
+    });
 
     // Transactions submitted to different nodes, each by a different organisation.
     let orgs =
@@ -213,7 +217,6 @@ fn four_node_processes_agree() {
     let caught_up = Instant::now();
     while !get(&nodes[3].api, &format!("/v1/transactions/{tx}")).is_some_and(|s| s["status"] == "committed") {
         if caught_up.elapsed() > Duration::from_secs(60) {
-            dump_logs(&nodes);
             panic!("node 3 did not catch up");
         }
         std::thread::sleep(Duration::from_millis(200));
