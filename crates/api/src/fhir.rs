@@ -23,7 +23,7 @@ use medledger_fhir::{
     splice::{ServerMeta, with_server_meta},
 };
 use medledger_ledger::{AccessAction, Purpose};
-use medledger_node::records::{RecordError, WriteRequest};
+use medledger_records::{RecordError, WriteRequest};
 use medledger_types::{IdentityId, RecordId, Role, categories_of_resource_type};
 
 use crate::{
@@ -128,11 +128,11 @@ impl From<RecordError> for FhirError {
 /// journal's sync), turning a failure to record into the request's answer: nothing is acted on,
 /// nor refused, unrecorded.
 pub(crate) async fn record_audit<F>(
-    service: &std::sync::Arc<medledger_node::records::RecordService>,
+    service: &std::sync::Arc<medledger_records::RecordService>,
     f: F,
 ) -> Result<(), FhirError>
 where
-    F: FnOnce(&medledger_node::records::RecordService) -> Result<(), RecordError> + Send + 'static,
+    F: FnOnce(&medledger_records::RecordService) -> Result<(), RecordError> + Send + 'static,
 {
     let service = service.clone();
     tokio::task::spawn_blocking(move || f(&service))
@@ -186,9 +186,7 @@ pub(crate) fn purpose_of(headers: &HeaderMap) -> Result<Purpose, FhirError> {
     purpose(headers)
 }
 
-pub(crate) fn record_service(
-    app: &AppState,
-) -> Result<std::sync::Arc<medledger_node::records::RecordService>, FhirError> {
+pub(crate) fn record_service(app: &AppState) -> Result<std::sync::Arc<medledger_records::RecordService>, FhirError> {
     records(app)
 }
 
@@ -237,7 +235,7 @@ async fn authorize_record(
     }
 }
 
-pub(crate) fn records(app: &AppState) -> Result<std::sync::Arc<medledger_node::records::RecordService>, FhirError> {
+pub(crate) fn records(app: &AppState) -> Result<std::sync::Arc<medledger_records::RecordService>, FhirError> {
     app.records.clone().ok_or_else(|| {
         FhirError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -498,8 +496,8 @@ pub(crate) struct Written {
     pub(crate) tx_id: medledger_types::TxId,
 }
 
-impl From<&medledger_node::records::Written> for Written {
-    fn from(w: &medledger_node::records::Written) -> Self {
+impl From<&medledger_records::Written> for Written {
+    fn from(w: &medledger_records::Written) -> Self {
         Self { record_id: w.record_id, version: w.version, tx_id: w.tx_id }
     }
 }

@@ -35,11 +35,9 @@ use medledger_fhir::{
     search::{self, IndexValue, ParseOptions},
     validate::ReferenceKind,
 };
-use medledger_node::{
-    batch::{BatchWrite, BatchWritten},
-    chain::TxStatus,
-    records::WriteRequest,
-};
+use medledger_node::chain::TxStatus;
+use medledger_records::WriteRequest;
+use medledger_records::{BatchWrite, BatchWritten};
 use medledger_types::{IdentityId, RecordId, Role};
 
 use crate::{
@@ -954,7 +952,7 @@ async fn submit(
     .await
     .map_err(|_| error(StatusCode::INTERNAL_SERVER_ERROR, IssueCode::Exception, "write task failed"))?;
     let written = written.map_err(|e| match e {
-        medledger_node::records::RecordError::NotCustodian => error(
+        medledger_records::RecordError::NotCustodian => error(
             StatusCode::FORBIDDEN,
             IssueCode::Forbidden,
             "a resource of the Bundle belongs to another organisation; only it updates it",

@@ -16,7 +16,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use medledger_fhir::IssueCode;
-use medledger_node::records::RecordError;
+use medledger_records::RecordError;
 use medledger_types::{IdentityId, RecordId, Role};
 
 use crate::{

@@ -35,10 +35,8 @@ use medledger_fhir::{
     splice::{ServerMeta, with_server_meta},
 };
 use medledger_ledger::{AccessAction, Purpose, access::decide_at_head, actions};
-use medledger_node::{
-    chain::Chain,
-    records::{RecordError, RecordService},
-};
+use medledger_node::chain::Chain;
+use medledger_records::{RecordError, RecordService};
 use medledger_types::{IdentityId, RecordId, Role};
 
 pub use crate::fhir_export_jobs::{ExportLimits, Jobs};
@@ -505,7 +503,7 @@ fn run(jobs: &Jobs, job: &Job, chain: &Chain, service: &RecordService, plan: &Pl
     let mut errors: Vec<NdjsonFile> = Vec::new();
     // Every export is recorded as it is read; the journal is synced once, before any output
     // can be downloaded.
-    let mut synced = medledger_node::audit::Synced::default();
+    let mut synced = medledger_records::journal::Synced::default();
     for (done, candidate) in visible.iter().enumerate() {
         if job.cancelled() {
             return cancelled();
@@ -574,7 +572,7 @@ fn export_one(
     requester: IdentityId,
     purpose: Purpose,
     c: &Candidate,
-    synced: &mut medledger_node::audit::Synced,
+    synced: &mut medledger_records::journal::Synced,
 ) -> Exported {
     let id = c.record.to_hex();
     // A deleted record's latest version is a delete marker (never the first version): look

@@ -35,11 +35,9 @@ use medledger_ledger::{
     access::{Basis, decide_at_head},
     actions,
 };
-use medledger_node::{
-    audit::Synced,
-    chain::Chain,
-    records::{RecordError, RecordService},
-};
+use medledger_node::chain::Chain;
+use medledger_records::journal::Synced;
+use medledger_records::{RecordError, RecordService};
 use medledger_types::{IdentityId, RecordId};
 
 use crate::{

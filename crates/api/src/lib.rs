@@ -104,7 +104,8 @@ use axum::{
     middleware,
     routing::{get, post},
 };
-use medledger_node::{chain::Chain, records::RecordService};
+use medledger_node::chain::Chain;
+use medledger_records::RecordService;
 use medledger_types::limits;
 
 mod admission;

@@ -10,7 +10,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use medledger_ledger::Purpose;
-use medledger_node::records::{RecordError, WriteRequest};
+use medledger_records::{RecordError, WriteRequest};
 use medledger_types::{IdentityId, RecordId, Role};
 use serde::Serialize;
 
@@ -50,9 +50,9 @@ pub(crate) async fn authenticated(app: &AppState, request: Request) -> Result<(I
 }
 
 /// Largest FHIR resource accepted, in bytes.
-pub(crate) const RECORD_BODY_BYTES_MAX: usize = medledger_node::records::RECORD_PLAINTEXT_BYTES_MAX;
+pub(crate) const RECORD_BODY_BYTES_MAX: usize = medledger_records::RECORD_PLAINTEXT_BYTES_MAX;
 
-fn records(app: &AppState) -> Result<Arc<medledger_node::records::RecordService>, ApiError> {
+fn records(app: &AppState) -> Result<Arc<medledger_records::RecordService>, ApiError> {
     app.records.clone().ok_or_else(|| {
         ApiError::Unavailable("this node does not serve records (no organisation key configured)".into())
     })

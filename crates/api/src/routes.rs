@@ -37,7 +37,7 @@ pub(crate) struct AppState {
     /// Computed once: hashing the genesis on every `/v1/head` would be waste.
     pub(crate) chain_id: Hash,
     /// Present when the node holds its organisation's keys and serves records.
-    pub(crate) records: Option<Arc<medledger_node::records::RecordService>>,
+    pub(crate) records: Option<Arc<medledger_records::RecordService>>,
     pub(crate) auth: Arc<crate::auth::Authenticator>,
     /// Bearer tokens issued by `/auth/token` (SMART backend services).
     pub(crate) tokens: Arc<crate::smart::TokenStore>,

@@ -17,11 +17,8 @@ use medledger_api::{Services, auth::authorization};
 use medledger_blobs::MemoryBlobStore;
 use medledger_crypto::Keypair;
 use medledger_ledger::{Block, Payload, Purpose, Scope, actions};
-use medledger_node::{
-    chain::Chain,
-    devnet::Devnet,
-    records::{RecordService, WriteRequest},
-};
+use medledger_node::{chain::Chain, devnet::Devnet};
+use medledger_records::{RecordService, WriteRequest};
 use medledger_types::{Role, TxId, limits};
 use serde_json::Value;
 use tower::ServiceExt;

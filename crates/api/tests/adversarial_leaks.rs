@@ -18,11 +18,8 @@ use medledger_api::{
 use medledger_blobs::MemoryBlobStore;
 use medledger_crypto::Keypair;
 use medledger_ledger::{Payload, Purpose, Scope, actions};
-use medledger_node::{
-    chain::Chain,
-    devnet::Devnet,
-    records::{RecordService, WriteRequest},
-};
+use medledger_node::{chain::Chain, devnet::Devnet};
+use medledger_records::{RecordService, WriteRequest};
 use medledger_types::{RecordId, Role};
 use serde_json::{Value, json};
 use tower::ServiceExt;

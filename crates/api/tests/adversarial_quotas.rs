@@ -24,7 +24,8 @@ use medledger_api::{
 use medledger_blobs::MemoryBlobStore;
 use medledger_crypto::Keypair;
 use medledger_ledger::Payload;
-use medledger_node::{chain::Chain, devnet::Devnet, records::RecordService};
+use medledger_node::{chain::Chain, devnet::Devnet};
+use medledger_records::RecordService;
 use medledger_types::Role;
 use serde_json::{Value, json};
 use tower::ServiceExt;

@@ -20,8 +20,8 @@ use medledger_ledger::Payload;
 use medledger_node::{
     chain::{Chain, TxStatus},
     devnet::Devnet,
-    records::{RecordService, WriteRequest},
 };
+use medledger_records::{RecordService, WriteRequest};
 use medledger_types::{IdentityId, RecordId, Role, TxId};
 use serde_json::{Value, json};
 use tower::ServiceExt;

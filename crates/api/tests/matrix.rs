@@ -13,7 +13,8 @@ use medledger_api::auth::authorization;
 use medledger_blobs::MemoryBlobStore;
 use medledger_crypto::Keypair;
 use medledger_ledger::{AccessAction, AccessOutcome, Payload, Purpose, Scope, actions, tx::sign};
-use medledger_node::{chain::Chain, devnet::Devnet, records::RecordService};
+use medledger_node::{chain::Chain, devnet::Devnet};
+use medledger_records::RecordService;
 use medledger_types::{IdentityId, Role};
 use tower::ServiceExt;
 

@@ -25,10 +25,8 @@ use anyhow::{Context, Result};
 use medledger_api::smart::{Grant, parse_scope};
 use medledger_crypto::Keypair;
 use medledger_ledger::Payload;
-use medledger_node::{
-    devnet::Devnet,
-    records::{RecordService, WriteRequest},
-};
+use medledger_node::devnet::Devnet;
+use medledger_records::{RecordService, WriteRequest};
 use medledger_types::{RecordId, Role, TxId};
 use serde_json::json;
 
@@ -214,7 +212,7 @@ fn drive(
                                 }
                                 break;
                             }
-                            Err(medledger_node::records::RecordError::Submit(_)) => {
+                            Err(medledger_records::RecordError::Submit(_)) => {
                                 std::thread::sleep(Duration::from_millis(2))
                             }
                             Err(e) => {

@@ -18,11 +18,8 @@ use std::{
 use anyhow::{Context, Result};
 use medledger_crypto::Keypair;
 use medledger_ledger::{Payload, Purpose, Scope, actions, tx::sign};
-use medledger_node::{
-    chain::Chain,
-    devnet::Devnet,
-    records::{RecordError, RecordService, WriteRequest},
-};
+use medledger_node::{chain::Chain, devnet::Devnet};
+use medledger_records::{RecordError, RecordService, WriteRequest};
 use medledger_types::{RecordId, Role, TxId};
 
 use serde_json::json;

@@ -18,8 +18,8 @@ use medledger_ledger::{
 use medledger_node::{
     chain::{Chain, TxStatus},
     devnet::Devnet,
-    records::WriteRequest,
 };
+use medledger_records::WriteRequest;
 use medledger_types::{IdentityId, OrganisationKind, RecordId, Role, TxId};
 use serde_json::json;
 

@@ -9,9 +9,9 @@ use medledger_ledger::Genesis;
 use medledger_node::{
     chain::Chain,
     net::{NodeConfig, run_node},
-    records::RecordService,
     validator::Timing,
 };
+use medledger_records::RecordService;
 
 /// Opens (and re-verifies) the chain in `data_dir`, printing progress for long replays.
 pub fn open_chain(data_dir: &Path, genesis: &Genesis, keys: Keypair) -> Result<Arc<Chain>> {

@@ -11,8 +11,6 @@
 //! [`validator::start_validator`], [`net::run_node`].
 
 pub mod app;
-pub mod audit;
-pub mod batch;
 pub mod block;
 pub mod certificate;
 pub mod chain;
@@ -21,9 +19,9 @@ pub mod index;
 pub mod mempool;
 pub mod metrics;
 pub mod net;
-pub mod records;
-mod records_audit;
 pub mod replication;
+#[cfg(feature = "simulation")]
+pub mod simulation;
 pub mod validator;
 
 use medledger_ledger::BlockError;

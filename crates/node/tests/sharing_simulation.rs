@@ -6,7 +6,7 @@
 //! Prints its seed; replay with `MEDLEDGER_SEED=<seed> cargo test -p medledger-node --test
 //! sharing_simulation`.
 
-mod common;
+use medledger_node::simulation as common;
 
 use std::{sync::Arc, time::Duration};
 

@@ -2,7 +2,7 @@
 //! Every test prints its seed; replay a failure with `MEDLEDGER_SEED=<seed> cargo test -p
 //! medledger-node --test simulation <name>`.
 
-mod common;
+use medledger_node::simulation as common;
 
 use std::{sync::Arc, time::Duration};
 

@@ -10,7 +10,11 @@ use std::sync::{
 
 use medledger_crypto::Keypair;
 use medledger_ledger::{Block, Payload};
-use medledger_node::{chain::Chain, devnet::Devnet};
+use medledger_node::{
+    chain::{Chain, SubmitError},
+    devnet::Devnet,
+    mempool::MempoolError,
+};
 use medledger_types::Role;
 
 #[test]
@@ -47,8 +51,15 @@ fn submit_as_never_reuses_a_nonce_while_blocks_commit() {
                 for j in 0..EACH {
                     let doc = Keypair::from_label(&format!("doc-{i}-{j}"));
                     let payload = Payload::register(Role::Practitioner, &doc, Some(org.id()), "Dr Concurrent");
-                    if let Err(e) = chain.submit_as(&org, payload, t0) {
-                        panic!("submission {i}/{j} refused: {e}");
+                    // The signer's mempool budget is back-pressure: wait for blocks, then retry.
+                    loop {
+                        match chain.submit_as(&org, payload.clone(), t0) {
+                            Ok(_) => break,
+                            Err(SubmitError::Mempool(MempoolError::SignerOverQuota { .. })) => {
+                                std::thread::sleep(std::time::Duration::from_millis(1))
+                            }
+                            Err(e) => panic!("submission {i}/{j} refused: {e}"),
+                        }
                     }
                 }
             })

@@ -1,18 +1,18 @@
 //! The record service's audit side: the access events of decisions made outside a read
 //! (history, refusals before any consent decision, refused writes, counts), the journal, and
-//! committing events (`crate::audit`). Every method that records returns an error when the
+//! committing events (`crate::journal`). Every method that records returns an error when the
 //! event cannot be recorded; callers then refuse the request rather than act unrecorded.
 
 use medledger_ledger::{AccessAction, AccessEvent, AccessOutcome, Purpose, access::Basis, access::Denial};
 use medledger_types::{IdentityId, RecordId, TimestampMs, TxId};
 
 use crate::{
-    audit::Synced,
-    records::{RecordError, RecordService},
+    journal::Synced,
+    service::{RecordError, RecordService},
 };
 
 impl RecordService {
-    /// Journals this node's access events in `path` (see `crate::audit`), queuing again what a
+    /// Journals this node's access events in `path` (see `crate::journal`), queuing again what a
     /// previous run journaled and the chain does not hold. Returns how many were queued again.
     pub fn open_audit_journal(&self, path: &std::path::Path, now_ms: TimestampMs) -> Result<usize, RecordError> {
         Ok(self.audit.open_journal(path, &self.chain, &self.node_identity(), now_ms)?)

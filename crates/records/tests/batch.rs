@@ -7,11 +7,11 @@ use medledger_blobs::{BlobStore, PackBlobStore};
 use medledger_crypto::Keypair;
 use medledger_ledger::Payload;
 use medledger_node::{
-    batch::BatchWrite,
     chain::{Chain, TxStatus},
     devnet::Devnet,
-    records::{RecordError, RecordService, WriteRequest},
 };
+use medledger_records::BatchWrite;
+use medledger_records::{RecordError, RecordService, WriteRequest};
 use medledger_types::Role;
 
 const T0: u64 = 1_900_000_000_000;

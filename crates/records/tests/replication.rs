@@ -10,7 +10,7 @@
 //! replication`.
 
 #[allow(dead_code)]
-mod common;
+use medledger_node::simulation as common;
 
 use std::{sync::Arc, time::Duration};
 
@@ -23,10 +23,10 @@ use medledger_ledger::{Payload, Purpose, Scope, actions, tx::sign};
 use medledger_node::{
     chain::Chain,
     devnet::{Devnet, commit_pending},
-    records::{RecordService, WriteRequest},
     replication::{BlobMessage, CHANNEL_BLOBS, FetchError, Unavailable, start_replicator},
     validator::QUOTA,
 };
+use medledger_records::{RecordService, WriteRequest};
 use medledger_types::Role;
 
 const T0: u64 = 1_900_000_000_000;

@@ -21,11 +21,8 @@ use medledger_ledger::{
     Payload, Purpose, Scope, actions,
     keys::{category_key_info, data_key_aad, record_aad},
 };
-use medledger_node::{
-    chain::Chain,
-    devnet::Devnet,
-    records::{RecordService, WriteRequest, Written},
-};
+use medledger_node::{chain::Chain, devnet::Devnet};
+use medledger_records::{RecordService, WriteRequest, Written};
 use medledger_types::{IdentityId, RecordId, Role};
 
 const T0: u64 = 1_900_000_000_000;

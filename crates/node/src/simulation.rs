@@ -1,14 +1,9 @@
-//! Shared harness of the deterministic-runtime tests: a simulated network of the genesis
+//! Harness of the deterministic-runtime tests (feature `simulation`): a simulated network of the genesis
 //! validators, validators started on it, and every pair linked.
 
 use std::{sync::Arc, time::Duration};
 
-use commonware_cryptography::{Signer as _, ed25519::PublicKey};
-use commonware_p2p::simulated::{self, Link, Network, Oracle};
-use commonware_runtime::{Supervisor as _, deterministic};
-use commonware_utils::{NZUsize, probability};
-use medledger_crypto::Keypair;
-use medledger_node::{
+use crate::{
     app::ProposalFault,
     chain::Chain,
     validator::{
@@ -16,6 +11,11 @@ use medledger_node::{
         ValidatorConfig, consensus_key, consensus_public_key, max_message_size, start_validator,
     },
 };
+use commonware_cryptography::{Signer as _, ed25519::PublicKey};
+use commonware_p2p::simulated::{self, Link, Network, Oracle};
+use commonware_runtime::{Supervisor as _, deterministic};
+use commonware_utils::{NZUsize, probability};
+use medledger_crypto::Keypair;
 
 pub type SimOracle = Oracle<PublicKey, deterministic::Context>;
 
@@ -96,6 +96,6 @@ pub async fn link_all(oracle: &SimOracle, participants: &[PublicKey]) {
 /// The seed from `MEDLEDGER_SEED`, or `default`; printed so a failure can be replayed.
 pub fn seed(default: u64, test_file: &str) -> u64 {
     let seed = std::env::var("MEDLEDGER_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(default);
-    println!("seed = {seed} (replay: MEDLEDGER_SEED={seed} cargo test -p medledger-node --test {test_file})");
+    println!("seed = {seed} (replay: MEDLEDGER_SEED={seed} cargo test --test {test_file})");
     seed
 }

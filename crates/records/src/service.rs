@@ -29,8 +29,8 @@ use medledger_types::{Hash, IdentityId, RecordId, TimestampMs, TxId};
 use rand::CryptoRng;
 use zeroize::Zeroizing;
 
-use crate::{
-    audit::{AuditError, AuditTrail, Synced},
+use crate::journal::{AuditError, AuditTrail, Synced};
+use medledger_node::{
     chain::{Chain, SubmitError},
     replication::CiphertextFetcher,
 };
@@ -111,7 +111,7 @@ pub struct RecordService {
     pub(crate) category_keys: Mutex<HashMap<(CategoryKeyId, u32), CachedKey>>,
     /// Versions submitted but not yet committed, so concurrent updates do not collide.
     pub(crate) pending_versions: Mutex<HashMap<RecordId, (u32, Option<TxId>)>>,
-    /// Access events: journaled, then committed in batches (`crate::audit`).
+    /// Access events: journaled, then committed in batches (`crate::journal`).
     pub(crate) audit: AuditTrail,
     /// Key shares submitted but not yet committed, with when, so they are not submitted twice.
     inflight_shares: Mutex<HashMap<(CategoryKeyId, u32, IdentityId), TimestampMs>>,
@@ -152,7 +152,7 @@ impl RecordService {
         if let KeyOrigin::Submitted(tx) = cached.origin
             && matches!(
                 self.chain.tx_status(&tx),
-                Ok(crate::chain::TxStatus::Rejected { .. } | crate::chain::TxStatus::Unknown)
+                Ok(medledger_node::chain::TxStatus::Rejected { .. } | medledger_node::chain::TxStatus::Unknown)
             )
         {
             cache.remove(slot);
@@ -194,7 +194,7 @@ impl RecordService {
 
     /// The same service with the audit trail's bounds set to `limits` (before anything is
     /// recorded).
-    pub fn with_audit_limits(mut self, limits: crate::audit::AuditLimits) -> Self {
+    pub fn with_audit_limits(mut self, limits: crate::journal::AuditLimits) -> Self {
         self.audit = AuditTrail::new(limits);
         self
     }
@@ -329,7 +329,7 @@ impl RecordService {
             && let Some((_, Some(tx))) = pending.get(&record_id)
             && matches!(
                 self.chain.tx_status(tx),
-                Ok(crate::chain::TxStatus::Rejected { .. } | crate::chain::TxStatus::Unknown)
+                Ok(medledger_node::chain::TxStatus::Rejected { .. } | medledger_node::chain::TxStatus::Unknown)
             )
         {
             pending.remove(&record_id);

@@ -23,8 +23,8 @@ use medledger_ledger::{
 use medledger_types::{Hash, IdentityId, RecordId, Role, TimestampMs, TxId, limits};
 use rand::CryptoRng;
 
-use crate::records::must_rotate_before_writing;
-use crate::records::{
+use crate::service::must_rotate_before_writing;
+use crate::service::{
     CachedKey, KeyOrigin, RECORD_PLAINTEXT_BYTES_MAX, RecordError, RecordService, WriteRequest, share_entry,
 };
 

@@ -11,11 +11,8 @@ use medledger_ledger::{
     access::{Basis, Denial},
     actions,
 };
-use medledger_node::{
-    chain::Chain,
-    devnet::Devnet,
-    records::{RecordError, RecordService, WriteRequest},
-};
+use medledger_node::{chain::Chain, devnet::Devnet};
+use medledger_records::{RecordError, RecordService, WriteRequest};
 use medledger_types::Role;
 
 const T0: u64 = 1_900_000_000_000;

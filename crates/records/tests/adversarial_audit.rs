@@ -8,11 +8,11 @@ use medledger_blobs::{BlobStore, MemoryBlobStore};
 use medledger_crypto::Keypair;
 use medledger_ledger::{AccessOutcome, Payload, Purpose};
 use medledger_node::{
-    audit::{AuditLimits, OVER_QUOTA_REASON},
     chain::Chain,
     devnet::{Devnet, commit_pending},
-    records::{RecordError, RecordService, WriteRequest},
 };
+use medledger_records::journal::{AuditLimits, OVER_QUOTA_REASON};
+use medledger_records::{RecordError, RecordService, WriteRequest};
 use medledger_types::{RecordId, Role};
 
 const T0: u64 = 1_900_000_000_000;

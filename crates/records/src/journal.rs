@@ -35,7 +35,7 @@ use medledger_crypto::Keypair;
 use medledger_ledger::{AccessEvent, Payload};
 use medledger_types::{IdentityId, TimestampMs, TxId, limits};
 
-use crate::chain::{Chain, SubmitError, TxStatus};
+use medledger_node::chain::{Chain, SubmitError, TxStatus};
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

@@ -1,0 +1,19 @@
+//! The record service of a medledger node: encrypted record writes and reads (FHIR JSON,
+//! per-version data keys wrapped under per-patient category keys), batches, the sharing of
+//! category keys with those a live grant entitles, and the durable journal of every access
+//! decision, committed on-chain as access events.
+//!
+//! Architecture invariant: plaintext exists only in memory, in this crate and its callers'
+//! answers; every read is decided by the ledger's rules at the node's head and its access
+//! event is journaled durably before the answer is released. Time and randomness are inputs.
+//!
+//! API boundary: [`RecordService`] (with [`WriteRequest`], [`Written`], [`Read`]),
+//! [`RecordError`], and the journal's [`journal::AuditLimits`].
+
+mod batch;
+pub mod journal;
+mod service;
+mod service_audit;
+
+pub use batch::*;
+pub use service::*;
