@@ -5,14 +5,12 @@
 //! `/v1/records`. The refusal is still audited where it always was (the patient sees the
 //! attempt); only the caller's answer no longer tells a real id from a random one.
 //!
-//! "May see" is consent's read decision (`ledger::access`) for the request's purpose: the
-//! patient, the custodian's staff, or a live grant, rule or break-glass covering the record.
+//! "May see" is consent's read decision (`records::access::may_read`) for the request's
+//! purpose: the patient, the custodian's staff, or a live grant, rule or break-glass covering
+//! the record.
 
-use medledger_ledger::{
-    Purpose, RecordHead, State,
-    access::{Basis, Denial, decide_at_head},
-    actions,
-};
+use medledger_ledger::{Purpose, RecordHead, State};
+use medledger_records::access::{self, Basis, Refusal};
 use medledger_types::{IdentityId, RecordId, TimestampMs};
 
 use crate::routes::{AppState, now_ms};
@@ -30,9 +28,8 @@ pub(crate) fn read_decision(
     record_id: &RecordId,
     purpose: Purpose,
     now_ms: TimestampMs,
-) -> Option<Result<Basis, Denial>> {
-    let head = state.record(record_id)?;
-    Some(decide_at_head(state, caller, record_id, head, actions::READ, purpose, now_ms))
+) -> Option<Result<Basis, Refusal>> {
+    access::may_read(state, caller, record_id, purpose, now_ms)
 }
 
 /// Whether `caller` may see record `record_id` for `purpose` now (a record that does not exist

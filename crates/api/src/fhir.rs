@@ -23,7 +23,10 @@ use medledger_fhir::{
     splice::{ServerMeta, with_server_meta},
 };
 use medledger_ledger::{AccessAction, Purpose};
-use medledger_records::{RecordError, WriteRequest};
+use medledger_records::{
+    RecordError, WriteRequest,
+    access::{self, AccessRequest},
+};
 use medledger_types::{IdentityId, RecordId, Role, categories_of_resource_type};
 
 use crate::{
@@ -333,11 +336,12 @@ async fn read_version(
         return Err(no_such(&resource_type, &id));
     }
     let service = records(&app)?;
-    let requester = grant.identity;
-    let read = tokio::task::spawn_blocking(move || service.read(requester, record_id, version, purpose, now_ms()))
-        .await
-        .map_err(|_| FhirError::new(StatusCode::INTERNAL_SERVER_ERROR, IssueCode::Exception, "read task failed"))?
-        .map_err(|e| unless_denied(e, &resource_type, &id))?;
+    let read = tokio::task::spawn_blocking(move || {
+        service.read_as(grant.caller(), record_id, version, purpose, AccessAction::Read, now_ms())
+    })
+    .await
+    .map_err(|_| FhirError::new(StatusCode::INTERNAL_SERVER_ERROR, IssueCode::Exception, "read task failed"))?
+    .map_err(|e| unless_denied(e, &resource_type, &id))?;
     if is_tombstone(&read.plaintext) {
         return Err(FhirError::new(
             StatusCode::GONE,
@@ -845,24 +849,20 @@ pub(crate) async fn history(
     // even its length, or whether the id is real) for a caller who may not read the record;
     // the refusal is audited.
     let now = now_ms();
-    let decision = {
-        let state = app.chain.state();
-        let head = state
-            .record(&record_id)
-            .filter(|h| h.resource_type == resource_type)
-            .ok_or_else(|| no_such(&resource_type, &id))?;
-        medledger_ledger::access::decide_at_head(
-            &state,
-            &requester,
-            &record_id,
-            head,
-            medledger_ledger::actions::READ,
-            purpose,
-            now,
-        )
+    let request = AccessRequest {
+        caller: requester,
+        credential: &grant,
+        action: AccessAction::History,
+        purpose,
+        record: record_id,
+        version: None,
+        now_ms: now,
     };
-    if let Err(denial) = decision {
-        record_audit(&service, move |s| s.audit_history(requester, record_id, purpose, Err(denial), now)).await?;
+    let decision = access::authorize(&app.chain.state(), &request)
+        .filter(|d| d.head.resource_type == resource_type)
+        .ok_or_else(|| no_such(&resource_type, &id))?;
+    if !decision.is_allowed() {
+        record_audit(&service, move |s| s.audit_decision(&decision, now)).await?;
         return Err(no_such(&resource_type, &id));
     }
     let (count, offset) = paging(&query, HISTORY_VERSIONS_MAX, "instance history")?;
@@ -875,10 +875,11 @@ pub(crate) async fn history(
     let total = versions.len();
     let versions: Vec<(u32, u64)> = versions.into_iter().skip(offset).take(count).collect();
     let wanted = versions.clone();
+    let reader = grant.clone();
     let plaintexts = tokio::task::spawn_blocking(move || {
         let items: Vec<_> = wanted.iter().map(|(v, _)| (record_id, Some(*v))).collect();
         service
-            .read_many(requester, &items, purpose, AccessAction::History, now_ms())?
+            .read_many(reader.caller(), &items, purpose, AccessAction::History, now_ms())?
             .into_iter()
             .map(|r| r.map(|r| r.plaintext))
             .collect::<Result<Vec<_>, _>>()
@@ -959,9 +960,10 @@ pub(crate) async fn everything(
     let total = members.len();
     let page: Vec<_> = members.into_iter().skip(offset).take(count).collect();
     let wanted = page.clone();
+    let reader = grant.clone();
     let reads = tokio::task::spawn_blocking(move || {
         let items: Vec<_> = wanted.iter().map(|(id, _, version, _)| (*id, Some(*version))).collect();
-        let reads = service.read_many(requester, &items, purpose, AccessAction::Read, now_ms())?;
+        let reads = service.read_many(reader.caller(), &items, purpose, AccessAction::Read, now_ms())?;
         Ok::<_, RecordError>(reads.into_iter().map(Result::ok).collect::<Vec<_>>())
     })
     .await
@@ -1279,28 +1281,26 @@ pub(crate) async fn provenance(
     let record_id = parse_id(id)?;
     // Decided and recorded at one time: the event names the grant in force then.
     let now = now_ms();
-    let decision = {
-        let state = app.chain.state();
-        let head = state
-            .record(&record_id)
-            .filter(|h| h.resource_type == resource_type)
-            .ok_or_else(|| no_such(resource_type, id))?;
-        medledger_ledger::access::decide_at_head(
-            &state,
-            &grant.identity,
-            &record_id,
-            head,
-            medledger_ledger::actions::READ,
-            purpose,
-            now,
-        )
+    let request = AccessRequest {
+        caller: grant.identity,
+        credential: &grant,
+        action: AccessAction::History,
+        purpose,
+        record: record_id,
+        version: None,
+        now_ms: now,
     };
+    let decision = access::authorize(&app.chain.state(), &request)
+        .filter(|d| d.head.resource_type == resource_type)
+        .ok_or_else(|| no_such(resource_type, id))?;
+    let allowed = decision.is_allowed();
     if let Some(service) = &app.records {
-        let who = grant.identity;
-        record_audit(service, move |s| s.audit_history(who, record_id, purpose, decision, now)).await?;
+        record_audit(service, move |s| s.audit_decision(&decision, now)).await?;
     }
     // Refused (and audited): the answer for a record that does not exist.
-    decision.map_err(|_| no_such(resource_type, id))?;
+    if !allowed {
+        return Err(no_such(resource_type, id));
+    }
     let (custodian, versions) = {
         let index = app.chain.patient_index();
         let record = index.record(&record_id).ok_or_else(|| not_found("the record is not indexed yet"))?;
@@ -1637,18 +1637,16 @@ pub(crate) async fn type_history(
         let state = app.chain.state();
         for (_, record, _, _) in chunk {
             readable.entry(*record).or_insert_with(|| {
-                state.record(record).is_some_and(|head| {
-                    medledger_ledger::access::decide_at_head(
-                        &state,
-                        &requester,
-                        record,
-                        head,
-                        medledger_ledger::actions::READ,
-                        purpose,
-                        now,
-                    )
-                    .is_ok()
-                })
+                let request = AccessRequest {
+                    caller: requester,
+                    credential: &grant,
+                    action: AccessAction::History,
+                    purpose,
+                    record: *record,
+                    version: None,
+                    now_ms: now,
+                };
+                access::check(&state, &request).is_some_and(|outcome| outcome.is_ok())
             });
         }
     }
@@ -1659,9 +1657,10 @@ pub(crate) async fn type_history(
     let page: Vec<_> = versions.into_iter().skip(offset).take(count).collect();
     let service = records(&app)?;
     let wanted = page.clone();
+    let reader = grant.clone();
     let reads = tokio::task::spawn_blocking(move || {
         let items: Vec<_> = wanted.iter().map(|(_, id, v, _)| (*id, Some(*v))).collect();
-        let reads = service.read_many(requester, &items, purpose, AccessAction::History, now_ms())?;
+        let reads = service.read_many(reader.caller(), &items, purpose, AccessAction::History, now_ms())?;
         Ok::<_, RecordError>(reads.into_iter().map(Result::ok).collect::<Vec<_>>())
     })
     .await

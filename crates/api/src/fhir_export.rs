@@ -7,7 +7,7 @@
 //!
 //! Who sees what follows search exactly: the token's scopes must allow reading the type (and,
 //! for `patient/…` scopes, the record must be of the token's own patient), and the ledger's
-//! consent rules must allow the caller on the record (`access::decide_at_head`). Records
+//! consent rules must allow the caller on the record (`records::access`). Records
 //! failing either are left out without a trace in the output; consent is decided before
 //! anything is counted, so progress and counts reveal only what the caller may see. Each
 //! exported record is read through the record service as an `Export` access, so it is an
@@ -34,8 +34,9 @@ use medledger_fhir::{
     outcome::escape_into,
     splice::{ServerMeta, with_server_meta},
 };
-use medledger_ledger::{AccessAction, Purpose, access::decide_at_head, actions};
+use medledger_ledger::{AccessAction, Purpose};
 use medledger_node::chain::Chain;
+use medledger_records::access::{self, AccessRequest, Caller};
 use medledger_records::{RecordError, RecordService};
 use medledger_types::{IdentityId, RecordId, Role};
 
@@ -489,9 +490,16 @@ fn run(jobs: &Jobs, job: &Job, chain: &Chain, service: &RecordService, plan: &Pl
             chunk
                 .iter()
                 .filter(|c| {
-                    state.record(&c.record).is_some_and(|head| {
-                        decide_at_head(&state, &requester, &c.record, head, actions::READ, plan.purpose, now).is_ok()
-                    })
+                    let request = AccessRequest {
+                        caller: requester,
+                        credential: &plan.grant,
+                        action: AccessAction::Export,
+                        purpose: plan.purpose,
+                        record: c.record,
+                        version: Some(c.version),
+                        now_ms: now,
+                    };
+                    access::check(&state, &request).is_some_and(|outcome| outcome.is_ok())
                 })
                 .cloned(),
         );
@@ -509,7 +517,7 @@ fn run(jobs: &Jobs, job: &Job, chain: &Chain, service: &RecordService, plan: &Pl
             return cancelled();
         }
         job.set_progress(Progress { exporting: true, done, total });
-        let outcome = export_one(service, requester, plan.purpose, candidate, &mut synced);
+        let outcome = export_one(service, plan.grant.caller(), plan.purpose, candidate, &mut synced);
         let written = match outcome {
             Exported::Line(line) => jobs.reserve(job, line.len() + 1, now_ms()).map(|()| {
                 push_line(&mut outputs, candidate.resource_type, candidate.resource_type, &line, FILE_LINES_MAX)
@@ -569,7 +577,7 @@ enum Exported {
 
 fn export_one(
     service: &RecordService,
-    requester: IdentityId,
+    caller: Caller<'_>,
     purpose: Purpose,
     c: &Candidate,
     synced: &mut medledger_records::journal::Synced,
@@ -580,7 +588,7 @@ fn export_one(
     if c.versions > 1 && service.plaintext_for_index(&c.record, c.version).is_ok_and(|p| is_tombstone(&p)) {
         return Exported::Skipped;
     }
-    match service.read_deferred(requester, c.record, Some(c.version), purpose, AccessAction::Export, now_ms(), synced) {
+    match service.read_deferred(caller, c.record, Some(c.version), purpose, AccessAction::Export, now_ms(), synced) {
         Ok(read) if is_tombstone(&read.plaintext) => Exported::Skipped,
         Ok(read) => {
             let version = c.version.to_string();

@@ -10,7 +10,7 @@
 //! shared later). While one search brings the index up to a newly
 //! committed block, others answer from it as it was, so a search may miss what committed in
 //! the last moment. Results are filtered by the caller's consent
-//! (`access::decide_at_head`) before counting and paging, so totals reveal nothing the caller
+//! (`records::access`, with the token's scopes) before counting and paging, so totals reveal nothing the caller
 //! may not see; every returned resource is read through the record service and so audited,
 //! as a `Search` access.
 
@@ -30,14 +30,13 @@ use medledger_fhir::{
     search::{self, IndexValue, ParseOptions},
     splice::{ServerMeta, with_server_meta},
 };
-use medledger_ledger::{
-    AccessAction,
-    access::{Basis, decide_at_head},
-    actions,
-};
+use medledger_ledger::AccessAction;
 use medledger_node::chain::Chain;
-use medledger_records::journal::Synced;
-use medledger_records::{RecordError, RecordService};
+use medledger_records::{
+    RecordError, RecordService,
+    access::{self, AccessRequest, Basis},
+    journal::Synced,
+};
 use medledger_types::{IdentityId, RecordId};
 
 use crate::{
@@ -328,7 +327,16 @@ fn evaluate(
     purpose: medledger_ledger::Purpose,
     now: u64,
 ) -> Found {
-    let requester = &grant.identity;
+    // Each record found is a search hit, decided with the token's scopes and consent.
+    let hit = |record: &RecordId| AccessRequest {
+        caller: grant.identity,
+        credential: grant,
+        action: AccessAction::Search,
+        purpose,
+        record: *record,
+        version: None,
+        now_ms: now,
+    };
     // Included and revincluded records are of other types: the token's scopes must cover
     // reading them too, as well as consent.
     let scoped = |resource_type: &str| {
@@ -345,9 +353,7 @@ fn evaluate(
             out.extend(chunk.iter().copied().filter(|record| {
                 // Directory entries are not patient data: the token's scopes decide alone.
                 state.directory_entry(record).is_some()
-                    || state.record(record).is_some_and(|head| {
-                        decide_at_head(&state, requester, record, head, actions::READ, purpose, now).is_ok()
-                    })
+                    || access::check(&state, &hit(record)).is_some_and(|outcome| outcome.is_ok())
             }));
         }
         out
@@ -375,9 +381,7 @@ fn evaluate(
                 continue;
             }
             let Some(head) = state.record(record) else { continue };
-            let Ok(basis) = decide_at_head(&state, requester, record, head, actions::READ, purpose, now) else {
-                continue;
-            };
+            let Some(Ok(basis)) = access::check(&state, &hit(record)) else { continue };
             matched.push(*record);
             patient_of.insert(*record, head.patient);
             if counted_patients.insert(head.patient) {
@@ -493,7 +497,6 @@ pub(crate) async fn search(
     // base: never the request's Host, which the client controls.
     let origin = app.public_base().to_owned();
     let (index, chain) = (app.search.clone(), app.chain.clone());
-    let requester = grant.identity;
     let grant_for_task = grant.clone();
     let query_for_task = query.clone();
     let answer = tokio::task::spawn_blocking(move || -> Result<String, FhirError> {
@@ -501,7 +504,7 @@ pub(crate) async fn search(
         let now = now_ms();
         let found = evaluate(&index, &chain, &query_for_task, &grant_for_task, purpose, now);
         let links = params_for_links(&params);
-        bundle(&service, &index, &query_for_task, &found, (&requester, purpose, now), &origin, &links)
+        bundle(&service, &index, &query_for_task, &found, (&grant_for_task, purpose, now), &origin, &links)
     })
     .await
     .map_err(|_| FhirError::new(StatusCode::INTERNAL_SERVER_ERROR, IssueCode::Exception, "search task failed"))??;
@@ -547,7 +550,7 @@ fn bundle(
     index: &SearchIndex,
     query: &search::Query,
     found: &Found,
-    (requester, purpose, now): (&IdentityId, medledger_ledger::Purpose, u64),
+    (grant, purpose, now): (&crate::smart::Grant, medledger_ledger::Purpose, u64),
     origin: &str,
     link_params: &str,
 ) -> Result<String, FhirError> {
@@ -611,7 +614,7 @@ fn bundle(
                 }
                 false => service
                     .read_deferred(
-                        *requester,
+                        grant.caller(),
                         record_id,
                         Some(entry.version),
                         purpose,
@@ -657,7 +660,7 @@ fn bundle(
     // `_count=0` search counts everything).
     for (patient, basis) in found.counted.iter().filter(|(p, _)| show_total && !served.contains(p)) {
         // Dated as decided, so the grant named was in force then.
-        service.audit_count_deferred(*requester, *patient, purpose, *basis, now, &mut synced)?;
+        service.audit_count_deferred(grant.identity, *patient, purpose, *basis, now, &mut synced)?;
     }
     service.sync_audit(synced)?;
     Ok(out)

@@ -17,13 +17,13 @@ use axum::{
     extract::{Path, Query, Request, State},
 };
 use medledger_ledger::{
-    AccessAction, AccessOutcome, BreakGlassReview, Grant, GrantOrigin, Scope, State as LedgerState,
-    access::decide_at_head, actions,
+    AccessAction, AccessOutcome, BreakGlassReview, Grant, GrantOrigin, Scope, State as LedgerState, actions,
 };
 use medledger_node::index::{
     AccessEntry, BreakGlassEntry, DelegateAct, DelegateActEntry, DelegationChange, DelegationEntry, KeyShareEntry,
     PatientIndex, RecordEntry, ReviewEntry, TxPosition,
 };
+use medledger_records::access::{self, AccessRequest, SignedRequest};
 use medledger_types::{IdentityId, Role, TimestampMs};
 use serde::Serialize;
 
@@ -858,17 +858,23 @@ pub(crate) async fn history(
     let now = now_ms();
     let records = app.records.clone();
     on_chain(&app.chain, move |c| {
-        let decision = {
-            let state = c.state();
-            let head = state.record(&record_id).ok_or_else(|| ApiError::NotFound(format!("no record {record_id}")))?;
-            decide_at_head(&state, &requester, &record_id, head, actions::READ, purpose, now)
+        let request = AccessRequest {
+            caller: requester,
+            credential: &SignedRequest,
+            action: AccessAction::History,
+            purpose,
+            record: record_id,
+            version: None,
+            now_ms: now,
         };
+        let decision = access::authorize(&c.state(), &request)
+            .ok_or_else(|| ApiError::NotFound(format!("no record {record_id}")))?;
         if let Some(service) = &records {
-            service.audit_history(requester, record_id, purpose, decision, now)?;
+            service.audit_decision(&decision, now)?;
         }
         // Refused (and audited above): the answer for a record that does not exist
         // (`crate::existence`).
-        let basis = decision.map_err(|_| ApiError::NotFound(format!("no record {record_id}")))?;
+        let basis = decision.outcome.map_err(|_| ApiError::NotFound(format!("no record {record_id}")))?;
         let index = c.patient_index();
         let record = index
             .record(&record_id)

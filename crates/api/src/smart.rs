@@ -1,7 +1,7 @@
 //! SMART Backend Services authorization (SMART App Launch 2.x, "backend services"): a client
 //! that is an on-chain identity proves itself with a `client_assertion` JWT signed by its own
 //! Ed25519 key (RFC 7523, `private_key_jwt`) and receives a short-lived opaque bearer token
-//! carrying SMART v2 scopes. Scopes only ever narrow: consent (`ledger::access`) is enforced
+//! carrying SMART v2 scopes. Scopes only ever narrow: consent (`records::access`) is enforced
 //! on top of them for every resource.
 //!
 //! Which scopes an identity may hold follows its role: a patient only `patient/…` (its own
@@ -70,14 +70,7 @@ impl Context {
 }
 
 /// SMART v2 interaction letters.
-pub mod interactions {
-    pub const CREATE: u8 = 1;
-    pub const READ: u8 = 2;
-    pub const UPDATE: u8 = 4;
-    pub const DELETE: u8 = 8;
-    pub const SEARCH: u8 = 16;
-    pub const ALL: u8 = 31;
-}
+pub use medledger_records::access::interactions;
 
 /// One granted scope: a context, a resource type (`None` for `*`), and interactions.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -182,11 +175,26 @@ impl Grant {
         state.identity(&self.identity).is_some_and(|who| who.role == self.role && who.signing_key == self.signing_key)
     }
 
-    /// Whether the scopes allow `interaction` on `resource_type` (consent is checked apart).
+    /// Whether the scopes allow `interaction` on `resource_type` (consent is checked apart, by
+    /// `records::access`, which asks this through [`Permits`]).
     pub fn allows(&self, resource_type: &str, interaction: u8) -> bool {
         self.scopes
             .iter()
             .any(|s| s.interactions & interaction != 0 && s.resource_type.as_deref().is_none_or(|t| t == resource_type))
+    }
+}
+
+impl Grant {
+    /// The token's holder as the record service's caller, with the token's scopes.
+    pub fn caller(&self) -> medledger_records::access::Caller<'_> {
+        medledger_records::access::Caller { identity: self.identity, credential: self }
+    }
+}
+
+/// A token's scopes are the credential `records::access` checks before consent.
+impl medledger_records::access::Permits for Grant {
+    fn permits(&self, resource_type: &str, interaction: u8) -> bool {
+        self.allows(resource_type, interaction)
     }
 }
 

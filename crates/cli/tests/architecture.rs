@@ -95,3 +95,41 @@ fn crate_dependencies_follow_the_layers_of_architecture_md() {
     }
     assert!(problems.is_empty(), "ARCHITECTURE.md and the code disagree:\n{}", problems.join("\n"));
 }
+
+/// Every `.rs` file under `dir`, recursively.
+fn rust_files(dir: &std::path::Path, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            rust_files(&path, out);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+}
+
+/// Access is decided in exactly one place: `records::access`, over the ledger's rules. No
+/// other code asks the ledger's decision functions (node replication asks only whether a
+/// peer organisation holds a live grant, to send it ciphertexts: not a caller's access).
+#[test]
+fn access_is_decided_only_by_records_access() {
+    let root = workspace_root();
+    let mut files = Vec::new();
+    rust_files(&root.join("crates"), &mut files);
+    // The enforcement point itself, and this test, which names what it looks for.
+    let allowed = ["crates/records/src/access.rs", file!()];
+    let mut offenders = Vec::new();
+    for file in files {
+        let relative = file.strip_prefix(&root).unwrap().to_string_lossy().into_owned();
+        if relative.starts_with("crates/ledger/") || allowed.contains(&relative.as_str()) {
+            continue;
+        }
+        let text = std::fs::read_to_string(&file).unwrap();
+        for needle in ["decide_at_head", "access::decide(", "ledger::access::decide"] {
+            if text.contains(needle) {
+                offenders.push(format!("{relative} uses {needle}"));
+            }
+        }
+    }
+    assert!(offenders.is_empty(), "access decided outside records::access:\n{}", offenders.join("\n"));
+}

@@ -10,6 +10,7 @@
 //! API boundary: [`RecordService`] (with [`WriteRequest`], [`Written`], [`Read`]),
 //! [`RecordError`], and the journal's [`journal::AuditLimits`].
 
+pub mod access;
 mod batch;
 pub mod journal;
 mod service;

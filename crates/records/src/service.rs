@@ -20,8 +20,8 @@ use medledger_crypto::{
     },
 };
 use medledger_ledger::{
-    AccessAction, AccessEvent, AccessOutcome, CategoryKeyId, KeyShareEntry, Payload, Purpose,
-    access::{Basis, Denial, decide_at_head},
+    AccessAction, CategoryKeyId, KeyShareEntry, Payload, Purpose,
+    access::{Basis, Denial},
     actions,
     keys::{category_key_info, data_key_aad, record_aad},
 };
@@ -29,10 +29,14 @@ use medledger_types::{Hash, IdentityId, RecordId, TimestampMs, TxId};
 use rand::CryptoRng;
 use zeroize::Zeroizing;
 
-use crate::journal::{AuditError, AuditTrail, Synced};
 use medledger_node::{
     chain::{Chain, SubmitError},
     replication::CiphertextFetcher,
+};
+
+use crate::{
+    access::{self, AccessRequest, Caller, Decision, Refusal},
+    journal::{AuditError, AuditTrail, Synced},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +46,9 @@ pub enum RecordError {
     Denied(Denial),
     #[error("record {0} does not exist")]
     UnknownRecord(RecordId),
+    /// The caller's credential (a token's scopes) does not permit this on the record's type.
+    #[error("the caller's credential does not permit this on the record's type")]
+    OutOfScope,
     #[error("record {record} has no version {version}")]
     UnknownVersion { record: RecordId, version: u32 },
     #[error("this node's organisation holds no key for this record; read it at a node of the record's custodian")]
@@ -461,7 +468,7 @@ impl RecordService {
         purpose: Purpose,
         now_ms: TimestampMs,
     ) -> Result<Read, RecordError> {
-        self.read_as(requester, record_id, version, purpose, AccessAction::Read, now_ms)
+        self.read_as(Caller::signed(requester), record_id, version, purpose, AccessAction::Read, now_ms)
     }
 
     /// The plaintext of a version for this node's own in-memory search index: no person reads
@@ -476,7 +483,7 @@ impl RecordService {
     /// [`RecordService::read`], audited as `action` (a search result is a `Search` access).
     pub fn read_as(
         &self,
-        requester: IdentityId,
+        caller: Caller<'_>,
         record_id: RecordId,
         version: Option<u32>,
         purpose: Purpose,
@@ -484,18 +491,18 @@ impl RecordService {
         now_ms: TimestampMs,
     ) -> Result<Read, RecordError> {
         let mut synced = Synced::default();
-        let read = self.read_deferred(requester, record_id, version, purpose, action, now_ms, &mut synced);
+        let read = self.read_deferred(caller, record_id, version, purpose, action, now_ms, &mut synced);
         self.audit.sync(synced)?;
         read
     }
 
-    /// Reads each of `items` (record, version) for `requester` as [`RecordService::read_as`]
+    /// Reads each of `items` (record, version) for `caller` as [`RecordService::read_as`]
     /// does, recording every decision, with one wait for the audit journal before any plaintext
     /// is returned. `Err` only when the decisions could not be made durable: then nothing is
     /// returned.
     pub fn read_many(
         &self,
-        requester: IdentityId,
+        caller: Caller<'_>,
         items: &[(RecordId, Option<u32>)],
         purpose: Purpose,
         action: AccessAction,
@@ -505,7 +512,7 @@ impl RecordService {
         let reads = items
             .iter()
             .map(|(record_id, version)| {
-                self.read_deferred(requester, *record_id, *version, purpose, action, now_ms, &mut synced)
+                self.read_deferred(caller, *record_id, *version, purpose, action, now_ms, &mut synced)
             })
             .collect();
         self.audit.sync(synced)?;
@@ -517,12 +524,35 @@ impl RecordService {
         Ok(self.audit.sync(synced)?)
     }
 
-    /// One read with its decision recorded, its journal sync left to the caller (`synced`, then
-    /// [`RecordService::sync_audit`] before anything read leaves the node).
+    /// Records `decision`'s event (a refusal within the accessor's refusal budget), its
+    /// journal sync left to the caller (`synced`).
+    pub fn record_decision(
+        &self,
+        decision: &Decision,
+        now_ms: TimestampMs,
+        synced: &mut Synced,
+    ) -> Result<(), RecordError> {
+        match (&decision.event, decision.is_allowed()) {
+            (None, _) => Ok(()),
+            (Some(event), true) => Ok(self.audit.record_deferred(event.clone(), synced)?),
+            (Some(event), false) => Ok(self.audit.record_refusal_deferred(event.clone(), now_ms, synced)?),
+        }
+    }
+
+    /// Records `decision`'s event and waits until it is durable.
+    pub fn audit_decision(&self, decision: &Decision, now_ms: TimestampMs) -> Result<(), RecordError> {
+        let mut synced = Synced::default();
+        self.record_decision(decision, now_ms, &mut synced)?;
+        self.sync_audit(synced)
+    }
+
+    /// One read with its decision (by [`access::authorize`]) recorded, its journal sync left to
+    /// the caller (`synced`, then [`RecordService::sync_audit`] before anything read leaves
+    /// the node).
     #[allow(clippy::too_many_arguments)]
     pub fn read_deferred(
         &self,
-        requester: IdentityId,
+        caller: Caller<'_>,
         record_id: RecordId,
         version: Option<u32>,
         purpose: Purpose,
@@ -530,43 +560,34 @@ impl RecordService {
         now_ms: TimestampMs,
         synced: &mut Synced,
     ) -> Result<Read, RecordError> {
-        let (head, decision) = {
-            let state = self.chain.state();
-            let head = state.record(&record_id).cloned().ok_or(RecordError::UnknownRecord(record_id))?;
-            let decision = decide_at_head(&state, &requester, &record_id, &head, actions::READ, purpose, now_ms);
-            (head, decision)
-        };
-        let version = version.unwrap_or(head.latest_version);
-        // The event names a version that exists (the ledger refuses any other): a request for
-        // one that does not is recorded against the latest.
-        let recorded_version = if (1..=head.latest_version).contains(&version) { version } else { head.latest_version };
-        let event = |outcome, grant, reason: &str| AccessEvent {
-            accessor: requester,
-            patient: head.patient,
-            record: Some((record_id, recorded_version)),
+        let request = AccessRequest {
+            caller: caller.identity,
+            credential: caller.credential,
             action,
             purpose,
-            outcome,
-            grant_id: grant,
-            reason: reason.to_owned(),
-            at_ms: now_ms,
+            record: record_id,
+            version,
+            now_ms,
         };
-        let basis = match decision {
+        let decision = access::authorize(&self.chain.state(), &request).ok_or(RecordError::UnknownRecord(record_id))?;
+        let basis = match decision.outcome {
             Ok(basis) => basis,
-            Err(denial) => {
-                if self.chain.state().identity(&requester).is_some() {
-                    let refusal = event(AccessOutcome::Denied, None, denial.code());
-                    self.audit.record_refusal_deferred(refusal, now_ms, synced)?;
-                }
-                return Err(RecordError::Denied(denial));
+            Err(refusal) => {
+                self.record_decision(&decision, now_ms, synced)?;
+                return Err(match refusal {
+                    Refusal::Consent(denial) => RecordError::Denied(denial),
+                    Refusal::Credential => RecordError::OutOfScope,
+                });
             }
         };
-        let tx_id = head.version_tx(version).ok_or(RecordError::UnknownVersion { record: record_id, version })?;
+        let version = version.unwrap_or(decision.head.latest_version);
+        let tx_id =
+            decision.head.version_tx(version).ok_or(RecordError::UnknownVersion { record: record_id, version })?;
         match self.decrypt_indexed(&record_id, version).unwrap_or_else(|| self.decrypt(&tx_id, &record_id, version)) {
             Ok(plaintext) => {
                 // Recorded before the plaintext leaves (durably once the caller syncs): a read
                 // whose event cannot be recorded is refused.
-                self.audit.record_deferred(event(basis.outcome(), basis.grant(), basis.code()), synced)?;
+                self.record_decision(&decision, now_ms, synced)?;
                 Ok(Read { version, tx_id, basis, plaintext })
             }
             Err(error) => {
@@ -576,7 +597,9 @@ impl RecordService {
                     RecordError::CiphertextMissing => "ciphertext-missing",
                     _ => "read-failed",
                 };
-                self.audit.record_refusal_deferred(event(AccessOutcome::Denied, None, code), now_ms, synced)?;
+                if let Some(refusal) = decision.refused_after_all(code) {
+                    self.audit.record_refusal_deferred(refusal, now_ms, synced)?;
+                }
                 Err(error)
             }
         }

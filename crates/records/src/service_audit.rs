@@ -3,10 +3,11 @@
 //! committing events (`crate::journal`). Every method that records returns an error when the
 //! event cannot be recorded; callers then refuse the request rather than act unrecorded.
 
-use medledger_ledger::{AccessAction, AccessEvent, AccessOutcome, Purpose, access::Basis, access::Denial};
+use medledger_ledger::{AccessAction, AccessEvent, AccessOutcome, Purpose, access::Basis};
 use medledger_types::{IdentityId, RecordId, TimestampMs, TxId};
 
 use crate::{
+    access::{self, AccessRequest, SignedRequest},
     journal::Synced,
     service::{RecordError, RecordService},
 };
@@ -16,38 +17,6 @@ impl RecordService {
     /// previous run journaled and the chain does not hold. Returns how many were queued again.
     pub fn open_audit_journal(&self, path: &std::path::Path, now_ms: TimestampMs) -> Result<usize, RecordError> {
         Ok(self.audit.open_journal(path, &self.chain, &self.node_identity(), now_ms)?)
-    }
-
-    /// Records the access event of a version-history read of `record_id` (decided by the caller
-    /// with `access::decide_at_head`): `decision` is the basis, or the denial. The event names
-    /// the latest version, the one the history reaches to.
-    pub fn audit_history(
-        &self,
-        requester: IdentityId,
-        record_id: RecordId,
-        purpose: Purpose,
-        decision: Result<Basis, Denial>,
-        now_ms: TimestampMs,
-    ) -> Result<(), RecordError> {
-        let Some(head) = self.chain.state().record(&record_id).map(|h| (h.patient, h.latest_version)) else {
-            return Ok(());
-        };
-        let event = |outcome, grant_id, reason: &str| AccessEvent {
-            accessor: requester,
-            patient: head.0,
-            record: Some((record_id, head.1)),
-            action: AccessAction::History,
-            purpose,
-            outcome,
-            grant_id,
-            reason: reason.to_owned(),
-            at_ms: now_ms,
-        };
-        match decision {
-            Ok(basis) => self.audit.record(event(basis.outcome(), basis.grant(), basis.code()))?,
-            Err(denial) => self.audit.record_refusal(event(AccessOutcome::Denied, None, denial.code()), now_ms)?,
-        }
-        Ok(())
     }
 
     /// Records an access to `record_id` refused before any consent decision (e.g. the caller's
@@ -171,42 +140,19 @@ impl RecordService {
         purpose: Purpose,
         now_ms: TimestampMs,
     ) -> Result<(), RecordError> {
-        let (event, basis) = {
-            let state = self.chain.state();
-            let Some(head) = state.record(&record_id) else { return Ok(()) };
-            let decision = medledger_ledger::access::decide_at_head(
-                &state,
-                &requester,
-                &record_id,
-                head,
-                medledger_ledger::actions::READ,
-                purpose,
-                now_ms,
-            );
-            let event = AccessEvent {
-                accessor: requester,
-                patient: head.patient,
-                record: Some((record_id, head.latest_version)),
-                action: AccessAction::Search,
-                purpose,
-                outcome: AccessOutcome::Denied,
-                grant_id: None,
-                reason: String::new(),
-                at_ms: now_ms,
-            };
-            (event, decision)
+        let request = AccessRequest {
+            caller: requester,
+            credential: &SignedRequest,
+            action: AccessAction::Search,
+            purpose,
+            record: record_id,
+            version: None,
+            now_ms,
         };
-        match basis {
-            Ok(basis) => Ok(self.audit.record(AccessEvent {
-                outcome: basis.outcome(),
-                grant_id: basis.grant(),
-                reason: basis.code().to_owned(),
-                ..event
-            })?),
-            Err(denial) => {
-                Ok(self.audit.record_refusal(AccessEvent { reason: denial.code().to_owned(), ..event }, now_ms)?)
-            }
-        }
+        let Some(decision) = access::authorize(&self.chain.state(), &request) else { return Ok(()) };
+        let mut synced = Synced::default();
+        self.record_decision(&decision, now_ms, &mut synced)?;
+        self.sync_audit(synced)
     }
 
     /// Access events recorded and not yet known committed.
