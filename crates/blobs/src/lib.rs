@@ -32,13 +32,16 @@ mod disk;
 mod memory;
 #[cfg(unix)]
 mod pack;
+mod report;
+mod store_dir;
 #[cfg(any(test, feature = "conformance"))]
 pub mod testing;
 
-pub use disk::{BlobReport, DamageKind, DamagedRange, DiskBlobStore, verify_all};
+pub use disk::{DiskBlobStore, verify_all};
 pub use memory::MemoryBlobStore;
 #[cfg(unix)]
 pub use pack::{PackBlobStore, PackOptions, PackRecovery, SEGMENT_BYTES_DEFAULT, verify_pack};
+pub use report::{BlobReport, DamageKind, DamagedRange};
 
 /// Largest blob accepted by [`BlobStore::put`]: an encrypted record version (FHIR resource
 /// plus AEAD overhead) is far smaller; the bound keeps a single read or write from exhausting

@@ -74,7 +74,7 @@ use sha2::Digest as _;
 
 use crate::{
     BLOB_BYTES_MAX, BlobError, BlobReport, BlobStore, DamageKind, DamagedRange, Hash, blob_hash, check_size,
-    disk::{LOCK_FILE, create_dirs, io_at, make_private, sorted_entries, sync_dir_at},
+    store_dir::{LOCK_FILE, create_dirs, io_at, make_private, sorted_entries, sync_dir_at},
 };
 
 /// Default [`PackOptions::segment_bytes_max`]: large enough that a busy node creates a new
