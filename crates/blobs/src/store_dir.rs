@@ -17,8 +17,10 @@ use crate::BlobError;
 /// Name of the lock file in a store directory.
 pub(crate) const LOCK_FILE: &str = "LOCK";
 
+/// Turns an I/O error at `path` into a [`BlobError`], classified by `BlobError::io` (so a full
+/// disk becomes [`BlobError::StorageFull`]); for `map_err`.
 pub(crate) fn io_at(path: &Path) -> impl FnOnce(io::Error) -> BlobError + '_ {
-    move |source| BlobError::Io { path: path.to_owned(), source }
+    move |source| BlobError::io(path, source)
 }
 
 pub(crate) fn is_not_found(err: &io::Error) -> bool {
@@ -62,7 +64,7 @@ pub(crate) fn lock_store(root: &Path) -> Result<File, BlobError> {
     match lock.try_lock() {
         Ok(()) => Ok(lock),
         Err(TryLockError::WouldBlock) => Err(BlobError::Locked { path: root.to_owned() }),
-        Err(TryLockError::Error(source)) => Err(BlobError::Io { path: lock_path, source }),
+        Err(TryLockError::Error(source)) => Err(BlobError::io(lock_path, source)),
     }
 }
 

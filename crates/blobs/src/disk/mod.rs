@@ -47,6 +47,7 @@ pub use verify::verify_all;
 
 use crate::{
     BLOB_BYTES_MAX, BlobError, BlobStore, Hash, blob_hash,
+    faults::Faults,
     store_dir::{LOCK_FILE, create_root, io_at, is_not_found, lock_store, sorted_entries},
 };
 
@@ -70,6 +71,8 @@ pub struct DiskBlobStore {
     durable_shards: Mutex<HashSet<u8>>,
     file_syncs: AtomicU64,
     dir_syncs: AtomicU64,
+    /// Blob writes and file syncs go through it, so tests can fail them (a full disk).
+    faults: Faults,
 }
 
 impl fmt::Debug for DiskBlobStore {
@@ -114,6 +117,7 @@ impl DiskBlobStore {
             durable_shards: Mutex::new(HashSet::new()),
             file_syncs: AtomicU64::new(0),
             dir_syncs: AtomicU64::new(0),
+            faults: Faults::default(),
         };
         let removed = store.remove_stale_temps()?;
         if removed > 0 {
@@ -136,6 +140,12 @@ impl DiskBlobStore {
         self.shard_dir(hash).join(hash.to_hex())
     }
 
+    /// Where tests plan failures of this store's blob writes and file syncs.
+    #[cfg(test)]
+    pub(crate) fn faults(&self) -> &Faults {
+        &self.faults
+    }
+
     fn shard_dir(&self, hash: &Hash) -> PathBuf {
         self.root.join(shard_name(hash.0[0]))
     }
@@ -150,7 +160,7 @@ impl DiskBlobStore {
         let file = match File::open(&path) {
             Ok(file) => file,
             Err(e) if is_not_found(&e) => return Ok(None),
-            Err(source) => return Err(BlobError::Io { path, source }),
+            Err(source) => return Err(BlobError::io(path, source)),
         };
         // The length is bounded above, so this allocation is too; `take` keeps it so if the
         // file grows between the stat and the read.
@@ -169,7 +179,7 @@ impl DiskBlobStore {
         let meta = match fs::symlink_metadata(path) {
             Ok(meta) => meta,
             Err(e) if is_not_found(&e) => return Ok(None),
-            Err(source) => return Err(BlobError::Io { path: path.to_owned(), source }),
+            Err(source) => return Err(BlobError::io(path, source)),
         };
         if !meta.is_file() || meta.len() > BLOB_BYTES_MAX as u64 {
             tracing::warn!(%hash, "stored blob is not a regular file of a possible size");
@@ -201,7 +211,7 @@ impl DiskBlobStore {
                     match fs::remove_file(&path) {
                         Ok(()) => removed += 1,
                         Err(e) if is_not_found(&e) => {}
-                        Err(source) => return Err(BlobError::Io { path, source }),
+                        Err(source) => return Err(BlobError::io(path, source)),
                     }
                 }
             }

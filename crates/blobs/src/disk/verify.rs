@@ -67,7 +67,7 @@ impl DiskBlobStore {
         let file = match File::open(path) {
             Ok(file) => file,
             Err(e) if is_not_found(&e) => return Ok(FileCheck::Missing),
-            Err(source) => return Err(BlobError::Io { path: path.to_owned(), source }),
+            Err(source) => return Err(BlobError::io(path, source)),
         };
         let mut reader = file.take(BLOB_BYTES_MAX as u64 + 1);
         let mut hasher = sha2::Sha256::new();
@@ -78,7 +78,7 @@ impl DiskBlobStore {
                 Ok(0) => break,
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(source) => return Err(BlobError::Io { path: path.to_owned(), source }),
+                Err(source) => return Err(BlobError::io(path, source)),
             };
             hasher.update(&buf[..n]);
             len_bytes += n as u64;

@@ -55,7 +55,7 @@ impl TempFile {
         let path = self.path.take().expect("a TempFile holds its path until renamed or dropped");
         if let Err(source) = fs::rename(&path, dest) {
             let _ = fs::remove_file(&path);
-            return Err(BlobError::Io { path: dest.to_owned(), source });
+            return Err(BlobError::io(dest, source));
         }
         Ok(())
     }
@@ -155,7 +155,7 @@ impl DiskBlobStore {
     }
 
     fn sync_file(&self, file: &File, path: &Path) -> Result<(), BlobError> {
-        file.sync_all().map_err(io_at(path))?;
+        self.faults.sync(|| file.sync_all()).map_err(io_at(path))?;
         self.file_syncs.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
@@ -188,17 +188,14 @@ impl DiskBlobStore {
             let mut file = match options.open(&path) {
                 Ok(file) => file,
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-                Err(source) => return Err(BlobError::Io { path, source }),
+                Err(source) => return Err(BlobError::io(path, source)),
             };
             let temp = TempFile { path: Some(path.clone()) };
-            file.write_all(bytes).map_err(io_at(&path))?;
+            self.faults.write(bytes, |bytes| file.write_all(bytes)).map_err(io_at(&path))?;
             self.sync_file(&file, &path)?;
             return Ok(temp);
         }
-        Err(BlobError::Io {
-            path: dir.to_owned(),
-            source: io::Error::new(io::ErrorKind::AlreadyExists, "no free temporary file name"),
-        })
+        Err(BlobError::io(dir, io::Error::new(io::ErrorKind::AlreadyExists, "no free temporary file name")))
     }
 
     /// Whether the final file of a blob already holds exactly `bytes`; if so it is fsynced,
@@ -208,13 +205,13 @@ impl DiskBlobStore {
         let meta = match fs::symlink_metadata(path) {
             Ok(meta) => meta,
             Err(e) if is_not_found(&e) => return Ok(false),
-            Err(source) => return Err(BlobError::Io { path: path.to_owned(), source }),
+            Err(source) => return Err(BlobError::io(path, source)),
         };
         if meta.is_file() && meta.len() == bytes.len() as u64 {
             let mut file = match File::open(path) {
                 Ok(file) => file,
                 Err(e) if is_not_found(&e) => return Ok(false),
-                Err(source) => return Err(BlobError::Io { path: path.to_owned(), source }),
+                Err(source) => return Err(BlobError::io(path, source)),
             };
             if same_contents(&mut file, bytes).map_err(io_at(path))? {
                 // Our writers sync before renaming, but the file may have been placed by other

@@ -29,6 +29,7 @@ use super::{
 };
 use crate::{
     BlobError, BlobStore, Hash, blob_hash, check_size,
+    faults::Faults,
     store_dir::{LOCK_FILE, create_root, io_at, lock_store, make_private},
 };
 
@@ -83,6 +84,8 @@ pub struct PackBlobStore {
     group: GroupCommit,
     data_syncs: AtomicU64,
     dir_syncs: AtomicU64,
+    /// Entry writes and group syncs go through it, so tests can fail them (a full disk).
+    faults: Faults,
 }
 
 impl fmt::Debug for PackBlobStore {
@@ -123,6 +126,7 @@ impl PackBlobStore {
             group: GroupCommit::new(),
             data_syncs: AtomicU64::new(data_syncs),
             dir_syncs: AtomicU64::new(dir_syncs),
+            faults: Faults::default(),
         })
     }
 
@@ -139,6 +143,12 @@ impl PackBlobStore {
     /// Syncs performed so far: (`fdatasync` of segments, directory fsyncs).
     pub fn sync_counts(&self) -> (u64, u64) {
         (self.data_syncs.load(Ordering::Relaxed), self.dir_syncs.load(Ordering::Relaxed))
+    }
+
+    /// Where tests plan failures of this store's entry writes and group syncs.
+    #[cfg(test)]
+    pub(crate) fn faults(&self) -> &Faults {
+        &self.faults
     }
 
     pub(super) fn index_read(&self) -> RwLockReadGuard<'_, HashMap<Hash, Location>> {
@@ -169,10 +179,10 @@ impl PackBlobStore {
 
     fn reader(&self, segment: u32) -> Result<Arc<File>, BlobError> {
         self.readers.read().unwrap_or_else(PoisonError::into_inner).get(&segment).cloned().ok_or_else(|| {
-            BlobError::Io {
-                path: segment_path(&self.root, segment),
-                source: io::Error::new(io::ErrorKind::NotFound, "segment not open"),
-            }
+            BlobError::io(
+                segment_path(&self.root, segment),
+                io::Error::new(io::ErrorKind::NotFound, "segment not open"),
+            )
         })
     }
 
@@ -189,7 +199,7 @@ impl PackBlobStore {
         match file.read_exact_at(&mut body, location.body_offset()) {
             Ok(()) => Ok(Some(body)),
             Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(None),
-            Err(source) => Err(BlobError::Io { path: segment_path(&self.root, location.segment), source }),
+            Err(source) => Err(BlobError::io(segment_path(&self.root, location.segment), source)),
         }
     }
 
@@ -232,13 +242,13 @@ impl PackBlobStore {
         let offset = writer.len_bytes;
         let check = header_check(writer.segment, offset, &entry[..ENTRY_CHECK_OFFSET]);
         entry[ENTRY_CHECK_OFFSET..ENTRY_HEADER_BYTES].copy_from_slice(&check);
-        if let Err(source) = writer.file.write_all_at(entry, offset) {
+        if let Err(source) = self.faults.write(entry, |bytes| writer.file.write_all_at(bytes, offset)) {
             // Cut what part of the entry was written, so the next append starts at a clean
             // end. If even that fails, the end of the file is unknown: stop writing.
             if writer.file.set_len(offset).is_err() {
                 self.group.poison();
             }
-            return Err(BlobError::Io { path: segment_path(&self.root, writer.segment), source });
+            return Err(BlobError::io(segment_path(&self.root, writer.segment), source));
         }
         writer.len_bytes += entry_bytes;
         writer.dirty = true;
@@ -251,13 +261,13 @@ impl PackBlobStore {
         let old_path = segment_path(&self.root, writer.segment);
         if let Err(source) = writer.file.sync_data() {
             self.group.poison();
-            return Err(BlobError::Io { path: old_path, source });
+            return Err(BlobError::io(old_path, source));
         }
         self.data_syncs.fetch_add(1, Ordering::Relaxed);
         let segment = writer
             .segment
             .checked_add(1)
-            .ok_or_else(|| BlobError::Io { path: old_path, source: io::Error::other("no segment numbers left") })?;
+            .ok_or_else(|| BlobError::io(old_path, io::Error::other("no segment numbers left")))?;
         let file = create_segment(&self.root, segment)?;
         self.data_syncs.fetch_add(1, Ordering::Relaxed);
         self.dir_syncs.fetch_add(1, Ordering::Relaxed);
@@ -280,7 +290,7 @@ impl PackBlobStore {
                 (dirty, self.appended_seq.load(Ordering::Acquire))
             };
             if let Some((file, segment)) = dirty {
-                file.sync_data().map_err(io_at(&segment_path(&self.root, segment)))?;
+                self.faults.sync(|| file.sync_data()).map_err(io_at(&segment_path(&self.root, segment)))?;
                 self.data_syncs.fetch_add(1, Ordering::Relaxed);
             }
             Ok(covered_seq)
