@@ -8,7 +8,9 @@
 //! match their address; a successful `put` / `put_many` is durable (survives power loss) and
 //! atomic (a crash never leaves a partial blob under its final name). Everything read from the
 //! backing store is treated as adversarial: sizes are bounded by [`BLOB_BYTES_MAX`] before
-//! allocating, and errors name paths and hashes, never blob contents.
+//! allocating, and errors name paths and hashes, never blob contents. Errors keep their cause
+//! as their source, and a full disk or quota is [`BlobError::StorageFull`], never reported as
+//! damage: every I/O error is classified in one place (`BlobError::io`).
 //!
 //! API boundary: the [`BlobStore`] trait, its implementations [`DiskBlobStore`] (one file per
 //! blob), `PackBlobStore` (unix only: blobs appended to segment files with group commit, for
@@ -29,16 +31,22 @@ pub use medledger_types::Hash;
 use sha2::Digest as _;
 
 mod disk;
+mod faults;
 mod memory;
 #[cfg(unix)]
 mod pack;
+mod report;
+#[cfg(test)]
+mod storage_full_tests;
+mod store_dir;
 #[cfg(any(test, feature = "conformance"))]
 pub mod testing;
 
-pub use disk::{BlobReport, DamageKind, DamagedRange, DiskBlobStore, verify_all};
+pub use disk::{DiskBlobStore, verify_all};
 pub use memory::MemoryBlobStore;
 #[cfg(unix)]
 pub use pack::{PackBlobStore, PackOptions, PackRecovery, SEGMENT_BYTES_DEFAULT, verify_pack};
+pub use report::{BlobReport, DamageKind, DamagedRange};
 
 /// Largest blob accepted by [`BlobStore::put`]: an encrypted record version (FHIR resource
 /// plus AEAD overhead) is far smaller; the bound keeps a single read or write from exhausting
@@ -50,7 +58,22 @@ pub const BLOB_BYTES_MAX: usize = 8 * 1024 * 1024;
 #[non_exhaustive]
 pub enum BlobError {
     #[error("blob store I/O at {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The disk, or the quota of the node's user, has no space left for a write (`ENOSPC`,
+    /// `EDQUOT`). Not damage: the store is as consistent as before the write (a partly written
+    /// blob is removed or cut off) and a write retried once space is freed can succeed, unless
+    /// the space ran out in a pack store's sync, which also poisons it (see
+    /// [`BlobError::Poisoned`]). Callers detect it with [`BlobError::is_storage_full`].
+    #[error("blob store {path}: the disk is full (no space left on the device, or the disk quota is used up)")]
+    StorageFull {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("blob of {bytes} bytes exceeds the maximum of {max} bytes")]
     TooLarge { bytes: usize, max: usize },
     #[error("blob {hash} is corrupt: the stored bytes do not hash to its address")]
@@ -62,6 +85,25 @@ pub enum BlobError {
     /// reopened (which rescans and re-syncs what is on disk).
     #[error("blob store {path} refuses writes after a failed sync; reopen it (restart the node)")]
     Poisoned { path: PathBuf },
+}
+
+impl BlobError {
+    /// An I/O error at `path`, classified: [`BlobError::StorageFull`] when the disk or the
+    /// quota is full, [`BlobError::Io`] otherwise. Every I/O error of this crate is built here,
+    /// so a full disk is never reported as anything else.
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        let path = path.into();
+        match source.kind() {
+            std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded => Self::StorageFull { path, source },
+            _ => Self::Io { path, source },
+        }
+    }
+
+    /// Whether the write failed because the disk (or the quota) is full: an operational
+    /// condition to report as such (free space, then retry), not damage to the store.
+    pub fn is_storage_full(&self) -> bool {
+        matches!(self, Self::StorageFull { .. })
+    }
 }
 
 /// A content-addressed store of blobs. Implementations must uphold the crate invariant:
