@@ -61,6 +61,9 @@ pub enum ApiError {
     Saturated { message: String, retry_after_s: u64 },
     #[error("{0}")]
     Node(#[from] NodeError),
+    /// The node's disk is full (507): nothing was written; retry once space is freed.
+    #[error("{0}")]
+    StorageFull(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -89,6 +92,7 @@ impl ApiError {
             ApiError::Forbidden { .. } => StatusCode::FORBIDDEN,
             ApiError::Misdirected(_) => StatusCode::MISDIRECTED_REQUEST,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::StorageFull(_) => StatusCode::INSUFFICIENT_STORAGE,
             ApiError::Node(_) | ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -183,6 +187,18 @@ mod tests {
         assert_eq!(ApiError::Submit(SubmitError::Invalid(TxError::BadSignature)).status(), 400);
         assert_eq!(ApiError::Proof(MerkleError::BadSizes { from: 0, to: 1 }).status(), 400);
         assert_eq!(ApiError::Node(NodeError::Corrupt("x".into())).status(), 500);
+        let full = medledger_records::RecordError::Blobs(medledger_blobs::BlobError::StorageFull {
+            path: "blobs".into(),
+            source: std::io::Error::from(std::io::ErrorKind::StorageFull),
+        });
+        assert_eq!(crate::fhir::FhirError::from(full).status(), 507);
+        let full = medledger_records::RecordError::Blobs(medledger_blobs::BlobError::StorageFull {
+            path: "blobs".into(),
+            source: std::io::Error::from(std::io::ErrorKind::StorageFull),
+        });
+        let answer = ApiError::from(full);
+        assert_eq!(answer.status(), 507);
+        assert!(answer.to_string().contains("disk is full"), "{answer}");
         assert_eq!(ApiError::TooManyRequests { message: String::new(), retry_after_s: 3 }.status(), 429);
         assert_eq!(ApiError::Saturated { message: String::new(), retry_after_s: 3 }.status(), 503);
     }

@@ -107,7 +107,9 @@ impl IntoResponse for FhirError {
 impl From<RecordError> for FhirError {
     fn from(e: RecordError) -> Self {
         let (status, code) = match &e {
-            RecordError::Denied(_) => (StatusCode::FORBIDDEN, IssueCode::Forbidden),
+            // Nothing was written; the write can succeed once space is freed.
+            e if e.is_storage_full() => (StatusCode::INSUFFICIENT_STORAGE, IssueCode::Transient),
+            RecordError::Denied(_) | RecordError::OutOfScope => (StatusCode::FORBIDDEN, IssueCode::Forbidden),
             RecordError::UnknownRecord(_) | RecordError::UnknownVersion { .. } => {
                 (StatusCode::NOT_FOUND, IssueCode::NotFound)
             }

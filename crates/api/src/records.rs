@@ -73,7 +73,11 @@ pub(crate) fn parse_purpose(query: &HashMap<String, String>) -> Result<Purpose, 
 
 impl From<RecordError> for ApiError {
     fn from(e: RecordError) -> Self {
+        if e.is_storage_full() {
+            return ApiError::StorageFull(e.to_string());
+        }
         match e {
+            RecordError::OutOfScope => ApiError::Forbidden { reason: "scope-not-granted", message: e.to_string() },
             RecordError::Denied(denial) => ApiError::Forbidden { reason: denial.code(), message: e.to_string() },
             RecordError::UnknownRecord(_) | RecordError::UnknownVersion { .. } => ApiError::NotFound(e.to_string()),
             RecordError::NotDecryptableHere => ApiError::Misdirected(e.to_string()),

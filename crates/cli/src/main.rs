@@ -627,7 +627,7 @@ fn verify(data_dir: &Path) -> Result<ExitCode> {
             let checked = store.for_each_finalization(|height, certificate| {
                 let bytes = store.block_bytes(height)?.ok_or(medledger_storage::ChainError::Missing { height })?;
                 let block = medledger_ledger::Block::decode(&bytes)
-                    .map_err(|e| medledger_storage::ChainError::Undecodable { height, reason: e.to_string() })?;
+                    .map_err(|error| medledger_storage::ChainError::Undecodable { height, error })?;
                 verifier
                     .verify(certificate, block.hash())
                     .map_err(|e| medledger_storage::ChainError::BadCertificate { height, reason: e.to_string() })?;

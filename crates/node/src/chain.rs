@@ -25,7 +25,7 @@ use crate::{
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SubmitError {
     #[error("malformed transaction: {0}")]
-    Malformed(String),
+    Malformed(#[source] medledger_codec::CodecError),
     #[error("{0}")]
     Invalid(#[from] TxError),
     #[error("{0}")]
@@ -121,7 +121,7 @@ impl Chain {
         // is rebuilt rather than stored and can never disagree with the chain.
         let mut index = PatientIndex::default();
         store.for_each_block(1, |height, bytes| {
-            let block = Block::decode(bytes).map_err(|e| ChainError::Undecodable { height, reason: e.to_string() })?;
+            let block = Block::decode(bytes).map_err(|error| ChainError::Undecodable { height, error })?;
             index.apply_block(&block, &state);
             Ok(())
         })?;
@@ -213,7 +213,7 @@ impl Chain {
     }
 
     fn submit_inner(&self, bytes: &[u8], now_ms: TimestampMs) -> Result<TxId, SubmitError> {
-        let tx = Transaction::decode(bytes).map_err(|e| SubmitError::Malformed(e.to_string()))?;
+        let tx = Transaction::decode(bytes).map_err(SubmitError::Malformed)?;
         // Resubmitting a pending transaction is a harmless retry: answer as for the first time.
         if self.mempool.lock().expect("mempool lock poisoned").contains(&tx.id()) {
             return Ok(tx.id());
@@ -324,7 +324,9 @@ impl Chain {
     pub fn block(&self, height: Height) -> Result<Option<Block>, NodeError> {
         match self.store.block_bytes(height)? {
             None => Ok(None),
-            Some(bytes) => Block::decode(&bytes).map(Some).map_err(|e| NodeError::Corrupt(e.to_string())),
+            Some(bytes) => Block::decode(&bytes)
+                .map(Some)
+                .map_err(|error| NodeError::Chain(ChainError::Undecodable { height, error })),
         }
     }
 

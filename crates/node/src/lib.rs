@@ -35,7 +35,11 @@ pub enum NodeError {
     #[error("stored chain failed verification: {0}")]
     Chain(#[from] ChainError),
     #[error("finalized block {height} failed verification: {error}")]
-    FinalizedInvalid { height: u64, error: BlockError },
+    FinalizedInvalid {
+        height: u64,
+        #[source]
+        error: BlockError,
+    },
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
     #[error("configuration: {0}")]

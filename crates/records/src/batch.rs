@@ -235,7 +235,7 @@ impl RecordService {
             let aad = record_aad(&record_id, version, &request.patient, &custodian, request.resource_type);
             let ciphertext = seal_record(&data_key, &aad, request.content, rng);
             // Durable before the chain refers to it.
-            let ciphertext_hash = self.blobs.put(&ciphertext).map_err(|e| RecordError::Corrupt(e.to_string()))?;
+            let ciphertext_hash = self.blobs.put(&ciphertext)?;
             let key_aad = data_key_aad(&record_id, version, &custodian, &request.patient, request.category, epoch);
             ops[at] = Some(Payload::RecordCommit {
                 record_id,
@@ -274,7 +274,7 @@ impl RecordService {
                 let path = dir.join(format!("{}.key", keys.id()));
                 if let Err(e) = medledger_crypto::write_key_file(&path, keys) {
                     remove_all(&key_files);
-                    return Err(RecordError::Corrupt(e.to_string()));
+                    return Err(RecordError::KeyFile(e));
                 }
                 key_files.push(path);
             }
@@ -403,8 +403,7 @@ impl RecordService {
         };
         let tx = self
             .chain
-            .transaction(&tx_id)
-            .map_err(|e| RecordError::Corrupt(e.to_string()))?
+            .transaction(&tx_id)?
             .ok_or(RecordError::Corrupt(format!("directory commit {tx_id} is not stored")))?;
         let content = tx
             .body()

@@ -69,9 +69,27 @@ pub enum RecordError {
     Submit(#[from] SubmitError),
     #[error("stored data is inconsistent: {0}")]
     Corrupt(String),
+    /// The blob store failed; a full disk says so ([`RecordError::is_storage_full`]), it is
+    /// never reported as inconsistent data.
+    #[error(transparent)]
+    Blobs(#[from] medledger_blobs::BlobError),
+    /// The chain store could not be read.
+    #[error("reading the chain: {0}")]
+    Chain(#[from] medledger_node::NodeError),
+    /// A new patient's key file could not be written (nothing was submitted).
+    #[error("writing a patient key file: {0}")]
+    KeyFile(#[source] medledger_crypto::KeyFileError),
     /// The decision could not be recorded, so it is not acted on.
     #[error("{0}")]
     Audit(#[from] AuditError),
+}
+
+impl RecordError {
+    /// Whether the node's disk (or its quota) is full: the write can succeed once space is
+    /// freed, and nothing was partly written.
+    pub fn is_storage_full(&self) -> bool {
+        matches!(self, RecordError::Blobs(e) if e.is_storage_full())
+    }
 }
 
 /// A version written by [`RecordService::write`].
@@ -224,7 +242,7 @@ impl RecordService {
             .ok_or(RecordError::Invalid("this node registers no patients: register the patient's identity first"))?;
         let keys = Keypair::generate();
         let path = dir.join(format!("{}.key", keys.id()));
-        medledger_crypto::write_key_file(&path, &keys).map_err(|e| RecordError::Corrupt(e.to_string()))?;
+        medledger_crypto::write_key_file(&path, &keys).map_err(RecordError::KeyFile)?;
         let payload = Payload::register(medledger_types::Role::Patient, &keys, None, "");
         let tx = self.chain.submit_as(&self.organisation_keys, payload, now_ms).inspect_err(|_| {
             // Nothing refers to a key whose registration never went in.
@@ -296,7 +314,7 @@ impl RecordService {
         let aad = record_aad(&record_id, version, &request.patient, &custodian, request.resource_type);
         let ciphertext = seal_record(&data_key, &aad, request.content, rng);
         // Durable before the chain refers to it.
-        let ciphertext_hash = self.blobs.put(&ciphertext).map_err(|e| RecordError::Corrupt(e.to_string()))?;
+        let ciphertext_hash = self.blobs.put(&ciphertext)?;
         let key_aad = data_key_aad(&record_id, version, &custodian, &request.patient, request.category, epoch);
         let wrapped_data_key = wrap_data_key(&category_key, &key_aad, &data_key, rng);
         let payload = Payload::RecordCommit {
@@ -434,11 +452,7 @@ impl RecordService {
             let holders = key.holders_of(epoch).ok_or(RecordError::NotDecryptableHere)?;
             holders.iter().find(|(h, _)| *h == me).map(|(_, tx)| *tx).ok_or(RecordError::NotDecryptableHere)?
         };
-        let tx = self
-            .chain
-            .transaction(&share_tx)
-            .map_err(|e| RecordError::Corrupt(e.to_string()))?
-            .ok_or(RecordError::NotDecryptableHere)?;
+        let tx = self.chain.transaction(&share_tx)?.ok_or(RecordError::NotDecryptableHere)?;
         let share = tx.body().payload.ops().iter().find(|op| {
             matches!(op, Payload::KeyShare { custodian, patient, category, epoch: e, .. }
                 if *custodian == key_id.custodian && *patient == key_id.patient && *category == key_id.category && *e == epoch)
@@ -610,8 +624,7 @@ impl RecordService {
     fn decrypt(&self, tx_id: &TxId, record: &RecordId, wanted: u32) -> Result<Zeroizing<Vec<u8>>, RecordError> {
         let tx = self
             .chain
-            .transaction(tx_id)
-            .map_err(|e| RecordError::Corrupt(e.to_string()))?
+            .transaction(tx_id)?
             .ok_or(RecordError::Corrupt(format!("record commit {tx_id} is not stored")))?;
         let commit = tx.body().payload.ops().iter().find(
             |op| matches!(op, Payload::RecordCommit { record_id, version, .. } if record_id == record && *version == wanted),
@@ -674,7 +687,7 @@ impl RecordService {
         let key_aad = data_key_aad(record_id, version, custodian, patient, category, key_epoch);
         let data_key = unwrap_data_key(&category_key, &key_aad, wrapped_data_key)
             .map_err(|_| RecordError::Corrupt("data key does not unwrap".into()))?;
-        let stored = self.blobs.get(ciphertext_hash).map_err(|e| RecordError::Corrupt(e.to_string()))?;
+        let stored = self.blobs.get(ciphertext_hash)?;
         let ciphertext = match (stored, self.fetcher.get()) {
             (Some(ciphertext), _) => ciphertext,
             // Replicated on first use: the fetcher checks the bytes against the chain's hash

@@ -223,3 +223,61 @@ fn a_refused_version_does_not_lock_its_record() {
     assert_eq!(again.version, 2);
     assert_eq!(w.chain.state().record(&b.record_id).unwrap().latest_version, 2);
 }
+
+/// A blob store whose disk is full: every write fails as the disk stores report ENOSPC.
+struct FullDisk(medledger_blobs::MemoryBlobStore);
+
+impl BlobStore for FullDisk {
+    fn put(&self, _: &[u8]) -> Result<medledger_types::Hash, medledger_blobs::BlobError> {
+        Err(medledger_blobs::BlobError::StorageFull {
+            path: "/var/lib/medledger/blobs".into(),
+            source: std::io::Error::from(std::io::ErrorKind::StorageFull),
+        })
+    }
+
+    fn get(&self, hash: &medledger_types::Hash) -> Result<Option<Vec<u8>>, medledger_blobs::BlobError> {
+        self.0.get(hash)
+    }
+
+    fn len_bytes(&self, hash: &medledger_types::Hash) -> Result<Option<u64>, medledger_blobs::BlobError> {
+        self.0.len_bytes(hash)
+    }
+}
+
+#[test]
+fn a_full_disk_is_reported_as_a_full_disk_and_nothing_is_committed() {
+    let (mut w, _, _blob_dir) = World::new();
+    let org_a = w.net.organisations[0].clone();
+    let (doc_a, patient) = (Keypair::from_label("dr-a"), Keypair::from_label("patient"));
+    w.submit(&org_a, Payload::register(Role::Practitioner, &doc_a, Some(org_a.id()), "Dr A"));
+    w.submit(&org_a, Payload::register(Role::Patient, &patient, None, ""));
+    w.commit();
+    let full: Arc<dyn BlobStore> = Arc::new(FullDisk(medledger_blobs::MemoryBlobStore::default()));
+    let node = RecordService::new(w.chain.clone(), w.net.validators[0].clone(), org_a, full);
+    let log_size = w.chain.head().log_size;
+    let request = WriteRequest {
+        author: doc_a.id(),
+        patient: patient.id(),
+        resource_type: "Condition",
+        category: "conditions",
+        content: b"{\"resourceType\":\"Condition\"}",
+        record: None,
+    };
+    let error = node.write(&request, w.t, &mut rand::rng()).unwrap_err();
+    assert!(error.is_storage_full(), "{error:?}");
+    let message = error.to_string();
+    assert!(message.contains("disk is full") && !message.contains("inconsistent"), "{message}");
+    // The OS error is kept in the chain of sources.
+    let mut source = std::error::Error::source(&error);
+    let mut found = false;
+    while let Some(e) = source {
+        found |= e.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::StorageFull);
+        source = e.source();
+    }
+    assert!(found, "the io::Error is a source of {error:?}");
+    w.commit();
+    // No record: at most the patient's new category key (which the next write reuses).
+    let index = w.chain.patient_index();
+    assert!(index.patient(&patient.id()).is_none_or(|p| p.records.is_empty()), "no record was committed");
+    assert!(w.chain.head().log_size <= log_size + 1);
+}

@@ -54,8 +54,12 @@ pub enum StorageError {
 pub enum ChainError {
     #[error(transparent)]
     Storage(#[from] StorageError),
-    #[error("block at height {height}: stored bytes do not decode: {reason}")]
-    Undecodable { height: Height, reason: String },
+    #[error("block at height {height}: stored bytes do not decode: {error}")]
+    Undecodable {
+        height: Height,
+        #[source]
+        error: medledger_codec::CodecError,
+    },
     #[error("block at height {height} is invalid: {error}")]
     Invalid { height: Height, error: BlockError },
     #[error("height {height} is missing from the block table")]
@@ -316,7 +320,7 @@ pub fn replay(store: &Store, progress: &mut dyn FnMut(Height, Height)) -> Result
     let last = store.last_height()?;
     let mut report = ReplayReport::default();
     store.for_each_block(1, |height, bytes| {
-        let block = Block::decode(bytes).map_err(|e| ChainError::Undecodable { height, reason: e.to_string() })?;
+        let block = Block::decode(bytes).map_err(|error| ChainError::Undecodable { height, error })?;
         if block.height() != height {
             return Err(ChainError::Invalid {
                 height,
