@@ -5,7 +5,7 @@
 //! selects an implementation of [`SharingRule`] from [`REGISTRY`], and that kind's canonical
 //! parameters. The ledger calls the implementation when the rule is installed and when a
 //! record of the rule's patient commits; the implementation answers with [`Derived`] access,
-//! which the ledger turns into grants (`Grant::origin` = [`GrantOrigin::Rule`]) that
+//! which the ledger turns into grants (`Grant::origin` = [`GrantOrigin::Rule`](crate::state::GrantOrigin::Rule)) that
 //! `access::decide` honours like consent grants.
 //!
 //! **Adding a rule** = a module implementing [`SharingRule`] and one line in [`REGISTRY`]. The
