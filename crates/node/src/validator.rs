@@ -215,7 +215,9 @@ where
     buffer_engine.start(blocks);
 
     let (reporter, finalized) = FinalizedReporter::new();
-    context.child("executor").spawn({
+    // The executor fsyncs every finalized batch: it runs on its own thread, never on the
+    // async workers that drive consensus and the API.
+    context.child("executor").dedicated().spawn({
         let (chain, marshal) = (cfg.chain.clone(), marshal_mailbox.clone());
         move |_| run_executor(finalized, chain, marshal)
     });
