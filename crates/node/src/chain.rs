@@ -5,7 +5,7 @@
 use std::{
     collections::{HashMap, VecDeque},
     path::Path,
-    sync::{Arc, Mutex, RwLock, RwLockReadGuard},
+    sync::Arc,
 };
 
 use medledger_crypto::Keypair;
@@ -17,6 +17,7 @@ use medledger_types::{Hash, Height, IdentityId, TimestampMs, TxId, limits};
 use crate::{
     NodeError,
     index::PatientIndex,
+    locks::{OrderedMutex, OrderedRwLock, ReadLock, rank},
     mempool::{Mempool, MempoolError},
     metrics::Metrics,
 };
@@ -79,22 +80,22 @@ impl Rejections {
 
 pub struct Chain {
     genesis: Genesis,
-    state: RwLock<State>,
+    state: OrderedRwLock<State>,
     /// Per-patient index of the finalized blocks (`crate::index`), kept at the state's height.
     /// Lock order: `state` before `index`; the index is written only under the state's write
     /// lock, so a reader holding both sees them at the same height.
-    index: RwLock<PatientIndex>,
+    index: OrderedRwLock<PatientIndex>,
     store: Store,
-    mempool: Mutex<Mempool>,
+    mempool: OrderedMutex<Mempool>,
     /// Blocks verified on top of the finalized head (directly or through each other), by hash.
-    unfinalized: Mutex<HashMap<Hash, Arc<Executed>>>,
-    rejections: Mutex<Rejections>,
+    unfinalized: OrderedMutex<HashMap<Hash, Arc<Executed>>>,
+    rejections: OrderedMutex<Rejections>,
     /// This node's identity (signs checkpoints).
     node_keys: Keypair,
     /// Set when the node stopped following the chain, with the reason.
-    halted: Mutex<Option<String>>,
+    halted: OrderedMutex<Option<String>>,
     /// Serialises nonce allocation for transactions this node signs itself.
-    local_signing: Mutex<()>,
+    local_signing: OrderedMutex<()>,
     pub metrics: Metrics,
 }
 
@@ -129,15 +130,15 @@ impl Chain {
         metrics.set_head(state.height(), state.log().size());
         let chain = Self {
             genesis: genesis.clone(),
-            state: RwLock::new(state),
-            index: RwLock::new(index),
+            state: OrderedRwLock::new(rank::CHAIN_STATE, "chain state", state),
+            index: OrderedRwLock::new(rank::CHAIN_INDEX, "patient index", index),
             store,
-            mempool: Mutex::new(Mempool::default()),
-            unfinalized: Mutex::new(HashMap::new()),
-            rejections: Mutex::new(Rejections::default()),
+            mempool: OrderedMutex::new(rank::CHAIN_MEMPOOL, "mempool", Mempool::default()),
+            unfinalized: OrderedMutex::new(rank::CHAIN_UNFINALIZED, "unfinalized blocks", HashMap::new()),
+            rejections: OrderedMutex::new(rank::CHAIN_REJECTIONS, "rejections", Rejections::default()),
             node_keys,
-            halted: Mutex::new(None),
-            local_signing: Mutex::new(()),
+            halted: OrderedMutex::new(rank::CHAIN_HALTED, "halted", None),
+            local_signing: OrderedMutex::new(rank::CHAIN_LOCAL_SIGNING, "local signing", ()),
             metrics,
         };
         Ok((chain, report))
@@ -145,12 +146,12 @@ impl Chain {
 
     /// Marks the node as no longer following the chain (see [`crate::app::run_executor`]).
     pub fn halt(&self, reason: String) {
-        *self.halted.lock().expect("halted lock poisoned") = Some(reason);
+        *self.halted.lock() = Some(reason);
     }
 
     /// Why the node stopped following the chain, if it did.
     pub fn halted(&self) -> Option<String> {
-        self.halted.lock().expect("halted lock poisoned").clone()
+        self.halted.lock().clone()
     }
 
     pub fn genesis(&self) -> &Genesis {
@@ -166,14 +167,14 @@ impl Chain {
     }
 
     /// Read access to the finalized state. Do not hold across long work or awaits.
-    pub fn state(&self) -> RwLockReadGuard<'_, State> {
-        self.state.read().expect("state lock poisoned")
+    pub fn state(&self) -> ReadLock<'_, State> {
+        self.state.read()
     }
 
     /// Read access to the per-patient index. Lock order: take [`Chain::state`] first if you
     /// need both (then both are at the same height); never take the state while holding this.
-    pub fn patient_index(&self) -> RwLockReadGuard<'_, PatientIndex> {
-        self.index.read().expect("index lock poisoned")
+    pub fn patient_index(&self) -> ReadLock<'_, PatientIndex> {
+        self.index.read()
     }
 
     pub fn head(&self) -> Head {
@@ -189,7 +190,7 @@ impl Chain {
 
     /// Replaces the mempool's bounds (tests, tuning); only while it is empty.
     pub fn set_mempool_limits(&self, limits: crate::mempool::MempoolLimits) -> Result<(), NodeError> {
-        let mut pool = self.mempool.lock().expect("mempool lock poisoned");
+        let mut pool = self.mempool.lock();
         if !pool.is_empty() {
             return Err(NodeError::Config("the mempool's bounds change only while it is empty".into()));
         }
@@ -198,7 +199,7 @@ impl Chain {
     }
 
     pub fn mempool_len(&self) -> usize {
-        self.mempool.lock().expect("mempool lock poisoned").len()
+        self.mempool.lock().len()
     }
 
     /// Admits a transaction to the mempool after checking its encoding, size, signature and,
@@ -215,7 +216,7 @@ impl Chain {
     fn submit_inner(&self, bytes: &[u8], now_ms: TimestampMs) -> Result<TxId, SubmitError> {
         let tx = Transaction::decode(bytes).map_err(SubmitError::Malformed)?;
         // Resubmitting a pending transaction is a harmless retry: answer as for the first time.
-        if self.mempool.lock().expect("mempool lock poisoned").contains(&tx.id()) {
+        if self.mempool.lock().contains(&tx.id()) {
             return Ok(tx.id());
         }
         let checked = self.check_admission(&tx, now_ms);
@@ -233,7 +234,7 @@ impl Chain {
         let id = tx.id();
         // This node's own transactions (audit events, the writes it signs) may use the reserve.
         let own = tx.body().signer == self.node_keys.id();
-        self.mempool.lock().expect("mempool lock poisoned").insert(tx, now_ms, own, next_nonce)?;
+        self.mempool.lock().insert(tx, now_ms, own, next_nonce)?;
         self.metrics.mempool_txs.set(self.mempool_len() as i64);
         Ok(id)
     }
@@ -277,10 +278,10 @@ impl Chain {
             let log_index = block.header.log_size - block.header.tx_count as u64 + index as u64;
             return Ok(TxStatus::Committed { height, index, log_index });
         }
-        if self.mempool.lock().expect("mempool lock poisoned").contains(id) {
+        if self.mempool.lock().contains(id) {
             return Ok(TxStatus::Pending);
         }
-        if let Some(reason) = self.rejections.lock().expect("rejections lock poisoned").reasons.get(id) {
+        if let Some(reason) = self.rejections.lock().reasons.get(id) {
             return Ok(TxStatus::Rejected { reason: reason.clone() });
         }
         Ok(TxStatus::Unknown)
@@ -294,7 +295,7 @@ impl Chain {
         payload: medledger_ledger::Payload,
         now_ms: TimestampMs,
     ) -> Result<TxId, SubmitError> {
-        let _guard = self.local_signing.lock().expect("local signing lock poisoned");
+        let _guard = self.local_signing.lock();
         let signer = keys.id();
         // The committed nonce and the pending ones must be read as one view: a block applied
         // between the two reads would move nonces from the mempool into the state, and the
@@ -303,7 +304,7 @@ impl Chain {
         // (lock order as there: state, then mempool).
         let (nonce, chain_id) = {
             let state = self.state();
-            let pool = self.mempool.lock().expect("mempool lock poisoned");
+            let pool = self.mempool.lock();
             let mut nonce = state.next_nonce(&signer);
             while pool.has_nonce(&signer, nonce) {
                 nonce += 1;
@@ -382,14 +383,14 @@ impl Chain {
         let mut executed: Vec<Arc<Executed>> = Vec::with_capacity(chain.len());
         for block in chain {
             let hash = block.hash();
-            let cached = self.unfinalized.lock().expect("unfinalized lock poisoned").get(&hash).cloned();
+            let cached = self.unfinalized.lock().get(&hash).cloned();
             let entry = match cached {
                 Some(e) => e,
                 None => {
                     let refs: Vec<&Executed> = executed.iter().map(Arc::as_ref).collect();
                     let delta = state.verify_block_on(&refs, block, None, &|_| false)?;
                     let e = Arc::new(Executed { block: block.clone(), delta });
-                    self.unfinalized.lock().expect("unfinalized lock poisoned").insert(hash, e.clone());
+                    self.unfinalized.lock().insert(hash, e.clone());
                     e
                 }
             };
@@ -416,11 +417,8 @@ impl Chain {
                 return None;
             }
         };
-        let mut candidates = self
-            .mempool
-            .lock()
-            .expect("mempool lock poisoned")
-            .candidates(limits::BLOCK_TXS_MAX * 2, |signer| state.next_nonce(signer));
+        let mut candidates =
+            self.mempool.lock().candidates(limits::BLOCK_TXS_MAX * 2, |signer| state.next_nonce(signer));
         if forge_first_signature && let Some(first) = candidates.first_mut() {
             let mut bytes = first.bytes().to_vec();
             let last = bytes.len() - 1;
@@ -439,18 +437,15 @@ impl Chain {
             }
         }
         if !dropped.is_empty() {
-            let mut pool = self.mempool.lock().expect("mempool lock poisoned");
-            let mut rejections = self.rejections.lock().expect("rejections lock poisoned");
+            let mut pool = self.mempool.lock();
+            let mut rejections = self.rejections.lock();
             for (id, reason) in dropped {
                 pool.remove(&id);
                 rejections.add(id, reason);
                 self.metrics.txs_dropped.inc();
             }
         }
-        self.unfinalized
-            .lock()
-            .expect("unfinalized lock poisoned")
-            .insert(block.hash(), Arc::new(Executed { block: block.clone(), delta }));
+        self.unfinalized.lock().insert(block.hash(), Arc::new(Executed { block: block.clone(), delta }));
         self.metrics.blocks_proposed.inc();
         Some(block)
     }
@@ -459,7 +454,7 @@ impl Chain {
     /// parent), remembering the result for finalization.
     pub fn verify(&self, block: &Block, ancestry: &[Block], now_ms: Option<TimestampMs>) -> Result<(), BlockError> {
         let state = self.state();
-        if let Some(cached) = self.unfinalized.lock().expect("unfinalized lock poisoned").get(&block.hash())
+        if let Some(cached) = self.unfinalized.lock().get(&block.hash())
             && cached.block == *block
         {
             return Ok(());
@@ -467,7 +462,7 @@ impl Chain {
         let ancestors = self.executed_ancestors(&state, ancestry)?;
         let refs: Vec<&Executed> = ancestors.iter().map(Arc::as_ref).collect();
         let known_good = {
-            let pool = self.mempool.lock().expect("mempool lock poisoned");
+            let pool = self.mempool.lock();
             let ids: std::collections::HashSet<TxId> =
                 block.txs.iter().map(|t| t.id()).filter(|id| pool.contains(id)).collect();
             ids
@@ -475,10 +470,7 @@ impl Chain {
         let delta = state.verify_block_on(&refs, block, now_ms, &|id| known_good.contains(id));
         match delta {
             Ok(delta) => {
-                self.unfinalized
-                    .lock()
-                    .expect("unfinalized lock poisoned")
-                    .insert(block.hash(), Arc::new(Executed { block: block.clone(), delta }));
+                self.unfinalized.lock().insert(block.hash(), Arc::new(Executed { block: block.clone(), delta }));
                 Ok(())
             }
             Err(e) => {
@@ -495,7 +487,7 @@ impl Chain {
         // Only the executor calls this, one batch at a time, so the state cannot change
         // between verifying (read lock) and committing (write lock). The durable write happens
         // with no state lock held: reads and proposals are never stalled behind an fsync.
-        let state = self.state.read().expect("state lock poisoned");
+        let state = self.state.read();
         let mut executed: Vec<Arc<Executed>> = Vec::new();
         let mut certs: Vec<Option<&[u8]>> = Vec::new();
         for (i, block) in blocks.iter().enumerate() {
@@ -503,7 +495,7 @@ impl Chain {
             if block.height() <= tip {
                 continue;
             }
-            let cached = self.unfinalized.lock().expect("unfinalized lock poisoned").get(&block.hash()).cloned();
+            let cached = self.unfinalized.lock().get(&block.hash()).cloned();
             let parent_hash = executed.last().map_or(state.head_hash(), |e| e.block.hash());
             let entry = match cached {
                 Some(e) if e.block == *block && block.header.parent == parent_hash => e,
@@ -524,10 +516,10 @@ impl Chain {
         drop(state);
         let pairs: Vec<(&Block, Option<&[u8]>)> = executed.iter().map(|e| &e.block).zip(certs).collect();
         self.store.append_blocks(&pairs)?;
-        let mut state = self.state.write().expect("state lock poisoned");
-        let mut unfinalized = self.unfinalized.lock().expect("unfinalized lock poisoned");
-        let mut pool = self.mempool.lock().expect("mempool lock poisoned");
-        let mut index = self.index.write().expect("index lock poisoned");
+        let mut state = self.state.write();
+        let mut unfinalized = self.unfinalized.lock();
+        let mut pool = self.mempool.lock();
+        let mut index = self.index.write();
         let mut tx_count = 0;
         for entry in executed {
             unfinalized.remove(&entry.block.hash());
@@ -545,10 +537,7 @@ impl Chain {
             index.apply_block(&block, &state);
             for signer in signers {
                 for id in pool.remove_stale(&signer, state.next_nonce(&signer)) {
-                    self.rejections
-                        .lock()
-                        .expect("rejections lock poisoned")
-                        .add(id, "nonce used by another committed transaction".into());
+                    self.rejections.lock().add(id, "nonce used by another committed transaction".into());
                 }
             }
         }

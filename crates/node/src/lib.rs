@@ -16,6 +16,7 @@ pub mod certificate;
 pub mod chain;
 pub mod devnet;
 pub mod index;
+pub mod locks;
 pub mod mempool;
 pub mod metrics;
 pub mod net;

@@ -92,7 +92,7 @@ impl RecordService {
         let result = self.write_batch_reserving(new_patients, writes, now_ms, rng, &mut reserved, &mut created_keys);
         {
             // Keys this batch created are in flight with it, or forgotten if it never went in.
-            let mut cache = self.category_keys.lock().expect("category key lock poisoned");
+            let mut cache = self.category_keys.lock();
             for (key_id, (epoch, _)) in created_keys {
                 let slot = (key_id, epoch);
                 match &result {
@@ -109,7 +109,7 @@ impl RecordService {
                 }
             }
         }
-        let mut pending = self.pending_versions.lock().expect("pending lock poisoned");
+        let mut pending = self.pending_versions.lock();
         match &result {
             Ok(written) => {
                 for id in &reserved {
@@ -318,7 +318,7 @@ impl RecordService {
         // Created by another write and awaiting commitment: use it, do not start another. A
         // new one is marked as being submitted at once (under the same lock), so that no
         // concurrent write makes a second key for the epoch.
-        let mut cache = self.category_keys.lock().expect("category key lock poisoned");
+        let mut cache = self.category_keys.lock();
         let slot = (key_id.clone(), epoch);
         if let Some(key) = self.in_flight_key(&mut cache, &slot) {
             return Ok((epoch, key));
@@ -345,7 +345,7 @@ impl RecordService {
     /// Reserves `id` for a new record (ids chosen in advance, so a bundle's references can
     /// name them before anything is written).
     fn reserve_new_record(&self, id: RecordId) -> Result<(), RecordError> {
-        let mut pending = self.pending_versions.lock().expect("pending lock poisoned");
+        let mut pending = self.pending_versions.lock();
         let state = self.chain.state();
         if state.record(&id).is_some() || state.directory_entry(&id).is_some() || pending.contains_key(&id) {
             return Err(RecordError::Invalid("the chosen record id is taken"));
@@ -359,7 +359,7 @@ impl RecordService {
     /// committed. Committed records and registered patients are left alone.
     pub fn abandon_batch(&self, written: &BatchWritten, new_patients: &[IdentityId]) {
         let unregistered: Vec<IdentityId> = {
-            let mut pending = self.pending_versions.lock().expect("pending lock poisoned");
+            let mut pending = self.pending_versions.lock();
             let state = self.chain.state();
             for (id, version) in &written.versions {
                 let committed = state.record(id).is_some_and(|h| h.latest_version >= *version);

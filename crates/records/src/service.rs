@@ -8,7 +8,7 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex, OnceLock},
+    sync::{Arc, OnceLock},
 };
 
 use medledger_blobs::BlobStore;
@@ -31,6 +31,7 @@ use zeroize::Zeroizing;
 
 use medledger_node::{
     chain::{Chain, SubmitError},
+    locks::{OrderedMutex, rank},
     replication::CiphertextFetcher,
 };
 
@@ -133,13 +134,13 @@ pub struct RecordService {
     pub(crate) organisation_keys: Keypair,
     pub(crate) blobs: Arc<dyn BlobStore>,
     /// Category keys this node created or unwrapped, by key and epoch.
-    pub(crate) category_keys: Mutex<HashMap<(CategoryKeyId, u32), CachedKey>>,
+    pub(crate) category_keys: OrderedMutex<HashMap<(CategoryKeyId, u32), CachedKey>>,
     /// Versions submitted but not yet committed, so concurrent updates do not collide.
-    pub(crate) pending_versions: Mutex<HashMap<RecordId, (u32, Option<TxId>)>>,
+    pub(crate) pending_versions: OrderedMutex<HashMap<RecordId, (u32, Option<TxId>)>>,
     /// Access events: journaled, then committed in batches (`crate::journal`).
     pub(crate) audit: AuditTrail,
     /// Key shares submitted but not yet committed, with when, so they are not submitted twice.
-    inflight_shares: Mutex<HashMap<(CategoryKeyId, u32, IdentityId), TimestampMs>>,
+    inflight_shares: OrderedMutex<HashMap<(CategoryKeyId, u32, IdentityId), TimestampMs>>,
     /// Fetches ciphertexts this node lacks from peers; unset when running without peers.
     fetcher: OnceLock<CiphertextFetcher>,
     /// Where keys of patients this organisation registers are kept for hand-over; unset: it
@@ -208,10 +209,10 @@ impl RecordService {
             node_keys,
             organisation_keys,
             blobs,
-            category_keys: Mutex::new(HashMap::new()),
-            pending_versions: Mutex::new(HashMap::new()),
+            category_keys: OrderedMutex::new(rank::RECORD_CATEGORY_KEYS, "category keys", HashMap::new()),
+            pending_versions: OrderedMutex::new(rank::RECORD_PENDING_VERSIONS, "pending versions", HashMap::new()),
             audit: AuditTrail::default(),
-            inflight_shares: Mutex::new(HashMap::new()),
+            inflight_shares: OrderedMutex::new(rank::RECORD_INFLIGHT_SHARES, "in-flight key shares", HashMap::new()),
             fetcher: OnceLock::new(),
             patient_key_dir: OnceLock::new(),
         }
@@ -331,9 +332,9 @@ impl RecordService {
             wrapped_data_key,
         };
         let tx_id = self.chain.submit_as(&self.node_keys, payload, now_ms).inspect_err(|_| {
-            self.pending_versions.lock().expect("pending lock poisoned").remove(&record_id);
+            self.pending_versions.lock().remove(&record_id);
         })?;
-        if let Some(entry) = self.pending_versions.lock().expect("pending lock poisoned").get_mut(&record_id) {
+        if let Some(entry) = self.pending_versions.lock().get_mut(&record_id) {
             entry.1 = Some(tx_id);
         }
         Ok(Written { record_id, version, tx_id, ciphertext_hash })
@@ -346,7 +347,7 @@ impl RecordService {
         custodian: &IdentityId,
         rng: &mut impl CryptoRng,
     ) -> Result<(RecordId, u32), RecordError> {
-        let mut pending = self.pending_versions.lock().expect("pending lock poisoned");
+        let mut pending = self.pending_versions.lock();
         // A pending version of this record whose transaction the ledger refused (or that left
         // the mempool without committing) will never commit: forget it, or the record would
         // stay locked against updates until restart.
@@ -409,7 +410,7 @@ impl RecordService {
             return Ok((state.epoch, key));
         }
         let epoch = current.as_ref().map_or(1, |s| s.epoch + 1);
-        let mut cache = self.category_keys.lock().expect("category key lock poisoned");
+        let mut cache = self.category_keys.lock();
         // Created already and awaiting commitment: reuse it rather than start another.
         if let Some(key) = self.in_flight_key(&mut cache, &(key_id.clone(), epoch)) {
             return Ok((epoch, key));
@@ -439,8 +440,7 @@ impl RecordService {
     pub(crate) fn category_key(&self, key_id: &CategoryKeyId, epoch: u32) -> Result<CategoryKey, RecordError> {
         // Only a key unwrapped from the chain is trusted for a committed epoch: one this node
         // created may have lost to another share of the same epoch.
-        if let Some(cached) =
-            self.category_keys.lock().expect("category key lock poisoned").get(&(key_id.clone(), epoch))
+        if let Some(cached) = self.category_keys.lock().get(&(key_id.clone(), epoch))
             && cached.origin == KeyOrigin::Committed
         {
             return Ok(cached.key.clone());
@@ -467,7 +467,6 @@ impl RecordService {
             hpke_unwrap(&self.organisation_keys, &info, &me.0, &wrap).map_err(|_| RecordError::NotDecryptableHere)?;
         self.category_keys
             .lock()
-            .expect("category key lock poisoned")
             .insert((key_id.clone(), epoch), CachedKey { key: key.clone(), origin: KeyOrigin::Committed });
         Ok(key)
     }
@@ -737,7 +736,7 @@ impl RecordService {
             (grant, grantee_key, keys)
         };
         let mut submitted = Vec::new();
-        let mut inflight = self.inflight_shares.lock().expect("inflight lock poisoned");
+        let mut inflight = self.inflight_shares.lock();
         inflight.retain(|_, at| now_ms.saturating_sub(*at) < SHARE_INFLIGHT_MS);
         for (key_id, epoch) in keys {
             if inflight.contains_key(&(key_id.clone(), epoch, grant.grantee)) {

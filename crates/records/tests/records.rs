@@ -277,7 +277,7 @@ fn a_full_disk_is_reported_as_a_full_disk_and_nothing_is_committed() {
     assert!(found, "the io::Error is a source of {error:?}");
     w.commit();
     // No record: at most the patient's new category key (which the next write reuses).
-    let index = w.chain.patient_index();
-    assert!(index.patient(&patient.id()).is_none_or(|p| p.records.is_empty()), "no record was committed");
+    let no_records = w.chain.patient_index().patient(&patient.id()).is_none_or(|p| p.records.is_empty());
+    assert!(no_records, "no record was committed");
     assert!(w.chain.head().log_size <= log_size + 1);
 }
