@@ -28,7 +28,7 @@ use tower::ServiceExt;
 
 mod common;
 
-use common::{Committer, now_ms};
+use common::{now_ms, world::Committer};
 
 const FHIR: &str = "application/fhir+json";
 
