@@ -1,18 +1,16 @@
 //! The FHIR resources the tests write, as exact text: the server keeps a record's bytes, and
 //! tests look for them (a decimal's lexeme, an element's place) in what it answers.
 
-use medledger_types::IdentityId;
+use std::fmt::Display;
+
 use serde_json::Value;
 
 /// The FHIR JSON media type.
 pub const FHIR: &str = "application/fhir+json";
 
-/// A Patient resource naming the on-chain patient identity `identity`.
-pub fn patient_resource(identity: &IdentityId) -> String {
-    format!(
-        r#"{{"resourceType":"Patient","identifier":[{{"system":"urn:medledger:identity","value":"{}"}}]}}"#,
-        identity.to_hex()
-    )
+/// A Patient resource naming the on-chain patient identity `identity` (its hex).
+pub fn patient_resource(identity: impl Display) -> String {
+    format!(r#"{{"resourceType":"Patient","identifier":[{{"system":"urn:medledger:identity","value":"{identity}"}}]}}"#)
 }
 
 /// A final laboratory Observation: by default LOINC 2345-7 "Glucose", 5.4 mmol/L. Its

@@ -79,11 +79,6 @@ pub async fn send(router: &axum::Router, request: Request<Body>) -> Answer {
     Answer { status, headers, body }
 }
 
-/// A request with `Authorization: Bearer <token>`.
-pub fn bearer(method: &str, path: &str, token: &str) -> Builder {
-    Request::builder().method(method).uri(path).header("authorization", format!("Bearer {token}"))
-}
-
 /// A request signed now by `keys` for its own identity, over `method`, `path` and `body`.
 pub fn signed_request(method: &str, path: &str, keys: &Keypair, body: &[u8]) -> Builder {
     let header = authorization(keys, &keys.id(), method, path, body, now_ms());
@@ -148,6 +143,11 @@ impl World {
         }
     }
 
+    /// A request to this world's node with `Authorization: Bearer <token>`.
+    pub fn bearer(&self, method: &str, path: &str, token: &str) -> Builder {
+        self.request(method, path).header("authorization", format!("Bearer {token}"))
+    }
+
     /// The token endpoint's URL under the first public base (an assertion's audience).
     pub fn token_endpoint(&self) -> String {
         format!("{}/auth/token", self.services.public_bases.first().expect("a world with a public base"))
@@ -204,7 +204,7 @@ impl World {
 
     /// A FHIR interaction as `token`; a body goes as FHIR JSON.
     pub async fn fhir(&self, method: &str, token: &str, path: &str, body: Option<&str>) -> Answer {
-        let mut request = self.request(method, path).header("authorization", format!("Bearer {token}"));
+        let mut request = self.bearer(method, path, token);
         if body.is_some() {
             request = request.header("content-type", FHIR);
         }
@@ -226,8 +226,7 @@ impl World {
 
     /// A PUT, conditional on `If-Match: <if_match>` when given.
     pub async fn put(&self, token: &str, path: &str, if_match: Option<&str>, body: &str) -> Answer {
-        let mut request =
-            self.request("PUT", path).header("authorization", format!("Bearer {token}")).header("content-type", FHIR);
+        let mut request = self.bearer("PUT", path, token).header("content-type", FHIR);
         if let Some(tag) = if_match {
             request = request.header("if-match", tag);
         }
