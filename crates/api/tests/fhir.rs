@@ -376,8 +376,7 @@ async fn audit_events_show_the_patient_every_access_as_valid_r4() {
     assert_eq!(w.get(&doc, &format!("/fhir/Observation/{obs_id}")).await.status, 200);
     let doc_b = w.token(w.doc_b(), Role::Practitioner, "user/*.rs");
     assert_eq!(w.get(&doc_b, &format!("/fhir/Observation/{obs_id}")).await.status, 404);
-    w.service().flush_events(now_ms()).unwrap();
-    w.commit();
+    w.flush_events();
 
     let own = w.token(w.patient(), Role::Patient, "patient/*.rs");
     let answer = w.get(&own, &format!("/fhir/AuditEvent?patient=Patient/{patient_id}")).await;
