@@ -26,9 +26,7 @@ const PUBLIC_TX_FIELDS: [&str; 5] = ["tx_id", "status", "height", "index", "log_
 /// registered identity, but no member. Also returns the patient's grant to Clinic B (signed
 /// by the patient) and the record commit of the lab (signed by Hospital A's validator).
 fn world() -> (World, TxId, TxId) {
-    let w = World::builder("medledger.api-blocks")
-        .organisations(&["Hospital A", "Clinic B"])
-        .validators(2)
+    let w = World::hospital_and_clinic("medledger.api-blocks")
         .practitioner("blocks-dr-a", 0, "Dr A")
         .practitioner("blocks-dr-b", 1, "Dr B")
         .patients(&["blocks-patient", "blocks-mallory"])

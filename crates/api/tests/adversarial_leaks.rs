@@ -28,9 +28,7 @@ const UNKNOWN: &str = "ababababababababababababababababababababababababababababa
 /// Hospital A's node (blocks committed by hand) reached at `public_bases`; a practitioner of
 /// Hospital A and one of Clinic B; two patients.
 fn world(public_bases: Vec<String>) -> World {
-    let mut world = World::builder("medledger.api-leaks")
-        .organisations(&["Hospital A", "Clinic B"])
-        .validators(2)
+    let mut world = World::hospital_and_clinic("medledger.api-leaks")
         .practitioner("leaks-dr-a", 0, "Dr A")
         .practitioner("leaks-dr-b", 1, "Dr B")
         .patients(&["leaks-patient", "leaks-other-patient"])

@@ -14,9 +14,7 @@ use common::{fhir::Lab, now_ms, request::Answer, world::World};
 /// Hospital A's node with a practitioner of Hospital A, blocks committing in the
 /// background so that FHIR writes answer once committed.
 fn world() -> World {
-    World::builder("medledger.api-adv-validation")
-        .organisations(&["Hospital A", "Clinic B"])
-        .validators(2)
+    World::hospital_and_clinic("medledger.api-adv-validation")
         .practitioner("adv-validation-dr-a", 0, "Dr A")
         .records()
         .patient_key_dir()

@@ -20,9 +20,7 @@ use common::{
 /// Hospital A's node (blocks committed by hand); a practitioner of Hospital A and one of
 /// Clinic B; two patients.
 fn world() -> World {
-    World::builder("medledger.api-fhir")
-        .organisations(&["Hospital A", "Clinic B"])
-        .validators(2)
+    World::hospital_and_clinic("medledger.api-fhir")
         .practitioner("fhir-dr-a", 0, "Dr A")
         .practitioner("fhir-dr-b", 1, "Dr B")
         .patients(&["fhir-patient", "fhir-other-patient"])

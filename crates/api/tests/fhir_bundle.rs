@@ -15,9 +15,7 @@ use common::{
 /// Two organisations' practitioners, a node of the first (Hospital A) that may register new
 /// patients, with blocks committing in the background, so writes answer once committed.
 fn world() -> World {
-    World::builder("medledger.api-bundle")
-        .organisations(&["Hospital A", "Clinic B"])
-        .validators(2)
+    World::hospital_and_clinic("medledger.api-bundle")
         .practitioner("bundle-dr-a", 0, "Dr A")
         .practitioner("bundle-dr-b", 1, "Dr B")
         .records()

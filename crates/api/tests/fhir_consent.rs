@@ -13,9 +13,7 @@ use common::{now_ms, world::World};
 /// Hospital A's node, committing in the background; a practitioner of Hospital A and one of
 /// Clinic B; two patients.
 fn world() -> World {
-    World::builder("medledger.api-consent")
-        .organisations(&["Hospital A", "Clinic B"])
-        .validators(2)
+    World::hospital_and_clinic("medledger.api-consent")
         .practitioner("consent-dr-a", 0, "Dr A")
         .practitioner("consent-dr-b", 1, "Dr B")
         .patients(&["consent-patient", "consent-other"])

@@ -55,9 +55,7 @@ impl Deref for Exports {
 
 impl Exports {
     async fn new() -> Self {
-        let w = World::builder("medledger.api-export")
-            .organisations(&["Hospital A", "Clinic B"])
-            .validators(2)
+        let w = World::hospital_and_clinic("medledger.api-export")
             .practitioner("export-dr-a", 0, "Dr A")
             .practitioner("export-dr-b", 1, "Dr B")
             .staff("export-system-a", 0, Role::SystemClient, "Export A")

@@ -16,9 +16,7 @@ use common::{now_ms, request::Answer, world::World};
 
 /// Hospital A's node; a practitioner of Hospital A and one of Clinic B; two patients.
 fn world() -> World {
-    World::builder("medledger.api-patient")
-        .organisations(&["Hospital A", "Clinic B"])
-        .validators(2)
+    World::hospital_and_clinic("medledger.api-patient")
         .practitioner("dr-a", 0, "Dr A")
         .practitioner("dr-b", 1, "Dr B")
         .patients(&["patient", "other-patient"])

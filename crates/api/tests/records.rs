@@ -10,9 +10,7 @@ use common::{now_ms, world::World};
 
 /// Hospital A's node; a practitioner of Hospital A and one of Clinic B; one patient.
 fn world() -> World {
-    World::builder("medledger.api-records")
-        .organisations(&["Hospital A", "Clinic B"])
-        .validators(2)
+    World::hospital_and_clinic("medledger.api-records")
         .practitioner("dr-a", 0, "Dr A")
         .practitioner("dr-b", 1, "Dr B")
         .patients(&["patient"])

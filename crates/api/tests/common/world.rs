@@ -258,6 +258,12 @@ impl World {
         }
     }
 
+    /// [`World::builder`] for the network most tests need: Hospital A and Clinic B, each
+    /// running a validator (validator 0, whose node the world is, is Hospital A's).
+    pub fn hospital_and_clinic(chain_name: &str) -> WorldBuilder {
+        Self::builder(chain_name).organisations(&["Hospital A", "Clinic B"]).validators(2)
+    }
+
     /// The first staff member: by convention a practitioner of organisation 0 (Hospital A).
     pub fn doc_a(&self) -> &Keypair {
         &self.staff[0]
