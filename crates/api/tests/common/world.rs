@@ -137,21 +137,25 @@ impl WorldBuilder {
         self
     }
 
+    /// The HTTP server's timeouts and per-client limits (for [`World::serve`]).
     pub fn http_limits(mut self, limits: HttpLimits) -> Self {
         self.services.http = limits;
         self
     }
 
+    /// The quotas of signed requests' nonces.
     pub fn nonce_limits(mut self, limits: NonceLimits) -> Self {
         self.services.nonces = limits;
         self
     }
 
+    /// The quotas of Bulk Data export jobs.
     pub fn export_limits(mut self, limits: ExportLimits) -> Self {
         self.services.exports = limits;
         self
     }
 
+    /// A token store with these quotas (instead of the default one).
     pub fn token_limits(mut self, limits: TokenLimits) -> Self {
         self.services.tokens = Arc::new(TokenStore::new(limits));
         self
