@@ -396,7 +396,8 @@ impl Served {
 }
 
 /// Finalizes whatever is pending every few milliseconds, as a one-validator chain would, until
-/// dropped: writes that wait for their commit then get one.
+/// dropped: writes that wait for their commit then get one. A commit that fails fails the test
+/// when the committer is dropped.
 pub struct Committer {
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -419,8 +420,11 @@ impl Committer {
 impl Drop for Committer {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
+        if let Some(thread) = self.thread.take()
+            && let Err(panic) = thread.join()
+            && !std::thread::panicking()
+        {
+            std::panic::resume_unwind(panic);
         }
     }
 }
