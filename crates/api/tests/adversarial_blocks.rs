@@ -7,150 +7,76 @@
 //! transaction ids and where each is in the log, which is all the portal needs to check
 //! proofs; only members (and a transaction's own signer, for that transaction) see more.
 
-use std::sync::Arc;
-
-use axum::{
-    body::Body,
-    http::{Request, Response},
-};
-use medledger_api::{Services, auth::authorization};
-use medledger_blobs::MemoryBlobStore;
 use medledger_crypto::Keypair;
 use medledger_ledger::{Block, Payload, Purpose, Scope, actions};
-use medledger_node::{chain::Chain, devnet::Devnet};
-use medledger_records::{RecordService, WriteRequest};
-use medledger_types::{Role, TxId, limits};
+use medledger_records::WriteRequest;
+use medledger_types::{TxId, limits};
 use serde_json::Value;
-use tower::ServiceExt;
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
-}
+mod common;
+
+use common::{now_ms, request::Answer, world::World};
 
 /// What a caller who is not a member may see of a committed transaction.
 const PUBLIC_TX_FIELDS: [&str; 5] = ["tx_id", "status", "height", "index", "log_index"];
 
-struct World {
-    net: Devnet,
-    chain: Arc<Chain>,
-    router: axum::Router,
-    patient: Keypair,
-    /// Another patient: a registered identity, but no member.
-    mallory: Keypair,
-    /// The patient's grant to Clinic B (signed by the patient).
-    grant: TxId,
-    /// The record commit of the patient's lab (signed by Hospital A's validator).
-    record_commit: TxId,
-    _dir: tempfile::TempDir,
+/// A chain holding one of each kind of sensitive transaction about one patient: their
+/// registration by Hospital A, a lab kept by Hospital A, their research grant to Clinic B,
+/// a Clinic B doctor's break-glass, and the access events of a read. The other patient is a
+/// registered identity, but no member. Also returns the patient's grant to Clinic B (signed
+/// by the patient) and the record commit of the lab (signed by Hospital A's validator).
+fn world() -> (World, TxId, TxId) {
+    let w = World::hospital_and_clinic("medledger.api-blocks")
+        .practitioner("blocks-dr-a", 0, "Dr A")
+        .practitioner("blocks-dr-b", 1, "Dr B")
+        .patients(&["blocks-patient", "blocks-mallory"])
+        .records()
+        .commit_wait_ms(0)
+        .build();
+    let (patient, doc_b) = (w.patient(), w.doc_b());
+    let lab = br#"{"resourceType":"Observation","status":"final","code":{"text":"HIV viral load"},"valueQuantity":{"value":20,"unit":"copies/mL"}}"#;
+    let request = WriteRequest {
+        author: w.doc_a().id(),
+        patient: patient.id(),
+        resource_type: "Observation",
+        category: "labs",
+        content: lab,
+        record: None,
+    };
+    let written = w.service().write(&request, now_ms(), &mut rand::rng()).unwrap();
+    w.commit();
+
+    let t = now_ms();
+    let grant = Payload::ConsentGrant {
+        patient: patient.id(),
+        grantee: w.net.organisations[1].id(),
+        scope: Scope::Categories(vec!["labs".into()]),
+        actions: actions::READ,
+        purpose: Purpose::Research,
+        valid_from_ms: t - 1_000,
+        valid_until_ms: t + 86_400_000,
+    };
+    let grant = w.chain.submit_as(patient, grant, t).unwrap();
+    w.commit();
+
+    let break_glass = Payload::BreakGlass {
+        patient: patient.id(),
+        reason: "unconscious-in-er".into(),
+        window_ms: limits::BREAK_GLASS_WINDOW_MIN_MS,
+    };
+    w.chain.submit_as(doc_b, break_glass, now_ms()).unwrap();
+    w.commit();
+
+    // A read by Clinic B's doctor for treatment: decided, and the decision audited.
+    let _ = w.service().read(doc_b.id(), written.record_id, None, Purpose::Treatment, now_ms());
+    assert!(!w.service().flush_events(now_ms()).unwrap().is_empty(), "the read left an access event");
+    w.commit();
+    (w, grant, written.tx_id)
 }
 
-struct Answer {
-    status: u16,
-    body: Vec<u8>,
-}
-
-impl Answer {
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).unwrap_or(Value::Null)
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-}
-
-impl World {
-    /// A chain holding one of each kind of sensitive transaction about one patient: their
-    /// registration by Hospital A, a lab kept by Hospital A, their research grant to Clinic B,
-    /// a Clinic B doctor's break-glass, and the access events of a read.
-    fn new() -> Self {
-        let net = Devnet::new("medledger.api-blocks", now_ms() - 60_000, &["Hospital A", "Clinic B"], 2, &mut |l| {
-            Keypair::from_label(l)
-        });
-        let dir = tempfile::tempdir().unwrap();
-        let (chain, _) = Chain::open(dir.path(), &net.genesis, net.validators[0].clone(), &mut |_, _| {}).unwrap();
-        let chain = Arc::new(chain);
-        let (org_a, org_b) = (net.organisations[0].clone(), net.organisations[1].clone());
-        let doc_a = Keypair::from_label("blocks-dr-a");
-        let doc_b = Keypair::from_label("blocks-dr-b");
-        let patient = Keypair::from_label("blocks-patient");
-        let mallory = Keypair::from_label("blocks-mallory");
-        let commit = || medledger_node::devnet::commit_pending(&chain, net.validators[0].id(), now_ms()).unwrap();
-        let t = now_ms();
-        chain.submit_as(&org_a, Payload::register(Role::Practitioner, &doc_a, Some(org_a.id()), "Dr A"), t).unwrap();
-        chain.submit_as(&org_b, Payload::register(Role::Practitioner, &doc_b, Some(org_b.id()), "Dr B"), t).unwrap();
-        for p in [&patient, &mallory] {
-            chain.submit_as(&org_a, Payload::register(Role::Patient, p, None, ""), t).unwrap();
-        }
-        commit();
-
-        let service =
-            RecordService::new(chain.clone(), net.validators[0].clone(), org_a, Arc::new(MemoryBlobStore::default()));
-        let lab = br#"{"resourceType":"Observation","status":"final","code":{"text":"HIV viral load"},"valueQuantity":{"value":20,"unit":"copies/mL"}}"#;
-        let request = WriteRequest {
-            author: doc_a.id(),
-            patient: patient.id(),
-            resource_type: "Observation",
-            category: "labs",
-            content: lab,
-            record: None,
-        };
-        let written = service.write(&request, now_ms(), &mut rand::rng()).unwrap();
-        commit();
-
-        let t = now_ms();
-        let grant = Payload::ConsentGrant {
-            patient: patient.id(),
-            grantee: org_b.id(),
-            scope: Scope::Categories(vec!["labs".into()]),
-            actions: actions::READ,
-            purpose: Purpose::Research,
-            valid_from_ms: t - 1_000,
-            valid_until_ms: t + 86_400_000,
-        };
-        let grant = chain.submit_as(&patient, grant, t).unwrap();
-        commit();
-
-        let break_glass = Payload::BreakGlass {
-            patient: patient.id(),
-            reason: "unconscious-in-er".into(),
-            window_ms: limits::BREAK_GLASS_WINDOW_MIN_MS,
-        };
-        chain.submit_as(&doc_b, break_glass, now_ms()).unwrap();
-        commit();
-
-        // A read by Clinic B's doctor for treatment: decided, and the decision audited.
-        let _ = service.read(doc_b.id(), written.record_id, None, Purpose::Treatment, now_ms());
-        assert!(!service.flush_events(now_ms()).unwrap().is_empty(), "the read left an access event");
-        commit();
-
-        let router = medledger_api::router_for(
-            chain.clone(),
-            Services { records: Some(Arc::new(service)), fhir_commit_wait_ms: 0, ..Services::default() },
-        );
-        Self { net, chain, router, patient, mallory, grant, record_commit: written.tx_id, _dir: dir }
-    }
-
-    /// Every finalized block.
-    fn blocks(&self) -> Vec<Block> {
-        (1..=self.chain.head().height).map(|h| self.chain.block(h).unwrap().unwrap()).collect()
-    }
-
-    async fn send(&self, request: Request<Body>) -> Answer {
-        let response: Response<Body> = self.router.clone().oneshot(request).await.unwrap();
-        let status = response.status().as_u16();
-        let body = axum::body::to_bytes(response.into_body(), 16 << 20).await.unwrap().to_vec();
-        Answer { status, body }
-    }
-
-    /// GET `path`, signed by `who` when given.
-    async fn get(&self, who: Option<&Keypair>, path: &str) -> Answer {
-        let mut request = Request::builder().uri(path);
-        if let Some(keys) = who {
-            request = request.header("authorization", authorization(keys, &keys.id(), "GET", path, b"", now_ms()));
-        }
-        self.send(request.body(Body::empty()).unwrap()).await
-    }
+/// Every finalized block.
+fn blocks(w: &World) -> Vec<Block> {
+    (1..=w.chain.head().height).map(|h| w.chain.block(h).unwrap().unwrap()).collect()
 }
 
 /// What a block says about patients: every kind and signer, and in every operation the
@@ -201,28 +127,28 @@ fn assert_reveals_none(what: &str, answer: &Answer, metadata: &[String]) {
 
 #[tokio::test]
 async fn outsiders_cannot_read_raw_blocks_or_transaction_details() {
-    let w = World::new();
-    let blocks = w.blocks();
+    let (w, grant, record_commit) = world();
+    let blocks = blocks(&w);
     let all: Vec<String> = blocks.iter().flat_map(metadata_of).collect();
     for needle in ["Observation", "labs", "HRESCH", "unconscious-in-er", "consent-grant", "break-glass"] {
         assert!(all.iter().any(|m| m == needle), "the chain under test holds {needle:?}");
     }
     let org_b = w.net.organisations[1].clone();
 
-    for (who, keys) in [("an outsider", None), ("another patient", Some(&w.mallory))] {
+    for (who, keys) in [("an outsider", None), ("another patient", Some(w.other_patient()))] {
         for block in &blocks {
             let h = block.header.height;
             let metadata = metadata_of(block);
 
             // Raw bytes: members only.
-            let raw = w.get(keys, &format!("/v1/blocks/{h}/raw")).await;
+            let raw = w.call("GET", &format!("/v1/blocks/{h}/raw"), keys, b"").await;
             let (want, reason) = if keys.is_some() { (403, Some("not-a-member")) } else { (401, None) };
             assert_eq!(raw.status, want, "{who} GET /v1/blocks/{h}/raw answered {} bytes", raw.body.len());
             assert_eq!(raw.json()["error"]["code"], want, "{who}: an error body, not the block");
             assert_eq!(raw.json()["error"]["reason"].as_str(), reason, "{who}");
 
             // The JSON block: its header and its transactions' ids, nothing about them.
-            let json = w.get(keys, &format!("/v1/blocks/{h}")).await;
+            let json = w.call("GET", &format!("/v1/blocks/{h}"), keys, b"").await;
             assert_eq!(json.status, 200, "{who} GET /v1/blocks/{h}: {}", json.text());
             let v = json.json();
             assert_eq!(v["hash"], block.hash().to_hex());
@@ -236,7 +162,7 @@ async fn outsiders_cannot_read_raw_blocks_or_transaction_details() {
 
             // Each transaction: committed, and where; not what or by whom.
             for (i, tx) in block.txs.iter().enumerate() {
-                let answer = w.get(keys, &format!("/v1/transactions/{}", tx.id())).await;
+                let answer = w.call("GET", &format!("/v1/transactions/{}", tx.id()), keys, b"").await;
                 assert_eq!(answer.status, 200, "{who}: {}", answer.text());
                 let v = answer.json();
                 let fields: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
@@ -251,29 +177,29 @@ async fn outsiders_cannot_read_raw_blocks_or_transaction_details() {
     }
 
     // The patient sees their own grant's details, and no one else's transaction's.
-    let own = w.get(Some(&w.patient), &format!("/v1/transactions/{}", w.grant)).await.json();
+    let own = w.call("GET", &format!("/v1/transactions/{grant}"), Some(w.patient()), b"").await.json();
     assert_eq!(
         (own["kind"].as_str(), own["signer"].as_str()),
-        (Some("consent-grant"), Some(w.patient.id().to_hex().as_str()))
+        (Some("consent-grant"), Some(w.patient().id().to_hex().as_str()))
     );
-    let theirs = w.get(Some(&w.patient), &format!("/v1/transactions/{}", w.record_commit)).await.json();
+    let theirs = w.call("GET", &format!("/v1/transactions/{record_commit}"), Some(w.patient()), b"").await.json();
     assert!(theirs.get("kind").is_none() && theirs.get("signer").is_none(), "{theirs}");
 
     // A member organisation (and a validator) still gets everything.
     for member in [&org_b, &w.net.validators[1]] {
         for block in &blocks {
             let h = block.header.height;
-            let raw = w.get(Some(member), &format!("/v1/blocks/{h}/raw")).await;
+            let raw = w.call("GET", &format!("/v1/blocks/{h}/raw"), Some(member), b"").await;
             assert_eq!(raw.status, 200, "member GET /v1/blocks/{h}/raw: {}", raw.text());
             assert_eq!(&Block::decode(&raw.body).unwrap(), block);
-            let v = w.get(Some(member), &format!("/v1/blocks/{h}")).await.json();
+            let v = w.call("GET", &format!("/v1/blocks/{h}"), Some(member), b"").await.json();
             for (entry, tx) in v["transactions"].as_array().unwrap().iter().zip(&block.txs) {
                 assert_eq!(entry["kind"], tx.body().payload.kind());
                 assert_eq!(entry["signer"], tx.body().signer.to_hex());
                 assert_eq!(entry["nonce"], tx.body().nonce);
             }
             for tx in &block.txs {
-                let v = w.get(Some(member), &format!("/v1/transactions/{}", tx.id())).await.json();
+                let v = w.call("GET", &format!("/v1/transactions/{}", tx.id()), Some(member), b"").await.json();
                 assert_eq!(
                     (v["kind"].as_str(), v["signer"].clone()),
                     (Some(tx.body().payload.kind()), Value::String(tx.body().signer.to_hex()))
@@ -285,25 +211,25 @@ async fn outsiders_cannot_read_raw_blocks_or_transaction_details() {
 
 #[tokio::test]
 async fn outsiders_cannot_tell_a_pseudonym_is_a_registered_patient() {
-    let w = World::new();
+    let (w, _, _) = world();
     let unknown = Keypair::from_label("blocks-nobody").id();
-    let patient = w.patient.id();
+    let patient = w.patient().id();
     // Answers about the patient, with the id replaced, compared with answers about an id that
     // names no one.
     let seen = |answer: Answer, id: &str| (answer.status, answer.text().replace(id, "{ID}"));
-    for (who, keys) in [("an outsider", None), ("another patient", Some(&w.mallory))] {
-        let real = w.get(keys, &format!("/v1/identities/{patient}")).await;
-        let none = w.get(keys, &format!("/v1/identities/{unknown}")).await;
+    for (who, keys) in [("an outsider", None), ("another patient", Some(w.other_patient()))] {
+        let real = w.call("GET", &format!("/v1/identities/{patient}"), keys, b"").await;
+        let none = w.call("GET", &format!("/v1/identities/{unknown}"), keys, b"").await;
         assert_eq!(seen(real, &patient.to_hex()), seen(none, &unknown.to_hex()), "{who} tells the patient exists");
     }
     // The patient (for their own nonce) and members (who replicate the chain anyway) see it;
     // organisations and their staff stay public.
-    for keys in [&w.patient, &w.net.organisations[1]] {
-        let v = w.get(Some(keys), &format!("/v1/identities/{patient}")).await.json();
+    for keys in [w.patient(), &w.net.organisations[1]] {
+        let v = w.call("GET", &format!("/v1/identities/{patient}"), Some(keys), b"").await.json();
         assert_eq!((v["role"].as_str(), v["next_nonce"].as_u64()), (Some("patient"), Some(1)), "{v}");
     }
     let org = w.net.organisations[0].id();
-    assert_eq!(w.get(None, &format!("/v1/identities/{org}")).await.json()["role"], "organisation");
+    assert_eq!(w.call("GET", &format!("/v1/identities/{org}"), None, b"").await.json()["role"], "organisation");
     let doc = Keypair::from_label("blocks-dr-a").id();
-    assert_eq!(w.get(None, &format!("/v1/identities/{doc}")).await.json()["role"], "practitioner");
+    assert_eq!(w.call("GET", &format!("/v1/identities/{doc}"), None, b"").await.json()["role"], "practitioner");
 }

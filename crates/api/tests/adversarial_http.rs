@@ -5,19 +5,18 @@
 
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
-    sync::Arc,
     time::{Duration, Instant},
 };
 
-use medledger_api::{HttpLimits, Services};
-use medledger_crypto::Keypair;
-use medledger_node::{chain::Chain, devnet::Devnet};
+use medledger_api::HttpLimits;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpSocket, TcpStream},
-    sync::oneshot,
-    task::JoinHandle,
 };
+
+mod common;
+
+use common::world::{Served, World};
 
 /// Added to every wait for the server to act, so a slow, shared machine never fails a test.
 const MARGIN: Duration = Duration::from_secs(10);
@@ -34,43 +33,24 @@ static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(())
 const SLOW_BODY: &[u8] = b"POST /v1/transactions HTTP/1.1\r\nHost: node\r\n\
     Content-Type: application/octet-stream\r\nContent-Length: 1000\r\n\r\nx";
 
+/// A one-organisation chain's API served on a loopback socket with `http` limits.
 struct Node {
     addr: SocketAddr,
-    shutdown: Option<oneshot::Sender<()>>,
-    server: JoinHandle<std::io::Result<()>>,
-    _chain: Arc<Chain>,
-    _dir: tempfile::TempDir,
+    server: Served,
+    _world: World,
 }
 
 impl Node {
     async fn start(http: HttpLimits) -> Self {
-        let genesis_ms = now_ms() - 3_600_000;
-        let net =
-            Devnet::new("medledger.api-adversarial", genesis_ms, &["Hospital A"], 1, &mut |l| Keypair::from_label(l));
-        let dir = tempfile::tempdir().unwrap();
-        let (chain, _) = Chain::open(dir.path(), &net.genesis, net.validators[0].clone(), &mut |_, _| {}).unwrap();
-        let chain = Arc::new(chain);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (tx, rx) = oneshot::channel::<()>();
-        let services = Services { http, ..Services::default() };
-        let server = tokio::spawn(medledger_api::serve_for(listener, chain.clone(), services, async move {
-            let _ = rx.await;
-        }));
-        Self { addr, shutdown: Some(tx), server, _chain: chain, _dir: dir }
+        let world = World::builder("medledger.api-adversarial").genesis_age_ms(3_600_000).http_limits(http).build();
+        let server = world.serve().await;
+        Self { addr: server.addr, server, _world: world }
     }
 
     /// Stops the server and checks that it finishes (graceful shutdown still works).
     async fn stop(mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        tokio::time::timeout(MARGIN, self.server).await.expect("server stops").unwrap().unwrap();
+        self.server.stop(MARGIN).await;
     }
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
 }
 
 /// A connection to `addr` from the loopback address `client`.

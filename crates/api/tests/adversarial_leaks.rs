@@ -3,201 +3,48 @@
 //! `$everything` pages only over what the caller may see; a bearer token dies with the key it
 //! was issued under; and the request's `Host` header never ends up in a URL the server writes.
 
-use std::sync::Arc;
-
-use axum::{
-    body::Body,
-    http::{Request, Response},
-};
-use base64::Engine as _;
-use medledger_api::{
-    Services,
-    auth::authorization,
-    smart::{CLIENT_ASSERTION_TYPE, Grant, TokenStore, parse_scope},
-};
-use medledger_blobs::MemoryBlobStore;
+use axum::{body::Body, http::Request};
 use medledger_crypto::Keypair;
 use medledger_ledger::{Payload, Purpose, Scope, actions};
-use medledger_node::{chain::Chain, devnet::Devnet};
-use medledger_records::{RecordService, WriteRequest};
+use medledger_records::WriteRequest;
 use medledger_types::{RecordId, Role};
 use serde_json::{Value, json};
-use tower::ServiceExt;
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
-}
+mod common;
 
-const FHIR: &str = "application/fhir+json";
+use common::{
+    fhir::{FHIR, Lab, patient_resource},
+    now_ms,
+    request::Answer,
+    world::World,
+};
+
 const BASE: &str = "http://fhir.test";
 /// What an attacker puts in its `Host` header.
 const EVIL_HOST: &str = "evil.example";
 /// An id of the right form that names nothing.
 const UNKNOWN: &str = "abababababababababababababababababababababababababababababababab";
 
-struct World {
-    net: Devnet,
-    chain: Arc<Chain>,
-    /// The record service of this node (Hospital A's).
-    service: Arc<RecordService>,
-    tokens: Arc<TokenStore>,
-    router: axum::Router,
-    doc_a: Keypair,
-    doc_b: Keypair,
-    patient: Keypair,
-    other_patient: Keypair,
-    _dir: tempfile::TempDir,
-}
-
-struct Answer {
-    status: u16,
-    headers: axum::http::HeaderMap,
-    body: Vec<u8>,
-}
-
-impl Answer {
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).unwrap_or(Value::Null)
+/// Hospital A's node (blocks committed by hand) reached at `public_bases`; a practitioner of
+/// Hospital A and one of Clinic B; two patients.
+fn world(public_bases: Vec<String>) -> World {
+    let mut world = World::hospital_and_clinic("medledger.api-leaks")
+        .practitioner("leaks-dr-a", 0, "Dr A")
+        .practitioner("leaks-dr-b", 1, "Dr B")
+        .patients(&["leaks-patient", "leaks-other-patient"])
+        .records()
+        .commit_wait_ms(0);
+    for base in &public_bases {
+        world = world.public_base(base);
     }
-
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).and_then(|v| v.to_str().ok())
-    }
+    world.build()
 }
 
 impl World {
-    fn new(public_bases: Vec<String>) -> Self {
-        let net = Devnet::new("medledger.api-leaks", now_ms() - 60_000, &["Hospital A", "Clinic B"], 2, &mut |l| {
-            Keypair::from_label(l)
-        });
-        let dir = tempfile::tempdir().unwrap();
-        let (chain, _) = Chain::open(dir.path(), &net.genesis, net.validators[0].clone(), &mut |_, _| {}).unwrap();
-        let chain = Arc::new(chain);
-        let (org_a, org_b) = (net.organisations[0].clone(), net.organisations[1].clone());
-        let doc_a = Keypair::from_label("leaks-dr-a");
-        let doc_b = Keypair::from_label("leaks-dr-b");
-        let patient = Keypair::from_label("leaks-patient");
-        let other_patient = Keypair::from_label("leaks-other-patient");
-        let t = now_ms();
-        chain.submit_as(&org_a, Payload::register(Role::Practitioner, &doc_a, Some(org_a.id()), "Dr A"), t).unwrap();
-        chain.submit_as(&org_b, Payload::register(Role::Practitioner, &doc_b, Some(org_b.id()), "Dr B"), t).unwrap();
-        for p in [&patient, &other_patient] {
-            chain.submit_as(&net.organisations[0], Payload::register(Role::Patient, p, None, ""), t).unwrap();
-        }
-        let service = Arc::new(RecordService::new(
-            chain.clone(),
-            net.validators[0].clone(),
-            org_a,
-            Arc::new(MemoryBlobStore::default()),
-        ));
-        let tokens = Arc::new(TokenStore::default());
-        let router = medledger_api::router_for(
-            chain.clone(),
-            Services {
-                records: Some(service.clone()),
-                tokens: tokens.clone(),
-                fhir_commit_wait_ms: 0,
-                public_bases,
-                ..Services::default()
-            },
-        );
-        let w = Self { net, chain, service, tokens, router, doc_a, doc_b, patient, other_patient, _dir: dir };
-        w.commit();
-        w
-    }
-
-    fn commit(&self) {
-        medledger_node::devnet::commit_pending(&self.chain, self.net.validators[0].id(), now_ms()).unwrap();
-    }
-
-    /// A bearer token for `who` from `/auth/token`, as a real client gets one.
-    async fn token(&self, who: &Keypair, scope: &str) -> String {
-        let b64 = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
-        let header = json!({"alg": "EdDSA", "typ": "JWT"});
-        let claims = json!({
-            "iss": who.id().to_hex(), "sub": who.id().to_hex(), "aud": format!("{BASE}/auth/token"),
-            "exp": now_ms() / 1000 + 120, "jti": format!("jti-{}", rand::random::<u64>()),
-        });
-        let signing_input = format!("{}.{}", b64(header.to_string().as_bytes()), b64(claims.to_string().as_bytes()));
-        let jwt = format!("{signing_input}.{}", b64(&who.sign(signing_input.as_bytes()).0));
-        let body = format!(
-            "grant_type=client_credentials&scope={}&client_assertion_type={}&client_assertion={jwt}",
-            scope.replace(' ', "+").replace('/', "%2F").replace('*', "%2A"),
-            CLIENT_ASSERTION_TYPE.replace(':', "%3A"),
-        );
-        let request = Request::post("/auth/token")
-            .header("content-type", "application/x-www-form-urlencoded")
-            .body(Body::from(body))
-            .unwrap();
-        let answer = self.send(request).await;
-        assert_eq!(answer.status, 200, "{}", answer.text());
-        answer.json()["access_token"].as_str().unwrap().to_owned()
-    }
-
-    /// A token issued by the node itself (as `medledger dev` does), without a client assertion.
-    fn issued(&self, who: &Keypair, role: Role, scope: &str) -> String {
-        let scopes = scope.split(' ').map(|s| parse_scope(s).unwrap()).collect();
-        let grant =
-            Grant { identity: who.id(), role, signing_key: who.public_key(), scopes, expires_ms: now_ms() + 60_000 };
-        self.tokens.issue(grant)
-    }
-
-    async fn send(&self, request: Request<Body>) -> Answer {
-        let response: Response<Body> = self.router.clone().oneshot(request).await.unwrap();
-        let status = response.status().as_u16();
-        let headers = response.headers().clone();
-        let body = axum::body::to_bytes(response.into_body(), 16 << 20).await.unwrap().to_vec();
-        Answer { status, headers, body }
-    }
-
-    async fn fhir(&self, method: &str, token: &str, path: &str, body: Option<&str>, host: &str) -> Answer {
-        let mut request = Request::builder()
-            .method(method)
-            .uri(path)
-            .header("host", host)
-            .header("authorization", format!("Bearer {token}"));
-        if body.is_some() {
-            request = request.header("content-type", FHIR);
-        }
-        self.send(request.body(Body::from(body.unwrap_or("").to_owned())).unwrap()).await
-    }
-
-    async fn get(&self, token: &str, path: &str) -> Answer {
-        self.fhir("GET", token, path, None, "fhir.test").await
-    }
-
-    async fn signed(&self, method: &str, keys: &Keypair, path: &str, body: &str) -> Answer {
-        let header = authorization(keys, &keys.id(), method, path, body.as_bytes(), now_ms());
-        let request = Request::builder()
-            .method(method)
-            .uri(path)
-            .header("authorization", header)
-            .header("content-type", FHIR)
-            .body(Body::from(body.to_owned()))
-            .unwrap();
-        self.send(request).await
-    }
-
-    /// Creates and commits a resource through the FHIR API as `token`; its id.
-    async fn create(&self, token: &str, resource_type: &str, body: &str) -> String {
-        let created = self.fhir("POST", token, &format!("/fhir/{resource_type}"), Some(body), "fhir.test").await;
-        assert_eq!(created.status, 201, "{}", created.text());
-        self.commit();
-        created.json()["id"].as_str().unwrap().to_owned()
-    }
-
     /// The patient's Patient resource and one lab, written by Hospital A's doctor; their ids.
     async fn patient_with_a_lab(&self) -> (String, String) {
-        let doc = self.issued(&self.doc_a, Role::Practitioner, "user/*.cruds");
-        let patient = format!(
-            r#"{{"resourceType":"Patient","identifier":[{{"system":"urn:medledger:identity","value":"{}"}}]}}"#,
-            self.patient.id().to_hex()
-        );
-        let patient_id = self.create(&doc, "Patient", &patient).await;
+        let doc = self.token(self.doc_a(), Role::Practitioner, "user/*.cruds");
+        let patient_id = self.create(&doc, "Patient", &patient_resource(self.patient().id())).await;
         let lab_id = self.create(&doc, "Observation", &lab(&patient_id, None)).await;
         (patient_id, lab_id)
     }
@@ -206,7 +53,7 @@ impl World {
     fn grant_clinic_b(&self, scope: Scope) -> String {
         let t = now_ms();
         let grant = Payload::ConsentGrant {
-            patient: self.patient.id(),
+            patient: self.patient().id(),
             grantee: self.net.organisations[1].id(),
             scope,
             actions: actions::READ,
@@ -214,17 +61,19 @@ impl World {
             valid_from_ms: t - 1_000,
             valid_until_ms: t + 86_400_000,
         };
-        let id = self.chain.submit_as(&self.patient, grant, t).unwrap();
+        let id = self.chain.submit_as(self.patient(), grant, t).unwrap();
         self.commit();
         id.to_hex()
     }
 }
 
+/// A glucose lab of `Patient/<patient_id>`, with the server id `id` when given.
 fn lab(patient_id: &str, id: Option<&str>) -> String {
-    let id = id.map(|id| format!(r#""id":"{id}","#)).unwrap_or_default();
-    format!(
-        r#"{{"resourceType":"Observation",{id}"status":"final","category":[{{"coding":[{{"system":"http://terminology.hl7.org/CodeSystem/observation-category","code":"laboratory"}}]}}],"code":{{"coding":[{{"system":"http://loinc.org","code":"2345-7"}}],"text":"Glucose"}},"subject":{{"reference":"Patient/{patient_id}"}},"valueQuantity":{{"value":5.4,"unit":"mmol/L"}}}}"#
-    )
+    match id {
+        Some(id) => Lab::of(patient_id).id(id),
+        None => Lab::of(patient_id),
+    }
+    .json()
 }
 
 /// An answer with the probed id replaced, so that answers about two ids compare.
@@ -246,19 +95,14 @@ fn seen(answer: &Answer, id: &str) -> Seen {
 
 #[tokio::test]
 async fn unauthorised_read_of_a_real_record_looks_like_an_unknown_one() {
-    let w = World::new(vec![BASE.into()]);
+    let w = world(vec![BASE.into()]);
     let (patient_id, lab_id) = w.patient_with_a_lab().await;
     // A lab of the same patient kept by Clinic B (written through Clinic B's own node).
-    let service_b = RecordService::new(
-        w.chain.clone(),
-        w.net.validators[1].clone(),
-        w.net.organisations[1].clone(),
-        Arc::new(MemoryBlobStore::default()),
-    );
+    let service_b = w.record_service(1);
     let content = lab(&patient_id, None);
     let request = WriteRequest {
-        author: w.doc_b.id(),
-        patient: w.patient.id(),
+        author: w.doc_b().id(),
+        patient: w.patient().id(),
         resource_type: "Observation",
         category: "labs",
         content: content.as_bytes(),
@@ -269,9 +113,9 @@ async fn unauthorised_read_of_a_real_record_looks_like_an_unknown_one() {
     // A grant to Clinic B for vital signs only: it names the patient, not their labs.
     let grant_id = w.grant_clinic_b(Scope::Categories(vec!["vitals".into()]));
 
-    let doc_b = w.issued(&w.doc_b, Role::Practitioner, "user/*.cruds");
-    let doc_a = w.issued(&w.doc_a, Role::Practitioner, "user/*.cruds");
-    let stranger = w.issued(&w.other_patient, Role::Patient, "patient/*.cruds");
+    let doc_b = w.token(w.doc_b(), Role::Practitioner, "user/*.cruds");
+    let doc_a = w.token(w.doc_a(), Role::Practitioner, "user/*.cruds");
+    let stranger = w.token(w.other_patient(), Role::Patient, "patient/*.cruds");
     // (who, method, path with {ID}, whether it sends a body, the real id): each must answer for
     // the real id exactly what it answers for an id that names nothing. (Clinic B holds a record
     // of the patient, so the patient's existence is no secret to it: the stranger asks those.)
@@ -339,7 +183,7 @@ async fn unauthorised_read_of_a_real_record_looks_like_an_unknown_one() {
                 (true, "POST") => Some(bundle(id)),
                 (true, _) => Some(lab(&patient_id, Some(id))),
             };
-            let answer = w.fhir(method, token, &path.replace("{ID}", id), body.as_deref(), "fhir.test").await;
+            let answer = w.fhir(method, token, &path.replace("{ID}", id), body.as_deref()).await;
             answers.push(seen(&answer, id));
         }
         assert_ne!(answers[0].status, 200, "{what}: {:?}", answers[0]);
@@ -347,14 +191,14 @@ async fn unauthorised_read_of_a_real_record_looks_like_an_unknown_one() {
     }
     // The signed record API: reads, history, and a write naming another custodian's record.
     let v1_cases: Vec<(&str, &Keypair, &str, String, &str)> = vec![
-        ("Clinic B reads A's lab", &w.doc_b, "GET", "/v1/records/{ID}".into(), &lab_id),
-        ("Clinic B reads a version", &w.doc_b, "GET", "/v1/records/{ID}?version=3".into(), &lab_id),
-        ("Clinic B lists A's lab's history", &w.doc_b, "GET", "/v1/records/{ID}/history".into(), &lab_id),
+        ("Clinic B reads A's lab", w.doc_b(), "GET", "/v1/records/{ID}".into(), &lab_id),
+        ("Clinic B reads a version", w.doc_b(), "GET", "/v1/records/{ID}?version=3".into(), &lab_id),
+        ("Clinic B lists A's lab's history", w.doc_b(), "GET", "/v1/records/{ID}/history".into(), &lab_id),
         (
             "Hospital A writes B's lab",
-            &w.doc_a,
+            w.doc_a(),
             "POST",
-            format!("/v1/records?patient={}&record={{ID}}", w.patient.id().to_hex()),
+            format!("/v1/records?patient={}&record={{ID}}", w.patient().id().to_hex()),
             &b_lab_id,
         ),
     ];
@@ -362,43 +206,43 @@ async fn unauthorised_read_of_a_real_record_looks_like_an_unknown_one() {
         let mut answers = Vec::new();
         for id in [*real, UNKNOWN] {
             let body = if *method == "POST" { lab(&patient_id, None) } else { String::new() };
-            answers.push(seen(&w.signed(method, keys, &path.replace("{ID}", id), &body).await, id));
+            answers.push(seen(&w.call(method, &path.replace("{ID}", id), Some(keys), body.as_bytes()).await, id));
         }
         assert_ne!(answers[0].status, 200, "{what}: {:?}", answers[0]);
         assert_eq!(answers[0], answers[1], "{what}: the real id answers differently from an unknown one");
     }
     // The refusal is still on the patient's trail: a denied access event for the real record,
     // none for an id that names nothing.
-    let before = w.service.pending_events();
+    let before = w.service().pending_events();
     assert_eq!(w.get(&doc_b, &format!("/fhir/Observation/{lab_id}")).await.status, 404);
-    assert_eq!(w.service.pending_events(), before + 1, "the refused read is audited");
+    assert_eq!(w.service().pending_events(), before + 1, "the refused read is audited");
     let path = format!("/v1/records/{lab_id}");
-    assert_eq!(w.signed("GET", &w.doc_b, &path, "").await.status, 404);
-    assert_eq!(w.service.pending_events(), before + 2, "the refused signed read is audited");
+    assert_eq!(w.call("GET", &path, Some(w.doc_b()), b"").await.status, 404);
+    assert_eq!(w.service().pending_events(), before + 2, "the refused signed read is audited");
     assert_eq!(w.get(&doc_b, &format!("/fhir/Observation/{UNKNOWN}")).await.status, 404);
-    assert_eq!(w.service.pending_events(), before + 2);
+    assert_eq!(w.service().pending_events(), before + 2);
     // Those who may see the record still get it.
     assert_eq!(w.get(&doc_a, &format!("/fhir/Observation/{lab_id}")).await.status, 200);
 }
 
 #[tokio::test]
 async fn everything_paging_does_not_reveal_another_patients_record_count() {
-    let w = World::new(vec![BASE.into()]);
+    let w = world(vec![BASE.into()]);
     let (patient_id, _) = w.patient_with_a_lab().await;
-    let doc = w.issued(&w.doc_a, Role::Practitioner, "user/*.cruds");
+    let doc = w.token(w.doc_a(), Role::Practitioner, "user/*.cruds");
     for _ in 0..2 {
         w.create(&doc, "Observation", &lab(&patient_id, None)).await;
     }
     // Clinic B may see nothing of the patient: it learns nothing, not even that they exist,
     // whatever page it asks for; each refused record is still audited.
-    let doc_b = w.issued(&w.doc_b, Role::Practitioner, "user/*.rs");
+    let doc_b = w.token(w.doc_b(), Role::Practitioner, "user/*.rs");
     let unknown = w.get(&doc_b, &format!("/fhir/Patient/{UNKNOWN}/$everything?_count=1")).await;
     for offset in [0, 1, 2, 3, 4] {
-        let before = w.service.pending_events();
+        let before = w.service().pending_events();
         let path = format!("/fhir/Patient/{patient_id}/$everything?_count=1&_offset={offset}");
         let answer = w.get(&doc_b, &path).await;
         assert_eq!(seen(&answer, &patient_id), seen(&unknown, UNKNOWN), "offset {offset}: {}", answer.text());
-        assert!(w.service.pending_events() > before, "the refusal is audited");
+        assert!(w.service().pending_events() > before, "the refusal is audited");
     }
     // Granted the labs only (not the Patient resource), it pages over exactly the three labs:
     // full pages, and a next link only while labs remain.
@@ -423,9 +267,9 @@ async fn everything_paging_does_not_reveal_another_patients_record_count() {
 
 #[tokio::test]
 async fn token_stops_working_after_its_identity_rotates_keys() {
-    let w = World::new(vec![BASE.into()]);
+    let w = world(vec![BASE.into()]);
     let (patient_id, _) = w.patient_with_a_lab().await;
-    let token = w.token(&w.patient, "patient/*.rs").await;
+    let token = w.token_from_endpoint(w.patient(), "patient/*.rs").await;
     let path = format!("/fhir/Patient/{patient_id}");
     assert_eq!(w.get(&token, &path).await.status, 200);
     // The patient rotates their keys (say the old ones leaked): once committed, a token issued
@@ -433,7 +277,7 @@ async fn token_stops_working_after_its_identity_rotates_keys() {
     let new_keys = Keypair::from_label("leaks-patient-rotated");
     let rotate =
         Payload::RotateKey { signing_key: new_keys.public_key(), encryption_key: new_keys.encryption_public_key() };
-    w.chain.submit_as(&w.patient, rotate, now_ms()).unwrap();
+    w.chain.submit_as(w.patient(), rotate, now_ms()).unwrap();
     assert_eq!(w.get(&token, &path).await.status, 200, "not committed yet: still the current key");
     w.commit();
     let refused = w.get(&token, &path).await;
@@ -443,7 +287,7 @@ async fn token_stops_working_after_its_identity_rotates_keys() {
     assert_eq!(w.get(&token, &format!("/fhir/Patient/{patient_id}/$everything")).await.status, 401);
     assert_eq!(w.get(&token, &path).await.status, 401);
     // A token asked for with the new key works.
-    let renewed = w.token(&new_keys.for_identity(w.patient.id()), "patient/*.rs").await;
+    let renewed = w.token_from_endpoint(&new_keys.for_identity(w.patient().id()), "patient/*.rs").await;
     assert_eq!(w.get(&renewed, &path).await.status, 200);
 }
 
@@ -451,16 +295,20 @@ async fn token_stops_working_after_its_identity_rotates_keys() {
 async fn host_header_is_never_reflected_into_urls() {
     for bases in [vec![BASE.to_owned()], Vec::new()] {
         let configured = !bases.is_empty();
-        let w = World::new(bases);
+        let w = world(bases);
         let (patient_id, lab_id) = w.patient_with_a_lab().await;
-        let doc = w.issued(&w.doc_a, Role::Practitioner, "user/*.cruds");
+        let doc = w.token(w.doc_a(), Role::Practitioner, "user/*.cruds");
         // A second lab and a second version, so that every list below has a next page.
         w.create(&doc, "Observation", &lab(&patient_id, None)).await;
         let v2 = lab(&patient_id, Some(&lab_id));
-        let updated = w.fhir("PUT", &doc, &format!("/fhir/Observation/{lab_id}"), Some(&v2), EVIL_HOST).await;
+        let update = Request::put(format!("/fhir/Observation/{lab_id}"))
+            .header("host", EVIL_HOST)
+            .header("authorization", format!("Bearer {doc}"))
+            .header("content-type", FHIR);
+        let updated = w.send(update.body(Body::from(v2)).unwrap()).await;
         assert_eq!(updated.status, 200, "{}", updated.text());
         w.commit();
-        let system = w.issued(&w.net.organisations[0], Role::Organisation, "system/*.rs");
+        let system = w.token(&w.net.organisations[0], Role::Organisation, "system/*.rs");
         let paths = [
             ("/fhir/metadata".to_owned(), &doc),
             ("/.well-known/smart-configuration".to_owned(), &doc),
@@ -520,25 +368,24 @@ async fn host_header_is_never_reflected_into_urls() {
 /// none of them returned) gets a `Search` event naming no record.
 #[tokio::test]
 async fn count_searches_are_on_the_patients_trail() {
-    let w = World::new(vec![BASE.into()]);
+    let w = world(vec![BASE.into()]);
     let (patient_id, _lab) = w.patient_with_a_lab().await;
     w.grant_clinic_b(Scope::Categories(vec!["labs".into(), "demographics".into()]));
-    let doc_b = w.issued(&w.doc_b, Role::Practitioner, "user/*.rs");
+    let doc_b = w.token(w.doc_b(), Role::Practitioner, "user/*.rs");
     for query in ["_summary=count", "_count=0"] {
-        let before = w.service.pending_events();
+        let before = w.service().pending_events();
         let answer = w.get(&doc_b, &format!("/fhir/Observation?patient=Patient/{patient_id}&{query}")).await;
         assert_eq!(answer.status, 200, "{}", answer.text());
         assert_eq!(answer.json()["total"], 1);
-        assert_eq!(w.service.pending_events(), before + 1, "a {query} search learned a count unrecorded");
+        assert_eq!(w.service().pending_events(), before + 1, "a {query} search learned a count unrecorded");
     }
     // On the chain, the event names the grantee, the patient and no record.
-    w.service.flush_events(now_ms()).unwrap();
-    w.commit();
+    w.flush_events();
     let index = w.chain.patient_index();
-    let events = &index.patient(&w.patient.id()).unwrap().access;
+    let events = &index.patient(&w.patient().id()).unwrap().access;
     let counts: Vec<_> = events
         .iter()
-        .filter(|a| a.event.accessor == w.doc_b.id() && a.event.action == medledger_ledger::AccessAction::Search)
+        .filter(|a| a.event.accessor == w.doc_b().id() && a.event.action == medledger_ledger::AccessAction::Search)
         .collect();
     assert_eq!(counts.len(), 2);
     assert!(counts.iter().all(|a| a.event.record.is_none() && a.event.grant_id.is_some()));
@@ -549,7 +396,7 @@ async fn count_searches_are_on_the_patients_trail() {
 /// custodian's staff get that far, and what their check finds is recorded.
 #[tokio::test]
 async fn conditional_create_reveals_nothing_to_non_staff_and_is_audited() {
-    let w = World::new(vec![BASE.into()]);
+    let w = world(vec![BASE.into()]);
     let (patient_id, _lab) = w.patient_with_a_lab().await;
     w.grant_clinic_b(Scope::Categories(vec!["labs".into(), "demographics".into()]));
     let probe = |token: String| {
@@ -569,30 +416,30 @@ async fn conditional_create_reveals_nothing_to_non_staff_and_is_audited() {
         }
     };
     // Clinic B may read the lab, but creates nothing here: the same refusal, match or not.
-    let doc_b = w.issued(&w.doc_b, Role::Practitioner, "user/*.cruds");
+    let doc_b = w.token(w.doc_b(), Role::Practitioner, "user/*.cruds");
     assert_eq!(probe(doc_b).await.status, 403, "a non-staff caller's conditional check answered");
     // Hospital A's doctor finds the existing lab: nothing is written, and the match is recorded.
-    let doc_a = w.issued(&w.doc_a, Role::Practitioner, "user/*.cruds");
-    let before = w.service.pending_events();
+    let doc_a = w.token(w.doc_a(), Role::Practitioner, "user/*.cruds");
+    let before = w.service().pending_events();
     let found = probe(doc_a).await;
     assert_eq!(found.status, 200, "{}", found.text());
-    assert_eq!(w.service.pending_events(), before + 1, "the conditional check's match is not on the trail");
+    assert_eq!(w.service().pending_events(), before + 1, "the conditional check's match is not on the trail");
 }
 
 /// Attack: one identity's refused reads pushed the patient's real notifications out of view
 /// (the list keeps the latest 500). Now an accessor's refusals are one notification with a count.
 #[tokio::test]
 async fn refused_attempts_cannot_push_a_patients_notifications_out_of_view() {
-    let w = World::new(vec![BASE.into()]);
+    let w = world(vec![BASE.into()]);
     let (_patient, lab) = w.patient_with_a_lab().await;
     let lab = RecordId::from_hex(&lab).unwrap();
-    w.service.read(w.doc_a.id(), lab, None, Purpose::Treatment, now_ms()).unwrap();
+    w.service().read(w.doc_a().id(), lab, None, Purpose::Treatment, now_ms()).unwrap();
     for _ in 0..600 {
-        assert!(w.service.read(w.doc_b.id(), lab, None, Purpose::Treatment, now_ms()).is_err());
+        assert!(w.service().read(w.doc_b().id(), lab, None, Purpose::Treatment, now_ms()).is_err());
     }
-    w.service.flush_events(now_ms()).unwrap();
-    w.commit();
-    let answer = w.signed("GET", &w.patient, &format!("/v1/patients/{}/notifications", w.patient.id()), "").await;
+    w.flush_events();
+    let answer =
+        w.call("GET", &format!("/v1/patients/{}/notifications", w.patient().id()), Some(w.patient()), b"").await;
     assert_eq!(answer.status, 200, "{}", answer.text());
     let notes = answer.json()["notifications"].as_array().unwrap().clone();
     let by = |who: &Keypair| {
@@ -602,8 +449,8 @@ async fn refused_attempts_cannot_push_a_patients_notifications_out_of_view() {
             .cloned()
             .collect::<Vec<_>>()
     };
-    assert_eq!(by(&w.doc_a).len(), 1, "the real access was pushed out of view");
-    let refused = by(&w.doc_b);
+    assert_eq!(by(w.doc_a()).len(), 1, "the real access was pushed out of view");
+    let refused = by(w.doc_b());
     assert_eq!(refused.len(), 1, "{} notifications for one accessor's refusals", refused.len());
     assert!(refused[0]["refused_attempts"].as_u64().unwrap() > 1);
 }
@@ -614,7 +461,7 @@ async fn refused_attempts_cannot_push_a_patients_notifications_out_of_view() {
 /// out, and such a `_summary=count` is refused.
 #[tokio::test]
 async fn one_broad_search_cannot_write_a_count_event_for_every_patient() {
-    let w = World::new(vec![BASE.into()]);
+    let w = world(vec![BASE.into()]);
     let org_a = w.net.organisations[0].clone();
     let many = medledger_api::COUNTED_PATIENTS_MAX + 20;
     let patients: Vec<Keypair> = (0..many).map(|i| Keypair::from_label(&format!("counted-{i}"))).collect();
@@ -625,18 +472,18 @@ async fn one_broad_search_cannot_write_a_count_event_for_every_patient() {
     for p in &patients {
         let content = lab("unused", None);
         let request = WriteRequest {
-            author: w.doc_a.id(),
+            author: w.doc_a().id(),
             patient: p.id(),
             resource_type: "Observation",
             category: "labs",
             content: content.as_bytes(),
             record: None,
         };
-        w.service.write(&request, now_ms(), &mut rand::rng()).unwrap();
+        w.service().write(&request, now_ms(), &mut rand::rng()).unwrap();
     }
     w.commit();
-    let doc_a = w.issued(&w.doc_a, Role::Practitioner, "user/*.rs");
-    let before = w.service.pending_events();
+    let doc_a = w.token(w.doc_a(), Role::Practitioner, "user/*.rs");
+    let before = w.service().pending_events();
     let count = w.get(&doc_a, "/fhir/Observation?code=2345-7&_summary=count").await;
     assert_eq!(count.status, 422, "{}", count.text());
     assert_eq!(count.json()["issue"][0]["code"], "too-costly");
@@ -644,5 +491,5 @@ async fn one_broad_search_cannot_write_a_count_event_for_every_patient() {
     assert_eq!(page.status, 200, "{}", page.text());
     assert!(page.json().get("total").is_none(), "a total over {many} patients was given");
     // One page: one read event, no count events.
-    assert_eq!(w.service.pending_events(), before + 1);
+    assert_eq!(w.service().pending_events(), before + 1);
 }

@@ -9,123 +9,31 @@
 //! (same ratios), so each test is a few thousand in-process requests. Every identity is
 //! registered by an organisation, patients included.
 
-use std::{sync::Arc, time::Duration};
+use std::time::Duration;
 
-use axum::{
-    body::Body,
-    http::{Request, Response},
-};
-use base64::Engine as _;
-use medledger_api::{
-    Services,
-    auth::{NonceLimits, authorization},
-    smart::{CLIENT_ASSERTION_TYPE, Grant, TokenLimits, TokenStore, parse_scope},
-};
-use medledger_blobs::MemoryBlobStore;
+use axum::{body::Body, http::Request};
+use medledger_api::{auth::NonceLimits, smart::TokenLimits};
 use medledger_crypto::Keypair;
-use medledger_ledger::Payload;
-use medledger_node::{chain::Chain, devnet::Devnet};
-use medledger_records::RecordService;
 use medledger_types::Role;
-use serde_json::{Value, json};
-use tower::ServiceExt;
+
+mod common;
+
+use common::{
+    now_ms,
+    request::signed_request,
+    world::{World, WorldBuilder},
+};
 
 const BASE: &str = "http://quota.test";
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
-}
-
-struct Answer {
-    status: u16,
-    headers: axum::http::HeaderMap,
-    body: Vec<u8>,
-}
-
-impl Answer {
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).unwrap_or(Value::Null)
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-
-    /// `Retry-After` in seconds; panics when absent or not a number.
-    fn retry_after_s(&self) -> u64 {
-        let value = self.headers.get("retry-after").unwrap_or_else(|| panic!("no Retry-After: {}", self.text()));
-        value.to_str().unwrap().parse().unwrap()
-    }
-}
-
-/// One organisation's node with `n` patients registered by the organisation.
-struct World {
-    net: Devnet,
-    chain: Arc<Chain>,
-    patients: Vec<Keypair>,
-    _dir: tempfile::TempDir,
-}
-
-impl World {
-    fn new(label: &str, n: usize) -> Self {
-        let net = Devnet::new(label, now_ms() - 60_000, &["Hospital A"], 1, &mut |l| Keypair::from_label(l));
-        let dir = tempfile::tempdir().unwrap();
-        let (chain, _) = Chain::open(dir.path(), &net.genesis, net.validators[0].clone(), &mut |_, _| {}).unwrap();
-        let chain = Arc::new(chain);
-        let org = net.organisations[0].clone();
-        let t = now_ms();
-        let patients: Vec<Keypair> = (0..n).map(|i| Keypair::from_label(&format!("{label}-patient-{i}"))).collect();
-        for p in &patients {
-            // Registered by the organisation, never self-registered.
-            chain.submit_as(&org, Payload::register(Role::Patient, p, None, ""), t).unwrap();
-        }
-        medledger_node::devnet::commit_pending(&chain, net.validators[0].id(), t).unwrap();
-        Self { net, chain, patients, _dir: dir }
-    }
-
-    fn router(&self, services: Services) -> axum::Router {
-        medledger_api::router_for(self.chain.clone(), Services { public_bases: vec![BASE.into()], ..services })
-    }
-}
-
-async fn send(router: &axum::Router, request: Request<Body>) -> Answer {
-    let response: Response<Body> = router.clone().oneshot(request).await.unwrap();
-    let status = response.status().as_u16();
-    let headers = response.headers().clone();
-    let body = axum::body::to_bytes(response.into_body(), 16 << 20).await.unwrap().to_vec();
-    Answer { status, headers, body }
+/// One organisation's node, reached at [`BASE`], with `n` patients registered by the
+/// organisation.
+fn world(label: &str, n: usize) -> WorldBuilder {
+    let patients: Vec<String> = (0..n).map(|i| format!("{label}-patient-{i}")).collect();
+    World::builder(label).patients(&patients).public_base(BASE)
 }
 
 // ---- tokens ----
-
-fn b64(bytes: &[u8]) -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
-}
-
-/// A fresh EdDSA client assertion of `keys` for this node's token endpoint.
-fn assertion(keys: &Keypair, jti: &str) -> String {
-    let header = json!({"alg": "EdDSA", "typ": "JWT"});
-    let claims = json!({
-        "iss": keys.id().to_hex(), "sub": keys.id().to_hex(), "aud": format!("{BASE}/auth/token"),
-        "exp": now_ms() / 1000 + 120, "jti": jti,
-    });
-    let input = format!("{}.{}", b64(header.to_string().as_bytes()), b64(claims.to_string().as_bytes()));
-    let signature = keys.sign(input.as_bytes());
-    format!("{input}.{}", b64(&signature.0))
-}
-
-async fn ask_token(router: &axum::Router, keys: &Keypair, jti: &str) -> Answer {
-    let body = format!(
-        "grant_type=client_credentials&scope=patient%2F%2A.rs&client_assertion_type={}&client_assertion={}",
-        CLIENT_ASSERTION_TYPE.replace(':', "%3A"),
-        assertion(keys, jti)
-    );
-    let request = Request::post("/auth/token")
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(Body::from(body))
-        .unwrap();
-    send(router, request).await
-}
 
 /// The issue: 1,600 identities × 64 token requests filled the node's 100,000 tokens and
 /// assertion ids; the oldest tokens — every other client's — were evicted, and new tokens
@@ -135,13 +43,13 @@ async fn ask_token(router: &axum::Router, keys: &Keypair, jti: &str) -> Answer {
 async fn one_identity_cannot_evict_other_clients_tokens() {
     const ATTACKERS: usize = 20;
     const REQUESTS_EACH: usize = 64;
-    let w = World::new("medledger.api-quota-tokens", ATTACKERS + 2);
-    let tokens =
-        Arc::new(TokenStore::new(TokenLimits { tokens_max: 1_000, assertions_max: 1_200, ..TokenLimits::default() }));
-    let router = w.router(Services { tokens: tokens.clone(), ..Services::default() });
+    let w = world("medledger.api-quota-tokens", ATTACKERS + 2)
+        .token_limits(TokenLimits { tokens_max: 1_000, assertions_max: 1_200, ..TokenLimits::default() })
+        .build();
+    let tokens = &w.tokens;
     let (victim, latecomer, attackers) = (&w.patients[0], &w.patients[1], &w.patients[2..]);
 
-    let got = ask_token(&router, victim, "victim-1").await;
+    let got = w.ask_token(victim, "patient/*.rs", "victim-1").await;
     assert_eq!(got.status, 200, "{}", got.text());
     let victim_token = got.json()["access_token"].as_str().unwrap().to_owned();
 
@@ -150,7 +58,7 @@ async fn one_identity_cannot_evict_other_clients_tokens() {
     for attacker in attackers {
         let mut first_token = None;
         for i in 0..REQUESTS_EACH {
-            let got = ask_token(&router, attacker, &format!("flood-{i}")).await;
+            let got = w.ask_token(attacker, "patient/*.rs", &format!("flood-{i}")).await;
             if got.status == 200 {
                 first_token.get_or_insert_with(|| got.json()["access_token"].as_str().unwrap().to_owned());
             } else {
@@ -164,9 +72,9 @@ async fn one_identity_cannot_evict_other_clients_tokens() {
         tokens.lookup(&victim_token, now_ms()).is_some(),
         "the victim's token survives 20 identities × 64 token requests"
     );
-    let got = ask_token(&router, victim, "victim-2").await;
+    let got = w.ask_token(victim, "patient/*.rs", "victim-2").await;
     assert_eq!(got.status, 200, "the victim gets a new token: {}", got.text());
-    let got = ask_token(&router, latecomer, "latecomer-1").await;
+    let got = w.ask_token(latecomer, "patient/*.rs", "latecomer-1").await;
     assert_eq!(got.status, 200, "an identity that never asked before gets a token: {}", got.text());
 
     // Each attacker ran into its own quota: 429, an OAuth error, no-store, a time to come back.
@@ -190,10 +98,7 @@ async fn one_identity_cannot_evict_other_clients_tokens() {
 /// A signed `GET /v1/patients/{id}/records` by the patient itself.
 fn own_records(keys: &Keypair) -> Request<Body> {
     let path = format!("/v1/patients/{}/records", keys.id());
-    Request::get(&path)
-        .header("authorization", authorization(keys, &keys.id(), "GET", &path, b"", now_ms()))
-        .body(Body::empty())
-        .unwrap()
+    signed_request("GET", &path, keys, b"").body(Body::empty()).unwrap()
 }
 
 /// The issue: one identity's 1,020,000 signed requests filled the node's memory of a million
@@ -201,21 +106,19 @@ fn own_records(keys: &Keypair) -> Request<Body> {
 /// node remembering 1,000 nonces, 1,020 requests of one identity.
 #[tokio::test]
 async fn one_identity_cannot_exhaust_request_nonce_memory() {
-    let w = World::new("medledger.api-quota-nonces", 2);
-    let router = w.router(Services {
-        nonces: NonceLimits { per_identity_max: 300, remembered_max: 1_000 },
-        ..Services::default()
-    });
+    let w = world("medledger.api-quota-nonces", 2)
+        .nonce_limits(NonceLimits { per_identity_max: 300, remembered_max: 1_000 })
+        .build();
     let (victim, attacker) = (&w.patients[0], &w.patients[1]);
 
     // The first request's header, to replay once the flood is over.
     let first = own_records(attacker);
     let (first_uri, first_auth) = (first.uri().clone(), first.headers()["authorization"].clone());
-    assert_eq!(send(&router, first).await.status, 200);
+    assert_eq!(w.send(first).await.status, 200);
     let mut accepted = 1;
     let mut last_refusal = None;
     for _ in 1..1_020 {
-        let got = send(&router, own_records(attacker)).await;
+        let got = w.send(own_records(attacker)).await;
         match got.status {
             200 => accepted += 1,
             _ => last_refusal = Some(got),
@@ -223,7 +126,7 @@ async fn one_identity_cannot_exhaust_request_nonce_memory() {
     }
     // Everyone else is unaffected.
     for _ in 0..5 {
-        let got = send(&router, own_records(victim)).await;
+        let got = w.send(own_records(victim)).await;
         assert_eq!(got.status, 200, "another identity's signed requests are served: {}", got.text());
     }
 
@@ -236,7 +139,7 @@ async fn one_identity_cannot_exhaust_request_nonce_memory() {
 
     // A replay of an accepted request is still refused as one: nothing was forgotten.
     let replay = Request::get(first_uri).header("authorization", first_auth).body(Body::empty()).unwrap();
-    let got = send(&router, replay).await;
+    let got = w.send(replay).await;
     assert_eq!(got.status, 401, "{}", got.text());
     assert!(got.text().contains("replayed"), "{}", got.text());
 }
@@ -249,35 +152,10 @@ async fn one_identity_cannot_exhaust_request_nonce_memory() {
 #[tokio::test]
 async fn a_few_identities_cannot_hold_every_export_slot() {
     const ATTACKERS: usize = 8;
-    let w = World::new("medledger.api-quota-exports", ATTACKERS + 1);
-    let tokens = Arc::new(TokenStore::default());
-    let service = Arc::new(RecordService::new(
-        w.chain.clone(),
-        w.net.validators[0].clone(),
-        w.net.organisations[0].clone(),
-        Arc::new(MemoryBlobStore::default()),
-    ));
-    let router = w.router(Services {
-        records: Some(service),
-        tokens: tokens.clone(),
-        fhir_commit_wait_ms: 0,
-        ..Services::default()
-    });
-    let token_of = |keys: &Keypair| {
-        tokens.issue(Grant {
-            identity: keys.id(),
-            role: Role::Patient,
-            signing_key: keys.public_key(),
-            scopes: vec![parse_scope("patient/*.rs").unwrap()],
-            expires_ms: now_ms() + 600_000,
-        })
-    };
+    let w = world("medledger.api-quota-exports", ATTACKERS + 1).records().commit_wait_ms(0).build();
+    let token_of = |keys: &Keypair| w.token_valid_for(keys, Role::Patient, "patient/*.rs", 600_000);
     let kick_off = |token: &str| {
-        Request::get("/fhir/Patient/$export")
-            .header("authorization", format!("Bearer {token}"))
-            .header("prefer", "respond-async")
-            .body(Body::empty())
-            .unwrap()
+        w.bearer("GET", "/fhir/Patient/$export", token).header("prefer", "respond-async").body(Body::empty()).unwrap()
     };
     let (victim, attackers) = (&w.patients[0], &w.patients[1..]);
 
@@ -287,7 +165,7 @@ async fn a_few_identities_cannot_hold_every_export_slot() {
         // Each attacker starts exports (each finishing at once: it may see no records) until
         // its quota refuses it.
         for _ in 0..8 {
-            let got = send(&router, kick_off(&token)).await;
+            let got = w.send(kick_off(&token)).await;
             if got.status != 202 {
                 assert_eq!(got.status, 429, "{}", got.text());
                 assert_eq!(got.json()["resourceType"], "OperationOutcome", "{}", got.text());
@@ -298,11 +176,7 @@ async fn a_few_identities_cannot_hold_every_export_slot() {
             let status_url = got.headers["content-location"].to_str().unwrap().trim_start_matches(BASE).to_owned();
             let deadline = std::time::Instant::now() + Duration::from_secs(30);
             loop {
-                let poll = Request::get(&status_url)
-                    .header("authorization", format!("Bearer {token}"))
-                    .body(Body::empty())
-                    .unwrap();
-                let status = send(&router, poll).await;
+                let status = w.get(&token, &status_url).await;
                 if status.status == 200 {
                     break;
                 }
@@ -314,6 +188,6 @@ async fn a_few_identities_cannot_hold_every_export_slot() {
         assert!(held >= 1, "an attacker may hold an export of its own");
     }
 
-    let got = send(&router, kick_off(&token_of(victim))).await;
+    let got = w.send(kick_off(&token_of(victim))).await;
     assert_eq!(got.status, 202, "another client still starts an export: {}", got.text());
 }

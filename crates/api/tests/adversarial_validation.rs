@@ -3,139 +3,31 @@
 //! reads survive a stored version that does not parse, and directory entries (on-chain in
 //! clear, for good) carry no patient data.
 
-use std::sync::Arc;
-
-use axum::{
-    body::Body,
-    http::{Request, Response},
-};
-use medledger_api::{
-    Services,
-    auth::authorization,
-    smart::{Grant, TokenStore, parse_scope},
-};
-use medledger_blobs::MemoryBlobStore;
-use medledger_crypto::Keypair;
-use medledger_ledger::Payload;
-use medledger_node::{
-    chain::{Chain, TxStatus},
-    devnet::Devnet,
-};
-use medledger_records::{RecordService, WriteRequest};
+use medledger_records::WriteRequest;
 use medledger_types::{IdentityId, RecordId, Role, TxId};
 use serde_json::{Value, json};
-use tower::ServiceExt;
 
 mod common;
 
-use common::{Committer, now_ms};
+use common::{fhir::Lab, now_ms, request::Answer, world::World};
 
-const FHIR: &str = "application/fhir+json";
-
-struct World {
-    chain: Arc<Chain>,
-    service: Arc<RecordService>,
-    tokens: Arc<TokenStore>,
-    router: axum::Router,
-    doc_a: Keypair,
-    _keys_dir: tempfile::TempDir,
-    _committer: Committer,
-    _dir: tempfile::TempDir,
-}
-
-struct Answer {
-    status: u16,
-    body: Vec<u8>,
-}
-
-impl Answer {
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).unwrap_or(Value::Null)
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
+/// Hospital A's node with a practitioner of Hospital A, blocks committing in the
+/// background so that FHIR writes answer once committed.
+fn world() -> World {
+    World::hospital_and_clinic("medledger.api-adv-validation")
+        .practitioner("adv-validation-dr-a", 0, "Dr A")
+        .records()
+        .patient_key_dir()
+        .commit_wait_ms(10_000)
+        .public_base("http://fhir.test")
+        .committing()
+        .build()
 }
 
 impl World {
-    /// Hospital A's node with a practitioner of Hospital A, blocks committing in the
-    /// background so that FHIR writes answer once committed.
-    fn new() -> Self {
-        let net =
-            Devnet::new("medledger.api-adv-validation", now_ms() - 60_000, &["Hospital A", "Clinic B"], 2, &mut |l| {
-                Keypair::from_label(l)
-            });
-        let dir = tempfile::tempdir().unwrap();
-        let (chain, _) = Chain::open(dir.path(), &net.genesis, net.validators[0].clone(), &mut |_, _| {}).unwrap();
-        let chain = Arc::new(chain);
-        let org_a = net.organisations[0].clone();
-        let doc_a = Keypair::from_label("adv-validation-dr-a");
-        chain
-            .submit_as(&org_a, Payload::register(Role::Practitioner, &doc_a, Some(org_a.id()), "Dr A"), now_ms())
-            .unwrap();
-        let service = Arc::new(RecordService::new(
-            chain.clone(),
-            net.validators[0].clone(),
-            org_a,
-            Arc::new(MemoryBlobStore::default()),
-        ));
-        let keys_dir = tempfile::tempdir().unwrap();
-        service.set_patient_key_dir(keys_dir.path().to_owned());
-        let tokens = Arc::new(TokenStore::default());
-        let router = medledger_api::router_for(
-            chain.clone(),
-            Services {
-                records: Some(service.clone()),
-                tokens: tokens.clone(),
-                fhir_commit_wait_ms: 10_000,
-                public_bases: vec!["http://fhir.test".into()],
-                ..Services::default()
-            },
-        );
-        medledger_node::devnet::commit_pending(&chain, net.validators[0].id(), now_ms()).unwrap();
-        let committer = Committer::start(chain.clone(), net.validators[0].id());
-        Self { chain, service, tokens, router, doc_a, _keys_dir: keys_dir, _committer: committer, _dir: dir }
-    }
-
     /// A token of Hospital A's practitioner for every interaction on every type.
     fn doc_token(&self) -> String {
-        let scopes = "user/*.cruds".split(' ').map(|s| parse_scope(s).unwrap()).collect();
-        self.tokens.issue(Grant {
-            identity: self.doc_a.id(),
-            role: Role::Practitioner,
-            signing_key: self.doc_a.public_key(),
-            scopes,
-            expires_ms: now_ms() + 60_000,
-        })
-    }
-
-    async fn send(&self, request: Request<Body>) -> Answer {
-        let response: Response<Body> = self.router.clone().oneshot(request).await.unwrap();
-        let status = response.status().as_u16();
-        let body = axum::body::to_bytes(response.into_body(), 64 << 20).await.unwrap().to_vec();
-        Answer { status, body }
-    }
-
-    async fn get(&self, token: &str, path: &str) -> Answer {
-        let request = Request::get(path)
-            .header("host", "fhir.test")
-            .header("authorization", format!("Bearer {token}"))
-            .body(Body::empty())
-            .unwrap();
-        self.send(request).await
-    }
-
-    async fn write(&self, method: &str, token: &str, path: &str, body: &str) -> Answer {
-        let request = Request::builder()
-            .method(method)
-            .uri(path)
-            .header("host", "fhir.test")
-            .header("authorization", format!("Bearer {token}"))
-            .header("content-type", FHIR)
-            .body(Body::from(body.to_owned()))
-            .unwrap();
-        self.send(request).await
+        self.token(self.doc_a(), Role::Practitioner, "user/*.cruds")
     }
 
     /// `POST /v1/records` signed by Hospital A's practitioner.
@@ -144,43 +36,18 @@ impl World {
         if let Some(record) = record {
             path.push_str(&format!("&record={record}"));
         }
-        let header = authorization(&self.doc_a, &self.doc_a.id(), "POST", &path, body, now_ms());
-        let request = Request::post(&path).header("authorization", header).body(Body::from(body.to_vec())).unwrap();
-        self.send(request).await
+        self.call("POST", &path, Some(self.doc_a()), body).await
     }
 
     /// Creates a Patient of someone new to the network: (its record id, the patient identity).
     async fn create_patient(&self, token: &str, family: &str) -> (String, IdentityId) {
         let body = json!({"resourceType": "Patient", "name": [{"family": family}]}).to_string();
-        let request = Request::post("/fhir/Patient")
-            .header("host", "fhir.test")
-            .header("authorization", format!("Bearer {token}"))
-            .header("content-type", FHIR)
-            .body(Body::from(body))
-            .unwrap();
-        let response = self.router.clone().oneshot(request).await.unwrap();
-        assert_eq!(response.status(), 201);
-        let identity = response.headers()["x-medledger-patient-identity"].to_str().unwrap().to_owned();
-        let body = axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap();
-        let created: Value = serde_json::from_slice(&body).unwrap();
-        let id = created["id"].as_str().unwrap().to_owned();
+        let created = self.post(token, "/fhir/Patient", &body).await;
+        assert_eq!(created.status, 201);
+        let identity = created.headers["x-medledger-patient-identity"].to_str().unwrap().to_owned();
+        let id = created.json()["id"].as_str().unwrap().to_owned();
         self.settle(&id);
         (id, IdentityId::from_hex(&identity).unwrap())
-    }
-
-    /// Waits until `tx` (hex) is committed and applied to the state (a transaction's status
-    /// says committed once its block is durable, a moment before the state shows it).
-    fn wait_committed(&self, tx: &str) {
-        let tx = TxId::from_hex(tx).unwrap();
-        let started = std::time::Instant::now();
-        loop {
-            match self.chain.tx_status(&tx).unwrap() {
-                TxStatus::Committed { log_index, .. } if self.log_size() > log_index => return,
-                TxStatus::Rejected { reason } => panic!("write refused at commit: {reason}"),
-                _ if started.elapsed() > std::time::Duration::from_secs(20) => panic!("not committed in 20 s"),
-                _ => std::thread::sleep(std::time::Duration::from_millis(10)),
-            }
-        }
     }
 
     /// Waits until the record or directory entry `id` (hex) a write answered is in the state.
@@ -192,26 +59,21 @@ impl World {
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
     }
+}
 
-    fn log_size(&self) -> u64 {
-        self.chain.state().log().size()
-    }
+/// The transaction a `/v1/records` write answered with.
+fn tx_of(answer: &Answer) -> TxId {
+    TxId::from_hex(answer.json()["tx_id"].as_str().unwrap()).unwrap()
 }
 
 /// A lab Observation about `Patient/<patient_record>`.
 fn lab(patient_record: &str) -> Value {
-    json!({
-        "resourceType": "Observation", "status": "final",
-        "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "laboratory"}]}],
-        "code": {"coding": [{"system": "http://loinc.org", "code": "2345-7"}]},
-        "subject": {"reference": format!("Patient/{patient_record}")},
-        "valueQuantity": {"value": 5.4, "unit": "mmol/L"}
-    })
+    Lab::of(patient_record).untitled().resource()
 }
 
 #[tokio::test]
 async fn v1_records_refuses_duplicate_keys_that_break_everything() {
-    let w = World::new();
+    let w = world();
     let doc = w.doc_token();
     let (patient_record, patient) = w.create_patient(&doc, "Dupkey").await;
     // Valid JSON to a lenient parser (the last `status` wins), refused by the strict one that
@@ -221,7 +83,7 @@ async fn v1_records_refuses_duplicate_keys_that_break_everything() {
     assert_ne!(good, duplicate);
     let answer = w.v1_write(&patient, None, duplicate.as_bytes()).await;
     if answer.status == 201 {
-        w.wait_committed(answer.json()["tx_id"].as_str().unwrap());
+        w.wait_committed(&tx_of(&answer));
     }
     let everything = w.get(&doc, &format!("/fhir/Patient/{patient_record}/$everything")).await;
     let history = w.get(&doc, "/fhir/Observation/_history").await;
@@ -237,7 +99,7 @@ async fn v1_records_refuses_duplicate_keys_that_break_everything() {
     // The valid body is still accepted, and the patient's record reads.
     let answer = w.v1_write(&patient, None, good.as_bytes()).await;
     assert_eq!(answer.status, 201, "{}", answer.text());
-    w.wait_committed(answer.json()["tx_id"].as_str().unwrap());
+    w.wait_committed(&tx_of(&answer));
     let everything = w.get(&doc, &format!("/fhir/Patient/{patient_record}/$everything")).await;
     assert_eq!(everything.status, 200, "{}", everything.text());
     assert_eq!(everything.json()["entry"].as_array().unwrap().len(), 2, "{}", everything.text());
@@ -245,10 +107,10 @@ async fn v1_records_refuses_duplicate_keys_that_break_everything() {
 
 #[tokio::test]
 async fn v1_records_refuses_a_lookalike_delete_marker() {
-    let w = World::new();
+    let w = world();
     let doc = w.doc_token();
     let (patient_record, patient) = w.create_patient(&doc, "Marker").await;
-    let created = w.write("POST", &doc, "/fhir/Observation", &lab(&patient_record).to_string()).await;
+    let created = w.post(&doc, "/fhir/Observation", &lab(&patient_record).to_string()).await;
     assert_eq!(created.status, 201, "{}", created.text());
     let record = created.json()["id"].as_str().unwrap().to_owned();
     w.settle(&record);
@@ -259,7 +121,7 @@ async fn v1_records_refuses_a_lookalike_delete_marker() {
     let marker = br#"{"medledger":"deleted","resourceType":"Observation","category":[{"coding":[{"system":"http://terminology.hl7.org/CodeSystem/observation-category","code":"laboratory"}]}]}"#;
     let answer = w.v1_write(&patient, Some(&record), marker).await;
     if answer.status == 201 {
-        w.wait_committed(answer.json()["tx_id"].as_str().unwrap());
+        w.wait_committed(&tx_of(&answer));
     }
     let read = w.get(&doc, &format!("/fhir/Observation/{record}")).await;
     assert_eq!((answer.status, read.status), (400, 200), "write: {}\nread: {}", answer.text(), read.text());
@@ -273,7 +135,7 @@ async fn v1_records_refuses_a_lookalike_delete_marker() {
 
 #[tokio::test]
 async fn v1_records_refuses_a_record_filed_under_another_patient() {
-    let w = World::new();
+    let w = world();
     let doc = w.doc_token();
     let (_, alice) = w.create_patient(&doc, "Alice").await;
     let (bob_record, bob) = w.create_patient(&doc, "Bob").await;
@@ -292,7 +154,7 @@ async fn v1_records_refuses_a_record_filed_under_another_patient() {
     assert_eq!(w.v1_write(&bob, None, nowhere.as_bytes()).await.status, 400);
     let answer = w.v1_write(&bob, None, lab(&bob_record).to_string().as_bytes()).await;
     assert_eq!(answer.status, 201, "{}", answer.text());
-    w.wait_committed(answer.json()["tx_id"].as_str().unwrap());
+    w.wait_committed(&tx_of(&answer));
     let lab_record = answer.json()["record_id"].as_str().unwrap().to_owned();
     let pointing_at_lab = lab(&lab_record).to_string();
     assert_eq!(w.v1_write(&bob, None, pointing_at_lab.as_bytes()).await.status, 400);
@@ -303,10 +165,10 @@ async fn v1_records_refuses_a_record_filed_under_another_patient() {
 
 #[tokio::test]
 async fn a_stored_version_that_does_not_parse_leaves_the_rest_of_the_answer() {
-    let w = World::new();
+    let w = world();
     let doc = w.doc_token();
     let (patient_record, patient) = w.create_patient(&doc, "Legacy").await;
-    let good = w.write("POST", &doc, "/fhir/Observation", &lab(&patient_record).to_string()).await;
+    let good = w.post(&doc, "/fhir/Observation", &lab(&patient_record).to_string()).await;
     assert_eq!(good.status, 201, "{}", good.text());
     w.settle(good.json()["id"].as_str().unwrap());
     // A version no write path accepts any more, but one a node stored before (or another
@@ -314,10 +176,10 @@ async fn a_stored_version_that_does_not_parse_leaves_the_rest_of_the_answer() {
     let broken =
         lab(&patient_record).to_string().replacen(r#""status":"final""#, r#""status":"final","status":"x""#, 1);
     let written = w
-        .service
+        .service()
         .write(
             &WriteRequest {
-                author: w.doc_a.id(),
+                author: w.doc_a().id(),
                 patient,
                 resource_type: "Observation",
                 category: "labs",
@@ -328,7 +190,7 @@ async fn a_stored_version_that_does_not_parse_leaves_the_rest_of_the_answer() {
             &mut rand::rng(),
         )
         .unwrap();
-    w.wait_committed(&written.tx_id.to_hex());
+    w.wait_committed(&written.tx_id);
     let broken_id = written.record_id.to_hex();
     let everything = w.get(&doc, &format!("/fhir/Patient/{patient_record}/$everything")).await;
     let instance = w.get(&doc, &format!("/fhir/Observation/{broken_id}/_history")).await;
@@ -375,21 +237,21 @@ fn practitioner_with(extra: Value) -> Value {
 /// existing entry, a transaction Bundle, a batch Bundle); returns what each answered.
 async fn try_every_directory_path(w: &World, token: &str, resource: &Value) -> Vec<(&'static str, u16, String)> {
     let mut answers = Vec::new();
-    let created = w.write("POST", token, "/fhir/Practitioner", &resource.to_string()).await;
+    let created = w.post(token, "/fhir/Practitioner", &resource.to_string()).await;
     answers.push(("create", created.status, created.text()));
-    let clean = w.write("POST", token, "/fhir/Practitioner", &practitioner_with(json!({})).to_string()).await;
+    let clean = w.post(token, "/fhir/Practitioner", &practitioner_with(json!({})).to_string()).await;
     assert_eq!(clean.status, 201, "{}", clean.text());
     let id = clean.json()["id"].as_str().unwrap().to_owned();
     w.settle(&id);
     let mut update = resource.clone();
     update["id"] = json!(id);
-    let updated = w.write("PUT", token, &format!("/fhir/Practitioner/{id}"), &update.to_string()).await;
+    let updated = w.put(token, &format!("/fhir/Practitioner/{id}"), None, &update.to_string()).await;
     answers.push(("update", updated.status, updated.text()));
     for kind in ["transaction", "batch"] {
         let bundle = json!({"resourceType": "Bundle", "type": kind, "entry": [
             {"fullUrl": "urn:uuid:0b7e7a63-2c5e-4d7e-9a53-5c1f0d4c0001", "resource": resource, "request": {"method": "POST", "url": "Practitioner"}}
         ]});
-        let answer = w.write("POST", token, "/fhir", &bundle.to_string()).await;
+        let answer = w.post(token, "/fhir", &bundle.to_string()).await;
         // A batch answers 200 with the entry's own status.
         let status = match kind {
             "batch" => answer.json()["entry"][0]["response"]["status"]
@@ -420,7 +282,7 @@ async fn assert_refused_everywhere(w: &World, token: &str, resource: &Value) {
 
 #[tokio::test]
 async fn directory_entry_with_contained_patient_is_refused() {
-    let w = World::new();
+    let w = world();
     let doc = w.doc_token();
     let smuggled = practitioner_with(json!({
         "contained": [
@@ -435,7 +297,7 @@ async fn directory_entry_with_contained_patient_is_refused() {
 
 #[tokio::test]
 async fn directory_entry_with_patient_data_in_extensions_is_refused() {
-    let w = World::new();
+    let w = world();
     let doc = w.doc_token();
     let patient_data = json!({"url": "http://example.org/fhir/StructureDefinition/seen-patient", "valueString": "Jane Doe, born 1980-02-03, HIV positive"});
     for smuggled in [
@@ -460,13 +322,13 @@ async fn directory_entry_with_patient_data_in_extensions_is_refused() {
         "telecom": [{"extension": [{"url": "http://hl7.org/fhir/us/core/StructureDefinition/us-core-direct", "valueBoolean": true}],
                      "system": "email", "value": "dana@example.org", "use": "work"}]
     }));
-    let answer = w.write("POST", &doc, "/fhir/Practitioner", &allowed.to_string()).await;
+    let answer = w.post(&doc, "/fhir/Practitioner", &allowed.to_string()).await;
     assert_eq!(answer.status, 201, "{}", answer.text());
 }
 
 #[tokio::test]
 async fn directory_entry_with_patient_details_in_narrative_is_refused() {
-    let w = World::new();
+    let w = world();
     let doc = w.doc_token();
     let smuggled = practitioner_with(json!({
         "text": {"status": "generated", "div": "<div xmlns=\"http://www.w3.org/1999/xhtml\">Treated Jane Doe (1980-02-03) for HIV today</div>"}

@@ -2,177 +2,50 @@
 //! records with SMART bearer tokens, where scopes and consent must both allow; exact bytes
 //! kept with the server's id and meta spliced in; OperationOutcomes for every refusal.
 
-use std::sync::Arc;
-
-use axum::{
-    body::Body,
-    http::{Request, Response},
-};
-use medledger_api::{
-    Services,
-    smart::{Grant, TokenStore, parse_scope},
-};
-use medledger_blobs::MemoryBlobStore;
+use axum::body::Body;
 use medledger_crypto::Keypair;
-use medledger_ledger::{Payload, tx::sign};
-use medledger_node::{chain::Chain, devnet::Devnet};
-use medledger_records::RecordService;
+use medledger_ledger::tx::sign;
 use medledger_types::Role;
 use serde_json::Value;
-use tower::ServiceExt;
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
-}
+mod common;
 
-struct World {
-    net: Devnet,
-    chain: Arc<Chain>,
-    service: Arc<RecordService>,
-    tokens: Arc<TokenStore>,
-    router: axum::Router,
-    doc_a: Keypair,
-    doc_b: Keypair,
-    patient: Keypair,
-    other_patient: Keypair,
-    _dir: tempfile::TempDir,
-}
+use common::{
+    fhir::{Lab, patient_resource},
+    now_ms,
+    request::Answer,
+    world::World,
+};
 
-struct Answer {
-    status: u16,
-    headers: axum::http::HeaderMap,
-    body: Vec<u8>,
-}
-
-impl Answer {
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).unwrap_or(Value::Null)
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).and_then(|v| v.to_str().ok())
-    }
-
-    /// The OperationOutcome's first issue code.
-    fn issue(&self) -> String {
-        let v = self.json();
-        assert_eq!(v["resourceType"], "OperationOutcome", "{}", self.text());
-        assert_eq!(self.header("content-type"), Some("application/fhir+json; charset=utf-8"));
-        v["issue"][0]["code"].as_str().unwrap_or("").to_owned()
-    }
+/// Hospital A's node (blocks committed by hand); a practitioner of Hospital A and one of
+/// Clinic B; two patients.
+fn world() -> World {
+    World::hospital_and_clinic("medledger.api-fhir")
+        .practitioner("fhir-dr-a", 0, "Dr A")
+        .practitioner("fhir-dr-b", 1, "Dr B")
+        .patients(&["fhir-patient", "fhir-other-patient"])
+        .records()
+        .commit_wait_ms(0)
+        .public_base("http://fhir.test")
+        .build()
 }
 
 impl World {
-    fn new() -> Self {
-        let net = Devnet::new("medledger.api-fhir", now_ms() - 60_000, &["Hospital A", "Clinic B"], 2, &mut |l| {
-            Keypair::from_label(l)
-        });
-        let dir = tempfile::tempdir().unwrap();
-        let (chain, _) = Chain::open(dir.path(), &net.genesis, net.validators[0].clone(), &mut |_, _| {}).unwrap();
-        let chain = Arc::new(chain);
-        let (org_a, org_b) = (net.organisations[0].clone(), net.organisations[1].clone());
-        let doc_a = Keypair::from_label("fhir-dr-a");
-        let doc_b = Keypair::from_label("fhir-dr-b");
-        let patient = Keypair::from_label("fhir-patient");
-        let other_patient = Keypair::from_label("fhir-other-patient");
-        let t = now_ms();
-        chain.submit_as(&org_a, Payload::register(Role::Practitioner, &doc_a, Some(org_a.id()), "Dr A"), t).unwrap();
-        chain.submit_as(&org_b, Payload::register(Role::Practitioner, &doc_b, Some(org_b.id()), "Dr B"), t).unwrap();
-        for p in [&patient, &other_patient] {
-            chain.submit_as(&net.organisations[0], Payload::register(Role::Patient, p, None, ""), t).unwrap();
-        }
-        let service = Arc::new(RecordService::new(
-            chain.clone(),
-            net.validators[0].clone(),
-            org_a,
-            Arc::new(MemoryBlobStore::default()),
-        ));
-        let tokens = Arc::new(TokenStore::default());
-        let router = medledger_api::router_for(
-            chain.clone(),
-            Services {
-                records: Some(service.clone()),
-                tokens: tokens.clone(),
-                fhir_commit_wait_ms: 0,
-                public_bases: vec!["http://fhir.test".into()],
-                ..Services::default()
-            },
-        );
-        let w = Self { net, chain, service, tokens, router, doc_a, doc_b, patient, other_patient, _dir: dir };
-        w.commit();
-        w
-    }
-
-    fn commit(&self) {
-        medledger_node::devnet::commit_pending(&self.chain, self.net.validators[0].id(), now_ms()).unwrap();
-    }
-
-    fn token(&self, who: &Keypair, role: Role, scope: &str) -> String {
-        let scopes = scope.split(' ').map(|s| parse_scope(s).unwrap()).collect();
-        self.tokens.issue(Grant {
-            identity: who.id(),
-            role,
-            signing_key: who.public_key(),
-            scopes,
-            expires_ms: now_ms() + 60_000,
-        })
-    }
-
-    async fn send(&self, request: Request<Body>) -> Answer {
-        let response: Response<Body> = self.router.clone().oneshot(request).await.unwrap();
-        let status = response.status().as_u16();
-        let headers = response.headers().clone();
-        let body = axum::body::to_bytes(response.into_body(), 16 << 20).await.unwrap().to_vec();
-        Answer { status, headers, body }
-    }
-
-    /// Creates (and commits) the Patient resource of `self.patient` as `token`; its id.
+    /// Creates (and commits) the Patient resource of the patient as `token`; its id.
     async fn create_patient(&self, token: &str) -> String {
-        let body = format!(
-            r#"{{"resourceType":"Patient","identifier":[{{"system":"urn:medledger:identity","value":"{}"}}]}}"#,
-            self.patient.id().to_hex()
-        );
-        let created = self.post(token, "/fhir/Patient", FHIR, &body).await;
-        assert_eq!(created.status, 201, "{}", created.text());
-        self.commit();
-        created.json()["id"].as_str().unwrap().to_owned()
-    }
-
-    async fn get(&self, token: Option<&str>, path: &str) -> Answer {
-        let mut request = Request::get(path).header("host", "fhir.test");
-        if let Some(t) = token {
-            request = request.header("authorization", format!("Bearer {t}"));
-        }
-        self.send(request.body(Body::empty()).unwrap()).await
-    }
-
-    async fn post(&self, token: &str, path: &str, content_type: &str, body: &str) -> Answer {
-        let request = Request::post(path)
-            .header("host", "fhir.test")
-            .header("authorization", format!("Bearer {token}"))
-            .header("content-type", content_type)
-            .body(Body::from(body.to_owned()))
-            .unwrap();
-        self.send(request).await
+        self.create(token, "Patient", &patient_resource(self.patient().id())).await
     }
 }
 
-const FHIR: &str = "application/fhir+json";
-
+/// A glucose lab of `Patient/<patient_id>`, its value `5.40` (the exact decimal kept).
 fn lab(patient_id: &str) -> String {
-    format!(
-        r#"{{"resourceType":"Observation","status":"final","category":[{{"coding":[{{"system":"http://terminology.hl7.org/CodeSystem/observation-category","code":"laboratory"}}]}}],"code":{{"coding":[{{"system":"http://loinc.org","code":"2345-7"}}],"text":"Glucose"}},"subject":{{"reference":"Patient/{patient_id}"}},"valueQuantity":{{"value":5.40,"unit":"mmol/L","system":"http://unitsofmeasure.org","code":"mmol/L"}}}}"#
-    )
+    Lab::of(patient_id).value("5.40").ucum().json()
 }
 
 #[tokio::test]
 async fn capability_statement_names_exactly_what_is_served() {
-    let w = World::new();
-    let answer = w.get(None, "/fhir/metadata").await;
+    let w = world();
+    let answer = w.get_anonymous("/fhir/metadata").await;
     assert_eq!(answer.status, 200);
     let v = answer.json();
     assert_eq!(v["resourceType"], "CapabilityStatement");
@@ -229,15 +102,15 @@ async fn capability_statement_names_exactly_what_is_served() {
 
 #[tokio::test]
 async fn create_then_read_with_scopes_and_consent_both_enforced() {
-    let w = World::new();
-    let doc = w.token(&w.doc_a, Role::Practitioner, "user/*.cruds");
+    let w = world();
+    let doc = w.token(w.doc_a(), Role::Practitioner, "user/*.cruds");
 
     // The Patient resource names the patient's on-chain identity.
     let patient_body = format!(
         r#"{{"resourceType":"Patient","identifier":[{{"system":"urn:medledger:identity","value":"{}"}}],"gender":"female","birthDate":"1980-02-29"}}"#,
-        w.patient.id().to_hex()
+        w.patient().id().to_hex()
     );
-    let created = w.post(&doc, "/fhir/Patient", FHIR, &patient_body).await;
+    let created = w.post(&doc, "/fhir/Patient", &patient_body).await;
     assert_eq!(created.status, 201, "{}", created.text());
     let patient_id = created.json()["id"].as_str().unwrap().to_owned();
     assert_eq!(patient_id.len(), 64);
@@ -245,14 +118,14 @@ async fn create_then_read_with_scopes_and_consent_both_enforced() {
     assert_eq!(created.header("etag"), Some("W/\"1\""));
     w.commit();
 
-    let created = w.post(&doc, "/fhir/Observation", FHIR, &lab(&patient_id)).await;
+    let created = w.post(&doc, "/fhir/Observation", &lab(&patient_id)).await;
     assert_eq!(created.status, 201, "{}", created.text());
     let obs_id = created.json()["id"].as_str().unwrap().to_owned();
     w.commit();
 
     // The custodian's practitioner reads it: the exact bytes (5.40 stays 5.40) with id and meta.
-    let before = w.service.pending_events();
-    let read = w.get(Some(&doc), &format!("/fhir/Observation/{obs_id}")).await;
+    let before = w.service().pending_events();
+    let read = w.get(&doc, &format!("/fhir/Observation/{obs_id}")).await;
     assert_eq!(read.status, 200, "{}", read.text());
     assert_eq!(read.header("content-type"), Some("application/fhir+json; charset=utf-8"));
     assert_eq!(read.header("etag"), Some("W/\"1\""));
@@ -261,105 +134,89 @@ async fn create_then_read_with_scopes_and_consent_both_enforced() {
     assert!(text.starts_with(&format!(
         r#"{{"resourceType":"Observation","id":"{obs_id}","meta":{{"versionId":"1","lastUpdated":""#
     )));
-    assert_eq!(w.service.pending_events(), before + 1, "the read is audited");
-    assert_eq!(w.get(Some(&doc), &format!("/fhir/Observation/{obs_id}/_history/1")).await.status, 200);
-    assert_eq!(w.get(Some(&doc), &format!("/fhir/Observation/{obs_id}/_history/2")).await.issue(), "not-found");
+    assert_eq!(w.service().pending_events(), before + 1, "the read is audited");
+    assert_eq!(w.get(&doc, &format!("/fhir/Observation/{obs_id}/_history/1")).await.status, 200);
+    assert_eq!(w.get(&doc, &format!("/fhir/Observation/{obs_id}/_history/2")).await.fhir_issue(), "not-found");
     // The same id under another type is not there.
-    assert_eq!(w.get(Some(&doc), &format!("/fhir/Condition/{obs_id}")).await.status, 404);
+    assert_eq!(w.get(&doc, &format!("/fhir/Condition/{obs_id}")).await.status, 404);
 
     // The patient reads their own record with a patient token.
-    let own = w.token(&w.patient, Role::Patient, "patient/*.rs");
-    assert_eq!(w.get(Some(&own), &format!("/fhir/Observation/{obs_id}")).await.status, 200);
+    let own = w.token(w.patient(), Role::Patient, "patient/*.rs");
+    assert_eq!(w.get(&own, &format!("/fhir/Observation/{obs_id}")).await.status, 200);
     // Another patient, and another organisation's practitioner without a grant: consent says no,
     // as for an id that does not exist (tests/adversarial_leaks.rs).
-    let other = w.token(&w.other_patient, Role::Patient, "patient/*.rs");
-    let refused = w.get(Some(&other), &format!("/fhir/Observation/{obs_id}")).await;
-    assert_eq!((refused.status, refused.issue()), (404, "not-found".to_owned()));
-    let doc_b = w.token(&w.doc_b, Role::Practitioner, "user/*.rs");
-    assert_eq!(w.get(Some(&doc_b), &format!("/fhir/Observation/{obs_id}")).await.status, 404);
+    let other = w.token(w.other_patient(), Role::Patient, "patient/*.rs");
+    let refused = w.get(&other, &format!("/fhir/Observation/{obs_id}")).await;
+    assert_eq!((refused.status, refused.fhir_issue()), (404, "not-found".to_owned()));
+    let doc_b = w.token(w.doc_b(), Role::Practitioner, "user/*.rs");
+    assert_eq!(w.get(&doc_b, &format!("/fhir/Observation/{obs_id}")).await.status, 404);
     // Scopes that do not cover the type: refused before consent is even asked.
-    let narrow = w.token(&w.doc_a, Role::Practitioner, "user/Patient.rs");
-    let before = w.service.pending_events();
-    let refused = w.get(Some(&narrow), &format!("/fhir/Observation/{obs_id}")).await;
+    let narrow = w.token(w.doc_a(), Role::Practitioner, "user/Patient.rs");
+    let before = w.service().pending_events();
+    let refused = w.get(&narrow, &format!("/fhir/Observation/{obs_id}")).await;
     assert_eq!(refused.status, 403);
-    assert_eq!(w.service.pending_events(), before + 1, "a scope refusal is audited too");
+    assert_eq!(w.service().pending_events(), before + 1, "a scope refusal is audited too");
     assert!(refused.json()["issue"][0]["diagnostics"].as_str().unwrap().contains("scopes"));
     // No token, or an unknown one.
-    let anonymous = w.get(None, &format!("/fhir/Observation/{obs_id}")).await;
-    assert_eq!((anonymous.status, anonymous.issue()), (401, "login".to_owned()));
+    let anonymous = w.get_anonymous(&format!("/fhir/Observation/{obs_id}")).await;
+    assert_eq!((anonymous.status, anonymous.fhir_issue()), (401, "login".to_owned()));
     assert_eq!(anonymous.header("www-authenticate"), Some("Bearer"));
-    assert_eq!(w.get(Some("forged"), &format!("/fhir/Observation/{obs_id}")).await.status, 401);
+    assert_eq!(w.get("forged", &format!("/fhir/Observation/{obs_id}")).await.status, 401);
 }
 
 #[tokio::test]
 async fn bad_writes_are_refused_with_operation_outcomes_and_nothing_written() {
-    let w = World::new();
-    let doc = w.token(&w.doc_a, Role::Practitioner, "user/*.cruds");
+    let w = world();
+    let doc = w.token(w.doc_a(), Role::Practitioner, "user/*.cruds");
     let patient_id = w.create_patient(&doc).await;
     let log_before = w.chain.head().log_size;
 
     // Structurally invalid: an unknown element, with its path.
     let invalid = lab(&patient_id).replace(r#""status":"final""#, r#""status":"final","colour":"red""#);
-    let answer = w.post(&doc, "/fhir/Observation", FHIR, &invalid).await;
-    assert_eq!((answer.status, answer.issue()), (400, "structure".to_owned()), "{}", answer.text());
+    let answer = w.post(&doc, "/fhir/Observation", &invalid).await;
+    assert_eq!((answer.status, answer.fhir_issue()), (400, "structure".to_owned()), "{}", answer.text());
     assert!(answer.json()["issue"][0]["expression"][0].as_str().unwrap().contains("colour"), "{}", answer.text());
     // Not JSON; wrong content type; the body's type differs from the URL's.
-    assert_eq!(w.post(&doc, "/fhir/Observation", FHIR, "{not json").await.issue(), "invalid");
-    assert_eq!(w.post(&doc, "/fhir/Observation", "text/plain", &lab(&patient_id)).await.status, 415);
-    assert_eq!(w.post(&doc, "/fhir/Condition", FHIR, &lab(&patient_id)).await.status, 400);
+    assert_eq!(w.post(&doc, "/fhir/Observation", "{not json").await.fhir_issue(), "invalid");
+    let plain = w.bearer("POST", "/fhir/Observation", &doc).header("content-type", "text/plain");
+    assert_eq!(w.send(plain.body(Body::from(lab(&patient_id))).unwrap()).await.status, 415);
+    assert_eq!(w.post(&doc, "/fhir/Condition", &lab(&patient_id)).await.status, 400);
     // A subject that is no Patient here; a Patient naming no registered patient identity.
     let dangling = lab(&"ab".repeat(32));
-    assert_eq!(w.post(&doc, "/fhir/Observation", FHIR, &dangling).await.status, 422);
-    let nobody = format!(
-        r#"{{"resourceType":"Patient","identifier":[{{"system":"urn:medledger:identity","value":"{}"}}]}}"#,
-        "cd".repeat(32)
-    );
-    assert_eq!(w.post(&doc, "/fhir/Patient", FHIR, &nobody).await.status, 422);
+    assert_eq!(w.post(&doc, "/fhir/Observation", &dangling).await.status, 422);
+    let nobody = patient_resource("cd".repeat(32));
+    assert_eq!(w.post(&doc, "/fhir/Patient", &nobody).await.status, 422);
     // An Observation that is both a lab and a vital: consent is per category, it must be one.
     let both = lab(&patient_id).replace(
         r#"{"system":"http://terminology.hl7.org/CodeSystem/observation-category","code":"laboratory"}"#,
         r#"{"system":"http://terminology.hl7.org/CodeSystem/observation-category","code":"laboratory"},{"system":"http://terminology.hl7.org/CodeSystem/observation-category","code":"vital-signs"}"#,
     );
     assert_ne!(both, lab(&patient_id));
-    assert_eq!(w.post(&doc, "/fhir/Observation", FHIR, &both).await.issue(), "business-rule");
+    assert_eq!(w.post(&doc, "/fhir/Observation", &both).await.fhir_issue(), "business-rule");
     // A patient may not write clinical records; another organisation's practitioner neither.
-    let own = w.token(&w.patient, Role::Patient, "patient/*.cruds");
-    assert_eq!(w.post(&own, "/fhir/Observation", FHIR, &lab(&patient_id)).await.status, 403);
-    let doc_b = w.token(&w.doc_b, Role::Practitioner, "user/*.cruds");
-    let before = w.service.pending_events();
-    assert_eq!(w.post(&doc_b, "/fhir/Observation", FHIR, &lab(&patient_id)).await.status, 403);
-    assert_eq!(w.service.pending_events(), before + 1, "a refused write is audited");
+    let own = w.token(w.patient(), Role::Patient, "patient/*.cruds");
+    assert_eq!(w.post(&own, "/fhir/Observation", &lab(&patient_id)).await.status, 403);
+    let doc_b = w.token(w.doc_b(), Role::Practitioner, "user/*.cruds");
+    let before = w.service().pending_events();
+    assert_eq!(w.post(&doc_b, "/fhir/Observation", &lab(&patient_id)).await.status, 403);
+    assert_eq!(w.service().pending_events(), before + 1, "a refused write is audited");
     // A read-only token cannot create.
-    let reader = w.token(&w.doc_a, Role::Practitioner, "user/*.rs");
-    assert_eq!(w.post(&reader, "/fhir/Observation", FHIR, &lab(&patient_id)).await.status, 403);
+    let reader = w.token(w.doc_a(), Role::Practitioner, "user/*.rs");
+    assert_eq!(w.post(&reader, "/fhir/Observation", &lab(&patient_id)).await.status, 403);
     // Types not served, and interactions not yet supported.
-    assert_eq!(w.post(&doc, "/fhir/Coverage", FHIR, "{}").await.issue(), "not-supported");
-    assert_eq!(w.get(Some(&doc), "/fhir/Banana/1").await.issue(), "not-supported");
+    assert_eq!(w.post(&doc, "/fhir/Coverage", "{}").await.fhir_issue(), "not-supported");
+    assert_eq!(w.get(&doc, "/fhir/Banana/1").await.fhir_issue(), "not-supported");
 
     w.commit();
     assert_eq!(w.chain.head().log_size, log_before, "no refused write reached the chain");
 }
 
-impl World {
-    async fn put(&self, token: &str, path: &str, if_match: Option<&str>, body: &str) -> Answer {
-        let mut request = Request::put(path)
-            .header("host", "fhir.test")
-            .header("authorization", format!("Bearer {token}"))
-            .header("content-type", FHIR);
-        if let Some(tag) = if_match {
-            request = request.header("if-match", tag);
-        }
-        self.send(request.body(Body::from(body.to_owned())).unwrap()).await
-    }
-}
-
 #[tokio::test]
 async fn updates_make_versions_with_if_match_and_history_lists_them() {
-    let w = World::new();
-    let doc = w.token(&w.doc_a, Role::Practitioner, "user/*.cruds");
+    let w = world();
+    let doc = w.token(w.doc_a(), Role::Practitioner, "user/*.cruds");
     let patient_id = w.create_patient(&doc).await;
-    let obs_id =
-        w.post(&doc, "/fhir/Observation", FHIR, &lab(&patient_id)).await.json()["id"].as_str().unwrap().to_owned();
+    let obs_id = w.post(&doc, "/fhir/Observation", &lab(&patient_id)).await.json()["id"].as_str().unwrap().to_owned();
     w.commit();
     let path = format!("/fhir/Observation/{obs_id}");
     let v2 = lab(&patient_id).replacen('{', &format!(r#"{{"id":"{obs_id}","#), 1).replace("5.40", "6.10");
@@ -370,28 +227,24 @@ async fn updates_make_versions_with_if_match_and_history_lists_them() {
     w.commit();
     // Based on a stale version: refused, nothing written.
     let stale = w.put(&doc, &path, Some("W/\"1\""), &v2).await;
-    assert_eq!((stale.status, stale.issue()), (412, "conflict".to_owned()));
+    assert_eq!((stale.status, stale.fhir_issue()), (412, "conflict".to_owned()));
     assert_eq!(w.put(&doc, &path, Some("banana"), &v2).await.status, 400);
     // The body's id must be the URL's; no update-as-create; the patient never changes.
     assert_eq!(w.put(&doc, &path, None, &lab(&patient_id)).await.status, 400);
     let elsewhere = format!("/fhir/Observation/{}", "ef".repeat(32));
     assert_eq!(w.put(&doc, &elsewhere, None, &v2.replace(&obs_id, &"ef".repeat(32))).await.status, 405);
-    let own = w.token(&w.patient, Role::Patient, "patient/*.cruds");
+    let own = w.token(w.patient(), Role::Patient, "patient/*.cruds");
     assert_eq!(w.put(&own, &path, None, &v2).await.status, 403);
-    let other_patient_body = format!(
-        r#"{{"resourceType":"Patient","identifier":[{{"system":"urn:medledger:identity","value":"{}"}}]}}"#,
-        w.other_patient.id().to_hex()
-    );
-    let other_id =
-        w.post(&doc, "/fhir/Patient", FHIR, &other_patient_body).await.json()["id"].as_str().unwrap().to_owned();
+    let other_patient_body = patient_resource(w.other_patient().id());
+    let other_id = w.post(&doc, "/fhir/Patient", &other_patient_body).await.json()["id"].as_str().unwrap().to_owned();
     w.commit();
     let moved = v2.replace(&patient_id, &other_id);
     assert_eq!(w.put(&doc, &path, None, &moved).await.status, 422);
     let recategorised = v2.replace("laboratory", "vital-signs");
-    assert_eq!(w.put(&doc, &path, None, &recategorised).await.issue(), "business-rule");
+    assert_eq!(w.put(&doc, &path, None, &recategorised).await.fhir_issue(), "business-rule");
 
     // History: newest first, each version's own bytes; vread still finds version 1.
-    let history = w.get(Some(&doc), &format!("{path}/_history")).await;
+    let history = w.get(&doc, &format!("{path}/_history")).await;
     assert_eq!(history.status, 200, "{}", history.text());
     let bundle = history.json();
     assert_eq!((bundle["type"].as_str(), bundle["total"].as_u64()), (Some("history"), Some(2)));
@@ -402,54 +255,44 @@ async fn updates_make_versions_with_if_match_and_history_lists_them() {
     assert_eq!(entries[0]["response"]["etag"], "W/\"2\"");
     let text = history.text();
     assert!(text.contains(r#""value":6.10"#) && text.contains(r#""value":5.40"#), "{text}");
-    let paged = w.get(Some(&doc), &format!("{path}/_history?_count=1&_offset=1")).await.json();
+    let paged = w.get(&doc, &format!("{path}/_history?_count=1&_offset=1")).await.json();
     assert_eq!(paged["entry"].as_array().unwrap().len(), 1);
     assert_eq!(paged["entry"][0]["resource"]["meta"]["versionId"], "1");
-    let v1 = w.get(Some(&doc), &format!("{path}/_history/1")).await;
+    let v1 = w.get(&doc, &format!("{path}/_history/1")).await;
     assert!(v1.text().contains(r#""value":5.40"#));
     // Another patient sees no history either (nor that there is one).
-    let other = w.token(&w.other_patient, Role::Patient, "patient/*.rs");
-    assert_eq!(w.get(Some(&other), &format!("{path}/_history")).await.status, 404);
+    let other = w.token(w.other_patient(), Role::Patient, "patient/*.rs");
+    assert_eq!(w.get(&other, &format!("{path}/_history")).await.status, 404);
     // Type history: both versions, newest first, for whoever may read; nothing for others.
-    let all = w.get(Some(&doc), "/fhir/Observation/_history").await;
+    let all = w.get(&doc, "/fhir/Observation/_history").await;
     assert_eq!(all.status, 200, "{}", all.text());
     let bundle = all.json();
     assert_eq!((bundle["type"].as_str(), bundle["total"].as_u64()), (Some("history"), Some(2)));
     assert_eq!(bundle["entry"][0]["resource"]["meta"]["versionId"], "2");
-    let page = w.get(Some(&doc), "/fhir/Observation/_history?_count=1").await.json();
+    let page = w.get(&doc, "/fhir/Observation/_history?_count=1").await.json();
     assert_eq!(page["entry"].as_array().unwrap().len(), 1);
     assert!(page["link"].as_array().unwrap().iter().any(|l| l["relation"] == "next"));
-    let others = w.get(Some(&other), "/fhir/Observation/_history").await.json();
+    let others = w.get(&other, "/fhir/Observation/_history").await.json();
     assert_eq!(others["total"], 0);
-    assert_eq!(w.get(Some(&doc), "/fhir/Observation/_history?_since=2020").await.issue(), "not-supported");
+    assert_eq!(w.get(&doc, "/fhir/Observation/_history?_since=2020").await.fhir_issue(), "not-supported");
 }
 
 #[tokio::test]
 async fn a_patient_new_to_the_network_is_registered_with_keys_held_for_hand_over() {
-    let w = World::new();
-    let doc = w.token(&w.doc_a, Role::Practitioner, "user/*.cruds");
+    let w = world();
+    let doc = w.token(w.doc_a(), Role::Practitioner, "user/*.cruds");
     let newcomer =
         r#"{"resourceType":"Patient","name":[{"family":"Synthetic","given":["Newcomer"]}],"gender":"other"}"#;
     // A node without a patient key directory registers nobody.
-    assert_eq!(w.post(&doc, "/fhir/Patient", FHIR, newcomer).await.status, 422);
+    assert_eq!(w.post(&doc, "/fhir/Patient", newcomer).await.status, 422);
 
     let keys = tempfile::tempdir().unwrap();
-    w.service.set_patient_key_dir(keys.path().to_owned());
+    w.service().set_patient_key_dir(keys.path().to_owned());
     // Blocks commit in the background, as consensus would, while the create waits for the
     // registration.
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let committer = {
-        let (chain, stop, proposer) = (w.chain.clone(), stop.clone(), w.net.validators[0].id());
-        std::thread::spawn(move || {
-            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-                medledger_node::devnet::commit_pending(&chain, proposer, now_ms()).unwrap();
-                std::thread::sleep(std::time::Duration::from_millis(10));
-            }
-        })
-    };
-    let created = w.post(&doc, "/fhir/Patient", FHIR, newcomer).await;
-    stop.store(true, std::sync::atomic::Ordering::SeqCst);
-    committer.join().unwrap();
+    let committer = w.committer();
+    let created = w.post(&doc, "/fhir/Patient", newcomer).await;
+    drop(committer);
     assert_eq!(created.status, 201, "{}", created.text());
     assert_eq!(created.header("x-medledger-patient-registered"), Some("true"));
     let identity =
@@ -467,25 +310,25 @@ async fn a_patient_new_to_the_network_is_registered_with_keys_held_for_hand_over
     w.commit();
     // Records can now be written for them, and with their keys they read their own.
     let patient_id = created.json()["id"].as_str().unwrap().to_owned();
-    let obs = w.post(&doc, "/fhir/Observation", FHIR, &lab(&patient_id)).await;
+    let obs = w.post(&doc, "/fhir/Observation", &lab(&patient_id)).await;
     assert_eq!(obs.status, 201, "{}", obs.text());
     w.commit();
     let own = w.token(&held, Role::Patient, "patient/*.rs");
     let obs_id = obs.json()["id"].as_str().unwrap().to_owned();
-    assert_eq!(w.get(Some(&own), &format!("/fhir/Observation/{obs_id}")).await.status, 200);
+    assert_eq!(w.get(&own, &format!("/fhir/Observation/{obs_id}")).await.status, 200);
 }
 
 #[tokio::test]
 async fn patient_everything_returns_what_the_caller_may_read_paged() {
-    let w = World::new();
-    let doc = w.token(&w.doc_a, Role::Practitioner, "user/*.cruds");
+    let w = world();
+    let doc = w.token(w.doc_a(), Role::Practitioner, "user/*.cruds");
     let patient_id = w.create_patient(&doc).await;
     for _ in 0..3 {
-        assert_eq!(w.post(&doc, "/fhir/Observation", FHIR, &lab(&patient_id)).await.status, 201);
+        assert_eq!(w.post(&doc, "/fhir/Observation", &lab(&patient_id)).await.status, 201);
     }
     w.commit();
     let path = format!("/fhir/Patient/{patient_id}/$everything");
-    let all = w.get(Some(&doc), &path).await;
+    let all = w.get(&doc, &path).await;
     assert_eq!(all.status, 200, "{}", all.text());
     let bundle = all.json();
     assert_eq!(bundle["type"], "searchset");
@@ -494,49 +337,47 @@ async fn patient_everything_returns_what_the_caller_may_read_paged() {
     assert_eq!(entries[0]["resource"]["resourceType"], "Patient");
     assert!(all.text().contains(r#""value":5.40"#));
     // Paged: two at a time, with a next link until the end.
-    let page = w.get(Some(&doc), &format!("{path}?_count=2")).await.json();
+    let page = w.get(&doc, &format!("{path}?_count=2")).await.json();
     assert_eq!(page["entry"].as_array().unwrap().len(), 2);
     let next = page["link"].as_array().unwrap().iter().find(|l| l["relation"] == "next").unwrap()["url"]
         .as_str()
         .unwrap()
         .to_owned();
-    let last = w.get(Some(&doc), &next).await.json();
+    let last = w.get(&doc, &next).await.json();
     assert_eq!(last["entry"].as_array().unwrap().len(), 2);
     assert!(last["link"].as_array().unwrap().iter().all(|l| l["relation"] != "next"));
     // The patient gets everything of theirs; another organisation's practitioner gets nothing
     // (each refusal audited): the answer for a patient that does not exist.
-    let own = w.token(&w.patient, Role::Patient, "patient/*.rs");
-    assert_eq!(w.get(Some(&own), &path).await.json()["entry"].as_array().unwrap().len(), 4);
-    let doc_b = w.token(&w.doc_b, Role::Practitioner, "user/*.rs");
-    let before = w.service.pending_events();
-    let none = w.get(Some(&doc_b), &path).await;
-    assert_eq!((none.status, none.issue()), (404, "not-found".to_owned()));
-    assert_eq!(w.service.pending_events(), before + 4);
-    assert_eq!(w.get(Some(&doc), &format!("{path}?_count=0")).await.status, 400);
+    let own = w.token(w.patient(), Role::Patient, "patient/*.rs");
+    assert_eq!(w.get(&own, &path).await.json()["entry"].as_array().unwrap().len(), 4);
+    let doc_b = w.token(w.doc_b(), Role::Practitioner, "user/*.rs");
+    let before = w.service().pending_events();
+    let none = w.get(&doc_b, &path).await;
+    assert_eq!((none.status, none.fhir_issue()), (404, "not-found".to_owned()));
+    assert_eq!(w.service().pending_events(), before + 4);
+    assert_eq!(w.get(&doc, &format!("{path}?_count=0")).await.status, 400);
     // Scopes narrow $everything too: a Patient-only token gets only the Patient.
-    let patient_only = w.token(&w.doc_a, Role::Practitioner, "user/Patient.rs");
-    assert_eq!(w.get(Some(&patient_only), &path).await.json()["entry"].as_array().unwrap().len(), 1);
-    assert_eq!(w.get(Some(&doc), &format!("{path}?_offset=99999999999")).await.status, 400);
-    assert_eq!(w.get(Some(&doc), &format!("{path}?_since=2020")).await.issue(), "not-supported");
+    let patient_only = w.token(w.doc_a(), Role::Practitioner, "user/Patient.rs");
+    assert_eq!(w.get(&patient_only, &path).await.json()["entry"].as_array().unwrap().len(), 1);
+    assert_eq!(w.get(&doc, &format!("{path}?_offset=99999999999")).await.status, 400);
+    assert_eq!(w.get(&doc, &format!("{path}?_since=2020")).await.fhir_issue(), "not-supported");
 }
 
 #[tokio::test]
 async fn audit_events_show_the_patient_every_access_as_valid_r4() {
-    let w = World::new();
-    let doc = w.token(&w.doc_a, Role::Practitioner, "user/*.cruds");
+    let w = world();
+    let doc = w.token(w.doc_a(), Role::Practitioner, "user/*.cruds");
     let patient_id = w.create_patient(&doc).await;
-    let obs_id =
-        w.post(&doc, "/fhir/Observation", FHIR, &lab(&patient_id)).await.json()["id"].as_str().unwrap().to_owned();
+    let obs_id = w.post(&doc, "/fhir/Observation", &lab(&patient_id)).await.json()["id"].as_str().unwrap().to_owned();
     w.commit();
     // One allowed read by the custodian's practitioner, one refused read by another clinic.
-    assert_eq!(w.get(Some(&doc), &format!("/fhir/Observation/{obs_id}")).await.status, 200);
-    let doc_b = w.token(&w.doc_b, Role::Practitioner, "user/*.rs");
-    assert_eq!(w.get(Some(&doc_b), &format!("/fhir/Observation/{obs_id}")).await.status, 404);
-    w.service.flush_events(now_ms()).unwrap();
-    w.commit();
+    assert_eq!(w.get(&doc, &format!("/fhir/Observation/{obs_id}")).await.status, 200);
+    let doc_b = w.token(w.doc_b(), Role::Practitioner, "user/*.rs");
+    assert_eq!(w.get(&doc_b, &format!("/fhir/Observation/{obs_id}")).await.status, 404);
+    w.flush_events();
 
-    let own = w.token(&w.patient, Role::Patient, "patient/*.rs");
-    let answer = w.get(Some(&own), &format!("/fhir/AuditEvent?patient=Patient/{patient_id}")).await;
+    let own = w.token(w.patient(), Role::Patient, "patient/*.rs");
+    let answer = w.get(&own, &format!("/fhir/AuditEvent?patient=Patient/{patient_id}")).await;
     assert_eq!(answer.status, 200, "{}", answer.text());
     let bundle = answer.json();
     let events: Vec<&Value> = bundle["entry"].as_array().unwrap().iter().map(|e| &e["resource"]).collect();
@@ -556,31 +397,34 @@ async fn audit_events_show_the_patient_every_access_as_valid_r4() {
         events.iter().find(|e| e["agent"][0]["who"]["identifier"]["value"] == who.id().to_hex()).unwrap()
     };
     assert_eq!(
-        (by(&w.doc_a)["outcome"].as_str(), by(&w.doc_a)["outcomeDesc"].as_str()),
+        (by(w.doc_a())["outcome"].as_str(), by(w.doc_a())["outcomeDesc"].as_str()),
         (Some("0"), Some("custodian"))
     );
-    assert_eq!((by(&w.doc_b)["outcome"].as_str(), by(&w.doc_b)["outcomeDesc"].as_str()), (Some("4"), Some("no-grant")));
+    assert_eq!(
+        (by(w.doc_b())["outcome"].as_str(), by(w.doc_b())["outcomeDesc"].as_str()),
+        (Some("4"), Some("no-grant"))
+    );
     // The custodian's staff may see it too; another patient and another clinic may not (and,
     // not seeing the Patient, are not told it exists).
-    assert_eq!(w.get(Some(&doc), &format!("/fhir/AuditEvent?patient=Patient/{patient_id}")).await.status, 200);
-    let other = w.token(&w.other_patient, Role::Patient, "patient/*.rs");
-    assert_eq!(w.get(Some(&other), &format!("/fhir/AuditEvent?patient=Patient/{patient_id}")).await.status, 404);
-    assert_eq!(w.get(Some(&doc_b), &format!("/fhir/AuditEvent?patient=Patient/{patient_id}")).await.status, 404);
+    assert_eq!(w.get(&doc, &format!("/fhir/AuditEvent?patient=Patient/{patient_id}")).await.status, 200);
+    let other = w.token(w.other_patient(), Role::Patient, "patient/*.rs");
+    assert_eq!(w.get(&other, &format!("/fhir/AuditEvent?patient=Patient/{patient_id}")).await.status, 404);
+    assert_eq!(w.get(&doc_b, &format!("/fhir/AuditEvent?patient=Patient/{patient_id}")).await.status, 404);
     // Paged, and unsupported parameters are said to be so.
-    let page = w.get(Some(&own), &format!("/fhir/AuditEvent?patient=Patient/{patient_id}&_count=1")).await.json();
+    let page = w.get(&own, &format!("/fhir/AuditEvent?patient=Patient/{patient_id}&_count=1")).await.json();
     assert_eq!(page["entry"].as_array().unwrap().len(), 1);
     assert!(page["link"].as_array().unwrap().iter().any(|l| l["relation"] == "next"));
-    let unsupported = w.get(Some(&own), &format!("/fhir/AuditEvent?patient=Patient/{patient_id}&date=ge2020")).await;
-    assert_eq!(unsupported.issue(), "not-supported");
-    assert_eq!(w.get(Some(&own), "/fhir/AuditEvent").await.status, 400);
+    let unsupported = w.get(&own, &format!("/fhir/AuditEvent?patient=Patient/{patient_id}&date=ge2020")).await;
+    assert_eq!(unsupported.fhir_issue(), "not-supported");
+    assert_eq!(w.get(&own, "/fhir/AuditEvent").await.status, 400);
 }
 
 #[tokio::test]
 async fn every_version_has_a_provenance_naming_author_custodian_and_ledger_transaction() {
-    let w = World::new();
-    let doc = w.token(&w.doc_a, Role::Practitioner, "user/*.cruds");
+    let w = world();
+    let doc = w.token(w.doc_a(), Role::Practitioner, "user/*.cruds");
     let patient_id = w.create_patient(&doc).await;
-    let created = w.post(&doc, "/fhir/Observation", FHIR, &lab(&patient_id)).await;
+    let created = w.post(&doc, "/fhir/Observation", &lab(&patient_id)).await;
     let obs_id = created.json()["id"].as_str().unwrap().to_owned();
     let tx_v1 = created.header("x-medledger-tx").unwrap().to_owned();
     w.commit();
@@ -588,7 +432,7 @@ async fn every_version_has_a_provenance_naming_author_custodian_and_ledger_trans
     assert_eq!(w.put(&doc, &format!("/fhir/Observation/{obs_id}"), None, &v2).await.status, 200);
     w.commit();
 
-    let answer = w.get(Some(&doc), &format!("/fhir/Provenance?target=Observation/{obs_id}")).await;
+    let answer = w.get(&doc, &format!("/fhir/Provenance?target=Observation/{obs_id}")).await;
     assert_eq!(answer.status, 200, "{}", answer.text());
     let bundle = answer.json();
     let provenances: Vec<&Value> = bundle["entry"].as_array().unwrap().iter().map(|e| &e["resource"]).collect();
@@ -597,7 +441,7 @@ async fn every_version_has_a_provenance_naming_author_custodian_and_ledger_trans
         if let Err(issues) = medledger_fhir::validate(&serde_json::to_vec(p).unwrap()) {
             panic!("Provenance is not valid R4: {issues:?}\n{p}");
         }
-        assert_eq!(p["agent"][0]["who"]["identifier"]["value"], w.doc_a.id().to_hex());
+        assert_eq!(p["agent"][0]["who"]["identifier"]["value"], w.doc_a().id().to_hex());
         assert_eq!(p["agent"][1]["who"]["identifier"]["value"], w.net.organisations[0].id().to_hex());
     }
     assert_eq!(provenances[1]["target"][0]["reference"], format!("Observation/{obs_id}/_history/1"));
@@ -616,32 +460,25 @@ async fn every_version_has_a_provenance_naming_author_custodian_and_ledger_trans
     let signer = w.chain.state().identity(&tx.body().signer).unwrap().signing_key;
     signer.verify(&tx.signed_message(), tx.signature()).unwrap();
     // A delete is a version with its own Provenance, labelled as such.
-    let deleted = w.send(
-        Request::delete(format!("/fhir/Observation/{obs_id}"))
-            .header("host", "fhir.test")
-            .header("authorization", format!("Bearer {doc}"))
-            .body(Body::empty())
-            .unwrap(),
-    );
-    assert_eq!(deleted.await.status, 204);
+    assert_eq!(w.delete(&doc, &format!("/fhir/Observation/{obs_id}")).await.status, 204);
     w.commit();
-    let bundle = w.get(Some(&doc), &format!("/fhir/Provenance?target=Observation/{obs_id}")).await.json();
+    let bundle = w.get(&doc, &format!("/fhir/Provenance?target=Observation/{obs_id}")).await.json();
     assert_eq!(bundle["entry"][0]["resource"]["activity"]["coding"][0]["code"], "DELETE", "{bundle}");
     assert_eq!(bundle["total"], 3);
     // Only for those who may read the record; to others it is not there.
-    let doc_b = w.token(&w.doc_b, Role::Practitioner, "user/*.rs");
-    assert_eq!(w.get(Some(&doc_b), &format!("/fhir/Provenance?target=Observation/{obs_id}")).await.status, 404);
-    assert_eq!(w.get(Some(&doc), "/fhir/Provenance?agent=x").await.issue(), "not-supported");
+    let doc_b = w.token(w.doc_b(), Role::Practitioner, "user/*.rs");
+    assert_eq!(w.get(&doc_b, &format!("/fhir/Provenance?target=Observation/{obs_id}")).await.status, 404);
+    assert_eq!(w.get(&doc, "/fhir/Provenance?agent=x").await.fhir_issue(), "not-supported");
 }
 
 #[tokio::test]
 async fn grants_read_as_r4_consents_with_their_status() {
-    let w = World::new();
-    let doc = w.token(&w.doc_a, Role::Practitioner, "user/*.cruds");
+    let w = world();
+    let doc = w.token(w.doc_a(), Role::Practitioner, "user/*.cruds");
     let patient_id = w.create_patient(&doc).await;
     let t = now_ms();
     let grant = medledger_ledger::Payload::ConsentGrant {
-        patient: w.patient.id(),
+        patient: w.patient().id(),
         grantee: w.net.organisations[1].id(),
         scope: medledger_ledger::Scope::Categories(vec!["labs".into()]),
         actions: medledger_ledger::actions::READ,
@@ -650,11 +487,11 @@ async fn grants_read_as_r4_consents_with_their_status() {
         valid_until_ms: t + 86_400_000,
     };
     let grant_id =
-        w.chain.submit(sign(&w.patient, w.net.genesis.chain_id(), w.patient.id(), 0, grant).bytes(), t).unwrap();
+        w.chain.submit(sign(w.patient(), w.net.genesis.chain_id(), w.patient().id(), 0, grant).bytes(), t).unwrap();
     w.commit();
 
-    let own = w.token(&w.patient, Role::Patient, "patient/*.rs");
-    let listed = w.get(Some(&own), &format!("/fhir/Consent?patient=Patient/{patient_id}")).await;
+    let own = w.token(w.patient(), Role::Patient, "patient/*.rs");
+    let listed = w.get(&own, &format!("/fhir/Consent?patient=Patient/{patient_id}")).await;
     assert_eq!(listed.status, 200, "{}", listed.text());
     let consents: Vec<Value> =
         listed.json()["entry"].as_array().unwrap().iter().map(|e| e["resource"].clone()).collect();
@@ -672,51 +509,49 @@ async fn grants_read_as_r4_consents_with_their_status() {
         consent["provision"]["actor"][0]["reference"]["identifier"]["value"],
         w.net.organisations[1].id().to_hex()
     );
-    assert_eq!(consent["performer"][0]["identifier"]["value"], w.patient.id().to_hex());
+    assert_eq!(consent["performer"][0]["identifier"]["value"], w.patient().id().to_hex());
 
     // Revoked: inactive from then on.
     let revoke = medledger_ledger::Payload::ConsentRevoke { grant_id };
-    w.chain.submit(sign(&w.patient, w.net.genesis.chain_id(), w.patient.id(), 1, revoke).bytes(), now_ms()).unwrap();
+    w.chain.submit(sign(w.patient(), w.net.genesis.chain_id(), w.patient().id(), 1, revoke).bytes(), now_ms()).unwrap();
     w.commit();
-    let one = w.get(Some(&own), &format!("/fhir/Consent/{}", grant_id.to_hex())).await;
+    let one = w.get(&own, &format!("/fhir/Consent/{}", grant_id.to_hex())).await;
     assert_eq!(one.json()["status"], "inactive", "{}", one.text());
     // Only the patient sees every consent. A custodian's staff see only consents that give
     // their own organisation access (none here): holding a record of a patient does not open
     // the patient's other consents. The grantee clinic holds no records of the patient, and
     // other patients see nothing. A consent one may not see answers as one that does not exist.
-    assert_eq!(w.get(Some(&doc), &format!("/fhir/Consent/{}", grant_id.to_hex())).await.status, 404);
-    let listed = w.get(Some(&doc), &format!("/fhir/Consent?patient=Patient/{patient_id}")).await;
+    assert_eq!(w.get(&doc, &format!("/fhir/Consent/{}", grant_id.to_hex())).await.status, 404);
+    let listed = w.get(&doc, &format!("/fhir/Consent?patient=Patient/{patient_id}")).await;
     assert_eq!((listed.status, listed.json()["total"].as_u64()), (200, Some(0)), "{}", listed.text());
-    let doc_b = w.token(&w.doc_b, Role::Practitioner, "user/*.rs");
-    assert_eq!(w.get(Some(&doc_b), &format!("/fhir/Consent/{}", grant_id.to_hex())).await.status, 404);
-    let other = w.token(&w.other_patient, Role::Patient, "patient/*.rs");
-    assert_eq!(w.get(Some(&other), &format!("/fhir/Consent?patient=Patient/{patient_id}")).await.status, 404);
+    let doc_b = w.token(w.doc_b(), Role::Practitioner, "user/*.rs");
+    assert_eq!(w.get(&doc_b, &format!("/fhir/Consent/{}", grant_id.to_hex())).await.status, 404);
+    let other = w.token(w.other_patient(), Role::Patient, "patient/*.rs");
+    assert_eq!(w.get(&other, &format!("/fhir/Consent?patient=Patient/{patient_id}")).await.status, 404);
     // A write that is no Consent at all is a structural error (writes: tests/fhir_consent.rs).
-    assert_eq!(w.post(&doc, "/fhir/Consent", FHIR, "{}").await.status, 400);
+    assert_eq!(w.post(&doc, "/fhir/Consent", "{}").await.status, 400);
 }
 
 fn lab_at(patient_id: &str, loinc: &str, value: &str, date: &str) -> String {
-    format!(
-        r#"{{"resourceType":"Observation","status":"final","category":[{{"coding":[{{"system":"http://terminology.hl7.org/CodeSystem/observation-category","code":"laboratory"}}]}}],"code":{{"coding":[{{"system":"http://loinc.org","code":"{loinc}"}}]}},"subject":{{"reference":"Patient/{patient_id}"}},"effectiveDateTime":"{date}","valueQuantity":{{"value":{value},"unit":"mmol/L"}}}}"#
-    )
+    Lab::of(patient_id).loinc(loinc).untitled().effective(date).value(value).json()
 }
 
 #[tokio::test]
 async fn search_matches_sorts_pages_includes_and_shows_only_what_consent_allows() {
-    let w = World::new();
-    let doc = w.token(&w.doc_a, Role::Practitioner, "user/*.cruds");
+    let w = world();
+    let doc = w.token(w.doc_a(), Role::Practitioner, "user/*.cruds");
     let patient_body = format!(
         r#"{{"resourceType":"Patient","identifier":[{{"system":"urn:medledger:identity","value":"{}"}}],"name":[{{"family":"Zyxwvut","given":["Ada"]}}],"gender":"female","birthDate":"1980-02-29"}}"#,
-        w.patient.id().to_hex()
+        w.patient().id().to_hex()
     );
-    let patient_id = w.post(&doc, "/fhir/Patient", FHIR, &patient_body).await.json()["id"].as_str().unwrap().to_owned();
+    let patient_id = w.post(&doc, "/fhir/Patient", &patient_body).await.json()["id"].as_str().unwrap().to_owned();
     w.commit();
     for (code, value, date) in [
         ("2345-7", "5.40", "2024-01-10T08:00:00Z"),
         ("2345-7", "6.10", "2024-03-05T08:00:00Z"),
         ("718-7", "13.2", "2024-02-01"),
     ] {
-        assert_eq!(w.post(&doc, "/fhir/Observation", FHIR, &lab_at(&patient_id, code, value, date)).await.status, 201);
+        assert_eq!(w.post(&doc, "/fhir/Observation", &lab_at(&patient_id, code, value, date)).await.status, 201);
     }
     w.commit();
     let search = |q: &str| format!("/fhir/Observation?{q}");
@@ -730,171 +565,138 @@ async fn search_matches_sorts_pages_includes_and_shows_only_what_consent_allows(
             .collect()
     };
 
-    let all = w.get(Some(&doc), &search(&format!("patient=Patient/{patient_id}"))).await;
+    let all = w.get(&doc, &search(&format!("patient=Patient/{patient_id}"))).await;
     assert_eq!(all.status, 200, "{}", all.text());
     assert_eq!((all.json()["type"].as_str(), all.json()["total"].as_u64()), (Some("searchset"), Some(3)));
-    let glucose = w.get(Some(&doc), &search("code=http://loinc.org|2345-7")).await;
+    let glucose = w.get(&doc, &search("code=http://loinc.org|2345-7")).await;
     assert_eq!(glucose.json()["total"], 2, "{}", glucose.text());
-    assert_eq!(w.get(Some(&doc), &search("code=718-7&category=laboratory")).await.json()["total"], 1);
-    assert_eq!(w.get(Some(&doc), &search("date=ge2024-02-01")).await.json()["total"], 2);
-    assert_eq!(w.get(Some(&doc), &search("date=lt2024-02")).await.json()["total"], 1);
+    assert_eq!(w.get(&doc, &search("code=718-7&category=laboratory")).await.json()["total"], 1);
+    assert_eq!(w.get(&doc, &search("date=ge2024-02-01")).await.json()["total"], 2);
+    assert_eq!(w.get(&doc, &search("date=lt2024-02")).await.json()["total"], 1);
     // Sorted by date, newest first; exact decimals kept.
-    let sorted = w.get(Some(&doc), &search("_sort=-date")).await;
+    let sorted = w.get(&doc, &search("_sort=-date")).await;
     assert_eq!(ids_of(&sorted), ["6.1", "13.2", "5.4"], "{}", sorted.text());
     assert!(sorted.text().contains(r#""value":6.10"#));
     // Paged with next links.
-    let page = w.get(Some(&doc), &search("_sort=date&_count=2")).await;
+    let page = w.get(&doc, &search("_sort=date&_count=2")).await;
     assert_eq!(ids_of(&page), ["5.4", "13.2"]);
     let next = page.json()["link"].as_array().unwrap().iter().find(|l| l["relation"] == "next").unwrap()["url"]
         .as_str()
         .unwrap()
         .to_owned();
-    let rest = w.get(Some(&doc), &next).await;
+    let rest = w.get(&doc, &next).await;
     assert_eq!(ids_of(&rest), ["6.1"], "{next}");
     // One level of _include and _revinclude.
-    let with_patient = w.get(Some(&doc), &search("code=718-7&_include=Observation:patient")).await.json();
+    let with_patient = w.get(&doc, &search("code=718-7&_include=Observation:patient")).await.json();
     let included: Vec<&Value> =
         with_patient["entry"].as_array().unwrap().iter().filter(|e| e["search"]["mode"] == "include").collect();
     assert_eq!(included.len(), 1);
     assert_eq!(included[0]["resource"]["resourceType"], "Patient");
-    let patients = w.get(Some(&doc), "/fhir/Patient?family=zyx&_revinclude=Observation:patient").await;
+    let patients = w.get(&doc, "/fhir/Patient?family=zyx&_revinclude=Observation:patient").await;
     let entries = patients.json()["entry"].as_array().unwrap().clone();
     assert_eq!(patients.json()["total"], 1, "{}", patients.text());
     assert_eq!(entries.iter().filter(|e| e["search"]["mode"] == "include").count(), 3);
-    assert_eq!(w.get(Some(&doc), "/fhir/Patient?birthdate=1980-02-29&gender=female").await.json()["total"], 1);
+    assert_eq!(w.get(&doc, "/fhir/Patient?birthdate=1980-02-29&gender=female").await.json()["total"], 1);
     // Includes of types the token's scopes do not cover are left out.
-    let obs_only = w.token(&w.doc_a, Role::Practitioner, "user/Observation.rs");
-    let narrow = w.get(Some(&obs_only), &search("code=718-7&_include=Observation:patient")).await.json();
+    let obs_only = w.token(w.doc_a(), Role::Practitioner, "user/Observation.rs");
+    let narrow = w.get(&obs_only, &search("code=718-7&_include=Observation:patient")).await.json();
     assert_eq!(narrow["entry"].as_array().unwrap().iter().filter(|e| e["search"]["mode"] == "include").count(), 0);
-    let patient_only = w.token(&w.doc_a, Role::Practitioner, "user/Patient.rs");
-    let narrow = w.get(Some(&patient_only), "/fhir/Patient?family=zyx&_revinclude=Observation:patient").await.json();
+    let patient_only = w.token(w.doc_a(), Role::Practitioner, "user/Patient.rs");
+    let narrow = w.get(&patient_only, "/fhir/Patient?family=zyx&_revinclude=Observation:patient").await.json();
     assert_eq!(narrow["entry"].as_array().unwrap().iter().filter(|e| e["search"]["mode"] == "include").count(), 0);
-    assert_eq!(w.get(Some(&doc), &format!("/fhir/Patient?_id={patient_id}")).await.json()["total"], 1);
+    assert_eq!(w.get(&doc, &format!("/fhir/Patient?_id={patient_id}")).await.json()["total"], 1);
 
     // Consent decides what anyone sees, totals included; every result is audited.
-    let own = w.token(&w.patient, Role::Patient, "patient/*.rs");
-    let before = w.service.pending_events();
-    assert_eq!(w.get(Some(&own), &search("")).await.json()["total"], 3);
-    assert_eq!(w.service.pending_events(), before + 3);
-    let other = w.token(&w.other_patient, Role::Patient, "patient/*.rs");
-    assert_eq!(w.get(Some(&other), &search("")).await.json()["total"], 0);
-    let doc_b = w.token(&w.doc_b, Role::Practitioner, "user/*.rs");
-    assert_eq!(w.get(Some(&doc_b), &search("code=2345-7")).await.json()["total"], 0);
+    let own = w.token(w.patient(), Role::Patient, "patient/*.rs");
+    let before = w.service().pending_events();
+    assert_eq!(w.get(&own, &search("")).await.json()["total"], 3);
+    assert_eq!(w.service().pending_events(), before + 3);
+    let other = w.token(w.other_patient(), Role::Patient, "patient/*.rs");
+    assert_eq!(w.get(&other, &search("")).await.json()["total"], 0);
+    let doc_b = w.token(w.doc_b(), Role::Practitioner, "user/*.rs");
+    assert_eq!(w.get(&doc_b, &search("code=2345-7")).await.json()["total"], 0);
     // Scopes: a token without search on the type.
-    let narrow = w.token(&w.doc_a, Role::Practitioner, "user/Observation.r");
-    assert_eq!(w.get(Some(&narrow), &search("")).await.status, 403);
+    let narrow = w.token(w.doc_a(), Role::Practitioner, "user/Observation.r");
+    assert_eq!(w.get(&narrow, &search("")).await.status, 403);
 
     // Unknown parameters are refused, or ignored with a warning when the client allows it.
-    let strict = w.get(Some(&doc), &search("colour=red")).await;
-    assert_eq!((strict.status, strict.issue()), (400, "not-supported".to_owned()));
-    let request = Request::get(search("colour=red"))
-        .header("authorization", format!("Bearer {doc}"))
-        .header("prefer", "handling=lenient")
-        .body(Body::empty())
-        .unwrap();
-    let lenient = w.send(request).await;
+    let strict = w.get(&doc, &search("colour=red")).await;
+    assert_eq!((strict.status, strict.fhir_issue()), (400, "not-supported".to_owned()));
+    let request = w.bearer("GET", &search("colour=red"), &doc).header("prefer", "handling=lenient");
+    let lenient = w.send(request.body(Body::empty()).unwrap()).await;
     assert_eq!(lenient.status, 200, "{}", lenient.text());
     assert_eq!(lenient.json()["entry"][0]["search"]["mode"], "outcome");
-    assert_eq!(w.get(Some(&doc), &search("date=banana")).await.status, 400);
+    assert_eq!(w.get(&doc, &search("date=banana")).await.status, 400);
 }
 
 #[tokio::test]
 async fn a_create_answers_once_committed_or_202_when_the_chain_is_slow() {
-    let mut w = World::new();
-    let doc = w.token(&w.doc_a, Role::Practitioner, "user/*.cruds");
+    let mut w = world();
+    let doc = w.token(w.doc_a(), Role::Practitioner, "user/*.cruds");
     let patient_id = w.create_patient(&doc).await;
-    w.router = medledger_api::router_for(
-        w.chain.clone(),
-        Services {
-            records: Some(w.service.clone()),
-            tokens: w.tokens.clone(),
-            fhir_commit_wait_ms: 300,
-            public_bases: vec![],
-            ..Services::default()
-        },
-    );
+    w.reroute(|services| {
+        services.fhir_commit_wait_ms = 300;
+        services.public_bases = vec![];
+    });
     // No blocks: accepted, not created; readable only once committed.
-    let pending = w.post(&doc, "/fhir/Observation", FHIR, &lab(&patient_id)).await;
+    let pending = w.post(&doc, "/fhir/Observation", &lab(&patient_id)).await;
     assert_eq!(pending.status, 202, "{}", pending.text());
     assert_eq!(pending.json()["issue"][0]["severity"], "information");
     w.commit();
     // Blocks committing in the background: 201 means a read right after finds it.
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let committer = {
-        let (chain, stop, proposer) = (w.chain.clone(), stop.clone(), w.net.validators[0].id());
-        std::thread::spawn(move || {
-            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-                medledger_node::devnet::commit_pending(&chain, proposer, now_ms()).unwrap();
-                std::thread::sleep(std::time::Duration::from_millis(5));
-            }
-        })
-    };
-    w.router = medledger_api::router_for(
-        w.chain.clone(),
-        Services {
-            records: Some(w.service.clone()),
-            tokens: w.tokens.clone(),
-            fhir_commit_wait_ms: 10_000,
-            public_bases: vec![],
-            ..Services::default()
-        },
-    );
-    let created = w.post(&doc, "/fhir/Observation", FHIR, &lab(&patient_id)).await;
+    let committer = w.committer();
+    w.reroute(|services| services.fhir_commit_wait_ms = 10_000);
+    let created = w.post(&doc, "/fhir/Observation", &lab(&patient_id)).await;
     assert_eq!(created.status, 201, "{}", created.text());
     let id = created.json()["id"].as_str().unwrap().to_owned();
-    assert_eq!(w.get(Some(&doc), &format!("/fhir/Observation/{id}")).await.status, 200);
-    stop.store(true, std::sync::atomic::Ordering::SeqCst);
-    committer.join().unwrap();
+    assert_eq!(w.get(&doc, &format!("/fhir/Observation/{id}")).await.status, 200);
+    drop(committer);
 }
 
 #[tokio::test]
 async fn a_delete_is_logical_reads_answer_gone_and_history_keeps_every_version() {
-    let w = World::new();
-    let doc = w.token(&w.doc_a, Role::Practitioner, "user/*.cruds");
+    let w = world();
+    let doc = w.token(w.doc_a(), Role::Practitioner, "user/*.cruds");
     let patient_id = w.create_patient(&doc).await;
-    let obs_id =
-        w.post(&doc, "/fhir/Observation", FHIR, &lab(&patient_id)).await.json()["id"].as_str().unwrap().to_owned();
+    let obs_id = w.post(&doc, "/fhir/Observation", &lab(&patient_id)).await.json()["id"].as_str().unwrap().to_owned();
     w.commit();
     let path = format!("/fhir/Observation/{obs_id}");
-    assert_eq!(w.get(Some(&doc), &format!("/fhir/Observation?patient=Patient/{patient_id}")).await.json()["total"], 1);
+    assert_eq!(w.get(&doc, &format!("/fhir/Observation?patient=Patient/{patient_id}")).await.json()["total"], 1);
 
     // Not the custodian's staff, or without delete in the scopes: refused.
-    let own = w.token(&w.patient, Role::Patient, "patient/*.cruds");
-    let request = |token: &str| {
-        Request::delete(path.clone()).header("authorization", format!("Bearer {token}")).body(Body::empty()).unwrap()
-    };
-    assert_eq!(w.send(request(&own)).await.status, 403);
-    let no_delete = w.token(&w.doc_a, Role::Practitioner, "user/*.cru");
-    assert_eq!(w.send(request(&no_delete)).await.status, 403);
+    let own = w.token(w.patient(), Role::Patient, "patient/*.cruds");
+    assert_eq!(w.delete(&own, &path).await.status, 403);
+    let no_delete = w.token(w.doc_a(), Role::Practitioner, "user/*.cru");
+    assert_eq!(w.delete(&no_delete, &path).await.status, 403);
 
-    let deleted = w.send(request(&doc)).await;
+    let deleted = w.delete(&doc, &path).await;
     assert_eq!(deleted.status, 204, "{}", deleted.text());
     assert_eq!(deleted.header("etag"), Some("W/\"2\""));
     w.commit();
-    let gone = w.get(Some(&doc), &path).await;
-    assert_eq!((gone.status, gone.issue()), (410, "deleted".to_owned()));
+    let gone = w.get(&doc, &path).await;
+    assert_eq!((gone.status, gone.fhir_issue()), (410, "deleted".to_owned()));
     // Deleting again changes nothing; the old version is still there to vread.
-    assert_eq!(w.send(request(&doc)).await.status, 204);
+    assert_eq!(w.delete(&doc, &path).await.status, 204);
     w.commit();
     assert_eq!(
         w.chain.state().record(&medledger_types::RecordId::from_hex(&obs_id).unwrap()).unwrap().latest_version,
         2
     );
-    assert_eq!(w.get(Some(&doc), &format!("{path}/_history/1")).await.status, 200);
-    let history = w.get(Some(&doc), &format!("{path}/_history")).await.json();
+    assert_eq!(w.get(&doc, &format!("{path}/_history/1")).await.status, 200);
+    let history = w.get(&doc, &format!("{path}/_history")).await.json();
     assert_eq!(history["entry"][0]["request"]["method"], "DELETE");
     assert!(history["entry"][0].get("resource").is_none());
     assert_eq!(history["entry"][1]["resource"]["meta"]["versionId"], "1");
     // Search and $everything no longer find it.
-    assert_eq!(w.get(Some(&doc), &format!("/fhir/Observation?patient=Patient/{patient_id}")).await.json()["total"], 0);
-    let everything = w.get(Some(&doc), &format!("/fhir/Patient/{patient_id}/$everything")).await.json();
+    assert_eq!(w.get(&doc, &format!("/fhir/Observation?patient=Patient/{patient_id}")).await.json()["total"], 0);
+    let everything = w.get(&doc, &format!("/fhir/Patient/{patient_id}/$everything")).await.json();
     assert_eq!(everything["entry"].as_array().unwrap().len(), 1, "only the Patient is left");
     // An update brings it back as version 3, found again.
     let revived = lab(&patient_id).replacen('{', &format!(r#"{{"id":"{obs_id}","#), 1);
     assert_eq!(w.put(&doc, &path, None, &revived).await.status, 200);
     w.commit();
-    assert_eq!(w.get(Some(&doc), &path).await.header("etag"), Some("W/\"3\""));
-    let found = w.get(Some(&doc), &format!("/fhir/Observation?patient=Patient/{patient_id}")).await.json();
+    assert_eq!(w.get(&doc, &path).await.header("etag"), Some("W/\"3\""));
+    let found = w.get(&doc, &format!("/fhir/Observation?patient=Patient/{patient_id}")).await.json();
     assert_eq!(found["total"], 1);
     assert_eq!(found["entry"].as_array().unwrap().len(), 1);
 }

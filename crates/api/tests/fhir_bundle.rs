@@ -1,152 +1,29 @@
 //! Transaction and batch Bundles (`POST /fhir`) and the consortium directory (Organization,
 //! Practitioner, PractitionerRole, Location) over FHIR.
 
-use std::sync::Arc;
-
-use axum::{
-    body::Body,
-    http::{Request, Response},
-};
-use medledger_api::{
-    Services,
-    smart::{Grant, TokenStore, parse_scope},
-};
-use medledger_blobs::MemoryBlobStore;
-use medledger_crypto::Keypair;
-use medledger_ledger::Payload;
-use medledger_node::{chain::Chain, devnet::Devnet};
-use medledger_records::RecordService;
+use axum::{body::Body, http::Request};
 use medledger_types::Role;
 use serde_json::{Value, json};
-use tower::ServiceExt;
 
 mod common;
 
-use common::{Committer, now_ms};
+use common::{
+    fhir::{FHIR, Lab},
+    world::World,
+};
 
-const FHIR: &str = "application/fhir+json";
-
-struct World {
-    chain: Arc<Chain>,
-    service: Arc<RecordService>,
-    tokens: Arc<TokenStore>,
-    router: axum::Router,
-    doc_a: Keypair,
-    doc_b: Keypair,
-    keys_dir: tempfile::TempDir,
-    _committer: Committer,
-    _dir: tempfile::TempDir,
-}
-
-struct Answer {
-    status: u16,
-    body: Vec<u8>,
-}
-
-impl Answer {
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).unwrap_or(Value::Null)
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-}
-
-impl World {
-    /// Two organisations' practitioners, a node of the first (Hospital A) with blocks
-    /// committing in the background, so writes answer once committed.
-    fn new() -> Self {
-        let net = Devnet::new("medledger.api-bundle", now_ms() - 60_000, &["Hospital A", "Clinic B"], 2, &mut |l| {
-            Keypair::from_label(l)
-        });
-        let dir = tempfile::tempdir().unwrap();
-        let (chain, _) = Chain::open(dir.path(), &net.genesis, net.validators[0].clone(), &mut |_, _| {}).unwrap();
-        let chain = Arc::new(chain);
-        let (org_a, org_b) = (net.organisations[0].clone(), net.organisations[1].clone());
-        let doc_a = Keypair::from_label("bundle-dr-a");
-        let doc_b = Keypair::from_label("bundle-dr-b");
-        chain
-            .submit_as(&org_a, Payload::register(Role::Practitioner, &doc_a, Some(org_a.id()), "Dr A"), now_ms())
-            .unwrap();
-        chain
-            .submit_as(&org_b, Payload::register(Role::Practitioner, &doc_b, Some(org_b.id()), "Dr B"), now_ms())
-            .unwrap();
-        let service = Arc::new(RecordService::new(
-            chain.clone(),
-            net.validators[0].clone(),
-            org_a,
-            Arc::new(MemoryBlobStore::default()),
-        ));
-        let keys_dir = tempfile::tempdir().unwrap();
-        service.set_patient_key_dir(keys_dir.path().to_owned());
-        let tokens = Arc::new(TokenStore::default());
-        let router = medledger_api::router_for(
-            chain.clone(),
-            Services {
-                records: Some(service.clone()),
-                tokens: tokens.clone(),
-                fhir_commit_wait_ms: 10_000,
-                public_bases: vec!["http://fhir.test".into()],
-                ..Services::default()
-            },
-        );
-        medledger_node::devnet::commit_pending(&chain, net.validators[0].id(), now_ms()).unwrap();
-        let committer = Committer::start(chain.clone(), net.validators[0].id());
-        Self { chain, service, tokens, router, doc_a, doc_b, keys_dir, _committer: committer, _dir: dir }
-    }
-
-    fn token(&self, who: &Keypair, role: Role, scope: &str) -> String {
-        let scopes = scope.split(' ').map(|s| parse_scope(s).unwrap()).collect();
-        self.tokens.issue(Grant {
-            identity: who.id(),
-            role,
-            signing_key: who.public_key(),
-            scopes,
-            expires_ms: now_ms() + 60_000,
-        })
-    }
-
-    async fn send(&self, request: Request<Body>) -> Answer {
-        let response: Response<Body> = self.router.clone().oneshot(request).await.unwrap();
-        let status = response.status().as_u16();
-        let body = axum::body::to_bytes(response.into_body(), 64 << 20).await.unwrap().to_vec();
-        Answer { status, body }
-    }
-
-    async fn get(&self, token: &str, path: &str) -> Answer {
-        let request = Request::get(path)
-            .header("host", "fhir.test")
-            .header("authorization", format!("Bearer {token}"))
-            .body(Body::empty())
-            .unwrap();
-        self.send(request).await
-    }
-
-    async fn write(&self, method: &str, token: &str, path: &str, body: &str, if_match: Option<&str>) -> Answer {
-        let mut request = Request::builder()
-            .method(method)
-            .uri(path)
-            .header("host", "fhir.test")
-            .header("authorization", format!("Bearer {token}"))
-            .header("content-type", FHIR);
-        if let Some(etag) = if_match {
-            request = request.header("if-match", etag);
-        }
-        self.send(request.body(Body::from(body.to_owned())).unwrap()).await
-    }
-
-    async fn post(&self, token: &str, path: &str, body: &str) -> Answer {
-        self.write("POST", token, path, body, None).await
-    }
-
-    fn log_size(&self) -> u64 {
-        self.chain.state().log().size()
-    }
-
-    fn key_files(&self) -> usize {
-        std::fs::read_dir(self.keys_dir.path()).unwrap().count()
-    }
+/// Two organisations' practitioners, a node of the first (Hospital A) that may register new
+/// patients, with blocks committing in the background, so writes answer once committed.
+fn world() -> World {
+    World::hospital_and_clinic("medledger.api-bundle")
+        .practitioner("bundle-dr-a", 0, "Dr A")
+        .practitioner("bundle-dr-b", 1, "Dr B")
+        .records()
+        .patient_key_dir()
+        .commit_wait_ms(10_000)
+        .public_base("http://fhir.test")
+        .committing()
+        .build()
 }
 
 fn entry(full_url: &str, resource: Value) -> Value {
@@ -182,16 +59,18 @@ fn encounter(patient: &str, practitioner: &str, organization: &str) -> Value {
 
 /// A lab Observation whose value keeps its decimal lexeme (`1.50`) only if the exact bytes
 /// are stored.
-const LAB: &str = r#"{"resourceType":"Observation","status":"final","category":[{"coding":[{"system":"http://terminology.hl7.org/CodeSystem/observation-category","code":"laboratory"}]}],"code":{"coding":[{"system":"http://loinc.org","code":"2345-7"}]},"subject":{"reference":"SUBJECT"},"encounter":{"reference":"ENCOUNTER"},"valueQuantity":{"value":1.50,"unit":"mmol/L"}}"#;
+fn lab_text(subject: &str, encounter: &str) -> String {
+    Lab::about(subject).encounter(encounter).untitled().value("1.50").json()
+}
 
 fn lab(subject: &str, encounter: &str) -> Value {
-    serde_json::from_str(&LAB.replace("SUBJECT", subject).replace("ENCOUNTER", encounter)).unwrap()
+    serde_json::from_str(&lab_text(subject, encounter)).unwrap()
 }
 
 #[tokio::test]
 async fn a_transaction_creates_a_new_patient_with_linked_resources_in_one_ledger_transaction() {
-    let w = World::new();
-    let doc = w.token(&w.doc_a, Role::Practitioner, "user/*.cruds");
+    let w = world();
+    let doc = w.token(w.doc_a(), Role::Practitioner, "user/*.cruds");
     let log_before = w.log_size();
     // Entries in any order: references point forward and backward.
     let body = transaction(vec![
@@ -209,9 +88,8 @@ async fn a_transaction_creates_a_new_patient_with_linked_resources_in_one_ledger
         ),
     ]);
     // The lab goes in as text, so its bytes (the decimal `1.50`) are exactly as written.
-    let raw_lab = LAB
-        .replace("SUBJECT", "urn:uuid:5b1c5a58-0000-4000-8000-000000000003")
-        .replace("ENCOUNTER", "urn:uuid:5b1c5a58-0000-4000-8000-000000000004");
+    let raw_lab =
+        lab_text("urn:uuid:5b1c5a58-0000-4000-8000-000000000003", "urn:uuid:5b1c5a58-0000-4000-8000-000000000004");
     let body = body.replace("\"RAW_LAB\"", &raw_lab);
     let answer = w.post(&doc, "/fhir", &body).await;
     assert_eq!(answer.status, 200, "{}", answer.text());
@@ -230,7 +108,7 @@ async fn a_transaction_creates_a_new_patient_with_linked_resources_in_one_ledger
     assert!(locations[0].starts_with("Observation/") && locations[3].starts_with("Patient/"), "{locations:?}");
     // One ledger leaf for the whole Bundle (a key share per category rides inside it).
     assert_eq!(w.log_size(), log_before + 1);
-    assert_eq!(w.key_files(), 1, "the new patient's keys are held for hand-over");
+    assert_eq!(w.held_patient_keys(), 1, "the new patient's keys are held for hand-over");
     let path = |location: &str| format!("/fhir/{}", location.split("/_history").next().unwrap());
     let id_of = |location: &str| location.split('/').nth(1).unwrap().to_owned();
     let (obs, org, prac, pat, enc) =
@@ -256,8 +134,8 @@ async fn a_transaction_creates_a_new_patient_with_linked_resources_in_one_ledger
 
 #[tokio::test]
 async fn a_broken_or_invalid_transaction_writes_nothing_and_names_the_entry() {
-    let w = World::new();
-    let doc = w.token(&w.doc_a, Role::Practitioner, "user/*.cruds");
+    let w = world();
+    let doc = w.token(w.doc_a(), Role::Practitioner, "user/*.cruds");
     let log_before = w.log_size();
     let cases = [
         // A reference to an entry that is not there.
@@ -335,20 +213,20 @@ async fn a_broken_or_invalid_transaction_writes_nothing_and_names_the_entry() {
     let body = transaction(vec![entry("urn:uuid:00000000-0000-4000-8000-000000000001", patient())]);
     let anonymous = Request::post("/fhir").header("content-type", FHIR).body(Body::from(body.clone())).unwrap();
     assert_eq!(w.send(anonymous).await.status, 401);
-    let reader = w.token(&w.doc_a, Role::Practitioner, "user/*.rs");
+    let reader = w.token(w.doc_a(), Role::Practitioner, "user/*.rs");
     assert_eq!(w.post(&reader, "/fhir", &body).await.status, 403);
     // Staff of another organisation do not write at this node.
-    let other = w.token(&w.doc_b, Role::Practitioner, "user/*.cruds");
+    let other = w.token(w.doc_b(), Role::Practitioner, "user/*.cruds");
     assert_eq!(w.post(&other, "/fhir", &body).await.status, 403);
     std::thread::sleep(std::time::Duration::from_millis(50));
     assert_eq!(w.log_size(), log_before, "nothing was written");
-    assert_eq!(w.key_files(), 0, "no patient keys were kept");
+    assert_eq!(w.held_patient_keys(), 0, "no patient keys were kept");
 }
 
 #[tokio::test]
 async fn conditional_references_resolve_to_exactly_one_resource_of_the_bundle_or_the_server() {
-    let w = World::new();
-    let doc = w.token(&w.doc_a, Role::Practitioner, "user/*.cruds");
+    let w = world();
+    let doc = w.token(w.doc_a(), Role::Practitioner, "user/*.cruds");
     let created = w.post(&doc, "/fhir/Practitioner", &practitioner("9999900007").to_string()).await;
     assert_eq!(created.status, 201, "{}", created.text());
     let on_server = created.json()["id"].as_str().unwrap().to_owned();
@@ -402,8 +280,8 @@ async fn conditional_references_resolve_to_exactly_one_resource_of_the_bundle_or
 
 #[tokio::test]
 async fn a_transaction_updates_and_deletes_and_a_batch_runs_entries_independently() {
-    let w = World::new();
-    let doc = w.token(&w.doc_a, Role::Practitioner, "user/*.cruds");
+    let w = world();
+    let doc = w.token(w.doc_a(), Role::Practitioner, "user/*.cruds");
     let body = transaction(vec![
         entry("urn:uuid:00000000-0000-4000-8000-000000000001", patient()),
         entry(
@@ -477,32 +355,32 @@ async fn a_transaction_updates_and_deletes_and_a_batch_runs_entries_independentl
 
 #[tokio::test]
 async fn directory_entries_are_read_by_scope_and_written_only_by_their_organisation() {
-    let w = World::new();
-    let doc = w.token(&w.doc_a, Role::Practitioner, "user/*.cruds");
+    let w = world();
+    let doc = w.token(w.doc_a(), Role::Practitioner, "user/*.cruds");
     let created = w.post(&doc, "/fhir/Organization", &organization().to_string()).await;
     assert_eq!(created.status, 201, "{}", created.text());
     let id = created.json()["id"].as_str().unwrap().to_owned();
     // Anyone with the type's read scope reads it, another organisation's staff too.
-    let reader = w.token(&w.doc_b, Role::Practitioner, "user/Organization.rs");
+    let reader = w.token(w.doc_b(), Role::Practitioner, "user/Organization.rs");
     let read = w.get(&reader, &format!("/fhir/Organization/{id}")).await;
     assert_eq!((read.status, read.json()["name"].clone()), (200, json!("Synthetic General")));
-    let no_scope = w.token(&w.doc_b, Role::Practitioner, "user/Observation.rs");
+    let no_scope = w.token(w.doc_b(), Role::Practitioner, "user/Observation.rs");
     assert_eq!(w.get(&no_scope, &format!("/fhir/Organization/{id}")).await.status, 403);
     // Updates with If-Match; a stale one is refused.
     let mut renamed = organization();
     renamed["id"] = json!(id);
     renamed["name"] = json!("Renamed");
     let path = format!("/fhir/Organization/{id}");
-    let updated = w.write("PUT", &doc, &path, &renamed.to_string(), Some("W/\"1\"")).await;
+    let updated = w.put(&doc, &path, Some("W/\"1\""), &renamed.to_string()).await;
     assert_eq!(updated.status, 200, "{}", updated.text());
-    assert_eq!(w.write("PUT", &doc, &path, &renamed.to_string(), Some("W/\"1\"")).await.status, 412);
+    assert_eq!(w.put(&doc, &path, Some("W/\"1\""), &renamed.to_string()).await.status, 412);
     // Clinic B's staff cannot write Hospital A's node, nor create here.
-    let other = w.token(&w.doc_b, Role::Practitioner, "user/*.cruds");
-    assert_eq!(w.write("PUT", &other, &path, &renamed.to_string(), None).await.status, 403);
+    let other = w.token(w.doc_b(), Role::Practitioner, "user/*.cruds");
+    assert_eq!(w.put(&other, &path, None, &renamed.to_string()).await.status, 403);
     // History lists both versions; a delete answers 410 after and keeps the history.
     let history = w.get(&reader, &format!("{path}/_history")).await.json();
     assert_eq!(history["total"], 2, "{history}");
-    assert_eq!(w.write("DELETE", &doc, &path, "", None).await.status, 204);
+    assert_eq!(w.delete(&doc, &path).await.status, 204);
     assert_eq!(w.get(&reader, &path).await.status, 410);
     assert_eq!(w.get(&reader, &format!("{path}/_history/1")).await.json()["name"], "Synthetic General");
     // Search by name, and deleted entries are not found.
@@ -540,8 +418,8 @@ fn synthea_bundles() -> Vec<(String, String)> {
 
 #[tokio::test]
 async fn every_synthea_bundle_imports_as_one_transaction() {
-    let w = World::new();
-    let doc = w.token(&w.doc_a, Role::Practitioner, "user/*.cruds");
+    let w = world();
+    let doc = w.token(w.doc_a(), Role::Practitioner, "user/*.cruds");
     let bundles = synthea_bundles();
     assert_eq!(bundles.len(), 9);
     let mut created = 0;
@@ -576,13 +454,13 @@ async fn every_synthea_bundle_imports_as_one_transaction() {
         }
     }
     assert_eq!(created, 695);
-    assert_eq!(w.key_files(), 7, "one held key per new patient");
+    assert_eq!(w.held_patient_keys(), 7, "one held key per new patient");
 }
 
 #[tokio::test]
 async fn a_bundle_cannot_move_a_record_or_search_beyond_its_scopes_or_publish_patient_data() {
-    let w = World::new();
-    let doc = w.token(&w.doc_a, Role::Practitioner, "user/*.cruds");
+    let w = world();
+    let doc = w.token(w.doc_a(), Role::Practitioner, "user/*.cruds");
     let (p1, p2) = ("urn:uuid:00000000-0000-4000-8000-000000000001", "urn:uuid:00000000-0000-4000-8000-000000000002");
     let body = transaction(vec![
         entry(p1, patient()),
@@ -614,13 +492,13 @@ async fn a_bundle_cannot_move_a_record_or_search_beyond_its_scopes_or_publish_pa
     let refused = w.post(&doc, "/fhir", &body).await;
     assert_eq!(refused.status, 422, "{}", refused.text());
     // Another organisation's practitioner: refused, and the attempt is on the record's trail.
-    let outsider = w.token(&w.doc_b, Role::Practitioner, "user/*.cruds");
-    let before = w.service.pending_events();
+    let outsider = w.token(w.doc_b(), Role::Practitioner, "user/*.cruds");
+    let before = w.service().pending_events();
     assert_eq!(w.post(&outsider, "/fhir", &body).await.status, 403);
-    assert_eq!(w.service.pending_events(), before + 1, "the refused write is audited");
+    assert_eq!(w.service().pending_events(), before + 1, "the refused write is audited");
     // A conditional reference is a search: a token that may create Encounters but not search
     // Practitioners cannot resolve one.
-    let writer = w.token(&w.doc_a, Role::Practitioner, "user/Encounter.c user/Patient.c");
+    let writer = w.token(w.doc_a(), Role::Practitioner, "user/Encounter.c user/Patient.c");
     let conditional = encounter(&ids[0], "Practitioner?identifier=http://hl7.org/fhir/sid/us-npi|9999900031", &ids[4]);
     let body = transaction(vec![entry("urn:uuid:00000000-0000-4000-8000-000000000009", conditional.clone())]);
     let refused = w.post(&writer, "/fhir", &body).await;
@@ -637,8 +515,8 @@ async fn a_bundle_cannot_move_a_record_or_search_beyond_its_scopes_or_publish_pa
 
 #[tokio::test]
 async fn a_conditional_create_finds_what_is_already_there_so_imports_repeat_safely() {
-    let w = World::new();
-    let doc = w.token(&w.doc_a, Role::Practitioner, "user/*.cruds");
+    let w = world();
+    let doc = w.token(w.doc_a(), Role::Practitioner, "user/*.cruds");
     let mut person = patient();
     person["identifier"] = json!([{"system": "urn:test:mrn", "value": "MRN-1"}]);
     let conditional = |resource: Value, url: &str, query: &str| {
@@ -667,7 +545,7 @@ async fn a_conditional_create_finds_what_is_already_there_so_imports_repeat_safe
         v["entry"].as_array().unwrap().iter().map(|e| e["response"]["status"].as_str().unwrap().to_owned()).collect()
     };
     assert_eq!(statuses(&first), vec!["201 Created"; 5]);
-    let keys_after_first = w.key_files();
+    let keys_after_first = w.held_patient_keys();
     // The same Bundle again: the patient and the practitioner are found, not created again;
     // the new lab and encounter refer to them.
     let again = w.post(&doc, "/fhir", &body).await;
@@ -676,7 +554,7 @@ async fn a_conditional_create_finds_what_is_already_there_so_imports_repeat_safe
     assert_eq!(statuses(&again)[..2], ["200 OK", "200 OK"]);
     assert_eq!(again["entry"][0]["response"]["location"], first["entry"][0]["response"]["location"]);
     assert_eq!(again["entry"][1]["response"]["location"], first["entry"][1]["response"]["location"]);
-    assert_eq!(w.key_files(), keys_after_first, "no second identity for the same patient");
+    assert_eq!(w.held_patient_keys(), keys_after_first, "no second identity for the same patient");
     let patient_id = first["entry"][0]["response"]["location"].as_str().unwrap().split('/').nth(1).unwrap().to_owned();
     let labs = w.get(&doc, &format!("/fhir/Observation?patient={patient_id}")).await.json();
     assert_eq!(labs["total"], 2, "{labs}");
@@ -696,8 +574,8 @@ async fn a_conditional_create_finds_what_is_already_there_so_imports_repeat_safe
 
 #[tokio::test]
 async fn a_single_create_with_if_none_exist_writes_nothing_when_the_resource_is_there() {
-    let w = World::new();
-    let doc = w.token(&w.doc_a, Role::Practitioner, "user/*.cruds");
+    let w = world();
+    let doc = w.token(w.doc_a(), Role::Practitioner, "user/*.cruds");
     let create = |body: String| {
         Request::post("/fhir/Practitioner")
             .header("host", "fhir.test")

@@ -2,7 +2,7 @@
 //! blocks proposed and finalized by hand (no consensus), and a minimal hand-written HTTP/1.1
 //! client (`Connection: close`), so every request goes through hyper exactly as a client's would.
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{net::SocketAddr, ops::Deref, time::Duration};
 
 use medledger_crypto::Keypair;
 use medledger_ledger::{Block, Payload, Transaction, tx::sign};
@@ -10,46 +10,44 @@ use medledger_merkle::{
     checkpoint::{Checkpoint, parse_verifier_key, verify_note},
     verify_consistency, verify_inclusion,
 };
-use medledger_node::{chain::Chain, devnet::Devnet};
 use medledger_types::{Hash, IdentityId, Role, limits};
 use serde_json::Value;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpStream,
-    sync::oneshot,
-    task::JoinHandle,
+};
+
+mod common;
+
+use common::{
+    now_ms,
+    world::{Served, World},
 };
 
 const CHAIN_NAME: &str = "medledger.api-test";
 const IO_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// A one-organisation chain an hour old, without record service, its API served on a
+/// loopback socket.
 struct Node {
-    net: Devnet,
-    chain: Arc<Chain>,
+    world: World,
     addr: SocketAddr,
-    shutdown: Option<oneshot::Sender<()>>,
-    server: Option<JoinHandle<std::io::Result<()>>>,
-    _dir: tempfile::TempDir,
+    server: Served,
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
+impl Deref for Node {
+    type Target = World;
+
+    fn deref(&self) -> &World {
+        &self.world
+    }
 }
 
 impl Node {
     async fn start() -> Self {
-        let genesis_ms = now_ms() - 3_600_000;
-        let net = Devnet::new(CHAIN_NAME, genesis_ms, &["Hospital A"], 1, &mut |l| Keypair::from_label(l));
-        let dir = tempfile::tempdir().unwrap();
-        let (chain, _) = Chain::open(dir.path(), &net.genesis, net.validators[0].clone(), &mut |_, _| {}).unwrap();
-        let chain = Arc::new(chain);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (tx, rx) = oneshot::channel::<()>();
-        let server = tokio::spawn(medledger_api::serve(listener, chain.clone(), async move {
-            let _ = rx.await;
-        }));
-        Self { net, chain, addr, shutdown: Some(tx), server: Some(server), _dir: dir }
+        let world = World::builder(CHAIN_NAME).genesis_age_ms(3_600_000).build();
+        let server = world.serve().await;
+        Self { world, addr: server.addr, server }
     }
 
     fn org(&self) -> &Keypair {
@@ -68,7 +66,8 @@ impl Node {
         )
     }
 
-    /// Proposes a block from the mempool on the finalized head and finalizes it.
+    /// Proposes a block from the mempool on the finalized head and finalizes it, a second
+    /// after the head.
     fn commit(&self) -> Block {
         let head = self.chain.head();
         let parent = if head.height == 0 {
@@ -124,12 +123,7 @@ impl Node {
     }
 
     async fn stop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        if let Some(server) = self.server.take() {
-            tokio::time::timeout(IO_TIMEOUT, server).await.expect("server stops").unwrap().unwrap();
-        }
+        self.server.stop(IO_TIMEOUT).await;
     }
 }
 

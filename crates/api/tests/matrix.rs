@@ -6,70 +6,35 @@
 //! practitioner who declared break-glass; an insurer's system with a payment grant; a
 //! researcher with a research grant; an unregistered key. Actions: read, write, history, grant.
 
-use std::{sync::Arc, time::Duration};
+use std::time::Duration;
 
-use axum::{body::Body, http::Request};
-use medledger_api::auth::authorization;
-use medledger_blobs::MemoryBlobStore;
+use axum::body::Body;
 use medledger_crypto::Keypair;
-use medledger_ledger::{AccessAction, AccessOutcome, Payload, Purpose, Scope, actions, tx::sign};
-use medledger_node::{chain::Chain, devnet::Devnet};
-use medledger_records::RecordService;
+use medledger_ledger::{AccessAction, AccessEvent, AccessOutcome, Payload, Purpose, Scope, actions, tx::sign};
 use medledger_types::{IdentityId, Role};
-use tower::ServiceExt;
+use serde_json::Value;
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
+mod common;
+
+use common::{fhir::FHIR, now_ms, request::signed_request, world::World};
+
+/// A `/v1` request signed by `keys`: a transaction as raw bytes, anything else as FHIR JSON.
+async fn call(w: &World, method: &str, path: &str, keys: &Keypair, body: &[u8]) -> (u16, Value) {
+    let content_type =
+        if method == "POST" && path.starts_with("/v1/transactions") { "application/octet-stream" } else { FHIR };
+    let request =
+        signed_request(method, path, keys, body).header("content-type", content_type).body(Body::from(body.to_vec()));
+    w.send(request.unwrap()).await.status_json()
 }
 
-struct World {
-    validator: IdentityId,
-    chain_id: medledger_types::Hash,
-    chain: Arc<Chain>,
-    records: Arc<RecordService>,
-    router: axum::Router,
-    patient: Keypair,
-    _dir: tempfile::TempDir,
+/// Commits queued access events and returns those new since `before` for the patient.
+fn new_events(w: &World, before: usize) -> Vec<AccessEvent> {
+    w.flush_events();
+    w.access_events(&w.patient().id())[before..].to_vec()
 }
 
-impl World {
-    fn commit(&self) {
-        medledger_node::devnet::commit_pending(&self.chain, self.validator, now_ms()).unwrap();
-    }
-
-    async fn call(&self, method: &str, path: &str, keys: &Keypair, body: &[u8]) -> (u16, serde_json::Value) {
-        let request = Request::builder()
-            .method(method)
-            .uri(path)
-            .header("authorization", authorization(keys, &keys.id(), method, path, body, now_ms()))
-            .header(
-                "content-type",
-                if method == "POST" && path.starts_with("/v1/transactions") {
-                    "application/octet-stream"
-                } else {
-                    "application/fhir+json"
-                },
-            )
-            .body(Body::from(body.to_vec()))
-            .unwrap();
-        let response = self.router.clone().oneshot(request).await.unwrap();
-        let status = response.status().as_u16();
-        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX).await.unwrap();
-        (status, serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null))
-    }
-
-    /// Commits queued access events and returns those new since `before` for the patient.
-    fn new_events(&self, before: usize) -> Vec<medledger_ledger::AccessEvent> {
-        self.records.flush_events(now_ms()).unwrap();
-        self.commit();
-        let index = self.chain.patient_index();
-        let entry = index.patient(&self.patient.id()).unwrap();
-        entry.access[before..].iter().map(|a| a.event.clone()).collect()
-    }
-
-    fn events_so_far(&self) -> usize {
-        self.chain.patient_index().patient(&self.patient.id()).map_or(0, |e| e.access.len())
-    }
+fn events_so_far(w: &World) -> usize {
+    w.access_events(&w.patient().id()).len()
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -81,51 +46,29 @@ enum Expect {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn authorization_matrix() {
     let orgs = ["Hospital A", "Clinic B", "Clinic C", "Clinic E", "Clinic R", "Insurer", "Research Institute"];
-    let net = Devnet::new("medledger.matrix", now_ms() - 60_000, &orgs, 1, &mut |l| Keypair::from_label(l));
-    let dir = tempfile::tempdir().unwrap();
-    let (chain, _) = Chain::open(dir.path(), &net.genesis, net.validators[0].clone(), &mut |_, _| {}).unwrap();
-    let chain = Arc::new(chain);
-    let o = |i: usize| net.organisations[i].clone();
-    let staff = |label: &str, org: usize, role: Role| (Keypair::from_label(label), org, role);
     let people = [
-        staff("dr-a", 0, Role::Practitioner),    // own organisation
-        staff("dr-c", 2, Role::Practitioner),    // no grant
-        staff("dr-b", 1, Role::Practitioner),    // grant
-        staff("dr-e", 3, Role::Practitioner),    // expired grant
-        staff("dr-r", 4, Role::Practitioner),    // revoked grant
-        staff("dr-g", 2, Role::Practitioner),    // break-glass
-        staff("claims", 5, Role::SystemClient),  // insurer, payment grant
-        staff("analyst", 6, Role::Practitioner), // researcher, research grant
+        ("dr-a", 0, Role::Practitioner),    // own organisation
+        ("dr-c", 2, Role::Practitioner),    // no grant
+        ("dr-b", 1, Role::Practitioner),    // grant
+        ("dr-e", 3, Role::Practitioner),    // expired grant
+        ("dr-r", 4, Role::Practitioner),    // revoked grant
+        ("dr-g", 2, Role::Practitioner),    // break-glass
+        ("claims", 5, Role::SystemClient),  // insurer, payment grant
+        ("analyst", 6, Role::Practitioner), // researcher, research grant
     ];
-    let t = now_ms();
-    for (keys, org, role) in &people {
-        chain.submit_as(&o(*org), Payload::register(*role, keys, Some(o(*org).id()), "Staff"), t).unwrap();
+    let mut world = World::builder("medledger.matrix").organisations(&orgs);
+    for (label, org, role) in people {
+        world = world.staff(label, org, role, "Staff");
     }
-    let patient = Keypair::from_label("patient");
-    chain.submit_as(&o(0), Payload::register(Role::Patient, &patient, None, ""), t).unwrap();
-    let records = Arc::new(RecordService::new(
-        chain.clone(),
-        net.validators[0].clone(),
-        o(0),
-        Arc::new(MemoryBlobStore::default()),
-    ));
-    let router = medledger_api::router_with(chain.clone(), Some(records.clone()));
-    let w = World {
-        validator: net.validators[0].id(),
-        chain_id: net.genesis.chain_id(),
-        chain: chain.clone(),
-        records,
-        router,
-        patient: patient.clone(),
-        _dir: dir,
-    };
-    w.commit();
-    let k = |i: usize| people[i].0.clone();
+    let w = world.patients(&["patient"]).records().build();
+    let o = |i: usize| w.net.organisations[i].clone();
+    let patient = w.patient().clone();
+    let k = |i: usize| w.staff[i].clone();
 
     // A lab result in Hospital A's care.
     let synthetic = medledger_synth::Generator::new(3).patient();
     let lab = synthetic.resources.iter().find(|r| r.category == "labs").unwrap();
-    let (status, body) = w.call("POST", &format!("/v1/records?patient={}", patient.id()), &k(0), &lab.json).await;
+    let (status, body) = call(&w, "POST", &format!("/v1/records?patient={}", patient.id()), &k(0), &lab.json).await;
     assert_eq!(status, 201, "{body}");
     let record = body["record_id"].as_str().unwrap().to_owned();
     w.commit();
@@ -257,14 +200,14 @@ async fn authorization_matrix() {
             ("write", write, "POST", format!("/v1/records?patient={}&record={record}", patient.id()), lab.json.clone()),
             ("history", history, "GET", format!("/v1/records/{record}/history?purpose={}", purpose.code()), Vec::new()),
         ] {
-            let before = w.events_so_far();
-            let (status, body) = w.call(method, &path, &keys, &body).await;
+            let before = events_so_far(&w);
+            let (status, body) = call(&w, method, &path, &keys, &body).await;
             let Expect::Is(want_status, want_event) = expect;
             assert_eq!(status, want_status, "{name} {action}: {body}");
             if status == 403 {
                 assert_eq!(body["error"]["reason"], want_event.unwrap().1, "{name} {action} reason");
             }
-            let events = w.new_events(before);
+            let events = new_events(&w, before);
             match want_event {
                 None => assert!(events.is_empty(), "{name} {action}: unexpected events {events:?}"),
                 Some((outcome, reason)) => {
@@ -298,8 +241,8 @@ async fn authorization_matrix() {
         // Grant: only the patient may grant access to their data.
         let payload = grant(o(1).id(), Purpose::Operations, now_ms() + 86_400_000);
         let nonce = w.chain.state().next_nonce(&keys.id());
-        let tx = sign(&keys, w.chain_id, keys.id(), nonce, payload);
-        let (status, body) = w.call("POST", "/v1/transactions", &keys, tx.bytes()).await;
+        let tx = sign(&keys, w.net.genesis.chain_id(), keys.id(), nonce, payload);
+        let (status, body) = call(&w, "POST", "/v1/transactions", &keys, tx.bytes()).await;
         if may_grant {
             assert_eq!(status, 202, "{name} grant: {body}");
             w.commit();

@@ -6,23 +6,24 @@
 //! unchecked. `MEDLEDGER_NODE_JS` names the binary if it is not `node` on the PATH.
 
 use std::{
+    ops::Deref,
     path::{Path, PathBuf},
     process::{Command, Stdio},
-    sync::Arc,
     time::{Duration, Instant},
 };
 
 use axum::{
-    Router,
     body::Body,
-    http::{Request, StatusCode, header},
+    http::{Request, header},
 };
 use medledger_crypto::Keypair;
 use medledger_ledger::{Payload, Purpose, Scope, actions, tx::sign};
-use medledger_node::{chain::Chain, devnet::Devnet};
 use medledger_types::Role;
-use serde_json::{Value, json};
-use tower::ServiceExt;
+use serde_json::json;
+
+mod common;
+
+use common::{now_ms, world::World};
 
 const INDEX_HTML: &str = include_str!("../portal/index.html");
 const APP_JS: &str = include_str!("../portal/app.js");
@@ -32,42 +33,42 @@ const STYLE_CSS: &str = include_str!("../portal/style.css");
 const CHAIN_NAME: &str = "medledger.portal-test";
 const NODE_TIMEOUT: Duration = Duration::from_secs(120);
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
-}
-
-struct World {
-    net: Devnet,
-    chain: Arc<Chain>,
-    router: Router,
+/// A one-organisation chain an hour old, without record service, whose blocks the tests
+/// make one at a time, each a second after the last.
+struct Portal {
+    world: World,
     nonce: u64,
     time_ms: u64,
-    _dir: tempfile::TempDir,
 }
 
-impl World {
+impl Deref for Portal {
+    type Target = World;
+
+    fn deref(&self) -> &World {
+        &self.world
+    }
+}
+
+impl Portal {
     fn new() -> Self {
-        let time_ms = now_ms() - 3_600_000;
-        let net = Devnet::new(CHAIN_NAME, time_ms, &["Hospital A"], 1, &mut |l| Keypair::from_label(l));
-        let dir = tempfile::tempdir().unwrap();
-        let (chain, _) = Chain::open(dir.path(), &net.genesis, net.validators[0].clone(), &mut |_, _| {}).unwrap();
-        let chain = Arc::new(chain);
-        let router = medledger_api::router(chain.clone());
-        Self { net, chain, router, nonce: 0, time_ms, _dir: dir }
+        let world = World::builder(CHAIN_NAME).genesis_age_ms(3_600_000).build();
+        let time_ms = world.net.genesis.genesis_time_ms;
+        Self { world, nonce: 0, time_ms }
     }
 
     /// Commits one block of `count` practitioner registrations by the organisation.
     fn block_of(&mut self, count: usize) {
-        let org = &self.net.organisations[0];
+        let org = &self.world.net.organisations[0];
         for _ in 0..count {
             let doc = Keypair::from_label(&format!("practitioner {}", self.nonce));
             let payload = Payload::register(Role::Practitioner, &doc, Some(org.id()), format!("Dr {}", self.nonce));
-            let tx = sign(org, self.net.genesis.chain_id(), org.id(), self.nonce, payload);
-            self.chain.submit(tx.bytes(), now_ms()).unwrap();
+            let tx = sign(org, self.world.net.genesis.chain_id(), org.id(), self.nonce, payload);
+            self.world.chain.submit(tx.bytes(), now_ms()).unwrap();
             self.nonce += 1;
         }
         self.time_ms += 1000;
-        let made = medledger_node::devnet::commit_pending(&self.chain, self.net.validators[0].id(), self.time_ms);
+        let made =
+            medledger_node::devnet::commit_pending(&self.world.chain, self.world.net.validators[0].id(), self.time_ms);
         assert_eq!(made.unwrap(), 1, "one block per call");
     }
 
@@ -75,14 +76,15 @@ impl World {
     /// research grant to it: transactions whose kind and signer say something about the
     /// patient's care.
     fn patient_activity(&mut self) {
-        let org = self.net.organisations[0].clone();
+        let org = self.world.net.organisations[0].clone();
         let patient = Keypair::from_label(&format!("patient {}", self.nonce));
         let register = Payload::register(Role::Patient, &patient, None, "");
-        let tx = sign(&org, self.net.genesis.chain_id(), org.id(), self.nonce, register);
-        self.chain.submit(tx.bytes(), now_ms()).unwrap();
+        let tx = sign(&org, self.world.net.genesis.chain_id(), org.id(), self.nonce, register);
+        self.world.chain.submit(tx.bytes(), now_ms()).unwrap();
         self.nonce += 1;
         self.time_ms += 1000;
-        medledger_node::devnet::commit_pending(&self.chain, self.net.validators[0].id(), self.time_ms).unwrap();
+        medledger_node::devnet::commit_pending(&self.world.chain, self.world.net.validators[0].id(), self.time_ms)
+            .unwrap();
         let grant = Payload::ConsentGrant {
             patient: patient.id(),
             grantee: org.id(),
@@ -92,23 +94,10 @@ impl World {
             valid_from_ms: self.time_ms,
             valid_until_ms: self.time_ms + 86_400_000,
         };
-        self.chain.submit_as(&patient, grant, now_ms()).unwrap();
+        self.world.chain.submit_as(&patient, grant, now_ms()).unwrap();
         self.time_ms += 1000;
-        medledger_node::devnet::commit_pending(&self.chain, self.net.validators[0].id(), self.time_ms).unwrap();
-    }
-
-    async fn get(&self, path: &str) -> (StatusCode, axum::http::HeaderMap, Vec<u8>) {
-        let request = Request::builder().uri(path).body(Body::empty()).unwrap();
-        let response = self.router.clone().oneshot(request).await.unwrap();
-        let (parts, body) = response.into_parts();
-        let bytes = axum::body::to_bytes(body, usize::MAX).await.unwrap().to_vec();
-        (parts.status, parts.headers, bytes)
-    }
-
-    async fn json(&self, path: &str) -> Value {
-        let (status, _, body) = self.get(path).await;
-        assert_eq!(status, StatusCode::OK, "{path}: {}", String::from_utf8_lossy(&body));
-        serde_json::from_slice(&body).unwrap()
+        medledger_node::devnet::commit_pending(&self.world.chain, self.world.net.validators[0].id(), self.time_ms)
+            .unwrap();
     }
 }
 
@@ -129,18 +118,19 @@ fn assert_hardened(path: &str, headers: &axum::http::HeaderMap) {
 
 #[tokio::test]
 async fn index_is_static_html_with_security_headers() {
-    let mut world = World::new();
-    let (status, headers, before) = world.get("/").await;
-    assert_eq!(status, StatusCode::OK);
-    assert_eq!(header(&headers, header::CONTENT_TYPE), "text/html; charset=utf-8");
-    assert_hardened("/", &headers);
+    let mut world = Portal::new();
+    let page = world.get_anonymous("/").await;
+    assert_eq!(page.status, 200);
+    assert_eq!(header(&page.headers, header::CONTENT_TYPE), "text/html; charset=utf-8");
+    assert_hardened("/", &page.headers);
+    let before = page.body;
     assert_eq!(before, INDEX_HTML.as_bytes(), "the page is the file, byte for byte");
 
     // Nothing about the chain finds its way into the page, before or after it changes.
     world.block_of(2);
-    let (_, _, after) = world.get("/").await;
+    let after = world.get_anonymous("/").await.body;
     assert_eq!(after, before);
-    let head = world.json("/v1/head").await;
+    let head = world.get_json("/v1/head", None).await;
     let page = String::from_utf8(after).unwrap();
     for value in [&head["chain_id"], &head["block_hash"], &head["log_root"]] {
         assert!(!page.contains(value.as_str().unwrap()), "page contains {value}");
@@ -150,34 +140,34 @@ async fn index_is_static_html_with_security_headers() {
 
 #[tokio::test]
 async fn assets_are_served_with_their_types() {
-    let world = World::new();
+    let world = Portal::new();
     let assets = [
         ("/portal/app.js", "text/javascript; charset=utf-8", APP_JS),
         ("/portal/rfc6962.js", "text/javascript; charset=utf-8", RFC6962_JS),
         ("/portal/style.css", "text/css; charset=utf-8", STYLE_CSS),
     ];
     for (path, content_type, file) in assets {
-        let (status, headers, body) = world.get(path).await;
-        assert_eq!(status, StatusCode::OK, "{path}");
-        assert_eq!(header(&headers, header::CONTENT_TYPE), content_type, "{path}");
-        assert_hardened(path, &headers);
-        assert_eq!(body, file.as_bytes(), "{path}");
+        let asset = world.get_anonymous(path).await;
+        assert_eq!(asset.status, 200, "{path}");
+        assert_eq!(header(&asset.headers, header::CONTENT_TYPE), content_type, "{path}");
+        assert_hardened(path, &asset.headers);
+        assert_eq!(asset.body, file.as_bytes(), "{path}");
     }
 }
 
 #[tokio::test]
 async fn portal_path_redirects_to_the_page() {
-    let world = World::new();
+    let world = Portal::new();
     for path in ["/portal", "/portal/"] {
-        let (status, headers, _) = world.get(path).await;
-        assert_eq!(status, StatusCode::TEMPORARY_REDIRECT, "{path}");
-        assert_eq!(header(&headers, header::LOCATION), "/", "{path}");
+        let redirect = world.get_anonymous(path).await;
+        assert_eq!(redirect.status, 307, "{path}");
+        assert_eq!(header(&redirect.headers, header::LOCATION), "/", "{path}");
     }
 }
 
 #[tokio::test]
 async fn unknown_portal_paths_are_json_404s() {
-    let world = World::new();
+    let world = Portal::new();
     for path in [
         "/portal/index.html",
         "/portal/nope.js",
@@ -187,9 +177,9 @@ async fn unknown_portal_paths_are_json_404s() {
         "/portal/%2e%2e/src/lib.rs",
         "/index.html",
     ] {
-        let (status, _, body) = world.get(path).await;
-        assert_eq!(status, StatusCode::NOT_FOUND, "{path}");
-        let error: Value = serde_json::from_slice(&body).unwrap();
+        let answer = world.get_anonymous(path).await;
+        assert_eq!(answer.status, 404, "{path}");
+        let error = answer.json();
         assert_eq!(error["error"]["code"], 404, "{path}");
     }
 }
@@ -199,7 +189,7 @@ async fn unknown_portal_paths_are_json_404s() {
 /// every visitor) and has no inline code for the CSP to refuse.
 #[tokio::test]
 async fn page_uses_only_its_assets_and_public_endpoints() {
-    let world = World::new();
+    let world = Portal::new();
     for text in [INDEX_HTML, APP_JS, RFC6962_JS, STYLE_CSS] {
         assert!(!text.contains("http://") && !text.contains("https://"), "external URL in a portal asset");
         assert!(!text.contains("@import") && !text.contains("url("), "stylesheet loads something");
@@ -220,7 +210,7 @@ async fn page_uses_only_its_assets_and_public_endpoints() {
     let public = ["/v1/head", "/v1/health", "/v1/checkpoint", "/v1/checkpoint/key"];
     for path in public {
         assert!(APP_JS.contains(&format!("\"{path}\"")), "app.js no longer calls {path}");
-        assert_eq!(world.get(path).await.0, StatusCode::OK, "{path}");
+        assert_eq!(world.get_anonymous(path).await.status, 200, "{path}");
     }
     let allowed =
         [&public[..], &["/v1/blocks/", "/v1/transactions/", "/v1/proofs/inclusion", "/v1/proofs/consistency"]].concat();
@@ -235,12 +225,11 @@ async fn page_uses_only_its_assets_and_public_endpoints() {
 
 #[tokio::test]
 async fn head_requests_get_headers_only() {
-    let world = World::new();
-    let request = Request::builder().method("HEAD").uri("/").body(Body::empty()).unwrap();
-    let response = world.router.clone().oneshot(request).await.unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
-    assert_hardened("HEAD /", response.headers());
-    assert!(axum::body::to_bytes(response.into_body(), usize::MAX).await.unwrap().is_empty());
+    let world = Portal::new();
+    let answer = world.send(Request::builder().method("HEAD").uri("/").body(Body::empty()).unwrap()).await;
+    assert_eq!(answer.status, 200);
+    assert_hardened("HEAD /", &answer.headers);
+    assert!(answer.body.is_empty());
 }
 
 // ---- the verifier under Node.js ----
@@ -307,7 +296,7 @@ fn rfc6962_js_passes_the_vectors() {
 /// roots from their headers, exactly as the page checks them.
 #[tokio::test]
 async fn rfc6962_js_verifies_the_proofs_the_api_serves() {
-    let mut world = World::new();
+    let mut world = Portal::new();
     for count in [1, 3, 2, 1, 4, 5] {
         world.block_of(count);
     }
@@ -319,18 +308,18 @@ async fn rfc6962_js_verifies_the_proofs_the_api_serves() {
 /// for consortium members only), and that is all it needs to check every proof.
 #[tokio::test]
 async fn portal_proves_inclusion_with_public_block_data_only() {
-    let mut world = World::new();
+    let mut world = Portal::new();
     world.block_of(2);
     world.patient_activity();
     world.block_of(1);
-    let height = world.json("/v1/head").await["height"].as_u64().unwrap();
+    let height = world.get_json("/v1/head", None).await["height"].as_u64().unwrap();
     for h in 1..=height {
-        let block = world.json(&format!("/v1/blocks/{h}")).await;
+        let block = world.get_json(&format!("/v1/blocks/{h}"), None).await;
         for (i, tx) in block["transactions"].as_array().unwrap().iter().enumerate() {
             let fields: Vec<&String> = tx.as_object().unwrap().keys().collect();
             assert_eq!(fields, ["tx_id"], "block {h} tells the public more than transaction ids");
             let id = tx["tx_id"].as_str().unwrap();
-            let looked_up = world.json(&format!("/v1/transactions/{id}")).await;
+            let looked_up = world.get_json(&format!("/v1/transactions/{id}"), None).await;
             let fields: Vec<&String> = looked_up.as_object().unwrap().keys().collect();
             assert_eq!(fields, ["height", "index", "log_index", "status", "tx_id"], "{looked_up}");
             assert_eq!((looked_up["height"].as_u64(), looked_up["index"].as_u64()), (Some(h), Some(i as u64)));
@@ -342,20 +331,20 @@ async fn portal_proves_inclusion_with_public_block_data_only() {
 /// Feeds every block (as the public gets it), and the inclusion proof of every leaf and the
 /// consistency proof of every pair of sizes a block left the log at, to the portal's verifier.
 async fn verify_served_proofs(world: &World) {
-    let head = world.json("/v1/head").await;
+    let head = world.get_json("/v1/head", None).await;
     let height = head["height"].as_u64().unwrap();
     let mut blocks = Vec::new();
     for h in 1..=height {
-        blocks.push(world.json(&format!("/v1/blocks/{h}")).await);
+        blocks.push(world.get_json(&format!("/v1/blocks/{h}"), None).await);
     }
     let sizes: Vec<u64> = blocks.iter().map(|b| b["log_size"].as_u64().unwrap()).collect();
     let (mut inclusion, mut consistency) = (Vec::new(), Vec::new());
     for &size in &sizes {
         for index in 0..size {
-            inclusion.push(world.json(&format!("/v1/proofs/inclusion?index={index}&size={size}")).await);
+            inclusion.push(world.get_json(&format!("/v1/proofs/inclusion?index={index}&size={size}"), None).await);
         }
         for &from in sizes.iter().filter(|&&from| from <= size) {
-            consistency.push(world.json(&format!("/v1/proofs/consistency?from={from}&to={size}")).await);
+            consistency.push(world.get_json(&format!("/v1/proofs/consistency?from={from}&to={size}"), None).await);
         }
     }
     let want =

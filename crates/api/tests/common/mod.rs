@@ -1,43 +1,23 @@
-//! Shared by the API tests.
+//! The one harness of the API integration tests: a devnet chain in a tempdir with its
+//! organisations, staff and patients, an optional record service, the router over them
+//! ([`world`]); requests as clients send them, signed or with bearer tokens, and their
+//! answers ([`request`]); the FHIR resources the tests write ([`fhir`]).
+//!
+//! Every test file builds its [`world::World`] with [`world::World::builder`] (or
+//! [`world::World::hospital_and_clinic`], the two-organisation network most files use),
+//! naming exactly what it needs: chain name, organisations, identities and their roles,
+//! limits, services. So a file's world reads at its top, and the harness holds no per-file
+//! special cases; what only one file needs stays in that file.
 
-use std::sync::{
-    Arc,
-    atomic::{AtomicBool, Ordering},
-};
+// Each test file is its own crate and compiles this module for itself, using only part of it:
+// what one file leaves unused is not dead in the harness.
+#![allow(dead_code)]
 
-use medledger_node::chain::Chain;
-use medledger_types::IdentityId;
+pub mod fhir;
+pub mod request;
+pub mod world;
 
+/// Wall-clock time in milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
-}
-
-/// Finalizes whatever is pending every few milliseconds, as a one-validator chain would, until
-/// dropped: writes that wait for their commit then get one.
-pub struct Committer {
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Committer {
-    pub fn start(chain: Arc<Chain>, proposer: IdentityId) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        let thread = std::thread::spawn(move || {
-            while !flag.load(Ordering::SeqCst) {
-                medledger_node::devnet::commit_pending(&chain, proposer, now_ms()).unwrap();
-                std::thread::sleep(std::time::Duration::from_millis(5));
-            }
-        });
-        Self { stop, thread: Some(thread) }
-    }
-}
-
-impl Drop for Committer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
 }
