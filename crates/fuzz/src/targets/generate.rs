@@ -4,6 +4,10 @@
 //! Values are generated within the decoder's limits, except that now and then one limit is
 //! broken on purpose (a string one byte too long, one item too many, a batch inside a batch);
 //! [`Gen::broken`] names each one, so a target knows whether decoding must succeed.
+//!
+//! A generator has a budget of bytes ([`GENERATED_BYTES_MAX`]) that values at their limits
+//! spend: enough for a batch past its 1 MiB limit, but limits cannot multiply (2,049
+//! operations of 256 access events each), which would take gigabytes and minutes.
 
 use arbitrary::{Result, Unstructured};
 use medledger_crypto::{EncryptionPublicKey, PublicKey};
@@ -12,10 +16,15 @@ use medledger_ledger::{
 };
 use medledger_types::{Hash, IdentityId, RecordId, Role, TxId, limits};
 
+/// Most bytes of strings, blobs and sequence items one generator makes, about.
+pub const GENERATED_BYTES_MAX: usize = 2 * 1024 * 1024;
+
 /// A generator over fuzzer bytes that remembers which limits it broke.
 pub struct Gen<'a, 'u> {
     u: &'u mut Unstructured<'a>,
     pub broken: Vec<&'static str>,
+    /// What is left of [`GENERATED_BYTES_MAX`].
+    budget_bytes: usize,
 }
 
 /// The longest prefix of `text` of at most `max` bytes that ends on a character boundary.
@@ -29,7 +38,7 @@ fn cut(text: &str, max: usize) -> String {
 
 impl<'a, 'u> Gen<'a, 'u> {
     pub fn new(u: &'u mut Unstructured<'a>) -> Self {
-        Self { u, broken: Vec::new() }
+        Self { u, broken: Vec::new(), budget_bytes: GENERATED_BYTES_MAX }
     }
 
     /// Whether to break the limit on `what` this time (about one in 64; never once the input
@@ -64,44 +73,63 @@ impl<'a, 'u> Gen<'a, 'u> {
 
     /// A UTF-8 string for a field of at most `max` bytes: usually short, sometimes exactly at
     /// the limit (one- and two-byte characters), rarely one byte past it.
+    /// Spends `bytes` of the budget.
+    fn spend(&mut self, bytes: usize) {
+        self.budget_bytes = self.budget_bytes.saturating_sub(bytes);
+    }
+
+    /// Whether values at a limit of `max` bytes (or one past it) are still affordable.
+    fn affords(&self, max: usize) -> bool {
+        self.budget_bytes > max
+    }
+
     pub fn text(&mut self, max: usize, what: &'static str) -> Result<String> {
-        if self.breaks(what)? {
-            return Ok("z".repeat(max + 1));
-        }
-        Ok(match self.u.int_in_range(0u8..=15)? {
-            14 => "x".repeat(max),
-            15 => "é".repeat(max / 2),
-            _ => {
-                let text: &str = self.u.arbitrary()?;
-                cut(text, max)
+        let text = if self.affords(max) && self.breaks(what)? {
+            "z".repeat(max + 1)
+        } else {
+            match self.u.int_in_range(0u8..=15)? {
+                14 if self.affords(max) => "x".repeat(max),
+                15 if self.affords(max) => "é".repeat(max / 2),
+                _ => {
+                    let text: &str = self.u.arbitrary()?;
+                    cut(text, max.min(self.budget_bytes))
+                }
             }
-        })
+        };
+        self.spend(text.len());
+        Ok(text)
     }
 
     /// Bytes for a field of at most `max` bytes, like [`Gen::text`].
     pub fn blob(&mut self, max: usize, what: &'static str) -> Result<Vec<u8>> {
-        if self.breaks(what)? {
-            return Ok(vec![7; max + 1]);
-        }
-        Ok(match self.u.int_in_range(0u8..=15)? {
-            15 => vec![b'{'; max],
-            _ => {
-                let bytes: &[u8] = self.u.arbitrary()?;
-                bytes[..bytes.len().min(max)].to_vec()
+        let blob = if self.affords(max) && self.breaks(what)? {
+            vec![7; max + 1]
+        } else {
+            match self.u.int_in_range(0u8..=15)? {
+                15 if self.affords(max) => vec![b'{'; max],
+                _ => {
+                    let bytes: &[u8] = self.u.arbitrary()?;
+                    bytes[..bytes.len().min(max).min(self.budget_bytes)].to_vec()
+                }
             }
-        })
+        };
+        self.spend(blob.len());
+        Ok(blob)
     }
 
-    /// How many items of a sequence of at most `max`: usually a few, sometimes the maximum,
-    /// rarely one more.
-    pub fn count(&mut self, max: usize, typical: usize, what: &'static str) -> Result<usize> {
-        if self.breaks(what)? {
-            return Ok(max + 1);
-        }
-        if self.u.int_in_range(0u8..=31)? == 31 {
-            return Ok(max);
-        }
-        self.u.int_in_range(0..=typical.min(max))
+    /// How many items (each taking about `item_bytes`) of a sequence of at most `max`:
+    /// usually a few, sometimes the maximum, rarely one more.
+    pub fn count(&mut self, max: usize, typical: usize, item_bytes: usize, what: &'static str) -> Result<usize> {
+        let at_limit = self.affords((max + 1) * item_bytes);
+        let count = if at_limit && self.breaks(what)? {
+            max + 1
+        } else if at_limit && self.u.int_in_range(0u8..=31)? == 31 {
+            max
+        } else {
+            self.u.int_in_range(0..=typical.min(max))?
+        };
+        self.spend(count * item_bytes);
+        Ok(count)
     }
 
     fn identity(&mut self) -> Result<IdentityId> {
@@ -148,15 +176,15 @@ impl<'a, 'u> Gen<'a, 'u> {
         Ok(match self.u.int_in_range(0u8..=3)? {
             0 => Scope::All,
             1 => {
-                let n = self.count(limits::SCOPE_ITEMS_MAX, 4, "scope items")?;
+                let n = self.count(limits::SCOPE_ITEMS_MAX, 4, 36, "scope items")?;
                 Scope::ResourceTypes((0..n).map(|_| self.short("scope resource type")).collect::<Result<_>>()?)
             }
             2 => {
-                let n = self.count(limits::SCOPE_ITEMS_MAX, 4, "scope items")?;
+                let n = self.count(limits::SCOPE_ITEMS_MAX, 4, 36, "scope items")?;
                 Scope::Records((0..n).map(|_| self.record()).collect::<Result<_>>()?)
             }
             _ => {
-                let n = self.count(limits::SCOPE_ITEMS_MAX, 4, "scope items")?;
+                let n = self.count(limits::SCOPE_ITEMS_MAX, 4, 36, "scope items")?;
                 Scope::Categories((0..n).map(|_| self.short("scope category")).collect::<Result<_>>()?)
             }
         })
@@ -208,13 +236,13 @@ impl<'a, 'u> Gen<'a, 'u> {
             },
             5 => Payload::ConsentRevoke { grant_id: self.tx_id()? },
             6 => {
-                let n = self.count(limits::ACCESS_EVENTS_PER_TX_MAX, 6, "access events")?;
+                let n = self.count(limits::ACCESS_EVENTS_PER_TX_MAX, 6, 120, "access events")?;
                 Payload::AccessEvents { events: (0..n).map(|_| self.access_event()).collect::<Result<_>>()? }
             }
             7 => {
                 let (custodian, patient, category, epoch) =
                     (self.identity()?, self.identity()?, self.short("key share category")?, self.u32()?);
-                let n = self.count(limits::KEY_SHARES_MAX, 4, "key shares")?;
+                let n = self.count(limits::KEY_SHARES_MAX, 4, 112, "key shares")?;
                 let shares = (0..n)
                     .map(|_| {
                         let recipient = self.identity()?;
@@ -251,7 +279,7 @@ impl<'a, 'u> Gen<'a, 'u> {
                 reason: self.text(limits::REVIEW_REASON_BYTES_MAX, "review reason")?,
             },
             14 => {
-                let n = self.count(limits::BATCH_OPS_MAX, 5, "batch operations")?;
+                let n = self.count(limits::BATCH_OPS_MAX, 5, 100, "batch operations")?;
                 Payload::Batch { ops: (0..n).map(|_| self.payload(true)).collect::<Result<_>>()? }
             }
             _ => Payload::DirectoryPut {
