@@ -4,7 +4,9 @@
 //! corpus doubles as a regression suite), then loops: pick an input from the pool, apply a
 //! stack of 1–16 mutations (bit flips, interesting integers in both byte orders, inserts,
 //! deletes, copies, splices with another pool entry, dictionary tokens, long repeats of a
-//! chunk, truncation), and execute it. Now and then an input is fresh random bytes instead.
+//! chunk, truncation) — or, for three mutants in four, the target's own structure-aware
+//! mutation if it has one (JSON-level for the FHIR targets, [`crate::json_mutate`]) — and
+//! execute it. Now and then an input is fresh random bytes instead.
 //!
 //! There is no coverage instrumentation (that needs a nightly toolchain). Feedback comes from
 //! the target instead: each execution returns a *feature*, a small summary of where the input
@@ -27,8 +29,9 @@ use std::{
 
 use crate::Target;
 
-/// Most inputs kept in a run's pool, corpus included.
+/// Most inputs kept in a run's pool, corpus included, and most bytes they may take together.
 const POOL_ENTRIES_MAX: usize = 4096;
+const POOL_BYTES_MAX: usize = 64 * 1024 * 1024;
 /// Most distinct findings kept per run (the same location panicking again is not kept).
 const FINDINGS_MAX: usize = 32;
 
@@ -161,6 +164,7 @@ pub fn fuzz(target: &Target, corpus: Vec<Vec<u8>>, budget: &Budget) -> Report {
     let mut rng = Rng::new(budget.seed);
     let mut pool: Vec<Vec<u8>> = corpus;
     let seeds = pool.len();
+    let mut pool_bytes: usize = pool.iter().map(Vec::len).sum();
     let mut features = HashSet::new();
     let mut findings: Vec<Finding> = Vec::new();
     let mut finding_keys = HashSet::new();
@@ -192,12 +196,16 @@ pub fn fuzz(target: &Target, corpus: Vec<Vec<u8>>, budget: &Budget) -> Report {
                     findings.push(Finding { input: input.clone(), message, slow: true });
                 }
                 if features.insert(feature) && next_seed >= seeds {
-                    if pool.len() < POOL_ENTRIES_MAX {
+                    pool_bytes += input.len();
+                    if pool.len() < POOL_ENTRIES_MAX && pool_bytes <= POOL_BYTES_MAX {
                         pool.push(input);
-                    } else {
+                    } else if pool.len() > seeds {
                         // Keep the corpus; replace a grown entry.
                         let at = seeds + rng.below(pool.len() - seeds);
+                        pool_bytes -= pool[at].len();
                         pool[at] = input;
+                    } else {
+                        pool_bytes -= input.len();
                     }
                 }
             }
@@ -236,8 +244,13 @@ fn next_input(rng: &mut Rng, pool: &[Vec<u8>], target: &Target) -> Vec<u8> {
     // Mostly a few mutations, sometimes many.
     let scale = 1 << rng.below(5);
     let rounds = 1 + rng.below(scale);
+    // Three mutants in four from the target's own mutation only, if it has one: a single
+    // byte mutation mostly undoes what it keeps (JSON, FHIR validity).
+    let structured = target.mutate.filter(|_| !rng.one_in(4));
     for _ in 0..rounds {
-        mutate(rng, &mut data, pool, target.dictionary, max);
+        if !structured.is_some_and(|structured| structured(rng, &mut data, pool)) {
+            mutate(rng, &mut data, pool, target.dictionary, max);
+        }
     }
     data.truncate(max);
     data
@@ -387,6 +400,7 @@ mod tests {
         run: panics_on_abc,
         input_bytes_max: 64,
         dictionary: &[b"ab", b"c"],
+        mutate: None,
     };
 
     #[test]

@@ -24,6 +24,7 @@ use std::{
 };
 
 pub mod engine;
+pub mod json_mutate;
 pub mod seeds;
 pub mod targets;
 
@@ -40,7 +41,14 @@ pub struct Target {
     pub input_bytes_max: usize,
     /// Tokens the engine inserts into inputs.
     pub dictionary: &'static [&'static [u8]],
+    /// A structure-aware mutation the engine uses for three mutants in four, if the target has
+    /// one; returns whether it applied (else a byte mutation is used).
+    pub mutate: Option<Mutation>,
 }
+
+/// A target's own mutation: changes the input in place (the pool is there to splice from);
+/// false if it did not apply.
+pub type Mutation = fn(&mut engine::Rng, &mut Vec<u8>, &[Vec<u8>]) -> bool;
 
 /// Errors of the corpus and findings files.
 #[derive(Debug, thiserror::Error)]

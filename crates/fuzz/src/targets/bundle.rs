@@ -128,5 +128,11 @@ pub fn fhir_bundle(data: &[u8]) -> u64 {
             }
         }
     }
-    feature(&[b"bundle", bundle_type.as_bytes(), &bucket(items), &bucket(rewrites), &bucket(conditionals)])
+    // The type as the planner tells them apart (any other code is refused there).
+    let planned_as: &[u8] = match bundle_type.as_str() {
+        "transaction" => b"transaction",
+        "batch" => b"batch",
+        _ => b"other",
+    };
+    feature(&[b"bundle", planned_as, &bucket(items), &bucket(rewrites), &bucket(conditionals)])
 }

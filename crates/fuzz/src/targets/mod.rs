@@ -26,6 +26,7 @@ pub static ALL: &[Target] = &[
         run: tx_decode,
         input_bytes_max: 80 * 1024,
         dictionary: &[&[1], &[0, 0, 0, 0], &[0xff, 0xff, 0xff, 0xff], &[0, 0, 0, 64], &[0, 0, 0, 65], &[14], &[15]],
+        mutate: None,
     },
     Target {
         name: "tx_roundtrip",
@@ -33,6 +34,7 @@ pub static ALL: &[Target] = &[
         run: tx_roundtrip,
         input_bytes_max: 8 * 1024,
         dictionary: &[],
+        mutate: None,
     },
     Target {
         name: "block_decode",
@@ -40,6 +42,7 @@ pub static ALL: &[Target] = &[
         run: block_decode,
         input_bytes_max: 128 * 1024,
         dictionary: &[&[1], &[0, 0, 0, 0], &[0xff, 0xff, 0xff, 0xff], &[0, 0, 0, 1], &[0, 0, 0, 2]],
+        mutate: None,
     },
     Target {
         name: "block_roundtrip",
@@ -47,6 +50,7 @@ pub static ALL: &[Target] = &[
         run: block_roundtrip,
         input_bytes_max: 16 * 1024,
         dictionary: &[],
+        mutate: None,
     },
     Target {
         name: "fhir_validate",
@@ -54,6 +58,7 @@ pub static ALL: &[Target] = &[
         run: fhir_validate,
         input_bytes_max: 96 * 1024,
         dictionary: fhir::DICTIONARY,
+        mutate: Some(crate::json_mutate::mutate),
     },
     Target {
         name: "fhir_bundle",
@@ -61,6 +66,7 @@ pub static ALL: &[Target] = &[
         run: fhir_bundle,
         input_bytes_max: 96 * 1024,
         dictionary: fhir::DICTIONARY,
+        mutate: Some(crate::json_mutate::mutate),
     },
     #[cfg(unix)]
     Target {
@@ -69,6 +75,7 @@ pub static ALL: &[Target] = &[
         run: pack_scan,
         input_bytes_max: 64 * 1024,
         dictionary: &[b"MLBE", b"MLBPACK1", &[1, 0, 0, 0], &[0, 0, 0, 0], &[0xff, 0xff, 0xff, 0xff], &[0, 0, 0x80, 0]],
+        mutate: None,
     },
     Target {
         name: "auth_header",
@@ -76,6 +83,7 @@ pub static ALL: &[Target] = &[
         run: auth_header,
         input_bytes_max: 4 * 1024,
         dictionary: requests::AUTH_DICTIONARY,
+        mutate: None,
     },
     Target {
         name: "smart_jwt",
@@ -83,6 +91,7 @@ pub static ALL: &[Target] = &[
         run: smart_jwt,
         input_bytes_max: 16 * 1024,
         dictionary: requests::JWT_DICTIONARY,
+        mutate: None,
     },
     Target {
         name: "smart_scope",
@@ -90,6 +99,7 @@ pub static ALL: &[Target] = &[
         run: smart_scope,
         input_bytes_max: 256,
         dictionary: &[b"patient/", b"user/", b"system/", b"*", b".", b"cruds", b"read", b"write", b"?", b"Observation"],
+        mutate: None,
     },
 ];
 
