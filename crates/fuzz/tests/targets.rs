@@ -146,3 +146,23 @@ fn committed_seeds_decode() {
         assert!(seen > 0, "no seeds in {}", dir.display());
     }
 }
+
+/// Inputs past a parser's size limit are refused before any work (the engine's inputs are
+/// smaller than these limits, so this is checked here once).
+#[test]
+fn oversize_input_is_refused() {
+    use medledger_codec::CodecError;
+    use medledger_ledger::{Block, Transaction};
+    use medledger_types::limits;
+
+    let tx = Transaction::decode(&vec![1u8; limits::BATCH_TX_BYTES_MAX + 1]);
+    assert!(matches!(tx, Err(CodecError::TooLong { what: "transaction", .. })), "{tx:?}");
+    let block = Block::decode(&vec![1u8; limits::BLOCK_BYTES_MAX + 1]);
+    assert!(matches!(block, Err(CodecError::TooLong { what: "block", .. })), "{block:?}");
+    let json_limits = medledger_fhir::json::Limits { input_bytes_max: 1024, ..Default::default() };
+    let big = format!("{{\"a\":\"{}\"}}", "x".repeat(1024));
+    assert!(medledger_fhir::json::parse(big.as_bytes(), &json_limits).is_err());
+    let jwt = "a".repeat(medledger_api::smart::ASSERTION_BYTES_MAX + 1);
+    let urls = medledger_fuzz::targets::TOKEN_URLS.clone();
+    assert!(medledger_api::smart::parse_assertion(&jwt, &urls, 0).is_err());
+}
