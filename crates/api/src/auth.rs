@@ -214,6 +214,43 @@ impl SeenNonces {
     }
 }
 
+/// The fields of a `Medledger-Ed25519` Authorization header, parsed but not yet checked.
+#[doc(hidden)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignedHeader<'a> {
+    pub id: IdentityId,
+    pub ts_ms: u64,
+    /// 32 hex digits, as sent (the signature covers this spelling).
+    pub nonce: &'a str,
+    pub sig: Signature,
+}
+
+/// Parses an Authorization header value; what [`Authenticator::verify`] does before any
+/// check against the chain, the clock or the nonce memory. Public only for the fuzz targets.
+#[doc(hidden)]
+pub fn parse_authorization(header: &str) -> Result<SignedHeader<'_>, AuthError> {
+    let params = header.strip_prefix(SCHEME).ok_or(AuthError::Malformed("unknown scheme"))?.trim();
+    let (mut id, mut ts, mut nonce, mut sig) = (None, None, None, None);
+    for part in params.split(',') {
+        let (k, v) = part.trim().split_once('=').ok_or(AuthError::Malformed("expected key=value"))?;
+        match k {
+            "id" => id = Some(IdentityId::from_hex(v).map_err(|_| AuthError::Malformed("id"))?),
+            "ts" => ts = Some(v.parse::<u64>().map_err(|_| AuthError::Malformed("ts"))?),
+            "nonce" if v.len() == 32 && v.bytes().all(|b| b.is_ascii_hexdigit()) => nonce = Some(v),
+            "sig" => {
+                let mut s = [0u8; 64];
+                hex::decode_to_slice(v, &mut s).map_err(|_| AuthError::Malformed("sig"))?;
+                sig = Some(Signature(s));
+            }
+            _ => return Err(AuthError::Malformed("unknown or invalid field")),
+        }
+    }
+    let (Some(id), Some(ts_ms), Some(nonce), Some(sig)) = (id, ts, nonce, sig) else {
+        return Err(AuthError::Malformed("needs id, ts, nonce and sig"));
+    };
+    Ok(SignedHeader { id, ts_ms, nonce, sig })
+}
+
 /// Verifies signed requests and remembers recent nonces.
 #[derive(Default)]
 pub struct Authenticator {
@@ -242,25 +279,7 @@ impl Authenticator {
         now_ms: TimestampMs,
     ) -> Result<IdentityId, AuthError> {
         let header = header.ok_or(AuthError::Missing)?;
-        let params = header.strip_prefix(SCHEME).ok_or(AuthError::Malformed("unknown scheme"))?.trim();
-        let (mut id, mut ts, mut nonce, mut sig) = (None, None, None, None);
-        for part in params.split(',') {
-            let (k, v) = part.trim().split_once('=').ok_or(AuthError::Malformed("expected key=value"))?;
-            match k {
-                "id" => id = Some(IdentityId::from_hex(v).map_err(|_| AuthError::Malformed("id"))?),
-                "ts" => ts = Some(v.parse::<u64>().map_err(|_| AuthError::Malformed("ts"))?),
-                "nonce" if v.len() == 32 && v.bytes().all(|b| b.is_ascii_hexdigit()) => nonce = Some(v),
-                "sig" => {
-                    let mut s = [0u8; 64];
-                    hex::decode_to_slice(v, &mut s).map_err(|_| AuthError::Malformed("sig"))?;
-                    sig = Some(Signature(s));
-                }
-                _ => return Err(AuthError::Malformed("unknown or invalid field")),
-            }
-        }
-        let (Some(id), Some(ts), Some(nonce), Some(sig)) = (id, ts, nonce, sig) else {
-            return Err(AuthError::Malformed("needs id, ts, nonce and sig"));
-        };
+        let SignedHeader { id, ts_ms: ts, nonce, sig } = parse_authorization(header)?;
         if ts.abs_diff(now_ms) > CLOCK_SKEW_MAX_MS {
             return Err(AuthError::Stale);
         }

@@ -275,13 +275,26 @@ fn b64(part: &str, what: &'static str) -> Result<Vec<u8>, OAuthError> {
         .map_err(|_| OAuthError::new("invalid_client", format!("client_assertion {what} is not base64url")))
 }
 
-/// Verifies a client assertion JWT (compact JWS, EdDSA) against the issuer's on-chain key.
-fn verify_assertion(
-    app: &AppState,
-    jwt: &str,
+/// A client assertion JWT whose form and claims are acceptable, its signature not yet checked.
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct ParsedAssertion<'a> {
+    pub issuer: IdentityId,
+    pub jti: String,
+    /// `header.payload` as sent: what the signature covers.
+    pub signing_input: &'a str,
+    pub signature: Signature,
+}
+
+/// Parses a client assertion JWT (compact JWS, EdDSA) and checks its header and claims
+/// (`aud` among `token_urls`, times against `now_ms`): everything `verify_assertion` does
+/// before it looks up the issuer's key. Public only for the fuzz targets.
+#[doc(hidden)]
+pub fn parse_assertion<'a>(
+    jwt: &'a str,
     token_urls: &[String],
     now_ms: TimestampMs,
-) -> Result<(Assertion, Role, PublicKey), OAuthError> {
+) -> Result<ParsedAssertion<'a>, OAuthError> {
     let invalid = |m: &str| OAuthError::new("invalid_client", m.to_owned());
     if jwt.len() > ASSERTION_BYTES_MAX {
         return Err(invalid("client_assertion is too long"));
@@ -338,15 +351,28 @@ fn verify_assertion(
     }
     let jti =
         claims["jti"].as_str().filter(|j| !j.is_empty() && j.len() <= 256).ok_or_else(|| invalid("jti is missing"))?;
+    // `h.p` exactly as sent.
+    let signing_input = &jwt[..h.len() + 1 + p.len()];
+    Ok(ParsedAssertion { issuer, jti: jti.to_owned(), signing_input, signature: Signature(signature) })
+}
+
+/// Verifies a client assertion JWT (compact JWS, EdDSA) against the issuer's on-chain key.
+fn verify_assertion(
+    app: &AppState,
+    jwt: &str,
+    token_urls: &[String],
+    now_ms: TimestampMs,
+) -> Result<(Assertion, Role, PublicKey), OAuthError> {
+    let ParsedAssertion { issuer, jti, signing_input, signature } = parse_assertion(jwt, token_urls, now_ms)?;
+    let invalid = |m: &str| OAuthError::new("invalid_client", m.to_owned());
     let (key, role) = {
         let state = app.chain.state();
         let who = state.identity(&issuer).ok_or_else(|| invalid("the client is not a registered identity"))?;
         (who.signing_key, who.role)
     };
-    let signed = format!("{h}.{p}");
-    key.verify(signed.as_bytes(), &Signature(signature))
+    key.verify(signing_input.as_bytes(), &signature)
         .map_err(|_| invalid("client_assertion signature does not verify under the client's key"))?;
-    Ok((Assertion { issuer, jti: jti.to_owned() }, role, key))
+    Ok((Assertion { issuer, jti }, role, key))
 }
 
 /// The scope context an identity's role may hold.
