@@ -30,7 +30,8 @@ use medledger_records::{
 use medledger_types::{IdentityId, RecordId, Role, categories_of_resource_type};
 
 use crate::{
-    routes::{AppState, now_ms},
+    app::AppState,
+    clock::now_ms,
     smart::{Grant, bearer, interactions},
 };
 

@@ -41,18 +41,16 @@ use medledger_records::{BatchWrite, BatchWritten};
 use medledger_types::{IdentityId, RecordId, Role};
 
 use crate::{
+    app::AppState,
+    clock::now_ms,
     fhir::{
         FHIR_JSON, FhirError, IDENTITY_SYSTEM, check_content_type, committed_at_ms, is_tombstone, records, served,
         tombstone,
     },
     fhir_directory::{is_directory, is_staff},
-    routes::{AppState, now_ms},
     smart::{Grant, bearer, interactions},
 };
 
-/// Largest Bundle accepted (its records' plaintexts are stored off-chain, so this is not bound
-/// by the batch transaction's size; directory entries are).
-pub const BUNDLE_BODY_BYTES_MAX: usize = 16 * 1024 * 1024;
 /// Most entries in one Bundle.
 pub const BUNDLE_ENTRIES_MAX: usize = 1_000;
 /// How long a Bundle answered 202 (not committed in time) is watched, to clean up after it

@@ -25,11 +25,12 @@ use medledger_ledger::{Payload, Purpose, Scope, actions};
 use medledger_types::{IdentityId, RecordId, Role, TxId, limits};
 
 use crate::{
+    app::AppState,
+    clock::now_ms,
     fhir::{
         CATEGORY_SYSTEM, FHIR_JSON, FhirError, IDENTITY_SYSTEM, SERVED_TYPES, authorize, check_content_type,
         consent_resource, forbidden, not_found, records, wait_for_commit,
     },
-    routes::{AppState, now_ms},
     smart::interactions,
 };
 

@@ -20,12 +20,13 @@ use medledger_records::RecordError;
 use medledger_types::{IdentityId, RecordId, Role};
 
 use crate::{
+    app::AppState,
+    clock::now_ms,
     fhir::{
         FhirError, HISTORY_VERSIONS_MAX, Written, authorize, bundle_response, check_content_type, committed_at_ms,
         forbidden, if_match, is_tombstone, not_found, page_links, paging, parse_id, push_history_entry, records,
         resource_response, tombstone, wait_for_commit, written_response,
     },
-    routes::{AppState, now_ms},
     smart::interactions,
 };
 

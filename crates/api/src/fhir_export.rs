@@ -42,9 +42,10 @@ use medledger_types::{IdentityId, RecordId, Role};
 
 pub use crate::fhir_export_jobs::{ExportLimits, Jobs};
 use crate::{
+    app::AppState,
+    clock::now_ms,
     fhir::{FHIR_JSON, FhirError, SERVED_TYPES, is_tombstone},
     fhir_export_jobs::{Busy, Finished, Full, Job, NdjsonFile, Progress, RETRY_AFTER_POLL_S, push_line},
-    routes::{AppState, now_ms},
     smart::{Context, Grant, bearer, interactions},
 };
 

@@ -40,8 +40,9 @@ use medledger_records::{
 use medledger_types::{IdentityId, RecordId};
 
 use crate::{
+    app::AppState,
+    clock::now_ms,
     fhir::{FHIR_JSON, FhirError, SERVED_TYPES},
-    routes::{AppState, now_ms},
     smart::interactions,
 };
 

@@ -109,9 +109,11 @@ use medledger_records::RecordService;
 use medledger_types::limits;
 
 mod admission;
+mod app;
 pub mod auth;
 mod break_glass;
 mod budget;
+mod clock;
 mod error;
 mod existence;
 pub mod fhir;
@@ -121,11 +123,14 @@ mod fhir_directory;
 mod fhir_export;
 mod fhir_export_jobs;
 mod fhir_search;
+mod http_limits;
+mod params;
 mod patients;
 mod portal;
 mod records;
 mod routes;
 mod server;
+mod signed;
 pub mod smart;
 mod tokens;
 mod visibility;
@@ -134,10 +139,7 @@ mod write_checks;
 pub use error::{ApiError, ErrorBody, ErrorDetail};
 pub use fhir_export::ExportLimits;
 pub use fhir_search::COUNTED_PATIENTS_MAX;
-
-/// Most requests handled at once; more are refused with 503 rather than queued, so a flood
-/// cannot grow memory or starve the blocking pool that chain calls run on.
-pub const CONCURRENT_REQUESTS_MAX: usize = 256;
+pub use http_limits::{CONCURRENT_REQUESTS_MAX, HttpLimits};
 
 /// The API's routes over `chain`, with the body limit and concurrency bound applied.
 pub fn router(chain: Arc<Chain>) -> Router {
@@ -186,47 +188,6 @@ impl Default for Services {
     }
 }
 
-/// What one client may hold of the node's HTTP server, and for how long. A client is an IPv4
-/// address or an IPv6 /64. The defaults suit a node; tests shorten the timeouts.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct HttpLimits {
-    /// A connection must send a request's complete headers within this long of opening or of
-    /// its previous answer, or it is closed; so this also closes idle kept-alive connections.
-    pub header_read_timeout_ms: u64,
-    /// A request's whole body must arrive within this long of its headers, or the answer is
-    /// 408 and the connection is closed.
-    pub body_read_timeout_ms: u64,
-    /// A connection whose answer makes no write progress for this long (the client stopped
-    /// reading) is closed.
-    pub write_stall_timeout_ms: u64,
-    /// Open connections per client; more are answered 503 with `Retry-After` and closed.
-    pub connections_per_client_max: usize,
-    /// Open connections in all; more are answered 503 and closed. Keep it well below the
-    /// process's open-file limit (`ulimit -n`), which storage and p2p need too.
-    pub connections_max: usize,
-    /// Request-body bytes one client may have in memory at once (bodies are read whole before
-    /// a request is served); more is answered 503. At least the largest body a route takes.
-    pub body_buffer_bytes_per_client_max: usize,
-    /// Request-body bytes in memory at once in all; more is answered 503.
-    pub body_buffer_bytes_max: usize,
-}
-
-impl Default for HttpLimits {
-    fn default() -> Self {
-        Self {
-            header_read_timeout_ms: 10_000,
-            body_read_timeout_ms: 30_000,
-            write_stall_timeout_ms: 30_000,
-            // A hospital's integration engine behind one address opens many connections; one
-            // address still holds at most a sixteenth of the node's.
-            connections_per_client_max: 256,
-            connections_max: 4_096,
-            body_buffer_bytes_per_client_max: 64 * 1024 * 1024,
-            body_buffer_bytes_max: 512 * 1024 * 1024,
-        }
-    }
-}
-
 /// A public base URL as configured (`http://host:port` or `https://host/prefix`), normalised
 /// without its trailing `/`; or why it cannot be one. Every absolute URL the API writes starts
 /// with it, inside JSON and HTTP headers, so only plain URL characters are allowed.
@@ -267,7 +228,7 @@ pub fn router_with(chain: Arc<Chain>, records: Option<Arc<RecordService>>) -> Ro
 pub fn router_for(chain: Arc<Chain>, services: Services) -> Router {
     let chain_id = chain.genesis().chain_id();
     let Services { records, tokens, fhir_commit_wait_ms, public_bases, http, nonces, exports } = services;
-    let app = routes::AppState {
+    let app = app::AppState {
         chain,
         chain_id,
         records,
@@ -285,7 +246,7 @@ pub fn router_for(chain: Arc<Chain>, services: Services) -> Router {
                 .collect(),
         ),
     };
-    let record_body_limit = DefaultBodyLimit::max(records::RECORD_BODY_BYTES_MAX);
+    let record_body_limit = DefaultBodyLimit::max(http_limits::RECORD_BODY_BYTES_MAX);
     let admission_state = admission::Admission::new(&http);
     Router::new()
         .route("/v1/health", get(routes::health))
@@ -308,9 +269,9 @@ pub fn router_for(chain: Arc<Chain>, services: Services) -> Router {
         .route("/v1/patients/{id}/notifications", get(patients::notifications))
         .route("/v1/patients/{id}/delegates", get(patients::delegates))
         .route("/v1/break-glass", get(break_glass::list))
-        .route("/fhir", post(fhir_bundle::bundle).layer(DefaultBodyLimit::max(fhir_bundle::BUNDLE_BODY_BYTES_MAX)))
+        .route("/fhir", post(fhir_bundle::bundle).layer(DefaultBodyLimit::max(http_limits::BUNDLE_BODY_BYTES_MAX)))
         // Clients post to the base with or without its trailing slash (fhirpy: with).
-        .route("/fhir/", post(fhir_bundle::bundle).layer(DefaultBodyLimit::max(fhir_bundle::BUNDLE_BODY_BYTES_MAX)))
+        .route("/fhir/", post(fhir_bundle::bundle).layer(DefaultBodyLimit::max(http_limits::BUNDLE_BODY_BYTES_MAX)))
         .route("/fhir/metadata", get(fhir::metadata))
         .route("/fhir/AuditEvent", get(fhir::audit_events))
         .route("/fhir/Provenance", get(fhir::provenance))
@@ -319,7 +280,7 @@ pub fn router_for(chain: Arc<Chain>, services: Services) -> Router {
         .route(
             "/fhir/{type}",
             post(fhir::create)
-                .layer(DefaultBodyLimit::max(records::RECORD_BODY_BYTES_MAX))
+                .layer(DefaultBodyLimit::max(http_limits::RECORD_BODY_BYTES_MAX))
                 .get(fhir_search::search)
                 .put(fhir::not_supported)
                 .delete(fhir::not_supported),
@@ -328,7 +289,7 @@ pub fn router_for(chain: Arc<Chain>, services: Services) -> Router {
             "/fhir/{type}/{id}",
             get(fhir::read)
                 .put(fhir::update)
-                .layer(DefaultBodyLimit::max(records::RECORD_BODY_BYTES_MAX))
+                .layer(DefaultBodyLimit::max(http_limits::RECORD_BODY_BYTES_MAX))
                 .delete(fhir::delete)
                 .post(fhir::not_supported),
         )

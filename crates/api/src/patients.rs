@@ -28,9 +28,11 @@ use medledger_types::{IdentityId, Role, TimestampMs};
 use serde::Serialize;
 
 use crate::{
+    app::{AppState, on_chain},
+    clock::now_ms,
     error::ApiError,
-    records::{authenticated, parse_purpose, parse_record_id},
-    routes::{AppState, hexes, now_ms, on_chain, optional_param, parse_identity_id},
+    params::{hexes, optional_param, parse_identity_id, parse_purpose, parse_record_id},
+    signed::authenticated,
 };
 
 /// Most entries in one page of any list.

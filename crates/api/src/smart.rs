@@ -30,10 +30,7 @@ pub use crate::tokens::{
     ASSERTION_MEMORY_MS, ASSERTIONS_MAX, ASSERTIONS_PER_IDENTITY_MAX, TOKENS_MAX, TOKENS_PER_IDENTITY_MAX, TokenLimits,
     TokenStore,
 };
-use crate::{
-    routes::{AppState, now_ms},
-    tokens::Refusal,
-};
+use crate::{app::AppState, clock::now_ms, tokens::Refusal};
 
 /// Lifetime of an access token.
 pub const TOKEN_TTL_MS: u64 = 5 * 60 * 1000;

@@ -199,7 +199,7 @@ impl TokenStore {
     pub fn issue(&self, grant: Grant) -> String {
         let (token, hash) = new_token();
         let mut held = self.lock();
-        held.forget_expired(crate::routes::now_ms());
+        held.forget_expired(crate::clock::now_ms());
         held.insert_token(hash, grant, self.limits.tokens_per_identity_max);
         token
     }

@@ -13,8 +13,8 @@ use medledger_fhir::{
 use medledger_types::{IdentityId, RecordId};
 
 use crate::{
+    app::AppState,
     fhir::{FhirError, SERVED_TYPES, category_of, is_tombstone, patient_of},
-    routes::AppState,
 };
 
 /// A patient record's content that passed [`check_record`].
