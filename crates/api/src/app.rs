@@ -23,7 +23,7 @@ pub(crate) struct AppState {
     pub(crate) records: Option<Arc<medledger_records::RecordService>>,
     pub(crate) auth: Arc<crate::auth::Authenticator>,
     /// Bearer tokens issued by `/auth/token` (SMART backend services).
-    pub(crate) tokens: Arc<crate::smart::TokenStore>,
+    pub(crate) tokens: Arc<crate::smart::tokens::TokenStore>,
     /// The FHIR search index (in memory only).
     pub(crate) search: Arc<crate::fhir_search::SearchIndex>,
     /// FHIR bulk export jobs and their output (in memory only).

@@ -32,7 +32,10 @@ use medledger_types::{IdentityId, RecordId, Role, categories_of_resource_type};
 use crate::{
     app::AppState,
     clock::now_ms,
-    smart::{Grant, bearer, interactions},
+    smart::{
+        bearer::bearer,
+        scopes::{Grant, interactions},
+    },
 };
 
 pub(crate) const FHIR_JSON: &str = "application/fhir+json; charset=utf-8";

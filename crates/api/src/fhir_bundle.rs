@@ -48,7 +48,10 @@ use crate::{
         tombstone,
     },
     fhir_directory::{is_directory, is_staff},
-    smart::{Grant, bearer, interactions},
+    smart::{
+        bearer::bearer,
+        scopes::{Grant, interactions},
+    },
 };
 
 /// Most entries in one Bundle.

@@ -31,7 +31,7 @@ use crate::{
         CATEGORY_SYSTEM, FHIR_JSON, FhirError, IDENTITY_SYSTEM, SERVED_TYPES, authorize, check_content_type,
         consent_resource, forbidden, not_found, records, wait_for_commit,
     },
-    smart::interactions,
+    smart::scopes::interactions,
 };
 
 const CONSENT_ACTION: &str = "http://terminology.hl7.org/CodeSystem/consentaction";

@@ -27,7 +27,7 @@ use crate::{
         forbidden, if_match, is_tombstone, not_found, page_links, paging, parse_id, push_history_entry, records,
         resource_response, tombstone, wait_for_commit, written_response,
     },
-    smart::interactions,
+    smart::scopes::interactions,
 };
 
 pub(crate) fn is_directory(resource_type: &str) -> bool {

@@ -46,7 +46,10 @@ use crate::{
     clock::now_ms,
     fhir::{FHIR_JSON, FhirError, SERVED_TYPES, is_tombstone},
     fhir_export_jobs::{Busy, Finished, Full, Job, NdjsonFile, Progress, RETRY_AFTER_POLL_S, push_line},
-    smart::{Context, Grant, bearer, interactions},
+    smart::{
+        bearer::bearer,
+        scopes::{Context, Grant, interactions},
+    },
 };
 
 /// Most resources in one NDJSON file; a type with more is split into several files.

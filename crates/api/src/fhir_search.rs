@@ -43,7 +43,7 @@ use crate::{
     app::AppState,
     clock::now_ms,
     fhir::{FHIR_JSON, FhirError, SERVED_TYPES},
-    smart::interactions,
+    smart::scopes::interactions,
 };
 
 /// Records whose consent is decided per hold of the chain state's read lock.
@@ -324,7 +324,7 @@ fn evaluate(
     index: &SearchIndex,
     chain: &Chain,
     query: &search::Query,
-    grant: &crate::smart::Grant,
+    grant: &crate::smart::scopes::Grant,
     purpose: medledger_ledger::Purpose,
     now: u64,
 ) -> Found {
@@ -450,7 +450,7 @@ pub(crate) fn matching_for_reference(
     chain: &Chain,
     service: &RecordService,
     query: &search::Query,
-    grant: &crate::smart::Grant,
+    grant: &crate::smart::scopes::Grant,
     now: u64,
 ) -> Vec<RecordId> {
     index.catch_up_waiting(chain, service, true);
@@ -551,7 +551,7 @@ fn bundle(
     index: &SearchIndex,
     query: &search::Query,
     found: &Found,
-    (grant, purpose, now): (&crate::smart::Grant, medledger_ledger::Purpose, u64),
+    (grant, purpose, now): (&crate::smart::scopes::Grant, medledger_ledger::Purpose, u64),
     origin: &str,
     link_params: &str,
 ) -> Result<String, FhirError> {

@@ -132,7 +132,6 @@ mod routes;
 mod server;
 mod signed;
 pub mod smart;
-mod tokens;
 mod visibility;
 mod write_checks;
 

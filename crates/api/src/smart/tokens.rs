@@ -15,7 +15,12 @@ use base64::Engine as _;
 use medledger_crypto::sha256;
 use medledger_types::{Hash, IdentityId, TimestampMs};
 
-use crate::smart::{ASSERTION_LIFETIME_MAX_MS, ASSERTION_SKEW_MS, Grant};
+use crate::smart::scopes::Grant;
+
+/// Longest a client assertion may still be valid for (SMART: at most five minutes).
+pub const ASSERTION_LIFETIME_MAX_MS: u64 = 5 * 60 * 1000;
+/// Tolerated clock difference for `exp`/`nbf`/`iat`.
+pub const ASSERTION_SKEW_MS: u64 = 60 * 1000;
 
 /// How long an assertion id is remembered after its use. An accepted assertion expires at most
 /// `ASSERTION_LIFETIME_MAX_MS + ASSERTION_SKEW_MS` after the node's clock at its use and is
