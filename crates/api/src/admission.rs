@@ -24,7 +24,7 @@ use tokio::sync::Semaphore;
 use crate::{
     budget::{self, ClientBudget, Exhausted, Share},
     error::ApiError,
-    fhir::FhirError,
+    fhir::errors::FhirError,
     http_limits::{BUNDLE_BODY_BYTES_MAX, CONCURRENT_REQUESTS_MAX, HttpLimits, RECORD_BODY_BYTES_MAX},
 };
 

@@ -25,9 +25,9 @@ pub(crate) struct AppState {
     /// Bearer tokens issued by `/auth/token` (SMART backend services).
     pub(crate) tokens: Arc<crate::smart::tokens::TokenStore>,
     /// The FHIR search index (in memory only).
-    pub(crate) search: Arc<crate::fhir_search::SearchIndex>,
+    pub(crate) search: Arc<crate::fhir::search_index::SearchIndex>,
     /// FHIR bulk export jobs and their output (in memory only).
-    pub(crate) exports: Arc<crate::fhir_export::Jobs>,
+    pub(crate) exports: Arc<crate::fhir::export::jobs::Jobs>,
     /// See [`crate::Services::fhir_commit_wait_ms`].
     pub(crate) fhir_commit_wait_ms: u64,
     /// See [`crate::Services::public_bases`].

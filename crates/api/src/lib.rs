@@ -117,13 +117,8 @@ mod clock;
 mod error;
 mod existence;
 pub mod fhir;
-mod fhir_bundle;
-mod fhir_consent;
-mod fhir_directory;
-mod fhir_export;
-mod fhir_export_jobs;
-mod fhir_search;
 mod http_limits;
+mod identities;
 mod params;
 mod patients;
 mod portal;
@@ -133,11 +128,9 @@ mod server;
 mod signed;
 pub mod smart;
 mod visibility;
-mod write_checks;
 
 pub use error::{ApiError, ErrorBody, ErrorDetail};
-pub use fhir_export::ExportLimits;
-pub use fhir_search::COUNTED_PATIENTS_MAX;
+pub use fhir::{export::jobs::ExportLimits, search::COUNTED_PATIENTS_MAX};
 pub use http_limits::{CONCURRENT_REQUESTS_MAX, HttpLimits};
 
 /// The API's routes over `chain`, with the body limit and concurrency bound applied.
@@ -234,7 +227,7 @@ pub fn router_for(chain: Arc<Chain>, services: Services) -> Router {
         auth: Arc::new(auth::Authenticator::new(nonces)),
         tokens,
         search: Arc::default(),
-        exports: Arc::new(fhir_export::Jobs::new(exports)),
+        exports: Arc::new(fhir::export::jobs::Jobs::new(exports)),
         fhir_commit_wait_ms,
         public_bases: Arc::new(
             public_bases
@@ -247,7 +240,7 @@ pub fn router_for(chain: Arc<Chain>, services: Services) -> Router {
     };
     let record_body_limit = DefaultBodyLimit::max(http_limits::RECORD_BODY_BYTES_MAX);
     let admission_state = admission::Admission::new(&http);
-    Router::new()
+    let router = Router::new()
         .route("/v1/health", get(routes::health))
         .route("/v1/head", get(routes::head))
         .route("/v1/proofs/inclusion", get(routes::inclusion))
@@ -267,40 +260,8 @@ pub fn router_for(chain: Arc<Chain>, services: Services) -> Router {
         .route("/v1/patients/{id}/access-log", get(patients::access_log))
         .route("/v1/patients/{id}/notifications", get(patients::notifications))
         .route("/v1/patients/{id}/delegates", get(patients::delegates))
-        .route("/v1/break-glass", get(break_glass::list))
-        .route("/fhir", post(fhir_bundle::bundle).layer(DefaultBodyLimit::max(http_limits::BUNDLE_BODY_BYTES_MAX)))
-        // Clients post to the base with or without its trailing slash (fhirpy: with).
-        .route("/fhir/", post(fhir_bundle::bundle).layer(DefaultBodyLimit::max(http_limits::BUNDLE_BODY_BYTES_MAX)))
-        .route("/fhir/metadata", get(fhir::metadata))
-        .route("/fhir/AuditEvent", get(fhir::audit_events))
-        .route("/fhir/Provenance", get(fhir::provenance))
-        .route("/fhir/Consent", get(fhir::consents).post(fhir_consent::create))
-        .route("/fhir/Consent/{id}", get(fhir::consent).put(fhir_consent::update).delete(fhir_consent::delete))
-        .route(
-            "/fhir/{type}",
-            post(fhir::create)
-                .layer(DefaultBodyLimit::max(http_limits::RECORD_BODY_BYTES_MAX))
-                .get(fhir_search::search)
-                .put(fhir::not_supported)
-                .delete(fhir::not_supported),
-        )
-        .route(
-            "/fhir/{type}/{id}",
-            get(fhir::read)
-                .put(fhir::update)
-                .layer(DefaultBodyLimit::max(http_limits::RECORD_BODY_BYTES_MAX))
-                .delete(fhir::delete)
-                .post(fhir::not_supported),
-        )
-        .route("/fhir/{type}/_history", get(fhir::type_history))
-        .route("/fhir/{type}/{id}/_history", get(fhir::history))
-        .route("/fhir/Patient/{id}/$everything", get(fhir::everything))
-        .route("/fhir/$export", get(fhir_export::export_system).post(fhir_export::kick_off_method))
-        .route("/fhir/Patient/$export", get(fhir_export::export_patients).post(fhir_export::kick_off_method))
-        .route("/fhir/Group/{id}/$export", get(fhir_export::export_group).post(fhir_export::kick_off_method))
-        .route("/fhir/$export-status/{job}", get(fhir_export::status).delete(fhir_export::delete))
-        .route("/fhir/$export-file/{job}/{file}", get(fhir_export::file))
-        .route("/fhir/{type}/{id}/_history/{vid}", get(fhir::vread))
+        .route("/v1/break-glass", get(break_glass::list));
+    fhir::routes(router)
         .route("/auth/token", post(smart::token))
         .route("/.well-known/smart-configuration", get(smart::configuration))
         .route("/metrics", get(routes::metrics))

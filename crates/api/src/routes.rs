@@ -480,7 +480,7 @@ pub(crate) async fn not_found(uri: Uri) -> axum::response::Response {
     use axum::response::IntoResponse;
     // FHIR clients get an OperationOutcome for paths under /fhir.
     if uri.path().starts_with("/fhir/") {
-        return crate::fhir::not_supported().await.into_response();
+        return crate::fhir::errors::not_supported().await.into_response();
     }
     ApiError::NotFound(format!("no such endpoint: {}", echo(uri.path()))).into_response()
 }
@@ -488,7 +488,7 @@ pub(crate) async fn not_found(uri: Uri) -> axum::response::Response {
 pub(crate) async fn method_not_allowed(method: Method, uri: Uri) -> axum::response::Response {
     use axum::response::IntoResponse;
     if uri.path().starts_with("/fhir/") {
-        return crate::fhir::not_supported().await.into_response();
+        return crate::fhir::errors::not_supported().await.into_response();
     }
     ApiError::MethodNotAllowed { method: echo(method.as_str()), path: echo(uri.path()) }.into_response()
 }
