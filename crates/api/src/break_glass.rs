@@ -22,7 +22,7 @@ use crate::{
     app::{AppState, on_chain},
     clock::now_ms,
     error::ApiError,
-    patients::{ReviewView, page, slice},
+    patients::common::{ReviewView, page, slice},
     signed::authenticated,
 };
 
