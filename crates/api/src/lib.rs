@@ -95,6 +95,30 @@
 //!   [1 h] after its job finished; when a node-wide cap is reached, finished jobs of identities
 //!   holding more than their fair share (the cap divided by the identities holding some) are
 //!   kept only `contended_ttl_ms` [10 min] after they finished.
+//!
+//! ## Module layering
+//!
+//! The modules form four tiers, bottom to top. A module imports only from its own tier or a
+//! lower one; an interaction (one module, or one folder such as `fhir/bundle/`) never imports
+//! another, so what two interactions share lives in a lower module; and no two modules import
+//! each other, directly or around a circle. `module_graph_test.rs` reads the sources and checks
+//! all of it against these lists, which must name every module:
+//! - **foundation** (no request state; vocabulary, limits and in-memory stores): `auth`,
+//!   `budget`, `clock`, `error`, `fhir::consent::resource`, `fhir::errors`,
+//!   `fhir::export::jobs`, `fhir::paging`, `fhir::render`, `fhir::request`,
+//!   `fhir::search_index`, `fhir::served`, `http_limits`, `identities`, `params`,
+//!   `smart::scopes`, `smart::tokens`
+//! - **services** (what the handlers share, mostly over the shared request state): `app`,
+//!   `existence`, `fhir::commit`, `fhir::conditional`, `fhir::credentials`, `fhir::directory`,
+//!   `fhir::write_checks`, `patients::common`, `signed`, `smart::bearer`, `visibility`
+//! - **interactions** (each answers its own routes): `break_glass`, `fhir::audit_event`,
+//!   `fhir::bundle`, `fhir::capability`, `fhir::consent`, `fhir::crud`, `fhir::everything`,
+//!   `fhir::export`, `fhir::history`, `fhir::provenance`, `fhir::search`, `patients`,
+//!   `portal`, `records`, `routes`, `smart`
+//! - **router** (the wiring and the server around it): `crate`, `admission`, `fhir`, `server`
+//!
+//! A folder's `mod.rs` sits above its files: it declares them, and wires or re-exports them
+//! (`fhir/mod.rs` holds the `/fhir` routes), but none of them imports it.
 
 use std::{future::Future, sync::Arc};
 
@@ -119,6 +143,8 @@ mod existence;
 pub mod fhir;
 mod http_limits;
 mod identities;
+#[cfg(test)]
+mod module_graph_test;
 mod params;
 mod patients;
 mod portal;
