@@ -22,17 +22,16 @@ use medledger_types::limits;
 use tokio::sync::Semaphore;
 
 use crate::{
-    ApiError, CONCURRENT_REQUESTS_MAX, HttpLimits,
     budget::{self, ClientBudget, Exhausted, Share},
-    fhir::FhirError,
+    error::ApiError,
+    fhir::errors::FhirError,
+    http_limits::{BUNDLE_BODY_BYTES_MAX, CONCURRENT_REQUESTS_MAX, HttpLimits, RECORD_BODY_BYTES_MAX},
 };
 
 /// The largest body any route takes. A body is buffered up to this; each route's own, smaller
 /// limit then applies to the buffered body (and answers its 413 in the route's format).
-pub(crate) const BODY_BYTES_MAX: usize = max(
-    limits::HTTP_BODY_BYTES_MAX,
-    max(crate::records::RECORD_BODY_BYTES_MAX, crate::fhir_bundle::BUNDLE_BODY_BYTES_MAX),
-);
+pub(crate) const BODY_BYTES_MAX: usize =
+    max(limits::HTTP_BODY_BYTES_MAX, max(RECORD_BODY_BYTES_MAX, BUNDLE_BODY_BYTES_MAX));
 
 const fn max(a: usize, b: usize) -> usize {
     if a > b { a } else { b }
@@ -168,11 +167,7 @@ mod tests {
 
     #[test]
     fn every_route_limit_fits_the_buffer() {
-        for route_max in [
-            limits::HTTP_BODY_BYTES_MAX,
-            crate::records::RECORD_BODY_BYTES_MAX,
-            crate::fhir_bundle::BUNDLE_BODY_BYTES_MAX,
-        ] {
+        for route_max in [limits::HTTP_BODY_BYTES_MAX, RECORD_BODY_BYTES_MAX, BUNDLE_BODY_BYTES_MAX] {
             assert!(route_max <= BODY_BYTES_MAX);
         }
         let defaults = HttpLimits::default();

@@ -19,10 +19,11 @@ use medledger_types::{Role, TimestampMs};
 use serde::Serialize;
 
 use crate::{
+    app::{AppState, on_chain},
+    clock::now_ms,
     error::ApiError,
-    patients::{ReviewView, page, slice},
-    records::authenticated,
-    routes::{AppState, now_ms, on_chain},
+    patients::common::{ReviewView, page, slice},
+    signed::authenticated,
 };
 
 #[derive(Serialize)]

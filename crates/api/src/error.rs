@@ -191,7 +191,7 @@ mod tests {
             path: "blobs".into(),
             source: std::io::Error::from(std::io::ErrorKind::StorageFull),
         });
-        assert_eq!(crate::fhir::FhirError::from(full).status(), 507);
+        assert_eq!(crate::fhir::errors::FhirError::from(full).status(), 507);
         let full = medledger_records::RecordError::Blobs(medledger_blobs::BlobError::StorageFull {
             path: "blobs".into(),
             source: std::io::Error::from(std::io::ErrorKind::StorageFull),

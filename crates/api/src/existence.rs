@@ -13,7 +13,7 @@ use medledger_ledger::{Purpose, RecordHead, State};
 use medledger_records::access::{self, Basis, Refusal};
 use medledger_types::{IdentityId, RecordId, TimestampMs};
 
-use crate::routes::{AppState, now_ms};
+use crate::{app::AppState, clock::now_ms};
 
 /// The head of record `record_id`, if it exists as a `resource_type`.
 pub(crate) fn head_of_type(app: &AppState, record_id: &RecordId, resource_type: &str) -> Option<RecordHead> {

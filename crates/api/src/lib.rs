@@ -95,6 +95,30 @@
 //!   [1 h] after its job finished; when a node-wide cap is reached, finished jobs of identities
 //!   holding more than their fair share (the cap divided by the identities holding some) are
 //!   kept only `contended_ttl_ms` [10 min] after they finished.
+//!
+//! ## Module layering
+//!
+//! The modules form four tiers, bottom to top. A module imports only from its own tier or a
+//! lower one; an interaction (one module, or one folder such as `fhir/bundle/`) never imports
+//! another, so what two interactions share lives in a lower module; and no two modules import
+//! each other, directly or around a circle. `module_graph_test.rs` reads the sources and checks
+//! all of it against these lists, which must name every module:
+//! - **foundation** (no request state; vocabulary, limits and in-memory stores): `auth`,
+//!   `budget`, `clock`, `error`, `fhir::consent::resource`, `fhir::errors`,
+//!   `fhir::export::jobs`, `fhir::paging`, `fhir::render`, `fhir::request`,
+//!   `fhir::search_index`, `fhir::served`, `http_limits`, `identities`, `params`,
+//!   `smart::scopes`, `smart::tokens`
+//! - **services** (what the handlers share, mostly over the shared request state): `app`,
+//!   `existence`, `fhir::commit`, `fhir::conditional`, `fhir::credentials`, `fhir::directory`,
+//!   `fhir::write_checks`, `patients::common`, `signed`, `smart::bearer`, `visibility`
+//! - **interactions** (each answers its own routes): `break_glass`, `fhir::audit_event`,
+//!   `fhir::bundle`, `fhir::capability`, `fhir::consent`, `fhir::crud`, `fhir::everything`,
+//!   `fhir::export`, `fhir::history`, `fhir::provenance`, `fhir::search`, `patients`,
+//!   `portal`, `records`, `routes`, `smart`
+//! - **router** (the wiring and the server around it): `crate`, `admission`, `fhir`, `server`
+//!
+//! A folder's `mod.rs` sits above its files: it declares them, and wires or re-exports them
+//! (`fhir/mod.rs` holds the `/fhir` routes), but none of them imports it.
 
 use std::{future::Future, sync::Arc};
 
@@ -109,35 +133,31 @@ use medledger_records::RecordService;
 use medledger_types::limits;
 
 mod admission;
+mod app;
 pub mod auth;
 mod break_glass;
 mod budget;
+mod clock;
 mod error;
 mod existence;
 pub mod fhir;
-mod fhir_bundle;
-mod fhir_consent;
-mod fhir_directory;
-mod fhir_export;
-mod fhir_export_jobs;
-mod fhir_search;
+mod http_limits;
+mod identities;
+#[cfg(test)]
+mod module_graph_test;
+mod params;
 mod patients;
 mod portal;
 mod records;
 mod routes;
 mod server;
+mod signed;
 pub mod smart;
-mod tokens;
 mod visibility;
-mod write_checks;
 
 pub use error::{ApiError, ErrorBody, ErrorDetail};
-pub use fhir_export::ExportLimits;
-pub use fhir_search::COUNTED_PATIENTS_MAX;
-
-/// Most requests handled at once; more are refused with 503 rather than queued, so a flood
-/// cannot grow memory or starve the blocking pool that chain calls run on.
-pub const CONCURRENT_REQUESTS_MAX: usize = 256;
+pub use fhir::{export::jobs::ExportLimits, search::COUNTED_PATIENTS_MAX};
+pub use http_limits::{CONCURRENT_REQUESTS_MAX, HttpLimits};
 
 /// The API's routes over `chain`, with the body limit and concurrency bound applied.
 pub fn router(chain: Arc<Chain>) -> Router {
@@ -186,47 +206,6 @@ impl Default for Services {
     }
 }
 
-/// What one client may hold of the node's HTTP server, and for how long. A client is an IPv4
-/// address or an IPv6 /64. The defaults suit a node; tests shorten the timeouts.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct HttpLimits {
-    /// A connection must send a request's complete headers within this long of opening or of
-    /// its previous answer, or it is closed; so this also closes idle kept-alive connections.
-    pub header_read_timeout_ms: u64,
-    /// A request's whole body must arrive within this long of its headers, or the answer is
-    /// 408 and the connection is closed.
-    pub body_read_timeout_ms: u64,
-    /// A connection whose answer makes no write progress for this long (the client stopped
-    /// reading) is closed.
-    pub write_stall_timeout_ms: u64,
-    /// Open connections per client; more are answered 503 with `Retry-After` and closed.
-    pub connections_per_client_max: usize,
-    /// Open connections in all; more are answered 503 and closed. Keep it well below the
-    /// process's open-file limit (`ulimit -n`), which storage and p2p need too.
-    pub connections_max: usize,
-    /// Request-body bytes one client may have in memory at once (bodies are read whole before
-    /// a request is served); more is answered 503. At least the largest body a route takes.
-    pub body_buffer_bytes_per_client_max: usize,
-    /// Request-body bytes in memory at once in all; more is answered 503.
-    pub body_buffer_bytes_max: usize,
-}
-
-impl Default for HttpLimits {
-    fn default() -> Self {
-        Self {
-            header_read_timeout_ms: 10_000,
-            body_read_timeout_ms: 30_000,
-            write_stall_timeout_ms: 30_000,
-            // A hospital's integration engine behind one address opens many connections; one
-            // address still holds at most a sixteenth of the node's.
-            connections_per_client_max: 256,
-            connections_max: 4_096,
-            body_buffer_bytes_per_client_max: 64 * 1024 * 1024,
-            body_buffer_bytes_max: 512 * 1024 * 1024,
-        }
-    }
-}
-
 /// A public base URL as configured (`http://host:port` or `https://host/prefix`), normalised
 /// without its trailing `/`; or why it cannot be one. Every absolute URL the API writes starts
 /// with it, inside JSON and HTTP headers, so only plain URL characters are allowed.
@@ -267,14 +246,14 @@ pub fn router_with(chain: Arc<Chain>, records: Option<Arc<RecordService>>) -> Ro
 pub fn router_for(chain: Arc<Chain>, services: Services) -> Router {
     let chain_id = chain.genesis().chain_id();
     let Services { records, tokens, fhir_commit_wait_ms, public_bases, http, nonces, exports } = services;
-    let app = routes::AppState {
+    let app = app::AppState {
         chain,
         chain_id,
         records,
         auth: Arc::new(auth::Authenticator::new(nonces)),
         tokens,
         search: Arc::default(),
-        exports: Arc::new(fhir_export::Jobs::new(exports)),
+        exports: Arc::new(fhir::export::jobs::Jobs::new(exports)),
         fhir_commit_wait_ms,
         public_bases: Arc::new(
             public_bases
@@ -285,9 +264,9 @@ pub fn router_for(chain: Arc<Chain>, services: Services) -> Router {
                 .collect(),
         ),
     };
-    let record_body_limit = DefaultBodyLimit::max(records::RECORD_BODY_BYTES_MAX);
+    let record_body_limit = DefaultBodyLimit::max(http_limits::RECORD_BODY_BYTES_MAX);
     let admission_state = admission::Admission::new(&http);
-    Router::new()
+    let router = Router::new()
         .route("/v1/health", get(routes::health))
         .route("/v1/head", get(routes::head))
         .route("/v1/proofs/inclusion", get(routes::inclusion))
@@ -301,46 +280,14 @@ pub fn router_for(chain: Arc<Chain>, services: Services) -> Router {
         .route("/v1/identities/{id}", get(routes::identity))
         .route("/v1/records", post(records::write).layer(record_body_limit))
         .route("/v1/records/{id}", get(records::read))
-        .route("/v1/records/{id}/history", get(patients::history))
-        .route("/v1/patients/{id}/records", get(patients::records))
-        .route("/v1/patients/{id}/grants", get(patients::grants))
-        .route("/v1/patients/{id}/access-log", get(patients::access_log))
-        .route("/v1/patients/{id}/notifications", get(patients::notifications))
-        .route("/v1/patients/{id}/delegates", get(patients::delegates))
-        .route("/v1/break-glass", get(break_glass::list))
-        .route("/fhir", post(fhir_bundle::bundle).layer(DefaultBodyLimit::max(fhir_bundle::BUNDLE_BODY_BYTES_MAX)))
-        // Clients post to the base with or without its trailing slash (fhirpy: with).
-        .route("/fhir/", post(fhir_bundle::bundle).layer(DefaultBodyLimit::max(fhir_bundle::BUNDLE_BODY_BYTES_MAX)))
-        .route("/fhir/metadata", get(fhir::metadata))
-        .route("/fhir/AuditEvent", get(fhir::audit_events))
-        .route("/fhir/Provenance", get(fhir::provenance))
-        .route("/fhir/Consent", get(fhir::consents).post(fhir_consent::create))
-        .route("/fhir/Consent/{id}", get(fhir::consent).put(fhir_consent::update).delete(fhir_consent::delete))
-        .route(
-            "/fhir/{type}",
-            post(fhir::create)
-                .layer(DefaultBodyLimit::max(records::RECORD_BODY_BYTES_MAX))
-                .get(fhir_search::search)
-                .put(fhir::not_supported)
-                .delete(fhir::not_supported),
-        )
-        .route(
-            "/fhir/{type}/{id}",
-            get(fhir::read)
-                .put(fhir::update)
-                .layer(DefaultBodyLimit::max(records::RECORD_BODY_BYTES_MAX))
-                .delete(fhir::delete)
-                .post(fhir::not_supported),
-        )
-        .route("/fhir/{type}/_history", get(fhir::type_history))
-        .route("/fhir/{type}/{id}/_history", get(fhir::history))
-        .route("/fhir/Patient/{id}/$everything", get(fhir::everything))
-        .route("/fhir/$export", get(fhir_export::export_system).post(fhir_export::kick_off_method))
-        .route("/fhir/Patient/$export", get(fhir_export::export_patients).post(fhir_export::kick_off_method))
-        .route("/fhir/Group/{id}/$export", get(fhir_export::export_group).post(fhir_export::kick_off_method))
-        .route("/fhir/$export-status/{job}", get(fhir_export::status).delete(fhir_export::delete))
-        .route("/fhir/$export-file/{job}/{file}", get(fhir_export::file))
-        .route("/fhir/{type}/{id}/_history/{vid}", get(fhir::vread))
+        .route("/v1/records/{id}/history", get(patients::records::history))
+        .route("/v1/patients/{id}/records", get(patients::records::records))
+        .route("/v1/patients/{id}/grants", get(patients::grants::grants))
+        .route("/v1/patients/{id}/access-log", get(patients::access_log::access_log))
+        .route("/v1/patients/{id}/notifications", get(patients::notifications::notifications))
+        .route("/v1/patients/{id}/delegates", get(patients::grants::delegates))
+        .route("/v1/break-glass", get(break_glass::list));
+    fhir::routes(router)
         .route("/auth/token", post(smart::token))
         .route("/.well-known/smart-configuration", get(smart::configuration))
         .route("/metrics", get(routes::metrics))

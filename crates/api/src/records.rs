@@ -4,7 +4,6 @@
 use std::{collections::HashMap, sync::Arc};
 
 use axum::{
-    body::Bytes,
     extract::{Path, Query, Request, State},
     http::{HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
@@ -15,60 +14,19 @@ use medledger_types::{IdentityId, RecordId, Role};
 use serde::Serialize;
 
 use crate::{
-    error::{ApiError, echo},
-    routes::{AppState, now_ms},
+    app::AppState,
+    clock::now_ms,
+    error::ApiError,
+    params::{parse_purpose, parse_record_id},
+    signed::authenticated,
 };
 
 pub(crate) const FHIR_JSON: &str = "application/fhir+json";
-
-/// Reads the body and authenticates the request; returns (identity, body).
-pub(crate) async fn authenticated(app: &AppState, request: Request) -> Result<(IdentityId, Bytes), ApiError> {
-    let (parts, body) = request.into_parts();
-    let body = axum::body::to_bytes(body, RECORD_BODY_BYTES_MAX)
-        .await
-        .map_err(|_| ApiError::PayloadTooLarge { max: RECORD_BODY_BYTES_MAX })?;
-    let header = parts.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).map(str::to_owned);
-    let path = parts.uri.path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_default();
-    let method = parts.method.as_str().to_owned();
-    let (chain, auth) = (app.chain.clone(), app.auth.clone());
-    let body_for_check = body.clone();
-    let id = tokio::task::spawn_blocking(move || {
-        auth.verify(&chain, header.as_deref(), &method, &path, &body_for_check, now_ms())
-    })
-    .await
-    .map_err(|_| ApiError::Internal("authentication task failed".into()))?
-    .map_err(|e| match e {
-        crate::auth::AuthError::TooMany { retry_after_s, .. } => {
-            ApiError::TooManyRequests { message: e.to_string(), retry_after_s }
-        }
-        crate::auth::AuthError::Saturated { retry_after_s } => {
-            ApiError::Saturated { message: e.to_string(), retry_after_s }
-        }
-        _ => ApiError::Unauthorized(e.to_string()),
-    })?;
-    Ok((id, body))
-}
-
-/// Largest FHIR resource accepted, in bytes.
-pub(crate) const RECORD_BODY_BYTES_MAX: usize = medledger_records::RECORD_PLAINTEXT_BYTES_MAX;
 
 fn records(app: &AppState) -> Result<Arc<medledger_records::RecordService>, ApiError> {
     app.records.clone().ok_or_else(|| {
         ApiError::Unavailable("this node does not serve records (no organisation key configured)".into())
     })
-}
-
-pub(crate) fn parse_record_id(text: &str) -> Result<RecordId, ApiError> {
-    RecordId::from_hex(text).map_err(|e| ApiError::BadRequest(format!("record id must be 64 hex characters: {e}")))
-}
-
-pub(crate) fn parse_purpose(query: &HashMap<String, String>) -> Result<Purpose, ApiError> {
-    match query.get("purpose") {
-        None => Ok(Purpose::Treatment),
-        Some(p) => Purpose::parse(p).ok_or_else(|| {
-            ApiError::BadRequest(format!("unknown purpose {} (TREAT, HPAYMT, HOPERAT, HRESCH, ETREAT)", echo(p)))
-        }),
-    }
 }
 
 impl From<RecordError> for ApiError {
@@ -94,7 +52,7 @@ impl From<RecordError> for ApiError {
 
 /// A refusal of the FHIR checks (`write_checks`) in this API's error shape: every issue,
 /// with where it is.
-fn refused(error: crate::fhir::FhirError) -> ApiError {
+fn refused(error: crate::fhir::errors::FhirError) -> ApiError {
     let issues: Vec<String> = error.issues().iter().map(ToString::to_string).collect();
     ApiError::BadRequest(issues.join("; "))
 }
@@ -152,10 +110,11 @@ pub(crate) async fn write(
         }
         // Exactly what `POST /fhir/{type}` checks of a record (strict parse, validation, a
         // served type, no delete marker, the category), and that it names no other patient.
-        let content = crate::write_checks::check_record(None, &body).map_err(refused)?;
+        let content = crate::fhir::write_checks::check_record(None, &body).map_err(refused)?;
         let resource_type = content.validated.resource_type.clone();
         let category = content.category;
-        crate::write_checks::check_patient_named(&app, &resource_type, &content.json, &patient).map_err(refused)?;
+        crate::fhir::write_checks::check_patient_named(&app, &resource_type, &content.json, &patient)
+            .map_err(refused)?;
         if let Some(record) = record {
             check_next_version(&chain, &record, &resource_type, &patient, category)?;
         }

@@ -1,15 +1,13 @@
-//! Request handlers and the JSON shapes they return.
+//! The `/v1` ledger endpoints (health, head, proofs, checkpoints, transactions, blocks,
+//! identities, metrics) and the fallbacks for unknown routes and methods, with the JSON shapes
+//! they return.
 //!
 //! Every call into [`Chain`] runs on tokio's blocking pool ([`on_chain`]): the chain takes std
 //! locks (the state lock is held for writing while finalized blocks are stored durably) and
 //! reads the store synchronously, neither of which may stall the async workers. Lock guards
 //! live only inside those synchronous closures, so none is ever held across an `.await`.
 
-use std::{
-    collections::HashMap,
-    sync::Arc,
-    time::{SystemTime, UNIX_EPOCH},
-};
+use std::collections::HashMap;
 
 use axum::{
     Json,
@@ -23,84 +21,27 @@ use medledger_node::{
     NodeError,
     chain::{Chain, TxStatus},
 };
-use medledger_types::{Hash, Height, IdentityId, Role, TxId, limits};
+use medledger_types::{Height, IdentityId, Role, TxId, limits};
 use serde::{Deserialize, Serialize};
 
 use crate::{
+    app::{AppState, on_chain},
+    clock::now_ms,
     error::{ApiError, echo},
+    params::{hexes, optional_param, parse_identity_id, parse_u64},
     visibility::{Viewer, caller},
 };
-
-#[derive(Clone)]
-pub(crate) struct AppState {
-    pub(crate) chain: Arc<Chain>,
-    /// Computed once: hashing the genesis on every `/v1/head` would be waste.
-    pub(crate) chain_id: Hash,
-    /// Present when the node holds its organisation's keys and serves records.
-    pub(crate) records: Option<Arc<medledger_records::RecordService>>,
-    pub(crate) auth: Arc<crate::auth::Authenticator>,
-    /// Bearer tokens issued by `/auth/token` (SMART backend services).
-    pub(crate) tokens: Arc<crate::smart::TokenStore>,
-    /// The FHIR search index (in memory only).
-    pub(crate) search: Arc<crate::fhir_search::SearchIndex>,
-    /// FHIR bulk export jobs and their output (in memory only).
-    pub(crate) exports: Arc<crate::fhir_export::Jobs>,
-    /// See [`crate::Services::fhir_commit_wait_ms`].
-    pub(crate) fhir_commit_wait_ms: u64,
-    /// See [`crate::Services::public_bases`].
-    pub(crate) public_bases: Arc<Vec<String>>,
-}
-
-impl AppState {
-    /// The base of every absolute URL the API writes: the first configured public base
-    /// ([`crate::Services::public_bases`]), never the request's `Host` header. Empty when none
-    /// is configured: URLs are then relative (`/fhir/...`).
-    pub(crate) fn public_base(&self) -> &str {
-        self.public_bases.first().map_or("", String::as_str)
-    }
-}
-
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
 
 const TEXT_PLAIN: &str = "text/plain; charset=utf-8";
 const OCTET_STREAM: &str = "application/octet-stream";
 /// Prometheus text exposition format.
 const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-/// Runs `f` against the chain on the blocking pool. A panic inside it (a poisoned lock, a
-/// bug) becomes a 500 instead of tearing down the connection.
-pub(crate) async fn on_chain<T, F>(chain: &Arc<Chain>, f: F) -> Result<T, ApiError>
-where
-    T: Send + 'static,
-    F: FnOnce(&Chain) -> Result<T, ApiError> + Send + 'static,
-{
-    let chain = chain.clone();
-    match tokio::task::spawn_blocking(move || f(&chain)).await {
-        Ok(result) => result,
-        Err(e) if e.is_panic() => Err(ApiError::Internal("request handler panicked".into())),
-        Err(_) => Err(ApiError::Internal("request handler was cancelled".into())),
-    }
-}
-
 fn text(content_type: &'static str, body: String) -> Response {
     ([(header::CONTENT_TYPE, HeaderValue::from_static(content_type))], body).into_response()
 }
 
 // ---- query and path parameters ----
-
-fn parse_u64(name: &str, value: &str) -> Result<u64, ApiError> {
-    // `u64::from_str` accepts a leading '+'; canonical decimal only.
-    if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(ApiError::BadRequest(format!("{name} must be a non-negative integer, got {}", echo(value))));
-    }
-    value.parse().map_err(|_| ApiError::BadRequest(format!("{name} {} is out of range", echo(value))))
-}
-
-pub(crate) fn optional_param(query: &HashMap<String, String>, name: &str) -> Result<Option<u64>, ApiError> {
-    query.get(name).map(|v| parse_u64(&format!("query parameter `{name}`"), v)).transpose()
-}
 
 fn required_param(query: &HashMap<String, String>, name: &str) -> Result<u64, ApiError> {
     optional_param(query, name)?
@@ -113,14 +54,6 @@ fn parse_height(text: &str) -> Result<Height, ApiError> {
 
 fn parse_tx_id(text: &str) -> Result<TxId, ApiError> {
     TxId::from_hex(text).map_err(|e| ApiError::BadRequest(format!("transaction id must be 64 hex characters: {e}")))
-}
-
-pub(crate) fn parse_identity_id(text: &str) -> Result<IdentityId, ApiError> {
-    IdentityId::from_hex(text).map_err(|e| ApiError::BadRequest(format!("identity id must be 64 hex characters: {e}")))
-}
-
-pub(crate) fn hexes(hashes: &[Hash]) -> Vec<String> {
-    hashes.iter().map(Hash::to_hex).collect()
 }
 
 // ---- health and head ----
@@ -547,7 +480,7 @@ pub(crate) async fn not_found(uri: Uri) -> axum::response::Response {
     use axum::response::IntoResponse;
     // FHIR clients get an OperationOutcome for paths under /fhir.
     if uri.path().starts_with("/fhir/") {
-        return crate::fhir::not_supported().await.into_response();
+        return crate::fhir::errors::not_supported().await.into_response();
     }
     ApiError::NotFound(format!("no such endpoint: {}", echo(uri.path()))).into_response()
 }
@@ -555,7 +488,7 @@ pub(crate) async fn not_found(uri: Uri) -> axum::response::Response {
 pub(crate) async fn method_not_allowed(method: Method, uri: Uri) -> axum::response::Response {
     use axum::response::IntoResponse;
     if uri.path().starts_with("/fhir/") {
-        return crate::fhir::not_supported().await.into_response();
+        return crate::fhir::errors::not_supported().await.into_response();
     }
     ApiError::MethodNotAllowed { method: echo(method.as_str()), path: echo(uri.path()) }.into_response()
 }

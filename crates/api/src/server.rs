@@ -24,8 +24,8 @@ use tokio::{
 use tower::ServiceExt;
 
 use crate::{
-    HttpLimits,
     budget::{self, ClientBudget, Exhausted, Share},
+    http_limits::HttpLimits,
 };
 
 /// Most bytes hyper buffers from a connection, which bounds a request's headers (431 beyond):

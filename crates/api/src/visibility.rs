@@ -24,7 +24,7 @@ use axum::{extract::Request, http::header};
 use medledger_node::chain::Chain;
 use medledger_types::{IdentityId, Role};
 
-use crate::{error::ApiError, records::authenticated, routes::AppState};
+use crate::{app::AppState, error::ApiError, signed::authenticated};
 
 /// Who asks, as far as ledger data is concerned.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -25,12 +25,17 @@ use medledger_ledger::{Payload, Purpose, Scope, actions};
 use medledger_types::{IdentityId, RecordId, Role, TxId, limits};
 
 use crate::{
+    app::AppState,
+    clock::now_ms,
     fhir::{
-        CATEGORY_SYSTEM, FHIR_JSON, FhirError, IDENTITY_SYSTEM, SERVED_TYPES, authorize, check_content_type,
-        consent_resource, forbidden, not_found, records, wait_for_commit,
+        commit::wait_for_commit,
+        consent::resource::consent_resource,
+        credentials::{authorize, records},
+        errors::{FHIR_JSON, FhirError, forbidden, not_found},
+        request::check_content_type,
+        served::{CATEGORY_SYSTEM, IDENTITY_SYSTEM, SERVED_TYPES},
     },
-    routes::{AppState, now_ms},
-    smart::interactions,
+    smart::scopes::interactions,
 };
 
 const CONSENT_ACTION: &str = "http://terminology.hl7.org/CodeSystem/consentaction";

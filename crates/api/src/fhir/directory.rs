@@ -1,5 +1,6 @@
 //! The consortium directory over FHIR: Organization, Practitioner, PractitionerRole and
-//! Location (`medledger_types::DIRECTORY_RESOURCE_TYPES`).
+//! Location (`medledger_types::DIRECTORY_RESOURCE_TYPES`). `crud.rs` and `history.rs` hand
+//! these types here.
 //!
 //! These describe organisations, staff and places, not patients, so they are committed in
 //! clear (`Payload::DirectoryPut`), readable by any authenticated client whose token's scopes
@@ -17,29 +18,22 @@ use axum::{
 };
 use medledger_fhir::IssueCode;
 use medledger_records::RecordError;
-use medledger_types::{IdentityId, RecordId, Role};
+use medledger_types::{IdentityId, RecordId};
 
 use crate::{
+    app::AppState,
+    clock::now_ms,
     fhir::{
-        FhirError, HISTORY_VERSIONS_MAX, Written, authorize, bundle_response, check_content_type, committed_at_ms,
-        forbidden, if_match, is_tombstone, not_found, page_links, paging, parse_id, push_history_entry, records,
-        resource_response, tombstone, wait_for_commit, written_response,
+        commit::{Written, committed_at_ms, wait_for_commit, written_response},
+        credentials::{authorize, is_staff, records},
+        errors::{FhirError, forbidden, not_found},
+        paging::{HISTORY_VERSIONS_MAX, page_links, paging},
+        render::{bundle_response, push_history_entry, resource_response},
+        request::{check_content_type, if_match, parse_id},
+        served::{is_tombstone, tombstone},
     },
-    routes::{AppState, now_ms},
-    smart::interactions,
+    smart::scopes::interactions,
 };
-
-pub(crate) fn is_directory(resource_type: &str) -> bool {
-    medledger_types::is_directory_resource_type(resource_type)
-}
-
-/// Whether `who` writes for `organisation`: the organisation itself, or its staff or systems.
-pub(crate) fn is_staff(app: &AppState, who: &IdentityId, organisation: &IdentityId) -> bool {
-    app.chain.state().identity(who).is_some_and(|w| {
-        w.id == *organisation
-            || (matches!(w.role, Role::Practitioner | Role::SystemClient) && w.organisation == Some(*organisation))
-    })
-}
 
 fn task_failed(what: &str) -> FhirError {
     FhirError::new(StatusCode::INTERNAL_SERVER_ERROR, IssueCode::Exception, format!("{what} task failed"))
@@ -110,7 +104,7 @@ fn check_write(
             ));
         }
         // Small enough for the ledger, and no patient data in the clear directory.
-        crate::write_checks::check_directory(resource_type, body)?;
+        crate::fhir::write_checks::check_directory(resource_type, body)?;
     }
     let service = records(app)?;
     if !is_staff(app, &grant.identity, &service.organisation()) {
@@ -129,7 +123,7 @@ pub(crate) async fn create(
     check_write(&app, &headers, &resource_type, interactions::CREATE, Some(&body))?;
     let grant = authorize(&app, &headers, &resource_type, interactions::CREATE)?;
     // Conditional create: already here means nothing is written.
-    if let Some(found) = crate::fhir_bundle::if_none_exist(&app, &headers, &grant, &resource_type).await? {
+    if let Some(found) = crate::fhir::conditional::if_none_exist(&app, &headers, &grant, &resource_type).await? {
         return Ok(found);
     }
     let service = records(&app)?;

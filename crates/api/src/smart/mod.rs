@@ -12,8 +12,13 @@
 //! every client out, which is the safe failure for short-lived credentials. Each identity has
 //! its own quota of live tokens and of token requests (`tokens.rs`): one client's flood only
 //! ever replaces its own tokens, and is refused with 429 (`slow_down`) past its quota.
+//!
+//! Here: the token endpoint and the SMART configuration. Beside it: `scopes.rs` (scopes and
+//! the [`Grant`] a token stands for), `tokens.rs` (the token store and its quotas) and
+//! `bearer.rs` (a request's bearer grant, for the FHIR handlers). This module only re-exports
+//! them for the crate's users; inside the crate they are imported from where they are.
 
-use std::{collections::HashMap, fmt};
+use std::collections::HashMap;
 
 use axum::{
     Json,
@@ -26,177 +31,27 @@ use medledger_crypto::{PublicKey, Signature};
 use medledger_types::{IdentityId, Role, TimestampMs};
 use serde_json::{Value, json};
 
-pub use crate::tokens::{
-    ASSERTION_MEMORY_MS, ASSERTIONS_MAX, ASSERTIONS_PER_IDENTITY_MAX, TOKENS_MAX, TOKENS_PER_IDENTITY_MAX, TokenLimits,
-    TokenStore,
+pub(crate) mod bearer;
+pub(crate) mod scopes;
+pub(crate) mod tokens;
+
+pub use scopes::{Context, Grant, Scope, ScopeError, interactions, parse_scope, supported_resource_type};
+pub use tokens::{
+    ASSERTION_LIFETIME_MAX_MS, ASSERTION_MEMORY_MS, ASSERTION_SKEW_MS, ASSERTIONS_MAX, ASSERTIONS_PER_IDENTITY_MAX,
+    TOKENS_MAX, TOKENS_PER_IDENTITY_MAX, TokenLimits, TokenStore,
 };
-use crate::{
-    routes::{AppState, now_ms},
-    tokens::Refusal,
-};
+
+use crate::{app::AppState, clock::now_ms};
+use tokens::Refusal;
 
 /// Lifetime of an access token.
 pub const TOKEN_TTL_MS: u64 = 5 * 60 * 1000;
-/// Longest a client assertion may still be valid for (SMART: at most five minutes).
-pub const ASSERTION_LIFETIME_MAX_MS: u64 = 5 * 60 * 1000;
-/// Tolerated clock difference for `exp`/`nbf`/`iat`.
-pub const ASSERTION_SKEW_MS: u64 = 60 * 1000;
 /// Longest client assertion accepted, in bytes.
 pub const ASSERTION_BYTES_MAX: usize = 8 * 1024;
 /// Most scopes in one request.
 pub const SCOPES_PER_REQUEST_MAX: usize = 64;
 
 pub const CLIENT_ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
-
-/// The three SMART scope contexts.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Context {
-    /// The patient's own compartment.
-    Patient,
-    /// What the signed-in user (a practitioner) may see.
-    User,
-    /// Whatever the client system may see.
-    System,
-}
-
-impl Context {
-    fn as_str(self) -> &'static str {
-        match self {
-            Context::Patient => "patient",
-            Context::User => "user",
-            Context::System => "system",
-        }
-    }
-}
-
-/// SMART v2 interaction letters.
-pub use medledger_records::access::interactions;
-
-/// One granted scope: a context, a resource type (`None` for `*`), and interactions.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct Scope {
-    pub context: Context,
-    pub resource_type: Option<String>,
-    pub interactions: u8,
-}
-
-impl fmt::Display for Scope {
-    /// The SMART v2 form (`patient/Observation.rs`).
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let letters: String = [
-            (interactions::CREATE, 'c'),
-            (interactions::READ, 'r'),
-            (interactions::UPDATE, 'u'),
-            (interactions::DELETE, 'd'),
-            (interactions::SEARCH, 's'),
-        ]
-        .iter()
-        .filter(|(bit, _)| self.interactions & bit != 0)
-        .map(|(_, c)| *c)
-        .collect();
-        write!(f, "{}/{}.{letters}", self.context.as_str(), self.resource_type.as_deref().unwrap_or("*"))
-    }
-}
-
-/// Why a scope string is not one we grant.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum ScopeError {
-    #[error("scope {0:?} is not a SMART resource scope (context/Type.cruds)")]
-    Malformed(String),
-    #[error("scope {0:?}: granular scopes with query parameters are not supported")]
-    Granular(String),
-    #[error("scope {0:?}: interactions must be a subset of c, r, u, d, s in that order")]
-    BadInteractions(String),
-}
-
-/// Parses one SMART scope: v2 (`patient/*.rs`, `system/Observation.cruds`) or v1
-/// (`user/*.read`, `.write`, `.*`), the latter mapped to v2. Resource-type names are checked
-/// by the caller against what the server supports.
-pub fn parse_scope(text: &str) -> Result<Scope, ScopeError> {
-    let malformed = || ScopeError::Malformed(crate::error::echo(text));
-    if text.contains('?') {
-        return Err(ScopeError::Granular(crate::error::echo(text)));
-    }
-    let (context, rest) = text.split_once('/').ok_or_else(malformed)?;
-    let context = match context {
-        "patient" => Context::Patient,
-        "user" => Context::User,
-        "system" => Context::System,
-        _ => return Err(malformed()),
-    };
-    let (resource, letters) = rest.split_once('.').ok_or_else(malformed)?;
-    let resource_type = match resource {
-        "*" => None,
-        t if !t.is_empty() && t.len() <= 64 && t.bytes().all(|b| b.is_ascii_alphabetic()) => Some(t.to_owned()),
-        _ => return Err(malformed()),
-    };
-    let interactions = match letters {
-        "read" => interactions::READ | interactions::SEARCH,
-        "write" => interactions::CREATE | interactions::UPDATE | interactions::DELETE,
-        "*" => interactions::ALL,
-        v2 => {
-            let mut bits = 0u8;
-            let mut last = 0usize;
-            for c in v2.chars() {
-                let position = "cruds".find(c).ok_or_else(|| ScopeError::BadInteractions(crate::error::echo(text)))?;
-                if position < last {
-                    return Err(ScopeError::BadInteractions(crate::error::echo(text)));
-                }
-                last = position + 1;
-                bits |= 1 << position;
-            }
-            if bits == 0 {
-                return Err(ScopeError::BadInteractions(crate::error::echo(text)));
-            }
-            bits
-        }
-    };
-    Ok(Scope { context, resource_type, interactions })
-}
-
-/// What a valid bearer token stands for.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Grant {
-    pub identity: IdentityId,
-    pub role: Role,
-    /// The identity's signing key when the token was issued. The token is void once the
-    /// identity's key on-chain is another one (a committed rotation): a token obtained with a
-    /// key that leaked must not outlive the rotation that retired the key.
-    pub signing_key: PublicKey,
-    pub scopes: Vec<Scope>,
-    pub expires_ms: TimestampMs,
-}
-
-impl Grant {
-    /// Whether the grant's identity is, in `state`, still registered with the role and the
-    /// signing key the token was issued under. Roles never change on-chain today; checking
-    /// it too keeps a token from outliving any change of what its identity is.
-    pub fn is_current(&self, state: &medledger_ledger::State) -> bool {
-        state.identity(&self.identity).is_some_and(|who| who.role == self.role && who.signing_key == self.signing_key)
-    }
-
-    /// Whether the scopes allow `interaction` on `resource_type` (consent is checked apart, by
-    /// `records::access`, which asks this through [`Permits`]).
-    pub fn allows(&self, resource_type: &str, interaction: u8) -> bool {
-        self.scopes
-            .iter()
-            .any(|s| s.interactions & interaction != 0 && s.resource_type.as_deref().is_none_or(|t| t == resource_type))
-    }
-}
-
-impl Grant {
-    /// The token's holder as the record service's caller, with the token's scopes.
-    pub fn caller(&self) -> medledger_records::access::Caller<'_> {
-        medledger_records::access::Caller { identity: self.identity, credential: self }
-    }
-}
-
-/// A token's scopes are the credential `records::access` checks before consent.
-impl medledger_records::access::Permits for Grant {
-    fn permits(&self, resource_type: &str, interaction: u8) -> bool {
-        self.allows(resource_type, interaction)
-    }
-}
 
 /// An OAuth 2.0 error response (RFC 6749 §5.2).
 #[derive(Debug)]
@@ -256,11 +111,6 @@ impl IntoResponse for OAuthError {
 fn no_store(headers: &mut HeaderMap) {
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
-}
-
-/// Resource types a scope may name: what the FHIR API serves.
-pub fn supported_resource_type(name: &str) -> bool {
-    medledger_fhir::model::Model::r4().is_supported_resource(name)
 }
 
 /// The claims of a verified client assertion that matter here.
@@ -482,27 +332,6 @@ pub(crate) async fn configuration(State(app): State<AppState>) -> Response {
     .into_response();
     response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=3600"));
     response
-}
-
-/// The bearer grant of a request, or why not (for the FHIR endpoints): a known, unexpired
-/// token whose identity still holds the key (and role) it was issued under. A token that
-/// outlived a rotation of its identity's key is forgotten.
-pub(crate) fn bearer(app: &AppState, headers: &HeaderMap, now_ms: TimestampMs) -> Result<Grant, &'static str> {
-    let value = headers.get(header::AUTHORIZATION).ok_or("missing Authorization: Bearer token")?;
-    let text = value.to_str().map_err(|_| "malformed Authorization header")?;
-    let (scheme, token) = text.split_once(' ').ok_or("malformed Authorization header")?;
-    if !scheme.eq_ignore_ascii_case("bearer") {
-        return Err("use Authorization: Bearer <token> from /auth/token");
-    }
-    let token = token.trim();
-    let grant = app.tokens.lookup(token, now_ms).ok_or("the bearer token is unknown or expired")?;
-    // The state's read guard lives only for this statement.
-    let current = grant.is_current(&app.chain.state());
-    if !current {
-        app.tokens.revoke(token);
-        return Err("the bearer token was issued under a key its identity has since replaced; get a new one");
-    }
-    Ok(grant)
 }
 
 #[cfg(test)]

@@ -10,11 +10,14 @@ use medledger_fhir::{
     Issue, IssueCode, Severity, Validated,
     json::{self, Limits, Value},
 };
-use medledger_types::{IdentityId, RecordId};
+use medledger_types::{IdentityId, RecordId, Role, categories_of_resource_type};
 
 use crate::{
-    fhir::{FhirError, SERVED_TYPES, category_of, is_tombstone, patient_of},
-    routes::AppState,
+    app::AppState,
+    fhir::{
+        errors::{FhirError, not_found},
+        served::{IDENTITY_SYSTEM, SERVED_TYPES, is_tombstone},
+    },
 };
 
 /// A patient record's content that passed [`check_record`].
@@ -232,4 +235,75 @@ pub(crate) fn in_entry(error: FhirError, index: usize) -> FhirError {
         })
         .collect();
     FhirError::with_issues(status, issues)
+}
+
+/// The patient identity a resource belongs to: for a Patient, the identity named by its
+/// `urn:medledger:identity` identifier (`None` when it names none); for anything else, the
+/// Patient its `subject` or `patient` reference points to.
+pub(crate) fn patient_of(
+    app: &AppState,
+    resource_type: &str,
+    json: &serde_json::Value,
+) -> Result<Option<IdentityId>, FhirError> {
+    let unprocessable = |m: String| FhirError::new(StatusCode::UNPROCESSABLE_ENTITY, IssueCode::Processing, m);
+    let state = app.chain.state();
+    if resource_type == "Patient" {
+        let Some(value) = json["identifier"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|i| i["system"] == IDENTITY_SYSTEM)
+            .and_then(|i| i["value"].as_str())
+        else {
+            return Ok(None);
+        };
+        let id = IdentityId::from_hex(value)
+            .map_err(|_| unprocessable(format!("{IDENTITY_SYSTEM} identifier must be 64 hex characters")))?;
+        return match state.identity(&id) {
+            Some(who) if who.role == Role::Patient => Ok(Some(id)),
+            _ => Err(unprocessable(format!("{IDENTITY_SYSTEM} names no registered patient identity"))),
+        };
+    }
+    let reference = ["subject", "patient"]
+        .iter()
+        .find_map(|k| json[*k]["reference"].as_str())
+        .ok_or_else(|| unprocessable(format!("a {resource_type} needs a subject or patient reference to a Patient")))?;
+    let target = reference
+        .strip_prefix("Patient/")
+        .and_then(|id| RecordId::from_hex(id).ok())
+        .and_then(|id| state.record(&id))
+        .filter(|head| head.resource_type == "Patient")
+        .ok_or_else(|| {
+            unprocessable(format!(
+                "reference {} does not resolve to a Patient on this server",
+                crate::error::echo(reference)
+            ))
+        })?;
+    Ok(Some(target.patient))
+}
+
+/// The consent category of a new resource (Observations by their category coding).
+pub(crate) fn category_of(resource_type: &str, json: &serde_json::Value) -> Result<&'static str, FhirError> {
+    match categories_of_resource_type(resource_type) {
+        [one] => Ok(one),
+        [] => Err(not_found(format!("{resource_type} is not patient data"))),
+        _ => {
+            let codes: Vec<&str> = json["category"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .flat_map(|c| c["coding"].as_array().into_iter().flatten())
+                .filter(|c| c["system"] == "http://terminology.hl7.org/CodeSystem/observation-category")
+                .filter_map(|c| c["code"].as_str())
+                .collect();
+            medledger_types::observation_category(codes).ok_or_else(|| {
+                FhirError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    IssueCode::BusinessRule,
+                    "an Observation cannot be both laboratory and vital-signs (observation-category code \
+                     system): consent is given per category",
+                )
+            })
+        }
+    }
 }

@@ -1,4 +1,4 @@
-//! The bookkeeping of Bulk Data export jobs (`fhir_export.rs`): which jobs a node holds, whose
+//! The bookkeeping of Bulk Data export jobs (`export/`): which jobs a node holds, whose
 //! they are, how much output each holds, and the quotas on both.
 //!
 //! Every quota is per identity (the token's): at most one running job and

@@ -15,7 +15,12 @@ use base64::Engine as _;
 use medledger_crypto::sha256;
 use medledger_types::{Hash, IdentityId, TimestampMs};
 
-use crate::smart::{ASSERTION_LIFETIME_MAX_MS, ASSERTION_SKEW_MS, Grant};
+use crate::smart::scopes::Grant;
+
+/// Longest a client assertion may still be valid for (SMART: at most five minutes).
+pub const ASSERTION_LIFETIME_MAX_MS: u64 = 5 * 60 * 1000;
+/// Tolerated clock difference for `exp`/`nbf`/`iat`.
+pub const ASSERTION_SKEW_MS: u64 = 60 * 1000;
 
 /// How long an assertion id is remembered after its use. An accepted assertion expires at most
 /// `ASSERTION_LIFETIME_MAX_MS + ASSERTION_SKEW_MS` after the node's clock at its use and is
@@ -199,7 +204,7 @@ impl TokenStore {
     pub fn issue(&self, grant: Grant) -> String {
         let (token, hash) = new_token();
         let mut held = self.lock();
-        held.forget_expired(crate::routes::now_ms());
+        held.forget_expired(crate::clock::now_ms());
         held.insert_token(hash, grant, self.limits.tokens_per_identity_max);
         token
     }

@@ -1,0 +1,116 @@
+//! How the FHIR API answers a refusal or a failure: an [`FhirError`], rendered as an
+//! OperationOutcome (`application/fhir+json`, never cached; a 401 also says `Bearer`), and the
+//! mapping of the record service's errors onto HTTP statuses and issue codes. A record the
+//! caller may not see answers exactly as one that does not exist ([`no_such`], see
+//! `existence.rs`).
+
+use axum::{
+    http::{HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use medledger_fhir::{Issue, IssueCode, Severity};
+use medledger_records::RecordError;
+
+pub(crate) const FHIR_JSON: &str = "application/fhir+json; charset=utf-8";
+
+/// An error answered as an OperationOutcome.
+#[derive(Debug)]
+pub(crate) struct FhirError {
+    status: StatusCode,
+    issues: Vec<Issue>,
+}
+
+impl FhirError {
+    pub(crate) fn with_issues(status: StatusCode, issues: Vec<Issue>) -> Self {
+        Self { status, issues }
+    }
+
+    pub(crate) fn new(status: StatusCode, code: IssueCode, diagnostics: impl Into<String>) -> Self {
+        let issue = Issue { severity: Severity::Error, code, expression: None, diagnostics: diagnostics.into() };
+        Self { status, issues: vec![issue] }
+    }
+
+    /// Points every issue that names no place at `expression`.
+    pub(crate) fn at(mut self, expression: &str) -> Self {
+        for issue in &mut self.issues {
+            if issue.expression.is_none() {
+                issue.expression = Some(expression.to_owned());
+            }
+        }
+        self
+    }
+
+    pub(crate) fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    pub(crate) fn issues(&self) -> &[Issue] {
+        &self.issues
+    }
+}
+
+impl IntoResponse for FhirError {
+    fn into_response(self) -> Response {
+        let body = medledger_fhir::operation_outcome(&self.issues);
+        let mut response = (self.status, body).into_response();
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(FHIR_JSON));
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        if self.status == StatusCode::UNAUTHORIZED {
+            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+impl From<RecordError> for FhirError {
+    fn from(e: RecordError) -> Self {
+        let (status, code) = match &e {
+            // Nothing was written; the write can succeed once space is freed.
+            e if e.is_storage_full() => (StatusCode::INSUFFICIENT_STORAGE, IssueCode::Transient),
+            RecordError::Denied(_) | RecordError::OutOfScope => (StatusCode::FORBIDDEN, IssueCode::Forbidden),
+            RecordError::UnknownRecord(_) | RecordError::UnknownVersion { .. } => {
+                (StatusCode::NOT_FOUND, IssueCode::NotFound)
+            }
+            RecordError::NotDecryptableHere | RecordError::NotCustodian => {
+                (StatusCode::MISDIRECTED_REQUEST, IssueCode::Forbidden)
+            }
+            RecordError::VersionPending => (StatusCode::CONFLICT, IssueCode::Conflict),
+            RecordError::VersionMismatch { .. } => (StatusCode::PRECONDITION_FAILED, IssueCode::Conflict),
+            RecordError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, IssueCode::TooLong),
+            RecordError::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, IssueCode::Invalid),
+            RecordError::Submit(_) | RecordError::CiphertextMissing | RecordError::Audit(_) => {
+                (StatusCode::SERVICE_UNAVAILABLE, IssueCode::Transient)
+            }
+            _ => (StatusCode::INTERNAL_SERVER_ERROR, IssueCode::Exception),
+        };
+        FhirError::new(status, code, e.to_string())
+    }
+}
+
+pub(crate) fn unauthorized(why: &str) -> FhirError {
+    FhirError::new(StatusCode::UNAUTHORIZED, IssueCode::Login, why.to_owned())
+}
+
+pub(crate) fn forbidden(why: impl Into<String>) -> FhirError {
+    FhirError::new(StatusCode::FORBIDDEN, IssueCode::Forbidden, why)
+}
+
+pub(crate) fn not_found(what: impl Into<String>) -> FhirError {
+    FhirError::new(StatusCode::NOT_FOUND, IssueCode::NotFound, what)
+}
+
+/// What a request about `resource_type/id` answers when no such resource exists — and,
+/// word for word, when it exists but the caller may not see it (`crate::existence`).
+pub(crate) fn no_such(resource_type: &str, id: &str) -> FhirError {
+    not_found(format!("no {resource_type} with id {}", crate::error::echo(id)))
+}
+
+/// Any other `/fhir/...` path: an OperationOutcome rather than the API's JSON error.
+pub(crate) async fn not_supported() -> FhirError {
+    FhirError::new(
+        StatusCode::NOT_FOUND,
+        IssueCode::NotSupported,
+        "this FHIR interaction is not supported here (see /fhir/metadata)",
+    )
+}
