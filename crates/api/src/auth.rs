@@ -21,6 +21,8 @@ use medledger_node::chain::Chain;
 use medledger_types::{IdentityId, TimestampMs};
 
 pub const SCHEME: &str = "Medledger-Ed25519";
+/// Longest Authorization header accepted: a well-formed one is under 300 bytes.
+pub const AUTHORIZATION_BYTES_MAX: usize = 512;
 /// How far a request's time may be from the node's clock.
 pub const CLOCK_SKEW_MAX_MS: u64 = 5 * 60 * 1000;
 /// How long a nonce is remembered after its request was accepted: a request is accepted while
@@ -229,20 +231,35 @@ pub struct SignedHeader<'a> {
 /// check against the chain, the clock or the nonce memory. Public only for the fuzz targets.
 #[doc(hidden)]
 pub fn parse_authorization(header: &str) -> Result<SignedHeader<'_>, AuthError> {
+    // One value has one spelling: each field once, the time as a canonical decimal, and nothing
+    // longer than the longest well-formed header (so the parser's work is bounded too).
+    if header.len() > AUTHORIZATION_BYTES_MAX {
+        return Err(AuthError::Malformed("header too long"));
+    }
     let params = header.strip_prefix(SCHEME).ok_or(AuthError::Malformed("unknown scheme"))?.trim();
     let (mut id, mut ts, mut nonce, mut sig) = (None, None, None, None);
     for part in params.split(',') {
         let (k, v) = part.trim().split_once('=').ok_or(AuthError::Malformed("expected key=value"))?;
-        match k {
-            "id" => id = Some(IdentityId::from_hex(v).map_err(|_| AuthError::Malformed("id"))?),
-            "ts" => ts = Some(v.parse::<u64>().map_err(|_| AuthError::Malformed("ts"))?),
-            "nonce" if v.len() == 32 && v.bytes().all(|b| b.is_ascii_hexdigit()) => nonce = Some(v),
+        let repeated = match k {
+            "id" => id.replace(IdentityId::from_hex(v).map_err(|_| AuthError::Malformed("id"))?).is_some(),
+            "ts" => {
+                let canonical = !v.is_empty()
+                    && v.len() <= 20
+                    && v.bytes().all(|b| b.is_ascii_digit())
+                    && (v == "0" || !v.starts_with('0'));
+                let value = v.parse::<u64>().ok().filter(|_| canonical).ok_or(AuthError::Malformed("ts"))?;
+                ts.replace(value).is_some()
+            }
+            "nonce" if v.len() == 32 && v.bytes().all(|b| b.is_ascii_hexdigit()) => nonce.replace(v).is_some(),
             "sig" => {
                 let mut s = [0u8; 64];
                 hex::decode_to_slice(v, &mut s).map_err(|_| AuthError::Malformed("sig"))?;
-                sig = Some(Signature(s));
+                sig.replace(Signature(s)).is_some()
             }
             _ => return Err(AuthError::Malformed("unknown or invalid field")),
+        };
+        if repeated {
+            return Err(AuthError::Malformed("a field is repeated"));
         }
     }
     let (Some(id), Some(ts_ms), Some(nonce), Some(sig)) = (id, ts, nonce, sig) else {
@@ -302,6 +319,27 @@ mod tests {
 
     fn id(n: u8) -> IdentityId {
         IdentityId([n; 32])
+    }
+
+    #[test]
+    fn an_authorization_header_has_one_spelling() {
+        let sig = "ab".repeat(64);
+        let nonce = "0123456789abcdef0123456789abcdef";
+        let who = id(7).to_hex();
+        let good = format!("{SCHEME} id={who},ts=1700000000000,nonce={nonce},sig={sig}");
+        assert!(parse_authorization(&good).is_ok());
+        for bad in [
+            // A field twice (the last one used to win).
+            format!("{SCHEME} id={who},ts=1700000000000,ts=5,nonce={nonce},sig={sig}"),
+            format!("{SCHEME} id={who},ts=1700000000000,nonce={nonce},sig={sig},sig={sig}"),
+            // Times spelled other than as a canonical decimal.
+            format!("{SCHEME} id={who},ts=+1700000000000,nonce={nonce},sig={sig}"),
+            format!("{SCHEME} id={who},ts=01700000000000,nonce={nonce},sig={sig}"),
+            // Padding past the longest well-formed header.
+            format!("{SCHEME} id={who},ts=1700000000000,nonce={nonce},sig={sig}{}", " ".repeat(400)),
+        ] {
+            assert!(matches!(parse_authorization(&bad), Err(AuthError::Malformed(_))), "accepted {bad}");
+        }
     }
 
     #[test]

@@ -79,7 +79,13 @@ pub fn auth_header(data: &[u8]) -> u64 {
         }
         Ok(header) => {
             assert!(text.starts_with(SCHEME));
-            assert!(header.nonce.len() == 32 && header.nonce.bytes().all(|b| b.is_ascii_hexdigit()), "nonce");
+            assert!(text.len() <= medledger_api::auth::AUTHORIZATION_BYTES_MAX, "an oversize header was accepted");
+            let keys: Vec<&str> = text[SCHEME.len()..]
+                .split(',')
+                .filter_map(|part| part.trim().split_once('='))
+                .map(|(k, _)| k)
+                .collect();
+            assert_eq!(keys.len(), 4, "an accepted header names each field exactly once: {keys:?}");
             let canonical = format!(
                 "{SCHEME} id={},ts={},nonce={},sig={}",
                 header.id.to_hex(),
