@@ -16,6 +16,7 @@ use medledger_types::{Hash, Height, IdentityId, TimestampMs, TxId, limits};
 
 use crate::{
     NodeError,
+    commit_watch::CommitWatchers,
     index::PatientIndex,
     locks::{OrderedMutex, OrderedRwLock, ReadLock, rank},
     mempool::{Mempool, MempoolError},
@@ -90,6 +91,8 @@ pub struct Chain {
     /// Blocks verified on top of the finalized head (directly or through each other), by hash.
     unfinalized: OrderedMutex<HashMap<Hash, Arc<Executed>>>,
     rejections: OrderedMutex<Rejections>,
+    /// Who waits for which transaction's outcome.
+    watchers: CommitWatchers,
     /// This node's identity (signs checkpoints).
     node_keys: Keypair,
     /// Set when the node stopped following the chain, with the reason.
@@ -136,6 +139,7 @@ impl Chain {
             mempool: OrderedMutex::new(rank::CHAIN_MEMPOOL, "mempool", Mempool::default()),
             unfinalized: OrderedMutex::new(rank::CHAIN_UNFINALIZED, "unfinalized blocks", HashMap::new()),
             rejections: OrderedMutex::new(rank::CHAIN_REJECTIONS, "rejections", Rejections::default()),
+            watchers: CommitWatchers::default(),
             node_keys,
             halted: OrderedMutex::new(rank::CHAIN_HALTED, "halted", None),
             local_signing: OrderedMutex::new(rank::CHAIN_LOCAL_SIGNING, "local signing", ()),
@@ -285,6 +289,19 @@ impl Chain {
             return Ok(TxStatus::Rejected { reason: reason.clone() });
         }
         Ok(TxStatus::Unknown)
+    }
+
+    /// A receiver told when transaction `id` commits or is rejected (at once if it already
+    /// has). It is never told if the transaction is forgotten (expired from the mempool, or
+    /// never submitted here): wait with a timeout.
+    pub fn watch(&self, id: &TxId) -> Result<futures::channel::oneshot::Receiver<TxStatus>, NodeError> {
+        // Registered before looking: an outcome that lands in between is told, not missed.
+        let receiver = self.watchers.register(*id);
+        match self.tx_status(id)? {
+            status @ (TxStatus::Committed { .. } | TxStatus::Rejected { .. }) => self.watchers.resolve(id, &status),
+            TxStatus::Pending | TxStatus::Unknown => {}
+        }
+        Ok(receiver)
     }
 
     /// Signs `payload` with `keys` at the signer's next free nonce (after its pending
@@ -441,6 +458,7 @@ impl Chain {
             let mut rejections = self.rejections.lock();
             for (id, reason) in dropped {
                 pool.remove(&id);
+                self.watchers.resolve(&id, &TxStatus::Rejected { reason: reason.clone() });
                 rejections.add(id, reason);
                 self.metrics.txs_dropped.inc();
             }
@@ -535,9 +553,12 @@ impl Chain {
             let block = entry.block;
             state.commit(&block, entry.delta);
             index.apply_block(&block, &state);
+            self.watchers.resolve_block(&block);
             for signer in signers {
                 for id in pool.remove_stale(&signer, state.next_nonce(&signer)) {
-                    self.rejections.lock().add(id, "nonce used by another committed transaction".into());
+                    let reason = "nonce used by another committed transaction".to_owned();
+                    self.watchers.resolve(&id, &TxStatus::Rejected { reason: reason.clone() });
+                    self.rejections.lock().add(id, reason);
                 }
             }
         }

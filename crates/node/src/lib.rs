@@ -14,6 +14,7 @@ pub mod app;
 pub mod block;
 pub mod certificate;
 pub mod chain;
+pub mod commit_watch;
 pub mod devnet;
 pub mod index;
 pub mod locks;

@@ -38,6 +38,9 @@ pub mod rank {
     pub const CHAIN_INDEX: u8 = 25;
     /// `Chain`: why the node halted, if it did.
     pub const CHAIN_HALTED: u8 = 26;
+    /// `Chain`: who waits for which transaction's outcome (told while block application holds
+    /// the locks above).
+    pub const CHAIN_COMMIT_WATCHERS: u8 = 27;
 }
 
 #[cfg(debug_assertions)]

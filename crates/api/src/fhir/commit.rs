@@ -106,15 +106,20 @@ pub(crate) enum Outcome {
 
 /// Waits (up to the node's configured time) for a submitted transaction's outcome.
 pub(crate) async fn wait(app: &AppState, tx: &medledger_types::TxId) -> Outcome {
-    let started = std::time::Instant::now();
-    loop {
-        match app.chain.tx_status(tx) {
-            Ok(TxStatus::Committed { .. }) => return Outcome::Committed,
-            Ok(TxStatus::Rejected { reason }) => return Outcome::Refused(reason),
-            _ if started.elapsed().as_millis() as u64 >= app.fhir_commit_wait_ms => return Outcome::Pending,
-            _ => tokio::time::sleep(std::time::Duration::from_millis(10)).await,
-        }
+    match outcome_within(app, tx, app.fhir_commit_wait_ms).await {
+        Some(TxStatus::Committed { .. }) => Outcome::Committed,
+        Some(TxStatus::Rejected { reason }) => Outcome::Refused(reason),
+        _ => Outcome::Pending,
     }
+}
+
+/// The transaction's outcome (committed or rejected) if it is known within `wait_ms`: the
+/// chain tells its watchers when a block commits it, so nothing polls the store.
+pub(crate) async fn outcome_within(app: &AppState, tx: &medledger_types::TxId, wait_ms: u64) -> Option<TxStatus> {
+    let (chain, id) = (app.chain.clone(), *tx);
+    // Registering looks the transaction up in the store once: off the async workers.
+    let receiver = tokio::task::spawn_blocking(move || chain.watch(&id)).await.ok()?.ok()?;
+    tokio::time::timeout(std::time::Duration::from_millis(wait_ms), receiver).await.ok()?.ok()
 }
 
 /// The latest version of a record or directory entry.

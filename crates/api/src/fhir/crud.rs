@@ -119,26 +119,18 @@ pub(crate) async fn register_patient(app: &AppState) -> Result<IdentityId, FhirE
         tokio::task::spawn_blocking(move || service.register_patient(now_ms())).await.map_err(|_| {
             FhirError::new(StatusCode::INTERNAL_SERVER_ERROR, IssueCode::Exception, "registration task failed")
         })??;
-    let started = std::time::Instant::now();
-    loop {
-        match app.chain.tx_status(&tx) {
-            Ok(medledger_node::chain::TxStatus::Committed { .. }) => return Ok(identity),
-            Ok(medledger_node::chain::TxStatus::Rejected { reason }) => {
-                return Err(FhirError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    IssueCode::Transient,
-                    format!("the patient's registration was refused: {reason}"),
-                ));
-            }
-            _ if started.elapsed().as_millis() as u64 > REGISTRATION_WAIT_MS => {
-                return Err(FhirError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    IssueCode::Transient,
-                    "the patient's registration is not committed yet; retry shortly",
-                ));
-            }
-            _ => tokio::time::sleep(std::time::Duration::from_millis(25)).await,
-        }
+    match crate::fhir::commit::outcome_within(app, &tx, REGISTRATION_WAIT_MS).await {
+        Some(medledger_node::chain::TxStatus::Committed { .. }) => Ok(identity),
+        Some(medledger_node::chain::TxStatus::Rejected { reason }) => Err(FhirError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            IssueCode::Transient,
+            format!("the patient's registration was refused: {reason}"),
+        )),
+        _ => Err(FhirError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            IssueCode::Transient,
+            "the patient's registration is not committed yet; retry shortly",
+        )),
     }
 }
 
