@@ -413,18 +413,7 @@ mod tests {
     }
 
     fn commit(net: &Devnet, chain: &Chain) {
-        for _ in 0..10 {
-            if chain.mempool_len() == 0 {
-                return;
-            }
-            let parent = match chain.head().height {
-                0 => Block { header: net.genesis.anchor_header(), txs: vec![] },
-                h => chain.block(h).unwrap().unwrap(),
-            };
-            let block = chain.propose(&[parent], now_ms(), net.validators[0].id(), false).unwrap();
-            chain.apply_finalized(&[block], &[]).unwrap();
-        }
-        panic!("mempool did not drain");
+        crate::devnet::commit_pending(chain, net.validators[0].id(), now_ms()).unwrap();
     }
 
     #[test]
