@@ -68,6 +68,17 @@ pub enum ApiError {
     Internal(String),
 }
 
+/// What a client is told when the node's disk is full. The blob store's own message names a
+/// path on the node's disk: that goes to the node's log, never to a client.
+pub(crate) const STORAGE_FULL_MESSAGE: &str =
+    "the node's disk is full: nothing was written; retry once the operator has freed space";
+
+/// Logs a full disk's detail for the operator and returns what the client is told.
+pub(crate) fn storage_full(detail: &dyn std::fmt::Display) -> &'static str {
+    tracing::error!(%detail, "write refused: the disk is full");
+    STORAGE_FULL_MESSAGE
+}
+
 impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
@@ -191,14 +202,16 @@ mod tests {
             path: "blobs".into(),
             source: std::io::Error::from(std::io::ErrorKind::StorageFull),
         });
-        assert_eq!(crate::fhir::errors::FhirError::from(full).status(), 507);
+        let fhir = crate::fhir::errors::FhirError::from(full);
+        assert_eq!(fhir.status(), 507);
+        assert!(fhir.issues().iter().all(|i| !i.to_string().contains("blobs")), "no path on the node's disk is shown");
         let full = medledger_records::RecordError::Blobs(medledger_blobs::BlobError::StorageFull {
             path: "blobs".into(),
             source: std::io::Error::from(std::io::ErrorKind::StorageFull),
         });
         let answer = ApiError::from(full);
         assert_eq!(answer.status(), 507);
-        assert!(answer.to_string().contains("disk is full"), "{answer}");
+        assert_eq!(answer.to_string(), STORAGE_FULL_MESSAGE, "no path on the node's disk is shown");
         assert_eq!(ApiError::TooManyRequests { message: String::new(), retry_after_s: 3 }.status(), 429);
         assert_eq!(ApiError::Saturated { message: String::new(), retry_after_s: 3 }.status(), 503);
     }

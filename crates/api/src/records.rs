@@ -32,7 +32,7 @@ fn records(app: &AppState) -> Result<Arc<medledger_records::RecordService>, ApiE
 impl From<RecordError> for ApiError {
     fn from(e: RecordError) -> Self {
         if e.is_storage_full() {
-            return ApiError::StorageFull(e.to_string());
+            return ApiError::StorageFull(crate::error::storage_full(&e).to_owned());
         }
         match e {
             RecordError::OutOfScope => ApiError::Forbidden { reason: "scope-not-granted", message: e.to_string() },

@@ -84,6 +84,9 @@ impl From<RecordError> for FhirError {
             }
             _ => (StatusCode::INTERNAL_SERVER_ERROR, IssueCode::Exception),
         };
+        if status == StatusCode::INSUFFICIENT_STORAGE {
+            return FhirError::new(status, code, crate::error::storage_full(&e));
+        }
         FhirError::new(status, code, e.to_string())
     }
 }
