@@ -2,10 +2,9 @@
 //! authenticator, the token store, the FHIR search index and export jobs, the public bases)
 //! and [`on_chain`], which runs a chain call on the blocking pool.
 //!
-//! Every call into [`Chain`] runs on tokio's blocking pool: the chain takes std locks (the
-//! state lock is held for writing while finalized blocks are stored durably) and reads the
-//! store synchronously, neither of which may stall the async workers. Lock guards live only
-//! inside those synchronous closures, so none is ever held across an `.await`.
+//! Every call into [`Chain`] that reads the store (redb, blob files) runs on tokio's blocking
+//! pool, where a slow disk cannot stall the async workers. Reading finalized state takes a
+//! snapshot ([`Chain::snapshot`]), which never waits for a lock and may be held anywhere.
 
 use std::sync::Arc;
 
@@ -25,7 +24,7 @@ pub(crate) struct AppState {
     /// Bearer tokens issued by `/auth/token` (SMART backend services).
     pub(crate) tokens: Arc<crate::smart::tokens::TokenStore>,
     /// The FHIR search index (in memory only).
-    pub(crate) search: Arc<crate::fhir::search_index::SearchIndex>,
+    pub(crate) search: Arc<medledger_records::search::SearchIndex>,
     /// FHIR bulk export jobs and their output (in memory only).
     pub(crate) exports: Arc<crate::fhir::export::jobs::Jobs>,
     /// See [`crate::Services::fhir_commit_wait_ms`].

@@ -300,7 +300,7 @@ impl Authenticator {
         if ts.abs_diff(now_ms) > CLOCK_SKEW_MAX_MS {
             return Err(AuthError::Stale);
         }
-        let key = chain.state().identity(&id).map(|i| i.signing_key).ok_or(AuthError::UnknownIdentity)?;
+        let key = chain.snapshot().identity(&id).map(|i| i.signing_key).ok_or(AuthError::UnknownIdentity)?;
         key.verify(&request_message(method, path_and_query, ts, nonce, body), &sig)
             .map_err(|_| AuthError::BadSignature)?;
         // Only authentic requests consume nonce memory. Upper- and lower-case spellings of a

@@ -73,9 +73,9 @@ pub(crate) async fn list(
     let (requester, _) = authenticated(&app, request).await?;
     let now = now_ms();
     on_chain(&app.chain, move |c| {
-        // State before index (the chain's lock order), so both are at one height.
-        let state = c.state();
-        let index = c.patient_index();
+        // One snapshot, so the state and the index are at one height.
+        let state = c.snapshot();
+        let index = state.index();
         let organisation = match state.identity(&requester).map(|i| (i.role, i.organisation)) {
             Some((Role::Organisation, _)) => requester,
             Some((Role::Practitioner, Some(org))) => org,

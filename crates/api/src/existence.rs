@@ -17,7 +17,7 @@ use crate::{app::AppState, clock::now_ms};
 
 /// The head of record `record_id`, if it exists as a `resource_type`.
 pub(crate) fn head_of_type(app: &AppState, record_id: &RecordId, resource_type: &str) -> Option<RecordHead> {
-    app.chain.state().record(record_id).filter(|h| h.resource_type == resource_type).cloned()
+    app.chain.snapshot().record(record_id).filter(|h| h.resource_type == resource_type).cloned()
 }
 
 /// Consent's decision on `caller` reading record `record_id` for `purpose` at `now_ms`; `None`

@@ -106,7 +106,7 @@
 //! - **foundation** (no request state; vocabulary, limits and in-memory stores): `auth`,
 //!   `budget`, `clock`, `error`, `fhir::consent::resource`, `fhir::errors`,
 //!   `fhir::export::jobs`, `fhir::paging`, `fhir::render`, `fhir::request`,
-//!   `fhir::search_index`, `fhir::served`, `http_limits`, `identities`, `params`,
+//!   `fhir::served`, `http_limits`, `identities`, `params`,
 //!   `smart::scopes`, `smart::tokens`
 //! - **services** (what the handlers share, mostly over the shared request state): `app`,
 //!   `existence`, `fhir::commit`, `fhir::conditional`, `fhir::credentials`, `fhir::directory`,
@@ -156,8 +156,9 @@ pub mod smart;
 mod visibility;
 
 pub use error::{ApiError, ErrorBody, ErrorDetail};
-pub use fhir::{export::jobs::ExportLimits, search::COUNTED_PATIENTS_MAX};
+pub use fhir::export::jobs::ExportLimits;
 pub use http_limits::{CONCURRENT_REQUESTS_MAX, HttpLimits};
+pub use medledger_records::search::COUNTED_PATIENTS_MAX;
 
 /// The API's routes over `chain`, with the body limit and concurrency bound applied.
 pub fn router(chain: Arc<Chain>) -> Router {

@@ -37,7 +37,6 @@ const TIERS: &[(&str, &[&str])] = &[
             "fhir::paging",
             "fhir::render",
             "fhir::request",
-            "fhir::search_index",
             "fhir::served",
             "http_limits",
             "identities",

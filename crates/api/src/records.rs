@@ -84,7 +84,7 @@ pub(crate) async fn write(
         // Only the custodian's own staff and clients write through its node (checked first:
         // the content checks below look patients up, which is no one else's business).
         let org = service.organisation();
-        let who = chain.state().identity(&author).cloned();
+        let who = chain.snapshot().identity(&author).cloned();
         let staff = who.is_some_and(|w| {
             w.id == org || (matches!(w.role, Role::Practitioner | Role::SystemClient) && w.organisation == Some(org))
         });
@@ -99,7 +99,7 @@ pub(crate) async fn write(
         // an unknown record would; the attempt is on the record's trail.
         if let Some(record_id) = record {
             let hidden = {
-                let state = chain.state();
+                let state = chain.snapshot();
                 let patient = state.record(&record_id).map(|h| h.patient);
                 patient.filter(|_| !crate::existence::sees(&state, &author, &record_id, Purpose::Treatment))
             };
@@ -142,7 +142,7 @@ fn check_next_version(
     patient: &IdentityId,
     category: &str,
 ) -> Result<(), ApiError> {
-    let state = chain.state();
+    let state = chain.snapshot();
     // The same answer as a record hidden from the caller (`existence.rs`).
     let head = state.record(record).ok_or(RecordError::UnknownRecord(*record))?;
     if head.resource_type != resource_type || head.patient != *patient || head.category != category {

@@ -2,10 +2,9 @@
 //! identities, metrics) and the fallbacks for unknown routes and methods, with the JSON shapes
 //! they return.
 //!
-//! Every call into [`Chain`] runs on tokio's blocking pool ([`on_chain`]): the chain takes std
-//! locks (the state lock is held for writing while finalized blocks are stored durably) and
-//! reads the store synchronously, neither of which may stall the async workers. Lock guards
-//! live only inside those synchronous closures, so none is ever held across an `.await`.
+//! Every call into [`Chain`] that reads the store runs on tokio's blocking pool
+//! ([`on_chain`]), so a slow disk never stalls the async workers. Finalized state is read from
+//! a snapshot ([`Chain::snapshot`]), which takes no lock.
 
 use std::collections::HashMap;
 
@@ -459,9 +458,8 @@ pub(crate) async fn identity(
     let caller = caller(&app, request).await?;
     on_chain(&app.chain, move |c| {
         let viewer = Viewer::of(c, caller);
-        // The read guard lives only for this statement.
         let view = c
-            .state()
+            .snapshot()
             .identity(&id)
             .filter(|who| who.role != Role::Patient || viewer.is_member() || viewer.is(&who.id))
             .map(IdentityView::from);

@@ -41,8 +41,7 @@ impl Viewer {
     /// `caller` (authenticated, or none) classified by its role in `chain`'s state.
     pub(crate) fn of(chain: &Chain, caller: Option<IdentityId>) -> Self {
         let Some(id) = caller else { return Viewer::Anonymous };
-        // The read guard lives only for this statement.
-        let role = chain.state().identity(&id).map(|i| i.role);
+        let role = chain.snapshot().identity(&id).map(|i| i.role);
         match role {
             Some(Role::Organisation | Role::Validator) => Viewer::Member(id),
             _ => Viewer::Other(id),

@@ -54,7 +54,7 @@ impl World {
     fn settle(&self, id: &str) {
         let id = RecordId::from_hex(id).unwrap();
         let started = std::time::Instant::now();
-        while self.chain.state().record(&id).is_none() && self.chain.state().directory_entry(&id).is_none() {
+        while self.chain.snapshot().record(&id).is_none() && self.chain.snapshot().directory_entry(&id).is_none() {
             assert!(started.elapsed() < std::time::Duration::from_secs(20), "{id} not in the state in 20 s");
             std::thread::sleep(std::time::Duration::from_millis(5));
         }

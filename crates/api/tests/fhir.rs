@@ -297,7 +297,7 @@ async fn a_patient_new_to_the_network_is_registered_with_keys_held_for_hand_over
     assert_eq!(created.header("x-medledger-patient-registered"), Some("true"));
     let identity =
         medledger_types::IdentityId::from_hex(created.header("x-medledger-patient-identity").unwrap()).unwrap();
-    assert_eq!(w.chain.state().identity(&identity).map(|i| i.role), Some(Role::Patient));
+    assert_eq!(w.chain.snapshot().identity(&identity).map(|i| i.role), Some(Role::Patient));
     // The patient's keys wait, private, in the hand-over directory; their name is not on-chain.
     let key_file = keys.path().join(format!("{identity}.key"));
     let held = medledger_crypto::read_key_file(&key_file).unwrap();
@@ -457,7 +457,7 @@ async fn every_version_has_a_provenance_naming_author_custodian_and_ledger_trans
     )
     .unwrap();
     assert_eq!(signature, tx.signature().0.to_vec());
-    let signer = w.chain.state().identity(&tx.body().signer).unwrap().signing_key;
+    let signer = w.chain.snapshot().identity(&tx.body().signer).unwrap().signing_key;
     signer.verify(&tx.signed_message(), tx.signature()).unwrap();
     // A delete is a version with its own Provenance, labelled as such.
     assert_eq!(w.delete(&doc, &format!("/fhir/Observation/{obs_id}")).await.status, 204);
@@ -679,7 +679,7 @@ async fn a_delete_is_logical_reads_answer_gone_and_history_keeps_every_version()
     assert_eq!(w.delete(&doc, &path).await.status, 204);
     w.commit();
     assert_eq!(
-        w.chain.state().record(&medledger_types::RecordId::from_hex(&obs_id).unwrap()).unwrap().latest_version,
+        w.chain.snapshot().record(&medledger_types::RecordId::from_hex(&obs_id).unwrap()).unwrap().latest_version,
         2
     );
     assert_eq!(w.get(&doc, &format!("{path}/_history/1")).await.status, 200);

@@ -25,7 +25,7 @@ fn world() -> World {
 
 /// The patient appoints this node's validator as their gateway delegate.
 fn appoint_gateway(w: &World, patient: &Keypair) {
-    let nonce = w.chain.state().next_nonce(&patient.id());
+    let nonce = w.chain.snapshot().next_nonce(&patient.id());
     let payload = Payload::AppointDelegate {
         patient: patient.id(),
         delegate: w.net.validators[0].id(),
@@ -80,7 +80,7 @@ async fn a_consent_becomes_the_grant_it_describes_only_through_the_appointed_gat
     assert_eq!(status, 201, "{created}");
     let grant_id = TxId::from_hex(created["id"].as_str().unwrap()).unwrap();
     {
-        let state = w.chain.state();
+        let state = w.chain.snapshot();
         let grant = state.grant(&grant_id).unwrap();
         assert_eq!((grant.patient, grant.grantee), (w.patient().id(), w.doc_b().id()));
         assert_eq!(grant.scope, Scope::Categories(vec!["labs".into()]));
@@ -93,7 +93,7 @@ async fn a_consent_becomes_the_grant_it_describes_only_through_the_appointed_gat
     let path = format!("/fhir/Consent/{}", grant_id.to_hex());
     assert_eq!(w.delete(&stranger, &path).await.status, 404);
     assert_eq!(w.delete(&own, &path).await.status, 204);
-    assert!(w.chain.state().grant(&grant_id).unwrap().revoked_at.is_some());
+    assert!(w.chain.snapshot().grant(&grant_id).unwrap().revoked_at.is_some());
     assert_eq!(w.delete(&own, &path).await.status, 410);
 }
 
@@ -150,7 +150,7 @@ async fn a_consent_that_cannot_be_enforced_exactly_is_refused_with_the_reasons()
         assert_eq!(status, 422, "{reason}: {outcome}");
         assert!(outcome.to_string().contains(reason), "{reason}: {outcome}");
     }
-    assert_eq!(w.chain.state().grants_of(&w.patient().id()).count(), 0, "nothing was granted");
+    assert_eq!(w.chain.snapshot().grants_of(&w.patient().id()).count(), 0, "nothing was granted");
     // Grants are not edited in place.
     let put = json!({"resourceType": "Consent", "id": "ab".repeat(32), "status": "active"}).to_string();
     assert_eq!(w.put(&own, &format!("/fhir/Consent/{}", "ab".repeat(32)), None, &put).await.status, 422);

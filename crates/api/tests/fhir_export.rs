@@ -233,8 +233,12 @@ async fn an_export_hands_out_exactly_what_the_client_may_read_and_audits_it_on_c
     // two exports), and nothing of Q's was touched.
     w.flush_events();
     let index = w.chain.patient_index();
-    let exports: Vec<_> = index.patient(&w.patient().id()).unwrap().access[events_before..]
+    let exports: Vec<_> = index
+        .patient(&w.patient().id())
+        .unwrap()
+        .access
         .iter()
+        .skip(events_before)
         .map(|e| &e.event)
         .filter(|e| e.action == AccessAction::Export)
         .collect();

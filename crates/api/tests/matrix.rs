@@ -234,22 +234,22 @@ async fn authorization_matrix() {
             if action == "write" && status == 201 {
                 w.commit();
                 let head =
-                    w.chain.state().record(&medledger_types::RecordId::from_hex(&record).unwrap()).unwrap().clone();
+                    w.chain.snapshot().record(&medledger_types::RecordId::from_hex(&record).unwrap()).unwrap().clone();
                 assert_eq!(head.latest_version, 2, "the write committed a new version");
             }
         }
         // Grant: only the patient may grant access to their data.
         let payload = grant(o(1).id(), Purpose::Operations, now_ms() + 86_400_000);
-        let nonce = w.chain.state().next_nonce(&keys.id());
+        let nonce = w.chain.snapshot().next_nonce(&keys.id());
         let tx = sign(&keys, w.net.genesis.chain_id(), keys.id(), nonce, payload);
         let (status, body) = call(&w, "POST", "/v1/transactions", &keys, tx.bytes()).await;
         if may_grant {
             assert_eq!(status, 202, "{name} grant: {body}");
             w.commit();
-            assert!(w.chain.state().grant(&tx.id()).is_some(), "{name}: grant not committed");
+            assert!(w.chain.snapshot().grant(&tx.id()).is_some(), "{name}: grant not committed");
         } else {
             assert_eq!(status, 400, "{name} grant: {body}");
-            assert!(w.chain.state().grant(&tx.id()).is_none());
+            assert!(w.chain.snapshot().grant(&tx.id()).is_none());
         }
     }
 }

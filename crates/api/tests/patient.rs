@@ -224,7 +224,7 @@ async fn only_the_patient_and_only_good_parameters() {
 impl World {
     /// Signs `payload` as `keys` and posts it to `/v1/transactions`, as any client would.
     async fn post_tx(&self, keys: &Keypair, payload: Payload) -> Answer {
-        let nonce = self.chain.state().next_nonce(&keys.id());
+        let nonce = self.chain.snapshot().next_nonce(&keys.id());
         let tx = sign(keys, self.net.genesis.chain_id(), keys.id(), nonce, payload);
         let request = Request::builder()
             .method("POST")

@@ -147,7 +147,7 @@ async fn seed(dir: &Path, running: &Running) -> Result<()> {
     let (chain, api_addr) = (&running.chain, running.api);
     let records = running.records.clone().context("the dev node must serve records")?;
     let credentials = dir.join(CREDENTIALS_FILE);
-    let chain_id = chain.state().chain_id();
+    let chain_id = chain.snapshot().chain_id();
     let orgs: Vec<Keypair> =
         ORGANISATIONS.iter().map(|n| read_key_file(&key_path(dir, &slug(n)))).collect::<Result<_, _>>()?;
     let mut demos: Vec<Demo> = ORGANISATIONS

@@ -4,10 +4,12 @@
 use crate::{Hash, MerkleError, empty_root, node_hash, split_point};
 
 /// The global transaction log. `levels[k][i]` is the hash of the perfect subtree covering
-/// leaves `[i * 2^k, (i + 1) * 2^k)`; level 0 holds the leaf hashes.
+/// leaves `[i * 2^k, (i + 1) * 2^k)`; level 0 holds the leaf hashes. Each level is a
+/// persistent vector, so a clone (one per finalized block, for readers' snapshots) shares
+/// everything already appended and costs O(log n), not O(n).
 #[derive(Clone, Debug, Default)]
 pub struct MerkleLog {
-    levels: Vec<Vec<Hash>>,
+    levels: Vec<imbl::Vector<Hash>>,
 }
 
 impl MerkleLog {
@@ -30,9 +32,9 @@ impl MerkleLog {
         let mut hash = leaf;
         loop {
             if self.levels.len() == level {
-                self.levels.push(Vec::new());
+                self.levels.push(imbl::Vector::new());
             }
-            self.levels[level].push(hash);
+            self.levels[level].push_back(hash);
             let len = self.levels[level].len();
             // A completed pair at this level creates its parent one level up.
             if len % 2 == 1 {

@@ -18,9 +18,10 @@ use crate::{
     NodeError,
     commit_watch::CommitWatchers,
     index::PatientIndex,
-    locks::{OrderedMutex, OrderedRwLock, ReadLock, rank},
+    locks::{OrderedMutex, rank},
     mempool::{Mempool, MempoolError},
     metrics::Metrics,
+    snapshot::{IndexView, Snapshot},
 };
 
 /// Why a submitted transaction was refused at the door.
@@ -81,11 +82,12 @@ impl Rejections {
 
 pub struct Chain {
     genesis: Genesis,
-    state: OrderedRwLock<State>,
-    /// Per-patient index of the finalized blocks (`crate::index`), kept at the state's height.
-    /// Lock order: `state` before `index`; the index is written only under the state's write
-    /// lock, so a reader holding both sees them at the same height.
-    index: OrderedRwLock<PatientIndex>,
+    /// The finalized state and per-patient index (`crate::index`), published whole after
+    /// each batch of finalized blocks (see [`crate::snapshot`]). Replaced only by
+    /// [`Chain::apply_finalized`], under `applying` and while it holds the mempool's lock.
+    current: arc_swap::ArcSwap<Snapshot>,
+    /// Block application: one writer at a time.
+    applying: OrderedMutex<()>,
     store: Store,
     mempool: OrderedMutex<Mempool>,
     /// Blocks verified on top of the finalized head (directly or through each other), by hash.
@@ -133,8 +135,8 @@ impl Chain {
         metrics.set_head(state.height(), state.log().size());
         let chain = Self {
             genesis: genesis.clone(),
-            state: OrderedRwLock::new(rank::CHAIN_STATE, "chain state", state),
-            index: OrderedRwLock::new(rank::CHAIN_INDEX, "patient index", index),
+            current: arc_swap::ArcSwap::from_pointee(Snapshot::new(state, index)),
+            applying: OrderedMutex::new(rank::CHAIN_APPLY, "block application", ()),
             store,
             mempool: OrderedMutex::new(rank::CHAIN_MEMPOOL, "mempool", Mempool::default()),
             unfinalized: OrderedMutex::new(rank::CHAIN_UNFINALIZED, "unfinalized blocks", HashMap::new()),
@@ -170,19 +172,19 @@ impl Chain {
         &self.store
     }
 
-    /// Read access to the finalized state. Do not hold across long work or awaits.
-    pub fn state(&self) -> ReadLock<'_, State> {
-        self.state.read()
+    /// The finalized state and index at the latest applied height: an immutable view that
+    /// never changes under the holder and holds no lock (see [`crate::snapshot`]).
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.current.load_full()
     }
 
-    /// Read access to the per-patient index. Lock order: take [`Chain::state`] first if you
-    /// need both (then both are at the same height); never take the state while holding this.
-    pub fn patient_index(&self) -> ReadLock<'_, PatientIndex> {
-        self.index.read()
+    /// The per-patient index of the latest snapshot (with the state it belongs to).
+    pub fn patient_index(&self) -> IndexView {
+        IndexView(self.snapshot())
     }
 
     pub fn head(&self) -> Head {
-        let state = self.state();
+        let state = self.snapshot();
         Head {
             height: state.height(),
             hash: state.head_hash(),
@@ -238,7 +240,11 @@ impl Chain {
         let id = tx.id();
         // This node's own transactions (audit events, the writes it signs) may use the reserve.
         let own = tx.body().signer == self.node_keys.id();
-        self.mempool.lock().insert(tx, now_ms, own, next_nonce)?;
+        {
+            let mut pool = self.mempool.lock();
+            self.expire_pending(&mut pool, now_ms);
+            pool.insert(tx, now_ms, own, next_nonce)?;
+        }
         self.metrics.mempool_txs.set(self.mempool_len() as i64);
         Ok(id)
     }
@@ -247,7 +253,7 @@ impl Chain {
     fn check_admission(&self, tx: &Transaction, now_ms: TimestampMs) -> Result<u64, SubmitError> {
         let expected;
         {
-            let state = self.state();
+            let state = self.snapshot();
             let body = tx.body();
             expected = state.next_nonce(&body.signer);
             if body.nonce == expected {
@@ -276,6 +282,21 @@ impl Chain {
         Ok(expected)
     }
 
+    /// Drops the transactions that waited in the mempool past their time to live, telling
+    /// their waiters and remembering why (so a status query says "rejected", not "unknown").
+    fn expire_pending(&self, pool: &mut Mempool, now_ms: TimestampMs) {
+        let expired = pool.expire(now_ms);
+        if expired.is_empty() {
+            return;
+        }
+        let reason = "expired: it waited in the mempool longer than its time to live without being committed";
+        let mut rejections = self.rejections.lock();
+        for id in expired {
+            self.watchers.resolve(&id, &TxStatus::Rejected { reason: reason.to_owned() });
+            rejections.add(id, reason.to_owned());
+        }
+    }
+
     pub fn tx_status(&self, id: &TxId) -> Result<TxStatus, NodeError> {
         if let Some((height, index)) = self.store.tx_location(id)? {
             let block = self.block(height)?.ok_or(NodeError::Corrupt(format!("indexed block {height} is missing")))?;
@@ -292,8 +313,8 @@ impl Chain {
     }
 
     /// A receiver told when transaction `id` commits or is rejected (at once if it already
-    /// has). It is never told if the transaction is forgotten (expired from the mempool, or
-    /// never submitted here): wait with a timeout.
+    /// has), including when it expires from the mempool (a rejection). It is never told about
+    /// a transaction this node never admitted: wait with a timeout.
     pub fn watch(&self, id: &TxId) -> Result<futures::channel::oneshot::Receiver<TxStatus>, NodeError> {
         // Registered before looking: an outcome that lands in between is told, not missed.
         let receiver = self.watchers.register(*id);
@@ -316,12 +337,12 @@ impl Chain {
         let signer = keys.id();
         // The committed nonce and the pending ones must be read as one view: a block applied
         // between the two reads would move nonces from the mempool into the state, and the
-        // gap would hand out a nonce already used. Applying a block holds the state's write
-        // lock while it updates the mempool, so the read lock makes the pair consistent
-        // (lock order as there: state, then mempool).
+        // gap would hand out a nonce already used. Applying a block publishes its snapshot
+        // while it holds the mempool's lock, so the snapshot taken under that lock matches
+        // the mempool.
         let (nonce, chain_id) = {
-            let state = self.state();
             let pool = self.mempool.lock();
+            let state = self.snapshot();
             let mut nonce = state.next_nonce(&signer);
             while pool.has_nonce(&signer, nonce) {
                 nonce += 1;
@@ -349,7 +370,7 @@ impl Chain {
     }
 
     pub fn inclusion_proof(&self, index: u64, size: u64) -> Result<(Hash, Hash, Vec<Hash>), MerkleError> {
-        let state = self.state();
+        let state = self.snapshot();
         let log = state.log();
         let proof = log.inclusion_proof(index, size)?;
         let leaf = log.leaf(index).expect("index below size");
@@ -357,7 +378,7 @@ impl Chain {
     }
 
     pub fn consistency_proof(&self, from: u64, to: u64) -> Result<(Hash, Hash, Vec<Hash>), MerkleError> {
-        let state = self.state();
+        let state = self.snapshot();
         let log = state.log();
         let proof = log.consistency_proof(from, to)?;
         Ok((log.root_at(from)?, log.root_at(to)?, proof))
@@ -426,7 +447,7 @@ impl Chain {
         proposer: IdentityId,
         forge_first_signature: bool,
     ) -> Option<Block> {
-        let state = self.state();
+        let state = self.snapshot();
         let ancestors = match self.executed_ancestors(&state, ancestry) {
             Ok(a) => a,
             Err(e) => {
@@ -471,7 +492,7 @@ impl Chain {
     /// Verifies a proposed `block` on top of `ancestry` (newest first, starting with its
     /// parent), remembering the result for finalization.
     pub fn verify(&self, block: &Block, ancestry: &[Block], now_ms: Option<TimestampMs>) -> Result<(), BlockError> {
-        let state = self.state();
+        let state = self.snapshot();
         if let Some(cached) = self.unfinalized.lock().get(&block.hash())
             && cached.block == *block
         {
@@ -502,10 +523,11 @@ impl Chain {
     /// during consensus when there was one), writes them durably in one store transaction, then
     /// updates the in-memory state and the mempool. Heights already applied are skipped.
     pub fn apply_finalized(&self, blocks: &[Block], certificates: &[Option<Vec<u8>>]) -> Result<(), NodeError> {
-        // Only the executor calls this, one batch at a time, so the state cannot change
-        // between verifying (read lock) and committing (write lock). The durable write happens
-        // with no state lock held: reads and proposals are never stalled behind an fsync.
-        let state = self.state.read();
+        // One batch at a time (`applying`), so the snapshot cannot change between verifying
+        // and publishing. Readers and proposals never wait for this: they keep using the
+        // previous snapshot through the durable write and the application.
+        let _writer = self.applying.lock();
+        let state = self.snapshot();
         let mut executed: Vec<Arc<Executed>> = Vec::new();
         let mut certs: Vec<Option<&[u8]>> = Vec::new();
         for (i, block) in blocks.iter().enumerate() {
@@ -531,35 +553,50 @@ impl Chain {
         if executed.is_empty() {
             return Ok(());
         }
-        drop(state);
         let pairs: Vec<(&Block, Option<&[u8]>)> = executed.iter().map(|e| &e.block).zip(certs).collect();
         self.store.append_blocks(&pairs)?;
-        let mut state = self.state.write();
+        // The next snapshot: a clone sharing everything with the current one, then the blocks.
+        let mut next = Snapshot::clone(&state);
+        drop(state);
+        let mut tx_count = 0;
+        let mut signers = std::collections::HashSet::new();
+        let mut applied = Vec::with_capacity(executed.len());
+        {
+            let (state, index) = next.parts_mut();
+            for entry in executed {
+                // Usually nobody else holds it now, so this rarely clones.
+                let entry = Arc::try_unwrap(entry)
+                    .unwrap_or_else(|shared| Executed { block: shared.block.clone(), delta: shared.delta.clone() });
+                signers.extend(entry.block.txs.iter().map(|tx| tx.body().signer));
+                tx_count += entry.block.txs.len() as u64;
+                state.commit(&entry.block, entry.delta);
+                index.apply_block(&entry.block, state);
+                applied.push(entry.block);
+            }
+        }
+        let next = Arc::new(next);
         let mut unfinalized = self.unfinalized.lock();
         let mut pool = self.mempool.lock();
-        let mut index = self.index.write();
-        let mut tx_count = 0;
-        for entry in executed {
-            unfinalized.remove(&entry.block.hash());
-            // Usually nobody else holds it now, so this rarely clones.
-            let entry = Arc::try_unwrap(entry)
-                .unwrap_or_else(|shared| Executed { block: shared.block.clone(), delta: shared.delta.clone() });
-            let mut signers = std::collections::HashSet::new();
-            for tx in &entry.block.txs {
+        // Published under the mempool's lock: see `submit_as`.
+        self.current.store(next.clone());
+        let state = next;
+        for block in &applied {
+            unfinalized.remove(&block.hash());
+            for tx in &block.txs {
                 pool.remove(&tx.id());
-                signers.insert(tx.body().signer);
             }
-            tx_count += entry.block.txs.len() as u64;
-            let block = entry.block;
-            state.commit(&block, entry.delta);
-            index.apply_block(&block, &state);
-            self.watchers.resolve_block(&block);
-            for signer in signers {
-                for id in pool.remove_stale(&signer, state.next_nonce(&signer)) {
-                    let reason = "nonce used by another committed transaction".to_owned();
-                    self.watchers.resolve(&id, &TxStatus::Rejected { reason: reason.clone() });
-                    self.rejections.lock().add(id, reason);
-                }
+            // Told after publishing: a woken waiter reads a snapshot that has its transaction.
+            self.watchers.resolve_block(block);
+        }
+        // Expiry runs on block time too, so a transaction nobody resubmits around still ends.
+        if let Some(last) = applied.last() {
+            self.expire_pending(&mut pool, last.header.timestamp_ms);
+        }
+        for signer in signers {
+            for id in pool.remove_stale(&signer, state.next_nonce(&signer)) {
+                let reason = "nonce used by another committed transaction".to_owned();
+                self.watchers.resolve(&id, &TxStatus::Rejected { reason: reason.clone() });
+                self.rejections.lock().add(id, reason);
             }
         }
         let height = state.height();

@@ -14,7 +14,7 @@
 //! and [`limits::BREAK_GLASS_REASON_BYTES_MAX`] bytes). The number of entries grows with the
 //! chain, as the state does.
 
-use std::collections::HashMap;
+use std::sync::Arc;
 
 use medledger_ledger::{AccessEvent, Block, Payload, ReviewVerdict, State};
 use medledger_types::{Hash, Height, IdentityId, RecordId, TimestampMs, TxId, limits};
@@ -158,31 +158,38 @@ pub struct DelegateActEntry {
 /// Everything indexed about one patient, each list in commit order.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PatientEntry {
-    pub records: Vec<RecordEntry>,
-    pub access: Vec<AccessEntry>,
-    pub key_shares: Vec<KeyShareEntry>,
-    pub break_glass: Vec<BreakGlassEntry>,
-    pub reviews: Vec<ReviewEntry>,
-    pub delegations: Vec<DelegationEntry>,
-    pub delegate_acts: Vec<DelegateActEntry>,
+    pub records: IndexVec<RecordEntry>,
+    pub access: IndexVec<AccessEntry>,
+    pub key_shares: IndexVec<KeyShareEntry>,
+    pub break_glass: IndexVec<BreakGlassEntry>,
+    pub reviews: IndexVec<ReviewEntry>,
+    pub delegations: IndexVec<DelegationEntry>,
+    pub delegate_acts: IndexVec<DelegateActEntry>,
 }
+
+/// The index's containers are persistent: cloning the index (once per finalized block, for
+/// readers' snapshots) shares everything already indexed and costs O(changes), not O(size).
+type IndexMap<K, V> = imbl::HashMap<K, V>;
+pub use crate::index_vec::IndexVec;
 
 /// The per-patient index over finalized blocks (see the module docs).
 #[derive(Clone, Debug, Default)]
 pub struct PatientIndex {
-    patients: HashMap<IdentityId, PatientEntry>,
+    /// Entries behind `Arc`: copying a shared part of the map copies pointers, and a patient's
+    /// entry is copied (its persistent vectors: cheaply) only when a block touches it.
+    patients: IndexMap<IdentityId, Arc<PatientEntry>>,
     /// record -> (its patient, its position in that patient's `records`).
-    records: HashMap<RecordId, (IdentityId, usize)>,
+    records: IndexMap<RecordId, (IdentityId, usize)>,
     /// Every break-glass declaration in commit order: (patient, position in that patient's
     /// `break_glass`).
-    break_glass: Vec<(IdentityId, usize)>,
+    break_glass: imbl::Vector<(IdentityId, usize)>,
     /// declaration id -> its place in `break_glass`.
-    break_glass_by_tx: HashMap<TxId, usize>,
+    break_glass_by_tx: IndexMap<TxId, usize>,
     /// directory entry -> where each of its versions was committed, oldest first.
-    directory: HashMap<RecordId, Vec<(u32, TxPosition)>>,
+    directory: IndexMap<RecordId, Arc<Vec<(u32, TxPosition)>>>,
     /// Every record version and directory version committed, as (height, id), in commit
     /// order: what changed since a height, without scanning every record.
-    changes: Vec<(Height, RecordId)>,
+    changes: imbl::Vector<(Height, RecordId)>,
     /// Height of the last block applied; blocks at or below it are ignored.
     height: Height,
 }
@@ -196,17 +203,22 @@ impl PatientIndex {
     /// The records and directory entries that got a version in a block above `height`, in
     /// commit order (an id appears once per version).
     pub fn changed_since(&self, height: Height) -> impl Iterator<Item = &RecordId> {
-        let from = self.changes.partition_point(|(h, _)| *h <= height);
-        self.changes[from..].iter().map(|(_, id)| id)
+        let from = self
+            .changes
+            .binary_search_by(
+                |(h, _)| if *h <= height { std::cmp::Ordering::Less } else { std::cmp::Ordering::Greater },
+            )
+            .unwrap_or_else(|at| at);
+        (from..self.changes.len()).map(move |i| &self.changes[i].1)
     }
 
     /// Where each version of a directory entry was committed, oldest first.
     pub fn directory_versions(&self, entry: &RecordId) -> &[(u32, TxPosition)] {
-        self.directory.get(entry).map(Vec::as_slice).unwrap_or_default()
+        self.directory.get(entry).map(|v| v.as_slice()).unwrap_or_default()
     }
 
     pub fn patient(&self, patient: &IdentityId) -> Option<&PatientEntry> {
-        self.patients.get(patient)
+        self.patients.get(patient).map(Arc::as_ref)
     }
 
     /// Every break-glass declaration, in commit order.
@@ -270,15 +282,17 @@ impl PatientIndex {
                         };
                         match self.records.get(record_id) {
                             Some((p, at)) => {
-                                if let Some(record) = self.patients.get_mut(p).and_then(|e| e.records.get_mut(*at)) {
+                                if let Some(record) =
+                                    self.patients.get_mut(p).map(Arc::make_mut).and_then(|e| e.records.get_mut(*at))
+                                {
                                     record.versions.push(entry);
                                 }
-                                self.changes.push((header.height, *record_id));
+                                self.changes.push_back((header.height, *record_id));
                             }
                             None => {
-                                let records = &mut self.patients.entry(*patient).or_default().records;
+                                let records = &mut Arc::make_mut(self.patients.entry(*patient).or_default()).records;
                                 self.records.insert(*record_id, (*patient, records.len()));
-                                self.changes.push((header.height, *record_id));
+                                self.changes.push_back((header.height, *record_id));
                                 records.push(RecordEntry {
                                     record_id: *record_id,
                                     patient: *patient,
@@ -291,14 +305,14 @@ impl PatientIndex {
                         }
                     }
                     Payload::DirectoryPut { entry_id, version, .. } => {
-                        self.directory.entry(*entry_id).or_default().push((*version, position));
-                        self.changes.push((header.height, *entry_id));
+                        Arc::make_mut(self.directory.entry(*entry_id).or_default()).push((*version, position));
+                        self.changes.push_back((header.height, *entry_id));
                     }
                     Payload::AccessEvents { events } => {
                         for (event_index, event) in events.iter().enumerate().take(limits::ACCESS_EVENTS_PER_TX_MAX) {
                             let mut event = event.clone();
                             event.reason = bounded(&event.reason, limits::REASON_BYTES_MAX);
-                            self.patients.entry(event.patient).or_default().access.push(AccessEntry {
+                            Arc::make_mut(self.patients.entry(event.patient).or_default()).access.push(AccessEntry {
                                 position,
                                 event_index: event_index as u16,
                                 recorder: signer,
@@ -314,12 +328,12 @@ impl PatientIndex {
                             category: bounded(category, limits::RESOURCE_TYPE_BYTES_MAX),
                             epoch: *epoch,
                         });
-                        self.patients.entry(*patient).or_default().key_shares.extend(wraps);
+                        Arc::make_mut(self.patients.entry(*patient).or_default()).key_shares.extend(wraps);
                     }
                     Payload::BreakGlass { patient, reason, window_ms } => {
-                        let declared = &mut self.patients.entry(*patient).or_default().break_glass;
+                        let declared = &mut Arc::make_mut(self.patients.entry(*patient).or_default()).break_glass;
                         self.break_glass_by_tx.insert(position.tx_id, self.break_glass.len());
-                        self.break_glass.push((*patient, declared.len()));
+                        self.break_glass.push_back((*patient, declared.len()));
                         declared.push(BreakGlassEntry {
                             position,
                             patient: *patient,
@@ -335,7 +349,7 @@ impl PatientIndex {
                         else {
                             continue;
                         };
-                        let entry = self.patients.entry(patient).or_default();
+                        let entry = Arc::make_mut(self.patients.entry(patient).or_default());
                         if let Some(declared) = entry.break_glass.get_mut(at) {
                             declared.reviewed_by_tx = Some(position.tx_id);
                         }
@@ -348,14 +362,14 @@ impl PatientIndex {
                         });
                     }
                     Payload::AppointDelegate { patient, delegate, valid_until_ms } => {
-                        self.patients.entry(*patient).or_default().delegations.push(DelegationEntry {
+                        Arc::make_mut(self.patients.entry(*patient).or_default()).delegations.push(DelegationEntry {
                             position,
                             delegate: *delegate,
                             change: DelegationChange::Appointed { valid_until_ms: *valid_until_ms },
                         });
                     }
                     Payload::DismissDelegate { patient, delegate } => {
-                        self.patients.entry(*patient).or_default().delegations.push(DelegationEntry {
+                        Arc::make_mut(self.patients.entry(*patient).or_default()).delegations.push(DelegationEntry {
                             position,
                             delegate: *delegate,
                             change: DelegationChange::Dismissed { by: signer },
@@ -363,20 +377,24 @@ impl PatientIndex {
                     }
                     // The ledger accepted it, so a signer other than the patient was a live delegate.
                     Payload::ConsentGrant { patient, grantee, .. } if signer != *patient => {
-                        self.patients.entry(*patient).or_default().delegate_acts.push(DelegateActEntry {
-                            position,
-                            delegate: signer,
-                            act: DelegateAct::Grant { grantee: *grantee },
-                        });
+                        Arc::make_mut(self.patients.entry(*patient).or_default()).delegate_acts.push(
+                            DelegateActEntry {
+                                position,
+                                delegate: signer,
+                                act: DelegateAct::Grant { grantee: *grantee },
+                            },
+                        );
                     }
                     Payload::ConsentRevoke { grant_id } => {
                         let Some(patient) = state.grant(grant_id).map(|g| g.patient) else { continue };
                         if signer != patient {
-                            self.patients.entry(patient).or_default().delegate_acts.push(DelegateActEntry {
-                                position,
-                                delegate: signer,
-                                act: DelegateAct::Revoke { grant_id: *grant_id },
-                            });
+                            Arc::make_mut(self.patients.entry(patient).or_default()).delegate_acts.push(
+                                DelegateActEntry {
+                                    position,
+                                    delegate: signer,
+                                    act: DelegateAct::Revoke { grant_id: *grant_id },
+                                },
+                            );
                         }
                     }
                     _ => {}

@@ -17,6 +17,7 @@ pub mod chain;
 pub mod commit_watch;
 pub mod devnet;
 pub mod index;
+mod index_vec;
 pub mod locks;
 pub mod mempool;
 pub mod metrics;
@@ -24,6 +25,7 @@ pub mod net;
 pub mod replication;
 #[cfg(feature = "simulation")]
 pub mod simulation;
+pub mod snapshot;
 pub mod validator;
 
 use medledger_ledger::BlockError;

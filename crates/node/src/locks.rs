@@ -13,7 +13,7 @@
 
 use std::{
     ops::{Deref, DerefMut},
-    sync::{Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard},
+    sync::{Mutex, MutexGuard, PoisonError},
 };
 
 /// The ranks, lowest first: take locks in this order.
@@ -26,16 +26,14 @@ pub mod rank {
     pub const RECORD_PENDING_VERSIONS: u8 = 12;
     /// `Chain`: one local signer at a time picks nonces.
     pub const CHAIN_LOCAL_SIGNING: u8 = 20;
-    /// `Chain`: the finalized state.
-    pub const CHAIN_STATE: u8 = 21;
+    /// `Chain`: block application, one writer at a time (readers take snapshots, no lock).
+    pub const CHAIN_APPLY: u8 = 21;
     /// `Chain`: executed unfinalized blocks, by hash.
     pub const CHAIN_UNFINALIZED: u8 = 22;
     /// `Chain`: pending transactions.
     pub const CHAIN_MEMPOOL: u8 = 23;
     /// `Chain`: recently rejected transactions and why.
     pub const CHAIN_REJECTIONS: u8 = 24;
-    /// `Chain`: the per-patient index.
-    pub const CHAIN_INDEX: u8 = 25;
     /// `Chain`: why the node halted, if it did.
     pub const CHAIN_HALTED: u8 = 26;
     /// `Chain`: who waits for which transaction's outcome (told while block application holds
@@ -129,76 +127,19 @@ impl<T> DerefMut for MutexLock<'_, T> {
     }
 }
 
-/// A reader-writer lock with a rank in the lock order.
-pub struct OrderedRwLock<T> {
-    rank: u8,
-    name: &'static str,
-    inner: RwLock<T>,
-}
-
-/// A read-held [`OrderedRwLock`].
-pub struct ReadLock<'a, T> {
-    guard: RwLockReadGuard<'a, T>,
-    _held: Held,
-}
-
-/// A write-held [`OrderedRwLock`].
-pub struct WriteLock<'a, T> {
-    guard: RwLockWriteGuard<'a, T>,
-    _held: Held,
-}
-
-impl<T> OrderedRwLock<T> {
-    pub fn new(rank: u8, name: &'static str, value: T) -> Self {
-        Self { rank, name, inner: RwLock::new(value) }
-    }
-
-    pub fn read(&self) -> ReadLock<'_, T> {
-        check::acquire(self.rank, self.name);
-        let held = Held(self.rank);
-        ReadLock { guard: self.inner.read().unwrap_or_else(PoisonError::into_inner), _held: held }
-    }
-
-    pub fn write(&self) -> WriteLock<'_, T> {
-        check::acquire(self.rank, self.name);
-        let held = Held(self.rank);
-        WriteLock { guard: self.inner.write().unwrap_or_else(PoisonError::into_inner), _held: held }
-    }
-}
-
-impl<T> Deref for ReadLock<'_, T> {
-    type Target = T;
-    fn deref(&self) -> &T {
-        &self.guard
-    }
-}
-
-impl<T> Deref for WriteLock<'_, T> {
-    type Target = T;
-    fn deref(&self) -> &T {
-        &self.guard
-    }
-}
-
-impl<T> DerefMut for WriteLock<'_, T> {
-    fn deref_mut(&mut self) -> &mut T {
-        &mut self.guard
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn locks_taken_in_order_pass_and_released_ranks_are_forgotten() {
-        let (low, high) = (OrderedMutex::new(1, "low", ()), OrderedRwLock::new(2, "high", ()));
+        let (low, high) = (OrderedMutex::new(1, "low", ()), OrderedMutex::new(2, "high", ()));
         {
             let _a = low.lock();
-            let _b = high.read();
+            let _b = high.lock();
         }
         // Released: the high lock alone, then the low one again, are fine.
-        drop(high.write());
+        drop(high.lock());
         drop(low.lock());
     }
 
@@ -213,10 +154,10 @@ mod tests {
 
     #[test]
     #[cfg(debug_assertions)]
-    #[should_panic(expected = "lock order violation: taking state (rank 3) while holding state (rank 3)")]
-    fn reading_a_lock_twice_on_one_thread_panics() {
-        let state = OrderedRwLock::new(3, "state", ());
-        let _first = state.read();
-        let _second = state.read();
+    #[should_panic(expected = "lock order violation: taking mempool (rank 3) while holding mempool (rank 3)")]
+    fn taking_a_lock_twice_on_one_thread_panics() {
+        let pool = OrderedMutex::new(3, "mempool", ());
+        let _first = pool.lock();
+        let _second = pool.lock();
     }
 }

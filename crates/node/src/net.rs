@@ -48,7 +48,7 @@ pub struct NodeConfig {
 
 fn p2p_namespace(chain: &Chain) -> Vec<u8> {
     let mut ns = b"medledger/p2p/v1/".to_vec();
-    ns.extend_from_slice(&chain.state().chain_id().0);
+    ns.extend_from_slice(&chain.snapshot().chain_id().0);
     ns
 }
 

@@ -163,13 +163,14 @@ struct VersionFacts {
 }
 
 fn version_facts(chain: &Chain, record_id: &RecordId, version: u32) -> Option<VersionFacts> {
+    // One snapshot: the record's index entry and its key state at one height.
+    let state = chain.snapshot();
     let (patient, custodian, category, epoch, ciphertext_hash) = {
-        let index = chain.patient_index();
+        let index = state.index();
         let record = index.record(record_id)?;
         let entry = record.versions.iter().find(|v| v.version == version)?;
         (record.patient, record.custodian, record.category.clone(), entry.key_epoch, entry.ciphertext_hash)
     };
-    let state = chain.state();
     let head = state.record(record_id)?;
     let key = state.category_key(&CategoryKeyId { custodian, patient, category })?;
     let at_ms = state.head_timestamp_ms();

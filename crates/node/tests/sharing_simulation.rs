@@ -207,7 +207,7 @@ fn run(seed: u64) -> Outcome {
             assert!(chain.halted().is_none(), "validator {i} halted: {:?}", chain.halted());
             outcome_chains
                 .push((1..=target).map(|h| chain.block(h).unwrap().expect("finalized block").hash()).collect());
-            let state = chain.state();
+            let state = chain.snapshot();
             let patient = actors.patient.id();
             let mut decisions = Vec::new();
             for who in requesters {

@@ -70,5 +70,5 @@ fn submit_as_never_reuses_a_nonce_while_blocks_commit() {
     }
     done.store(true, Ordering::SeqCst);
     committer.join().unwrap();
-    assert_eq!(chain.state().next_nonce(&org.id()), (THREADS * EACH) as u64);
+    assert_eq!(chain.snapshot().next_nonce(&org.id()), (THREADS * EACH) as u64);
 }

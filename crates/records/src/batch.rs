@@ -200,7 +200,7 @@ impl RecordService {
                             if directory_seen.contains(id) {
                                 return Err(RecordError::Invalid("a batch writes a directory entry at most once"));
                             }
-                            let state = self.chain.state();
+                            let state = self.chain.snapshot();
                             let head = state.directory_entry(id).ok_or(RecordError::UnknownRecord(*id))?;
                             if head.owner != custodian {
                                 return Err(RecordError::NotCustodian);
@@ -303,7 +303,7 @@ impl RecordService {
         let (epoch, patient_key) = match new_patients.get(&key_id.patient) {
             Some(keys) => (1, keys.encryption_public_key()),
             None => {
-                let state = self.chain.state();
+                let state = self.chain.snapshot();
                 let current = state.category_key(key_id).map(|k| (k.epoch, must_rotate_before_writing(k, now_ms)));
                 let patient_key =
                     state.identity(&key_id.patient).ok_or(RecordError::Invalid("unknown patient"))?.encryption_key;
@@ -346,7 +346,7 @@ impl RecordService {
     /// name them before anything is written).
     fn reserve_new_record(&self, id: RecordId) -> Result<(), RecordError> {
         let mut pending = self.pending_versions.lock();
-        let state = self.chain.state();
+        let state = self.chain.snapshot();
         if state.record(&id).is_some() || state.directory_entry(&id).is_some() || pending.contains_key(&id) {
             return Err(RecordError::Invalid("the chosen record id is taken"));
         }
@@ -360,7 +360,7 @@ impl RecordService {
     pub fn abandon_batch(&self, written: &BatchWritten, new_patients: &[IdentityId]) {
         let unregistered: Vec<IdentityId> = {
             let mut pending = self.pending_versions.lock();
-            let state = self.chain.state();
+            let state = self.chain.snapshot();
             for (id, version) in &written.versions {
                 let committed = state.record(id).is_some_and(|h| h.latest_version >= *version);
                 if !committed && pending.get(id).is_some_and(|(v, tx)| v == version && *tx == Some(written.tx_id)) {
@@ -395,7 +395,7 @@ impl RecordService {
     /// A version (default: latest) of a directory entry, read from its committing transaction.
     pub fn read_directory(&self, entry_id: &RecordId, version: Option<u32>) -> Result<DirectoryVersion, RecordError> {
         let (head, tx_id, version) = {
-            let state = self.chain.state();
+            let state = self.chain.snapshot();
             let head = state.directory_entry(entry_id).cloned().ok_or(RecordError::UnknownRecord(*entry_id))?;
             let version = version.unwrap_or(head.latest_version);
             let tx_id = head.version_tx(version).ok_or(RecordError::UnknownVersion { record: *entry_id, version })?;

@@ -13,6 +13,8 @@
 pub mod access;
 mod batch;
 pub mod journal;
+pub mod search;
+pub mod served;
 mod service;
 mod service_audit;
 

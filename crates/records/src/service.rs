@@ -70,6 +70,12 @@ pub enum RecordError {
     Submit(#[from] SubmitError),
     #[error("stored data is inconsistent: {0}")]
     Corrupt(String),
+    /// A count would be recorded on too many patients' trails (see `search::COUNTED_PATIENTS_MAX`).
+    #[error(
+        "this count covers the records of {patients} patients, each of whom would see it on their access trail; at \
+         most {max} are counted at once: narrow the search (by patient, say)"
+    )]
+    CountTooBroad { patients: usize, max: usize },
     /// The blob store failed; a full disk says so ([`RecordError::is_storage_full`]), it is
     /// never reported as inconsistent data.
     #[error(transparent)]
@@ -360,7 +366,7 @@ impl RecordService {
         {
             pending.remove(&record_id);
         }
-        let state = self.chain.state();
+        let state = self.chain.snapshot();
         pending.retain(|id, (v, _)| state.record(id).is_none_or(|h| h.latest_version < *v));
         match request.record {
             None => {
@@ -402,7 +408,7 @@ impl RecordService {
         now_ms: TimestampMs,
         rng: &mut impl CryptoRng,
     ) -> Result<(u32, CategoryKey), RecordError> {
-        let current = self.chain.state().category_key(key_id).cloned();
+        let current = self.chain.snapshot().category_key(key_id).cloned();
         if let Some(state) = &current
             && !must_rotate_before_writing(state, now_ms)
         {
@@ -416,7 +422,7 @@ impl RecordService {
             return Ok((epoch, key));
         }
         let key = CategoryKey::generate(rng);
-        let state = self.chain.state();
+        let state = self.chain.snapshot();
         let patient = state.identity(&key_id.patient).ok_or(RecordError::Invalid("unknown patient"))?.clone();
         let organisation = self.organisation_keys.encryption_public_key();
         drop(state);
@@ -447,7 +453,7 @@ impl RecordService {
         }
         let me = self.organisation();
         let share_tx = {
-            let state = self.chain.state();
+            let state = self.chain.snapshot();
             let key = state.category_key(key_id).ok_or(RecordError::NotDecryptableHere)?;
             let holders = key.holders_of(epoch).ok_or(RecordError::NotDecryptableHere)?;
             holders.iter().find(|(h, _)| *h == me).map(|(_, tx)| *tx).ok_or(RecordError::NotDecryptableHere)?
@@ -582,7 +588,8 @@ impl RecordService {
             version,
             now_ms,
         };
-        let decision = access::authorize(&self.chain.state(), &request).ok_or(RecordError::UnknownRecord(record_id))?;
+        let decision =
+            access::authorize(&self.chain.snapshot(), &request).ok_or(RecordError::UnknownRecord(record_id))?;
         let basis = match decision.outcome {
             Ok(basis) => basis,
             Err(refusal) => {
@@ -713,7 +720,7 @@ impl RecordService {
     ) -> Result<Vec<TxId>, RecordError> {
         let me = self.organisation();
         let (grant, grantee_key, keys) = {
-            let state = self.chain.state();
+            let state = self.chain.snapshot();
             let grant = state.grant(grant_id).cloned().ok_or(RecordError::Invalid("unknown grant"))?;
             if !grant.is_live(now_ms) || grant.actions & actions::READ == 0 || !grant.shares_category_keys() {
                 return Ok(Vec::new());
@@ -766,7 +773,7 @@ impl RecordService {
     ) -> Result<usize, RecordError> {
         let grants: Vec<TxId> = self
             .chain
-            .state()
+            .snapshot()
             .grants()
             .filter(|g| g.is_live(now_ms) && g.actions & actions::READ != 0 && g.shares_category_keys())
             .map(|g| g.id)

@@ -32,7 +32,7 @@ impl RecordService {
         now_ms: TimestampMs,
     ) -> Result<(), RecordError> {
         let head = {
-            let state = self.chain.state();
+            let state = self.chain.snapshot();
             let Some(head) = state.record(&record_id).map(|h| (h.patient, h.latest_version)) else { return Ok(()) };
             if state.identity(&requester).is_none() {
                 return Ok(());
@@ -64,7 +64,7 @@ impl RecordService {
         now_ms: TimestampMs,
     ) -> Result<(), RecordError> {
         let (valid, record) = {
-            let state = self.chain.state();
+            let state = self.chain.snapshot();
             let valid = state.identity(&requester).is_some()
                 && state.identity(&patient).is_some_and(|p| p.role == medledger_types::Role::Patient);
             let record =
@@ -149,7 +149,7 @@ impl RecordService {
             version: None,
             now_ms,
         };
-        let Some(decision) = access::authorize(&self.chain.state(), &request) else { return Ok(()) };
+        let Some(decision) = access::authorize(&self.chain.snapshot(), &request) else { return Ok(()) };
         let mut synced = Synced::default();
         self.record_decision(&decision, now_ms, &mut synced)?;
         self.sync_audit(synced)

@@ -193,7 +193,7 @@ fn grantee_cannot_decrypt_versions_outside_its_grants_with_every_key_it_holds() 
     w.commit_after(1000);
     let v1v2 = write(&w, "vitals", Some(v1.record_id), &mut rng);
     w.commit_after(MINUTE_MS);
-    assert_eq!(w.chain.state().record(&v1.record_id).unwrap().latest_version, 2, "every write committed");
+    assert_eq!(w.chain.snapshot().record(&v1.record_id).unwrap().latest_version, 2, "every write committed");
 
     // Clinic B, with its organisation key and its practitioner's key, against everything.
     let opened = decryptable_by(&w.chain, blobs.as_ref(), &[&org_b, &doc_b]);

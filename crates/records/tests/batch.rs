@@ -101,7 +101,7 @@ fn a_batch_commits_a_new_patient_their_records_and_directory_entries_in_one_tran
     assert_eq!(w.key_files(), 1);
     w.commit();
     assert!(matches!(w.chain.tx_status(&written.tx_id).unwrap(), TxStatus::Committed { .. }));
-    let state = w.chain.state();
+    let state = w.chain.snapshot();
     assert_eq!(state.identity(&newcomer.id()).unwrap().role, Role::Patient);
     for (id, version) in &written.versions[..4] {
         let head = state.record(id).unwrap();
@@ -133,7 +133,7 @@ fn a_refused_batch_leaves_no_patient_no_record_and_no_key_file() {
     let mut w = World::new();
     let mut rng = rand::rng();
     let newcomer = w.node.new_patient_keys().unwrap();
-    let log_before = w.chain.state().log().size();
+    let log_before = w.chain.snapshot().log().size();
     // The ledger refuses the last write (an Observation is never billing data); the whole batch
     // goes with it, and the submission says why.
     let wrong = WriteRequest { category: "billing", ..w.request(w.patient.id(), "Observation", LAB) };
@@ -146,7 +146,7 @@ fn a_refused_batch_leaves_no_patient_no_record_and_no_key_file() {
     assert!(error.to_string().contains("operation"), "{error}");
     assert_eq!(w.key_files(), 0, "the new patient's key file is removed");
     w.commit();
-    let state = w.chain.state();
+    let state = w.chain.snapshot();
     assert!(state.identity(&newcomer.id()).is_none());
     assert_eq!(state.directory_entries().count(), 0);
     assert_eq!(state.log().size(), log_before, "nothing committed");
@@ -170,8 +170,8 @@ fn a_refused_batch_leaves_no_patient_no_record_and_no_key_file() {
     assert_eq!(w.key_files(), 1);
     w.commit();
     assert!(matches!(w.chain.tx_status(&queued.tx_id).unwrap(), TxStatus::Rejected { .. }));
-    assert!(w.chain.state().identity(&late.id()).is_none());
-    assert!(w.chain.state().record(&queued.versions[0].0).is_none());
+    assert!(w.chain.snapshot().identity(&late.id()).is_none());
+    assert!(w.chain.snapshot().record(&queued.versions[0].0).is_none());
     w.node.abandon_batch(&queued, &[late.id()]);
     assert_eq!(w.key_files(), 0);
     // Updating a record of a patient new in the same batch makes no sense and is refused.

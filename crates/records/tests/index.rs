@@ -79,7 +79,7 @@ fn indexes_records_access_shares_and_break_glass_and_rebuilds_the_same_at_open()
     assert!(record.versions.iter().all(|v| v.author == doc_a.id()));
     assert_eq!(index.record(&written.record_id), Some(record));
     // Every position is the transaction's place in the log.
-    let state = chain.state();
+    let state = chain.snapshot();
     for v in &record.versions {
         assert_eq!(state.log().leaf(v.position.log_index), Some(medledger_types::Hash(v.position.tx_id.0)));
     }

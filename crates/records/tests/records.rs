@@ -75,7 +75,7 @@ fn records_are_encrypted_shared_by_consent_and_audited() {
     };
     let written = node_a.write(&request, w.t, &mut rng).unwrap();
     w.commit();
-    assert_eq!(w.chain.state().record(&written.record_id).unwrap().latest_version, 1);
+    assert_eq!(w.chain.snapshot().record(&written.record_id).unwrap().latest_version, 1);
 
     // The patient and the author read the exact bytes back through the custodian's node.
     let read = node_a.read(doc_a.id(), written.record_id, None, Purpose::Treatment, w.t).unwrap();
@@ -221,7 +221,7 @@ fn a_refused_version_does_not_lock_its_record() {
     let again = node.write(&lab(Some(b.record_id)), w.t, &mut rng).unwrap();
     w.commit();
     assert_eq!(again.version, 2);
-    assert_eq!(w.chain.state().record(&b.record_id).unwrap().latest_version, 2);
+    assert_eq!(w.chain.snapshot().record(&b.record_id).unwrap().latest_version, 2);
 }
 
 /// A blob store whose disk is full: every write fails as the disk stores report ENOSPC.

@@ -80,7 +80,7 @@ pub(crate) async fn audit_events(
     // only the events about its own records: writing one record about a patient must not
     // open their whole trail.
     let (patient, custodian_view) = {
-        let state = app.chain.state();
+        let state = app.chain.snapshot();
         let patient = match state.record(&patient_record) {
             Some(head) if head.resource_type == "Patient" => head.patient,
             _ => return Err(not_found(format!("no Patient {}", crate::error::echo(&patient_ref)))),
@@ -144,7 +144,7 @@ pub(crate) async fn audit_events(
     drop(index);
     // Who recorded each event, in words: the validator that decided, and its organisation.
     let recorders: std::collections::HashMap<IdentityId, String> = {
-        let state = app.chain.state();
+        let state = app.chain.snapshot();
         page.iter().map(|(e, _)| (e.recorder, recorder_display(&state, &e.recorder))).collect()
     };
     for (entry, resource_type) in &page {

@@ -30,7 +30,7 @@ pub(crate) async fn metadata(State(app): State<AppState>) -> Response {
                     {"code": "delete"}, {"code": "history-instance"}, {"code": "history-type"},
                     {"code": "search-type"}
                 ],
-                "searchParam": crate::fhir::search_index::declared_params(t),
+                "searchParam": declared_params(t),
                 "searchInclude": ["*"],
                 "searchRevInclude": ["*"],
                 "versioning": "versioned",
@@ -59,7 +59,7 @@ pub(crate) async fn metadata(State(app): State<AppState>) -> Response {
                 {"code": "delete"}, {"code": "history-instance"}, {"code": "history-type"},
                 {"code": "search-type"}
             ],
-            "searchParam": crate::fhir::search_index::declared_params(t),
+            "searchParam": declared_params(t),
             "searchInclude": ["*"],
             "searchRevInclude": ["*"],
             "versioning": "versioned",
@@ -145,4 +145,23 @@ pub(crate) fn declare_operations(statement: &mut serde_json::Value) {
         "export",
         "Bulk Data export of every record the client may read; needs system/ scopes (Prefer: respond-async)"
     )]);
+}
+
+/// Search parameters the CapabilityStatement declares for `resource_type`.
+fn declared_params(resource_type: &str) -> Vec<serde_json::Value> {
+    medledger_fhir::search::SearchParams::r4()
+        .for_type(resource_type)
+        .map(|p| {
+            serde_json::json!({
+                "name": p.code,
+                "definition": p.definition_url(),
+                "type": match p.param_type {
+                    medledger_fhir::search::ParamType::Token => "token",
+                    medledger_fhir::search::ParamType::String => "string",
+                    medledger_fhir::search::ParamType::Date => "date",
+                    medledger_fhir::search::ParamType::Reference => "reference",
+                },
+            })
+        })
+        .collect()
 }

@@ -124,6 +124,6 @@ pub(crate) async fn outcome_within(app: &AppState, tx: &medledger_types::TxId, w
 
 /// The latest version of a record or directory entry.
 pub(crate) fn latest_version(app: &AppState, id: &RecordId) -> Option<u32> {
-    let state = app.chain.state();
+    let state = app.chain.snapshot();
     state.record(id).map(|h| h.latest_version).or_else(|| state.directory_entry(id).map(|h| h.latest_version))
 }

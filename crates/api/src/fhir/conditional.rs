@@ -63,10 +63,9 @@ pub(crate) fn existing_match(
     let shown = format!("ifNoneExist {}", crate::error::echo(query));
     let query = searchable_query(grant, resource_type, query, &shown)?;
     let service = records(app).map_err(|_| "this node serves no records".to_owned())?;
-    let found =
-        crate::fhir::search_index::matching_for_reference(&app.search, &app.chain, &service, &query, grant, now_ms());
+    let found = app.search.matching_for_reference(&service, &query, grant.caller(), now_ms());
     // What the check learned (these exist and match) is an access like a search result's.
-    for id in found.iter().filter(|id| !is_directory(resource_type) && app.chain.state().record(id).is_some()) {
+    for id in found.iter().filter(|id| !is_directory(resource_type) && app.chain.snapshot().record(id).is_some()) {
         service
             .audit_match(grant.identity, *id, medledger_ledger::Purpose::Treatment, now_ms())
             .map_err(|e| format!("{shown}: {e}"))?;

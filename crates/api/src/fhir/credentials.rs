@@ -125,7 +125,7 @@ pub(crate) fn purpose(headers: &HeaderMap) -> Result<Purpose, FhirError> {
 
 /// Whether `who` writes for `organisation`: the organisation itself, or its staff or systems.
 pub(crate) fn is_staff(app: &AppState, who: &IdentityId, organisation: &IdentityId) -> bool {
-    app.chain.state().identity(who).is_some_and(|w| {
+    app.chain.snapshot().identity(who).is_some_and(|w| {
         w.id == *organisation
             || (matches!(w.role, Role::Practitioner | Role::SystemClient) && w.organisation == Some(*organisation))
     })

@@ -60,7 +60,7 @@ async fn read_version(
         authorize_record(&app, &headers, &resource_type, interactions::READ, &id, AccessAction::Read, purpose).await?;
     let record_id = parse_id(&id)?;
     // A record of another type is, for this URL, not there.
-    let stored_type = app.chain.state().record(&record_id).map(|h| h.resource_type.clone());
+    let stored_type = app.chain.snapshot().record(&record_id).map(|h| h.resource_type.clone());
     if stored_type.as_deref() != Some(resource_type.as_str()) {
         return Err(no_such(&resource_type, &id));
     }
@@ -153,7 +153,7 @@ pub(crate) async fn create(
     let service = records(&app)?;
     let custodian = service.organisation();
     let author = grant.identity;
-    let staff = app.chain.state().identity(&author).is_some_and(|w| {
+    let staff = app.chain.snapshot().identity(&author).is_some_and(|w| {
         w.id == custodian
             || (matches!(w.role, Role::Practitioner | Role::SystemClient) && w.organisation == Some(custodian))
     });
@@ -226,8 +226,8 @@ pub(crate) async fn update(
     // id, and before the body is looked at (a 400 would tell the two apart). The attempt is
     // still on the record's trail.
     let head = crate::existence::head_of_type(&app, &record_id, &resource_type);
-    let visible =
-        head.is_some() && crate::existence::sees(&app.chain.state(), &grant.identity, &record_id, Purpose::Treatment);
+    let visible = head.is_some()
+        && crate::existence::sees(&app.chain.snapshot(), &grant.identity, &record_id, Purpose::Treatment);
     if !visible {
         if let (Some(head), Some(service)) = (&head, &app.records) {
             let (who, patient) = (grant.identity, head.patient);
@@ -257,13 +257,13 @@ pub(crate) async fn update(
     let service = records(&app)?;
     let custodian = service.organisation();
     let author = grant.identity;
-    let staff = app.chain.state().identity(&author).is_some_and(|w| {
+    let staff = app.chain.snapshot().identity(&author).is_some_and(|w| {
         w.id == custodian
             || (matches!(w.role, Role::Practitioner | Role::SystemClient) && w.organisation == Some(custodian))
     });
     if !staff {
         // Every refusal is on the record: a write attempt by someone not the custodian's.
-        let patient = app.chain.state().record(&record_id).map(|h| h.patient);
+        let patient = app.chain.snapshot().record(&record_id).map(|h| h.patient);
         if let Some(patient) = patient {
             record_audit(&service, move |s| {
                 s.audit_refused_write(author, patient, Some(record_id), "not-custodian-staff", now_ms())
@@ -272,7 +272,7 @@ pub(crate) async fn update(
         }
         return Err(forbidden("only the staff and systems of the organisation operating this node write here"));
     }
-    let existing = app.chain.state().record(&record_id).map(|h| (h.patient, h.category.clone()));
+    let existing = app.chain.snapshot().record(&record_id).map(|h| (h.patient, h.category.clone()));
     let patient = patient_of(&app, &resource_type, &content.json)?
         .or(existing.as_ref().map(|e| e.0))
         .ok_or_else(|| not_found(format!("no {resource_type} with id {}", crate::error::echo(&id))))?;
@@ -332,7 +332,7 @@ pub(crate) async fn delete(
         crate::existence::head_of_type(&app, &record_id, &resource_type).ok_or_else(|| no_such(&resource_type, &id))?;
     let service = records(&app)?;
     // A record the caller may not see answers as an unknown id; the attempt is audited.
-    if !crate::existence::sees(&app.chain.state(), &grant.identity, &record_id, Purpose::Treatment) {
+    if !crate::existence::sees(&app.chain.snapshot(), &grant.identity, &record_id, Purpose::Treatment) {
         let (who, patient) = (grant.identity, head.patient);
         record_audit(&service, move |s| {
             s.audit_refused_write(who, patient, Some(record_id), "not-custodian-staff", now_ms())
@@ -342,7 +342,7 @@ pub(crate) async fn delete(
     }
     let custodian = service.organisation();
     let author = grant.identity;
-    let staff = app.chain.state().identity(&author).is_some_and(|w| {
+    let staff = app.chain.snapshot().identity(&author).is_some_and(|w| {
         w.id == custodian
             || (matches!(w.role, Role::Practitioner | Role::SystemClient) && w.organisation == Some(custodian))
     });

@@ -51,7 +51,7 @@ fn write_error(e: RecordError) -> FhirError {
 /// The entry `id` names, if it is a directory entry of `resource_type`.
 fn entry_of_type(app: &AppState, resource_type: &str, id: &str) -> Result<RecordId, FhirError> {
     let entry_id = parse_id(id)?;
-    let matches = app.chain.state().directory_entry(&entry_id).is_some_and(|h| h.resource_type == resource_type);
+    let matches = app.chain.snapshot().directory_entry(&entry_id).is_some_and(|h| h.resource_type == resource_type);
     if !matches {
         return Err(not_found(format!("no {resource_type} with id {}", crate::error::echo(id))));
     }
@@ -282,16 +282,15 @@ pub(crate) async fn type_history(
     // SMART maps type history to search (`s`), as for records.
     authorize(&app, &headers, &resource_type, interactions::SEARCH)?;
     let (count, offset) = paging(&query, HISTORY_VERSIONS_MAX, "type history")?;
-    // (log index, entry, version, committed at); the state first, then the index (lock order).
-    let ids: Vec<RecordId> = app
-        .chain
-        .state()
+    // (log index, entry, version, committed at), from one snapshot (state and index agree).
+    let snapshot = app.chain.snapshot();
+    let ids: Vec<RecordId> = snapshot
         .directory_entries()
         .filter(|(_, head)| head.resource_type == resource_type)
         .map(|(id, _)| *id)
         .collect();
     let mut versions: Vec<(u64, RecordId, u32, u64)> = {
-        let index = app.chain.patient_index();
+        let index = snapshot.index();
         ids.iter()
             .flat_map(|id| {
                 index

@@ -79,6 +79,7 @@ impl From<RecordError> for FhirError {
             RecordError::VersionMismatch { .. } => (StatusCode::PRECONDITION_FAILED, IssueCode::Conflict),
             RecordError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, IssueCode::TooLong),
             RecordError::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, IssueCode::Invalid),
+            RecordError::CountTooBroad { .. } => (StatusCode::UNPROCESSABLE_ENTITY, IssueCode::TooCostly),
             RecordError::Submit(_) | RecordError::CiphertextMissing | RecordError::Audit(_) => {
                 (StatusCode::SERVICE_UNAVAILABLE, IssueCode::Transient)
             }

@@ -41,7 +41,7 @@ pub(crate) async fn everything(
         authorize_record(&app, &headers, "Patient", interactions::READ, &id, AccessAction::Read, purpose).await?;
     let record_id = parse_id(&id)?;
     let (count, offset) = paging(&query, EVERYTHING_PAGE_MAX, "$everything")?;
-    let patient = match app.chain.state().record(&record_id) {
+    let patient = match app.chain.snapshot().record(&record_id) {
         Some(head) if head.resource_type == "Patient" => head.patient,
         _ => return Err(no_such("Patient", &id)),
     };
@@ -141,7 +141,7 @@ fn visible_members(
     let now = now_ms();
     let (mut visible, mut refused) = (Vec::with_capacity(members.len()), Vec::new());
     for chunk in members.chunks(CONSENT_CHUNK) {
-        let state = app.chain.state();
+        let state = app.chain.snapshot();
         for member in chunk {
             match crate::existence::read_decision(&state, requester, &member.0, purpose, now) {
                 Some(Ok(_)) => visible.push(member.clone()),

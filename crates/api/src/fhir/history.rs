@@ -63,7 +63,7 @@ pub(crate) async fn history(
         version: None,
         now_ms: now,
     };
-    let decision = access::authorize(&app.chain.state(), &request)
+    let decision = access::authorize(&app.chain.snapshot(), &request)
         .filter(|d| d.head.resource_type == resource_type)
         .ok_or_else(|| no_such(&resource_type, &id))?;
     if !decision.is_allowed() {
@@ -142,7 +142,7 @@ pub(crate) async fn type_history(
         .collect();
     let mut readable: std::collections::HashMap<RecordId, bool> = std::collections::HashMap::new();
     for chunk in all.chunks(CONSENT_CHUNK) {
-        let state = app.chain.state();
+        let state = app.chain.snapshot();
         for (_, record, _, _) in chunk {
             readable.entry(*record).or_insert_with(|| {
                 let request = AccessRequest {

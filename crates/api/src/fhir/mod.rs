@@ -20,7 +20,7 @@
 //! (the served types and medledger's identifier systems and extensions), `request`, `paging`,
 //! `render` (stored versions as answers), `credentials` (bearer grant, scopes, purpose,
 //! audit of refusals), `write_checks`, `commit` (waiting for a write to commit),
-//! `conditional` (conditional creates), `search_index` and `directory` (the directory types,
+//! `conditional` (conditional creates) and `directory` (the directory types,
 //! which `crud` and `history` hand on). This module only wires the routes and re-exports the
 //! public constants; no module below imports it (the crate docs give the layering, and a test
 //! keeps it).
@@ -51,7 +51,6 @@ pub(crate) mod provenance;
 pub(crate) mod render;
 pub(crate) mod request;
 pub(crate) mod search;
-pub(crate) mod search_index;
 pub(crate) mod served;
 pub(crate) mod write_checks;
 

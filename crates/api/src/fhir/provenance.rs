@@ -66,7 +66,7 @@ pub(crate) async fn provenance(
         version: None,
         now_ms: now,
     };
-    let decision = access::authorize(&app.chain.state(), &request)
+    let decision = access::authorize(&app.chain.snapshot(), &request)
         .filter(|d| d.head.resource_type == resource_type)
         .ok_or_else(|| no_such(resource_type, id))?;
     let allowed = decision.is_allowed();

@@ -11,17 +11,7 @@ use crate::fhir::errors::FhirError;
 /// The resource types this slice serves: those stored as patient records.
 pub const SERVED_TYPES: &[&str] = &medledger_types::RECORD_RESOURCE_TYPES;
 
-/// What a logical delete stores as the record's next version (encrypted like any version):
-/// not a FHIR resource (the validator refuses its `medledger` member), so no client can write
-/// one through the FHIR API, and it marks the record deleted for every node that can open it.
-pub(crate) fn tombstone(resource_type: &str) -> Vec<u8> {
-    format!(r#"{{"medledger":"deleted","resourceType":"{resource_type}"}}"#).into_bytes()
-}
-
-/// Whether stored bytes are a delete marker (see [`tombstone`]).
-pub(crate) fn is_tombstone(stored: &[u8]) -> bool {
-    stored.starts_with(br#"{"medledger":"deleted","#)
-}
+pub(crate) use medledger_records::served::{is_tombstone, tombstone};
 
 /// The identifier system naming a patient's on-chain identity in a Patient resource.
 pub const IDENTITY_SYSTEM: &str = "urn:medledger:identity";

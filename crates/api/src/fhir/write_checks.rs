@@ -246,7 +246,7 @@ pub(crate) fn patient_of(
     json: &serde_json::Value,
 ) -> Result<Option<IdentityId>, FhirError> {
     let unprocessable = |m: String| FhirError::new(StatusCode::UNPROCESSABLE_ENTITY, IssueCode::Processing, m);
-    let state = app.chain.state();
+    let state = app.chain.snapshot();
     if resource_type == "Patient" {
         let Some(value) = json["identifier"]
             .as_array()

@@ -13,7 +13,7 @@ use crate::{
     app::{AppState, on_chain},
     error::ApiError,
     params::{hexes, parse_identity_id},
-    patients::common::{AccessView, access_view, page, slice, the_patient},
+    patients::common::{AccessView, access_view, index_page, page, the_patient},
 };
 
 #[derive(Serialize)]
@@ -47,15 +47,13 @@ pub(crate) async fn access_log(
     let (from, limit) = page(&query)?;
     the_patient(&app, patient, request).await?;
     on_chain(&app.chain, move |c| {
-        // State before index (the chain's lock order): both at one height, so every entry is
-        // in the log the proofs are made against. Proofs come from this guard's log rather
-        // than `Chain::inclusion_proof`, which would take the state lock a second time.
-        let state = c.state();
-        let index = c.patient_index();
+        // One snapshot: the index and the log at one height, so every entry is in the log the
+        // proofs are made against.
+        let state = c.snapshot();
+        let index = state.index();
         let log = state.log();
         let (log_size, log_root) = (log.size(), log.root());
-        let all = index.patient(&patient).map(|e| e.access.as_slice()).unwrap_or_default();
-        let (page, next) = slice(all, from, limit);
+        let (page, total, next) = index_page(index.patient(&patient).map(|e| &e.access), from, limit);
         let entries = page
             .iter()
             .map(|a| {
@@ -69,8 +67,8 @@ pub(crate) async fn access_log(
             .collect::<Result<Vec<_>, ApiError>>()?;
         Ok(Json(AccessLogView {
             patient: patient.to_hex(),
-            total: all.len(),
-            from: from.min(all.len()),
+            total,
+            from: from.min(total),
             next,
             log_size,
             log_root: log_root.to_hex(),

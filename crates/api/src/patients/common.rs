@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use axum::extract::Request;
 use medledger_ledger::{AccessAction, AccessOutcome, BreakGlassReview, GrantOrigin, State as LedgerState, actions};
-use medledger_node::index::{AccessEntry, RecordEntry};
+use medledger_node::index::{AccessEntry, IndexVec, RecordEntry};
 use medledger_types::{IdentityId, Role, TimestampMs};
 use serde::Serialize;
 
@@ -46,6 +46,14 @@ pub(crate) fn page(query: &HashMap<String, String>) -> Result<(usize, usize), Ap
 }
 
 /// The page of `items` starting at `from`, and where the next page starts (if any).
+/// A page of an index list (a persistent vector; see `medledger_node::index::IndexVec`).
+pub(crate) fn index_page<T>(items: Option<&IndexVec<T>>, from: usize, limit: usize) -> (Vec<&T>, usize, Option<usize>) {
+    let Some(items) = items else { return (Vec::new(), 0, None) };
+    let start = from.min(items.len());
+    let end = start.saturating_add(limit).min(items.len());
+    (items.iter_from(start).take(end - start).collect(), items.len(), (end < items.len()).then_some(end))
+}
+
 pub(crate) fn slice<T>(items: &[T], from: usize, limit: usize) -> (&[T], Option<usize>) {
     let start = from.min(items.len());
     let end = start.saturating_add(limit).min(items.len());
@@ -56,7 +64,7 @@ pub(crate) fn slice<T>(items: &[T], from: usize, limit: usize) -> (&[T], Option<
 pub(crate) async fn the_patient(app: &AppState, patient: IdentityId, request: Request) -> Result<(), ApiError> {
     let (requester, _) = authenticated(app, request).await?;
     let is_patient =
-        on_chain(&app.chain, move |c| Ok(c.state().identity(&requester).is_some_and(|i| i.role == Role::Patient)))
+        on_chain(&app.chain, move |c| Ok(c.snapshot().identity(&requester).is_some_and(|i| i.role == Role::Patient)))
             .await?;
     if requester != patient || !is_patient {
         return Err(ApiError::Forbidden {
@@ -77,7 +85,7 @@ pub(crate) async fn the_patient_or_delegate(
     let (requester, _) = authenticated(app, request).await?;
     let now = now_ms();
     let allowed = on_chain(&app.chain, move |c| {
-        let state = c.state();
+        let state = c.snapshot();
         let is_patient = requester == patient && state.identity(&requester).is_some_and(|i| i.role == Role::Patient);
         Ok(is_patient || state.is_live_delegate(&patient, &requester, now))
     })

@@ -119,7 +119,7 @@ pub(crate) async fn grants(
     the_patient_or_delegate(&app, patient, request).await?;
     let now = now_ms();
     on_chain(&app.chain, move |c| {
-        let state = c.state();
+        let state = c.snapshot();
         let total = state.grants_of(&patient).count();
         let grants: Vec<GrantView> =
             state.grants_of(&patient).skip(from).take(limit).map(|g| grant_view(g, now)).collect();
@@ -175,7 +175,7 @@ pub(crate) async fn delegates(
     the_patient_or_delegate(&app, patient, request).await?;
     let now = now_ms();
     on_chain(&app.chain, move |c| {
-        let state = c.state();
+        let state = c.snapshot();
         let all: Vec<_> = state.delegations_of(&patient).collect();
         let (page, next) = slice(&all, from, limit);
         let delegations = page

@@ -10,8 +10,8 @@ use axum::{
 };
 use medledger_ledger::{AccessOutcome, Grant, State as LedgerState};
 use medledger_node::index::{
-    AccessEntry, BreakGlassEntry, DelegateAct, DelegateActEntry, DelegationChange, DelegationEntry, KeyShareEntry,
-    PatientIndex, ReviewEntry, TxPosition,
+    AccessEntry, BreakGlassEntry, DelegateAct, DelegateActEntry, DelegationChange, DelegationEntry, IndexVec,
+    KeyShareEntry, PatientIndex, ReviewEntry, TxPosition,
 };
 use medledger_types::{IdentityId, TimestampMs};
 use serde::Serialize;
@@ -108,8 +108,8 @@ pub(crate) struct NotificationsView {
 }
 
 /// Entries of `items` (in commit order) committed strictly after `since_ms`.
-fn since<T>(items: &[T], since_ms: TimestampMs, position: impl Fn(&T) -> &TxPosition) -> &[T] {
-    &items[items.partition_point(|i| position(i).committed_at_ms <= since_ms)..]
+fn since<T>(items: &IndexVec<T>, since_ms: TimestampMs, position: impl Fn(&T) -> &TxPosition) -> Vec<&T> {
+    items.iter_from(items.partition_point(|i| position(i).committed_at_ms <= since_ms)).collect()
 }
 
 /// An event the patient is told about, by reference until it is known to be kept.
@@ -274,10 +274,10 @@ pub(crate) async fn notifications(
     the_patient(&app, patient, request).await?;
     let now = now_ms();
     on_chain(&app.chain, move |c| {
-        let state = c.state();
-        let index = c.patient_index();
+        let state = c.snapshot();
+        let index = state.index();
         let grants: Vec<&Grant> = state.grants_of(&patient).collect();
-        let (total, notifications) = notifications_of(&state, &index, grants, &patient, since_ms, now);
+        let (total, notifications) = notifications_of(&state, index, grants, &patient, since_ms, now);
         Ok(Json(NotificationsView {
             patient: patient.to_hex(),
             since_ms,

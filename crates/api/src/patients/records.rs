@@ -17,7 +17,7 @@ use crate::{
     clock::now_ms,
     error::ApiError,
     params::{parse_identity_id, parse_purpose, parse_record_id},
-    patients::common::{VERSIONS_LISTED_MAX, VersionView, page, slice, the_patient, version_views},
+    patients::common::{VERSIONS_LISTED_MAX, VersionView, index_page, page, the_patient, version_views},
     signed::authenticated,
 };
 
@@ -54,8 +54,7 @@ pub(crate) async fn records(
     the_patient(&app, patient, request).await?;
     on_chain(&app.chain, move |c| {
         let index = c.patient_index();
-        let all = index.patient(&patient).map(|e| e.records.as_slice()).unwrap_or_default();
-        let (page, next) = slice(all, from, limit);
+        let (page, total, next) = index_page(index.patient(&patient).map(|e| &e.records), from, limit);
         let records = page
             .iter()
             .map(|r| {
@@ -71,7 +70,7 @@ pub(crate) async fn records(
                 }
             })
             .collect();
-        Ok(Json(RecordsView { patient: patient.to_hex(), total: all.len(), from, next, records }))
+        Ok(Json(RecordsView { patient: patient.to_hex(), total, from, next, records }))
     })
     .await
 }
@@ -118,7 +117,7 @@ pub(crate) async fn history(
             version: None,
             now_ms: now,
         };
-        let decision = access::authorize(&c.state(), &request)
+        let decision = access::authorize(&c.snapshot(), &request)
             .ok_or_else(|| ApiError::NotFound(format!("no record {record_id}")))?;
         if let Some(service) = &records {
             service.audit_decision(&decision, now)?;

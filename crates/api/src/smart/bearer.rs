@@ -18,8 +18,7 @@ pub(crate) fn bearer(app: &AppState, headers: &HeaderMap, now_ms: TimestampMs) -
     }
     let token = token.trim();
     let grant = app.tokens.lookup(token, now_ms).ok_or("the bearer token is unknown or expired")?;
-    // The state's read guard lives only for this statement.
-    let current = grant.is_current(&app.chain.state());
+    let current = grant.is_current(&app.chain.snapshot());
     if !current {
         app.tokens.revoke(token);
         return Err("the bearer token was issued under a key its identity has since replaced; get a new one");

@@ -216,7 +216,7 @@ fn verify_assertion(
     let ParsedAssertion { issuer, jti, signing_input, signature } = parse_assertion(jwt, token_urls, now_ms)?;
     let invalid = |m: &str| OAuthError::new("invalid_client", m.to_owned());
     let (key, role) = {
-        let state = app.chain.state();
+        let state = app.chain.snapshot();
         let who = state.identity(&issuer).ok_or_else(|| invalid("the client is not a registered identity"))?;
         (who.signing_key, who.role)
     };

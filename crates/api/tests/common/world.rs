@@ -324,7 +324,7 @@ impl World {
 
     /// Leaves in the transparency log.
     pub fn log_size(&self) -> u64 {
-        self.chain.state().log().size()
+        self.chain.snapshot().log().size()
     }
 
     /// How many patients' keys the record service holds for hand-over.

@@ -18,11 +18,14 @@ mod directory;
 mod identity;
 mod key_share;
 mod overlay;
+mod pmap;
 mod record;
 mod rules;
 mod types;
 
 use std::collections::HashMap;
+
+pub use pmap::PMap;
 
 use medledger_crypto::{CryptoError, PublicKey, Signature, verify_batch};
 use medledger_merkle::MerkleLog;
@@ -103,25 +106,27 @@ pub struct Built {
     pub skipped: Vec<(Transaction, TxError)>,
 }
 
-/// The state after some prefix of the chain.
+/// The state after some prefix of the chain. Its maps are persistent ([`PMap`]): a clone
+/// shares every entry with the original and costs O(1), so the node publishes an immutable
+/// snapshot per finalized height and readers never hold a lock.
 #[derive(Clone, Debug)]
 pub struct State {
     chain_id: Hash,
     chain_name: String,
     validators: Vec<IdentityId>,
-    identities: HashMap<IdentityId, Identity>,
-    records: HashMap<RecordId, RecordHead>,
-    grants: HashMap<TxId, Grant>,
-    category_keys: HashMap<CategoryKeyId, CategoryKeyState>,
-    shared_keys: HashMap<(IdentityId, IdentityId), Vec<CategoryKeyId>>,
-    grant_index: HashMap<(IdentityId, IdentityId), Vec<TxId>>,
-    patient_grants: HashMap<IdentityId, Vec<TxId>>,
-    rules: HashMap<TxId, InstalledRule>,
-    patient_rules: HashMap<IdentityId, Vec<TxId>>,
-    reacting_rules: HashMap<IdentityId, Vec<TxId>>,
-    delegations: HashMap<IdentityId, Vec<Delegation>>,
-    directory: HashMap<RecordId, DirectoryHead>,
-    declared_break_glass: HashMap<IdentityId, Vec<TxId>>,
+    identities: PMap<IdentityId, Identity>,
+    records: PMap<RecordId, RecordHead>,
+    grants: PMap<TxId, Grant>,
+    category_keys: PMap<CategoryKeyId, CategoryKeyState>,
+    shared_keys: PMap<(IdentityId, IdentityId), Vec<CategoryKeyId>>,
+    grant_index: PMap<(IdentityId, IdentityId), Vec<TxId>>,
+    patient_grants: PMap<IdentityId, Vec<TxId>>,
+    rules: PMap<TxId, InstalledRule>,
+    patient_rules: PMap<IdentityId, Vec<TxId>>,
+    reacting_rules: PMap<IdentityId, Vec<TxId>>,
+    delegations: PMap<IdentityId, Vec<Delegation>>,
+    directory: PMap<RecordId, DirectoryHead>,
+    declared_break_glass: PMap<IdentityId, Vec<TxId>>,
     height: Height,
     head_hash: Hash,
     head_timestamp_ms: TimestampMs,
@@ -137,7 +142,7 @@ struct BlockContext {
 
 impl State {
     pub fn from_genesis(genesis: &Genesis) -> Self {
-        let mut identities = HashMap::new();
+        let mut identities = PMap::new();
         for (who, role) in genesis
             .organisations
             .iter()
@@ -166,18 +171,18 @@ impl State {
             chain_name: genesis.chain_name.clone(),
             validators: genesis.validators.iter().map(|v| v.id()).collect(),
             identities,
-            records: HashMap::new(),
-            grants: HashMap::new(),
-            category_keys: HashMap::new(),
-            shared_keys: HashMap::new(),
-            grant_index: HashMap::new(),
-            patient_grants: HashMap::new(),
-            rules: HashMap::new(),
-            patient_rules: HashMap::new(),
-            reacting_rules: HashMap::new(),
-            delegations: HashMap::new(),
-            directory: HashMap::new(),
-            declared_break_glass: HashMap::new(),
+            records: PMap::new(),
+            grants: PMap::new(),
+            category_keys: PMap::new(),
+            shared_keys: PMap::new(),
+            grant_index: PMap::new(),
+            patient_grants: PMap::new(),
+            rules: PMap::new(),
+            patient_rules: PMap::new(),
+            reacting_rules: PMap::new(),
+            delegations: PMap::new(),
+            directory: PMap::new(),
+            declared_break_glass: PMap::new(),
             height: 0,
             head_hash: genesis.anchor_header().hash(),
             head_timestamp_ms: genesis.genesis_time_ms,

@@ -65,11 +65,11 @@ impl<'a> Overlay<'a> {
     }
 
     /// Looks `key` up in the ancestors' changes, newest first, then in the base state.
-    fn inherited<K: std::hash::Hash + Eq, V>(
+    fn inherited<K: std::hash::Hash + Eq + Clone, V>(
         &self,
         key: &K,
         field: impl Fn(&'a Delta) -> &'a HashMap<K, V>,
-        base: &'a HashMap<K, V>,
+        base: &'a super::PMap<K, V>,
     ) -> Option<&'a V> {
         self.ancestors.iter().rev().find_map(|d| field(d).get(key)).or_else(|| base.get(key))
     }

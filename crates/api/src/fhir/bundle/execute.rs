@@ -19,7 +19,7 @@ use crate::{
             entries::{EntryIn, Method, Planned, error},
             plan::{Plan, plan},
         },
-        commit::{Outcome, committed_at_ms, latest_version, wait},
+        commit::{Outcome, committed_at_ms, latest_version, outcome_within, wait},
         credentials::records,
         errors::{FHIR_JSON, FhirError},
         served::is_directory,
@@ -28,8 +28,9 @@ use crate::{
 };
 
 /// How long a Bundle answered 202 (not committed in time) is watched, to clean up after it
-/// if the ledger refuses it.
-const ABANDON_WATCH: std::time::Duration = std::time::Duration::from_secs(600);
+/// if the ledger refuses it: past the mempool's time to live (after which the node rejects
+/// it as expired), with a minute's margin for the expiry to run.
+const ABANDON_WATCH_MS: u64 = medledger_types::limits::MEMPOOL_TX_TTL_MS + 60_000;
 
 /// Submits a plan as one batch; returns the submitted batch, or `None` if nothing needed
 /// writing (deletes of deleted resources only).
@@ -158,18 +159,12 @@ async fn run_transaction(
         // Not committed in time: clean up later if the ledger refuses it after all.
         (Outcome::Pending, Some(w), Some(service)) => {
             let (app, service, w) = (app.clone(), service.clone(), w.clone());
+            // Told by the chain when the batch commits, is rejected or expires; nothing polls.
             tokio::spawn(async move {
-                let started = std::time::Instant::now();
-                loop {
-                    match app.chain.tx_status(&w.tx_id) {
-                        Ok(TxStatus::Committed { .. }) => return,
-                        Ok(TxStatus::Rejected { .. } | TxStatus::Unknown) => break,
-                        // Still pending: it may yet commit, so its keys are kept.
-                        _ if started.elapsed() >= ABANDON_WATCH => return,
-                        _ => tokio::time::sleep(std::time::Duration::from_millis(500)).await,
-                    }
+                // Committed, or still pending (it may yet commit): its keys are kept.
+                if let Some(TxStatus::Rejected { .. }) = outcome_within(&app, &w.tx_id, ABANDON_WATCH_MS).await {
+                    let _ = tokio::task::spawn_blocking(move || service.abandon_batch(&w, &new_patients)).await;
                 }
-                let _ = tokio::task::spawn_blocking(move || service.abandon_batch(&w, &new_patients)).await;
             });
         }
         _ => {}

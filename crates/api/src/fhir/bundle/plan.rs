@@ -42,7 +42,7 @@ pub(super) fn plan(app: &AppState, grant: &Grant, entries: Vec<EntryIn>, batch_e
     // (Planning runs on the blocking pool: recording may wait for the audit journal.)
     let audit_refusal = |reason: &str| -> Result<(), FhirError> {
         for entry in entries.iter().filter(|e| e.method != Method::Post) {
-            let patient = entry.target.and_then(|id| app.chain.state().record(&id).map(|h| h.patient));
+            let patient = entry.target.and_then(|id| app.chain.snapshot().record(&id).map(|h| h.patient));
             if let Some(patient) = patient {
                 service.audit_refused_write(grant.identity, patient, entry.target, reason, now_ms())?;
             }
@@ -153,7 +153,8 @@ pub(super) fn plan(app: &AppState, grant: &Grant, entries: Vec<EntryIn>, batch_e
         let Some(bytes) = &entry.bytes else { continue };
         if already.contains(&i) {
             // Not written; a Patient found keeps its identity for the other entries.
-            let found = app.chain.state().record(&ids[i]).filter(|h| h.resource_type == "Patient").map(|h| h.patient);
+            let found =
+                app.chain.snapshot().record(&ids[i]).filter(|h| h.resource_type == "Patient").map(|h| h.patient);
             if let Some(patient) = found {
                 patient_of_record.insert(ids[i], patient);
             }
@@ -174,7 +175,7 @@ pub(super) fn plan(app: &AppState, grant: &Grant, entries: Vec<EntryIn>, batch_e
                 Some(hex) => {
                     let id = IdentityId::from_hex(hex)
                         .ok()
-                        .filter(|id| app.chain.state().identity(id).is_some_and(|w| w.role == Role::Patient));
+                        .filter(|id| app.chain.snapshot().identity(id).is_some_and(|w| w.role == Role::Patient));
                     id.ok_or_else(|| {
                         entry_error(
                             entry.index,
@@ -226,7 +227,7 @@ pub(super) fn plan(app: &AppState, grant: &Grant, entries: Vec<EntryIn>, batch_e
         let existing = match entry.method {
             Method::Post => None,
             _ if directory => {
-                let state = app.chain.state();
+                let state = app.chain.snapshot();
                 let head = state
                     .directory_entry(&id)
                     .filter(|h| h.resource_type == entry.resource_type)
@@ -237,7 +238,7 @@ pub(super) fn plan(app: &AppState, grant: &Grant, entries: Vec<EntryIn>, batch_e
                 let head = crate::existence::head_of_type(app, &id, &entry.resource_type).ok_or_else(not_found)?;
                 // A record the caller may not see is, to it, not there (`crate::existence`).
                 if !crate::existence::sees(
-                    &app.chain.state(),
+                    &app.chain.snapshot(),
                     &grant.identity,
                     &id,
                     medledger_ledger::Purpose::Treatment,
@@ -351,7 +352,7 @@ fn subject_patient(
     if let Some(identity) = bundle_patients.get(&id) {
         return Ok(*identity);
     }
-    let state = app.chain.state();
+    let state = app.chain.snapshot();
     state.record(&id).filter(|h| h.resource_type == "Patient").map(|h| h.patient).ok_or_else(|| {
         unprocessable(format!(
             "reference {} does not resolve to a Patient on this server",
@@ -453,7 +454,7 @@ fn check_server_reference(app: &AppState, resource_type: &str, id: &str) -> Resu
     if served(resource_type).is_err() {
         return Ok(()); // a type not held here: not checkable, kept as written
     }
-    let state = app.chain.state();
+    let state = app.chain.snapshot();
     let found = RecordId::from_hex(id).ok().is_some_and(|id| {
         state.record(&id).is_some_and(|h| h.resource_type == resource_type)
             || state.directory_entry(&id).is_some_and(|h| h.resource_type == resource_type)
@@ -496,9 +497,7 @@ fn resolve_conditional(
         }
     }
     let service = records(app).map_err(|_| "this node serves no records".to_owned())?;
-    for id in
-        crate::fhir::search_index::matching_for_reference(&app.search, &app.chain, &service, &query, grant, now_ms())
-    {
+    for id in app.search.matching_for_reference(&service, &query, grant.caller(), now_ms()) {
         if !found.contains(&id) {
             found.push(id);
         }
@@ -507,7 +506,7 @@ fn resolve_conditional(
     // (another member could publish look-alikes of them).
     if found.len() > 1 && is_directory(resource_type) {
         let own = service.organisation();
-        let state = app.chain.state();
+        let state = app.chain.snapshot();
         let own_or_new: Vec<RecordId> =
             found.iter().copied().filter(|id| state.directory_entry(id).is_none_or(|h| h.owner == own)).collect();
         if !own_or_new.is_empty() {
@@ -516,7 +515,7 @@ fn resolve_conditional(
     }
     // What the reference found (one, or several: "more than one" says they exist) is an access
     // like a search result's: on each record's trail.
-    for id in found.iter().filter(|id| !is_directory(resource_type) && app.chain.state().record(id).is_some()) {
+    for id in found.iter().filter(|id| !is_directory(resource_type) && app.chain.snapshot().record(id).is_some()) {
         service
             .audit_match(grant.identity, *id, medledger_ledger::Purpose::Treatment, now_ms())
             .map_err(|e| format!("{shown}: {e}"))?;

@@ -48,7 +48,7 @@ pub(crate) async fn consents(
         .map_err(|_| not_found(format!("no Patient {}", crate::error::echo(&patient_ref))))?;
     let now = now_ms();
     let resources: Vec<serde_json::Value> = {
-        let state = app.chain.state();
+        let state = app.chain.snapshot();
         let patient = match state.record(&record) {
             Some(head) if head.resource_type == "Patient" => head.patient,
             _ => return Err(not_found(format!("no Patient {}", crate::error::echo(&patient_ref)))),
@@ -96,7 +96,7 @@ pub(crate) async fn consent(
     let grant_id = medledger_types::TxId::from_hex(&id)
         .map_err(|_| not_found(format!("no Consent {}", crate::error::echo(&id))))?;
     let resource = {
-        let state = app.chain.state();
+        let state = app.chain.snapshot();
         let stored =
             state.grant(&grant_id).ok_or_else(|| not_found(format!("no Consent {}", crate::error::echo(&id))))?;
         let allowed = grant.identity == stored.patient

@@ -259,7 +259,7 @@ fn grant_of(
 fn check_acting_for(app: &AppState, caller: &IdentityId, patient: &IdentityId) -> Result<(), FhirError> {
     let service = records(app)?;
     let gateway = service.node_identity();
-    let state = app.chain.state();
+    let state = app.chain.snapshot();
     let now = now_ms().max(state.head_timestamp_ms());
     if !acts_for(&state, caller, patient) {
         return Err(forbidden("only the patient, or a personal delegate of theirs, writes their consent"));
@@ -315,14 +315,14 @@ pub(crate) async fn create(
     let json: serde_json::Value = serde_json::from_slice(&body)
         .map_err(|e| FhirError::new(StatusCode::BAD_REQUEST, IssueCode::Invalid, e.to_string()))?;
     let (patient, payload) = {
-        let state = app.chain.state();
+        let state = app.chain.snapshot();
         grant_of(&state, &json, now_ms().max(state.head_timestamp_ms())).map_err(unprocessable)?
     };
     check_acting_for(&app, &token.identity, &patient)?;
     let (tx, committed) = submit(&app, payload).await?;
     let location = format!("/fhir/Consent/{}", tx.to_hex());
     let mut response = if committed {
-        let state = app.chain.state();
+        let state = app.chain.snapshot();
         let grant = state.grant(&tx).ok_or_else(|| not_found("the grant is gone"))?;
         let body = consent_resource(&state, grant, now_ms().max(state.head_timestamp_ms())).to_string();
         (StatusCode::CREATED, body).into_response()
@@ -346,7 +346,7 @@ pub(crate) async fn create(
 fn live_grant(app: &AppState, caller: &IdentityId, id: &str) -> Result<(TxId, IdentityId), FhirError> {
     let unknown = || not_found(format!("no Consent {}", crate::error::echo(id)));
     let grant_id = TxId::from_hex(id).map_err(|_| unknown())?;
-    let state = app.chain.state();
+    let state = app.chain.snapshot();
     let grant = state.grant(&grant_id).ok_or_else(unknown)?;
     if !acts_for(&state, caller, &grant.patient) {
         return Err(unknown());

@@ -248,7 +248,7 @@ pub(crate) async fn export_group(
     authenticate(&app, &headers)?;
     let organisation = IdentityId::from_hex(&id)
         .ok()
-        .filter(|org| app.chain.state().identity(org).is_some_and(|who| who.role == Role::Organisation))
+        .filter(|org| app.chain.snapshot().identity(org).is_some_and(|who| who.role == Role::Organisation))
         .ok_or_else(|| {
             FhirError::new(
                 StatusCode::NOT_FOUND,

@@ -85,13 +85,12 @@ struct Candidate {
 pub(super) fn run(jobs: &Jobs, job: &Job, chain: &Chain, service: &RecordService, plan: &Plan) -> Finished {
     let cancelled = || Finished::Failed { at_ms: now_ms(), diagnostics: "the export was cancelled".into() };
     let requester = plan.grant.identity;
-    // What there is at the finalized head, and that head's block time (the state first, so
-    // the index is at the same height).
+    // What there is at the finalized head, and that head's block time (one snapshot, so the
+    // index is at the same height).
     let (transaction_time_ms, mut candidates) = {
-        let state = chain.state();
+        let state = chain.snapshot();
         let transaction_time_ms = state.head_timestamp_ms().max(chain.genesis().genesis_time_ms);
-        let index = chain.patient_index();
-        drop(state);
+        let index = state.index();
         let members: Option<HashSet<IdentityId>> = match plan.level {
             Level::Group(organisation) => {
                 Some(index.records().filter(|r| r.custodian == organisation).map(|r| r.patient).collect())
@@ -127,7 +126,7 @@ pub(super) fn run(jobs: &Jobs, job: &Job, chain: &Chain, service: &RecordService
         if job.cancelled() {
             return cancelled();
         }
-        let state = chain.state();
+        let state = chain.snapshot();
         visible.extend(
             chunk
                 .iter()

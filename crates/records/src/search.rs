@@ -1,7 +1,8 @@
 //! The FHIR search index: the search values of every record version this node can decrypt,
 //! kept current with the chain, and the evaluation of parsed queries
-//! (`medledger_fhir::search`) against it. `search.rs` answers `GET /fhir/{type}?…` from it;
-//! conditional references and creates resolve through [`matching_for_reference`].
+//! (`medledger_fhir::search`) against it. [`SearchIndex::search`] answers a search whole
+//! (match, consent, page, include, read and audit every hit); conditional references and
+//! creates resolve through [`SearchIndex::matching_for_reference`].
 //!
 //! The index holds values derived from plaintext (codes, dates, names), so it lives in memory
 //! only: nothing of it is written to disk or logged, and it is rebuilt after a restart by
@@ -10,9 +11,11 @@
 //! records that became readable here without a new version: a ciphertext replicated late, a key
 //! shared later). While one search brings the index up to a newly
 //! committed block, others answer from it as it was, so a search may miss what committed in
-//! the last moment. Results are filtered by the caller's consent
-//! (`records::access`, with the token's scopes) before counting and paging, so totals reveal nothing the caller
-//! may not see.
+//! the last moment. Results are filtered by the caller's consent ([`crate::access`], with the
+//! caller's credential) before counting and paging, so totals reveal nothing the caller may
+//! not see; every returned resource is read through the record service and so audited, as a
+//! `Search` access, and so is what a total counts without returning it (within
+//! [`COUNTED_PATIENTS_MAX`] patients).
 
 use std::{
     collections::{HashMap, HashSet},
@@ -20,40 +23,41 @@ use std::{
 };
 
 use medledger_fhir::search::{self, IndexValue};
-use medledger_ledger::AccessAction;
+use medledger_ledger::{AccessAction, Purpose};
 use medledger_node::chain::Chain;
-use medledger_records::{
-    RecordService,
-    access::{self, AccessRequest, Basis},
-};
-use medledger_types::{IdentityId, RecordId};
+use medledger_types::{IdentityId, RECORD_RESOURCE_TYPES, RecordId, TimestampMs};
+use zeroize::Zeroizing;
 
 use crate::{
-    fhir::served::SERVED_TYPES,
-    smart::scopes::{Grant, interactions},
+    RecordError, RecordService,
+    access::{self, AccessRequest, Basis, Caller, interactions},
+    journal::Synced,
+    served::is_tombstone,
 };
-
-/// Records whose consent is decided per hold of the chain state's read lock.
-const VISIBILITY_CHUNK: usize = 1_024;
 
 /// Most resources one answer carries, matches and includes together.
 pub const RESULTS_PER_ANSWER_MAX: usize = 1_000;
 
+/// Most patients a search's `total` may count beyond those its page returns: each is recorded
+/// on that patient's trail, so a broader total is left out of the answer (FHIR allows a
+/// searchset without one), and a `_summary=count` that broad is refused.
+pub const COUNTED_PATIENTS_MAX: usize = 100;
+
 /// One indexed record: its latest version's search values, by parameter.
-pub(super) struct Entry {
-    pub(super) resource_type: String,
+struct Entry {
+    resource_type: String,
     /// A directory entry (in clear, no consent) rather than a patient record.
-    pub(super) directory: bool,
-    pub(super) version: u32,
-    pub(super) last_updated_ms: u64,
+    directory: bool,
+    version: u32,
+    last_updated_ms: u64,
     values: HashMap<&'static str, Vec<IndexValue>>,
 }
 
 #[derive(Default)]
-pub(super) struct Indexed {
+struct Indexed {
     /// The patient index height this reflects.
     height: u64,
-    pub(super) entries: HashMap<RecordId, Entry>,
+    entries: HashMap<RecordId, Entry>,
     /// Records by type, in the order first indexed (the default result order); each at most
     /// once (`listed`), even when deleted and written again.
     by_type: HashMap<String, Vec<RecordId>>,
@@ -81,7 +85,7 @@ type Stale = (RecordId, String, u32, u64);
 /// The node's search index (see the module docs).
 #[derive(Default)]
 pub struct SearchIndex {
-    pub(super) indexed: RwLock<Indexed>,
+    indexed: RwLock<Indexed>,
     /// Held by the one search bringing the index up to date; the others answer from the
     /// index as it is (at most a block or two behind) instead of all redoing the same work.
     /// It holds when the last full scan ran.
@@ -96,7 +100,7 @@ const FULL_SCAN_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
 impl SearchIndex {
     /// Brings the index up to the chain's finalized records: indexes every record whose latest
     /// version it has not seen yet, when this node can decrypt it. Cheap when nothing changed.
-    pub(super) fn catch_up(&self, chain: &Chain, service: &RecordService) {
+    pub fn catch_up(&self, chain: &Chain, service: &RecordService) {
         self.catch_up_waiting(chain, service, false)
     }
 
@@ -121,16 +125,15 @@ impl SearchIndex {
         if self.indexed.read().expect("search index lock poisoned").height == height {
             return;
         }
-        // The chain's lock order is state, then patient index (block application takes both
-        // for writing in that order): never ask for the state while holding the index.
-        let directory_heads: Vec<(RecordId, String, u32)> = chain
-            .state()
+        // One snapshot: the directory heads and the index at one height.
+        let snapshot = chain.snapshot();
+        let directory_heads: Vec<(RecordId, String, u32)> = snapshot
             .directory_entries()
             .map(|(id, head)| (*id, head.resource_type.clone(), head.latest_version))
             .collect();
         let (stale, stale_directory): (Vec<Stale>, Vec<Stale>) = {
             let indexed = self.indexed.read().expect("search index lock poisoned");
-            let index = chain.patient_index();
+            let index = snapshot.index();
             // After the first build, only what changed since the indexed height is looked at:
             // most blocks (access events) change no record, and a scan of every record per
             // block would stall the search that runs it.
@@ -154,7 +157,7 @@ impl SearchIndex {
                 }
             };
             let records = changed
-                .filter(|r| SERVED_TYPES.contains(&r.resource_type.as_str()))
+                .filter(|r| RECORD_RESOURCE_TYPES.contains(&r.resource_type.as_str()))
                 .filter_map(|r| {
                     let latest = r.versions.last()?;
                     let seen = indexed.entries.get(&r.record_id).is_some_and(|e| e.version == latest.version);
@@ -190,7 +193,7 @@ impl SearchIndex {
                 deleted.push(record_id);
                 continue;
             };
-            if crate::fhir::served::is_tombstone(&plaintext) {
+            if is_tombstone(&plaintext) {
                 deleted.push(record_id);
                 continue;
             }
@@ -294,59 +297,51 @@ fn candidates<'i>(indexed: &'i Indexed, query: &search::Query) -> std::borrow::C
 }
 
 /// What one search found: page entries (matches, then includes) and the visible total.
-pub(super) struct Found {
-    pub(super) total: usize,
-    pub(super) matches: Vec<RecordId>,
-    pub(super) includes: Vec<RecordId>,
+struct Found {
+    total: usize,
+    matches: Vec<RecordId>,
+    includes: Vec<RecordId>,
     /// Each patient whose records `total` counts, with the basis of one of them.
-    pub(super) counted: Vec<(IdentityId, Basis)>,
+    counted: Vec<(IdentityId, Basis)>,
     /// The patients of the records in `matches`.
-    pub(super) returned_patients: Vec<IdentityId>,
+    returned_patients: Vec<IdentityId>,
     /// The patient of each record in `matches`.
-    pub(super) patient_of: HashMap<RecordId, IdentityId>,
+    patient_of: HashMap<RecordId, IdentityId>,
 }
 
-/// Evaluates `query` for `requester`: match, filter by consent, sort, page, include.
-pub(super) fn evaluate(
+/// Evaluates `query` for `caller`: match, filter by consent, sort, page, include. Consent is
+/// decided against one snapshot of the chain, so every hit is judged at the same height.
+fn evaluate(
     index: &SearchIndex,
     chain: &Chain,
     query: &search::Query,
-    grant: &Grant,
-    purpose: medledger_ledger::Purpose,
+    caller: Caller<'_>,
+    purpose: Purpose,
     now: u64,
 ) -> Found {
-    // Each record found is a search hit, decided with the token's scopes and consent.
+    // Each record found is a search hit, decided with the caller's credential and consent.
     let hit = |record: &RecordId| AccessRequest {
-        caller: grant.identity,
-        credential: grant,
+        caller: caller.identity,
+        credential: caller.credential,
         action: AccessAction::Search,
         purpose,
         record: *record,
         version: None,
         now_ms: now,
     };
-    // Included and revincluded records are of other types: the token's scopes must cover
+    // Included and revincluded records are of other types: the caller's credential must cover
     // reading them too, as well as consent.
     let scoped = |resource_type: &str| {
-        grant.allows(resource_type, interactions::READ) || grant.allows(resource_type, interactions::SEARCH)
+        caller.credential.permits(resource_type, interactions::READ)
+            || caller.credential.permits(resource_type, interactions::SEARCH)
     };
     let indexed = index.indexed.read().expect("search index lock poisoned");
-    // Consent is decided under the chain state's read lock, taken per chunk of records, never
-    // across a whole scan: block application waits for the lock, and a search over every
-    // record of a type must not hold it up.
-    let visible_of = |ids: &[RecordId]| -> Vec<RecordId> {
-        let mut out = Vec::new();
-        for chunk in ids.chunks(VISIBILITY_CHUNK) {
-            let state = chain.state();
-            out.extend(chunk.iter().copied().filter(|record| {
-                // Directory entries are not patient data: the token's scopes decide alone.
-                state.directory_entry(record).is_some()
-                    || access::check(&state, &hit(record)).is_some_and(|outcome| outcome.is_ok())
-            }));
-        }
-        out
+    let state = chain.snapshot();
+    let visible = |record: &RecordId| {
+        // Directory entries are not patient data: the credential decides alone.
+        state.directory_entry(record).is_some()
+            || access::check(&state, &hit(record)).is_some_and(|outcome| outcome.is_ok())
     };
-    let visible = |record: &RecordId| !visible_of(std::slice::from_ref(record)).is_empty();
     let candidates = candidates(&indexed, query);
     let filtered: Vec<RecordId> = candidates
         .iter()
@@ -361,20 +356,17 @@ pub(super) fn evaluate(
     let mut counted: Vec<(IdentityId, Basis)> = Vec::new();
     let mut counted_patients: HashSet<IdentityId> = HashSet::new();
     let mut patient_of: HashMap<RecordId, IdentityId> = HashMap::new();
-    for chunk in filtered.chunks(VISIBILITY_CHUNK) {
-        let state = chain.state();
-        for record in chunk {
-            if state.directory_entry(record).is_some() {
-                matched.push(*record);
-                continue;
-            }
-            let Some(head) = state.record(record) else { continue };
-            let Some(Ok(basis)) = access::check(&state, &hit(record)) else { continue };
+    for record in &filtered {
+        if state.directory_entry(record).is_some() {
             matched.push(*record);
-            patient_of.insert(*record, head.patient);
-            if counted_patients.insert(head.patient) {
-                counted.push((head.patient, basis));
-            }
+            continue;
+        }
+        let Some(head) = state.record(record) else { continue };
+        let Some(Ok(basis)) = access::check(&state, &hit(record)) else { continue };
+        matched.push(*record);
+        patient_of.insert(*record, head.patient);
+        if counted_patients.insert(head.patient) {
+            counted.push((head.patient, basis));
         }
     }
     for key in query.sort.iter().rev() {
@@ -429,42 +421,152 @@ pub(super) fn evaluate(
     Found { total, matches: page, includes, counted, returned_patients, patient_of }
 }
 
-/// The resources matching `query` that `grant`'s identity may see, at most two: resolving a
-/// conditional reference (`Type?query`) needs exactly one. Not audited: nothing is returned
-/// to the caller but the id it asked the server to link to.
-pub(crate) fn matching_for_reference(
-    index: &SearchIndex,
-    chain: &Chain,
-    service: &RecordService,
-    query: &search::Query,
-    grant: &Grant,
-    now: u64,
-) -> Vec<RecordId> {
-    index.catch_up_waiting(chain, service, true);
-    let mut query = query.clone();
-    query.count = 2;
-    query.offset = 0;
-    query.includes.clear();
-    query.revincludes.clear();
-    query.sort.clear();
-    evaluate(index, chain, &query, grant, medledger_ledger::Purpose::Treatment, now).matches
+/// How a resource is in a search's answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HitMode {
+    /// It matched the query.
+    Match,
+    /// Brought in by `_include` / `_revinclude`.
+    Include,
 }
 
-/// Search parameters the CapabilityStatement declares for `resource_type`.
-pub fn declared_params(resource_type: &str) -> Vec<serde_json::Value> {
-    search::SearchParams::r4()
-        .for_type(resource_type)
-        .map(|p| {
-            serde_json::json!({
-                "name": p.code,
-                "definition": p.definition_url(),
-                "type": match p.param_type {
-                    search::ParamType::Token => "token",
-                    search::ParamType::String => "string",
-                    search::ParamType::Date => "date",
-                    search::ParamType::Reference => "reference",
-                },
-            })
-        })
-        .collect()
+impl HitMode {
+    /// The FHIR `Bundle.entry.search.mode` code.
+    pub fn code(self) -> &'static str {
+        match self {
+            HitMode::Match => "match",
+            HitMode::Include => "include",
+        }
+    }
+}
+
+/// One resource a search returns, read (and audited) as the caller.
+pub struct Hit {
+    pub record_id: RecordId,
+    pub resource_type: String,
+    pub version: u32,
+    pub last_updated_ms: u64,
+    pub mode: HitMode,
+    /// The stored resource (without server metadata, which the renderer splices in).
+    pub content: Zeroizing<Vec<u8>>,
+}
+
+/// A search's answer: the page's resources and what the total is.
+pub struct SearchAnswer {
+    /// The matches the caller may see, in all pages.
+    pub total: usize,
+    /// Whether `total` may be shown: not when it counts more than [`COUNTED_PATIENTS_MAX`]
+    /// patients beyond those the page returns.
+    pub show_total: bool,
+    pub hits: Vec<Hit>,
+}
+
+impl SearchIndex {
+    /// Answers `query` for `caller` at `now`: catches the index up, evaluates, reads every
+    /// returned resource as a `Search` access, and records a count event for each patient
+    /// whose records the total counts but the page does not return; every decision is durable
+    /// before this returns. A `_summary=count` over more than [`COUNTED_PATIENTS_MAX`] such
+    /// patients is refused ([`RecordError::CountTooBroad`]).
+    pub fn search(
+        &self,
+        service: &RecordService,
+        query: &search::Query,
+        caller: Caller<'_>,
+        purpose: Purpose,
+        now_ms: TimestampMs,
+    ) -> Result<SearchAnswer, RecordError> {
+        self.catch_up(&service.chain, service);
+        let found = evaluate(self, &service.chain, query, caller, purpose, now_ms);
+        // Whose records the total counts without this answer returning them: each such patient
+        // learns of the count on their trail, within a bound.
+        let returned: HashSet<IdentityId> = match query.summary_count {
+            true => HashSet::new(),
+            false => found.returned_patients.iter().copied().collect(),
+        };
+        let unreturned = found.counted.iter().filter(|(p, _)| !returned.contains(p)).count();
+        let show_total = unreturned <= COUNTED_PATIENTS_MAX;
+        if query.summary_count && !show_total {
+            return Err(RecordError::CountTooBroad { patients: unreturned, max: COUNTED_PATIENTS_MAX });
+        }
+        // Every decision below is recorded before the answer leaves (one journal sync for all).
+        let mut synced = Synced::default();
+        let mut served: HashSet<IdentityId> = HashSet::new();
+        let mut hits = Vec::new();
+        if !query.summary_count {
+            let indexed = self.indexed.read().expect("search index lock poisoned");
+            let listed = found
+                .matches
+                .iter()
+                .map(|id| (*id, HitMode::Match))
+                .chain(found.includes.iter().map(|id| (*id, HitMode::Include)));
+            for (record_id, mode) in listed {
+                let Some(entry) = indexed.entries.get(&record_id) else { continue };
+                // Audited as a search access; a version written since indexing is read as
+                // indexed. Directory entries are read as they are: not patient data, not audited.
+                let content = match entry.directory {
+                    true => service.read_directory(&record_id, Some(entry.version)).map(|v| Zeroizing::new(v.content)),
+                    false => service
+                        .read_deferred(
+                            caller,
+                            record_id,
+                            Some(entry.version),
+                            purpose,
+                            AccessAction::Search,
+                            now_ms,
+                            &mut synced,
+                        )
+                        .map(|r| r.plaintext),
+                };
+                let content = match content {
+                    Ok(content) => content,
+                    // Nothing is answered that is not recorded.
+                    Err(e @ RecordError::Audit(_)) => return Err(e),
+                    Err(_) => continue,
+                };
+                if mode == HitMode::Match
+                    && let Some(patient) = found.patient_of.get(&record_id)
+                {
+                    served.insert(*patient);
+                }
+                hits.push(Hit {
+                    record_id,
+                    resource_type: entry.resource_type.clone(),
+                    version: entry.version,
+                    last_updated_ms: entry.last_updated_ms,
+                    mode,
+                    content,
+                });
+            }
+        }
+        // What the total counted but the answer does not return is learned too: one count
+        // event per patient whose records were counted and none returned (a `_summary=count`
+        // or `_count=0` search counts everything).
+        for (patient, basis) in found.counted.iter().filter(|(p, _)| show_total && !served.contains(p)) {
+            // Dated as decided, so the grant named was in force then.
+            service.audit_count_deferred(caller.identity, *patient, purpose, *basis, now_ms, &mut synced)?;
+        }
+        service.sync_audit(synced)?;
+        Ok(SearchAnswer { total: found.total, show_total, hits })
+    }
+
+    /// The resources matching `query` that `caller` may see, at most two: resolving a
+    /// conditional reference (`Type?query`) needs exactly one. Waits for a catch-up in
+    /// progress (it must see what committed just before). Not audited: nothing is returned to
+    /// the caller but the id it asked the server to link to.
+    pub fn matching_for_reference(
+        &self,
+        service: &RecordService,
+        query: &search::Query,
+        caller: Caller<'_>,
+        now_ms: TimestampMs,
+    ) -> Vec<RecordId> {
+        self.catch_up_waiting(&service.chain, service, true);
+        let mut query = query.clone();
+        query.count = 2;
+        query.offset = 0;
+        query.includes.clear();
+        query.revincludes.clear();
+        query.sort.clear();
+        evaluate(self, &service.chain, &query, caller, Purpose::Treatment, now_ms).matches
+    }
 }

@@ -1,0 +1,26 @@
+//! How records map to FHIR: which resource types are stored as patient records (one table,
+//! `medledger_types::RECORD_RESOURCE_TYPES`, with each type's consent categories) and the
+//! delete marker a logical delete stores as a record's next version.
+
+pub use medledger_types::{RECORD_RESOURCE_TYPES as SERVED_TYPES, is_directory_resource_type as is_directory};
+
+/// What a logical delete stores as the record's next version (encrypted like any version):
+/// not a FHIR resource (the validator refuses its `medledger` member), so no client can write
+/// one through the FHIR API, and it marks the record deleted for every node that can open it.
+pub fn tombstone(resource_type: &str) -> Vec<u8> {
+    format!(r#"{{"medledger":"deleted","resourceType":"{resource_type}"}}"#).into_bytes()
+}
+
+/// Whether stored bytes are a delete marker (see [`tombstone`]).
+pub fn is_tombstone(stored: &[u8]) -> bool {
+    stored.starts_with(br#"{"medledger":"deleted","#)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_tombstone_is_recognised_and_no_resource_is_one() {
+        assert!(super::is_tombstone(&super::tombstone("Observation")));
+        assert!(!super::is_tombstone(br#"{"resourceType":"Observation","medledger":"deleted"}"#));
+    }
+}
