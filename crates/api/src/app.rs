@@ -26,7 +26,7 @@ pub(crate) struct AppState {
     /// The FHIR search index (in memory only).
     pub(crate) search: Arc<medledger_records::search::SearchIndex>,
     /// FHIR bulk export jobs and their output (in memory only).
-    pub(crate) exports: Arc<crate::fhir::export::jobs::Jobs>,
+    pub(crate) exports: Arc<medledger_records::export::jobs::Jobs>,
     /// See [`crate::Services::fhir_commit_wait_ms`].
     pub(crate) fhir_commit_wait_ms: u64,
     /// See [`crate::Services::public_bases`].

@@ -105,7 +105,7 @@
 //! all of it against these lists, which must name every module:
 //! - **foundation** (no request state; vocabulary, limits and in-memory stores): `auth`,
 //!   `budget`, `clock`, `error`, `fhir::consent::resource`, `fhir::errors`,
-//!   `fhir::export::jobs`, `fhir::paging`, `fhir::render`, `fhir::request`,
+//!   `fhir::paging`, `fhir::render`, `fhir::request`,
 //!   `fhir::served`, `http_limits`, `identities`, `params`,
 //!   `smart::scopes`, `smart::tokens`
 //! - **services** (what the handlers share, mostly over the shared request state): `app`,
@@ -156,8 +156,8 @@ pub mod smart;
 mod visibility;
 
 pub use error::{ApiError, ErrorBody, ErrorDetail};
-pub use fhir::export::jobs::ExportLimits;
 pub use http_limits::{CONCURRENT_REQUESTS_MAX, HttpLimits};
+pub use medledger_records::export::jobs::ExportLimits;
 pub use medledger_records::search::COUNTED_PATIENTS_MAX;
 
 /// The API's routes over `chain`, with the body limit and concurrency bound applied.
@@ -254,7 +254,7 @@ pub fn router_for(chain: Arc<Chain>, services: Services) -> Router {
         auth: Arc::new(auth::Authenticator::new(nonces)),
         tokens,
         search: Arc::default(),
-        exports: Arc::new(fhir::export::jobs::Jobs::new(exports)),
+        exports: Arc::new(medledger_records::export::jobs::Jobs::new(exports)),
         fhir_commit_wait_ms,
         public_bases: Arc::new(
             public_bases

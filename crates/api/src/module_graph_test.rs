@@ -33,7 +33,6 @@ const TIERS: &[(&str, &[&str])] = &[
             "error",
             "fhir::consent::resource",
             "fhir::errors",
-            "fhir::export::jobs",
             "fhir::paging",
             "fhir::render",
             "fhir::request",

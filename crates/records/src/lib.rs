@@ -12,6 +12,7 @@
 
 pub mod access;
 mod batch;
+pub mod export;
 pub mod journal;
 pub mod search;
 pub mod served;

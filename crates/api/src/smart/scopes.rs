@@ -157,6 +157,28 @@ impl medledger_records::access::Permits for Grant {
     }
 }
 
+/// What a token may export: a scope reading the type, in the system context for a
+/// system-level export, and for `patient/…` scopes only records of the token's own patient.
+impl medledger_records::export::ExportCredential for Grant {
+    fn may_export(
+        &self,
+        level: medledger_records::export::Level,
+        resource_type: &str,
+        patient: Option<&IdentityId>,
+    ) -> bool {
+        use medledger_records::export::Level;
+        self.scopes.iter().any(|s| {
+            s.interactions & interactions::READ != 0
+                && s.resource_type.as_deref().is_none_or(|t| t == resource_type)
+                && match s.context {
+                    Context::System => true,
+                    Context::User => level != Level::System,
+                    Context::Patient => level != Level::System && patient.is_none_or(|p| *p == self.identity),
+                }
+        })
+    }
+}
+
 /// Resource types a scope may name: what the FHIR API serves.
 pub fn supported_resource_type(name: &str) -> bool {
     medledger_fhir::model::Model::r4().is_supported_resource(name)

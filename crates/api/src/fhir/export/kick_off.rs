@@ -9,6 +9,11 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use medledger_fhir::IssueCode;
+use medledger_records::export::{
+    ExportCredential, Level, Plan,
+    jobs::{Busy, Finished, RETRY_AFTER_POLL_S},
+    run,
+};
 use medledger_types::{IdentityId, Role};
 
 use crate::{
@@ -17,10 +22,6 @@ use crate::{
     fhir::{
         credentials::authenticate,
         errors::{FHIR_JSON, FhirError},
-        export::{
-            jobs::{Busy, Finished, RETRY_AFTER_POLL_S},
-            run::{Level, Plan, run, scopes_allow},
-        },
         served::SERVED_TYPES,
     },
     smart::scopes::{Context, Grant, interactions},
@@ -200,14 +201,14 @@ fn exported_types(grant: &Grant, level: Level, named: Option<&[&'static str]>) -
     }
     match named {
         Some(types) => {
-            if let Some(refused) = types.iter().find(|t| !scopes_allow(grant, level, t, None)) {
+            if let Some(refused) = types.iter().find(|t| !grant.may_export(level, t, None)) {
                 return Err(forbidden(format!("the token's scopes do not allow reading {refused}")));
             }
             Ok(types.to_vec())
         }
         None => {
             let types: Vec<&'static str> =
-                SERVED_TYPES.iter().copied().filter(|t| scopes_allow(grant, level, t, None)).collect();
+                SERVED_TYPES.iter().copied().filter(|t| grant.may_export(level, t, None)).collect();
             if types.is_empty() {
                 return Err(forbidden("the token's scopes allow reading none of the exported types".into()));
             }
@@ -291,7 +292,9 @@ async fn kick_off(
     // The configured public base (relative URLs without one), never the request's Host.
     let base = app.public_base().to_owned();
     let request = format!("{base}{}", uri.path_and_query().map_or(uri.path(), |p| p.as_str()));
-    let job = match app.exports.admit(grant.identity, request, base.clone(), now_ms()) {
+    let mut job_id = [0u8; 16];
+    rand::fill(&mut job_id);
+    let job = match app.exports.admit(grant.identity, request, base.clone(), now_ms(), job_id) {
         Ok(job) => job,
         Err(busy) => {
             let (why, retry_after_s) = match busy {
@@ -316,13 +319,20 @@ async fn kick_off(
             return Ok(response);
         }
     };
-    let plan = Plan { level, types, since_ms: params.since_ms, grant, purpose };
-    let (jobs, chain) = (app.exports.clone(), app.chain.clone());
+    let plan = Plan {
+        level,
+        types,
+        since_ms: params.since_ms,
+        requester: grant.identity,
+        credential: Box::new(grant),
+        purpose,
+    };
+    let jobs = app.exports.clone();
     let running = job.clone();
     tokio::spawn(async move {
         let worker = {
             let (job, jobs) = (running.clone(), jobs.clone());
-            tokio::task::spawn_blocking(move || run(&jobs, &job, &chain, &service, &plan))
+            tokio::task::spawn_blocking(move || run(&jobs, &job, &service, &plan, &now_ms))
         };
         let finished = worker.await.unwrap_or_else(|_| Finished::Failed {
             at_ms: now_ms(),

@@ -8,15 +8,12 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use medledger_fhir::{IssueCode, instant::instant_from_ms};
+use medledger_records::export::jobs::{Finished, NdjsonFile, RETRY_AFTER_POLL_S};
 
 use crate::{
     app::AppState,
     clock::now_ms,
-    fhir::{
-        credentials::authenticate,
-        errors::FhirError,
-        export::jobs::{Finished, NdjsonFile, RETRY_AFTER_POLL_S},
-    },
+    fhir::{credentials::authenticate, errors::FhirError},
     smart::scopes::interactions,
 };
 

@@ -10,31 +10,25 @@ use medledger_fhir::{
     splice::{ServerMeta, with_server_meta},
 };
 use medledger_ledger::{AccessAction, Purpose};
-use medledger_node::chain::Chain;
-use medledger_records::{
-    RecordError, RecordService,
-    access::{self, AccessRequest, Caller},
-};
-use medledger_types::{IdentityId, RecordId};
+use medledger_types::{IdentityId, RecordId, TimestampMs};
 
 use crate::{
-    clock::now_ms,
-    fhir::{
-        export::jobs::{Finished, Full, Job, Jobs, NdjsonFile, Progress, push_line},
-        served::is_tombstone,
-    },
-    smart::scopes::{Context, Grant, interactions},
+    RecordError, RecordService,
+    access::{self, AccessRequest, Caller, Permits},
+    export::jobs::{Finished, Full, Job, Jobs, NdjsonFile, Progress, push_line},
+    journal::Synced,
+    served::is_tombstone,
 };
 
 /// Most resources in one NDJSON file; a type with more is split into several files.
 pub const FILE_LINES_MAX: usize = 10_000;
 
-/// Records whose consent is decided per hold of the chain state's read lock.
-pub(crate) const CONSENT_CHUNK: usize = 1_024;
+/// Records whose consent is decided between two looks at whether the job was cancelled.
+const CONSENT_CHUNK: usize = 1_024;
 
 /// What is exported: the level of the kick-off.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Level {
+pub enum Level {
     /// `GET /fhir/$export`: every record.
     System,
     /// `GET /fhir/Patient/$export`: every patient's compartment (all our types are in it).
@@ -44,29 +38,23 @@ pub(super) enum Level {
     Group(IdentityId),
 }
 
-/// Whether `grant`'s scopes let it export a `resource_type` record of `patient` (`None`: any
-/// patient, for the kick-off's check of the types) at `level`: a scope reading the type, in
-/// the system context for a system-level export, and for `patient/…` scopes only records of
-/// the token's own patient.
-pub(super) fn scopes_allow(grant: &Grant, level: Level, resource_type: &str, patient: Option<&IdentityId>) -> bool {
-    grant.scopes.iter().any(|s| {
-        s.interactions & interactions::READ != 0
-            && s.resource_type.as_deref().is_none_or(|t| t == resource_type)
-            && match s.context {
-                Context::System => true,
-                Context::User => level != Level::System,
-                Context::Patient => level != Level::System && patient.is_none_or(|p| *p == grant.identity),
-            }
-    })
+/// A credential that may export: what its scopes allow at each level (consent is checked
+/// apart, by [`crate::access`], which asks the [`Permits`] part).
+pub trait ExportCredential: Permits + Send {
+    /// Whether it lets its holder export a `resource_type` record of `patient` (`None`: any
+    /// patient, for the kick-off's check of the types) at `level`.
+    fn may_export(&self, level: Level, resource_type: &str, patient: Option<&IdentityId>) -> bool;
 }
 
 /// What a job exports, for whom.
-pub(super) struct Plan {
-    pub(super) level: Level,
-    pub(super) types: Vec<&'static str>,
-    pub(super) since_ms: Option<u64>,
-    pub(super) grant: Grant,
-    pub(super) purpose: Purpose,
+pub struct Plan {
+    pub level: Level,
+    pub types: Vec<&'static str>,
+    pub since_ms: Option<u64>,
+    /// Who exports, and with what credential.
+    pub requester: IdentityId,
+    pub credential: Box<dyn ExportCredential>,
+    pub purpose: Purpose,
 }
 
 /// A record the export may include, as the index had it when the job started.
@@ -81,10 +69,13 @@ struct Candidate {
     committed_ms: u64,
 }
 
-/// Runs a job to the end (or until cancelled), on a thread that may block.
-pub(super) fn run(jobs: &Jobs, job: &Job, chain: &Chain, service: &RecordService, plan: &Plan) -> Finished {
+/// Runs a job to the end (or until cancelled), on a thread that may block; `now_ms` is the
+/// clock (time is an input).
+pub fn run(jobs: &Jobs, job: &Job, service: &RecordService, plan: &Plan, now_ms: &dyn Fn() -> TimestampMs) -> Finished {
+    let chain = &service.chain;
     let cancelled = || Finished::Failed { at_ms: now_ms(), diagnostics: "the export was cancelled".into() };
-    let requester = plan.grant.identity;
+    let requester = plan.requester;
+    let caller = Caller { identity: requester, credential: plan.credential.as_ref() };
     // What there is at the finalized head, and that head's block time (one snapshot, so the
     // index is at the same height).
     let (transaction_time_ms, mut candidates) = {
@@ -104,7 +95,7 @@ pub(super) fn run(jobs: &Jobs, job: &Job, chain: &Chain, service: &RecordService
                 let latest = r.versions.last()?;
                 let wanted = plan.since_ms.is_none_or(|since| latest.position.committed_at_ms >= since)
                     && members.as_ref().is_none_or(|m| m.contains(&r.patient))
-                    && scopes_allow(&plan.grant, plan.level, &r.resource_type, Some(&r.patient));
+                    && plan.credential.may_export(plan.level, &r.resource_type, Some(&r.patient));
                 wanted.then(|| Candidate {
                     record: r.record_id,
                     resource_type: plan.types[rank],
@@ -118,22 +109,21 @@ pub(super) fn run(jobs: &Jobs, job: &Job, chain: &Chain, service: &RecordService
         (transaction_time_ms, candidates)
     };
     candidates.sort_by_key(|c| c.order);
-    // Consent before anything is counted, under the state's read lock per chunk (never across
-    // the whole scan: block application waits for it).
+    // Consent before anything is counted, at one snapshot; a cancel is noticed between chunks.
     let now = now_ms();
     let mut visible = Vec::new();
+    let state = chain.snapshot();
     for chunk in candidates.chunks(CONSENT_CHUNK) {
         if job.cancelled() {
             return cancelled();
         }
-        let state = chain.snapshot();
         visible.extend(
             chunk
                 .iter()
                 .filter(|c| {
                     let request = AccessRequest {
                         caller: requester,
-                        credential: &plan.grant,
+                        credential: caller.credential,
                         action: AccessAction::Export,
                         purpose: plan.purpose,
                         record: c.record,
@@ -145,20 +135,20 @@ pub(super) fn run(jobs: &Jobs, job: &Job, chain: &Chain, service: &RecordService
                 .cloned(),
         );
     }
-    drop(candidates);
+    drop((candidates, state));
     let total = visible.len();
     job.set_progress(Progress { exporting: true, done: 0, total });
     let mut outputs: Vec<NdjsonFile> = Vec::new();
     let mut errors: Vec<NdjsonFile> = Vec::new();
     // Every export is recorded as it is read; the journal is synced once, before any output
     // can be downloaded.
-    let mut synced = medledger_records::journal::Synced::default();
+    let mut synced = Synced::default();
     for (done, candidate) in visible.iter().enumerate() {
         if job.cancelled() {
             return cancelled();
         }
         job.set_progress(Progress { exporting: true, done, total });
-        let outcome = export_one(service, plan.grant.caller(), plan.purpose, candidate, &mut synced);
+        let outcome = export_one(service, caller, plan.purpose, candidate, now_ms(), &mut synced);
         let written = match outcome {
             Exported::Line(line) => jobs.reserve(job, line.len() + 1, now_ms()).map(|()| {
                 push_line(&mut outputs, candidate.resource_type, candidate.resource_type, &line, FILE_LINES_MAX)
@@ -221,7 +211,8 @@ fn export_one(
     caller: Caller<'_>,
     purpose: Purpose,
     c: &Candidate,
-    synced: &mut medledger_records::journal::Synced,
+    now_ms: TimestampMs,
+    synced: &mut Synced,
 ) -> Exported {
     let id = c.record.to_hex();
     // A deleted record's latest version is a delete marker (never the first version): look
@@ -229,7 +220,7 @@ fn export_one(
     if c.versions > 1 && service.plaintext_for_index(&c.record, c.version).is_ok_and(|p| is_tombstone(&p)) {
         return Exported::Skipped;
     }
-    match service.read_deferred(caller, c.record, Some(c.version), purpose, AccessAction::Export, now_ms(), synced) {
+    match service.read_deferred(caller, c.record, Some(c.version), purpose, AccessAction::Export, now_ms, synced) {
         Ok(read) if is_tombstone(&read.plaintext) => Exported::Skipped,
         Ok(read) => {
             let version = c.version.to_string();

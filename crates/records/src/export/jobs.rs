@@ -1,4 +1,4 @@
-//! The bookkeeping of Bulk Data export jobs (`export/`): which jobs a node holds, whose
+//! The bookkeeping of Bulk Data export jobs: which jobs a node holds, whose
 //! they are, how much output each holds, and the quotas on both.
 //!
 //! Every quota is per identity (the token's): at most one running job and
@@ -102,18 +102,18 @@ impl Default for Jobs {
 }
 
 /// One export job.
-pub(crate) struct Job {
+pub struct Job {
     /// Random, 128 bits, hex: unguessable, though only its owner may use it anyway.
-    pub(crate) id: String,
-    pub(crate) owner: IdentityId,
+    pub id: String,
+    pub owner: IdentityId,
     /// The kick-off request's absolute URL, for the manifest.
-    pub(crate) request: String,
+    pub request: String,
     /// The base URL the manifest's file URLs start with.
-    pub(crate) base: String,
+    pub base: String,
     cancelled: AtomicBool,
-    pub(crate) progress: Mutex<Progress>,
+    pub progress: Mutex<Progress>,
     /// `None` while the job runs.
-    pub(crate) finished: Mutex<Option<Finished>>,
+    pub finished: Mutex<Option<Finished>>,
     /// When the job's output is discarded; `u64::MAX` while it runs.
     expires_ms: AtomicU64,
     bytes: Arc<Mutex<Bytes>>,
@@ -122,14 +122,14 @@ pub(crate) struct Job {
 }
 
 #[derive(Clone, Copy, Default)]
-pub(crate) struct Progress {
+pub struct Progress {
     /// Consent is decided; `total` is what the caller may see.
-    pub(crate) exporting: bool,
-    pub(crate) done: usize,
-    pub(crate) total: usize,
+    pub exporting: bool,
+    pub done: usize,
+    pub total: usize,
 }
 
-pub(crate) enum Finished {
+pub enum Finished {
     Complete {
         at_ms: u64,
         /// The finalized head's block time the export reflects.
@@ -150,12 +150,12 @@ impl Finished {
 }
 
 /// One output file: NDJSON lines of one resource type, in memory.
-pub(crate) struct NdjsonFile {
+pub struct NdjsonFile {
     /// `Observation-1.ndjson`, `error-1.ndjson`.
-    pub(crate) name: String,
-    pub(crate) resource_type: String,
-    pub(crate) lines: usize,
-    pub(crate) body: Vec<u8>,
+    pub name: String,
+    pub resource_type: String,
+    pub lines: usize,
+    pub body: Vec<u8>,
 }
 
 impl Drop for NdjsonFile {
@@ -168,7 +168,7 @@ impl Drop for NdjsonFile {
 
 /// Appends `line` (one resource, no line break) to the last file of `files` when it is of
 /// `resource_type` and has room, else to a new file (`{prefix}-{n}.ndjson`).
-pub(crate) fn push_line(files: &mut Vec<NdjsonFile>, resource_type: &str, prefix: &str, line: &[u8], lines_max: usize) {
+pub fn push_line(files: &mut Vec<NdjsonFile>, resource_type: &str, prefix: &str, line: &[u8], lines_max: usize) {
     let fits = files.last().is_some_and(|f| f.resource_type == resource_type && f.lines < lines_max);
     if !fits {
         let n = files.iter().filter(|f| f.resource_type == resource_type).count() + 1;
@@ -187,7 +187,7 @@ pub(crate) fn push_line(files: &mut Vec<NdjsonFile>, resource_type: &str, prefix
 
 /// Why a kick-off cannot start a job now; each with its `Retry-After` in seconds.
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) enum Busy {
+pub enum Busy {
     /// The identity already has a job running.
     IdentityRunning,
     /// The identity holds its whole quota of jobs.
@@ -198,7 +198,7 @@ pub(crate) enum Busy {
 
 /// Why a job stopped writing output early.
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) enum Full {
+pub enum Full {
     Job,
     Identity,
     Node,
@@ -215,15 +215,15 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Job {
-    pub(crate) fn is_running(&self) -> bool {
+    pub fn is_running(&self) -> bool {
         lock(&self.finished).is_none()
     }
 
-    pub(crate) fn cancelled(&self) -> bool {
+    pub fn cancelled(&self) -> bool {
         self.cancelled.load(Ordering::SeqCst)
     }
 
-    pub(crate) fn set_progress(&self, progress: Progress) {
+    pub fn set_progress(&self, progress: Progress) {
         *lock(&self.progress) = progress;
     }
 
@@ -274,7 +274,7 @@ impl Jobs {
         Self { limits, held: Mutex::default(), bytes: Arc::default() }
     }
 
-    pub(crate) fn limits(&self) -> &ExportLimits {
+    pub fn limits(&self) -> &ExportLimits {
         &self.limits
     }
 
@@ -288,12 +288,15 @@ impl Jobs {
     }
 
     /// Starts a job for `owner` if the limits allow.
-    pub(crate) fn admit(
+    /// Admits a job of `owner` at `now_ms`, under the quotas; `id_bytes` (random, from the
+    /// caller: randomness is an input here) become its id.
+    pub fn admit(
         &self,
         owner: IdentityId,
         request: String,
         base: String,
         now_ms: u64,
+        id_bytes: [u8; 16],
     ) -> Result<Arc<Job>, Busy> {
         let mut held = lock(&self.held);
         sweep(&mut held, now_ms);
@@ -324,10 +327,8 @@ impl Jobs {
                 return Err(Busy::Node { retry_after_s });
             }
         }
-        let mut raw = [0u8; 16];
-        rand::fill(&mut raw);
         let job = Arc::new(Job {
-            id: hex::encode(raw),
+            id: hex::encode(id_bytes),
             owner,
             request,
             base,
@@ -343,21 +344,21 @@ impl Jobs {
     }
 
     /// Records how `job` ended; its output is kept [`ExportLimits::ttl_ms`] from now on.
-    pub(crate) fn finish(&self, job: &Job, finished: Finished) {
+    pub fn finish(&self, job: &Job, finished: Finished) {
         let expires_ms = finished.at_ms().saturating_add(self.limits.ttl_ms);
         *lock(&job.finished) = Some(finished);
         job.expires_ms.store(expires_ms, Ordering::SeqCst);
     }
 
     /// `owner`'s job `id`, if it is held; anyone else's is not there.
-    pub(crate) fn get(&self, owner: &IdentityId, id: &str, now_ms: u64) -> Option<Arc<Job>> {
+    pub fn get(&self, owner: &IdentityId, id: &str, now_ms: u64) -> Option<Arc<Job>> {
         let mut held = lock(&self.held);
         sweep(&mut held, now_ms);
         held.get(id).filter(|j| j.owner == *owner).cloned()
     }
 
     /// Cancels (if running) and discards `owner`'s job `id`; whether there was one.
-    pub(crate) fn remove(&self, owner: &IdentityId, id: &str, now_ms: u64) -> bool {
+    pub fn remove(&self, owner: &IdentityId, id: &str, now_ms: u64) -> bool {
         let mut held = lock(&self.held);
         sweep(&mut held, now_ms);
         if held.get(id).is_none_or(|j| j.owner != *owner) {
@@ -370,7 +371,7 @@ impl Jobs {
     }
 
     /// Discards the jobs whose output expired.
-    pub(crate) fn expire(&self, now_ms: u64) {
+    pub fn expire(&self, now_ms: u64) {
         sweep(&mut lock(&self.held), now_ms);
     }
 
@@ -392,7 +393,7 @@ impl Jobs {
     /// Counts `amount` more bytes of `job`'s output against the job's, its identity's and the
     /// node's limits. When the node's is reached, the finished output of identities over their
     /// fair share is made to expire sooner (and what already has is discarded) first.
-    pub(crate) fn reserve(&self, job: &Job, amount: usize, now_ms: u64) -> Result<(), Full> {
+    pub fn reserve(&self, job: &Job, amount: usize, now_ms: u64) -> Result<(), Full> {
         if job.reserved.load(Ordering::SeqCst).saturating_add(amount) > self.limits.job_bytes_max {
             return Err(Full::Job);
         }
@@ -466,22 +467,22 @@ mod tests {
     #[test]
     fn jobs_are_limited_per_identity_and_expire() {
         let jobs = small();
-        let first = jobs.admit(client(1), "r".into(), String::new(), 0).unwrap();
-        assert_eq!(jobs.admit(client(1), "r".into(), String::new(), 0).err(), Some(Busy::IdentityRunning));
+        let first = jobs.admit(client(1), "r".into(), String::new(), 0, [1; 16]).unwrap();
+        assert_eq!(jobs.admit(client(1), "r".into(), String::new(), 0, [2; 16]).err(), Some(Busy::IdentityRunning));
         // Others cannot see it; the owner can.
         assert!(jobs.get(&client(2), &first.id, 0).is_none());
         assert!(jobs.get(&client(1), &first.id, 0).is_some());
         jobs.finish(&first, failed(10));
-        let second = jobs.admit(client(1), "r".into(), String::new(), 10).unwrap();
+        let second = jobs.admit(client(1), "r".into(), String::new(), 10, [3; 16]).unwrap();
         jobs.finish(&second, failed(20));
         assert_eq!(
-            jobs.admit(client(1), "r".into(), String::new(), 20).err(),
+            jobs.admit(client(1), "r".into(), String::new(), 20, [4; 16]).err(),
             Some(Busy::IdentityHolding { retry_after_s: 1 })
         );
         // Kept `ttl_ms` after finishing, then gone (and its identity may start again).
         assert!(jobs.get(&client(1), &first.id, 1_009).is_some());
         assert!(jobs.get(&client(1), &first.id, 1_010).is_none());
-        assert!(jobs.admit(client(1), "r".into(), String::new(), 1_010).is_ok());
+        assert!(jobs.admit(client(1), "r".into(), String::new(), 1_010, [5; 16]).is_ok());
         // Deleting: only the owner, and then it is gone and cancelled.
         assert!(!jobs.remove(&client(2), &second.id, 1_010));
         assert!(jobs.remove(&client(1), &second.id, 1_010));
@@ -493,45 +494,51 @@ mod tests {
     fn a_full_node_shortens_the_holds_of_identities_over_their_share() {
         let jobs = small();
         // Node-wide: at most two running.
-        let a = jobs.admit(client(1), "r".into(), String::new(), 0).unwrap();
-        let b = jobs.admit(client(2), "r".into(), String::new(), 0).unwrap();
+        let a = jobs.admit(client(1), "r".into(), String::new(), 0, [6; 16]).unwrap();
+        let b = jobs.admit(client(2), "r".into(), String::new(), 0, [7; 16]).unwrap();
         assert_eq!(
-            jobs.admit(client(3), "r".into(), String::new(), 0).err(),
+            jobs.admit(client(3), "r".into(), String::new(), 0, [8; 16]).err(),
             Some(Busy::Node { retry_after_s: RETRY_AFTER_RUNNING_S })
         );
         // Clients 1 and 2 hold two finished jobs each: all four slots.
         jobs.finish(&a, failed(0));
         jobs.finish(&b, failed(0));
         for n in [1, 2] {
-            let job = jobs.admit(client(n), "r".into(), String::new(), 0).unwrap();
+            let job = jobs.admit(client(n), "r".into(), String::new(), 0, [n + 100; 16]).unwrap();
             jobs.finish(&job, failed(50));
         }
         // Client 3's share is 4 / 3 = 1 job: 1 and 2 hold more, so their finished jobs are
         // kept 100 ms after finishing instead of 1 s. None has been for that long yet.
-        assert_eq!(jobs.admit(client(3), "r".into(), String::new(), 99).err(), Some(Busy::Node { retry_after_s: 1 }));
+        assert_eq!(
+            jobs.admit(client(3), "r".into(), String::new(), 99, [10; 16]).err(),
+            Some(Busy::Node { retry_after_s: 1 })
+        );
         assert!(jobs.get(&client(1), &a.id, 99).is_some(), "nobody is evicted on the spot");
         // Once the shortened hold of their oldest is over, client 3 gets a slot.
-        let c = jobs.admit(client(3), "r".into(), String::new(), 100).unwrap();
+        let c = jobs.admit(client(3), "r".into(), String::new(), 100, [11; 16]).unwrap();
         assert!(jobs.get(&client(1), &a.id, 100).is_none() && jobs.get(&client(2), &b.id, 100).is_none());
         // Jobs at or under their share keep their whole hold.
         jobs.finish(&c, failed(100));
-        let d = jobs.admit(client(4), "r".into(), String::new(), 100).unwrap();
+        let d = jobs.admit(client(4), "r".into(), String::new(), 100, [12; 16]).unwrap();
         jobs.finish(&d, failed(100));
-        assert_eq!(jobs.admit(client(5), "r".into(), String::new(), 120).err(), Some(Busy::Node { retry_after_s: 1 }));
+        assert_eq!(
+            jobs.admit(client(5), "r".into(), String::new(), 120, [13; 16]).err(),
+            Some(Busy::Node { retry_after_s: 1 })
+        );
         assert!(jobs.get(&client(3), &c.id, 1_099).is_some(), "client 3 holds one job: its share");
     }
 
     #[test]
     fn output_bytes_are_bounded_per_job_per_identity_and_per_node() {
         let jobs = small();
-        let job = jobs.admit(client(1), "r".into(), String::new(), 0).unwrap();
+        let job = jobs.admit(client(1), "r".into(), String::new(), 0, [14; 16]).unwrap();
         assert_eq!(jobs.reserve(&job, 90, 0), Ok(()));
         assert_eq!(jobs.reserve(&job, 11, 0), Err(Full::Job));
         assert_eq!(jobs.reserve(&job, 10, 0), Ok(()));
         jobs.finish(&job, failed(0));
         drop(job);
         // The identity's next job: its finished output counts against its quota.
-        let next = jobs.admit(client(1), "r".into(), String::new(), 0).unwrap();
+        let next = jobs.admit(client(1), "r".into(), String::new(), 0, [15; 16]).unwrap();
         assert_eq!(jobs.reserve(&next, 51, 0), Err(Full::Identity));
         assert_eq!(jobs.reserve(&next, 50, 0), Ok(()));
         jobs.finish(&next, failed(0));
@@ -541,13 +548,13 @@ mod tests {
         assert_eq!(jobs.bytes_held(), 100);
         // Node-wide: 300 bytes. Clients 2 and 3 add 100 each: full.
         for n in [2, 3] {
-            let job = jobs.admit(client(n), "r".into(), String::new(), 0).unwrap();
+            let job = jobs.admit(client(n), "r".into(), String::new(), 0, [n + 200; 16]).unwrap();
             jobs.reserve(&job, 100, 0).unwrap();
             jobs.finish(&job, failed(0));
         }
         // Client 4's share is 300 / 4 = 75 bytes; everyone else holds 100, so their output is
         // kept only 100 ms: at 50 ms nothing is freed, at 100 ms all of it is.
-        let late = jobs.admit(client(4), "r".into(), String::new(), 50).unwrap();
+        let late = jobs.admit(client(4), "r".into(), String::new(), 50, [17; 16]).unwrap();
         assert_eq!(jobs.reserve(&late, 1, 50), Err(Full::Node));
         assert_eq!(jobs.reserve(&late, 1, 100), Ok(()));
         assert_eq!(jobs.bytes_held(), 1);
