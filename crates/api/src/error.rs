@@ -10,8 +10,8 @@ use medledger_merkle::MerkleError;
 use medledger_node::{NodeError, chain::SubmitError, mempool::MempoolError};
 use serde::Serialize;
 
-/// Longest piece of client input echoed back in an error message.
-const ECHO_CHARS_MAX: usize = 64;
+#[cfg(test)]
+use medledger_fhir::outcome::ECHO_CHARS_MAX;
 
 /// Why a request failed. Every variant maps to one 4xx/5xx status (see [`ApiError::status`])
 /// and renders as `{"error": {"code": <status>, "message": <Display>}}`.
@@ -175,14 +175,9 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// Client input quoted in a message: truncated, with control characters escaped.
-pub(crate) fn echo(text: &str) -> String {
-    let mut out: String = text.chars().take(ECHO_CHARS_MAX).flat_map(char::escape_debug).collect();
-    if text.chars().count() > ECHO_CHARS_MAX {
-        out.push('…');
-    }
-    format!("\"{out}\"")
-}
+/// Client input quoted in a message: truncated, with control characters escaped (one
+/// definition for the API and the record service's FHIR refusals).
+pub(crate) use medledger_fhir::outcome::echo;
 
 #[cfg(test)]
 mod tests {

@@ -104,13 +104,13 @@
 //! each other, directly or around a circle. `module_graph_test.rs` reads the sources and checks
 //! all of it against these lists, which must name every module:
 //! - **foundation** (no request state; vocabulary, limits and in-memory stores): `auth`,
-//!   `budget`, `clock`, `error`, `fhir::consent::resource`, `fhir::errors`,
+//!   `budget`, `clock`, `error`, `fhir::errors`,
 //!   `fhir::paging`, `fhir::render`, `fhir::request`,
 //!   `fhir::served`, `http_limits`, `identities`, `params`,
 //!   `smart::scopes`, `smart::tokens`
 //! - **services** (what the handlers share, mostly over the shared request state): `app`,
 //!   `existence`, `fhir::commit`, `fhir::conditional`, `fhir::credentials`, `fhir::directory`,
-//!   `fhir::write_checks`, `patients::common`, `signed`, `smart::bearer`, `visibility`
+//!   `patients::common`, `signed`, `smart::bearer`, `visibility`
 //! - **interactions** (each answers its own routes): `break_glass`, `fhir::audit_event`,
 //!   `fhir::bundle`, `fhir::capability`, `fhir::consent`, `fhir::crud`, `fhir::everything`,
 //!   `fhir::export`, `fhir::history`, `fhir::provenance`, `fhir::search`, `patients`,

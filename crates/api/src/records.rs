@@ -50,10 +50,10 @@ impl From<RecordError> for ApiError {
     }
 }
 
-/// A refusal of the FHIR checks (`write_checks`) in this API's error shape: every issue,
-/// with where it is.
-fn refused(error: crate::fhir::errors::FhirError) -> ApiError {
-    let issues: Vec<String> = error.issues().iter().map(ToString::to_string).collect();
+/// A refusal of the FHIR checks (`records::content`) in this API's error shape: every
+/// issue, with where it is.
+fn refused(error: medledger_records::content::Refused) -> ApiError {
+    let issues: Vec<String> = error.issues.iter().map(ToString::to_string).collect();
     ApiError::BadRequest(issues.join("; "))
 }
 
@@ -110,10 +110,10 @@ pub(crate) async fn write(
         }
         // Exactly what `POST /fhir/{type}` checks of a record (strict parse, validation, a
         // served type, no delete marker, the category), and that it names no other patient.
-        let content = crate::fhir::write_checks::check_record(None, &body).map_err(refused)?;
+        let content = medledger_records::content::check_record(None, &body).map_err(refused)?;
         let resource_type = content.validated.resource_type.clone();
         let category = content.category;
-        crate::fhir::write_checks::check_patient_named(&app, &resource_type, &content.json, &patient)
+        medledger_records::content::check_patient_named(&app.chain.snapshot(), &resource_type, &content.json, &patient)
             .map_err(refused)?;
         if let Some(record) = record {
             check_next_version(&chain, &record, &resource_type, &patient, category)?;

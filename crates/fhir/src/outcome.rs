@@ -50,6 +50,19 @@ pub fn escape_into(out: &mut String, text: &str) {
     }
 }
 
+/// Characters of a client's text quoted back in a diagnostic, at most.
+pub const ECHO_CHARS_MAX: usize = 64;
+
+/// `text` (a client's input) quoted for a diagnostic: at most [`ECHO_CHARS_MAX`] characters,
+/// control characters and quotes escaped, so an answer never carries a client's bytes raw.
+pub fn echo(text: &str) -> String {
+    let mut out: String = text.chars().take(ECHO_CHARS_MAX).flat_map(char::escape_debug).collect();
+    if text.chars().count() > ECHO_CHARS_MAX {
+        out.push('…');
+    }
+    format!("\"{out}\"")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

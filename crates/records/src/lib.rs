@@ -7,11 +7,19 @@
 //! answers; every read is decided by the ledger's rules at the node's head and its access
 //! event is journaled durably before the answer is released. Time and randomness are inputs.
 //!
+//! The FHIR application lives here too, with only HTTP left to the API: [`served`] (which
+//! types are records, the delete marker, medledger's FHIR vocabulary), [`content`] (what a
+//! write's content must be; its consent category and patient), [`search`] (the search
+//! index and whole searches), [`export`] (Bulk Data jobs) and [`consent`] (Consent ↔ grant).
+//!
 //! API boundary: [`RecordService`] (with [`WriteRequest`], [`Written`], [`Read`]),
-//! [`RecordError`], and the journal's [`journal::AuditLimits`].
+//! [`RecordError`], [`access::authorize`] (the single enforcement point), the journal's
+//! [`journal::AuditLimits`], and the FHIR modules above.
 
 pub mod access;
 mod batch;
+pub mod consent;
+pub mod content;
 pub mod export;
 pub mod journal;
 pub mod search;

@@ -16,6 +16,22 @@ pub fn is_tombstone(stored: &[u8]) -> bool {
     stored.starts_with(br#"{"medledger":"deleted","#)
 }
 
+/// The identifier system naming a patient's on-chain identity in a Patient resource.
+pub const IDENTITY_SYSTEM: &str = "urn:medledger:identity";
+
+/// The code system of medledger's consent categories (`medledger_types::CATEGORIES`).
+pub const CATEGORY_SYSTEM: &str = "urn:medledger:category";
+
+/// Extension saying how a grant came to be: `consent`, `break-glass` or `rule:<rule id>`.
+pub const GRANT_ORIGIN_EXTENSION: &str = "urn:medledger:fhir:extension:grant-origin";
+
+/// Extension naming the ledger transaction that carries an access event (its RFC 6962 leaf
+/// hash: `GET /v1/proofs/inclusion` proves it).
+pub const LEDGER_TX_EXTENSION: &str = "urn:medledger:fhir:extension:ledger-transaction";
+
+/// Extension naming that transaction's index in the ledger's log.
+pub const LEDGER_LOG_INDEX_EXTENSION: &str = "urn:medledger:fhir:extension:ledger-log-index";
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -5,7 +5,7 @@
 //! The token's scopes must allow the interaction on the type, and then consent must allow the
 //! caller on the record: both, never either. Writes are by the staff and systems of the
 //! organisation operating this node (the custodian), and run the checks every write path runs
-//! (`write_checks.rs`). A record the caller may not see answers as an unknown id; every refusal
+//! (`records::content`). A record the caller may not see answers as an unknown id; every refusal
 //! is audited. Stored bytes are exactly what the client sent; reads return them with the
 //! server's `id` and `meta` spliced in.
 
@@ -30,7 +30,6 @@ use crate::{
         render::resource_response,
         request::{check_content_type, if_match, parse_id},
         served::{is_tombstone, served, tombstone},
-        write_checks::patient_of,
     },
     smart::scopes::interactions,
 };
@@ -148,8 +147,8 @@ pub(crate) async fn create(
     }
     let grant = authorize(&app, &headers, &resource_type, interactions::CREATE)?;
     check_content_type(&headers)?;
-    // The checks every path that writes a record runs (`write_checks`).
-    let content = crate::fhir::write_checks::check_record(Some(&resource_type), &body)?;
+    // The checks every path that writes a record runs (`records::content`).
+    let content = medledger_records::content::check_record(Some(&resource_type), &body)?;
     let service = records(&app)?;
     let custodian = service.organisation();
     let author = grant.identity;
@@ -160,7 +159,7 @@ pub(crate) async fn create(
     let (json, category) = (&content.json, content.category);
     if !staff {
         // Audited when the resource names a patient here (a refused write attempt about them).
-        if let Ok(Some(patient)) = patient_of(&app, &resource_type, json) {
+        if let Ok(Some(patient)) = medledger_records::content::patient_of(&app.chain.snapshot(), &resource_type, json) {
             record_audit(&service, move |s| {
                 s.audit_refused_write(author, patient, None, "not-custodian-staff", now_ms())
             })
@@ -173,11 +172,12 @@ pub(crate) async fn create(
     if let Some(found) = crate::fhir::conditional::if_none_exist(&app, &headers, &grant, &resource_type).await? {
         return Ok(found);
     }
-    let (patient, registered) = match patient_of(&app, &resource_type, json)? {
-        Some(patient) => (patient, false),
-        // A Patient naming no identity is someone new to the network: register them.
-        None => (register_patient(&app).await?, true),
-    };
+    let (patient, registered) =
+        match medledger_records::content::patient_of(&app.chain.snapshot(), &resource_type, json)? {
+            Some(patient) => (patient, false),
+            // A Patient naming no identity is someone new to the network: register them.
+            None => (register_patient(&app).await?, true),
+        };
     let content = body.clone();
     let type_for_write = resource_type.clone();
     let written = tokio::task::spawn_blocking(move || {
@@ -246,7 +246,7 @@ pub(crate) async fn update(
             ),
         ));
     }
-    let content = crate::fhir::write_checks::check_record(Some(&resource_type), &body)?;
+    let content = medledger_records::content::check_record(Some(&resource_type), &body)?;
     if content.validated.id.as_deref() != Some(id.as_str()) {
         return Err(FhirError::new(
             StatusCode::BAD_REQUEST,
@@ -273,7 +273,7 @@ pub(crate) async fn update(
         return Err(forbidden("only the staff and systems of the organisation operating this node write here"));
     }
     let existing = app.chain.snapshot().record(&record_id).map(|h| (h.patient, h.category.clone()));
-    let patient = patient_of(&app, &resource_type, &content.json)?
+    let patient = medledger_records::content::patient_of(&app.chain.snapshot(), &resource_type, &content.json)?
         .or(existing.as_ref().map(|e| e.0))
         .ok_or_else(|| not_found(format!("no {resource_type} with id {}", crate::error::echo(&id))))?;
     let category = content.category;

@@ -9,7 +9,7 @@
 //! created it, and only that organisation writes its later versions. Delete is logical, as for
 //! records: the next version is a delete marker. Instance and type history list every version.
 //! Content that is or can carry patient data (contained resources, narrative, extensions off
-//! a short allow-list) is refused on every write path (`write_checks::check_directory`).
+//! a short allow-list) is refused on every write path (`records::content::check_directory`).
 
 use axum::{
     body::Bytes,
@@ -104,7 +104,7 @@ fn check_write(
             ));
         }
         // Small enough for the ledger, and no patient data in the clear directory.
-        crate::fhir::write_checks::check_directory(resource_type, body)?;
+        medledger_records::content::check_directory(resource_type, body)?;
     }
     let service = records(app)?;
     if !is_staff(app, &grant.identity, &service.organisation()) {

@@ -63,6 +63,14 @@ impl IntoResponse for FhirError {
     }
 }
 
+/// A content refusal of the record service (`records::content`), with its status and issues.
+impl From<medledger_records::content::Refused> for FhirError {
+    fn from(refused: medledger_records::content::Refused) -> Self {
+        let status = StatusCode::from_u16(refused.status).unwrap_or(StatusCode::UNPROCESSABLE_ENTITY);
+        FhirError::with_issues(status, refused.issues)
+    }
+}
+
 impl From<RecordError> for FhirError {
     fn from(e: RecordError) -> Self {
         let (status, code) = match &e {

@@ -19,7 +19,7 @@
 //! Beneath them, what they share and never each other: `errors` (OperationOutcomes), `served`
 //! (the served types and medledger's identifier systems and extensions), `request`, `paging`,
 //! `render` (stored versions as answers), `credentials` (bearer grant, scopes, purpose,
-//! audit of refusals), `write_checks`, `commit` (waiting for a write to commit),
+//! audit of refusals), `commit` (waiting for a write to commit),
 //! `conditional` (conditional creates) and `directory` (the directory types,
 //! which `crud` and `history` hand on). This module only wires the routes and re-exports the
 //! public constants; no module below imports it (the crate docs give the layering, and a test
@@ -52,7 +52,6 @@ pub(crate) mod render;
 pub(crate) mod request;
 pub(crate) mod search;
 pub(crate) mod served;
-pub(crate) mod write_checks;
 
 pub use audit_event::{AUDIT_PAGE_DEFAULT, AUDIT_PAGE_MAX};
 pub use everything::EVERYTHING_PAGE_MAX;

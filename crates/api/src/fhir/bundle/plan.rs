@@ -270,10 +270,11 @@ pub(super) fn plan(app: &AppState, grant: &Grant, entries: Vec<EntryIn>, batch_e
             _ => {
                 let content = rewritten[i].take().expect("rewritten above");
                 if !directory {
-                    // What every path checks of a record (`write_checks`); the entry was
+                    // What every path checks of a record (`records::content`); the entry was
                     // validated with the Bundle.
-                    let (json, category) = crate::fhir::write_checks::record_content(&entry.resource_type, &content)
-                        .map_err(|e| e.at(&format!("Bundle.entry[{}].resource", entry.index)))?;
+                    let (json, category) =
+                        medledger_records::content::record_content(&entry.resource_type, &content)
+                            .map_err(|e| FhirError::from(e).at(&format!("Bundle.entry[{}].resource", entry.index)))?;
                     let patient = match &existing {
                         Some((patient, existing_category, _)) => {
                             if existing_category != category {
@@ -306,10 +307,10 @@ pub(super) fn plan(app: &AppState, grant: &Grant, entries: Vec<EntryIn>, batch_e
                     };
                     plan.patient = patient;
                     plan.category = category;
-                } else if let Err(refused) = crate::fhir::write_checks::check_directory(&entry.resource_type, &content)
+                } else if let Err(refused) = medledger_records::content::check_directory(&entry.resource_type, &content)
                 {
                     // Too large for the ledger, or patient data in the clear directory.
-                    return Err(crate::fhir::write_checks::in_entry(refused, entry.index));
+                    return Err(medledger_records::content::in_entry(refused, entry.index).into());
                 }
                 plan.content = content;
             }

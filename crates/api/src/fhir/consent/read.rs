@@ -9,13 +9,13 @@ use axum::{
     response::Response,
 };
 use medledger_fhir::IssueCode;
+use medledger_records::consent::consent_resource;
 use medledger_types::RecordId;
 
 use crate::{
     app::AppState,
     clock::now_ms,
     fhir::{
-        consent::resource::consent_resource,
         credentials::{authorize, purpose},
         errors::{FhirError, forbidden, not_found},
         render::bundle_response,

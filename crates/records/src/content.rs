@@ -1,44 +1,68 @@
 //! What the node checks of a resource's content before it signs a write of it, whatever path
 //! the write comes by: `POST`/`PUT /fhir/{type}`, transaction and batch Bundle entries, and
-//! `POST /v1/records`. One function per kind of content, so no path stores what another
+//! `POST /v1/records`; and the FHIR↔ledger mapping of content: a record's consent category
+//! ([`category_of`], from the one table of `medledger_types`) and its patient ([`patient_of`]). One function per kind of content, so no path stores what another
 //! refuses (a body that breaks later reads, a look-alike delete marker, patient data in the
 //! clear directory). The ledger does not parse FHIR: these checks are the node's, before it
 //! signs.
 
-use axum::http::StatusCode;
 use medledger_fhir::{
     Issue, IssueCode, Severity, Validated,
     json::{self, Limits, Value},
+    outcome::echo,
 };
+use medledger_ledger::State;
 use medledger_types::{IdentityId, RecordId, Role, categories_of_resource_type};
 
-use crate::{
-    app::AppState,
-    fhir::{
-        errors::{FhirError, not_found},
-        served::{IDENTITY_SYSTEM, SERVED_TYPES, is_tombstone},
-    },
-};
+use crate::served::{IDENTITY_SYSTEM, SERVED_TYPES, is_tombstone};
+
+/// HTTP status codes a refusal carries: FHIR's own vocabulary (a Bundle entry's
+/// `response.status` is one), which the API answers with.
+pub mod status {
+    pub const BAD_REQUEST: u16 = 400;
+    pub const NOT_FOUND: u16 = 404;
+    pub const PAYLOAD_TOO_LARGE: u16 = 413;
+    pub const UNPROCESSABLE_ENTITY: u16 = 422;
+}
+
+/// Why content is refused: the status and the OperationOutcome's issues.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("refused ({status}): {}", .issues.first().map_or("", |i| i.diagnostics.as_str()))]
+pub struct Refused {
+    pub status: u16,
+    pub issues: Vec<Issue>,
+}
+
+impl Refused {
+    pub fn with_issues(status: u16, issues: Vec<Issue>) -> Self {
+        Self { status, issues }
+    }
+
+    pub fn new(status: u16, code: IssueCode, diagnostics: impl Into<String>) -> Self {
+        let issue = Issue { severity: Severity::Error, code, expression: None, diagnostics: diagnostics.into() };
+        Self { status, issues: vec![issue] }
+    }
+}
 
 /// A patient record's content that passed [`check_record`].
-pub(crate) struct RecordContent {
-    pub(crate) validated: Validated,
-    pub(crate) json: serde_json::Value,
+pub struct RecordContent {
+    pub validated: Validated,
+    pub json: serde_json::Value,
     /// The consent category derived from the content (Observations by their category code).
-    pub(crate) category: &'static str,
+    pub category: &'static str,
 }
 
 /// Checks `body` as a version of a patient record (of `resource_type`, when the URL names
 /// one): the strict parser and structural validation (no duplicate keys, no unknown members),
 /// a type served as a patient record, not a delete marker, and its consent category.
-pub(crate) fn check_record(resource_type: Option<&str>, body: &[u8]) -> Result<RecordContent, FhirError> {
+pub fn check_record(resource_type: Option<&str>, body: &[u8]) -> Result<RecordContent, Refused> {
     let validated =
-        medledger_fhir::validate(body).map_err(|issues| FhirError::with_issues(StatusCode::BAD_REQUEST, issues))?;
+        medledger_fhir::validate(body).map_err(|issues| Refused::with_issues(status::BAD_REQUEST, issues))?;
     if let Some(expected) = resource_type
         && validated.resource_type != expected
     {
-        return Err(FhirError::new(
-            StatusCode::BAD_REQUEST,
+        return Err(Refused::new(
+            status::BAD_REQUEST,
             IssueCode::Invalid,
             format!("the body is a {}, the URL says {expected}", validated.resource_type),
         ));
@@ -50,25 +74,25 @@ pub(crate) fn check_record(resource_type: Option<&str>, body: &[u8]) -> Result<R
 /// The checks of [`check_record`] after validation, for content validated as part of
 /// something larger (a Bundle entry): a patient-record type, not a delete marker, its
 /// category. Returns the content as JSON and the category.
-pub(crate) fn record_content(resource_type: &str, body: &[u8]) -> Result<(serde_json::Value, &'static str), FhirError> {
+pub fn record_content(resource_type: &str, body: &[u8]) -> Result<(serde_json::Value, &'static str), Refused> {
     if !SERVED_TYPES.contains(&resource_type) {
-        return Err(FhirError::new(
-            StatusCode::BAD_REQUEST,
+        return Err(Refused::new(
+            status::BAD_REQUEST,
             IssueCode::NotSupported,
-            format!("{} is not a patient record type served here", crate::error::echo(resource_type)),
+            format!("{} is not a patient record type served here", echo(resource_type)),
         ));
     }
     // The validator already refuses the marker's `medledger` member; refusing its prefix
     // here too keeps the marker unforgeable should the validator ever accept more.
     if is_tombstone(body) {
-        return Err(FhirError::new(
-            StatusCode::BAD_REQUEST,
+        return Err(Refused::new(
+            status::BAD_REQUEST,
             IssueCode::Invalid,
             "this is the server's delete marker, not a resource: delete with DELETE",
         ));
     }
     let json: serde_json::Value = serde_json::from_slice(body)
-        .map_err(|e| FhirError::new(StatusCode::BAD_REQUEST, IssueCode::Invalid, e.to_string()))?;
+        .map_err(|e| Refused::new(status::BAD_REQUEST, IssueCode::Invalid, e.to_string()))?;
     let category = category_of(resource_type, &json)?;
     Ok((json, category))
 }
@@ -80,15 +104,15 @@ pub(crate) fn record_content(resource_type: &str, body: &[u8]) -> Result<(serde_
 /// API resolves it. Another id is the client's own label for the patient (synthetic and
 /// imported data carry them): it names no resource of this server, so it cannot file the
 /// record under someone else, and it is kept as written.
-pub(crate) fn check_patient_named(
-    app: &AppState,
+pub fn check_patient_named(
+    state: &State,
     resource_type: &str,
     json: &serde_json::Value,
     patient: &IdentityId,
-) -> Result<(), FhirError> {
+) -> Result<(), Refused> {
     let other = || {
-        FhirError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
+        Refused::new(
+            status::UNPROCESSABLE_ENTITY,
             IssueCode::BusinessRule,
             "the resource names another patient than the one it is written for",
         )
@@ -96,17 +120,17 @@ pub(crate) fn check_patient_named(
     if resource_type != "Patient" {
         let reference =
             ["subject", "patient"].iter().find_map(|k| json[*k]["reference"].as_str()).ok_or_else(|| {
-                FhirError::new(
-                    StatusCode::UNPROCESSABLE_ENTITY,
+                Refused::new(
+                    status::UNPROCESSABLE_ENTITY,
                     IssueCode::Processing,
                     format!("a {resource_type} needs a subject or patient reference to a Patient"),
                 )
             })?;
         let id = reference.strip_prefix("Patient/").ok_or_else(|| {
-            FhirError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
+            Refused::new(
+                status::UNPROCESSABLE_ENTITY,
                 IssueCode::Processing,
-                format!("{} is not a reference to a Patient", crate::error::echo(reference)),
+                format!("{} is not a reference to a Patient", echo(reference)),
             )
         })?;
         let server_id = id.split('/').next().is_some_and(|first| RecordId::from_hex(first).is_ok());
@@ -114,7 +138,7 @@ pub(crate) fn check_patient_named(
             return Ok(());
         }
     }
-    match patient_of(app, resource_type, json)? {
+    match patient_of(state, resource_type, json)? {
         Some(named) if named != *patient => Err(other()),
         _ => Ok(()),
     }
@@ -124,7 +148,7 @@ pub(crate) fn check_patient_named(
 /// and counts only, never text, so none can hold a name, a date or a diagnosis. They are the
 /// ones real directories use (US Core's Direct address flag; Synthea's utilization and bed
 /// counts); anything else is refused rather than stored on-chain in clear for good.
-pub(crate) const DIRECTORY_EXTENSIONS: &[(&str, &str)] = &[
+pub const DIRECTORY_EXTENSIONS: &[(&str, &str)] = &[
     ("http://hl7.org/fhir/us/core/StructureDefinition/us-core-direct", "valueBoolean"),
     ("http://synthetichealth.github.io/synthea/utilization-encounters-extension", "valueInteger"),
     ("http://synthetichealth.github.io/synthea/utilization-procedures-extension", "valueInteger"),
@@ -140,7 +164,7 @@ pub(crate) const DIRECTORY_EXTENSIONS: &[(&str, &str)] = &[
 /// not on [`DIRECTORY_EXTENSIONS`] or not of its exact shape, and a Location of type PTRES
 /// (a patient's residence). The issue's expression names the member. Also refuses content
 /// over `DIRECTORY_CONTENT_BYTES_MAX` (the ledger's limit), first, so the walk is small.
-pub(crate) fn check_directory(resource_type: &str, body: &[u8]) -> Result<(), FhirError> {
+pub fn check_directory(resource_type: &str, body: &[u8]) -> Result<(), Refused> {
     let max = medledger_types::limits::DIRECTORY_CONTENT_BYTES_MAX;
     if body.len() > max {
         let issue = Issue {
@@ -149,10 +173,10 @@ pub(crate) fn check_directory(resource_type: &str, body: &[u8]) -> Result<(), Fh
             expression: Some(resource_type.to_owned()),
             diagnostics: format!("directory resources are at most {max} bytes (they are stored on-chain)"),
         };
-        return Err(FhirError::with_issues(StatusCode::PAYLOAD_TOO_LARGE, vec![issue]));
+        return Err(Refused::with_issues(status::PAYLOAD_TOO_LARGE, vec![issue]));
     }
     let root = json::parse(body, &Limits::default())
-        .map_err(|e| FhirError::new(StatusCode::BAD_REQUEST, IssueCode::Invalid, e.to_string()))?;
+        .map_err(|e| Refused::new(status::BAD_REQUEST, IssueCode::Invalid, e.to_string()))?;
     let refuse = |expression: String, why: String| {
         let issue = Issue {
             severity: Severity::Error,
@@ -162,7 +186,7 @@ pub(crate) fn check_directory(resource_type: &str, body: &[u8]) -> Result<(), Fh
                 "{why}: directory entries are on-chain in clear and never erased, so they carry no patient data"
             ),
         };
-        Err(FhirError::with_issues(StatusCode::UNPROCESSABLE_ENTITY, vec![issue]))
+        Err(Refused::with_issues(status::UNPROCESSABLE_ENTITY, vec![issue]))
     };
     if resource_type == "Location" && is_residence(&root) {
         return refuse("Location.type".into(), "a patient's residence (Location type PTRES) is patient data".into());
@@ -202,13 +226,13 @@ pub(crate) fn check_directory(resource_type: &str, body: &[u8]) -> Result<(), Fh
 fn allowed_extension(extension: &Value<'_>) -> Result<(), String> {
     let url = extension.get("url").and_then(Value::as_str).unwrap_or("");
     let Some((_, value_key)) = DIRECTORY_EXTENSIONS.iter().find(|(allowed, _)| *allowed == url) else {
-        return Err(format!("extension {} is not on the directory's allow-list", crate::error::echo(url)));
+        return Err(format!("extension {} is not on the directory's allow-list", echo(url)));
     };
     let members = extension.as_object().unwrap_or_default();
     let shaped = members.len() == 2 && members.iter().all(|m| m.key == "url" || m.key == *value_key);
     match shaped {
         true => Ok(()),
-        false => Err(format!("extension {} carries only its {value_key} here", crate::error::echo(url))),
+        false => Err(format!("extension {} carries only its {value_key} here", echo(url))),
     }
 }
 
@@ -223,30 +247,24 @@ fn is_residence(root: &Value<'_>) -> bool {
 
 /// `error` about one Bundle entry: each issue's expression moved under `Bundle.entry[index]`
 /// (`Practitioner.contained` → `Bundle.entry[2].resource.contained`).
-pub(crate) fn in_entry(error: FhirError, index: usize) -> FhirError {
-    let status = error.status();
+pub fn in_entry(error: Refused, index: usize) -> Refused {
+    let status = error.status;
     let issues = error
-        .issues()
-        .iter()
-        .cloned()
+        .issues
+        .into_iter()
         .map(|issue| {
             let rest = issue.expression.as_deref().and_then(|e| e.split_once('.')).map(|(_, r)| format!(".{r}"));
             Issue { expression: Some(format!("Bundle.entry[{index}].resource{}", rest.unwrap_or_default())), ..issue }
         })
         .collect();
-    FhirError::with_issues(status, issues)
+    Refused::with_issues(status, issues)
 }
 
 /// The patient identity a resource belongs to: for a Patient, the identity named by its
 /// `urn:medledger:identity` identifier (`None` when it names none); for anything else, the
 /// Patient its `subject` or `patient` reference points to.
-pub(crate) fn patient_of(
-    app: &AppState,
-    resource_type: &str,
-    json: &serde_json::Value,
-) -> Result<Option<IdentityId>, FhirError> {
-    let unprocessable = |m: String| FhirError::new(StatusCode::UNPROCESSABLE_ENTITY, IssueCode::Processing, m);
-    let state = app.chain.snapshot();
+pub fn patient_of(state: &State, resource_type: &str, json: &serde_json::Value) -> Result<Option<IdentityId>, Refused> {
+    let unprocessable = |m: String| Refused::new(status::UNPROCESSABLE_ENTITY, IssueCode::Processing, m);
     if resource_type == "Patient" {
         let Some(value) = json["identifier"]
             .as_array()
@@ -274,19 +292,16 @@ pub(crate) fn patient_of(
         .and_then(|id| state.record(&id))
         .filter(|head| head.resource_type == "Patient")
         .ok_or_else(|| {
-            unprocessable(format!(
-                "reference {} does not resolve to a Patient on this server",
-                crate::error::echo(reference)
-            ))
+            unprocessable(format!("reference {} does not resolve to a Patient on this server", echo(reference)))
         })?;
     Ok(Some(target.patient))
 }
 
 /// The consent category of a new resource (Observations by their category coding).
-pub(crate) fn category_of(resource_type: &str, json: &serde_json::Value) -> Result<&'static str, FhirError> {
+pub fn category_of(resource_type: &str, json: &serde_json::Value) -> Result<&'static str, Refused> {
     match categories_of_resource_type(resource_type) {
         [one] => Ok(one),
-        [] => Err(not_found(format!("{resource_type} is not patient data"))),
+        [] => Err(Refused::new(status::NOT_FOUND, IssueCode::NotFound, format!("{resource_type} is not patient data"))),
         _ => {
             let codes: Vec<&str> = json["category"]
                 .as_array()
@@ -297,8 +312,8 @@ pub(crate) fn category_of(resource_type: &str, json: &serde_json::Value) -> Resu
                 .filter_map(|c| c["code"].as_str())
                 .collect();
             medledger_types::observation_category(codes).ok_or_else(|| {
-                FhirError::new(
-                    StatusCode::UNPROCESSABLE_ENTITY,
+                Refused::new(
+                    status::UNPROCESSABLE_ENTITY,
                     IssueCode::BusinessRule,
                     "an Observation cannot be both laboratory and vital-signs (observation-category code \
                      system): consent is given per category",
