@@ -20,7 +20,9 @@ use crate::served::{IDENTITY_SYSTEM, SERVED_TYPES, is_tombstone};
 /// `response.status` is one), which the API answers with.
 pub mod status {
     pub const BAD_REQUEST: u16 = 400;
+    pub const FORBIDDEN: u16 = 403;
     pub const NOT_FOUND: u16 = 404;
+    pub const PRECONDITION_FAILED: u16 = 412;
     pub const PAYLOAD_TOO_LARGE: u16 = 413;
     pub const UNPROCESSABLE_ENTITY: u16 = 422;
 }

@@ -10,7 +10,8 @@
 //! The FHIR application lives here too, with only HTTP left to the API: [`served`] (which
 //! types are records, the delete marker, medledger's FHIR vocabulary), [`content`] (what a
 //! write's content must be; its consent category and patient), [`search`] (the search
-//! index and whole searches), [`export`] (Bulk Data jobs) and [`consent`] (Consent ↔ grant).
+//! index and whole searches), [`export`] (Bulk Data jobs), [`bundle`] (transaction planning),
+//! [`conditional`] (conditional creates and references) and [`consent`] (Consent ↔ grant).
 //!
 //! API boundary: [`RecordService`] (with [`WriteRequest`], [`Written`], [`Read`]),
 //! [`RecordError`], [`access::authorize`] (the single enforcement point), the journal's
@@ -18,6 +19,8 @@
 
 pub mod access;
 mod batch;
+pub mod bundle;
+pub mod conditional;
 pub mod consent;
 pub mod content;
 pub mod export;

@@ -4,6 +4,11 @@
 
 pub use medledger_types::{RECORD_RESOURCE_TYPES as SERVED_TYPES, is_directory_resource_type as is_directory};
 
+/// Whether `resource_type` is served here: a patient-record or a directory type.
+pub fn is_served(resource_type: &str) -> bool {
+    SERVED_TYPES.contains(&resource_type) || is_directory(resource_type)
+}
+
 /// What a logical delete stores as the record's next version (encrypted like any version):
 /// not a FHIR resource (the validator refuses its `medledger` member), so no client can write
 /// one through the FHIR API, and it marks the record deleted for every node that can open it.

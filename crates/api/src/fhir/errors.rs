@@ -30,16 +30,6 @@ impl FhirError {
         Self { status, issues: vec![issue] }
     }
 
-    /// Points every issue that names no place at `expression`.
-    pub(crate) fn at(mut self, expression: &str) -> Self {
-        for issue in &mut self.issues {
-            if issue.expression.is_none() {
-                issue.expression = Some(expression.to_owned());
-            }
-        }
-        self
-    }
-
     pub(crate) fn status(&self) -> StatusCode {
         self.status
     }
@@ -68,6 +58,17 @@ impl From<medledger_records::content::Refused> for FhirError {
     fn from(refused: medledger_records::content::Refused) -> Self {
         let status = StatusCode::from_u16(refused.status).unwrap_or(StatusCode::UNPROCESSABLE_ENTITY);
         FhirError::with_issues(status, refused.issues)
+    }
+}
+
+/// A Bundle that cannot be planned (`records::bundle`): its refusal, or the record
+/// service's failure.
+impl From<medledger_records::bundle::PlanError> for FhirError {
+    fn from(e: medledger_records::bundle::PlanError) -> Self {
+        match e {
+            medledger_records::bundle::PlanError::Refused(refused) => refused.into(),
+            medledger_records::bundle::PlanError::Record(e) => e.into(),
+        }
     }
 }
 

@@ -8,17 +8,20 @@ use axum::{
 };
 use medledger_fhir::{IssueCode, instant::instant_from_ms};
 use medledger_node::chain::TxStatus;
-use medledger_records::{BatchWrite, BatchWritten, WriteRequest};
+use medledger_records::{
+    BatchWrite, BatchWritten, WriteRequest,
+    bundle::{
+        Plan, Planner,
+        entries::{EntryIn, Method, Planned},
+        plan,
+    },
+};
 use medledger_types::IdentityId;
 
 use crate::{
     app::AppState,
     clock::now_ms,
     fhir::{
-        bundle::{
-            entries::{EntryIn, Method, Planned, error},
-            plan::{Plan, plan},
-        },
         commit::{Outcome, committed_at_ms, latest_version, outcome_within, wait},
         credentials::records,
         errors::{FHIR_JSON, FhirError},
@@ -31,6 +34,11 @@ use crate::{
 /// if the ledger refuses it: past the mempool's time to live (after which the node rejects
 /// it as expired), with a minute's margin for the expiry to run.
 const ABANDON_WATCH_MS: u64 = medledger_types::limits::MEMPOOL_TX_TTL_MS + 60_000;
+
+/// A refusal of the whole Bundle.
+pub(super) fn error(status: StatusCode, code: IssueCode, diagnostics: impl Into<String>) -> FhirError {
+    FhirError::new(status, code, diagnostics)
+}
 
 /// Submits a plan as one batch; returns the submitted batch, or `None` if nothing needed
 /// writing (deletes of deleted resources only).
@@ -142,9 +150,13 @@ async fn run_transaction(
 ) -> Result<(Vec<Planned>, Option<BatchWritten>, Outcome), FhirError> {
     let plan = {
         let (app, grant) = (app.clone(), grant.clone());
-        tokio::task::spawn_blocking(move || plan(&app, &grant, entries, batch_entry))
-            .await
-            .map_err(|_| error(StatusCode::INTERNAL_SERVER_ERROR, IssueCode::Exception, "planning task failed"))??
+        let service = records(&app)?;
+        tokio::task::spawn_blocking(move || {
+            let planner = Planner { service: &service, search: &app.search, caller: grant.caller(), now_ms: now_ms() };
+            plan(&planner, entries, batch_entry, &mut rand::rng())
+        })
+        .await
+        .map_err(|_| error(StatusCode::INTERNAL_SERVER_ERROR, IssueCode::Exception, "planning task failed"))??
     };
     let (written, planned, new_patients) = submit(app, grant, plan).await?;
     let outcome = match &written {

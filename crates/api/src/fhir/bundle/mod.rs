@@ -16,9 +16,9 @@
 //! `DELETE Type/id` (logical delete). Conditional create/update/delete and `GET` entries are
 //! refused with `not-supported`, never ignored.
 //!
-//! Here: the handler, which validates the Bundle and reads its entries (`entries.rs`); then
-//! `plan.rs` resolves and checks them without writing anything, and `execute.rs` submits the
-//! plan, waits for its commit and answers.
+//! Here: the handler, which validates the Bundle and reads its entries
+//! (`records::bundle::entries`); then `records::bundle::plan` resolves and checks them without
+//! writing anything, and `execute.rs` submits the plan, waits for its commit and answers.
 
 use axum::{
     body::Bytes,
@@ -38,12 +38,10 @@ use crate::{
     smart::bearer::bearer,
 };
 
-pub(crate) mod entries;
 pub(crate) mod execute;
-pub(crate) mod plan;
 
-use entries::{entry_in, error};
-use execute::{batch, transaction};
+use execute::{batch, error, transaction};
+use medledger_records::bundle::entries::entry_in;
 
 /// Most entries in one Bundle.
 pub const BUNDLE_ENTRIES_MAX: usize = 1_000;
@@ -99,10 +97,14 @@ pub(crate) async fn bundle(
             .and_then(|r| r.get("ifNoneExist"))
             .and_then(|v| v.as_str())
             .map(str::to_owned);
-        entries.push(entry_in(index, entry, &body, if_match, unsupported).map(|mut e| {
-            e.if_none_exist = if_none_exist;
-            e
-        }));
+        entries.push(
+            entry_in(index, entry, &body, if_match, unsupported)
+                .map(|mut e| {
+                    e.if_none_exist = if_none_exist;
+                    e
+                })
+                .map_err(FhirError::from),
+        );
     }
     match bundle_type.as_str() {
         "transaction" => {

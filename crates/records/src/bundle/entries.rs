@@ -3,80 +3,80 @@
 
 use std::ops::Range;
 
-use axum::http::StatusCode;
-use medledger_fhir::{Issue, IssueCode, Severity, validate::ReferenceKind};
+use medledger_fhir::{Issue, IssueCode, Severity, outcome::echo, validate::ReferenceKind};
 use medledger_types::{IdentityId, RecordId};
 
 use crate::{
-    fhir::{errors::FhirError, served::served},
-    smart::scopes::interactions,
+    access::interactions,
+    content::{Refused, status},
+    served::is_served,
 };
 
-pub(super) fn error(status: StatusCode, code: IssueCode, diagnostics: impl Into<String>) -> FhirError {
-    FhirError::new(status, code, diagnostics)
+pub fn error(status: u16, code: IssueCode, diagnostics: impl Into<String>) -> Refused {
+    Refused::new(status, code, diagnostics)
 }
 
 /// An entry-level error, naming the entry.
-pub(super) fn entry_error(index: usize, status: StatusCode, code: IssueCode, why: impl std::fmt::Display) -> FhirError {
+pub fn entry_error(index: usize, status: u16, code: IssueCode, why: impl std::fmt::Display) -> Refused {
     let issue = Issue {
         severity: Severity::Error,
         code,
         expression: Some(format!("Bundle.entry[{index}]")),
         diagnostics: why.to_string(),
     };
-    FhirError::with_issues(status, vec![issue])
+    Refused::with_issues(status, vec![issue])
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Method {
+pub enum Method {
     Post,
     Put,
     Delete,
 }
 
 /// One entry as received.
-pub(super) struct EntryIn {
-    pub(super) index: usize,
-    pub(super) full_url: Option<String>,
-    pub(super) method: Method,
-    pub(super) resource_type: String,
+pub struct EntryIn {
+    pub index: usize,
+    pub full_url: Option<String>,
+    pub method: Method,
+    pub resource_type: String,
     /// PUT/DELETE: the existing resource.
-    pub(super) target: Option<RecordId>,
+    pub target: Option<RecordId>,
     /// The resource's exact bytes (POST/PUT).
-    pub(super) bytes: Option<Vec<u8>>,
+    pub bytes: Option<Vec<u8>>,
     /// References of the resource, as the validator found them.
-    pub(super) references: Vec<(String, ReferenceKind)>,
-    pub(super) if_match: Option<u32>,
+    pub references: Vec<(String, ReferenceKind)>,
+    pub if_match: Option<u32>,
     /// Conditional create: the search (`identifier=…|…`) whose single match means "already
     /// here, write nothing".
-    pub(super) if_none_exist: Option<String>,
+    pub if_none_exist: Option<String>,
 }
 
 /// One entry ready to write.
-pub(super) struct Planned {
-    pub(super) index: usize,
-    pub(super) method: Method,
-    pub(super) resource_type: String,
-    pub(super) id: RecordId,
+pub struct Planned {
+    pub index: usize,
+    pub method: Method,
+    pub resource_type: String,
+    pub id: RecordId,
     /// Rewritten bytes (the tombstone for a delete).
-    pub(super) content: Vec<u8>,
+    pub content: Vec<u8>,
     /// Records only: patient and category.
-    pub(super) patient: Option<IdentityId>,
-    pub(super) category: &'static str,
-    pub(super) expected: Option<u32>,
+    pub patient: Option<IdentityId>,
+    pub category: &'static str,
+    pub expected: Option<u32>,
     /// A delete of something already deleted: nothing to write.
-    pub(super) noop: bool,
+    pub noop: bool,
 }
 
 /// Checks one entry's request and resource as received.
-pub(super) fn entry_in(
+pub fn entry_in(
     index: usize,
     entry: &medledger_fhir::validate::BundleEntry,
     body: &[u8],
     if_match: Option<&str>,
     unsupported: Option<&str>,
-) -> Result<EntryIn, FhirError> {
-    let bad = |code, why: String| entry_error(index, StatusCode::BAD_REQUEST, code, why);
+) -> Result<EntryIn, Refused> {
+    let bad = |code, why: String| entry_error(index, status::BAD_REQUEST, code, why);
     if let Some(key) = unsupported {
         return Err(bad(IssueCode::NotSupported, format!("request.{key} (conditional interactions) is not supported")));
     }
@@ -94,27 +94,24 @@ pub(super) fn entry_in(
     };
     let url = entry.request_url.as_deref().ok_or_else(|| bad(IssueCode::Required, "request.url is required".into()))?;
     if url.contains('?') {
-        return Err(bad(
-            IssueCode::NotSupported,
-            format!("conditional {method:?} ({}) is not supported", crate::error::echo(url)),
-        ));
+        return Err(bad(IssueCode::NotSupported, format!("conditional {method:?} ({}) is not supported", echo(url))));
     }
     let (url_type, url_id) = match url.trim_start_matches('/').split_once('/') {
         Some((t, id)) => (t.to_owned(), Some(id.to_owned())),
         None => (url.trim_start_matches('/').to_owned(), None),
     };
-    served(&url_type).map_err(|_| {
-        bad(IssueCode::NotSupported, format!("resource type {} is not served here", crate::error::echo(&url_type)))
-    })?;
+    if !is_served(&url_type) {
+        return Err(bad(IssueCode::NotSupported, format!("resource type {} is not served here", echo(&url_type))));
+    }
     let target = match (method, &url_id) {
         (Method::Post, None) => None,
         (Method::Post, Some(_)) => return Err(bad(IssueCode::Invalid, "a POST's request.url is the type only".into())),
         (_, Some(id)) => Some(RecordId::from_hex(id).map_err(|_| {
             entry_error(
                 index,
-                StatusCode::NOT_FOUND,
+                status::NOT_FOUND,
                 IssueCode::NotFound,
-                format!("no {url_type} with id {} (ids here are 64 hex characters)", crate::error::echo(id)),
+                format!("no {url_type} with id {} (ids here are 64 hex characters)", echo(id)),
             )
         })?),
         (_, None) => return Err(bad(IssueCode::Invalid, format!("a {method:?}'s request.url is Type/id"))),
@@ -172,7 +169,7 @@ pub(super) fn entry_in(
 }
 
 /// The scope interaction an entry needs.
-pub(super) fn interaction(method: Method) -> u8 {
+pub fn interaction(method: Method) -> u8 {
     match method {
         Method::Post => interactions::CREATE,
         Method::Put => interactions::UPDATE,

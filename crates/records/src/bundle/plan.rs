@@ -1,69 +1,104 @@
-//! Planning a transaction: every entry resolved and checked (scopes, custodian staff,
+//! Planning a transaction: every entry resolved and checked (credential, custodian staff,
 //! conditional creates, ids, references between entries and conditional references, patients,
-//! consent categories, what each write checks) before anything is written. Runs on the blocking
-//! pool: it reads the chain state and may record refusals.
+//! consent categories, what each write checks) before anything is written. Blocks: it reads
+//! the chain and may record refusals. Time and randomness are inputs.
 
 use std::collections::{HashMap, HashSet};
 
-use axum::http::StatusCode;
 use medledger_crypto::Keypair;
 use medledger_fhir::{
     Issue, IssueCode,
+    outcome::echo,
     search::{self, IndexValue},
     validate::ReferenceKind,
 };
-use medledger_types::{IdentityId, RecordId, Role};
+use medledger_ledger::Purpose;
+use medledger_types::{IdentityId, RecordId, Role, TimestampMs};
+use rand::CryptoRng;
 
 use crate::{
-    app::AppState,
-    clock::now_ms,
-    fhir::{
-        bundle::entries::{EntryIn, Method, Planned, entry_error, error, interaction},
-        conditional::{existing_match, searchable_query},
-        credentials::{is_staff, records},
-        errors::FhirError,
-        served::{IDENTITY_SYSTEM, is_directory, is_tombstone, served, tombstone},
-    },
-    smart::scopes::Grant,
+    RecordError, RecordService,
+    access::{self, Caller},
+    bundle::entries::{self, EntryIn, Method, Planned, interaction},
+    conditional::{existing_match, searchable_query},
+    content::{self, Refused, status},
+    search::SearchIndex,
+    served::{IDENTITY_SYSTEM, is_directory, is_served, is_tombstone, tombstone},
 };
 
 /// What a transaction will write, resolved and checked.
-pub(super) struct Plan {
-    pub(super) new_patients: Vec<Keypair>,
-    pub(super) entries: Vec<Planned>,
+pub struct Plan {
+    pub new_patients: Vec<Keypair>,
+    pub entries: Vec<Planned>,
 }
 
-/// Resolves and checks `entries` as one transaction (nothing is written).
-pub(super) fn plan(app: &AppState, grant: &Grant, entries: Vec<EntryIn>, batch_entry: bool) -> Result<Plan, FhirError> {
-    let service = records(app)?;
+/// Why a Bundle cannot be planned: a refusal of the Bundle or one of its entries (status and
+/// issues), or a failure of the record service (recording a refusal, making a patient's keys).
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    #[error(transparent)]
+    Refused(#[from] Refused),
+    #[error(transparent)]
+    Record(#[from] RecordError),
+}
+
+/// An entry-level refusal, naming the entry.
+fn entry_error(index: usize, status: u16, code: IssueCode, why: impl std::fmt::Display) -> PlanError {
+    entries::entry_error(index, status, code, why).into()
+}
+
+/// A refusal of the whole Bundle.
+fn error(status: u16, code: IssueCode, diagnostics: impl Into<String>) -> PlanError {
+    entries::error(status, code, diagnostics).into()
+}
+
+/// Who plans, with what, and when.
+#[derive(Clone, Copy)]
+pub struct Planner<'a> {
+    pub service: &'a RecordService,
+    pub search: &'a SearchIndex,
+    pub caller: Caller<'a>,
+    pub now_ms: TimestampMs,
+}
+
+/// Resolves and checks `entries` as one transaction (nothing is written); new records' ids
+/// come from `rng`.
+pub fn plan(
+    planner: &Planner<'_>,
+    entries: Vec<EntryIn>,
+    batch_entry: bool,
+    rng: &mut impl CryptoRng,
+) -> Result<Plan, PlanError> {
+    let Planner { service, caller, now_ms, .. } = *planner;
+    let state = service.chain.snapshot();
     let custodian = service.organisation();
     // A refused change of an existing record is on that record's audit trail, as for a single
     // update or delete.
     // (Planning runs on the blocking pool: recording may wait for the audit journal.)
-    let audit_refusal = |reason: &str| -> Result<(), FhirError> {
+    let audit_refusal = |reason: &str| -> Result<(), RecordError> {
         for entry in entries.iter().filter(|e| e.method != Method::Post) {
-            let patient = entry.target.and_then(|id| app.chain.snapshot().record(&id).map(|h| h.patient));
+            let patient = entry.target.and_then(|id| state.record(&id).map(|h| h.patient));
             if let Some(patient) = patient {
-                service.audit_refused_write(grant.identity, patient, entry.target, reason, now_ms())?;
+                service.audit_refused_write(caller.identity, patient, entry.target, reason, now_ms)?;
             }
         }
         Ok(())
     };
     for entry in &entries {
-        if !grant.allows(&entry.resource_type, interaction(entry.method)) {
+        if !caller.credential.permits(&entry.resource_type, interaction(entry.method)) {
             audit_refusal("scope-not-granted")?;
             return Err(entry_error(
                 entry.index,
-                StatusCode::FORBIDDEN,
+                status::FORBIDDEN,
                 IssueCode::Forbidden,
                 format!("the token's scopes do not allow this interaction on {}", entry.resource_type),
             ));
         }
     }
-    if !is_staff(app, &grant.identity, &custodian) {
+    if !access::is_staff(&state, &caller.identity, &custodian) {
         audit_refusal("not-custodian-staff")?;
         return Err(error(
-            StatusCode::FORBIDDEN,
+            status::FORBIDDEN,
             IssueCode::Forbidden,
             "only the staff and systems of the organisation operating this node write here",
         ));
@@ -75,12 +110,14 @@ pub(super) fn plan(app: &AppState, grant: &Grant, entries: Vec<EntryIn>, batch_e
     let mut already: HashSet<usize> = HashSet::new();
     for (i, entry) in entries.iter().enumerate() {
         let found = match (&entry.if_none_exist, entry.method) {
-            (Some(query), Method::Post) => existing_match(app, grant, &entry.resource_type, query)
-                .map_err(|why| entry_error(entry.index, StatusCode::PRECONDITION_FAILED, IssueCode::Processing, why))?,
+            (Some(query), Method::Post) => {
+                existing_match(service, planner.search, caller, &entry.resource_type, query, now_ms)
+                    .map_err(|why| entry_error(entry.index, status::PRECONDITION_FAILED, IssueCode::Processing, why))?
+            }
             (Some(_), _) => {
                 return Err(entry_error(
                     entry.index,
-                    StatusCode::BAD_REQUEST,
+                    status::BAD_REQUEST,
                     IssueCode::Invalid,
                     "ifNoneExist is for POST entries",
                 ));
@@ -94,7 +131,7 @@ pub(super) fn plan(app: &AppState, grant: &Grant, entries: Vec<EntryIn>, batch_e
             (_, Some(id)) | (Some(id), None) => id,
             (None, None) => {
                 let mut bytes = [0u8; 32];
-                rand::Rng::fill_bytes(&mut rand::rng(), &mut bytes);
+                rng.fill_bytes(&mut bytes);
                 RecordId(bytes)
             }
         };
@@ -104,9 +141,9 @@ pub(super) fn plan(app: &AppState, grant: &Grant, entries: Vec<EntryIn>, batch_e
             if by_url.insert(url.clone(), reference).is_some() {
                 return Err(entry_error(
                     entry.index,
-                    StatusCode::BAD_REQUEST,
+                    status::BAD_REQUEST,
                     IssueCode::Invalid,
-                    format!("fullUrl {} appears twice in the Bundle", crate::error::echo(url)),
+                    format!("fullUrl {} appears twice in the Bundle", echo(url)),
                 ));
             }
         }
@@ -116,7 +153,7 @@ pub(super) fn plan(app: &AppState, grant: &Grant, entries: Vec<EntryIn>, batch_e
         if !seen_targets.insert(entry.target) {
             return Err(entry_error(
                 entry.index,
-                StatusCode::BAD_REQUEST,
+                status::BAD_REQUEST,
                 IssueCode::Invalid,
                 "a transaction changes each resource at most once",
             ));
@@ -153,18 +190,17 @@ pub(super) fn plan(app: &AppState, grant: &Grant, entries: Vec<EntryIn>, batch_e
         let Some(bytes) = &entry.bytes else { continue };
         if already.contains(&i) {
             // Not written; a Patient found keeps its identity for the other entries.
-            let found =
-                app.chain.snapshot().record(&ids[i]).filter(|h| h.resource_type == "Patient").map(|h| h.patient);
+            let found = state.record(&ids[i]).filter(|h| h.resource_type == "Patient").map(|h| h.patient);
             if let Some(patient) = found {
                 patient_of_record.insert(ids[i], patient);
             }
             continue;
         }
         let content =
-            rewrite(app, grant, entry, bytes, &by_url, &entries, &ids, &bundle_values, batch_entry, &mut resolved)?;
+            rewrite(planner, entry, bytes, &by_url, &entries, &ids, &bundle_values, batch_entry, &mut resolved)?;
         if entry.resource_type == "Patient" && entry.method == Method::Post {
             let json: serde_json::Value = serde_json::from_slice(&content)
-                .map_err(|e| entry_error(entry.index, StatusCode::BAD_REQUEST, IssueCode::Invalid, e))?;
+                .map_err(|e| entry_error(entry.index, status::BAD_REQUEST, IssueCode::Invalid, e))?;
             let named = json["identifier"]
                 .as_array()
                 .into_iter()
@@ -175,11 +211,11 @@ pub(super) fn plan(app: &AppState, grant: &Grant, entries: Vec<EntryIn>, batch_e
                 Some(hex) => {
                     let id = IdentityId::from_hex(hex)
                         .ok()
-                        .filter(|id| app.chain.snapshot().identity(id).is_some_and(|w| w.role == Role::Patient));
+                        .filter(|id| state.identity(id).is_some_and(|w| w.role == Role::Patient));
                     id.ok_or_else(|| {
                         entry_error(
                             entry.index,
-                            StatusCode::UNPROCESSABLE_ENTITY,
+                            status::UNPROCESSABLE_ENTITY,
                             IssueCode::Processing,
                             format!("{IDENTITY_SYSTEM} names no registered patient identity"),
                         )
@@ -218,7 +254,7 @@ pub(super) fn plan(app: &AppState, grant: &Grant, entries: Vec<EntryIn>, batch_e
         let not_found = || {
             entry_error(
                 entry.index,
-                StatusCode::NOT_FOUND,
+                status::NOT_FOUND,
                 IssueCode::NotFound,
                 format!("no {} with id {}", entry.resource_type, id.to_hex()),
             )
@@ -227,7 +263,6 @@ pub(super) fn plan(app: &AppState, grant: &Grant, entries: Vec<EntryIn>, batch_e
         let existing = match entry.method {
             Method::Post => None,
             _ if directory => {
-                let state = app.chain.snapshot();
                 let head = state
                     .directory_entry(&id)
                     .filter(|h| h.resource_type == entry.resource_type)
@@ -235,20 +270,18 @@ pub(super) fn plan(app: &AppState, grant: &Grant, entries: Vec<EntryIn>, batch_e
                 Some((None, String::new(), head.latest_version))
             }
             _ => {
-                let head = crate::existence::head_of_type(app, &id, &entry.resource_type).ok_or_else(not_found)?;
-                // A record the caller may not see is, to it, not there (`crate::existence`).
-                if !crate::existence::sees(
-                    &app.chain.snapshot(),
-                    &grant.identity,
-                    &id,
-                    medledger_ledger::Purpose::Treatment,
-                ) {
+                let head =
+                    state.record(&id).filter(|h| h.resource_type == entry.resource_type).ok_or_else(not_found)?;
+                // A record the caller may not see is, to it, not there (the API's `existence`).
+                let sees = access::may_read(&state, &caller.identity, &id, Purpose::Treatment, now_ms)
+                    .is_some_and(|d| d.is_ok());
+                if !sees {
                     service.audit_refused_write(
-                        grant.identity,
+                        caller.identity,
                         head.patient,
                         Some(id),
                         "not-custodian-staff",
-                        now_ms(),
+                        now_ms,
                     )?;
                     return Err(not_found());
                 }
@@ -272,15 +305,14 @@ pub(super) fn plan(app: &AppState, grant: &Grant, entries: Vec<EntryIn>, batch_e
                 if !directory {
                     // What every path checks of a record (`records::content`); the entry was
                     // validated with the Bundle.
-                    let (json, category) =
-                        medledger_records::content::record_content(&entry.resource_type, &content)
-                            .map_err(|e| FhirError::from(e).at(&format!("Bundle.entry[{}].resource", entry.index)))?;
+                    let (json, category) = content::record_content(&entry.resource_type, &content)
+                        .map_err(|e| at(e, &format!("Bundle.entry[{}].resource", entry.index)))?;
                     let patient = match &existing {
                         Some((patient, existing_category, _)) => {
                             if existing_category != category {
                                 return Err(entry_error(
                                     entry.index,
-                                    StatusCode::UNPROCESSABLE_ENTITY,
+                                    status::UNPROCESSABLE_ENTITY,
                                     IssueCode::BusinessRule,
                                     "a record's consent category never changes: create a new resource",
                                 ));
@@ -288,12 +320,12 @@ pub(super) fn plan(app: &AppState, grant: &Grant, entries: Vec<EntryIn>, batch_e
                             // The new version must name the record's own patient.
                             let named = match entry.resource_type.as_str() {
                                 "Patient" => named_identity(&json),
-                                other => Some(subject_patient(app, entry.index, other, &json, &patient_of_record)?),
+                                other => Some(subject_patient(&state, entry.index, other, &json, &patient_of_record)?),
                             };
                             if named.is_some_and(|named| Some(named) != *patient) {
                                 return Err(entry_error(
                                     entry.index,
-                                    StatusCode::UNPROCESSABLE_ENTITY,
+                                    status::UNPROCESSABLE_ENTITY,
                                     IssueCode::BusinessRule,
                                     "a record's patient never changes",
                                 ));
@@ -302,15 +334,14 @@ pub(super) fn plan(app: &AppState, grant: &Grant, entries: Vec<EntryIn>, batch_e
                         }
                         None if entry.resource_type == "Patient" => patient_of_record.get(&id).copied(),
                         None => {
-                            Some(subject_patient(app, entry.index, &entry.resource_type, &json, &patient_of_record)?)
+                            Some(subject_patient(&state, entry.index, &entry.resource_type, &json, &patient_of_record)?)
                         }
                     };
                     plan.patient = patient;
                     plan.category = category;
-                } else if let Err(refused) = medledger_records::content::check_directory(&entry.resource_type, &content)
-                {
+                } else if let Err(refused) = content::check_directory(&entry.resource_type, &content) {
                     // Too large for the ledger, or patient data in the clear directory.
-                    return Err(medledger_records::content::in_entry(refused, entry.index).into());
+                    return Err(content::in_entry(refused, entry.index).into());
                 }
                 plan.content = content;
             }
@@ -335,13 +366,13 @@ fn named_identity(json: &serde_json::Value) -> Option<IdentityId> {
 /// The patient a (non-Patient) record belongs to: the Patient its `subject` or `patient`
 /// reference names, on the server or created in this Bundle.
 fn subject_patient(
-    app: &AppState,
+    state: &medledger_ledger::State,
     index: usize,
     resource_type: &str,
     json: &serde_json::Value,
     bundle_patients: &HashMap<RecordId, IdentityId>,
-) -> Result<IdentityId, FhirError> {
-    let unprocessable = |why: String| entry_error(index, StatusCode::UNPROCESSABLE_ENTITY, IssueCode::Processing, why);
+) -> Result<IdentityId, PlanError> {
+    let unprocessable = |why: String| entry_error(index, status::UNPROCESSABLE_ENTITY, IssueCode::Processing, why);
     let reference = ["subject", "patient"]
         .iter()
         .find_map(|k| json[*k]["reference"].as_str())
@@ -349,16 +380,12 @@ fn subject_patient(
     let id = reference
         .strip_prefix("Patient/")
         .and_then(|id| RecordId::from_hex(id).ok())
-        .ok_or_else(|| unprocessable(format!("{} is not a reference to a Patient", crate::error::echo(reference))))?;
+        .ok_or_else(|| unprocessable(format!("{} is not a reference to a Patient", echo(reference))))?;
     if let Some(identity) = bundle_patients.get(&id) {
         return Ok(*identity);
     }
-    let state = app.chain.snapshot();
     state.record(&id).filter(|h| h.resource_type == "Patient").map(|h| h.patient).ok_or_else(|| {
-        unprocessable(format!(
-            "reference {} does not resolve to a Patient on this server",
-            crate::error::echo(reference)
-        ))
+        unprocessable(format!("reference {} does not resolve to a Patient on this server", echo(reference)))
     })
 }
 
@@ -366,8 +393,7 @@ fn subject_patient(
 /// rewritten to `Type/id` of the server.
 #[allow(clippy::too_many_arguments)]
 fn rewrite(
-    app: &AppState,
-    grant: &Grant,
+    planner: &Planner<'_>,
     entry: &EntryIn,
     bytes: &[u8],
     by_url: &HashMap<String, String>,
@@ -376,8 +402,8 @@ fn rewrite(
     bundle_values: &HashMap<usize, HashMap<&'static str, Vec<IndexValue>>>,
     batch_entry: bool,
     resolved: &mut HashMap<String, String>,
-) -> Result<Vec<u8>, FhirError> {
-    let broken = |why: String| entry_error(entry.index, StatusCode::BAD_REQUEST, IssueCode::Processing, why);
+) -> Result<Vec<u8>, PlanError> {
+    let broken = |why: String| entry_error(entry.index, status::BAD_REQUEST, IssueCode::Processing, why);
     // The base of the entry's fullUrl (`https://x/fhir/` of `https://x/fhir/Patient/1`), for
     // relative references between entries.
     let base =
@@ -397,10 +423,10 @@ fn rewrite(
                 None if batch_entry => {
                     return Err(broken(format!(
                         "{} names another entry: batch entries are independent (use a transaction)",
-                        crate::error::echo(reference)
+                        echo(reference)
                     )));
                 }
-                None => return Err(broken(format!("{} names no entry of this Bundle", crate::error::echo(reference)))),
+                None => return Err(broken(format!("{} names no entry of this Bundle", echo(reference)))),
             },
             ReferenceKind::Absolute => by_url.get(reference).cloned(),
             ReferenceKind::Relative { resource_type, id, version } => {
@@ -409,7 +435,8 @@ fn rewrite(
                     Some(to) if version.is_none() => Some(to.clone()),
                     Some(_) => return Err(broken("versioned references to Bundle entries are not supported".into())),
                     None => {
-                        check_server_reference(app, resource_type, id).map_err(&broken)?;
+                        check_server_reference(&planner.service.chain.snapshot(), resource_type, id)
+                            .map_err(&broken)?;
                         None
                     }
                 }
@@ -418,11 +445,10 @@ fn rewrite(
             // is resolved once per Bundle.
             ReferenceKind::Conditional { .. } if resolved.contains_key(reference) => resolved.get(reference).cloned(),
             ReferenceKind::Conditional { resource_type, query } => {
-                let to =
-                    resolve_conditional(app, grant, entries, ids, bundle_values, resource_type, query, batch_entry)
-                        .map_err(|why| {
-                            entry_error(entry.index, StatusCode::PRECONDITION_FAILED, IssueCode::Processing, why)
-                        })?;
+                let to = resolve_conditional(planner, entries, ids, bundle_values, resource_type, query, batch_entry)
+                    .map_err(|why| {
+                    entry_error(entry.index, status::PRECONDITION_FAILED, IssueCode::Processing, why)
+                })?;
                 resolved.insert(reference.clone(), to.clone());
                 Some(to)
             }
@@ -436,7 +462,7 @@ fn rewrite(
         return Ok(bytes.to_vec());
     }
     let rewritten = medledger_fhir::splice::replace_references(bytes, &replacements)
-        .map_err(|e| entry_error(entry.index, StatusCode::BAD_REQUEST, IssueCode::Invalid, e))?;
+        .map_err(|e| entry_error(entry.index, status::BAD_REQUEST, IssueCode::Invalid, e))?;
     // The targets' types are known only now: each reference must still be of an allowed type.
     medledger_fhir::validate(&rewritten).map_err(|issues| {
         let at_entry = |issue: Issue| {
@@ -445,27 +471,25 @@ fn rewrite(
             let expression = Some(format!("Bundle.entry[{}].resource{}", entry.index, rest.unwrap_or_default()));
             Issue { expression, ..issue }
         };
-        FhirError::with_issues(StatusCode::BAD_REQUEST, issues.into_iter().map(at_entry).collect())
+        Refused::with_issues(status::BAD_REQUEST, issues.into_iter().map(at_entry).collect())
     })?;
     Ok(rewritten)
 }
 
 /// A relative reference to a type this server holds must name a resource it holds.
-fn check_server_reference(app: &AppState, resource_type: &str, id: &str) -> Result<(), String> {
-    if served(resource_type).is_err() {
+fn check_server_reference(state: &medledger_ledger::State, resource_type: &str, id: &str) -> Result<(), String> {
+    if !is_served(resource_type) {
         return Ok(()); // a type not held here: not checkable, kept as written
     }
-    let state = app.chain.snapshot();
     let found = RecordId::from_hex(id).ok().is_some_and(|id| {
         state.record(&id).is_some_and(|h| h.resource_type == resource_type)
             || state.directory_entry(&id).is_some_and(|h| h.resource_type == resource_type)
     });
     match found {
         true => Ok(()),
-        false => Err(format!(
-            "reference {resource_type}/{} resolves to nothing in this Bundle or on this server",
-            crate::error::echo(id)
-        )),
+        false => {
+            Err(format!("reference {resource_type}/{} resolves to nothing in this Bundle or on this server", echo(id)))
+        }
     }
 }
 
@@ -473,8 +497,7 @@ fn check_server_reference(app: &AppState, resource_type: &str, id: &str) -> Resu
 /// server's resources the caller may see.
 #[allow(clippy::too_many_arguments)]
 fn resolve_conditional(
-    app: &AppState,
-    grant: &Grant,
+    planner: &Planner<'_>,
     entries: &[EntryIn],
     ids: &[RecordId],
     bundle_values: &HashMap<usize, HashMap<&'static str, Vec<IndexValue>>>,
@@ -482,8 +505,9 @@ fn resolve_conditional(
     query: &str,
     batch_entry: bool,
 ) -> Result<String, String> {
-    let shown = format!("conditional reference {resource_type}?{}", crate::error::echo(query));
-    let query = searchable_query(grant, resource_type, query, &shown)?;
+    let shown = format!("conditional reference {resource_type}?{}", echo(query));
+    let Planner { service, search, caller, now_ms } = *planner;
+    let query = searchable_query(caller, resource_type, query, &shown)?;
     let mut found: Vec<RecordId> = Vec::new();
     if !batch_entry {
         for (i, entry) in entries.iter().enumerate() {
@@ -497,8 +521,7 @@ fn resolve_conditional(
             }
         }
     }
-    let service = records(app).map_err(|_| "this node serves no records".to_owned())?;
-    for id in app.search.matching_for_reference(&service, &query, grant.caller(), now_ms()) {
+    for id in search.matching_for_reference(service, &query, caller, now_ms) {
         if !found.contains(&id) {
             found.push(id);
         }
@@ -507,7 +530,7 @@ fn resolve_conditional(
     // (another member could publish look-alikes of them).
     if found.len() > 1 && is_directory(resource_type) {
         let own = service.organisation();
-        let state = app.chain.snapshot();
+        let state = service.chain.snapshot();
         let own_or_new: Vec<RecordId> =
             found.iter().copied().filter(|id| state.directory_entry(id).is_none_or(|h| h.owner == own)).collect();
         if !own_or_new.is_empty() {
@@ -516,14 +539,23 @@ fn resolve_conditional(
     }
     // What the reference found (one, or several: "more than one" says they exist) is an access
     // like a search result's: on each record's trail.
-    for id in found.iter().filter(|id| !is_directory(resource_type) && app.chain.snapshot().record(id).is_some()) {
-        service
-            .audit_match(grant.identity, *id, medledger_ledger::Purpose::Treatment, now_ms())
-            .map_err(|e| format!("{shown}: {e}"))?;
+    let state = service.chain.snapshot();
+    for id in found.iter().filter(|id| !is_directory(resource_type) && state.record(id).is_some()) {
+        service.audit_match(caller.identity, *id, Purpose::Treatment, now_ms).map_err(|e| format!("{shown}: {e}"))?;
     }
     match found.as_slice() {
         [one] => Ok(format!("{resource_type}/{}", one.to_hex())),
         [] => Err(format!("{shown} matches nothing (in this Bundle or on this server)")),
         _ => Err(format!("{shown} matches more than one resource")),
     }
+}
+
+/// Points every issue of `refused` that names no place at `expression`.
+fn at(mut refused: Refused, expression: &str) -> Refused {
+    for issue in &mut refused.issues {
+        if issue.expression.is_none() {
+            issue.expression = Some(expression.to_owned());
+        }
+    }
+    refused
 }
