@@ -192,6 +192,8 @@ impl VersionFacts {
     }
 }
 
+/// Requests awaiting an answer. Its lock (and the sender's) is taken even if poisoned: each
+/// holds only a map insert or remove, or a send, so a panic elsewhere leaves them consistent.
 type Pending = Arc<Mutex<HashMap<u64, (PublicKey, oneshot::Sender<BlobMessage>)>>>;
 
 struct FetchJob {
@@ -301,7 +303,7 @@ impl<S> Clone for Shared<S> {
 impl<S: Sender<PublicKey = PublicKey>> Shared<S> {
     fn send(&self, peer: &PublicKey, message: &BlobMessage) -> bool {
         let bytes = IoBuf::from(message.encode());
-        let mut sender = self.sender.lock().expect("replication sender lock poisoned");
+        let mut sender = self.sender.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         !sender.send(Recipients::One(peer.clone()), bytes, false).is_empty()
     }
 
@@ -318,14 +320,18 @@ impl<S: Sender<PublicKey = PublicKey>> Shared<S> {
                     self.send(&peer, &answer);
                 }
                 BlobMessage::Found { request_id, .. } | BlobMessage::Unavailable { request_id, .. } => {
-                    let waiting = self.pending.lock().expect("replication pending lock poisoned").remove(&request_id);
+                    let waiting =
+                        self.pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&request_id);
                     match waiting {
                         // Only the peer that was asked may answer.
                         Some((asked, respond)) if asked == peer => {
                             let _ = respond.send(message);
                         }
                         Some(entry) => {
-                            self.pending.lock().expect("replication pending lock poisoned").insert(request_id, entry);
+                            self.pending
+                                .lock()
+                                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                                .insert(request_id, entry);
                         }
                         None => {}
                     }
@@ -381,9 +387,12 @@ impl<S: Sender<PublicKey = PublicKey>> Shared<S> {
         for (_, peer) in peers {
             let request_id = self.next_request_id.fetch_add(1, Ordering::SeqCst);
             let (respond, response) = oneshot::channel();
-            self.pending.lock().expect("replication pending lock poisoned").insert(request_id, (peer.clone(), respond));
+            self.pending
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .insert(request_id, (peer.clone(), respond));
             if !self.send(&peer, &BlobMessage::Request { request_id, record_id, version }) {
-                self.pending.lock().expect("replication pending lock poisoned").remove(&request_id);
+                self.pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&request_id);
                 outcomes.push("not-connected");
                 continue;
             }
@@ -391,7 +400,7 @@ impl<S: Sender<PublicKey = PublicKey>> Shared<S> {
                 answer = response => answer.ok(),
                 _ = context.sleep(PEER_TIMEOUT) => None,
             };
-            self.pending.lock().expect("replication pending lock poisoned").remove(&request_id);
+            self.pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&request_id);
             match answer {
                 Some(BlobMessage::Found { ciphertext, .. }) => {
                     if blob_hash(&ciphertext) != facts.ciphertext_hash {

@@ -23,10 +23,9 @@ use medledger_ledger::{
 use medledger_types::{Hash, IdentityId, RecordId, Role, TimestampMs, TxId, limits};
 use rand::CryptoRng;
 
+use crate::RecordError;
 use crate::service::must_rotate_before_writing;
-use crate::service::{
-    CachedKey, KeyOrigin, RECORD_PLAINTEXT_BYTES_MAX, RecordError, RecordService, WriteRequest, share_entry,
-};
+use crate::service::{CachedKey, KeyOrigin, RECORD_PLAINTEXT_BYTES_MAX, RecordService, WriteRequest, share_entry};
 
 /// One resource of a batch.
 pub enum BatchWrite<'a> {

@@ -23,6 +23,7 @@ pub mod bundle;
 pub mod conditional;
 pub mod consent;
 pub mod content;
+mod error;
 pub mod export;
 pub mod journal;
 pub mod search;
@@ -31,4 +32,5 @@ mod service;
 mod service_audit;
 
 pub use batch::*;
+pub use error::RecordError;
 pub use service::*;

@@ -16,6 +16,10 @@
 //! not see; every returned resource is read through the record service and so audited, as a
 //! `Search` access, and so is what a total counts without returning it (within
 //! [`COUNTED_PATIENTS_MAX`] patients).
+//!
+//! A lock left poisoned by a search that panicked is taken anyway: the index is a cache whose
+//! every candidate is checked against its entry and every hit against consent, so a
+//! half-applied catch-up can make a search miss something, never show what it should not.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -109,20 +113,20 @@ impl SearchIndex {
     /// committed just before).
     fn catch_up_waiting(&self, chain: &Chain, service: &RecordService, wait: bool) {
         let height = chain.patient_index().height();
-        if self.indexed.read().expect("search index lock poisoned").height == height {
+        if self.indexed.read().unwrap_or_else(std::sync::PoisonError::into_inner).height == height {
             return;
         }
         // The first build must finish before anyone searches; later ones are single-flight.
-        let first = self.indexed.read().expect("search index lock poisoned").height == 0;
+        let first = self.indexed.read().unwrap_or_else(std::sync::PoisonError::into_inner).height == 0;
         let mut turn = if first || wait {
-            self.catching_up.lock().expect("catch-up lock poisoned")
+            self.catching_up.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
         } else {
             match self.catching_up.try_lock() {
                 Ok(turn) => turn,
                 Err(_) => return,
             }
         };
-        if self.indexed.read().expect("search index lock poisoned").height == height {
+        if self.indexed.read().unwrap_or_else(std::sync::PoisonError::into_inner).height == height {
             return;
         }
         // One snapshot: the directory heads and the index at one height.
@@ -132,7 +136,7 @@ impl SearchIndex {
             .map(|(id, head)| (*id, head.resource_type.clone(), head.latest_version))
             .collect();
         let (stale, stale_directory): (Vec<Stale>, Vec<Stale>) = {
-            let indexed = self.indexed.read().expect("search index lock poisoned");
+            let indexed = self.indexed.read().unwrap_or_else(std::sync::PoisonError::into_inner);
             let index = snapshot.index();
             // After the first build, only what changed since the indexed height is looked at:
             // most blocks (access events) change no record, and a scan of every record per
@@ -210,7 +214,7 @@ impl SearchIndex {
             values.insert("_lastUpdated", vec![IndexValue::Date { low_ms: at, high_ms: at }]);
             fresh.push((record_id, Entry { resource_type, directory, version, last_updated_ms, values }));
         }
-        let mut indexed = self.indexed.write().expect("search index lock poisoned");
+        let mut indexed = self.indexed.write().unwrap_or_else(std::sync::PoisonError::into_inner);
         for record_id in deleted {
             // Postings and the type list may still name it; candidates are checked against
             // `entries`, where it no longer is.
@@ -335,7 +339,7 @@ fn evaluate(
         caller.credential.permits(resource_type, interactions::READ)
             || caller.credential.permits(resource_type, interactions::SEARCH)
     };
-    let indexed = index.indexed.read().expect("search index lock poisoned");
+    let indexed = index.indexed.read().unwrap_or_else(std::sync::PoisonError::into_inner);
     let state = chain.snapshot();
     let visible = |record: &RecordId| {
         // Directory entries are not patient data: the credential decides alone.
@@ -493,7 +497,7 @@ impl SearchIndex {
         let mut served: HashSet<IdentityId> = HashSet::new();
         let mut hits = Vec::new();
         if !query.summary_count {
-            let indexed = self.indexed.read().expect("search index lock poisoned");
+            let indexed = self.indexed.read().unwrap_or_else(std::sync::PoisonError::into_inner);
             let listed = found
                 .matches
                 .iter()

@@ -7,9 +7,10 @@ use medledger_ledger::{AccessAction, AccessEvent, AccessOutcome, Purpose, access
 use medledger_types::{IdentityId, RecordId, TimestampMs, TxId};
 
 use crate::{
+    RecordError,
     access::{self, AccessRequest, SignedRequest},
     journal::Synced,
-    service::{RecordError, RecordService},
+    service::RecordService,
 };
 
 impl RecordService {

@@ -32,10 +32,10 @@ pub(crate) async fn status(
 ) -> Result<Response, FhirError> {
     let grant = authenticate(&app, &headers)?;
     let job = app.exports.get(&grant.identity, &id, now_ms()).ok_or_else(|| not_found(&id))?;
-    let finished = job.finished.lock().expect("export job lock poisoned");
+    let finished = job.finished.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let mut response = match &*finished {
         None => {
-            let progress = *job.progress.lock().expect("export job lock poisoned");
+            let progress = *job.progress.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             let text = if progress.exporting {
                 format!("exported {} of {} resources", progress.done, progress.total)
             } else {
@@ -99,7 +99,7 @@ pub(crate) async fn file(
     let grant = authenticate(&app, &headers)?;
     let job = app.exports.get(&grant.identity, &id, now_ms()).ok_or_else(|| not_found(&id))?;
     let body = {
-        let finished = job.finished.lock().expect("export job lock poisoned");
+        let finished = job.finished.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let Some(Finished::Complete { outputs, errors, .. }) = &*finished else {
             return Err(not_found(&format!("{id}/{name}")));
         };
