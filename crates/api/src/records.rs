@@ -10,7 +10,7 @@ use axum::{
 };
 use medledger_ledger::Purpose;
 use medledger_records::{RecordError, WriteRequest};
-use medledger_types::{IdentityId, RecordId, Role};
+use medledger_types::{IdentityId, RecordId};
 use serde::Serialize;
 
 use crate::{
@@ -84,10 +84,7 @@ pub(crate) async fn write(
         // Only the custodian's own staff and clients write through its node (checked first:
         // the content checks below look patients up, which is no one else's business).
         let org = service.organisation();
-        let who = chain.snapshot().identity(&author).cloned();
-        let staff = who.is_some_and(|w| {
-            w.id == org || (matches!(w.role, Role::Practitioner | Role::SystemClient) && w.organisation == Some(org))
-        });
+        let staff = medledger_records::access::is_staff(&chain.snapshot(), &author, &org);
         if !staff {
             service.audit_refused_write(author, patient, record, "not-custodian-staff", now_ms())?;
             return Err(ApiError::Forbidden {

@@ -343,11 +343,7 @@ impl Chain {
         let (nonce, chain_id) = {
             let pool = self.mempool.lock();
             let state = self.snapshot();
-            let mut nonce = state.next_nonce(&signer);
-            while pool.has_nonce(&signer, nonce) {
-                nonce += 1;
-            }
-            (nonce, state.chain_id())
+            (pool.run_end(&signer, state.next_nonce(&signer)), state.chain_id())
         };
         let tx = medledger_ledger::tx::sign(keys, chain_id, signer, nonce, payload);
         self.submit(tx.bytes(), now_ms)

@@ -169,7 +169,7 @@ pub struct PatientEntry {
 
 /// The index's containers are persistent: cloning the index (once per finalized block, for
 /// readers' snapshots) shares everything already indexed and costs O(changes), not O(size).
-type IndexMap<K, V> = imbl::HashMap<K, V>;
+type IndexMap<K, V> = imbl::GenericHashMap<K, V, foldhash::fast::RandomState, imbl::shared_ptr::DefaultSharedPtr>;
 pub use crate::index_vec::IndexVec;
 
 /// The per-patient index over finalized blocks (see the module docs).

@@ -134,11 +134,6 @@ impl Mempool {
         self.total.bytes
     }
 
-    /// Whether a transaction of `signer` with `nonce` is pending.
-    pub fn has_nonce(&self, signer: &IdentityId, nonce: u64) -> bool {
-        self.by_signer.get(signer).is_some_and(|n| n.contains_key(&nonce))
-    }
-
     pub fn contains(&self, id: &TxId) -> bool {
         self.txs.contains_key(id)
     }
@@ -211,8 +206,9 @@ impl Mempool {
         Ok(())
     }
 
-    /// The first nonce after `signer`'s run of consecutive pending nonces from `next_nonce`.
-    fn run_end(&self, signer: &IdentityId, next_nonce: u64) -> u64 {
+    /// The first nonce after `signer`'s run of consecutive pending nonces from `next_nonce`:
+    /// the first from there it has no pending transaction for.
+    pub fn run_end(&self, signer: &IdentityId, next_nonce: u64) -> u64 {
         let mut next = next_nonce;
         if let Some(nonces) = self.by_signer.get(signer) {
             for nonce in nonces.range(next_nonce..).map(|(n, _)| *n) {

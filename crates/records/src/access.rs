@@ -15,7 +15,7 @@
 
 pub use medledger_ledger::access::{Basis, Denial};
 use medledger_ledger::{AccessAction, AccessEvent, AccessOutcome, Purpose, RecordHead, State, actions};
-use medledger_types::{IdentityId, RecordId, Role, TimestampMs};
+use medledger_types::{IdentityId, RecordId, TimestampMs};
 
 /// SMART interactions, as bits: what a credential may do with a resource type.
 pub mod interactions {
@@ -215,8 +215,5 @@ pub fn may_read(
 
 /// Whether `who` is `organisation` itself or one of its practitioners or system clients.
 pub fn is_staff(state: &State, who: &IdentityId, organisation: &IdentityId) -> bool {
-    state.identity(who).is_some_and(|w| {
-        w.id == *organisation
-            || (matches!(w.role, Role::Practitioner | Role::SystemClient) && w.organisation == Some(*organisation))
-    })
+    state.identity(who).is_some_and(|w| medledger_ledger::rules::acts_for(w, organisation))
 }

@@ -18,7 +18,7 @@ use axum::{
 use medledger_fhir::IssueCode;
 use medledger_ledger::{AccessAction, Purpose};
 use medledger_records::{RecordError, WriteRequest};
-use medledger_types::{IdentityId, Role};
+use medledger_types::IdentityId;
 
 use crate::{
     app::AppState,
@@ -152,10 +152,7 @@ pub(crate) async fn create(
     let service = records(&app)?;
     let custodian = service.organisation();
     let author = grant.identity;
-    let staff = app.chain.snapshot().identity(&author).is_some_and(|w| {
-        w.id == custodian
-            || (matches!(w.role, Role::Practitioner | Role::SystemClient) && w.organisation == Some(custodian))
-    });
+    let staff = medledger_records::access::is_staff(&app.chain.snapshot(), &author, &custodian);
     let (json, category) = (&content.json, content.category);
     if !staff {
         // Audited when the resource names a patient here (a refused write attempt about them).
@@ -257,10 +254,7 @@ pub(crate) async fn update(
     let service = records(&app)?;
     let custodian = service.organisation();
     let author = grant.identity;
-    let staff = app.chain.snapshot().identity(&author).is_some_and(|w| {
-        w.id == custodian
-            || (matches!(w.role, Role::Practitioner | Role::SystemClient) && w.organisation == Some(custodian))
-    });
+    let staff = medledger_records::access::is_staff(&app.chain.snapshot(), &author, &custodian);
     if !staff {
         // Every refusal is on the record: a write attempt by someone not the custodian's.
         let patient = app.chain.snapshot().record(&record_id).map(|h| h.patient);
@@ -342,10 +336,7 @@ pub(crate) async fn delete(
     }
     let custodian = service.organisation();
     let author = grant.identity;
-    let staff = app.chain.snapshot().identity(&author).is_some_and(|w| {
-        w.id == custodian
-            || (matches!(w.role, Role::Practitioner | Role::SystemClient) && w.organisation == Some(custodian))
-    });
+    let staff = medledger_records::access::is_staff(&app.chain.snapshot(), &author, &custodian);
     if !staff {
         let patient = head.patient;
         record_audit(&service, move |s| {

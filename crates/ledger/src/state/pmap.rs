@@ -7,9 +7,12 @@
 
 use std::{hash::Hash, sync::Arc};
 
+/// The persistent map underneath, hashed with a per-process random key (foldhash).
+type Inner<K, V> = imbl::GenericHashMap<K, Arc<V>, foldhash::fast::RandomState, imbl::shared_ptr::DefaultSharedPtr>;
+
 /// A persistent hash map with shared values (see the module docs).
 #[derive(Debug)]
-pub struct PMap<K, V>(imbl::HashMap<K, Arc<V>>);
+pub struct PMap<K, V>(Inner<K, V>);
 
 impl<K: Clone, V> Clone for PMap<K, V> {
     fn clone(&self) -> Self {
@@ -19,7 +22,7 @@ impl<K: Clone, V> Clone for PMap<K, V> {
 
 impl<K: Hash + Eq + Clone, V> Default for PMap<K, V> {
     fn default() -> Self {
-        Self(imbl::HashMap::new())
+        Self(Inner::default())
     }
 }
 
