@@ -551,6 +551,15 @@ impl Chain {
         }
         let pairs: Vec<(&Block, Option<&[u8]>)> = executed.iter().map(|e| &e.block).zip(certs).collect();
         self.store.append_blocks(&pairs)?;
+        // Out of the cache first, so the executed blocks below are owned here and not copied. A
+        // proposal that looks for one of them before the snapshot is published verifies it
+        // again (the cache is only a shortcut).
+        {
+            let mut unfinalized = self.unfinalized.lock();
+            for entry in &executed {
+                unfinalized.remove(&entry.block.hash());
+            }
+        }
         // The next snapshot: a clone sharing everything with the current one, then the blocks.
         let mut next = Snapshot::clone(&state);
         drop(state);
@@ -577,7 +586,6 @@ impl Chain {
         self.current.store(next.clone());
         let state = next;
         for block in &applied {
-            unfinalized.remove(&block.hash());
             for tx in &block.txs {
                 pool.remove(&tx.id());
             }
