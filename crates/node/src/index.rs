@@ -14,8 +14,6 @@
 //! and [`limits::BREAK_GLASS_REASON_BYTES_MAX`] bytes). The number of entries grows with the
 //! chain, as the state does.
 
-use std::sync::Arc;
-
 use medledger_ledger::{AccessEvent, Block, Payload, ReviewVerdict, State};
 use medledger_types::{Hash, Height, IdentityId, RecordId, TimestampMs, TxId, limits};
 
@@ -169,7 +167,7 @@ pub struct PatientEntry {
 
 /// The index's containers are persistent: cloning the index (once per finalized block, for
 /// readers' snapshots) shares everything already indexed and costs O(changes), not O(size).
-type IndexMap<K, V> = imbl::GenericHashMap<K, V, foldhash::fast::RandomState, imbl::shared_ptr::DefaultSharedPtr>;
+type IndexMap<K, V> = medledger_ledger::state::PMap<K, V>;
 pub use crate::index_vec::IndexVec;
 
 /// The per-patient index over finalized blocks (see the module docs).
@@ -177,7 +175,7 @@ pub use crate::index_vec::IndexVec;
 pub struct PatientIndex {
     /// Entries behind `Arc`: copying a shared part of the map copies pointers, and a patient's
     /// entry is copied (its persistent vectors: cheaply) only when a block touches it.
-    patients: IndexMap<IdentityId, Arc<PatientEntry>>,
+    patients: IndexMap<IdentityId, PatientEntry>,
     /// record -> (its patient, its position in that patient's `records`).
     records: IndexMap<RecordId, (IdentityId, usize)>,
     /// Every break-glass declaration in commit order: (patient, position in that patient's
@@ -186,7 +184,7 @@ pub struct PatientIndex {
     /// declaration id -> its place in `break_glass`.
     break_glass_by_tx: IndexMap<TxId, usize>,
     /// directory entry -> where each of its versions was committed, oldest first.
-    directory: IndexMap<RecordId, Arc<Vec<(u32, TxPosition)>>>,
+    directory: IndexMap<RecordId, Vec<(u32, TxPosition)>>,
     /// Every record version and directory version committed, as (height, id), in commit
     /// order: what changed since a height, without scanning every record.
     changes: imbl::Vector<(Height, RecordId)>,
@@ -214,11 +212,11 @@ impl PatientIndex {
 
     /// Where each version of a directory entry was committed, oldest first.
     pub fn directory_versions(&self, entry: &RecordId) -> &[(u32, TxPosition)] {
-        self.directory.get(entry).map(|v| v.as_slice()).unwrap_or_default()
+        self.directory.get(entry).map(Vec::as_slice).unwrap_or_default()
     }
 
     pub fn patient(&self, patient: &IdentityId) -> Option<&PatientEntry> {
-        self.patients.get(patient).map(Arc::as_ref)
+        self.patients.get(patient)
     }
 
     /// Every break-glass declaration, in commit order.
@@ -282,15 +280,13 @@ impl PatientIndex {
                         };
                         match self.records.get(record_id) {
                             Some((p, at)) => {
-                                if let Some(record) =
-                                    self.patients.get_mut(p).map(Arc::make_mut).and_then(|e| e.records.get_mut(*at))
-                                {
+                                if let Some(record) = self.patients.get_mut(p).and_then(|e| e.records.get_mut(*at)) {
                                     record.versions.push(entry);
                                 }
                                 self.changes.push_back((header.height, *record_id));
                             }
                             None => {
-                                let records = &mut Arc::make_mut(self.patients.entry(*patient).or_default()).records;
+                                let records = &mut self.patients.entry_mut(*patient).records;
                                 self.records.insert(*record_id, (*patient, records.len()));
                                 self.changes.push_back((header.height, *record_id));
                                 records.push(RecordEntry {
@@ -305,14 +301,14 @@ impl PatientIndex {
                         }
                     }
                     Payload::DirectoryPut { entry_id, version, .. } => {
-                        Arc::make_mut(self.directory.entry(*entry_id).or_default()).push((*version, position));
+                        self.directory.entry_mut(*entry_id).push((*version, position));
                         self.changes.push_back((header.height, *entry_id));
                     }
                     Payload::AccessEvents { events } => {
                         for (event_index, event) in events.iter().enumerate().take(limits::ACCESS_EVENTS_PER_TX_MAX) {
                             let mut event = event.clone();
                             event.reason = bounded(&event.reason, limits::REASON_BYTES_MAX);
-                            Arc::make_mut(self.patients.entry(event.patient).or_default()).access.push(AccessEntry {
+                            self.patients.entry_mut(event.patient).access.push(AccessEntry {
                                 position,
                                 event_index: event_index as u16,
                                 recorder: signer,
@@ -328,10 +324,10 @@ impl PatientIndex {
                             category: bounded(category, limits::RESOURCE_TYPE_BYTES_MAX),
                             epoch: *epoch,
                         });
-                        Arc::make_mut(self.patients.entry(*patient).or_default()).key_shares.extend(wraps);
+                        self.patients.entry_mut(*patient).key_shares.extend(wraps);
                     }
                     Payload::BreakGlass { patient, reason, window_ms } => {
-                        let declared = &mut Arc::make_mut(self.patients.entry(*patient).or_default()).break_glass;
+                        let declared = &mut self.patients.entry_mut(*patient).break_glass;
                         self.break_glass_by_tx.insert(position.tx_id, self.break_glass.len());
                         self.break_glass.push_back((*patient, declared.len()));
                         declared.push(BreakGlassEntry {
@@ -349,7 +345,7 @@ impl PatientIndex {
                         else {
                             continue;
                         };
-                        let entry = Arc::make_mut(self.patients.entry(patient).or_default());
+                        let entry = self.patients.entry_mut(patient);
                         if let Some(declared) = entry.break_glass.get_mut(at) {
                             declared.reviewed_by_tx = Some(position.tx_id);
                         }
@@ -362,14 +358,14 @@ impl PatientIndex {
                         });
                     }
                     Payload::AppointDelegate { patient, delegate, valid_until_ms } => {
-                        Arc::make_mut(self.patients.entry(*patient).or_default()).delegations.push(DelegationEntry {
+                        self.patients.entry_mut(*patient).delegations.push(DelegationEntry {
                             position,
                             delegate: *delegate,
                             change: DelegationChange::Appointed { valid_until_ms: *valid_until_ms },
                         });
                     }
                     Payload::DismissDelegate { patient, delegate } => {
-                        Arc::make_mut(self.patients.entry(*patient).or_default()).delegations.push(DelegationEntry {
+                        self.patients.entry_mut(*patient).delegations.push(DelegationEntry {
                             position,
                             delegate: *delegate,
                             change: DelegationChange::Dismissed { by: signer },
@@ -377,24 +373,20 @@ impl PatientIndex {
                     }
                     // The ledger accepted it, so a signer other than the patient was a live delegate.
                     Payload::ConsentGrant { patient, grantee, .. } if signer != *patient => {
-                        Arc::make_mut(self.patients.entry(*patient).or_default()).delegate_acts.push(
-                            DelegateActEntry {
-                                position,
-                                delegate: signer,
-                                act: DelegateAct::Grant { grantee: *grantee },
-                            },
-                        );
+                        self.patients.entry_mut(*patient).delegate_acts.push(DelegateActEntry {
+                            position,
+                            delegate: signer,
+                            act: DelegateAct::Grant { grantee: *grantee },
+                        });
                     }
                     Payload::ConsentRevoke { grant_id } => {
                         let Some(patient) = state.grant(grant_id).map(|g| g.patient) else { continue };
                         if signer != patient {
-                            Arc::make_mut(self.patients.entry(patient).or_default()).delegate_acts.push(
-                                DelegateActEntry {
-                                    position,
-                                    delegate: signer,
-                                    act: DelegateAct::Revoke { grant_id: *grant_id },
-                                },
-                            );
+                            self.patients.entry_mut(patient).delegate_acts.push(DelegateActEntry {
+                                position,
+                                delegate: signer,
+                                act: DelegateAct::Revoke { grant_id: *grant_id },
+                            });
                         }
                     }
                     _ => {}
