@@ -1,9 +1,9 @@
-//! FHIR transaction-Bundle input, as the API's planner (`crates/api`, `fhir_bundle::plan`)
-//! takes it apart.
+//! FHIR transaction-Bundle input, as the planner (`medledger_records::bundle`) takes it apart.
 //!
 //! The planner itself is not a pure function (it reads chain state, the search index and the
 //! caller's grant, and draws random ids), so this target drives the public pure functions it
-//! is built on, in its order: `validate` of the Bundle, each entry's resource cut out of the
+//! is built on, in its order: `validate` of the Bundle, each entry's request and resource read
+//! by `records::bundle::entries::entry_in` (accepted, or refused with a 4xx), each entry's resource cut out of the
 //! body by its span, `search::extract_bytes` of each entry (conditional references resolve
 //! against them), `splice::replace_references` rewriting every reference the planner would
 //! rewrite, `validate` of the rewritten entry, and `search::parse_query` plus
@@ -82,7 +82,15 @@ pub fn fhir_bundle(data: &[u8]) -> u64 {
     let mut values_of_entries: Vec<HashMap<&'static str, Vec<IndexValue>>> = Vec::new();
     let mut rewrites = 0usize;
     let mut conditionals = 0usize;
+    let mut refused_entries = 0usize;
     for (index, entry) in validated.entries.iter().enumerate() {
+        match medledger_records::bundle::entries::entry_in(index, entry, data, None, None) {
+            Ok(parsed) => assert_eq!(parsed.index, index, "an entry keeps its place"),
+            Err(refused) => {
+                assert!((400..500).contains(&refused.status), "an entry is refused as the client's fault");
+                refused_entries += 1;
+            }
+        }
         let Some(span) = &entry.resource_span else { continue };
         let bytes = &data[span.clone()];
         let resource = json::parse(bytes, &Limits::default()).expect("an entry's span parses alone");
@@ -134,5 +142,12 @@ pub fn fhir_bundle(data: &[u8]) -> u64 {
         "batch" => b"batch",
         _ => b"other",
     };
-    feature(&[b"bundle", planned_as, &bucket(items), &bucket(rewrites), &bucket(conditionals)])
+    feature(&[
+        b"bundle",
+        planned_as,
+        &bucket(items),
+        &bucket(rewrites),
+        &bucket(conditionals),
+        &bucket(refused_entries),
+    ])
 }
