@@ -17,7 +17,7 @@ use crate::{
     fhir::{
         credentials::{authorize, purpose},
         errors::{FhirError, forbidden, not_found},
-        paging::OFFSET_MAX,
+        paging::{count_param, offset_param},
         render::bundle_response,
         served::{IDENTITY_SYSTEM, LEDGER_LOG_INDEX_EXTENSION, LEDGER_TX_EXTENSION},
     },
@@ -42,20 +42,8 @@ pub(crate) async fn audit_events(
     for (key, value) in &query {
         match key.as_str() {
             "patient" if patient_ref.is_none() => patient_ref = Some(value.clone()),
-            "_count" => {
-                count = value
-                    .parse::<usize>()
-                    .ok()
-                    .filter(|c| (1..=AUDIT_PAGE_MAX).contains(c))
-                    .ok_or_else(|| bad(format!("_count must be 1 to {AUDIT_PAGE_MAX}")))?;
-            }
-            "_offset" => {
-                offset = value
-                    .parse::<usize>()
-                    .ok()
-                    .filter(|o| *o <= OFFSET_MAX)
-                    .ok_or_else(|| bad(format!("_offset must be a number up to {OFFSET_MAX}")))?;
-            }
+            "_count" => count = count_param(value, AUDIT_PAGE_MAX)?,
+            "_offset" => offset = offset_param(value)?,
             other => {
                 return Err(FhirError::new(
                     StatusCode::BAD_REQUEST,

@@ -20,26 +20,10 @@ pub(crate) async fn metadata(State(app): State<AppState>) -> Response {
     // The configured public base, never the request's Host header: a client controls that, and
     // a token URL built from it would send the next client's credentials elsewhere.
     let base = app.public_base();
-    let resources: Vec<serde_json::Value> = SERVED_TYPES
+    let mut resources: Vec<serde_json::Value> = SERVED_TYPES
         .iter()
         .map(|t| {
-            let mut resource = serde_json::json!({
-                "type": t,
-                "interaction": [
-                    {"code": "read"}, {"code": "vread"}, {"code": "create"}, {"code": "update"},
-                    {"code": "delete"}, {"code": "history-instance"}, {"code": "history-type"},
-                    {"code": "search-type"}
-                ],
-                "searchParam": declared_params(t),
-                "searchInclude": ["*"],
-                "searchRevInclude": ["*"],
-                "versioning": "versioned",
-                "readHistory": true,
-                "updateCreate": false,
-                "conditionalCreate": true,
-                "conditionalUpdate": false,
-                "conditionalDelete": "not-supported",
-            });
+            let mut resource = stored_type(t);
             if *t == "Patient" {
                 resource["operation"] = serde_json::json!([{
                     "name": "everything",
@@ -49,27 +33,12 @@ pub(crate) async fn metadata(State(app): State<AppState>) -> Response {
             resource
         })
         .collect();
-    let mut resources = resources;
     // The consortium directory: in clear, no consent.
     for t in medledger_types::DIRECTORY_RESOURCE_TYPES {
-        resources.push(serde_json::json!({
-            "type": t,
-            "interaction": [
-                {"code": "read"}, {"code": "vread"}, {"code": "create"}, {"code": "update"},
-                {"code": "delete"}, {"code": "history-instance"}, {"code": "history-type"},
-                {"code": "search-type"}
-            ],
-            "searchParam": declared_params(t),
-            "searchInclude": ["*"],
-            "searchRevInclude": ["*"],
-            "versioning": "versioned",
-            "readHistory": true,
-            "updateCreate": false,
-            "conditionalCreate": true,
-            "conditionalUpdate": false,
-            "conditionalDelete": "not-supported",
-            "documentation": "consortium directory: committed on-chain in clear, readable with the type's scope alone",
-        }));
+        let mut resource = stored_type(t);
+        resource["documentation"] =
+            "consortium directory: committed on-chain in clear, readable with the type's scope alone".into();
+        resources.push(resource);
     }
     resources.push(serde_json::json!({
         "type": "Consent",
@@ -164,4 +133,26 @@ fn declared_params(resource_type: &str) -> Vec<serde_json::Value> {
             })
         })
         .collect()
+}
+
+/// What every stored type (patient records and the directory alike) declares: the same
+/// interactions, search parameters, includes, versioning and conditional support.
+fn stored_type(resource_type: &str) -> serde_json::Value {
+    serde_json::json!({
+        "type": resource_type,
+        "interaction": [
+            {"code": "read"}, {"code": "vread"}, {"code": "create"}, {"code": "update"},
+            {"code": "delete"}, {"code": "history-instance"}, {"code": "history-type"},
+            {"code": "search-type"}
+        ],
+        "searchParam": declared_params(resource_type),
+        "searchInclude": ["*"],
+        "searchRevInclude": ["*"],
+        "versioning": "versioned",
+        "readHistory": true,
+        "updateCreate": false,
+        "conditionalCreate": true,
+        "conditionalUpdate": false,
+        "conditionalDelete": "not-supported",
+    })
 }

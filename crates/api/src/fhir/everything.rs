@@ -17,7 +17,7 @@ use crate::{
     fhir::{
         credentials::{authorize_record, purpose, record_audit, records},
         errors::{FhirError, no_such},
-        paging::{CONSENT_CHUNK, page_links, paging},
+        paging::{page_links, paging},
         render::{bundle_response, served_resource, unservable_outcome},
         request::parse_id,
         served::{SERVED_TYPES, is_tombstone},
@@ -129,8 +129,7 @@ pub(crate) async fn everything(
 }
 
 /// The members of `$everything` that `requester` may read for `purpose` (in order), and those
-/// it may not with the denial's code. Consent is decided under the state's read lock per chunk,
-/// never across a whole patient (block application waits for that lock).
+/// it may not with the denial's code, all decided at one snapshot.
 #[allow(clippy::type_complexity)]
 fn visible_members(
     app: &AppState,
@@ -140,14 +139,12 @@ fn visible_members(
 ) -> (Vec<(RecordId, String, u32, u64)>, Vec<(RecordId, &'static str)>) {
     let now = now_ms();
     let (mut visible, mut refused) = (Vec::with_capacity(members.len()), Vec::new());
-    for chunk in members.chunks(CONSENT_CHUNK) {
-        let state = app.chain.snapshot();
-        for member in chunk {
-            match crate::existence::read_decision(&state, requester, &member.0, purpose, now) {
-                Some(Ok(_)) => visible.push(member.clone()),
-                Some(Err(denial)) => refused.push((member.0, denial.code())),
-                None => {}
-            }
+    let state = app.chain.snapshot();
+    for member in members {
+        match crate::existence::read_decision(&state, requester, &member.0, purpose, now) {
+            Some(Ok(_)) => visible.push(member),
+            Some(Err(denial)) => refused.push((member.0, denial.code())),
+            None => {}
         }
     }
     (visible, refused)

@@ -23,7 +23,7 @@ use crate::{
     fhir::{
         credentials::{authorize, authorize_record, purpose, record_audit, records},
         errors::{FhirError, no_such},
-        paging::{CONSENT_CHUNK, HISTORY_VERSIONS_MAX, page_links, paging},
+        paging::{HISTORY_VERSIONS_MAX, page_links, paging},
         render::{bundle_response, push_history_entry},
         request::parse_id,
         served::served,
@@ -126,11 +126,10 @@ pub(crate) async fn type_history(
     let requester = grant.identity;
     let now = now_ms();
     // (log index, record, version, committed at) of every version of the type; then only those
-    // of records the caller may read. Consent is decided under the state's read lock per chunk,
-    // never across the whole type (block application waits for that lock).
-    let all: Vec<(u64, RecordId, u32, u64)> = app
-        .chain
-        .patient_index()
+    // of records the caller may read, all decided at one snapshot (the index's own height).
+    let index = app.chain.patient_index();
+    let state = index.snapshot();
+    let all: Vec<(u64, RecordId, u32, u64)> = index
         .records()
         .filter(|r| r.resource_type == resource_type)
         .flat_map(|r| {
@@ -141,22 +140,19 @@ pub(crate) async fn type_history(
         })
         .collect();
     let mut readable: std::collections::HashMap<RecordId, bool> = std::collections::HashMap::new();
-    for chunk in all.chunks(CONSENT_CHUNK) {
-        let state = app.chain.snapshot();
-        for (_, record, _, _) in chunk {
-            readable.entry(*record).or_insert_with(|| {
-                let request = AccessRequest {
-                    caller: requester,
-                    credential: &grant,
-                    action: AccessAction::History,
-                    purpose,
-                    record: *record,
-                    version: None,
-                    now_ms: now,
-                };
-                access::check(&state, &request).is_some_and(|outcome| outcome.is_ok())
-            });
-        }
+    for (_, record, _, _) in &all {
+        readable.entry(*record).or_insert_with(|| {
+            let request = AccessRequest {
+                caller: requester,
+                credential: &grant,
+                action: AccessAction::History,
+                purpose,
+                record: *record,
+                version: None,
+                now_ms: now,
+            };
+            access::check(state, &request).is_some_and(|outcome| outcome.is_ok())
+        });
     }
     let mut versions: Vec<(u64, RecordId, u32, u64)> =
         all.into_iter().filter(|(_, record, _, _)| readable.get(record).copied().unwrap_or(false)).collect();

@@ -1,6 +1,5 @@
-//! Paging and chunking of long answers: `_count` and `_offset` of the paged endpoints, a
-//! Bundle's `self`/`next` links, and how many records' consent is decided per hold of the
-//! chain state's read lock (never across a whole scan: block application waits for it).
+//! Paging of long answers: `_count` and `_offset` of the paged endpoints and a Bundle's
+//! `self`/`next` links.
 
 use axum::http::StatusCode;
 use medledger_fhir::IssueCode;
@@ -17,24 +16,11 @@ pub(crate) fn paging(
     max: usize,
     what: &str,
 ) -> Result<(usize, usize), FhirError> {
-    let bad = |m: String| FhirError::new(StatusCode::BAD_REQUEST, IssueCode::Value, m);
     let (mut count, mut offset) = (max, 0usize);
     for (key, value) in query {
         match key.as_str() {
-            "_count" => {
-                count = value
-                    .parse::<usize>()
-                    .ok()
-                    .filter(|c| (1..=max).contains(c))
-                    .ok_or_else(|| bad(format!("_count must be 1 to {max}")))?;
-            }
-            "_offset" => {
-                offset = value
-                    .parse::<usize>()
-                    .ok()
-                    .filter(|o| *o <= OFFSET_MAX)
-                    .ok_or_else(|| bad(format!("_offset must be a number up to {OFFSET_MAX}")))?;
-            }
+            "_count" => count = count_param(value, max)?,
+            "_offset" => offset = offset_param(value)?,
             other => {
                 return Err(FhirError::new(
                     StatusCode::BAD_REQUEST,
@@ -45,6 +31,26 @@ pub(crate) fn paging(
         }
     }
     Ok((count, offset))
+}
+
+/// A `_count` value: 1 to `max`.
+pub(crate) fn count_param(value: &str, max: usize) -> Result<usize, FhirError> {
+    value
+        .parse::<usize>()
+        .ok()
+        .filter(|c| (1..=max).contains(c))
+        .ok_or_else(|| FhirError::new(StatusCode::BAD_REQUEST, IssueCode::Value, format!("_count must be 1 to {max}")))
+}
+
+/// An `_offset` value: at most [`OFFSET_MAX`].
+pub(crate) fn offset_param(value: &str) -> Result<usize, FhirError> {
+    value.parse::<usize>().ok().filter(|o| *o <= OFFSET_MAX).ok_or_else(|| {
+        FhirError::new(
+            StatusCode::BAD_REQUEST,
+            IssueCode::Value,
+            format!("_offset must be a number up to {OFFSET_MAX}"),
+        )
+    })
 }
 
 /// A Bundle's `link` array: `self`, and `next` while there is more.
@@ -59,6 +65,3 @@ pub(crate) fn page_links(path: &str, count: usize, offset: usize, total: usize) 
 
 /// Most versions one history answer carries (each is decrypted and audited).
 pub const HISTORY_VERSIONS_MAX: usize = 100;
-
-/// Versions whose records' consent a type history decides per hold of the state's read lock.
-pub(crate) const CONSENT_CHUNK: usize = 1_024;
