@@ -100,6 +100,40 @@ impl Block {
         r.finish()?;
         Ok(Self { header, txs })
     }
+
+    /// The header of a stored block, without decoding its transactions (a transaction's
+    /// status needs only the header's log size).
+    pub fn decode_header(bytes: &[u8]) -> Result<BlockHeader, CodecError> {
+        if bytes.len() > limits::BLOCK_BYTES_MAX {
+            return Err(CodecError::TooLong { what: "block", got: bytes.len(), max: limits::BLOCK_BYTES_MAX });
+        }
+        BlockHeader::decode(&mut Reader::new(bytes))
+    }
+
+    /// The transaction at `index` of a stored block, decoding only that one (`None` past the
+    /// end). The others are skipped by their length prefixes.
+    pub fn decode_transaction_at(bytes: &[u8], index: u32) -> Result<Option<Transaction>, CodecError> {
+        if bytes.len() > limits::BLOCK_BYTES_MAX {
+            return Err(CodecError::TooLong { what: "block", got: bytes.len(), max: limits::BLOCK_BYTES_MAX });
+        }
+        let mut r = Reader::new(bytes);
+        BlockHeader::decode(&mut r)?;
+        let count = r.u32("block transactions")?;
+        if count as usize > limits::BLOCK_TXS_MAX {
+            return Err(CodecError::TooLong {
+                what: "block transactions",
+                got: count as usize,
+                max: limits::BLOCK_TXS_MAX,
+            });
+        }
+        if index >= count {
+            return Ok(None);
+        }
+        for _ in 0..index {
+            r.bytes(limits::BATCH_TX_BYTES_MAX, "transaction")?;
+        }
+        Transaction::decode(r.bytes(limits::BATCH_TX_BYTES_MAX, "transaction")?).map(Some)
+    }
 }
 
 impl Encode for Block {

@@ -589,6 +589,13 @@ fn build_block_skips_invalid_and_blocks_round_trip() {
     let decoded = Block::decode(&bytes).unwrap();
     assert_eq!(decoded, block);
     assert_eq!(decoded.hash(), block.hash());
+    // The partial decoders (a transaction's status and lookup) agree with the full one.
+    assert_eq!(Block::decode_header(&bytes).unwrap(), block.header);
+    for (i, tx) in block.txs.iter().enumerate() {
+        assert_eq!(Block::decode_transaction_at(&bytes, i as u32).unwrap().as_ref(), Some(tx));
+    }
+    assert_eq!(Block::decode_transaction_at(&bytes, 5).unwrap(), None);
+    assert!(Block::decode_transaction_at(&bytes[..bytes.len() - 1], 4).is_err());
     w.state.apply_block(&decoded, Some(w.t), &|_| false).unwrap();
     assert_eq!(w.state.log().size(), 5);
     assert_eq!(w.state.log().root(), block.header.log_root);
@@ -649,8 +656,8 @@ fn blocks_build_and_verify_on_unfinalized_ancestors() {
     let d2 = state.verify_block_on(&[&e1], &b2, None, &|_| false).unwrap();
     // Without its ancestor, block 2 does not verify.
     assert_eq!(state.verify_block(&b2, None, &|_| false).unwrap_err(), BlockError::WrongHeight { expected: 1, got: 2 });
-    state.commit(&e1.block, e1.delta);
-    state.commit(&b2, d2);
+    state.commit(&e1.block, &e1.delta);
+    state.commit(&b2, &d2);
     // Same result as applying one by one from scratch.
     let mut again = w.state.clone();
     again.apply_block(&b1, None, &|_| false).unwrap();

@@ -899,7 +899,7 @@ fn rule_derived_state_is_identical_when_built_and_when_verified() {
     let mut verifier = w.state.clone();
     proposer.apply_block(&block, None, &|_| false).unwrap();
     let delta = verifier.verify_block(&block, Some(w.t), &|_| false).unwrap();
-    verifier.commit(&block, delta);
+    verifier.commit(&block, &delta);
     let grants = |s: &State| s.grants_of(&patient.id()).cloned().collect::<Vec<_>>();
     assert_eq!(grants(&proposer), grants(&verifier));
     // Referral (1), two records under the standing rule (2), break-glass (1).

@@ -299,8 +299,8 @@ impl Chain {
 
     pub fn tx_status(&self, id: &TxId) -> Result<TxStatus, NodeError> {
         if let Some((height, index)) = self.store.tx_location(id)? {
-            let block = self.block(height)?.ok_or(NodeError::Corrupt(format!("indexed block {height} is missing")))?;
-            let log_index = block.header.log_size - block.header.tx_count as u64 + index as u64;
+            let header = self.stored_block(height, Block::decode_header)?;
+            let log_index = header.log_size - header.tx_count as u64 + index as u64;
             return Ok(TxStatus::Committed { height, index, log_index });
         }
         if self.mempool.lock().contains(id) {
@@ -352,8 +352,19 @@ impl Chain {
     /// A committed transaction by id.
     pub fn transaction(&self, id: &TxId) -> Result<Option<Transaction>, NodeError> {
         let Some((height, index)) = self.store.tx_location(id)? else { return Ok(None) };
-        let block = self.block(height)?.ok_or(NodeError::Corrupt(format!("indexed block {height} is missing")))?;
-        Ok(block.txs.get(index as usize).cloned())
+        self.stored_block(height, |bytes| Block::decode_transaction_at(bytes, index))
+    }
+
+    /// Part of the block at `height`, which the transaction index says is stored, decoded
+    /// by `decode` (only what the caller needs).
+    fn stored_block<T>(
+        &self,
+        height: Height,
+        decode: impl FnOnce(&[u8]) -> Result<T, medledger_codec::CodecError>,
+    ) -> Result<T, NodeError> {
+        let bytes =
+            self.store.block_bytes(height)?.ok_or(NodeError::Corrupt(format!("indexed block {height} is missing")))?;
+        decode(&bytes).map_err(|error| NodeError::Chain(ChainError::Undecodable { height, error }))
     }
 
     pub fn block(&self, height: Height) -> Result<Option<Block>, NodeError> {
@@ -551,50 +562,40 @@ impl Chain {
         }
         let pairs: Vec<(&Block, Option<&[u8]>)> = executed.iter().map(|e| &e.block).zip(certs).collect();
         self.store.append_blocks(&pairs)?;
-        // Out of the cache first, so the executed blocks below are owned here and not copied. A
-        // proposal that looks for one of them before the snapshot is published verifies it
-        // again (the cache is only a shortcut).
-        {
-            let mut unfinalized = self.unfinalized.lock();
-            for entry in &executed {
-                unfinalized.remove(&entry.block.hash());
-            }
-        }
         // The next snapshot: a clone sharing everything with the current one, then the blocks.
+        // The executed blocks stay cached until it is published: a proposal building on one
+        // meanwhile finds it there instead of verifying it again (commit shares the changes'
+        // values, so nothing is copied for keeping them).
         let mut next = Snapshot::clone(&state);
         drop(state);
         let mut tx_count = 0;
         let mut signers = std::collections::HashSet::new();
-        let mut applied = Vec::with_capacity(executed.len());
         {
             let (state, index) = next.parts_mut();
-            for entry in executed {
-                // Usually nobody else holds it now, so this rarely clones.
-                let entry = Arc::try_unwrap(entry)
-                    .unwrap_or_else(|shared| Executed { block: shared.block.clone(), delta: shared.delta.clone() });
+            for entry in &executed {
                 signers.extend(entry.block.txs.iter().map(|tx| tx.body().signer));
                 tx_count += entry.block.txs.len() as u64;
-                state.commit(&entry.block, entry.delta);
+                state.commit(&entry.block, &entry.delta);
                 index.apply_block(&entry.block, state);
-                applied.push(entry.block);
             }
         }
         let next = Arc::new(next);
         let mut unfinalized = self.unfinalized.lock();
         let mut pool = self.mempool.lock();
-        // Published under the mempool's lock: see `submit_as`.
-        self.current.store(next.clone());
+        // Published under the mempool's lock: see `submit_as`. The previous snapshot is
+        // released after the locks, since freeing what only it held takes a while.
+        let previous = self.current.swap(next.clone());
         let state = next;
-        for block in &applied {
-            for tx in &block.txs {
+        for entry in &executed {
+            for tx in &entry.block.txs {
                 pool.remove(&tx.id());
             }
             // Told after publishing: a woken waiter reads a snapshot that has its transaction.
-            self.watchers.resolve_block(block);
+            self.watchers.resolve_block(&entry.block);
         }
         // Expiry runs on block time too, so a transaction nobody resubmits around still ends.
-        if let Some(last) = applied.last() {
-            self.expire_pending(&mut pool, last.header.timestamp_ms);
+        if let Some(last) = executed.last() {
+            self.expire_pending(&mut pool, last.block.header.timestamp_ms);
         }
         for signer in signers {
             for id in pool.remove_stale(&signer, state.next_nonce(&signer)) {
@@ -608,6 +609,8 @@ impl Chain {
         self.metrics.txs_committed.add(tx_count);
         self.metrics.set_head(height, state.log().size());
         self.metrics.mempool_txs.set(pool.len() as i64);
+        drop((pool, unfinalized));
+        drop(previous);
         Ok(())
     }
 }

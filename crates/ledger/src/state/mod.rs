@@ -23,9 +23,7 @@ mod record;
 mod rules;
 mod types;
 
-use std::collections::HashMap;
-
-pub use pmap::PMap;
+pub use pmap::{DeltaMap, PMap};
 
 use medledger_crypto::{CryptoError, PublicKey, Signature, verify_batch};
 use medledger_merkle::MerkleLog;
@@ -47,27 +45,27 @@ pub use types::{
 /// Everything a block changes, computed by verification and applied by commit.
 #[derive(Clone, Debug, Default)]
 pub struct Delta {
-    identities: HashMap<IdentityId, Identity>,
-    records: HashMap<RecordId, RecordHead>,
-    grants: HashMap<TxId, Grant>,
-    category_keys: HashMap<CategoryKeyId, CategoryKeyState>,
+    identities: DeltaMap<IdentityId, Identity>,
+    records: DeltaMap<RecordId, RecordHead>,
+    grants: DeltaMap<TxId, Grant>,
+    category_keys: DeltaMap<CategoryKeyId, CategoryKeyState>,
     /// (patient, holder) -> the category keys of that patient the holder received by grant.
-    shared_keys: HashMap<(IdentityId, IdentityId), Vec<CategoryKeyId>>,
+    shared_keys: DeltaMap<(IdentityId, IdentityId), Vec<CategoryKeyId>>,
     /// (patient, grantee) -> ids of the grants between them.
-    grant_index: HashMap<(IdentityId, IdentityId), Vec<TxId>>,
+    grant_index: DeltaMap<(IdentityId, IdentityId), Vec<TxId>>,
     /// patient -> ids of every grant of the patient, oldest first.
-    patient_grants: HashMap<IdentityId, Vec<TxId>>,
-    rules: HashMap<TxId, InstalledRule>,
+    patient_grants: DeltaMap<IdentityId, Vec<TxId>>,
+    rules: DeltaMap<TxId, InstalledRule>,
     /// patient -> ids of every rule installed for the patient, oldest first.
-    patient_rules: HashMap<IdentityId, Vec<TxId>>,
+    patient_rules: DeltaMap<IdentityId, Vec<TxId>>,
     /// patient -> ids of the active rules that react to the patient's record commits, in
     /// installation order (the order they are evaluated in).
-    reacting_rules: HashMap<IdentityId, Vec<TxId>>,
+    reacting_rules: DeltaMap<IdentityId, Vec<TxId>>,
     /// patient -> every delegation of the patient, oldest first.
-    delegations: HashMap<IdentityId, Vec<Delegation>>,
-    directory: HashMap<RecordId, DirectoryHead>,
+    delegations: DeltaMap<IdentityId, Vec<Delegation>>,
+    directory: DeltaMap<RecordId, DirectoryHead>,
     /// practitioner -> ids of the break-glass declarations they made, oldest first.
-    declared_break_glass: HashMap<IdentityId, Vec<TxId>>,
+    declared_break_glass: DeltaMap<IdentityId, Vec<TxId>>,
 }
 
 impl Delta {
@@ -489,22 +487,22 @@ impl State {
     }
 
     /// Applies a block previously checked by [`State::verify_block`] against this same state.
-    pub fn commit(&mut self, block: &Block, delta: Delta) {
+    pub fn commit(&mut self, block: &Block, delta: &Delta) {
         assert_eq!(block.header.height, self.height + 1, "commit of a block that does not extend the state");
         assert_eq!(block.header.parent, self.head_hash, "commit of a block that does not extend the state");
-        self.identities.extend(delta.identities);
-        self.records.extend(delta.records);
-        self.grants.extend(delta.grants);
-        self.category_keys.extend(delta.category_keys);
-        self.shared_keys.extend(delta.shared_keys);
-        self.grant_index.extend(delta.grant_index);
-        self.patient_grants.extend(delta.patient_grants);
-        self.rules.extend(delta.rules);
-        self.patient_rules.extend(delta.patient_rules);
-        self.reacting_rules.extend(delta.reacting_rules);
-        self.delegations.extend(delta.delegations);
-        self.directory.extend(delta.directory);
-        self.declared_break_glass.extend(delta.declared_break_glass);
+        self.identities.apply(&delta.identities);
+        self.records.apply(&delta.records);
+        self.grants.apply(&delta.grants);
+        self.category_keys.apply(&delta.category_keys);
+        self.shared_keys.apply(&delta.shared_keys);
+        self.grant_index.apply(&delta.grant_index);
+        self.patient_grants.apply(&delta.patient_grants);
+        self.rules.apply(&delta.rules);
+        self.patient_rules.apply(&delta.patient_rules);
+        self.reacting_rules.apply(&delta.reacting_rules);
+        self.delegations.apply(&delta.delegations);
+        self.directory.apply(&delta.directory);
+        self.declared_break_glass.apply(&delta.declared_break_glass);
         for tx in &block.txs {
             self.log.push(Hash(tx.id().0));
         }
@@ -523,7 +521,7 @@ impl State {
         signature_known_good: &dyn Fn(&TxId) -> bool,
     ) -> Result<(), BlockError> {
         let delta = self.verify_block(block, now_ms, signature_known_good)?;
-        self.commit(block, delta);
+        self.commit(block, &delta);
         Ok(())
     }
 }

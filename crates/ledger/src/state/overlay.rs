@@ -4,8 +4,6 @@
 //! check changes nothing (each family checks everything before it writes to `delta`, and a
 //! batch runs in a child overlay merged only if all its operations pass).
 
-use std::collections::HashMap;
-
 use medledger_crypto::PublicKey;
 use medledger_types::{Height, IdentityId, RecordId, Role, TimestampMs, TxId};
 
@@ -68,7 +66,7 @@ impl<'a> Overlay<'a> {
     fn inherited<K: std::hash::Hash + Eq + Clone, V>(
         &self,
         key: &K,
-        field: impl Fn(&'a Delta) -> &'a HashMap<K, V>,
+        field: impl Fn(&'a Delta) -> &'a super::DeltaMap<K, V>,
         base: &'a super::PMap<K, V>,
     ) -> Option<&'a V> {
         self.ancestors.iter().rev().find_map(|d| field(d).get(key)).or_else(|| base.get(key))
