@@ -49,7 +49,7 @@
 //! Statuses: 400 malformed input or invalid transaction, 401 a signature missing where one is
 //! required or not verifying, 403 signed but not allowed (with a machine-readable `reason`),
 //! 404 unknown resource or route (and a
-//! record the caller may not see: answered exactly as an unknown one, see `existence.rs`),
+//! record the caller may not see: answered exactly as an unknown one, see `records::resource`),
 //! 405 wrong method, 408 body not received within the body timeout, 409 transaction already
 //! committed, 413 body over [`limits::HTTP_BODY_BYTES_MAX`], 415 unsupported content type,
 //! 429 an identity over one of its own quotas (below; with `Retry-After`), 503 mempool full,
@@ -106,10 +106,10 @@
 //! - **foundation** (no request state; vocabulary, limits and in-memory stores): `auth`,
 //!   `budget`, `clock`, `error`, `fhir::errors`,
 //!   `fhir::paging`, `fhir::render`, `fhir::request`,
-//!   `fhir::served`, `http_limits`, `identities`, `params`,
+//!   `fhir::served`, `http_limits`, `params`,
 //!   `smart::scopes`, `smart::tokens`
 //! - **services** (what the handlers share, mostly over the shared request state): `app`,
-//!   `existence`, `fhir::commit`, `fhir::conditional`, `fhir::credentials`, `fhir::directory`,
+//!   `fhir::commit`, `fhir::conditional`, `fhir::credentials`, `fhir::directory`,
 //!   `patients::common`, `signed`, `smart::bearer`, `visibility`
 //! - **interactions** (each answers its own routes): `break_glass`, `fhir::audit_event`,
 //!   `fhir::bundle`, `fhir::capability`, `fhir::consent`, `fhir::crud`, `fhir::everything`,
@@ -139,10 +139,8 @@ mod break_glass;
 mod budget;
 mod clock;
 mod error;
-mod existence;
 pub mod fhir;
 mod http_limits;
-mod identities;
 #[cfg(test)]
 mod module_graph_test;
 mod params;

@@ -37,7 +37,6 @@ const TIERS: &[(&str, &[&str])] = &[
             "fhir::request",
             "fhir::served",
             "http_limits",
-            "identities",
             "params",
             "smart::scopes",
             "smart::tokens",
@@ -47,7 +46,6 @@ const TIERS: &[(&str, &[&str])] = &[
         "services",
         &[
             "app",
-            "existence",
             "fhir::commit",
             "fhir::conditional",
             "fhir::credentials",

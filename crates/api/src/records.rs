@@ -8,9 +8,8 @@ use axum::{
     http::{HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
-use medledger_ledger::Purpose;
-use medledger_records::{RecordError, WriteRequest};
-use medledger_types::{IdentityId, RecordId};
+use medledger_records::{RecordError, resource::ResourceError};
+use medledger_types::IdentityId;
 use serde::Serialize;
 
 use crate::{
@@ -79,44 +78,22 @@ pub(crate) async fn write(
             |p| IdentityId::from_hex(p).map_err(|_| ApiError::BadRequest("patient must be 64 hex characters".into())),
         )?;
     let record = query.get("record").map(|r| parse_record_id(r)).transpose()?;
-    let chain = app.chain.clone();
     let written = tokio::task::spawn_blocking(move || {
-        // Only the custodian's own staff and clients write through its node (checked first:
-        // the content checks below look patients up, which is no one else's business).
-        let org = service.organisation();
-        let staff = medledger_records::access::is_staff(&chain.snapshot(), &author, &org);
-        if !staff {
-            service.audit_refused_write(author, patient, record, "not-custodian-staff", now_ms())?;
-            return Err(ApiError::Forbidden {
+        service.write_signed(author, patient, record, &body, now_ms(), &mut rand::rng()).map_err(|e| match e {
+            ResourceError::NotStaff => ApiError::Forbidden {
                 reason: "not-custodian-staff",
                 message: "only this organisation's staff and clients write records through its node".into(),
-            });
-        }
-        // A new version of a record its author may not see (another organisation's) answers as
-        // an unknown record would; the attempt is on the record's trail.
-        if let Some(record_id) = record {
-            let hidden = {
-                let state = chain.snapshot();
-                let patient = state.record(&record_id).map(|h| h.patient);
-                patient.filter(|_| !crate::existence::sees(&state, &author, &record_id, Purpose::Treatment))
-            };
-            if let Some(patient) = hidden {
-                service.audit_refused_write(author, patient, Some(record_id), "not-custodian-staff", now_ms())?;
-                return Err(RecordError::UnknownRecord(record_id).into());
-            }
-        }
-        // Exactly what `POST /fhir/{type}` checks of a record (strict parse, validation, a
-        // served type, no delete marker, the category), and that it names no other patient.
-        let content = medledger_records::content::check_record(None, &body).map_err(refused)?;
-        let resource_type = content.validated.resource_type.clone();
-        let category = content.category;
-        medledger_records::content::check_patient_named(&app.chain.snapshot(), &resource_type, &content.json, &patient)
-            .map_err(refused)?;
-        if let Some(record) = record {
-            check_next_version(&chain, &record, &resource_type, &patient, category)?;
-        }
-        let request = WriteRequest { author, patient, resource_type: &resource_type, category, content: &body, record };
-        service.write(&request, now_ms(), &mut rand::rng()).map_err(ApiError::from)
+            },
+            // The same answer as a record hidden from the caller (`records::resource`).
+            ResourceError::Unknown => match record {
+                Some(record) => RecordError::UnknownRecord(record).into(),
+                None => ApiError::BadRequest(e.to_string()),
+            },
+            ResourceError::Changed => ApiError::BadRequest(e.to_string()),
+            ResourceError::Content(content) => refused(content),
+            ResourceError::Record(error) => error.into(),
+            other => ApiError::BadRequest(other.to_string()),
+        })
     })
     .await
     .map_err(|_| ApiError::Internal("write task failed".into()))??;
@@ -128,26 +105,6 @@ pub(crate) async fn write(
         status: "pending",
     };
     Ok((StatusCode::CREATED, axum::Json(view)).into_response())
-}
-
-/// A next version of `record` keeps its type, patient and consent category (the ledger would
-/// refuse another category when the block is built; say so now).
-fn check_next_version(
-    chain: &medledger_node::chain::Chain,
-    record: &RecordId,
-    resource_type: &str,
-    patient: &IdentityId,
-    category: &str,
-) -> Result<(), ApiError> {
-    let state = chain.snapshot();
-    // The same answer as a record hidden from the caller (`existence.rs`).
-    let head = state.record(record).ok_or(RecordError::UnknownRecord(*record))?;
-    if head.resource_type != resource_type || head.patient != *patient || head.category != category {
-        return Err(ApiError::BadRequest(
-            "a record's type, patient and consent category never change: write a new record".into(),
-        ));
-    }
-    Ok(())
 }
 
 /// `GET /v1/records/{id}[?version=N][&purpose=TREAT]`: the FHIR resource exactly as written.
@@ -171,7 +128,7 @@ pub(crate) async fn read(
         .await
         .map_err(|_| ApiError::Internal("read task failed".into()))?
         // Refused by consent (and audited by the read): to the caller, the record is not there
-        // (`crate::existence`).
+        // (`records::resource`).
         .map_err(|e| match e {
             RecordError::Denied(_) => ApiError::from(RecordError::UnknownRecord(record_id)),
             other => other.into(),

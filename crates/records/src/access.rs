@@ -191,6 +191,12 @@ fn outcome(state: &State, head: &RecordHead, request: &AccessRequest<'_>) -> Res
     .map_err(Refusal::Consent)
 }
 
+/// Whether `caller` may see `record` for `purpose` at `now_ms` ([`may_read`] allows it); a
+/// record that does not exist is seen by no one.
+pub fn sees(state: &State, caller: &IdentityId, record: &RecordId, purpose: Purpose, now_ms: TimestampMs) -> bool {
+    may_read(state, caller, record, purpose, now_ms).is_some_and(|d| d.is_ok())
+}
+
 /// Consent's read decision for `caller` on `record` for `purpose` with a signed request's
 /// whole authority: whether the caller may see the record at all. `None` when it does not
 /// exist.

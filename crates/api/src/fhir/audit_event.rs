@@ -10,18 +10,19 @@ use axum::{
 };
 use medledger_fhir::{IssueCode, instant::instant_from_ms};
 use medledger_ledger::AccessAction;
+use medledger_records::trail::TrailError;
 use medledger_types::{IdentityId, RecordId};
 
 use crate::{
     app::AppState,
+    clock::now_ms,
     fhir::{
-        credentials::{authorize, purpose},
+        credentials::{authorize, on_service, purpose, records},
         errors::{FhirError, forbidden, not_found},
         paging::{count_param, offset_param},
         render::bundle_response,
         served::{IDENTITY_SYSTEM, LEDGER_LOG_INDEX_EXTENSION, LEDGER_TX_EXTENSION},
     },
-    identities::{organisation_of, recorder_display},
     smart::scopes::interactions,
 };
 
@@ -64,49 +65,17 @@ pub(crate) async fn audit_events(
         .ok()
         .and_then(|id| RecordId::from_hex(&id).ok())
         .ok_or_else(|| not_found(format!("no Patient {}", crate::error::echo(&patient_ref))))?;
-    // The patient sees every event; an organisation holding their records (and its staff)
-    // only the events about its own records: writing one record about a patient must not
-    // open their whole trail.
-    let (patient, custodian_view) = {
-        let state = app.chain.snapshot();
-        let patient = match state.record(&patient_record) {
-            Some(head) if head.resource_type == "Patient" => head.patient,
-            _ => return Err(not_found(format!("no Patient {}", crate::error::echo(&patient_ref)))),
-        };
-        if grant.identity == patient {
-            (patient, None)
-        } else {
-            match organisation_of(&state, &grant.identity).filter(|o| state.custodies(o, &patient)) {
-                Some(organisation) => (patient, Some(organisation)),
-                // Someone who may not even see the Patient learns nothing, not that it exists.
-                None if !crate::existence::sees(&state, &grant.identity, &patient_record, purpose) => {
-                    return Err(not_found(format!("no Patient {}", crate::error::echo(&patient_ref))));
-                }
-                None => {
-                    return Err(forbidden(
-                        "the audit trail of a patient is for the patient and the organisations holding their records",
-                    ));
-                }
-            }
-        }
-    };
+    let service = records(&app)?;
+    let caller = grant.identity;
+    let trail =
+        on_service(&service, move |s| s.audit_trail(&caller, &patient_record, purpose, (count, offset), now_ms()))
+            .await?
+            .map_err(|e| match e {
+                TrailError::NotOverseer => forbidden(e.to_string()),
+                TrailError::Unknown => not_found(format!("no Patient {}", crate::error::echo(&patient_ref))),
+            })?;
+    let (patient, total) = (trail.patient, trail.total);
     let chain_id = app.chain.genesis().chain_id().to_hex();
-    let index = app.chain.patient_index();
-    let entries: Vec<_> = index
-        .patient(&patient)
-        .map(|p| {
-            p.access
-                .iter()
-                .filter(|e| {
-                    custodian_view.is_none_or(|org| {
-                        e.event.record.is_some_and(|(r, _)| index.record(&r).is_some_and(|r| r.custodian == org))
-                    })
-                })
-                .cloned()
-                .collect()
-        })
-        .unwrap_or_default();
-    let total = entries.len();
     let mut bundle = serde_json::json!({
         "resourceType": "Bundle",
         "type": "searchset",
@@ -120,24 +89,9 @@ pub(crate) async fn audit_events(
             "url": format!("{}/fhir/AuditEvent?patient=Patient/{}&_count={count}&_offset={}", app.public_base(), patient_record.to_hex(), offset + count),
         }));
     }
-    let page: Vec<_> = entries
-        .into_iter()
-        .skip(offset)
-        .take(count)
-        .map(|entry| {
-            let resource_type = entry.event.record.and_then(|(r, _)| index.record(&r).map(|r| r.resource_type.clone()));
-            (entry, resource_type)
-        })
-        .collect();
-    drop(index);
-    // Who recorded each event, in words: the validator that decided, and its organisation.
-    let recorders: std::collections::HashMap<IdentityId, String> = {
-        let state = app.chain.snapshot();
-        page.iter().map(|(e, _)| (e.recorder, recorder_display(&state, &e.recorder))).collect()
-    };
-    for (entry, resource_type) in &page {
-        let recorder = (&entry.recorder, recorders.get(&entry.recorder).map_or("", String::as_str));
-        let resource = audit_event(entry, &patient, &chain_id, resource_type.as_deref(), recorder);
+    for item in &trail.entries {
+        let recorder = (&item.entry.recorder, item.recorder_name.as_str());
+        let resource = audit_event(&item.entry, &patient, &chain_id, item.resource_type.as_deref(), recorder);
         let id = resource["id"].as_str().unwrap_or_default().to_owned();
         bundle["entry"].as_array_mut().expect("entry is an array").push(serde_json::json!({
             "fullUrl": format!("{}/fhir/AuditEvent/{id}", app.public_base()),

@@ -90,11 +90,7 @@ impl From<&medledger_records::Written> for Written {
 
 /// When `version` of a record or directory entry was committed (its block's time), if it is.
 pub(crate) fn committed_at_ms(app: &AppState, id: &RecordId, version: u32) -> Option<u64> {
-    let index = app.chain.patient_index();
-    if let Some(record) = index.record(id) {
-        return record.versions.iter().find(|v| v.version == version).map(|v| v.position.committed_at_ms);
-    }
-    index.directory_versions(id).iter().find(|(v, _)| *v == version).map(|(_, p)| p.committed_at_ms)
+    medledger_records::resource::committed_at_ms(&app.chain, id, version)
 }
 
 /// How a submitted write ended.
@@ -124,6 +120,5 @@ pub(crate) async fn outcome_within(app: &AppState, tx: &medledger_types::TxId, w
 
 /// The latest version of a record or directory entry.
 pub(crate) fn latest_version(app: &AppState, id: &RecordId) -> Option<u32> {
-    let state = app.chain.snapshot();
-    state.record(id).map(|h| h.latest_version).or_else(|| state.directory_entry(id).map(|h| h.latest_version))
+    medledger_records::resource::latest_version(&app.chain, id)
 }

@@ -34,6 +34,24 @@ where
         .map_err(FhirError::from)
 }
 
+/// Runs `f` on the record service off the async workers (it may read the stores, decrypt,
+/// or submit). The outer error is the task's failure; the inner one is `f`'s, for the caller
+/// to answer in its own words.
+pub(crate) async fn on_service<T, E, F>(
+    service: &std::sync::Arc<medledger_records::RecordService>,
+    f: F,
+) -> Result<Result<T, E>, FhirError>
+where
+    F: FnOnce(&medledger_records::RecordService) -> Result<T, E> + Send + 'static,
+    T: Send + 'static,
+    E: Send + 'static,
+{
+    let service = service.clone();
+    tokio::task::spawn_blocking(move || f(&service))
+        .await
+        .map_err(|_| FhirError::new(StatusCode::INTERNAL_SERVER_ERROR, IssueCode::Exception, "record task failed"))
+}
+
 pub(crate) fn authorize_type(
     app: &AppState,
     headers: &HeaderMap,

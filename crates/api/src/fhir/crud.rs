@@ -17,7 +17,7 @@ use axum::{
 };
 use medledger_fhir::IssueCode;
 use medledger_ledger::{AccessAction, Purpose};
-use medledger_records::{RecordError, WriteRequest};
+use medledger_records::{WriteRequest, resource::ResourceError};
 use medledger_types::IdentityId;
 
 use crate::{
@@ -25,22 +25,14 @@ use crate::{
     clock::now_ms,
     fhir::{
         commit::{wait_for_commit, written_response},
-        credentials::{authorize, authorize_record, purpose, record_audit, records},
-        errors::{FhirError, forbidden, no_such, not_found},
+        credentials::{authorize, authorize_record, on_service, purpose, records},
+        errors::{FhirError, forbidden, no_such, not_found, refused},
         render::resource_response,
         request::{check_content_type, if_match, parse_id},
-        served::{is_tombstone, served, tombstone},
+        served::{served, tombstone},
     },
     smart::scopes::interactions,
 };
-
-/// A read refused by consent answers as an unknown id (the refusal is audited by the read).
-fn unless_denied(error: RecordError, resource_type: &str, id: &str) -> FhirError {
-    match error {
-        RecordError::Denied(_) => no_such(resource_type, id),
-        other => other.into(),
-    }
-}
 
 /// `GET /fhir/{type}/{id}` and, with `vid`, `GET /fhir/{type}/{id}/_history/{vid}`.
 async fn read_version(
@@ -58,32 +50,14 @@ async fn read_version(
     let grant =
         authorize_record(&app, &headers, &resource_type, interactions::READ, &id, AccessAction::Read, purpose).await?;
     let record_id = parse_id(&id)?;
-    // A record of another type is, for this URL, not there.
-    let stored_type = app.chain.snapshot().record(&record_id).map(|h| h.resource_type.clone());
-    if stored_type.as_deref() != Some(resource_type.as_str()) {
-        return Err(no_such(&resource_type, &id));
-    }
     let service = records(&app)?;
-    let read = tokio::task::spawn_blocking(move || {
-        service.read_as(grant.caller(), record_id, version, purpose, AccessAction::Read, now_ms())
+    let type_for_read = resource_type.clone();
+    let read = on_service(&service, move |s| {
+        s.read_resource(grant.caller(), &type_for_read, record_id, version, purpose, now_ms())
     })
-    .await
-    .map_err(|_| FhirError::new(StatusCode::INTERNAL_SERVER_ERROR, IssueCode::Exception, "read task failed"))?
-    .map_err(|e| unless_denied(e, &resource_type, &id))?;
-    if is_tombstone(&read.plaintext) {
-        return Err(FhirError::new(
-            StatusCode::GONE,
-            IssueCode::Deleted,
-            format!("{resource_type}/{id} was deleted (version {}); its history is kept", read.version),
-        ));
-    }
-    let committed_ms = app
-        .chain
-        .patient_index()
-        .record(&record_id)
-        .and_then(|r| r.versions.iter().find(|v| v.version == read.version).map(|v| v.position.committed_at_ms))
-        .unwrap_or_else(now_ms);
-    resource_response(StatusCode::OK, &resource_type, &record_id, read.version, committed_ms, &read.plaintext)
+    .await?
+    .map_err(|e| refused(e, &resource_type, &id))?;
+    resource_response(StatusCode::OK, &resource_type, &record_id, read.version, read.committed_ms, &read.plaintext)
 }
 
 pub(crate) async fn read(
@@ -149,32 +123,29 @@ pub(crate) async fn create(
     check_content_type(&headers)?;
     // The checks every path that writes a record runs (`records::content`).
     let content = medledger_records::content::check_record(Some(&resource_type), &body)?;
+    let category = content.category;
     let service = records(&app)?;
-    let custodian = service.organisation();
     let author = grant.identity;
-    let staff = medledger_records::access::is_staff(&app.chain.snapshot(), &author, &custodian);
-    let (json, category) = (&content.json, content.category);
-    if !staff {
-        // Audited when the resource names a patient here (a refused write attempt about them).
-        if let Ok(Some(patient)) = medledger_records::content::patient_of(&app.chain.snapshot(), &resource_type, json) {
-            record_audit(&service, move |s| {
-                s.audit_refused_write(author, patient, None, "not-custodian-staff", now_ms())
-            })
-            .await?;
-        }
-        return Err(forbidden("only the staff and systems of the organisation operating this node write here"));
-    }
+    let type_for_check = resource_type.clone();
+    let target =
+        on_service(&service, move |s| s.check_write(author, &type_for_check, &content, None, now_ms())).await?;
+    // A refused author learns nothing more (not even whether a conditional create matches);
+    // content naming no valid patient is refused after the conditional, as a match wins.
+    let target = match target {
+        Ok(target) => Ok(target),
+        Err(ResourceError::Content(content)) => Err(content),
+        Err(other) => return Err(refused(other, &resource_type, "")),
+    };
     // Conditional create, only for the custodian's staff (whose search it is, audited): already
     // here means nothing is written.
     if let Some(found) = crate::fhir::conditional::if_none_exist(&app, &headers, &grant, &resource_type).await? {
         return Ok(found);
     }
-    let (patient, registered) =
-        match medledger_records::content::patient_of(&app.chain.snapshot(), &resource_type, json)? {
-            Some(patient) => (patient, false),
-            // A Patient naming no identity is someone new to the network: register them.
-            None => (register_patient(&app).await?, true),
-        };
+    let (patient, registered) = match target?.patient {
+        Some(patient) => (patient, false),
+        // A Patient naming no identity is someone new to the network: register them.
+        None => (register_patient(&app).await?, true),
+    };
     let content = body.clone();
     let type_for_write = resource_type.clone();
     let written = tokio::task::spawn_blocking(move || {
@@ -219,29 +190,28 @@ pub(crate) async fn update(
     check_content_type(&headers)?;
     let expected = if_match(&headers)?;
     let record_id = parse_id(&id)?;
+    let service = records(&app)?;
+    let author = grant.identity;
     // A record the caller may not see is, to it, not there: the same answer as for an unknown
     // id, and before the body is looked at (a 400 would tell the two apart). The attempt is
     // still on the record's trail.
-    let head = crate::existence::head_of_type(&app, &record_id, &resource_type);
-    let visible = head.is_some()
-        && crate::existence::sees(&app.chain.snapshot(), &grant.identity, &record_id, Purpose::Treatment);
-    if !visible {
-        if let (Some(head), Some(service)) = (&head, &app.records) {
-            let (who, patient) = (grant.identity, head.patient);
-            record_audit(service, move |s| {
-                s.audit_refused_write(who, patient, Some(record_id), "not-custodian-staff", now_ms())
-            })
-            .await?;
+    let type_for_check = resource_type.clone();
+    let visible =
+        on_service(&service, move |s| s.visible_for_write(&author, &type_for_check, record_id, now_ms())).await?;
+    match visible {
+        Ok(_) => {}
+        Err(ResourceError::Unknown) => {
+            return Err(FhirError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                IssueCode::NotSupported,
+                format!(
+                    "no {resource_type} with id {} exists, and this server does not create resources by update \
+                     (POST to /fhir/{resource_type} instead)",
+                    crate::error::echo(&id)
+                ),
+            ));
         }
-        return Err(FhirError::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            IssueCode::NotSupported,
-            format!(
-                "no {resource_type} with id {} exists, and this server does not create resources by update \
-                 (POST to /fhir/{resource_type} instead)",
-                crate::error::echo(&id)
-            ),
-        ));
+        Err(other) => return Err(refused(other, &resource_type, &id)),
     }
     let content = medledger_records::content::check_record(Some(&resource_type), &body)?;
     if content.validated.id.as_deref() != Some(id.as_str()) {
@@ -251,35 +221,15 @@ pub(crate) async fn update(
             "the resource's id must equal the id in the URL".to_owned(),
         ));
     }
-    let service = records(&app)?;
-    let custodian = service.organisation();
-    let author = grant.identity;
-    let staff = medledger_records::access::is_staff(&app.chain.snapshot(), &author, &custodian);
-    if !staff {
-        // Every refusal is on the record: a write attempt by someone not the custodian's.
-        let patient = app.chain.snapshot().record(&record_id).map(|h| h.patient);
-        if let Some(patient) = patient {
-            record_audit(&service, move |s| {
-                s.audit_refused_write(author, patient, Some(record_id), "not-custodian-staff", now_ms())
-            })
-            .await?;
-        }
-        return Err(forbidden("only the staff and systems of the organisation operating this node write here"));
-    }
-    let existing = app.chain.snapshot().record(&record_id).map(|h| (h.patient, h.category.clone()));
-    let patient = medledger_records::content::patient_of(&app.chain.snapshot(), &resource_type, &content.json)?
-        .or(existing.as_ref().map(|e| e.0))
-        .ok_or_else(|| not_found(format!("no {resource_type} with id {}", crate::error::echo(&id))))?;
-    let category = content.category;
-    // The ledger refuses a version in another consent category; say so now rather than let
-    // the write be refused when its block is built.
-    if existing.as_ref().is_some_and(|e| e.1 != category) {
-        return Err(FhirError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            IssueCode::BusinessRule,
-            "a record's consent category never changes (e.g. a lab Observation cannot become a vital sign): create a new resource",
-        ));
-    }
+    let type_for_check = resource_type.clone();
+    let target =
+        on_service(&service, move |s| s.check_write(author, &type_for_check, &content, Some(record_id), now_ms()))
+            .await?
+            .map_err(|e| match e {
+                ResourceError::Unknown => not_found(format!("no {resource_type} with id {}", crate::error::echo(&id))),
+                other => refused(other, &resource_type, &id),
+            })?;
+    let (patient, category) = (target.patient.ok_or_else(|| no_such(&resource_type, &id))?, target.category);
     let content = body.clone();
     let type_for_write = resource_type.clone();
     let written = tokio::task::spawn_blocking(move || {
@@ -322,42 +272,23 @@ pub(crate) async fn delete(
     )
     .await?;
     let record_id = parse_id(&id)?;
-    let head =
-        crate::existence::head_of_type(&app, &record_id, &resource_type).ok_or_else(|| no_such(&resource_type, &id))?;
     let service = records(&app)?;
-    // A record the caller may not see answers as an unknown id; the attempt is audited.
-    if !crate::existence::sees(&app.chain.snapshot(), &grant.identity, &record_id, Purpose::Treatment) {
-        let (who, patient) = (grant.identity, head.patient);
-        record_audit(&service, move |s| {
-            s.audit_refused_write(who, patient, Some(record_id), "not-custodian-staff", now_ms())
-        })
-        .await?;
-        return Err(no_such(&resource_type, &id));
-    }
-    let custodian = service.organisation();
     let author = grant.identity;
-    let staff = medledger_records::access::is_staff(&app.chain.snapshot(), &author, &custodian);
-    if !staff {
-        let patient = head.patient;
-        record_audit(&service, move |s| {
-            s.audit_refused_write(author, patient, Some(record_id), "not-custodian-staff", now_ms())
-        })
-        .await?;
-        return Err(forbidden("only the staff and systems of the organisation operating this node delete here"));
-    }
-    let latest = {
-        let service = service.clone();
-        tokio::task::spawn_blocking(move || service.plaintext_for_index(&record_id, head.latest_version))
-            .await
-            .map_err(|_| {
-                FhirError::new(StatusCode::INTERNAL_SERVER_ERROR, IssueCode::Exception, "read task failed")
-            })??
-    };
-    if is_tombstone(&latest) {
+    let type_for_check = resource_type.clone();
+    let deletable = on_service(&service, move |s| s.check_delete(author, &type_for_check, record_id, now_ms()))
+        .await?
+        .map_err(|e| match e {
+            ResourceError::NotStaff => {
+                forbidden("only the staff and systems of the organisation operating this node delete here")
+            }
+            other => refused(other, &resource_type, &id),
+        })?;
+    if deletable.already_deleted {
         let mut response = StatusCode::NO_CONTENT.into_response();
         response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         return Ok(response);
     }
+    let head = deletable.head;
     let marker = tombstone(&resource_type);
     let content = marker.clone();
     let type_for_write = resource_type.clone();

@@ -2,14 +2,14 @@
 //! OperationOutcome (`application/fhir+json`, never cached; a 401 also says `Bearer`), and the
 //! mapping of the record service's errors onto HTTP statuses and issue codes. A record the
 //! caller may not see answers exactly as one that does not exist ([`no_such`], see
-//! `existence.rs`).
+//! `records::resource`).
 
 use axum::{
     http::{HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
 use medledger_fhir::{Issue, IssueCode, Severity};
-use medledger_records::RecordError;
+use medledger_records::{RecordError, resource::ResourceError};
 
 pub(crate) const FHIR_JSON: &str = "application/fhir+json; charset=utf-8";
 
@@ -114,7 +114,7 @@ pub(crate) fn not_found(what: impl Into<String>) -> FhirError {
 }
 
 /// What a request about `resource_type/id` answers when no such resource exists — and,
-/// word for word, when it exists but the caller may not see it (`crate::existence`).
+/// word for word, when it exists but the caller may not see it (`records::resource`).
 pub(crate) fn no_such(resource_type: &str, id: &str) -> FhirError {
     not_found(format!("no {resource_type} with id {}", crate::error::echo(id)))
 }
@@ -126,4 +126,29 @@ pub(crate) async fn not_supported() -> FhirError {
         IssueCode::NotSupported,
         "this FHIR interaction is not supported here (see /fhir/metadata)",
     )
+}
+
+/// What refused an interaction on `resource_type`/`id`, in words.
+pub(crate) fn refused(error: ResourceError, resource_type: &str, id: &str) -> FhirError {
+    match error {
+        ResourceError::Unknown => no_such(resource_type, id),
+        ResourceError::Gone { version } => FhirError::new(
+            StatusCode::GONE,
+            IssueCode::Deleted,
+            format!("{resource_type}/{} was deleted (version {version}); its history is kept", crate::error::echo(id)),
+        ),
+        ResourceError::NotStaff => {
+            forbidden("only the staff and systems of the organisation operating this node write here")
+        }
+        ResourceError::CategoryChanged => FhirError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            IssueCode::BusinessRule,
+            "a record's consent category never changes (e.g. a lab Observation cannot become a vital sign): create a new resource",
+        ),
+        ResourceError::Changed => {
+            FhirError::new(StatusCode::UNPROCESSABLE_ENTITY, IssueCode::BusinessRule, error.to_string())
+        }
+        ResourceError::Content(refused) => refused.into(),
+        ResourceError::Record(error) => error.into(),
+    }
 }

@@ -6,23 +6,21 @@
 
 use axum::{
     extract::{Path, State},
-    http::{HeaderMap, StatusCode},
+    http::HeaderMap,
     response::Response,
 };
-use medledger_fhir::IssueCode;
 use medledger_ledger::AccessAction;
 use medledger_records::{
-    RecordError,
-    access::{self, AccessRequest},
+    history::{HistoryPage, Page},
+    resource::ResourceError,
 };
-use medledger_types::RecordId;
 
 use crate::{
     app::AppState,
     clock::now_ms,
     fhir::{
-        credentials::{authorize, authorize_record, purpose, record_audit, records},
-        errors::{FhirError, no_such},
+        credentials::{authorize, authorize_record, on_service, purpose, records},
+        errors::{FhirError, no_such, refused},
         paging::{HISTORY_VERSIONS_MAX, page_links, paging},
         render::{bundle_response, push_history_entry},
         request::parse_id,
@@ -49,60 +47,41 @@ pub(crate) async fn history(
             .await?;
     let record_id = parse_id(&id)?;
     let service = records(&app)?;
-    let requester = grant.identity;
+    let (count, offset) = paging(&query, HISTORY_VERSIONS_MAX, "instance history")?;
     // Consent first, before anything else can answer differently: nothing of the history (not
     // even its length, or whether the id is real) for a caller who may not read the record;
     // the refusal is audited.
-    let now = now_ms();
-    let request = AccessRequest {
-        caller: requester,
-        credential: &grant,
-        action: AccessAction::History,
-        purpose,
-        record: record_id,
-        version: None,
-        now_ms: now,
-    };
-    let decision = access::authorize(&app.chain.snapshot(), &request)
-        .filter(|d| d.head.resource_type == resource_type)
-        .ok_or_else(|| no_such(&resource_type, &id))?;
-    if !decision.is_allowed() {
-        record_audit(&service, move |s| s.audit_decision(&decision, now)).await?;
-        return Err(no_such(&resource_type, &id));
-    }
-    let (count, offset) = paging(&query, HISTORY_VERSIONS_MAX, "instance history")?;
-    let versions: Vec<(u32, u64)> = app
-        .chain
-        .patient_index()
-        .record(&record_id)
-        .map(|r| r.versions.iter().rev().map(|v| (v.version, v.position.committed_at_ms)).collect())
-        .unwrap_or_default();
-    let total = versions.len();
-    let versions: Vec<(u32, u64)> = versions.into_iter().skip(offset).take(count).collect();
-    let wanted = versions.clone();
-    let reader = grant.clone();
-    let plaintexts = tokio::task::spawn_blocking(move || {
-        let items: Vec<_> = wanted.iter().map(|(v, _)| (record_id, Some(*v))).collect();
-        service
-            .read_many(reader.caller(), &items, purpose, AccessAction::History, now_ms())?
-            .into_iter()
-            .map(|r| r.map(|r| r.plaintext))
-            .collect::<Result<Vec<_>, _>>()
+    let type_for_read = resource_type.clone();
+    let history = on_service(&service, move |s| {
+        s.record_history(grant.caller(), &type_for_read, record_id, purpose, Page { count, offset }, now_ms())
     })
-    .await
-    .map_err(|_| FhirError::new(StatusCode::INTERNAL_SERVER_ERROR, IssueCode::Exception, "read task failed"))??;
+    .await?
+    .map_err(|e| match e {
+        ResourceError::Unknown => no_such(&resource_type, &id),
+        other => refused(other, &resource_type, &id),
+    })?;
     let id_hex = record_id.to_hex();
-    let links =
-        page_links(&format!("{}/fhir/{resource_type}/{id_hex}/_history", app.public_base()), count, offset, total);
+    let links = page_links(
+        &format!("{}/fhir/{resource_type}/{id_hex}/_history", app.public_base()),
+        count,
+        offset,
+        history.total,
+    );
+    Ok(bundle_response(history_bundle(&resource_type, &history, &links)))
+}
+
+/// A `history` Bundle of `history`'s page.
+fn history_bundle(resource_type: &str, history: &HistoryPage, links: &str) -> String {
+    let total = history.total;
     let mut bundle = format!(r#"{{"resourceType":"Bundle","type":"history","total":{total},"link":{links},"entry":["#);
-    for (i, ((version, at_ms), plaintext)) in versions.iter().zip(&plaintexts).enumerate() {
+    for (i, v) in history.versions.iter().enumerate() {
         if i > 0 {
             bundle.push(',');
         }
-        push_history_entry(&mut bundle, &resource_type, &record_id, *version, *at_ms, plaintext);
+        push_history_entry(&mut bundle, resource_type, &v.record_id, v.version, v.committed_ms, &v.plaintext);
     }
     bundle.push_str("]}");
-    Ok(bundle_response(bundle))
+    bundle
 }
 
 /// `GET /fhir/{type}/_history[?_count=N&_offset=M]`: every version of every record of the
@@ -123,63 +102,13 @@ pub(crate) async fn type_history(
     let grant = authorize(&app, &headers, &resource_type, interactions::SEARCH)?;
     let purpose = purpose(&headers)?;
     let (count, offset) = paging(&query, HISTORY_VERSIONS_MAX, "type history")?;
-    let requester = grant.identity;
-    let now = now_ms();
-    // (log index, record, version, committed at) of every version of the type; then only those
-    // of records the caller may read, all decided at one snapshot (the index's own height).
-    let index = app.chain.patient_index();
-    let state = index.snapshot();
-    let all: Vec<(u64, RecordId, u32, u64)> = index
-        .records()
-        .filter(|r| r.resource_type == resource_type)
-        .flat_map(|r| {
-            r.versions
-                .iter()
-                .map(|v| (v.position.log_index, r.record_id, v.version, v.position.committed_at_ms))
-                .collect::<Vec<_>>()
-        })
-        .collect();
-    let mut readable: std::collections::HashMap<RecordId, bool> = std::collections::HashMap::new();
-    for (_, record, _, _) in &all {
-        readable.entry(*record).or_insert_with(|| {
-            let request = AccessRequest {
-                caller: requester,
-                credential: &grant,
-                action: AccessAction::History,
-                purpose,
-                record: *record,
-                version: None,
-                now_ms: now,
-            };
-            access::check(state, &request).is_some_and(|outcome| outcome.is_ok())
-        });
-    }
-    let mut versions: Vec<(u64, RecordId, u32, u64)> =
-        all.into_iter().filter(|(_, record, _, _)| readable.get(record).copied().unwrap_or(false)).collect();
-    versions.sort_by_key(|v| std::cmp::Reverse(v.0));
-    let total = versions.len();
-    let page: Vec<_> = versions.into_iter().skip(offset).take(count).collect();
     let service = records(&app)?;
-    let wanted = page.clone();
-    let reader = grant.clone();
-    let reads = tokio::task::spawn_blocking(move || {
-        let items: Vec<_> = wanted.iter().map(|(_, id, v, _)| (*id, Some(*v))).collect();
-        let reads = service.read_many(reader.caller(), &items, purpose, AccessAction::History, now_ms())?;
-        Ok::<_, RecordError>(reads.into_iter().map(Result::ok).collect::<Vec<_>>())
+    let type_for_read = resource_type.clone();
+    let history = on_service(&service, move |s| {
+        s.type_history(grant.caller(), &type_for_read, purpose, Page { count, offset }, now_ms())
     })
-    .await
-    .map_err(|_| FhirError::new(StatusCode::INTERNAL_SERVER_ERROR, IssueCode::Exception, "read task failed"))??;
-    let links = page_links(&format!("{}/fhir/{resource_type}/_history", app.public_base()), count, offset, total);
-    let mut bundle = format!(r#"{{"resourceType":"Bundle","type":"history","total":{total},"link":{links},"entry":["#);
-    let mut first = true;
-    for ((_, record, version, at_ms), read) in page.iter().zip(reads) {
-        let Some(read) = read else { continue };
-        if !first {
-            bundle.push(',');
-        }
-        first = false;
-        push_history_entry(&mut bundle, &resource_type, record, *version, *at_ms, &read.plaintext);
-    }
-    bundle.push_str("]}");
-    Ok(bundle_response(bundle))
+    .await??;
+    let links =
+        page_links(&format!("{}/fhir/{resource_type}/_history", app.public_base()), count, offset, history.total);
+    Ok(bundle_response(history_bundle(&resource_type, &history, &links)))
 }

@@ -9,19 +9,17 @@ use axum::{
     response::Response,
 };
 use medledger_fhir::{IssueCode, instant::instant_from_ms};
-use medledger_ledger::AccessAction;
-use medledger_records::access::{self, AccessRequest};
 use medledger_types::IdentityId;
 
 use crate::{
     app::AppState,
     clock::now_ms,
     fhir::{
-        credentials::{authorize, purpose, record_audit},
-        errors::{FhirError, forbidden, no_such, not_found},
+        credentials::{authorize, on_service, purpose, records},
+        errors::{FhirError, forbidden, refused},
         render::bundle_response,
         request::parse_id,
-        served::{IDENTITY_SYSTEM, LEDGER_LOG_INDEX_EXTENSION, LEDGER_TX_EXTENSION, is_tombstone, served},
+        served::{IDENTITY_SYSTEM, LEDGER_LOG_INDEX_EXTENSION, LEDGER_TX_EXTENSION, served},
     },
     smart::scopes::interactions,
 };
@@ -55,62 +53,20 @@ pub(crate) async fn provenance(
     }
     let purpose = purpose(&headers)?;
     let record_id = parse_id(id)?;
-    // Decided and recorded at one time: the event names the grant in force then.
-    let now = now_ms();
-    let request = AccessRequest {
-        caller: grant.identity,
-        credential: &grant,
-        action: AccessAction::History,
-        purpose,
-        record: record_id,
-        version: None,
-        now_ms: now,
-    };
-    let decision = access::authorize(&app.chain.snapshot(), &request)
-        .filter(|d| d.head.resource_type == resource_type)
-        .ok_or_else(|| no_such(resource_type, id))?;
-    let allowed = decision.is_allowed();
-    if let Some(service) = &app.records {
-        record_audit(service, move |s| s.audit_decision(&decision, now)).await?;
-    }
-    // Refused (and audited): the answer for a record that does not exist.
-    if !allowed {
-        return Err(no_such(resource_type, id));
-    }
-    let (custodian, versions) = {
-        let index = app.chain.patient_index();
-        let record = index.record(&record_id).ok_or_else(|| not_found("the record is not indexed yet"))?;
-        (record.custodian, record.versions.clone())
-    };
+    let service = records(&app)?;
+    let type_for_read = resource_type.to_owned();
+    let versions =
+        on_service(&service, move |s| s.provenance(grant.caller(), &type_for_read, record_id, purpose, now_ms()))
+            .await?
+            .map_err(|e| refused(e, resource_type, id))?;
     let identity =
         |id: &IdentityId| serde_json::json!({"identifier": {"system": IDENTITY_SYSTEM, "value": id.to_hex()}});
     let mut entries = Vec::new();
-    for version in versions.iter().rev() {
-        let tx = app
-            .chain
-            .transaction(&version.position.tx_id)
-            .map_err(|e| FhirError::new(StatusCode::INTERNAL_SERVER_ERROR, IssueCode::Exception, e.to_string()))?;
-        let (signer, signature) = match &tx {
-            Some(tx) => {
-                (tx.body().signer, base64::Engine::encode(&base64::engine::general_purpose::STANDARD, tx.signature().0))
-            }
-            None => continue,
-        };
+    for version in &versions {
+        let (custodian, signer) = (version.custodian, version.signer);
+        let signature = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, version.signature);
         let recorded = instant_from_ms(version.position.committed_at_ms);
-        // A delete is a version too: its marker says so (the caller may read the record).
-        let deleted = match &app.records {
-            Some(service) => {
-                let service = service.clone();
-                let v = version.version;
-                tokio::task::spawn_blocking(move || service.plaintext_for_index(&record_id, v))
-                    .await
-                    .ok()
-                    .and_then(Result::ok)
-                    .is_some_and(|p| is_tombstone(&p))
-            }
-            None => false,
-        };
-        let activity = match (version.version, deleted) {
+        let activity = match (version.version, version.deleted) {
             (_, true) => "DELETE",
             (1, false) => "CREATE",
             _ => "UPDATE",

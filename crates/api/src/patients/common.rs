@@ -220,7 +220,7 @@ pub(crate) fn access_view(a: &AccessEntry, state: &LedgerState) -> AccessView {
     AccessView {
         accessor_name: state.identity(&e.accessor).map(|i| i.name.clone()).filter(|n| !n.is_empty()),
         recorded_by: a.recorder.to_hex(),
-        recorded_by_name: crate::identities::recorder_display(state, &a.recorder),
+        recorded_by_name: medledger_records::people::recorder_display(state, &a.recorder),
         tx_id: a.position.tx_id.to_hex(),
         log_index: a.position.log_index,
         event_index: a.event_index,

@@ -123,7 +123,7 @@ pub(crate) async fn history(
             service.audit_decision(&decision, now)?;
         }
         // Refused (and audited above): the answer for a record that does not exist
-        // (`crate::existence`).
+        // (`records::resource`).
         let basis = decision.outcome.map_err(|_| ApiError::NotFound(format!("no record {record_id}")))?;
         let index = c.patient_index();
         let record = index

@@ -9,18 +9,17 @@ use axum::{
     response::Response,
 };
 use medledger_fhir::IssueCode;
-use medledger_records::consent::consent_resource;
+use medledger_records::consents::ConsentError;
 use medledger_types::RecordId;
 
 use crate::{
     app::AppState,
     clock::now_ms,
     fhir::{
-        credentials::{authorize, purpose},
+        credentials::{authorize, on_service, purpose, records},
         errors::{FhirError, forbidden, not_found},
         render::bundle_response,
     },
-    identities::{concerns, may_oversee, organisation_of},
     smart::scopes::interactions,
 };
 
@@ -46,32 +45,14 @@ pub(crate) async fn consents(
     };
     let record = RecordId::from_hex(patient_ref.strip_prefix("Patient/").unwrap_or(&patient_ref))
         .map_err(|_| not_found(format!("no Patient {}", crate::error::echo(&patient_ref))))?;
-    let now = now_ms();
-    let resources: Vec<serde_json::Value> = {
-        let state = app.chain.snapshot();
-        let patient = match state.record(&record) {
-            Some(head) if head.resource_type == "Patient" => head.patient,
-            _ => return Err(not_found(format!("no Patient {}", crate::error::echo(&patient_ref)))),
-        };
-        if !may_oversee(&state, &grant.identity, &patient) {
-            // Someone who may not even see the Patient learns nothing, not that it exists.
-            if !crate::existence::sees(&state, &grant.identity, &record, purpose) {
-                return Err(not_found(format!("no Patient {}", crate::error::echo(&patient_ref))));
-            }
-            return Err(forbidden(
-                "a patient's consents are for the patient and the organisations holding their records",
-            ));
-        }
-        let at = now.max(state.head_timestamp_ms());
-        // An organisation sees the consents that give it (or its staff) access, not the
-        // patient's others.
-        let viewer = (grant.identity != patient).then(|| organisation_of(&state, &grant.identity)).flatten();
-        state
-            .grants_of(&patient)
-            .filter(|g| viewer.is_none_or(|org| concerns(&state, g, &org)))
-            .map(|g| consent_resource(&state, g, at))
-            .collect()
-    };
+    let service = records(&app)?;
+    let caller = grant.identity;
+    let resources = on_service(&service, move |s| s.consents_of(&caller, &record, purpose, now_ms())).await?.map_err(
+        |e| match e {
+            ConsentError::NotOverseer => forbidden(e.to_string()),
+            _ => not_found(format!("no Patient {}", crate::error::echo(&patient_ref))),
+        },
+    )?;
     let bundle = serde_json::json!({
         "resourceType": "Bundle",
         "type": "searchset",
@@ -93,20 +74,11 @@ pub(crate) async fn consent(
     headers: HeaderMap,
 ) -> Result<Response, FhirError> {
     let grant = authorize(&app, &headers, "Consent", interactions::READ)?;
-    let grant_id = medledger_types::TxId::from_hex(&id)
-        .map_err(|_| not_found(format!("no Consent {}", crate::error::echo(&id))))?;
-    let resource = {
-        let state = app.chain.snapshot();
-        let stored =
-            state.grant(&grant_id).ok_or_else(|| not_found(format!("no Consent {}", crate::error::echo(&id))))?;
-        let allowed = grant.identity == stored.patient
-            || (may_oversee(&state, &grant.identity, &stored.patient)
-                && organisation_of(&state, &grant.identity).is_some_and(|org| concerns(&state, stored, &org)));
-        // A consent the caller may not see answers as one that does not exist.
-        if !allowed {
-            return Err(not_found(format!("no Consent {}", crate::error::echo(&id))));
-        }
-        consent_resource(&state, stored, now_ms().max(state.head_timestamp_ms()))
-    };
+    let service = records(&app)?;
+    let (caller, id_hex) = (grant.identity, id.clone());
+    // A consent the caller may not see answers as one that does not exist.
+    let resource = on_service(&service, move |s| s.consent_as(&caller, &id_hex, now_ms()).ok_or(()))
+        .await?
+        .map_err(|()| not_found(format!("no Consent {}", crate::error::echo(&id))))?;
     Ok(bundle_response(resource.to_string()))
 }

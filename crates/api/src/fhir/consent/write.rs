@@ -22,16 +22,15 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use medledger_fhir::{Issue, IssueCode, Severity};
-use medledger_ledger::Payload;
-use medledger_records::consent::{acts_for, consent_resource, grant_of};
-use medledger_types::{IdentityId, TxId};
+use medledger_records::consents::ConsentError;
+use medledger_types::TxId;
 
 use crate::{
     app::AppState,
     clock::now_ms,
     fhir::{
         commit::wait_for_commit,
-        credentials::{authorize, records},
+        credentials::{authorize, on_service, records},
         errors::{FHIR_JSON, FhirError, forbidden, not_found},
         request::check_content_type,
     },
@@ -51,36 +50,29 @@ fn unprocessable(reasons: Vec<String>) -> FhirError {
     FhirError::with_issues(StatusCode::UNPROCESSABLE_ENTITY, issues)
 }
 
-/// Checks that the caller may write `patient`'s consent and that this node is the patient's
-/// gateway delegate.
-fn check_acting_for(app: &AppState, caller: &IdentityId, patient: &IdentityId) -> Result<(), FhirError> {
-    let service = records(app)?;
-    let gateway = service.node_identity();
-    let state = app.chain.snapshot();
-    let now = now_ms().max(state.head_timestamp_ms());
-    if !acts_for(&state, caller, patient, now) {
-        return Err(forbidden("only the patient, or a personal delegate of theirs, writes their consent"));
-    }
-    if !state.is_live_delegate(patient, &gateway, now) {
-        return Err(forbidden(format!(
+/// What refused a consent write, in words.
+fn refused(error: ConsentError, id: &str) -> FhirError {
+    match error {
+        ConsentError::Unmappable(reasons) => unprocessable(reasons),
+        ConsentError::NotActingFor => forbidden(error.to_string()),
+        ConsentError::NoGateway { gateway } => forbidden(format!(
             "this node signs consents only for patients who appointed it as their delegate: appoint identity {} \
              (`medledger consent delegate add --key <your key file> --delegate {}`), then retry",
             gateway.to_hex(),
             gateway.to_hex()
-        )));
+        )),
+        ConsentError::Unknown | ConsentError::UnknownPatient => {
+            not_found(format!("no Consent {}", crate::error::echo(id)))
+        }
+        ConsentError::NotOverseer => forbidden(error.to_string()),
+        ConsentError::Revoked => FhirError::new(StatusCode::GONE, IssueCode::Deleted, error.to_string()),
+        ConsentError::Record(error) => error.into(),
     }
-    Ok(())
 }
 
-/// Submits `payload` signed by this node as the patient's gateway delegate and waits for it.
-async fn submit(app: &AppState, payload: Payload) -> Result<(TxId, bool), FhirError> {
-    let service = records(app)?;
-    let tx =
-        tokio::task::spawn_blocking(move || service.submit_as_gateway(payload, now_ms())).await.map_err(|_| {
-            FhirError::new(StatusCode::INTERNAL_SERVER_ERROR, IssueCode::Exception, "consent task failed")
-        })??;
-    let committed = app.fhir_commit_wait_ms == 0 || wait_for_commit(app, &tx).await?;
-    Ok((tx, committed))
+/// Waits for a consent transaction the node signed as the patient's gateway delegate.
+async fn committed(app: &AppState, tx: &TxId) -> Result<bool, FhirError> {
+    Ok(app.fhir_commit_wait_ms == 0 || wait_for_commit(app, tx).await?)
 }
 
 /// `POST /fhir/Consent`.
@@ -102,17 +94,13 @@ pub(crate) async fn create(
     }
     let json: serde_json::Value = serde_json::from_slice(&body)
         .map_err(|e| FhirError::new(StatusCode::BAD_REQUEST, IssueCode::Invalid, e.to_string()))?;
-    let (patient, payload) = {
-        let state = app.chain.snapshot();
-        grant_of(&state, &json, now_ms().max(state.head_timestamp_ms())).map_err(unprocessable)?
-    };
-    check_acting_for(&app, &token.identity, &patient)?;
-    let (tx, committed) = submit(&app, payload).await?;
+    let service = records(&app)?;
+    let caller = token.identity;
+    let tx =
+        on_service(&service, move |s| s.grant_consent(&caller, &json, now_ms())).await?.map_err(|e| refused(e, ""))?;
     let location = format!("/fhir/Consent/{}", tx.to_hex());
-    let mut response = if committed {
-        let state = app.chain.snapshot();
-        let grant = state.grant(&tx).ok_or_else(|| not_found("the grant is gone"))?;
-        let body = consent_resource(&state, grant, now_ms().max(state.head_timestamp_ms())).to_string();
+    let mut response = if committed(&app, &tx).await? {
+        let body = service.consent(&tx, now_ms()).ok_or_else(|| not_found("the grant is gone"))?.to_string();
         (StatusCode::CREATED, body).into_response()
     } else {
         StatusCode::ACCEPTED.into_response()
@@ -128,29 +116,15 @@ pub(crate) async fn create(
     Ok(response)
 }
 
-/// The live consent grant `id` names, with its patient. To a caller who may not write the
-/// patient's consent, a grant that exists answers as one that does not: whether it exists, or
-/// was revoked, is not theirs to learn.
-fn live_grant(app: &AppState, caller: &IdentityId, id: &str) -> Result<(TxId, IdentityId), FhirError> {
-    let unknown = || not_found(format!("no Consent {}", crate::error::echo(id)));
-    let grant_id = TxId::from_hex(id).map_err(|_| unknown())?;
-    let state = app.chain.snapshot();
-    let grant = state.grant(&grant_id).ok_or_else(unknown)?;
-    if !acts_for(&state, caller, &grant.patient, now_ms()) {
-        return Err(unknown());
-    }
-    if grant.revoked_at.is_some() {
-        return Err(FhirError::new(StatusCode::GONE, IssueCode::Deleted, "this consent is already revoked"));
-    }
-    Ok((grant_id, grant.patient))
-}
-
 async fn revoke(app: &AppState, headers: &HeaderMap, id: &str, interaction: u8) -> Result<Response, FhirError> {
     let token = authorize(app, headers, "Consent", interaction)?;
-    let (grant_id, patient) = live_grant(app, &token.identity, id)?;
-    check_acting_for(app, &token.identity, &patient)?;
-    let (tx, committed) = submit(app, Payload::ConsentRevoke { grant_id }).await?;
-    let mut response = if committed { StatusCode::NO_CONTENT } else { StatusCode::ACCEPTED }.into_response();
+    let service = records(app)?;
+    let (caller, id_hex) = (token.identity, id.to_owned());
+    let tx = on_service(&service, move |s| s.revoke_consent(&caller, &id_hex, now_ms()))
+        .await?
+        .map_err(|e| refused(e, id))?;
+    let done = committed(app, &tx).await?;
+    let mut response = if done { StatusCode::NO_CONTENT } else { StatusCode::ACCEPTED }.into_response();
     if let Ok(v) = HeaderValue::from_str(&tx.to_hex()) {
         response.headers_mut().insert("x-medledger-tx", v);
     }
