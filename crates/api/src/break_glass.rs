@@ -15,14 +15,15 @@ use axum::{
     Json,
     extract::{Query, Request, State},
 };
-use medledger_types::{Role, TimestampMs};
+use medledger_records::views;
+use medledger_types::TimestampMs;
 use serde::Serialize;
 
 use crate::{
     app::{AppState, on_chain},
     clock::now_ms,
     error::ApiError,
-    patients::common::{ReviewView, page, slice},
+    patients::common::{ReviewView, page, render, slice},
     signed::authenticated,
 };
 
@@ -72,36 +73,21 @@ pub(crate) async fn list(
     let (from, limit) = page(&query)?;
     let (requester, _) = authenticated(&app, request).await?;
     let now = now_ms();
-    on_chain(&app.chain, move |c| {
-        // One snapshot, so the state and the index are at one height.
-        let state = c.snapshot();
-        let index = state.index();
-        let organisation = match state.identity(&requester).map(|i| (i.role, i.organisation)) {
-            Some((Role::Organisation, _)) => requester,
-            Some((Role::Practitioner, Some(org))) => org,
-            _ => {
-                return Err(ApiError::Forbidden {
-                    reason: "not-an-organisation",
-                    message: "break-glass reviews are listed for organisations and their practitioners".into(),
-                });
-            }
-        };
+    let (snapshot, organisation) = on_chain(&app.chain, move |c| {
+        views::break_glass_queue_of(c, &requester).ok_or_else(|| ApiError::Forbidden {
+            reason: "not-an-organisation",
+            message: "break-glass reviews are listed for organisations and their practitioners".into(),
+        })
+    })
+    .await?;
+    render(snapshot, move |state| {
         // Every declaration is visited: break-glass is rare, and the list is bounded by the
-        // page, not by the scan.
-        let visible: Vec<_> = index
+        // page, not by the scan. One snapshot, so the state and the index are at one height.
+        let visible: Vec<_> = state
+            .index()
             .break_glass()
             .filter(|b| !pending_only || b.reviewed_by_tx.is_none())
-            .filter_map(|b| {
-                let declarer_org = state.identity(&b.practitioner).and_then(|i| i.organisation);
-                let (basis, reviewable) = if declarer_org == Some(organisation) {
-                    ("declarer-organisation", false)
-                } else if state.custodies(&organisation, &b.patient) {
-                    ("custodian", requester != b.practitioner)
-                } else {
-                    return None;
-                };
-                Some((b, (basis, reviewable)))
-            })
+            .filter_map(|b| Some((b, views::break_glass_basis(state, &organisation, &requester, b)?)))
             .collect();
         let (page, next) = slice(&visible, from, limit);
         let events = page

@@ -20,7 +20,7 @@ use medledger_node::{
     NodeError,
     chain::{Chain, TxStatus},
 };
-use medledger_types::{Height, IdentityId, Role, TxId, limits};
+use medledger_types::{Height, IdentityId, TxId, limits};
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -458,12 +458,8 @@ pub(crate) async fn identity(
     let caller = caller(&app, request).await?;
     on_chain(&app.chain, move |c| {
         let viewer = Viewer::of(c, caller);
-        let view = c
-            .snapshot()
-            .identity(&id)
-            .filter(|who| who.role != Role::Patient || viewer.is_member() || viewer.is(&who.id))
-            .map(IdentityView::from);
-        view.map(Json).ok_or_else(|| ApiError::NotFound(format!("no identity {id}")))
+        let view = medledger_records::views::identity_as(c, caller.as_ref(), viewer.is_member(), &id);
+        view.as_ref().map(IdentityView::from).map(Json).ok_or_else(|| ApiError::NotFound(format!("no identity {id}")))
     })
     .await
 }

@@ -24,6 +24,7 @@ pub mod conditional;
 pub mod consent;
 pub mod consents;
 pub mod content;
+pub mod directory;
 mod error;
 pub mod everything;
 pub mod export;
@@ -36,6 +37,7 @@ pub mod served;
 mod service;
 mod service_audit;
 pub mod trail;
+pub mod views;
 
 pub use batch::*;
 pub use error::RecordError;

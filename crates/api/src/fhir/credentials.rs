@@ -8,7 +8,7 @@ use axum::http::{HeaderMap, StatusCode};
 use medledger_fhir::IssueCode;
 use medledger_ledger::{AccessAction, Purpose};
 use medledger_records::RecordError;
-use medledger_types::{IdentityId, RecordId};
+use medledger_types::RecordId;
 
 use crate::{
     app::AppState,
@@ -139,11 +139,6 @@ pub(crate) fn purpose(headers: &HeaderMap) -> Result<Purpose, FhirError> {
             )
         }),
     }
-}
-
-/// Whether `who` writes for `organisation`: the organisation itself, or its staff or systems.
-pub(crate) fn is_staff(app: &AppState, who: &IdentityId, organisation: &IdentityId) -> bool {
-    medledger_records::access::is_staff(&app.chain.snapshot(), who, organisation)
 }
 
 pub(crate) fn authenticate(app: &AppState, headers: &HeaderMap) -> Result<Grant, FhirError> {

@@ -17,18 +17,18 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use medledger_fhir::IssueCode;
-use medledger_records::RecordError;
+use medledger_records::{RecordError, history::Page, resource::ResourceError};
 use medledger_types::{IdentityId, RecordId};
 
 use crate::{
     app::AppState,
     clock::now_ms,
     fhir::{
-        commit::{Written, committed_at_ms, wait_for_commit, written_response},
-        credentials::{authorize, is_staff, records},
-        errors::{FhirError, forbidden, not_found},
+        commit::{Written, wait_for_commit, written_response},
+        credentials::{authorize, on_service, records},
+        errors::{FhirError, forbidden, not_found, refused},
         paging::{HISTORY_VERSIONS_MAX, page_links, paging},
-        render::{bundle_response, push_history_entry, resource_response},
+        render::{bundle_response, history_bundle, resource_response},
         request::{check_content_type, if_match, parse_id},
         served::{is_tombstone, tombstone},
     },
@@ -51,8 +51,7 @@ fn write_error(e: RecordError) -> FhirError {
 /// The entry `id` names, if it is a directory entry of `resource_type`.
 fn entry_of_type(app: &AppState, resource_type: &str, id: &str) -> Result<RecordId, FhirError> {
     let entry_id = parse_id(id)?;
-    let matches = app.chain.snapshot().directory_entry(&entry_id).is_some_and(|h| h.resource_type == resource_type);
-    if !matches {
+    if !records(app)?.directory_has(resource_type, &entry_id) {
         return Err(not_found(format!("no {resource_type} with id {}", crate::error::echo(id))));
     }
     Ok(entry_id)
@@ -67,20 +66,16 @@ pub(crate) async fn read(
     version: Option<u32>,
 ) -> Result<Response, FhirError> {
     authorize(&app, &headers, &resource_type, interactions::READ)?;
-    let entry_id = entry_of_type(&app, &resource_type, &id)?;
+    let entry_id = parse_id(&id)?;
     let service = records(&app)?;
-    let read = tokio::task::spawn_blocking(move || service.read_directory(&entry_id, version))
-        .await
-        .map_err(|_| task_failed("read"))??;
-    if is_tombstone(&read.content) {
-        return Err(FhirError::new(
-            StatusCode::GONE,
-            IssueCode::Deleted,
-            format!("{resource_type}/{id} was deleted (version {}); its history is kept", read.version),
-        ));
-    }
-    let committed_ms = committed_at_ms(&app, &entry_id, read.version).unwrap_or_else(now_ms);
-    resource_response(StatusCode::OK, &resource_type, &entry_id, read.version, committed_ms, &read.content)
+    let type_for_read = resource_type.clone();
+    let read = on_service(&service, move |s| s.directory_read(&type_for_read, entry_id, version, now_ms()))
+        .await?
+        .map_err(|e| match e {
+            ResourceError::Unknown => not_found(format!("no {resource_type} with id {}", crate::error::echo(&id))),
+            other => refused(other, &resource_type, &id),
+        })?;
+    resource_response(StatusCode::OK, &resource_type, &entry_id, read.version, read.committed_ms, &read.plaintext)
 }
 
 /// Checks a directory write's caller and body; returns the author.
@@ -107,7 +102,7 @@ fn check_write(
         medledger_records::content::check_directory(resource_type, body)?;
     }
     let service = records(app)?;
-    if !is_staff(app, &grant.identity, &service.organisation()) {
+    if !service.writes_here(&grant.identity) {
         return Err(forbidden("only the staff and systems of the organisation operating this node write here"));
     }
     Ok(grant.identity)
@@ -235,40 +230,24 @@ pub(crate) async fn history(
     query: std::collections::HashMap<String, String>,
 ) -> Result<Response, FhirError> {
     authorize(&app, &headers, &resource_type, interactions::READ)?;
-    let entry_id = entry_of_type(&app, &resource_type, &id)?;
-    let versions: Vec<(u32, u64)> = app
-        .chain
-        .patient_index()
-        .directory_versions(&entry_id)
-        .iter()
-        .rev()
-        .map(|(v, p)| (*v, p.committed_at_ms))
-        .collect();
+    let entry_id = parse_id(&id)?;
     let (count, offset) = paging(&query, HISTORY_VERSIONS_MAX, "instance history")?;
-    let total = versions.len();
-    let versions: Vec<(u32, u64)> = versions.into_iter().skip(offset).take(count).collect();
     let service = records(&app)?;
-    let wanted = versions.clone();
-    let contents = tokio::task::spawn_blocking(move || {
-        wanted
-            .iter()
-            .map(|(v, _)| service.read_directory(&entry_id, Some(*v)).map(|r| r.content))
-            .collect::<Result<Vec<_>, _>>()
-    })
-    .await
-    .map_err(|_| task_failed("read"))??;
+    let type_for_read = resource_type.clone();
+    let history = on_service(&service, move |s| s.directory_history(&type_for_read, entry_id, Page { count, offset }))
+        .await?
+        .map_err(|e| match e {
+            ResourceError::Unknown => not_found(format!("no {resource_type} with id {}", crate::error::echo(&id))),
+            other => refused(other, &resource_type, &id),
+        })?;
     let id_hex = entry_id.to_hex();
-    let links =
-        page_links(&format!("{}/fhir/{resource_type}/{id_hex}/_history", app.public_base()), count, offset, total);
-    let mut bundle = format!(r#"{{"resourceType":"Bundle","type":"history","total":{total},"link":{links},"entry":["#);
-    for (i, ((version, at_ms), content)) in versions.iter().zip(&contents).enumerate() {
-        if i > 0 {
-            bundle.push(',');
-        }
-        push_history_entry(&mut bundle, &resource_type, &entry_id, *version, *at_ms, content);
-    }
-    bundle.push_str("]}");
-    Ok(bundle_response(bundle))
+    let links = page_links(
+        &format!("{}/fhir/{resource_type}/{id_hex}/_history", app.public_base()),
+        count,
+        offset,
+        history.total,
+    );
+    Ok(bundle_response(history_bundle(&resource_type, &history, &links)))
 }
 
 /// `GET /fhir/{type}/_history` for a directory type: every version of every entry of the
@@ -282,46 +261,11 @@ pub(crate) async fn type_history(
     // SMART maps type history to search (`s`), as for records.
     authorize(&app, &headers, &resource_type, interactions::SEARCH)?;
     let (count, offset) = paging(&query, HISTORY_VERSIONS_MAX, "type history")?;
-    // (log index, entry, version, committed at), from one snapshot (state and index agree).
-    let snapshot = app.chain.snapshot();
-    let ids: Vec<RecordId> = snapshot
-        .directory_entries()
-        .filter(|(_, head)| head.resource_type == resource_type)
-        .map(|(id, _)| *id)
-        .collect();
-    let mut versions: Vec<(u64, RecordId, u32, u64)> = {
-        let index = snapshot.index();
-        ids.iter()
-            .flat_map(|id| {
-                index
-                    .directory_versions(id)
-                    .iter()
-                    .map(|(v, p)| (p.log_index, *id, *v, p.committed_at_ms))
-                    .collect::<Vec<_>>()
-            })
-            .collect()
-    };
-    versions.sort_by_key(|v| std::cmp::Reverse((v.0, v.2)));
-    let total = versions.len();
-    let page: Vec<_> = versions.into_iter().skip(offset).take(count).collect();
     let service = records(&app)?;
-    let wanted = page.clone();
-    let contents = tokio::task::spawn_blocking(move || {
-        wanted
-            .iter()
-            .map(|(_, id, v, _)| service.read_directory(id, Some(*v)).map(|r| r.content))
-            .collect::<Result<Vec<_>, _>>()
-    })
-    .await
-    .map_err(|_| task_failed("read"))??;
-    let links = page_links(&format!("{}/fhir/{resource_type}/_history", app.public_base()), count, offset, total);
-    let mut bundle = format!(r#"{{"resourceType":"Bundle","type":"history","total":{total},"link":{links},"entry":["#);
-    for (i, ((_, id, version, at_ms), content)) in page.iter().zip(&contents).enumerate() {
-        if i > 0 {
-            bundle.push(',');
-        }
-        push_history_entry(&mut bundle, &resource_type, id, *version, *at_ms, content);
-    }
-    bundle.push_str("]}");
-    Ok(bundle_response(bundle))
+    let type_for_read = resource_type.clone();
+    let history =
+        on_service(&service, move |s| s.directory_type_history(&type_for_read, Page { count, offset })).await??;
+    let links =
+        page_links(&format!("{}/fhir/{resource_type}/_history", app.public_base()), count, offset, history.total);
+    Ok(bundle_response(history_bundle(&resource_type, &history, &links)))
 }

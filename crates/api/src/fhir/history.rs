@@ -10,10 +10,7 @@ use axum::{
     response::Response,
 };
 use medledger_ledger::AccessAction;
-use medledger_records::{
-    history::{HistoryPage, Page},
-    resource::ResourceError,
-};
+use medledger_records::{history::Page, resource::ResourceError};
 
 use crate::{
     app::AppState,
@@ -22,7 +19,7 @@ use crate::{
         credentials::{authorize, authorize_record, on_service, purpose, records},
         errors::{FhirError, no_such, refused},
         paging::{HISTORY_VERSIONS_MAX, page_links, paging},
-        render::{bundle_response, push_history_entry},
+        render::{bundle_response, history_bundle},
         request::parse_id,
         served::served,
     },
@@ -68,20 +65,6 @@ pub(crate) async fn history(
         history.total,
     );
     Ok(bundle_response(history_bundle(&resource_type, &history, &links)))
-}
-
-/// A `history` Bundle of `history`'s page.
-fn history_bundle(resource_type: &str, history: &HistoryPage, links: &str) -> String {
-    let total = history.total;
-    let mut bundle = format!(r#"{{"resourceType":"Bundle","type":"history","total":{total},"link":{links},"entry":["#);
-    for (i, v) in history.versions.iter().enumerate() {
-        if i > 0 {
-            bundle.push(',');
-        }
-        push_history_entry(&mut bundle, resource_type, &v.record_id, v.version, v.committed_ms, &v.plaintext);
-    }
-    bundle.push_str("]}");
-    bundle
 }
 
 /// `GET /fhir/{type}/_history[?_count=N&_offset=M]`: every version of every record of the

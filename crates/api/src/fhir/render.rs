@@ -143,3 +143,21 @@ pub(crate) fn bundle_response(body: String) -> Response {
     response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
 }
+
+/// A `history` Bundle of `history`'s page.
+pub(crate) fn history_bundle(
+    resource_type: &str,
+    history: &medledger_records::history::HistoryPage,
+    links: &str,
+) -> String {
+    let total = history.total;
+    let mut bundle = format!(r#"{{"resourceType":"Bundle","type":"history","total":{total},"link":{links},"entry":["#);
+    for (i, v) in history.versions.iter().enumerate() {
+        if i > 0 {
+            bundle.push(',');
+        }
+        push_history_entry(&mut bundle, resource_type, &v.record_id, v.version, v.committed_ms, &v.plaintext);
+    }
+    bundle.push_str("]}");
+    bundle
+}

@@ -10,10 +10,10 @@ use axum::{
 use serde::Serialize;
 
 use crate::{
-    app::{AppState, on_chain},
+    app::AppState,
     error::ApiError,
     params::{hexes, parse_identity_id},
-    patients::common::{AccessView, access_view, index_page, page, the_patient},
+    patients::common::{AccessView, access_view, index_page, page, render, the_patient},
 };
 
 #[derive(Serialize)]
@@ -45,11 +45,10 @@ pub(crate) async fn access_log(
 ) -> Result<Json<AccessLogView>, ApiError> {
     let patient = parse_identity_id(&id)?;
     let (from, limit) = page(&query)?;
-    the_patient(&app, patient, request).await?;
-    on_chain(&app.chain, move |c| {
+    let snapshot = the_patient(&app, patient, request).await?;
+    render(snapshot, move |state| {
         // One snapshot: the index and the log at one height, so every entry is in the log the
         // proofs are made against.
-        let state = c.snapshot();
         let index = state.index();
         let log = state.log();
         let (log_size, log_root) = (log.size(), log.root());
@@ -62,7 +61,7 @@ pub(crate) async fn access_log(
                 let proof = log
                     .inclusion_proof(a.position.log_index, log_size)
                     .map_err(|e| ApiError::Internal(format!("access-log proof: {e}")))?;
-                Ok(ProvenAccessView { entry: access_view(a, &state), proof: hexes(&proof) })
+                Ok(ProvenAccessView { entry: access_view(a, state), proof: hexes(&proof) })
             })
             .collect::<Result<Vec<_>, ApiError>>()?;
         Ok(Json(AccessLogView {

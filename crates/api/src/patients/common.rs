@@ -2,12 +2,14 @@
 //! (the patient, or a live delegate), and the JSON pieces several views carry (versions,
 //! access events, break-glass reviews, codes).
 
-use std::collections::HashMap;
+use std::{collections::HashMap, sync::Arc};
 
 use axum::extract::Request;
 use medledger_ledger::{AccessAction, AccessOutcome, BreakGlassReview, GrantOrigin, State as LedgerState, actions};
 use medledger_node::index::{AccessEntry, IndexVec, RecordEntry};
-use medledger_types::{IdentityId, Role, TimestampMs};
+use medledger_node::snapshot::Snapshot;
+use medledger_records::views;
+use medledger_types::{IdentityId, TimestampMs};
 use serde::Serialize;
 
 use crate::{
@@ -60,43 +62,51 @@ pub(crate) fn slice<T>(items: &[T], from: usize, limit: usize) -> (&[T], Option<
     (&items[start..end], (end < items.len()).then_some(end))
 }
 
-/// Authenticates the request and checks the requester is the patient `patient`.
-pub(crate) async fn the_patient(app: &AppState, patient: IdentityId, request: Request) -> Result<(), ApiError> {
+/// Authenticates the request and checks the requester is the patient `patient`; the snapshot
+/// the check was made on, for the view to show.
+pub(crate) async fn the_patient(
+    app: &AppState,
+    patient: IdentityId,
+    request: Request,
+) -> Result<Arc<Snapshot>, ApiError> {
     let (requester, _) = authenticated(app, request).await?;
-    let is_patient =
-        on_chain(&app.chain, move |c| Ok(c.snapshot().identity(&requester).is_some_and(|i| i.role == Role::Patient)))
-            .await?;
-    if requester != patient || !is_patient {
-        return Err(ApiError::Forbidden {
+    on_chain(&app.chain, move |c| {
+        views::as_the_patient(c, &requester, &patient).ok_or_else(|| ApiError::Forbidden {
             reason: "not-the-patient",
             message: "only the patient reads their own records, grants, access log and notifications".into(),
-        });
-    }
-    Ok(())
+        })
+    })
+    .await
 }
 
 /// Authenticates the request and checks the requester is the patient `patient` or, by the
-/// node's clock, a live delegate of theirs.
+/// node's clock, a live delegate of theirs; the snapshot the check was made on.
 pub(crate) async fn the_patient_or_delegate(
     app: &AppState,
     patient: IdentityId,
     request: Request,
-) -> Result<(), ApiError> {
+) -> Result<Arc<Snapshot>, ApiError> {
     let (requester, _) = authenticated(app, request).await?;
     let now = now_ms();
-    let allowed = on_chain(&app.chain, move |c| {
-        let state = c.snapshot();
-        let is_patient = requester == patient && state.identity(&requester).is_some_and(|i| i.role == Role::Patient);
-        Ok(is_patient || state.is_live_delegate(&patient, &requester, now))
-    })
-    .await?;
-    if !allowed {
-        return Err(ApiError::Forbidden {
+    on_chain(&app.chain, move |c| {
+        views::as_the_patient_or_delegate(c, &requester, &patient, now).ok_or_else(|| ApiError::Forbidden {
             reason: "not-the-patient-or-delegate",
             message: "only the patient or a live delegate of theirs reads their grants and delegates".into(),
-        });
+        })
+    })
+    .await
+}
+
+/// Builds a view from `snapshot` off the async workers (views walk lists and make proofs).
+pub(crate) async fn render<T, F>(snapshot: Arc<Snapshot>, f: F) -> Result<T, ApiError>
+where
+    T: Send + 'static,
+    F: FnOnce(&Snapshot) -> Result<T, ApiError> + Send + 'static,
+{
+    match tokio::task::spawn_blocking(move || f(&snapshot)).await {
+        Ok(result) => result,
+        Err(_) => Err(ApiError::Internal("building the view failed".into())),
     }
-    Ok(())
 }
 
 fn action_code(action: AccessAction) -> &'static str {

@@ -13,11 +13,11 @@ use medledger_types::TimestampMs;
 use serde::Serialize;
 
 use crate::{
-    app::{AppState, on_chain},
+    app::AppState,
     clock::now_ms,
     error::ApiError,
     params::parse_identity_id,
-    patients::common::{ReviewView, action_names, origin_code, page, slice, the_patient_or_delegate},
+    patients::common::{ReviewView, action_names, origin_code, page, render, slice, the_patient_or_delegate},
 };
 
 #[derive(Serialize)]
@@ -116,10 +116,9 @@ pub(crate) async fn grants(
 ) -> Result<Json<GrantsView>, ApiError> {
     let patient = parse_identity_id(&id)?;
     let (from, limit) = page(&query)?;
-    the_patient_or_delegate(&app, patient, request).await?;
+    let snapshot = the_patient_or_delegate(&app, patient, request).await?;
     let now = now_ms();
-    on_chain(&app.chain, move |c| {
-        let state = c.snapshot();
+    render(snapshot, move |state| {
         let total = state.grants_of(&patient).count();
         let grants: Vec<GrantView> =
             state.grants_of(&patient).skip(from).take(limit).map(|g| grant_view(g, now)).collect();
@@ -172,10 +171,9 @@ pub(crate) async fn delegates(
 ) -> Result<Json<DelegatesView>, ApiError> {
     let patient = parse_identity_id(&id)?;
     let (from, limit) = page(&query)?;
-    the_patient_or_delegate(&app, patient, request).await?;
+    let snapshot = the_patient_or_delegate(&app, patient, request).await?;
     let now = now_ms();
-    on_chain(&app.chain, move |c| {
-        let state = c.snapshot();
+    render(snapshot, move |state| {
         let all: Vec<_> = state.delegations_of(&patient).collect();
         let (page, next) = slice(&all, from, limit);
         let delegations = page

@@ -17,11 +17,13 @@ use medledger_types::{IdentityId, TimestampMs};
 use serde::Serialize;
 
 use crate::{
-    app::{AppState, on_chain},
+    app::AppState,
     clock::now_ms,
     error::ApiError,
     params::{optional_param, parse_identity_id},
-    patients::common::{AccessView, EXPIRING_WITHIN_MS, NOTIFICATIONS_MAX, access_view, origin_code, the_patient},
+    patients::common::{
+        AccessView, EXPIRING_WITHIN_MS, NOTIFICATIONS_MAX, access_view, origin_code, render, the_patient,
+    },
 };
 
 #[derive(Serialize)]
@@ -271,13 +273,12 @@ pub(crate) async fn notifications(
 ) -> Result<Json<NotificationsView>, ApiError> {
     let patient = parse_identity_id(&id)?;
     let since_ms = optional_param(&query, "since_ms")?.unwrap_or(0);
-    the_patient(&app, patient, request).await?;
+    let snapshot = the_patient(&app, patient, request).await?;
     let now = now_ms();
-    on_chain(&app.chain, move |c| {
-        let state = c.snapshot();
+    render(snapshot, move |state| {
         let index = state.index();
         let grants: Vec<&Grant> = state.grants_of(&patient).collect();
-        let (total, notifications) = notifications_of(&state, index, grants, &patient, since_ms, now);
+        let (total, notifications) = notifications_of(state, index, grants, &patient, since_ms, now);
         Ok(Json(NotificationsView {
             patient: patient.to_hex(),
             since_ms,

@@ -8,8 +8,7 @@ use axum::{
     Json,
     extract::{Path, Query, Request, State},
 };
-use medledger_ledger::AccessAction;
-use medledger_records::access::{self, AccessRequest, SignedRequest};
+use medledger_records::views;
 use serde::Serialize;
 
 use crate::{
@@ -17,7 +16,7 @@ use crate::{
     clock::now_ms,
     error::ApiError,
     params::{parse_identity_id, parse_purpose, parse_record_id},
-    patients::common::{VERSIONS_LISTED_MAX, VersionView, index_page, page, the_patient, version_views},
+    patients::common::{VERSIONS_LISTED_MAX, VersionView, index_page, page, render, the_patient, version_views},
     signed::authenticated,
 };
 
@@ -51,9 +50,9 @@ pub(crate) async fn records(
 ) -> Result<Json<RecordsView>, ApiError> {
     let patient = parse_identity_id(&id)?;
     let (from, limit) = page(&query)?;
-    the_patient(&app, patient, request).await?;
-    on_chain(&app.chain, move |c| {
-        let index = c.patient_index();
+    let snapshot = the_patient(&app, patient, request).await?;
+    render(snapshot, move |state| {
+        let index = state.index();
         let (page, total, next) = index_page(index.patient(&patient).map(|e| &e.records), from, limit);
         let records = page
             .iter()
@@ -107,26 +106,15 @@ pub(crate) async fn history(
     let (requester, _) = authenticated(&app, request).await?;
     let now = now_ms();
     let records = app.records.clone();
-    on_chain(&app.chain, move |c| {
-        let request = AccessRequest {
-            caller: requester,
-            credential: &SignedRequest,
-            action: AccessAction::History,
-            purpose,
-            record: record_id,
-            version: None,
-            now_ms: now,
-        };
-        let decision = access::authorize(&c.snapshot(), &request)
-            .ok_or_else(|| ApiError::NotFound(format!("no record {record_id}")))?;
-        if let Some(service) = &records {
-            service.audit_decision(&decision, now)?;
-        }
-        // Refused (and audited above): the answer for a record that does not exist
-        // (`records::resource`).
-        let basis = decision.outcome.map_err(|_| ApiError::NotFound(format!("no record {record_id}")))?;
-        let index = c.patient_index();
-        let record = index
+    // Refused (and audited): the answer for a record that does not exist (`records::resource`).
+    let (snapshot, basis) = on_chain(&app.chain, move |c| {
+        views::record_history_as(c, records.as_deref(), requester, record_id, purpose, now)?
+            .ok_or_else(|| ApiError::NotFound(format!("no record {record_id}")))
+    })
+    .await?;
+    render(snapshot, move |state| {
+        let record = state
+            .index()
             .record(&record_id)
             .ok_or_else(|| ApiError::Internal(format!("record {record_id} is in the state but not the index")))?;
         let (versions, next) = version_views(record, from, limit);

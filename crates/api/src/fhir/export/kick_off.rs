@@ -14,7 +14,7 @@ use medledger_records::export::{
     jobs::{Busy, Finished, RETRY_AFTER_POLL_S},
     run,
 };
-use medledger_types::{IdentityId, Role};
+use medledger_types::IdentityId;
 
 use crate::{
     app::AppState,
@@ -249,7 +249,7 @@ pub(crate) async fn export_group(
     authenticate(&app, &headers)?;
     let organisation = IdentityId::from_hex(&id)
         .ok()
-        .filter(|org| app.chain.snapshot().identity(org).is_some_and(|who| who.role == Role::Organisation))
+        .filter(|org| medledger_records::views::is_organisation(&app.chain, org))
         .ok_or_else(|| {
             FhirError::new(
                 StatusCode::NOT_FOUND,
