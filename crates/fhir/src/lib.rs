@@ -6,6 +6,7 @@
 //! client sent. Nothing here panics on input, and the work done is bounded per input byte.
 
 pub mod instant;
+mod issue;
 pub mod json;
 pub mod model;
 pub mod outcome;

@@ -300,7 +300,10 @@ impl Chain {
     pub fn tx_status(&self, id: &TxId) -> Result<TxStatus, NodeError> {
         if let Some((height, index)) = self.store.tx_location(id)? {
             let header = self.stored_block(height, Block::decode_header)?;
-            let log_index = header.log_size - header.tx_count as u64 + index as u64;
+            let log_index = (header.log_size.checked_sub(u64::from(header.tx_count)))
+                .filter(|_| index < header.tx_count)
+                .map(|first| first + u64::from(index))
+                .ok_or_else(|| NodeError::Corrupt(format!("the transaction index points outside block {height}")))?;
             return Ok(TxStatus::Committed { height, index, log_index });
         }
         if self.mempool.lock().contains(id) {

@@ -8,6 +8,7 @@
 //! refused with every reason, never widened. Everything is decided at one snapshot.
 
 use medledger_ledger::{Payload, Purpose};
+use medledger_node::chain::Chain;
 use medledger_types::{IdentityId, RecordId, TimestampMs, TxId};
 
 use crate::{
@@ -87,50 +88,6 @@ impl RecordService {
         Some(consent_resource(&state, grant, now_ms.max(state.head_timestamp_ms())))
     }
 
-    /// The Consent of grant `id_hex` if `caller` may see it: the patient, or an organisation
-    /// holding the patient's records (or its staff) that the grant concerns.
-    pub fn consent_as(&self, caller: &IdentityId, id_hex: &str, now_ms: TimestampMs) -> Option<serde_json::Value> {
-        let grant_id = TxId::from_hex(id_hex).ok()?;
-        let state = self.chain.snapshot();
-        let stored = state.grant(&grant_id)?;
-        let allowed = *caller == stored.patient
-            || (may_oversee(&state, caller, &stored.patient)
-                && organisation_of(&state, caller).is_some_and(|org| concerns(&state, stored, &org)));
-        allowed.then(|| consent_resource(&state, stored, now_ms.max(state.head_timestamp_ms())))
-    }
-
-    /// Every grant of the patient whose Patient record is `patient_record` (consents, grants
-    /// derived by sharing rules, break-glass), live or not, as Consents, that `caller` may see.
-    pub fn consents_of(
-        &self,
-        caller: &IdentityId,
-        patient_record: &RecordId,
-        purpose: Purpose,
-        now_ms: TimestampMs,
-    ) -> Result<Vec<serde_json::Value>, ConsentError> {
-        let state = self.chain.snapshot();
-        let patient = match state.record(patient_record) {
-            Some(head) if head.resource_type == "Patient" => head.patient,
-            _ => return Err(ConsentError::UnknownPatient),
-        };
-        if !may_oversee(&state, caller, &patient) {
-            // Someone who may not even see the Patient learns nothing, not that it exists.
-            if !access::sees(&state, caller, patient_record, purpose, now_ms) {
-                return Err(ConsentError::UnknownPatient);
-            }
-            return Err(ConsentError::NotOverseer);
-        }
-        let at = now_ms.max(state.head_timestamp_ms());
-        // An organisation sees the consents that give it (or its staff) access, not the
-        // patient's others.
-        let viewer = (*caller != patient).then(|| organisation_of(&state, caller)).flatten();
-        Ok(state
-            .grants_of(&patient)
-            .filter(|g| viewer.is_none_or(|org| concerns(&state, g, &org)))
-            .map(|g| consent_resource(&state, g, at))
-            .collect())
-    }
-
     /// That `caller` may write `patient`'s consent, and that this node is their gateway.
     fn check_gateway(
         &self,
@@ -148,4 +105,48 @@ impl RecordService {
         }
         Ok(())
     }
+}
+
+/// The Consent of grant `id_hex` if `caller` may see it: the patient, or an organisation
+/// holding the patient's records (or its staff) that the grant concerns.
+pub fn consent_as(chain: &Chain, caller: &IdentityId, id_hex: &str, now_ms: TimestampMs) -> Option<serde_json::Value> {
+    let grant_id = TxId::from_hex(id_hex).ok()?;
+    let state = chain.snapshot();
+    let stored = state.grant(&grant_id)?;
+    let allowed = *caller == stored.patient
+        || (may_oversee(&state, caller, &stored.patient)
+            && organisation_of(&state, caller).is_some_and(|org| concerns(&state, stored, &org)));
+    allowed.then(|| consent_resource(&state, stored, now_ms.max(state.head_timestamp_ms())))
+}
+
+/// Every grant of the patient whose Patient record is `patient_record` (consents, grants
+/// derived by sharing rules, break-glass), live or not, as Consents, that `caller` may see.
+pub fn consents_of(
+    chain: &Chain,
+    caller: &IdentityId,
+    patient_record: &RecordId,
+    purpose: Purpose,
+    now_ms: TimestampMs,
+) -> Result<Vec<serde_json::Value>, ConsentError> {
+    let state = chain.snapshot();
+    let patient = match state.record(patient_record) {
+        Some(head) if head.resource_type == "Patient" => head.patient,
+        _ => return Err(ConsentError::UnknownPatient),
+    };
+    if !may_oversee(&state, caller, &patient) {
+        // Someone who may not even see the Patient learns nothing, not that it exists.
+        if !access::sees(&state, caller, patient_record, purpose, now_ms) {
+            return Err(ConsentError::UnknownPatient);
+        }
+        return Err(ConsentError::NotOverseer);
+    }
+    let at = now_ms.max(state.head_timestamp_ms());
+    // An organisation sees the consents that give it (or its staff) access, not the
+    // patient's others.
+    let viewer = (*caller != patient).then(|| organisation_of(&state, caller)).flatten();
+    Ok(state
+        .grants_of(&patient)
+        .filter(|g| viewer.is_none_or(|org| concerns(&state, g, &org)))
+        .map(|g| consent_resource(&state, g, at))
+        .collect())
 }

@@ -4,7 +4,7 @@
 //! even its length; each returned version is a read like any other (decided and audited).
 
 use medledger_ledger::{AccessAction, Purpose};
-use medledger_node::index::TxPosition;
+use medledger_node::{chain::Chain, index::TxPosition};
 use medledger_types::{IdentityId, RecordId, TimestampMs};
 use zeroize::Zeroizing;
 
@@ -154,58 +154,6 @@ impl RecordService {
         Ok(HistoryPage { total, versions })
     }
 
-    /// The provenance of every version of `resource_type` record `record_id`, newest first.
-    /// The lookup is audited as a history access, allowed or not; one the caller may not make
-    /// is [`ResourceError::Unknown`].
-    pub fn provenance(
-        &self,
-        caller: Caller<'_>,
-        resource_type: &str,
-        record_id: RecordId,
-        purpose: Purpose,
-        now_ms: TimestampMs,
-    ) -> Result<Vec<VersionProvenance>, ResourceError> {
-        let index = self.chain.patient_index();
-        let request = AccessRequest {
-            caller: caller.identity,
-            credential: caller.credential,
-            action: AccessAction::History,
-            purpose,
-            record: record_id,
-            version: None,
-            now_ms,
-        };
-        // Decided and recorded at one time: the event names the grant in force then.
-        let decision = access::authorize(index.snapshot(), &request)
-            .filter(|d| d.head.resource_type == resource_type)
-            .ok_or(ResourceError::Unknown)?;
-        let record = index.record(&record_id).map(|r| (r.custodian, r.versions.clone()));
-        drop(index);
-        self.audit_decision(&decision, now_ms)?;
-        if !decision.is_allowed() {
-            return Err(ResourceError::Unknown);
-        }
-        let (custodian, versions) = record.ok_or(ResourceError::Unknown)?;
-        let mut out = Vec::with_capacity(versions.len());
-        for version in versions.iter().rev() {
-            let Some(tx) = self.chain.transaction(&version.position.tx_id).map_err(RecordError::Chain)? else {
-                continue;
-            };
-            // A delete is a version too: its marker says so (the caller may read the record).
-            let deleted = self.plaintext_for_index(&record_id, version.version).ok().is_some_and(|p| is_tombstone(&p));
-            out.push(VersionProvenance {
-                version: version.version,
-                author: version.author,
-                custodian,
-                position: version.position,
-                signer: tx.body().signer,
-                signature: tx.signature().0,
-                deleted,
-            });
-        }
-        Ok(out)
-    }
-
     /// Reads each (record, version), audited as history reads.
     fn read_versions(
         &self,
@@ -221,4 +169,63 @@ impl RecordService {
             .map(|read| read.map(|r| r.plaintext))
             .collect())
     }
+}
+
+/// The provenance of every version of `resource_type` record `record_id`, newest first.
+/// The lookup is audited as a history access, allowed or not, when this node serves
+/// records (`service`: it has the audit queue; a node with no organisation key answers
+/// too, without knowing which versions are deletes); one the caller may not make is
+/// [`ResourceError::Unknown`].
+pub fn provenance(
+    chain: &Chain,
+    service: Option<&RecordService>,
+    caller: Caller<'_>,
+    resource_type: &str,
+    record_id: RecordId,
+    purpose: Purpose,
+    now_ms: TimestampMs,
+) -> Result<Vec<VersionProvenance>, ResourceError> {
+    let index = chain.patient_index();
+    let request = AccessRequest {
+        caller: caller.identity,
+        credential: caller.credential,
+        action: AccessAction::History,
+        purpose,
+        record: record_id,
+        version: None,
+        now_ms,
+    };
+    // Decided and recorded at one time: the event names the grant in force then.
+    let decision = access::authorize(index.snapshot(), &request)
+        .filter(|d| d.head.resource_type == resource_type)
+        .ok_or(ResourceError::Unknown)?;
+    let record = index.record(&record_id).map(|r| (r.custodian, r.versions.clone()));
+    drop(index);
+    if let Some(service) = service {
+        service.audit_decision(&decision, now_ms)?;
+    }
+    if !decision.is_allowed() {
+        return Err(ResourceError::Unknown);
+    }
+    let (custodian, versions) = record.ok_or(ResourceError::Unknown)?;
+    let mut out = Vec::with_capacity(versions.len());
+    for version in versions.iter().rev() {
+        let Some(tx) = chain.transaction(&version.position.tx_id).map_err(RecordError::Chain)? else {
+            continue;
+        };
+        // A delete is a version too: its marker says so (the caller may read the record).
+        let deleted = service
+            .and_then(|s| s.plaintext_for_index(&record_id, version.version).ok())
+            .is_some_and(|p| is_tombstone(&p));
+        out.push(VersionProvenance {
+            version: version.version,
+            author: version.author,
+            custodian,
+            position: version.position,
+            signer: tx.body().signer,
+            signature: tx.signature().0,
+            deleted,
+        });
+    }
+    Ok(out)
 }

@@ -9,7 +9,9 @@ use medledger_ledger::Purpose;
 use medledger_node::index::AccessEntry;
 use medledger_types::{IdentityId, RecordId, TimestampMs};
 
-use crate::{RecordService, access, people};
+use medledger_node::chain::Chain;
+
+use crate::{access, people};
 
 /// Why a trail is not shown.
 #[derive(Debug, thiserror::Error)]
@@ -40,58 +42,57 @@ pub struct Trail {
     pub entries: Vec<TrailEntry>,
 }
 
-impl RecordService {
-    /// The events about the patient whose Patient record is `patient_record`, that `caller`
-    /// may see, `count` of them after skipping `offset`; all read at one snapshot.
-    pub fn audit_trail(
-        &self,
-        caller: &IdentityId,
-        patient_record: &RecordId,
-        purpose: Purpose,
-        (count, offset): (usize, usize),
-        now_ms: TimestampMs,
-    ) -> Result<Trail, TrailError> {
-        let index = self.chain.patient_index();
-        let state = index.snapshot();
-        let patient = match state.record(patient_record) {
-            Some(head) if head.resource_type == "Patient" => head.patient,
-            _ => return Err(TrailError::Unknown),
-        };
-        let custodian_view = if *caller == patient {
-            None
-        } else {
-            match people::organisation_of(state, caller).filter(|o| state.custodies(o, &patient)) {
-                Some(organisation) => Some(organisation),
-                None if !access::sees(state, caller, patient_record, purpose, now_ms) => {
-                    return Err(TrailError::Unknown);
-                }
-                None => return Err(TrailError::NotOverseer),
+/// The events about the patient whose Patient record is `patient_record`, that `caller` may
+/// see, `count` of them after skipping `offset`; all read at one snapshot. (Reading needs no
+/// record service: a node with no organisation key answers too.)
+pub fn audit_trail(
+    chain: &Chain,
+    caller: &IdentityId,
+    patient_record: &RecordId,
+    purpose: Purpose,
+    (count, offset): (usize, usize),
+    now_ms: TimestampMs,
+) -> Result<Trail, TrailError> {
+    let index = chain.patient_index();
+    let state = index.snapshot();
+    let patient = match state.record(patient_record) {
+        Some(head) if head.resource_type == "Patient" => head.patient,
+        _ => return Err(TrailError::Unknown),
+    };
+    let custodian_view = if *caller == patient {
+        None
+    } else {
+        match people::organisation_of(state, caller).filter(|o| state.custodies(o, &patient)) {
+            Some(organisation) => Some(organisation),
+            None if !access::sees(state, caller, patient_record, purpose, now_ms) => {
+                return Err(TrailError::Unknown);
             }
-        };
-        let visible: Vec<&AccessEntry> = index
-            .patient(&patient)
-            .map(|p| {
-                p.access
-                    .iter()
-                    .filter(|e| {
-                        custodian_view.is_none_or(|org| {
-                            e.event.record.is_some_and(|(r, _)| index.record(&r).is_some_and(|r| r.custodian == org))
-                        })
+            None => return Err(TrailError::NotOverseer),
+        }
+    };
+    let visible: Vec<&AccessEntry> = index
+        .patient(&patient)
+        .map(|p| {
+            p.access
+                .iter()
+                .filter(|e| {
+                    custodian_view.is_none_or(|org| {
+                        e.event.record.is_some_and(|(r, _)| index.record(&r).is_some_and(|r| r.custodian == org))
                     })
-                    .collect()
-            })
-            .unwrap_or_default();
-        let total = visible.len();
-        let entries = visible
-            .into_iter()
-            .skip(offset)
-            .take(count)
-            .map(|entry| TrailEntry {
-                entry: entry.clone(),
-                resource_type: entry.event.record.and_then(|(r, _)| index.record(&r).map(|r| r.resource_type.clone())),
-                recorder_name: people::recorder_display(state, &entry.recorder),
-            })
-            .collect();
-        Ok(Trail { patient, total, entries })
-    }
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let total = visible.len();
+    let entries = visible
+        .into_iter()
+        .skip(offset)
+        .take(count)
+        .map(|entry| TrailEntry {
+            entry: entry.clone(),
+            resource_type: entry.event.record.and_then(|(r, _)| index.record(&r).map(|r| r.resource_type.clone())),
+            recorder_name: people::recorder_display(state, &entry.recorder),
+        })
+        .collect();
+    Ok(Trail { patient, total, entries })
 }

@@ -17,7 +17,7 @@ use crate::{
     app::AppState,
     clock::now_ms,
     fhir::{
-        credentials::{authorize, on_service, purpose, records},
+        credentials::{authorize, on_chain, purpose},
         errors::{FhirError, forbidden, not_found},
         paging::{count_param, offset_param},
         render::bundle_response,
@@ -65,15 +65,15 @@ pub(crate) async fn audit_events(
         .ok()
         .and_then(|id| RecordId::from_hex(&id).ok())
         .ok_or_else(|| not_found(format!("no Patient {}", crate::error::echo(&patient_ref))))?;
-    let service = records(&app)?;
     let caller = grant.identity;
-    let trail =
-        on_service(&service, move |s| s.audit_trail(&caller, &patient_record, purpose, (count, offset), now_ms()))
-            .await?
-            .map_err(|e| match e {
-                TrailError::NotOverseer => forbidden(e.to_string()),
-                TrailError::Unknown => not_found(format!("no Patient {}", crate::error::echo(&patient_ref))),
-            })?;
+    let trail = on_chain(&app, move |chain, _| {
+        medledger_records::trail::audit_trail(chain, &caller, &patient_record, purpose, (count, offset), now_ms())
+    })
+    .await?
+    .map_err(|e| match e {
+        TrailError::NotOverseer => forbidden(e.to_string()),
+        TrailError::Unknown => not_found(format!("no Patient {}", crate::error::echo(&patient_ref))),
+    })?;
     let (patient, total) = (trail.patient, trail.total);
     let chain_id = app.chain.genesis().chain_id().to_hex();
     let mut bundle = serde_json::json!({

@@ -52,6 +52,22 @@ where
         .map_err(|_| FhirError::new(StatusCode::INTERNAL_SERVER_ERROR, IssueCode::Exception, "record task failed"))
 }
 
+/// Runs `f` on the chain off the async workers (for what needs no record service: a node with
+/// no organisation key answers too). Errors as [`on_service`].
+pub(crate) async fn on_chain<T, E, F>(app: &AppState, f: F) -> Result<Result<T, E>, FhirError>
+where
+    F: FnOnce(&medledger_node::chain::Chain, Option<&medledger_records::RecordService>) -> Result<T, E>
+        + Send
+        + 'static,
+    T: Send + 'static,
+    E: Send + 'static,
+{
+    let (chain, service) = (app.chain.clone(), app.records.clone());
+    tokio::task::spawn_blocking(move || f(&chain, service.as_deref()))
+        .await
+        .map_err(|_| FhirError::new(StatusCode::INTERNAL_SERVER_ERROR, IssueCode::Exception, "record task failed"))
+}
+
 pub(crate) fn authorize_type(
     app: &AppState,
     headers: &HeaderMap,

@@ -231,7 +231,8 @@ pub(crate) async fn history(
 ) -> Result<Response, FhirError> {
     authorize(&app, &headers, &resource_type, interactions::READ)?;
     let entry_id = parse_id(&id)?;
-    let (count, offset) = paging(&query, HISTORY_VERSIONS_MAX, "instance history")?;
+    // An unknown entry answers as such whatever the paging says (asked with an empty page).
+    let (count, offset) = paging(&query, HISTORY_VERSIONS_MAX, "instance history").unwrap_or((0, 0));
     let service = records(&app)?;
     let type_for_read = resource_type.clone();
     let history = on_service(&service, move |s| s.directory_history(&type_for_read, entry_id, Page { count, offset }))
@@ -240,6 +241,7 @@ pub(crate) async fn history(
             ResourceError::Unknown => not_found(format!("no {resource_type} with id {}", crate::error::echo(&id))),
             other => refused(other, &resource_type, &id),
         })?;
+    paging(&query, HISTORY_VERSIONS_MAX, "instance history")?;
     let id_hex = entry_id.to_hex();
     let links = page_links(
         &format!("{}/fhir/{resource_type}/{id_hex}/_history", app.public_base()),

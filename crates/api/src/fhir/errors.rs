@@ -135,7 +135,8 @@ pub(crate) fn refused(error: ResourceError, resource_type: &str, id: &str) -> Fh
         ResourceError::Gone { version } => FhirError::new(
             StatusCode::GONE,
             IssueCode::Deleted,
-            format!("{resource_type}/{} was deleted (version {version}); its history is kept", crate::error::echo(id)),
+            // `id` parsed as an id (hex) before anything could be found deleted.
+            format!("{resource_type}/{id} was deleted (version {version}); its history is kept"),
         ),
         ResourceError::NotStaff => {
             forbidden("only the staff and systems of the organisation operating this node write here")

@@ -44,10 +44,11 @@ pub(crate) async fn history(
             .await?;
     let record_id = parse_id(&id)?;
     let service = records(&app)?;
-    let (count, offset) = paging(&query, HISTORY_VERSIONS_MAX, "instance history")?;
     // Consent first, before anything else can answer differently: nothing of the history (not
     // even its length, or whether the id is real) for a caller who may not read the record;
-    // the refusal is audited.
+    // the refusal is audited. Bad paging is told only to a caller who may read it (asked with
+    // an empty page, the decision is made and audited, and nothing is read).
+    let (count, offset) = paging(&query, HISTORY_VERSIONS_MAX, "instance history").unwrap_or((0, 0));
     let type_for_read = resource_type.clone();
     let history = on_service(&service, move |s| {
         s.record_history(grant.caller(), &type_for_read, record_id, purpose, Page { count, offset }, now_ms())
@@ -57,6 +58,7 @@ pub(crate) async fn history(
         ResourceError::Unknown => no_such(&resource_type, &id),
         other => refused(other, &resource_type, &id),
     })?;
+    paging(&query, HISTORY_VERSIONS_MAX, "instance history")?;
     let id_hex = record_id.to_hex();
     let links = page_links(
         &format!("{}/fhir/{resource_type}/{id_hex}/_history", app.public_base()),

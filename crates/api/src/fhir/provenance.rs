@@ -9,13 +9,14 @@ use axum::{
     response::Response,
 };
 use medledger_fhir::{IssueCode, instant::instant_from_ms};
+use medledger_records::history::provenance as provenance_of;
 use medledger_types::IdentityId;
 
 use crate::{
     app::AppState,
     clock::now_ms,
     fhir::{
-        credentials::{authorize, on_service, purpose, records},
+        credentials::{authorize, on_chain, purpose},
         errors::{FhirError, forbidden, refused},
         render::bundle_response,
         request::parse_id,
@@ -53,12 +54,12 @@ pub(crate) async fn provenance(
     }
     let purpose = purpose(&headers)?;
     let record_id = parse_id(id)?;
-    let service = records(&app)?;
     let type_for_read = resource_type.to_owned();
-    let versions =
-        on_service(&service, move |s| s.provenance(grant.caller(), &type_for_read, record_id, purpose, now_ms()))
-            .await?
-            .map_err(|e| refused(e, resource_type, id))?;
+    let versions = on_chain(&app, move |chain, service| {
+        provenance_of(chain, service, grant.caller(), &type_for_read, record_id, purpose, now_ms())
+    })
+    .await?
+    .map_err(|e| refused(e, resource_type, id))?;
     let identity =
         |id: &IdentityId| serde_json::json!({"identifier": {"system": IDENTITY_SYSTEM, "value": id.to_hex()}});
     let mut entries = Vec::new();

@@ -10,12 +10,14 @@
 //! was made. A lookup is one hashbrown probe of `recent`, then one of the base. A clone copies
 //! two pointers. Values sit behind `Arc`, so copies and merges move pointers, not values.
 //!
-//! The writer clones once per block (to publish a snapshot), so each block pays one copy of
-//! `recent` (r entries), and every r inserts a merge pays one copy of the base (n entries,
-//! shared with the snapshots). With i inserts per block, that is r + n·i/r per block, least
-//! at r = √(2·n·i). A `PMap` counts the inserts between copies of `recent` and merges at that
-//! size (within [`RECENT_MIN`]..[`RECENT_MAX`]): a map that rarely changes (category keys)
-//! keeps a tiny `recent`, and one that grows by thousands per block (records) a large one.
+//! The writer clones the map once per block and changes the clone (the old one is the
+//! published snapshot), so each block pays one copy of `recent` — r/2 entries on average, as
+//! `recent` fills from empty to r between merges — and every r inserts a merge pays one copy
+//! of the base (n entries, shared with the snapshots). With i inserts per block that is
+//! r/2 + n·i/r per block, least at r = √(2·n·i). A clone starts the count of a new block; a
+//! `PMap` merges at that size for the last block's i (within [`RECENT_MIN`]..[`RECENT_MAX`]):
+//! a map that rarely changes (category keys) keeps a tiny `recent`, and one that grows by
+//! thousands per block (records) a large one.
 
 use std::{collections::HashMap, hash::Hash, sync::Arc};
 
@@ -30,12 +32,14 @@ pub const RECENT_MIN: usize = 64;
 /// …and never more than this many, whatever the base's size (it is copied once per block).
 pub const RECENT_MAX: usize = 32_768;
 
-/// What the merge size is tuned by: how many entries are inserted between copies of `recent`
-/// (about one block's worth, since the writer clones the map once per block).
+/// What the merge size is tuned by: how many entries one block inserts. The last block's
+/// count, not an average: a map loaded in bulk and then changed a little per block must not
+/// keep a bulk-sized `recent` for long.
 #[derive(Clone, Copy, Debug, Default)]
 struct Tuning {
+    /// New entries since this map was cloned from the previous block's.
     inserts_since_copy: u64,
-    /// `inserts_since_copy` at the last copy (0 before the first one).
+    /// The previous block's count (0 before the first clone).
     inserts_per_copy: u64,
 }
 
@@ -48,9 +52,11 @@ pub struct PMap<K, V> {
     tuning: Tuning,
 }
 
+/// A clone starts a new block: the writer changes the clone (see the module docs).
 impl<K: Clone, V> Clone for PMap<K, V> {
     fn clone(&self) -> Self {
-        Self { base: self.base.clone(), recent: self.recent.clone(), tuning: self.tuning }
+        let tuning = Tuning { inserts_since_copy: 0, inserts_per_copy: self.tuning.inserts_since_copy };
+        Self { base: self.base.clone(), recent: self.recent.clone(), tuning }
     }
 }
 
@@ -102,13 +108,8 @@ impl<K: Hash + Eq + Clone, V> PMap<K, V> {
     }
 
     /// `recent`, to change: copied first if a clone (a published snapshot) still shares it,
-    /// which happens about once per block.
+    /// which happens once per block.
     fn recent_mut(&mut self) -> &mut Inner<K, V> {
-        if Arc::get_mut(&mut self.recent).is_none() {
-            // The last block's count, not an average: a map loaded in bulk and then changed
-            // a little per block must not keep a bulk-sized `recent` for long.
-            self.tuning.inserts_per_copy = std::mem::take(&mut self.tuning.inserts_since_copy);
-        }
         Arc::make_mut(&mut self.recent)
     }
 
@@ -315,7 +316,9 @@ mod tests {
         let mut largest_copy = 0;
         let mut snapshots = Vec::new();
         for block in 0..200u32 {
-            snapshots.push(map.clone());
+            // As the node does: the writer changes a clone; the old map is the snapshot.
+            let next = map.clone();
+            snapshots.push(std::mem::replace(&mut map, next));
             for i in 0..10 {
                 map.insert(5_000 + block * 10 + i, 0);
             }
@@ -331,7 +334,8 @@ mod tests {
         // Growing by thousands per block, it lets `recent` grow instead of merging each time.
         let mut merges = 0;
         for block in 0..20u32 {
-            let _snapshot = map.clone();
+            let next = map.clone();
+            let _snapshot = std::mem::replace(&mut map, next);
             for i in 0..2_000 {
                 let before = map.recent.len();
                 map.insert(100_000 + block * 2_000 + i, 0);

@@ -213,3 +213,53 @@ impl World {
         CategoryKeyId { custodian: self.org_a.id(), patient: self.patient.id(), category: "labs".into() }
     }
 }
+
+/// The categories a referral consent in these tests covers.
+pub fn labs_and_vitals() -> Vec<String> {
+    vec!["labs".into(), "vitals".into()]
+}
+
+/// A patient's authorisation for `referrer` to refer their labs and vitals for up to 30 days.
+pub fn consent(referrer: medledger_types::IdentityId) -> medledger_ledger::rules::referral::ReferralConsentParams {
+    medledger_ledger::rules::referral::ReferralConsentParams {
+        referrer,
+        categories: labs_and_vitals(),
+        max_days: 30,
+        purpose: medledger_ledger::Purpose::Treatment,
+    }
+}
+
+/// A referral of labs for 14 days to `to`, under `authorisation`.
+pub fn referral(authorisation: TxId, to: IdentityId) -> medledger_ledger::rules::referral::ReferralParams {
+    medledger_ledger::rules::referral::ReferralParams {
+        authorisation,
+        to,
+        categories: vec!["labs".into()],
+        days: 14,
+        purpose: medledger_ledger::Purpose::Treatment,
+    }
+}
+
+/// Consent grants the sharing and delegate tests make.
+impl World {
+    /// A read grant of the patient's labs to `grantee`, signed by `by`, for `patient`.
+    pub fn grant_for(&mut self, by: &Keypair, patient: IdentityId, grantee: IdentityId) -> Result<TxId, TxError> {
+        let now = self.now();
+        self.submit(
+            by,
+            medledger_ledger::Payload::ConsentGrant {
+                patient,
+                grantee,
+                scope: medledger_ledger::Scope::Categories(vec!["labs".into()]),
+                actions: medledger_ledger::actions::READ,
+                purpose: medledger_ledger::Purpose::Treatment,
+                valid_from_ms: now,
+                valid_until_ms: now + 30 * DAY_MS,
+            },
+        )
+    }
+
+    pub fn grant_to(&mut self, patient: &Keypair, grantee: IdentityId) -> TxId {
+        self.grant_for(patient, patient.id(), grantee).unwrap()
+    }
+}

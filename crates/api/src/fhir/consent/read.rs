@@ -9,14 +9,14 @@ use axum::{
     response::Response,
 };
 use medledger_fhir::IssueCode;
-use medledger_records::consents::ConsentError;
+use medledger_records::consents::{self, ConsentError};
 use medledger_types::RecordId;
 
 use crate::{
     app::AppState,
     clock::now_ms,
     fhir::{
-        credentials::{authorize, on_service, purpose, records},
+        credentials::{authorize, on_chain, purpose},
         errors::{FhirError, forbidden, not_found},
         render::bundle_response,
     },
@@ -45,14 +45,13 @@ pub(crate) async fn consents(
     };
     let record = RecordId::from_hex(patient_ref.strip_prefix("Patient/").unwrap_or(&patient_ref))
         .map_err(|_| not_found(format!("no Patient {}", crate::error::echo(&patient_ref))))?;
-    let service = records(&app)?;
     let caller = grant.identity;
-    let resources = on_service(&service, move |s| s.consents_of(&caller, &record, purpose, now_ms())).await?.map_err(
-        |e| match e {
+    let resources = on_chain(&app, move |chain, _| consents::consents_of(chain, &caller, &record, purpose, now_ms()))
+        .await?
+        .map_err(|e| match e {
             ConsentError::NotOverseer => forbidden(e.to_string()),
             _ => not_found(format!("no Patient {}", crate::error::echo(&patient_ref))),
-        },
-    )?;
+        })?;
     let bundle = serde_json::json!({
         "resourceType": "Bundle",
         "type": "searchset",
@@ -74,10 +73,9 @@ pub(crate) async fn consent(
     headers: HeaderMap,
 ) -> Result<Response, FhirError> {
     let grant = authorize(&app, &headers, "Consent", interactions::READ)?;
-    let service = records(&app)?;
     let (caller, id_hex) = (grant.identity, id.clone());
     // A consent the caller may not see answers as one that does not exist.
-    let resource = on_service(&service, move |s| s.consent_as(&caller, &id_hex, now_ms()).ok_or(()))
+    let resource = on_chain(&app, move |chain, _| consents::consent_as(chain, &caller, &id_hex, now_ms()).ok_or(()))
         .await?
         .map_err(|()| not_found(format!("no Consent {}", crate::error::echo(&id))))?;
     Ok(bundle_response(resource.to_string()))
