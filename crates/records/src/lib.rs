@@ -12,6 +12,12 @@
 //! write's content must be; its consent category and patient), [`search`] (the search
 //! index and whole searches), [`export`] (Bulk Data jobs), [`bundle`] (transaction planning),
 //! [`conditional`] (conditional creates and references) and [`consent`] (Consent ↔ grant).
+//! Each interaction on stored data is decided here and answered as data the API renders:
+//! [`resource`] (read, vread, the checks of a create, update or delete; what a caller may learn
+//! of a record's existence), [`history`] (histories, Provenance), [`everything`]
+//! (`$everything`), [`trail`] (AuditEvent), [`consents`] (Consent reads and gateway writes),
+//! [`directory`] (directory reads) and [`views`] (who may see the `/v1` views, answered with
+//! the snapshot decided on). [`people`]: what an identity is to a patient.
 //!
 //! API boundary: [`RecordService`] (with [`WriteRequest`], [`Written`], [`Read`]),
 //! [`RecordError`], [`access::authorize`] (the single enforcement point), the journal's

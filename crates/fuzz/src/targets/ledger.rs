@@ -111,14 +111,22 @@ pub fn tx_roundtrip(data: &[u8]) -> u64 {
     }
 }
 
-/// `Block::decode` and `decode_exact::<BlockHeader>` on arbitrary bytes.
+/// `Block::decode`, `decode_exact::<BlockHeader>` and the partial decoders a transaction's
+/// status and lookup use (`Block::decode_header`, `Block::decode_transaction_at`) on arbitrary
+/// bytes: none panics, and where the whole block decodes the partial ones agree with it.
 pub fn block_decode(data: &[u8]) -> u64 {
     if let Ok(header) = decode_exact::<BlockHeader>(data) {
         assert_eq!(header.to_bytes(), data, "a decoded header re-encodes differently");
     }
+    let header = Block::decode_header(data);
+    let at = |i: u32| Block::decode_transaction_at(data, i);
+    let (first, second) = (at(0), at(1));
     match Block::decode(data) {
         Err(error) => codec_feature(b"block", &error),
         Ok(block) => {
+            assert_eq!(header.as_ref().ok(), Some(&block.header), "the header decoder disagrees");
+            assert_eq!(first.ok().flatten().as_ref(), block.txs.first(), "transaction 0 decodes differently");
+            assert_eq!(second.ok().flatten().as_ref(), block.txs.get(1), "transaction 1 decodes differently");
             assert_eq!(block.to_bytes(), data, "a decoded block re-encodes differently");
             let header_bytes = block.header.to_bytes();
             assert_eq!(block.hash(), medledger_crypto::sha256(&data[..header_bytes.len()]));
@@ -156,6 +164,11 @@ pub fn block_roundtrip(data: &[u8]) -> u64 {
             assert!(must_decode, "a block with an invalid transaction decoded");
             assert_eq!(decoded, block);
             assert_eq!(decoded.hash(), block.hash());
+            assert_eq!(Block::decode_header(&bytes).ok().as_ref(), Some(&block.header));
+            for (i, tx) in block.txs.iter().enumerate() {
+                let alone = Block::decode_transaction_at(&bytes, i as u32).ok().flatten();
+                assert_eq!(alone.as_ref(), Some(tx), "transaction {i} decodes differently alone");
+            }
             feature(&[b"block roundtrip ok", &bucket(block.txs.len())])
         }
         Err(error) => {
