@@ -67,18 +67,7 @@ impl RecordService {
         now_ms: TimestampMs,
     ) -> Result<HistoryPage, ResourceError> {
         let index = self.chain.patient_index();
-        let request = AccessRequest {
-            caller: caller.identity,
-            credential: caller.credential,
-            action: AccessAction::History,
-            purpose,
-            record: record_id,
-            version: None,
-            now_ms,
-        };
-        let decision = access::authorize(index.snapshot(), &request)
-            .filter(|d| d.head.resource_type == resource_type)
-            .ok_or(ResourceError::Unknown)?;
+        let decision = history_decision(index.snapshot(), caller, resource_type, record_id, purpose, now_ms)?;
         if !decision.is_allowed() {
             drop(index);
             self.audit_decision(&decision, now_ms)?;
@@ -186,19 +175,8 @@ pub fn provenance(
     now_ms: TimestampMs,
 ) -> Result<Vec<VersionProvenance>, ResourceError> {
     let index = chain.patient_index();
-    let request = AccessRequest {
-        caller: caller.identity,
-        credential: caller.credential,
-        action: AccessAction::History,
-        purpose,
-        record: record_id,
-        version: None,
-        now_ms,
-    };
     // Decided and recorded at one time: the event names the grant in force then.
-    let decision = access::authorize(index.snapshot(), &request)
-        .filter(|d| d.head.resource_type == resource_type)
-        .ok_or(ResourceError::Unknown)?;
+    let decision = history_decision(index.snapshot(), caller, resource_type, record_id, purpose, now_ms)?;
     let record = index.record(&record_id).map(|r| (r.custodian, r.versions.clone()));
     drop(index);
     if let Some(service) = service {
@@ -228,4 +206,26 @@ pub fn provenance(
         });
     }
     Ok(out)
+}
+
+/// Consent's decision on `caller` reading the history of `resource_type` record `record_id`;
+/// [`ResourceError::Unknown`] when there is no such record of that type.
+fn history_decision(
+    state: &medledger_ledger::State,
+    caller: Caller<'_>,
+    resource_type: &str,
+    record_id: RecordId,
+    purpose: Purpose,
+    now_ms: TimestampMs,
+) -> Result<access::Decision, ResourceError> {
+    let request = AccessRequest {
+        caller: caller.identity,
+        credential: caller.credential,
+        action: AccessAction::History,
+        purpose,
+        record: record_id,
+        version: None,
+        now_ms,
+    };
+    access::authorize(state, &request).filter(|d| d.head.resource_type == resource_type).ok_or(ResourceError::Unknown)
 }

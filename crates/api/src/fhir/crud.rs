@@ -26,7 +26,7 @@ use crate::{
     fhir::{
         commit::{wait_for_commit, written_response},
         credentials::{authorize, authorize_record, on_service, purpose, records},
-        errors::{FhirError, forbidden, no_such, not_found, refused},
+        errors::{FhirError, forbidden, no_such, no_update_as_create, not_found, refused},
         render::resource_response,
         request::{check_content_type, if_match, parse_id},
         served::{served, tombstone},
@@ -200,17 +200,7 @@ pub(crate) async fn update(
         on_service(&service, move |s| s.visible_for_write(&author, &type_for_check, record_id, now_ms())).await?;
     match visible {
         Ok(_) => {}
-        Err(ResourceError::Unknown) => {
-            return Err(FhirError::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                IssueCode::NotSupported,
-                format!(
-                    "no {resource_type} with id {} exists, and this server does not create resources by update \
-                     (POST to /fhir/{resource_type} instead)",
-                    crate::error::echo(&id)
-                ),
-            ));
-        }
+        Err(ResourceError::Unknown) => return Err(no_update_as_create(&resource_type, &id)),
         Err(other) => return Err(refused(other, &resource_type, &id)),
     }
     let content = medledger_records::content::check_record(Some(&resource_type), &body)?;

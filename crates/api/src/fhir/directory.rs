@@ -26,9 +26,9 @@ use crate::{
     fhir::{
         commit::{Written, wait_for_commit, written_response},
         credentials::{authorize, on_service, records},
-        errors::{FhirError, forbidden, not_found, refused},
-        paging::{HISTORY_VERSIONS_MAX, page_links, paging},
-        render::{bundle_response, history_bundle, resource_response},
+        errors::{FhirError, forbidden, no_update_as_create, not_found, refused},
+        paging::{HISTORY_VERSIONS_MAX, paging},
+        render::{history_response, resource_response},
         request::{check_content_type, if_match, parse_id},
         served::{is_tombstone, tombstone},
     },
@@ -145,17 +145,7 @@ pub(crate) async fn update(
 ) -> Result<Response, FhirError> {
     check_write(&app, &headers, &resource_type, interactions::UPDATE, Some(&body))?;
     let expected = if_match(&headers)?;
-    let entry_id = entry_of_type(&app, &resource_type, &id).map_err(|_| {
-        FhirError::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            IssueCode::NotSupported,
-            format!(
-                "no {resource_type} with id {} exists, and this server does not create resources by update \
-                 (POST to /fhir/{resource_type} instead)",
-                crate::error::echo(&id)
-            ),
-        )
-    })?;
+    let entry_id = entry_of_type(&app, &resource_type, &id).map_err(|_| no_update_as_create(&resource_type, &id))?;
     let validated =
         medledger_fhir::validate(&body).map_err(|issues| FhirError::with_issues(StatusCode::BAD_REQUEST, issues))?;
     if validated.id.as_deref() != Some(id.as_str()) {
@@ -242,14 +232,8 @@ pub(crate) async fn history(
             other => refused(other, &resource_type, &id),
         })?;
     paging(&query, HISTORY_VERSIONS_MAX, "instance history")?;
-    let id_hex = entry_id.to_hex();
-    let links = page_links(
-        &format!("{}/fhir/{resource_type}/{id_hex}/_history", app.public_base()),
-        count,
-        offset,
-        history.total,
-    );
-    Ok(bundle_response(history_bundle(&resource_type, &history, &links)))
+    let url = format!("{}/fhir/{resource_type}/{}/_history", app.public_base(), entry_id.to_hex());
+    Ok(history_response(&url, &resource_type, (count, offset), &history))
 }
 
 /// `GET /fhir/{type}/_history` for a directory type: every version of every entry of the
@@ -267,7 +251,6 @@ pub(crate) async fn type_history(
     let type_for_read = resource_type.clone();
     let history =
         on_service(&service, move |s| s.directory_type_history(&type_for_read, Page { count, offset })).await??;
-    let links =
-        page_links(&format!("{}/fhir/{resource_type}/_history", app.public_base()), count, offset, history.total);
-    Ok(bundle_response(history_bundle(&resource_type, &history, &links)))
+    let url = format!("{}/fhir/{resource_type}/_history", app.public_base());
+    Ok(history_response(&url, &resource_type, (count, offset), &history))
 }

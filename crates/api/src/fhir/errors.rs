@@ -153,3 +153,16 @@ pub(crate) fn refused(error: ResourceError, resource_type: &str, id: &str) -> Fh
         ResourceError::Record(error) => error.into(),
     }
 }
+
+/// A `PUT` naming no resource the caller may see: this server does not create by update.
+pub(crate) fn no_update_as_create(resource_type: &str, id: &str) -> FhirError {
+    FhirError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        IssueCode::NotSupported,
+        format!(
+            "no {resource_type} with id {} exists, and this server does not create resources by update \
+             (POST to /fhir/{resource_type} instead)",
+            crate::error::echo(id)
+        ),
+    )
+}

@@ -18,8 +18,8 @@ use crate::{
     fhir::{
         credentials::{authorize, authorize_record, on_service, purpose, records},
         errors::{FhirError, no_such, refused},
-        paging::{HISTORY_VERSIONS_MAX, page_links, paging},
-        render::{bundle_response, history_bundle},
+        paging::{HISTORY_VERSIONS_MAX, paging},
+        render::history_response,
         request::parse_id,
         served::served,
     },
@@ -59,14 +59,8 @@ pub(crate) async fn history(
         other => refused(other, &resource_type, &id),
     })?;
     paging(&query, HISTORY_VERSIONS_MAX, "instance history")?;
-    let id_hex = record_id.to_hex();
-    let links = page_links(
-        &format!("{}/fhir/{resource_type}/{id_hex}/_history", app.public_base()),
-        count,
-        offset,
-        history.total,
-    );
-    Ok(bundle_response(history_bundle(&resource_type, &history, &links)))
+    let url = format!("{}/fhir/{resource_type}/{}/_history", app.public_base(), record_id.to_hex());
+    Ok(history_response(&url, &resource_type, (count, offset), &history))
 }
 
 /// `GET /fhir/{type}/_history[?_count=N&_offset=M]`: every version of every record of the
@@ -93,7 +87,6 @@ pub(crate) async fn type_history(
         s.type_history(grant.caller(), &type_for_read, purpose, Page { count, offset }, now_ms())
     })
     .await??;
-    let links =
-        page_links(&format!("{}/fhir/{resource_type}/_history", app.public_base()), count, offset, history.total);
-    Ok(bundle_response(history_bundle(&resource_type, &history, &links)))
+    let url = format!("{}/fhir/{resource_type}/_history", app.public_base());
+    Ok(history_response(&url, &resource_type, (count, offset), &history))
 }

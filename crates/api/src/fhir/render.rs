@@ -144,13 +144,16 @@ pub(crate) fn bundle_response(body: String) -> Response {
     response
 }
 
-/// A `history` Bundle of `history`'s page.
-pub(crate) fn history_bundle(
+/// A `history` Bundle of `history`'s page, answered; `url` is the history's absolute URL
+/// (its paging links are built on it).
+pub(crate) fn history_response(
+    url: &str,
     resource_type: &str,
+    (count, offset): (usize, usize),
     history: &medledger_records::history::HistoryPage,
-    links: &str,
-) -> String {
+) -> Response {
     let total = history.total;
+    let links = crate::fhir::paging::page_links(url, count, offset, total);
     let mut bundle = format!(r#"{{"resourceType":"Bundle","type":"history","total":{total},"link":{links},"entry":["#);
     for (i, v) in history.versions.iter().enumerate() {
         if i > 0 {
@@ -159,5 +162,5 @@ pub(crate) fn history_bundle(
         push_history_entry(&mut bundle, resource_type, &v.record_id, v.version, v.committed_ms, &v.plaintext);
     }
     bundle.push_str("]}");
-    bundle
+    bundle_response(bundle)
 }
